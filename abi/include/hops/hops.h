@@ -1,0 +1,234 @@
+/*
+ * hops.h — the public C ABI of hops, the hybrid-model operator library.
+ *
+ * A provider is any shared object that exports exactly one symbol:
+ *
+ *     const hops_api* hops_get_api(uint32_t abi_major);
+ *
+ * Everything else is reached through the returned table. The rules:
+ *  - Every struct that crosses the ABI starts with `size_t struct_size`.
+ *    Structs and tables only grow at the end within a major version; a reader
+ *    checks `struct_size` before touching a field that a newer minor added
+ *    (HOPS_HAS_FIELD below).
+ *  - Tensors cross as `const DLTensor*` (DLPack 0.6 and 1.x share the layout);
+ *    NULL stands for an absent optional tensor. Outputs are allocated by the
+ *    caller; the provider never frees host memory.
+ *  - Every call returns a hops_status. On failure `last_error()` holds a
+ *    thread-local message naming the op and the argument, and no output has
+ *    been written.
+ *
+ * Ops are described by hops_op_desc (name, arguments, dtypes, doc) so that
+ * hosts can build their bindings from the table. Each op can be called either
+ * through its typed entry point `desc->fn` (signature: `hops_status fn(const
+ * hops_exec*, <one parameter per argument, in order>)` with tensors as
+ * `const DLTensor*`, i64 as `int64_t`, f64 as `double`, bool as `bool`) or
+ * through the generic `api->call`.
+ *
+ * C99, self-contained apart from <dlpack/dlpack.h>.
+ */
+#ifndef HOPS_HOPS_H_
+#define HOPS_HOPS_H_
+
+#include <dlpack/dlpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define HOPS_ABI_MAJOR 1
+#define HOPS_ABI_MINOR 0
+
+/* True when `s` (a pointer to any hops struct) is large enough to hold `field`. */
+#define HOPS_HAS_FIELD(s, type, field) \
+  ((s)->struct_size >= offsetof(type, field) + sizeof(((type*)0)->field))
+
+/* ---- status ------------------------------------------------------------- */
+
+typedef int32_t hops_status;
+enum {
+  HOPS_OK = 0,
+  HOPS_ERR_INVALID_ARGUMENT = 1, /* wrong dtype, shape, stride, device, NULL, range, aliasing */
+  HOPS_ERR_UNSUPPORTED = 2,      /* valid call that this provider/backend does not implement */
+  HOPS_ERR_OUT_OF_MEMORY = 3,    /* scratch could not be allocated */
+  HOPS_ERR_BACKEND = 4,          /* the device runtime reported an error */
+  HOPS_ERR_NOT_FOUND = 5,        /* unknown op name or index */
+  HOPS_ERR_INTERNAL = 6          /* a bug in the provider; the message says where */
+};
+
+/* ---- dtypes, as a bit mask in argument descriptors ---------------------- */
+
+enum {
+  HOPS_DTYPE_F32 = 1u << 0,
+  HOPS_DTYPE_F16 = 1u << 1,
+  HOPS_DTYPE_BF16 = 1u << 2,
+  HOPS_DTYPE_F64 = 1u << 3,
+  HOPS_DTYPE_I32 = 1u << 4,
+  HOPS_DTYPE_I64 = 1u << 5
+};
+#define HOPS_DTYPE_FLOATS (HOPS_DTYPE_F32 | HOPS_DTYPE_F16 | HOPS_DTYPE_BF16)
+#define HOPS_DTYPE_INDEX (HOPS_DTYPE_I32 | HOPS_DTYPE_I64)
+
+/* ---- execution context -------------------------------------------------- */
+
+enum {
+  HOPS_EXEC_DETERMINISTIC = 1u << 0 /* bitwise reproducible results run to run */
+};
+
+/* Where and how an op runs. Passing NULL means: the device of the tensors,
+ * its default stream, no flags. */
+typedef struct hops_exec {
+  size_t struct_size;
+  DLDevice device;     /* must match the device of every tensor argument */
+  void* stream;        /* cudaStream_t, cl_command_queue, or NULL (default) */
+  uint64_t flags;      /* HOPS_EXEC_* */
+  int32_t num_threads; /* CPU: upper bound on worker threads, 0 = all */
+} hops_exec;
+
+/* ---- descriptors -------------------------------------------------------- */
+
+typedef enum hops_arg_kind {
+  HOPS_ARG_TENSOR_IN = 0,    /* read only */
+  HOPS_ARG_TENSOR_OUT = 1,   /* written, never read */
+  HOPS_ARG_TENSOR_INOUT = 2, /* read and updated in place */
+  HOPS_ARG_I64 = 3,
+  HOPS_ARG_F64 = 4,
+  HOPS_ARG_BOOL = 5
+} hops_arg_kind;
+
+typedef struct hops_arg_desc {
+  size_t struct_size;
+  const char* name;      /* e.g. "q" */
+  int32_t kind;          /* hops_arg_kind */
+  int32_t optional;      /* tensors: 1 when NULL is accepted */
+  uint32_t dtypes;       /* tensors: HOPS_DTYPE_* mask of accepted dtypes */
+  int64_t default_i64;   /* I64 and BOOL: the value a host should pass by default */
+  double default_f64;    /* F64: likewise */
+  const char* shape;     /* tensors: symbolic shape, e.g. "[B,T,H,K]" */
+  const char* doc;       /* one line */
+} hops_arg_desc;
+
+typedef void (*hops_fn)(void); /* cast to the op's typed signature before calling */
+
+typedef struct hops_op_desc {
+  size_t struct_size;
+  const char* name;         /* e.g. "gdn_chunk_fwd" */
+  uint32_t since_major;     /* ABI version in which the op appeared */
+  uint32_t since_minor;
+  const char* doc;          /* one line */
+  int32_t num_args;         /* not counting the leading hops_exec */
+  const hops_arg_desc* args; /* use hops_op_arg(op, i): the stride is args->struct_size */
+  hops_fn fn;               /* typed entry point */
+} hops_op_desc;
+
+static inline const hops_arg_desc* hops_op_arg(const hops_op_desc* op, int32_t i) {
+  return (const hops_arg_desc*)((const char*)op->args + (size_t)i * op->args->struct_size);
+}
+
+/* One argument of the generic call, in descriptor order. */
+typedef union hops_value {
+  const DLTensor* tensor;
+  int64_t i64;
+  double f64;
+  bool boolean;
+} hops_value;
+
+/* ---- backends and memory ------------------------------------------------ */
+
+typedef struct hops_backend_info {
+  size_t struct_size;
+  const char* name;      /* "cpu", "opencl", "cuda" */
+  int32_t device_type;   /* DLDeviceType it serves */
+  int32_t available;     /* 1 when usable on this machine */
+  const char* detail;    /* module path and device, or why it is unavailable */
+} hops_backend_info;
+
+/* Optional host allocator for scratch memory (e.g. the framework's caching
+ * allocator). Without one, each device keeps its own pool, so that steady
+ * state calls allocate nothing. */
+typedef struct hops_allocator {
+  size_t struct_size;
+  void* ctx;
+  void* (*alloc)(void* ctx, DLDevice device, size_t bytes, void* stream);
+  void (*free)(void* ctx, DLDevice device, void* ptr, size_t bytes, void* stream);
+} hops_allocator;
+
+/* ---- the table ---------------------------------------------------------- */
+
+typedef struct hops_api {
+  size_t struct_size;
+  uint32_t abi_major;
+  uint32_t abi_minor;
+  const char* version; /* provider version string, e.g. "0.1.0" */
+
+  /* Thread-local message of the last failed call on this thread ("" if none). */
+  const char* (*last_error)(void);
+  const char* (*status_name)(hops_status status);
+
+  int32_t (*op_count)(void);
+  const hops_op_desc* (*op_at)(int32_t index);       /* NULL when out of range */
+  const hops_op_desc* (*find_op)(const char* name);  /* NULL when unknown */
+  /* 1 when `op` runs on `device` with primary input dtype `dtype`, else 0. */
+  int32_t (*supports)(const char* op, DLDevice device, DLDataType dtype);
+
+  /* Generic entry: args[i] matches hops_op_arg(op, i). */
+  hops_status (*call)(const hops_op_desc* op, const hops_exec* exec, const hops_value* args,
+                      int32_t num_args);
+
+  int32_t (*backend_count)(void);
+  const hops_backend_info* (*backend_at)(int32_t index);
+
+  /* NULL restores the built-in per-device pools. */
+  hops_status (*set_allocator)(const hops_allocator* allocator);
+} hops_api;
+
+/* The one exported symbol. NULL when abi_major is not one this provider speaks. */
+const hops_api* hops_get_api(uint32_t abi_major);
+typedef const hops_api* (*hops_get_api_fn)(uint32_t abi_major);
+
+/* ---- typed signatures of the ops (see docs/OPS.md for the math) ---------- */
+
+typedef hops_status (*hops_gdn_chunk_fwd_fn)(
+    const hops_exec* exec, const DLTensor* q, const DLTensor* k, const DLTensor* v,
+    const DLTensor* g, const DLTensor* beta, const DLTensor* initial_state,
+    const DLTensor* cu_seqlens, const DLTensor* A_log, const DLTensor* dt_bias, const DLTensor* o,
+    const DLTensor* final_state, double scale, bool use_qk_l2norm, bool state_v_first);
+
+typedef hops_status (*hops_gdn_recurrent_fn)(
+    const hops_exec* exec, const DLTensor* q, const DLTensor* k, const DLTensor* v,
+    const DLTensor* g, const DLTensor* beta, const DLTensor* state, const DLTensor* state_indices,
+    const DLTensor* cu_seqlens, const DLTensor* A_log, const DLTensor* dt_bias, const DLTensor* o,
+    double scale, bool use_qk_l2norm, bool state_v_first);
+
+typedef hops_status (*hops_gdn_gating_fn)(const hops_exec* exec, const DLTensor* A_log,
+                                          const DLTensor* a, const DLTensor* b,
+                                          const DLTensor* dt_bias, const DLTensor* g,
+                                          const DLTensor* beta, double softplus_beta,
+                                          double softplus_threshold);
+
+typedef hops_status (*hops_gated_rmsnorm_fn)(const hops_exec* exec, const DLTensor* x,
+                                             const DLTensor* z, const DLTensor* weight,
+                                             const DLTensor* y, double eps);
+
+typedef hops_status (*hops_conv1d_fwd_fn)(const hops_exec* exec, const DLTensor* x,
+                                          const DLTensor* weight, const DLTensor* bias,
+                                          const DLTensor* initial_state,
+                                          const DLTensor* cu_seqlens, const DLTensor* y,
+                                          const DLTensor* final_state, int64_t activation,
+                                          bool channels_first);
+
+typedef hops_status (*hops_conv1d_update_fn)(const hops_exec* exec, const DLTensor* x,
+                                             const DLTensor* state, const DLTensor* weight,
+                                             const DLTensor* bias, const DLTensor* state_indices,
+                                             const DLTensor* y, int64_t activation);
+
+/* conv1d activation codes */
+enum { HOPS_ACTIVATION_NONE = 0, HOPS_ACTIVATION_SILU = 1 };
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* HOPS_HOPS_H_ */

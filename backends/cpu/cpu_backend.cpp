@@ -1,0 +1,19 @@
+// The embedded CPU backend: every op, f32/f16/bf16. Adding a CPU kernel adds
+// one line here.
+#include "cpu_kernels.hpp"
+
+namespace hops {
+
+std::span<const Kernel> cpu_kernels() {
+  static constexpr Kernel table[] = {
+      kernel<GdnChunkFwd, &cpu::gdn_chunk_fwd>(HOPS_DTYPE_FLOATS),
+      kernel<GdnRecurrent, &cpu::gdn_recurrent>(HOPS_DTYPE_FLOATS),
+      kernel<GdnGating, &cpu::gdn_gating>(HOPS_DTYPE_FLOATS),
+      kernel<GatedRmsNorm, &cpu::gated_rmsnorm>(HOPS_DTYPE_FLOATS),
+      kernel<Conv1dFwd, &cpu::conv1d_fwd>(HOPS_DTYPE_FLOATS),
+      kernel<Conv1dUpdate, &cpu::conv1d_update>(HOPS_DTYPE_FLOATS),
+  };
+  return table;
+}
+
+}  // namespace hops

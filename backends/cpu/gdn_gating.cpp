@@ -1,0 +1,27 @@
+// gdn_gating: elementwise, parallel over rows of [rows, HV].
+#include "cpu_kernels.hpp"
+
+namespace hops::cpu {
+
+void gdn_gating(const ExecContext& context, const GdnGating& op) {
+  constexpr int64_t kRowsPerTask = 256;
+  const auto beta = static_cast<float>(op.softplus_beta);
+  const auto threshold = static_cast<float>(op.softplus_threshold);
+  context.threads->parallel_for(
+      (op.rows + kRowsPerTask - 1) / kRowsPerTask, context.max_workers, [&](int64_t task, int) {
+        const int64_t last = std::min(op.rows, (task + 1) * kRowsPerTask);
+        for (int64_t row = task * kRowsPerTask; row < last; ++row) {
+          const int64_t a_row = row_offset(op.a, row), b_row = row_offset(op.b, row);
+          const int64_t g_row = row_offset(op.g, row), beta_row = row_offset(op.beta, row);
+          for (int64_t h = 0; h < op.HV; ++h) {
+            const float a = load(op.a, a_row + h * op.a.step(-1));
+            const float dt_bias = load(op.dt_bias, h * op.dt_bias.stride[0]);
+            const float A = std::exp(load(op.A_log, h * op.A_log.stride[0]));
+            store(op.g, g_row + h * op.g.step(-1), -A * softplus(a + dt_bias, beta, threshold));
+            store(op.beta, beta_row + h * op.beta.step(-1), sigmoid(load(op.b, b_row + h * op.b.step(-1))));
+          }
+        }
+      });
+}
+
+}  // namespace hops::cpu

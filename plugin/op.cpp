@@ -1,0 +1,295 @@
+#include "op.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend.hpp"
+#include "registry.hpp"
+
+namespace hops {
+
+namespace {
+
+std::string device_name(DLDevice device) {
+  static constexpr std::pair<int, const char*> kNames[] = {
+      {kDLCPU, "cpu"}, {kDLCUDA, "cuda"}, {kDLCUDAHost, "cuda_host"}, {kDLOpenCL, "opencl"},
+      {kDLVulkan, "vulkan"}, {kDLMetal, "metal"}, {kDLROCM, "rocm"}, {kDLExtDev, "ext_dev"},
+      {kDLCUDAManaged, "cuda_managed"}};
+  for (const auto& [type, name] : kNames) {
+    if (type == device.device_type) return fmt::format("{}:{}", name, device.device_id);
+  }
+  return fmt::format("device_type {}:{}", static_cast<int>(device.device_type), device.device_id);
+}
+
+bool same_device(DLDevice a, DLDevice b) {
+  return a.device_type == b.device_type && a.device_id == b.device_id;
+}
+
+// Byte span [begin, end) that a tensor's elements occupy, for overlap tests.
+struct ByteSpan {
+  uintptr_t begin = 0, end = 0;
+};
+ByteSpan byte_span(const Tensor& t) {
+  if (t.numel() == 0) return {};
+  int64_t last = 0;
+  for (int d = 0; d < t.ndim; ++d) last += (t.shape[d] - 1) * t.stride[d];
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.handle) + t.byte_offset;
+  return {begin, begin + static_cast<uintptr_t>((last + 1) * dtype_size(t.dtype))};
+}
+
+// No two elements share an address: with dims sorted by stride, each stride
+// steps past everything the smaller dims span.
+bool self_overlapping(const Tensor& t) {
+  std::array<int, kMaxDims> order{};
+  int n = 0;
+  for (int d = 0; d < t.ndim; ++d) {
+    if (t.shape[d] > 1) order[n++] = d;
+  }
+  std::sort(order.begin(), order.begin() + n,
+            [&](int a, int b) { return t.stride[a] < t.stride[b]; });
+  int64_t span = 0;  // elements covered by the smaller dims, minus one
+  for (int i = 0; i < n; ++i) {
+    const int d = order[i];
+    if (t.stride[d] <= span) return true;
+    span += (t.shape[d] - 1) * t.stride[d];
+  }
+  return false;
+}
+
+}  // namespace
+
+Call::Call(const hops_op_desc& op, const hops_exec& exec, std::span<const hops_value> values)
+    : op_(op), exec_(exec), values_(values) {
+  for (int arg = 0; arg < op.num_args; ++arg) {
+    const hops_arg_desc& desc = op.args[arg];
+    if (is_tensor(desc)) {
+      check_tensor(arg);
+    } else if (desc.kind == HOPS_ARG_F64 && !std::isfinite(values[arg].f64)) {
+      fail(arg, "expected a finite number, got {}", values[arg].f64);
+    }
+  }
+  check_overlaps();
+}
+
+void Call::check_tensor(int arg) {
+  const hops_arg_desc& desc = op_.args[arg];
+  const DLTensor* dl = values_[arg].tensor;
+  if (!dl) {
+    if (!desc.optional) fail(arg, "is required, got NULL");
+    return;
+  }
+  const auto dtype = dtype_from_dl(dl->dtype);
+  if (!dtype || !(desc.dtypes & dtype_bit(*dtype))) {
+    fail(arg, "dtype expected one of {}, got {}", dtype_mask_names(desc.dtypes),
+         dl_dtype_name(dl->dtype));
+  }
+  if (!same_device(dl->device, exec_.device)) {
+    fail(arg, "device expected {} (the call's device), got {}", device_name(exec_.device),
+         device_name(dl->device));
+  }
+  if (dl->ndim < 0 || dl->ndim > kMaxDims) fail(arg, "rank expected 0..{}, got {}", kMaxDims, dl->ndim);
+  if (dl->ndim > 0 && !dl->shape) fail(arg, "shape pointer is NULL for rank {}", dl->ndim);
+  int64_t elements = 1;
+  for (int d = 0; d < dl->ndim; ++d) {
+    if (dl->shape[d] < 0) fail(arg, "dim {} is negative ({})", d, dl->shape[d]);
+    if (dl->strides && dl->strides[d] < 0) {
+      fail(arg, "dim {} has a negative stride ({}); only non-negative strides are supported", d,
+           dl->strides[d]);
+    }
+    if (dl->shape[d] > 0 && elements > (int64_t{1} << 48) / dl->shape[d]) {
+      fail(arg, "has more than 2^48 elements");
+    }
+    elements *= dl->shape[d];
+  }
+  if (elements > 0 && !dl->data) fail(arg, "data is NULL for {} elements", elements);
+  tensors_[arg] = make_tensor(*dl, *dtype);
+  const Tensor& t = tensors_[arg];
+  if (t.device.device_type != kDLOpenCL && elements > 0) {
+    const auto address = reinterpret_cast<uintptr_t>(t.handle) + t.byte_offset;
+    if (address % static_cast<uintptr_t>(dtype_size(t.dtype)) != 0) {
+      fail(arg, "data + byte_offset is not aligned to its {}-byte elements", dtype_size(t.dtype));
+    }
+  }
+  if (is_written(desc) && self_overlapping(t)) {
+    fail(arg, "is written, so its elements must not overlap (zero or interleaved strides)");
+  }
+}
+
+void Call::check_overlaps() const {
+  for (int out = 0; out < op_.num_args; ++out) {
+    if (!is_written(op_.args[out]) || !tensors_[out]) continue;
+    const ByteSpan written = byte_span(tensors_[out]);
+    for (int other = 0; other < op_.num_args; ++other) {
+      if (other == out || !is_tensor(op_.args[other]) || !tensors_[other]) continue;
+      // cl_mem handles are opaque: only views of one buffer can overlap.
+      if (tensors_[out].device.device_type == kDLOpenCL &&
+          tensors_[out].handle != tensors_[other].handle) {
+        continue;
+      }
+      const ByteSpan span = byte_span(tensors_[other]);
+      if (written.begin < span.end && span.begin < written.end) {
+        fail(out, "overlaps the memory of argument '{}'; outputs must not alias other arguments",
+             arg_name(other));
+      }
+    }
+  }
+}
+
+void Call::same_dtype(int arg, int reference) const {
+  if (tensors_[arg] && tensors_[reference] && tensors_[arg].dtype != tensors_[reference].dtype) {
+    fail(arg, "dtype expected {} (as '{}'), got {}", dtype_name(tensors_[reference].dtype),
+         arg_name(reference), dtype_name(tensors_[arg].dtype));
+  }
+}
+
+void Shapes::bind(std::string_view name, int64_t value, int source_arg) {
+  bind_dim(name, value, source_arg, -1);
+}
+
+void Shapes::bind_dim(std::string_view name, int64_t value, int arg, int dim) {
+  for (int i = 0; i < count_; ++i) {
+    const Symbol& s = symbols_[i];
+    if (s.name != name) continue;
+    if (s.value != value) {
+      const std::string where = dim >= 0 ? fmt::format("dim {} ({})", dim, name) : std::string(name);
+      call_.fail(arg, "{} expected {} (as in '{}'), got {}", where, s.value,
+                 call_.arg_name(s.source_arg), value);
+    }
+    return;
+  }
+  symbols_.at(count_++) = {name, value, arg};
+}
+
+void Shapes::expect(int arg, std::initializer_list<std::string_view> dims) {
+  const Tensor& t = call_.tensor(arg);
+  if (!t) return;
+  if (t.ndim != static_cast<int>(dims.size())) {
+    std::string wanted;
+    for (std::string_view d : dims) wanted += fmt::format("{}{}", wanted.empty() ? "" : ",", d);
+    call_.fail(arg, "rank expected {} ([{}]), got {}", dims.size(), wanted, t.ndim);
+  }
+  int dim = 0;
+  for (std::string_view name : dims) {
+    bind_dim(name, t.shape[dim], arg, dim);
+    ++dim;
+  }
+}
+
+int64_t Shapes::operator[](std::string_view name) const {
+  for (int i = 0; i < count_; ++i) {
+    if (symbols_[i].name == name) return symbols_[i].value;
+  }
+  fail(HOPS_ERR_INTERNAL, "{}: shape symbol {} was never bound", call_.op_name(), name);
+}
+
+Sequences check_sequences(const Call& call, int arg, int64_t batch, int64_t tokens) {
+  Sequences seqs{call.tensor(arg), batch, tokens};
+  const Tensor& cu = seqs.cu_seqlens;
+  if (!cu) return seqs;
+  call.require(cu.ndim == 1 && cu.shape[0] >= 2, arg, "expected shape [N+1] with N >= 1");
+  if (batch != 1) call.fail(arg, "is given, so the batch dim must be 1, got {}", batch);
+  seqs.count = cu.shape[0] - 1;
+  // Index tensors are read on the host before any kernel runs.
+  if (cu.device.device_type != kDLCPU && cu.device.device_type != kDLCUDAHost) {
+    call.fail(arg, "must be in host memory for this backend");
+  }
+  if (read_index(cu, 0) != 0) call.fail(arg, "must start at 0, got {}", read_index(cu, 0));
+  for (int64_t n = 1; n <= seqs.count; ++n) {
+    if (read_index(cu, n) < read_index(cu, n - 1)) {
+      call.fail(arg, "must be nondecreasing, but cu_seqlens[{}] = {} < cu_seqlens[{}] = {}", n,
+                read_index(cu, n), n - 1, read_index(cu, n - 1));
+    }
+  }
+  if (read_index(cu, seqs.count) != tokens) {
+    call.fail(arg, "must end at the token count T = {}, got {}", tokens, read_index(cu, seqs.count));
+  }
+  return seqs;
+}
+
+Slots check_slots(const Call& call, int arg, int64_t sequences, int64_t pool_size) {
+  Slots slots{call.tensor(arg)};
+  const Tensor& idx = slots.indices;
+  if (!idx) {
+    if (sequences > pool_size) {
+      call.fail(arg, "is absent, so sequence n uses slot n, but there are {} sequences and {} slots",
+                sequences, pool_size);
+    }
+    return slots;
+  }
+  if (idx.ndim != 1 || idx.shape[0] != sequences) {
+    call.fail(arg, "shape expected [{}] (one slot per sequence), got rank {} with {} entries",
+              sequences, idx.ndim, idx.ndim > 0 ? idx.shape[0] : 0);
+  }
+  if (idx.device.device_type != kDLCPU && idx.device.device_type != kDLCUDAHost) {
+    call.fail(arg, "must be in host memory for this backend");
+  }
+  std::vector<bool> taken(static_cast<size_t>(pool_size), false);
+  for (int64_t n = 0; n < sequences; ++n) {
+    const int64_t slot = read_index(idx, n);
+    if (slot < -1 || slot >= pool_size) {
+      call.fail(arg, "entry {} is {}, expected -1 (skip) or a slot in [0, {})", n, slot, pool_size);
+    }
+    if (slot < 0) continue;
+    if (taken[static_cast<size_t>(slot)]) {
+      call.fail(arg, "slot {} is used by two sequences; their state updates would alias", slot);
+    }
+    taken[static_cast<size_t>(slot)] = true;
+  }
+  return slots;
+}
+
+void run_kernel(const OpDef& op, const Call& call, const Backend& backend,
+                const ExecContext& context, const void* args) {
+  const Tensor& primary = call.tensor(op.primary_arg);
+  const Kernel* kernel = backend.find(op.desc.name, primary.dtype);
+  if (!kernel) {
+    fail(HOPS_ERR_UNSUPPORTED, "{}: the {} backend has no kernel for dtype {}", op.desc.name,
+         backend.name, dtype_name(primary.dtype));
+  }
+  const hops_status status = kernel->run(context, args);
+  if (status != HOPS_OK) throw Error(status, backend.module_last_error());
+}
+
+hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values) {
+  return guarded([&] {
+    const hops_op_desc& desc = op.desc;
+    if (values.size() != static_cast<size_t>(desc.num_args)) {
+      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: expected {} arguments, got {}", desc.name, desc.num_args,
+           values.size());
+    }
+    hops_exec normalized{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+    if (exec) {
+      constexpr size_t kMinimum = offsetof(hops_exec, stream) + sizeof(void*);
+      if (exec->struct_size < kMinimum) {
+        fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': struct_size expected >= {}, got {}",
+             desc.name, kMinimum, exec->struct_size);
+      }
+      std::memcpy(&normalized, exec, std::min(exec->struct_size, sizeof normalized));
+      normalized.struct_size = sizeof normalized;
+    } else {
+      // No exec: run where the first tensor lives.
+      for (int arg = 0; arg < desc.num_args; ++arg) {
+        if (is_tensor(desc.args[arg]) && values[arg].tensor) {
+          normalized.device = values[arg].tensor->device;
+          break;
+        }
+      }
+    }
+    const Call call(desc, normalized, values);
+    Registry& registry = Registry::get();
+    const Backend* backend = registry.backend_for(normalized.device.device_type);
+    if (!backend) {
+      fail(HOPS_ERR_UNSUPPORTED, "{}: no available backend for device {}", desc.name,
+           device_name(normalized.device));
+    }
+    const int threads = registry.threads().size();
+    const ExecContext context{normalized, &registry.threads(), &registry.scratch(normalized.device),
+                              normalized.num_threads > 0 ? std::min(normalized.num_threads, threads)
+                                                         : threads};
+    op.check_and_run(call, *backend, context);
+  });
+}
+
+}  // namespace hops

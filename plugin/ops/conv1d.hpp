@@ -1,0 +1,70 @@
+// Depthwise causal conv1d: prefill over whole sequences, and decode steps on
+// a state pool. Math and conventions: docs/OPS.md.
+#pragma once
+
+#include "../op.hpp"
+
+namespace hops {
+
+inline constexpr int64_t kMaxConvWidth = 4;
+
+enum class Activation : int64_t { none = HOPS_ACTIVATION_NONE, silu = HOPS_ACTIVATION_SILU };
+
+struct Conv1dFwd {
+  static constexpr const char* kName = "conv1d_fwd";
+  static constexpr const char* kDoc =
+      "depthwise causal conv1d over whole sequences with optional bias, silu and states";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 0;
+  using Signature = hops_conv1d_fwd_fn;
+  struct Arg {
+    enum : int { x, weight, bias, initial_state, cu_seqlens, y, final_state, activation,
+                 channels_first };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("x", HOPS_DTYPE_FLOATS, "[B,T,D]", "input, channels last ([B,D,T] with channels_first)"),
+      input("weight", HOPS_DTYPE_FLOATS, "[D,W]", "filter, width W <= 4"),
+      optional_input("bias", HOPS_DTYPE_FLOATS, "[D]", "added before the activation"),
+      optional_input("initial_state", HOPS_DTYPE_FLOATS, "[N,D,L0]", "inputs before each sequence, L0 >= W-1"),
+      optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
+      output("y", HOPS_DTYPE_FLOATS, "[B,T,D]", "output (shape, layout and dtype of x)"),
+      optional_output("final_state", HOPS_DTYPE_FLOATS, "[N,D,L1]", "last L1 inputs of each sequence, L1 >= W-1"),
+      i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu"),
+      bool_scalar("channels_first", false, "x and y are [B,D,T]"),
+  };
+
+  Tensor x, weight, bias, initial_state, y, final_state;  // x, y viewed as [B,T,D]
+  Sequences sequences;
+  int64_t B = 0, T = 0, D = 0, W = 0;
+  Activation activation = Activation::silu;
+  static Conv1dFwd check(const Call& call);
+};
+
+struct Conv1dUpdate {
+  static constexpr const char* kName = "conv1d_update";
+  static constexpr const char* kDoc =
+      "causal conv1d decode steps on a state pool [S,D,state_len] updated in place";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 0;
+  using Signature = hops_conv1d_update_fn;
+  struct Arg {
+    enum : int { x, state, weight, bias, state_indices, y, activation };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("x", HOPS_DTYPE_FLOATS, "[N,L,D]", "new tokens ([N,D] for one)"),
+      in_out("state", HOPS_DTYPE_FLOATS, "[S,D,state_len]", "state pool, state_len >= W-1"),
+      input("weight", HOPS_DTYPE_FLOATS, "[D,W]", "filter, width W <= 4"),
+      optional_input("bias", HOPS_DTYPE_FLOATS, "[D]", "added before the activation"),
+      optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]", "slot of each sequence, -1 skips it"),
+      output("y", HOPS_DTYPE_FLOATS, "[N,L,D]", "output (shape and dtype of x)"),
+      i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu"),
+  };
+
+  Tensor x, state, weight, bias, y;  // x, y viewed as [N,L,D]
+  Slots slots;
+  int64_t N = 0, L = 0, D = 0, W = 0;
+  Activation activation = Activation::silu;
+  static Conv1dUpdate check(const Call& call);
+};
+
+}  // namespace hops

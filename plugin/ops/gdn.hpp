@@ -1,0 +1,111 @@
+// Gated DeltaNet ops: chunked forward (prefill), recurrent (decode) and the
+// gate. Math and conventions: docs/OPS.md.
+#pragma once
+
+#include "../op.hpp"
+
+namespace hops {
+
+// The arguments every GDN forward shares, validated.
+struct GdnProblem {
+  Tensor q, k, v, g, beta, A_log, dt_bias, o;
+  Sequences sequences;
+  int64_t B = 0, T = 0, H = 0, HV = 0, K = 0, V = 0;
+  double scale = 0.0;  // resolved: never 0
+  bool use_qk_l2norm = false;
+  bool state_v_first = false;  // states [.., V, K]
+  bool fused_gating() const { return static_cast<bool>(A_log); }
+};
+
+struct GdnChunkFwd : GdnProblem {
+  static constexpr const char* kName = "gdn_chunk_fwd";
+  static constexpr const char* kDoc =
+      "Gated DeltaNet forward over whole sequences with the chunked (WY) algorithm";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 0;
+  using Signature = hops_gdn_chunk_fwd_fn;
+  struct Arg {
+    enum : int { q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, o, final_state,
+                 scale, use_qk_l2norm, state_v_first };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("q", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "queries"),
+      input("k", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "keys (dtype of q)"),
+      input("v", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "values (dtype of q); HV % H == 0"),
+      input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]", "log decay per token and value head (raw a with A_log)"),
+      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw b with A_log)"),
+      optional_input("initial_state", HOPS_DTYPE_F32, "[N,HV,K,V]", "state before each sequence, f32"),
+      optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
+      optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]", "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
+      optional_input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "fused gating bias (with A_log)"),
+      output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "output (dtype of q)"),
+      optional_output("final_state", HOPS_DTYPE_F32, "[N,HV,K,V]", "state after each sequence, f32"),
+      f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
+      bool_scalar("use_qk_l2norm", false, "l2-normalise q and k in the kernel"),
+      bool_scalar("state_v_first", false, "states are [N,HV,V,K]"),
+  };
+
+  Tensor initial_state, final_state;
+  static GdnChunkFwd check(const Call& call);
+};
+
+struct GdnRecurrent : GdnProblem {
+  static constexpr const char* kName = "gdn_recurrent";
+  static constexpr const char* kDoc =
+      "Gated DeltaNet token by token (decode, speculative) on a state pool updated in place";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 0;
+  using Signature = hops_gdn_recurrent_fn;
+  struct Arg {
+    enum : int { q, k, v, g, beta, state, state_indices, cu_seqlens, A_log, dt_bias, o, scale,
+                 use_qk_l2norm, state_v_first };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("q", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "queries"),
+      input("k", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "keys (dtype of q)"),
+      input("v", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "values (dtype of q); HV % H == 0"),
+      input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]", "log decay (raw a with A_log)"),
+      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw b with A_log)"),
+      in_out("state", HOPS_DTYPE_F32, "[S,HV,K,V]", "state pool, f32, updated in place"),
+      optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]", "slot of each sequence, -1 skips it"),
+      optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
+      optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]", "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
+      optional_input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "fused gating bias (with A_log)"),
+      output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "output (dtype of q); skipped sequences untouched"),
+      f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
+      bool_scalar("use_qk_l2norm", false, "l2-normalise q and k in the kernel"),
+      bool_scalar("state_v_first", false, "states are [S,HV,V,K]"),
+  };
+
+  Tensor state;
+  Slots slots;
+  static GdnRecurrent check(const Call& call);
+};
+
+struct GdnGating {
+  static constexpr const char* kName = "gdn_gating";
+  static constexpr const char* kDoc = "g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b)";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 1;
+  using Signature = hops_gdn_gating_fn;
+  struct Arg {
+    enum : int { A_log, a, b, dt_bias, g, beta, softplus_beta, softplus_threshold };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("A_log", HOPS_DTYPE_FLOATS, "[HV]", "log of the decay rate per value head"),
+      input("a", HOPS_DTYPE_FLOATS, "[...,HV]", "gate input"),
+      input("b", HOPS_DTYPE_FLOATS, "[...,HV]", "beta input (shape of a)"),
+      input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "bias added to a"),
+      output("g", HOPS_DTYPE_FLOATS, "[...,HV]", "log decay"),
+      output("beta", HOPS_DTYPE_FLOATS, "[...,HV]", "write strength"),
+      f64_scalar("softplus_beta", 1.0, "softplus(x) = log1p(exp(beta x)) / beta"),
+      f64_scalar("softplus_threshold", 20.0, "softplus is linear where beta x > threshold"),
+  };
+
+  Tensor A_log, a, b, dt_bias, g, beta;
+  int64_t rows = 0, HV = 0;  // a viewed as [rows, HV]
+  double softplus_beta = 1.0, softplus_threshold = 20.0;
+  static GdnGating check(const Call& call);
+};
+
+}  // namespace hops

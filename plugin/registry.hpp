@@ -1,0 +1,49 @@
+// The process-wide state of the plugin: the op table, the backends (CPU plus
+// the modules found beside libhops.so) and the per-device resources.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "backend.hpp"
+#include "op.hpp"
+#include "scratch_pool.hpp"
+#include "thread_pool.hpp"
+
+namespace hops {
+
+// Every op the plugin offers, in ABI order (plugin/op_table.cpp).
+std::span<const OpDef* const> all_ops();
+
+class Registry {
+ public:
+  static Registry& get();
+
+  const OpDef* find_op(std::string_view name) const;
+  std::span<const Backend> backends() const { return backends_; }
+  std::span<const hops_backend_info> backend_infos() const { return infos_; }
+  // The available backend with the best score for this device type, or null.
+  const Backend* backend_for(int32_t device_type) const;
+
+  ThreadPool& threads() { return *threads_; }
+  ScratchPool& scratch(DLDevice device);
+  void set_allocator(const hops_allocator* allocator);
+
+ private:
+  Registry();
+  void load_modules();
+
+  std::vector<Backend> backends_;
+  std::vector<hops_backend_info> infos_;
+  std::unique_ptr<ThreadPool> threads_;
+  std::mutex scratch_mutex_;
+  std::map<std::pair<int32_t, int32_t>, std::unique_ptr<ScratchPool>> scratch_;
+  hops_allocator allocator_{};
+};
+
+}  // namespace hops

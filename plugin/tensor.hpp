@@ -1,0 +1,56 @@
+// Tensor: a validated, read-only view of a DLTensor argument. Shapes and
+// strides are copied in (strides always explicit, in elements) so kernels
+// never consult the DLTensor again.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+#include "dtype.hpp"
+#include "hops/hops.h"
+
+namespace hops {
+
+inline constexpr int kMaxDims = 8;
+
+struct Tensor {
+  bool exists = false;       // false for an absent optional argument
+  void* handle = nullptr;    // DLTensor::data: a pointer, or a cl_mem for OpenCL
+  uint64_t byte_offset = 0;  // DLTensor::byte_offset
+  DLDevice device{kDLCPU, 0};
+  DType dtype = DType::f32;
+  int ndim = 0;
+  std::array<int64_t, kMaxDims> shape{};
+  std::array<int64_t, kMaxDims> stride{};  // in elements
+
+  explicit operator bool() const { return exists; }
+
+  // Negative dims count from the back, as in Python.
+  int64_t size(int dim) const { return shape[dim < 0 ? dim + ndim : dim]; }
+  int64_t step(int dim) const { return stride[dim < 0 ? dim + ndim : dim]; }
+  int64_t numel() const;
+  bool contiguous() const;
+
+  // Host-addressable data (CPU and CUDA-style pointer devices).
+  template <class T>
+  T* data() const {
+    return reinterpret_cast<T*>(static_cast<std::byte*>(handle) + byte_offset);
+  }
+  // Offset in elements of an index tuple.
+  template <class... I>
+  int64_t offset(I... index) const {
+    int64_t position = 0;
+    int dim = 0;
+    ((position += static_cast<int64_t>(index) * stride[dim++]), ...);
+    return position;
+  }
+};
+
+// Builds a view; the caller has already validated the DLTensor.
+Tensor make_tensor(const DLTensor& dl, DType dtype);
+
+// Reads element i of a 1-D integer tensor (i32 or i64) in host memory.
+int64_t read_index(const Tensor& t, int64_t i);
+
+}  // namespace hops

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# hops set-up and entry points. Each command installs what is missing (apt-get
+# for system packages, pip into ./.venv for Python), configures and builds,
+# then runs. Safe to run again: installed things are skipped, builds are
+# incremental, pip keeps its cache.
+#
+#   ./run.sh demo    build, then run the main job on the CPU backend
+#   ./run.sh test    build, then every test: ctest (Release and ASan/UBSan) + pytest
+#   ./run.sh build   build only
+#   ./run.sh lint    clang-format check and clang-tidy over the sources
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+JOBS=$(nproc)
+
+say() { printf '\n== %s\n' "$*"; }
+
+# ---- system packages ---------------------------------------------------------
+APT_PACKAGES=(build-essential cmake pkg-config git python3 python3-venv
+              libffi-dev libdlpack-dev libfmt-dev ocl-icd-opencl-dev
+              googletest libgtest-dev libbenchmark-dev clang-format clang-tidy)
+
+install_system_packages() {
+  local missing=()
+  for package in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "hops: missing packages: ${missing[*]} — install them with: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  say "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ---- python environment --------------------------------------------------------
+PYTHON_PACKAGES=(numpy pytest)
+
+install_python_packages() {
+  if [ ! -x .venv/bin/python ]; then
+    say "python venv in .venv"
+    python3 -m venv .venv
+  fi
+  local missing=()
+  for package in "${PYTHON_PACKAGES[@]}"; do
+    .venv/bin/python -m pip show -q "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "pip install ${missing[*]}"
+    .venv/bin/python -m pip install -q "${missing[@]}"
+  fi
+}
+
+# ---- builds ------------------------------------------------------------------
+configure_and_build() {  # build_dir, cmake args...
+  local dir=$1
+  shift
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    cmake -S "$ROOT" -B "$dir" "$@" >/dev/null || { echo "hops: CMake configure failed ($dir)" >&2; exit 1; }
+  fi
+  cmake --build "$dir" -j "$JOBS"
+}
+
+build_release() { configure_and_build build -DCMAKE_BUILD_TYPE=Release; }
+build_sanitized() {
+  configure_and_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOPS_SANITIZE=ON
+}
+
+setup() {
+  install_system_packages
+  install_python_packages
+  say "build (Release)"
+  build_release
+}
+
+# ---- commands ----------------------------------------------------------------
+run_tests() {
+  local status=0
+  say "ctest (Release)"
+  (cd build && ctest --output-on-failure -j "$JOBS") || status=1
+  say "build (AddressSanitizer + UndefinedBehaviorSanitizer)"
+  build_sanitized
+  say "ctest (ASan/UBSan)"
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+     ctest --output-on-failure -j "$JOBS") || status=1
+  say "pytest"
+  if [ -d tests/python ]; then
+    .venv/bin/python -m pytest -q tests/python || status=1
+  else
+    echo "pytest: no Python tests in this tree yet (tests/python)"
+  fi
+  return $status
+}
+
+run_demo() {
+  say "demo: Qwen3.5-sized GDN layer on the CPU backend (C host through the C ABI)"
+  build/examples/c_host build/plugin/libhops.so
+}
+
+run_lint() {
+  local sources
+  sources=$(git ls-files '*.c' '*.h' '*.cpp' '*.hpp')
+  say "clang-format"
+  clang-format --dry-run --Werror $sources
+  say "clang-tidy"
+  git ls-files 'plugin/*.cpp' 'backends/cpu/*.cpp' | xargs -P "$JOBS" -n 4 clang-tidy -p build --quiet
+}
+
+case "${1:-}" in
+  demo) setup; run_demo ;;
+  test) setup; run_tests ;;
+  build) setup ;;
+  lint) setup; run_lint ;;
+  *) echo "usage: ./run.sh demo|test|build|lint" >&2; exit 2 ;;
+esac

@@ -1,0 +1,88 @@
+// The float64 oracle: every hops op written as plain loops, to be read.
+//
+// Arrays are dense row-major float64 (Array64). Shapes and conventions are the
+// ones of docs/OPS.md; the conformance runner converts the provider's tensors
+// (any dtype, any strides) to and from Array64.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace hops::ref {
+
+struct Array64 {
+  std::vector<int64_t> shape;
+  std::vector<double> data;
+
+  Array64() = default;
+  explicit Array64(std::vector<int64_t> dims, double fill = 0.0);
+  int64_t numel() const { return static_cast<int64_t>(data.size()); }
+  int64_t dim(int i) const { return shape[i < 0 ? shape.size() + i : i]; }
+  // Row-major element access; the number of indices equals the rank.
+  double& at(std::initializer_list<int64_t> index);
+  double at(std::initializer_list<int64_t> index) const;
+};
+
+// One (batch row, token range) per sequence: dense inputs give N=B sequences
+// [0,T) of row n; varlen inputs (B=1) give [cu[n], cu[n+1]) of row 0.
+struct Sequence {
+  int64_t batch, begin, end;
+};
+std::vector<Sequence> sequences(int64_t B, int64_t T, const std::vector<int64_t>* cu_seqlens);
+
+// g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b); a, b [..., HV].
+// softplus(x) = log1p(exp(softplus_beta*x))/softplus_beta, or x where softplus_beta*x > threshold.
+struct Gating {
+  Array64 g, beta;
+};
+Gating gdn_gating(const Array64& A_log, const Array64& a, const Array64& b, const Array64& dt_bias,
+                  double softplus_beta = 1.0, double softplus_threshold = 20.0);
+
+struct GdnOptions {
+  double scale = 0.0;  // 0: K^-1/2
+  bool use_qk_l2norm = false;
+  bool state_v_first = false;         // states are [.., V, K] instead of [.., K, V]
+  const Array64* A_log = nullptr;     // fused gating: g holds a, beta holds b (raw)
+  const Array64* dt_bias = nullptr;
+};
+
+// The delta rule, token by token. q,k [B,T,H,K], v [B,T,HV,V], g,beta [B,T,HV],
+// h0 [N,HV,K,V] or null -> o [B,T,HV,V], final state [N,HV,K,V].
+struct GdnResult {
+  Array64 o, final_state;
+};
+GdnResult gdn_forward(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
+                      const Array64& beta, const Array64* h0,
+                      const std::vector<int64_t>* cu_seqlens, const GdnOptions& options);
+
+// Decode against a state pool [S,HV,K,V], updated in place. Sequence n uses
+// slot state_indices[n] (slot n when null); -1 skips it: its o rows keep the
+// values they had on entry (pass o pre-filled with the poison).
+void gdn_recurrent(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
+                   const Array64& beta, Array64& state_pool,
+                   const std::vector<int64_t>* state_indices,
+                   const std::vector<int64_t>* cu_seqlens, const GdnOptions& options, Array64& o);
+
+// y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim.
+Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight, double eps);
+
+enum class Activation { none = 0, silu = 1 };
+
+// Depthwise causal conv over channels-last x [B,T,D], weight [D,W], bias [D],
+// initial state [N,D,L0] (L0 >= W-1) -> y [B,T,D], final state [N,D,final_len]
+// (empty when final_len == 0).
+struct Conv1dResult {
+  Array64 y, final_state;
+};
+Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* bias,
+                        const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
+                        Activation activation, int64_t final_len);
+
+// Decode: x [N,L,D], state pool [S,D,state_len] updated in place, slot
+// state_indices[n] (n when null, -1 skips: y rows keep their entry values).
+void conv1d_update(const Array64& x, Array64& state_pool, const Array64& weight,
+                   const Array64* bias, const std::vector<int64_t>* state_indices,
+                   Activation activation, Array64& y);
+
+}  // namespace hops::ref
