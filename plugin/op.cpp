@@ -42,13 +42,17 @@ ByteSpan byte_span(const Tensor& t) {
 // No two elements share an address: with dims sorted by stride, each stride
 // steps past everything the smaller dims span.
 bool self_overlapping(const Tensor& t) {
+  if (t.numel() == 0) return false;
   std::array<int, kMaxDims> order{};
   int n = 0;
   for (int d = 0; d < t.ndim; ++d) {
     if (t.shape[d] > 1) order[n++] = d;
   }
-  std::sort(order.begin(), order.begin() + n,
-            [&](int a, int b) { return t.stride[a] < t.stride[b]; });
+  for (int i = 1; i < n; ++i) {  // insertion sort: at most kMaxDims dims
+    for (int j = i; j > 0 && t.stride[order[j]] < t.stride[order[j - 1]]; --j) {
+      std::swap(order[j], order[j - 1]);
+    }
+  }
   int64_t span = 0;  // elements covered by the smaller dims, minus one
   for (int i = 0; i < n; ++i) {
     const int d = order[i];

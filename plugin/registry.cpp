@@ -21,47 +21,55 @@ Registry& Registry::get() {
 
 Registry::Registry() : threads_(std::make_unique<ThreadPool>(default_thread_count())) {
   backends_.push_back({"cpu", kDLCPU, true, "built into libhops", 0, cpu_kernels(), &last_error});
-  load_modules();
+  // Our own modules sit beside libhops.so.
+  Dl_info self{};
+  if (dladdr(reinterpret_cast<void*>(&all_ops), &self) && self.dli_fname) {
+    for (Backend& module : load_backend_modules(std::filesystem::path(self.dli_fname).parent_path())) {
+      backends_.push_back(std::move(module));
+    }
+  }
   for (const Backend& b : backends_) {
     infos_.push_back({sizeof(hops_backend_info), b.name.c_str(), b.device_type, b.available ? 1 : 0,
                       b.detail.c_str()});
   }
 }
 
-// Modules live beside libhops.so as libhops_<name>.so. A module whose runtime
-// is missing (no GPU driver, no OpenCL ICD) still loads and reports itself
+// Modules are libhops_<name>.so files in `folder`. A module whose runtime is
+// missing (no GPU driver, no OpenCL ICD) still loads and reports itself
 // unavailable; one that cannot be opened at all is listed with the reason.
-void Registry::load_modules() {
-  Dl_info self{};
-  if (!dladdr(reinterpret_cast<void*>(&all_ops), &self) || !self.dli_fname) return;
+std::vector<Backend> load_backend_modules(const std::filesystem::path& folder) {
+  std::vector<std::filesystem::path> paths;
   std::error_code ec;
-  const auto folder = std::filesystem::path(self.dli_fname).parent_path();
-  std::vector<std::filesystem::path> modules;
   for (const auto& entry : std::filesystem::directory_iterator(folder, ec)) {
     const std::string file = entry.path().filename().string();
-    if (file.starts_with("libhops_") && entry.path().extension() == ".so") modules.push_back(entry.path());
+    if (file.starts_with("libhops_") && entry.path().extension() == ".so") paths.push_back(entry.path());
   }
-  std::sort(modules.begin(), modules.end());
-  for (const auto& path : modules) {
+  std::sort(paths.begin(), paths.end());
+  std::vector<Backend> modules;
+  for (const auto& path : paths) {
     const std::string name = path.stem().string().substr(std::string_view("libhops_").size());
+    auto unavailable = [&](std::string why) {
+      modules.push_back({name, kDLExtDev, false, std::move(why), 0, {}, nullptr});
+    };
     // RTLD_LOCAL: a module's symbols never leak into the host's namespace.
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-      backends_.push_back({name, kDLExtDev, false, fmt::format("cannot open {}: {}", path.string(), dlerror()), 0, {}, nullptr});
+      unavailable(fmt::format("cannot open {}: {}", path.string(), dlerror()));
       continue;
     }
     const auto init = reinterpret_cast<BackendInitFn>(dlsym(handle, kBackendInitSymbol));
     const BackendModuleV1* module = init ? init() : nullptr;
     if (!module || module->struct_size < sizeof(BackendModuleV1)) {
-      backends_.push_back({name, kDLExtDev, false, fmt::format("{} has no usable {}", path.string(), kBackendInitSymbol), 0, {}, nullptr});
+      unavailable(fmt::format("{} has no usable {}", path.string(), kBackendInitSymbol));
       dlclose(handle);
       continue;
     }
     // The module stays loaded for the life of the process: its kernels are in the table.
-    backends_.push_back({module->name, static_cast<DLDeviceType>(module->device_type),
-                         module->available != 0, fmt::format("{}: {}", path.string(), module->detail),
-                         module->score, {module->kernels, module->num_kernels}, module->last_error});
+    modules.push_back({module->name, static_cast<DLDeviceType>(module->device_type),
+                       module->available != 0, fmt::format("{}: {}", path.string(), module->detail),
+                       module->score, {module->kernels, module->num_kernels}, module->last_error});
   }
+  return modules;
 }
 
 const OpDef* Registry::find_op(std::string_view name) const {

@@ -2,6 +2,7 @@
 // the modules found beside libhops.so) and the per-device resources.
 #pragma once
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,6 +21,9 @@ namespace hops {
 // Every op the plugin offers, in ABI order (plugin/op_table.cpp).
 std::span<const OpDef* const> all_ops();
 
+// The backend modules (libhops_<name>.so) found in a folder.
+std::vector<Backend> load_backend_modules(const std::filesystem::path& folder);
+
 class Registry {
  public:
   static Registry& get();
@@ -36,7 +40,6 @@ class Registry {
 
  private:
   Registry();
-  void load_modules();
 
   std::vector<Backend> backends_;
   std::vector<hops_backend_info> infos_;

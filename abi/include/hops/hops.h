@@ -14,8 +14,9 @@
  *    NULL stands for an absent optional tensor. Outputs are allocated by the
  *    caller; the provider never frees host memory.
  *  - Every call returns a hops_status. On failure `last_error()` holds a
- *    thread-local message naming the op and the argument, and no output has
- *    been written.
+ *    thread-local message naming the op and the argument. A call rejected
+ *    for its arguments (INVALID_ARGUMENT, UNSUPPORTED, NOT_FOUND) has
+ *    written no output; after a device failure (BACKEND) outputs are lost.
  *
  * Ops are described by hops_op_desc (name, arguments, dtypes, doc) so that
  * hosts can build their bindings from the table. Each op can be called either
