@@ -3,6 +3,10 @@
 // Arrays are dense row-major float64 (Array64). Shapes and conventions are the
 // ones of docs/OPS.md; the conformance runner converts the provider's tensors
 // (any dtype, any strides) to and from Array64.
+//
+// Every function checks its arguments (shapes, cu_seqlens, slots) and throws
+// std::invalid_argument on misuse, and Array64::at is bounds-checked: a wrong
+// call is a bug in the test and must fail loudly.
 #pragma once
 
 #include <cstdint>
@@ -49,6 +53,8 @@ struct GdnOptions {
 
 // The delta rule, token by token. q,k [B,T,H,K], v [B,T,HV,V], g,beta [B,T,HV],
 // h0 [N,HV,K,V] or null -> o [B,T,HV,V], final state [N,HV,K,V].
+// With options.state_v_first, h0 and the final state are [N,HV,V,K] instead
+// (stored[v][k] = S[k][v]). An empty sequence's final state is its h0 (or 0).
 struct GdnResult {
   Array64 o, final_state;
 };
@@ -58,7 +64,9 @@ GdnResult gdn_forward(const Array64& q, const Array64& k, const Array64& v, cons
 
 // Decode against a state pool [S,HV,K,V], updated in place. Sequence n uses
 // slot state_indices[n] (slot n when null); -1 skips it: its o rows keep the
-// values they had on entry (pass o pre-filled with the poison).
+// values they had on entry (pass o pre-filled with the poison), and its slot
+// is untouched. The pool is [S,HV,V,K] with options.state_v_first. o must be
+// [B,T,HV,V]; slots must be distinct (else the updates would alias).
 void gdn_recurrent(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
                    const Array64& beta, Array64& state_pool,
                    const std::vector<int64_t>* state_indices,
@@ -71,7 +79,10 @@ enum class Activation { none = 0, silu = 1 };
 
 // Depthwise causal conv over channels-last x [B,T,D], weight [D,W], bias [D],
 // initial state [N,D,L0] (L0 >= W-1) -> y [B,T,D], final state [N,D,final_len]
-// (empty when final_len == 0).
+// (shape [N,D,0] when final_len == 0). Inputs before a sequence's start
+// are the last columns of its initial state, or 0 (no state, or further back
+// than L0). Final column c is the input at position len - final_len + c of
+// the sequence (negative: the initial state's columns, then 0).
 struct Conv1dResult {
   Array64 y, final_state;
 };
@@ -81,6 +92,8 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
 
 // Decode: x [N,L,D], state pool [S,D,state_len] updated in place, slot
 // state_indices[n] (n when null, -1 skips: y rows keep their entry values).
+// Requires state_len >= W-1; the new state is the last state_len inputs of
+// [old state columns, new tokens]. y must be [N,L,D].
 void conv1d_update(const Array64& x, Array64& state_pool, const Array64& weight,
                    const Array64* bias, const std::vector<int64_t>* state_indices,
                    Activation activation, Array64& y);

@@ -1,0 +1,533 @@
+// Self-test of the float64 oracle: hand-computed cases and identities that
+// must hold (GQA mapping, layouts, varlen = separate runs, decode = prefill),
+// so that the oracle itself can fail.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <stdexcept>
+
+#include "reference.hpp"
+
+namespace {
+
+using hops::ref::Activation;
+using hops::ref::Array64;
+using hops::ref::GdnOptions;
+
+// ---- helpers ----------------------------------------------------------------
+
+Array64 random_array(std::vector<int64_t> shape, std::mt19937_64& rng, double low = -1.0, double high = 1.0) {
+  Array64 a(std::move(shape));
+  std::uniform_real_distribution<double> uniform(low, high);
+  for (double& value : a.data) value = uniform(rng);
+  return a;
+}
+
+Array64 from_values(std::vector<int64_t> shape, std::vector<double> values) {
+  Array64 a(std::move(shape));
+  EXPECT_EQ(a.data.size(), values.size());
+  a.data = std::move(values);
+  return a;
+}
+
+// Elements [begin, end) along `axis`, the other axes whole.
+Array64 slice(const Array64& a, size_t axis, int64_t begin, int64_t end) {
+  std::vector<int64_t> shape = a.shape;
+  shape[axis] = end - begin;
+  int64_t outer = 1, inner = 1;
+  for (size_t i = 0; i < axis; ++i) outer *= a.shape[i];
+  for (size_t i = axis + 1; i < a.shape.size(); ++i) inner *= a.shape[i];
+  Array64 out(shape);
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t i = 0; i < end - begin; ++i) {
+      for (int64_t r = 0; r < inner; ++r) {
+        out.data[(o * (end - begin) + i) * inner + r] = a.data[(o * a.shape[axis] + begin + i) * inner + r];
+      }
+    }
+  }
+  return out;
+}
+
+// Element `index` along `axis`, keeping that axis with extent 1.
+Array64 select(const Array64& a, size_t axis, int64_t index) { return slice(a, axis, index, index + 1); }
+
+// Swaps the last two axes of a rank-4 array.
+Array64 transpose_last2(const Array64& a) {
+  Array64 out({a.dim(0), a.dim(1), a.dim(3), a.dim(2)});
+  for (int64_t i0 = 0; i0 < a.dim(0); ++i0)
+    for (int64_t i1 = 0; i1 < a.dim(1); ++i1)
+      for (int64_t i2 = 0; i2 < a.dim(2); ++i2)
+        for (int64_t i3 = 0; i3 < a.dim(3); ++i3) out.at({i0, i1, i3, i2}) = a.at({i0, i1, i2, i3});
+  return out;
+}
+
+void expect_near(const Array64& actual, const Array64& expected, double tolerance = 1e-12) {
+  ASSERT_EQ(actual.shape, expected.shape);
+  double worst = 0.0;
+  int64_t worst_index = -1;
+  for (int64_t i = 0; i < actual.numel(); ++i) {
+    const double difference = std::abs(actual.data[i] - expected.data[i]);
+    if (!(difference <= worst)) {  // also catches NaN
+      worst = difference;
+      worst_index = i;
+    }
+  }
+  EXPECT_LE(worst, tolerance) << "at flat index " << worst_index;
+}
+
+// ---- Array64 and sequences -----------------------------------------------------
+
+TEST(Array64, RowMajorAndBoundsChecked) {
+  Array64 a({2, 3}, 1.5);
+  EXPECT_EQ(a.numel(), 6);
+  EXPECT_EQ(a.dim(-1), 3);
+  a.at({1, 2}) = 7.0;
+  a.at({1, 0}) = 5.0;
+  EXPECT_EQ(a.data[5], 7.0);
+  EXPECT_EQ(a.data[3], 5.0);
+  EXPECT_EQ(a.data[0], 1.5);
+  EXPECT_THROW(a.at({0, 3}), std::invalid_argument);
+  EXPECT_THROW(a.at({1}), std::invalid_argument);
+}
+
+TEST(Sequences, DenseAndVarlen) {
+  const auto dense = hops::ref::sequences(2, 5, nullptr);
+  ASSERT_EQ(dense.size(), 2u);
+  EXPECT_EQ(dense[1].batch, 1);
+  EXPECT_EQ(dense[1].begin, 0);
+  EXPECT_EQ(dense[1].end, 5);
+
+  const std::vector<int64_t> cu = {0, 2, 2, 5};
+  const auto varlen = hops::ref::sequences(1, 5, &cu);
+  ASSERT_EQ(varlen.size(), 3u);
+  EXPECT_EQ(varlen[1].begin, 2);
+  EXPECT_EQ(varlen[1].end, 2);  // empty sequence
+  EXPECT_EQ(varlen[2].batch, 0);
+  EXPECT_EQ(varlen[2].begin, 2);
+  EXPECT_EQ(varlen[2].end, 5);
+
+  EXPECT_THROW(hops::ref::sequences(2, 5, &cu), std::invalid_argument);  // varlen needs B == 1
+  const std::vector<int64_t> short_total = {0, 2, 4};
+  EXPECT_THROW(hops::ref::sequences(1, 5, &short_total), std::invalid_argument);
+  const std::vector<int64_t> decreasing = {0, 3, 2, 5};
+  EXPECT_THROW(hops::ref::sequences(1, 5, &decreasing), std::invalid_argument);
+}
+
+// ---- gdn_gating ------------------------------------------------------------------
+
+TEST(Gating, HandValues) {
+  const Array64 A_log = from_values({2}, {0.0, std::log(2.0)});  // exp(A_log) = 1, 2
+  const Array64 dt_bias = from_values({2}, {0.0, 1.0});
+  const Array64 a = from_values({2, 2}, {0.0, 0.0, 30.0, -1.0});
+  const Array64 b = from_values({2, 2}, {0.0, 2.0, -3.0, 0.0});
+  const auto gating = hops::ref::gdn_gating(A_log, a, b, dt_bias);
+
+  EXPECT_NEAR(gating.g.at({0, 0}), -std::log(2.0), 1e-14);              // -1 * softplus(0)
+  EXPECT_NEAR(gating.g.at({0, 1}), -2.0 * std::log1p(std::exp(1.0)), 1e-14);  // head 1: -2 * softplus(0 + 1)
+  EXPECT_EQ(gating.g.at({1, 0}), -30.0);                                 // above the threshold: linear
+  EXPECT_NEAR(gating.g.at({1, 1}), -2.0 * std::log(2.0), 1e-14);       // -2 * softplus(-1 + 1)
+  EXPECT_EQ(gating.beta.at({0, 0}), 0.5);
+  EXPECT_NEAR(gating.beta.at({0, 1}), 1.0 / (1.0 + std::exp(-2.0)), 1e-15);
+  EXPECT_NEAR(gating.beta.at({1, 0}), 1.0 / (1.0 + std::exp(3.0)), 1e-15);
+  EXPECT_EQ(gating.beta.at({1, 1}), 0.5);
+}
+
+TEST(Gating, SoftplusBetaAndThreshold) {
+  const Array64 A_log = from_values({1}, {0.0});
+  const Array64 dt_bias = from_values({1}, {0.0});
+  const Array64 a = from_values({3, 1}, {0.5, 11.0, 15.0});
+  const Array64 b = from_values({3, 1}, {0.0, 0.0, 0.0});
+
+  // softplus_beta = 2: log1p(exp(2x)) / 2, linear once 2x > 20.
+  const auto sharp = hops::ref::gdn_gating(A_log, a, b, dt_bias, 2.0, 20.0);
+  EXPECT_NEAR(sharp.g.at({0, 0}), -std::log1p(std::exp(1.0)) / 2.0, 1e-14);
+  EXPECT_EQ(sharp.g.at({1, 0}), -11.0);
+  EXPECT_EQ(sharp.g.at({2, 0}), -15.0);
+
+  // softplus_beta = 1: 15 is below the threshold, so not linear (differs by ~3e-7).
+  const auto plain = hops::ref::gdn_gating(A_log, a, b, dt_bias);
+  EXPECT_NEAR(plain.g.at({2, 0}), -std::log1p(std::exp(15.0)), 1e-12);
+  EXPECT_GT(std::abs(plain.g.at({2, 0}) + 15.0), 1e-7);
+}
+
+// ---- gated_rmsnorm -----------------------------------------------------------------
+
+TEST(GatedRmsnorm, HandValues) {
+  auto silu = [](double z) { return z / (1.0 + std::exp(-z)); };
+  const Array64 x = from_values({2, 2}, {3.0, 4.0, 1.0, -1.0});
+  const Array64 z = from_values({2, 2}, {1.0, 2.0, -0.5, 3.0});
+  const Array64 weight = from_values({2}, {1.0, 0.5});
+
+  const Array64 y = hops::ref::gated_rmsnorm(x, z, weight, 0.0);
+  const double rms0 = std::sqrt((9.0 + 16.0) / 2.0);  // row 0: mean of squares 12.5
+  EXPECT_NEAR(y.at({0, 0}), 3.0 / rms0 * 1.0 * silu(1.0), 1e-14);
+  EXPECT_NEAR(y.at({0, 1}), 4.0 / rms0 * 0.5 * silu(2.0), 1e-14);
+  EXPECT_NEAR(y.at({1, 0}), 1.0 * 1.0 * silu(-0.5), 1e-14);  // row 1: rms 1
+  EXPECT_NEAR(y.at({1, 1}), -1.0 * 0.5 * silu(3.0), 1e-14);
+
+  // eps is added to the mean of squares, inside the root.
+  const Array64 y_eps = hops::ref::gated_rmsnorm(x, z, weight, 1.0);
+  EXPECT_NEAR(y_eps.at({1, 0}), 1.0 / std::sqrt(2.0) * silu(-0.5), 1e-14);
+}
+
+// ---- gdn_forward -----------------------------------------------------------------
+
+TEST(GdnForward, OneTokenFromZeroState) {
+  // B=T=H=HV=1, K=2, V=3. From S = 0: S = beta k v^T and o = scale beta (k.q) v.
+  const Array64 q = from_values({1, 1, 1, 2}, {1.0, 2.0});
+  const Array64 k = from_values({1, 1, 1, 2}, {3.0, -1.0});
+  const Array64 v = from_values({1, 1, 1, 3}, {0.5, -2.0, 4.0});
+  const Array64 g = from_values({1, 1, 1}, {-0.7});  // decays a zero state: no effect
+  const Array64 beta = from_values({1, 1, 1}, {0.25});
+  GdnOptions options;
+  options.scale = 0.5;
+
+  const auto result = hops::ref::gdn_forward(q, k, v, g, beta, nullptr, nullptr, options);
+  // k.q = 3 - 2 = 1, so o = 0.5 * 0.25 * v.
+  expect_near(result.o, from_values({1, 1, 1, 3}, {0.0625, -0.25, 0.5}));
+  expect_near(result.final_state, from_values({1, 1, 2, 3}, {0.375, -1.5, 3.0, -0.125, 0.5, -1.0}));
+}
+
+TEST(GdnForward, OneTokenFromInitialState) {
+  // S0 = [[1,2,3],[4,5,6]], decay exp(g) = 1/2, beta = 1/4, k = e0, v = [10,20,30], q = [1,1].
+  //   decayed  = [[.5,1,1.5],[2,2.5,3]]
+  //   u        = beta (v - S^T k) = 0.25 ([10,20,30] - [.5,1,1.5]) = [2.375, 4.75, 7.125]
+  //   S        = decayed + k u^T = [[2.875,5.75,8.625],[2,2.5,3]]
+  //   o        = S^T q = [4.875, 8.25, 11.625]
+  const Array64 q = from_values({1, 1, 1, 2}, {1.0, 1.0});
+  const Array64 k = from_values({1, 1, 1, 2}, {1.0, 0.0});
+  const Array64 v = from_values({1, 1, 1, 3}, {10.0, 20.0, 30.0});
+  const Array64 g = from_values({1, 1, 1}, {std::log(0.5)});
+  const Array64 beta = from_values({1, 1, 1}, {0.25});
+  const Array64 h0 = from_values({1, 1, 2, 3}, {1.0, 2.0, 3.0, 4.0, 5.0, 6.0});
+  GdnOptions options;
+  options.scale = 1.0;
+
+  const Array64 expected_o = from_values({1, 1, 1, 3}, {4.875, 8.25, 11.625});
+  const Array64 expected_state = from_values({1, 1, 2, 3}, {2.875, 5.75, 8.625, 2.0, 2.5, 3.0});
+  const auto result = hops::ref::gdn_forward(q, k, v, g, beta, &h0, nullptr, options);
+  expect_near(result.o, expected_o);
+  expect_near(result.final_state, expected_state);
+
+  // The same with value-first states: h0 and the final state are stored [V, K].
+  options.state_v_first = true;
+  const Array64 h0_v_first = from_values({1, 1, 3, 2}, {1.0, 4.0, 2.0, 5.0, 3.0, 6.0});
+  const auto v_first = hops::ref::gdn_forward(q, k, v, g, beta, &h0_v_first, nullptr, options);
+  expect_near(v_first.o, expected_o);
+  expect_near(v_first.final_state, from_values({1, 1, 3, 2}, {2.875, 2.0, 5.75, 2.5, 8.625, 3.0}));
+}
+
+TEST(GdnForward, L2NormAndDefaultScale) {
+  // K=2, V=1, S0 = 0, beta = 1: o = K^-1/2 (q^.k^) v with x^ = x / sqrt(|x|^2 + 1e-6).
+  const Array64 q = from_values({1, 1, 1, 2}, {3.0, 4.0});
+  const Array64 k = from_values({1, 1, 1, 2}, {0.0, 2.0});
+  const Array64 v = from_values({1, 1, 1, 1}, {1.0});
+  const Array64 g = from_values({1, 1, 1}, {0.0});
+  const Array64 beta = from_values({1, 1, 1}, {1.0});
+  GdnOptions options;
+  options.use_qk_l2norm = true;  // scale stays 0: K^-1/2
+
+  const auto result = hops::ref::gdn_forward(q, k, v, g, beta, nullptr, nullptr, options);
+  const double expected = 8.0 / std::sqrt(25.0 + 1e-6) / std::sqrt(4.0 + 1e-6) / std::sqrt(2.0);
+  EXPECT_NEAR(result.o.at({0, 0, 0, 0}), expected, 1e-15);
+  EXPECT_NEAR(result.final_state.at({0, 0, 1, 0}), 2.0 / std::sqrt(4.0 + 1e-6), 1e-15);
+}
+
+TEST(GdnForward, ValueHeadReadsKeyHeadHOverG) {
+  // H=2, HV=6: G=3 (not a power of two), so hv / G and hv % H disagree.
+  std::mt19937_64 rng(1);
+  const int64_t B = 2, T = 4, H = 2, HV = 6, K = 3, V = 2;
+  const Array64 q = random_array({B, T, H, K}, rng);
+  const Array64 k = random_array({B, T, H, K}, rng);
+  const Array64 v = random_array({B, T, HV, V}, rng);
+  const Array64 g = random_array({B, T, HV}, rng, -1.0, 0.0);
+  const Array64 beta = random_array({B, T, HV}, rng, 0.0, 1.0);
+  const Array64 h0 = random_array({B, HV, K, V}, rng);
+  GdnOptions options;
+  options.use_qk_l2norm = true;
+  const auto full = hops::ref::gdn_forward(q, k, v, g, beta, &h0, nullptr, options);
+
+  for (int64_t hv = 0; hv < HV; ++hv) {
+    const int64_t h = hv / (HV / H);
+    const Array64 h0_head = select(h0, 1, hv);
+    const auto single = hops::ref::gdn_forward(select(q, 2, h), select(k, 2, h), select(v, 2, hv),
+                                               select(g, 2, hv), select(beta, 2, hv), &h0_head, nullptr, options);
+    SCOPED_TRACE("hv = " + std::to_string(hv));
+    expect_near(select(full.o, 2, hv), single.o);
+    expect_near(select(full.final_state, 1, hv), single.final_state);
+  }
+}
+
+TEST(GdnForward, StateVFirstIsTheTranspose) {
+  std::mt19937_64 rng(2);
+  const int64_t B = 2, T = 3, H = 1, HV = 2, K = 3, V = 2;  // K != V so a wrong transpose shows
+  const Array64 q = random_array({B, T, H, K}, rng);
+  const Array64 k = random_array({B, T, H, K}, rng);
+  const Array64 v = random_array({B, T, HV, V}, rng);
+  const Array64 g = random_array({B, T, HV}, rng, -1.0, 0.0);
+  const Array64 beta = random_array({B, T, HV}, rng, 0.0, 1.0);
+  const Array64 h0 = random_array({B, HV, K, V}, rng);
+  GdnOptions options;
+  const auto k_first = hops::ref::gdn_forward(q, k, v, g, beta, &h0, nullptr, options);
+
+  options.state_v_first = true;
+  const Array64 h0_v_first = transpose_last2(h0);
+  const auto v_first = hops::ref::gdn_forward(q, k, v, g, beta, &h0_v_first, nullptr, options);
+  expect_near(v_first.o, k_first.o);
+  expect_near(v_first.final_state, transpose_last2(k_first.final_state));
+}
+
+TEST(GdnForward, FusedGatingEqualsGatingThenForward) {
+  std::mt19937_64 rng(3);
+  const int64_t B = 1, T = 5, H = 1, HV = 2, K = 4, V = 3;
+  const Array64 q = random_array({B, T, H, K}, rng);
+  const Array64 k = random_array({B, T, H, K}, rng);
+  const Array64 v = random_array({B, T, HV, V}, rng);
+  const Array64 a = random_array({B, T, HV}, rng, -3.0, 3.0);
+  const Array64 b = random_array({B, T, HV}, rng, -3.0, 3.0);
+  const Array64 A_log = random_array({HV}, rng);
+  const Array64 dt_bias = random_array({HV}, rng);
+
+  const auto gating = hops::ref::gdn_gating(A_log, a, b, dt_bias);
+  GdnOptions options;
+  const auto separate = hops::ref::gdn_forward(q, k, v, gating.g, gating.beta, nullptr, nullptr, options);
+  options.A_log = &A_log;
+  options.dt_bias = &dt_bias;
+  const auto fused = hops::ref::gdn_forward(q, k, v, a, b, nullptr, nullptr, options);
+  expect_near(fused.o, separate.o);
+  expect_near(fused.final_state, separate.final_state);
+}
+
+TEST(GdnForward, VarlenEqualsSeparateRuns) {
+  std::mt19937_64 rng(4);
+  const std::vector<int64_t> cu = {0, 3, 3, 7, 8};  // includes an empty sequence
+  const int64_t N = 4, T = 8, H = 1, HV = 2, K = 3, V = 2;
+  const Array64 q = random_array({1, T, H, K}, rng);
+  const Array64 k = random_array({1, T, H, K}, rng);
+  const Array64 v = random_array({1, T, HV, V}, rng);
+  const Array64 g = random_array({1, T, HV}, rng, -1.0, 0.0);
+  const Array64 beta = random_array({1, T, HV}, rng, 0.0, 1.0);
+  const Array64 h0 = random_array({N, HV, K, V}, rng);
+  GdnOptions options;
+  options.use_qk_l2norm = true;
+  const auto packed = hops::ref::gdn_forward(q, k, v, g, beta, &h0, &cu, options);
+
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t begin = cu[n], end = cu[n + 1];
+    const Array64 h0_n = select(h0, 0, n);
+    const auto alone = hops::ref::gdn_forward(slice(q, 1, begin, end), slice(k, 1, begin, end),
+                                              slice(v, 1, begin, end), slice(g, 1, begin, end),
+                                              slice(beta, 1, begin, end), &h0_n, nullptr, options);
+    SCOPED_TRACE("sequence " + std::to_string(n));
+    expect_near(slice(packed.o, 1, begin, end), alone.o);
+    expect_near(select(packed.final_state, 0, n), alone.final_state);
+  }
+  // The empty sequence hands its initial state through.
+  expect_near(select(packed.final_state, 0, 1), select(h0, 0, 1), 0.0);
+}
+
+// ---- gdn_recurrent ---------------------------------------------------------------
+
+TEST(GdnRecurrent, SlotsMatchForwardAndMinusOneSkips) {
+  std::mt19937_64 rng(5);
+  const int64_t B = 3, T = 2, H = 1, HV = 2, K = 3, V = 2, S = 5;
+  const Array64 q = random_array({B, T, H, K}, rng);
+  const Array64 k = random_array({B, T, H, K}, rng);
+  const Array64 v = random_array({B, T, HV, V}, rng);
+  const Array64 g = random_array({B, T, HV}, rng, -1.0, 0.0);
+  const Array64 beta = random_array({B, T, HV}, rng, 0.0, 1.0);
+  const Array64 pool_before = random_array({S, HV, V, K}, rng);  // value-first pool
+  const std::vector<int64_t> indices = {4, -1, 0};
+  GdnOptions options;
+  options.state_v_first = true;
+
+  Array64 pool = pool_before;
+  Array64 o({B, T, HV, V}, 999.0);  // poison: skipped rows must keep it
+  hops::ref::gdn_recurrent(q, k, v, g, beta, pool, &indices, nullptr, options, o);
+
+  for (int64_t n : {0, 2}) {
+    const int64_t slot = indices[n];
+    const Array64 h0 = select(pool_before, 0, slot);
+    const auto expected = hops::ref::gdn_forward(select(q, 0, n), select(k, 0, n), select(v, 0, n),
+                                                 select(g, 0, n), select(beta, 0, n), &h0, nullptr, options);
+    SCOPED_TRACE("sequence " + std::to_string(n));
+    expect_near(select(o, 0, n), expected.o);
+    expect_near(select(pool, 0, slot), expected.final_state);
+  }
+  expect_near(select(o, 0, 1), Array64({1, T, HV, V}, 999.0), 0.0);  // skipped sequence
+  for (int64_t slot : {1, 2, 3}) expect_near(select(pool, 0, slot), select(pool_before, 0, slot), 0.0);
+
+  const std::vector<int64_t> duplicate = {0, 0, 1};
+  EXPECT_THROW(hops::ref::gdn_recurrent(q, k, v, g, beta, pool, &duplicate, nullptr, options, o),
+               std::invalid_argument);
+  const std::vector<int64_t> out_of_range = {0, 5, 1};
+  EXPECT_THROW(hops::ref::gdn_recurrent(q, k, v, g, beta, pool, &out_of_range, nullptr, options, o),
+               std::invalid_argument);
+}
+
+TEST(GdnRecurrent, VarlenWithoutIndicesUsesSlotN) {
+  std::mt19937_64 rng(6);
+  const std::vector<int64_t> cu = {0, 1, 3};
+  const int64_t T = 3, H = 2, HV = 4, K = 2, V = 3;
+  const Array64 q = random_array({1, T, H, K}, rng);
+  const Array64 k = random_array({1, T, H, K}, rng);
+  const Array64 v = random_array({1, T, HV, V}, rng);
+  const Array64 g = random_array({1, T, HV}, rng, -1.0, 0.0);
+  const Array64 beta = random_array({1, T, HV}, rng, 0.0, 1.0);
+  const Array64 pool_before = random_array({3, HV, K, V}, rng);
+  GdnOptions options;
+
+  Array64 pool = pool_before;
+  Array64 o({1, T, HV, V}, 999.0);
+  hops::ref::gdn_recurrent(q, k, v, g, beta, pool, nullptr, &cu, options, o);
+
+  const Array64 h0 = slice(pool_before, 0, 0, 2);
+  const auto expected = hops::ref::gdn_forward(q, k, v, g, beta, &h0, &cu, options);
+  expect_near(o, expected.o);
+  expect_near(slice(pool, 0, 0, 2), expected.final_state);
+  expect_near(select(pool, 0, 2), select(pool_before, 0, 2), 0.0);
+}
+
+TEST(GdnForward, RejectsHvNotMultipleOfH) {
+  const Array64 q({1, 1, 2, 2}), k({1, 1, 2, 2}), v({1, 1, 3, 2}), g({1, 1, 3}), beta({1, 1, 3});
+  EXPECT_THROW(hops::ref::gdn_forward(q, k, v, g, beta, nullptr, nullptr, GdnOptions{}), std::invalid_argument);
+}
+
+// ---- conv1d_fwd ------------------------------------------------------------------
+
+// x [1,4,2]: channel 0 = 1,2,3,4; channel 1 = 5,6,7,8. Width 3.
+struct ConvCase {
+  Array64 x = from_values({1, 4, 2}, {1.0, 5.0, 2.0, 6.0, 3.0, 7.0, 4.0, 8.0});
+  Array64 weight = from_values({2, 3}, {1.0, 10.0, 100.0, 2.0, 0.0, -1.0});
+  Array64 bias = from_values({2}, {0.5, -1.0});
+};
+
+TEST(Conv1dFwd, DirectSum) {
+  const ConvCase c;
+  const auto result = hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, nullptr, nullptr, Activation::none, 0);
+  // channel 0: y[t] = 0.5 + x[t-2] + 10 x[t-1] + 100 x[t]; channel 1: y[t] = -1 + 2 x[t-2] - x[t].
+  expect_near(result.y, from_values({1, 4, 2}, {100.5, -6.0, 210.5, -7.0, 321.5, 2.0, 432.5, 3.0}));
+  EXPECT_EQ(result.final_state.shape, (std::vector<int64_t>{1, 2, 0}));
+}
+
+TEST(Conv1dFwd, InitialStateFeedsTheFirstTokens) {
+  const ConvCase c;
+  // Channel 0 state 7,8,9 (L0 = 3 > W-1): only the last two columns, 8 and 9, are read.
+  const Array64 state = from_values({1, 2, 3}, {7.0, 8.0, 9.0, 0.0, 0.0, 0.0});
+  const auto result = hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, &state, nullptr, Activation::none, 0);
+  EXPECT_NEAR(result.y.at({0, 0, 0}), 0.5 + 8.0 + 10.0 * 9.0 + 100.0 * 1.0, 1e-12);
+  EXPECT_NEAR(result.y.at({0, 1, 0}), 0.5 + 9.0 + 10.0 * 1.0 + 100.0 * 2.0, 1e-12);
+  EXPECT_NEAR(result.y.at({0, 2, 0}), 321.5, 1e-12);  // past the state: as without it
+}
+
+TEST(Conv1dFwd, FinalStateOfAShortSequence) {
+  const ConvCase c;
+  const Array64 two_tokens = slice(c.x, 1, 0, 2);  // channel 0: 1, 2
+  const Array64 state = from_values({1, 2, 3}, {7.0, 8.0, 9.0, 0.0, 0.0, 0.0});
+  auto final_channel0 = [&](const Array64* initial, int64_t final_len) {
+    const auto result = hops::ref::conv1d_fwd(two_tokens, c.weight, &c.bias, initial, nullptr, Activation::none,
+                                              final_len);
+    return slice(select(result.final_state, 1, 0), 2, 0, final_len);
+  };
+  // Virtual input with state: 7 8 9 | 1 2. Without: 0 0 | 1 2.
+  expect_near(final_channel0(&state, 4), from_values({1, 1, 4}, {8.0, 9.0, 1.0, 2.0}), 0.0);
+  expect_near(final_channel0(&state, 6), from_values({1, 1, 6}, {0.0, 7.0, 8.0, 9.0, 1.0, 2.0}), 0.0);
+  expect_near(final_channel0(nullptr, 4), from_values({1, 1, 4}, {0.0, 0.0, 1.0, 2.0}), 0.0);
+  expect_near(final_channel0(&state, 1), from_values({1, 1, 1}, {2.0}), 0.0);
+
+  // A long sequence keeps its own last tokens: 2, 3, 4 for channel 0.
+  const auto full = hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, &state, nullptr, Activation::none, 3);
+  expect_near(full.final_state, from_values({1, 2, 3}, {2.0, 3.0, 4.0, 6.0, 7.0, 8.0}), 0.0);
+}
+
+TEST(Conv1dFwd, SiluActivation) {
+  const Array64 x = from_values({1, 3, 1}, {-1.0, 0.0, 2.0});
+  const Array64 weight = from_values({1, 1}, {1.0});
+  const auto result = hops::ref::conv1d_fwd(x, weight, nullptr, nullptr, nullptr, Activation::silu, 0);
+  EXPECT_NEAR(result.y.at({0, 0, 0}), -1.0 / (1.0 + std::exp(1.0)), 1e-15);
+  EXPECT_EQ(result.y.at({0, 1, 0}), 0.0);
+  EXPECT_NEAR(result.y.at({0, 2, 0}), 2.0 / (1.0 + std::exp(-2.0)), 1e-15);
+}
+
+TEST(Conv1dFwd, VarlenEqualsSeparateRuns) {
+  std::mt19937_64 rng(7);
+  const std::vector<int64_t> cu = {0, 2, 2, 5, 9};  // includes an empty and a short sequence
+  const int64_t N = 4, T = 9, D = 3, W = 4, L0 = 3, final_len = 4;
+  const Array64 x = random_array({1, T, D}, rng);
+  const Array64 weight = random_array({D, W}, rng);
+  const Array64 bias = random_array({D}, rng);
+  const Array64 initial = random_array({N, D, L0}, rng);
+  const auto packed = hops::ref::conv1d_fwd(x, weight, &bias, &initial, &cu, Activation::silu, final_len);
+
+  for (int64_t n = 0; n < N; ++n) {
+    const Array64 initial_n = select(initial, 0, n);
+    const auto alone = hops::ref::conv1d_fwd(slice(x, 1, cu[n], cu[n + 1]), weight, &bias, &initial_n, nullptr,
+                                             Activation::silu, final_len);
+    SCOPED_TRACE("sequence " + std::to_string(n));
+    expect_near(slice(packed.y, 1, cu[n], cu[n + 1]), alone.y);
+    expect_near(select(packed.final_state, 0, n), alone.final_state);
+  }
+  // The empty sequence: a zero, then its whole initial state.
+  for (int64_t d = 0; d < D; ++d) {
+    EXPECT_EQ(packed.final_state.at({1, d, 0}), 0.0);
+    for (int64_t col = 0; col < L0; ++col) EXPECT_EQ(packed.final_state.at({1, d, col + 1}), initial.at({1, d, col}));
+  }
+}
+
+// ---- conv1d_update ---------------------------------------------------------------
+
+// Decode = prefill of the new tokens from the slot's state; the new state is
+// the prefill's final state of the same length.
+void check_update_matches_forward(int64_t state_len, int64_t L) {
+  std::mt19937_64 rng(8 + state_len * 10 + L);
+  const int64_t N = 3, D = 3, W = 4, S = 4;
+  const Array64 x = random_array({N, L, D}, rng);
+  const Array64 weight = random_array({D, W}, rng);
+  const Array64 bias = random_array({D}, rng);
+  const Array64 pool_before = random_array({S, D, state_len}, rng);
+  const std::vector<int64_t> indices = {2, -1, 0};
+
+  Array64 pool = pool_before;
+  Array64 y({N, L, D}, 999.0);
+  hops::ref::conv1d_update(x, pool, weight, &bias, &indices, Activation::silu, y);
+
+  for (int64_t n : {0, 2}) {
+    const int64_t slot = indices[n];
+    const Array64 initial = select(pool_before, 0, slot);
+    const auto expected =
+        hops::ref::conv1d_fwd(select(x, 0, n), weight, &bias, &initial, nullptr, Activation::silu, state_len);
+    SCOPED_TRACE("state_len " + std::to_string(state_len) + ", L " + std::to_string(L) + ", sequence " +
+                 std::to_string(n));
+    expect_near(select(y, 0, n), expected.y);
+    expect_near(select(pool, 0, slot), expected.final_state);
+  }
+  expect_near(select(y, 0, 1), Array64({1, L, D}, 999.0), 0.0);
+  for (int64_t slot : {1, 3}) expect_near(select(pool, 0, slot), select(pool_before, 0, slot), 0.0);
+}
+
+TEST(Conv1dUpdate, EqualsForwardWithInitialState) {
+  check_update_matches_forward(3, 1);  // state_len = W-1 (causal-conv1d), one token
+  check_update_matches_forward(4, 1);  // state_len = W (FLA, transformers)
+  check_update_matches_forward(5, 3);  // longer state, speculative multi-token
+}
+
+TEST(Conv1dUpdate, HandValuesWithoutIndices) {
+  // One channel, W=2, weight [1, 10], state 7 8 9 (SL=3), new tokens 1 2.
+  const Array64 x = from_values({1, 2, 1}, {1.0, 2.0});
+  const Array64 weight = from_values({1, 2}, {1.0, 10.0});
+  Array64 pool = from_values({1, 1, 3}, {7.0, 8.0, 9.0});
+  Array64 y({1, 2, 1});
+  hops::ref::conv1d_update(x, pool, weight, nullptr, nullptr, Activation::none, y);
+  expect_near(y, from_values({1, 2, 1}, {9.0 + 10.0, 1.0 + 20.0}));
+  expect_near(pool, from_values({1, 1, 3}, {9.0, 1.0, 2.0}), 0.0);
+}
+
+TEST(Conv1dUpdate, RejectsShortState) {
+  const Array64 x({1, 1, 1}), weight({1, 4});
+  Array64 pool({1, 1, 2}), y({1, 1, 1});
+  EXPECT_THROW(hops::ref::conv1d_update(x, pool, weight, nullptr, nullptr, Activation::none, y),
+               std::invalid_argument);
+}
+
+}  // namespace
