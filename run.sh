@@ -37,7 +37,9 @@ install_system_packages() {
 }
 
 # ---- python environment --------------------------------------------------------
-PYTHON_PACKAGES=(numpy pytest)
+# torch from the package index pulls large CUDA wheels: minutes the first
+# time, then pip's cache and the skip below make it free.
+PYTHON_PACKAGES=(numpy pytest torch transformers tqdm)
 
 install_python_packages() {
   if [ ! -x .venv/bin/python ]; then
@@ -52,6 +54,9 @@ install_python_packages() {
     say "pip install ${missing[*]}"
     .venv/bin/python -m pip install -q "${missing[@]}"
   fi
+  # The shim, editable, so that it finds the in-tree build.
+  .venv/bin/python -m pip show -q hops >/dev/null 2>&1 ||
+    .venv/bin/python -m pip install -q -e shims/python
 }
 
 # ---- builds ------------------------------------------------------------------
@@ -87,17 +92,15 @@ run_tests() {
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
      ctest --output-on-failure -j "$JOBS") || status=1
   say "pytest"
-  if [ -d tests/python ]; then
-    .venv/bin/python -m pytest -q tests/python || status=1
-  else
-    echo "pytest: no Python tests in this tree yet (tests/python)"
-  fi
+  .venv/bin/python -m pytest -q tests/python || status=1
   return $status
 }
 
 run_demo() {
-  say "demo: Qwen3.5-sized GDN layer on the CPU backend (C host through the C ABI)"
+  say "demo 1/2: one Qwen3.5-sized GDN layer from a plain C host, through the C ABI"
   build/examples/c_host build/plugin/libhops.so
+  say "demo 2/2: a Qwen3.5-shaped transformers model on the CPU, unpatched vs hops.patch()"
+  .venv/bin/python examples/python_demo.py
 }
 
 run_lint() {

@@ -1,6 +1,7 @@
 // Depthwise causal conv1d, channels last. Work is split into (sequence,
 // block of channels) tasks: the channel loop is innermost and contiguous, so
-// it vectorises, and each task owns its slice of the states.
+// it vectorises, and each task owns its slice of the states. Inputs move a
+// position at a time: one row of up to kChannelBlock channels.
 #include <algorithm>
 
 #include "cpu_kernels.hpp"
@@ -11,110 +12,119 @@ namespace {
 
 constexpr int64_t kChannelBlock = 256;
 
-inline float activate(Activation activation, float x) {
-  return activation == Activation::silu ? silu(x) : x;
-}
-
 // Weights of one channel block, tap-major, and the bias.
 struct BlockFilter {
+  int64_t width;
   float taps[kMaxConvWidth][kChannelBlock];
   float bias[kChannelBlock];
-  BlockFilter(const Tensor& weight, const Tensor& bias_tensor, int64_t width, int64_t d0, int64_t count) {
-    for (int64_t c = 0; c < count; ++c) {
-      for (int64_t j = 0; j < width; ++j) taps[j][c] = load(weight, weight.offset(d0 + c, j));
-      bias[c] = bias_tensor ? load(bias_tensor, (d0 + c) * bias_tensor.stride[0]) : 0.0f;
+  BlockFilter(const Tensor& weight, const Tensor& bias_tensor, int64_t d0, int64_t count)
+      : width(weight.shape[1]) {
+    for (int64_t j = 0; j < width; ++j) load_run(weight, weight.offset(d0, j), weight.stride[0], count, taps[j]);
+    if (bias_tensor) {
+      load_run(bias_tensor, d0 * bias_tensor.stride[0], bias_tensor.stride[0], count, bias);
+    } else {
+      std::fill_n(bias, count, 0.0f);
+    }
+  }
+
+  // out = act(bias + sum_j taps[j] * inputs[j]); inputs[j] is W-1-j positions back.
+  void apply(const float* const* inputs, int64_t count, Activation activation, float* out) const {
+    std::copy_n(bias, count, out);
+    for (int64_t j = 0; j < width; ++j) {
+      const float* __restrict in = inputs[j];
+      for (int64_t c = 0; c < count; ++c) out[c] += taps[j][c] * in[c];
+    }
+    if (activation == Activation::silu) {
+      for (int64_t c = 0; c < count; ++c) out[c] = silu(out[c]);
     }
   }
 };
 
-template <class T>
-void conv_forward(const ExecContext& context, const Conv1dFwd& op) {
-  const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
-  const int64_t W = op.W;
-  const int64_t L0 = op.initial_state ? op.initial_state.shape[2] : 0;
-  context.threads->parallel_for(op.sequences.count * blocks, context.max_workers, [&](int64_t task, int) {
-    const auto [row, begin, end] = op.sequences[task / blocks];
-    const int64_t n = task / blocks, d0 = (task % blocks) * kChannelBlock;
-    const int64_t count = std::min(kChannelBlock, op.D - d0);
-    const BlockFilter filter(op.weight, op.bias, W, d0, count);
-    const T* x = op.x.data<const T>();
-    T* y = op.y.data<T>();
-    const int64_t xd = op.x.stride[2], yd = op.y.stride[2];
-    // Input at virtual position p: the sequence's tokens from 0, its initial
-    // state's columns (newest last) before that, zeros beyond.
-    auto input = [&](int64_t p, int64_t c) -> float {
-      if (p >= 0) return to_float(x[op.x.offset(row, begin + p, d0 + c)]);
-      if (L0 + p < 0) return 0.0f;
-      return load(op.initial_state, op.initial_state.offset(n, d0 + c, L0 + p));
-    };
-    float acc[kChannelBlock];
-    for (int64_t t = 0; t < end - begin; ++t) {
-      std::copy_n(filter.bias, count, acc);
-      for (int64_t j = 0; j < W; ++j) {
-        const int64_t p = t - (W - 1) + j;
-        if (p >= 0) {  // the common case: contiguous channels of one token
-          const T* source = x + op.x.offset(row, begin + p, d0);
-          for (int64_t c = 0; c < count; ++c) acc[c] += filter.taps[j][c] * to_float(source[c * xd]);
-        } else {
-          for (int64_t c = 0; c < count; ++c) acc[c] += filter.taps[j][c] * input(p, c);
-        }
-      }
-      T* target = y + op.y.offset(row, begin + t, d0);
-      for (int64_t c = 0; c < count; ++c) target[c * yd] = from_float<T>(activate(op.activation, acc[c]));
-    }
-    if (op.final_state) {
-      const int64_t L1 = op.final_state.shape[2], length = end - begin;
-      for (int64_t c = 0; c < count; ++c) {
-        for (int64_t col = 0; col < L1; ++col) {
-          store(op.final_state, op.final_state.offset(n, d0 + c, col), input(length - L1 + col, c));
-        }
-      }
-    }
-  });
+// Loads state column `column` of sequence/slot `index` for channels [d0, d0+count).
+void load_state_column(const Tensor& state, int64_t index, int64_t d0, int64_t column,
+                       int64_t count, float* out) {
+  load_run(state, state.offset(index, d0, column), state.stride[1], count, out);
 }
 
-template <class T>
-void conv_update(const ExecContext& context, const Conv1dUpdate& op) {
-  const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
+void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count, float* scratch) {
+  const auto [row, begin, end] = op.sequences[n];
+  const int64_t W = op.W, length = end - begin;
+  const int64_t L0 = op.initial_state ? op.initial_state.shape[2] : 0;
+  const int64_t L1 = op.final_state ? op.final_state.shape[2] : 0;
+  const BlockFilter filter(op.weight, op.bias, d0, count);
+  // Position p of the sequence: a token for p >= 0, else the initial state's
+  // column L0 + p, else zero.
+  auto load_position = [&](int64_t p, float* out) {
+    if (p >= 0) {
+      load_run(op.x, op.x.offset(row, begin + p, d0), op.x.stride[2], count, out);
+    } else if (L0 + p >= 0) {
+      load_state_column(op.initial_state, n, d0, L0 + p, count, out);
+    } else {
+      std::fill_n(out, count, 0.0f);
+    }
+  };
+  // A ring of the last W positions, so that each token is loaded once.
+  float* ring = scratch;
+  float* out = scratch + kMaxConvWidth * kChannelBlock;
+  auto slot = [&](int64_t p) { return ring + ((p % W + W) % W) * kChannelBlock; };
+  for (int64_t p = -(W - 1); p < 0; ++p) load_position(p, slot(p));
+  const float* inputs[kMaxConvWidth];
+  for (int64_t t = 0; t < length; ++t) {
+    load_position(t, slot(t));
+    for (int64_t j = 0; j < W; ++j) inputs[j] = slot(t - (W - 1) + j);
+    filter.apply(inputs, count, op.activation, out);
+    store_run(op.y, op.y.offset(row, begin + t, d0), op.y.stride[2], count, out);
+  }
+  // Final state column c holds position length - L1 + c.
+  for (int64_t c = 0; c < L1; ++c) {
+    load_position(length - L1 + c, out);
+    store_run(op.final_state, op.final_state.offset(n, d0, c), op.final_state.stride[1], count, out);
+  }
+}
+
+void conv_update_task(const Conv1dUpdate& op, int64_t n, int64_t slot, int64_t d0, int64_t count, float* window) {
   const int64_t W = op.W, L = op.L, SL = op.state.shape[2];
-  context.threads->parallel_for(op.N * blocks, context.max_workers, [&](int64_t task, int) {
-    const int64_t n = task / blocks, d0 = (task % blocks) * kChannelBlock;
-    const int64_t slot = op.slots(n);
-    if (slot < 0) return;
-    const int64_t count = std::min(kChannelBlock, op.D - d0);
-    const BlockFilter filter(op.weight, op.bias, W, d0, count);
-    const T* x = op.x.data<const T>();
-    T* y = op.y.data<T>();
-    // Virtual input: the SL state columns, then the L new tokens.
-    auto input = [&](int64_t p, int64_t c) -> float {
-      if (p >= SL) return to_float(x[op.x.offset(n, p - SL, d0 + c)]);
-      return load(op.state, op.state.offset(slot, d0 + c, p));
-    };
-    for (int64_t t = 0; t < L; ++t) {
-      for (int64_t c = 0; c < count; ++c) {
-        float acc = filter.bias[c];
-        for (int64_t j = 0; j < W; ++j) acc += filter.taps[j][c] * input(SL + t - (W - 1) + j, c);
-        y[op.y.offset(n, t, d0 + c)] = from_float<T>(activate(op.activation, acc));
-      }
-    }
-    // Shift in place: column col takes virtual position L + col, which is at
-    // or right of col, so ascending order reads before it overwrites.
-    for (int64_t c = 0; c < count; ++c) {
-      for (int64_t col = 0; col < SL; ++col) {
-        store(op.state, op.state.offset(slot, d0 + c, col), input(L + col, c));
-      }
-    }
-  });
+  const BlockFilter filter(op.weight, op.bias, d0, count);
+  auto row = [&](int64_t p) { return window + p * kChannelBlock; };
+  for (int64_t p = 0; p < SL; ++p) load_state_column(op.state, slot, d0, p, count, row(p));
+  for (int64_t t = 0; t < L; ++t) load_run(op.x, op.x.offset(n, t, d0), op.x.stride[2], count, row(SL + t));
+  float out[kChannelBlock];
+  const float* inputs[kMaxConvWidth];
+  for (int64_t t = 0; t < L; ++t) {
+    for (int64_t j = 0; j < W; ++j) inputs[j] = row(SL + t - (W - 1) + j);
+    filter.apply(inputs, count, op.activation, out);
+    store_run(op.y, op.y.offset(n, t, d0), op.y.stride[2], count, out);
+  }
+  // The new state is the last SL positions of the window.
+  for (int64_t c = 0; c < SL; ++c) {
+    store_run(op.state, op.state.offset(slot, d0, c), op.state.stride[1], count, row(L + c));
+  }
 }
 
 }  // namespace
 
 void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
-  visit_float(op.x.dtype, [&]<class T>(T) { conv_forward<T>(context, op); });
+  const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
+  const size_t per_worker = (kMaxConvWidth + 1) * kChannelBlock;
+  const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
+  context.threads->parallel_for(op.sequences.count * blocks, context.max_workers, [&](int64_t task, int worker) {
+    const int64_t d0 = (task % blocks) * kChannelBlock;
+    conv_forward_task(op, task / blocks, d0, std::min(kChannelBlock, op.D - d0),
+                      scratch.as<float>() + worker * per_worker);
+  });
 }
 
 void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
-  visit_float(op.x.dtype, [&]<class T>(T) { conv_update<T>(context, op); });
+  const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
+  const auto per_worker = static_cast<size_t>((op.state.shape[2] + op.L) * kChannelBlock);
+  const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
+  context.threads->parallel_for(op.N * blocks, context.max_workers, [&](int64_t task, int worker) {
+    const int64_t n = task / blocks, d0 = (task % blocks) * kChannelBlock;
+    const int64_t slot = op.slots(n);
+    if (slot < 0) return;
+    conv_update_task(op, n, slot, d0, std::min(kChannelBlock, op.D - d0),
+                     scratch.as<float>() + worker * per_worker);
+  });
 }
 
 }  // namespace hops::cpu

@@ -37,6 +37,21 @@ inline void store(const Tensor& t, int64_t offset, float value) {
   visit_float(t.dtype, [&]<class T>(T) { t.data<T>()[offset] = from_float<T>(value); });
 }
 
+// count elements from `offset` with stride `step`, as floats: one dtype
+// dispatch for the whole run instead of one per element.
+inline void load_run(const Tensor& t, int64_t offset, int64_t step, int64_t count, float* out) {
+  visit_float(t.dtype, [&]<class T>(T) {
+    const T* in = t.data<const T>() + offset;
+    for (int64_t i = 0; i < count; ++i) out[i] = to_float(in[i * step]);
+  });
+}
+inline void store_run(const Tensor& t, int64_t offset, int64_t step, int64_t count, const float* in) {
+  visit_float(t.dtype, [&]<class T>(T) {
+    T* out = t.data<T>() + offset;
+    for (int64_t i = 0; i < count; ++i) out[i * step] = from_float<T>(in[i]);
+  });
+}
+
 // Offset of row `row` when the tensor is viewed as [rows, last dim]: the
 // leading dims may have any strides, so the row index is decomposed.
 inline int64_t row_offset(const Tensor& t, int64_t row) {

@@ -1,0 +1,456 @@
+// gdn_chunk_fwd: the chunked (WY / UT-transform) delta rule in fp32, one task
+// per sequence and value head (or per sequence and key head, its value heads
+// sharing the q/k work), the K x V state carried across chunks of kChunk
+// tokens. Within a chunk, with G_i = g_0 + .. + g_i,
+// D_ij = exp(G_i - G_j) and S the state at the chunk start, the token
+// recurrence of docs/OPS.md unrolls to
+//   (I + A) U = diag(beta) V - diag(beta e^G) K S,  A_ij = beta_i D_ij k_i.k_j (j < i)
+//   o_i  = scale (e^G_i q_i S + sum_{j <= i} D_ij q_i.k_j u_j)
+//   S'   = e^G_last S + sum_j e^(G_last - G_j) k_j u_j^T
+// so with T = (I + A)^-1, W = -T diag(beta e^G) K and U0 = T diag(beta) V
+// the new values are U = U0 + W S, and all the heavy work is small GEMMs.
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "gdn_common.hpp"
+
+namespace hops::cpu {
+
+namespace {
+
+constexpr int64_t kChunk = 64;
+constexpr int64_t kPadding = 16;         // K and V round up to it: a multiple of every vector width
+constexpr int kTileRows = 6;             // 6 x 2 vector accumulators fit every register file
+constexpr int64_t kMaxHeadsPerTask = 8;  // value heads per key head that share a task (G)
+// exp(x) is a normal float for |x| <= 80: the bound for factoring D (see fill_decay).
+constexpr float kMaxFactorLog = 80.0f;
+
+constexpr int64_t round_up(int64_t x, int64_t multiple) {
+  return (x + multiple - 1) / multiple * multiple;
+}
+
+// ---- small GEMM on dense fp32 blocks -------------------------------------------
+// GCC's auto-vectoriser does not keep a register-blocked tile in registers
+// reliably, so the tile is written with vector types, one width per ISA, and
+// the widest variant the CPU runs is picked at run time.
+
+// Which part of a product a chunk needs: the C x C factors are triangular.
+enum class Shape {
+  full,
+  lower_a,    // a is lower triangular (zeros stored): a row tile's depth ends at its last row
+  lower_out,  // only out's lower triangle is wanted: a row tile's columns end near its last row
+};
+
+// out[rows x cols] = (or += when accumulate) a[rows x depth] b[depth x cols],
+// row-major; cols is a multiple of kPadding.
+struct Gemm {
+  int64_t rows, cols, depth;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float* out;
+  int64_t ldo;
+  bool accumulate;
+  Shape shape;
+};
+
+template <int Lanes>
+struct Simd {
+  typedef float vec __attribute__((vector_size(Lanes * sizeof(float))));
+};
+
+template <int Lanes, int Rows, int Vecs>
+[[gnu::always_inline]] inline void gemm_tile(const Gemm& g, int64_t i, int64_t j, int64_t depth) {
+  using vec = typename Simd<Lanes>::vec;
+  const float* __restrict a = g.a + i * g.lda;
+  const float* __restrict b = g.b + j;
+  float* __restrict out = g.out + i * g.ldo + j;
+  vec acc[Rows][Vecs];
+  for (int r = 0; r < Rows; ++r) {
+    for (int c = 0; c < Vecs; ++c) {
+      acc[r][c] = vec{};
+      if (g.accumulate) std::memcpy(&acc[r][c], out + r * g.ldo + c * Lanes, sizeof(vec));
+    }
+  }
+  for (int64_t p = 0; p < depth; ++p) {
+    vec b_row[Vecs];
+    for (int c = 0; c < Vecs; ++c) std::memcpy(&b_row[c], b + p * g.ldb + c * Lanes, sizeof(vec));
+    for (int r = 0; r < Rows; ++r) {
+      const float a_rp = a[r * g.lda + p];
+      for (int c = 0; c < Vecs; ++c) acc[r][c] += a_rp * b_row[c];
+    }
+  }
+  for (int r = 0; r < Rows; ++r) {
+    for (int c = 0; c < Vecs; ++c)
+      std::memcpy(out + r * g.ldo + c * Lanes, &acc[r][c], sizeof(vec));
+  }
+}
+
+template <int Lanes, int Rows>
+[[gnu::always_inline]] inline void gemm_row_tile(const Gemm& g, int64_t i) {
+  const int64_t depth = g.shape == Shape::lower_a ? std::min(g.depth, i + Rows) : g.depth;
+  const int64_t cols =
+      g.shape == Shape::lower_out ? std::min(g.cols, round_up(i + Rows, kPadding)) : g.cols;
+  int64_t j = 0;
+  for (; j + 2 * Lanes <= cols; j += 2 * Lanes) gemm_tile<Lanes, Rows, 2>(g, i, j, depth);
+  for (; j < cols; j += Lanes) gemm_tile<Lanes, Rows, 1>(g, i, j, depth);
+}
+
+template <int Lanes>
+[[gnu::always_inline]] inline void gemm_body(const Gemm& g) {
+  int64_t i = 0;
+  for (; i + kTileRows <= g.rows; i += kTileRows) gemm_row_tile<Lanes, kTileRows>(g, i);
+  switch (g.rows - i) {
+    case 5:
+      return gemm_row_tile<Lanes, 5>(g, i);
+    case 4:
+      return gemm_row_tile<Lanes, 4>(g, i);
+    case 3:
+      return gemm_row_tile<Lanes, 3>(g, i);
+    case 2:
+      return gemm_row_tile<Lanes, 2>(g, i);
+    case 1:
+      return gemm_row_tile<Lanes, 1>(g, i);
+    default:
+      return;
+  }
+}
+
+#if defined(__x86_64__)
+[[gnu::target("avx512f")]] void gemm_avx512(const Gemm& g) { gemm_body<16>(g); }
+[[gnu::target("avx2,fma")]] void gemm_avx2(const Gemm& g) { gemm_body<8>(g); }
+#endif
+void gemm_baseline(const Gemm& g) { gemm_body<4>(g); }
+
+void gemm(const Gemm& g) {
+  static const auto variant = [] {
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) return &gemm_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &gemm_avx2;
+#endif
+    return &gemm_baseline;
+  }();
+  variant(g);
+}
+
+// ---- one chunk ---------------------------------------------------------------------
+
+// A worker's blocks, fp32, row-major, feature dims padded with zeros to Kp, Vp.
+struct ChunkBlocks {
+  int64_t Kp, Vp;
+  // Shared by the value heads of one key head:
+  float* q;   // [C, Kp] queries
+  float* k;   // [C, Kp] keys
+  float* kt;  // [Kp, C] keys transposed
+  float* qk;  // [C, C] q_i.k_j (lower triangle)
+  float* kk;  // [C, C] k_i.k_j (lower triangle)
+  // One value head at a time:
+  float* rhs;         // [C, Kp + Vp] -beta_i e^G_i k_i | beta_i v_i
+  float* wu;          // [C, Kp + Vp] W | U0, then W | U
+  float* a;           // [C, C] A (strictly lower)
+  float* t;           // [C, C] (I + A)^-1
+  float* p;           // [C, C] scale D_ij q_i.k_j (lower, diagonal included)
+  float* decay;       // [C, C] D_ij (j <= i)
+  float* out;         // [C, Vp] the chunk's outputs
+  float* kt_decayed;  // [Kp, C] column j of kt scaled by e^(G_last - G_j)
+  float* log_decay;   // [C] G
+  float* beta;        // [C]
+  float* factors;     // [2C] per-row factors
+  // Carried across chunks:
+  float* states;  // [heads, Kp, Vp]
+
+  static int64_t floats(int64_t Kp, int64_t Vp, int64_t heads) {
+    const int64_t shared = 3 * kChunk * Kp + 2 * kChunk * kChunk;
+    const int64_t per_head =
+        2 * kChunk * (Kp + Vp) + 4 * kChunk * kChunk + kChunk * Vp + Kp * kChunk + 4 * kChunk;
+    return round_up(shared + per_head + heads * Kp * Vp,
+                    kPadding);  // workers' blocks start on separate cache lines
+  }
+
+  ChunkBlocks(float* base, int64_t Kp_, int64_t Vp_) : Kp(Kp_), Vp(Vp_) {
+    auto take = [&](int64_t count) { return std::exchange(base, base + count); };
+    q = take(kChunk * Kp), k = take(kChunk * Kp), kt = take(Kp * kChunk);
+    qk = take(kChunk * kChunk), kk = take(kChunk * kChunk);
+    rhs = take(kChunk * (Kp + Vp)), wu = take(kChunk * (Kp + Vp));
+    a = take(kChunk * kChunk), t = take(kChunk * kChunk), p = take(kChunk * kChunk);
+    decay = take(kChunk * kChunk), out = take(kChunk * Vp), kt_decayed = take(Kp * kChunk);
+    log_decay = take(kChunk), beta = take(kChunk), factors = take(2 * kChunk);
+    states = base;
+  }
+  int64_t ld_rhs() const { return Kp + Vp; }
+  float* u() const { return wu + Kp; }  // U (and U0) inside wu
+  float* state(int64_t head) const { return states + head * Kp * Vp; }
+};
+
+// The heads of one task: value heads [first, first + count), all reading key head `key`.
+struct HeadGroup {
+  int64_t key, first, count;
+};
+
+// Asks for the elements of t at offset, offset + stride, ... to be brought
+// into L2 (not L1, which holds the chunk's own blocks), for reading or, with
+// kForWrite, for writing.
+template <int kForWrite>
+void prefetch_span(const Tensor& t, int64_t offset, int64_t count, int64_t stride) {
+  constexpr int64_t kLineBytes = 64;
+  const auto* first =
+      static_cast<const char*>(t.handle) + t.byte_offset + offset * dtype_size(t.dtype);
+  const int64_t bytes = ((count - 1) * stride + 1) * dtype_size(t.dtype);
+  for (int64_t byte = 0; byte < bytes; byte += kLineBytes)
+    __builtin_prefetch(first + byte, kForWrite, 2);
+}
+
+// Asks for the rows of q, k, v, g, beta and o that a chunk will touch: tokens
+// are far apart in memory (a whole [H, K] row each), so the hardware
+// prefetchers miss them, and the chunk before runs long enough to hide the
+// latency.
+void prefetch_chunk(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length,
+                    const HeadGroup& heads) {
+  for (int64_t t = begin; t < begin + length; ++t) {
+    prefetch_span<0>(op.q, op.q.offset(row, t, heads.key, 0), op.K, op.q.stride[3]);
+    prefetch_span<0>(op.k, op.k.offset(row, t, heads.key, 0), op.K, op.k.stride[3]);
+    for (int64_t hv = heads.first; hv < heads.first + heads.count; ++hv) {
+      prefetch_span<0>(op.v, op.v.offset(row, t, hv, 0), op.V, op.v.stride[3]);
+      prefetch_span<0>(op.g, op.g.offset(row, t, hv), 1, 1);
+      prefetch_span<0>(op.beta, op.beta.offset(row, t, hv), 1, 1);
+      prefetch_span<1>(op.o, op.o.offset(row, t, hv, 0), op.V, op.o.stride[3]);
+    }
+  }
+}
+
+// q and k of `length` tokens from `begin`, and k transposed (its columns
+// zero up to a whole vector past the last token, as the q k^T tiles read).
+void pack_keys(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length, int64_t h,
+               const ChunkBlocks& b) {
+  for (int64_t i = 0; i < length; ++i) {
+    float* q = b.q + i * b.Kp;
+    float* k = b.k + i * b.Kp;
+    gdn::load_query_key(op, row, begin + i, h, q, k);
+    std::fill(q + op.K, q + b.Kp, 0.0f);
+    std::fill(k + op.K, k + b.Kp, 0.0f);
+    for (int64_t c = 0; c < b.Kp; ++c) b.kt[c * kChunk + i] = k[c];
+  }
+  for (int64_t c = 0; c < b.Kp; ++c) {
+    std::fill(b.kt + c * kChunk + length, b.kt + c * kChunk + round_up(length, kPadding), 0.0f);
+  }
+}
+
+// v, G (cumulative log decay) and beta of value head hv, and
+// rhs = [-beta e^G k | beta v].
+void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row, int64_t begin,
+                 int64_t length, int64_t hv, const ChunkBlocks& b) {
+  const int64_t ld = b.ld_rhs();
+  float cumulative = 0.0f;
+  for (int64_t i = 0; i < length; ++i) {
+    float* w = b.rhs + i * ld;
+    float* v = w + b.Kp;
+    const auto [log_decay, beta] = gdn::load_value(op, gate, row, begin + i, hv, v);
+    std::fill(v + op.V, v + b.Vp, 0.0f);
+    cumulative += log_decay;
+    b.log_decay[i] = cumulative;
+    b.beta[i] = beta;
+    const float key_weight = -beta * std::exp(cumulative);
+    const float* k = b.k + i * b.Kp;
+    for (int64_t c = 0; c < b.Kp; ++c) w[c] = key_weight * k[c];
+    for (int64_t c = 0; c < b.Vp; ++c) v[c] *= beta;
+  }
+}
+
+// D_ij = exp(G_i - G_j), j <= i, never as exp(G_i) / exp(G_j), which overflows
+// for strong decays. Around the midpoint m of G's range, exp(G_i - m) and
+// exp(m - G_j) are normal floats when the range is at most 2 * kMaxFactorLog,
+// and their product is D_ij to a few ulp: 2C exps instead of C^2 / 2. Wider
+// ranges (very strong decay) take one exp per entry.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void fill_decay(const ChunkBlocks& b,
+                                                                             int64_t length) {
+  const float* G = b.log_decay;
+  const auto [low, high] = std::minmax_element(G, G + length);
+  if (*high - *low > 2.0f * kMaxFactorLog) {
+    for (int64_t i = 0; i < length; ++i) {
+      for (int64_t j = 0; j <= i; ++j) b.decay[i * kChunk + j] = std::exp(G[i] - G[j]);
+    }
+    return;
+  }
+  const float middle = 0.5f * (*low + *high);
+  float* to_middle = b.factors;             // exp(m - G_j)
+  float* from_middle = b.factors + kChunk;  // exp(G_i - m)
+  for (int64_t i = 0; i < length; ++i) {
+    to_middle[i] = std::exp(middle - G[i]);
+    from_middle[i] = std::exp(G[i] - middle);
+  }
+  for (int64_t i = 0; i < length; ++i) {
+    for (int64_t j = 0; j <= i; ++j) b.decay[i * kChunk + j] = from_middle[i] * to_middle[j];
+  }
+}
+
+// a = beta_i D_ij k_i.k_j (j < i), p = scale D_ij q_i.k_j (j <= i); their
+// upper parts are 0 up to `length`, as far as the triangular GEMMs read.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void weight_scores(
+    const ChunkBlocks& b, int64_t length, float scale) {
+  for (int64_t i = 0; i < length; ++i) {
+    const float* d = b.decay + i * kChunk;
+    const float* kk = b.kk + i * kChunk;
+    const float* qk = b.qk + i * kChunk;
+    float* a = b.a + i * kChunk;
+    float* p = b.p + i * kChunk;
+    const float beta = b.beta[i];
+    for (int64_t j = 0; j < i; ++j) a[j] = beta * d[j] * kk[j];
+    for (int64_t j = 0; j <= i; ++j) p[j] = scale * d[j] * qk[j];
+    std::fill(a + i, a + length, 0.0f);
+    std::fill(p + i + 1, p + length, 0.0f);
+  }
+}
+
+// Row i of t = (I + A)^-1 by forward substitution, e_i - sum_{j<i} A_ij t_j.
+// Rows j < i are zero past column j < Width, so a fixed Width covers them;
+// the row is summed in two local accumulators, registers rather than a
+// memory round trip per j, and two chains rather than one.
+template <int Width>
+[[gnu::always_inline]] inline void substitute_row(const ChunkBlocks& b, int64_t i) {
+  float even[Width] = {}, odd[Width] = {};
+  const float* a_i = b.a + i * kChunk;
+  int64_t j = 0;
+  for (; j + 1 < i; j += 2) {
+    const float* __restrict t_j = b.t + j * kChunk;
+    const float* __restrict t_next = t_j + kChunk;
+    for (int c = 0; c < Width; ++c) {
+      even[c] -= a_i[j] * t_j[c];
+      odd[c] -= a_i[j + 1] * t_next[c];
+    }
+  }
+  if (j < i) {
+    const float* __restrict t_j = b.t + j * kChunk;
+    for (int c = 0; c < Width; ++c) even[c] -= a_i[j] * t_j[c];
+  }
+  float* t_i = b.t + i * kChunk;
+  for (int c = 0; c < Width; ++c) t_i[c] = even[c] + odd[c];
+  t_i[i] += 1.0f;
+  std::fill(t_i + Width, t_i + kChunk, 0.0f);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void invert_unit_lower(
+    const ChunkBlocks& b, int64_t length) {
+  static_assert(kChunk == 4 * kPadding);
+  for (int64_t i = 0; i < length; ++i) {
+    if (i < kPadding)
+      substitute_row<kPadding>(b, i);
+    else if (i < 2 * kPadding)
+      substitute_row<2 * kPadding>(b, i);
+    else if (i < 3 * kPadding)
+      substitute_row<3 * kPadding>(b, i);
+    else
+      substitute_row<4 * kPadding>(b, i);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void scale_rows(
+    float* rows, int64_t count, int64_t width, int64_t ld, const float* factors) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float factor = factors[i];
+    for (int64_t c = 0; c < width; ++c) rows[i * ld + c] *= factor;
+  }
+}
+
+// kt_decayed = kt with column j scaled by e^(G_last - G_j); state *= e^G_last.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void decay_to_chunk_end(
+    const ChunkBlocks& b, int64_t length, float* state) {
+  const float last = b.log_decay[length - 1];
+  float* to_end = b.factors;
+  for (int64_t j = 0; j < length; ++j) to_end[j] = std::exp(last - b.log_decay[j]);
+  for (int64_t c = 0; c < b.Kp; ++c) {
+    for (int64_t j = 0; j < length; ++j)
+      b.kt_decayed[c * kChunk + j] = b.kt[c * kChunk + j] * to_end[j];
+  }
+  const float state_decay = std::exp(last);
+  for (int64_t i = 0; i < b.Kp * b.Vp; ++i) state[i] *= state_decay;
+}
+
+// The chunk for value head hv, once q, k, qk and kk are in place: writes its
+// outputs and advances `state` to the chunk's end.
+void forward_value_head(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length,
+                        int64_t hv, const ChunkBlocks& b, float* state) {
+  const int64_t Kp = b.Kp, Vp = b.Vp, ld = b.ld_rhs();
+  const auto scale = static_cast<float>(op.scale);
+  pack_values(op, gdn::HeadGate(op, hv), row, begin, length, hv, b);
+  fill_decay(b, length);
+  weight_scores(b, length, scale);
+  invert_unit_lower(b, length);
+  // [W | U0] = T rhs, then U = U0 + W S.
+  gemm({length, Kp + Vp, length, b.t, kChunk, b.rhs, ld, b.wu, ld, false, Shape::lower_a});
+  gemm({length, Vp, Kp, b.wu, ld, state, Vp, b.u(), ld, true, Shape::full});
+  // out = scale e^G (q S) + P U.
+  gemm({length, Vp, Kp, b.q, Kp, state, Vp, b.out, Vp, false, Shape::full});
+  float* query_decay = b.factors;
+  for (int64_t i = 0; i < length; ++i) query_decay[i] = scale * std::exp(b.log_decay[i]);
+  scale_rows(b.out, length, Vp, Vp, query_decay);
+  gemm({length, Vp, length, b.p, kChunk, b.u(), ld, b.out, Vp, true, Shape::lower_a});
+  for (int64_t i = 0; i < length; ++i) {
+    gdn::scatter(op.o, op.o.offset(row, begin + i, hv, 0), op.o.stride[3], op.V, b.out + i * Vp);
+  }
+  // S = e^G_last S + (e^(G_last - G) k)^T U.
+  decay_to_chunk_end(b, length, state);
+  gemm({Kp, Vp, length, b.kt_decayed, kChunk, b.u(), ld, state, Vp, true, Shape::full});
+}
+
+void forward_chunk(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length,
+                   const HeadGroup& heads, const ChunkBlocks& b) {
+  const int64_t columns = round_up(length, kPadding);
+  pack_keys(op, row, begin, length, heads.key, b);
+  gemm({length, columns, b.Kp, b.k, b.Kp, b.kt, kChunk, b.kk, kChunk, false, Shape::lower_out});
+  gemm({length, columns, b.Kp, b.q, b.Kp, b.kt, kChunk, b.qk, kChunk, false, Shape::lower_out});
+  for (int64_t i = 0; i < heads.count; ++i) {
+    forward_value_head(op, row, begin, length, heads.first + i, b, b.state(i));
+  }
+}
+
+void forward_sequence(const GdnChunkFwd& op, int64_t n, const HeadGroup& heads,
+                      const ChunkBlocks& b) {
+  const auto [row, begin, end] = op.sequences[n];
+  for (int64_t i = 0; i < heads.count; ++i) {
+    const int64_t hv = heads.first + i;
+    std::fill(b.state(i), b.state(i) + b.Kp * b.Vp, 0.0f);
+    if (op.initial_state) {
+      gdn::load_state(gdn::state_view(op.initial_state, n, hv, op.state_v_first), op.K, op.V,
+                      b.state(i), b.Vp);
+    }
+  }
+  for (int64_t t = begin; t < end; t += kChunk) {
+    if (t + kChunk < end)
+      prefetch_chunk(op, row, t + kChunk, std::min(kChunk, end - t - kChunk), heads);
+    forward_chunk(op, row, t, std::min(kChunk, end - t), heads, b);
+  }
+  if (op.final_state) {
+    for (int64_t i = 0; i < heads.count; ++i) {
+      gdn::store_state(b.state(i), b.Vp, op.K, op.V,
+                       gdn::state_view(op.final_state, n, heads.first + i, op.state_v_first));
+    }
+  }
+}
+
+// Value heads of one key head share its q/k work (loads, norms, q k^T, k k^T)
+// when they run in one task; that is done when it still leaves a task per worker.
+int64_t heads_per_task(const GdnChunkFwd& op, int max_workers) {
+  const int64_t group = op.HV / op.H;
+  const bool enough_tasks = op.sequences.count * op.H >= max_workers;
+  return enough_tasks && group <= kMaxHeadsPerTask ? group : 1;
+}
+
+}  // namespace
+
+void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
+  const int64_t Kp = round_up(op.K, kPadding), Vp = round_up(op.V, kPadding);
+  const int64_t heads = heads_per_task(op, context.max_workers);
+  const int64_t per_worker = ChunkBlocks::floats(Kp, Vp, heads);
+  const int64_t groups = op.HV / heads;
+  const auto lease = context.scratch->acquire(per_worker * sizeof(float) * context.max_workers);
+  context.threads->parallel_for(
+      op.sequences.count * groups, context.max_workers, [&](int64_t task, int worker) {
+        const ChunkBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp);
+        const int64_t first = task % groups * heads;
+        forward_sequence(op, task / groups, {gdn::key_head(op, first), first, heads}, blocks);
+      });
+}
+
+}  // namespace hops::cpu

@@ -1,0 +1,26 @@
+"""hops: Qwen3.5 / Qwen3-Next hybrid-model operators through one C ABI.
+
+    import hops
+    print(hops.info())                    # which provider was loaded, and how it was found
+    o, state = hops.ops.gdn_chunk_fwd(q, k, v, g, beta, output_final_state=True)
+    report = hops.patch()                 # transformers Qwen3-Next / Qwen3.5 (and fla) run on hops
+    hops.unpatch()
+
+Layers: hops.ops (framework-neutral, every op of the provider), hops.fla and
+hops.causal_conv1d (drop-in namesakes of those packages' functions),
+hops.patch (host patching). docs/PYTHON.md has the details.
+"""
+
+from . import causal_conv1d, fla, ops
+from ._bindings import ProviderInfo, library
+from .errors import HopsError
+from .patch import PatchReport, patch, patch_model, unpatch
+
+__version__ = "0.1.0"
+__all__ = ["HopsError", "PatchReport", "ProviderInfo", "causal_conv1d", "fla", "info", "ops", "patch",
+           "patch_model", "unpatch"]
+
+
+def info() -> ProviderInfo:
+    """The loaded provider: path, how discovery found it, version, ABI, backends and ops."""
+    return library().info()

@@ -1,0 +1,360 @@
+// Wrong calls. Each starts from a valid call of its op (checked to pass
+// first), spoils exactly one thing, and must get the right status, a
+// last_error naming the op and the offending argument, and no byte written.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstddef>
+
+#include "cases.hpp"
+#include "invocation.hpp"
+
+namespace hops::conformance {
+
+namespace {
+
+struct BadCall {
+  std::string what;
+  std::vector<std::string_view> names;  // last_error must name one of them (empty: the op alone)
+  std::function<void(Invocation&)> spoil;
+  hops_status status = HOPS_ERR_INVALID_ARGUMENT;
+};
+
+// The valid call of an op that its wrong calls start from, and the wrong calls.
+struct OpBadCalls {
+  std::string_view op;
+  std::function<Invocation(const Context&, const hops_op_desc&, Random&)> base;
+  std::function<std::vector<BadCall>(Device&)> calls;
+};
+
+Tensor f32(Device& device, Shape shape) {
+  return Tensor::empty(device, DType::f32, std::move(shape));
+}
+
+Tensor filled(Device& device, DType dtype, Random& random, Shape shape) {
+  Array64 values = random.uniform(shape, -1, 1);
+  return Tensor::input(device, dtype, values);
+}
+
+auto set(std::string_view name, Tensor t) {
+  return [name, t](Invocation& call) { call.tensor(name, t); };
+}
+
+auto patch(std::string_view name, std::function<void(DLTensor&)> edit) {
+  return [name, edit](Invocation& call) { call.patch(name, edit); };
+}
+
+// ---- gdn_chunk_fwd: B=1 T=5 H=2 HV=4 K=8 V=6, with both states -------------
+
+Invocation gdn_chunk_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Array64 g = random.uniform({1, 5, 4}, -0.2, -0.01);
+  Invocation call(ctx, op);
+  call.tensor("q", filled(d, DType::f32, random, {1, 5, 2, 8}))
+      .tensor("k", filled(d, DType::f32, random, {1, 5, 2, 8}))
+      .tensor("v", filled(d, DType::f32, random, {1, 5, 4, 6}))
+      .tensor("g", Tensor::input(d, DType::f32, g))
+      .tensor("beta", filled(d, DType::f32, random, {1, 5, 4}))
+      .tensor("initial_state", filled(d, DType::f32, random, {1, 4, 8, 6}))
+      .tensor("o", f32(d, {1, 5, 4, 6}))
+      .tensor("final_state", f32(d, {1, 4, 8, 6}))
+      .flag("use_qk_l2norm", true);
+  return call;
+}
+
+std::vector<BadCall> gdn_chunk_bad_calls(Device& d) {
+  auto without_states = [](Invocation& call) {
+    call.tensor("initial_state", {}).tensor("final_state", {});
+  };
+  // Varlen calls drop the states: N changes with cu_seqlens.
+  auto varlen = [&](std::vector<int64_t> cu, DType dtype = DType::i32) {
+    Tensor t = Tensor::indices(d, dtype == DType::f32 ? DType::i32 : dtype, cu);
+    if (dtype == DType::f32) {
+      Array64 values({static_cast<int64_t>(cu.size())});
+      for (size_t i = 0; i < cu.size(); ++i) values.data[i] = static_cast<double>(cu[i]);
+      t = Tensor::input(d, DType::f32, values);
+    }
+    return [=](Invocation& call) {
+      without_states(call);
+      call.tensor("cu_seqlens", t);
+    };
+  };
+  // q viewed backwards along K: valid memory, negative stride.
+  const Tensor reversed_q = f32(d, {1, 5, 2, 8}).view(7, {1, 5, 2, 8}, {80, 16, 8, -1});
+  return {
+      {"q is NULL", {"q"}, set("q", {})},
+      {"q has dtype int32", {"q"}, set("q", Tensor::empty(d, DType::i32, {1, 5, 2, 8}))},
+      {"q has dtype float32x2 (lanes=2)",
+       {"q"},
+       patch("q", [](DLTensor& t) { t.dtype.lanes = 2; })},
+      {"k is bf16 while q is f32", {"k"}, set("k", Tensor::empty(d, DType::bf16, {1, 5, 2, 8}))},
+      {"o is f16 while q is f32", {"o"}, set("o", Tensor::empty(d, DType::f16, {1, 5, 4, 6}))},
+      {"initial_state is f16",
+       {"initial_state"},
+       set("initial_state", Tensor::empty(d, DType::f16, {1, 4, 8, 6}))},
+      {"q has rank 3", {"q"}, set("q", f32(d, {1, 5, 16}))},
+      {"k has K=9 while q has K=8", {"k"}, set("k", f32(d, {1, 5, 2, 9}))},
+      {"HV=4 is not a multiple of H=3",
+       {"q", "k", "v"},
+       [q = f32(d, {1, 5, 3, 8}), k = f32(d, {1, 5, 3, 8})](Invocation& call) {
+         call.tensor("q", q).tensor("k", k);
+       }},
+      {"o has V=7 while v has V=6", {"o"}, set("o", f32(d, {1, 5, 4, 7}))},
+      {"g has HV=3 while v has HV=4", {"g"}, set("g", f32(d, {1, 5, 3}))},
+      {"o aliases v", {"o", "v"}, [](Invocation& call) { call.tensor("o", call.tensor("v")); }},
+      {"final_state aliases initial_state",
+       {"final_state", "initial_state"},
+       [](Invocation& call) { call.tensor("final_state", call.tensor("initial_state")); }},
+      {"o has a zero stride", {"o"}, patch("o", [](DLTensor& t) { t.strides[3] = 0; })},
+      {"q has a negative stride", {"q"}, set("q", reversed_q)},
+      {"v has data NULL with 120 elements",
+       {"v"},
+       patch("v", [](DLTensor& t) { t.data = nullptr; })},
+      {"q lives on kDLCUDA, the call on the CPU",
+       {"q"},
+       patch("q",
+             [](DLTensor& t) {
+               t.device = {kDLCUDA, 0};
+             })},
+      {"cu_seqlens does not start at 0: [1,5]", {"cu_seqlens"}, varlen({1, 5})},
+      {"cu_seqlens decreases: [0,3,2,5]", {"cu_seqlens"}, varlen({0, 3, 2, 5})},
+      {"cu_seqlens ends at 4, T=5: [0,2,4]", {"cu_seqlens"}, varlen({0, 2, 4})},
+      {"cu_seqlens has dtype f32", {"cu_seqlens"}, varlen({0, 2, 5}, DType::f32)},
+      {"cu_seqlens with B=2",
+       {"cu_seqlens"},
+       [cu = varlen({0, 5}), qk = f32(d, {2, 5, 2, 8}), v = f32(d, {2, 5, 4, 6}),
+        o = f32(d, {2, 5, 4, 6}), gate = f32(d, {2, 5, 4})](Invocation& call) {
+         cu(call);
+         call.tensor("q", qk).tensor("k", qk).tensor("v", v).tensor("o", o);
+         call.tensor("g", gate).tensor("beta", gate);
+       }},
+      {"state_v_first with [N,HV,K,V] states (K != V)",
+       {"initial_state", "final_state"},
+       [](Invocation& call) { call.flag("state_v_first", true); }},
+      {"A_log without dt_bias", {"A_log", "dt_bias"}, set("A_log", f32(d, {4}))},
+      {"scale is NaN", {"scale"}, [](Invocation& call) { call.f64("scale", NAN); }},
+      {"exec struct_size is 0", {"exec"}, [](Invocation& call) { call.exec().struct_size = 0; }},
+      {"exec struct_size ends before the stream",
+       {"exec"},
+       [](Invocation& call) { call.exec().struct_size = offsetof(hops_exec, stream); }},
+      {"exec device kDLCUDA, tensors on the CPU",
+       {"exec", "q"},
+       [](Invocation& call) {
+         call.exec().device = {kDLCUDA, 0};
+       }},
+      {"api->call with num_args one short", {}, [](Invocation& call) { call.num_args(13); }},
+  };
+}
+
+// ---- gdn_recurrent: N=3 T=1 H=HV=2 K=V=4, pool S=4, state_indices [2,-1,0] ----
+
+Invocation gdn_recurrent_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Array64 g = random.uniform({3, 1, 2}, -0.2, -0.01);
+  Invocation call(ctx, op);
+  call.tensor("q", filled(d, DType::f32, random, {3, 1, 2, 4}))
+      .tensor("k", filled(d, DType::f32, random, {3, 1, 2, 4}))
+      .tensor("v", filled(d, DType::f32, random, {3, 1, 2, 4}))
+      .tensor("g", Tensor::input(d, DType::f32, g))
+      .tensor("beta", filled(d, DType::f32, random, {3, 1, 2}))
+      .tensor("state", filled(d, DType::f32, random, {4, 2, 4, 4}))
+      .tensor("state_indices", Tensor::indices(d, DType::i32, {2, -1, 0}))
+      .tensor("o", f32(d, {3, 1, 2, 4}))
+      .flag("use_qk_l2norm", true);
+  return call;
+}
+
+std::vector<BadCall> gdn_recurrent_bad_calls(Device& d) {
+  auto slots = [&](std::vector<int64_t> values) {
+    return set("state_indices", Tensor::indices(d, DType::i32, values));
+  };
+  return {
+      {"state_indices entry 4 >= S=4", {"state_indices"}, slots({2, -1, 4})},
+      {"state_indices entry -2", {"state_indices"}, slots({2, -2, 0})},
+      {"state_indices names slot 0 twice", {"state_indices"}, slots({0, -1, 0})},
+      {"state_indices has 2 entries for N=3", {"state_indices"}, slots({2, 0})},
+      {"state_indices has dtype f32", {"state_indices"}, set("state_indices", f32(d, {3}))},
+      {"no state_indices and N=3 > S=2",
+       {"state_indices", "state"},
+       [state = f32(d, {2, 2, 4, 4})](Invocation& call) {
+         call.tensor("state_indices", {}).tensor("state", state);
+       }},
+      {"state is f16", {"state"}, set("state", Tensor::empty(d, DType::f16, {4, 2, 4, 4}))},
+      {"state has HV=3", {"state"}, set("state", f32(d, {4, 3, 4, 4}))},
+      {"o aliases q", {"o", "q"}, [](Invocation& call) { call.tensor("o", call.tensor("q")); }},
+      {"o overlaps the state pool",
+       {"o", "state"},
+       [](Invocation& call) {
+         call.tensor("o", call.tensor("state").view(0, {3, 1, 2, 4}, {8, 8, 4, 1}));
+       }},
+  };
+}
+
+// ---- conv1d_fwd: B=1 T=6 D=5 W=4, bias, states of length 3 ----------------
+
+Invocation conv1d_fwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Invocation call(ctx, op);
+  call.tensor("x", filled(d, DType::f32, random, {1, 6, 5}))
+      .tensor("weight", filled(d, DType::f32, random, {5, 4}))
+      .tensor("bias", filled(d, DType::f32, random, {5}))
+      .tensor("initial_state", filled(d, DType::f32, random, {1, 5, 3}))
+      .tensor("y", f32(d, {1, 6, 5}))
+      .tensor("final_state", f32(d, {1, 5, 3}));
+  return call;
+}
+
+std::vector<BadCall> conv1d_fwd_bad_calls(Device& d) {
+  return {
+      {"weight has W=5", {"weight"}, set("weight", f32(d, {5, 5}))},
+      {"initial_state length 2 < W-1", {"initial_state"}, set("initial_state", f32(d, {1, 5, 2}))},
+      {"final_state length 2 < W-1", {"final_state"}, set("final_state", f32(d, {1, 5, 2}))},
+      {"initial_state has N=2 for one sequence",
+       {"initial_state"},
+       set("initial_state", f32(d, {2, 5, 3}))},
+      {"activation is 7", {"activation"}, [](Invocation& call) { call.i64("activation", 7); }},
+      {"y has D=6 while x has D=5", {"y"}, set("y", f32(d, {1, 6, 6}))},
+      {"bias has 4 entries for D=5", {"bias"}, set("bias", f32(d, {4}))},
+      {"x has rank 2", {"x"}, set("x", f32(d, {6, 5}))},
+      {"y overlaps itself (strides [30,1,1])",
+       {"y"},
+       patch("y", [](DLTensor& t) { t.strides[1] = 1; })},
+  };
+}
+
+// ---- conv1d_update: x [2,5], pool [3,5,3], W=4, state_indices [1,-1] --------
+
+Invocation conv1d_update_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Invocation call(ctx, op);
+  call.tensor("x", filled(d, DType::f32, random, {2, 5}))
+      .tensor("state", filled(d, DType::f32, random, {3, 5, 3}))
+      .tensor("weight", filled(d, DType::f32, random, {5, 4}))
+      .tensor("state_indices", Tensor::indices(d, DType::i32, {1, -1}))
+      .tensor("y", f32(d, {2, 5}));
+  return call;
+}
+
+std::vector<BadCall> conv1d_update_bad_calls(Device& d) {
+  return {
+      {"state length 2 < W-1", {"state"}, set("state", f32(d, {3, 5, 2}))},
+      {"x has rank 4", {"x"}, set("x", f32(d, {2, 1, 1, 5}))},
+      {"state_indices entry 3 >= S=3",
+       {"state_indices"},
+       set("state_indices", Tensor::indices(d, DType::i64, {1, 3}))},
+      {"y has shape [2,6]", {"y"}, set("y", f32(d, {2, 6}))},
+      {"weight has W=0", {"weight"}, set("weight", f32(d, {5, 0}))},
+  };
+}
+
+// ---- gated_rmsnorm: x, z, y [3,4,8], weight [8] ------------------------------
+
+Invocation gated_rmsnorm_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Invocation call(ctx, op);
+  call.tensor("x", filled(d, DType::f32, random, {3, 4, 8}))
+      .tensor("z", filled(d, DType::f32, random, {3, 4, 8}))
+      .tensor("weight", filled(d, DType::f32, random, {8}))
+      .tensor("y", f32(d, {3, 4, 8}));
+  return call;
+}
+
+std::vector<BadCall> gated_rmsnorm_bad_calls(Device& d) {
+  return {
+      {"eps is NaN", {"eps"}, [](Invocation& call) { call.f64("eps", NAN); }},
+      {"weight has 7 entries for D=8", {"weight"}, set("weight", f32(d, {7}))},
+      {"z has shape [3,4,7]", {"z"}, set("z", f32(d, {3, 4, 7}))},
+      {"y is bf16 while x is f32", {"y"}, set("y", Tensor::empty(d, DType::bf16, {3, 4, 8}))},
+  };
+}
+
+// ---- gdn_gating: a, b, g, beta [4,6], A_log and dt_bias [6] -------------------
+
+Invocation gdn_gating_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Invocation call(ctx, op);
+  call.tensor("A_log", filled(d, DType::f32, random, {6}))
+      .tensor("a", filled(d, DType::f32, random, {4, 6}))
+      .tensor("b", filled(d, DType::f32, random, {4, 6}))
+      .tensor("dt_bias", filled(d, DType::f32, random, {6}))
+      .tensor("g", f32(d, {4, 6}))
+      .tensor("beta", f32(d, {4, 6}));
+  return call;
+}
+
+std::vector<BadCall> gdn_gating_bad_calls(Device& d) {
+  return {
+      {"b has shape [4,5] while a has [4,6]", {"b"}, set("b", f32(d, {4, 5}))},
+      {"A_log has 5 entries for HV=6", {"A_log"}, set("A_log", f32(d, {5}))},
+      {"dt_bias is NULL", {"dt_bias"}, set("dt_bias", {})},
+      {"g aliases beta",
+       {"g", "beta"},
+       [](Invocation& call) { call.tensor("g", call.tensor("beta")); }},
+      {"softplus_beta is NaN",
+       {"softplus_beta"},
+       [](Invocation& call) { call.f64("softplus_beta", NAN); }},
+  };
+}
+
+const OpBadCalls kOpBadCalls[] = {
+    {"gdn_chunk_fwd", gdn_chunk_base, gdn_chunk_bad_calls},
+    {"gdn_recurrent", gdn_recurrent_base, gdn_recurrent_bad_calls},
+    {"conv1d_fwd", conv1d_fwd_base, conv1d_fwd_bad_calls},
+    {"conv1d_update", conv1d_update_base, conv1d_update_bad_calls},
+    {"gated_rmsnorm", gated_rmsnorm_base, gated_rmsnorm_bad_calls},
+    {"gdn_gating", gdn_gating_base, gdn_gating_bad_calls},
+};
+
+// Calls that need no valid base: lookups and the generic entry's own arguments.
+void table_bad_calls(const Context& ctx) {
+  const hops_api& api = ctx.api;
+  ctx.report.check(api.find_op("nope") == nullptr, "bad input: find_op(\"nope\") is NULL",
+                   "got a descriptor");
+  const hops_status s = api.call(nullptr, nullptr, nullptr, 0);
+  const std::string message = api.last_error();
+  ctx.report.check(s == HOPS_ERR_NOT_FOUND && !message.empty(),
+                   "bad input: api->call with a NULL descriptor -> NOT_FOUND",
+                   fmt::format("{}, last_error \"{}\"", status_text(api, s), message));
+  if (const hops_op_desc* op = api.op_at(0)) {
+    const hops_status t = api.call(op, nullptr, nullptr, op->num_args);
+    const std::string text = api.last_error();
+    ctx.report.check(
+        t == HOPS_ERR_INVALID_ARGUMENT && text.find(op->name) != std::string::npos,
+        fmt::format("bad input: api->call({}) with args = NULL -> INVALID_ARGUMENT", op->name),
+        fmt::format("{}, last_error \"{}\"", status_text(api, t), text));
+  }
+}
+
+}  // namespace
+
+void bad_input_cases(const Context& ctx, const OpFilter& selected) {
+  table_bad_calls(ctx);
+  for (const OpBadCalls& group : kOpBadCalls) {
+    if (!selected(group.op)) continue;
+    const hops_op_desc* op = find_or_skip(ctx, group.op);
+    if (!op || !supported_or_skip(ctx, group.op, DType::f32)) continue;
+    // Bases are fixed: the wrong calls are about arguments, not values.
+    Random random(ctx.seed);
+    Invocation base = group.base(ctx, *op, random);
+    try {
+      base.run();
+    } catch (const std::exception& e) {
+      ctx.report.fail(fmt::format("bad input: {} valid base call", group.op), e.what());
+      continue;
+    }
+    for (const BadCall& bad : group.calls(ctx.device)) {
+      const std::string name = fmt::format("bad input: {}: {}", group.op, bad.what);
+      try {
+        Invocation call = base;
+        bad.spoil(call);
+        const std::string message = call.expect_rejected(bad.status, bad.names);
+        ctx.report.pass(name,
+                        fmt::format("-> {} \"{}\"", status_text(ctx.api, bad.status), message));
+      } catch (const std::exception& e) {
+        ctx.report.fail(name, e.what());
+      }
+    }
+  }
+}
+
+}  // namespace hops::conformance

@@ -1,0 +1,307 @@
+// conv1d_fwd and conv1d_update against ref::conv1d_fwd / ref::conv1d_update.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <optional>
+
+#include "cases.hpp"
+#include "invocation.hpp"
+
+namespace hops::conformance {
+
+namespace {
+
+enum class Layout {
+  channels_last,
+  channels_first,  // x, y stored [B,D,T]
+  transposed,      // channels_first view of [B,T,D] memory, as x.transpose(1,2) hands it over
+  sliced,          // x, y columns of wider [B,T,*] rows, as a fused projection leaves them
+  padded,          // every tensor strided with gaps, states too
+};
+
+constexpr std::string_view layout_name(Layout layout) {
+  switch (layout) {
+    case Layout::channels_last:
+      return "";
+    case Layout::channels_first:
+      return " channels_first";
+    case Layout::transposed:
+      return " channels_first(transposed)";
+    case Layout::sliced:
+      return " sliced";
+    case Layout::padded:
+      return " padded";
+  }
+  return "";
+}
+
+struct ConvCase {
+  int64_t B, T, D, W;
+  std::vector<int64_t> cu_seqlens = {};  // empty: dense
+  bool bias = false;
+  int64_t activation = HOPS_ACTIVATION_SILU;
+  int64_t initial_len = -1;  // L0 of the initial state, -1: none
+  int64_t final_len = -1;    // L1 of the final state, -1: none
+  Layout layout = Layout::channels_last;
+  bool f32_params = false;  // weight, bias and states in f32 whatever x is
+  DType index_dtype = DType::i32;
+  bool half = false;   // also run for f16 and bf16
+  bool heavy = false;  // left out by --quick
+
+  int64_t sequences() const {
+    return cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1;
+  }
+  bool channels_first() const {
+    return layout == Layout::channels_first || layout == Layout::transposed;
+  }
+};
+
+std::string case_name(std::string_view op, DType dtype, const ConvCase& c) {
+  std::string name =
+      fmt::format("{} {} B={} T={} D={} W={}", op, name_of(dtype), c.B, c.T, c.D, c.W);
+  if (!c.cu_seqlens.empty()) {
+    name +=
+        fmt::format(" cu_seqlens({})=[{}]", name_of(c.index_dtype), fmt::join(c.cu_seqlens, ","));
+  }
+  if (c.bias) name += " bias";
+  name += c.activation == HOPS_ACTIVATION_SILU ? " silu" : " none";
+  if (c.initial_len >= 0) name += fmt::format(" L0={}", c.initial_len);
+  if (c.final_len >= 0) name += fmt::format(" L1={}", c.final_len);
+  if (c.f32_params) name += " f32_params";
+  return name + std::string(layout_name(c.layout));
+}
+
+// x (given channels-last, [B,T,D]) as the case's layout wants it.
+Tensor x_tensor(Device& device, DType dtype, Array64& x, Layout layout) {
+  const int64_t B = x.shape[0], T = x.shape[1], D = x.shape[2];
+  switch (layout) {
+    case Layout::channels_last:
+      return Tensor::input(device, dtype, x);
+    case Layout::padded:
+      return Tensor::input(device, dtype, x, gaps(3));
+    case Layout::sliced: {
+      const int64_t width = D + 5;
+      const Tensor wide = Tensor::empty(device, dtype, {B, T, width});
+      return assign(wide.view(3, {B, T, D}, {T * width, width, 1}), x);
+    }
+    case Layout::channels_first: {
+      Array64 xt = permute(x, {0, 2, 1});
+      const Tensor t = Tensor::input(device, dtype, xt);
+      x = permute(xt, {0, 2, 1});
+      return t;
+    }
+    case Layout::transposed:
+      return Tensor::input(device, dtype, x).permuted({0, 2, 1});
+  }
+  return {};
+}
+
+// An output of x's layout (channels-last logical shape [B,T,D]).
+Tensor y_tensor(Device& device, DType dtype, const Shape& shape, Layout layout) {
+  const int64_t B = shape[0], T = shape[1], D = shape[2];
+  switch (layout) {
+    case Layout::channels_last:
+      return Tensor::empty(device, dtype, shape);
+    case Layout::padded:
+      return Tensor::padded(device, dtype, shape, gaps(3));
+    case Layout::sliced: {
+      const int64_t width = D + 2;
+      return Tensor::empty(device, dtype, {B, T, width}).view(1, shape, {T * width, width, 1});
+    }
+    case Layout::channels_first:
+      return Tensor::empty(device, dtype, {B, D, T});
+    case Layout::transposed:
+      return Tensor::empty(device, dtype, shape).permuted({0, 2, 1});
+  }
+  return {};
+}
+
+ref::Activation activation(int64_t code) { return static_cast<ref::Activation>(code); }
+
+void fwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const ConvCase& c,
+              bool typed_too) {
+  run_case(ctx, case_name(op.name, dtype, c), [&](Random& random, Verdict& verdict) {
+    const DType params = c.f32_params ? DType::f32 : dtype;
+    const Shape pad = c.layout == Layout::padded ? gaps(3) : Shape{};
+    const int64_t N = c.sequences();
+    Array64 x = random.uniform({c.B, c.T, c.D}, -1, 1);
+    Array64 weight = random.uniform({c.D, c.W}, -1, 1);
+    Array64 bias = random.uniform({c.D}, -1, 1);
+    Array64 h0 = random.uniform({N, c.D, std::max<int64_t>(c.initial_len, 0)}, -1, 1);
+    Invocation call(ctx, op);
+    call.tensor("x", x_tensor(ctx.device, dtype, x, c.layout));
+    call.tensor("weight", Tensor::input(ctx.device, params, weight, pad.empty() ? pad : gaps(2)));
+    if (c.bias) call.tensor("bias", Tensor::input(ctx.device, params, bias));
+    if (c.initial_len >= 0)
+      call.tensor("initial_state", Tensor::input(ctx.device, params, h0, pad));
+    if (!c.cu_seqlens.empty()) {
+      call.tensor("cu_seqlens", Tensor::indices(ctx.device, c.index_dtype, c.cu_seqlens));
+    }
+    const Tensor y = y_tensor(ctx.device, dtype, {c.B, c.T, c.D}, c.layout);
+    call.tensor("y", y);
+    Tensor final_state;
+    if (c.final_len >= 0)
+      final_state = Tensor::padded(ctx.device, params, {N, c.D, c.final_len}, pad);
+    call.tensor("final_state", final_state);
+    call.i64("activation", c.activation).flag("channels_first", c.channels_first());
+    call.run(typed_too);
+
+    const ref::Conv1dResult want =
+        ref::conv1d_fwd(x, weight, c.bias ? &bias : nullptr, c.initial_len >= 0 ? &h0 : nullptr,
+                        c.cu_seqlens.empty() ? nullptr : &c.cu_seqlens, activation(c.activation),
+                        std::max<int64_t>(c.final_len, 0));
+    verdict.expect_close("y", y, c.channels_first() ? permute(want.y, {0, 2, 1}) : want.y,
+                         tolerance(dtype));
+    if (c.final_len >= 0) {
+      verdict.expect_close("final_state", final_state, want.final_state, tolerance(dtype));
+    }
+  });
+}
+
+std::vector<ConvCase> fwd_sweep() {
+  std::vector<ConvCase> cases;
+  // clang-format off
+  // Every width, alternating bias and activation.
+  for (int64_t W = 1; W <= 4; ++W) {
+    cases.push_back({.B = 2, .T = 65, .D = 37, .W = W, .bias = W % 2 == 1, .activation = W % 2,
+                     .initial_len = W - 1, .final_len = W - 1, .half = W == 4});
+  }
+  const std::vector<ConvCase> more = {
+      // States longer than W-1, and final states longer than the sequence.
+      {.B = 2, .T = 5, .D = 16, .W = 3, .bias = true, .initial_len = 6, .final_len = 8},
+      {.B = 2, .T = 1, .D = 16, .W = 4, .initial_len = 3, .final_len = 3, .half = true},
+      {.B = 2, .T = 2, .D = 9, .W = 4, .activation = HOPS_ACTIVATION_NONE, .final_len = 5},
+      {.B = 1, .T = 7, .D = 8, .W = 1, .initial_len = 0, .final_len = 0},
+      {.B = 1, .T = 7, .D = 8, .W = 1, .bias = true, .initial_len = 2, .final_len = 1},
+      // Varlen with empty and length-1 sequences.
+      {.B = 1, .T = 200, .D = 24, .W = 4, .cu_seqlens = {0, 0, 1, 64, 64, 200}, .bias = true,
+       .initial_len = 3, .final_len = 5, .half = true},
+      {.B = 1, .T = 200, .D = 24, .W = 3, .cu_seqlens = {0, 0, 1, 64, 64, 200},
+       .activation = HOPS_ACTIVATION_NONE, .initial_len = 6, .final_len = 2,
+       .index_dtype = DType::i64},
+      {.B = 1, .T = 100, .D = 16, .W = 4, .cu_seqlens = {0, 50, 50, 100}, .final_len = 3,
+       .layout = Layout::channels_first},
+      // Layouts.
+      {.B = 2, .T = 33, .D = 20, .W = 4, .bias = true, .initial_len = 3, .final_len = 3,
+       .layout = Layout::channels_first, .half = true},
+      {.B = 2, .T = 50, .D = 24, .W = 4, .initial_len = 3, .final_len = 4,
+       .layout = Layout::transposed, .half = true},
+      {.B = 2, .T = 40, .D = 48, .W = 4, .bias = true, .layout = Layout::sliced},
+      {.B = 2, .T = 30, .D = 10, .W = 3, .bias = true, .initial_len = 4, .final_len = 4,
+       .layout = Layout::padded, .half = true},
+      // Half x with f32 weight, bias and states.
+      {.B = 2, .T = 20, .D = 12, .W = 4, .bias = true, .initial_len = 3, .final_len = 3,
+       .f32_params = true, .half = true},
+      // Sizes of real layers: Qwen3.5 conv dim 8192, and a long sequence.
+      {.B = 1, .T = 64, .D = 8192, .W = 4, .initial_len = 3, .final_len = 3,
+       .half = true, .heavy = true},
+      {.B = 2, .T = 1000, .D = 64, .W = 4, .bias = true, .heavy = true},
+  };
+  // clang-format on
+  cases.insert(cases.end(), more.begin(), more.end());
+  return cases;
+}
+
+struct UpdateCase {
+  int64_t N, L, D, W, SL, pool;  // L = 0: x is [N,D]
+  std::optional<std::vector<int64_t>> slots = {};
+  bool bias = false;
+  int64_t activation = HOPS_ACTIVATION_SILU;
+  bool strided = false;  // x, y padded; the pool the last SL columns of [S,D,SL+1]
+  bool f32_params = false;
+  DType index_dtype = DType::i32;
+  bool half = false, heavy = false;
+};
+
+std::string case_name(std::string_view op, DType dtype, const UpdateCase& c) {
+  std::string name =
+      fmt::format("{} {} x=[{}] W={} state=[{},{},{}]", op, name_of(dtype),
+                  c.L ? fmt::format("{},{},{}", c.N, c.L, c.D) : fmt::format("{},{}", c.N, c.D),
+                  c.W, c.pool, c.D, c.SL);
+  if (c.slots)
+    name +=
+        fmt::format(" state_indices({})=[{}]", name_of(c.index_dtype), fmt::join(*c.slots, ","));
+  if (c.bias) name += " bias";
+  name += c.activation == HOPS_ACTIVATION_SILU ? " silu" : " none";
+  if (c.f32_params) name += " f32_params";
+  if (c.strided) name += " strided";
+  return name;
+}
+
+void update_case(const Context& ctx, const hops_op_desc& op, DType dtype, const UpdateCase& c,
+                 bool typed_too) {
+  run_case(ctx, case_name(op.name, dtype, c), [&](Random& random, Verdict& verdict) {
+    const DType params = c.f32_params ? DType::f32 : dtype;
+    const Shape x_shape = c.L ? Shape{c.N, c.L, c.D} : Shape{c.N, c.D};
+    const Shape pad = c.strided ? gaps(x_shape.size()) : Shape{};
+    Array64 x = random.uniform(x_shape, -1, 1);
+    Array64 weight = random.uniform({c.D, c.W}, -1, 1);
+    Array64 bias = random.uniform({c.D}, -1, 1);
+    Array64 pool = random.uniform({c.pool, c.D, c.SL}, -1, 1);
+    Tensor state;
+    if (c.strided) {  // FLA keeps W columns; a causal-conv1d host sees the last W-1
+      const Tensor wide = Tensor::empty(ctx.device, params, {c.pool, c.D, c.SL + 1});
+      state = assign(wide.view(1, {c.pool, c.D, c.SL}, {c.D * (c.SL + 1), c.SL + 1, 1}), pool);
+    } else {
+      state = Tensor::input(ctx.device, params, pool);
+    }
+    const std::vector<uint32_t> state_before = state.read_bits();
+    const Tensor y = Tensor::padded(ctx.device, dtype, x_shape, pad);
+    Invocation call(ctx, op);
+    call.tensor("x", Tensor::input(ctx.device, dtype, x, pad)).tensor("state", state);
+    call.tensor("weight", Tensor::input(ctx.device, params, weight));
+    if (c.bias) call.tensor("bias", Tensor::input(ctx.device, params, bias));
+    if (c.slots) call.tensor("state_indices", Tensor::indices(ctx.device, c.index_dtype, *c.slots));
+    call.tensor("y", y).i64("activation", c.activation);
+    call.run(typed_too);
+
+    // The reference takes [N,L,D]; skipped sequences keep their poison (NaN).
+    const Shape x3 = {c.N, c.L ? c.L : 1, c.D};
+    Array64 x_ref = x;
+    x_ref.shape = x3;
+    Array64 want_y(x3, NAN);
+    ref::conv1d_update(x_ref, pool, weight, c.bias ? &bias : nullptr, c.slots ? &*c.slots : nullptr,
+                       activation(c.activation), want_y);
+    want_y.shape = x_shape;
+    verdict.expect_close("y", y, want_y, tolerance(dtype));
+    verdict.expect_close("state", state, pool, tolerance(dtype));
+    verdict.expect_slots_kept("state", state_before, state, used_slots(c.pool, c.N, c.slots));
+  });
+}
+
+std::vector<UpdateCase> update_sweep() {
+  using Slots = std::vector<int64_t>;
+  // clang-format off
+  return {
+      {.N = 3, .L = 0, .D = 37, .W = 4, .SL = 3, .pool = 5, .slots = Slots{4, -1, 1}, .bias = true,
+       .half = true},
+      {.N = 3, .L = 3, .D = 16, .W = 2, .SL = 6, .pool = 3, .slots = Slots{2, 0, 1},
+       .activation = HOPS_ACTIVATION_NONE, .index_dtype = DType::i64},
+      {.N = 2, .L = 1, .D = 256, .W = 4, .SL = 3, .pool = 4},
+      {.N = 2, .L = 5, .D = 8, .W = 3, .SL = 2, .pool = 2, .bias = true},
+      {.N = 2, .L = 0, .D = 8, .W = 1, .SL = 0, .pool = 2},
+      {.N = 2, .L = 2, .D = 8, .W = 1, .SL = 2, .pool = 3, .slots = Slots{2, 0}, .bias = true},
+      {.N = 2, .L = 0, .D = 8, .W = 4, .SL = 3, .pool = 2, .slots = Slots{-1, -1}},
+      {.N = 2, .L = 2, .D = 24, .W = 4, .SL = 3, .pool = 3, .slots = Slots{0, 2}, .strided = true,
+       .half = true},
+      {.N = 3, .L = 2, .D = 12, .W = 4, .SL = 4, .pool = 3, .slots = Slots{1, -1, 0}, .bias = true,
+       .f32_params = true, .half = true},
+      // Qwen3.5 decode step: conv dim 8192.
+      {.N = 4, .L = 0, .D = 8192, .W = 4, .SL = 3, .pool = 8, .slots = Slots{7, 2, -1, 5},
+       .half = true, .heavy = true},
+  };
+  // clang-format on
+}
+
+}  // namespace
+
+void conv1d_fwd_cases(const Context& ctx, const hops_op_desc& op) {
+  sweep(ctx, op, fwd_sweep(), fwd_case);
+}
+
+void conv1d_update_cases(const Context& ctx, const hops_op_desc& op) {
+  sweep(ctx, op, update_sweep(), update_case);
+}
+
+}  // namespace hops::conformance

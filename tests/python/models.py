@@ -1,0 +1,31 @@
+"""Tiny random-weight Qwen3.5 and Qwen3-Next models built from configs: 4 layers
+(3 linear attention : 1 full attention, the real pattern), HV = 2H in the
+linear layers, conv width 4."""
+
+import torch
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+            linear_key_head_dim=16, linear_value_head_dim=16, linear_conv_kernel_dim=4,
+            layer_types=["linear_attention"] * 3 + ["full_attention"], max_position_embeddings=512,
+            initializer_range=0.1)  # spread-out logits: greedy decoding has no near ties
+MODULES = {"qwen3_5": "transformers.models.qwen3_5.modeling_qwen3_5",
+           "qwen3_next": "transformers.models.qwen3_next.modeling_qwen3_next"}
+
+
+def build(name: str, dtype=torch.float32, **overrides):
+    import transformers
+    torch.manual_seed(0)
+    options = TINY | overrides
+    if name == "qwen3_5":
+        config = transformers.Qwen3_5TextConfig(**options)
+        model = transformers.Qwen3_5ForCausalLM(config)
+    else:
+        config = transformers.Qwen3NextConfig(**options, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                              shared_expert_intermediate_size=32)
+        model = transformers.Qwen3NextForCausalLM(config)
+    return model.to(dtype).eval()
+
+
+def greedy(model, prompt, tokens=32):
+    return model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
