@@ -23,25 +23,25 @@ struct BadCall {
 // The valid call of an op that its wrong calls start from, and the wrong calls.
 struct OpBadCalls {
   std::string_view op;
-  std::function<Invocation(const Context&, const hops_op_desc&, Random&)> base;
-  std::function<std::vector<BadCall>(Device&)> calls;
+  Invocation (*base)(const Context&, const hops_op_desc&, Random&);
+  std::vector<BadCall> (*calls)(Device&);
 };
 
 Tensor f32(Device& device, Shape shape) {
   return Tensor::empty(device, DType::f32, std::move(shape));
 }
 
-Tensor filled(Device& device, DType dtype, Random& random, Shape shape) {
+Tensor filled(Device& device, DType dtype, Random& random, const Shape& shape) {
   Array64 values = random.uniform(shape, -1, 1);
   return Tensor::input(device, dtype, values);
 }
 
-auto set(std::string_view name, Tensor t) {
+auto set(std::string_view name, const Tensor& t) {
   return [name, t](Invocation& call) { call.tensor(name, t); };
 }
 
 auto patch(std::string_view name, std::function<void(DLTensor&)> edit) {
-  return [name, edit](Invocation& call) { call.patch(name, edit); };
+  return [name, edit = std::move(edit)](Invocation& call) { call.patch(name, edit); };
 }
 
 // ---- gdn_chunk_fwd: B=1 T=5 H=2 HV=4 K=8 V=6, with both states -------------
@@ -67,7 +67,7 @@ std::vector<BadCall> gdn_chunk_bad_calls(Device& d) {
     call.tensor("initial_state", {}).tensor("final_state", {});
   };
   // Varlen calls drop the states: N changes with cu_seqlens.
-  auto varlen = [&](std::vector<int64_t> cu, DType dtype = DType::i32) {
+  auto varlen = [&](const std::vector<int64_t>& cu, DType dtype = DType::i32) {
     Tensor t = Tensor::indices(d, dtype == DType::f32 ? DType::i32 : dtype, cu);
     if (dtype == DType::f32) {
       Array64 values({static_cast<int64_t>(cu.size())});
@@ -165,7 +165,7 @@ Invocation gdn_recurrent_base(const Context& ctx, const hops_op_desc& op, Random
 }
 
 std::vector<BadCall> gdn_recurrent_bad_calls(Device& d) {
-  auto slots = [&](std::vector<int64_t> values) {
+  auto slots = [&](const std::vector<int64_t>& values) {
     return set("state_indices", Tensor::indices(d, DType::i32, values));
   };
   return {

@@ -1,6 +1,5 @@
 // conv1d_fwd and conv1d_update against ref::conv1d_fwd / ref::conv1d_update.
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include <cmath>
 #include <optional>
@@ -18,6 +17,7 @@ enum class Layout {
   transposed,      // channels_first view of [B,T,D] memory, as x.transpose(1,2) hands it over
   sliced,          // x, y columns of wider [B,T,*] rows, as a fused projection leaves them
   padded,          // every tensor strided with gaps, states too
+  compact,         // channels last, passed with strides = NULL
 };
 
 constexpr std::string_view layout_name(Layout layout) {
@@ -32,6 +32,8 @@ constexpr std::string_view layout_name(Layout layout) {
       return " sliced";
     case Layout::padded:
       return " padded";
+    case Layout::compact:
+      return " strides=NULL";
   }
   return "";
 }
@@ -60,10 +62,7 @@ struct ConvCase {
 std::string case_name(std::string_view op, DType dtype, const ConvCase& c) {
   std::string name =
       fmt::format("{} {} B={} T={} D={} W={}", op, name_of(dtype), c.B, c.T, c.D, c.W);
-  if (!c.cu_seqlens.empty()) {
-    name +=
-        fmt::format(" cu_seqlens({})=[{}]", name_of(c.index_dtype), fmt::join(c.cu_seqlens, ","));
-  }
+  if (!c.cu_seqlens.empty()) name += index_arg("cu_seqlens", c.index_dtype, c.cu_seqlens);
   if (c.bias) name += " bias";
   name += c.activation == HOPS_ACTIVATION_SILU ? " silu" : " none";
   if (c.initial_len >= 0) name += fmt::format(" L0={}", c.initial_len);
@@ -77,6 +76,7 @@ Tensor x_tensor(Device& device, DType dtype, Array64& x, Layout layout) {
   const int64_t B = x.shape[0], T = x.shape[1], D = x.shape[2];
   switch (layout) {
     case Layout::channels_last:
+    case Layout::compact:
       return Tensor::input(device, dtype, x);
     case Layout::padded:
       return Tensor::input(device, dtype, x, gaps(3));
@@ -87,7 +87,7 @@ Tensor x_tensor(Device& device, DType dtype, Array64& x, Layout layout) {
     }
     case Layout::channels_first: {
       Array64 xt = permute(x, {0, 2, 1});
-      const Tensor t = Tensor::input(device, dtype, xt);
+      Tensor t = Tensor::input(device, dtype, xt);
       x = permute(xt, {0, 2, 1});
       return t;
     }
@@ -102,6 +102,7 @@ Tensor y_tensor(Device& device, DType dtype, const Shape& shape, Layout layout) 
   const int64_t B = shape[0], T = shape[1], D = shape[2];
   switch (layout) {
     case Layout::channels_last:
+    case Layout::compact:
       return Tensor::empty(device, dtype, shape);
     case Layout::padded:
       return Tensor::padded(device, dtype, shape, gaps(3));
@@ -145,6 +146,7 @@ void fwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const Con
       final_state = Tensor::padded(ctx.device, params, {N, c.D, c.final_len}, pad);
     call.tensor("final_state", final_state);
     call.i64("activation", c.activation).flag("channels_first", c.channels_first());
+    if (c.layout == Layout::compact) call.null_strides();
     call.run(typed_too);
 
     const ref::Conv1dResult want =
@@ -172,6 +174,7 @@ std::vector<ConvCase> fwd_sweep() {
       {.B = 2, .T = 5, .D = 16, .W = 3, .bias = true, .initial_len = 6, .final_len = 8},
       {.B = 2, .T = 1, .D = 16, .W = 4, .initial_len = 3, .final_len = 3, .half = true},
       {.B = 2, .T = 2, .D = 9, .W = 4, .activation = HOPS_ACTIVATION_NONE, .final_len = 5},
+      {.B = 2, .T = 0, .D = 8, .W = 4, .initial_len = 3, .final_len = 5},
       {.B = 1, .T = 7, .D = 8, .W = 1, .initial_len = 0, .final_len = 0},
       {.B = 1, .T = 7, .D = 8, .W = 1, .bias = true, .initial_len = 2, .final_len = 1},
       // Varlen with empty and length-1 sequences.
@@ -188,6 +191,8 @@ std::vector<ConvCase> fwd_sweep() {
       {.B = 2, .T = 50, .D = 24, .W = 4, .initial_len = 3, .final_len = 4,
        .layout = Layout::transposed, .half = true},
       {.B = 2, .T = 40, .D = 48, .W = 4, .bias = true, .layout = Layout::sliced},
+      {.B = 2, .T = 40, .D = 48, .W = 4, .bias = true, .initial_len = 3, .final_len = 3,
+       .layout = Layout::compact},
       {.B = 2, .T = 30, .D = 10, .W = 3, .bias = true, .initial_len = 4, .final_len = 4,
        .layout = Layout::padded, .half = true},
       // Half x with f32 weight, bias and states.
@@ -209,6 +214,7 @@ struct UpdateCase {
   bool bias = false;
   int64_t activation = HOPS_ACTIVATION_SILU;
   bool strided = false;  // x, y padded; the pool the last SL columns of [S,D,SL+1]
+  bool null_strides = false;
   bool f32_params = false;
   DType index_dtype = DType::i32;
   bool half = false, heavy = false;
@@ -219,13 +225,12 @@ std::string case_name(std::string_view op, DType dtype, const UpdateCase& c) {
       fmt::format("{} {} x=[{}] W={} state=[{},{},{}]", op, name_of(dtype),
                   c.L ? fmt::format("{},{},{}", c.N, c.L, c.D) : fmt::format("{},{}", c.N, c.D),
                   c.W, c.pool, c.D, c.SL);
-  if (c.slots)
-    name +=
-        fmt::format(" state_indices({})=[{}]", name_of(c.index_dtype), fmt::join(*c.slots, ","));
+  if (c.slots) name += index_arg("state_indices", c.index_dtype, *c.slots);
   if (c.bias) name += " bias";
   name += c.activation == HOPS_ACTIVATION_SILU ? " silu" : " none";
   if (c.f32_params) name += " f32_params";
   if (c.strided) name += " strided";
+  if (c.null_strides) name += " strides=NULL";
   return name;
 }
 
@@ -254,6 +259,7 @@ void update_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
     if (c.bias) call.tensor("bias", Tensor::input(ctx.device, params, bias));
     if (c.slots) call.tensor("state_indices", Tensor::indices(ctx.device, c.index_dtype, *c.slots));
     call.tensor("y", y).i64("activation", c.activation);
+    if (c.null_strides) call.null_strides();
     call.run(typed_too);
 
     // The reference takes [N,L,D]; skipped sequences keep their poison (NaN).
@@ -279,6 +285,8 @@ std::vector<UpdateCase> update_sweep() {
       {.N = 3, .L = 3, .D = 16, .W = 2, .SL = 6, .pool = 3, .slots = Slots{2, 0, 1},
        .activation = HOPS_ACTIVATION_NONE, .index_dtype = DType::i64},
       {.N = 2, .L = 1, .D = 256, .W = 4, .SL = 3, .pool = 4},
+      {.N = 2, .L = 2, .D = 16, .W = 4, .SL = 3, .pool = 3, .slots = Slots{1, 2}, .bias = true,
+       .null_strides = true},
       {.N = 2, .L = 5, .D = 8, .W = 3, .SL = 2, .pool = 2, .bias = true},
       {.N = 2, .L = 0, .D = 8, .W = 1, .SL = 0, .pool = 2},
       {.N = 2, .L = 2, .D = 8, .W = 1, .SL = 2, .pool = 3, .slots = Slots{2, 0}, .bias = true},

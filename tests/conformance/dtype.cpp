@@ -56,7 +56,7 @@ std::string_view name_of(DType t) {
 bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
 
 uint16_t float_to_bf16(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const auto bits = std::bit_cast<uint32_t>(x);
   if (std::isnan(x)) return static_cast<uint16_t>((bits >> 16) | 0x40u);
   const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);  // ties to even
   return static_cast<uint16_t>((bits + rounding) >> 16);
@@ -112,8 +112,8 @@ void store(DType t, void* base, int64_t index, double value) {
     }
     case DType::f16:
     case DType::bf16: {
-      const float f = static_cast<float>(value);
-      const uint16_t v = t == DType::f16 ? float_to_f16(f) : float_to_bf16(f);
+      const auto f = static_cast<float>(value);
+      const auto v = t == DType::f16 ? float_to_f16(f) : float_to_bf16(f);
       std::memcpy(bytes, &v, sizeof v);
       return;
     }

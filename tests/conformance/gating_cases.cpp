@@ -16,6 +16,7 @@ struct GatingCase {
   bool f32_params = false;   // A_log, dt_bias in f32 whatever a is
   bool f32_outputs = false;  // g, beta in f32 whatever a is
   bool null_exec = false;    // exec NULL: run on the tensors' device
+  bool null_strides = false;
   bool half = false, heavy = false;
 };
 
@@ -28,6 +29,7 @@ void gating_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
   if (c.f32_params) name += " f32_params";
   if (c.f32_outputs) name += " f32_outputs";
   if (c.null_exec) name += " exec=NULL";
+  if (c.null_strides) name += " strides=NULL";
   run_case(ctx, name, [&](Random& random, Verdict& verdict) {
     const int64_t HV = c.shape.back();
     const DType params = c.f32_params ? DType::f32 : dtype;
@@ -56,6 +58,7 @@ void gating_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
     call.tensor("g", g).tensor("beta", beta);
     call.f64("softplus_beta", c.softplus_beta).f64("softplus_threshold", c.softplus_threshold);
     if (c.null_exec) call.null_exec();
+    if (c.null_strides) call.null_strides();
     call.run(typed_too);
     const ref::Gating want =
         ref::gdn_gating(A_log, a, b, dt_bias, c.softplus_beta, c.softplus_threshold);
@@ -72,6 +75,7 @@ std::vector<GatingCase> gating_sweep() {
       {.shape = {3, 7, 4}, .strided = true, .half = true},
       {.shape = {5, 6}, .f32_params = true, .f32_outputs = true, .half = true},
       {.shape = {4, 4}, .null_exec = true},
+      {.shape = {3, 16}, .null_strides = true},
       {.shape = {1000, 32}, .half = true, .heavy = true},  // Qwen3.5 prefill chunk
   };
 }

@@ -1,6 +1,5 @@
 // gdn_chunk_fwd and gdn_recurrent against ref::gdn_forward / ref::gdn_recurrent.
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include <cmath>
 #include <optional>
@@ -14,8 +13,9 @@ namespace {
 
 enum class Layout {
   contiguous,
-  packed,  // q,k,v sliced from one [B,T,2*H*K+HV*V] projection, beta,g from [B,T,2*HV] (Qwen3.5)
-  padded,  // every tensor, outputs and states too, strided with gaps
+  packed,   // q,k,v sliced from one [B,T,2*H*K+HV*V] projection, beta,g from [B,T,2*HV] (Qwen3.5)
+  padded,   // every tensor, outputs and states too, strided with gaps
+  compact,  // contiguous, passed with strides = NULL
 };
 
 struct GdnCase {
@@ -43,14 +43,9 @@ struct GdnCase {
 std::string case_name(std::string_view op, DType dtype, const GdnCase& c) {
   std::string name = fmt::format("{} {} B={} T={} H={} HV={} K={} V={}", op, name_of(dtype), c.B,
                                  c.T, c.H, c.HV, c.K, c.V);
-  if (!c.cu_seqlens.empty()) {
-    name +=
-        fmt::format(" cu_seqlens({})=[{}]", name_of(c.index_dtype), fmt::join(c.cu_seqlens, ","));
-  }
+  if (!c.cu_seqlens.empty()) name += index_arg("cu_seqlens", c.index_dtype, c.cu_seqlens);
   if (c.pool) name += fmt::format(" S={}", c.pool);
-  if (c.slots)
-    name +=
-        fmt::format(" state_indices({})=[{}]", name_of(c.index_dtype), fmt::join(*c.slots, ","));
+  if (c.slots) name += index_arg("state_indices", c.index_dtype, *c.slots);
   if (c.initial_state) name += " h0";
   if (c.final_state) name += " final";
   if (c.l2norm) name += " l2norm";
@@ -59,6 +54,7 @@ std::string case_name(std::string_view op, DType dtype, const GdnCase& c) {
   if (c.scale != 0) name += fmt::format(" scale={}", c.scale);
   if (c.layout == Layout::packed) name += " packed";
   if (c.layout == Layout::padded) name += " padded";
+  if (c.layout == Layout::compact) name += " strides=NULL";
   return name;
 }
 
@@ -109,6 +105,7 @@ GdnInputs make_inputs(const Context& ctx, Random& random, DType dtype, const Gdn
 }
 
 void bind_inputs(Invocation& call, const GdnInputs& in, const GdnCase& c) {
+  if (c.layout == Layout::compact) call.null_strides();
   call.tensor("q", in.tq).tensor("k", in.tk).tensor("v", in.tv);
   call.tensor("g", in.tg).tensor("beta", in.tbeta);
   call.tensor("A_log", in.tA_log).tensor("dt_bias", in.tdt_bias);
@@ -206,6 +203,8 @@ std::vector<GdnCase> chunk_sweep() {
       {.B = 2, .T = 65, .H = 2, .HV = 6, .K = 32, .V = 48,
        .final_state = true, .l2norm = true, .gating = true, .half = true},
       {.B = 1, .T = 65, .H = 1, .HV = 4, .K = 32, .V = 48, .scale = 0.3},
+      {.B = 2, .T = 65, .H = 2, .HV = 4, .K = 32, .V = 48,
+       .initial_state = true, .final_state = true, .l2norm = true, .layout = Layout::compact},
       // Varlen with empty and length-1 sequences.
       {.B = 1, .T = 200, .H = 2, .HV = 4, .K = 16, .V = 24, .cu_seqlens = {0, 0, 1, 64, 64, 200},
        .initial_state = true, .final_state = true, .l2norm = true, .half = true},
@@ -231,6 +230,10 @@ std::vector<GdnCase> chunk_sweep() {
       {.B = 1, .T = 16, .H = 16, .HV = 32, .K = 128, .V = 128,
        .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
        .layout = Layout::packed, .half = true},
+      // Qwen3.5-27B layer: G = 3.
+      {.B = 1, .T = 100, .H = 16, .HV = 48, .K = 128, .V = 128,
+       .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
+       .layout = Layout::packed, .heavy = true},
   };
   // clang-format on
 }
@@ -254,12 +257,17 @@ std::vector<GdnCase> recurrent_sweep() {
        .l2norm = true, .index_dtype = DType::i64, .pool = 5},
       // No state_indices: sequence n uses slot n, the slots past N stay as they are.
       {.B = 2, .T = 2, .H = 1, .HV = 2, .K = 8, .V = 8, .l2norm = true, .pool = 4},
+      // No tokens at all: the states stay as they are.
+      {.B = 2, .T = 0, .H = 1, .HV = 2, .K = 8, .V = 8, .l2norm = true,
+       .pool = 3, .slots = Slots{2, 0}},
       // Every sequence skipped: nothing may change.
       {.B = 2, .T = 1, .H = 1, .HV = 2, .K = 8, .V = 8, .l2norm = true,
        .pool = 2, .slots = Slots{-1, -1}},
       // Strided tensors everywhere.
       {.B = 3, .T = 2, .H = 2, .HV = 2, .K = 16, .V = 16, .v_first = true, .gating = true,
        .layout = Layout::padded, .pool = 3, .slots = Slots{-1, 2, 0}, .half = true},
+      {.B = 2, .T = 3, .H = 1, .HV = 2, .K = 8, .V = 8, .l2norm = true,
+       .layout = Layout::compact, .pool = 3, .slots = Slots{0, 2}},
       // Qwen3.5 decode step.
       {.B = 2, .T = 1, .H = 16, .HV = 32, .K = 128, .V = 128, .l2norm = true, .gating = true,
        .layout = Layout::packed, .pool = 3, .slots = Slots{2, 0}, .half = true},

@@ -1,12 +1,17 @@
 #include "harness.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace hops::conformance {
 
 std::string status_text(const hops_api& api, hops_status status) {
   const char* name = api.status_name(status);
   return name ? name : fmt::format("status {}", status);
+}
+
+std::string index_arg(std::string_view name, DType dtype, const std::vector<int64_t>& values) {
+  return fmt::format(" {}({})=[{}]", name, name_of(dtype), fmt::join(values, ","));
 }
 
 void run_case(const Context& ctx, std::string_view name,

@@ -32,6 +32,9 @@ struct CaseFailure : std::runtime_error {
 // The provider's name of a status, or its number when it has none.
 std::string status_text(const hops_api& api, hops_status status);
 
+// " name(i32)=[0,1,5]": an index argument in a case name.
+std::string index_arg(std::string_view name, DType dtype, const std::vector<int64_t>& values);
+
 // Runs `body` with a Random seeded from the run's seed and `name`, then prints
 // "PASS|FAIL <name> seed=<s> rel_err=..." (any exception is a FAIL).
 void run_case(const Context& ctx, std::string_view name,

@@ -122,6 +122,11 @@ Invocation& Invocation::null_exec() {
   return *this;
 }
 
+Invocation& Invocation::null_strides() {
+  null_strides_ = true;
+  return *this;
+}
+
 hops_status Invocation::call(bool typed) {
   // DLTensors and values live here for the duration of the call only; a
   // patch edits copies of shape and strides, never the tensor's own.
@@ -137,6 +142,7 @@ hops_status Invocation::call(bool typed) {
     dl[i] = tensors_[i].dl();
     dl[i].shape = shapes[i].data();
     dl[i].strides = strides[i].data();
+    if (null_strides_ && strides[i] == contiguous_strides(shapes[i])) dl[i].strides = nullptr;
     if (patches_[i]) patches_[i](dl[i]);
     values[i].tensor = &dl[i];
   }
@@ -188,10 +194,22 @@ void Invocation::check_only_outputs_written(const Snapshot& before) const {
   }
 }
 
-void Invocation::run(bool typed_too) {
+void Invocation::poison_outputs() const {
   for (size_t i = 0; i < tensors_.size(); ++i) {
     if (tensors_[i] && hops_op_arg(&op_, i)->kind == HOPS_ARG_TENSOR_OUT) tensors_[i].poison();
   }
+}
+
+void Invocation::run_lean() {
+  poison_outputs();
+  if (const hops_status s = call(false); s != HOPS_OK) {
+    throw CaseFailure(
+        fmt::format("api->call returned {}: {}", status_text(ctx_.api, s), ctx_.api.last_error()));
+  }
+}
+
+void Invocation::run(bool typed_too) {
+  poison_outputs();
   const Snapshot before = snapshot();
   if (const hops_status s = call(false); s != HOPS_OK) {
     throw CaseFailure(
@@ -216,9 +234,10 @@ void Invocation::run(bool typed_too) {
 
 std::string Invocation::expect_rejected(hops_status status,
                                         const std::vector<std::string_view>& names) {
+  poison_outputs();
   const Snapshot before = snapshot();
   const hops_status got = call(false);
-  const std::string message = ctx_.api.last_error();
+  std::string message = ctx_.api.last_error();
   if (got != status) {
     throw CaseFailure(fmt::format("expected {}, got {} ({})", status_text(ctx_.api, status),
                                   status_text(ctx_.api, got), message));
@@ -226,8 +245,8 @@ std::string Invocation::expect_rejected(hops_status status,
   if (!mentions(message, op_.name)) {
     throw CaseFailure(fmt::format("last_error does not name the op: \"{}\"", message));
   }
-  if (names.size() && std::none_of(names.begin(), names.end(),
-                                   [&](std::string_view n) { return mentions(message, n); })) {
+  if (!names.empty() && std::none_of(names.begin(), names.end(),
+                                     [&](std::string_view n) { return mentions(message, n); })) {
     throw CaseFailure(
         fmt::format("last_error names none of {}: \"{}\"", fmt::join(names, "/"), message));
   }

@@ -52,20 +52,27 @@ class Invocation {
   hops_exec& exec() { return exec_; }
   Invocation& num_args(int32_t count);
   Invocation& null_exec();
+  // Passes strides = NULL (DLPack's compact row-major) for every contiguous tensor.
+  Invocation& null_strides();
 
   // Poisons the outputs, calls api->call and requires HOPS_OK and that only the
   // elements of output and inout views changed. With `typed_too`, repeats the
   // call from the same starting bytes through desc->fn and requires identical bytes.
   void run(bool typed_too = false);
+  // Poisons the outputs and calls api->call, requiring HOPS_OK, without the
+  // byte checks: for calls that must overlap in time with other threads'.
+  void run_lean();
 
-  // Requires the call to fail with `status`, a last_error naming the op and one
-  // of `names` (none: the op alone), and every buffer left bit-identical.
+  // Poisons the outputs, then requires the call to fail with `status`, a
+  // last_error naming the op and one of `names` (none: the op alone), and
+  // every buffer left bit-identical.
   // Returns the provider's message.
   std::string expect_rejected(hops_status status, const std::vector<std::string_view>& names);
 
  private:
   using Snapshot = std::vector<std::vector<std::byte>>;  // one per buffer
   hops_status call(bool typed);
+  void poison_outputs() const;
   Snapshot snapshot() const;
   void restore(const Snapshot& snapshot) const;
   // Names of the arguments viewing buffer `b`, for messages.
@@ -79,6 +86,7 @@ class Invocation {
   std::vector<std::function<void(DLTensor&)>> patches_;
   hops_exec exec_{};
   bool null_exec_ = false;
+  bool null_strides_ = false;
   int32_t num_args_;
   std::vector<std::shared_ptr<Memory>> buffers_;  // distinct buffers of all tensors
 };

@@ -14,6 +14,7 @@ struct NormCase {
   double eps = 1e-6;
   bool strided = false;     // x, y padded; z columns of a wider projection
   bool f32_weight = false;  // weight in f32 whatever x is
+  bool null_strides = false;
   bool half = false, heavy = false;
 };
 
@@ -23,6 +24,7 @@ void norm_case(const Context& ctx, const hops_op_desc& op, DType dtype, const No
       fmt::format("{} {} x=[{}] eps={}", op.name, name_of(dtype), fmt::join(c.shape, ","), c.eps);
   if (c.strided) name += " strided";
   if (c.f32_weight) name += " f32_weight";
+  if (c.null_strides) name += " strides=NULL";
   run_case(ctx, name, [&](Random& random, Verdict& verdict) {
     const int64_t D = c.shape.back();
     Array64 x = random.uniform(c.shape, -1, 1);
@@ -43,6 +45,7 @@ void norm_case(const Context& ctx, const hops_op_desc& op, DType dtype, const No
     call.tensor("x", Tensor::input(ctx.device, dtype, x, pad)).tensor("z", tz);
     call.tensor("weight", Tensor::input(ctx.device, c.f32_weight ? DType::f32 : dtype, weight));
     call.tensor("y", y).f64("eps", c.eps);
+    if (c.null_strides) call.null_strides();
     call.run(typed_too);
     verdict.expect_close("y", y, ref::gated_rmsnorm(x, z, weight, c.eps), tolerance(dtype));
   });
@@ -53,6 +56,7 @@ std::vector<NormCase> norm_sweep() {
       {.shape = {2, 7, 4, 128}, .half = true},  // GDN output [B,T,HV,V]
       {.shape = {5, 7}, .eps = 1e-5},
       {.shape = {48}},
+      {.shape = {6, 32}, .null_strides = true},
       {.shape = {3, 8}, .eps = 0},
       {.shape = {3, 5, 16}, .strided = true, .half = true},
       {.shape = {4, 64}, .f32_weight = true, .half = true},

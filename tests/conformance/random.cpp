@@ -1,8 +1,5 @@
 #include "random.hpp"
 
-#include <algorithm>
-#include <numeric>
-
 namespace hops::conformance {
 
 uint64_t case_seed(uint64_t run_seed, std::string_view case_name) {
@@ -15,13 +12,6 @@ Array64 Random::uniform(const Shape& shape, double lo, double hi) {
   Array64 a(shape);
   for (double& x : a.data) x = uniform(lo, hi);
   return a;
-}
-
-std::vector<int64_t> Random::permutation(int64_t n) {
-  std::vector<int64_t> p(static_cast<size_t>(n));
-  std::iota(p.begin(), p.end(), 0);
-  std::shuffle(p.begin(), p.end(), engine_);
-  return p;
 }
 
 }  // namespace hops::conformance

@@ -19,8 +19,6 @@ class Random {
     return std::uniform_real_distribution<double>(lo, hi)(engine_);
   }
   Array64 uniform(const Shape& shape, double lo, double hi);
-  // A random permutation of 0..n-1.
-  std::vector<int64_t> permutation(int64_t n);
 
  private:
   std::mt19937_64 engine_;

@@ -3,6 +3,8 @@
 // the single-threaded one bit for bit.
 #include <fmt/format.h>
 
+#include <array>
+#include <latch>
 #include <mutex>
 #include <thread>
 
@@ -14,9 +16,14 @@ namespace hops::conformance {
 namespace {
 
 constexpr int kThreads = 8;
-constexpr int kRounds = 3;
+constexpr int kRounds = 10;
+// Threads alternate between input sets: a provider that mixes up concurrent
+// calls (shared scratch, global state) then shows, which identical calls hide.
+constexpr int kVariants = 2;
 
-Tensor random_input(const Context& ctx, Random& random, Shape shape, double lo, double hi) {
+using Bytes = std::vector<std::vector<std::byte>>;  // one per output
+
+Tensor random_input(const Context& ctx, Random& random, const Shape& shape, double lo, double hi) {
   Array64 values = random.uniform(shape, lo, hi);
   return Tensor::input(ctx.device, DType::f32, values);
 }
@@ -49,7 +56,7 @@ Invocation conv1d_fwd_call(const Context& ctx, const hops_op_desc& op, Random& r
 struct ThreadCase {
   std::string_view op;
   Invocation (*build)(const Context&, const hops_op_desc&, Random&);
-  std::vector<std::string_view> outputs;
+  std::array<std::string_view, 2> outputs;
 };
 
 const ThreadCase kThreadCases[] = {
@@ -66,8 +73,8 @@ Invocation with_own_outputs(const Context& ctx, Invocation call, const ThreadCas
   return call;
 }
 
-std::vector<std::vector<std::byte>> output_bytes(const Invocation& call, const ThreadCase& c) {
-  std::vector<std::vector<std::byte>> bytes;
+Bytes output_bytes(const Invocation& call, const ThreadCase& c) {
+  Bytes bytes;
   for (std::string_view name : c.outputs) bytes.push_back(call.tensor(name).memory()->read());
   return bytes;
 }
@@ -75,64 +82,78 @@ std::vector<std::vector<std::byte>> output_bytes(const Invocation& call, const T
 }  // namespace
 
 void thread_cases(const Context& ctx, const OpFilter& selected) {
-  struct Ready {
+  // Per op: one call and its single-threaded result per input variant.
+  struct Prepared {
     const ThreadCase* c;
-    Invocation call;
-    std::vector<std::vector<std::byte>> expected;
+    std::vector<Invocation> calls;
+    std::vector<Bytes> expected;
     std::string error;
   };
-  std::vector<Ready> ready;
+  std::vector<Prepared> prepared;
   for (const ThreadCase& c : kThreadCases) {
     if (!selected(c.op)) continue;
     const hops_op_desc* op = find_or_skip(ctx, c.op);
     if (!op || !supported_or_skip(ctx, c.op, DType::f32)) continue;
-    Random random(case_seed(ctx.seed, c.op));
-    Invocation call = c.build(ctx, *op, random);
-    // The contract's promise of bitwise equal results is under this flag.
-    call.exec().flags |= HOPS_EXEC_DETERMINISTIC;
+    Prepared p{&c, {}, {}, {}};
     try {
-      call.run();
+      for (int variant = 0; variant < kVariants; ++variant) {
+        Random random(case_seed(ctx.seed, fmt::format("{} {}", c.op, variant)));
+        Invocation call = c.build(ctx, *op, random);
+        // The contract's promise of bitwise equal results is under this flag.
+        call.exec().flags |= HOPS_EXEC_DETERMINISTIC;
+        call.run();
+        p.expected.push_back(output_bytes(call, c));
+        p.calls.push_back(std::move(call));
+      }
     } catch (const std::exception& e) {
       ctx.report.fail(fmt::format("threads: {} single-threaded", c.op), e.what());
       continue;
     }
-    ready.push_back({&c, call, output_bytes(call, c), {}});
+    prepared.push_back(std::move(p));
   }
-  if (ready.empty()) return;
+  if (prepared.empty()) return;
 
   std::mutex mutex;
+  std::latch start(kThreads);  // all threads call at once, not one after another
   {
     std::vector<std::jthread> threads;
+    threads.reserve(kThreads);
     for (int t = 0; t < kThreads; ++t) {
-      threads.emplace_back([&] {
+      threads.emplace_back([&, variant = t % kVariants] {
         std::vector<Invocation> mine;
-        for (const Ready& r : ready) mine.push_back(with_own_outputs(ctx, r.call, *r.c));
+        mine.reserve(prepared.size());
+        for (const Prepared& p : prepared) {
+          mine.push_back(with_own_outputs(ctx, p.calls[variant], *p.c));
+        }
+        start.arrive_and_wait();
         for (int round = 0; round < kRounds; ++round) {
-          for (size_t i = 0; i < ready.size(); ++i) {
+          for (size_t i = 0; i < prepared.size(); ++i) {
             std::string error;
             try {
-              mine[i].run();
-              if (output_bytes(mine[i], *ready[i].c) != ready[i].expected) {
-                error = fmt::format("round {}: bytes differ from the single-threaded run", round);
+              mine[i].run_lean();
+              if (output_bytes(mine[i], *prepared[i].c) != prepared[i].expected[variant]) {
+                error =
+                    fmt::format("inputs {}, round {}: bytes differ from the single-threaded run",
+                                variant, round);
               }
             } catch (const std::exception& e) {
               error = e.what();
             }
             if (!error.empty()) {
               const std::scoped_lock lock(mutex);
-              if (ready[i].error.empty()) ready[i].error = error;
+              if (prepared[i].error.empty()) prepared[i].error = error;
             }
           }
         }
       });
     }
   }
-  for (const Ready& r : ready) {
-    ctx.report.check(r.error.empty(),
-                     fmt::format("threads: {} from {} threads x {} rounds, bitwise equal to one "
-                                 "thread",
-                                 r.c->op, kThreads, kRounds),
-                     r.error);
+  for (const Prepared& p : prepared) {
+    ctx.report.check(p.error.empty(),
+                     fmt::format("threads: {} from {} threads x {} rounds ({} input sets), bitwise "
+                                 "equal to one thread",
+                                 p.c->op, kThreads, kRounds, kVariants),
+                     p.error);
   }
 }
 
