@@ -27,6 +27,10 @@ bool same_device(DLDevice a, DLDevice b) {
   return a.device_type == b.device_type && a.device_id == b.device_id;
 }
 
+bool host_accessible(DLDevice device) {
+  return device.device_type == kDLCPU || device.device_type == kDLCUDAHost;
+}
+
 // Byte span [begin, end) that a tensor's elements occupy, for overlap tests.
 struct ByteSpan {
   uintptr_t begin = 0, end = 0;
@@ -89,7 +93,10 @@ void Call::check_tensor(int arg) {
     fail(arg, "dtype expected one of {}, got {}", dtype_mask_names(desc.dtypes),
          dl_dtype_name(dl->dtype));
   }
-  if (!same_device(dl->device, exec_.device)) {
+  // Index tensors may also stay in host memory: a device call then validates
+  // their values on the host, as the CPU backend always does.
+  const bool index_only = (desc.dtypes & ~static_cast<uint32_t>(HOPS_DTYPE_INDEX)) == 0;
+  if (!same_device(dl->device, exec_.device) && !(index_only && host_accessible(dl->device))) {
     fail(arg, "device expected {} (the call's device), got {}", device_name(exec_.device),
          device_name(dl->device));
   }
@@ -195,10 +202,9 @@ Sequences check_sequences(const Call& call, int arg, int64_t batch, int64_t toke
   call.require(cu.ndim == 1 && cu.shape[0] >= 2, arg, "expected shape [N+1] with N >= 1");
   if (batch != 1) call.fail(arg, "is given, so the batch dim must be 1, got {}", batch);
   seqs.count = cu.shape[0] - 1;
-  // Index tensors are read on the host before any kernel runs.
-  if (cu.device.device_type != kDLCPU && cu.device.device_type != kDLCUDAHost) {
-    call.fail(arg, "must be in host memory for this backend");
-  }
+  // Device-resident offsets are not read here (that would sync the stream):
+  // device kernels clamp them instead (docs/DECISIONS.md).
+  if (!host_accessible(cu.device)) return seqs;
   if (read_index(cu, 0) != 0) call.fail(arg, "must start at 0, got {}", read_index(cu, 0));
   for (int64_t n = 1; n <= seqs.count; ++n) {
     if (read_index(cu, n) < read_index(cu, n - 1)) {
@@ -226,9 +232,7 @@ Slots check_slots(const Call& call, int arg, int64_t sequences, int64_t pool_siz
     call.fail(arg, "shape expected [{}] (one slot per sequence), got rank {} with {} entries",
               sequences, idx.ndim, idx.ndim > 0 ? idx.shape[0] : 0);
   }
-  if (idx.device.device_type != kDLCPU && idx.device.device_type != kDLCUDAHost) {
-    call.fail(arg, "must be in host memory for this backend");
-  }
+  if (!host_accessible(idx.device)) return slots;  // device kernels skip invalid slots
   std::vector<bool> taken(static_cast<size_t>(pool_size), false);
   for (int64_t n = 0; n < sequences; ++n) {
     const int64_t slot = read_index(idx, n);

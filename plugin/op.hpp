@@ -117,7 +117,8 @@ class Shapes {
 };
 
 // The sequences of a call: N = B dense rows of T tokens, or with cu_seqlens
-// (B = 1) the spans [cu[n], cu[n+1]) of row 0.
+// (B = 1) the spans [cu[n], cu[n+1]) of row 0. operator[] reads host memory:
+// device kernels given device-resident cu_seqlens read them on the device.
 struct Sequences {
   struct Span {
     int64_t row, begin, end;
