@@ -56,6 +56,8 @@ struct Gemm {
   Shape shape;
 };
 
+// Lanes floats in one register (a typedef: GCC drops the attribute from a
+// dependent `using`).
 template <int Lanes>
 struct Simd {
   typedef float vec __attribute__((vector_size(Lanes * sizeof(float))));
@@ -83,8 +85,9 @@ template <int Lanes, int Rows, int Vecs>
     }
   }
   for (int r = 0; r < Rows; ++r) {
-    for (int c = 0; c < Vecs; ++c)
+    for (int c = 0; c < Vecs; ++c) {
       std::memcpy(out + r * g.ldo + c * Lanes, &acc[r][c], sizeof(vec));
+    }
   }
 }
 
@@ -137,7 +140,8 @@ void gemm(const Gemm& g) {
 
 // ---- one chunk ---------------------------------------------------------------------
 
-// A worker's blocks, fp32, row-major, feature dims padded with zeros to Kp, Vp.
+// A worker's blocks, fp32, row-major, C = kChunk rows of tokens, feature
+// dims padded with zeros to Kp, Vp.
 struct ChunkBlocks {
   int64_t Kp, Vp;
   // Shared by the value heads of one key head:
@@ -165,8 +169,8 @@ struct ChunkBlocks {
     const int64_t shared = 3 * kChunk * Kp + 2 * kChunk * kChunk;
     const int64_t per_head =
         2 * kChunk * (Kp + Vp) + 4 * kChunk * kChunk + kChunk * Vp + Kp * kChunk + 4 * kChunk;
-    return round_up(shared + per_head + heads * Kp * Vp,
-                    kPadding);  // workers' blocks start on separate cache lines
+    // Rounded so that the workers' blocks start on separate cache lines.
+    return round_up(shared + per_head + heads * Kp * Vp, kPadding);
   }
 
   ChunkBlocks(float* base, int64_t Kp_, int64_t Vp_) : Kp(Kp_), Vp(Vp_) {
@@ -198,8 +202,9 @@ void prefetch_span(const Tensor& t, int64_t offset, int64_t count, int64_t strid
   const auto* first =
       static_cast<const char*>(t.handle) + t.byte_offset + offset * dtype_size(t.dtype);
   const int64_t bytes = ((count - 1) * stride + 1) * dtype_size(t.dtype);
-  for (int64_t byte = 0; byte < bytes; byte += kLineBytes)
+  for (int64_t byte = 0; byte < bytes; byte += kLineBytes) {
     __builtin_prefetch(first + byte, kForWrite, 2);
+  }
 }
 
 // Asks for the rows of q, k, v, g, beta and o that a chunk will touch: tokens
@@ -263,8 +268,7 @@ void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row, 
 // exp(m - G_j) are normal floats when the range is at most 2 * kMaxFactorLog,
 // and their product is D_ij to a few ulp: 2C exps instead of C^2 / 2. Wider
 // ranges (very strong decay) take one exp per entry.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void fill_decay(const ChunkBlocks& b,
-                                                                             int64_t length) {
+HOPS_VECTOR_CLONES void fill_decay(const ChunkBlocks& b, int64_t length) {
   const float* G = b.log_decay;
   const auto [low, high] = std::minmax_element(G, G + length);
   if (*high - *low > 2.0f * kMaxFactorLog) {
@@ -285,10 +289,9 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void fill_decay(con
   }
 }
 
-// a = beta_i D_ij k_i.k_j (j < i), p = scale D_ij q_i.k_j (j <= i); their
-// upper parts are 0 up to `length`, as far as the triangular GEMMs read.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void weight_scores(
-    const ChunkBlocks& b, int64_t length, float scale) {
+// a = beta_i D_ij k_i.k_j (j < i) and p = scale D_ij q_i.k_j (j <= i), with
+// p zero above the diagonal up to `length`, as far as its triangular GEMM reads.
+HOPS_VECTOR_CLONES void weight_scores(const ChunkBlocks& b, int64_t length, float scale) {
   for (int64_t i = 0; i < length; ++i) {
     const float* d = b.decay + i * kChunk;
     const float* kk = b.kk + i * kChunk;
@@ -298,55 +301,51 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void weight_scores(
     const float beta = b.beta[i];
     for (int64_t j = 0; j < i; ++j) a[j] = beta * d[j] * kk[j];
     for (int64_t j = 0; j <= i; ++j) p[j] = scale * d[j] * qk[j];
-    std::fill(a + i, a + length, 0.0f);
     std::fill(p + i + 1, p + length, 0.0f);
   }
 }
 
-// Row i of t = (I + A)^-1 by forward substitution, e_i - sum_{j<i} A_ij t_j.
-// Rows j < i are zero past column j < Width, so a fixed Width covers them;
-// the row is summed in two local accumulators, registers rather than a
-// memory round trip per j, and two chains rather than one.
+// Rows [first, last) of t = (I + A)^-1 by forward substitution: row i is
+// e_i - sum_{j<i} A_ij t_j. These rows, and the ones before, are zero past
+// column Width, so fixed-width loops cover them; each row is summed in two
+// local accumulators: registers rather than a memory round trip per j, and
+// two dependency chains rather than one.
 template <int Width>
-[[gnu::always_inline]] inline void substitute_row(const ChunkBlocks& b, int64_t i) {
-  float even[Width] = {}, odd[Width] = {};
-  const float* a_i = b.a + i * kChunk;
-  int64_t j = 0;
-  for (; j + 1 < i; j += 2) {
-    const float* __restrict t_j = b.t + j * kChunk;
-    const float* __restrict t_next = t_j + kChunk;
-    for (int c = 0; c < Width; ++c) {
-      even[c] -= a_i[j] * t_j[c];
-      odd[c] -= a_i[j + 1] * t_next[c];
+[[gnu::always_inline]] inline void substitute_rows(const ChunkBlocks& b, int64_t first,
+                                                   int64_t last) {
+  for (int64_t i = first; i < last; ++i) {
+    float even[Width] = {}, odd[Width] = {};
+    const float* a_i = b.a + i * kChunk;
+    int64_t j = 0;
+    for (; j + 1 < i; j += 2) {
+      const float* __restrict t_j = b.t + j * kChunk;
+      const float* __restrict t_next = t_j + kChunk;
+      for (int c = 0; c < Width; ++c) {
+        even[c] -= a_i[j] * t_j[c];
+        odd[c] -= a_i[j + 1] * t_next[c];
+      }
     }
+    if (j < i) {
+      const float* __restrict t_j = b.t + j * kChunk;
+      for (int c = 0; c < Width; ++c) even[c] -= a_i[j] * t_j[c];
+    }
+    float* t_i = b.t + i * kChunk;
+    for (int c = 0; c < Width; ++c) t_i[c] = even[c] + odd[c];
+    t_i[i] += 1.0f;
+    std::fill(t_i + Width, t_i + kChunk, 0.0f);
   }
-  if (j < i) {
-    const float* __restrict t_j = b.t + j * kChunk;
-    for (int c = 0; c < Width; ++c) even[c] -= a_i[j] * t_j[c];
-  }
-  float* t_i = b.t + i * kChunk;
-  for (int c = 0; c < Width; ++c) t_i[c] = even[c] + odd[c];
-  t_i[i] += 1.0f;
-  std::fill(t_i + Width, t_i + kChunk, 0.0f);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void invert_unit_lower(
-    const ChunkBlocks& b, int64_t length) {
+HOPS_VECTOR_CLONES void invert_unit_lower(const ChunkBlocks& b, int64_t length) {
   static_assert(kChunk == 4 * kPadding);
-  for (int64_t i = 0; i < length; ++i) {
-    if (i < kPadding)
-      substitute_row<kPadding>(b, i);
-    else if (i < 2 * kPadding)
-      substitute_row<2 * kPadding>(b, i);
-    else if (i < 3 * kPadding)
-      substitute_row<3 * kPadding>(b, i);
-    else
-      substitute_row<4 * kPadding>(b, i);
-  }
+  substitute_rows<kPadding>(b, 0, std::min(length, kPadding));
+  substitute_rows<2 * kPadding>(b, kPadding, std::min(length, 2 * kPadding));
+  substitute_rows<3 * kPadding>(b, 2 * kPadding, std::min(length, 3 * kPadding));
+  substitute_rows<4 * kPadding>(b, 3 * kPadding, length);
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void scale_rows(
-    float* rows, int64_t count, int64_t width, int64_t ld, const float* factors) {
+HOPS_VECTOR_CLONES void scale_rows(float* rows, int64_t count, int64_t width, int64_t ld,
+                                   const float* factors) {
   for (int64_t i = 0; i < count; ++i) {
     const float factor = factors[i];
     for (int64_t c = 0; c < width; ++c) rows[i * ld + c] *= factor;
@@ -354,14 +353,14 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void scale_rows(
 }
 
 // kt_decayed = kt with column j scaled by e^(G_last - G_j); state *= e^G_last.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void decay_to_chunk_end(
-    const ChunkBlocks& b, int64_t length, float* state) {
+HOPS_VECTOR_CLONES void decay_to_chunk_end(const ChunkBlocks& b, int64_t length, float* state) {
   const float last = b.log_decay[length - 1];
   float* to_end = b.factors;
   for (int64_t j = 0; j < length; ++j) to_end[j] = std::exp(last - b.log_decay[j]);
   for (int64_t c = 0; c < b.Kp; ++c) {
-    for (int64_t j = 0; j < length; ++j)
+    for (int64_t j = 0; j < length; ++j) {
       b.kt_decayed[c * kChunk + j] = b.kt[c * kChunk + j] * to_end[j];
+    }
   }
   const float state_decay = std::exp(last);
   for (int64_t i = 0; i < b.Kp * b.Vp; ++i) state[i] *= state_decay;
@@ -417,8 +416,9 @@ void forward_sequence(const GdnChunkFwd& op, int64_t n, const HeadGroup& heads,
     }
   }
   for (int64_t t = begin; t < end; t += kChunk) {
-    if (t + kChunk < end)
+    if (t + kChunk < end) {
       prefetch_chunk(op, row, t + kChunk, std::min(kChunk, end - t - kChunk), heads);
+    }
     forward_chunk(op, row, t, std::min(kChunk, end - t), heads, b);
   }
   if (op.final_state) {

@@ -9,6 +9,15 @@
 
 #include "cpu_kernels.hpp"
 
+// Hot loops are compiled once per x86-64 ISA level (AVX-512, AVX2 + FMA,
+// SSE2) and the loader binds the widest one the CPU runs.
+#if defined(__x86_64__)
+#define HOPS_VECTOR_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HOPS_VECTOR_CLONES
+#endif
+
 namespace hops::cpu::gdn {
 
 // Reads `count` elements `stride` apart from a float tensor, as fp32. One
@@ -114,16 +123,18 @@ inline StateView state_view(const Tensor& state, int64_t index, int64_t hv, bool
 inline void load_state(const StateView& state, int64_t K, int64_t V, float* __restrict rows,
                        int64_t ld) {
   for (int64_t i = 0; i < K; ++i) {
-    for (int64_t j = 0; j < V; ++j)
+    for (int64_t j = 0; j < V; ++j) {
       rows[i * ld + j] = state.data[i * state.k_step + j * state.v_step];
+    }
   }
 }
 
 inline void store_state(const float* __restrict rows, int64_t ld, int64_t K, int64_t V,
                         const StateView& state) {
   for (int64_t i = 0; i < K; ++i) {
-    for (int64_t j = 0; j < V; ++j)
+    for (int64_t j = 0; j < V; ++j) {
       state.data[i * state.k_step + j * state.v_step] = rows[i * ld + j];
+    }
   }
 }
 

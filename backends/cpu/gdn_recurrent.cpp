@@ -55,8 +55,8 @@ template <bool kFull>
 }
 
 // The [K, V] layout (v contiguous, rows `row_step` apart), panel by panel.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void step_k_rows(
-    float* state, int64_t row_step, int64_t K, int64_t V, const Token& x, float* o) {
+HOPS_VECTOR_CLONES void step_k_rows(float* state, int64_t row_step, int64_t K, int64_t V,
+                                    const Token& x, float* o) {
   int64_t c0 = 0;
   for (; c0 + kPanel <= V; c0 += kPanel) step_panel<true>(state, row_step, K, c0, kPanel, x, o);
   if (c0 < V) step_panel<false>(state, row_step, K, c0, V - c0, x, o);
@@ -64,8 +64,8 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void step_k_rows(
 
 // The [V, K] layout (k contiguous, rows `row_step` apart): each row j holds
 // what output j needs, so the dot products and the update stay in the row.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void step_v_rows(
-    float* state, int64_t row_step, int64_t K, int64_t V, const Token& x, float* o) {
+HOPS_VECTOR_CLONES void step_v_rows(float* state, int64_t row_step, int64_t K, int64_t V,
+                                    const Token& x, float* o) {
   for (int64_t j = 0; j < V; ++j) {
     float* __restrict s = state + j * row_step;
     const float state_k = gdn::dot(s, x.k, K), state_q = gdn::dot(s, x.q, K);
