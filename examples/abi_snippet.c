@@ -8,13 +8,19 @@ int main(int argc, char** argv) {
   hops_get_api_fn get_api = lib ? (hops_get_api_fn)dlsym(lib, "hops_get_api") : NULL;
   const hops_api* api = get_api ? get_api(HOPS_ABI_MAJOR) : NULL;
   const hops_op_desc* op = api ? api->find_op("gated_rmsnorm") : NULL;
-  if (!op) { fprintf(stderr, "no hops provider with gated_rmsnorm\n"); return 1; }
+  if (!op) {
+    fprintf(stderr, "no hops provider with gated_rmsnorm\n");
+    return 1;
+  }
 
   /* y = x * rsqrt(mean(x^2) + eps) * weight * silu(z), over rows of 64 */
   float x[4][64], z[4][64], w[64], y[4][64];
   for (int i = 0; i < 64; ++i) {
     w[i] = 1.0f;
-    for (int r = 0; r < 4; ++r) { x[r][i] = (float)(i - 32 * r); z[r][i] = 1.0f; }
+    for (int r = 0; r < 4; ++r) {
+      x[r][i] = (float)(i - 32 * r);
+      z[r][i] = 1.0f;
+    }
   }
   int64_t rows[2] = {4, 64}, cols[1] = {64};
   DLTensor tx = {x, {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, rows, NULL, 0}; /* strides NULL: compact */

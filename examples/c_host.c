@@ -28,7 +28,8 @@ static void die(const char* message, const char* detail) {
 
 static void check(const hops_api* api, hops_status status, const char* what) {
   if (status != HOPS_OK) {
-    fprintf(stderr, "c_host: %s failed: %s: %s\n", what, api->status_name(status), api->last_error());
+    fprintf(stderr, "c_host: %s failed: %s: %s\n", what, api->status_name(status),
+            api->last_error());
     exit(1);
   }
 }
@@ -183,9 +184,10 @@ int main(int argc, char** argv) {
          PREFILL / prefill_seconds);
   printf("decode:  %d tokens in %.2f ms, %.0f tokens/s\n", DECODE, 1e3 * decode_seconds,
          DECODE / decode_seconds);
-  printf("max |error| vs one call over %d tokens: prefill outputs %.3g, decode outputs %.3g, "
-         "final state %.3g\n",
-         TOKENS, prefill_error, output_error, state_error);
+  printf(
+      "max |error| vs one call over %d tokens: prefill outputs %.3g, decode outputs %.3g, "
+      "final state %.3g\n",
+      TOKENS, prefill_error, output_error, state_error);
 
   free(in.q);
   free(in.k);
@@ -199,7 +201,8 @@ int main(int argc, char** argv) {
   free(final_full);
   dlclose(library);
 
-  const int ok = prefill_error <= kTolerance && output_error <= kTolerance && state_error <= kTolerance;
+  const int ok =
+      prefill_error <= kTolerance && output_error <= kTolerance && state_error <= kTolerance;
   if (!ok) fprintf(stderr, "c_host: FAILED: error above %g\n", kTolerance);
   return ok ? 0 : 1;
 }

@@ -55,8 +55,8 @@ const hops_backend_info* backend_at(int32_t index) {
 }
 
 hops_status set_allocator(const hops_allocator* allocator) {
-  if (allocator && (allocator->struct_size < sizeof(hops_allocator) || !allocator->alloc ||
-                    !allocator->free)) {
+  if (allocator &&
+      (allocator->struct_size < sizeof(hops_allocator) || !allocator->alloc || !allocator->free)) {
     set_last_error("set_allocator: argument 'allocator': needs struct_size, alloc and free");
     return HOPS_ERR_INVALID_ARGUMENT;
   }
@@ -64,9 +64,8 @@ hops_status set_allocator(const hops_allocator* allocator) {
 }
 
 const hops_api kApi{
-    sizeof(hops_api), HOPS_ABI_MAJOR, HOPS_ABI_MINOR, HOPS_VERSION,
-    &last_error,      &status_name,   &op_count,      &op_at,
-    &find_op,         &supports,      &call,          &backend_count,
+    sizeof(hops_api), HOPS_ABI_MAJOR, HOPS_ABI_MINOR, HOPS_VERSION, &last_error, &status_name,
+    &op_count,        &op_at,         &find_op,       &supports,    &call,       &backend_count,
     &backend_at,      &set_allocator,
 };
 

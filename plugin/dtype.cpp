@@ -17,12 +17,18 @@ std::optional<DType> dtype_from_dl(DLDataType dl) {
 
 uint32_t dtype_bit(DType t) {
   switch (t) {
-    case DType::f32: return HOPS_DTYPE_F32;
-    case DType::f16: return HOPS_DTYPE_F16;
-    case DType::bf16: return HOPS_DTYPE_BF16;
-    case DType::f64: return HOPS_DTYPE_F64;
-    case DType::i32: return HOPS_DTYPE_I32;
-    case DType::i64: return HOPS_DTYPE_I64;
+    case DType::f32:
+      return HOPS_DTYPE_F32;
+    case DType::f16:
+      return HOPS_DTYPE_F16;
+    case DType::bf16:
+      return HOPS_DTYPE_BF16;
+    case DType::f64:
+      return HOPS_DTYPE_F64;
+    case DType::i32:
+      return HOPS_DTYPE_I32;
+    case DType::i64:
+      return HOPS_DTYPE_I64;
   }
   return 0;
 }
@@ -30,23 +36,32 @@ uint32_t dtype_bit(DType t) {
 int dtype_size(DType t) {
   switch (t) {
     case DType::f16:
-    case DType::bf16: return 2;
+    case DType::bf16:
+      return 2;
     case DType::f32:
-    case DType::i32: return 4;
+    case DType::i32:
+      return 4;
     case DType::f64:
-    case DType::i64: return 8;
+    case DType::i64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::f16: return "f16";
-    case DType::bf16: return "bf16";
-    case DType::f64: return "f64";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
+    case DType::f32:
+      return "f32";
+    case DType::f16:
+      return "f16";
+    case DType::bf16:
+      return "bf16";
+    case DType::f64:
+      return "f64";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
   }
   return "?";
 }

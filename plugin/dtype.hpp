@@ -35,7 +35,8 @@ inline float to_float(f16 x) {
   const uint32_t exponent = (x.bits >> 10) & 0x1fu;
   const uint32_t mantissa = x.bits & 0x3ffu;
   if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
-  if (exponent != 0) return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  if (exponent != 0)
+    return std::bit_cast<float>(sign | ((exponent + 112) << 23) | (mantissa << 13));
   // Subnormal half: mantissa * 2^-24, exact in float.
   const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
   return sign ? -magnitude : magnitude;
@@ -53,7 +54,7 @@ template <>
 inline bf16 from_float<bf16>(float x) {
   const uint32_t bits = std::bit_cast<uint32_t>(x);
   if (std::isnan(x)) return {static_cast<uint16_t>((bits >> 16) | 0x40u)};  // keep it a NaN
-  const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);                // to nearest even
+  const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);                  // to nearest even
   return {static_cast<uint16_t>((bits + rounding) >> 16)};
 }
 
@@ -82,9 +83,12 @@ inline f16 from_float<f16>(float x) {
 template <class Body>
 decltype(auto) visit_float(DType t, Body&& body) {
   switch (t) {
-    case DType::f16: return body(f16{});
-    case DType::bf16: return body(bf16{});
-    default: return body(float{});
+    case DType::f16:
+      return body(f16{});
+    case DType::bf16:
+      return body(bf16{});
+    default:
+      return body(float{});
   }
 }
 

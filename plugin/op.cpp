@@ -14,9 +14,9 @@ namespace {
 
 std::string device_name(DLDevice device) {
   static constexpr std::pair<int, const char*> kNames[] = {
-      {kDLCPU, "cpu"}, {kDLCUDA, "cuda"}, {kDLCUDAHost, "cuda_host"}, {kDLOpenCL, "opencl"},
-      {kDLVulkan, "vulkan"}, {kDLMetal, "metal"}, {kDLROCM, "rocm"}, {kDLExtDev, "ext_dev"},
-      {kDLCUDAManaged, "cuda_managed"}};
+      {kDLCPU, "cpu"},       {kDLCUDA, "cuda"},      {kDLCUDAHost, "cuda_host"},
+      {kDLOpenCL, "opencl"}, {kDLVulkan, "vulkan"},  {kDLMetal, "metal"},
+      {kDLROCM, "rocm"},     {kDLExtDev, "ext_dev"}, {kDLCUDAManaged, "cuda_managed"}};
   for (const auto& [type, name] : kNames) {
     if (type == device.device_type) return fmt::format("{}:{}", name, device.device_id);
   }
@@ -100,7 +100,8 @@ void Call::check_tensor(int arg) {
     fail(arg, "device expected {} (the call's device), got {}", device_name(exec_.device),
          device_name(dl->device));
   }
-  if (dl->ndim < 0 || dl->ndim > kMaxDims) fail(arg, "rank expected 0..{}, got {}", kMaxDims, dl->ndim);
+  if (dl->ndim < 0 || dl->ndim > kMaxDims)
+    fail(arg, "rank expected 0..{}, got {}", kMaxDims, dl->ndim);
   if (dl->ndim > 0 && !dl->shape) fail(arg, "shape pointer is NULL for rank {}", dl->ndim);
   int64_t elements = 1;
   for (int d = 0; d < dl->ndim; ++d) {
@@ -164,7 +165,8 @@ void Shapes::bind_dim(std::string_view name, int64_t value, int arg, int dim) {
     const Symbol& s = symbols_[i];
     if (s.name != name) continue;
     if (s.value != value) {
-      const std::string where = dim >= 0 ? fmt::format("dim {} ({})", dim, name) : std::string(name);
+      const std::string where =
+          dim >= 0 ? fmt::format("dim {} ({})", dim, name) : std::string(name);
       call_.fail(arg, "{} expected {} (as in '{}'), got {}", where, s.value,
                  call_.arg_name(s.source_arg), value);
     }
@@ -213,7 +215,8 @@ Sequences check_sequences(const Call& call, int arg, int64_t batch, int64_t toke
     }
   }
   if (read_index(cu, seqs.count) != tokens) {
-    call.fail(arg, "must end at the token count T = {}, got {}", tokens, read_index(cu, seqs.count));
+    call.fail(arg, "must end at the token count T = {}, got {}", tokens,
+              read_index(cu, seqs.count));
   }
   return seqs;
 }
@@ -223,7 +226,8 @@ Slots check_slots(const Call& call, int arg, int64_t sequences, int64_t pool_siz
   const Tensor& idx = slots.indices;
   if (!idx) {
     if (sequences > pool_size) {
-      call.fail(arg, "is absent, so sequence n uses slot n, but there are {} sequences and {} slots",
+      call.fail(arg,
+                "is absent, so sequence n uses slot n, but there are {} sequences and {} slots",
                 sequences, pool_size);
     }
     return slots;
@@ -293,9 +297,9 @@ hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hop
            device_name(normalized.device));
     }
     const int threads = registry.threads().size();
-    const ExecContext context{normalized, &registry.threads(), &registry.scratch(normalized.device),
-                              normalized.num_threads > 0 ? std::min(normalized.num_threads, threads)
-                                                         : threads};
+    const ExecContext context{
+        normalized, &registry.threads(), &registry.scratch(normalized.device),
+        normalized.num_threads > 0 ? std::min(normalized.num_threads, threads) : threads};
     op.check_and_run(call, *backend, context);
   });
 }

@@ -22,21 +22,24 @@ constexpr hops_arg_desc tensor_arg(hops_arg_kind kind, bool optional, const char
                                    uint32_t dtypes, const char* shape, const char* doc) {
   return {sizeof(hops_arg_desc), name, kind, optional ? 1 : 0, dtypes, 0, 0.0, shape, doc};
 }
-constexpr hops_arg_desc input(const char* name, uint32_t dtypes, const char* shape, const char* doc) {
+constexpr hops_arg_desc input(const char* name, uint32_t dtypes, const char* shape,
+                              const char* doc) {
   return tensor_arg(HOPS_ARG_TENSOR_IN, false, name, dtypes, shape, doc);
 }
 constexpr hops_arg_desc optional_input(const char* name, uint32_t dtypes, const char* shape,
                                        const char* doc) {
   return tensor_arg(HOPS_ARG_TENSOR_IN, true, name, dtypes, shape, doc);
 }
-constexpr hops_arg_desc output(const char* name, uint32_t dtypes, const char* shape, const char* doc) {
+constexpr hops_arg_desc output(const char* name, uint32_t dtypes, const char* shape,
+                               const char* doc) {
   return tensor_arg(HOPS_ARG_TENSOR_OUT, false, name, dtypes, shape, doc);
 }
 constexpr hops_arg_desc optional_output(const char* name, uint32_t dtypes, const char* shape,
                                         const char* doc) {
   return tensor_arg(HOPS_ARG_TENSOR_OUT, true, name, dtypes, shape, doc);
 }
-constexpr hops_arg_desc in_out(const char* name, uint32_t dtypes, const char* shape, const char* doc) {
+constexpr hops_arg_desc in_out(const char* name, uint32_t dtypes, const char* shape,
+                               const char* doc) {
   return tensor_arg(HOPS_ARG_TENSOR_INOUT, false, name, dtypes, shape, doc);
 }
 constexpr hops_arg_desc f64_scalar(const char* name, double fallback, const char* doc) {
@@ -168,20 +171,29 @@ namespace detail {
 template <class T>
 hops_value to_value(T value) {
   hops_value v{};
-  if constexpr (std::is_same_v<T, const DLTensor*>) v.tensor = value;
-  else if constexpr (std::is_same_v<T, int64_t>) v.i64 = value;
-  else if constexpr (std::is_same_v<T, double>) v.f64 = value;
-  else if constexpr (std::is_same_v<T, bool>) v.boolean = value;
-  else static_assert(!sizeof(T), "unsupported argument type in an op signature");
+  if constexpr (std::is_same_v<T, const DLTensor*>)
+    v.tensor = value;
+  else if constexpr (std::is_same_v<T, int64_t>)
+    v.i64 = value;
+  else if constexpr (std::is_same_v<T, double>)
+    v.f64 = value;
+  else if constexpr (std::is_same_v<T, bool>)
+    v.boolean = value;
+  else
+    static_assert(!sizeof(T), "unsupported argument type in an op signature");
   return v;
 }
 
 template <class T>
 constexpr bool matches(const hops_arg_desc& arg) {
-  if constexpr (std::is_same_v<T, const DLTensor*>) return is_tensor(arg);
-  else if constexpr (std::is_same_v<T, int64_t>) return arg.kind == HOPS_ARG_I64;
-  else if constexpr (std::is_same_v<T, double>) return arg.kind == HOPS_ARG_F64;
-  else return arg.kind == HOPS_ARG_BOOL;
+  if constexpr (std::is_same_v<T, const DLTensor*>)
+    return is_tensor(arg);
+  else if constexpr (std::is_same_v<T, int64_t>)
+    return arg.kind == HOPS_ARG_I64;
+  else if constexpr (std::is_same_v<T, double>)
+    return arg.kind == HOPS_ARG_F64;
+  else
+    return arg.kind == HOPS_ARG_BOOL;
 }
 
 template <class Signature>
@@ -213,15 +225,14 @@ const OpDef& op_def() {
   static_assert(Entry::template signature_matches<Op>(),
                 "the C signature of the op does not match its argument descriptors");
   static_assert(std::size(Op::kArgs) <= kMaxArgs);
-  static const OpDef def{
-      {sizeof(hops_op_desc), Op::kName, Op::kSinceMajor, Op::kSinceMinor, Op::kDoc,
-       static_cast<int32_t>(std::size(Op::kArgs)), Op::kArgs,
-       reinterpret_cast<hops_fn>(&Entry::template call<Op>)},
-      Op::kPrimaryArg,
-      [](const Call& call, const Backend& backend, const ExecContext& context) {
-        const Op args = Op::check(call);
-        run_kernel(op_def<Op>(), call, backend, context, &args);
-      }};
+  static const OpDef def{{sizeof(hops_op_desc), Op::kName, Op::kSinceMajor, Op::kSinceMinor,
+                          Op::kDoc, static_cast<int32_t>(std::size(Op::kArgs)), Op::kArgs,
+                          reinterpret_cast<hops_fn>(&Entry::template call<Op>)},
+                         Op::kPrimaryArg,
+                         [](const Call& call, const Backend& backend, const ExecContext& context) {
+                           const Op args = Op::check(call);
+                           run_kernel(op_def<Op>(), call, backend, context, &args);
+                         }};
   return def;
 }
 

@@ -24,7 +24,8 @@ Registry::Registry() : threads_(std::make_unique<ThreadPool>(default_thread_coun
   // Our own modules sit beside libhops.so.
   Dl_info self{};
   if (dladdr(reinterpret_cast<void*>(&all_ops), &self) && self.dli_fname) {
-    for (Backend& module : load_backend_modules(std::filesystem::path(self.dli_fname).parent_path())) {
+    for (Backend& module :
+         load_backend_modules(std::filesystem::path(self.dli_fname).parent_path())) {
       backends_.push_back(std::move(module));
     }
   }
@@ -42,7 +43,8 @@ std::vector<Backend> load_backend_modules(const std::filesystem::path& folder) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(folder, ec)) {
     const std::string file = entry.path().filename().string();
-    if (file.starts_with("libhops_") && entry.path().extension() == ".so") paths.push_back(entry.path());
+    if (file.starts_with("libhops_") && entry.path().extension() == ".so")
+      paths.push_back(entry.path());
   }
   std::sort(paths.begin(), paths.end());
   std::vector<Backend> modules;
@@ -65,9 +67,13 @@ std::vector<Backend> load_backend_modules(const std::filesystem::path& folder) {
       continue;
     }
     // The module stays loaded for the life of the process: its kernels are in the table.
-    modules.push_back({module->name, static_cast<DLDeviceType>(module->device_type),
-                       module->available != 0, fmt::format("{}: {}", path.string(), module->detail),
-                       module->score, {module->kernels, module->num_kernels}, module->last_error});
+    modules.push_back({module->name,
+                       static_cast<DLDeviceType>(module->device_type),
+                       module->available != 0,
+                       fmt::format("{}: {}", path.string(), module->detail),
+                       module->score,
+                       {module->kernels, module->num_kernels},
+                       module->last_error});
   }
   return modules;
 }
@@ -100,7 +106,8 @@ ScratchPool& Registry::scratch(DLDevice device) {
 void Registry::set_allocator(const hops_allocator* allocator) {
   const std::scoped_lock lock(scratch_mutex_);
   allocator_ = hops_allocator{};
-  if (allocator) std::memcpy(&allocator_, allocator, std::min(allocator->struct_size, sizeof allocator_));
+  if (allocator)
+    std::memcpy(&allocator_, allocator, std::min(allocator->struct_size, sizeof allocator_));
   for (auto& [device, pool] : scratch_) pool->set_allocator(allocator);
 }
 

@@ -63,7 +63,8 @@ void ScratchPool::set_allocator(const hops_allocator* allocator) {
   });
   // Copy only what the host's (possibly older, smaller) struct holds.
   allocator_ = hops_allocator{};
-  if (allocator) std::memcpy(&allocator_, allocator, std::min(allocator->struct_size, sizeof allocator_));
+  if (allocator)
+    std::memcpy(&allocator_, allocator, std::min(allocator->struct_size, sizeof allocator_));
 }
 
 size_t ScratchPool::allocation_count() const {

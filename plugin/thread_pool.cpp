@@ -47,9 +47,8 @@ void ThreadPool::work_on(Job& job) {
 void ThreadPool::run(int64_t count, int max_workers, TaskFn fn, void* context) {
   if (count <= 0) return;
   Job job(fn, context, count);
-  const auto helpers = static_cast<int>(
-      std::min<int64_t>({count - 1, static_cast<int64_t>(max_workers) - 1,
-                         static_cast<int64_t>(workers_.size())}));
+  const auto helpers = static_cast<int>(std::min<int64_t>(
+      {count - 1, static_cast<int64_t>(max_workers) - 1, static_cast<int64_t>(workers_.size())}));
   if (helpers > 0) {
     {
       const std::scoped_lock lock(mutex_);

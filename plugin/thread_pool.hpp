@@ -27,9 +27,10 @@ class ThreadPool {
   // the first exception a task threw.
   template <class Task>
   void parallel_for(int64_t count, int max_workers, Task&& task) {
-    run(count, max_workers, [](void* context, int64_t i, int worker) {
-      (*static_cast<Task*>(context))(i, worker);
-    }, &task);
+    run(
+        count, max_workers,
+        [](void* context, int64_t i, int worker) { (*static_cast<Task*>(context))(i, worker); },
+        &task);
   }
 
  private:

@@ -19,7 +19,8 @@ struct BlockFilter {
   float bias[kChannelBlock];
   BlockFilter(const Tensor& weight, const Tensor& bias_tensor, int64_t d0, int64_t count)
       : width(weight.shape[1]) {
-    for (int64_t j = 0; j < width; ++j) load_run(weight, weight.offset(d0, j), weight.stride[0], count, taps[j]);
+    for (int64_t j = 0; j < width; ++j)
+      load_run(weight, weight.offset(d0, j), weight.stride[0], count, taps[j]);
     if (bias_tensor) {
       load_run(bias_tensor, d0 * bias_tensor.stride[0], bias_tensor.stride[0], count, bias);
     } else {
@@ -78,16 +79,19 @@ void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count
   // Final state column c holds position length - L1 + c.
   for (int64_t c = 0; c < L1; ++c) {
     load_position(length - L1 + c, out);
-    store_run(op.final_state, op.final_state.offset(n, d0, c), op.final_state.stride[1], count, out);
+    store_run(op.final_state, op.final_state.offset(n, d0, c), op.final_state.stride[1], count,
+              out);
   }
 }
 
-void conv_update_task(const Conv1dUpdate& op, int64_t n, int64_t slot, int64_t d0, int64_t count, float* window) {
+void conv_update_task(const Conv1dUpdate& op, int64_t n, int64_t slot, int64_t d0, int64_t count,
+                      float* window) {
   const int64_t W = op.W, L = op.L, SL = op.state.shape[2];
   const BlockFilter filter(op.weight, op.bias, d0, count);
   auto row = [&](int64_t p) { return window + p * kChannelBlock; };
   for (int64_t p = 0; p < SL; ++p) load_state_column(op.state, slot, d0, p, count, row(p));
-  for (int64_t t = 0; t < L; ++t) load_run(op.x, op.x.offset(n, t, d0), op.x.stride[2], count, row(SL + t));
+  for (int64_t t = 0; t < L; ++t)
+    load_run(op.x, op.x.offset(n, t, d0), op.x.stride[2], count, row(SL + t));
   float out[kChannelBlock];
   const float* inputs[kMaxConvWidth];
   for (int64_t t = 0; t < L; ++t) {
@@ -107,11 +111,12 @@ void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
   const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
   const size_t per_worker = (kMaxConvWidth + 1) * kChannelBlock;
   const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
-  context.threads->parallel_for(op.sequences.count * blocks, context.max_workers, [&](int64_t task, int worker) {
-    const int64_t d0 = (task % blocks) * kChannelBlock;
-    conv_forward_task(op, task / blocks, d0, std::min(kChannelBlock, op.D - d0),
-                      scratch.as<float>() + worker * per_worker);
-  });
+  context.threads->parallel_for(
+      op.sequences.count * blocks, context.max_workers, [&](int64_t task, int worker) {
+        const int64_t d0 = (task % blocks) * kChannelBlock;
+        conv_forward_task(op, task / blocks, d0, std::min(kChannelBlock, op.D - d0),
+                          scratch.as<float>() + worker * per_worker);
+      });
 }
 
 void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {

@@ -45,7 +45,8 @@ inline void load_run(const Tensor& t, int64_t offset, int64_t step, int64_t coun
     for (int64_t i = 0; i < count; ++i) out[i] = to_float(in[i * step]);
   });
 }
-inline void store_run(const Tensor& t, int64_t offset, int64_t step, int64_t count, const float* in) {
+inline void store_run(const Tensor& t, int64_t offset, int64_t step, int64_t count,
+                      const float* in) {
   visit_float(t.dtype, [&]<class T>(T) {
     T* out = t.data<T>() + offset;
     for (int64_t i = 0; i < count; ++i) out[i * step] = from_float<T>(in[i]);

@@ -25,7 +25,8 @@ void normalize_rows(const ExecContext& context, const GatedRmsNorm& op, const fl
           }
           const float inv_rms = 1.0f / std::sqrt(sum_squares / static_cast<float>(D) + eps);
           for (int64_t d = 0; d < D; ++d) {
-            y[d * ys] = from_float<T>(to_float(x[d * xs]) * inv_rms * weight[d] * silu(to_float(z[d * zs])));
+            y[d * ys] = from_float<T>(to_float(x[d * xs]) * inv_rms * weight[d] *
+                                      silu(to_float(z[d * zs])));
           }
         }
       });

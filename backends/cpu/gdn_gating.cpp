@@ -18,7 +18,8 @@ void gdn_gating(const ExecContext& context, const GdnGating& op) {
             const float dt_bias = load(op.dt_bias, h * op.dt_bias.stride[0]);
             const float A = std::exp(load(op.A_log, h * op.A_log.stride[0]));
             store(op.g, g_row + h * op.g.step(-1), -A * softplus(a + dt_bias, beta, threshold));
-            store(op.beta, beta_row + h * op.beta.step(-1), sigmoid(load(op.b, b_row + h * op.b.step(-1))));
+            store(op.beta, beta_row + h * op.beta.step(-1),
+                  sigmoid(load(op.b, b_row + h * op.b.step(-1))));
           }
         }
       });

@@ -68,7 +68,8 @@ Conv1dFwd Conv1dFwd::check(const Call& call) {
   dims.expect(Arg::final_state, {"N", "D", "L1"});
   op.initial_state = call.tensor(Arg::initial_state);
   op.final_state = call.tensor(Arg::final_state);
-  check_state_length(call, Arg::initial_state, op.initial_state ? op.initial_state.shape[2] : 0, op.W);
+  check_state_length(call, Arg::initial_state, op.initial_state ? op.initial_state.shape[2] : 0,
+                     op.W);
   check_state_length(call, Arg::final_state, op.final_state ? op.final_state.shape[2] : 0, op.W);
   op.activation = check_activation(call, Arg::activation);
   op.x = call.tensor(Arg::x), op.y = call.tensor(Arg::y);

@@ -18,17 +18,29 @@ struct Conv1dFwd {
   static constexpr int kPrimaryArg = 0;
   using Signature = hops_conv1d_fwd_fn;
   struct Arg {
-    enum : int { x, weight, bias, initial_state, cu_seqlens, y, final_state, activation,
-                 channels_first };
+    enum : int {
+      x,
+      weight,
+      bias,
+      initial_state,
+      cu_seqlens,
+      y,
+      final_state,
+      activation,
+      channels_first
+    };
   };
   static constexpr hops_arg_desc kArgs[] = {
-      input("x", HOPS_DTYPE_FLOATS, "[B,T,D]", "input, channels last ([B,D,T] with channels_first)"),
+      input("x", HOPS_DTYPE_FLOATS, "[B,T,D]",
+            "input, channels last ([B,D,T] with channels_first)"),
       input("weight", HOPS_DTYPE_FLOATS, "[D,W]", "filter, width W <= 4"),
       optional_input("bias", HOPS_DTYPE_FLOATS, "[D]", "added before the activation"),
-      optional_input("initial_state", HOPS_DTYPE_FLOATS, "[N,D,L0]", "inputs before each sequence, L0 >= W-1"),
+      optional_input("initial_state", HOPS_DTYPE_FLOATS, "[N,D,L0]",
+                     "inputs before each sequence, L0 >= W-1"),
       optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
       output("y", HOPS_DTYPE_FLOATS, "[B,T,D]", "output (shape, layout and dtype of x)"),
-      optional_output("final_state", HOPS_DTYPE_FLOATS, "[N,D,L1]", "last L1 inputs of each sequence, L1 >= W-1"),
+      optional_output("final_state", HOPS_DTYPE_FLOATS, "[N,D,L1]",
+                      "last L1 inputs of each sequence, L1 >= W-1"),
       i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu"),
       bool_scalar("channels_first", false, "x and y are [B,D,T]"),
   };
@@ -55,7 +67,8 @@ struct Conv1dUpdate {
       in_out("state", HOPS_DTYPE_FLOATS, "[S,D,state_len]", "state pool, state_len >= W-1"),
       input("weight", HOPS_DTYPE_FLOATS, "[D,W]", "filter, width W <= 4"),
       optional_input("bias", HOPS_DTYPE_FLOATS, "[D]", "added before the activation"),
-      optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]", "slot of each sequence, -1 skips it"),
+      optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]",
+                     "slot of each sequence, -1 skips it"),
       output("y", HOPS_DTYPE_FLOATS, "[N,L,D]", "output (shape and dtype of x)"),
       i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu"),
   };

@@ -24,8 +24,8 @@ void check_problem(const Call& call, Shapes& dims, GdnProblem& p) {
   p.B = dims["B"], p.T = dims["T"], p.H = dims["H"], p.HV = dims["HV"];
   p.K = dims["K"], p.V = dims["V"];
   if (p.H == 0 || p.HV % p.H != 0) {
-    call.fail(Arg::v, "value heads HV = {} must be a positive multiple of the key heads H = {}", p.HV,
-              p.H);
+    call.fail(Arg::v, "value heads HV = {} must be a positive multiple of the key heads H = {}",
+              p.HV, p.H);
   }
   if (p.K == 0 || p.V == 0) call.fail(Arg::v, "K = {} and V = {} must be positive", p.K, p.V);
   if (static_cast<bool>(call.tensor(Arg::A_log)) != static_cast<bool>(call.tensor(Arg::dt_bias))) {
@@ -78,11 +78,13 @@ GdnRecurrent GdnRecurrent::check(const Call& call) {
 GdnGating GdnGating::check(const Call& call) {
   GdnGating op;
   op.A_log = call.tensor(Arg::A_log), op.a = call.tensor(Arg::a), op.b = call.tensor(Arg::b);
-  op.dt_bias = call.tensor(Arg::dt_bias), op.g = call.tensor(Arg::g), op.beta = call.tensor(Arg::beta);
+  op.dt_bias = call.tensor(Arg::dt_bias), op.g = call.tensor(Arg::g),
+  op.beta = call.tensor(Arg::beta);
   if (op.a.ndim < 1) call.fail(Arg::a, "rank expected >= 1 ([...,HV]), got 0");
   for (int arg : {Arg::b, Arg::g, Arg::beta}) {
     const Tensor& t = call.tensor(arg);
-    if (t.ndim != op.a.ndim || !std::equal(t.shape.begin(), t.shape.begin() + t.ndim, op.a.shape.begin())) {
+    if (t.ndim != op.a.ndim ||
+        !std::equal(t.shape.begin(), t.shape.begin() + t.ndim, op.a.shape.begin())) {
       call.fail(arg, "shape must equal the shape of 'a'");
     }
   }
@@ -94,7 +96,8 @@ GdnGating GdnGating::check(const Call& call) {
   op.rows = op.HV ? op.a.numel() / op.HV : 0;
   op.softplus_beta = call.f64(Arg::softplus_beta);
   op.softplus_threshold = call.f64(Arg::softplus_threshold);
-  if (op.softplus_beta <= 0) call.fail(Arg::softplus_beta, "expected > 0, got {}", op.softplus_beta);
+  if (op.softplus_beta <= 0)
+    call.fail(Arg::softplus_beta, "expected > 0, got {}", op.softplus_beta);
   return op;
 }
 

@@ -25,21 +25,39 @@ struct GdnChunkFwd : GdnProblem {
   static constexpr int kPrimaryArg = 0;
   using Signature = hops_gdn_chunk_fwd_fn;
   struct Arg {
-    enum : int { q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, o, final_state,
-                 scale, use_qk_l2norm, state_v_first };
+    enum : int {
+      q,
+      k,
+      v,
+      g,
+      beta,
+      initial_state,
+      cu_seqlens,
+      A_log,
+      dt_bias,
+      o,
+      final_state,
+      scale,
+      use_qk_l2norm,
+      state_v_first
+    };
   };
   static constexpr hops_arg_desc kArgs[] = {
       input("q", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "queries"),
       input("k", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "keys (dtype of q)"),
       input("v", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "values (dtype of q); HV % H == 0"),
-      input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]", "log decay per token and value head (raw a with A_log)"),
+      input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]",
+            "log decay per token and value head (raw a with A_log)"),
       input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw b with A_log)"),
-      optional_input("initial_state", HOPS_DTYPE_F32, "[N,HV,K,V]", "state before each sequence, f32"),
+      optional_input("initial_state", HOPS_DTYPE_F32, "[N,HV,K,V]",
+                     "state before each sequence, f32"),
       optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
-      optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]", "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
+      optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]",
+                     "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
       optional_input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "fused gating bias (with A_log)"),
       output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "output (dtype of q)"),
-      optional_output("final_state", HOPS_DTYPE_F32, "[N,HV,K,V]", "state after each sequence, f32"),
+      optional_output("final_state", HOPS_DTYPE_F32, "[N,HV,K,V]",
+                      "state after each sequence, f32"),
       f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
       bool_scalar("use_qk_l2norm", false, "l2-normalise q and k in the kernel"),
       bool_scalar("state_v_first", false, "states are [N,HV,V,K]"),
@@ -57,8 +75,22 @@ struct GdnRecurrent : GdnProblem {
   static constexpr int kPrimaryArg = 0;
   using Signature = hops_gdn_recurrent_fn;
   struct Arg {
-    enum : int { q, k, v, g, beta, state, state_indices, cu_seqlens, A_log, dt_bias, o, scale,
-                 use_qk_l2norm, state_v_first };
+    enum : int {
+      q,
+      k,
+      v,
+      g,
+      beta,
+      state,
+      state_indices,
+      cu_seqlens,
+      A_log,
+      dt_bias,
+      o,
+      scale,
+      use_qk_l2norm,
+      state_v_first
+    };
   };
   static constexpr hops_arg_desc kArgs[] = {
       input("q", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "queries"),
@@ -67,11 +99,14 @@ struct GdnRecurrent : GdnProblem {
       input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]", "log decay (raw a with A_log)"),
       input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw b with A_log)"),
       in_out("state", HOPS_DTYPE_F32, "[S,HV,K,V]", "state pool, f32, updated in place"),
-      optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]", "slot of each sequence, -1 skips it"),
+      optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]",
+                     "slot of each sequence, -1 skips it"),
       optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
-      optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]", "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
+      optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]",
+                     "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
       optional_input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "fused gating bias (with A_log)"),
-      output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "output (dtype of q); skipped sequences untouched"),
+      output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]",
+             "output (dtype of q); skipped sequences untouched"),
       f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
       bool_scalar("use_qk_l2norm", false, "l2-normalise q and k in the kernel"),
       bool_scalar("state_v_first", false, "states are [S,HV,V,K]"),

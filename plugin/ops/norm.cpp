@@ -11,7 +11,8 @@ GatedRmsNorm GatedRmsNorm::check(const Call& call) {
   if (op.x.ndim < 1) call.fail(Arg::x, "rank expected >= 1 ([...,D]), got 0");
   for (int arg : {Arg::z, Arg::y}) {
     const Tensor& t = call.tensor(arg);
-    if (t.ndim != op.x.ndim || !std::equal(t.shape.begin(), t.shape.begin() + t.ndim, op.x.shape.begin())) {
+    if (t.ndim != op.x.ndim ||
+        !std::equal(t.shape.begin(), t.shape.begin() + t.ndim, op.x.shape.begin())) {
       call.fail(arg, "shape must equal the shape of 'x'");
     }
     call.same_dtype(arg, Arg::x);

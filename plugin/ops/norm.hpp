@@ -7,7 +7,8 @@ namespace hops {
 
 struct GatedRmsNorm {
   static constexpr const char* kName = "gated_rmsnorm";
-  static constexpr const char* kDoc = "y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim";
+  static constexpr const char* kDoc =
+      "y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim";
   static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
   static constexpr int kPrimaryArg = 0;
   using Signature = hops_gated_rmsnorm_fn;

@@ -120,7 +120,7 @@ uint16_t f16_from_float(float value) {
   const uint32_t bits = std::bit_cast<uint32_t>(value);
   const auto sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
   const uint32_t magnitude = bits & 0x7fffffff;
-  if (magnitude > 0x7f800000) return sign | 0x7e00;    // NaN
+  if (magnitude > 0x7f800000) return sign | 0x7e00;   // NaN
   if (magnitude >= 0x477ff000) return sign | 0x7c00;  // rounds to infinity
   if (magnitude < 0x38800000) {                       // subnormal: a multiple of 2^-24
     const float scaled = std::bit_cast<float>(magnitude) * 0x1p24f;
@@ -173,8 +173,13 @@ class HostTensor {
     data_.reset(static_cast<std::byte*>(std::aligned_alloc(64, bytes)));
     if (!data_) fail("out of host memory for a tensor of {} bytes", bytes);
     std::memset(data_.get(), 0, bytes);
-    dl_ = {data_.get(), {kDLCPU, 0}, static_cast<int32_t>(shape_.size()), dtype.dl,
-           shape_.data(), nullptr, 0};
+    dl_ = {data_.get(),
+           {kDLCPU, 0},
+           static_cast<int32_t>(shape_.size()),
+           dtype.dl,
+           shape_.data(),
+           nullptr,
+           0};
   }
 
   const DType& dtype() const { return *dtype_; }
@@ -184,23 +189,41 @@ class HostTensor {
 
   double get(size_t i) const {
     switch (dtype_->bit) {
-      case HOPS_DTYPE_F32: return as<float>()[i];
-      case HOPS_DTYPE_F16: return f16_to_float(as<uint16_t>()[i]);
-      case HOPS_DTYPE_BF16: return bf16_to_float(as<uint16_t>()[i]);
-      case HOPS_DTYPE_F64: return as<double>()[i];
-      case HOPS_DTYPE_I32: return as<int32_t>()[i];
-      default: return static_cast<double>(as<int64_t>()[i]);
+      case HOPS_DTYPE_F32:
+        return as<float>()[i];
+      case HOPS_DTYPE_F16:
+        return f16_to_float(as<uint16_t>()[i]);
+      case HOPS_DTYPE_BF16:
+        return bf16_to_float(as<uint16_t>()[i]);
+      case HOPS_DTYPE_F64:
+        return as<double>()[i];
+      case HOPS_DTYPE_I32:
+        return as<int32_t>()[i];
+      default:
+        return static_cast<double>(as<int64_t>()[i]);
     }
   }
 
   void set(size_t i, double value) {
     switch (dtype_->bit) {
-      case HOPS_DTYPE_F32: as<float>()[i] = static_cast<float>(value); break;
-      case HOPS_DTYPE_F16: as<uint16_t>()[i] = f16_from_float(static_cast<float>(value)); break;
-      case HOPS_DTYPE_BF16: as<uint16_t>()[i] = bf16_from_float(static_cast<float>(value)); break;
-      case HOPS_DTYPE_F64: as<double>()[i] = value; break;
-      case HOPS_DTYPE_I32: as<int32_t>()[i] = static_cast<int32_t>(value); break;
-      default: as<int64_t>()[i] = static_cast<int64_t>(value); break;
+      case HOPS_DTYPE_F32:
+        as<float>()[i] = static_cast<float>(value);
+        break;
+      case HOPS_DTYPE_F16:
+        as<uint16_t>()[i] = f16_from_float(static_cast<float>(value));
+        break;
+      case HOPS_DTYPE_BF16:
+        as<uint16_t>()[i] = bf16_from_float(static_cast<float>(value));
+        break;
+      case HOPS_DTYPE_F64:
+        as<double>()[i] = value;
+        break;
+      case HOPS_DTYPE_I32:
+        as<int32_t>()[i] = static_cast<int32_t>(value);
+        break;
+      default:
+        as<int64_t>()[i] = static_cast<int64_t>(value);
+        break;
     }
   }
 
@@ -243,7 +266,8 @@ std::optional<T> parse_number(std::string_view text) {
 template <class T>
 T parse_option_number(std::string_view option, std::string_view text, T minimum) {
   const std::optional<T> value = parse_number<T>(text);
-  if (!value || *value < minimum) usage_error("{} expects an integer >= {}, got '{}'", option, minimum, text);
+  if (!value || *value < minimum)
+    usage_error("{} expects an integer >= {}, got '{}'", option, minimum, text);
   return *value;
 }
 
@@ -256,20 +280,32 @@ Options parse_options(std::span<char*> argv) {
       if (i + 1 == argv.size()) usage_error("{} expects a value", word);
       return std::string_view(argv[++i]);
     };
-    if (word == "--help" || word == "-h") options.help = true;
-    else if (word == "--list") options.list = true;
-    else if (word == "--provider") options.provider = value();
-    else if (word == "--dtype") options.dtype = &dtype_named(value());
-    else if (word == "--repeat") options.repeat = parse_option_number<int64_t>(word, value(), 1);
-    else if (word == "--seed") options.seed = parse_option_number<uint64_t>(word, value(), 0);
-    else if (word == "--threads") options.threads = parse_option_number<int64_t>(word, value(), 0);
-    else if (word.starts_with("-")) usage_error("unknown option '{}'", word);
-    else if (word.find('=') != std::string_view::npos) options.arguments.push_back(word);
-    else if (options.op.empty()) options.op = word;
-    else usage_error("expected NAME=VALUE, got '{}'", word);
+    if (word == "--help" || word == "-h")
+      options.help = true;
+    else if (word == "--list")
+      options.list = true;
+    else if (word == "--provider")
+      options.provider = value();
+    else if (word == "--dtype")
+      options.dtype = &dtype_named(value());
+    else if (word == "--repeat")
+      options.repeat = parse_option_number<int64_t>(word, value(), 1);
+    else if (word == "--seed")
+      options.seed = parse_option_number<uint64_t>(word, value(), 0);
+    else if (word == "--threads")
+      options.threads = parse_option_number<int64_t>(word, value(), 0);
+    else if (word.starts_with("-"))
+      usage_error("unknown option '{}'", word);
+    else if (word.find('=') != std::string_view::npos)
+      options.arguments.push_back(word);
+    else if (options.op.empty())
+      options.op = word;
+    else
+      usage_error("expected NAME=VALUE, got '{}'", word);
   }
   if (options.help) return options;
-  if (options.provider.empty()) usage_error("no provider: pass --provider PATH or set HOPS_LIBRARY");
+  if (options.provider.empty())
+    usage_error("no provider: pass --provider PATH or set HOPS_LIBRARY");
   if (!options.list && options.op.empty()) usage_error("no op given (see --list)");
   if (options.threads > INT32_MAX) usage_error("--threads is out of range");
   return options;
@@ -319,13 +355,14 @@ Provider open_provider(const std::string& path) {
   provider.library.reset(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
   if (!provider.library) fail("cannot load provider: {}", dlerror());
   // POSIX guarantees that a dlsym result converts to a function pointer.
-  const auto get_api = reinterpret_cast<hops_get_api_fn>(dlsym(provider.library.get(), "hops_get_api"));
+  const auto get_api =
+      reinterpret_cast<hops_get_api_fn>(dlsym(provider.library.get(), "hops_get_api"));
   if (!get_api) fail("{} is not a hops provider: it does not export hops_get_api", path);
   provider.api = get_api(HOPS_ABI_MAJOR);
   if (!provider.api) fail("{} does not speak hops ABI {}", path, HOPS_ABI_MAJOR);
   if (!HOPS_HAS_FIELD(provider.api, hops_api, set_allocator)) {
-    fail("{}: its hops_api table is smaller than ABI {}.0 requires ({} bytes)", path, HOPS_ABI_MAJOR,
-         provider.api->struct_size);
+    fail("{}: its hops_api table is smaller than ABI {}.0 requires ({} bytes)", path,
+         HOPS_ABI_MAJOR, provider.api->struct_size);
   }
   return provider;
 }
@@ -334,7 +371,8 @@ Provider open_provider(const std::string& path) {
 std::string_view or_empty(const char* text) { return text ? text : ""; }
 
 std::string_view kind_name(int32_t kind) {
-  static constexpr std::array<std::string_view, 6> kNames{"in", "out", "inout", "i64", "f64", "bool"};
+  static constexpr std::array<std::string_view, 6> kNames{"in",  "out", "inout",
+                                                          "i64", "f64", "bool"};
   return kind >= 0 && kind < static_cast<int32_t>(kNames.size()) ? kNames[kind] : "?";
 }
 
@@ -342,10 +380,14 @@ bool is_tensor(const hops_arg_desc& arg) { return arg.kind <= HOPS_ARG_TENSOR_IN
 
 std::string default_text(const hops_arg_desc& arg) {
   switch (arg.kind) {
-    case HOPS_ARG_I64: return fmt::format("default {}", arg.default_i64);
-    case HOPS_ARG_F64: return fmt::format("default {}", arg.default_f64);
-    case HOPS_ARG_BOOL: return fmt::format("default {}", arg.default_i64 != 0);
-    default: return "";
+    case HOPS_ARG_I64:
+      return fmt::format("default {}", arg.default_i64);
+    case HOPS_ARG_F64:
+      return fmt::format("default {}", arg.default_f64);
+    case HOPS_ARG_BOOL:
+      return fmt::format("default {}", arg.default_i64 != 0);
+    default:
+      return "";
   }
 }
 
@@ -358,7 +400,8 @@ void print_op(const hops_op_desc& op) {
     const hops_arg_desc& arg = *hops_op_arg(&op, i);
     const bool tensor = is_tensor(arg);
     rows.push_back({std::string(or_empty(arg.name)), std::string(kind_name(arg.kind)),
-                    tensor && arg.optional ? "optional" : "", tensor ? dtype_mask_names(arg.dtypes) : "",
+                    tensor && arg.optional ? "optional" : "",
+                    tensor ? dtype_mask_names(arg.dtypes) : "",
                     tensor ? std::string(or_empty(arg.shape)) : default_text(arg),
                     std::string(or_empty(arg.doc))});
   }
@@ -367,8 +410,8 @@ void print_op(const hops_op_desc& op) {
     for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
   }
   for (const Row& row : rows) {
-    fmt::print("  {:{}}  {:{}}  {:{}}  {:{}}  {:{}}  {}\n", row[0], width[0], row[1], width[1], row[2],
-               width[2], row[3], width[3], row[4], width[4], row[5]);
+    fmt::print("  {:{}}  {:{}}  {:{}}  {:{}}  {:{}}  {}\n", row[0], width[0], row[1], width[1],
+               row[2], width[2], row[3], width[3], row[4], width[4], row[5]);
   }
 }
 
@@ -440,7 +483,8 @@ hops_value parse_scalar(const hops_arg_desc& arg, std::string_view text) {
     ok = text == "0" || text == "1" || text == "false" || text == "true";
     value.boolean = text == "1" || text == "true";
   }
-  if (!ok) usage_error("'{}' is a scalar of type {}, got '{}'", arg.name, kind_name(arg.kind), text);
+  if (!ok)
+    usage_error("'{}' is a scalar of type {}, got '{}'", arg.name, kind_name(arg.kind), text);
   return value;
 }
 
@@ -471,15 +515,21 @@ Arguments bind_arguments(const hops_op_desc& op, const Options& options) {
     const hops_arg_desc& arg = *hops_op_arg(&op, i);
     hops_value& value = arguments.values[i];
     if (!is_tensor(arg)) {
-      if (given[i] && !given[i]->dtype.empty()) usage_error("'{}' is a scalar and takes no dtype", arg.name);
-      if (given[i]) value = parse_scalar(arg, given[i]->value);
-      else if (arg.kind == HOPS_ARG_F64) value.f64 = arg.default_f64;
-      else if (arg.kind == HOPS_ARG_I64) value.i64 = arg.default_i64;
-      else value.boolean = arg.default_i64 != 0;
+      if (given[i] && !given[i]->dtype.empty())
+        usage_error("'{}' is a scalar and takes no dtype", arg.name);
+      if (given[i])
+        value = parse_scalar(arg, given[i]->value);
+      else if (arg.kind == HOPS_ARG_F64)
+        value.f64 = arg.default_f64;
+      else if (arg.kind == HOPS_ARG_I64)
+        value.i64 = arg.default_i64;
+      else
+        value.boolean = arg.default_i64 != 0;
     } else if (given[i]) {
       const DType& dtype = given[i]->dtype.empty() ? default_dtype(arg, *options.dtype)
                                                    : dtype_named(given[i]->dtype);
-      value.tensor = arguments.tensors[i].emplace(make_tensor(arg, dtype, given[i]->value, random)).dl();
+      value.tensor =
+          arguments.tensors[i].emplace(make_tensor(arg, dtype, given[i]->value, random)).dl();
     } else if (!arg.optional) {
       usage_error("{} needs tensor '{}' {}", op.name, or_empty(arg.name), or_empty(arg.shape));
     }
@@ -502,10 +552,18 @@ class TypedCall {
     pointers_.push_back(&exec_);
     for (int32_t i = 0; i < op.num_args; ++i) {
       switch (hops_op_arg(&op, i)->kind) {
-        case HOPS_ARG_I64: types_.push_back(&ffi_type_sint64); break;
-        case HOPS_ARG_F64: types_.push_back(&ffi_type_double); break;
-        case HOPS_ARG_BOOL: types_.push_back(&ffi_type_uint8); break;  // C's bool: one byte, 0 or 1
-        default: types_.push_back(&ffi_type_pointer); break;
+        case HOPS_ARG_I64:
+          types_.push_back(&ffi_type_sint64);
+          break;
+        case HOPS_ARG_F64:
+          types_.push_back(&ffi_type_double);
+          break;
+        case HOPS_ARG_BOOL:
+          types_.push_back(&ffi_type_uint8);
+          break;  // C's bool: one byte, 0 or 1
+        default:
+          types_.push_back(&ffi_type_pointer);
+          break;
       }
       pointers_.push_back(&values[i]);  // every member of the hops_value union starts here
     }
@@ -540,8 +598,8 @@ std::string duration_text(double seconds) {
 int run_op(const Options& options, const hops_api& api) {
   const hops_op_desc& op = find_op(api, options.op);
   Arguments arguments = bind_arguments(op, options);
-  const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0,
-                       static_cast<int32_t>(options.threads)};
+  const hops_exec exec{
+      sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, static_cast<int32_t>(options.threads)};
   TypedCall call(op, &exec, arguments.values);
   const auto checked_call = [&] {
     const hops_status status = call();
@@ -567,11 +625,13 @@ int run_op(const Options& options, const hops_api& api) {
   for (int64_t r = 0; r < options.repeat; ++r) {
     const auto start = std::chrono::steady_clock::now();
     checked_call();
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   std::sort(seconds.begin(), seconds.end());
   const size_t middle = seconds.size() / 2;
-  const double median = seconds.size() % 2 ? seconds[middle] : (seconds[middle - 1] + seconds[middle]) / 2;
+  const double median =
+      seconds.size() % 2 ? seconds[middle] : (seconds[middle - 1] + seconds[middle]) / 2;
   fmt::print("time: median {} over {} call{}\n", duration_text(median), seconds.size(),
              seconds.size() == 1 ? "" : "s");
   return 0;

@@ -30,14 +30,15 @@ std::string shape_string(const std::vector<int64_t>& shape) {
   return text + "]";
 }
 
-void require_shape(const Array64& array, const std::vector<int64_t>& expected, const std::string& name) {
-  require(array.shape == expected,
-          name + " has shape " + shape_string(array.shape) + ", expected " + shape_string(expected));
+void require_shape(const Array64& array, const std::vector<int64_t>& expected,
+                   const std::string& name) {
+  require(array.shape == expected, name + " has shape " + shape_string(array.shape) +
+                                       ", expected " + shape_string(expected));
 }
 
 void require_rank(const Array64& array, size_t rank, const std::string& name) {
-  require(array.shape.size() == rank, name + " has shape " + shape_string(array.shape) + ", expected rank " +
-                                          std::to_string(rank));
+  require(array.shape.size() == rank, name + " has shape " + shape_string(array.shape) +
+                                          ", expected rank " + std::to_string(rank));
 }
 
 // ---- scalar functions ---------------------------------------------------------
@@ -54,7 +55,8 @@ double softplus(double x, double beta, double threshold) {
 }
 
 // The Qwen3.5 log decay of one head: g = -exp(A_log) * softplus(a + dt_bias).
-double log_decay(double A_log, double a, double dt_bias, double softplus_beta, double softplus_threshold) {
+double log_decay(double A_log, double a, double dt_bias, double softplus_beta,
+                 double softplus_threshold) {
   return -std::exp(A_log) * softplus(a + dt_bias, softplus_beta, softplus_threshold);
 }
 
@@ -68,29 +70,34 @@ std::vector<double> l2normalized(const std::vector<double>& x) {
   return result;
 }
 
-double activate(Activation activation, double x) { return activation == Activation::silu ? silu(x) : x; }
+double activate(Activation activation, double x) {
+  return activation == Activation::silu ? silu(x) : x;
+}
 
 // The slot of sequence n in a state pool of `pool_size` slots: state_indices[n],
 // or n without indices. -1 means "skip". Checks the whole list once: every
 // value in [-1, pool_size), no slot named twice (their updates would alias).
-std::vector<int64_t> pool_slots(int64_t N, int64_t pool_size, const std::vector<int64_t>* state_indices) {
+std::vector<int64_t> pool_slots(int64_t N, int64_t pool_size,
+                                const std::vector<int64_t>* state_indices) {
   std::vector<int64_t> slots(N);
   if (state_indices == nullptr) {
-    require(N <= pool_size, "without state_indices, N (" + std::to_string(N) + ") must be <= the pool size (" +
-                                std::to_string(pool_size) + ")");
+    require(N <= pool_size, "without state_indices, N (" + std::to_string(N) +
+                                ") must be <= the pool size (" + std::to_string(pool_size) + ")");
     for (int64_t n = 0; n < N; ++n) slots[n] = n;
     return slots;
   }
   require(static_cast<int64_t>(state_indices->size()) == N,
-          "state_indices has " + std::to_string(state_indices->size()) + " entries, expected N = " +
-              std::to_string(N));
+          "state_indices has " + std::to_string(state_indices->size()) +
+              " entries, expected N = " + std::to_string(N));
   std::set<int64_t> used;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t slot = (*state_indices)[n];
-    require(slot >= -1 && slot < pool_size, "state_indices[" + std::to_string(n) + "] = " + std::to_string(slot) +
-                                                " is outside [-1, " + std::to_string(pool_size) + ")");
+    require(slot >= -1 && slot < pool_size,
+            "state_indices[" + std::to_string(n) + "] = " + std::to_string(slot) +
+                " is outside [-1, " + std::to_string(pool_size) + ")");
     if (slot >= 0) {
-      require(used.insert(slot).second, "slot " + std::to_string(slot) + " is named by two sequences");
+      require(used.insert(slot).second,
+              "slot " + std::to_string(slot) + " is named by two sequences");
     }
     slots[n] = slot;
   }
@@ -105,8 +112,8 @@ struct GdnDims {
   int64_t G;  // value heads per key head
 };
 
-GdnDims gdn_dims(const Array64& q, const Array64& k, const Array64& v, const Array64& g, const Array64& beta,
-                 const GdnOptions& options) {
+GdnDims gdn_dims(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
+                 const Array64& beta, const GdnOptions& options) {
   require_rank(q, 4, "q");
   require_rank(v, 4, "v");
   GdnDims d{};
@@ -120,10 +127,12 @@ GdnDims gdn_dims(const Array64& q, const Array64& k, const Array64& v, const Arr
   require_shape(v, {d.B, d.T, d.HV, d.V}, "v");
   require_shape(g, {d.B, d.T, d.HV}, "g");
   require_shape(beta, {d.B, d.T, d.HV}, "beta");
-  require(d.H > 0 && d.HV % d.H == 0, "HV (" + std::to_string(d.HV) + ") must be a multiple of H (" +
-                                          std::to_string(d.H) + ")");
+  require(
+      d.H > 0 && d.HV % d.H == 0,
+      "HV (" + std::to_string(d.HV) + ") must be a multiple of H (" + std::to_string(d.H) + ")");
   d.G = d.HV / d.H;
-  require((options.A_log == nullptr) == (options.dt_bias == nullptr), "A_log and dt_bias come together");
+  require((options.A_log == nullptr) == (options.dt_bias == nullptr),
+          "A_log and dt_bias come together");
   if (options.A_log != nullptr) {
     require_shape(*options.A_log, {d.HV}, "A_log");
     require_shape(*options.dt_bias, {d.HV}, "dt_bias");
@@ -144,7 +153,8 @@ using Matrix = std::vector<std::vector<double>>;
 
 Matrix zero_state(const GdnDims& d) { return Matrix(d.K, std::vector<double>(d.V, 0.0)); }
 
-Matrix load_state(const Array64& states, int64_t index, int64_t hv, const GdnDims& d, bool state_v_first) {
+Matrix load_state(const Array64& states, int64_t index, int64_t hv, const GdnDims& d,
+                  bool state_v_first) {
   Matrix S = zero_state(d);
   for (int64_t i = 0; i < d.K; ++i) {
     for (int64_t j = 0; j < d.V; ++j) {
@@ -171,11 +181,12 @@ void store_state(const Matrix& S, Array64& states, int64_t index, int64_t hv, co
 // Runs the delta rule over the tokens of one sequence for value head hv,
 // starting from S and leaving the final state in S; writes the o rows of
 // those tokens for that head.
-void delta_rule(const GdnDims& d, const Array64& q, const Array64& k, const Array64& v, const Array64& g,
-                const Array64& beta, const GdnOptions& options, const Sequence& sequence, int64_t hv, Matrix& S,
-                Array64& o) {
+void delta_rule(const GdnDims& d, const Array64& q, const Array64& k, const Array64& v,
+                const Array64& g, const Array64& beta, const GdnOptions& options,
+                const Sequence& sequence, int64_t hv, Matrix& S, Array64& o) {
   const int64_t h = hv / d.G;  // the key head this value head reads (repeat_interleave(G))
-  const double scale = options.scale != 0.0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
+  const double scale =
+      options.scale != 0.0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
   const int64_t b = sequence.batch;
 
   for (int64_t t = sequence.begin; t < sequence.end; ++t) {
@@ -241,10 +252,11 @@ void check_filter(const Array64& weight, const Array64* bias, int64_t D) {
 // One output of the depthwise conv at channel d: bias plus the W taps applied
 // to the W inputs ending at (and including) the current token, oldest first.
 // window[j] is the input at offset j - (W-1) from the current token.
-double conv_output(const Array64& weight, const Array64* bias, int64_t d, const std::vector<double>& window,
-                   Activation activation) {
+double conv_output(const Array64& weight, const Array64* bias, int64_t d,
+                   const std::vector<double>& window, Activation activation) {
   double sum = bias != nullptr ? bias->at({d}) : 0.0;
-  for (int64_t j = 0; j < static_cast<int64_t>(window.size()); ++j) sum += weight.at({d, j}) * window[j];
+  for (int64_t j = 0; j < static_cast<int64_t>(window.size()); ++j)
+    sum += weight.at({d, j}) * window[j];
   return activate(activation, sum);
 }
 
@@ -266,13 +278,14 @@ namespace {
 // Row-major offset of `index` in `shape`, bounds-checked: a wrong index in the
 // oracle must fail loudly, never read a neighbour.
 int64_t row_major_offset(const std::vector<int64_t>& shape, std::initializer_list<int64_t> index) {
-  require(index.size() == shape.size(), "index of rank " + std::to_string(index.size()) + " into shape " +
-                                            shape_string(shape));
+  require(index.size() == shape.size(),
+          "index of rank " + std::to_string(index.size()) + " into shape " + shape_string(shape));
   int64_t offset = 0;
   size_t axis = 0;
   for (int64_t i : index) {
     require(i >= 0 && i < shape[axis], "index " + std::to_string(i) + " out of range on axis " +
-                                           std::to_string(axis) + " of shape " + shape_string(shape));
+                                           std::to_string(axis) + " of shape " +
+                                           shape_string(shape));
     offset = offset * shape[axis] + i;
     ++axis;
   }
@@ -281,9 +294,13 @@ int64_t row_major_offset(const std::vector<int64_t>& shape, std::initializer_lis
 
 }  // namespace
 
-double& Array64::at(std::initializer_list<int64_t> index) { return data[row_major_offset(shape, index)]; }
+double& Array64::at(std::initializer_list<int64_t> index) {
+  return data[row_major_offset(shape, index)];
+}
 
-double Array64::at(std::initializer_list<int64_t> index) const { return data[row_major_offset(shape, index)]; }
+double Array64::at(std::initializer_list<int64_t> index) const {
+  return data[row_major_offset(shape, index)];
+}
 
 // ---- sequences ------------------------------------------------------------------
 
@@ -299,7 +316,8 @@ std::vector<Sequence> sequences(int64_t B, int64_t T, const std::vector<int64_t>
   require(B == 1, "varlen inputs need B == 1, got B = " + std::to_string(B));
   require(cu.size() >= 2, "cu_seqlens needs N+1 >= 2 entries");
   require(cu.front() == 0, "cu_seqlens[0] must be 0");
-  require(cu.back() == T, "cu_seqlens[N] = " + std::to_string(cu.back()) + ", expected T = " + std::to_string(T));
+  require(cu.back() == T,
+          "cu_seqlens[N] = " + std::to_string(cu.back()) + ", expected T = " + std::to_string(T));
   for (size_t n = 0; n + 1 < cu.size(); ++n) {
     require(cu[n] <= cu[n + 1], "cu_seqlens must be nondecreasing");
     result.push_back({0, cu[n], cu[n + 1]});
@@ -321,7 +339,8 @@ Gating gdn_gating(const Array64& A_log, const Array64& a, const Array64& b, cons
   // Row-major: the head is the index along the last dim.
   for (int64_t i = 0; i < a.numel(); ++i) {
     const int64_t h = i % HV;
-    result.g.data[i] = log_decay(A_log.data[h], a.data[i], dt_bias.data[h], softplus_beta, softplus_threshold);
+    result.g.data[i] =
+        log_decay(A_log.data[h], a.data[i], dt_bias.data[h], softplus_beta, softplus_threshold);
     result.beta.data[i] = sigmoid(b.data[i]);
   }
   return result;
@@ -330,15 +349,16 @@ Gating gdn_gating(const Array64& A_log, const Array64& a, const Array64& b, cons
 // ---- gdn_forward / gdn_recurrent ---------------------------------------------------
 
 GdnResult gdn_forward(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
-                      const Array64& beta, const Array64* h0, const std::vector<int64_t>* cu_seqlens,
-                      const GdnOptions& options) {
+                      const Array64& beta, const Array64* h0,
+                      const std::vector<int64_t>* cu_seqlens, const GdnOptions& options) {
   const GdnDims d = gdn_dims(q, k, v, g, beta, options);
   const std::vector<Sequence> seqs = sequences(d.B, d.T, cu_seqlens);
   const int64_t N = static_cast<int64_t>(seqs.size());
   if (h0 != nullptr) require_shape(*h0, state_shape(N, d, options.state_v_first), "h0");
 
   // Every token belongs to exactly one sequence, so every o row gets written.
-  GdnResult result{Array64({d.B, d.T, d.HV, d.V}), Array64(state_shape(N, d, options.state_v_first))};
+  GdnResult result{Array64({d.B, d.T, d.HV, d.V}),
+                   Array64(state_shape(N, d, options.state_v_first))};
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t hv = 0; hv < d.HV; ++hv) {
       Matrix S = h0 != nullptr ? load_state(*h0, n, hv, d, options.state_v_first) : zero_state(d);
@@ -350,7 +370,8 @@ GdnResult gdn_forward(const Array64& q, const Array64& k, const Array64& v, cons
 }
 
 void gdn_recurrent(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
-                   const Array64& beta, Array64& state_pool, const std::vector<int64_t>* state_indices,
+                   const Array64& beta, Array64& state_pool,
+                   const std::vector<int64_t>* state_indices,
                    const std::vector<int64_t>* cu_seqlens, const GdnOptions& options, Array64& o) {
   const GdnDims d = gdn_dims(q, k, v, g, beta, options);
   const std::vector<Sequence> seqs = sequences(d.B, d.T, cu_seqlens);
@@ -408,8 +429,8 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
   if (initial_state != nullptr) {
     require_rank(*initial_state, 3, "initial_state");
     require(initial_state->dim(0) == N && initial_state->dim(1) == D,
-            "initial_state has shape " + shape_string(initial_state->shape) + ", expected [" + std::to_string(N) +
-                "," + std::to_string(D) + ",L0]");
+            "initial_state has shape " + shape_string(initial_state->shape) + ", expected [" +
+                std::to_string(N) + "," + std::to_string(D) + ",L0]");
   }
   require(final_len >= 0, "final_len must be >= 0");
   // Without a state the history is W-1 zeros; reading past the state's
@@ -435,7 +456,8 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
         result.y.at({s.batch, s.begin + t, d}) = conv_output(weight, bias, d, window, activation);
       }
       // The final state: the last final_len inputs, oldest first.
-      for (int64_t c = 0; c < final_len; ++c) result.final_state.at({n, d, c}) = input(length - final_len + c);
+      for (int64_t c = 0; c < final_len; ++c)
+        result.final_state.at({n, d, c}) = input(length - final_len + c);
     }
   }
   return result;
@@ -443,17 +465,19 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
 
 // ---- conv1d_update --------------------------------------------------------------
 
-void conv1d_update(const Array64& x, Array64& state_pool, const Array64& weight, const Array64* bias,
-                   const std::vector<int64_t>* state_indices, Activation activation, Array64& y) {
+void conv1d_update(const Array64& x, Array64& state_pool, const Array64& weight,
+                   const Array64* bias, const std::vector<int64_t>* state_indices,
+                   Activation activation, Array64& y) {
   require_rank(x, 3, "x");
   const int64_t N = x.dim(0), L = x.dim(1), D = x.dim(2);
   check_filter(weight, bias, D);
   const int64_t W = weight.dim(1);
   require_rank(state_pool, 3, "state_pool");
   const int64_t pool_size = state_pool.dim(0), SL = state_pool.dim(2);
-  require(state_pool.dim(1) == D, "state_pool has shape " + shape_string(state_pool.shape) + ", expected [S," +
-                                      std::to_string(D) + ",SL]");
-  require(SL >= W - 1, "state_len (" + std::to_string(SL) + ") must be >= W-1 (" + std::to_string(W - 1) + ")");
+  require(state_pool.dim(1) == D, "state_pool has shape " + shape_string(state_pool.shape) +
+                                      ", expected [S," + std::to_string(D) + ",SL]");
+  require(SL >= W - 1,
+          "state_len (" + std::to_string(SL) + ") must be >= W-1 (" + std::to_string(W - 1) + ")");
   require_shape(y, x.shape, "y");
   const std::vector<int64_t> slots = pool_slots(N, pool_size, state_indices);
 

@@ -46,8 +46,8 @@ Gating gdn_gating(const Array64& A_log, const Array64& a, const Array64& b, cons
 struct GdnOptions {
   double scale = 0.0;  // 0: K^-1/2
   bool use_qk_l2norm = false;
-  bool state_v_first = false;         // states are [.., V, K] instead of [.., K, V]
-  const Array64* A_log = nullptr;     // fused gating: g holds a, beta holds b (raw)
+  bool state_v_first = false;      // states are [.., V, K] instead of [.., K, V]
+  const Array64* A_log = nullptr;  // fused gating: g holds a, beta holds b (raw)
   const Array64* dt_bias = nullptr;
 };
 

@@ -17,7 +17,8 @@ using hops::ref::GdnOptions;
 
 // ---- helpers ----------------------------------------------------------------
 
-Array64 random_array(std::vector<int64_t> shape, std::mt19937_64& rng, double low = -1.0, double high = 1.0) {
+Array64 random_array(std::vector<int64_t> shape, std::mt19937_64& rng, double low = -1.0,
+                     double high = 1.0) {
   Array64 a(std::move(shape));
   std::uniform_real_distribution<double> uniform(low, high);
   for (double& value : a.data) value = uniform(rng);
@@ -42,7 +43,8 @@ Array64 slice(const Array64& a, size_t axis, int64_t begin, int64_t end) {
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t i = 0; i < end - begin; ++i) {
       for (int64_t r = 0; r < inner; ++r) {
-        out.data[(o * (end - begin) + i) * inner + r] = a.data[(o * a.shape[axis] + begin + i) * inner + r];
+        out.data[(o * (end - begin) + i) * inner + r] =
+            a.data[(o * a.shape[axis] + begin + i) * inner + r];
       }
     }
   }
@@ -50,7 +52,9 @@ Array64 slice(const Array64& a, size_t axis, int64_t begin, int64_t end) {
 }
 
 // Element `index` along `axis`, keeping that axis with extent 1.
-Array64 select(const Array64& a, size_t axis, int64_t index) { return slice(a, axis, index, index + 1); }
+Array64 select(const Array64& a, size_t axis, int64_t index) {
+  return slice(a, axis, index, index + 1);
+}
 
 // Swaps the last two axes of a rank-4 array.
 Array64 transpose_last2(const Array64& a) {
@@ -123,10 +127,11 @@ TEST(Gating, HandValues) {
   const Array64 b = from_values({2, 2}, {0.0, 2.0, -3.0, 0.0});
   const auto gating = hops::ref::gdn_gating(A_log, a, b, dt_bias);
 
-  EXPECT_NEAR(gating.g.at({0, 0}), -std::log(2.0), 1e-14);              // -1 * softplus(0)
-  EXPECT_NEAR(gating.g.at({0, 1}), -2.0 * std::log1p(std::exp(1.0)), 1e-14);  // head 1: -2 * softplus(0 + 1)
-  EXPECT_EQ(gating.g.at({1, 0}), -30.0);                                 // above the threshold: linear
-  EXPECT_NEAR(gating.g.at({1, 1}), -2.0 * std::log(2.0), 1e-14);       // -2 * softplus(-1 + 1)
+  EXPECT_NEAR(gating.g.at({0, 0}), -std::log(2.0), 1e-14);  // -1 * softplus(0)
+  EXPECT_NEAR(gating.g.at({0, 1}), -2.0 * std::log1p(std::exp(1.0)),
+              1e-14);                                             // head 1: -2 * softplus(0 + 1)
+  EXPECT_EQ(gating.g.at({1, 0}), -30.0);                          // above the threshold: linear
+  EXPECT_NEAR(gating.g.at({1, 1}), -2.0 * std::log(2.0), 1e-14);  // -2 * softplus(-1 + 1)
   EXPECT_EQ(gating.beta.at({0, 0}), 0.5);
   EXPECT_NEAR(gating.beta.at({0, 1}), 1.0 / (1.0 + std::exp(-2.0)), 1e-15);
   EXPECT_NEAR(gating.beta.at({1, 0}), 1.0 / (1.0 + std::exp(3.0)), 1e-15);
@@ -251,8 +256,9 @@ TEST(GdnForward, ValueHeadReadsKeyHeadHOverG) {
   for (int64_t hv = 0; hv < HV; ++hv) {
     const int64_t h = hv / (HV / H);
     const Array64 h0_head = select(h0, 1, hv);
-    const auto single = hops::ref::gdn_forward(select(q, 2, h), select(k, 2, h), select(v, 2, hv),
-                                               select(g, 2, hv), select(beta, 2, hv), &h0_head, nullptr, options);
+    const auto single =
+        hops::ref::gdn_forward(select(q, 2, h), select(k, 2, h), select(v, 2, hv), select(g, 2, hv),
+                               select(beta, 2, hv), &h0_head, nullptr, options);
     SCOPED_TRACE("hv = " + std::to_string(hv));
     expect_near(select(full.o, 2, hv), single.o);
     expect_near(select(full.final_state, 1, hv), single.final_state);
@@ -291,7 +297,8 @@ TEST(GdnForward, FusedGatingEqualsGatingThenForward) {
 
   const auto gating = hops::ref::gdn_gating(A_log, a, b, dt_bias);
   GdnOptions options;
-  const auto separate = hops::ref::gdn_forward(q, k, v, gating.g, gating.beta, nullptr, nullptr, options);
+  const auto separate =
+      hops::ref::gdn_forward(q, k, v, gating.g, gating.beta, nullptr, nullptr, options);
   options.A_log = &A_log;
   options.dt_bias = &dt_bias;
   const auto fused = hops::ref::gdn_forward(q, k, v, a, b, nullptr, nullptr, options);
@@ -349,14 +356,16 @@ TEST(GdnRecurrent, SlotsMatchForwardAndMinusOneSkips) {
   for (int64_t n : {0, 2}) {
     const int64_t slot = indices[n];
     const Array64 h0 = select(pool_before, 0, slot);
-    const auto expected = hops::ref::gdn_forward(select(q, 0, n), select(k, 0, n), select(v, 0, n),
-                                                 select(g, 0, n), select(beta, 0, n), &h0, nullptr, options);
+    const auto expected =
+        hops::ref::gdn_forward(select(q, 0, n), select(k, 0, n), select(v, 0, n), select(g, 0, n),
+                               select(beta, 0, n), &h0, nullptr, options);
     SCOPED_TRACE("sequence " + std::to_string(n));
     expect_near(select(o, 0, n), expected.o);
     expect_near(select(pool, 0, slot), expected.final_state);
   }
   expect_near(select(o, 0, 1), Array64({1, T, HV, V}, 999.0), 0.0);  // skipped sequence
-  for (int64_t slot : {1, 2, 3}) expect_near(select(pool, 0, slot), select(pool_before, 0, slot), 0.0);
+  for (int64_t slot : {1, 2, 3})
+    expect_near(select(pool, 0, slot), select(pool_before, 0, slot), 0.0);
 
   const std::vector<int64_t> duplicate = {0, 0, 1};
   EXPECT_THROW(hops::ref::gdn_recurrent(q, k, v, g, beta, pool, &duplicate, nullptr, options, o),
@@ -391,7 +400,8 @@ TEST(GdnRecurrent, VarlenWithoutIndicesUsesSlotN) {
 
 TEST(GdnForward, RejectsHvNotMultipleOfH) {
   const Array64 q({1, 1, 2, 2}), k({1, 1, 2, 2}), v({1, 1, 3, 2}), g({1, 1, 3}), beta({1, 1, 3});
-  EXPECT_THROW(hops::ref::gdn_forward(q, k, v, g, beta, nullptr, nullptr, GdnOptions{}), std::invalid_argument);
+  EXPECT_THROW(hops::ref::gdn_forward(q, k, v, g, beta, nullptr, nullptr, GdnOptions{}),
+               std::invalid_argument);
 }
 
 // ---- conv1d_fwd ------------------------------------------------------------------
@@ -405,7 +415,8 @@ struct ConvCase {
 
 TEST(Conv1dFwd, DirectSum) {
   const ConvCase c;
-  const auto result = hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, nullptr, nullptr, Activation::none, 0);
+  const auto result =
+      hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, nullptr, nullptr, Activation::none, 0);
   // channel 0: y[t] = 0.5 + x[t-2] + 10 x[t-1] + 100 x[t]; channel 1: y[t] = -1 + 2 x[t-2] - x[t].
   expect_near(result.y, from_values({1, 4, 2}, {100.5, -6.0, 210.5, -7.0, 321.5, 2.0, 432.5, 3.0}));
   EXPECT_EQ(result.final_state.shape, (std::vector<int64_t>{1, 2, 0}));
@@ -415,7 +426,8 @@ TEST(Conv1dFwd, InitialStateFeedsTheFirstTokens) {
   const ConvCase c;
   // Channel 0 state 7,8,9 (L0 = 3 > W-1): only the last two columns, 8 and 9, are read.
   const Array64 state = from_values({1, 2, 3}, {7.0, 8.0, 9.0, 0.0, 0.0, 0.0});
-  const auto result = hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, &state, nullptr, Activation::none, 0);
+  const auto result =
+      hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, &state, nullptr, Activation::none, 0);
   EXPECT_NEAR(result.y.at({0, 0, 0}), 0.5 + 8.0 + 10.0 * 9.0 + 100.0 * 1.0, 1e-12);
   EXPECT_NEAR(result.y.at({0, 1, 0}), 0.5 + 9.0 + 10.0 * 1.0 + 100.0 * 2.0, 1e-12);
   EXPECT_NEAR(result.y.at({0, 2, 0}), 321.5, 1e-12);  // past the state: as without it
@@ -426,25 +438,28 @@ TEST(Conv1dFwd, FinalStateOfAShortSequence) {
   const Array64 two_tokens = slice(c.x, 1, 0, 2);  // channel 0: 1, 2
   const Array64 state = from_values({1, 2, 3}, {7.0, 8.0, 9.0, 0.0, 0.0, 0.0});
   auto final_channel0 = [&](const Array64* initial, int64_t final_len) {
-    const auto result = hops::ref::conv1d_fwd(two_tokens, c.weight, &c.bias, initial, nullptr, Activation::none,
-                                              final_len);
+    const auto result = hops::ref::conv1d_fwd(two_tokens, c.weight, &c.bias, initial, nullptr,
+                                              Activation::none, final_len);
     return slice(select(result.final_state, 1, 0), 2, 0, final_len);
   };
   // Virtual input with state: 7 8 9 | 1 2. Without: 0 0 | 1 2.
   expect_near(final_channel0(&state, 4), from_values({1, 1, 4}, {8.0, 9.0, 1.0, 2.0}), 0.0);
-  expect_near(final_channel0(&state, 6), from_values({1, 1, 6}, {0.0, 7.0, 8.0, 9.0, 1.0, 2.0}), 0.0);
+  expect_near(final_channel0(&state, 6), from_values({1, 1, 6}, {0.0, 7.0, 8.0, 9.0, 1.0, 2.0}),
+              0.0);
   expect_near(final_channel0(nullptr, 4), from_values({1, 1, 4}, {0.0, 0.0, 1.0, 2.0}), 0.0);
   expect_near(final_channel0(&state, 1), from_values({1, 1, 1}, {2.0}), 0.0);
 
   // A long sequence keeps its own last tokens: 2, 3, 4 for channel 0.
-  const auto full = hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, &state, nullptr, Activation::none, 3);
+  const auto full =
+      hops::ref::conv1d_fwd(c.x, c.weight, &c.bias, &state, nullptr, Activation::none, 3);
   expect_near(full.final_state, from_values({1, 2, 3}, {2.0, 3.0, 4.0, 6.0, 7.0, 8.0}), 0.0);
 }
 
 TEST(Conv1dFwd, SiluActivation) {
   const Array64 x = from_values({1, 3, 1}, {-1.0, 0.0, 2.0});
   const Array64 weight = from_values({1, 1}, {1.0});
-  const auto result = hops::ref::conv1d_fwd(x, weight, nullptr, nullptr, nullptr, Activation::silu, 0);
+  const auto result =
+      hops::ref::conv1d_fwd(x, weight, nullptr, nullptr, nullptr, Activation::silu, 0);
   EXPECT_NEAR(result.y.at({0, 0, 0}), -1.0 / (1.0 + std::exp(1.0)), 1e-15);
   EXPECT_EQ(result.y.at({0, 1, 0}), 0.0);
   EXPECT_NEAR(result.y.at({0, 2, 0}), 2.0 / (1.0 + std::exp(-2.0)), 1e-15);
@@ -458,12 +473,13 @@ TEST(Conv1dFwd, VarlenEqualsSeparateRuns) {
   const Array64 weight = random_array({D, W}, rng);
   const Array64 bias = random_array({D}, rng);
   const Array64 initial = random_array({N, D, L0}, rng);
-  const auto packed = hops::ref::conv1d_fwd(x, weight, &bias, &initial, &cu, Activation::silu, final_len);
+  const auto packed =
+      hops::ref::conv1d_fwd(x, weight, &bias, &initial, &cu, Activation::silu, final_len);
 
   for (int64_t n = 0; n < N; ++n) {
     const Array64 initial_n = select(initial, 0, n);
-    const auto alone = hops::ref::conv1d_fwd(slice(x, 1, cu[n], cu[n + 1]), weight, &bias, &initial_n, nullptr,
-                                             Activation::silu, final_len);
+    const auto alone = hops::ref::conv1d_fwd(slice(x, 1, cu[n], cu[n + 1]), weight, &bias,
+                                             &initial_n, nullptr, Activation::silu, final_len);
     SCOPED_TRACE("sequence " + std::to_string(n));
     expect_near(slice(packed.y, 1, cu[n], cu[n + 1]), alone.y);
     expect_near(select(packed.final_state, 0, n), alone.final_state);
@@ -471,7 +487,8 @@ TEST(Conv1dFwd, VarlenEqualsSeparateRuns) {
   // The empty sequence: a zero, then its whole initial state.
   for (int64_t d = 0; d < D; ++d) {
     EXPECT_EQ(packed.final_state.at({1, d, 0}), 0.0);
-    for (int64_t col = 0; col < L0; ++col) EXPECT_EQ(packed.final_state.at({1, d, col + 1}), initial.at({1, d, col}));
+    for (int64_t col = 0; col < L0; ++col)
+      EXPECT_EQ(packed.final_state.at({1, d, col + 1}), initial.at({1, d, col}));
   }
 }
 
@@ -495,10 +512,10 @@ void check_update_matches_forward(int64_t state_len, int64_t L) {
   for (int64_t n : {0, 2}) {
     const int64_t slot = indices[n];
     const Array64 initial = select(pool_before, 0, slot);
-    const auto expected =
-        hops::ref::conv1d_fwd(select(x, 0, n), weight, &bias, &initial, nullptr, Activation::silu, state_len);
-    SCOPED_TRACE("state_len " + std::to_string(state_len) + ", L " + std::to_string(L) + ", sequence " +
-                 std::to_string(n));
+    const auto expected = hops::ref::conv1d_fwd(select(x, 0, n), weight, &bias, &initial, nullptr,
+                                                Activation::silu, state_len);
+    SCOPED_TRACE("state_len " + std::to_string(state_len) + ", L " + std::to_string(L) +
+                 ", sequence " + std::to_string(n));
     expect_near(select(y, 0, n), expected.y);
     expect_near(select(pool, 0, slot), expected.final_state);
   }

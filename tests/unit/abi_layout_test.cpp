@@ -9,7 +9,8 @@
 
 namespace {
 
-#define EXPECT_LAYOUT(type, field, offset) EXPECT_EQ(offsetof(type, field), offset) << #type "." #field
+#define EXPECT_LAYOUT(type, field, offset) \
+  EXPECT_EQ(offsetof(type, field), offset) << #type "." #field
 
 TEST(AbiLayout, Exec) {
   EXPECT_EQ(sizeof(hops_exec), 40u);

@@ -21,8 +21,13 @@ struct HostTensor {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     data.assign(static_cast<size_t>(n), 0.5f);
-    dl = {data.data(), {kDLCPU, 0}, static_cast<int>(shape.size()), {kDLFloat, 32, 1},
-          shape.data(), nullptr, 0};
+    dl = {data.data(),
+          {kDLCPU, 0},
+          static_cast<int>(shape.size()),
+          {kDLFloat, 32, 1},
+          shape.data(),
+          nullptr,
+          0};
   }
 };
 

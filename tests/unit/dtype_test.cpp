@@ -21,9 +21,9 @@ TEST(Dtype, F16KnownValues) {
   EXPECT_EQ(from_float<f16>(1.0f).bits, 0x3c00);
   EXPECT_EQ(from_float<f16>(-2.0f).bits, 0xc000);
   EXPECT_EQ(from_float<f16>(65504.0f).bits, 0x7bff);
-  EXPECT_EQ(from_float<f16>(65520.0f).bits, 0x7c00);  // rounds up to infinity
-  EXPECT_EQ(from_float<f16>(0x1p-24f).bits, 0x0001);  // smallest subnormal
-  EXPECT_EQ(from_float<f16>(0x1p-26f).bits, 0x0000);  // below half of it
+  EXPECT_EQ(from_float<f16>(65520.0f).bits, 0x7c00);         // rounds up to infinity
+  EXPECT_EQ(from_float<f16>(0x1p-24f).bits, 0x0001);         // smallest subnormal
+  EXPECT_EQ(from_float<f16>(0x1p-26f).bits, 0x0000);         // below half of it
   EXPECT_EQ(from_float<f16>(1.0f + 0x1p-11f).bits, 0x3c00);  // tie to even
   EXPECT_TRUE(std::isnan(to_float(from_float<f16>(std::numeric_limits<float>::quiet_NaN()))));
 }

@@ -62,16 +62,15 @@ TEST(ScratchPool, UsesTheHostAllocator) {
   struct Counts {
     int allocs = 0, frees = 0;
   } counts;
-  hops_allocator allocator{
-      sizeof(hops_allocator), &counts,
-      [](void* ctx, DLDevice, size_t bytes, void*) -> void* {
-        static_cast<Counts*>(ctx)->allocs++;
-        return std::aligned_alloc(64, bytes);
-      },
-      [](void* ctx, DLDevice, void* ptr, size_t, void*) {
-        static_cast<Counts*>(ctx)->frees++;
-        std::free(ptr);
-      }};
+  hops_allocator allocator{sizeof(hops_allocator), &counts,
+                           [](void* ctx, DLDevice, size_t bytes, void*) -> void* {
+                             static_cast<Counts*>(ctx)->allocs++;
+                             return std::aligned_alloc(64, bytes);
+                           },
+                           [](void* ctx, DLDevice, void* ptr, size_t, void*) {
+                             static_cast<Counts*>(ctx)->frees++;
+                             std::free(ptr);
+                           }};
   {
     ScratchPool pool({kDLCPU, 0});
     pool.set_allocator(&allocator);

@@ -22,8 +22,8 @@ namespace {
 
 // Sizes that satisfy every op's relations (HV % H == 0, W <= 4, states >= W-1).
 const std::map<std::string, int64_t> kSymbols = {
-    {"B", 1},  {"T", 5},  {"H", 2},  {"HV", 4}, {"K", 4},  {"V", 3},  {"N", 1},
-    {"S", 2},  {"W", 3},  {"D", 8},  {"L0", 3}, {"L1", 4}, {"L", 2},  {"state_len", 3}};
+    {"B", 1}, {"T", 5}, {"H", 2}, {"HV", 4}, {"K", 4},  {"V", 3}, {"N", 1},
+    {"S", 2}, {"W", 3}, {"D", 8}, {"L0", 3}, {"L1", 4}, {"L", 2}, {"state_len", 3}};
 
 std::vector<int64_t> parse_shape(const std::string& text) {
   std::vector<int64_t> dims;
@@ -109,9 +109,14 @@ class FuzzCall {
       auto* v = reinterpret_cast<float*>(b.bytes.data());
       for (int64_t j = 0; j < count; ++j) v[j] = -0.25f + 0.01f * static_cast<float>(j % 37);
     }
-    b.dl = {b.bytes.data(), {kDLCPU, 0}, static_cast<int>(b.shape.size()),
-            {static_cast<uint8_t>(index ? kDLInt : kDLFloat), static_cast<uint8_t>(bytes_per * 8), 1},
-            b.shape.data(), b.strides.data(), 0};
+    b.dl = {
+        b.bytes.data(),
+        {kDLCPU, 0},
+        static_cast<int>(b.shape.size()),
+        {static_cast<uint8_t>(index ? kDLInt : kDLFloat), static_cast<uint8_t>(bytes_per * 8), 1},
+        b.shape.data(),
+        b.strides.data(),
+        0};
     values_[i].tensor = &b.dl;
   }
 
@@ -141,16 +146,39 @@ void damage(FuzzCall& call, hops_exec& exec, int& num_args, std::mt19937_64& rng
   if (!value.tensor) return;
   const int ndim = b.dl.ndim;
   switch (pick(12)) {
-    case 0: value.tensor = nullptr; break;
-    case 1: b.dl.dtype = {static_cast<uint8_t>(pick(6)), static_cast<uint8_t>(8 << pick(4)), 1}; break;
-    case 2: b.dl.dtype.lanes = 2; break;
-    case 3: b.dl.device = {static_cast<DLDeviceType>(pick(2) ? kDLCUDA : kDLOpenCL), 0}; break;
-    case 4: if (ndim > 0) b.dl.ndim = static_cast<int>(pick(ndim)); break;
-    case 5: if (ndim > 0) { const int64_t d = pick(ndim); b.shape[d] = pick(b.shape[d] + 1); } break;
-    case 6: if (ndim > 0) b.shape[pick(ndim)] = -1 - pick(3); break;
-    case 7: if (ndim > 0) b.strides[pick(ndim)] = pick(2) ? 0 : -1; break;
-    case 8: b.dl.data = nullptr; break;
-    case 9: b.dl.byte_offset += 1 + pick(3); break;
+    case 0:
+      value.tensor = nullptr;
+      break;
+    case 1:
+      b.dl.dtype = {static_cast<uint8_t>(pick(6)), static_cast<uint8_t>(8 << pick(4)), 1};
+      break;
+    case 2:
+      b.dl.dtype.lanes = 2;
+      break;
+    case 3:
+      b.dl.device = {static_cast<DLDeviceType>(pick(2) ? kDLCUDA : kDLOpenCL), 0};
+      break;
+    case 4:
+      if (ndim > 0) b.dl.ndim = static_cast<int>(pick(ndim));
+      break;
+    case 5:
+      if (ndim > 0) {
+        const int64_t d = pick(ndim);
+        b.shape[d] = pick(b.shape[d] + 1);
+      }
+      break;
+    case 6:
+      if (ndim > 0) b.shape[pick(ndim)] = -1 - pick(3);
+      break;
+    case 7:
+      if (ndim > 0) b.strides[pick(ndim)] = pick(2) ? 0 : -1;
+      break;
+    case 8:
+      b.dl.data = nullptr;
+      break;
+    case 9:
+      b.dl.byte_offset += 1 + pick(3);
+      break;
     case 10: {  // alias another tensor's memory (of at least this size)
       const int j = static_cast<int>(pick(op->num_args));
       if (call.values()[j].tensor && call.buffer(j).bytes.size() >= b.bytes.size()) {
@@ -199,8 +227,8 @@ TEST(ValidationFuzz, DamagedCallsFailCleanlyAndWriteNothing) {
       EXPECT_NE(std::string(api->last_error()).find(op->name), std::string::npos)
           << api->last_error();
       ASSERT_EQ(call.written_bytes(), before)
-          << op->name << " iteration " << iteration << " wrote an output before failing: "
-          << api->last_error();
+          << op->name << " iteration " << iteration
+          << " wrote an output before failing: " << api->last_error();
     }
     EXPECT_GT(rejected, 3000) << op->name;  // the damage really reaches the validator
   }

@@ -101,27 +101,27 @@ typedef enum hops_arg_kind {
 
 typedef struct hops_arg_desc {
   size_t struct_size;
-  const char* name;      /* e.g. "q" */
-  int32_t kind;          /* hops_arg_kind */
-  int32_t optional;      /* tensors: 1 when NULL is accepted */
-  uint32_t dtypes;       /* tensors: HOPS_DTYPE_* mask of accepted dtypes */
-  int64_t default_i64;   /* I64 and BOOL: the value a host should pass by default */
-  double default_f64;    /* F64: likewise */
-  const char* shape;     /* tensors: symbolic shape, e.g. "[B,T,H,K]" */
-  const char* doc;       /* one line */
+  const char* name;    /* e.g. "q" */
+  int32_t kind;        /* hops_arg_kind */
+  int32_t optional;    /* tensors: 1 when NULL is accepted */
+  uint32_t dtypes;     /* tensors: HOPS_DTYPE_* mask of accepted dtypes */
+  int64_t default_i64; /* I64 and BOOL: the value a host should pass by default */
+  double default_f64;  /* F64: likewise */
+  const char* shape;   /* tensors: symbolic shape, e.g. "[B,T,H,K]" */
+  const char* doc;     /* one line */
 } hops_arg_desc;
 
 typedef void (*hops_fn)(void); /* cast to the op's typed signature before calling */
 
 typedef struct hops_op_desc {
   size_t struct_size;
-  const char* name;         /* e.g. "gdn_chunk_fwd" */
-  uint32_t since_major;     /* ABI version in which the op appeared */
+  const char* name;     /* e.g. "gdn_chunk_fwd" */
+  uint32_t since_major; /* ABI version in which the op appeared */
   uint32_t since_minor;
-  const char* doc;          /* one line */
-  int32_t num_args;         /* not counting the leading hops_exec */
+  const char* doc;           /* one line */
+  int32_t num_args;          /* not counting the leading hops_exec */
   const hops_arg_desc* args; /* use hops_op_arg(op, i): the stride is args->struct_size */
-  hops_fn fn;               /* typed entry point */
+  hops_fn fn;                /* typed entry point */
 } hops_op_desc;
 
 static inline const hops_arg_desc* hops_op_arg(const hops_op_desc* op, int32_t i) {
@@ -140,10 +140,10 @@ typedef union hops_value {
 
 typedef struct hops_backend_info {
   size_t struct_size;
-  const char* name;      /* "cpu", "opencl", "cuda" */
-  int32_t device_type;   /* DLDeviceType it serves */
-  int32_t available;     /* 1 when usable on this machine */
-  const char* detail;    /* module path and device, or why it is unavailable */
+  const char* name;    /* "cpu", "opencl", "cuda" */
+  int32_t device_type; /* DLDeviceType it serves */
+  int32_t available;   /* 1 when usable on this machine */
+  const char* detail;  /* module path and device, or why it is unavailable */
 } hops_backend_info;
 
 /* Optional host allocator for scratch memory (e.g. the framework's caching
@@ -169,8 +169,8 @@ typedef struct hops_api {
   const char* (*status_name)(hops_status status);
 
   int32_t (*op_count)(void);
-  const hops_op_desc* (*op_at)(int32_t index);       /* NULL when out of range */
-  const hops_op_desc* (*find_op)(const char* name);  /* NULL when unknown */
+  const hops_op_desc* (*op_at)(int32_t index);      /* NULL when out of range */
+  const hops_op_desc* (*find_op)(const char* name); /* NULL when unknown */
   /* 1 when `op` runs on `device` with primary input dtype `dtype`, else 0. */
   int32_t (*supports)(const char* op, DLDevice device, DLDataType dtype);
 
@@ -197,11 +197,13 @@ typedef hops_status (*hops_gdn_chunk_fwd_fn)(
     const DLTensor* cu_seqlens, const DLTensor* A_log, const DLTensor* dt_bias, const DLTensor* o,
     const DLTensor* final_state, double scale, bool use_qk_l2norm, bool state_v_first);
 
-typedef hops_status (*hops_gdn_recurrent_fn)(
-    const hops_exec* exec, const DLTensor* q, const DLTensor* k, const DLTensor* v,
-    const DLTensor* g, const DLTensor* beta, const DLTensor* state, const DLTensor* state_indices,
-    const DLTensor* cu_seqlens, const DLTensor* A_log, const DLTensor* dt_bias, const DLTensor* o,
-    double scale, bool use_qk_l2norm, bool state_v_first);
+typedef hops_status (*hops_gdn_recurrent_fn)(const hops_exec* exec, const DLTensor* q,
+                                             const DLTensor* k, const DLTensor* v,
+                                             const DLTensor* g, const DLTensor* beta,
+                                             const DLTensor* state, const DLTensor* state_indices,
+                                             const DLTensor* cu_seqlens, const DLTensor* A_log,
+                                             const DLTensor* dt_bias, const DLTensor* o,
+                                             double scale, bool use_qk_l2norm, bool state_v_first);
 
 typedef hops_status (*hops_gdn_gating_fn)(const hops_exec* exec, const DLTensor* A_log,
                                           const DLTensor* a, const DLTensor* b,
@@ -215,10 +217,9 @@ typedef hops_status (*hops_gated_rmsnorm_fn)(const hops_exec* exec, const DLTens
 
 typedef hops_status (*hops_conv1d_fwd_fn)(const hops_exec* exec, const DLTensor* x,
                                           const DLTensor* weight, const DLTensor* bias,
-                                          const DLTensor* initial_state,
-                                          const DLTensor* cu_seqlens, const DLTensor* y,
-                                          const DLTensor* final_state, int64_t activation,
-                                          bool channels_first);
+                                          const DLTensor* initial_state, const DLTensor* cu_seqlens,
+                                          const DLTensor* y, const DLTensor* final_state,
+                                          int64_t activation, bool channels_first);
 
 typedef hops_status (*hops_conv1d_update_fn)(const hops_exec* exec, const DLTensor* x,
                                              const DLTensor* state, const DLTensor* weight,
