@@ -52,7 +52,7 @@ inline float from_float<float>(float x) {
 
 template <>
 inline bf16 from_float<bf16>(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const auto bits = std::bit_cast<uint32_t>(x);
   if (std::isnan(x)) return {static_cast<uint16_t>((bits >> 16) | 0x40u)};  // keep it a NaN
   const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);                  // to nearest even
   return {static_cast<uint16_t>((bits + rounding) >> 16)};
@@ -60,7 +60,7 @@ inline bf16 from_float<bf16>(float x) {
 
 template <>
 inline f16 from_float<f16>(float x) {
-  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const auto bits = std::bit_cast<uint32_t>(x);
   const auto sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t magnitude = bits & 0x7fffffffu;
   if (magnitude >= 0x7f800000u) {  // inf or NaN

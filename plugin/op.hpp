@@ -171,29 +171,30 @@ namespace detail {
 template <class T>
 hops_value to_value(T value) {
   hops_value v{};
-  if constexpr (std::is_same_v<T, const DLTensor*>)
+  if constexpr (std::is_same_v<T, const DLTensor*>) {
     v.tensor = value;
-  else if constexpr (std::is_same_v<T, int64_t>)
+  } else if constexpr (std::is_same_v<T, int64_t>) {
     v.i64 = value;
-  else if constexpr (std::is_same_v<T, double>)
+  } else if constexpr (std::is_same_v<T, double>) {
     v.f64 = value;
-  else if constexpr (std::is_same_v<T, bool>)
+  } else {
+    static_assert(std::is_same_v<T, bool>, "unsupported argument type in an op signature");
     v.boolean = value;
-  else
-    static_assert(!sizeof(T), "unsupported argument type in an op signature");
+  }
   return v;
 }
 
 template <class T>
 constexpr bool matches(const hops_arg_desc& arg) {
-  if constexpr (std::is_same_v<T, const DLTensor*>)
+  if constexpr (std::is_same_v<T, const DLTensor*>) {
     return is_tensor(arg);
-  else if constexpr (std::is_same_v<T, int64_t>)
+  } else if constexpr (std::is_same_v<T, int64_t>) {
     return arg.kind == HOPS_ARG_I64;
-  else if constexpr (std::is_same_v<T, double>)
+  } else if constexpr (std::is_same_v<T, double>) {
     return arg.kind == HOPS_ARG_F64;
-  else
+  } else {
     return arg.kind == HOPS_ARG_BOOL;
+  }
 }
 
 template <class Signature>

@@ -56,6 +56,7 @@ std::vector<Backend> load_backend_modules(const std::filesystem::path& folder) {
     // RTLD_LOCAL: a module's symbols never leak into the host's namespace.
     void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
+      // NOLINTNEXTLINE(concurrency-mt-unsafe): runs once, inside the registry's static-init guard
       unavailable(fmt::format("cannot open {}: {}", path.string(), dlerror()));
       continue;
     }

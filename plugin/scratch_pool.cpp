@@ -36,7 +36,7 @@ ScratchPool::Lease ScratchPool::acquire(size_t bytes) {
     blocks_.push_back({data, rounded, false, allocator_});
   }
   blocks_[best].in_use = true;
-  return Lease(this, blocks_[best].data);
+  return {this, blocks_[best].data};
 }
 
 void ScratchPool::release(void* data) {
@@ -50,7 +50,7 @@ void ScratchPool::free_block(const Block& block) {
   if (block.owner.free) {
     block.owner.free(block.owner.ctx, device_, block.data, block.bytes, nullptr);
   } else {
-    std::free(block.data);
+    std::free(block.data);  // NOLINT(cppcoreguidelines-owning-memory): the pool owns its blocks
   }
 }
 

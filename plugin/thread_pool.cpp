@@ -82,6 +82,7 @@ void ThreadPool::worker_loop(const std::stop_token& stop) {
 }
 
 int default_thread_count() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, when the pool is made
   if (const char* env = std::getenv("HOPS_NUM_THREADS")) {
     const int n = std::atoi(env);
     if (n > 0) return n;

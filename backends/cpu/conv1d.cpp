@@ -48,8 +48,8 @@ void load_state_column(const Tensor& state, int64_t index, int64_t d0, int64_t c
 }
 
 void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count, float* scratch) {
-  const auto [row, begin, end] = op.sequences[n];
-  const int64_t W = op.W, length = end - begin;
+  const Sequences::Span span = op.sequences[n];
+  const int64_t W = op.W, length = span.end - span.begin;
   const int64_t L0 = op.initial_state ? op.initial_state.shape[2] : 0;
   const int64_t L1 = op.final_state ? op.final_state.shape[2] : 0;
   const BlockFilter filter(op.weight, op.bias, d0, count);
@@ -57,7 +57,7 @@ void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count
   // column L0 + p, else zero.
   auto load_position = [&](int64_t p, float* out) {
     if (p >= 0) {
-      load_run(op.x, op.x.offset(row, begin + p, d0), op.x.stride[2], count, out);
+      load_run(op.x, op.x.offset(span.row, span.begin + p, d0), op.x.stride[2], count, out);
     } else if (L0 + p >= 0) {
       load_state_column(op.initial_state, n, d0, L0 + p, count, out);
     } else {
@@ -74,7 +74,7 @@ void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count
     load_position(t, slot(t));
     for (int64_t j = 0; j < W; ++j) inputs[j] = slot(t - (W - 1) + j);
     filter.apply(inputs, count, op.activation, out);
-    store_run(op.y, op.y.offset(row, begin + t, d0), op.y.stride[2], count, out);
+    store_run(op.y, op.y.offset(span.row, span.begin + t, d0), op.y.stride[2], count, out);
   }
   // Final state column c holds position length - L1 + c.
   for (int64_t c = 0; c < L1; ++c) {

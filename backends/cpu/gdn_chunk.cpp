@@ -60,6 +60,7 @@ struct Gemm {
 // dependent `using`).
 template <int Lanes>
 struct Simd {
+  // NOLINTNEXTLINE(modernize-use-using)
   typedef float vec __attribute__((vector_size(Lanes * sizeof(float))));
 };
 

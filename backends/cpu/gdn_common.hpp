@@ -49,7 +49,7 @@ inline float dot(const float* __restrict x, const float* __restrict y, int64_t n
   }
   float sum = 0.0f;
   for (; i < n; ++i) sum += x[i] * y[i];
-  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  for (const float lane : lanes) sum += lane;
   return sum;
 }
 
