@@ -137,7 +137,7 @@ void fwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const Con
     if (c.initial_len >= 0)
       call.tensor("initial_state", Tensor::input(ctx.device, params, h0, pad));
     if (!c.cu_seqlens.empty()) {
-      call.tensor("cu_seqlens", Tensor::indices(ctx.device, c.index_dtype, c.cu_seqlens));
+      call.tensor("cu_seqlens", Tensor::indices(ctx.index_device(), c.index_dtype, c.cu_seqlens));
     }
     const Tensor y = y_tensor(ctx.device, dtype, {c.B, c.T, c.D}, c.layout);
     call.tensor("y", y);
@@ -257,7 +257,8 @@ void update_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
     call.tensor("x", Tensor::input(ctx.device, dtype, x, pad)).tensor("state", state);
     call.tensor("weight", Tensor::input(ctx.device, params, weight));
     if (c.bias) call.tensor("bias", Tensor::input(ctx.device, params, bias));
-    if (c.slots) call.tensor("state_indices", Tensor::indices(ctx.device, c.index_dtype, *c.slots));
+    if (c.slots)
+      call.tensor("state_indices", Tensor::indices(ctx.index_device(), c.index_dtype, *c.slots));
     call.tensor("y", y).i64("activation", c.activation);
     if (c.null_strides) call.null_strides();
     call.run(typed_too);

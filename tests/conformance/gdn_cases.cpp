@@ -131,7 +131,7 @@ void chunk_case(const Context& ctx, const hops_op_desc& op, DType dtype, const G
     if (c.initial_state)
       call.tensor("initial_state", Tensor::input(ctx.device, DType::f32, h0, c.pad(4)));
     if (!c.cu_seqlens.empty()) {
-      call.tensor("cu_seqlens", Tensor::indices(ctx.device, c.index_dtype, c.cu_seqlens));
+      call.tensor("cu_seqlens", Tensor::indices(ctx.index_device(), c.index_dtype, c.cu_seqlens));
     }
     const Tensor o = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV, c.V}, c.pad(4));
     call.tensor("o", o);
@@ -161,9 +161,10 @@ void recurrent_case(const Context& ctx, const hops_op_desc& op, DType dtype, con
     const Tensor state = Tensor::input(ctx.device, DType::f32, pool, c.pad(4));
     const std::vector<uint32_t> state_before = state.read_bits();
     call.tensor("state", state);
-    if (c.slots) call.tensor("state_indices", Tensor::indices(ctx.device, c.index_dtype, *c.slots));
+    if (c.slots)
+      call.tensor("state_indices", Tensor::indices(ctx.index_device(), c.index_dtype, *c.slots));
     if (!c.cu_seqlens.empty()) {
-      call.tensor("cu_seqlens", Tensor::indices(ctx.device, c.index_dtype, c.cu_seqlens));
+      call.tensor("cu_seqlens", Tensor::indices(ctx.index_device(), c.index_dtype, c.cu_seqlens));
     }
     const Tensor o = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV, c.V}, c.pad(4));
     call.tensor("o", o);
