@@ -17,7 +17,7 @@ say() { printf '\n== %s\n' "$*"; }
 
 # ---- system packages ---------------------------------------------------------
 APT_PACKAGES=(build-essential cmake pkg-config git python3 python3-venv
-              libffi-dev libdlpack-dev libfmt-dev ocl-icd-opencl-dev
+              libffi-dev libdlpack-dev libfmt-dev ocl-icd-opencl-dev pocl-opencl-icd
               googletest libgtest-dev libbenchmark-dev clang-format clang-tidy)
 
 install_system_packages() {

@@ -1,6 +1,8 @@
 // Wrong calls. Each starts from a valid call of its op (checked to pass
 // first), spoils exactly one thing, and must get the right status, a
 // last_error naming the op and the offending argument, and no byte written.
+// Wrong index values live in host memory: only there does the contract have
+// them validated (device-resident ones are clamped by the kernels instead).
 #include <fmt/format.h>
 
 #include <cmath>
@@ -24,7 +26,7 @@ struct BadCall {
 struct OpBadCalls {
   std::string_view op;
   Invocation (*base)(const Context&, const hops_op_desc&, Random&);
-  std::vector<BadCall> (*calls)(Device&);
+  std::vector<BadCall> (*calls)(const Context&);
 };
 
 Tensor f32(Device& device, Shape shape) {
@@ -62,13 +64,14 @@ Invocation gdn_chunk_base(const Context& ctx, const hops_op_desc& op, Random& ra
   return call;
 }
 
-std::vector<BadCall> gdn_chunk_bad_calls(Device& d) {
+std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
   auto without_states = [](Invocation& call) {
     call.tensor("initial_state", {}).tensor("final_state", {});
   };
   // Varlen calls drop the states: N changes with cu_seqlens.
   auto varlen = [&](const std::vector<int64_t>& cu, DType dtype = DType::i32) {
-    Tensor t = Tensor::indices(d, dtype == DType::f32 ? DType::i32 : dtype, cu);
+    Tensor t = Tensor::indices(*ctx.host, dtype == DType::f32 ? DType::i32 : dtype, cu);
     if (dtype == DType::f32) {
       Array64 values({static_cast<int64_t>(cu.size())});
       for (size_t i = 0; i < cu.size(); ++i) values.data[i] = static_cast<double>(cu[i]);
@@ -110,11 +113,13 @@ std::vector<BadCall> gdn_chunk_bad_calls(Device& d) {
       {"v has data NULL with 120 elements",
        {"v"},
        patch("v", [](DLTensor& t) { t.data = nullptr; })},
-      {"q lives on kDLCUDA, the call on the CPU",
+      // Vulkan: a device that none of the runner's backends uses, so it is
+      // foreign whichever backend is under test.
+      {"q lives on kDLVulkan, the call on the backend's device",
        {"q"},
        patch("q",
              [](DLTensor& t) {
-               t.device = {kDLCUDA, 0};
+               t.device = {kDLVulkan, 0};
              })},
       {"cu_seqlens does not start at 0: [1,5]", {"cu_seqlens"}, varlen({1, 5})},
       {"cu_seqlens decreases: [0,3,2,5]", {"cu_seqlens"}, varlen({0, 3, 2, 5})},
@@ -137,10 +142,10 @@ std::vector<BadCall> gdn_chunk_bad_calls(Device& d) {
       {"exec struct_size ends before the stream",
        {"exec"},
        [](Invocation& call) { call.exec().struct_size = offsetof(hops_exec, stream); }},
-      {"exec device kDLCUDA, tensors on the CPU",
+      {"exec device kDLVulkan, tensors on the backend's device",
        {"exec", "q"},
        [](Invocation& call) {
-         call.exec().device = {kDLCUDA, 0};
+         call.exec().device = {kDLVulkan, 0};
        }},
       {"api->call with num_args one short", {}, [](Invocation& call) { call.num_args(13); }},
   };
@@ -164,9 +169,10 @@ Invocation gdn_recurrent_base(const Context& ctx, const hops_op_desc& op, Random
   return call;
 }
 
-std::vector<BadCall> gdn_recurrent_bad_calls(Device& d) {
+std::vector<BadCall> gdn_recurrent_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
   auto slots = [&](const std::vector<int64_t>& values) {
-    return set("state_indices", Tensor::indices(d, DType::i32, values));
+    return set("state_indices", Tensor::indices(*ctx.host, DType::i32, values));
   };
   return {
       {"state_indices entry 4 >= S=4", {"state_indices"}, slots({2, -1, 4})},
@@ -204,7 +210,8 @@ Invocation conv1d_fwd_base(const Context& ctx, const hops_op_desc& op, Random& r
   return call;
 }
 
-std::vector<BadCall> conv1d_fwd_bad_calls(Device& d) {
+std::vector<BadCall> conv1d_fwd_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
   return {
       {"weight has W=5", {"weight"}, set("weight", f32(d, {5, 5}))},
       {"initial_state length 2 < W-1", {"initial_state"}, set("initial_state", f32(d, {1, 5, 2}))},
@@ -235,13 +242,14 @@ Invocation conv1d_update_base(const Context& ctx, const hops_op_desc& op, Random
   return call;
 }
 
-std::vector<BadCall> conv1d_update_bad_calls(Device& d) {
+std::vector<BadCall> conv1d_update_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
   return {
       {"state length 2 < W-1", {"state"}, set("state", f32(d, {3, 5, 2}))},
       {"x has rank 4", {"x"}, set("x", f32(d, {2, 1, 1, 5}))},
       {"state_indices entry 3 >= S=3",
        {"state_indices"},
-       set("state_indices", Tensor::indices(d, DType::i64, {1, 3}))},
+       set("state_indices", Tensor::indices(*ctx.host, DType::i64, {1, 3}))},
       {"y has shape [2,6]", {"y"}, set("y", f32(d, {2, 6}))},
       {"weight has W=0", {"weight"}, set("weight", f32(d, {5, 0}))},
   };
@@ -259,7 +267,8 @@ Invocation gated_rmsnorm_base(const Context& ctx, const hops_op_desc& op, Random
   return call;
 }
 
-std::vector<BadCall> gated_rmsnorm_bad_calls(Device& d) {
+std::vector<BadCall> gated_rmsnorm_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
   return {
       {"eps is NaN", {"eps"}, [](Invocation& call) { call.f64("eps", NAN); }},
       {"weight has 7 entries for D=8", {"weight"}, set("weight", f32(d, {7}))},
@@ -282,7 +291,8 @@ Invocation gdn_gating_base(const Context& ctx, const hops_op_desc& op, Random& r
   return call;
 }
 
-std::vector<BadCall> gdn_gating_bad_calls(Device& d) {
+std::vector<BadCall> gdn_gating_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
   return {
       {"b has shape [4,5] while a has [4,6]", {"b"}, set("b", f32(d, {4, 5}))},
       {"A_log has 5 entries for HV=6", {"A_log"}, set("A_log", f32(d, {5}))},
@@ -342,7 +352,7 @@ void bad_input_cases(const Context& ctx, const OpFilter& selected) {
       ctx.report.fail(fmt::format("bad input: {} valid base call", group.op), e.what());
       continue;
     }
-    for (const BadCall& bad : group.calls(ctx.device)) {
+    for (const BadCall& bad : group.calls(ctx)) {
       const std::string name = fmt::format("bad input: {}: {}", group.op, bad.what);
       try {
         Invocation call = base;

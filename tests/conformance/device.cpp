@@ -36,8 +36,13 @@ class HostDevice final : public Device {
 
 }  // namespace
 
+std::unique_ptr<Device> make_cuda_device();    // device_cuda.cpp
+std::unique_ptr<Device> make_opencl_device();  // device_opencl.cpp
+
 std::unique_ptr<Device> make_device(std::string_view backend) {
   if (backend == "cpu") return std::make_unique<HostDevice>();
+  if (backend == "cuda") return make_cuda_device();
+  if (backend == "opencl") return make_opencl_device();
   return nullptr;
 }
 

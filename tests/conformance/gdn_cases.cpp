@@ -196,6 +196,9 @@ std::vector<GdnCase> chunk_sweep() {
       {.B = 1, .T = 1000, .H = 1, .HV = 1, .K = 7, .V = 5,
        .initial_state = true, .final_state = true, .half = true, .heavy = true},
       {.B = 2, .T = 0, .H = 1, .HV = 2, .K = 8, .V = 4, .initial_state = true, .final_state = true},
+      // Odd K with V a multiple of 16 (the SIMD panels of the OpenCL CPU kernel).
+      {.B = 1, .T = 40, .H = 1, .HV = 2, .K = 9, .V = 32,
+       .initial_state = true, .final_state = true, .l2norm = true, .half = true},
       // K=32, V=48 with each option.
       {.B = 2, .T = 65, .H = 2, .HV = 2, .K = 32, .V = 48,
        .initial_state = true, .final_state = true, .l2norm = true},

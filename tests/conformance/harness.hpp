@@ -22,6 +22,14 @@ struct Context {
   Report& report;
   uint64_t seed = 0;
   bool quick = false;
+  // Host memory. Index tensors whose values must be validated live here: a
+  // device-resident one is not read by the plugin, only clamped by its
+  // kernels (docs/DECISIONS.md).
+  Device* host = nullptr;
+  bool host_indices = false;  // --host-indices: the cases' index tensors in host memory
+
+  // Where the cases put cu_seqlens and state_indices.
+  Device& index_device() const { return host_indices ? *host : device; }
 };
 
 // A failure that is not a comparison (bad status, wrong bytes, bad descriptor).

@@ -1,6 +1,7 @@
 // hops-conformance: checks any provider .so against the hops ABI contract.
 //
 //   hops-conformance --provider PATH [--backend NAME] [--op NAME] [--quick] [--seed N]
+//                    [--host-indices]
 //
 // Prints one line per case (PASS / FAIL / SKIP) and "N passed, M failed";
 // exits non-zero on any failure.
@@ -25,11 +26,13 @@ struct Options {
   std::string backend = "cpu";
   std::string op;  // empty: all
   bool quick = false;
+  bool host_indices = false;  // index tensors in host memory, not on the backend's device
   uint64_t seed = 20250601;
 };
 
 constexpr const char* kUsage =
-    "usage: hops-conformance --provider PATH [--backend NAME] [--op NAME] [--quick] [--seed N]\n";
+    "usage: hops-conformance --provider PATH [--backend NAME] [--op NAME] [--quick] [--seed N]\n"
+    "                        [--host-indices]\n";
 
 std::optional<Options> parse(int argc, char** argv) {
   Options options;
@@ -46,6 +49,8 @@ std::optional<Options> parse(int argc, char** argv) {
       options.seed = std::strtoull(argv[++i], nullptr, 10);
     } else if (arg == "--quick") {
       options.quick = true;
+    } else if (arg == "--host-indices") {
+      options.host_indices = true;
     } else {
       return std::nullopt;
     }
@@ -92,19 +97,22 @@ void op_cases(const Context& ctx, const OpFilter& selected) {
 }
 
 int run(const Options& options) {
-  fmt::print("hops-conformance: provider {}, backend {}, seed {}{}\n", options.provider,
-             options.backend, options.seed, options.quick ? ", quick" : "");
+  fmt::print("hops-conformance: provider {}, backend {}, seed {}{}{}\n", options.provider,
+             options.backend, options.seed, options.quick ? ", quick" : "",
+             options.host_indices ? ", index tensors in host memory" : "");
   Report report;
   const Provider provider(options.provider);
   report.section("entry point and descriptors");
   const hops_api* api = check_entry_point(report, provider.get_api());
   const std::unique_ptr<Device> device = make_device(options.backend);
+  const std::unique_ptr<Device> host = make_device("cpu");
   if (!device) {
     report.fail(fmt::format("backend {}", options.backend),
                 "the runner has no device memory implementation for this backend");
   }
   if (api && device) {
-    const Context ctx{*api, *device, report, options.seed, options.quick};
+    const Context ctx{
+        *api, *device, report, options.seed, options.quick, host.get(), options.host_indices};
     check_descriptors(ctx);
     check_backends(ctx, options.backend);
     const OpFilter selected = [&](std::string_view op) {

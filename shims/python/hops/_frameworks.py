@@ -23,6 +23,8 @@ def dtype_name(x) -> str:
 
 def empty(like, shape, dtype: str | None = None):
     """An uninitialised array of `like`'s framework and device; dtype defaults to like's."""
+    if hasattr(like, "empty") and hasattr(like, "__dlpack_device__") and not is_torch(like):
+        return like.empty(shape, dtype)  # hops.opencl.DeviceArray
     if is_torch(like):
         torch = _torch()
         return torch.empty(tuple(shape), dtype=getattr(torch, dtype) if dtype else like.dtype,
@@ -35,6 +37,8 @@ def empty_like(x, dtype: str | None = None):
     view gets a transposed output, so kernels write it as they read x)."""
     if is_torch(x):
         return _torch().empty_like(x, dtype=getattr(_torch(), dtype) if dtype else None)
+    if not isinstance(x, np.ndarray) and hasattr(x, "empty"):
+        return x.empty(x.shape, dtype)  # hops.opencl.DeviceArray
     return np.empty_like(x, dtype=dtype)
 
 

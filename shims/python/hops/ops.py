@@ -8,11 +8,15 @@ validation is the provider's (its errors arrive as hops.HopsError).
 
 Ops the provider lists that have no wrapper here are still attributes of this
 module: the generated binding itself, called with caller-allocated outputs.
+
+Every wrapper also takes device="opencl": numpy arrays then run on the OpenCL
+backend, copied in and out (hops.opencl).
 """
 
 from ._bindings import OpBinding, library
 from ._frameworks import empty, empty_like, index_array
 from .errors import HopsError, unsupported
+from .opencl import device_option
 
 _ACTIVATIONS = {None: 0, False: 0, "none": 0, "identity": 0, True: 1, "silu": 1, "swish": 1}
 
@@ -42,6 +46,7 @@ def _gdn_state_shape(n, hv, k, v, state_v_first) -> tuple[int, ...]:
     return (n, hv, v, k) if state_v_first else (n, hv, k, v)
 
 
+@device_option
 def gdn_chunk_fwd(q, k, v, g, beta, *, scale=None, initial_state=None, cu_seqlens=None,
                   use_qk_l2norm=False, output_final_state=False, A_log=None, dt_bias=None,
                   state_v_first=False):
@@ -64,6 +69,7 @@ def gdn_chunk_fwd(q, k, v, g, beta, *, scale=None, initial_state=None, cu_seqlen
     return o, final_state
 
 
+@device_option
 def gdn_recurrent(q, k, v, g, beta, state, *, state_indices=None, cu_seqlens=None, scale=None,
                   use_qk_l2norm=False, A_log=None, dt_bias=None, state_v_first=False):
     """Gated DeltaNet token by token on the state pool `state` [S,HV,K,V] (f32, updated in
@@ -78,6 +84,7 @@ def gdn_recurrent(q, k, v, g, beta, state, *, state_indices=None, cu_seqlens=Non
     return o
 
 
+@device_option
 def gdn_gating(A_log, a, b, dt_bias, *, softplus_beta=1.0, softplus_threshold=20.0):
     """The Qwen3.5 gate -> (g, beta) in a's shape: g = -exp(A_log) softplus(a + dt_bias) in
     float32 (log decays are summed over long sequences), beta = sigmoid(b) in b's dtype."""
@@ -88,6 +95,7 @@ def gdn_gating(A_log, a, b, dt_bias, *, softplus_beta=1.0, softplus_threshold=20
     return g, beta
 
 
+@device_option
 def gated_rmsnorm(x, z, weight, *, eps=1e-6):
     """y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim, in x's dtype."""
     y = empty_like(x)
@@ -95,6 +103,7 @@ def gated_rmsnorm(x, z, weight, *, eps=1e-6):
     return y
 
 
+@device_option
 def conv1d_fwd(x, weight, bias=None, *, activation="silu", initial_state=None, cu_seqlens=None,
                output_final_state=False, state_len=None, channels_first=False):
     """Depthwise causal conv1d over x [B,T,D] ([B,D,T] if channels_first), weight [D,W]
@@ -116,6 +125,7 @@ def conv1d_fwd(x, weight, bias=None, *, activation="silu", initial_state=None, c
     return y, final_state
 
 
+@device_option
 def conv1d_update(x, state, weight, bias=None, *, activation="silu", state_indices=None):
     """Causal conv1d decode: x [N,D] or [N,L,D], state pool [S,D,state_len] updated in place
     (sequence n uses slot state_indices[n], -1 skips it) -> y like x."""

@@ -1,0 +1,102 @@
+// The interface between the host side of the CUDA backend (cuda_backend.cpp,
+// cuda_ops.cpp: compiled by the C++ compiler, where the plugin's headers and
+// fmt live) and the kernels (*.cu, compiled by nvcc, which sees only this
+// header): plain parameter structs passed by value to the kernels, and one
+// launch function per kernel that returns the launch's CUDA status.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace hops::cuda {
+
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI32 = 3, kI64 = 4 };
+
+// A tensor of rank <= 4 (every GDN and conv tensor).
+struct Arg {
+  char* data = nullptr;  // base + byte_offset; null when absent
+  int dtype = kF32;
+  int ndim = 0;
+  int64_t shape[4] = {};
+  int64_t stride[4] = {};  // in elements
+};
+
+// A tensor of any rank viewed as [rows, last]; the leading dims are decomposed
+// from the row index in the kernel (gating and rmsnorm take [..., D]).
+struct RowsArg {
+  char* data = nullptr;
+  int dtype = kF32;
+  int lead = 0;
+  int64_t shape[8] = {};
+  int64_t stride[8] = {};
+  int64_t step = 1;  // stride of the last dim
+};
+
+// An index tensor on the device: int32 or int64, read as int64; device-
+// resident values are clamped by the kernels (docs/DECISIONS.md).
+struct Index {
+  const void* data = nullptr;  // null: absent
+  int64_t stride = 1;
+  int is64 = 1;
+};
+
+struct GatingParams {
+  RowsArg a, b, g, beta;
+  Arg A_log, dt_bias;
+  int64_t rows, HV;
+  float softplus_beta, softplus_threshold;
+};
+
+struct NormParams {
+  RowsArg x, z, y;
+  Arg weight;
+  int64_t rows, D;
+  float eps;
+};
+
+struct ConvParams {
+  Arg x, y, weight, bias, initial_state, final_state;  // x, y as [B,T,D]
+  Index cu;
+  int64_t B, T, D, N, W;
+  int silu;
+  int vector;  // unit channel stride and 16-byte aligned rows: 16-byte accesses
+};
+
+struct ConvUpdateParams {
+  Arg x, y, state, weight, bias;  // x, y as [N,L,D]; state [S,D,SL]
+  Index slots;
+  int64_t N, L, D, W, S, SL;
+  int silu;
+};
+
+struct RecurrentParams {
+  Arg q, k, v, g, beta, A_log, dt_bias, o, state;
+  Index cu, slots;
+  int64_t N, T, H, HV, K, V, S;
+  int64_t k_step, v_step;  // state element (i, j) at i*k_step + j*v_step
+  float scale;
+  int l2norm, fused;
+};
+
+struct ChunkParams {
+  Arg q, k, v, g, beta, A_log, dt_bias, o, h0, ht;
+  Index cu;
+  int64_t N, T, H, HV, K, V;
+  int64_t h0_k, h0_v, ht_k, ht_v;  // state (i, j) steps
+  float scale;
+  int l2norm, fused;
+};
+
+inline constexpr int64_t kMaxHeadDim = 256;  // K limit of the GDN kernels
+
+// Each returns the status of its launch(es) (cudaGetLastError after them).
+// `dtype` is the dtype code of the activations (x, q).
+cudaError_t launch_gdn_gating(const GatingParams& p, cudaStream_t stream);
+cudaError_t launch_gated_rmsnorm(const NormParams& p, int dtype, cudaStream_t stream);
+cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t stream);
+cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStream_t stream);
+cudaError_t launch_gdn_recurrent(const RecurrentParams& p, int dtype, cudaStream_t stream);
+cudaError_t launch_gdn_chunk_fwd(const ChunkParams& p, int dtype, cudaStream_t stream);
+
+}  // namespace hops::cuda

@@ -1,0 +1,134 @@
+// Device-side helpers every kernel file shares: dtype-generic loads and
+// stores in fp32 registers, index reads (clamped), the gate's functions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cuda_params.hpp"
+
+namespace hops::cuda {
+
+__device__ __forceinline__ float ld(const char* base, int dtype, int64_t i) {
+  switch (dtype) {
+    case kF16:
+      return __half2float(reinterpret_cast<const __half*>(base)[i]);
+    case kBF16:
+      return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[i]);
+    default:
+      return reinterpret_cast<const float*>(base)[i];
+  }
+}
+__device__ __forceinline__ void st(char* base, int dtype, int64_t i, float v) {
+  switch (dtype) {
+    case kF16:
+      reinterpret_cast<__half*>(base)[i] = __float2half_rn(v);
+      break;
+    case kBF16:
+      reinterpret_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(v);
+      break;
+    default:
+      reinterpret_cast<float*>(base)[i] = v;
+  }
+}
+
+template <class T>
+__device__ __forceinline__ float to_f(T x);
+template <>
+__device__ __forceinline__ float to_f<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ float to_f<__half>(__half x) {
+  return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <class T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+__device__ __forceinline__ int64_t ld_index(const Index& x, int64_t i) {
+  return x.is64 ? reinterpret_cast<const int64_t*>(x.data)[i * x.stride]
+                : reinterpret_cast<const int32_t*>(x.data)[i * x.stride];
+}
+
+// Sequence n's tokens: row n, [0, T) when dense; else row 0, cu[n]..cu[n+1]
+// clamped to [0, T] and made nondecreasing, so that device-resident offsets
+// can never send a kernel out of bounds.
+struct Span {
+  int64_t row, begin, end;
+};
+__device__ __forceinline__ Span sequence_span(const Index& cu, int64_t n, int64_t T) {
+  if (!cu.data) return {n, 0, T};
+  int64_t b = ld_index(cu, n), e = ld_index(cu, n + 1);
+  b = b < 0 ? 0 : (b > T ? T : b);
+  e = e < b ? b : (e > T ? T : e);
+  return {0, b, e};
+}
+
+// Slot of sequence n; -1 (skip) when state_indices says so or is out of range.
+__device__ __forceinline__ int64_t slot_of(const Index& idx, int64_t n, int64_t pool) {
+  if (!idx.data) return n;
+  const int64_t s = ld_index(idx, n);
+  return (s >= 0 && s < pool) ? s : -1;
+}
+
+__device__ __forceinline__ int64_t row_offset(const RowsArg& a, int64_t row) {
+  int64_t off = 0;
+  for (int d = a.lead - 1; d >= 0; --d) {
+    off += (row % a.shape[d]) * a.stride[d];
+    row /= a.shape[d];
+  }
+  return off;
+}
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+__device__ __forceinline__ float siluf_(float x) { return x * sigmoidf_(x); }
+// torch's softplus: linear above the threshold.
+__device__ __forceinline__ float softplusf_(float x, float beta, float threshold) {
+  return beta * x > threshold ? x : log1pf(expf(beta * x)) / beta;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+inline int grid_for(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  constexpr int64_t kMax = 65535 * 16;
+  return static_cast<int>(blocks < 1 ? 1 : (blocks < kMax ? blocks : kMax));
+}
+
+// Calls body(T{}) with T the storage type of an activation dtype code.
+template <class Body>
+void by_dtype(int dtype, Body&& body) {
+  switch (dtype) {
+    case kF16:
+      body(__half{});
+      break;
+    case kBF16:
+      body(__nv_bfloat16{});
+      break;
+    default:
+      body(float{});
+  }
+}
+
+}  // namespace hops::cuda

@@ -1,0 +1,309 @@
+// hops-opencl-bench: times ops on the OpenCL backend against the CPU backend
+// of the same libhops.so, on Qwen3.5-35B-A3B-sized shapes, as a host would
+// call them (the public ABI, buffers made by the host), and prints a
+// markdown table: median wall time per call, OpenCL including clFinish.
+//
+//   hops-opencl-bench [--provider build/plugin/libhops.so] [--tokens 1024] [--repeat 5]
+//                     [--op NAME] [--dtype f32|bf16]
+//
+// The OpenCL device is the plugin's: HOPS_OPENCL_DEVICE (see docs/OPENCL.md).
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "device_select.hpp"
+#include "hops/hops.h"
+
+namespace {
+
+using namespace hops::opencl;  // the backend's cl.hpp: RAII handles and check()
+
+struct Options {
+  std::string provider = "build/plugin/libhops.so";
+  int64_t tokens = 1024;
+  int repeat = 5;
+  std::string op;     // empty: all
+  bool bf16 = false;  // activations in bf16 instead of f32
+};
+
+// One tensor argument of a benchmark: its shape, value range and dtype.
+struct ArgSpec {
+  const char* name;
+  std::vector<int64_t> shape;
+  float low = -1.0f, high = 1.0f;
+  bool f32 = false;    // always f32 (GDN states), whatever --dtype says
+  bool index = false;  // int32 values given in `values`, kept in host memory
+  std::vector<int64_t> values = {};
+};
+
+struct Bench {
+  const char* op;
+  std::string shape;  // for the table
+  std::vector<ArgSpec> args;
+  std::map<std::string, int64_t> flags;  // bool/i64 scalars
+};
+
+std::vector<Bench> benches(int64_t T) {
+  const int64_t H = 16, HV = 32, K = 128, V = 128, D = 8192, N = 8;
+  std::vector<int64_t> slots(N);
+  for (int64_t n = 0; n < N; ++n) slots[static_cast<size_t>(n)] = n;
+  return {
+      {"gdn_chunk_fwd",
+       fmt::format("T={} H={} HV={} K=V={}", T, H, HV, K),
+       {{"q", {1, T, H, K}},
+        {"k", {1, T, H, K}},
+        {"v", {1, T, HV, V}},
+        {"g", {1, T, HV}, -0.2f, -0.01f},
+        {"beta", {1, T, HV}, 0.0f, 1.0f},
+        {"o", {1, T, HV, V}},
+        {"final_state", {1, HV, K, V}, -1, 1, true}},
+       {{"use_qk_l2norm", 1}}},
+      {"conv1d_fwd",
+       fmt::format("T={} D={} W=4", T, D),
+       {{"x", {1, T, D}}, {"weight", {D, 4}}, {"bias", {D}}, {"y", {1, T, D}}},
+       {}},
+      {"gdn_recurrent",
+       fmt::format("decode N={} HV={} K=V={}", N, HV, K),
+       {{"q", {N, 1, H, K}},
+        {"k", {N, 1, H, K}},
+        {"v", {N, 1, HV, V}},
+        {"g", {N, 1, HV}, -0.2f, -0.01f},
+        {"beta", {N, 1, HV}, 0.0f, 1.0f},
+        {"state", {N, HV, K, V}, -1, 1, true},
+        {"state_indices", {N}, 0, 0, false, true, slots},
+        {"o", {N, 1, HV, V}}},
+       {{"use_qk_l2norm", 1}}},
+      {"conv1d_update",
+       fmt::format("decode N={} D={} W=4", N, D),
+       {{"x", {N, D}},
+        {"state", {N, D, 3}},
+        {"weight", {D, 4}},
+        {"state_indices", {N}, 0, 0, false, true, slots},
+        {"y", {N, D}}},
+       {}},
+      {"gated_rmsnorm",
+       fmt::format("rows={} D={}", T * HV, V),
+       {{"x", {T, HV, V}}, {"z", {T, HV, V}}, {"weight", {V}}, {"y", {T, HV, V}}},
+       {}},
+      {"gdn_gating",
+       fmt::format("rows={} HV={}", T, HV),
+       {{"A_log", {HV}},
+        {"a", {T, HV}},
+        {"b", {T, HV}},
+        {"dt_bias", {HV}},
+        {"g", {T, HV}},
+        {"beta", {T, HV}}},
+       {}},
+  };
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+// A tensor's bytes on the host, and the same bytes in a cl_mem.
+struct Tensor {
+  std::vector<int64_t> shape;
+  DLDataType dtype{};
+  std::vector<std::byte> host;
+  MemHandle buffer;  // none for index tensors, which stay on the host
+  bool index = false;
+};
+
+std::vector<std::byte> random_bytes(const ArgSpec& spec, bool bf16, std::mt19937& rng) {
+  const int64_t n = numel(spec.shape);
+  std::uniform_real_distribution<float> uniform(spec.low, spec.high);
+  std::vector<std::byte> bytes;
+  if (spec.index) {
+    for (int64_t v : spec.values) {
+      const auto i = static_cast<int32_t>(v);
+      bytes.insert(bytes.end(), reinterpret_cast<const std::byte*>(&i),
+                   reinterpret_cast<const std::byte*>(&i) + 4);
+    }
+  } else if (bf16) {
+    for (int64_t i = 0; i < n; ++i) {
+      const auto bits = static_cast<uint16_t>(std::bit_cast<uint32_t>(uniform(rng)) >> 16);
+      bytes.insert(bytes.end(), reinterpret_cast<const std::byte*>(&bits),
+                   reinterpret_cast<const std::byte*>(&bits) + 2);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = uniform(rng);
+      bytes.insert(bytes.end(), reinterpret_cast<const std::byte*>(&x),
+                   reinterpret_cast<const std::byte*>(&x) + 4);
+    }
+  }
+  return bytes;
+}
+
+class OpenCl {
+ public:
+  OpenCl() {
+    // The device the plugin selects (HOPS_OPENCL_DEVICE, docs/OPENCL.md).
+    std::string error;
+    const auto devices = list_devices(&error);
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): a single-threaded tool
+    const auto selection = select_device(devices, std::getenv("HOPS_OPENCL_DEVICE"));
+    if (!selection.device) throw std::runtime_error(devices.empty() ? error : selection.detail);
+    device_ = selection.device->device;
+    name_ = selection.detail;
+    cl_int status = CL_SUCCESS;
+    context_ = ContextHandle(clCreateContext(nullptr, 1, &device_, nullptr, nullptr, &status));
+    check(status, "clCreateContext");
+    queue_ = QueueHandle(clCreateCommandQueue(context_.get(), device_, 0, &status));
+    check(status, "clCreateCommandQueue");
+  }
+
+  MemHandle upload(const std::vector<std::byte>& bytes) const {
+    cl_int status = CL_SUCCESS;
+    MemHandle buffer(clCreateBuffer(context_.get(), CL_MEM_READ_WRITE,
+                                    std::max<size_t>(bytes.size(), 1), nullptr, &status));
+    check(status, "clCreateBuffer");
+    check(clEnqueueWriteBuffer(queue_.get(), buffer.get(), CL_TRUE, 0, bytes.size(), bytes.data(),
+                               0, nullptr, nullptr),
+          "clEnqueueWriteBuffer");
+    return buffer;
+  }
+  cl_command_queue queue() const { return queue_.get(); }
+  const std::string& name() const { return name_; }
+
+ private:
+  cl_device_id device_ = nullptr;
+  ContextHandle context_;
+  QueueHandle queue_;
+  std::string name_;
+};
+
+using Clock = std::chrono::steady_clock;
+
+// Median wall time of `repeat` calls after one warm-up, in milliseconds.
+template <class Call>
+double median_ms(int repeat, Call&& call) {
+  call();
+  std::vector<double> times;
+  for (int r = 0; r < repeat; ++r) {
+    const auto start = Clock::now();
+    call();
+    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+void run(const Options& options) {
+  void* library = dlopen(options.provider.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!library) {
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): a single-threaded tool
+    throw std::runtime_error(fmt::format("cannot open {}: {}", options.provider, dlerror()));
+  }
+  const auto get_api =
+      reinterpret_cast<const hops_api* (*)(uint32_t)>(dlsym(library, "hops_get_api"));
+  const hops_api* api = get_api ? get_api(HOPS_ABI_MAJOR) : nullptr;
+  if (!api) throw std::runtime_error("no hops_get_api");
+  const OpenCl cl;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): a single-threaded tool
+  const char* threads = std::getenv("HOPS_NUM_THREADS");
+  fmt::print("OpenCL device: {}\nCPU backend: {} threads (HOPS_NUM_THREADS)\n\n", cl.name(),
+             threads ? threads : "all");
+  fmt::print(
+      "| op | shape | dtype | CPU ms | OpenCL ms | OpenCL / CPU |\n|---|---|---|---:|---:|---:|\n");
+  std::mt19937 rng(0);
+  for (const Bench& bench : benches(options.tokens)) {
+    if (!options.op.empty() && options.op != bench.op) continue;
+    const hops_op_desc* op = api->find_op(bench.op);
+    if (!op) continue;
+    std::map<std::string, Tensor> tensors;
+    for (const ArgSpec& spec : bench.args) {
+      const bool bf16 = options.bf16 && !spec.f32 && !spec.index;
+      Tensor t{spec.shape,
+               spec.index ? DLDataType{kDLInt, 32, 1}
+               : bf16     ? DLDataType{kDLBfloat, 16, 1}
+                          : DLDataType{kDLFloat, 32, 1},
+               random_bytes(spec, bf16, rng), MemHandle(), spec.index};
+      if (!spec.index) t.buffer = cl.upload(t.host);
+      tensors.emplace(spec.name, std::move(t));
+    }
+    // The argument list for the host's tensors or for their cl_mem twins.
+    auto call_on = [&](bool opencl) {
+      std::vector<DLTensor> dl(static_cast<size_t>(op->num_args));
+      std::vector<hops_value> values(static_cast<size_t>(op->num_args));
+      for (int32_t i = 0; i < op->num_args; ++i) {
+        const hops_arg_desc& arg = *hops_op_arg(op, i);
+        hops_value& value = values[static_cast<size_t>(i)];
+        const int64_t flag =
+            bench.flags.contains(arg.name) ? bench.flags.at(arg.name) : arg.default_i64;
+        if (arg.kind == HOPS_ARG_F64) value.f64 = arg.default_f64;
+        if (arg.kind == HOPS_ARG_I64) value.i64 = flag;
+        if (arg.kind == HOPS_ARG_BOOL) value.boolean = flag != 0;
+        if (arg.kind > HOPS_ARG_TENSOR_INOUT) continue;
+        value.tensor = nullptr;
+        auto found = tensors.find(arg.name);
+        if (found == tensors.end()) continue;
+        Tensor& t = found->second;
+        const bool device = opencl && !t.index;
+        DLTensor& d = dl[static_cast<size_t>(i)];
+        d.data = device ? static_cast<void*>(t.buffer.get()) : static_cast<void*>(t.host.data());
+        d.device = device ? DLDevice{kDLOpenCL, 0} : DLDevice{kDLCPU, 0};
+        d.ndim = static_cast<int32_t>(t.shape.size());
+        d.dtype = t.dtype;
+        d.shape = t.shape.data();
+        value.tensor = &d;
+      }
+      const hops_exec exec{sizeof(hops_exec), opencl ? DLDevice{kDLOpenCL, 0} : DLDevice{kDLCPU, 0},
+                           opencl ? cl.queue() : nullptr, 0, 0};
+      if (api->call(op, &exec, values.data(), op->num_args) != HOPS_OK) {
+        throw std::runtime_error(fmt::format("{}: {}", bench.op, api->last_error()));
+      }
+      if (opencl) check(clFinish(cl.queue()), "clFinish");
+    };
+    const double cpu = median_ms(options.repeat, [&] { call_on(false); });
+    const double opencl = median_ms(options.repeat, [&] { call_on(true); });
+    fmt::print("| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} |\n", bench.op, bench.shape,
+               options.bf16 ? "bf16" : "f32", cpu, opencl, opencl / cpu);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--provider" && has_value) {
+      options.provider = argv[++i];
+    } else if (arg == "--tokens" && has_value) {
+      options.tokens = std::atoll(argv[++i]);
+    } else if (arg == "--repeat" && has_value) {
+      options.repeat = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--op" && has_value) {
+      options.op = argv[++i];
+    } else if (arg == "--dtype" && has_value) {
+      options.bf16 = std::string(argv[++i]) == "bf16";
+    } else {
+      fmt::print(stderr,
+                 "usage: hops-opencl-bench [--provider PATH] [--tokens T] [--repeat N] [--op NAME] "
+                 "[--dtype f32|bf16]\n");
+      return 2;
+    }
+  }
+  try {
+    run(options);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "hops-opencl-bench: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

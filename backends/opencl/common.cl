@@ -1,0 +1,129 @@
+// common.cl: what every hops program starts with (the host prepends it).
+//
+// Storage dtypes: fp32, fp16 and bf16, all computed in fp32. fp16 goes
+// through vload_half / vstore_half_rte, which OpenCL 1.2 has on every device
+// (cl_khr_fp16 is only needed for half arithmetic, which we never do); bf16
+// is a ushort converted here. The primary dtype of a program (q/k/v/o, x/y)
+// is fixed at build time by HOPS_X; the small tensors (gates, weights,
+// states) carry a runtime dtype code instead, so that one program serves
+// every mix the ops allow.
+//
+// Tensors arrive as (pointer, element offset) plus strides in elements.
+// Index tensors arrive as (pointer, offset, stride, kind), kind 0 absent,
+// 4 int32, 8 int64.
+
+#define HOPS_F32 0
+#define HOPS_F16 1
+#define HOPS_BF16 2
+
+inline float bf16_to_float(ushort bits) { return as_float((uint)bits << 16); }
+
+// Round to nearest even, as the CPU backend does; NaN stays NaN.
+inline ushort float_to_bf16(float x) {
+  const uint bits = as_uint(x);
+  if (isnan(x)) return (ushort)((bits >> 16) | 0x40u);
+  return (ushort)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+inline ushort16 float16_to_bf16(float16 x) {
+  const uint16 bits = as_uint16(x);
+  const ushort16 rounded = convert_ushort16((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+  return select(rounded, convert_ushort16((bits >> 16) | 0x40u), convert_short16(isnan(x)));
+}
+
+#if HOPS_X == HOPS_F32
+typedef float x_t;
+#define LOAD_X(p, i) ((p)[i])
+#define STORE_X(p, i, v) ((p)[i] = (v))
+#elif HOPS_X == HOPS_F16
+typedef half x_t;
+#define LOAD_X(p, i) vload_half((i), (p))
+#define STORE_X(p, i, v) vstore_half_rte((v), (i), (p))
+#else
+typedef ushort x_t;
+#define LOAD_X(p, i) bf16_to_float((p)[i])
+#define STORE_X(p, i, v) ((p)[i] = float_to_bf16(v))
+#endif
+
+// 16 contiguous elements from element i, for the kernels of CPU devices
+// written with explicit SIMD.
+#if HOPS_X == HOPS_F32
+#define LOAD16_X(p, i) vload16(0, (p) + (i))
+#define STORE16_X(p, i, v) vstore16((v), 0, (p) + (i))
+#elif HOPS_X == HOPS_F16
+#define LOAD16_X(p, i) vload_half16(0, (p) + (i))
+#define STORE16_X(p, i, v) vstore_half16_rte((v), 0, (p) + (i))
+#else
+#define LOAD16_X(p, i) as_float16(convert_uint16(vload16(0, (p) + (i))) << 16)
+#define STORE16_X(p, i, v) vstore16(float16_to_bf16(v), 0, (p) + (i))
+#endif
+
+// Element i of a float tensor whose dtype is known at run time.
+inline float load_any(global const uchar* base, long i, int dtype) {
+  if (dtype == HOPS_F32) return ((global const float*)base)[i];
+  if (dtype == HOPS_F16) return vload_half(i, (global const half*)base);
+  return bf16_to_float(((global const ushort*)base)[i]);
+}
+
+inline void store_any(global uchar* base, long i, int dtype, float value) {
+  if (dtype == HOPS_F32) {
+    ((global float*)base)[i] = value;
+  } else if (dtype == HOPS_F16) {
+    vstore_half_rte(value, i, (global half*)base);
+  } else {
+    ((global ushort*)base)[i] = float_to_bf16(value);
+  }
+}
+
+// 16 elements `step` apart, of a float tensor of runtime dtype.
+inline float16 gather_any16(global const uchar* p, long offset, long step, int dtype) {
+  if (dtype == HOPS_F32 && step == 1) return vload16(0, (global const float*)p + offset);
+  float lanes[16];
+  for (int c = 0; c < 16; ++c) lanes[c] = load_any(p, offset + c * step, dtype);
+  return vload16(0, lanes);
+}
+
+// Entry n of an index tensor.
+inline long load_index(global const uchar* base, long offset, long stride, int kind, long n) {
+  const long i = offset + n * stride;
+  return kind == 8 ? ((global const long*)base)[i] : (long)((global const int*)base)[i];
+}
+
+// The tokens of sequence n: batch row n of T tokens, or with cu_seqlens the
+// span [cu[n], cu[n+1]) of row 0. Device-resident offsets are not validated
+// by the host, so they are clamped: a bad one gives a wrong span, never an
+// access outside the tensors.
+typedef struct {
+  long row, begin, end;
+} Span;
+
+inline Span sequence_span(global const uchar* cu, long cu_off, long cu_stride, int cu_kind, long n,
+                          long T) {
+  Span s;
+  if (cu_kind == 0) {
+    s.row = n;
+    s.begin = 0;
+    s.end = T;
+  } else {
+    s.row = 0;
+    s.begin = clamp(load_index(cu, cu_off, cu_stride, cu_kind, n), 0L, T);
+    s.end = clamp(load_index(cu, cu_off, cu_stride, cu_kind, n + 1), s.begin, T);
+  }
+  return s;
+}
+
+// The state slot of sequence n: state_indices[n], or n without them; -1 when
+// the sequence is skipped or its slot is outside the pool [0, S).
+inline long state_slot(global const uchar* slots, long off, long stride, int kind, long n, long S) {
+  const long slot = kind == 0 ? n : load_index(slots, off, stride, kind, n);
+  return slot >= 0 && slot < S ? slot : -1;
+}
+
+inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp(-x)); }
+inline float silu_f(float x) { return x * sigmoid_f(x); }
+inline float16 silu_f16(float16 x) { return x / (1.0f + exp(-x)); }
+
+// torch.nn.functional.softplus: linear above the threshold.
+inline float softplus_f(float x, float beta, float threshold) {
+  return beta * x > threshold ? x : log1p(exp(beta * x)) / beta;
+}

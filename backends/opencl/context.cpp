@@ -1,0 +1,133 @@
+#include "context.hpp"
+
+#include <cstdlib>
+
+#include "kernel_sources.hpp"
+#include "program_cache.hpp"
+
+namespace hops::opencl {
+
+namespace {
+
+struct FamilySource {
+  const char* file;
+  std::string_view (*text)();
+};
+
+FamilySource family_source(Family family) {
+  switch (family) {
+    case Family::gdn:
+      return {"gdn.cl", &embedded::gdn_cl};
+    case Family::conv1d:
+      return {"conv1d.cl", &embedded::conv1d_cl};
+    case Family::norm:
+      return {"norm.cl", &embedded::norm_cl};
+  }
+  fail(HOPS_ERR_INTERNAL, "opencl: unknown program family");
+}
+
+// Storage dtype codes shared with common.cl (HOPS_F32, HOPS_F16, HOPS_BF16).
+int dtype_code(DType dtype) {
+  switch (dtype) {
+    case DType::f16:
+      return 1;
+    case DType::bf16:
+      return 2;
+    default:
+      return 0;
+  }
+}
+
+// Name, argument count and work-group limit of a kernel.
+void describe_kernel(KernelSlot& slot, cl_device_id device) {
+  const cl_kernel kernel = slot.kernel.get();
+  size_t size = 0;
+  check(clGetKernelInfo(kernel, CL_KERNEL_FUNCTION_NAME, 0, nullptr, &size), "clGetKernelInfo");
+  slot.name.resize(size);
+  check(clGetKernelInfo(kernel, CL_KERNEL_FUNCTION_NAME, size, slot.name.data(), nullptr),
+        "clGetKernelInfo");
+  while (!slot.name.empty() && slot.name.back() == '\0') slot.name.pop_back();
+  check(clGetKernelInfo(kernel, CL_KERNEL_NUM_ARGS, sizeof slot.num_args, &slot.num_args, nullptr),
+        "clGetKernelInfo");
+  check(clGetKernelWorkGroupInfo(kernel, device, CL_KERNEL_WORK_GROUP_SIZE,
+                                 sizeof slot.max_work_group, &slot.max_work_group, nullptr),
+        "clGetKernelWorkGroupInfo");
+}
+
+}  // namespace
+
+Runtime::Runtime(ContextHandle context, cl_device_id device)
+    : context_(std::move(context)),
+      device_(device),
+      cpu_device_((device_value<cl_device_type>(device, CL_DEVICE_TYPE) & CL_DEVICE_TYPE_CPU) != 0),
+      pool_(context_.get()) {}
+
+Runtime::Program& Runtime::program(Family family, DType dtype) {
+  const std::scoped_lock lock(mutex_);
+  std::unique_ptr<Program>& entry = programs_[{family, dtype}];
+  if (entry) return *entry;
+  const FamilySource source = family_source(family);
+  // #line makes the compiler's messages point into the family's own file.
+  const std::string text =
+      fmt::format("{}\n#line 1 \"{}\"\n{}", embedded::common_cl(), source.file, source.text());
+  // Accuracy matters more than the last percent: no -cl-fast-relaxed-math.
+  const std::string options = fmt::format("-cl-std=CL1.2 -DHOPS_X={}", dtype_code(dtype));
+  auto built = std::make_unique<Program>();
+  built->program = build_program(context(), device_, source.file, text, options);
+  cl_uint count = 0;
+  check(clCreateKernelsInProgram(built->program.get(), 0, nullptr, &count),
+        "clCreateKernelsInProgram");
+  std::vector<cl_kernel> raw(count);
+  check(clCreateKernelsInProgram(built->program.get(), count, raw.data(), nullptr),
+        "clCreateKernelsInProgram");
+  for (cl_kernel kernel : raw) {  // owned before anything below can throw
+    built->kernels.push_back(std::make_unique<KernelSlot>());
+    built->kernels.back()->kernel = KernelHandle(kernel);
+  }
+  for (const auto& slot : built->kernels) describe_kernel(*slot, device_);
+  entry = std::move(built);
+  return *entry;
+}
+
+KernelSlot& Runtime::kernel(Family family, DType dtype, std::string_view name) {
+  for (const auto& slot : program(family, dtype).kernels) {
+    if (slot->name == name) return *slot;
+  }
+  fail(HOPS_ERR_INTERNAL, "opencl: {} has no kernel {}", family_source(family).file, name);
+}
+
+cl_command_queue Runtime::own_queue() {
+  const std::scoped_lock lock(mutex_);
+  if (!queue_) {
+    cl_int status = CL_SUCCESS;
+    queue_ = QueueHandle(clCreateCommandQueue(context(), device_, 0, &status));
+    check(status, "clCreateCommandQueue");
+  }
+  return queue_.get();
+}
+
+Runtime& runtime_for(cl_context context, cl_device_id device) {
+  static std::mutex mutex;
+  // Never destroyed: a host may call from its own static destructors, and
+  // releasing cl objects after the ICD has unloaded would crash.
+  // NOLINTNEXTLINE(cppcoreguidelines-owning-memory)
+  static auto* runtimes =
+      new std::map<std::pair<cl_context, cl_device_id>, std::unique_ptr<Runtime>>;
+  const std::scoped_lock lock(mutex);
+  std::unique_ptr<Runtime>& runtime = (*runtimes)[{context, device}];
+  if (!runtime) runtime = std::make_unique<Runtime>(ContextHandle::retain(context), device);
+  return *runtime;
+}
+
+const Selection& selected_device() {
+  static const Selection selection = [] {
+    std::string error;
+    const std::vector<DeviceEntry> devices = list_devices(&error);
+    if (devices.empty()) return Selection{std::nullopt, error};
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, inside the static-init guard
+    return select_device(devices, std::getenv("HOPS_OPENCL_DEVICE"));
+  }();
+  return selection;
+}
+
+}  // namespace hops::opencl

@@ -1,0 +1,75 @@
+// Per (cl_context, device) state: the built kernel programs, the scratch
+// pool, and the plugin's own queue for calls that bring none. Runtimes live
+// as long as the process (they hold a reference on their context), so a
+// host's context can be used from any thread at any time.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "buffer_pool.hpp"
+#include "cl.hpp"
+#include "device_select.hpp"
+#include "dtype.hpp"
+
+namespace hops::opencl {
+
+// A kernel program: common.cl followed by one op family's .cl file.
+enum class Family { gdn, conv1d, norm };
+
+// One cl_kernel. OpenCL kernel objects hold their arguments, so setting them
+// and enqueueing is done under `mutex` (see Launch): concurrent calls stay correct.
+struct KernelSlot {
+  std::mutex mutex;
+  KernelHandle kernel;
+  std::string name;
+  size_t max_work_group = 1;  // CL_KERNEL_WORK_GROUP_SIZE on this device
+  cl_uint num_args = 0;
+};
+
+class Runtime {
+ public:
+  Runtime(ContextHandle context, cl_device_id device);
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  cl_context context() const { return context_.get(); }
+  cl_device_id device() const { return device_; }
+  // CPU devices (PoCL, CPU runtimes) get kernels written with explicit SIMD.
+  bool cpu_device() const { return cpu_device_; }
+  BufferPool& pool() { return pool_; }
+
+  // The kernel `name` of `family`'s program with primary dtype `dtype`; the
+  // program is built (or loaded from the disk cache) on first use.
+  KernelSlot& kernel(Family family, DType dtype, std::string_view name);
+
+  // An in-order queue of the plugin's own, for calls with a NULL stream.
+  cl_command_queue own_queue();
+
+ private:
+  struct Program {
+    ProgramHandle program;
+    std::vector<std::unique_ptr<KernelSlot>> kernels;
+  };
+  Program& program(Family family, DType dtype);
+
+  ContextHandle context_;
+  cl_device_id device_;
+  bool cpu_device_;
+  BufferPool pool_;
+  std::mutex mutex_;  // guards programs_ and queue_
+  std::map<std::pair<Family, DType>, std::unique_ptr<Program>> programs_;
+  QueueHandle queue_;
+};
+
+// The runtime of `device` in `context`, created on first use.
+Runtime& runtime_for(cl_context context, cl_device_id device);
+
+// The device chosen at load time (HOPS_OPENCL_DEVICE), and what to report.
+const Selection& selected_device();
+
+}  // namespace hops::opencl

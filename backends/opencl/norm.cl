@@ -1,0 +1,104 @@
+// norm.cl: the per-head elementwise and row ops around GDN: gdn_gating and
+// gated_rmsnorm. Tensors are [..., last]; the host merges the leading dims
+// where it can and passes at most 7 of them, innermost first, in long8s:
+// lead_offset() turns a row number into each tensor's offset.
+
+#define HOPS_LEAD_DIM(c)                        \
+  if (dims > c) {                               \
+    offset += (row % shape.s##c) * stride.s##c; \
+    row /= shape.s##c;                          \
+  }
+
+inline long lead_offset(long row, long8 shape, long8 stride, int dims) {
+  long offset = 0;
+  HOPS_LEAD_DIM(0)
+  HOPS_LEAD_DIM(1)
+  HOPS_LEAD_DIM(2)
+  HOPS_LEAD_DIM(3)
+  HOPS_LEAD_DIM(4)
+  HOPS_LEAD_DIM(5)
+  HOPS_LEAD_DIM(6)
+  return offset;
+}
+
+// g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b); one item per element.
+kernel void gdn_gating(global const uchar* A_log, long A_log_off, int A_log_dtype, long A_log_st,
+                       global const x_t* a, long a_off, long8 a_lead, long a_last,
+                       global const uchar* b, long b_off, int b_dtype, long8 b_lead, long b_last,
+                       global const uchar* dt_bias, long dt_off, int dt_dtype, long dt_st,
+                       global uchar* g, long g_off, int g_dtype, long8 g_lead, long g_last,
+                       global uchar* beta, long beta_off, int beta_dtype, long8 beta_lead,
+                       long beta_last,
+                       long8 shape, int dims, long rows, long HV, float softplus_beta,
+                       float softplus_threshold) {
+  const long item = get_global_id(0);
+  if (item >= rows * HV) return;
+  const long row = item / HV, h = item % HV;
+  const float rate = exp(load_any(A_log, A_log_off + h * A_log_st, A_log_dtype));
+  const float bias = load_any(dt_bias, dt_off + h * dt_st, dt_dtype);
+  const float a_value = LOAD_X(a, a_off + lead_offset(row, shape, a_lead, dims) + h * a_last);
+  const float b_value =
+      load_any(b, b_off + lead_offset(row, shape, b_lead, dims) + h * b_last, b_dtype);
+  store_any(g, g_off + lead_offset(row, shape, g_lead, dims) + h * g_last, g_dtype,
+            -rate * softplus_f(a_value + bias, softplus_beta, softplus_threshold));
+  store_any(beta, beta_off + lead_offset(row, shape, beta_lead, dims) + h * beta_last, beta_dtype,
+            sigmoid_f(b_value));
+}
+
+// y = x rsqrt(mean(x^2) + eps) w silu(z); one work-group per row, its size a
+// power of two, `partial` one float per item.
+kernel void gated_rmsnorm(global const x_t* x, long x_off, long8 x_lead, long x_last,
+                          global const x_t* z, long z_off, long8 z_lead, long z_last,
+                          global const uchar* w, long w_off, int w_dtype, long w_st,
+                          global x_t* y, long y_off, long8 y_lead, long y_last,
+                          long8 shape, int dims, long D, float eps, local float* partial) {
+  const long row = get_group_id(0);
+  const int lid = get_local_id(0), size = get_local_size(0);
+  const long xo = x_off + lead_offset(row, shape, x_lead, dims);
+  float sum = 0.0f;
+  for (long d = lid; d < D; d += size) {
+    const float value = LOAD_X(x, xo + d * x_last);
+    sum += value * value;
+  }
+  partial[lid] = sum;
+  for (int half_size = size / 2; half_size > 0; half_size /= 2) {
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lid < half_size) partial[lid] += partial[lid + half_size];
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  const float inverse_rms = 1.0f / sqrt(partial[0] / (float)D + eps);
+  const long zo = z_off + lead_offset(row, shape, z_lead, dims);
+  const long yo = y_off + lead_offset(row, shape, y_lead, dims);
+  for (long d = lid; d < D; d += size) {
+    const float value = LOAD_X(x, xo + d * x_last) * inverse_rms *
+                        load_any(w, w_off + d * w_st, w_dtype) * silu_f(LOAD_X(z, zo + d * z_last));
+    STORE_X(y, yo + d * y_last, value);
+  }
+}
+
+// CPU devices: a work-item per row, 16 channels at a time as float16 (x, z
+// and y have last stride 1 and D % 16 == 0): no barriers, explicit SIMD.
+kernel void gated_rmsnorm_rows(global const x_t* x, long x_off, long8 x_lead, long x_last,
+                               global const x_t* z, long z_off, long8 z_lead, long z_last,
+                               global const uchar* w, long w_off, int w_dtype, long w_st,
+                               global x_t* y, long y_off, long8 y_lead, long y_last,
+                               long8 shape, int dims, long D, float eps, long rows) {
+  const long row = get_global_id(0);
+  if (row >= rows) return;
+  const long xo = x_off + lead_offset(row, shape, x_lead, dims);
+  float16 squares = (float16)(0.0f);
+  for (long d = 0; d < D; d += 16) {
+    const float16 value = LOAD16_X(x, xo + d);
+    squares += value * value;
+  }
+  const float8 half_sum = squares.lo + squares.hi;
+  const float4 quarter_sum = half_sum.lo + half_sum.hi;
+  const float2 pair = quarter_sum.lo + quarter_sum.hi;
+  const float inverse_rms = 1.0f / sqrt((pair.x + pair.y) / (float)D + eps);
+  const long zo = z_off + lead_offset(row, shape, z_lead, dims);
+  const long yo = y_off + lead_offset(row, shape, y_lead, dims);
+  for (long d = 0; d < D; d += 16) {
+    const float16 weight = gather_any16(w, w_off + d * w_st, w_st, w_dtype);
+    STORE16_X(y, yo + d, LOAD16_X(x, xo + d) * inverse_rms * weight * silu_f16(LOAD16_X(z, zo + d)));
+  }
+}

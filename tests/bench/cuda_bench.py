@@ -1,0 +1,221 @@
+"""CUDA backend timing on the lent GPU (issue 5): hops' kernels against the
+copy bandwidth and flash-linear-attention (FLA, when importable), one run,
+medians. Run by tests/bench/cuda_device_run.sh; prints a table last.
+
+hops calls are prepared once (DLPack views kept alive) and then issued through
+the generic api->call with a hops_exec naming the stream, so that they can be
+captured in a CUDA graph: graph replays time the kernels without the Python
+call overhead (decode at N=1 is a few microseconds of GPU time)."""
+
+import ctypes
+import os
+import sys
+
+import torch
+
+import hops.ops as hops_ops
+from hops import _abi
+from hops._dlpack import borrow
+
+dev = torch.device("cuda")
+torch.manual_seed(0)
+ROWS = []
+
+
+class Prepared:
+    def __init__(self, name, **kwargs):
+        self.binding = hops_ops.library().ops[name]
+        self.values = (_abi.hops_value * len(self.binding.args))()
+        self.views = []
+        self.keep = kwargs
+        for slot, arg in zip(self.values, self.binding.args):
+            value = kwargs.get(arg.name, self.binding._default(arg))
+            self.binding._set(slot, arg, value, self.views)
+        self.exec = _abi.hops_exec(ctypes.sizeof(_abi.hops_exec), _abi.DLDevice(2, 0), None, 0, 0)
+
+    def __call__(self, stream=None):
+        s = stream if stream is not None else torch.cuda.current_stream()
+        self.exec.stream = ctypes.c_void_p(s.cuda_stream)
+        status = self.binding._library.api.call(self.binding._desc, ctypes.byref(self.exec), self.values,
+                                                len(self.binding.args))
+        if status != _abi.HOPS_OK:
+            raise self.binding._library.error(status)
+
+
+def time_graph(fn, calls=20, replays=10):
+    """Median microseconds per call from graph replays; eager events if capture fails."""
+    fn()
+    torch.cuda.synchronize()
+    try:
+        s = torch.cuda.Stream()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(s):
+            g.capture_begin()
+            for _ in range(calls):
+                fn(s)
+            g.capture_end()
+        g.replay()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(replays):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) * 1e3 / calls)
+        how = "graph"
+    except Exception as e:  # noqa: BLE001
+        print(f"  (graph capture failed: {e}; eager events)")
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(replays):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(calls):
+                fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) * 1e3 / calls)
+        how = "eager"
+    times.sort()
+    return times[len(times) // 2], how
+
+
+def time_torch(fn, reps=20):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def row(what, us, extra):
+    ROWS.append((what, us, extra))
+    print(f"{what:<44} {us:>10.1f} us  {extra}", flush=True)
+
+
+# ---- copy bandwidth --------------------------------------------------------------
+src = torch.empty(1 << 30, dtype=torch.uint8, device=dev).random_(0, 255)
+dst = torch.empty_like(src)
+copy_us = time_torch(lambda: dst.copy_(src))
+COPY_BW = 2 * src.numel() / (copy_us * 1e-6) / 1e9
+row("copy 1 GiB (read+write)", copy_us, f"{COPY_BW:.0f} GB/s")
+del src, dst
+
+try:
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
+except Exception as e:  # noqa: BLE001
+    print(f"FLA not importable: {e}")
+    fla_chunk = None
+
+H, HV, K, V = 16, 32, 128, 128
+bf = torch.bfloat16
+
+
+def gdn_inputs(B, T):
+    q = torch.randn(B, T, H, K, device=dev, dtype=bf)
+    k = torch.randn(B, T, H, K, device=dev, dtype=bf)
+    v = torch.randn(B, T, HV, V, device=dev, dtype=bf)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, HV, device=dev, dtype=torch.float32)) * 0.1
+    beta = torch.rand(B, T, HV, device=dev, dtype=bf)
+    return q, k, v, g, beta
+
+
+def chunk_case(label, B, T, lengths=None):
+    q, k, v, g, beta = gdn_inputs(B, T)
+    N = B if lengths is None else len(lengths)
+    cu32 = cu64 = None
+    if lengths is not None:
+        cu64 = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=dev, dtype=torch.int64)
+        cu32 = cu64.to(torch.int32)
+    o = torch.empty_like(v)
+    ht = torch.empty(N, HV, K, V, device=dev, dtype=torch.float32)
+    call = Prepared("gdn_chunk_fwd", q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu32, o=o, final_state=ht,
+                    scale=K ** -0.5, use_qk_l2norm=True)
+    us, how = time_graph(call, calls=2, replays=5)
+    tokens = B * T
+    extra = f"{tokens / us * 1e6 / 1e6:.2f} Mtok/s ({how})"
+    if fla_chunk is not None:
+        kw = dict(scale=K ** -0.5, output_final_state=True, use_qk_l2norm_in_kernel=True)
+        if cu64 is not None:
+            kw["cu_seqlens"] = cu64
+        fo, fht = fla_chunk(q, k, v, g, beta, **kw)
+        err = ((o.float() - fo.float()).norm() / fo.float().norm()).item()
+        errh = ((ht - fht.float()).norm() / fht.float().norm()).item()
+        fla_us = time_torch(lambda: fla_chunk(q, k, v, g, beta, **kw), reps=10)
+        extra += f" | FLA {fla_us:.0f} us, hops/FLA speed {fla_us / us:.2f}x | rel diff o {err:.1e} ht {errh:.1e}"
+    row(f"gdn_chunk_fwd {label}", us, extra)
+
+
+def decode_case(N):
+    q = torch.randn(N, 1, H, K, device=dev, dtype=bf)
+    k = torch.randn(N, 1, H, K, device=dev, dtype=bf)
+    v = torch.randn(N, 1, HV, V, device=dev, dtype=bf)
+    g = torch.nn.functional.logsigmoid(torch.randn(N, 1, HV, device=dev)) * 0.1
+    beta = torch.rand(N, 1, HV, device=dev, dtype=bf)
+    pool = torch.randn(max(N, 1) * 2, HV, K, V, device=dev, dtype=torch.float32) * 0.01
+    idx = torch.randperm(pool.shape[0], device=dev)[:N].to(torch.int32)
+    o = torch.empty_like(v)
+    call = Prepared("gdn_recurrent", q=q, k=k, v=v, g=g, beta=beta, state=pool, state_indices=idx, o=o,
+                    scale=K ** -0.5, use_qk_l2norm=True)
+    us, how = time_graph(call, calls=50, replays=10)
+    nbytes = 2 * N * HV * K * V * 4 + (2 * N * H * K + 2 * N * HV * V) * 2
+    bw = nbytes / (us * 1e-6) / 1e9
+    row(f"gdn_recurrent decode N={N} fp32 pool", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+
+
+def conv_case():
+    Bc, T, D = 1, 32768, 8192
+    x = torch.randn(Bc, T, D, device=dev, dtype=bf)
+    w = torch.randn(D, 4, device=dev, dtype=bf)
+    b = torch.randn(D, device=dev, dtype=bf)
+    y = torch.empty_like(x)
+    call = Prepared("conv1d_fwd", x=x, weight=w, bias=b, y=y, activation=1)
+    us, how = time_graph(call, calls=5, replays=5)
+    bw = 2 * x.numel() * 2 / (us * 1e-6) / 1e9
+    # check against torch
+    ref = torch.nn.functional.conv1d(torch.nn.functional.pad(x.float().transpose(1, 2), (3, 0)),
+                                     w.float().unsqueeze(1), b.float(), groups=D)
+    ref = torch.nn.functional.silu(ref).transpose(1, 2)
+    err = ((y.float() - ref).norm() / ref.norm()).item()
+    row("conv1d_fwd [1,32768,8192] bf16", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy, rel err {err:.1e} ({how})")
+
+
+def conv_update_case(N=256, D=8192, SL=4):
+    x = torch.randn(N, D, device=dev, dtype=bf)
+    state = torch.randn(N * 2, D, SL, device=dev, dtype=bf)
+    idx = torch.randperm(N * 2, device=dev)[:N].to(torch.int32)
+    w = torch.randn(D, 4, device=dev, dtype=bf)
+    y = torch.empty_like(x)
+    call = Prepared("conv1d_update", x=x, state=state, weight=w, state_indices=idx, y=y, activation=1)
+    us, how = time_graph(call, calls=50, replays=10)
+    nbytes = (2 * N * D + 2 * N * D * SL) * 2
+    bw = nbytes / (us * 1e-6) / 1e9
+    row(f"conv1d_update N={N} D={D} state_len={SL}", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+
+
+for label, fn in [
+    ("B=1 T=32768", lambda: chunk_case("B=1 T=32768", 1, 32768)),
+    ("B=8 T=4096", lambda: chunk_case("B=8 T=4096", 8, 4096)),
+    ("varlen", lambda: chunk_case("varlen 8 seqs, 32768 tokens", 1, 32768,
+                                  [1000, 7000, 3000, 5000, 2500, 6000, 4268, 4000])),
+    ("N=1", lambda: decode_case(1)), ("N=64", lambda: decode_case(64)), ("N=256", lambda: decode_case(256)),
+    ("conv", conv_case), ("conv_update", conv_update_case),
+]:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        print(f"{label}: FAILED {type(e).__name__}: {e}", flush=True)
+    torch.cuda.empty_cache()
+
+print("\n==== summary (H=16 HV=32 K=V=128 bf16; copy bandwidth %.0f GB/s) ====" % COPY_BW)
+for what, us, extra in ROWS:
+    print(f"{what:<44} {us:>10.1f} us  {extra}")
