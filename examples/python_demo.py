@@ -15,7 +15,7 @@ greedy tokens agree; prefill times are medians of --repeat runs, interleaved
 (transformers, hops, transformers, ...) so that noise from other work on the
 machine falls on both.
 
-    python examples/python_demo.py [--prompt 4096] [--decode 64] [--repeat 2]
+    python examples/python_demo.py [--prompt 4096] [--decode 64] [--repeat 3]
 """
 
 import argparse
@@ -239,7 +239,7 @@ def table(args, torch_runs: dict, hops_runs: dict, model) -> str:
               f"prefill more than {(torch_in + rest) / rest:.2f}x faster",
               f"prefill runs (s): {runs_s}",
               f"other processes kept {statistics.mean(others):.2f} cores busy on average during the timed parts "
-              f"(at most {max(others):.2f}){'' if max(others) < 0.2 else ' — a busy machine: torch suffers more'}",
+              f"(at most {max(others):.2f}){'' if max(others) < 0.2 else ' — a busy machine: these timings are unreliable'}",
               "tokens/s: prefill = prompt / median run; decode = 1 / median step; speedup = the ratio of those",
               f"max |logit difference|: prefill (all {args.prompt} positions) {check['prefill']:.2e}, "
               f"decode ({args.decode} steps) {check['decode']:.2e}  [{args.dtype}]",
@@ -251,7 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompt", type=int, default=4096, help="prefill tokens")
     parser.add_argument("--decode", type=int, default=64, help="greedy decode steps")
-    parser.add_argument("--repeat", type=int, default=2, help="prefills per path (the median is reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="prefills per path (the median is reported)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (every 4th is full attention)")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size")
     parser.add_argument("--intermediate", type=int, default=4608, help="MLP width")
