@@ -1,0 +1,40 @@
+// Small fp32 GEMMs on dense row-major blocks, the building block of the
+// chunked GDN kernels (forward and backward): register-blocked tiles written
+// with vector types, one width per ISA, the widest the CPU runs picked at run
+// time (GCC's auto-vectoriser does not keep such a tile in registers reliably).
+#pragma once
+
+#include <cstdint>
+
+namespace hops::cpu {
+
+constexpr int64_t kPadding = 16;  // cols round up to it: a multiple of every vector width
+
+constexpr int64_t round_up(int64_t x, int64_t multiple) {
+  return (x + multiple - 1) / multiple * multiple;
+}
+
+// Which part of a product a chunk needs: the C x C factors are triangular.
+enum class Shape {
+  full,
+  lower_a,    // a is lower triangular (zeros stored): a row tile's depth ends at its last row
+  lower_out,  // only out's lower triangle is wanted: a row tile's columns end near its last row
+};
+
+// out[rows x cols] = (or += when accumulate) a[rows x depth] b[depth x cols],
+// row-major; cols is a multiple of kPadding.
+struct Gemm {
+  int64_t rows, cols, depth;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float* out;
+  int64_t ldo;
+  bool accumulate;
+  Shape shape;
+};
+
+void gemm(const Gemm& g);
+
+}  // namespace hops::cpu
