@@ -7,39 +7,17 @@ the generic api->call with a hops_exec naming the stream, so that they can be
 captured in a CUDA graph: graph replays time the kernels without the Python
 call overhead (decode at N=1 is a few microseconds of GPU time)."""
 
-import ctypes
-import os
 import sys
+from pathlib import Path
 
 import torch
 
-import hops.ops as hops_ops
-from hops import _abi
-from hops._dlpack import borrow
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prepared_call import Prepared  # noqa: E402
 
 dev = torch.device("cuda")
 torch.manual_seed(0)
 ROWS = []
-
-
-class Prepared:
-    def __init__(self, name, **kwargs):
-        self.binding = hops_ops.library().ops[name]
-        self.values = (_abi.hops_value * len(self.binding.args))()
-        self.views = []
-        self.keep = kwargs
-        for slot, arg in zip(self.values, self.binding.args):
-            value = kwargs.get(arg.name, self.binding._default(arg))
-            self.binding._set(slot, arg, value, self.views)
-        self.exec = _abi.hops_exec(ctypes.sizeof(_abi.hops_exec), _abi.DLDevice(2, 0), None, 0, 0)
-
-    def __call__(self, stream=None):
-        s = stream if stream is not None else torch.cuda.current_stream()
-        self.exec.stream = ctypes.c_void_p(s.cuda_stream)
-        status = self.binding._library.api.call(self.binding._desc, ctypes.byref(self.exec), self.values,
-                                                len(self.binding.args))
-        if status != _abi.HOPS_OK:
-            raise self.binding._library.error(status)
 
 
 def time_graph(fn, calls=20, replays=10):

@@ -2,8 +2,9 @@
 # One call on the lent GPU (issue 6, item 4): the OpenCL backend on NVIDIA's
 # OpenCL platform. The image registers only PoCL in /etc/OpenCL/vendors, so an
 # ICD folder naming libnvidia-opencl.so.1 is made here. Also re-runs the CUDA
-# conformance sweep. Carry .deps (see cuda_device_run.sh).
-# Usage (repo root): tests/bench/opencl_device_run.sh [OUT_DIR]
+# conformance sweep, and times NVIDIA's OpenCL against the CPU backend and the
+# CUDA backend (tests/bench/cuda_vs_opencl.py). Carry .deps (device_deps.sh).
+# Usage (repo root): [CONFORMANCE=0] tests/bench/opencl_device_run.sh [OUT_DIR]
 set -uo pipefail
 OUT=${1:-${OUT:-/tmp/hops-out}}
 mkdir -p "$OUT"
@@ -28,14 +29,18 @@ ninja -C $B hops hops_cuda hops_opencl hops-conformance hops-opencl-bench hops-c
 C=$B/tests/conformance/hops-conformance
 P=$B/plugin/libhops.so
 HOPS_OPENCL_DEVICE=nvidia $B/shims/cli/hops-call --provider $P --list 2>/dev/null | grep -i -E "backend|opencl|cuda" | head -8
-HOPS_OPENCL_DEVICE=nvidia timeout 300 $C --provider $P --backend opencl > "$OUT/conformance_opencl_nvidia.log" 2>&1
-echo "conformance opencl (nvidia) rc=$?: $(tail -1 "$OUT/conformance_opencl_nvidia.log")"
-grep -E "^FAIL|backend" "$OUT/conformance_opencl_nvidia.log" | head -20
-HOPS_OPENCL_DEVICE=nvidia timeout 300 $C --provider $P --backend opencl --host-indices > "$OUT/conformance_opencl_nvidia_host.log" 2>&1
-echo "conformance opencl (nvidia, host indices) rc=$?: $(tail -1 "$OUT/conformance_opencl_nvidia_host.log")"
-timeout 300 $C --provider $P --backend cuda > "$OUT/conformance_cuda.log" 2>&1
-echo "conformance cuda rc=$?: $(tail -1 "$OUT/conformance_cuda.log")"
-grep -E "^FAIL" "$OUT/conformance_cuda.log" | head -10
+if [ "${CONFORMANCE:-1}" != 0 ]; then
+  HOPS_OPENCL_DEVICE=nvidia timeout 300 $C --provider $P --backend opencl > "$OUT/conformance_opencl_nvidia.log" 2>&1
+  echo "conformance opencl (nvidia) rc=$?: $(tail -1 "$OUT/conformance_opencl_nvidia.log")"
+  grep -E "^FAIL|backend" "$OUT/conformance_opencl_nvidia.log" | head -20
+  HOPS_OPENCL_DEVICE=nvidia timeout 300 $C --provider $P --backend opencl --host-indices > "$OUT/conformance_opencl_nvidia_host.log" 2>&1
+  echo "conformance opencl (nvidia, host indices) rc=$?: $(tail -1 "$OUT/conformance_opencl_nvidia_host.log")"
+  timeout 300 $C --provider $P --backend cuda > "$OUT/conformance_cuda.log" 2>&1
+  echo "conformance cuda rc=$?: $(tail -1 "$OUT/conformance_cuda.log")"
+  grep -E "^FAIL" "$OUT/conformance_cuda.log" | head -10
+fi
 for dtype in f32 bf16; do
   HOPS_OPENCL_DEVICE=nvidia timeout 200 $B/backends/opencl/hops-opencl-bench --provider $P --tokens 4096 --repeat 9 --dtype $dtype 2>&1 | tee "$OUT/opencl_bench_$dtype.md"
 done
+HOPS_LIBRARY=$PWD/$P PYTHONPATH=$PWD/shims/python:${PYTHONPATH:-} PYTHONUNBUFFERED=1 timeout 200 \
+  python3 tests/bench/cuda_vs_opencl.py --tokens 4096 --repeat 9 "$OUT"/opencl_bench_{f32,bf16}.md | tee "$OUT/cuda_vs_opencl.md"

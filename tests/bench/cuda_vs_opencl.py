@@ -1,0 +1,89 @@
+"""The CUDA backend at hops-opencl-bench's shapes, joined to that tool's tables
+(issue 6, item 5: NVIDIA's OpenCL against CUDA on the same GPU, one run).
+
+hops-opencl-bench times each call through the public ABI including clFinish;
+here each CUDA call is timed the same way, wall clock around the call and a
+stream synchronize (median of --repeat), on buffers made once. The ratio
+column is OpenCL ms / CUDA ms.
+
+    python3 tests/bench/cuda_vs_opencl.py --tokens 4096 OPENCL_TABLE.md [...]
+
+Run by tests/bench/opencl_device_run.sh after hops-opencl-bench."""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prepared_call import Prepared  # noqa: E402
+
+H, HV, K, V, D, W, N = 16, 32, 128, 128, 8192, 4, 8
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+
+def inputs(op, T, dtype):
+    """The tensors hops-opencl-bench gives `op` (same shapes, value ranges and flags)."""
+    dev = "cuda"
+
+    def u(shape, low=-1.0, high=1.0, f32=False):
+        return torch.empty(shape, device=dev, dtype=torch.float32 if f32 else dtype).uniform_(low, high)
+
+    slots = torch.arange(N, dtype=torch.int32)  # host memory, as the OpenCL bench passes them
+    if op == "gdn_chunk_fwd":
+        return dict(q=u((1, T, H, K)), k=u((1, T, H, K)), v=u((1, T, HV, V)), g=u((1, T, HV), -0.2, -0.01),
+                    beta=u((1, T, HV), 0, 1), o=u((1, T, HV, V)), final_state=u((1, HV, K, V), f32=True),
+                    use_qk_l2norm=True)
+    if op == "conv1d_fwd":
+        return dict(x=u((1, T, D)), weight=u((D, W)), bias=u((D,)), y=u((1, T, D)))
+    if op == "gdn_recurrent":
+        return dict(q=u((N, 1, H, K)), k=u((N, 1, H, K)), v=u((N, 1, HV, V)), g=u((N, 1, HV), -0.2, -0.01),
+                    beta=u((N, 1, HV), 0, 1), state=u((N, HV, K, V), f32=True), state_indices=slots,
+                    o=u((N, 1, HV, V)), use_qk_l2norm=True)
+    if op == "conv1d_update":
+        return dict(x=u((N, D)), state=u((N, D, W - 1)), weight=u((D, W)), state_indices=slots, y=u((N, D)))
+    if op == "gated_rmsnorm":
+        return dict(x=u((T, HV, V)), z=u((T, HV, V)), weight=u((V,)), y=u((T, HV, V)))
+    if op == "gdn_gating":
+        return dict(A_log=u((HV,)), a=u((T, HV)), b=u((T, HV)), dt_bias=u((HV,)), g=u((T, HV)), beta=u((T, HV)))
+    raise KeyError(op)
+
+
+def median_ms(call, repeat):
+    stream = torch.cuda.current_stream()
+    call(stream)
+    stream.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call(stream)
+        stream.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("tables", nargs="+", help="hops-opencl-bench outputs (markdown)")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=9)
+    args = parser.parse_args()
+    print(f"GPU: {torch.cuda.get_device_name()}\n")
+    print("| op | shape | dtype | CPU ms | NVIDIA OpenCL ms | CUDA ms | OpenCL / CUDA |\n|---|---|---|--:|--:|--:|--:|")
+    for table in args.tables:
+        for line in Path(table).read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 6 or cells[0] in ("op",) or cells[0].startswith("-"):
+                continue
+            op, shape, dtype, cpu_ms, opencl_ms, _ = cells
+            call = Prepared(op, **inputs(op, args.tokens, DTYPES[dtype]))
+            cuda_ms = median_ms(call, args.repeat)
+            print(f"| {op} | {shape} | {dtype} | {cpu_ms} | {opencl_ms} | {cuda_ms:.3f} | "
+                  f"{float(opencl_ms) / cuda_ms:.1f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
