@@ -1,7 +1,8 @@
-// Depthwise causal conv1d, channels last. Work is split into (sequence,
-// block of channels) tasks: the channel loop is innermost and contiguous, so
-// it vectorises, and each task owns its slice of the states. Inputs move a
-// position at a time: one row of up to kChannelBlock channels.
+// Depthwise causal conv1d, channels last. The prefill is split into
+// (sequence, block of tokens, block of channels) tasks, so that both cores
+// stream through x and y even for one sequence; the channel loop is
+// innermost and contiguous, so it vectorises. Decode is split into
+// (sequence, block of channels) tasks, each owning its slice of the state.
 #include <algorithm>
 
 #include "cpu_kernels.hpp"
@@ -10,7 +11,8 @@ namespace hops::cpu {
 
 namespace {
 
-constexpr int64_t kChannelBlock = 256;
+constexpr int64_t kChannelBlock = 512;
+constexpr int64_t kTokenBlock = 64;
 
 // Weights of one channel block, tap-major, and the bias.
 struct BlockFilter {
@@ -47,7 +49,11 @@ void load_state_column(const Tensor& state, int64_t index, int64_t d0, int64_t c
   load_run(state, state.offset(index, d0, column), state.stride[1], count, out);
 }
 
-void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count, float* scratch) {
+// Tokens [t0, t1) of sequence n, channels [d0, d0 + count); the task that
+// ends the sequence also writes its final state. `rows` holds the positions
+// t0 - (W-1) .. t1 - 1, one row of kChannelBlock floats each.
+HOPS_VECTOR_CLONES void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t t0, int64_t t1,
+                                          int64_t d0, int64_t count, float* rows) {
   const Sequences::Span span = op.sequences[n];
   const int64_t W = op.W, length = span.end - span.begin;
   const int64_t L0 = op.initial_state ? op.initial_state.shape[2] : 0;
@@ -64,18 +70,16 @@ void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count
       std::fill_n(out, count, 0.0f);
     }
   };
-  // A ring of the last W positions, so that each token is loaded once.
-  float* ring = scratch;
-  float* out = scratch + kMaxConvWidth * kChannelBlock;
-  auto slot = [&](int64_t p) { return ring + ((p % W + W) % W) * kChannelBlock; };
-  for (int64_t p = -(W - 1); p < 0; ++p) load_position(p, slot(p));
+  auto row = [&](int64_t p) { return rows + (p - t0 + W - 1) * kChannelBlock; };
+  for (int64_t p = t0 - (W - 1); p < t1; ++p) load_position(p, row(p));
+  float* out = rows + (kTokenBlock + kMaxConvWidth - 1) * kChannelBlock;
   const float* inputs[kMaxConvWidth];
-  for (int64_t t = 0; t < length; ++t) {
-    load_position(t, slot(t));
-    for (int64_t j = 0; j < W; ++j) inputs[j] = slot(t - (W - 1) + j);
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int64_t j = 0; j < W; ++j) inputs[j] = row(t - (W - 1) + j);
     filter.apply(inputs, count, op.activation, out);
     store_run(op.y, op.y.offset(span.row, span.begin + t, d0), op.y.stride[2], count, out);
   }
+  if (t1 != length) return;
   // Final state column c holds position length - L1 + c.
   for (int64_t c = 0; c < L1; ++c) {
     load_position(length - L1 + c, out);
@@ -84,8 +88,8 @@ void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_t d0, int64_t count
   }
 }
 
-void conv_update_task(const Conv1dUpdate& op, int64_t n, int64_t slot, int64_t d0, int64_t count,
-                      float* window) {
+HOPS_VECTOR_CLONES void conv_update_task(const Conv1dUpdate& op, int64_t n, int64_t slot,
+                                         int64_t d0, int64_t count, float* window) {
   const int64_t W = op.W, L = op.L, SL = op.state.shape[2];
   const BlockFilter filter(op.weight, op.bias, d0, count);
   auto row = [&](int64_t p) { return window + p * kChannelBlock; };
@@ -108,15 +112,31 @@ void conv_update_task(const Conv1dUpdate& op, int64_t n, int64_t slot, int64_t d
 }  // namespace
 
 void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
-  const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
-  const size_t per_worker = (kMaxConvWidth + 1) * kChannelBlock;
+  const int64_t channel_blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
+  int64_t longest = 0;
+  for (int64_t n = 0; n < op.sequences.count; ++n) {
+    const Sequences::Span span = op.sequences[n];
+    longest = std::max(longest, span.end - span.begin);
+  }
+  // Every sequence gets as many token blocks as the longest one: the blocks
+  // past a sequence's end return at once (an empty sequence still has one,
+  // which writes its final state).
+  const int64_t token_blocks = std::max<int64_t>(1, (longest + kTokenBlock - 1) / kTokenBlock);
+  const size_t per_worker = (kTokenBlock + kMaxConvWidth) * kChannelBlock;
   const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
-  context.threads->parallel_for(
-      op.sequences.count * blocks, context.max_workers, [&](int64_t task, int worker) {
-        const int64_t d0 = (task % blocks) * kChannelBlock;
-        conv_forward_task(op, task / blocks, d0, std::min(kChannelBlock, op.D - d0),
-                          scratch.as<float>() + worker * per_worker);
-      });
+  context.threads->parallel_for(op.sequences.count * token_blocks * channel_blocks,
+                                context.max_workers, [&](int64_t task, int worker) {
+                                  const int64_t d0 = (task % channel_blocks) * kChannelBlock;
+                                  const int64_t block = task / channel_blocks % token_blocks;
+                                  const int64_t n = task / channel_blocks / token_blocks;
+                                  const Sequences::Span span = op.sequences[n];
+                                  const int64_t t0 = block * kTokenBlock;
+                                  if (t0 > 0 && t0 >= span.end - span.begin) return;
+                                  conv_forward_task(
+                                      op, n, t0, std::min(t0 + kTokenBlock, span.end - span.begin),
+                                      d0, std::min(kChannelBlock, op.D - d0),
+                                      scratch.as<float>() + worker * per_worker);
+                                });
 }
 
 void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {

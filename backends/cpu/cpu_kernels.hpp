@@ -2,7 +2,10 @@
 // they share. Kernels compute in fp32 whatever the storage dtype.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 
 #include "backend.hpp"
 #include "ops/conv1d.hpp"
@@ -10,6 +13,15 @@
 #include "ops/norm.hpp"
 #include "scratch_pool.hpp"
 #include "thread_pool.hpp"
+
+// Hot loops are compiled once per x86-64 ISA level (AVX-512, AVX2 + FMA,
+// SSE2) and the loader binds the widest one the CPU runs.
+#if defined(__x86_64__)
+#define HOPS_VECTOR_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HOPS_VECTOR_CLONES
+#endif
 
 namespace hops::cpu {
 
@@ -22,11 +34,45 @@ void conv1d_update(const ExecContext& context, const Conv1dUpdate& op);
 
 // ---- shared helpers ----------------------------------------------------------
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-inline float silu(float x) { return x * sigmoid(x); }
+// e^x, branch-free so that loops calling it vectorise (std::exp is a scalar
+// libm call: it was most of the time of conv1d and gated_rmsnorm). Cody-Waite
+// reduction x = n ln2 + r, |r| <= ln2/2, and Cephes' degree-6 polynomial for
+// e^r: within 2 ulp of e^x for x in [-87.3, 88.3]; x is clamped to that range,
+// so e^x never overflows to inf nor flushes to 0 (both ends are far beyond
+// where sigmoid and silu saturate).
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.33f), 88.3f);  // a select, vectorised (-fno-trapping-math)
+  constexpr float kRound = 12582912.0f;       // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 // torch.nn.functional.softplus: linear above the threshold.
 inline float softplus(float x, float beta, float threshold) {
   return beta * x > threshold ? x : std::log1p(std::exp(beta * x)) / beta;
+}
+
+// x.y with independent partial sums: one running sum is a serial chain of
+// adds that the compiler may not reorder, hence not vectorise.
+inline float dot(const float* __restrict x, const float* __restrict y, int64_t n) {
+  constexpr int kLanes = 16;
+  float lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += x[i + l] * y[i + l];
+  }
+  float sum = 0.0f;
+  for (; i < n; ++i) sum += x[i] * y[i];
+  for (const float lane : lanes) sum += lane;
+  return sum;
 }
 
 // Element `offset` (in elements) of a float tensor, as float.

@@ -9,15 +9,6 @@
 
 #include "cpu_kernels.hpp"
 
-// Hot loops are compiled once per x86-64 ISA level (AVX-512, AVX2 + FMA,
-// SSE2) and the loader binds the widest one the CPU runs.
-#if defined(__x86_64__)
-#define HOPS_VECTOR_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HOPS_VECTOR_CLONES
-#endif
-
 namespace hops::cpu::gdn {
 
 // Reads `count` elements `stride` apart from a float tensor, as fp32. One
@@ -38,20 +29,7 @@ inline void scatter(const Tensor& t, int64_t offset, int64_t stride, int64_t cou
   });
 }
 
-// x.y with independent partial sums: one running sum is a serial chain of
-// adds that the compiler may not reorder, hence not vectorise.
-inline float dot(const float* __restrict x, const float* __restrict y, int64_t n) {
-  constexpr int kLanes = 16;
-  float lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] += x[i + l] * y[i + l];
-  }
-  float sum = 0.0f;
-  for (; i < n; ++i) sum += x[i] * y[i];
-  for (const float lane : lanes) sum += lane;
-  return sum;
-}
+using cpu::dot;
 
 inline void l2_normalize(float* x, int64_t n) {
   const float inverse_norm = 1.0f / std::sqrt(dot(x, x, n) + 1e-6f);
