@@ -40,6 +40,7 @@ install_system_packages() {
 # torch from the package index pulls large CUDA wheels: minutes the first
 # time, then pip's cache and the skip below make it free.
 PYTHON_PACKAGES=(numpy pytest torch transformers tqdm)
+FLA_SITE=.venv/fla-site
 
 install_python_packages() {
   if [ ! -x .venv/bin/python ]; then
@@ -57,6 +58,12 @@ install_python_packages() {
   # The shim, editable, so that it finds the in-tree build.
   .venv/bin/python -m pip show -q hops >/dev/null 2>&1 ||
     .venv/bin/python -m pip install -q -e shims/python
+  # flash-linear-attention in a folder of its own: importable, it would become
+  # transformers' unpatched path, so only tests/python/test_patch_fla.py sees it.
+  if [ ! -d "$FLA_SITE/fla" ]; then
+    say "pip install fla-core einops (into $FLA_SITE)"
+    .venv/bin/python -m pip install -q --no-deps --target "$FLA_SITE" fla-core einops
+  fi
 }
 
 # ---- builds ------------------------------------------------------------------
@@ -94,6 +101,8 @@ run_tests() {
      ctest --output-on-failure -j "$JOBS") || status=1
   say "pytest"
   .venv/bin/python -m pytest -q tests/python || status=1
+  say "pytest with flash-linear-attention importable"
+  PYTHONPATH="$FLA_SITE" .venv/bin/python -m pytest -q tests/python/test_patch_fla.py || status=1
   return $status
 }
 

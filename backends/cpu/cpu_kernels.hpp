@@ -53,8 +53,12 @@ inline float exp_approx(float x) {
   p = p * r * r + r + 1.0f;
   return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
 }
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
+// From e^-|x| in (0, 1]: one division per element, no overflow to guard.
+inline float sigmoid(float x) {
+  const float e = exp_approx(-std::abs(x));
+  return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
+inline float silu(float x) { return x * sigmoid(x); }
 // torch.nn.functional.softplus: linear above the threshold.
 inline float softplus(float x, float beta, float threshold) {
   return beta * x > threshold ? x : std::log1p(std::exp(beta * x)) / beta;
@@ -109,5 +113,27 @@ inline int64_t row_offset(const Tensor& t, int64_t row) {
   }
   return offset;
 }
+
+// Row offsets of a tensor viewed as [rows, last dim]: one multiply when the
+// leading dims collapse into a single stride (the common case), else the
+// division-per-dim decomposition of row_offset.
+class RowOffsets {
+ public:
+  explicit RowOffsets(const Tensor& t) : tensor_(t), stride_(collapsed_stride(t)) {}
+  int64_t operator()(int64_t row) const {
+    return stride_ >= 0 ? row * stride_ : row_offset(tensor_, row);
+  }
+
+ private:
+  static int64_t collapsed_stride(const Tensor& t) {
+    if (t.ndim < 2) return 0;
+    for (int d = t.ndim - 2; d > 0; --d) {
+      if (t.shape[d - 1] > 1 && t.stride[d - 1] != t.stride[d] * t.shape[d]) return -1;
+    }
+    return t.stride[t.ndim - 2];
+  }
+  const Tensor& tensor_;
+  int64_t stride_;
+};
 
 }  // namespace hops::cpu
