@@ -9,11 +9,14 @@ value heads, K=V=128, conv width 4) and the rest of Qwen3.5-35B-A3B's widths
 512 shared = 4608) instead of its mixture of experts, a 32768-word vocabulary,
 and bfloat16 weights, as Qwen3.5 is served. docs/PERFORMANCE.md says why.
 
-Both runs prefill the same prompt and decode greedily with the cache. The
-table compares time, tokens/s, the largest logit difference and whether the
-greedy tokens agree; prefill times are medians of --repeat runs, interleaved
-(transformers, hops, transformers, ...) so that noise from other work on the
-machine falls on both.
+Both runs prefill the same prompt and decode greedily with the cache (the
+hops run is fed the transformers run's tokens, so that each step's logits
+compare like for like). The table compares time, tokens/s, the largest logit
+difference and whether the greedy tokens agree; prefill times are medians of
+--repeat runs, interleaved (transformers, hops, transformers, ...) so that
+noise from other work on the machine falls on both. The demo also says how
+long the prefill spends in the functions hops replaces, and so how much faster
+any hops could make it, and how busy other processes kept the machine.
 
     python examples/python_demo.py [--prompt 4096] [--decode 64] [--repeat 3]
 """
@@ -179,7 +182,7 @@ def decode(model, first: dict, steps: int, label: str, tokens=None) -> dict:
 
 
 @torch.inference_mode()
-def warm_up(model, label: str) -> None:
+def warm_up(model) -> None:
     """A short prefill and two decode steps: thread pools, oneDNN primitives, hops'
     library load and scratch, so that the timed runs do not pay for them."""
     out = model(torch.zeros(1, 64, dtype=torch.long), use_cache=True, logits_to_keep=1)
@@ -239,7 +242,8 @@ def table(args, torch_runs: dict, hops_runs: dict, model) -> str:
               f"prefill more than {(torch_in + rest) / rest:.2f}x faster",
               f"prefill runs (s): {runs_s}",
               f"other processes kept {statistics.mean(others):.2f} cores busy on average during the timed parts "
-              f"(at most {max(others):.2f}){'' if max(others) < 0.2 else ' — a busy machine: these timings are unreliable'}",
+              f"(at most {max(others):.2f})" + (" — a busy machine: these timings are unreliable"
+                                                if max(others) >= 0.2 else ""),
               "tokens/s: prefill = prompt / median run; decode = 1 / median step; speedup = the ratio of those",
               f"max |logit difference|: prefill (all {args.prompt} positions) {check['prefill']:.2e}, "
               f"decode ({args.decode} steps) {check['decode']:.2e}  [{args.dtype}]",
@@ -272,9 +276,9 @@ def main() -> None:
 
     torch_runs = {"prefill_all": [], "others": [], "replaced": []}
     hops_runs = {"prefill_all": [], "others": [], "replaced": []}
-    warm_up(model, "transformers")
+    warm_up(model)
     report = hops.patch()
-    warm_up(model, "hops")
+    warm_up(model)
     hops.unpatch()
     for repeat in range(args.repeat):  # interleaved, the last run of each path keeps its cache for decoding
         for runs, patched in ((torch_runs, False), (hops_runs, True)):

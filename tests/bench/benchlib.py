@@ -1,0 +1,91 @@
+"""Shared by the benchmarks: the machine line, a meter of the CPU time other processes
+take while we measure (the machine is shared), and writing a generated section of a
+markdown file between `<!-- BEGIN name -->` and `<!-- END name -->` (appended at the
+end when the markers are absent), leaving the rest of the file alone."""
+
+import os
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        family = fields.get("CPU family", "").strip()
+        return f"{fields['Model name'].strip()} (family {family})" if family else fields["Model name"].strip()
+    except (OSError, subprocess.CalledProcessError, KeyError):
+        return platform.processor() or "unknown CPU"
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all processes (and the hypervisor's steal) took, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class OtherLoad:
+    """`with OtherLoad() as load:` ... then load.cores: how many cores other processes
+    (and steal) kept busy on average meanwhile; 0 on a quiet machine. /proc/stat counts
+    in 1/100 s per core, so it means something over windows of 0.1 s and more."""
+
+    def __enter__(self):
+        self.start = (time.perf_counter(), _busy_seconds(), _own_seconds())
+        return self
+
+    def __exit__(self, *_):
+        wall, busy, own = (b - a for a, b in zip(self.start, (time.perf_counter(), _busy_seconds(),
+                                                               _own_seconds())))
+        self.wall = wall
+        self.cores = max(0.0, busy - own) / wall if wall > 0 else 0.0
+
+
+def wait_for_quiet(max_cores: float = 0.1, window: float = 0.5, patience: float = 120.0) -> float:
+    """Waits (at most `patience` s) until other processes use under `max_cores` cores over a
+    window; returns the last window's figure."""
+    deadline = time.perf_counter() + patience
+    while True:
+        with OtherLoad() as load:
+            time.sleep(window)
+        if load.cores < max_cores or time.perf_counter() > deadline:
+            return load.cores
+
+
+def machine_line() -> str:
+    import transformers
+    try:
+        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = ""
+    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, transformers {transformers.__version__}; hops threads: "
+            f"{os.environ.get('HOPS_NUM_THREADS', 'all cores (HOPS_NUM_THREADS unset)')}; {load} at the start")
+
+
+def write(path, name: str, text: str) -> None:
+    path = Path(path)
+    begin, end = f"<!-- BEGIN {name} (generated: do not edit by hand) -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else ""
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+    print(f"wrote section '{name}' of {path}")
