@@ -9,8 +9,9 @@ namespace hops {
 
 std::span<const OpDef* const> all_ops() {
   static const OpDef* const table[] = {
-      &op_def<GdnChunkFwd>(),  &op_def<GdnRecurrent>(), &op_def<GdnGating>(),
-      &op_def<GatedRmsNorm>(), &op_def<Conv1dFwd>(),    &op_def<Conv1dUpdate>(),
+      &op_def<GdnChunkFwd>(),     &op_def<GdnRecurrent>(), &op_def<GdnGating>(),
+      &op_def<GatedRmsNorm>(),    &op_def<Conv1dFwd>(),    &op_def<Conv1dUpdate>(),
+      &op_def<GatedRmsNormBwd>(), &op_def<Conv1dBwd>(),    &op_def<GdnChunkBwd>(),
   };
   return table;
 }

@@ -31,6 +31,9 @@ void gdn_gating(const ExecContext& context, const GdnGating& op);
 void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op);
 void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op);
 void conv1d_update(const ExecContext& context, const Conv1dUpdate& op);
+void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op);
+void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op);
+void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op);
 
 // ---- shared helpers ----------------------------------------------------------
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <utility>
 
+#include "gdn_chunk_common.hpp"
 #include "gdn_common.hpp"
 #include "small_gemm.hpp"
 
@@ -20,10 +21,12 @@ namespace hops::cpu {
 
 namespace {
 
-constexpr int64_t kChunk = 64;
+using gdn::fill_decay;
+using gdn::invert_unit_lower;
+using gdn::kChunk;
+using gdn::prefetch_span;
+
 constexpr int64_t kMaxHeadsPerTask = 8;  // value heads per key head that share a task (G)
-// exp(x) is a normal float for |x| <= 80: the bound for factoring D (see fill_decay).
-constexpr float kMaxFactorLog = 80.0f;
 
 // ---- one chunk ---------------------------------------------------------------------
 
@@ -79,20 +82,6 @@ struct ChunkBlocks {
 struct HeadGroup {
   int64_t key, first, count;
 };
-
-// Asks for the elements of t at offset, offset + stride, ... to be brought
-// into L2 (not L1, which holds the chunk's own blocks), for reading or, with
-// kForWrite, for writing.
-template <int kForWrite>
-void prefetch_span(const Tensor& t, int64_t offset, int64_t count, int64_t stride) {
-  constexpr int64_t kLineBytes = 64;
-  const auto* first =
-      static_cast<const char*>(t.handle) + t.byte_offset + offset * dtype_size(t.dtype);
-  const int64_t bytes = ((count - 1) * stride + 1) * dtype_size(t.dtype);
-  for (int64_t byte = 0; byte < bytes; byte += kLineBytes) {
-    __builtin_prefetch(first + byte, kForWrite, 2);
-  }
-}
 
 // Asks for the rows of q, k, v, g, beta and o that a chunk will touch: tokens
 // are far apart in memory (a whole [H, K] row each), so the hardware
@@ -150,32 +139,6 @@ void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row, 
   }
 }
 
-// D_ij = exp(G_i - G_j), j <= i, never as exp(G_i) / exp(G_j), which overflows
-// for strong decays. Around the midpoint m of G's range, exp(G_i - m) and
-// exp(m - G_j) are normal floats when the range is at most 2 * kMaxFactorLog,
-// and their product is D_ij to a few ulp: 2C exps instead of C^2 / 2. Wider
-// ranges (very strong decay) take one exp per entry.
-HOPS_VECTOR_CLONES void fill_decay(const ChunkBlocks& b, int64_t length) {
-  const float* G = b.log_decay;
-  const auto [low, high] = std::minmax_element(G, G + length);
-  if (*high - *low > 2.0f * kMaxFactorLog) {
-    for (int64_t i = 0; i < length; ++i) {
-      for (int64_t j = 0; j <= i; ++j) b.decay[i * kChunk + j] = std::exp(G[i] - G[j]);
-    }
-    return;
-  }
-  const float middle = 0.5f * (*low + *high);
-  float* to_middle = b.factors;             // exp(m - G_j)
-  float* from_middle = b.factors + kChunk;  // exp(G_i - m)
-  for (int64_t i = 0; i < length; ++i) {
-    to_middle[i] = std::exp(middle - G[i]);
-    from_middle[i] = std::exp(G[i] - middle);
-  }
-  for (int64_t i = 0; i < length; ++i) {
-    for (int64_t j = 0; j <= i; ++j) b.decay[i * kChunk + j] = from_middle[i] * to_middle[j];
-  }
-}
-
 // a = beta_i D_ij k_i.k_j (j < i) and p = scale D_ij q_i.k_j (j <= i), with
 // p zero above the diagonal up to `length`, as far as its triangular GEMM reads.
 HOPS_VECTOR_CLONES void weight_scores(const ChunkBlocks& b, int64_t length, float scale) {
@@ -190,45 +153,6 @@ HOPS_VECTOR_CLONES void weight_scores(const ChunkBlocks& b, int64_t length, floa
     for (int64_t j = 0; j <= i; ++j) p[j] = scale * d[j] * qk[j];
     std::fill(p + i + 1, p + length, 0.0f);
   }
-}
-
-// Rows [first, last) of t = (I + A)^-1 by forward substitution: row i is
-// e_i - sum_{j<i} A_ij t_j. These rows, and the ones before, are zero past
-// column Width, so fixed-width loops cover them; each row is summed in two
-// local accumulators: registers rather than a memory round trip per j, and
-// two dependency chains rather than one.
-template <int Width>
-[[gnu::always_inline]] inline void substitute_rows(const ChunkBlocks& b, int64_t first,
-                                                   int64_t last) {
-  for (int64_t i = first; i < last; ++i) {
-    float even[Width] = {}, odd[Width] = {};
-    const float* a_i = b.a + i * kChunk;
-    int64_t j = 0;
-    for (; j + 1 < i; j += 2) {
-      const float* __restrict t_j = b.t + j * kChunk;
-      const float* __restrict t_next = t_j + kChunk;
-      for (int c = 0; c < Width; ++c) {
-        even[c] -= a_i[j] * t_j[c];
-        odd[c] -= a_i[j + 1] * t_next[c];
-      }
-    }
-    if (j < i) {
-      const float* __restrict t_j = b.t + j * kChunk;
-      for (int c = 0; c < Width; ++c) even[c] -= a_i[j] * t_j[c];
-    }
-    float* t_i = b.t + i * kChunk;
-    for (int c = 0; c < Width; ++c) t_i[c] = even[c] + odd[c];
-    t_i[i] += 1.0f;
-    std::fill(t_i + Width, t_i + kChunk, 0.0f);
-  }
-}
-
-HOPS_VECTOR_CLONES void invert_unit_lower(const ChunkBlocks& b, int64_t length) {
-  static_assert(kChunk == 4 * kPadding);
-  substitute_rows<kPadding>(b, 0, std::min(length, kPadding));
-  substitute_rows<2 * kPadding>(b, kPadding, std::min(length, 2 * kPadding));
-  substitute_rows<3 * kPadding>(b, 2 * kPadding, std::min(length, 3 * kPadding));
-  substitute_rows<4 * kPadding>(b, 3 * kPadding, length);
 }
 
 HOPS_VECTOR_CLONES void scale_rows(float* rows, int64_t count, int64_t width, int64_t ld,
@@ -260,9 +184,9 @@ void forward_value_head(const GdnChunkFwd& op, int64_t row, int64_t begin, int64
   const int64_t Kp = b.Kp, Vp = b.Vp, ld = b.ld_rhs();
   const auto scale = static_cast<float>(op.scale);
   pack_values(op, gdn::HeadGate(op, hv), row, begin, length, hv, b);
-  fill_decay(b, length);
+  fill_decay(b.log_decay, length, b.factors, b.decay);
   weight_scores(b, length, scale);
-  invert_unit_lower(b, length);
+  invert_unit_lower(b.a, b.t, length);
   // [W | U0] = T rhs, then U = U0 + W S.
   gemm({length, Kp + Vp, length, b.t, kChunk, b.rhs, ld, b.wu, ld, false, Shape::lower_a});
   gemm({length, Vp, Kp, b.wu, ld, state, Vp, b.u(), ld, true, Shape::full});

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace hops::cpu {
 
 namespace {
@@ -17,10 +21,11 @@ struct Simd {
   typedef float vec __attribute__((vector_size(Lanes * sizeof(float))));
 };
 
-template <int Lanes, int Rows, int Vecs>
-[[gnu::always_inline]] inline void gemm_tile(const Gemm& g, int64_t i, int64_t j, int64_t depth) {
+template <int Lanes, int Rows, int Vecs, bool TransposeA>
+[[gnu::always_inline]] inline void gemm_tile(const Gemm& g, int64_t i, int64_t j, int64_t first,
+                                             int64_t depth) {
   using vec = typename Simd<Lanes>::vec;
-  const float* __restrict a = g.a + i * g.lda;
+  const float* __restrict a = TransposeA ? g.a + i : g.a + i * g.lda;
   const float* __restrict b = g.b + j;
   float* __restrict out = g.out + i * g.ldo + j;
   vec acc[Rows][Vecs];
@@ -30,11 +35,11 @@ template <int Lanes, int Rows, int Vecs>
       if (g.accumulate) std::memcpy(&acc[r][c], out + r * g.ldo + c * Lanes, sizeof(vec));
     }
   }
-  for (int64_t p = 0; p < depth; ++p) {
+  for (int64_t p = first; p < depth; ++p) {
     vec b_row[Vecs];
     for (int c = 0; c < Vecs; ++c) std::memcpy(&b_row[c], b + p * g.ldb + c * Lanes, sizeof(vec));
     for (int r = 0; r < Rows; ++r) {
-      const float a_rp = a[r * g.lda + p];
+      const float a_rp = TransposeA ? a[p * g.lda + r] : a[r * g.lda + p];
       for (int c = 0; c < Vecs; ++c) acc[r][c] += a_rp * b_row[c];
     }
   }
@@ -45,43 +50,107 @@ template <int Lanes, int Rows, int Vecs>
   }
 }
 
-template <int Lanes, int Rows>
+template <int Lanes, int Rows, bool TransposeA>
 [[gnu::always_inline]] inline void gemm_row_tile(const Gemm& g, int64_t i) {
+  const int64_t first = g.shape == Shape::upper_a ? std::min(g.depth, i) : 0;
   const int64_t depth = g.shape == Shape::lower_a ? std::min(g.depth, i + Rows) : g.depth;
   const int64_t cols =
       g.shape == Shape::lower_out ? std::min(g.cols, round_up(i + Rows, kPadding)) : g.cols;
   int64_t j = 0;
-  for (; j + 2 * Lanes <= cols; j += 2 * Lanes) gemm_tile<Lanes, Rows, 2>(g, i, j, depth);
-  for (; j < cols; j += Lanes) gemm_tile<Lanes, Rows, 1>(g, i, j, depth);
+  for (; j + 2 * Lanes <= cols; j += 2 * Lanes) {
+    gemm_tile<Lanes, Rows, 2, TransposeA>(g, i, j, first, depth);
+  }
+  for (; j < cols; j += Lanes) gemm_tile<Lanes, Rows, 1, TransposeA>(g, i, j, first, depth);
 }
 
-template <int Lanes>
+template <int Lanes, bool TransposeA>
 [[gnu::always_inline]] inline void gemm_body(const Gemm& g) {
   int64_t i = 0;
-  for (; i + kTileRows <= g.rows; i += kTileRows) gemm_row_tile<Lanes, kTileRows>(g, i);
+  for (; i + kTileRows <= g.rows; i += kTileRows) {
+    gemm_row_tile<Lanes, kTileRows, TransposeA>(g, i);
+  }
   switch (g.rows - i) {
     case 5:
-      return gemm_row_tile<Lanes, 5>(g, i);
+      return gemm_row_tile<Lanes, 5, TransposeA>(g, i);
     case 4:
-      return gemm_row_tile<Lanes, 4>(g, i);
+      return gemm_row_tile<Lanes, 4, TransposeA>(g, i);
     case 3:
-      return gemm_row_tile<Lanes, 3>(g, i);
+      return gemm_row_tile<Lanes, 3, TransposeA>(g, i);
     case 2:
-      return gemm_row_tile<Lanes, 2>(g, i);
+      return gemm_row_tile<Lanes, 2, TransposeA>(g, i);
     case 1:
-      return gemm_row_tile<Lanes, 1>(g, i);
+      return gemm_row_tile<Lanes, 1, TransposeA>(g, i);
     default:
       return;
   }
 }
 
+template <int Lanes>
+[[gnu::always_inline]] inline void gemm_either(const Gemm& g) {
+  if (g.transpose_a) {
+    gemm_body<Lanes, true>(g);
+  } else {
+    gemm_body<Lanes, false>(g);
+  }
+}
+
 #if defined(__x86_64__)
-[[gnu::target("avx512f")]] void gemm_avx512(const Gemm& g) { gemm_body<16>(g); }
-[[gnu::target("avx2,fma")]] void gemm_avx2(const Gemm& g) { gemm_body<8>(g); }
+[[gnu::target("avx512f")]] void gemm_avx512(const Gemm& g) { gemm_either<16>(g); }
+[[gnu::target("avx2,fma")]] void gemm_avx2(const Gemm& g) { gemm_either<8>(g); }
 #endif
-void gemm_baseline(const Gemm& g) { gemm_body<4>(g); }
+void gemm_baseline(const Gemm& g) { gemm_either<4>(g); }
+
+void transpose_scalar(const float* __restrict in, int64_t ldi, int64_t rows, int64_t cols,
+                      float* __restrict out, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) out[c * ldo + r] = in[r * ldi + c];
+  }
+}
+
+#if defined(__x86_64__)
+// 8 x 8 blocks in registers (unpack row pairs, shuffle quads, swap 128-bit
+// halves): a scalar transpose spends a store per element on strided addresses.
+[[gnu::target("avx")]] void transpose_avx(const float* in, int64_t ldi, int64_t rows, int64_t cols,
+                                          float* out, int64_t ldo) {
+  int64_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) {
+      const float* block = in + r0 * ldi + c0;
+      __m256 row[8], pair[8], quad[8];
+      for (int i = 0; i < 8; ++i) row[i] = _mm256_loadu_ps(block + i * ldi);
+      for (int i = 0; i < 8; i += 2) {
+        pair[i] = _mm256_unpacklo_ps(row[i], row[i + 1]);
+        pair[i + 1] = _mm256_unpackhi_ps(row[i], row[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        quad[i] = _mm256_shuffle_ps(pair[i], pair[i + 2], 0x44);
+        quad[i + 1] = _mm256_shuffle_ps(pair[i], pair[i + 2], 0xEE);
+        quad[i + 2] = _mm256_shuffle_ps(pair[i + 1], pair[i + 3], 0x44);
+        quad[i + 3] = _mm256_shuffle_ps(pair[i + 1], pair[i + 3], 0xEE);
+      }
+      float* target = out + c0 * ldo + r0;
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(target + i * ldo, _mm256_permute2f128_ps(quad[i], quad[i + 4], 0x20));
+        _mm256_storeu_ps(target + (i + 4) * ldo,
+                         _mm256_permute2f128_ps(quad[i], quad[i + 4], 0x31));
+      }
+    }
+    transpose_scalar(in + r0 * ldi + c0, ldi, 8, cols - c0, out + c0 * ldo + r0, ldo);
+  }
+  transpose_scalar(in + r0 * ldi, ldi, rows - r0, cols, out + r0, ldo);
+}
+#endif
 
 }  // namespace
+
+void transpose(const float* in, int64_t ldi, int64_t rows, int64_t cols, float* out, int64_t ldo) {
+#if defined(__x86_64__)
+  static const bool avx = __builtin_cpu_supports("avx");
+  if (avx) return transpose_avx(in, ldi, rows, cols, out, ldo);
+#endif
+  transpose_scalar(in, ldi, rows, cols, out, ldo);
+}
 
 void gemm(const Gemm& g) {
   static const auto variant = [] {

@@ -19,10 +19,13 @@ enum class Shape {
   full,
   lower_a,    // a is lower triangular (zeros stored): a row tile's depth ends at its last row
   lower_out,  // only out's lower triangle is wanted: a row tile's columns end near its last row
+  upper_a,    // a is upper triangular (zeros stored): a row tile's depth starts at its first row
 };
 
 // out[rows x cols] = (or += when accumulate) a[rows x depth] b[depth x cols],
-// row-major; cols is a multiple of kPadding.
+// row-major; cols is a multiple of kPadding. With transpose_a, a is stored
+// as its transpose [depth x rows] (element (r, p) at a[p * lda + r]), which
+// the backward's A^T B products read without packing a copy.
 struct Gemm {
   int64_t rows, cols, depth;
   const float* a;
@@ -33,8 +36,13 @@ struct Gemm {
   int64_t ldo;
   bool accumulate;
   Shape shape;
+  bool transpose_a = false;
 };
 
 void gemm(const Gemm& g);
+
+// out[c * ldo + r] = in[r * ldi + c] for r < rows, c < cols: packs the
+// transposed operands that a GEMM reads as b.
+void transpose(const float* in, int64_t ldi, int64_t rows, int64_t cols, float* out, int64_t ldo);
 
 }  // namespace hops::cpu

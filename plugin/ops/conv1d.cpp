@@ -28,6 +28,23 @@ void check_state_length(const Call& call, int arg, int64_t length, int64_t width
   }
 }
 
+// A tensor of tokens: [B,T,D], or [B,D,T] with channels_first.
+void expect_tokens(Shapes& dims, int arg, bool channels_first) {
+  if (channels_first) {
+    dims.expect(arg, {"B", "D", "T"});
+  } else {
+    dims.expect(arg, {"B", "T", "D"});
+  }
+}
+
+// A gradient output only exists for an input that the call has.
+void require_input_for(const Call& call, int gradient_arg, int input_arg) {
+  if (call.tensor(gradient_arg) && !call.tensor(input_arg)) {
+    call.fail(gradient_arg, "is given but '{}' is not: there is no such input to differentiate",
+              call.arg_name(input_arg));
+  }
+}
+
 // [B,D,T] seen as [B,T,D]: kernels only ever index channels last.
 Tensor channels_last(Tensor t) {
   std::swap(t.shape[1], t.shape[2]);
@@ -50,13 +67,7 @@ Conv1dFwd Conv1dFwd::check(const Call& call) {
   Conv1dFwd op;
   Shapes dims(call);
   const bool channels_first = call.flag(Arg::channels_first);
-  for (int arg : {Arg::x, Arg::y}) {
-    if (channels_first) {
-      dims.expect(arg, {"B", "D", "T"});
-    } else {
-      dims.expect(arg, {"B", "T", "D"});
-    }
-  }
+  for (int arg : {Arg::x, Arg::y}) expect_tokens(dims, arg, channels_first);
   call.same_dtype(Arg::y, Arg::x);
   dims.expect(Arg::weight, {"D", "W"});
   dims.expect(Arg::bias, {"D"});
@@ -75,6 +86,47 @@ Conv1dFwd Conv1dFwd::check(const Call& call) {
   op.x = call.tensor(Arg::x), op.y = call.tensor(Arg::y);
   if (channels_first) op.x = channels_last(op.x), op.y = channels_last(op.y);
   op.weight = call.tensor(Arg::weight), op.bias = call.tensor(Arg::bias);
+  return op;
+}
+
+Conv1dBwd Conv1dBwd::check(const Call& call) {
+  Conv1dBwd op;
+  Shapes dims(call);
+  const bool channels_first = call.flag(Arg::channels_first);
+  for (int arg : {Arg::x, Arg::dy, Arg::dx}) {
+    expect_tokens(dims, arg, channels_first);
+    call.same_dtype(arg, Arg::x);
+  }
+  dims.expect(Arg::weight, {"D", "W"});
+  dims.expect(Arg::dweight, {"D", "W"});
+  call.same_dtype(Arg::dweight, Arg::weight);
+  require_input_for(call, Arg::dbias, Arg::bias);
+  dims.expect(Arg::bias, {"D"});
+  dims.expect(Arg::dbias, {"D"});
+  call.same_dtype(Arg::dbias, Arg::bias);
+  op.B = dims["B"], op.T = dims["T"], op.D = dims["D"];
+  op.W = check_width(call, Arg::weight, dims);
+  op.sequences = check_sequences(call, Arg::cu_seqlens, op.B, op.T);
+  dims.bind("N", op.sequences.count, op.sequences.cu_seqlens ? Arg::cu_seqlens : Arg::x);
+  require_input_for(call, Arg::d_initial_state, Arg::initial_state);
+  dims.expect(Arg::initial_state, {"N", "D", "L0"});
+  dims.expect(Arg::d_initial_state, {"N", "D", "L0"});
+  call.same_dtype(Arg::d_initial_state, Arg::initial_state);
+  dims.expect(Arg::d_final_state, {"N", "D", "L1"});
+  op.initial_state = call.tensor(Arg::initial_state);
+  op.d_final_state = call.tensor(Arg::d_final_state);
+  check_state_length(call, Arg::initial_state, op.initial_state ? op.initial_state.shape[2] : 0,
+                     op.W);
+  check_state_length(call, Arg::d_final_state, op.d_final_state ? op.d_final_state.shape[2] : 0,
+                     op.W);
+  op.activation = check_activation(call, Arg::activation);
+  op.x = call.tensor(Arg::x), op.dy = call.tensor(Arg::dy), op.dx = call.tensor(Arg::dx);
+  if (channels_first) {
+    op.x = channels_last(op.x), op.dy = channels_last(op.dy), op.dx = channels_last(op.dx);
+  }
+  op.weight = call.tensor(Arg::weight), op.bias = call.tensor(Arg::bias);
+  op.dweight = call.tensor(Arg::dweight), op.dbias = call.tensor(Arg::dbias);
+  op.d_initial_state = call.tensor(Arg::d_initial_state);
   return op;
 }
 

@@ -52,6 +52,61 @@ struct Conv1dFwd {
   static Conv1dFwd check(const Call& call);
 };
 
+// Backward of conv1d_fwd, with its argument conventions; the activation is
+// recomputed from x (no saved activations), as autograd hosts call it.
+struct Conv1dBwd {
+  static constexpr const char* kName = "conv1d_bwd";
+  static constexpr const char* kDoc =
+      "backward of conv1d_fwd: dx, dweight, dbias and d_initial_state from dy and d_final_state";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 0;
+  using Signature = hops_conv1d_bwd_fn;
+  struct Arg {
+    enum : int {
+      x,
+      weight,
+      bias,
+      initial_state,
+      cu_seqlens,
+      dy,
+      d_final_state,
+      dx,
+      dweight,
+      dbias,
+      d_initial_state,
+      activation,
+      channels_first
+    };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("x", HOPS_DTYPE_FLOATS, "[B,T,D]",
+            "forward input, channels last ([B,D,T] with channels_first)"),
+      input("weight", HOPS_DTYPE_FLOATS, "[D,W]", "filter, width W <= 4"),
+      optional_input("bias", HOPS_DTYPE_FLOATS, "[D]", "forward bias"),
+      optional_input("initial_state", HOPS_DTYPE_FLOATS, "[N,D,L0]",
+                     "forward initial state, L0 >= W-1"),
+      optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
+      input("dy", HOPS_DTYPE_FLOATS, "[B,T,D]", "gradient of y (shape, layout and dtype of x)"),
+      optional_input("d_final_state", HOPS_DTYPE_FLOATS, "[N,D,L1]",
+                     "gradient of the forward's final state, L1 >= W-1"),
+      output("dx", HOPS_DTYPE_FLOATS, "[B,T,D]", "gradient of x (shape, layout and dtype of x)"),
+      output("dweight", HOPS_DTYPE_FLOATS, "[D,W]", "gradient of weight (dtype of weight)"),
+      optional_output("dbias", HOPS_DTYPE_FLOATS, "[D]",
+                      "gradient of bias (dtype of bias); only with bias"),
+      optional_output("d_initial_state", HOPS_DTYPE_FLOATS, "[N,D,L0]",
+                      "gradient of initial_state (its dtype); only with initial_state"),
+      i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu, as in the forward"),
+      bool_scalar("channels_first", false, "x, dy and dx are [B,D,T]"),
+  };
+
+  // x, dy, dx viewed as [B,T,D]
+  Tensor x, weight, bias, initial_state, dy, d_final_state, dx, dweight, dbias, d_initial_state;
+  Sequences sequences;
+  int64_t B = 0, T = 0, D = 0, W = 0;
+  Activation activation = Activation::silu;
+  static Conv1dBwd check(const Call& call);
+};
+
 struct Conv1dUpdate {
   static constexpr const char* kName = "conv1d_update";
   static constexpr const char* kDoc =

@@ -7,7 +7,7 @@ namespace hops {
 
 namespace {
 
-// Checks the arguments both GDN forwards share; `Arg` is the op's index enum.
+// Checks the arguments every GDN op shares; `Arg` is the op's index enum.
 template <class Arg>
 void check_problem(const Call& call, Shapes& dims, GdnProblem& p) {
   dims.expect(Arg::q, {"B", "T", "H", "K"});
@@ -15,12 +15,8 @@ void check_problem(const Call& call, Shapes& dims, GdnProblem& p) {
   dims.expect(Arg::v, {"B", "T", "HV", "V"});
   dims.expect(Arg::g, {"B", "T", "HV"});
   dims.expect(Arg::beta, {"B", "T", "HV"});
-  dims.expect(Arg::A_log, {"HV"});
-  dims.expect(Arg::dt_bias, {"HV"});
-  dims.expect(Arg::o, {"B", "T", "HV", "V"});
   call.same_dtype(Arg::k, Arg::q);
   call.same_dtype(Arg::v, Arg::q);
-  call.same_dtype(Arg::o, Arg::q);
   p.B = dims["B"], p.T = dims["T"], p.H = dims["H"], p.HV = dims["HV"];
   p.K = dims["K"], p.V = dims["V"];
   if (p.H == 0 || p.HV % p.H != 0) {
@@ -28,18 +24,28 @@ void check_problem(const Call& call, Shapes& dims, GdnProblem& p) {
               p.HV, p.H);
   }
   if (p.K == 0 || p.V == 0) call.fail(Arg::v, "K = {} and V = {} must be positive", p.K, p.V);
-  if (static_cast<bool>(call.tensor(Arg::A_log)) != static_cast<bool>(call.tensor(Arg::dt_bias))) {
-    call.fail(Arg::dt_bias, "A_log and dt_bias are given together or not at all");
-  }
   p.q = call.tensor(Arg::q), p.k = call.tensor(Arg::k), p.v = call.tensor(Arg::v);
-  p.g = call.tensor(Arg::g), p.beta = call.tensor(Arg::beta), p.o = call.tensor(Arg::o);
-  p.A_log = call.tensor(Arg::A_log), p.dt_bias = call.tensor(Arg::dt_bias);
+  p.g = call.tensor(Arg::g), p.beta = call.tensor(Arg::beta);
   p.sequences = check_sequences(call, Arg::cu_seqlens, p.B, p.T);
   const double scale = call.f64(Arg::scale);
   if (scale < 0) call.fail(Arg::scale, "expected >= 0 (0 means K^-1/2), got {}", scale);
   p.scale = scale == 0 ? 1.0 / std::sqrt(static_cast<double>(p.K)) : scale;
   p.use_qk_l2norm = call.flag(Arg::use_qk_l2norm);
   p.state_v_first = call.flag(Arg::state_v_first);
+}
+
+// The forwards' own arguments: the output o and the optional fused gate.
+template <class Arg>
+void check_forward(const Call& call, Shapes& dims, GdnProblem& p) {
+  dims.expect(Arg::A_log, {"HV"});
+  dims.expect(Arg::dt_bias, {"HV"});
+  dims.expect(Arg::o, {"B", "T", "HV", "V"});
+  call.same_dtype(Arg::o, Arg::q);
+  if (static_cast<bool>(call.tensor(Arg::A_log)) != static_cast<bool>(call.tensor(Arg::dt_bias))) {
+    call.fail(Arg::dt_bias, "A_log and dt_bias are given together or not at all");
+  }
+  p.o = call.tensor(Arg::o);
+  p.A_log = call.tensor(Arg::A_log), p.dt_bias = call.tensor(Arg::dt_bias);
 }
 
 // States are [count,HV,K,V], or [count,HV,V,K] when state_v_first.
@@ -57,6 +63,7 @@ GdnChunkFwd GdnChunkFwd::check(const Call& call) {
   GdnChunkFwd op;
   Shapes dims(call);
   check_problem<Arg>(call, dims, op);
+  check_forward<Arg>(call, dims, op);
   dims.bind("N", op.sequences.count, op.sequences.cu_seqlens ? Arg::cu_seqlens : Arg::q);
   expect_state(dims, Arg::initial_state, "N", op.state_v_first);
   expect_state(dims, Arg::final_state, "N", op.state_v_first);
@@ -65,10 +72,40 @@ GdnChunkFwd GdnChunkFwd::check(const Call& call) {
   return op;
 }
 
+GdnChunkBwd GdnChunkBwd::check(const Call& call) {
+  GdnChunkBwd op;
+  Shapes dims(call);
+  check_problem<Arg>(call, dims, op);
+  dims.expect(Arg::d_o, {"B", "T", "HV", "V"});
+  dims.expect(Arg::dq, {"B", "T", "H", "K"});
+  dims.expect(Arg::dk, {"B", "T", "H", "K"});
+  dims.expect(Arg::dv, {"B", "T", "HV", "V"});
+  dims.expect(Arg::dg, {"B", "T", "HV"});
+  dims.expect(Arg::dbeta, {"B", "T", "HV"});
+  for (int arg : {Arg::d_o, Arg::dq, Arg::dk, Arg::dv}) call.same_dtype(arg, Arg::q);
+  call.same_dtype(Arg::dg, Arg::g);
+  call.same_dtype(Arg::dbeta, Arg::beta);
+  dims.bind("N", op.sequences.count, op.sequences.cu_seqlens ? Arg::cu_seqlens : Arg::q);
+  for (int arg : {Arg::initial_state, Arg::d_final_state, Arg::dh0}) {
+    expect_state(dims, arg, "N", op.state_v_first);
+  }
+  op.initial_state = call.tensor(Arg::initial_state);
+  op.dh0 = call.tensor(Arg::dh0);
+  if (op.dh0 && !op.initial_state) {
+    call.fail(Arg::dh0,
+              "is given without initial_state: there is no initial state to differentiate");
+  }
+  op.d_o = call.tensor(Arg::d_o), op.d_final_state = call.tensor(Arg::d_final_state);
+  op.dq = call.tensor(Arg::dq), op.dk = call.tensor(Arg::dk), op.dv = call.tensor(Arg::dv);
+  op.dg = call.tensor(Arg::dg), op.dbeta = call.tensor(Arg::dbeta);
+  return op;
+}
+
 GdnRecurrent GdnRecurrent::check(const Call& call) {
   GdnRecurrent op;
   Shapes dims(call);
   check_problem<Arg>(call, dims, op);
+  check_forward<Arg>(call, dims, op);
   expect_state(dims, Arg::state, "S", op.state_v_first);
   op.state = call.tensor(Arg::state);
   op.slots = check_slots(call, Arg::state_indices, op.sequences.count, dims["S"]);

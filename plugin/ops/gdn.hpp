@@ -117,6 +117,66 @@ struct GdnRecurrent : GdnProblem {
   static GdnRecurrent check(const Call& call);
 };
 
+// The backward of gdn_chunk_fwd. No fused gating (autograd hosts compute g
+// and beta with differentiable ops), so A_log, dt_bias and o stay absent.
+struct GdnChunkBwd : GdnProblem {
+  static constexpr const char* kName = "gdn_chunk_bwd";
+  static constexpr const char* kDoc =
+      "Gradients of gdn_chunk_fwd (without fused gating) from do and the final state's gradient";
+  static constexpr uint32_t kSinceMajor = 1, kSinceMinor = 0;
+  static constexpr int kPrimaryArg = 0;
+  using Signature = hops_gdn_chunk_bwd_fn;
+  struct Arg {
+    enum : int {
+      q,
+      k,
+      v,
+      g,
+      beta,
+      initial_state,
+      cu_seqlens,
+      d_o,  // "do", a C keyword
+      d_final_state,
+      dq,
+      dk,
+      dv,
+      dg,
+      dbeta,
+      dh0,
+      scale,
+      use_qk_l2norm,
+      state_v_first
+    };
+  };
+  static constexpr hops_arg_desc kArgs[] = {
+      input("q", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "queries"),
+      input("k", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "keys (dtype of q)"),
+      input("v", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "values (dtype of q); HV % H == 0"),
+      input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]", "log decay per token and value head"),
+      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength"),
+      optional_input("initial_state", HOPS_DTYPE_F32, "[N,HV,K,V]",
+                     "state before each sequence, f32"),
+      optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
+      input("do", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "gradient of o (dtype of q)"),
+      optional_input("d_final_state", HOPS_DTYPE_F32, "[N,HV,K,V]",
+                     "gradient of the final state, f32 (absent: zero)"),
+      output("dq", HOPS_DTYPE_FLOATS, "[B,T,H,K]",
+             "gradient of q (dtype of q; of the un-normalised q with use_qk_l2norm)"),
+      output("dk", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "gradient of k (dtype of q)"),
+      output("dv", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "gradient of v (dtype of q)"),
+      output("dg", HOPS_DTYPE_FLOATS, "[B,T,HV]", "gradient of g (dtype of g)"),
+      output("dbeta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "gradient of beta (dtype of beta)"),
+      optional_output("dh0", HOPS_DTYPE_F32, "[N,HV,K,V]",
+                      "gradient of initial_state, f32 (only with initial_state)"),
+      f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
+      bool_scalar("use_qk_l2norm", false, "q and k were l2-normalised in the forward"),
+      bool_scalar("state_v_first", false, "states are [N,HV,V,K]"),
+  };
+
+  Tensor initial_state, d_o, d_final_state, dq, dk, dv, dg, dbeta, dh0;
+  static GdnChunkBwd check(const Call& call);
+};
+
 struct GdnGating {
   static constexpr const char* kName = "gdn_gating";
   static constexpr const char* kDoc = "g = -exp(A_log) * softplus(a + dt_bias), beta = sigmoid(b)";

@@ -306,6 +306,154 @@ std::vector<BadCall> gdn_gating_bad_calls(const Context& ctx) {
   };
 }
 
+// ---- gated_rmsnorm_bwd: x, z, dy, dx, dz [3,4,8], weight, dweight [8] ----------
+
+Invocation gated_rmsnorm_bwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Invocation call(ctx, op);
+  call.tensor("x", filled(d, DType::f32, random, {3, 4, 8}))
+      .tensor("z", filled(d, DType::f32, random, {3, 4, 8}))
+      .tensor("weight", filled(d, DType::f32, random, {8}))
+      .tensor("dy", filled(d, DType::f32, random, {3, 4, 8}))
+      .tensor("dx", f32(d, {3, 4, 8}))
+      .tensor("dz", f32(d, {3, 4, 8}))
+      .tensor("dweight", f32(d, {8}));
+  return call;
+}
+
+std::vector<BadCall> gated_rmsnorm_bwd_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
+  return {
+      {"dy is bf16 while x is f32", {"dy"}, set("dy", Tensor::empty(d, DType::bf16, {3, 4, 8}))},
+      {"dy has shape [3,4,7]", {"dy"}, set("dy", f32(d, {3, 4, 7}))},
+      {"dx aliases dy",
+       {"dx", "dy"},
+       [](Invocation& call) { call.tensor("dx", call.tensor("dy")); }},
+      {"dz overlaps dx (rows 1-2 of dx are rows 0-1 of dz)",
+       {"dz", "dx"},
+       [both = f32(d, {4, 4, 8})](Invocation& call) {
+         call.tensor("dx", both.view(0, {3, 4, 8}, {32, 8, 1}));
+         call.tensor("dz", both.view(32, {3, 4, 8}, {32, 8, 1}));
+       }},
+      {"dweight has 7 entries for D=8", {"dweight"}, set("dweight", f32(d, {7}))},
+      {"dweight is f16 while weight is f32",
+       {"dweight"},
+       set("dweight", Tensor::empty(d, DType::f16, {8}))},
+      {"dz is NULL", {"dz"}, set("dz", {})},
+  };
+}
+
+// ---- conv1d_bwd: B=1 T=6 D=5 W=4, bias, states of length 3, every gradient ------
+
+Invocation conv1d_bwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Invocation call(ctx, op);
+  call.tensor("x", filled(d, DType::f32, random, {1, 6, 5}))
+      .tensor("weight", filled(d, DType::f32, random, {5, 4}))
+      .tensor("bias", filled(d, DType::f32, random, {5}))
+      .tensor("initial_state", filled(d, DType::f32, random, {1, 5, 3}))
+      .tensor("dy", filled(d, DType::f32, random, {1, 6, 5}))
+      .tensor("d_final_state", filled(d, DType::f32, random, {1, 5, 3}))
+      .tensor("dx", f32(d, {1, 6, 5}))
+      .tensor("dweight", f32(d, {5, 4}))
+      .tensor("dbias", f32(d, {5}))
+      .tensor("d_initial_state", f32(d, {1, 5, 3}));
+  return call;
+}
+
+std::vector<BadCall> conv1d_bwd_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
+  return {
+      {"dy is f16 while x is f32", {"dy"}, set("dy", Tensor::empty(d, DType::f16, {1, 6, 5}))},
+      {"dy has T=5 while x has T=6", {"dy"}, set("dy", f32(d, {1, 5, 5}))},
+      {"dx aliases dy",
+       {"dx", "dy"},
+       [](Invocation& call) { call.tensor("dx", call.tensor("dy")); }},
+      {"d_initial_state aliases initial_state",
+       {"d_initial_state", "initial_state"},
+       [](Invocation& call) { call.tensor("d_initial_state", call.tensor("initial_state")); }},
+      {"d_initial_state without initial_state", {"d_initial_state"}, set("initial_state", {})},
+      {"dbias without bias", {"dbias"}, set("bias", {})},
+      {"d_initial_state has L0=4 while initial_state has 3",
+       {"d_initial_state"},
+       set("d_initial_state", f32(d, {1, 5, 4}))},
+      {"d_final_state length 2 < W-1", {"d_final_state"}, set("d_final_state", f32(d, {1, 5, 2}))},
+      {"dweight has W=3 while weight has W=4", {"dweight"}, set("dweight", f32(d, {5, 3}))},
+      {"dweight is bf16 while weight is f32",
+       {"dweight"},
+       set("dweight", Tensor::empty(d, DType::bf16, {5, 4}))},
+      {"cu_seqlens ends at 5, T=6: [0,5]",
+       {"cu_seqlens"},
+       set("cu_seqlens", Tensor::indices(*ctx.host, DType::i64, {0, 5}))},
+      {"activation is 2", {"activation"}, [](Invocation& call) { call.i64("activation", 2); }},
+  };
+}
+
+// ---- gdn_chunk_bwd: B=1 T=5 H=2 HV=4 K=8 V=6, both states and dh0 ----------
+
+Invocation gdn_chunk_bwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Device& d = ctx.device;
+  Array64 g = random.uniform({1, 5, 4}, -0.2, -0.01);
+  Invocation call(ctx, op);
+  call.tensor("q", filled(d, DType::f32, random, {1, 5, 2, 8}))
+      .tensor("k", filled(d, DType::f32, random, {1, 5, 2, 8}))
+      .tensor("v", filled(d, DType::f32, random, {1, 5, 4, 6}))
+      .tensor("g", Tensor::input(d, DType::f32, g))
+      .tensor("beta", filled(d, DType::f32, random, {1, 5, 4}))
+      .tensor("initial_state", filled(d, DType::f32, random, {1, 4, 8, 6}))
+      .tensor("do", filled(d, DType::f32, random, {1, 5, 4, 6}))
+      .tensor("d_final_state", filled(d, DType::f32, random, {1, 4, 8, 6}))
+      .tensor("dq", f32(d, {1, 5, 2, 8}))
+      .tensor("dk", f32(d, {1, 5, 2, 8}))
+      .tensor("dv", f32(d, {1, 5, 4, 6}))
+      .tensor("dg", f32(d, {1, 5, 4}))
+      .tensor("dbeta", f32(d, {1, 5, 4}))
+      .tensor("dh0", f32(d, {1, 4, 8, 6}))
+      .flag("use_qk_l2norm", true);
+  return call;
+}
+
+std::vector<BadCall> gdn_chunk_bwd_bad_calls(const Context& ctx) {
+  Device& d = ctx.device;
+  return {
+      {"do is NULL", {"do"}, set("do", {})},
+      {"do is bf16 while q is f32", {"do"}, set("do", Tensor::empty(d, DType::bf16, {1, 5, 4, 6}))},
+      {"do has V=7 while v has V=6", {"do"}, set("do", f32(d, {1, 5, 4, 7}))},
+      {"d_final_state is f16",
+       {"d_final_state"},
+       set("d_final_state", Tensor::empty(d, DType::f16, {1, 4, 8, 6}))},
+      {"d_final_state has HV=3", {"d_final_state"}, set("d_final_state", f32(d, {1, 3, 8, 6}))},
+      {"dh0 without initial_state", {"dh0"}, set("initial_state", {})},
+      {"dh0 has N=2 for one sequence", {"dh0"}, set("dh0", f32(d, {2, 4, 8, 6}))},
+      {"dq has H=4 while q has H=2", {"dq"}, set("dq", f32(d, {1, 5, 4, 8}))},
+      {"dk is NULL", {"dk"}, set("dk", {})},
+      {"dv is f16 while q is f32", {"dv"}, set("dv", Tensor::empty(d, DType::f16, {1, 5, 4, 6}))},
+      {"dg is bf16 while g is f32", {"dg"}, set("dg", Tensor::empty(d, DType::bf16, {1, 5, 4}))},
+      {"dbeta has HV=3 while beta has HV=4", {"dbeta"}, set("dbeta", f32(d, {1, 5, 3}))},
+      {"dq aliases q", {"dq", "q"}, [](Invocation& call) { call.tensor("dq", call.tensor("q")); }},
+      {"dv aliases do",
+       {"dv", "do"},
+       [](Invocation& call) { call.tensor("dv", call.tensor("do")); }},
+      {"dk overlaps dq (rows 1-4 of dq are rows 0-3 of dk)",
+       {"dk", "dq"},
+       [both = f32(d, {1, 6, 2, 8})](Invocation& call) {
+         call.tensor("dq", both.view(0, {1, 5, 2, 8}, {80, 16, 8, 1}));
+         call.tensor("dk", both.view(16, {1, 5, 2, 8}, {80, 16, 8, 1}));
+       }},
+      {"dh0 aliases d_final_state",
+       {"dh0", "d_final_state"},
+       [](Invocation& call) { call.tensor("dh0", call.tensor("d_final_state")); }},
+      {"dg has a zero stride", {"dg"}, patch("dg", [](DLTensor& t) { t.strides[1] = 0; })},
+      {"state_v_first with [N,HV,K,V] states (K != V)",
+       {"initial_state", "d_final_state", "dh0"},
+       [](Invocation& call) { call.flag("state_v_first", true); }},
+      {"cu_seqlens ends at 4, T=5: [0,2,4]",
+       {"cu_seqlens"},
+       set("cu_seqlens", Tensor::indices(*ctx.host, DType::i32, {0, 2, 4}))},
+      {"scale is -1", {"scale"}, [](Invocation& call) { call.f64("scale", -1.0); }},
+  };
+}
+
 const OpBadCalls kOpBadCalls[] = {
     {"gdn_chunk_fwd", gdn_chunk_base, gdn_chunk_bad_calls},
     {"gdn_recurrent", gdn_recurrent_base, gdn_recurrent_bad_calls},
@@ -313,6 +461,9 @@ const OpBadCalls kOpBadCalls[] = {
     {"conv1d_update", conv1d_update_base, conv1d_update_bad_calls},
     {"gated_rmsnorm", gated_rmsnorm_base, gated_rmsnorm_bad_calls},
     {"gdn_gating", gdn_gating_base, gdn_gating_bad_calls},
+    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_base, gated_rmsnorm_bwd_bad_calls},
+    {"conv1d_bwd", conv1d_bwd_base, conv1d_bwd_bad_calls},
+    {"gdn_chunk_bwd", gdn_chunk_bwd_base, gdn_chunk_bwd_bad_calls},
 };
 
 // Calls that need no valid base: lookups and the generic entry's own arguments.

@@ -1,4 +1,5 @@
-// conv1d_fwd and conv1d_update against ref::conv1d_fwd / ref::conv1d_update.
+// conv1d_fwd, conv1d_bwd and conv1d_update against ref::conv1d_fwd,
+// ref::conv1d_bwd and ref::conv1d_update.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -50,6 +51,9 @@ struct ConvCase {
   DType index_dtype = DType::i32;
   bool half = false;   // also run for f16 and bf16
   bool heavy = false;  // left out by --quick
+  // conv1d_bwd: ask for dbias and d_initial_state when bias and initial_state
+  // are given (the gradients of trained parameters and of a carried state).
+  bool optional_grads = true;
 
   int64_t sequences() const {
     return cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1;
@@ -68,6 +72,7 @@ std::string case_name(std::string_view op, DType dtype, const ConvCase& c) {
   if (c.initial_len >= 0) name += fmt::format(" L0={}", c.initial_len);
   if (c.final_len >= 0) name += fmt::format(" L1={}", c.final_len);
   if (c.f32_params) name += " f32_params";
+  if (!c.optional_grads) name += " no_dbias_no_d_initial_state";
   return name + std::string(layout_name(c.layout));
 }
 
@@ -208,6 +213,83 @@ std::vector<ConvCase> fwd_sweep() {
   return cases;
 }
 
+// The backward of the forward case: final_len is the length of d_final_state.
+void bwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const ConvCase& c,
+              bool typed_too) {
+  run_case(ctx, case_name(op.name, dtype, c), [&](Random& random, Verdict& verdict) {
+    const DType params = c.f32_params ? DType::f32 : dtype;
+    const Shape pad = c.layout == Layout::padded ? gaps(3) : Shape{};
+    const int64_t N = c.sequences();
+    const bool with_initial = c.initial_len >= 0, with_final = c.final_len >= 0;
+    Array64 x = random.uniform({c.B, c.T, c.D}, -1, 1);
+    Array64 weight = random.uniform({c.D, c.W}, -1, 1);
+    Array64 bias = random.uniform({c.D}, -1, 1);
+    Array64 h0 = random.uniform({N, c.D, std::max<int64_t>(c.initial_len, 0)}, -1, 1);
+    Array64 dy = random.uniform({c.B, c.T, c.D}, -1, 1);
+    Array64 d_final = random.uniform({N, c.D, std::max<int64_t>(c.final_len, 0)}, -1, 1);
+    Invocation call(ctx, op);
+    call.tensor("x", x_tensor(ctx.device, dtype, x, c.layout));
+    call.tensor("weight", Tensor::input(ctx.device, params, weight, pad.empty() ? pad : gaps(2)));
+    if (c.bias) call.tensor("bias", Tensor::input(ctx.device, params, bias));
+    if (with_initial) call.tensor("initial_state", Tensor::input(ctx.device, params, h0, pad));
+    if (!c.cu_seqlens.empty()) {
+      call.tensor("cu_seqlens", Tensor::indices(ctx.index_device(), c.index_dtype, c.cu_seqlens));
+    }
+    call.tensor("dy", x_tensor(ctx.device, dtype, dy, c.layout));
+    if (with_final) call.tensor("d_final_state", Tensor::input(ctx.device, params, d_final, pad));
+    const Tensor dx = y_tensor(ctx.device, dtype, {c.B, c.T, c.D}, c.layout);
+    const Tensor dweight =
+        Tensor::padded(ctx.device, params, {c.D, c.W}, pad.empty() ? pad : gaps(2));
+    Tensor dbias, d_initial;
+    if (c.bias && c.optional_grads) dbias = Tensor::empty(ctx.device, params, {c.D});
+    if (with_initial && c.optional_grads) {
+      d_initial = Tensor::padded(ctx.device, params, {N, c.D, c.initial_len}, pad);
+    }
+    call.tensor("dx", dx).tensor("dweight", dweight);
+    call.tensor("dbias", dbias).tensor("d_initial_state", d_initial);
+    call.i64("activation", c.activation).flag("channels_first", c.channels_first());
+    if (c.layout == Layout::compact) call.null_strides();
+    call.run(typed_too);
+
+    const ref::Conv1dGrads want =
+        ref::conv1d_bwd(x, weight, c.bias ? &bias : nullptr, with_initial ? &h0 : nullptr,
+                        c.cu_seqlens.empty() ? nullptr : &c.cu_seqlens, dy,
+                        with_final ? &d_final : nullptr, activation(c.activation));
+    verdict.expect_close("dx", dx, c.channels_first() ? permute(want.dx, {0, 2, 1}) : want.dx,
+                         tolerance(dtype));
+    verdict.expect_close("dweight", dweight, want.dweight, tolerance(dtype));
+    if (dbias) verdict.expect_close("dbias", dbias, want.dbias, tolerance(dtype));
+    if (d_initial) {
+      verdict.expect_close("d_initial_state", d_initial, want.d_initial_state, tolerance(dtype));
+    }
+  });
+}
+
+// The forward's sweep, plus what the backward's token chunks (64..2048
+// tokens, about 64 of them) make interesting: chunk edges inside and between
+// sequences, and many chunks.
+std::vector<ConvCase> bwd_sweep() {
+  std::vector<ConvCase> cases = fwd_sweep();
+  // clang-format off
+  const std::vector<ConvCase> more = {
+      {.B = 1, .T = 63, .D = 40, .W = 4, .bias = true, .initial_len = 3, .final_len = 3,
+       .half = true},
+      {.B = 3, .T = 64, .D = 40, .W = 3, .bias = true, .activation = HOPS_ACTIVATION_NONE,
+       .initial_len = 2, .final_len = 4},
+      {.B = 2, .T = 65, .D = 300, .W = 4, .bias = true, .initial_len = 5, .final_len = 3,
+       .optional_grads = false},
+      {.B = 1, .T = 1000, .D = 24, .W = 4, .cu_seqlens = {0, 1, 1, 130, 131, 700, 1000},
+       .bias = true, .initial_len = 3, .final_len = 3, .half = true},
+      {.B = 1, .T = 1000, .D = 16, .W = 2, .cu_seqlens = {0, 500, 1000}, .bias = true,
+       .initial_len = 4, .final_len = 2, .layout = Layout::channels_first},
+      {.B = 4, .T = 3000, .D = 8, .W = 4, .bias = true, .initial_len = 3, .final_len = 3,
+       .heavy = true},
+  };
+  // clang-format on
+  cases.insert(cases.end(), more.begin(), more.end());
+  return cases;
+}
+
 struct UpdateCase {
   int64_t N, L, D, W, SL, pool;  // L = 0: x is [N,D]
   std::optional<std::vector<int64_t>> slots = {};
@@ -307,6 +389,10 @@ std::vector<UpdateCase> update_sweep() {
 
 void conv1d_fwd_cases(const Context& ctx, const hops_op_desc& op) {
   sweep(ctx, op, fwd_sweep(), fwd_case);
+}
+
+void conv1d_bwd_cases(const Context& ctx, const hops_op_desc& op) {
+  sweep(ctx, op, bwd_sweep(), bwd_case);
 }
 
 void conv1d_update_cases(const Context& ctx, const hops_op_desc& op) {

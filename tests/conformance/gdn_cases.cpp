@@ -1,4 +1,5 @@
-// gdn_chunk_fwd and gdn_recurrent against ref::gdn_forward / ref::gdn_recurrent.
+// gdn_chunk_fwd, gdn_recurrent and gdn_chunk_bwd against ref::gdn_forward,
+// ref::gdn_recurrent and ref::gdn_backward.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -21,7 +22,8 @@ enum class Layout {
 struct GdnCase {
   int64_t B, T, H, HV, K, V;
   std::vector<int64_t> cu_seqlens = {};             // empty: dense
-  bool initial_state = false, final_state = false;  // gdn_chunk_fwd
+  bool initial_state = false, final_state = false;  // gdn_chunk_bwd: d_final_state
+  bool dh0 = true;  // gdn_chunk_bwd: asks for dh0 when there is an initial state
   bool l2norm = false, v_first = false, gating = false;
   double scale = 0;
   Layout layout = Layout::contiguous;
@@ -47,7 +49,8 @@ std::string case_name(std::string_view op, DType dtype, const GdnCase& c) {
   if (c.pool) name += fmt::format(" S={}", c.pool);
   if (c.slots) name += index_arg("state_indices", c.index_dtype, *c.slots);
   if (c.initial_state) name += " h0";
-  if (c.final_state) name += " final";
+  if (c.final_state) name += op == "gdn_chunk_bwd" ? " d_final" : " final";
+  if (op == "gdn_chunk_bwd" && c.initial_state && !c.dh0) name += " no_dh0";
   if (c.l2norm) name += " l2norm";
   if (c.v_first) name += " v_first";
   if (c.gating) name += " gating";
@@ -108,7 +111,7 @@ void bind_inputs(Invocation& call, const GdnInputs& in, const GdnCase& c) {
   if (c.layout == Layout::compact) call.null_strides();
   call.tensor("q", in.tq).tensor("k", in.tk).tensor("v", in.tv);
   call.tensor("g", in.tg).tensor("beta", in.tbeta);
-  call.tensor("A_log", in.tA_log).tensor("dt_bias", in.tdt_bias);
+  if (in.tA_log) call.tensor("A_log", in.tA_log).tensor("dt_bias", in.tdt_bias);
   call.f64("scale", c.scale).flag("use_qk_l2norm", c.l2norm).flag("state_v_first", c.v_first);
 }
 
@@ -181,6 +184,65 @@ void recurrent_case(const Context& ctx, const hops_op_desc& op, DType dtype, con
   });
 }
 
+// The backward has no fused gate: its gating cases pass g and beta as the
+// Qwen3.5 gate makes them from the forward's gating inputs (decays down to
+// about e^-6 per token).
+void gate_inputs(const Context& ctx, DType dtype, const GdnCase& c, GdnInputs& in) {
+  ref::Gating gate = ref::gdn_gating(in.A_log, in.g, in.beta, in.dt_bias);
+  in.g = std::move(gate.g);
+  in.beta = std::move(gate.beta);
+  in.tg = Tensor::input(ctx.device, dtype, in.g, c.pad(3));
+  in.tbeta = Tensor::input(ctx.device, dtype, in.beta, c.pad(3));
+  in.tA_log = in.tdt_bias = Tensor();
+}
+
+void chunk_bwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const GdnCase& c,
+                    bool typed_too) {
+  run_case(ctx, case_name(op.name, dtype, c), [&](Random& random, Verdict& verdict) {
+    GdnInputs in = make_inputs(ctx, random, dtype, c);
+    if (c.gating) gate_inputs(ctx, dtype, c, in);
+    Invocation call(ctx, op);
+    bind_inputs(call, in, c);
+    const int64_t N = c.sequences();
+    Array64 h0 = random.uniform(c.state_shape(N), -1, 1);
+    Array64 d_o = random.uniform({c.B, c.T, c.HV, c.V}, -1, 1);
+    Array64 d_final = random.uniform(c.state_shape(N), -1, 1);
+    if (c.initial_state)
+      call.tensor("initial_state", Tensor::input(ctx.device, DType::f32, h0, c.pad(4)));
+    if (!c.cu_seqlens.empty()) {
+      call.tensor("cu_seqlens", Tensor::indices(ctx.index_device(), c.index_dtype, c.cu_seqlens));
+    }
+    call.tensor("do", Tensor::input(ctx.device, dtype, d_o, c.pad(4)));
+    if (c.final_state)
+      call.tensor("d_final_state", Tensor::input(ctx.device, DType::f32, d_final, c.pad(4)));
+    const Tensor dq = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.H, c.K}, c.pad(4));
+    const Tensor dk = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.H, c.K}, c.pad(4));
+    const Tensor dv = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV, c.V}, c.pad(4));
+    const Tensor dg = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV}, c.pad(3));
+    const Tensor dbeta = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV}, c.pad(3));
+    Tensor dh0;
+    if (c.initial_state && c.dh0)
+      dh0 = Tensor::padded(ctx.device, DType::f32, c.state_shape(N), c.pad(4));
+    call.tensor("dq", dq).tensor("dk", dk).tensor("dv", dv).tensor("dg", dg);
+    call.tensor("dbeta", dbeta).tensor("dh0", dh0);
+    call.run(typed_too);
+
+    ref::GdnOptions unfused = options(in, c);
+    unfused.A_log = unfused.dt_bias = nullptr;
+    const ref::GdnGrads want =
+        ref::gdn_backward(in.q, in.k, in.v, in.g, in.beta, c.initial_state ? &h0 : nullptr,
+                          c.cu_seqlens.empty() ? nullptr : &c.cu_seqlens, d_o,
+                          c.final_state ? &d_final : nullptr, unfused);
+    const double tol = tolerance(dtype, true);
+    verdict.expect_close("dq", dq, want.dq, tol);
+    verdict.expect_close("dk", dk, want.dk, tol);
+    verdict.expect_close("dv", dv, want.dv, tol);
+    verdict.expect_close("dg", dg, want.dg, tol);
+    verdict.expect_close("dbeta", dbeta, want.dbeta, tol);
+    if (dh0) verdict.expect_close("dh0", dh0, want.dh0, tol);
+  });
+}
+
 // Few tokens of K=7,V=5 cost nothing; K=V=128 over 1000 tokens costs seconds
 // in the float64 reference, so the big shapes are a handful of cases.
 std::vector<GdnCase> chunk_sweep() {
@@ -224,6 +286,68 @@ std::vector<GdnCase> chunk_sweep() {
        .layout = Layout::padded, .half = true},
       // Real head sizes.
       {.B = 1, .T = 1000, .H = 2, .HV = 8, .K = 128, .V = 128,
+       .initial_state = true, .final_state = true, .l2norm = true, .heavy = true},
+      {.B = 1, .T = 300, .H = 4, .HV = 4, .K = 128, .V = 128, .cu_seqlens = {0, 100, 101, 300},
+       .initial_state = true, .final_state = true, .l2norm = true, .v_first = true, .heavy = true},
+      // Qwen3.5-35B-A3B layer: H=16, HV=32, K=V=128.
+      {.B = 1, .T = 80, .H = 16, .HV = 32, .K = 128, .V = 128,
+       .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
+       .layout = Layout::packed, .heavy = true},
+      {.B = 1, .T = 16, .H = 16, .HV = 32, .K = 128, .V = 128,
+       .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
+       .layout = Layout::packed, .half = true},
+      // Qwen3.5-27B layer: G = 3.
+      {.B = 1, .T = 100, .H = 16, .HV = 48, .K = 128, .V = 128,
+       .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
+       .layout = Layout::packed, .heavy = true},
+  };
+  // clang-format on
+}
+
+// The forward's sweep (its gating cases with g and beta computed by the
+// gate, see gate_inputs), plus an initial state whose gradient is not asked for.
+std::vector<GdnCase> chunk_bwd_sweep() {
+  // clang-format off
+  return {
+      // T around the chunk size, G = 1..4, small odd K and V.
+      {.B = 1, .T = 1, .H = 1, .HV = 1, .K = 7, .V = 5,
+       .initial_state = true, .final_state = true, .l2norm = true, .half = true},
+      {.B = 2, .T = 63, .H = 1, .HV = 2, .K = 7, .V = 5,
+       .initial_state = true, .final_state = true, .l2norm = true},
+      {.B = 2, .T = 64, .H = 2, .HV = 6, .K = 7, .V = 5, .final_state = true, .l2norm = true},
+      {.B = 1, .T = 65, .H = 1, .HV = 4, .K = 7, .V = 5, .initial_state = true, .l2norm = true},
+      {.B = 1, .T = 1000, .H = 1, .HV = 1, .K = 7, .V = 5,
+       .initial_state = true, .final_state = true, .half = true, .heavy = true},
+      {.B = 2, .T = 0, .H = 1, .HV = 2, .K = 8, .V = 4, .initial_state = true, .final_state = true},
+      {.B = 1, .T = 40, .H = 1, .HV = 2, .K = 9, .V = 32,
+       .initial_state = true, .final_state = true, .l2norm = true, .half = true},
+      // K=32, V=48 with each option.
+      {.B = 2, .T = 65, .H = 2, .HV = 2, .K = 32, .V = 48,
+       .initial_state = true, .final_state = true, .l2norm = true},
+      {.B = 2, .T = 65, .H = 2, .HV = 4, .K = 32, .V = 48,
+       .initial_state = true, .final_state = true, .l2norm = true, .v_first = true, .half = true},
+      {.B = 2, .T = 65, .H = 2, .HV = 6, .K = 32, .V = 48,
+       .final_state = true, .l2norm = true, .gating = true, .half = true},
+      {.B = 1, .T = 65, .H = 1, .HV = 4, .K = 32, .V = 48, .scale = 0.3},
+      {.B = 2, .T = 65, .H = 2, .HV = 4, .K = 32, .V = 48,
+       .initial_state = true, .final_state = true, .l2norm = true, .layout = Layout::compact},
+      {.B = 1, .T = 130, .H = 1, .HV = 2, .K = 16, .V = 16,
+       .initial_state = true, .dh0 = false, .l2norm = true},
+      // Varlen with empty and length-1 sequences.
+      {.B = 1, .T = 200, .H = 2, .HV = 4, .K = 16, .V = 24, .cu_seqlens = {0, 0, 1, 64, 64, 200},
+       .initial_state = true, .final_state = true, .l2norm = true, .half = true},
+      {.B = 1, .T = 200, .H = 2, .HV = 4, .K = 16, .V = 24, .cu_seqlens = {0, 0, 1, 64, 64, 200},
+       .final_state = true, .l2norm = true, .v_first = true, .gating = true,
+       .index_dtype = DType::i64},
+      // Strided inputs and outputs.
+      {.B = 2, .T = 100, .H = 2, .HV = 6, .K = 32, .V = 32,
+       .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
+       .layout = Layout::packed, .half = true},
+      {.B = 2, .T = 70, .H = 1, .HV = 3, .K = 16, .V = 8,
+       .initial_state = true, .final_state = true, .l2norm = true, .v_first = true,
+       .layout = Layout::padded, .half = true},
+      // Real head sizes.
+      {.B = 1, .T = 1000, .H = 1, .HV = 2, .K = 128, .V = 128,
        .initial_state = true, .final_state = true, .l2norm = true, .heavy = true},
       {.B = 1, .T = 300, .H = 4, .HV = 4, .K = 128, .V = 128, .cu_seqlens = {0, 100, 101, 300},
        .initial_state = true, .final_state = true, .l2norm = true, .v_first = true, .heavy = true},
@@ -287,6 +411,10 @@ void gdn_chunk_fwd_cases(const Context& ctx, const hops_op_desc& op) {
 
 void gdn_recurrent_cases(const Context& ctx, const hops_op_desc& op) {
   sweep(ctx, op, recurrent_sweep(), recurrent_case);
+}
+
+void gdn_chunk_bwd_cases(const Context& ctx, const hops_op_desc& op) {
+  sweep(ctx, op, chunk_bwd_sweep(), chunk_bwd_case);
 }
 
 }  // namespace hops::conformance

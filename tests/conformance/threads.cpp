@@ -1,12 +1,14 @@
-// Concurrency: 8 threads run medium gdn_chunk_fwd and conv1d_fwd calls at
-// once, interleaved, each into its own outputs, and every result must equal
-// the single-threaded one bit for bit.
+// Concurrency: 8 threads run medium calls of several ops at once,
+// interleaved, each into its own outputs, and every result must equal the
+// single-threaded one bit for bit. The same calls capped at one worker
+// (exec.num_threads = 1) must give the same bytes too: reductions across
+// tokens or rows (dweight) may not depend on how many threads share them.
 #include <fmt/format.h>
 
-#include <array>
 #include <latch>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "cases.hpp"
 #include "invocation.hpp"
@@ -53,15 +55,67 @@ Invocation conv1d_fwd_call(const Context& ctx, const hops_op_desc& op, Random& r
   return call;
 }
 
+Invocation gated_rmsnorm_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Invocation call(ctx, op);
+  call.tensor("x", random_input(ctx, random, {1000, 4, 64}, -1, 1))
+      .tensor("z", random_input(ctx, random, {1000, 4, 64}, -3, 3))
+      .tensor("weight", random_input(ctx, random, {64}, 0.5, 1.5))
+      .tensor("dy", random_input(ctx, random, {1000, 4, 64}, -1, 1))
+      .tensor("dx", Tensor::empty(ctx.device, DType::f32, {1000, 4, 64}))
+      .tensor("dz", Tensor::empty(ctx.device, DType::f32, {1000, 4, 64}))
+      .tensor("dweight", Tensor::empty(ctx.device, DType::f32, {64}));
+  return call;
+}
+
+Invocation conv1d_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Invocation call(ctx, op);
+  call.tensor("x", random_input(ctx, random, {1, 1000, 300}, -1, 1))
+      .tensor("weight", random_input(ctx, random, {300, 4}, -1, 1))
+      .tensor("bias", random_input(ctx, random, {300}, -1, 1))
+      .tensor("initial_state", random_input(ctx, random, {3, 300, 3}, -1, 1))
+      .tensor("cu_seqlens", Tensor::indices(ctx.index_device(), DType::i32, {0, 300, 301, 1000}))
+      .tensor("dy", random_input(ctx, random, {1, 1000, 300}, -1, 1))
+      .tensor("d_final_state", random_input(ctx, random, {3, 300, 4}, -1, 1))
+      .tensor("dx", Tensor::empty(ctx.device, DType::f32, {1, 1000, 300}))
+      .tensor("dweight", Tensor::empty(ctx.device, DType::f32, {300, 4}))
+      .tensor("dbias", Tensor::empty(ctx.device, DType::f32, {300}))
+      .tensor("d_initial_state", Tensor::empty(ctx.device, DType::f32, {3, 300, 3}));
+  return call;
+}
+
+Invocation gdn_chunk_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
+  Invocation call(ctx, op);
+  call.tensor("q", random_input(ctx, random, {1, 300, 2, 32}, -1, 1))
+      .tensor("k", random_input(ctx, random, {1, 300, 2, 32}, -1, 1))
+      .tensor("v", random_input(ctx, random, {1, 300, 6, 32}, -1, 1))
+      .tensor("g", random_input(ctx, random, {1, 300, 6}, -0.2, -0.01))
+      .tensor("beta", random_input(ctx, random, {1, 300, 6}, 0, 1))
+      .tensor("initial_state", random_input(ctx, random, {3, 6, 32, 32}, -1, 1))
+      .tensor("cu_seqlens", Tensor::indices(ctx.index_device(), DType::i32, {0, 100, 101, 300}))
+      .tensor("do", random_input(ctx, random, {1, 300, 6, 32}, -1, 1))
+      .tensor("d_final_state", random_input(ctx, random, {3, 6, 32, 32}, -1, 1))
+      .tensor("dq", Tensor::empty(ctx.device, DType::f32, {1, 300, 2, 32}))
+      .tensor("dk", Tensor::empty(ctx.device, DType::f32, {1, 300, 2, 32}))
+      .tensor("dv", Tensor::empty(ctx.device, DType::f32, {1, 300, 6, 32}))
+      .tensor("dg", Tensor::empty(ctx.device, DType::f32, {1, 300, 6}))
+      .tensor("dbeta", Tensor::empty(ctx.device, DType::f32, {1, 300, 6}))
+      .tensor("dh0", Tensor::empty(ctx.device, DType::f32, {3, 6, 32, 32}))
+      .flag("use_qk_l2norm", true);
+  return call;
+}
+
 struct ThreadCase {
   std::string_view op;
   Invocation (*build)(const Context&, const hops_op_desc&, Random&);
-  std::array<std::string_view, 2> outputs;
+  std::vector<std::string_view> outputs;
 };
 
 const ThreadCase kThreadCases[] = {
     {"gdn_chunk_fwd", gdn_chunk_call, {"o", "final_state"}},
     {"conv1d_fwd", conv1d_fwd_call, {"y", "final_state"}},
+    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_call, {"dx", "dz", "dweight"}},
+    {"conv1d_bwd", conv1d_bwd_call, {"dx", "dweight", "dbias", "d_initial_state"}},
+    {"gdn_chunk_bwd", gdn_chunk_bwd_call, {"dq", "dk", "dv", "dg", "dbeta", "dh0"}},
 };
 
 // A call with fresh outputs, so that threads share inputs only.
@@ -77,6 +131,23 @@ Bytes output_bytes(const Invocation& call, const ThreadCase& c) {
   Bytes bytes;
   for (std::string_view name : c.outputs) bytes.push_back(call.tensor(name).memory()->read());
   return bytes;
+}
+
+// The call capped at one worker gives the bytes of the uncapped call.
+void one_worker_check(const Context& ctx, const Invocation& call, const ThreadCase& c,
+                      const Bytes& expected) {
+  std::string error;
+  try {
+    Invocation capped = with_own_outputs(ctx, call, c);
+    capped.exec().num_threads = 1;
+    capped.run_lean();
+    if (output_bytes(capped, c) != expected) error = "bytes differ from the uncapped call";
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  ctx.report.check(
+      error.empty(),
+      fmt::format("threads: {} with num_threads=1, bitwise equal to all threads", c.op), error);
 }
 
 }  // namespace
@@ -109,6 +180,7 @@ void thread_cases(const Context& ctx, const OpFilter& selected) {
       ctx.report.fail(fmt::format("threads: {} single-threaded", c.op), e.what());
       continue;
     }
+    one_worker_check(ctx, p.calls[0], c, p.expected[0]);
     prepared.push_back(std::move(p));
   }
   if (prepared.empty()) return;

@@ -54,10 +54,38 @@ hops_status conv1d_update(const hops_op_desc& op, const hops_exec* exec, const A
       a.tensor("state_indices"), a.tensor("y"), a.i64("activation"));
 }
 
+hops_status gated_rmsnorm_bwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
+  return typed<hops_gated_rmsnorm_bwd_fn>(op)(exec, a.tensor("x"), a.tensor("z"),
+                                              a.tensor("weight"), a.tensor("dy"), a.tensor("dx"),
+                                              a.tensor("dz"), a.tensor("dweight"), a.f64("eps"));
+}
+
+hops_status conv1d_bwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
+  return typed<hops_conv1d_bwd_fn>(op)(
+      exec, a.tensor("x"), a.tensor("weight"), a.tensor("bias"), a.tensor("initial_state"),
+      a.tensor("cu_seqlens"), a.tensor("dy"), a.tensor("d_final_state"), a.tensor("dx"),
+      a.tensor("dweight"), a.tensor("dbias"), a.tensor("d_initial_state"), a.i64("activation"),
+      a.flag("channels_first"));
+}
+
+hops_status gdn_chunk_bwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
+  return typed<hops_gdn_chunk_bwd_fn>(op)(
+      exec, a.tensor("q"), a.tensor("k"), a.tensor("v"), a.tensor("g"), a.tensor("beta"),
+      a.tensor("initial_state"), a.tensor("cu_seqlens"), a.tensor("do"), a.tensor("d_final_state"),
+      a.tensor("dq"), a.tensor("dk"), a.tensor("dv"), a.tensor("dg"), a.tensor("dbeta"),
+      a.tensor("dh0"), a.f64("scale"), a.flag("use_qk_l2norm"), a.flag("state_v_first"));
+}
+
 constexpr std::pair<std::string_view, TypedCall> kTypedCalls[] = {
-    {"gdn_chunk_fwd", gdn_chunk_fwd}, {"gdn_recurrent", gdn_recurrent},
-    {"gdn_gating", gdn_gating},       {"gated_rmsnorm", gated_rmsnorm},
-    {"conv1d_fwd", conv1d_fwd},       {"conv1d_update", conv1d_update},
+    {"gdn_chunk_fwd", gdn_chunk_fwd},
+    {"gdn_recurrent", gdn_recurrent},
+    {"gdn_gating", gdn_gating},
+    {"gated_rmsnorm", gated_rmsnorm},
+    {"conv1d_fwd", conv1d_fwd},
+    {"conv1d_update", conv1d_update},
+    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd},
+    {"conv1d_bwd", conv1d_bwd},
+    {"gdn_chunk_bwd", gdn_chunk_bwd},
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace hops::ref {
 
@@ -72,6 +73,13 @@ std::vector<double> l2normalized(const std::vector<double>& x) {
 
 double activate(Activation activation, double x) {
   return activation == Activation::silu ? silu(x) : x;
+}
+
+// d/dx silu(x) = sigmoid(x) + x sigmoid(x) (1 - sigmoid(x)).
+double silu_derivative(double x) { return sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))); }
+
+double activate_derivative(Activation activation, double x) {
+  return activation == Activation::silu ? silu_derivative(x) : 1.0;
 }
 
 // The slot of sequence n in a state pool of `pool_size` slots: state_indices[n],
@@ -238,6 +246,135 @@ void delta_rule(const GdnDims& d, const Array64& q, const Array64& k, const Arra
   }
 }
 
+// The gradient with respect to x of l2normalized(x), given the gradient d_hat
+// with respect to x^ = x r, r = 1 / sqrt(|x|^2 + 1e-6): r (d_hat - x^ (x^.d_hat)).
+std::vector<double> l2normalized_backward(const std::vector<double>& x,
+                                          const std::vector<double>& d_hat) {
+  const std::vector<double> x_hat = l2normalized(x);
+  double sum_squares = 0.0, projection = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    sum_squares += x[i] * x[i];
+    projection += x_hat[i] * d_hat[i];
+  }
+  const double inverse_norm = 1.0 / std::sqrt(sum_squares + 1e-6);
+  std::vector<double> dx(x.size());
+  for (size_t i = 0; i < x.size(); ++i) dx[i] = inverse_norm * (d_hat[i] - x_hat[i] * projection);
+  return dx;
+}
+
+// The gradients of delta_rule for one sequence and value head hv started from
+// S0. On entry dS is the gradient of the final state, on return that of S0.
+// Adds the gradients with respect to the (normalised) q and k of the tokens
+// into grads.dq and grads.dk, summing over the value heads of a key head;
+// writes the dv, dg and dbeta rows of the tokens.
+void delta_rule_backward(const GdnDims& d, const Array64& q, const Array64& k, const Array64& v,
+                         const Array64& g, const Array64& beta, const GdnOptions& options,
+                         const Sequence& sequence, int64_t hv, const Matrix& S0, const Array64& d_o,
+                         Matrix& dS, GdnGrads& grads) {
+  const int64_t h = hv / d.G;
+  const double scale =
+      options.scale != 0.0 ? options.scale : 1.0 / std::sqrt(static_cast<double>(d.K));
+  const int64_t b = sequence.batch;
+  auto key_row = [&](const Array64& x, int64_t t) {
+    std::vector<double> row(d.K);
+    for (int64_t i = 0; i < d.K; ++i) row[i] = x.at({b, t, h, i});
+    return options.use_qk_l2norm ? l2normalized(row) : row;
+  };
+  auto value_row = [&](const Array64& x, int64_t t) {
+    std::vector<double> row(d.V);
+    for (int64_t j = 0; j < d.V; ++j) row[j] = x.at({b, t, hv, j});
+    return row;
+  };
+
+  // The forward again, keeping the state before each token.
+  std::vector<Matrix> before;
+  Matrix S = S0;
+  for (int64_t t = sequence.begin; t < sequence.end; ++t) {
+    before.push_back(S);
+    const std::vector<double> k_t = key_row(k, t), v_t = value_row(v, t);
+    const double decay = std::exp(g.at({b, t, hv}));
+    const double beta_t = beta.at({b, t, hv});
+    for (int64_t j = 0; j < d.V; ++j) {
+      double recalled = 0.0;
+      for (int64_t i = 0; i < d.K; ++i) recalled += decay * S[i][j] * k_t[i];
+      const double u = beta_t * (v_t[j] - recalled);
+      for (int64_t i = 0; i < d.K; ++i) S[i][j] = decay * S[i][j] + k_t[i] * u;
+    }
+  }
+
+  // Backwards through the tokens; dS is the gradient of the state after token t.
+  for (int64_t t = sequence.end - 1; t >= sequence.begin; --t) {
+    const std::vector<double> q_t = key_row(q, t), k_t = key_row(k, t);
+    const std::vector<double> v_t = value_row(v, t), do_t = value_row(d_o, t);
+    const double decay = std::exp(g.at({b, t, hv}));
+    const double beta_t = beta.at({b, t, hv});
+    const Matrix& S_before = before[t - sequence.begin];
+
+    // The token's forward quantities: S' = exp(g_t) S_before, e = v_t - S'^T k_t,
+    // u = beta_t e and the state after the token, S' + k_t u^T.
+    Matrix decayed = zero_state(d), after = zero_state(d);
+    std::vector<double> error(d.V), u(d.V);
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.V; ++j) decayed[i][j] = decay * S_before[i][j];
+    }
+    for (int64_t j = 0; j < d.V; ++j) {
+      double recalled = 0.0;
+      for (int64_t i = 0; i < d.K; ++i) recalled += decayed[i][j] * k_t[i];
+      error[j] = v_t[j] - recalled;
+      u[j] = beta_t * error[j];
+    }
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.V; ++j) after[i][j] = decayed[i][j] + k_t[i] * u[j];
+    }
+
+    // o_t = after^T (scale q_t).
+    std::vector<double> dq(d.K, 0.0), dk(d.K, 0.0);
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.V; ++j) {
+        dq[i] += scale * after[i][j] * do_t[j];
+        dS[i][j] += scale * q_t[i] * do_t[j];
+      }
+    }
+
+    // after = S' + k_t u^T.
+    std::vector<double> du(d.V, 0.0);
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.V; ++j) {
+        du[j] += dS[i][j] * k_t[i];
+        dk[i] += dS[i][j] * u[j];
+      }
+    }
+
+    // u = beta_t (v_t - S'^T k_t).
+    double dbeta = 0.0;
+    for (int64_t j = 0; j < d.V; ++j) {
+      grads.dv.at({b, t, hv, j}) = beta_t * du[j];
+      dbeta += du[j] * error[j];
+    }
+    grads.dbeta.at({b, t, hv}) = dbeta;
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.V; ++j) {
+        dk[i] -= beta_t * decayed[i][j] * du[j];
+        dS[i][j] -= beta_t * k_t[i] * du[j];  // now the gradient of S'
+      }
+    }
+    for (int64_t i = 0; i < d.K; ++i) {
+      grads.dq.at({b, t, h, i}) += dq[i];
+      grads.dk.at({b, t, h, i}) += dk[i];
+    }
+
+    // S' = exp(g_t) S_before: dg_t = sum(dS' * S'), and dS_before = exp(g_t) dS'.
+    double dg = 0.0;
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.V; ++j) {
+        dg += dS[i][j] * decayed[i][j];
+        dS[i][j] *= decay;
+      }
+    }
+    grads.dg.at({b, t, hv}) = dg;
+  }
+}
+
 // ---- conv1d -------------------------------------------------------------------
 
 // Sizes of a depthwise conv: channels D, width W; checks weight and bias.
@@ -247,6 +384,15 @@ void check_filter(const Array64& weight, const Array64* bias, int64_t D) {
                                   std::to_string(D) + ",W]");
   require(weight.dim(1) >= 1, "weight width W must be >= 1");
   if (bias != nullptr) require_shape(*bias, {D}, "bias");
+}
+
+// A conv state [N,D,length] (any length): checked when present.
+void check_conv_state(const Array64* state, int64_t N, int64_t D, const std::string& name) {
+  if (state == nullptr) return;
+  require_rank(*state, 3, name);
+  require(state->dim(0) == N && state->dim(1) == D,
+          name + " has shape " + shape_string(state->shape) + ", expected [" + std::to_string(N) +
+              "," + std::to_string(D) + ",L]");
 }
 
 // One output of the depthwise conv at channel d: bias plus the W taps applied
@@ -277,15 +423,20 @@ namespace {
 
 // Row-major offset of `index` in `shape`, bounds-checked: a wrong index in the
 // oracle must fail loudly, never read a neighbour.
+// The messages are built only on failure: this runs for every element the
+// oracle touches.
 int64_t row_major_offset(const std::vector<int64_t>& shape, std::initializer_list<int64_t> index) {
-  require(index.size() == shape.size(),
-          "index of rank " + std::to_string(index.size()) + " into shape " + shape_string(shape));
+  if (index.size() != shape.size()) {
+    require(false,
+            "index of rank " + std::to_string(index.size()) + " into shape " + shape_string(shape));
+  }
   int64_t offset = 0;
   size_t axis = 0;
   for (int64_t i : index) {
-    require(i >= 0 && i < shape[axis], "index " + std::to_string(i) + " out of range on axis " +
-                                           std::to_string(axis) + " of shape " +
-                                           shape_string(shape));
+    if (i < 0 || i >= shape[axis]) {
+      require(false, "index " + std::to_string(i) + " out of range on axis " +
+                         std::to_string(axis) + " of shape " + shape_string(shape));
+    }
     offset = offset * shape[axis] + i;
     ++axis;
   }
@@ -392,6 +543,53 @@ void gdn_recurrent(const Array64& q, const Array64& k, const Array64& v, const A
   }
 }
 
+GdnGrads gdn_backward(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
+                      const Array64& beta, const Array64* h0,
+                      const std::vector<int64_t>* cu_seqlens, const Array64& d_o,
+                      const Array64* d_final_state, const GdnOptions& options) {
+  const GdnDims d = gdn_dims(q, k, v, g, beta, options);
+  require(options.A_log == nullptr, "gdn_backward takes g and beta: no fused gating");
+  const std::vector<Sequence> seqs = sequences(d.B, d.T, cu_seqlens);
+  const int64_t N = static_cast<int64_t>(seqs.size());
+  const std::vector<int64_t> states = state_shape(N, d, options.state_v_first);
+  if (h0 != nullptr) require_shape(*h0, states, "h0");
+  require_shape(d_o, {d.B, d.T, d.HV, d.V}, "d_o");
+  if (d_final_state != nullptr) require_shape(*d_final_state, states, "d_final_state");
+
+  // dq and dk hold the gradients of the normalised q and k until the end.
+  GdnGrads grads{Array64(q.shape), Array64(k.shape),    Array64(v.shape),
+                 Array64(g.shape), Array64(beta.shape), Array64(states)};
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t hv = 0; hv < d.HV; ++hv) {
+      const Matrix S0 =
+          h0 != nullptr ? load_state(*h0, n, hv, d, options.state_v_first) : zero_state(d);
+      Matrix dS = d_final_state != nullptr
+                      ? load_state(*d_final_state, n, hv, d, options.state_v_first)
+                      : zero_state(d);
+      delta_rule_backward(d, q, k, v, g, beta, options, seqs[n], hv, S0, d_o, dS, grads);
+      store_state(dS, grads.dh0, n, hv, d, options.state_v_first);
+    }
+  }
+  if (options.use_qk_l2norm) {
+    for (int64_t b = 0; b < d.B; ++b) {
+      for (int64_t t = 0; t < d.T; ++t) {
+        for (int64_t h = 0; h < d.H; ++h) {
+          for (auto [x, dx] : {std::pair{&q, &grads.dq}, std::pair{&k, &grads.dk}}) {
+            std::vector<double> row(d.K), d_hat(d.K);
+            for (int64_t i = 0; i < d.K; ++i) {
+              row[i] = x->at({b, t, h, i});
+              d_hat[i] = dx->at({b, t, h, i});
+            }
+            const std::vector<double> d_row = l2normalized_backward(row, d_hat);
+            for (int64_t i = 0; i < d.K; ++i) dx->at({b, t, h, i}) = d_row[i];
+          }
+        }
+      }
+    }
+  }
+  return grads;
+}
+
 // ---- gated_rmsnorm --------------------------------------------------------------
 
 Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight, double eps) {
@@ -415,6 +613,45 @@ Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight,
   return y;
 }
 
+// ---- gated_rmsnorm_bwd ----------------------------------------------------------
+
+GatedRmsNormGrads gated_rmsnorm_bwd(const Array64& x, const Array64& z, const Array64& weight,
+                                    const Array64& dy, double eps) {
+  require(!x.shape.empty() && x.dim(-1) > 0, "x must be [..., D] with D > 0");
+  const int64_t D = x.dim(-1);
+  require_shape(z, x.shape, "z");
+  require_shape(weight, {D}, "weight");
+  require_shape(dy, x.shape, "dy");
+
+  GatedRmsNormGrads grads{Array64(x.shape), Array64(x.shape), Array64({D})};
+  const int64_t rows = x.numel() / D;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t row_start = r * D;
+    double sum_squares = 0.0;
+    for (int64_t d = 0; d < D; ++d) sum_squares += x.data[row_start + d] * x.data[row_start + d];
+    const double inverse_rms = 1.0 / std::sqrt(sum_squares / static_cast<double>(D) + eps);
+    // y = n * weight * silu(z) with n = x * inverse_rms. The gradient of n is
+    // dn = dy * weight * silu(z); inverse_rms depends on every x of the row,
+    // d inverse_rms / dx_i = -inverse_rms^3 x_i / D, so
+    // dx_i = inverse_rms dn_i - inverse_rms^3 / D * x_i * sum_d dn_d x_d.
+    double dn_dot_x = 0.0;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t i = row_start + d;
+      dn_dot_x += dy.data[i] * weight.data[d] * silu(z.data[i]) * x.data[i];
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t i = row_start + d;
+      const double n = x.data[i] * inverse_rms;
+      const double dn = dy.data[i] * weight.data[d] * silu(z.data[i]);
+      grads.dx.data[i] = inverse_rms * dn - inverse_rms * inverse_rms * inverse_rms /
+                                                static_cast<double>(D) * x.data[i] * dn_dot_x;
+      grads.dz.data[i] = dy.data[i] * n * weight.data[d] * silu_derivative(z.data[i]);
+      grads.dweight.data[d] += dy.data[i] * n * silu(z.data[i]);
+    }
+  }
+  return grads;
+}
+
 // ---- conv1d_fwd -----------------------------------------------------------------
 
 Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* bias,
@@ -426,12 +663,7 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
   const int64_t W = weight.dim(1);
   const std::vector<Sequence> seqs = sequences(B, T, cu_seqlens);
   const int64_t N = static_cast<int64_t>(seqs.size());
-  if (initial_state != nullptr) {
-    require_rank(*initial_state, 3, "initial_state");
-    require(initial_state->dim(0) == N && initial_state->dim(1) == D,
-            "initial_state has shape " + shape_string(initial_state->shape) + ", expected [" +
-                std::to_string(N) + "," + std::to_string(D) + ",L0]");
-  }
+  check_conv_state(initial_state, N, D, "initial_state");
   require(final_len >= 0, "final_len must be >= 0");
   // Without a state the history is W-1 zeros; reading past the state's
   // columns gives 0 too, so either way "before the start" is 0 or state.
@@ -461,6 +693,62 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
     }
   }
   return result;
+}
+
+// ---- conv1d_bwd -----------------------------------------------------------------
+
+Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* bias,
+                       const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
+                       const Array64& dy, const Array64* d_final_state, Activation activation) {
+  require_rank(x, 3, "x");
+  const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
+  check_filter(weight, bias, D);
+  require_shape(dy, x.shape, "dy");
+  const int64_t W = weight.dim(1);
+  const std::vector<Sequence> seqs = sequences(B, T, cu_seqlens);
+  const int64_t N = static_cast<int64_t>(seqs.size());
+  check_conv_state(initial_state, N, D, "initial_state");
+  check_conv_state(d_final_state, N, D, "d_final_state");
+  const int64_t L0 = initial_state != nullptr ? initial_state->dim(2) : 0;
+  const int64_t final_len = d_final_state != nullptr ? d_final_state->dim(2) : 0;
+
+  Conv1dGrads grads{Array64({B, T, D}), Array64({D, W}), Array64({D}), Array64({N, D, L0})};
+  for (int64_t n = 0; n < N; ++n) {
+    const Sequence& s = seqs[n];
+    const int64_t length = s.end - s.begin;
+    for (int64_t d = 0; d < D; ++d) {
+      // The forward's input at position p, as in conv1d_fwd.
+      auto input = [&](int64_t p) -> double {
+        if (p >= 0) return x.at({s.batch, s.begin + p, d});
+        if (initial_state != nullptr && L0 + p >= 0) return initial_state->at({n, d, L0 + p});
+        return 0.0;
+      };
+      // The gradient of every input that is a variable: positions -L0 .. length-1
+      // (the state's columns, then the tokens). Earlier positions are constant zeros.
+      std::vector<double> d_input(L0 + length, 0.0);
+      auto add_to_input = [&](int64_t p, double gradient) {
+        if (p >= -L0) d_input[p + L0] += gradient;
+      };
+      for (int64_t t = 0; t < length; ++t) {
+        // Recompute the pre-activation from x: no saved activations.
+        double pre = bias != nullptr ? bias->at({d}) : 0.0;
+        for (int64_t j = 0; j < W; ++j) pre += weight.at({d, j}) * input(t - (W - 1) + j);
+        const double d_pre =
+            dy.at({s.batch, s.begin + t, d}) * activate_derivative(activation, pre);
+        grads.dbias.at({d}) += d_pre;
+        for (int64_t j = 0; j < W; ++j) {
+          grads.dweight.at({d, j}) += d_pre * input(t - (W - 1) + j);
+          add_to_input(t - (W - 1) + j, d_pre * weight.at({d, j}));
+        }
+      }
+      // Final state column c is a copy of the input at position length - final_len + c.
+      for (int64_t c = 0; c < final_len; ++c)
+        add_to_input(length - final_len + c, d_final_state->at({n, d, c}));
+      for (int64_t t = 0; t < length; ++t) grads.dx.at({s.batch, s.begin + t, d}) = d_input[L0 + t];
+      for (int64_t c = 0; c < L0; ++c) grads.d_initial_state.at({n, d, c}) = d_input[c];
+    }
+  }
+  return grads;
 }
 
 // ---- conv1d_update --------------------------------------------------------------

@@ -62,6 +62,21 @@ GdnResult gdn_forward(const Array64& q, const Array64& k, const Array64& v, cons
                       const Array64& beta, const Array64* h0,
                       const std::vector<int64_t>* cu_seqlens, const GdnOptions& options);
 
+// The gradients of gdn_forward, given d_o [B,T,HV,V] (the gradient of o) and
+// d_final_state (of the final state; null: 0): token by token in reverse,
+// from the states the forward passes through. dq and dk are with respect to
+// the un-normalised q and k when options.use_qk_l2norm, and sum over the G
+// value heads that read a key head. dh0 (the gradient of h0, or of a zero
+// initial state when h0 is null) is laid out like the states. No fused
+// gating: options.A_log must be null.
+struct GdnGrads {
+  Array64 dq, dk, dv, dg, dbeta, dh0;
+};
+GdnGrads gdn_backward(const Array64& q, const Array64& k, const Array64& v, const Array64& g,
+                      const Array64& beta, const Array64* h0,
+                      const std::vector<int64_t>* cu_seqlens, const Array64& d_o,
+                      const Array64* d_final_state, const GdnOptions& options);
+
 // Decode against a state pool [S,HV,K,V], updated in place. Sequence n uses
 // slot state_indices[n] (slot n when null); -1 skips it: its o rows keep the
 // values they had on entry (pass o pre-filled with the poison), and its slot
@@ -74,6 +89,14 @@ void gdn_recurrent(const Array64& q, const Array64& k, const Array64& v, const A
 
 // y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim.
 Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight, double eps);
+
+// The gradients of gated_rmsnorm given dy (x's shape): dx, dz (x's shape) and
+// dweight [D] (summed over all rows).
+struct GatedRmsNormGrads {
+  Array64 dx, dz, dweight;
+};
+GatedRmsNormGrads gated_rmsnorm_bwd(const Array64& x, const Array64& z, const Array64& weight,
+                                    const Array64& dy, double eps);
 
 enum class Activation { none = 0, silu = 1 };
 
@@ -89,6 +112,18 @@ struct Conv1dResult {
 Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* bias,
                         const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
                         Activation activation, int64_t final_len);
+
+// The gradients of conv1d_fwd given dy [B,T,D] and d_final_state [N,D,L1]
+// (null: 0, as if the forward returned no final state): dx [B,T,D],
+// dweight [D,W], dbias [D] (the gradient of a bias of 0 when bias is null),
+// d_initial_state [N,D,L0] ([N,D,0] when initial_state is null). The
+// activation is recomputed from x.
+struct Conv1dGrads {
+  Array64 dx, dweight, dbias, d_initial_state;
+};
+Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* bias,
+                       const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
+                       const Array64& dy, const Array64* d_final_state, Activation activation);
 
 // Decode: x [N,L,D], state pool [S,D,state_len] updated in place, slot
 // state_indices[n] (n when null, -1 skips: y rows keep their entry values).

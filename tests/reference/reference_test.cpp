@@ -3,9 +3,13 @@
 // so that the oracle itself can fail.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <functional>
 #include <random>
 #include <stdexcept>
+#include <utility>
 
 #include "reference.hpp"
 
@@ -334,6 +338,129 @@ TEST(GdnForward, VarlenEqualsSeparateRuns) {
   expect_near(select(packed.final_state, 0, 1), select(h0, 0, 1), 0.0);
 }
 
+// ---- gdn_backward ----------------------------------------------------------------
+
+// A GDN call small enough to difference every input element. h0 is always
+// there (zeros when the call passes none: the same forward).
+struct GdnCall64 {
+  Array64 q, k, v, g, beta, h0, d_o, d_final_state;
+  std::vector<int64_t> cu_seqlens;  // empty: dense
+  bool pass_h0 = true, pass_d_final_state = true;
+  GdnOptions options;
+
+  const std::vector<int64_t>* cu() const { return cu_seqlens.empty() ? nullptr : &cu_seqlens; }
+  // sum(d_o * o) + sum(d_final_state * final_state), whose gradient
+  // gdn_backward gives for these d_o and d_final_state.
+  double loss() const {
+    const auto result = hops::ref::gdn_forward(q, k, v, g, beta, &h0, cu(), options);
+    double sum = 0.0;
+    for (int64_t i = 0; i < d_o.numel(); ++i) sum += d_o.data[i] * result.o.data[i];
+    if (pass_d_final_state) {
+      for (int64_t i = 0; i < d_final_state.numel(); ++i)
+        sum += d_final_state.data[i] * result.final_state.data[i];
+    }
+    return sum;
+  }
+};
+
+GdnCall64 random_gdn_call(std::mt19937_64& rng, int64_t B, int64_t T, int64_t H, int64_t HV,
+                          int64_t K, int64_t V, std::vector<int64_t> cu_seqlens = {}) {
+  const int64_t N = cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1;
+  GdnCall64 call;
+  call.q = random_array({B, T, H, K}, rng);
+  call.k = random_array({B, T, H, K}, rng);
+  call.v = random_array({B, T, HV, V}, rng);
+  call.g = random_array({B, T, HV}, rng, -1.0, -0.05);
+  call.beta = random_array({B, T, HV}, rng, 0.0, 1.0);
+  call.h0 = random_array({N, HV, K, V}, rng);
+  call.d_o = random_array({B, T, HV, V}, rng);
+  call.d_final_state = random_array({N, HV, K, V}, rng);
+  call.cu_seqlens = std::move(cu_seqlens);
+  return call;
+}
+
+// Every element of every gradient against the central difference of the
+// loss (step 1e-6: truncation ~1e-12, rounding ~1e-10 at these sizes).
+void expect_gradients_match_finite_differences(GdnCall64 call) {
+  if (!call.pass_h0) std::fill(call.h0.data.begin(), call.h0.data.end(), 0.0);
+  const auto grads = hops::ref::gdn_backward(
+      call.q, call.k, call.v, call.g, call.beta, call.pass_h0 ? &call.h0 : nullptr, call.cu(),
+      call.d_o, call.pass_d_final_state ? &call.d_final_state : nullptr, call.options);
+  const std::pair<const char*, std::pair<Array64*, const Array64*>> inputs[] = {
+      {"q", {&call.q, &grads.dq}},          {"k", {&call.k, &grads.dk}},
+      {"v", {&call.v, &grads.dv}},          {"g", {&call.g, &grads.dg}},
+      {"beta", {&call.beta, &grads.dbeta}}, {"h0", {&call.h0, &grads.dh0}}};
+  constexpr double kStep = 1e-6;
+  double worst = 0.0;
+  for (const auto& [name, pair] : inputs) {
+    const auto [input, gradient] = pair;
+    ASSERT_EQ(input->shape, gradient->shape) << name;
+    for (int64_t i = 0; i < input->numel(); ++i) {
+      const double x = input->data[i];
+      input->data[i] = x + kStep;
+      const double above = call.loss();
+      input->data[i] = x - kStep;
+      const double below = call.loss();
+      input->data[i] = x;
+      const double difference = (above - below) / (2 * kStep);
+      const double error = std::abs(gradient->data[i] - difference);
+      worst = std::max(worst, error);
+      EXPECT_LE(error, 1e-7 * std::max(1.0, std::abs(difference)))
+          << "d" << name << " at flat index " << i << ": analytic " << gradient->data[i]
+          << ", finite difference " << difference;
+    }
+  }
+  std::printf("  max |analytic - finite difference| = %.2e\n", worst);
+}
+
+TEST(GdnBackward, MatchesFiniteDifferencesG1WithScale) {
+  std::mt19937_64 rng(11);
+  GdnCall64 call = random_gdn_call(rng, 2, 4, 1, 1, 3, 2);
+  call.options.scale = 0.7;
+  expect_gradients_match_finite_differences(call);
+}
+
+TEST(GdnBackward, MatchesFiniteDifferencesG2L2Norm) {
+  std::mt19937_64 rng(12);
+  GdnCall64 call = random_gdn_call(rng, 1, 5, 2, 4, 3, 2);
+  call.options.use_qk_l2norm = true;
+  expect_gradients_match_finite_differences(call);
+}
+
+TEST(GdnBackward, MatchesFiniteDifferencesG3StateVFirst) {
+  std::mt19937_64 rng(13);
+  GdnCall64 call = random_gdn_call(rng, 1, 4, 1, 3, 3, 4);
+  call.options.use_qk_l2norm = true;
+  call.options.state_v_first = true;
+  call.h0 = transpose_last2(call.h0);
+  call.d_final_state = transpose_last2(call.d_final_state);
+  expect_gradients_match_finite_differences(call);
+}
+
+TEST(GdnBackward, MatchesFiniteDifferencesVarlenEmptyAndSingleToken) {
+  std::mt19937_64 rng(14);
+  GdnCall64 call = random_gdn_call(rng, 1, 7, 1, 2, 3, 2, {0, 0, 1, 4, 4, 7});
+  call.options.use_qk_l2norm = true;
+  expect_gradients_match_finite_differences(call);
+}
+
+TEST(GdnBackward, MatchesFiniteDifferencesWithoutStates) {
+  std::mt19937_64 rng(15);
+  GdnCall64 call = random_gdn_call(rng, 1, 6, 1, 2, 4, 3);
+  call.pass_h0 = false;  // dh0 is then the gradient of a zero initial state
+  call.pass_d_final_state = false;
+  expect_gradients_match_finite_differences(call);
+}
+
+TEST(GdnBackward, EmptySequencePassesTheStateGradientThrough) {
+  std::mt19937_64 rng(16);
+  GdnCall64 call = random_gdn_call(rng, 1, 3, 1, 2, 3, 2, {0, 3, 3});
+  const auto grads =
+      hops::ref::gdn_backward(call.q, call.k, call.v, call.g, call.beta, &call.h0, call.cu(),
+                              call.d_o, &call.d_final_state, call.options);
+  expect_near(select(grads.dh0, 0, 1), select(call.d_final_state, 0, 1), 0.0);
+}
+
 // ---- gdn_recurrent ---------------------------------------------------------------
 
 TEST(GdnRecurrent, SlotsMatchForwardAndMinusOneSkips) {
@@ -545,6 +672,152 @@ TEST(Conv1dUpdate, RejectsShortState) {
   Array64 pool({1, 1, 2}), y({1, 1, 1});
   EXPECT_THROW(hops::ref::conv1d_update(x, pool, weight, nullptr, nullptr, Activation::none, y),
                std::invalid_argument);
+}
+
+// ---- gated_rmsnorm_bwd and conv1d_bwd: against finite differences -----------------
+
+double dot(const Array64& a, const Array64& b) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) sum += a.data[i] * b.data[i];
+  return sum;
+}
+
+// Checks every element of `gradient` against the central difference of
+// `loss` in `input` (step 1e-6: truncation ~1e-12, rounding ~1e-10 at these
+// sizes) and returns the worst absolute error.
+double expect_finite_differences(const char* name, Array64& input, const Array64& gradient,
+                                 const std::function<double()>& loss) {
+  EXPECT_EQ(input.shape, gradient.shape) << name;
+  if (input.shape != gradient.shape) return INFINITY;
+  constexpr double kStep = 1e-6;
+  double worst = 0.0;
+  for (int64_t i = 0; i < input.numel(); ++i) {
+    const double saved = input.data[i];
+    input.data[i] = saved + kStep;
+    const double above = loss();
+    input.data[i] = saved - kStep;
+    const double below = loss();
+    input.data[i] = saved;
+    const double difference = (above - below) / (2 * kStep);
+    const double error = std::abs(gradient.data[i] - difference);
+    worst = std::max(worst, error);
+    EXPECT_LE(error, 1e-7 * std::max(1.0, std::abs(difference)))
+        << "d" << name << " at flat index " << i << ": analytic " << gradient.data[i]
+        << ", finite difference " << difference;
+  }
+  return worst;
+}
+
+void check_gated_rmsnorm_bwd(const std::vector<int64_t>& shape, double eps, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t D = shape.back();
+  Array64 x = random_array(shape, rng), z = random_array(shape, rng, -3.0, 3.0);
+  Array64 weight = random_array({D}, rng, 0.5, 1.5);
+  const Array64 dy = random_array(shape, rng);
+  const auto grads = hops::ref::gated_rmsnorm_bwd(x, z, weight, dy, eps);
+  // L = sum(dy * y): its gradients are the backward's outputs.
+  auto loss = [&] { return dot(dy, hops::ref::gated_rmsnorm(x, z, weight, eps)); };
+  double worst = expect_finite_differences("x", x, grads.dx, loss);
+  worst = std::max(worst, expect_finite_differences("z", z, grads.dz, loss));
+  worst = std::max(worst, expect_finite_differences("weight", weight, grads.dweight, loss));
+  std::printf("  max |analytic - finite difference| = %.2e\n", worst);
+}
+
+TEST(GatedRmsnormBwd, MatchesFiniteDifferences) {
+  check_gated_rmsnorm_bwd({2, 3, 5}, 1e-6, 11);  // dweight sums over 6 rows
+  check_gated_rmsnorm_bwd({4, 1}, 0.5, 12);      // D = 1: the norm only keeps the sign
+}
+
+// A conv1d call small enough to difference every input element. bias is
+// always passed to the forward (zeros when the backward gets none: the same
+// forward), so that dbias is also checked as the gradient of a zero bias.
+struct ConvCall64 {
+  Array64 x, weight, bias, initial_state, dy, d_final_state;
+  std::vector<int64_t> cu_seqlens;  // empty: dense
+  bool pass_bias = true, pass_initial_state = true, pass_d_final_state = true;
+  Activation activation = Activation::silu;
+
+  const std::vector<int64_t>* cu() const { return cu_seqlens.empty() ? nullptr : &cu_seqlens; }
+  // L = sum(dy * y) + sum(d_final_state * final_state).
+  double loss() const {
+    const auto out =
+        hops::ref::conv1d_fwd(x, weight, &bias, pass_initial_state ? &initial_state : nullptr, cu(),
+                              activation, pass_d_final_state ? d_final_state.dim(2) : 0);
+    return dot(dy, out.y) + (pass_d_final_state ? dot(d_final_state, out.final_state) : 0.0);
+  }
+};
+
+ConvCall64 random_conv_call(uint64_t seed, int64_t B, int64_t T, int64_t D, int64_t W, int64_t L0,
+                            int64_t L1, std::vector<int64_t> cu_seqlens = {}) {
+  std::mt19937_64 rng(seed);
+  const int64_t N = cu_seqlens.empty() ? B : static_cast<int64_t>(cu_seqlens.size()) - 1;
+  ConvCall64 call;
+  call.x = random_array({B, T, D}, rng);
+  call.weight = random_array({D, W}, rng);
+  call.bias = random_array({D}, rng);
+  call.initial_state = random_array({N, D, L0}, rng);
+  call.dy = random_array({B, T, D}, rng);
+  call.d_final_state = random_array({N, D, L1}, rng);
+  call.cu_seqlens = std::move(cu_seqlens);
+  return call;
+}
+
+void expect_conv_gradients_match_finite_differences(ConvCall64 call) {
+  if (!call.pass_bias) std::fill(call.bias.data.begin(), call.bias.data.end(), 0.0);
+  const auto grads = hops::ref::conv1d_bwd(
+      call.x, call.weight, call.pass_bias ? &call.bias : nullptr,
+      call.pass_initial_state ? &call.initial_state : nullptr, call.cu(), call.dy,
+      call.pass_d_final_state ? &call.d_final_state : nullptr, call.activation);
+  auto loss = [&] { return call.loss(); };
+  double worst = expect_finite_differences("x", call.x, grads.dx, loss);
+  worst = std::max(worst, expect_finite_differences("weight", call.weight, grads.dweight, loss));
+  worst = std::max(worst, expect_finite_differences("bias", call.bias, grads.dbias, loss));
+  if (call.pass_initial_state) {
+    worst = std::max(worst, expect_finite_differences("initial_state", call.initial_state,
+                                                      grads.d_initial_state, loss));
+  } else {
+    EXPECT_EQ(grads.d_initial_state.numel(), 0);
+  }
+  std::printf("  max |analytic - finite difference| = %.2e\n", worst);
+}
+
+TEST(Conv1dBwd, MatchesFiniteDifferencesDenseSiluWithStates) {
+  expect_conv_gradients_match_finite_differences(random_conv_call(21, 2, 5, 3, 4, 3, 4));
+}
+
+TEST(Conv1dBwd, MatchesFiniteDifferencesVarlenEmptyAndSingleToken) {
+  // Sequences of 0, 1, 3, 0 and 3 tokens; states longer than the sequences,
+  // so the final state copies initial-state columns.
+  ConvCall64 call = random_conv_call(22, 1, 7, 2, 3, 5, 6, {0, 0, 1, 4, 4, 7});
+  call.activation = Activation::none;
+  expect_conv_gradients_match_finite_differences(call);
+  call.activation = Activation::silu;
+  expect_conv_gradients_match_finite_differences(call);
+}
+
+TEST(Conv1dBwd, MatchesFiniteDifferencesWithoutStatesOrBias) {
+  for (int64_t W = 1; W <= 4; ++W) {
+    ConvCall64 call = random_conv_call(23 + W, 2, 4, 2, W, 0, W - 1);
+    call.pass_bias = false;
+    call.pass_initial_state = false;
+    call.pass_d_final_state = W % 2 == 0;  // the final state's zero columns get no gradient
+    SCOPED_TRACE("W = " + std::to_string(W));
+    expect_conv_gradients_match_finite_differences(call);
+  }
+}
+
+TEST(Conv1dBwd, EmptySequencePassesTheStateGradientThrough) {
+  // An empty sequence's final state is [zeros, its initial state]: the
+  // initial state's gradient is d_final_state's last L0 columns.
+  const ConvCall64 call = random_conv_call(27, 1, 0, 2, 4, 3, 5, {0, 0});
+  const auto grads =
+      hops::ref::conv1d_bwd(call.x, call.weight, &call.bias, &call.initial_state, call.cu(),
+                            call.dy, &call.d_final_state, Activation::silu);
+  for (int64_t d = 0; d < 2; ++d) {
+    for (int64_t c = 0; c < 3; ++c)
+      EXPECT_EQ(grads.d_initial_state.at({0, d, c}), call.d_final_state.at({0, d, c + 2}));
+    EXPECT_EQ(grads.dbias.at({d}), 0.0);
+  }
 }
 
 }  // namespace

@@ -226,6 +226,36 @@ typedef hops_status (*hops_conv1d_update_fn)(const hops_exec* exec, const DLTens
                                              const DLTensor* bias, const DLTensor* state_indices,
                                              const DLTensor* y, int64_t activation);
 
+/* Backward of gated_rmsnorm: dx, dz (dtype of x) and dweight (dtype of weight,
+ * summed over all rows) from dy. */
+typedef hops_status (*hops_gated_rmsnorm_bwd_fn)(const hops_exec* exec, const DLTensor* x,
+                                                 const DLTensor* z, const DLTensor* weight,
+                                                 const DLTensor* dy, const DLTensor* dx,
+                                                 const DLTensor* dz, const DLTensor* dweight,
+                                                 double eps);
+
+/* Backward of conv1d_fwd: recomputes the activation from x; d_final_state is
+ * the gradient that flowed into the forward's final state. */
+typedef hops_status (*hops_conv1d_bwd_fn)(const hops_exec* exec, const DLTensor* x,
+                                          const DLTensor* weight, const DLTensor* bias,
+                                          const DLTensor* initial_state, const DLTensor* cu_seqlens,
+                                          const DLTensor* dy, const DLTensor* d_final_state,
+                                          const DLTensor* dx, const DLTensor* dweight,
+                                          const DLTensor* dbias, const DLTensor* d_initial_state,
+                                          int64_t activation, bool channels_first);
+
+/* Backward of gdn_chunk_fwd (without fused gating): from d_o (the descriptor's
+ * "do", the gradient of o) and d_final_state, the gradients dq, dk (of the
+ * un-normalised q, k with use_qk_l2norm), dv, dg, dbeta and dh0 (only with
+ * initial_state). */
+typedef hops_status (*hops_gdn_chunk_bwd_fn)(
+    const hops_exec* exec, const DLTensor* q, const DLTensor* k, const DLTensor* v,
+    const DLTensor* g, const DLTensor* beta, const DLTensor* initial_state,
+    const DLTensor* cu_seqlens, const DLTensor* d_o, const DLTensor* d_final_state,
+    const DLTensor* dq, const DLTensor* dk, const DLTensor* dv, const DLTensor* dg,
+    const DLTensor* dbeta, const DLTensor* dh0, double scale, bool use_qk_l2norm,
+    bool state_v_first);
+
 /* conv1d activation codes */
 enum { HOPS_ACTIVATION_NONE = 0, HOPS_ACTIVATION_SILU = 1 };
 
