@@ -329,8 +329,14 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
                       static_cast<float>(op.scale),
                       op.use_qk_l2norm,
                       op.fused_gating()};
-  check(launch_gdn_chunk_fwd(p, code_of(op.q.dtype), guard.stream()), op.kName,
-        "chunk kernel launch");
+  const int dtype = code_of(op.q.dtype);
+  if (chunk_tc_supported(p, dtype)) {
+    const Scratch scratch(chunk_tc_scratch_bytes(p), guard, op.kName);
+    check(launch_gdn_chunk_tc(p, dtype, scratch.data(), guard.stream()), op.kName,
+          "tensor-core chunk kernels launch");
+  } else {
+    check(launch_gdn_chunk_general(p, dtype, guard.stream()), op.kName, "chunk kernel launch");
+  }
 }
 
 // ---- module entry ----------------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace hops::cuda {
@@ -97,6 +98,14 @@ cudaError_t launch_gated_rmsnorm(const NormParams& p, int dtype, cudaStream_t st
 cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t stream);
 cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStream_t stream);
 cudaError_t launch_gdn_recurrent(const RecurrentParams& p, int dtype, cudaStream_t stream);
-cudaError_t launch_gdn_chunk_fwd(const ChunkParams& p, int dtype, cudaStream_t stream);
+// gdn_chunk_fwd: the tensor-core path (gdn_chunk_tc.cu) takes the common case
+// (f16/bf16, K = 128, V % 32 == 0, unit-stride 16-byte-aligned head rows) and
+// needs chunk_tc_scratch_bytes of stream-ordered scratch; the general kernel
+// (gdn_chunk.cu) takes every other case.
+bool chunk_tc_supported(const ChunkParams& p, int dtype);
+size_t chunk_tc_scratch_bytes(const ChunkParams& p);
+cudaError_t launch_gdn_chunk_tc(const ChunkParams& p, int dtype, void* scratch,
+                                cudaStream_t stream);
+cudaError_t launch_gdn_chunk_general(const ChunkParams& p, int dtype, cudaStream_t stream);
 
 }  // namespace hops::cuda

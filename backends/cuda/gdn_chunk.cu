@@ -1,13 +1,17 @@
-// gdn_chunk_fwd, first version (correct, fp32 CUDA cores, no tensor cores):
-// one CTA of 256 threads per (sequence, value head, block of 32 value
-// columns) walks its sequence in chunks of 64 tokens; the 128 x 32 slice of
-// the f32 state stays in shared memory for the whole sequence. The delta
-// rule is column-separable (column j of S only needs column j of v), which is
-// what lets value columns split over CTAs. Per chunk, with gc the cumulative
-// log decay inside the chunk and Γ_i = e^{gc_i}:
-//   A_ij  = beta_i e^{gc_i - gc_j} k_i.k_j   (j < i)       QK_ij = e^{gc_i - gc_j} q_i.k_j  (j <=
-//   i) (I + A) U = diag(beta) (V - diag(Γ) K S)                  (blocked forward substitution) O =
-//   scale (diag(Γ) Q S + QK U) S = Γ_last S + sum_j e^{gc_last - gc_j} k_j u_j^T
+// gdn_chunk_fwd, the general kernel (fp32 CUDA cores) for every case the
+// tensor-core path (gdn_chunk_tc.cu) does not take: f32 inputs, K != 128,
+// strided or misaligned head rows, small odd dims. One CTA of 256 threads
+// per (sequence, value head, block of 32 value columns) walks its sequence
+// in chunks of 64 tokens; the K x 32 slice of the f32 state stays in shared
+// memory for the whole sequence. The delta rule is column-separable (column
+// j of S only needs column j of v), which is what lets value columns split
+// over CTAs. Per chunk, with gc the cumulative log decay inside the chunk
+// and Γ_i = e^{gc_i}:
+//   A_ij  = beta_i e^{gc_i - gc_j} k_i.k_j  (j < i)
+//   QK_ij = e^{gc_i - gc_j} q_i.k_j         (j <= i)
+//   (I + A) U = diag(beta) (V - diag(Γ) K S)   (blocked forward substitution)
+//   O = scale (diag(Γ) Q S + QK U)
+//   S = Γ_last S + sum_j e^{gc_last - gc_j} k_j u_j^T
 #include "device_common.cuh"
 
 namespace hops::cuda {
@@ -250,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_kernel(ChunkParams p) {
 
 }  // namespace
 
-cudaError_t launch_gdn_chunk_fwd(const ChunkParams& p, int dtype, cudaStream_t stream) {
+cudaError_t launch_gdn_chunk_general(const ChunkParams& p, int dtype, cudaStream_t stream) {
   const size_t smem = smem_bytes(p.K);
   const dim3 grid(static_cast<unsigned>((p.V + kBV - 1) / kBV), static_cast<unsigned>(p.HV),
                   static_cast<unsigned>(p.N));

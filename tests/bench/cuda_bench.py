@@ -107,7 +107,33 @@ def gdn_inputs(B, T):
     return q, k, v, g, beta
 
 
-def chunk_case(label, B, T, lengths=None):
+def kernel_times(fn, reps=3):
+    """{kernel name: mean device microseconds per call} from the torch profiler (CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us > 0:
+            times[e.key[:60]] = us / reps
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+def print_kernels(who, fn):
+    try:
+        for name, us in list(kernel_times(fn).items())[:8]:
+            print(f"    {who} kernel {name:<60} {us:9.1f} us", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"    ({who} kernel breakdown failed: {e})", flush=True)
+
+
+def chunk_case(label, B, T, lengths=None, breakdown=False):
     q, k, v, g, beta = gdn_inputs(B, T)
     N = B if lengths is None else len(lengths)
     cu32 = cu64 = None
@@ -120,7 +146,12 @@ def chunk_case(label, B, T, lengths=None):
                     scale=K ** -0.5, use_qk_l2norm=True)
     us, how = time_graph(call, calls=2, replays=5)
     tokens = B * T
-    extra = f"{tokens / us * 1e6 / 1e6:.2f} Mtok/s ({how})"
+    # counted floor: q, k, v read once, o and the final state written once, at the copy bandwidth
+    nbytes = tokens * (2 * H * K + 2 * HV * V) * 2 + tokens * HV * (4 + 2) + N * HV * K * V * 4
+    floor_us = nbytes / (COPY_BW * 1e9) * 1e6
+    extra = f"{tokens / us * 1e6 / 1e6:.2f} Mtok/s, {us / floor_us:.1f}x the {floor_us:.0f} us byte floor ({how})"
+    if breakdown:
+        print_kernels("hops", call)
     if fla_chunk is not None:
         kw = dict(scale=K ** -0.5, output_final_state=True, use_qk_l2norm_in_kernel=True)
         if cu64 is not None:
@@ -129,6 +160,8 @@ def chunk_case(label, B, T, lengths=None):
         err = ((o.float() - fo.float()).norm() / fo.float().norm()).item()
         errh = ((ht - fht.float()).norm() / fht.float().norm()).item()
         fla_us = time_torch(lambda: fla_chunk(q, k, v, g, beta, **kw), reps=10)
+        if breakdown:
+            print_kernels("FLA", lambda: fla_chunk(q, k, v, g, beta, **kw))
         extra += f" | FLA {fla_us:.0f} us, hops/FLA speed {fla_us / us:.2f}x | rel diff o {err:.1e} ht {errh:.1e}"
     row(f"gdn_chunk_fwd {label}", us, extra)
 
@@ -180,14 +213,27 @@ def conv_update_case(N=256, D=8192, SL=4):
     row(f"conv1d_update N={N} D={D} state_len={SL}", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
 
 
+if "--profile" in sys.argv:  # the chunk kernels alone, for ncu (cuda_device_run.sh's ncu step)
+    q, k, v, g, beta = gdn_inputs(1, 32768)
+    call = Prepared("gdn_chunk_fwd", q=q, k=k, v=v, g=g, beta=beta, o=torch.empty_like(v),
+                    final_state=torch.empty(1, HV, K, V, device=dev), scale=K ** -0.5, use_qk_l2norm=True)
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    sys.exit(0)
+
+# --only LABEL[,LABEL...] times just those cases (labels as below)
+only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
 for label, fn in [
-    ("B=1 T=32768", lambda: chunk_case("B=1 T=32768", 1, 32768)),
+    ("B=1 T=32768", lambda: chunk_case("B=1 T=32768", 1, 32768, breakdown=True)),
     ("B=8 T=4096", lambda: chunk_case("B=8 T=4096", 8, 4096)),
     ("varlen", lambda: chunk_case("varlen 8 seqs, 32768 tokens", 1, 32768,
                                   [1000, 7000, 3000, 5000, 2500, 6000, 4268, 4000])),
     ("N=1", lambda: decode_case(1)), ("N=64", lambda: decode_case(64)), ("N=256", lambda: decode_case(256)),
-    ("conv", conv_case), ("conv_update", conv_update_case),
+    ("conv", conv_case), ("conv_update", conv_update_case), ("conv_update3", lambda: conv_update_case(SL=3)),
 ]:
+    if only is not None and label not in only:
+        continue
     try:
         fn()
     except Exception as e:  # noqa: BLE001

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One call on the lent GPU (issue 5): build with nvcc there, run the
-# conformance runner over libhops_cuda.so, compute-sanitizer memcheck and
-# racecheck on --quick, then time the kernels (tests/bench/cuda_bench.py).
-# Usage (repo root): tests/bench/cuda_device_run.sh [OUT_DIR]
+# One call on the lent GPU (issue 5): build with nvcc there, check the
+# tensor-core chunk path (tests/bench/cuda_chunk_check.py), time the kernels
+# (tests/bench/cuda_bench.py), run the conformance runner over
+# libhops_cuda.so, compute-sanitizer memcheck and racecheck on --quick.
+# Usage (repo root): [STEPS="check bench ..."] [CONFORMANCE_OP="op ..."] [MEMCHECK_OP="op ..."]
+#   [BENCH_ONLY=N=1,conv,...] tests/bench/cuda_device_run.sh [OUT_DIR]
 # Carry .whl (fla-core) for the FLA comparison; without it FLA is skipped.
 # The device image has no fmt, DLPack, GTest or libffi: carry .deps, a prefix
 # copied from a Debian dev machine (ignored via .git/info/exclude):
@@ -34,13 +36,43 @@ ninja -C $B hops hops_cuda hops-conformance > "$OUT/build.log" 2>&1 || { grep -E
 echo "build: $(( $(date +%s) - t0 )) s"
 C=$B/tests/conformance/hops-conformance
 P=$B/plugin/libhops.so
-timeout 400 $C --provider $P --backend cuda > "$OUT/conformance.log" 2>&1
-echo "conformance rc=$?: $(tail -1 "$OUT/conformance.log")"
-grep -E "^FAIL" "$OUT/conformance.log" | head -40
-for op in ${RACECHECK_OPS-gdn_chunk_fwd gdn_recurrent}; do  # the kernels that share memory between threads
-  timeout 200 compute-sanitizer --tool racecheck --error-exitcode 99 $C --provider $P --backend cuda --quick --op $op > "$OUT/san_racecheck_$op.log" 2>&1
-  echo "sanitizer racecheck $op --quick rc=$?: $(grep -E 'ERROR SUMMARY|passed' "$OUT/san_racecheck_$op.log" | tail -2 | tr '\n' ' ')"
+export HOPS_LIBRARY=$PWD/$P PYTHONPATH=$PWD/shims/python:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+# STEPS picks and orders the rest (default: all); CONFORMANCE_OP limits the sweep to one op.
+for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
+  case $step in
+    check)  # the tensor-core chunk path against a float64 recurrence
+      timeout 300 python3 tests/bench/cuda_chunk_check.py 2>&1 | tee "$OUT/chunk_check.log" ;;
+    bench)
+      timeout 300 python3 tests/bench/cuda_bench.py ${BENCH_ONLY:+--only $BENCH_ONLY} 2>&1 | tee "$OUT/bench.log" ;;
+    conformance)  # CONFORMANCE_OP: one op or a space-separated list
+      for op in ${CONFORMANCE_OP:-all}; do
+        [ "$op" = all ] && op_arg= || op_arg="--op $op"
+        timeout 400 $C --provider $P --backend cuda $op_arg > "$OUT/conformance_$op.log" 2>&1
+        echo "conformance $op rc=$?: $(tail -1 "$OUT/conformance_$op.log")"
+        grep -E "^FAIL" "$OUT/conformance_$op.log" | head -40
+      done ;;
+    memcheck)  # MEMCHECK_OP: one op or a space-separated list
+      for op in ${MEMCHECK_OP:-all}; do
+        [ "$op" = all ] && op_arg= || op_arg="--op $op"
+        timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 $C --provider $P --backend cuda --quick $op_arg > "$OUT/san_memcheck_$op.log" 2>&1
+        echo "sanitizer memcheck $op --quick rc=$?: $(grep -E 'ERROR SUMMARY|passed' "$OUT/san_memcheck_$op.log" | tail -2 | tr '\n' ' ')"
+      done
+      case " ${MEMCHECK_OP:-all} " in *" all "*|*" gdn_chunk_fwd "*) ;; *) continue ;; esac
+      # the multi-chunk tensor-core cases too (the runner's only K=128 16-bit case is one chunk)
+      timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 --kernel-name kns=chunk_ python3 tests/bench/cuda_chunk_check.py --quick > "$OUT/san_memcheck_tc.log" 2>&1
+      echo "sanitizer memcheck chunk kernels (cuda_chunk_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_chunk_check' "$OUT/san_memcheck_tc.log" | tail -2 | tr '\n' ' ')" ;;
+    racecheck)
+      for op in ${RACECHECK_OPS-gdn_chunk_fwd gdn_recurrent}; do
+        timeout 200 compute-sanitizer --tool racecheck --error-exitcode 99 $C --provider $P --backend cuda --quick --op $op > "$OUT/san_racecheck_$op.log" 2>&1
+        echo "sanitizer racecheck $op --quick rc=$?: $(grep -E 'ERROR SUMMARY|passed' "$OUT/san_racecheck_$op.log" | tail -2 | tr '\n' ' ')"
+      done
+      timeout 300 compute-sanitizer --tool racecheck --error-exitcode 99 --kernel-name kns=chunk_ python3 tests/bench/cuda_chunk_check.py --quick > "$OUT/san_racecheck_tc.log" 2>&1
+      echo "sanitizer racecheck chunk kernels (cuda_chunk_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_chunk_check' "$OUT/san_racecheck_tc.log" | tail -2 | tr '\n' ' ')" ;;
+    ncu)  # hardware counters of the two chunk kernels at B=1 T=32768 (Firecracker machines)
+      timeout 200 ncu --clock-control none --kernel-name regex:chunk_ --launch-skip 2 --launch-count 2 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
+        --section LaunchStats python3 tests/bench/cuda_bench.py --profile > "$OUT/ncu.log" 2>&1
+      echo "ncu rc=$?"
+      grep -E "chunk_(prepare|state)_kernel|Duration|Throughput|Warp Cycles Per Issued|Issued Warp|Achieved Occupancy|L2 Hit|L1/TEX Hit|Registers Per|stalled|Mem Busy|Max Bandwidth" "$OUT/ncu.log" | cut -c1-220 | head -80 ;;
+  esac
 done
-timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 $C --provider $P --backend cuda --quick > "$OUT/san_memcheck.log" 2>&1
-echo "sanitizer memcheck all --quick rc=$?: $(grep -E 'ERROR SUMMARY|passed' "$OUT/san_memcheck.log" | tail -2 | tr '\n' ' ')"
-HOPS_LIBRARY=$PWD/$P PYTHONPATH=$PWD/shims/python:${PYTHONPATH:-} PYTHONUNBUFFERED=1 timeout 300 python3 tests/bench/cuda_bench.py 2>&1 | tee "$OUT/bench.log"
