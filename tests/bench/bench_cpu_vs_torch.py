@@ -81,9 +81,10 @@ def recurrent_flop(b):
     return b * HV * 7 * K * V
 
 
-def recurrent_bytes(b, s):
-    # the float32 state read and written, q, k, v, beta, o in the input dtype, g float32
-    return b * (2 * 4 * HV * K * V + s * (2 * H * K + 2 * HV * V + HV) + 4 * HV)
+def recurrent_bytes(b, s, t=1):
+    # per sequence the float32 state read and written once; per token q, k, v, beta, o in
+    # the input dtype, g float32
+    return b * (2 * 4 * HV * K * V + t * (s * (2 * H * K + 2 * HV * V + HV) + 4 * HV))
 
 
 def conv_flop(b, t):
@@ -202,6 +203,32 @@ def recurrent_case(b, dtype):
 
     return Case("gdn_recurrent", "torch_recurrent_gated_delta_rule", f"decode B={b}", dtype,
                 recurrent_flop(b), recurrent_bytes(b, SIZE[dtype]), run_hops, run_torch, check)
+
+
+def recurrent_prefill_case(t, dtype):
+    """The token-by-token op over a whole prompt (the path of a host without a chunked
+    kernel, and transformers' own when it runs torch_recurrent_gated_delta_rule)."""
+    gen = torch.Generator().manual_seed(500 + t)
+    q = torch.randn(1, t, H, K, generator=gen).to(dtype)
+    k = torch.randn(1, t, H, K, generator=gen).to(dtype)
+    v = torch.randn(1, t, HV, V, generator=gen).to(dtype)
+    g, beta = gate_inputs(gen, 1, t)
+    beta = beta.to(dtype)
+    fallback = torch_function("torch_recurrent_gated_delta_rule")
+
+    def run_hops():
+        state = torch.zeros(1, HV, K, V)
+        return hops.ops.gdn_recurrent(q, k, v, g, beta, state, use_qk_l2norm=True), state
+
+    def run_torch():
+        return fallback(q, k, v, g, beta, initial_state=None, output_final_state=True,
+                        use_qk_l2norm_in_kernel=True)
+
+    def check(ours, reference):
+        return max(rel_err(ours[0], reference[0]), rel_err(ours[1], reference[1]))
+
+    return Case("gdn_recurrent", "torch_recurrent_gated_delta_rule", f"B=1 T={t}", dtype, recurrent_flop(t),
+                recurrent_bytes(1, SIZE[dtype], t), run_hops, run_torch, check)
 
 
 def conv_case(t, dtype):
@@ -480,6 +507,8 @@ def main():
             cases.append(chunk_case(t, dtype))
         for b in args.batches:
             cases.append(recurrent_case(b, dtype))
+        for t in args.tokens:
+            cases.append(recurrent_prefill_case(t, dtype))
         for t in args.tokens:
             cases.append(conv_case(t, dtype))
         for b in args.batches:
