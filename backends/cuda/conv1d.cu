@@ -1,10 +1,16 @@
 // conv1d_fwd and conv1d_update: depthwise causal conv, memory-bound.
 // conv1d_fwd: a thread owns kVec consecutive channels of kTokens consecutive
 // tokens and slides a window of the last W inputs in registers, so each
-// input is read about once; with unit channel stride and 16-byte alignment
-// the channel loads and stores are 16-byte vectors. conv1d_update: a thread
-// per (sequence, channel), its window (state columns, then the new tokens)
-// in registers up to kMaxWindow, state updated in place.
+// input is read about once. Dense inputs with unit channel stride and 16-byte
+// rows take conv_fwd_vec_kernel, which streams a thread's rows through shared
+// memory by cp.async one tile ahead of the arithmetic; everything else
+// (varlen, strided, misaligned) takes conv_fwd_kernel.
+// conv1d_update: with contiguous 16-byte state rows, a thread per (sequence,
+// kVec channels) moves its state and tokens as 16-byte vectors
+// (conv_update_vec_kernel); otherwise a thread per (sequence, channel),
+// window in registers. The state is updated in place.
+#include <type_traits>
+
 #include "device_common.cuh"
 
 namespace hops::cuda {
@@ -162,6 +168,220 @@ __global__ void conv_fwd_kernel(ConvParams p) {
   }
 }
 
+// silu for a result stored in T: with a 16-bit T the approximate exp and
+// division (2 MUFU ops, ~1e-6 relative error, far below the output's
+// rounding) take about half the instructions of expf and an IEEE division.
+template <class T>
+__device__ __forceinline__ float silu_for(float x) {
+  if constexpr (sizeof(T) == 2)
+    return __fdividef(x, 1.0f + __expf(-x));
+  else
+    return siluf_(x);
+}
+
+// 16 bytes of T as one raw vector (a 16-byte load/store) or as elements.
+template <class T>
+union Vec16 {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+template <class T, int kVec>
+__device__ __forceinline__ void unpack(uint4 raw, float (&out)[kVec]) {
+  Vec16<T> v;
+  v.raw = raw;
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) out[c] = to_f(v.e[c]);
+}
+
+// 16 / sizeof(T) floats rounded to T and packed (two per instruction for 16-bit T).
+template <class T, int kVec>
+__device__ __forceinline__ uint4 pack(const float (&in)[kVec]) {
+  static_assert(kVec * sizeof(T) == 16);
+  Vec16<T> v;
+#pragma unroll
+  for (int c = 0; c < kVec; c += 2) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>)
+      reinterpret_cast<__nv_bfloat162*>(v.e)[c / 2] = __floats2bfloat162_rn(in[c], in[c + 1]);
+    else if constexpr (std::is_same_v<T, __half>)
+      reinterpret_cast<__half2*>(v.e)[c / 2] = __floats2half2_rn(in[c], in[c + 1]);
+    else
+      v.e[c] = in[c], v.e[c + 1] = in[c + 1];
+  }
+  return v.raw;
+}
+
+template <class T>
+constexpr int dtype_code() {
+  return sizeof(T) == 4 ? kF32 : (std::is_same_v<T, __half> ? kF16 : kBF16);
+}
+
+// Taps aligned to the window's end (taps[m] multiplies the input 3 - m tokens
+// back; the first 4 - W are zero) and the bias, for channels d0 .. d0+kVec-1.
+// A [D, 4] weight and a bias of the activations' dtype, contiguous and
+// 16-byte aligned, are read as 16-byte vectors (the common case; 5 loads
+// instead of 40), anything else element by element.
+template <class T, int kVec>
+__device__ __forceinline__ void load_taps(const Arg& weight, const Arg& bias, int64_t W, int64_t d0,
+                                          float (&taps)[4][kVec], float (&b)[kVec]) {
+  constexpr int kCode = dtype_code<T>();
+  const auto aligned = [](const char* ptr) {
+    return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0;
+  };
+  if (W == 4 && weight.dtype == kCode && weight.stride[0] == 4 && weight.stride[1] == 1 &&
+      aligned(weight.data)) {
+    const uint4* w =
+        reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(weight.data) + d0 * 4);
+#pragma unroll
+    for (int i = 0; i < kVec * 4 * int(sizeof(T)) / 16; ++i) {
+      Vec16<T> v;
+      v.raw = w[i];
+#pragma unroll
+      for (int e = 0; e < 16 / int(sizeof(T)); ++e) {
+        const int flat = i * (16 / int(sizeof(T))) + e;  // channel flat / 4, tap flat % 4
+        taps[flat % 4][flat / 4] = to_f(v.e[e]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) {
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int j = m - (4 - static_cast<int>(W));
+        taps[m][c] = j >= 0 ? ld(weight.data, weight.dtype,
+                                 (d0 + c) * weight.stride[0] + j * weight.stride[1])
+                            : 0.0f;
+      }
+    }
+  }
+  if (bias.data && bias.dtype == kCode && bias.stride[0] == 1 && aligned(bias.data)) {
+    unpack<T, kVec>(*reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(bias.data) + d0), b);
+  } else {
+#pragma unroll
+    for (int c = 0; c < kVec; ++c)
+      b[c] = bias.data ? ld(bias.data, bias.dtype, (d0 + c) * bias.stride[0]) : 0.0f;
+  }
+}
+
+template <int kVec>
+struct Floats {
+  float v[kVec];
+};
+
+// kVec elements of any dtype `step` apart, out of line: the initial-state halo
+// of a sequence's first tile, kept off the hot loop's registers.
+template <int kVec>
+__device__ __noinline__ Floats<kVec> load_strided(const char* base, int dtype, int64_t offset,
+                                                  int64_t step) {
+  Floats<kVec> f;
+  for (int c = 0; c < kVec; ++c) f.v[c] = ld(base, dtype, offset + c * step);
+  return f;
+}
+
+// Dense conv1d_fwd, 16-byte channel vectors (p.vector, no cu_seqlens). A
+// thread owns kVec channels of a run of `run_tokens` tokens and streams the
+// run's rows through a private ring of kRing 16-byte shared-memory slots by
+// cp.async, one tile of kTile rows ahead of the arithmetic: loads never wait
+// for the compute, few registers, each row read once (the window's older rows
+// stay in registers). y is written with streaming stores (evict-first).
+constexpr int kTile = 8;
+constexpr int kRing = 24;        // >= 3 halo + the tile being read + the tile in flight
+constexpr int kVecThreads = 64;  // 24 KB of ring per CTA: 8 CTAs (16 warps) per SM
+constexpr int kRunTokens = 128;  // 96..256 timed the same (v3d)
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_async_wait_all_but_one() {
+  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+
+template <class T>
+__global__ void __launch_bounds__(kVecThreads, 8)
+    conv_fwd_vec_kernel(ConvParams p, int run_tokens) {
+  constexpr int kVec = 16 / sizeof(T);
+  __shared__ uint4 ring[kRing][kVecThreads];  // [slot][thread]: conflict-free accesses
+  const int64_t groups = p.D / kVec;
+  const int64_t runs = (p.T + run_tokens - 1) / run_tokens;
+  const int64_t work = p.B * runs * groups;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t group = w % groups;
+    const int64_t t_begin = (w / groups) % runs * run_tokens;
+    const int64_t t_end = t_begin + run_tokens < p.T ? t_begin + run_tokens : p.T;
+    const int64_t row = w / (groups * runs);
+    const int64_t d0 = group * kVec;
+    const T* x = reinterpret_cast<const T*>(p.x.data) + row * p.x.stride[0] + d0;
+    T* y = reinterpret_cast<T*>(p.y.data) + row * p.y.stride[0] + d0;
+    // Ring position pos holds token t_begin - 3 + pos (pos 0..2: the halo).
+    auto issue = [&](int pos_begin, int pos_end) {
+      for (int pos = pos_begin; pos < pos_end; ++pos) {
+        const int64_t t = t_begin - 3 + pos;
+        const bool valid = t >= 0 && t < t_end;
+        cp_async16(&ring[pos % kRing][threadIdx.x], valid ? x + t * p.x.stride[1] : x, valid);
+      }
+      cp_async_commit();
+    };
+    const int tiles = static_cast<int>((t_end - t_begin + kTile - 1) / kTile);
+    issue(0, 3 + kTile);
+    float taps[4][kVec], bias[kVec];
+    load_taps<T, kVec>(p.weight, p.bias, p.W, d0, taps, bias);
+    float win[4][kVec];  // win[0] oldest .. win[3] the current token
+    for (int tile = 0; tile < tiles; ++tile) {
+      // Always commit a group (empty past the run) so that "all but one" is tile.
+      issue(3 + (tile + 1) * kTile, tile + 1 < tiles ? 3 + (tile + 2) * kTile : 0);
+      cp_async_wait_all_but_one();
+      if (tile == 0) {
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          const int64_t q = t_begin - 3 + j;  // before the sequence: initial state or zero
+          if (q < 0 && p.initial_state.data) {
+            const Arg& s = p.initial_state;
+            const int64_t col = s.shape[2] + q;
+            const Floats<kVec> f =
+                col < 0
+                    ? Floats<kVec>{}
+                    : load_strided<kVec>(s.data, s.dtype,
+                                         row * s.stride[0] + d0 * s.stride[1] + col * s.stride[2],
+                                         s.stride[1]);
+#pragma unroll
+            for (int c = 0; c < kVec; ++c) win[j][c] = f.v[c];
+          } else {
+            unpack<T, kVec>(ring[j][threadIdx.x], win[j]);
+          }
+        }
+      }
+      // Not unrolled: unrolled (or by 2), the compiler hoists the tile's shared
+      // loads and their unpacked floats and spills; the timing was the same.
+#pragma unroll 1
+      for (int i = 0; i < kTile; ++i) {
+        const int pos = 3 + tile * kTile + i;
+        const int64_t t = t_begin - 3 + pos;
+        if (t >= t_end) break;
+        unpack<T, kVec>(ring[pos % kRing][threadIdx.x], win[3]);
+        float out[kVec];
+#pragma unroll
+        for (int c = 0; c < kVec; ++c) {
+          float acc = bias[c];
+#pragma unroll
+          for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
+          out[c] = p.silu ? silu_for<T>(acc) : acc;
+        }
+        __stcs(reinterpret_cast<uint4*>(y + t * p.y.stride[1]), pack<T, kVec>(out));
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+#pragma unroll
+          for (int c = 0; c < kVec; ++c) win[j][c] = win[j + 1][c];
+        }
+      }
+    }
+  }
+}
+
 // final_state[n, d, c] = position length - L1 + c of sequence n.
 template <class T>
 __global__ void conv_final_state_kernel(ConvParams p) {
@@ -232,14 +452,97 @@ __global__ void conv_update_kernel(ConvUpdateParams p) {
   }
 }
 
+// conv1d_update with a state of kSL columns contiguous per channel ([S, D, kSL]
+// with unit strides inside a slot), 16-byte aligned, state dtype = x dtype:
+// a thread per (sequence, kVec channels) reads its kVec x kSL state block as
+// kSL 16-byte vectors and moves its tokens as 16-byte vectors.
+template <class T, int kSL>
+__global__ void __launch_bounds__(128, 4) conv_update_vec_kernel(ConvUpdateParams p) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t groups = p.D / kVec;
+  const int64_t work = p.N * groups;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t group = w % groups, n = w / groups;
+    const int64_t slot = slot_of(p.slots, n, p.S);
+    if (slot < 0) continue;
+    const int64_t d0 = group * kVec;
+    uint4* state = reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.state.data) +
+                                            slot * p.state.stride[0] + d0 * kSL);
+    union {
+      uint4 raw[kSL];
+      T e[kVec * kSL];  // channel c, column j at c kSL + j
+    } old, next;
+#pragma unroll
+    for (int i = 0; i < kSL; ++i) old.raw[i] = state[i];
+    const T* x = reinterpret_cast<const T*>(p.x.data) + n * p.x.stride[0] + d0;
+    T* y = reinterpret_cast<T*>(p.y.data) + n * p.y.stride[0] + d0;
+    float taps[4][kVec], bias[kVec];
+    load_taps<T, kVec>(p.weight, p.bias, p.W, d0, taps, bias);
+    float win[4][kVec];
+#pragma unroll
+    for (int j = 1; j < 4; ++j) {
+#pragma unroll
+      for (int c = 0; c < kVec; ++c)
+        win[3 - j][c] = j <= kSL ? to_f(old.e[c * kSL + kSL - j]) : 0.0f;
+    }
+    uint4 last = make_uint4(0, 0, 0, 0);  // token L-1, the newest state column when L >= 1
+    for (int64_t t = 0; t < p.L; ++t) {
+      last = *reinterpret_cast<const uint4*>(x + t * p.x.stride[1]);
+      unpack<T, kVec>(last, win[3]);
+      float out[kVec];
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) {
+        float acc = bias[c];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
+        out[c] = p.silu ? silu_for<T>(acc) : acc;
+      }
+      *reinterpret_cast<uint4*>(y + t * p.y.stride[1]) = pack<T, kVec>(out);
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+#pragma unroll
+        for (int c = 0; c < kVec; ++c) win[j][c] = win[j + 1][c];
+      }
+    }
+    // New column j = window position L + j: an old column while L + j < kSL,
+    // else token L + j - kSL (the last one still in registers).
+#pragma unroll
+    for (int j = 0; j < kSL; ++j) {
+      const int64_t from = p.L + j;
+      Vec16<T> token;
+      if (from >= kSL) {
+        token.raw = from - kSL == p.L - 1
+                        ? last
+                        : *reinterpret_cast<const uint4*>(x + (from - kSL) * p.x.stride[1]);
+      }
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) {
+        T value = from >= kSL ? token.e[c] : old.e[c * kSL];
+#pragma unroll
+        for (int i = 1; i < kSL; ++i) value = from == i ? old.e[c * kSL + i] : value;
+        next.e[c * kSL + j] = value;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kSL; ++i) state[i] = next.raw[i];
+  }
+}
+
 }  // namespace
 
 cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t stream) {
   by_dtype(dtype, [&]<class T>(T) {
     constexpr int kVec = 16 / sizeof(T);
     if (p.B * p.T * p.D > 0) {
-      const int64_t work = p.B * ((p.T + kTokens - 1) / kTokens) * ((p.D + kVec - 1) / kVec);
-      conv_fwd_kernel<T, kVec><<<grid_for(work, 128), 128, 0, stream>>>(p);
+      if (p.vector && !p.cu.data) {
+        const int64_t work = p.B * ((p.T + kRunTokens - 1) / kRunTokens) * (p.D / kVec);
+        conv_fwd_vec_kernel<T>
+            <<<grid_for(work, kVecThreads), kVecThreads, 0, stream>>>(p, kRunTokens);
+      } else {
+        const int64_t work = p.B * ((p.T + kTokens - 1) / kTokens) * ((p.D + kVec - 1) / kVec);
+        conv_fwd_kernel<T, kVec><<<grid_for(work, 128), 128, 0, stream>>>(p);
+      }
     }
     if (p.final_state.data) {
       const int64_t count = p.N * p.D * p.final_state.shape[2];
@@ -251,7 +554,25 @@ cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t strea
 
 cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStream_t stream) {
   by_dtype(dtype, [&]<class T>(T) {
-    conv_update_kernel<T><<<grid_for(p.N * p.D, 128), 128, 0, stream>>>(p);
+    constexpr int64_t kVec = 16 / sizeof(T);
+    const auto aligned = [](const void* ptr) {
+      return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0;
+    };
+    const Arg &x = p.x, &y = p.y, &s = p.state;
+    // (a [N, D] x is viewed as [N, 1, D] with an arbitrary token stride)
+    const bool tokens_aligned = p.L <= 1 || (x.stride[1] % kVec == 0 && y.stride[1] % kVec == 0);
+    const bool vector = p.D % kVec == 0 && x.stride[2] == 1 && y.stride[2] == 1 &&
+                        x.stride[0] % kVec == 0 && y.stride[0] % kVec == 0 && tokens_aligned &&
+                        aligned(x.data) && aligned(y.data) && s.dtype == dtype &&
+                        s.stride[2] == 1 && s.stride[1] == p.SL && s.stride[0] % kVec == 0 &&
+                        aligned(s.data);
+    const int grid = grid_for(p.N * (p.D / kVec), 128);
+    if (vector && p.SL == 3)
+      conv_update_vec_kernel<T, 3><<<grid, 128, 0, stream>>>(p);
+    else if (vector && p.SL == 4)
+      conv_update_vec_kernel<T, 4><<<grid, 128, 0, stream>>>(p);
+    else
+      conv_update_kernel<T><<<grid_for(p.N * p.D, 128), 128, 0, stream>>>(p);
   });
   return cudaGetLastError();
 }
