@@ -119,6 +119,22 @@ inline long state_slot(global const uchar* slots, long off, long stride, int kin
   return slot >= 0 && slot < S ? slot : -1;
 }
 
+// The last sequence whose (clamped) start is at or before token t: the one
+// holding t when cu_seqlens are valid.
+inline long sequence_of(global const uchar* cu, long cu_off, long cu_stride, int cu_kind, long N,
+                        long T, long t) {
+  long low = 0, high = N - 1;
+  while (low < high) {
+    const long middle = (low + high + 1) / 2;
+    if (clamp(load_index(cu, cu_off, cu_stride, cu_kind, middle), 0L, T) <= t) {
+      low = middle;
+    } else {
+      high = middle - 1;
+    }
+  }
+  return low;
+}
+
 inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp(-x)); }
 inline float silu_f(float x) { return x * sigmoid_f(x); }
 inline float16 silu_f16(float16 x) { return x / (1.0f + exp(-x)); }
@@ -127,3 +143,16 @@ inline float16 silu_f16(float16 x) { return x / (1.0f + exp(-x)); }
 inline float softplus_f(float x, float beta, float threshold) {
   return beta * x > threshold ? x : log1p(exp(beta * x)) / beta;
 }
+
+// silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x))).
+inline float silu_grad_f(float x) {
+  const float gate = sigmoid_f(x);
+  return gate * (1.0f + x * (1.0f - gate));
+}
+
+// Conv1d filters have at most this many taps.
+#define MAX_WIDTH 4
+
+// GDN: per (b, t, hv), what gdn_prepare (gdn.cl) leaves in the token info
+// buffer: e^g, beta, 1/|q|, 1/|k|, q^.k^.
+#define TOKEN_INFO 5

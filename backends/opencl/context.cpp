@@ -18,8 +18,12 @@ FamilySource family_source(Family family) {
   switch (family) {
     case Family::gdn:
       return {"gdn.cl", &embedded::gdn_cl};
+    case Family::gdn_bwd:
+      return {"gdn_bwd.cl", &embedded::gdn_bwd_cl};
     case Family::conv1d:
       return {"conv1d.cl", &embedded::conv1d_cl};
+    case Family::conv1d_bwd:
+      return {"conv1d_bwd.cl", &embedded::conv1d_bwd_cl};
     case Family::norm:
       return {"norm.cl", &embedded::norm_cl};
   }

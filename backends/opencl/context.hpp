@@ -19,7 +19,7 @@
 namespace hops::opencl {
 
 // A kernel program: common.cl followed by one op family's .cl file.
-enum class Family { gdn, conv1d, norm };
+enum class Family { gdn, gdn_bwd, conv1d, conv1d_bwd, norm };
 
 // One cl_kernel. OpenCL kernel objects hold their arguments, so setting them
 // and enqueueing is done under `mutex` (see Launch): concurrent calls stay correct.

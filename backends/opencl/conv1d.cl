@@ -7,29 +7,11 @@
 // sequence's start come from its initial state (column L0 + p for p < 0),
 // else zero.
 
-#define MAX_WIDTH 4
-
 // The filter of channel d, zero past W.
 #define LOAD_TAPS(taps, w, w_off, w_dtype, w_st0, w_st1, d, W)                    \
   for (int j = 0; j < MAX_WIDTH; ++j) {                                           \
     taps[j] = j < W ? load_any(w, w_off + d * w_st0 + j * w_st1, w_dtype) : 0.0f; \
   }
-
-// The last sequence whose (clamped) start is at or before token t: the one
-// holding t when cu_seqlens are valid.
-inline long sequence_of(global const uchar* cu, long cu_off, long cu_stride, int cu_kind, long N,
-                        long T, long t) {
-  long low = 0, high = N - 1;
-  while (low < high) {
-    const long middle = (low + high + 1) / 2;
-    if (clamp(load_index(cu, cu_off, cu_stride, cu_kind, middle), 0L, T) <= t) {
-      low = middle;
-    } else {
-      high = middle - 1;
-    }
-  }
-  return low;
-}
 
 kernel void conv1d_fwd(global const x_t* x, long x_off, long4 x_st,
                        global const uchar* w, long w_off, int w_dtype, long w_st0, long w_st1,

@@ -11,10 +11,8 @@
 // gdn_prepare computes what every column of a token needs once per
 // (token, value head): the decay, beta (fused gating applied) and the l2
 // norms. gdn_scan then walks the tokens. This token-recurrent form serves
-// both ops; the chunked (WY) form of the CPU backend is not done here yet.
-
-// Per (b, t, hv) in the token info buffer: e^g, beta, 1/|q|, 1/|k|, q^.k^.
-#define TOKEN_INFO 5
+// both ops (and, in gdn_bwd.cl, the backward); the chunked (WY) form of the
+// CPU backend is not done here yet.
 
 kernel void gdn_prepare(global const x_t* q, long q_off, long4 q_st,
                         global const x_t* k, long k_off, long4 k_st,

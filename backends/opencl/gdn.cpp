@@ -1,6 +1,6 @@
 // gdn_chunk_fwd and gdn_recurrent: gdn_prepare, then gdn_scan, or on CPU
 // devices gdn_scan_panels where the state allows (gdn.cl).
-#include "call.hpp"
+#include "gdn_tokens.hpp"
 #include "ops.hpp"
 
 namespace hops::opencl {
@@ -9,7 +9,7 @@ namespace {
 
 constexpr size_t kPrepareGroup = 64;
 constexpr size_t kScanGroup = 64;  // state columns per work-group
-constexpr size_t kTokenInfo = 5;   // floats per (b, t, hv): TOKEN_INFO in gdn.cl
+constexpr size_t kTokenInfo = 5;   // floats per (b, t, hv): TOKEN_INFO in common.cl
 constexpr int64_t kPanel = 16;     // state columns per work-item of gdn_scan_panels: PANEL
 
 // The state gdn_scan works on: a buffer with strides (index, hv, k step, v step).
@@ -19,12 +19,6 @@ struct StateArg {
   cl_long4 steps{};
 };
 
-cl_long4 state_steps(const Tensor& state, bool v_first) {
-  if (!state) return {};
-  return {{state.stride[0], state.stride[1], state.stride[v_first ? 3 : 2],
-           state.stride[v_first ? 2 : 3]}};
-}
-
 StateArg state_arg(const Tensor& state, bool v_first) {
   return {state.numel() > 0 ? static_cast<cl_mem>(state.handle) : nullptr, element_offset(state),
           state_steps(state, v_first)};
@@ -33,26 +27,6 @@ StateArg state_arg(const Tensor& state, bool v_first) {
 size_t groups_for(int64_t items, size_t group) {
   return static_cast<size_t>((items + static_cast<int64_t>(group) - 1) /
                              static_cast<int64_t>(group));
-}
-
-// Decay, beta and the l2 norms of every (b, t, hv), in a scratch buffer.
-cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
-  const int64_t items = op.B * op.T * op.HV;
-  const cl_mem info = call.scratch(static_cast<size_t>(items) * kTokenInfo * sizeof(float));
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_prepare"));
-  launch.tensor(op.q).value(strides4(op.q));
-  launch.tensor(op.k).value(strides4(op.k));
-  launch.any_float(op.g).value(strides4(op.g));
-  launch.any_float(op.beta).value(strides4(op.beta));
-  launch.any_float(op.A_log).value(cl_long{op.A_log ? op.A_log.stride[0] : 0});
-  launch.any_float(op.dt_bias).value(cl_long{op.dt_bias ? op.dt_bias.stride[0] : 0});
-  launch.value(info).value(cl_long{op.B}).value(cl_long{op.T});
-  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
-  launch.value(static_cast<cl_int>(op.K)).value(cl_int{op.use_qk_l2norm});
-  const size_t local = launch.group_size(kPrepareGroup);
-  const size_t groups = groups_for(items, local);
-  launch.run(call, 1, &groups, &local);
-  return info;
 }
 
 struct ScanArgs {
@@ -123,6 +97,31 @@ StateArg dense_scratch(Call& call, const GdnProblem& op, int64_t sequences) {
 }
 
 }  // namespace
+
+cl_long4 state_steps(const Tensor& state, bool v_first) {
+  if (!state) return {};
+  return {{state.stride[0], state.stride[1], state.stride[v_first ? 3 : 2],
+           state.stride[v_first ? 2 : 3]}};
+}
+
+cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
+  const int64_t items = op.B * op.T * op.HV;
+  const cl_mem info = call.scratch(static_cast<size_t>(items) * kTokenInfo * sizeof(float));
+  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_prepare"));
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.tensor(op.k).value(strides4(op.k));
+  launch.any_float(op.g).value(strides4(op.g));
+  launch.any_float(op.beta).value(strides4(op.beta));
+  launch.any_float(op.A_log).value(cl_long{op.A_log ? op.A_log.stride[0] : 0});
+  launch.any_float(op.dt_bias).value(cl_long{op.dt_bias ? op.dt_bias.stride[0] : 0});
+  launch.value(info).value(cl_long{op.B}).value(cl_long{op.T});
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(cl_int{op.use_qk_l2norm});
+  const size_t local = launch.group_size(kPrepareGroup);
+  const size_t groups = groups_for(items, local);
+  launch.run(call, 1, &groups, &local);
+  return info;
+}
 
 void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op) {
   Call call(exec, {{op.q, "q"},

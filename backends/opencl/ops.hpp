@@ -1,5 +1,5 @@
 // The OpenCL kernels of each op, one op family per file (gdn.cpp,
-// conv1d.cpp, norm.cpp); module.cpp lists them.
+// gdn_bwd.cpp, conv1d.cpp, conv1d_bwd.cpp, norm.cpp); module.cpp lists them.
 #pragma once
 
 #include "backend.hpp"
@@ -15,5 +15,8 @@ void gdn_gating(const ExecContext& exec, const GdnGating& op);
 void gated_rmsnorm(const ExecContext& exec, const GatedRmsNorm& op);
 void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op);
 void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op);
+void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op);
+void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op);
+void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op);
 
 }  // namespace hops::opencl

@@ -1,0 +1,131 @@
+// gdn_chunk_bwd: gdn_prepare (gdn.cl), then gdn_bwd_scan and gdn_bwd_reduce
+// (gdn_bwd.cl).
+#include <algorithm>
+#include <cmath>
+
+#include "gdn_tokens.hpp"
+#include "ops.hpp"
+
+namespace hops::opencl {
+
+namespace {
+
+constexpr size_t kColumns = 32;      // state columns per work-group of gdn_bwd_scan, at most
+constexpr size_t kReduceGroup = 64;  // work-items per (token, key head) of gdn_bwd_reduce
+constexpr int64_t kMinChunk = 8, kMaxChunk = 64;
+
+size_t groups_for(int64_t items, size_t group) {
+  return static_cast<size_t>((items + static_cast<int64_t>(group) - 1) /
+                             static_cast<int64_t>(group));
+}
+
+// gdn_bwd_scan's local memory: dS ([K][columns + 1]), q^, k^ and dg shares
+// (K each), and four floats per column.
+size_t scan_local_floats(const GdnProblem& op, size_t columns) {
+  const auto K = static_cast<size_t>(op.K);
+  return K * (columns + 1) + 3 * K + 4 * columns;
+}
+
+// Columns per work-group: kColumns (idle ones for a smaller V: a fixed size
+// spares PoCL a compile per work-group size), halved until dS fits the
+// device's local memory; none fit means K is too large.
+size_t scan_columns(const Call& call, const Launch& launch, const GdnProblem& op) {
+  const auto local_bytes =
+      device_value<cl_ulong>(call.runtime().device(), CL_DEVICE_LOCAL_MEM_SIZE);
+  size_t columns = launch.group_size(kColumns);
+  while (columns > 1 && scan_local_floats(op, columns) * sizeof(float) > local_bytes) columns /= 2;
+  if (scan_local_floats(op, columns) * sizeof(float) > local_bytes) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "opencl: K = {} needs {} bytes of local memory per work-group, the device has {}", op.K,
+         scan_local_floats(op, columns) * sizeof(float), local_bytes);
+  }
+  return columns;
+}
+
+}  // namespace
+
+void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
+  Call call(exec, {{op.q, "q"},
+                   {op.k, "k"},
+                   {op.v, "v"},
+                   {op.g, "g"},
+                   {op.beta, "beta"},
+                   {op.initial_state, "initial_state"},
+                   {op.sequences.cu_seqlens, "cu_seqlens"},
+                   {op.d_o, "do"},
+                   {op.d_final_state, "d_final_state"},
+                   {op.dq, "dq"},
+                   {op.dk, "dk"},
+                   {op.dv, "dv"},
+                   {op.dg, "dg"},
+                   {op.dbeta, "dbeta"},
+                   {op.dh0, "dh0"}});
+  if (!call.active()) return;
+  const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
+  const cl_mem info = prepare_tokens(call, op);
+  const int64_t N = op.sequences.count, tokens = op.B * op.T;
+  // A checkpoint every `chunk` tokens, about sqrt(mean sequence length):
+  // balances the checkpoints (tokens / chunk states per value head) against
+  // the recomputed states (chunk per sequence and value head).
+  const int64_t chunk =
+      std::clamp<int64_t>(std::llround(std::sqrt(static_cast<double>(tokens) /
+                                                 static_cast<double>(std::max<int64_t>(N, 1)))),
+                          kMinChunk, kMaxChunk);
+  const int64_t head_floats = op.K * op.V;
+  const cl_mem checkpoints =
+      call.scratch(static_cast<size_t>((N + (tokens + chunk - 1) / chunk) * op.HV * head_floats) *
+                   sizeof(float));
+  const cl_mem recompute =
+      call.scratch(static_cast<size_t>(N * op.HV * chunk * head_floats) * sizeof(float));
+  int64_t blocks = 0;
+  cl_mem partial = nullptr;
+  {
+    Launch launch(call.kernel(Family::gdn_bwd, op.q.dtype, "gdn_bwd_scan"));
+    const size_t columns = scan_columns(call, launch, op);
+    blocks = static_cast<int64_t>(groups_for(op.V, columns));
+    partial =
+        call.scratch(static_cast<size_t>(tokens * op.HV * blocks * (2 * op.K + 2)) * sizeof(float));
+    launch.tensor(op.q).value(strides4(op.q));
+    launch.tensor(op.k).value(strides4(op.k));
+    launch.tensor(op.v).value(strides4(op.v));
+    launch.value(info);
+    launch.tensor(op.d_o).value(strides4(op.d_o));
+    launch.tensor(op.dv).value(strides4(op.dv));
+    for (const Tensor* state : {&op.initial_state, &op.d_final_state, &op.dh0}) {
+      launch.tensor(*state).value(state_steps(*state, op.state_v_first));
+    }
+    launch.index(cu_seqlens);
+    launch.value(checkpoints).value(recompute).value(partial);
+    launch.value(cl_long{op.T});
+    launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+    launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
+    launch.value(static_cast<cl_int>(chunk)).value(static_cast<cl_float>(op.scale));
+    launch.local_floats(scan_local_floats(op, columns));
+    const size_t groups[3] = {static_cast<size_t>(blocks), static_cast<size_t>(op.HV),
+                              static_cast<size_t>(N)};
+    const size_t locals[3] = {columns, 1, 1};
+    launch.run(call, 3, groups, locals);
+  }
+  {
+    Launch launch(call.kernel(Family::gdn_bwd, op.q.dtype, "gdn_bwd_reduce"));
+    launch.value(partial).value(info);
+    launch.tensor(op.q).value(strides4(op.q));
+    launch.tensor(op.k).value(strides4(op.k));
+    launch.tensor(op.dq).value(strides4(op.dq));
+    launch.tensor(op.dk).value(strides4(op.dk));
+    launch.any_float(op.dg).value(strides4(op.dg));
+    launch.any_float(op.dbeta).value(strides4(op.dbeta));
+    launch.value(cl_long{op.T});
+    launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+    launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(blocks));
+    launch.value(cl_int{op.use_qk_l2norm});
+    const size_t local = launch.group_size(kReduceGroup);
+    launch.local_floats(2 * static_cast<size_t>(op.K) + 2 * local);
+    const size_t groups[2] = {static_cast<size_t>(tokens), static_cast<size_t>(op.H)};
+    const size_t locals[2] = {local, 1};
+    launch.run(call, 2, groups, locals);
+  }
+  call.complete();
+}
+
+}  // namespace hops::opencl
