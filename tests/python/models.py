@@ -1,8 +1,13 @@
 """Tiny random-weight Qwen3.5 and Qwen3-Next models built from configs: 4 layers
 (3 linear attention : 1 full attention, the real pattern), HV = 2H in the
-linear layers, conv width 4."""
+linear layers, conv width 4; and torch_route, the unpatched reference path."""
+
+import inspect
+from contextlib import contextmanager
 
 import torch
+
+from hops import _patch_transformers
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
@@ -29,3 +34,17 @@ def build(name: str, dtype=torch.float32, **overrides):
 
 def greedy(model, prompt, tokens=32):
     return model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+
+
+@contextmanager
+def torch_route(module):
+    """Run transformers' torch code even where its decorators route to FLA or causal-conv1d
+    (importable on a CPU machine, but their Triton/CUDA kernels cannot run there)."""
+    routed = {name: vars(module)[name] for name in _patch_transformers.FUNCTIONS if callable(vars(module).get(name))}
+    for name, function in routed.items():
+        setattr(module, name, inspect.unwrap(function))
+    try:
+        yield
+    finally:
+        for name, function in routed.items():
+            setattr(module, name, function)

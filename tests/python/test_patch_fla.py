@@ -37,3 +37,13 @@ def test_fla_entry_points_run_hops_and_unpatch_restores_them():
     if registries:  # registered as a backend: it must be gone again
         backends = importlib.import_module("fla.backends")
         assert "hops" not in backends._get_operation_registry("gated_delta_rule")._backends
+
+
+def test_fla_chunk_gradients_run_hops_backward():
+    report = hops.patch(["fla"])
+    q, k, v, g, beta = (t.requires_grad_() for t in tensors())
+    o, _ = gdr.chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
+    o.square().sum().backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in (q, k, v, g, beta))
+    assert report.kernels["gdn_chunk_fwd"] == report.kernels["gdn_chunk_bwd"] == 1
+    assert sum(report.fallbacks.values()) == 0

@@ -17,6 +17,8 @@ DL_DEVICE_NAMES = {DL_CPU: "cpu", DL_CUDA: "cuda", DL_CUDA_HOST: "cuda_host", DL
 
 # DLDataTypeCode values.
 DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT = 0, 1, 2, 4
+FLOAT_DTYPES = {"float32": (DL_FLOAT, 32), "float16": (DL_FLOAT, 16), "bfloat16": (DL_BFLOAT, 16),
+                "float64": (DL_FLOAT, 64)}  # name -> (code, bits)
 
 
 class DLDevice(ctypes.Structure):

@@ -9,6 +9,7 @@ the generic `api->call`. The per-op conveniences live in hops.ops.
 import ctypes
 import inspect
 import threading
+from collections import Counter
 from dataclasses import dataclass
 
 from . import _abi
@@ -103,6 +104,8 @@ class OpBinding:
                 view.release()
         if status != _abi.HOPS_OK:
             raise self._library.error(status)
+        if self._library.counter is not None:
+            self._library.counter[self.name] += 1
 
     def _set(self, slot: _abi.hops_value, arg: ArgSpec, value, views: list) -> None:
         if arg.kind == "i64":
@@ -156,6 +159,7 @@ class Library:
         self.provider = provider
         self.api = provider.api
         self.ops: dict[str, OpBinding] = {}
+        self.counter: Counter | None = None  # op -> successful calls, while hops.patch counts them
         for index in range(self.api.op_count()):
             binding = OpBinding(self, self.api.op_at(index))
             self.ops[binding.name] = binding
@@ -176,6 +180,15 @@ class Library:
             return False
         with borrowed(tensor) as view:
             return bool(self.api.supports(op.encode(), view.tensor.device, view.tensor.dtype))
+
+    def support_table(self) -> dict[tuple[str, str, str], bool]:
+        """(op, device name, float dtype name) -> `supports` for every op, device type and
+        float dtype: answers that need no tensor, and no ctypes call once made (code that
+        torch.compile traces looks them up)."""
+        return {(op, device, dtype): bool(self.api.supports(op.encode(), _abi.DLDevice(code, 0),
+                                                            _abi.DLDataType(*bits, 1)))
+                for op in self.ops for code, device in _abi.DL_DEVICE_NAMES.items()
+                for dtype, bits in _abi.FLOAT_DTYPES.items()}
 
     def info(self) -> ProviderInfo:
         backends = []

@@ -1,6 +1,7 @@
 """The few framework-specific steps of the shim: allocating outputs in the
-caller's framework (numpy or torch) and naming dtypes. torch is imported only
-when the caller already uses it."""
+caller's framework (numpy or torch), converting to float32 and picking the op layer
+(hops.torch_ops for torch tensors). torch is imported only when the caller
+already uses it."""
 
 import sys
 
@@ -14,11 +15,6 @@ def _torch():
 def is_torch(x) -> bool:
     torch = _torch()
     return torch is not None and isinstance(x, torch.Tensor)
-
-
-def dtype_name(x) -> str:
-    """'float32', 'bfloat16', ... for numpy arrays and torch tensors alike."""
-    return str(x.dtype).removeprefix("torch.")
 
 
 def empty(like, shape, dtype: str | None = None):
@@ -48,11 +44,27 @@ def zeros(like, shape, dtype: str | None = None):
     return out
 
 
+def as_float32(x):
+    """x in float32: x itself when it is (a torch conversion stays differentiable)."""
+    if is_torch(x):
+        return x.to(_torch().float32)
+    return np.asarray(x, dtype=np.float32)
+
+
 def float32_copy(x):
     """A fresh contiguous float32 copy (a state the caller may keep using)."""
     if is_torch(x):
         return x.detach().to(_torch().float32, memory_format=_torch().contiguous_format, copy=True)
     return np.array(x, dtype=np.float32, order="C", copy=True)
+
+
+def ops_for(x):
+    """The op layer for x: hops.torch_ops for torch tensors (autograd, torch.compile), else hops.ops."""
+    if is_torch(x):
+        from . import torch_ops
+        return torch_ops
+    from . import ops
+    return ops
 
 
 def index_array(values, like):

@@ -3,7 +3,8 @@
 Where fla has a backend registry (fla.backends since 0.5, fla.ops.backends
 before), hops registers itself there as one more backend of the
 "gated_delta_rule" operation: FLA's dispatcher asks its verifier per call
-(device and dtype through the provider's `supports`), honours its priority
+(device and dtype through the provider's `supports`; what hops then refuses,
+such as gradients through a decode op, runs FLA's own kernel), honours its priority
 and its env switch (HOPS_PATCH_GDN; FLA_HOPS=1 forces it on, as FLA_<TYPE>
 does for every backend). Entry points the registry does not dispatch (and
 all of them in an fla without a registry) are replaced in every loaded fla
@@ -15,8 +16,7 @@ import inspect
 import sys
 
 from . import fla as hops_fla
-from ._bindings import library
-from .patch import refusal
+from . import torch_ops
 
 OPERATION = "gated_delta_rule"
 PRIORITY = 1  # FLA: lower runs first; ahead of FlashQLA (3), behind Ascend (0, NPU only)
@@ -59,10 +59,7 @@ def _dispatched_by(function, registry) -> bool:
 
 def _verifier(op: str):
     def verify(self, q, *args, **kwargs):
-        reason = refusal((q, *args), kwargs)
-        if reason:
-            return False, reason
-        if not library().supports(op, q):
+        if not torch_ops.supports(op, q):
             return False, f"the hops provider has no {op} for {q.device} {q.dtype}"
         return True, None
     return verify

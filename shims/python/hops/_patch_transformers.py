@@ -14,7 +14,7 @@ import inspect
 
 import torch
 
-from . import causal_conv1d, fla, ops
+from . import causal_conv1d, fla, torch_ops
 from .errors import unsupported
 
 MODULES = {
@@ -39,8 +39,8 @@ def recurrent_rule(query, key, value, g, beta, initial_state=None, output_final_
         # The layer passes its cache buffer and copies the returned state back into it
         # (cache_utils: update_recurrent_state), so advancing that buffer in place gives
         # the same cache without a fresh HV*K*V*4-byte state per layer and token.
-        o = ops.gdn_recurrent(query, key, value, g, beta, initial_state, cu_seqlens=cu_seqlens,
-                              use_qk_l2norm=use_qk_l2norm_in_kernel)
+        o = torch_ops.gdn_recurrent(query, key, value, g, beta, initial_state, cu_seqlens=cu_seqlens,
+                                    use_qk_l2norm=use_qk_l2norm_in_kernel)
         return o, initial_state
     return fla.fused_recurrent_gated_delta_rule(query, key, value, g=g, beta=beta, initial_state=initial_state,
                                                 output_final_state=output_final_state,
@@ -59,7 +59,7 @@ def conv_update(hidden_states, conv_state, weight, bias=None, activation=None, *
 def gated_norm_forward(self, hidden_states, gate=None):
     if gate is None or getattr(self, "activation", "silu") not in ("silu", "swish"):
         raise unsupported("RMSNormGated without a silu gate")
-    return ops.gated_rmsnorm(hidden_states, gate, self.weight, eps=self.variance_epsilon)
+    return torch_ops.gated_rmsnorm(hidden_states, gate, self.weight, eps=self.variance_epsilon)
 
 
 # Module globals: name -> (family, hops implementation). Both layouts' names are

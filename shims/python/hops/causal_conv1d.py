@@ -2,13 +2,13 @@
 
 Layout as in causal-conv1d: x [B,D,T] (channels first; a transposed
 channels-last tensor is the usual, zero-copy, case), weight [D,W], states
-[B,D,state_len] with state_len >= W-1. Options hops does not implement raise
-HopsError("HOPS_ERR_UNSUPPORTED"), which hops.patch turns into a fallback.
+[B,D,state_len] with state_len >= W-1. torch tensors go through
+hops.torch_ops (causal_conv1d_fn is differentiable; torch.compile traces both).
+Options hops does not implement raise HopsError("HOPS_ERR_UNSUPPORTED"), which
+hops.patch turns into a fallback.
 """
 
-from . import ops
-from ._bindings import library
-from ._frameworks import empty, empty_like
+from ._frameworks import ops_for
 from .errors import unsupported
 
 
@@ -17,16 +17,12 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     """-> out [B,D,T], or (out, final_states [B,D,W-1]) with return_final_states."""
     if seq_idx is not None:
         raise unsupported("hops.causal_conv1d: seq_idx not implemented (use hops.ops.conv1d_fwd with cu_seqlens)")
-    final_states = None
-    if return_final_states:
-        batch, channels, _ = x.shape
+    out, final_states = ops_for(x).conv1d_fwd(x, weight, bias, activation=activation, initial_state=initial_states,
+                                              output_final_state=return_final_states,
+                                              state_len=weight.shape[-1] - 1, channels_first=True)
+    if final_states_out is not None and return_final_states:
+        final_states_out[...] = final_states
         final_states = final_states_out
-        if final_states is None:
-            final_states = empty(x, (batch, channels, weight.shape[-1] - 1))
-    out = empty_like(x)
-    library().op("conv1d_fwd")(
-        x=x, weight=weight, bias=bias, initial_state=initial_states, cu_seqlens=None, y=out,
-        final_state=final_states, activation=ops.activation_code(activation), channels_first=True)
     return (out, final_states) if return_final_states else out
 
 
@@ -37,6 +33,6 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cach
         raise unsupported("hops.causal_conv1d: cache_seqlens (circular state buffers) not implemented")
     # hops takes tokens before channels: [B,D,L] is passed as its [B,L,D] view, no copy.
     tokens_first = x if x.ndim == 2 else x.swapaxes(1, 2)
-    out = ops.conv1d_update(tokens_first, conv_state, weight, bias, activation=activation,
-                            state_indices=conv_state_indices)
+    out = ops_for(x).conv1d_update(tokens_first, conv_state, weight, bias, activation=activation,
+                                   state_indices=conv_state_indices)
     return out if x.ndim == 2 else out.swapaxes(1, 2)

@@ -2,12 +2,13 @@
 (fla.ops.gated_delta_rule, 0.6 signatures and return conventions) on hops.
 
 Layout as in FLA: q, k [B,T,H,K], v [B,T,HV,V], g, beta [B,T,HV]; states
-[N,HV,K,V] float32. Options FLA has and hops does not implement raise
+[N,HV,K,V] float32. torch tensors go through hops.torch_ops, so that
+chunk_gated_delta_rule is differentiable (as FLA's is) and torch.compile traces
+both. Options FLA has and hops does not implement raise
 HopsError("HOPS_ERR_UNSUPPORTED"), which hops.patch turns into a fallback.
 """
 
-from . import ops
-from ._frameworks import dtype_name, float32_copy, index_array, zeros
+from ._frameworks import as_float32, float32_copy, index_array, ops_for, zeros
 from .errors import unsupported
 
 
@@ -40,12 +41,12 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     # chunk_indices is FLA's precomputed tiling of cu_seqlens: hops needs only the offsets,
     # and reads them on the host (cu_seqlens_cpu when the caller has it).
     offsets = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
-    if initial_state is not None and dtype_name(initial_state) != "float32":
-        initial_state = float32_copy(initial_state)
-    return ops.gdn_chunk_fwd(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                             cu_seqlens=offsets, use_qk_l2norm=use_qk_l2norm_in_kernel,
-                             output_final_state=output_final_state, A_log=A_log, dt_bias=dt_bias,
-                             state_v_first=state_v_first)
+    if initial_state is not None:
+        initial_state = as_float32(initial_state)
+    return ops_for(q).gdn_chunk_fwd(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                                    cu_seqlens=offsets, use_qk_l2norm=use_qk_l2norm_in_kernel,
+                                    output_final_state=output_final_state, A_log=A_log, dt_bias=dt_bias,
+                                    state_v_first=state_v_first)
 
 
 def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None,
@@ -73,7 +74,7 @@ def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=Non
         state = zeros(q, shape, "float32")
     else:
         state = float32_copy(initial_state)
-    o = ops.gdn_recurrent(q, k, v, g, beta, state, cu_seqlens=cu_seqlens, scale=scale,
-                          use_qk_l2norm=use_qk_l2norm_in_kernel, A_log=A_log, dt_bias=dt_bias,
-                          state_v_first=state_v_first)
+    o = ops_for(q).gdn_recurrent(q, k, v, g, beta, state, cu_seqlens=cu_seqlens, scale=scale,
+                                 use_qk_l2norm=use_qk_l2norm_in_kernel, A_log=A_log, dt_bias=dt_bias,
+                                 state_v_first=state_v_first)
     return o, state if output_final_state else None

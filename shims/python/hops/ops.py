@@ -46,6 +46,19 @@ def _gdn_state_shape(n, hv, k, v, state_v_first) -> tuple[int, ...]:
     return (n, hv, v, k) if state_v_first else (n, hv, k, v)
 
 
+def _gdn_outputs(op, q, v, cu_seqlens=None, output_final_state=False, state_v_first=False):
+    """(o, final_state or None) as the GDN forwards allocate them (shared with hops.torch_ops' fake kernels)."""
+    batch, tokens, _, key_dim = _dims(op, "q", q, 4)
+    _, _, value_heads, value_dim = _dims(op, "v", v, 4)
+    o = empty(q, (batch, tokens, value_heads, value_dim))
+    final_state = None
+    if output_final_state:
+        shape = _gdn_state_shape(_sequence_count(batch, cu_seqlens), value_heads, key_dim, value_dim,
+                                 state_v_first)
+        final_state = empty(q, shape, "float32")
+    return o, final_state
+
+
 @device_option
 def gdn_chunk_fwd(q, k, v, g, beta, *, scale=None, initial_state=None, cu_seqlens=None,
                   use_qk_l2norm=False, output_final_state=False, A_log=None, dt_bias=None,
@@ -53,15 +66,8 @@ def gdn_chunk_fwd(q, k, v, g, beta, *, scale=None, initial_state=None, cu_seqlen
     """Gated DeltaNet prefill -> (o [B,T,HV,V], final_state [N,HV,K,V] f32 or None).
 
     With A_log and dt_bias, g and beta are the raw a and b and the gate is fused."""
-    batch, tokens, _, key_dim = _dims("gdn_chunk_fwd", "q", q, 4)
-    _, _, value_heads, value_dim = _dims("gdn_chunk_fwd", "v", v, 4)
     cu_seqlens = index_array(cu_seqlens, q)
-    o = empty(q, (batch, tokens, value_heads, value_dim))
-    final_state = None
-    if output_final_state:
-        shape = _gdn_state_shape(_sequence_count(batch, cu_seqlens), value_heads, key_dim, value_dim,
-                                 state_v_first)
-        final_state = empty(q, shape, "float32")
+    o, final_state = _gdn_outputs("gdn_chunk_fwd", q, v, cu_seqlens, output_final_state, state_v_first)
     library().op("gdn_chunk_fwd")(
         q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log,
         dt_bias=dt_bias, o=o, final_state=final_state, scale=scale or 0.0, use_qk_l2norm=use_qk_l2norm,
@@ -69,14 +75,33 @@ def gdn_chunk_fwd(q, k, v, g, beta, *, scale=None, initial_state=None, cu_seqlen
     return o, final_state
 
 
+def _gdn_chunk_bwd_outputs(q, k, v, g, beta, initial_state):
+    """(dq, dk, dv, dg, dbeta, dh0 or None): each gradient like its input (dh0 float32)."""
+    dh0 = None if initial_state is None else empty_like(initial_state, "float32")
+    return (*(empty_like(x) for x in (q, k, v, g, beta)), dh0)
+
+
+@device_option
+def gdn_chunk_bwd(q, k, v, g, beta, do, *, scale=None, initial_state=None, cu_seqlens=None,
+                  d_final_state=None, use_qk_l2norm=False, state_v_first=False):
+    """Backward of gdn_chunk_fwd (no fused gate): from do (the gradient of o) and d_final_state
+    (of the final state; None: zero) -> (dq, dk, dv, dg, dbeta, dh0 or None); dh0 [N,HV,K,V]
+    f32 when initial_state is given. The forward's inputs and options, as they were."""
+    cu_seqlens = index_array(cu_seqlens, q)
+    dq, dk, dv, dg, dbeta, dh0 = _gdn_chunk_bwd_outputs(q, k, v, g, beta, initial_state)
+    library().op("gdn_chunk_bwd")(
+        q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens, do=do,
+        d_final_state=d_final_state, dq=dq, dk=dk, dv=dv, dg=dg, dbeta=dbeta, dh0=dh0, scale=scale or 0.0,
+        use_qk_l2norm=use_qk_l2norm, state_v_first=state_v_first)
+    return dq, dk, dv, dg, dbeta, dh0
+
+
 @device_option
 def gdn_recurrent(q, k, v, g, beta, state, *, state_indices=None, cu_seqlens=None, scale=None,
                   use_qk_l2norm=False, A_log=None, dt_bias=None, state_v_first=False):
     """Gated DeltaNet token by token on the state pool `state` [S,HV,K,V] (f32, updated in
     place; sequence n uses slot state_indices[n], -1 skips it) -> o [B,T,HV,V]."""
-    batch, tokens, _, _ = _dims("gdn_recurrent", "q", q, 4)
-    _, _, value_heads, value_dim = _dims("gdn_recurrent", "v", v, 4)
-    o = empty(q, (batch, tokens, value_heads, value_dim))
+    o, _ = _gdn_outputs("gdn_recurrent", q, v)
     library().op("gdn_recurrent")(
         q=q, k=k, v=v, g=g, beta=beta, state=state, state_indices=index_array(state_indices, q),
         cu_seqlens=index_array(cu_seqlens, q), A_log=A_log, dt_bias=dt_bias, o=o, scale=scale or 0.0,
@@ -103,6 +128,38 @@ def gated_rmsnorm(x, z, weight, *, eps=1e-6):
     return y
 
 
+def _gated_rmsnorm_bwd_outputs(x, z, weight):
+    return empty_like(x), empty_like(z), empty_like(weight)
+
+
+@device_option
+def gated_rmsnorm_bwd(x, z, weight, dy, *, eps=1e-6):
+    """Backward of gated_rmsnorm: dy -> (dx, dz, dweight), each like its input (dweight
+    summed over the rows)."""
+    dx, dz, dweight = _gated_rmsnorm_bwd_outputs(x, z, weight)
+    library().op("gated_rmsnorm_bwd")(x=x, z=z, weight=weight, dy=dy, dx=dx, dz=dz, dweight=dweight, eps=eps)
+    return dx, dz, dweight
+
+
+def _conv1d_state_len(weight, initial_state, state_len):
+    """conv1d_fwd's final-state length: as asked, else the initial state's, else W-1."""
+    if state_len is not None:
+        return state_len
+    return initial_state.shape[-1] if initial_state is not None else weight.shape[-1] - 1
+
+
+def _conv1d_outputs(x, weight, initial_state, cu_seqlens, output_final_state, state_len):
+    """(y, final_state or None) as conv1d_fwd allocates them (shared with hops.torch_ops' fake kernels)."""
+    batch, _, _ = _dims("conv1d_fwd", "x", x, 3)
+    channels, _ = _dims("conv1d_fwd", "weight", weight, 2)
+    y = empty_like(x)
+    final_state = None
+    if output_final_state:
+        final_state = empty(x, (_sequence_count(batch, cu_seqlens), channels,
+                                _conv1d_state_len(weight, initial_state, state_len)))
+    return y, final_state
+
+
 @device_option
 def conv1d_fwd(x, weight, bias=None, *, activation="silu", initial_state=None, cu_seqlens=None,
                output_final_state=False, state_len=None, channels_first=False):
@@ -110,19 +167,33 @@ def conv1d_fwd(x, weight, bias=None, *, activation="silu", initial_state=None, c
     -> (y like x, final_state [N,D,state_len] or None).
 
     state_len defaults to the initial state's length, else W-1."""
-    batch, _, _ = _dims("conv1d_fwd", "x", x, 3)
-    channels, width = _dims("conv1d_fwd", "weight", weight, 2)
     cu_seqlens = index_array(cu_seqlens, x)
-    y = empty_like(x)
-    final_state = None
-    if output_final_state:
-        if state_len is None:
-            state_len = initial_state.shape[-1] if initial_state is not None else width - 1
-        final_state = empty(x, (_sequence_count(batch, cu_seqlens), channels, state_len))
+    y, final_state = _conv1d_outputs(x, weight, initial_state, cu_seqlens, output_final_state, state_len)
     library().op("conv1d_fwd")(
         x=x, weight=weight, bias=bias, initial_state=initial_state, cu_seqlens=cu_seqlens, y=y,
         final_state=final_state, activation=activation_code(activation), channels_first=channels_first)
     return y, final_state
+
+
+def _conv1d_bwd_outputs(x, weight, bias, initial_state):
+    """(dx, dweight, dbias or None, d_initial_state or None), each like its input."""
+    return (empty_like(x), empty_like(weight), None if bias is None else empty_like(bias),
+            None if initial_state is None else empty_like(initial_state))
+
+
+@device_option
+def conv1d_bwd(x, weight, dy, *, bias=None, activation="silu", initial_state=None, cu_seqlens=None,
+               d_final_state=None, channels_first=False):
+    """Backward of conv1d_fwd: from dy (the gradient of y) and d_final_state (of the final
+    state, its length L1; None: no gradient) -> (dx, dweight, dbias or None, d_initial_state
+    or None), each like its input. The forward's inputs and options, as they were."""
+    cu_seqlens = index_array(cu_seqlens, x)
+    dx, dweight, dbias, d_initial_state = _conv1d_bwd_outputs(x, weight, bias, initial_state)
+    library().op("conv1d_bwd")(
+        x=x, weight=weight, bias=bias, initial_state=initial_state, cu_seqlens=cu_seqlens, dy=dy,
+        d_final_state=d_final_state, dx=dx, dweight=dweight, dbias=dbias, d_initial_state=d_initial_state,
+        activation=activation_code(activation), channels_first=channels_first)
+    return dx, dweight, dbias, d_initial_state
 
 
 @device_option

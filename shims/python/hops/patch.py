@@ -1,17 +1,18 @@
 """hops.patch(): run the hosts' Gated DeltaNet, conv1d and gated RMSNorm on hops.
 
-Every replaced attribute becomes a *redirect*: it calls hops, and when hops
-refuses the call (device, dtype, shape, an option it lacks, a call that needs
-gradients, tracing by torch.compile) it calls the original function instead
-and counts the fallback in the report. Every change is logged, so unpatch()
-puts back exactly the objects that were there. Hosts: _patch_transformers.py
+Every replaced attribute becomes a *redirect*: it calls hops (torch tensors
+through the custom ops of hops.torch_ops, so autograd runs hops' backward
+kernels and torch.compile traces the ops), and when hops refuses the call
+(device, dtype, shape, an option it lacks, gradients where it has no backward
+kernel) it calls the original function instead and counts the fallback in the
+report. Every change is logged, so unpatch() puts back exactly the objects
+that were there. Hosts: _patch_transformers.py
 and _patch_fla.py; what they patch and why: docs/PYTHON.md.
 """
 
 import functools
 import gc
 import os
-import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class PatchReport:
     calls: Counter = field(default_factory=Counter)  # redirect -> calls hops ran
     fallbacks: Counter = field(default_factory=Counter)  # redirect -> calls the original ran
     fallback_reasons: dict[str, str] = field(default_factory=dict)  # redirect -> latest reason
+    kernels: Counter = field(default_factory=Counter)  # plugin op -> calls while patched (backward ops too)
 
     def __str__(self) -> str:
         lines = [f"hops.patch — provider: {self.provider or 'none'}"]
@@ -45,24 +47,9 @@ class PatchReport:
             if label in self.fallback_reasons:
                 lines.append(f"           last fallback: {self.fallback_reasons[label]}")
         lines += [f"  skipped  {label}: {reason}" for label, reason in self.skipped.items()]
+        if self.kernels:
+            lines.append("  kernels  " + ", ".join(f"{op} {count}" for op, count in sorted(self.kernels.items())))
         return "\n".join(lines)
-
-
-def refusal(args, kwargs) -> str | None:
-    """Why hops must not take a call before trying it: it has no backward kernels
-    yet, and a ctypes call cannot be traced by torch.compile."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    if torch.compiler.is_compiling():
-        return "traced by torch.compile"
-    if torch.is_grad_enabled():
-        values = [*args, *kwargs.values()]
-        tensors = [v for v in values if isinstance(v, torch.Tensor)]
-        tensors += [p for v in values if isinstance(v, torch.nn.Module) for p in v.parameters(recurse=False)]
-        if any(t.requires_grad for t in tensors):
-            return "needs gradients (hops has no backward yet)"
-    return None
 
 
 def _references(instance, swaps):
@@ -95,17 +82,14 @@ class Patcher:
 
         @functools.wraps(original)
         def redirected(*args, **kwargs):
-            reason = refusal(args, kwargs)
-            if reason is None:
-                try:
-                    result = hops_impl(*args, **kwargs)
-                    report.calls[label] += 1
-                    return result
-                except HopsError as error:
-                    reason = error.message
-            report.fallbacks[label] += 1
-            report.fallback_reasons[label] = reason
-            return original(*args, **kwargs)
+            try:
+                result = hops_impl(*args, **kwargs)
+            except HopsError as error:
+                report.fallbacks[label] += 1
+                report.fallback_reasons[label] = error.message
+                return original(*args, **kwargs)
+            report.calls[label] += 1
+            return result
 
         redirected.__hops_original__ = original
         self.originals[id(original)] = (original, redirected)
@@ -181,10 +165,11 @@ def patch(targets=None) -> PatchReport:
         except HopsError as error:
             report.skipped["all"] = error.message
             return report
+        _active = patcher  # before any change, so that unpatch() can undo a partial patch
+        patcher.set_attr(library(), "counter", report.kernels)
         families = {family for family, variable in FAMILIES.items() if _enabled(variable)}
         report.skipped.update({family: f"{variable}=0" for family, variable in FAMILIES.items()
                                if family not in families})
-        _active = patcher  # before any change, so that unpatch() can undo a partial patch
         patcher.layer_classes = _patch_transformers.apply(patcher, [t for t in targets if t != "fla"], families)
         if "fla" in targets:
             _patch_fla.apply(patcher, families)

@@ -1,0 +1,236 @@
+"""hops' autograd path against transformers' torch fallbacks with autograd: forward and
+backward of the linear-attention layer's ops, side by side in one run (issue 4).
+
+For each op and dtype, the function hops.patch() puts in the layer's place (custom ops of
+hops.torch_ops, whose backward runs the plugin's backward kernels) and the torch function
+transformers' Qwen3.5 GatedDeltaNet runs without fla and causal-conv1d, both with autograd:
+
+  gdn_chunk       hops.fla.chunk_gated_delta_rule      vs torch_chunk_gated_delta_rule
+  conv1d          hops.causal_conv1d.causal_conv1d_fn  vs causal_conv1d_fn (F.conv1d + SiLU)
+  gated_rmsnorm   hops.torch_ops.gated_rmsnorm         vs Qwen3_5RMSNormGated.forward
+
+Each is timed twice: forward + backward (the forward recording the graph, then
+torch.autograd.grad of a random output gradient with respect to every input), and the
+forward alone (recording the graph, as in training); the backward row is the difference
+of the two medians. Shapes are Qwen3.5's (H=16, HV=32, K=V=128, W=4, D=8192), B=1 and T
+tokens; inputs as in bench_cpu_vs_torch.py, whose timing (interleaved blocks, noisy
+blocks redone, medians) and floors this reuses. Counted FLOPs of forward + backward are
+3x the forward's (each product of the forward has two products in its gradient); hops'
+GDN backward also recomputes the forward's chunk states, which the count leaves out.
+
+    .venv/bin/python tests/bench/bench_training.py [--write docs/PERFORMANCE.md] [--patience 600]
+
+The torch chunk fallback takes seconds per forward + backward at T=4096 on 2 cores (much
+longer when another process competes for them): each torch side gets as many calls as
+fit in --budget seconds, but at least --min-reps.
+"""
+
+import argparse
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+import hops
+import hops.torch_ops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_cpu_vs_torch as peers  # noqa: E402
+import benchlib  # noqa: E402
+from bench_cpu_vs_torch import D, DTYPES, H, HV, K, SIZE, TOLERANCE, V, W, fmt_count, fmt_ms  # noqa: E402
+
+FWD_BWD, FWD = "fwd+bwd", "fwd"
+
+
+def training_cases(op, peer, shape, dtype, flop, nbytes, inputs, hops_forward, torch_forward, grad_output):
+    """Two peers.Case of one op: forward + backward, and forward alone. Each call returns
+    the output (and the gradients of every input)."""
+    def runner(forward, backward: bool):
+        def call():
+            # peers.measure runs under inference_mode; training needs autograd
+            with torch.inference_mode(False), torch.enable_grad():
+                out = forward(*inputs)
+                return (out, *torch.autograd.grad(out, inputs, grad_output)) if backward else (out.detach(),)
+        return call
+
+    def check(ours, reference):
+        return max(peers.rel_err(a, b) for a, b in zip(ours, reference))
+
+    return [peers.Case(f"{op} {name}", peer, shape, dtype, count, size, runner(hops_forward, backward),
+                       runner(torch_forward, backward), check)
+            for name, backward, count, size in ((FWD_BWD, True, 3 * flop, nbytes), (FWD, False, flop, None))]
+
+
+def leaves(*tensors):
+    return [t.requires_grad_() for t in tensors]
+
+
+def gdn_cases(t, dtype):
+    gen = torch.Generator().manual_seed(t)
+    q, k = (torch.randn(1, t, H, K, generator=gen).to(dtype) for _ in range(2))
+    v = torch.randn(1, t, HV, V, generator=gen).to(dtype)
+    g, beta = peers.gate_inputs(gen, 1, t)  # g float32, as the layer computes it
+    inputs = leaves(q, k, v, g, beta.to(dtype))
+    d_o = torch.randn(1, t, HV, V, generator=gen).to(dtype)
+    fallback = peers.torch_function("torch_chunk_gated_delta_rule")
+    s = SIZE[dtype]
+    # forward: q, k, v, beta in, o out, g; backward: those and do in, dq, dk, dv, dbeta out, dg
+    nbytes = s * t * (6 * H * K + 5 * HV * V + 3 * HV) + 12 * t * HV
+    return training_cases(
+        "gdn_chunk", "torch_chunk_gated_delta_rule", f"B=1 T={t}", dtype, peers.chunk_flop(1, t), nbytes, inputs,
+        lambda *x: hops.fla.chunk_gated_delta_rule(*x, use_qk_l2norm_in_kernel=True)[0],
+        lambda *x: fallback(*x, use_qk_l2norm_in_kernel=True)[0], d_o)
+
+
+def conv_cases(t, dtype):
+    gen = torch.Generator().manual_seed(200 + t)
+    x = torch.randn(1, t, D, generator=gen).to(dtype)  # in_proj_qkv's output, [B, T, D]
+    weight = (torch.randn(D, W, generator=gen) * 0.5).to(dtype)
+    inputs = leaves(x, weight)
+    dy = torch.randn(1, t, D, generator=gen).to(dtype).transpose(1, 2)  # as the layer's backward hands it
+    fallback = peers.torch_function("causal_conv1d_fn")
+    # the layer passes the transposed view [B, D, T]
+    return training_cases(
+        "conv1d", "causal_conv1d_fn (F.conv1d + SiLU)", f"B=1 T={t} D={D}", dtype, peers.conv_flop(1, t),
+        SIZE[dtype] * (5 * t * D + 2 * D * W), inputs,
+        lambda x, w: hops.causal_conv1d.causal_conv1d_fn(x.transpose(1, 2), w, activation="silu"),
+        lambda x, w: fallback(x.transpose(1, 2), w, None, activation="silu"), dy)
+
+
+def norm_cases(rows, dtype):
+    gen = torch.Generator().manual_seed(400 + rows)
+    x, z = (torch.randn(rows, V, generator=gen).to(dtype) for _ in range(2))
+    weight = (1 + 0.1 * torch.randn(V, generator=gen)).to(dtype)
+    inputs = leaves(x, z, weight)
+    dy = torch.randn(rows, V, generator=gen).to(dtype)
+    forward = peers.modeling.Qwen3_5RMSNormGated.forward  # the class attribute hops.patch() replaces
+    # what forward reads of its module, with the weight as a plain leaf (its gradient is returned)
+    norm = types.SimpleNamespace(weight=inputs[2], variance_epsilon=1e-6, activation="silu")
+    return training_cases(
+        "gated_rmsnorm", "Qwen3_5RMSNormGated.forward", f"rows=T*HV={rows}", dtype, peers.norm_flop(rows),
+        SIZE[dtype] * (8 * rows * V + 2 * V), inputs,
+        lambda x, z, weight: hops.torch_ops.gated_rmsnorm(x, z, weight, eps=1e-6),
+        lambda x, z, _: forward(norm, x, z), dy)
+
+
+def copy_bandwidth(reps: int) -> float:
+    """GB/s of a 256 MiB copy (read + write), the best of `reps`, after waiting for a quiet
+    machine: bench_cpu_vs_torch's memory ceiling, without its GEMM ceilings (bf16 GEMMs
+    take minutes on a CPU without bf16 instructions, and no floor here needs them)."""
+    benchlib.wait_for_quiet(patience=30.0)
+    src = torch.randn(64 * 1024 * 1024)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / min(peers.timed(lambda: dst.copy_(src))[0] for _ in range(reps)) / 1e9
+
+
+# ---- report ------------------------------------------------------------------------------
+
+def report(pairs, peak, bandwidth, dtype_names):
+    """The peer table (fwd+bwd, fwd, and bwd as their difference) and the floor table."""
+    rows = ["| op | torch peer | shape | dtype | pass | hops ms (n) | torch ms (n) | **torch / hops** | max rel err "
+            "| others' cores (redone) |", "|---|---|---|---|---|--:|--:|--:|--:|--:|"]
+    floors = ["| op | shape | dtype | pass | FLOP | bytes | floor ms | hops ms | **hops / floor** | hops GFLOP/s "
+              "| hops GB/s |", "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for both, forward in pairs:
+        op, dtype = both.op.split()[0], dtype_names[both.dtype]
+        for case, name in ((both, FWD_BWD), (forward, FWD)):
+            r = case.result
+            ok = r["error"] <= TOLERANCE[case.dtype]
+            rows.append(f"| {op} | {case.peer} | {case.shape} | {dtype} | {name} | {fmt_ms(r['hops'])} ({r['hops_n']}) "
+                        f"| {fmt_ms(r['torch'])} ({r['torch_n']}) | **{r['torch'] / r['hops']:.1f}x** | "
+                        f"{r['error']:.1e}{'' if ok else ' **MISMATCH**'} | {r['others']:.2f} ({r['redone']}) |")
+        hops_bwd = both.result["hops"] - forward.result["hops"]
+        torch_bwd = both.result["torch"] - forward.result["torch"]
+        rows.append(f"| {op} | {both.peer} | {both.shape} | {dtype} | bwd (difference) | {fmt_ms(hops_bwd)} | "
+                    f"{fmt_ms(torch_bwd)} | **{torch_bwd / hops_bwd:.1f}x** | | |")
+        if both.bytes is not None:
+            compute, memory = both.flop / (peak * 1e9), both.bytes / (bandwidth * 1e9)
+            floor, seconds = max(compute, memory), both.result["hops"]
+            floors.append(f"| {op} | {both.shape} | {dtype} | {FWD_BWD} | {fmt_count(both.flop)} | "
+                          f"{fmt_count(both.bytes)}B | {fmt_ms(floor)} {'C' if compute >= memory else 'M'} | "
+                          f"{fmt_ms(seconds)} | **{seconds / floor:.1f}x** | {both.flop / seconds / 1e9:.1f} | "
+                          f"{both.bytes / seconds / 1e9:.1f} |")
+    return "\n".join(rows), "\n".join(floors)
+
+
+def targets(pairs, dtype_names) -> str:
+    ratios = [(f"{both.shape.split()[-1]} {dtype_names[both.dtype]}", both.result["torch"] / both.result["hops"])
+              for both, _ in pairs if both.op.startswith("gdn_chunk")]
+    if not ratios:
+        return "gdn_chunk not measured in this run"
+    missed = [name for name, ratio in ratios if ratio < 10]
+    return ("Target, GDN forward + backward at least 10x the torch fallback: " +
+            ", ".join(f"{name} {ratio:.1f}x" for name, ratio in ratios) +
+            (f" — missed at {', '.join(missed)}" if missed else " — met in every case"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=4096, help="sequence length T")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    parser.add_argument("--ops", nargs="+", choices=["gdn_chunk", "conv1d", "gated_rmsnorm"], help="only these ops")
+    parser.add_argument("--reps", type=int, default=5, help="timed runs per case (hops: more when cheap)")
+    parser.add_argument("--min-reps", type=int, default=3,
+                        help="timed torch calls per case at least, when --budget allows fewer than --reps")
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds of timed torch calls per case")
+    parser.add_argument("--target", type=float, default=1.0, help="seconds of runs per side for cheap cases")
+    parser.add_argument("--block", type=float, default=0.25, help="seconds per block of timed calls")
+    parser.add_argument("--noisy", type=float, default=0.15,
+                        help="a block during which other processes kept more cores than this busy is redone")
+    parser.add_argument("--redo", type=int, default=8, help="blocks redone per case, at most")
+    parser.add_argument("--patience", type=float, default=10.0, help="seconds to wait for a quiet machine")
+    parser.add_argument("--write", metavar="MD", help="write the tables into this markdown file's section")
+    args = parser.parse_args()
+
+    import logging
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+    started = time.perf_counter()
+    machine = benchlib.machine_line()
+    print(machine, file=sys.stderr)
+    bandwidth = copy_bandwidth(args.reps)
+    peak, peak_how = peers.nominal_peak()
+    print(f"copy {bandwidth:.1f} GB/s, nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how})", file=sys.stderr)
+
+    makers = {"gdn_chunk": lambda dtype: gdn_cases(args.tokens, dtype),
+              "conv1d": lambda dtype: conv_cases(args.tokens, dtype),
+              "gated_rmsnorm": lambda dtype: norm_cases(args.tokens * HV, dtype)}
+    pairs = [make(DTYPES[name]) for op, make in makers.items() if not args.ops or op in args.ops
+             for name in args.dtypes]
+    for pair in pairs:
+        for case in pair:
+            case_start = time.perf_counter()
+            peers.measure(case, args)
+            r = case.result
+            print(f"{case.op:22s} {case.shape:20s} {str(case.dtype)[6:]:9s} hops {fmt_ms(r['hops']):>8s} ms "
+                  f"({r['hops_n']:3d})  torch {fmt_ms(r['torch']):>8s} ms ({r['torch_n']})  "
+                  f"{r['torch'] / r['hops']:7.1f}x  err {r['error']:.1e}  others {r['others']:.2f} "
+                  f"redone {r['redone']}  [{time.perf_counter() - case_start:.0f} s]", file=sys.stderr)
+    load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    table, floors = report(pairs, peak, bandwidth, names)
+    text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
+            f"{machine}; {load_end}  \nhops: {hops.info().path}, {peers.git_state()}  \n"
+            f"Copy bandwidth measured in this run: {bandwidth:.1f} GB/s (read + write); nominal fp32 peak "
+            f"{peak:.0f} GFLOP/s ({peak_how}).  \n"
+            f"Times are medians of (n) calls, taken in blocks of about {args.block:g} s, hops and torch in "
+            f"turn; a block during which other processes kept more than {args.noisy:g} cores busy was thrown "
+            f"away and run again (others' cores: their average over the kept blocks; redone: blocks thrown "
+            f"away). max rel err = max |hops - torch| / max |torch| over the output and every input's "
+            f"gradient, tolerance {TOLERANCE[torch.float32]:g} fp32, {TOLERANCE[torch.bfloat16]:g} bf16.\n\n"
+            f"**hops' autograd path against transformers' torch fallbacks with autograd**\n\n{table}\n\n"
+            f"{targets(pairs, names)}.\n\n"
+            f"**hops forward + backward against the floor** (floor = max(FLOP / nominal peak, bytes / measured "
+            f"copy bandwidth); C / M: which of the two sets it)\n\n{floors}\n")
+    print(text)
+    if args.write:
+        benchlib.write(args.write, "bench_training", text)
+
+
+if __name__ == "__main__":
+    main()
