@@ -35,6 +35,22 @@ import hops
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def default_dtype() -> tuple[str, str]:
+    """bfloat16, as Qwen3.5 is served, where this CPU multiplies bf16 matrices at a
+    useful rate (AVX-512 or AMX); else float32: without them torch's bf16 GEMM runs
+    some 50x slower than fp32 and the projections would swamp everything."""
+    def rate(dtype):
+        a = torch.randn(256, 256).to(dtype)
+        a @ a
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ a
+        return 4 * 2 * 256 ** 3 / (time.perf_counter() - start) / 1e9
+    bf16, fp32 = rate(torch.bfloat16), rate(torch.float32)
+    name = "bfloat16" if bf16 > fp32 / 2 else "float32"
+    return name, f"{name} (bf16 matmul here {bf16:.1f} GFLOP/s, fp32 {fp32:.1f})"
+
+
 def build_model(layers: int = 4, hidden: int = 2048, intermediate: int = 4608, vocab: int = 32768,
                 dtype: torch.dtype = torch.bfloat16):
     """A random-weight Qwen3_5ForCausalLM with the real linear-attention layout."""
@@ -260,15 +276,19 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size")
     parser.add_argument("--intermediate", type=int, default=4608, help="MLP width")
     parser.add_argument("--vocab", type=int, default=32768, help="vocabulary size")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 where this CPU has fast bf16 "
+                        "matmuls, else float32")
     args = parser.parse_args()
 
     quiet_transformers()
     print(hops.info(), "\n")
+    why = args.dtype
+    if args.dtype is None:
+        args.dtype, why = default_dtype()
     model = build_model(args.layers, args.hidden, args.intermediate, args.vocab, DTYPES[args.dtype])
     print(f"model: Qwen3.5 layout, {args.layers} layers (3 Gated DeltaNet : 1 full attention), hidden "
           f"{args.hidden}, MLP {args.intermediate}, vocab {args.vocab}, GDN H=16 HV=32 K=V=128, attention 16/2 "
-          f"heads of 256, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {args.dtype}, "
+          f"heads of 256, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {why}, "
           f"{torch.get_num_threads()} torch threads")
     print("transformers path: its torch fallbacks (torch_chunk_gated_delta_rule, torch_recurrent_gated_delta_rule, "
           "F.conv1d causal conv, Qwen3_5RMSNormGated), as without fla and causal-conv1d\n")

@@ -374,7 +374,7 @@ def measure(case: Case, args) -> None:
 
 
 def measure_ceilings(reps: int) -> dict:
-    """Memory bandwidth (a 256 MiB copy) and torch's fp32/bf16 GEMM rate (2048^3), here and now:
+    """Memory bandwidth (a 256 MiB copy) and torch's fp32/bf16 GEMM rate (1024^3), here and now:
     the best of `reps` runs, after waiting for a quiet machine."""
     benchlib.wait_for_quiet(patience=30.0)
     out = {}
@@ -382,10 +382,10 @@ def measure_ceilings(reps: int) -> dict:
     dst = torch.empty_like(src)
     times = [timed(lambda: dst.copy_(src))[0] for _ in range(reps + 1)][1:]
     out["copy_GBps"] = 2 * src.numel() * 4 / min(times) / 1e9
-    for name, dtype in DTYPES.items():
-        a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+    for name, dtype in DTYPES.items():  # 1024^3: bf16 runs at about 1 GFLOP/s on CPUs without AVX-512
+        a, b = torch.randn(1024, 1024).to(dtype), torch.randn(1024, 1024).to(dtype)
         times = [timed(lambda: a @ b)[0] for _ in range(reps + 1)][1:]
-        out[f"gemm_{name}_GFLOPs"] = 2 * 2048 ** 3 / min(times) / 1e9
+        out[f"gemm_{name}_GFLOPs"] = 2 * 1024 ** 3 / min(times) / 1e9
     return out
 
 
@@ -476,23 +476,10 @@ def main():
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--ops", nargs="+", choices=["gdn_chunk_fwd", "gdn_recurrent", "conv1d_fwd",
                                                      "conv1d_update", "gated_rmsnorm"], help="only these ops")
-    parser.add_argument("--reps", type=int, default=5, help="timed runs per case (hops: more when cheap)")
-    parser.add_argument("--min-reps", type=int, default=3,
-                        help="timed torch calls per case at least, when --budget allows fewer than --reps")
-    parser.add_argument("--budget", type=float, default=40.0, help="seconds of timed torch calls per case")
-    parser.add_argument("--target", type=float, default=1.0, help="seconds of runs per side for cheap cases")
-    parser.add_argument("--block", type=float, default=0.25, help="seconds per block of timed calls")
-    parser.add_argument("--noisy", type=float, default=0.15,
-                        help="a block during which other processes kept more cores than this busy is redone")
-    parser.add_argument("--redo", type=int, default=8, help="blocks redone per case, at most")
-    parser.add_argument("--patience", type=float, default=10.0, help="seconds to wait for a quiet machine")
-    parser.add_argument("--write", metavar="MD", help="write the table into this markdown file's section")
+    benchlib.add_timing_arguments(parser, budget=40.0)
     args = parser.parse_args()
 
-    import logging
-    from transformers.utils import logging as hf_logging
-    hf_logging.set_verbosity_error()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    benchlib.quiet_transformers()
 
     started = time.perf_counter()
     machine = benchlib.machine_line()
@@ -532,7 +519,7 @@ def main():
     text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
             f"{machine}; {load_end}  \nhops: {hops.info().path}, {git_state()}  \n"
             f"Ceilings measured in this run: copy {ceilings['copy_GBps']:.1f} GB/s (read + write); torch GEMM "
-            f"2048^3 {ceilings['gemm_float32_GFLOPs']:.0f} GFLOP/s fp32, {ceilings['gemm_bfloat16_GFLOPs']:.0f} "
+            f"1024^3 {ceilings['gemm_float32_GFLOPs']:.0f} GFLOP/s fp32, {ceilings['gemm_bfloat16_GFLOPs']:.3g} "
             f"GFLOP/s bf16. Nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how}).  \n"
             f"Times are medians of (n) calls, taken in blocks of about {args.block:g} s, hops and torch in "
             f"turn; a block during which other processes kept more than {args.noisy:g} cores busy was "

@@ -89,3 +89,27 @@ def write(path, name: str, text: str) -> None:
     new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
     path.write_text(new)
     print(f"wrote section '{name}' of {path}")
+
+
+def add_timing_arguments(parser, budget: float) -> None:
+    """The options of the interleaved, noise-guarded timing (see bench_cpu_vs_torch.measure)."""
+    parser.add_argument("--reps", type=int, default=5, help="timed runs per case (hops: more when cheap)")
+    parser.add_argument("--min-reps", type=int, default=3,
+                        help="timed torch calls per case at least, when --budget allows fewer than --reps")
+    parser.add_argument("--budget", type=float, default=budget, help="seconds of timed torch calls per case")
+    parser.add_argument("--target", type=float, default=1.0, help="seconds of runs per side for cheap cases")
+    parser.add_argument("--block", type=float, default=0.25, help="seconds per block of timed calls")
+    parser.add_argument("--noisy", type=float, default=0.15,
+                        help="a block during which other processes kept more cores than this busy is redone")
+    parser.add_argument("--redo", type=int, default=8, help="blocks redone per case, at most")
+    parser.add_argument("--patience", type=float, default=10.0, help="seconds to wait for a quiet machine")
+    parser.add_argument("--write", metavar="MD", help="write the tables into this markdown file's section")
+
+
+def quiet_transformers() -> None:
+    """transformers' once-per-function fallback warnings would interleave with the output."""
+    import logging
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+

@@ -200,7 +200,8 @@ def main():
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--intermediate", type=int, default=4608)
     parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"),
+                        help="default: the demo's (bfloat16 where bf16 matmuls are fast here, else float32)")
     parser.add_argument("--noisy", type=float, default=0.15,
                         help="a run during which other processes kept more cores than this busy is run again")
     parser.add_argument("--redo", type=int, default=6, help="runs thrown away and run again, at most")
@@ -210,6 +211,8 @@ def main():
 
     demo = load_demo()
     demo.quiet_transformers()
+    if args.dtype is None:
+        args.dtype = demo.default_dtype()[0]
     model = demo.build_model(args.layers, args.hidden, args.intermediate, args.vocab, demo.DTYPES[args.dtype])
     prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(1))
     demo.warm_up(model)
