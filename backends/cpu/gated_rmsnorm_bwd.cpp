@@ -31,10 +31,11 @@ HOPS_VECTOR_CLONES void backward_rows(const GatedRmsNormBwd& op, const float* __
   float* __restrict dx = buffers + 3 * D;
   float* __restrict dz = buffers + 4 * D;
   const auto eps = static_cast<float>(op.eps);
+  const RowOffsets x_rows(op.x), z_rows(op.z), dy_rows(op.dy), dx_rows(op.dx), dz_rows(op.dz);
   for (int64_t row = first; row < last; ++row) {
-    load_run(op.x, row_offset(op.x, row), op.x.step(-1), D, x);
-    load_run(op.z, row_offset(op.z, row), op.z.step(-1), D, z);
-    load_run(op.dy, row_offset(op.dy, row), op.dy.step(-1), D, dy);
+    load_run(op.x, x_rows(row), op.x.step(-1), D, x);
+    load_run(op.z, z_rows(row), op.z.step(-1), D, z);
+    load_run(op.dy, dy_rows(row), op.dy.step(-1), D, dy);
     const float inv_rms = 1.0f / std::sqrt(dot(x, x, D) / static_cast<float>(D) + eps);
     for (int64_t d = 0; d < D; ++d) {
       const float gate = sigmoid(z[d]);
@@ -47,8 +48,8 @@ HOPS_VECTOR_CLONES void backward_rows(const GatedRmsNormBwd& op, const float* __
     }
     const float correction = inv_rms * inv_rms * dot(dx, x, D) / static_cast<float>(D);
     for (int64_t d = 0; d < D; ++d) dx[d] = inv_rms * (dx[d] - x[d] * correction);
-    store_run(op.dx, row_offset(op.dx, row), op.dx.step(-1), D, dx);
-    store_run(op.dz, row_offset(op.dz, row), op.dz.step(-1), D, dz);
+    store_run(op.dx, dx_rows(row), op.dx.step(-1), D, dx);
+    store_run(op.dz, dz_rows(row), op.dz.step(-1), D, dz);
   }
 }
 

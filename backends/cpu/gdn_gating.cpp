@@ -10,9 +10,10 @@ void gdn_gating(const ExecContext& context, const GdnGating& op) {
   context.threads->parallel_for(
       (op.rows + kRowsPerTask - 1) / kRowsPerTask, context.max_workers, [&](int64_t task, int) {
         const int64_t last = std::min(op.rows, (task + 1) * kRowsPerTask);
+        const RowOffsets a_rows(op.a), b_rows(op.b), g_rows(op.g), beta_rows(op.beta);
         for (int64_t row = task * kRowsPerTask; row < last; ++row) {
-          const int64_t a_row = row_offset(op.a, row), b_row = row_offset(op.b, row);
-          const int64_t g_row = row_offset(op.g, row), beta_row = row_offset(op.beta, row);
+          const int64_t a_row = a_rows(row), b_row = b_rows(row);
+          const int64_t g_row = g_rows(row), beta_row = beta_rows(row);
           for (int64_t h = 0; h < op.HV; ++h) {
             const float a = load(op.a, a_row + h * op.a.step(-1));
             const float dt_bias = load(op.dt_bias, h * op.dt_bias.stride[0]);
