@@ -129,23 +129,23 @@ def rel_err(ours, reference) -> float:
     return ((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
 
 
-def gate_inputs(gen, b, t):
-    """g and beta as the layer makes them: g = -exp(A_log) softplus(a + dt_bias) (float32),
-    A ~ U(0.01, 16) as initialised; beta = sigmoid(b)."""
+def gdn_inputs(gen, b, t, dtype):
+    """q, k, v, g, beta for b sequences of t tokens, with the layer's statistics where they
+    matter: g = -exp(A_log) softplus(a + dt_bias) in float32, A ~ U(0.01, 16) as
+    initialised (some heads decay almost completely within a token); beta = sigmoid(b)."""
+    q = torch.randn(b, t, H, K, generator=gen).to(dtype)
+    k = torch.randn(b, t, H, K, generator=gen).to(dtype)
+    v = torch.randn(b, t, HV, V, generator=gen).to(dtype)
     a = torch.randn(b, t, HV, generator=gen)
     A_log = torch.empty(HV).uniform_(0.01, 16, generator=gen).log()
     g = -A_log.exp() * torch.nn.functional.softplus(a + 1.0)
-    beta = torch.randn(b, t, HV, generator=gen).sigmoid()
-    return g, beta
+    beta = torch.randn(b, t, HV, generator=gen).sigmoid().to(dtype)
+    return q, k, v, g, beta
 
 
 def chunk_case(t, dtype):
     gen = torch.Generator().manual_seed(t)
-    q = torch.randn(1, t, H, K, generator=gen).to(dtype)
-    k = torch.randn(1, t, H, K, generator=gen).to(dtype)
-    v = torch.randn(1, t, HV, V, generator=gen).to(dtype)
-    g, beta = gate_inputs(gen, 1, t)
-    beta = beta.to(dtype)
+    q, k, v, g, beta = gdn_inputs(gen, 1, t, dtype)
     fallback = torch_function("torch_chunk_gated_delta_rule")
 
     def run_hops():
@@ -178,11 +178,7 @@ def rotating(tensor, total_bytes=64 << 20):
 
 def recurrent_case(b, dtype):
     gen = torch.Generator().manual_seed(100 + b)
-    q = torch.randn(b, 1, H, K, generator=gen).to(dtype)
-    k = torch.randn(b, 1, H, K, generator=gen).to(dtype)
-    v = torch.randn(b, 1, HV, V, generator=gen).to(dtype)
-    g, beta = gate_inputs(gen, b, 1)
-    beta = beta.to(dtype)
+    q, k, v, g, beta = gdn_inputs(gen, b, 1, dtype)
     start = torch.randn(b, HV, K, V, generator=gen) * 0.1
     hops_state, torch_state = rotating(start), rotating(start)
     fallback = torch_function("torch_recurrent_gated_delta_rule")
@@ -209,11 +205,7 @@ def recurrent_prefill_case(t, dtype):
     """The token-by-token op over a whole prompt (the path of a host without a chunked
     kernel, and transformers' own when it runs torch_recurrent_gated_delta_rule)."""
     gen = torch.Generator().manual_seed(500 + t)
-    q = torch.randn(1, t, H, K, generator=gen).to(dtype)
-    k = torch.randn(1, t, H, K, generator=gen).to(dtype)
-    v = torch.randn(1, t, HV, V, generator=gen).to(dtype)
-    g, beta = gate_inputs(gen, 1, t)
-    beta = beta.to(dtype)
+    q, k, v, g, beta = gdn_inputs(gen, 1, t, dtype)
     fallback = torch_function("torch_recurrent_gated_delta_rule")
 
     def run_hops():

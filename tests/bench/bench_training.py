@@ -70,10 +70,7 @@ def leaves(*tensors):
 
 def gdn_cases(t, dtype):
     gen = torch.Generator().manual_seed(t)
-    q, k = (torch.randn(1, t, H, K, generator=gen).to(dtype) for _ in range(2))
-    v = torch.randn(1, t, HV, V, generator=gen).to(dtype)
-    g, beta = peers.gate_inputs(gen, 1, t)  # g float32, as the layer computes it
-    inputs = leaves(q, k, v, g, beta.to(dtype))
+    inputs = leaves(*peers.gdn_inputs(gen, 1, t, dtype))  # g float32, as the layer computes it
     d_o = torch.randn(1, t, HV, V, generator=gen).to(dtype)
     fallback = peers.torch_function("torch_chunk_gated_delta_rule")
     s = SIZE[dtype]
