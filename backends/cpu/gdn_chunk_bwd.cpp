@@ -157,7 +157,7 @@ float load_key_row(const Tensor& x, int64_t offset, int64_t stride, int64_t coun
                    float* row) {
   gdn::gather(x, offset, stride, count, row);
   if (!normalise) return 1.0f;
-  const float inverse_norm = 1.0f / std::sqrt(gdn::dot(row, row, count) + 1e-6f);
+  const float inverse_norm = 1.0f / std::sqrt(dot(row, row, count) + 1e-6f);
   for (int64_t i = 0; i < count; ++i) row[i] *= inverse_norm;
   return inverse_norm;
 }
@@ -382,10 +382,10 @@ HOPS_VECTOR_CLONES void token_gradients(const GdnChunkBwd& op, int64_t row, int6
     const float* v = b.v + i * Vp;
     float* dk = b.dk_head + i * Kp;
     const float beta = b.beta[i], key_weight = -beta * b.gamma[i];
-    const float kx = gdn::dot(k, x, Kp);
+    const float kx = dot(k, x, Kp);
     for (int64_t c = 0; c < Kp; ++c) dk[c] += key_weight * x[c];
     for (int64_t c = 0; c < Vp; ++c) dv[i * Vp + c] = beta * y[c];
-    b.d_beta[i] += gdn::dot(v, y, Vp) - b.gamma[i] * kx;
+    b.d_beta[i] += dot(v, y, Vp) - b.gamma[i] * kx;
     b.d_log_decay[i] += key_weight * kx;
   }
   for (int64_t i = 0; i < length; ++i) {
@@ -432,14 +432,14 @@ HOPS_VECTOR_CLONES void backward_value_head(const GdnChunkBwd& op, int64_t row, 
   for (int64_t i = 0; i < length; ++i) {
     const float* dk_decayed = b.dk_decayed + i * Kp;
     float* dk = b.dk_head + i * Kp;
-    const float term = b.to_end[i] * gdn::dot(b.k + i * Kp, dk_decayed, Kp);
-    dG[i] = gdn::dot(b.q + i * Kp, b.dq_head + i * Kp, Kp) - term;
+    const float term = b.to_end[i] * dot(b.k + i * Kp, dk_decayed, Kp);
+    dG[i] = dot(b.q + i * Kp, b.dq_head + i * Kp, Kp) - term;
     to_end_sum += term;
     for (int64_t j = 0; j < Kp; ++j) dk[j] = b.to_end[i] * dk_decayed[j];
   }
   // gamma_last S: dG_last += gamma_last sum(dH o S).
   const float state_decay = b.gamma[length - 1];
-  dG[length - 1] += to_end_sum + state_decay * gdn::dot(dh, c.state, Kp * Vp);
+  dG[length - 1] += to_end_sum + state_decay * dot(dh, c.state, Kp * Vp);
 
   // dH <- gamma_last dH + Q^T diag(s gamma) dO + W^T dU.
   for (int64_t i = 0; i < Kp * Vp; ++i) dh[i] *= state_decay;
@@ -474,7 +474,7 @@ HOPS_VECTOR_CLONES void backward_value_head(const GdnChunkBwd& op, int64_t row, 
 // r (dx^ - x^ (x^.dx^)), in place.
 HOPS_VECTOR_CLONES void l2norm_backward(const float* x_hat, float inverse_norm, int64_t n,
                                         float* d) {
-  const float projection = gdn::dot(x_hat, d, n);
+  const float projection = dot(x_hat, d, n);
   for (int64_t i = 0; i < n; ++i) d[i] = inverse_norm * (d[i] - x_hat[i] * projection);
 }
 

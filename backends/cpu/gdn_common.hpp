@@ -29,8 +29,6 @@ inline void scatter(const Tensor& t, int64_t offset, int64_t stride, int64_t cou
   });
 }
 
-using cpu::dot;
-
 inline void l2_normalize(float* x, int64_t n) {
   const float inverse_norm = 1.0f / std::sqrt(dot(x, x, n) + 1e-6f);
   for (int64_t i = 0; i < n; ++i) x[i] *= inverse_norm;

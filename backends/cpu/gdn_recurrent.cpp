@@ -68,7 +68,7 @@ HOPS_VECTOR_CLONES void step_v_rows(float* state, int64_t row_step, int64_t K, i
                                     const Token& x, float* o) {
   for (int64_t j = 0; j < V; ++j) {
     float* __restrict s = state + j * row_step;
-    const float state_k = gdn::dot(s, x.k, K), state_q = gdn::dot(s, x.q, K);
+    const float state_k = dot(s, x.k, K), state_q = dot(s, x.q, K);
     const float u = x.beta * (x.v[j] - x.decay * state_k);
     o[j] = x.scale * (x.decay * state_q + x.key_query * u);
     for (int64_t c = 0; c < K; ++c) s[c] = x.decay * s[c] + u * x.k[c];
@@ -110,7 +110,7 @@ void decode_head(const GdnRecurrent& op, int64_t n, int64_t hv, const DecodeBuff
                       std::exp(log_decay),
                       beta,
                       static_cast<float>(op.scale),
-                      gdn::dot(buffers.k, buffers.q, K)};
+                      dot(buffers.k, buffers.q, K)};
     if (work.v_step == 1) {
       step_k_rows(work.data, work.k_step, K, V, token, buffers.o);
     } else {
