@@ -7,6 +7,7 @@
 // the module still loads and reports itself unavailable.
 #include <cuda_runtime_api.h>
 
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -339,6 +340,73 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   }
 }
 
+// True when every tensor can be read as vectors of `vec` elements along its
+// last dim: unit last stride, a multiple of `vec` long, the other strides
+// multiples of `vec` and the data aligned to a vector's bytes.
+bool vector_rows(std::initializer_list<const Tensor*> tensors, int64_t vec) {
+  for (const Tensor* t : tensors) {
+    const int64_t bytes = vec * dtype_size(t->dtype);
+    if (t->ndim == 0 || t->stride[t->ndim - 1] != 1 || t->shape[t->ndim - 1] % vec != 0 ||
+        (reinterpret_cast<uintptr_t>(static_cast<const char*>(t->handle) + t->byte_offset) %
+         static_cast<uintptr_t>(bytes)) != 0)
+      return false;
+    for (int d = 0; d + 1 < t->ndim; ++d)
+      if (t->stride[d] % vec != 0) return false;
+  }
+  return true;
+}
+
+void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
+  if (op.D == 0) return;
+  const DeviceGuard guard(context.exec, op.kName);
+  const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
+  ConvBwdParams p{make_arg(op.x),
+                  make_arg(op.weight),
+                  make_arg(op.bias),
+                  make_arg(op.initial_state),
+                  make_arg(op.dy),
+                  make_arg(op.d_final_state),
+                  make_arg(op.dx),
+                  make_arg(op.dweight),
+                  make_arg(op.dbias),
+                  make_arg(op.d_initial_state),
+                  cu.get(),
+                  op.B,
+                  op.T,
+                  op.D,
+                  op.sequences.count,
+                  op.W,
+                  op.activation == Activation::silu,
+                  0};
+  // The kernel's channel groups are 4 wide: 16-byte (f32) or 8-byte accesses.
+  p.vector = vector_rows({&op.x, &op.dy, &op.dx}, 4);
+  const int dtype = code_of(op.x.dtype);
+  const Scratch scratch(conv1d_bwd_scratch_bytes(p, dtype), guard, op.kName);
+  check(launch_conv1d_bwd(p, dtype, scratch.data(), guard.stream()), op.kName,
+        "conv1d_bwd kernels launch");
+}
+
+void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op) {
+  if (op.D == 0) return;
+  const DeviceGuard guard(context.exec, op.kName);
+  const int dtype = code_of(op.x.dtype);
+  const NormBwdParams p{
+      make_rows(op.x),
+      make_rows(op.z),
+      make_rows(op.dy),
+      make_rows(op.dx),
+      make_rows(op.dz),
+      make_arg(op.weight),
+      make_arg(op.dweight),
+      op.rows,
+      op.D,
+      static_cast<float>(op.eps),
+      vector_rows({&op.x, &op.z, &op.dy, &op.dx, &op.dz}, 16 / dtype_size(op.x.dtype))};
+  const Scratch scratch(gated_rmsnorm_bwd_scratch_bytes(p, dtype), guard, op.kName);
+  check(launch_gated_rmsnorm_bwd(p, dtype, scratch.data(), guard.stream()), op.kName,
+        "gated_rmsnorm_bwd kernels launch");
+}
+
 // ---- module entry ----------------------------------------------------------------------
 
 constexpr uint32_t kFloats = HOPS_DTYPE_FLOATS;
@@ -347,6 +415,8 @@ const Kernel kKernels[] = {
     kernel<GdnChunkFwd, &gdn_chunk_fwd>(kFloats), kernel<GdnRecurrent, &gdn_recurrent>(kFloats),
     kernel<GdnGating, &gdn_gating>(kFloats),      kernel<GatedRmsNorm, &gated_rmsnorm>(kFloats),
     kernel<Conv1dFwd, &conv1d_fwd>(kFloats),      kernel<Conv1dUpdate, &conv1d_update>(kFloats),
+    kernel<Conv1dBwd, &conv1d_bwd>(kFloats),
+    kernel<GatedRmsNormBwd, &gated_rmsnorm_bwd>(kFloats),
 };
 
 const char* module_last_error() { return hops::last_error(); }

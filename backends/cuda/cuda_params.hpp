@@ -108,4 +108,33 @@ cudaError_t launch_gdn_chunk_tc(const ChunkParams& p, int dtype, void* scratch,
                                 cudaStream_t stream);
 cudaError_t launch_gdn_chunk_general(const ChunkParams& p, int dtype, cudaStream_t stream);
 
+// ---- conv1d_bwd and gated_rmsnorm_bwd (conv1d_bwd.cu, norm_bwd.cu) ----
+// Both sum their weight gradients over tokens/rows deterministically: per-
+// block partials in `scratch` (of *_scratch_bytes, from the stream-ordered
+// pool), added in a fixed order by a second kernel.
+
+struct ConvBwdParams {
+  Arg x, weight, bias, initial_state, dy, d_final_state;  // x, dy, dx as [B,T,D]
+  Arg dx, dweight, dbias, d_initial_state;
+  Index cu;
+  int64_t B, T, D, N, W;
+  int silu;
+  int vector;  // x, dy, dx: unit channel stride, rows aligned to 4 elements (vector access)
+};
+
+struct NormBwdParams {
+  RowsArg x, z, dy, dx, dz;  // the same [rows, D] shape
+  Arg weight, dweight;
+  int64_t rows, D;
+  float eps;
+  int vector;  // unit last stride, 16-byte aligned rows of all five
+};
+
+size_t conv1d_bwd_scratch_bytes(const ConvBwdParams& p, int dtype);
+cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,
+                              cudaStream_t stream);
+size_t gated_rmsnorm_bwd_scratch_bytes(const NormBwdParams& p, int dtype);
+cudaError_t launch_gated_rmsnorm_bwd(const NormBwdParams& p, int dtype, void* scratch,
+                                     cudaStream_t stream);
+
 }  // namespace hops::cuda

@@ -1,0 +1,377 @@
+// conv1d_bwd: the backward of the depthwise causal conv (math as in
+// backends/cpu/conv1d_bwd.cpp). With u[p] the input at position p of a
+// sequence (a token, else its initial state's column L0 + p, else 0),
+// pre[t] = bias + sum_m taps[m] u[t-3+m] (taps right-aligned into 4) and
+// dpre[t] = dy[t] act'(pre[t]) (pre recomputed from x):
+//   dx[s]   = sum_m taps[m] dpre[s+3-m]  (+ d_final_state where u[s] was copied)
+//   dweight = sum_t dpre[t] u[t-3+m],  dbias = sum_t dpre[t]
+// The flat tokens (B*T) are cut into runs of kRunTokens; a thread owns kVec
+// channels of a run, slides its windows of inputs and dpre in registers, and
+// writes dx plus its run's share of dweight/dbias to scratch. A second kernel
+// adds the shares in run order (ordered_sum.cuh): deterministic. A third
+// writes d_initial_state, a thread per (sequence, channel, column).
+#include <type_traits>
+
+#include "ordered_sum.cuh"
+
+namespace hops::cuda {
+
+namespace {
+
+constexpr int kVec = 4;          // channels per thread: 16-byte f32 / 8-byte 16-bit accesses
+constexpr int kRunTokens = 256;  // fixes the split of the shares: halo 3/256
+constexpr int kTile = 4;         // tokens whose loads are issued before the previous tile's math
+constexpr int kThreads = 128;
+constexpr int kShareRows = 5;  // the 4 right-aligned taps, then the bias
+
+// kVec channels of one token as one raw vector (16 or 8 bytes) or as elements.
+template <class T>
+union Group {
+  std::conditional_t<sizeof(T) == 4, uint4, uint2> raw;
+  T e[kVec];
+};
+
+template <class T, bool kVector>
+__device__ __forceinline__ Group<T> load_group(const T* p, int64_t step, int count) {
+  Group<T> g;
+  if constexpr (kVector) {
+    g.raw = *reinterpret_cast<const decltype(g.raw)*>(p);
+  } else {
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) g.e[c] = c < count ? p[c * step] : from_f<T>(0.0f);
+  }
+  return g;
+}
+
+template <class T, bool kVector>
+__device__ __forceinline__ void store_group(T* p, int64_t step, int count, const float (&v)[kVec]) {
+  Group<T> g;
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) g.e[c] = from_f<T>(v[c]);
+  if constexpr (kVector) {
+    *reinterpret_cast<decltype(g.raw)*>(p) = g.raw;
+  } else {
+#pragma unroll
+    for (int c = 0; c < kVec; ++c)
+      if (c < count) p[c * step] = g.e[c];
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void unpack(const Group<T>& g, float (&out)[kVec]) {
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) out[c] = to_f(g.e[c]);
+}
+
+// silu'(pre); with a 16-bit T the approximate exp and division (~1e-6
+// relative error, far below the gradient's rounding), as the forward does.
+template <class T>
+__device__ __forceinline__ float silu_grad(float pre) {
+  const float gate = sizeof(T) == 2 ? __fdividef(1.0f, 1.0f + __expf(-pre)) : sigmoidf_(pre);
+  return gate * (1.0f + pre * (1.0f - gate));
+}
+
+// Sequence n: its row of x and its flat tokens [first, end) (dense: row n).
+struct Sequence {
+  int64_t n, row, first, end;
+};
+
+__device__ __forceinline__ Sequence sequence_at(const ConvBwdParams& p, int64_t flat) {
+  if (!p.cu.data) {
+    const int64_t n = flat / p.T;
+    return {n, n, n * p.T, (n + 1) * p.T};
+  }
+  int64_t lo = 0, hi = p.N - 1;  // the last n with (clamped) cu[n] <= flat
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (sequence_span(p.cu, mid, p.T).begin <= flat)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const Span s = sequence_span(p.cu, lo, p.T);
+  return {lo, 0, s.begin, s.end};
+}
+
+// Channel d (any dtype, any strides) of a state [N, D, L] at (n, column).
+__device__ __forceinline__ float state_at(const Arg& s, int64_t n, int64_t d, int64_t column) {
+  return ld(s.data, s.dtype, n * s.stride[0] + d * s.stride[1] + column * s.stride[2]);
+}
+
+// Taps right-aligned (taps[m] = w[m - (4 - W)], zero before) and the bias of
+// channels d0 ..; channels past `count` repeat the last one (never stored).
+__device__ __forceinline__ void load_filter(const ConvBwdParams& p, int64_t d0, int count,
+                                            float (&taps)[4][kVec], float (&bias)[kVec]) {
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) {
+    const int64_t d = d0 + (c < count ? c : count - 1);
+    bias[c] = p.bias.data ? ld(p.bias.data, p.bias.dtype, d * p.bias.stride[0]) : 0.0f;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int64_t j = m - (4 - p.W);
+      taps[m][c] = j >= 0 ? ld(p.weight.data, p.weight.dtype,
+                               d * p.weight.stride[0] + j * p.weight.stride[1])
+                          : 0.0f;
+    }
+  }
+}
+
+// u at sequence position q < 0: the initial state's column L0 + q, else 0.
+__device__ __forceinline__ void load_before(const ConvBwdParams& p, const Sequence& s, int64_t q,
+                                            int64_t d0, int count, float (&out)[kVec]) {
+  const int64_t column = p.initial_state.data ? p.initial_state.shape[2] + q : -1;
+#pragma unroll
+  for (int c = 0; c < kVec; ++c)
+    out[c] = column >= 0 ? state_at(p.initial_state, s.n, d0 + (c < count ? c : 0), column) : 0.0f;
+}
+
+// Flat tokens [a, b) of sequence s for channels d0 ..: dx, and their share.
+template <class T, bool kVector>
+__device__ __forceinline__ void backward_piece(const ConvBwdParams& p, const Sequence& s, int64_t a,
+                                               int64_t b, int64_t d0, int count,
+                                               const float (&taps)[4][kVec],
+                                               const float (&bias)[kVec],
+                                               float (&share)[kShareRows][kVec]) {
+  const int64_t xs = p.x.stride[2], gs = p.dy.stride[2], ds = p.dx.stride[2];
+  const int64_t t_base = s.row * p.T;  // flat token f is time index f - t_base of the row
+  const T* x = reinterpret_cast<const T*>(p.x.data) + s.row * p.x.stride[0] + d0 * xs;
+  const T* dy = reinterpret_cast<const T*>(p.dy.data) + s.row * p.dy.stride[0] + d0 * gs;
+  T* dx = reinterpret_cast<T*>(p.dx.data) + s.row * p.dx.stride[0] + d0 * ds;
+  const int64_t length = s.end - s.first;
+  // win[m] = u[t-3+m] and ring[k] = dpre[t-3+k] around the token t; before
+  // the first token, win[1..3] hold u[a-3 .. a-1] (shifted in the loop).
+  float win[4][kVec], ring[4][kVec] = {};
+#pragma unroll
+  for (int j = 0; j < 3; ++j) {
+    const int64_t f = a - 3 + j;
+    if (f >= s.first)
+      unpack(load_group<T, kVector>(x + (f - t_base) * p.x.stride[1], xs, count), win[j + 1]);
+    else
+      load_before(p, s, f - s.first, d0, count, win[j + 1]);
+  }
+  // dpre runs 3 tokens ahead of dx: tokens up to b + 2 are read (the halo).
+  const int64_t loaded_end = b + 3 < s.end ? b + 3 : s.end;
+  Group<T> tile_x[kTile], tile_dy[kTile];
+  auto load_tile = [&](int64_t t0, Group<T>(&tx)[kTile], Group<T>(&tg)[kTile]) {
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t t = t0 + i - t_base;
+      if (t0 + i < loaded_end) {
+        tx[i] = load_group<T, kVector>(x + t * p.x.stride[1], xs, count);
+        tg[i] = load_group<T, kVector>(dy + t * p.dy.stride[1], gs, count);
+      }
+    }
+  };
+  load_tile(a, tile_x, tile_dy);
+  for (int64_t t0 = a; t0 < b + 3; t0 += kTile) {
+    Group<T> next_x[kTile], next_dy[kTile];
+    if (t0 + kTile < loaded_end) load_tile(t0 + kTile, next_x, next_dy);
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) {
+      const int64_t t = t0 + i;
+      if (t >= b + 3) break;
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) win[k][c] = win[k + 1][c], ring[k][c] = ring[k + 1][c];
+      }
+      if (t < loaded_end) {
+        float gradient[kVec];
+        unpack(tile_x[i], win[3]);
+        unpack(tile_dy[i], gradient);
+#pragma unroll
+        for (int c = 0; c < kVec; ++c) {
+          float pre = bias[c];
+#pragma unroll
+          for (int m = 0; m < 4; ++m) pre += taps[m][c] * win[m][c];
+          ring[3][c] = p.silu ? gradient[c] * silu_grad<T>(pre) : gradient[c];
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < kVec; ++c) ring[3][c] = 0.0f;  // past the sequence's end
+      }
+      if (t < b) {
+#pragma unroll
+        for (int c = 0; c < kVec; ++c) {
+#pragma unroll
+          for (int m = 0; m < 4; ++m) share[m][c] += ring[3][c] * win[m][c];
+          share[4][c] += ring[3][c];
+        }
+      }
+      const int64_t f = t - 3;  // the token whose dx is complete
+      if (f < a) continue;
+      float out[kVec];
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) {
+        out[c] = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) out[c] += taps[m][c] * ring[3 - m][c];
+      }
+      if (p.d_final_state.data) {
+        const int64_t column = (f - s.first) - length + p.d_final_state.shape[2];
+        if (column >= 0) {
+#pragma unroll
+          for (int c = 0; c < kVec; ++c)
+            out[c] += state_at(p.d_final_state, s.n, d0 + (c < count ? c : 0), column);
+        }
+      }
+      store_group<T, kVector>(dx + (f - t_base) * p.dx.stride[1], ds, count, out);
+    }
+#pragma unroll
+    for (int i = 0; i < kTile; ++i) tile_x[i] = next_x[i], tile_dy[i] = next_dy[i];
+  }
+}
+
+// Work item (run, group of kVec channels): dx of the run's tokens, and the
+// run's share in partials[run][m][D] (m: right-aligned tap, 4: bias).
+template <class T, bool kVector>
+__global__ void __launch_bounds__(kThreads)
+    conv_bwd_tokens_kernel(ConvBwdParams p, float* partials) {
+  const int64_t groups = (p.D + kVec - 1) / kVec;
+  const int64_t tokens = p.B * p.T;
+  const int64_t work = (tokens + kRunTokens - 1) / kRunTokens * groups;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t group = w % groups, run = w / groups;
+    const int64_t d0 = group * kVec;
+    const int count = static_cast<int>(p.D - d0 < kVec ? p.D - d0 : kVec);
+    float taps[4][kVec], bias[kVec], share[kShareRows][kVec] = {};
+    load_filter(p, d0, count, taps, bias);
+    const int64_t run_end = (run + 1) * kRunTokens < tokens ? (run + 1) * kRunTokens : tokens;
+    for (int64_t f = run * kRunTokens; f < run_end;) {
+      const Sequence s = sequence_at(p, f);
+      if (f >= s.end) {  // in no sequence (device-resident offsets that skip it): dx = 0
+        const float zero[kVec] = {};
+        store_group<T, false>(
+            reinterpret_cast<T*>(p.dx.data) + f * p.dx.stride[1] + d0 * p.dx.stride[2],
+            p.dx.stride[2], count, zero);
+        ++f;
+        continue;
+      }
+      const int64_t piece_end = run_end < s.end ? run_end : s.end;
+      backward_piece<T, kVector>(p, s, f, piece_end, d0, count, taps, bias, share);
+      f = piece_end;
+    }
+    float* out = partials + run * kShareRows * p.D + d0;
+#pragma unroll
+    for (int m = 0; m < kShareRows; ++m) {
+      if constexpr (kVector) {
+        *reinterpret_cast<float4*>(out + m * p.D) =
+            make_float4(share[m][0], share[m][1], share[m][2], share[m][3]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < kVec; ++c)
+          if (c < count) out[m * p.D + c] = share[m][c];
+      }
+    }
+  }
+}
+
+// dpre at sequence position t (0 <= t < length), recomputed from scratch.
+template <class T>
+__device__ float dpre_at(const ConvBwdParams& p, const Sequence& s, int64_t d, int64_t t,
+                         const float (&taps)[4], float bias) {
+  const T* x = reinterpret_cast<const T*>(p.x.data);
+  const int64_t tb = s.first - s.row * p.T;  // time index of position 0
+  const float gradient = to_f(reinterpret_cast<const T*>(
+      p.dy.data)[s.row * p.dy.stride[0] + (tb + t) * p.dy.stride[1] + d * p.dy.stride[2]]);
+  if (!p.silu) return gradient;
+  float pre = bias;
+  for (int m = 0; m < 4; ++m) {
+    const int64_t q = t - 3 + m;
+    float u = 0.0f;
+    if (q >= 0) {
+      u = to_f(x[s.row * p.x.stride[0] + (tb + q) * p.x.stride[1] + d * p.x.stride[2]]);
+    } else if (p.initial_state.data && p.initial_state.shape[2] + q >= 0) {
+      u = state_at(p.initial_state, s.n, d, p.initial_state.shape[2] + q);
+    }
+    pre += taps[m] * u;
+  }
+  return gradient * silu_grad<T>(pre);
+}
+
+// d_initial_state[n, d, column]: the gradient of u[q], q = column - L0 < 0:
+// the taps of the first tokens that read it, and d_final_state's copy of it.
+template <class T>
+__global__ void conv_bwd_initial_state_kernel(ConvBwdParams p) {
+  const Arg& out = p.d_initial_state;
+  const int64_t L0 = out.shape[2];
+  const int64_t work = p.N * p.D * L0;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t column = w % L0, d = (w / L0) % p.D, n = w / (L0 * p.D);
+    Sequence s{n, n, n * p.T, (n + 1) * p.T};
+    if (p.cu.data) {
+      const Span span = sequence_span(p.cu, n, p.T);
+      s = {n, 0, span.begin, span.end};
+    }
+    const int64_t length = s.end - s.first, q = column - L0;
+    float taps[4];
+    for (int m = 0; m < 4; ++m) {
+      const int64_t j = m - (4 - p.W);
+      taps[m] = j >= 0 ? ld(p.weight.data, p.weight.dtype,
+                            d * p.weight.stride[0] + j * p.weight.stride[1])
+                       : 0.0f;
+    }
+    const float bias = p.bias.data ? ld(p.bias.data, p.bias.dtype, d * p.bias.stride[0]) : 0.0f;
+    float gradient = 0.0f;
+    if (p.d_final_state.data) {
+      const int64_t copy = q - length + p.d_final_state.shape[2];
+      if (copy >= 0) gradient = state_at(p.d_final_state, n, d, copy);
+    }
+    for (int m = 0; m < 4; ++m) {
+      const int64_t t = q + 3 - m;  // the token whose tap m reads u[q]
+      if (t >= 0 && t < length) gradient += taps[m] * dpre_at<T>(p, s, d, t, taps, bias);
+    }
+    st(out.data, out.dtype, n * out.stride[0] + d * out.stride[1] + column * out.stride[2],
+       gradient);
+  }
+}
+
+// Writes the summed column c of partials [runs, 5, D] to dweight or dbias.
+struct FilterGradientStore {
+  Arg dweight, dbias;
+  int64_t D, W;
+  __device__ void operator()(int64_t c, float sum) const {
+    const int64_t m = c / D, d = c % D;
+    if (m == 4) {
+      if (dbias.data) st(dbias.data, dbias.dtype, d * dbias.stride[0], sum);
+    } else if (m >= 4 - W) {
+      st(dweight.data, dweight.dtype, d * dweight.stride[0] + (m - (4 - W)) * dweight.stride[1],
+         sum);
+    }
+  }
+};
+
+int64_t runs_of(const ConvBwdParams& p) { return (p.B * p.T + kRunTokens - 1) / kRunTokens; }
+
+}  // namespace
+
+size_t conv1d_bwd_scratch_bytes(const ConvBwdParams& p, int) {
+  return static_cast<size_t>(runs_of(p) * kShareRows * p.D) * sizeof(float);
+}
+
+cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,
+                              cudaStream_t stream) {
+  auto* partials = static_cast<float*>(scratch);
+  const int64_t runs = runs_of(p);
+  by_dtype(dtype, [&]<class T>(T) {
+    const int grid = grid_for(runs * ((p.D + kVec - 1) / kVec), kThreads);
+    if (runs > 0 && p.D > 0) {
+      if (p.vector)
+        conv_bwd_tokens_kernel<T, true><<<grid, kThreads, 0, stream>>>(p, partials);
+      else
+        conv_bwd_tokens_kernel<T, false><<<grid, kThreads, 0, stream>>>(p, partials);
+    }
+    if (p.d_initial_state.data) {
+      const int64_t count = p.N * p.D * p.d_initial_state.shape[2];
+      if (count > 0) conv_bwd_initial_state_kernel<T><<<grid_for(count, 256), 256, 0, stream>>>(p);
+    }
+  });
+  if (const cudaError_t status = cudaGetLastError(); status != cudaSuccess) return status;
+  // With no tokens (runs == 0) this writes zeros: sums over nothing.
+  return launch_ordered_column_sum(partials, runs, kShareRows * p.D,
+                                   FilterGradientStore{p.dweight, p.dbias, p.D, p.W}, stream);
+}
+
+}  // namespace hops::cuda
