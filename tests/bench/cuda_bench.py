@@ -213,6 +213,29 @@ def conv_update_case(N=256, D=8192, SL=4):
     row(f"conv1d_update N={N} D={D} state_len={SL}", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
 
 
+def conv_bwd_case():
+    Bc, T, D = 1, 32768, 8192
+    x, dy = (torch.randn(Bc, T, D, device=dev, dtype=bf) for _ in range(2))
+    w = torch.randn(D, 4, device=dev, dtype=bf)
+    b = torch.randn(D, device=dev, dtype=bf)
+    dx = torch.empty_like(x)
+    dw, db = torch.empty_like(w), torch.empty_like(b)
+    call = Prepared("conv1d_bwd", x=x, weight=w, bias=b, dy=dy, dx=dx, dweight=dw, dbias=db, activation=1)
+    us, how = time_graph(call, calls=5, replays=5)
+    bw = 3 * x.numel() * 2 / (us * 1e-6) / 1e9  # x, dy read, dx written
+    row("conv1d_bwd [1,32768,8192] bf16 W=4 silu", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+
+
+def norm_bwd_case(rows=32768 * 32, D=128):
+    x, z, dy = (torch.randn(rows // 32, 32, D, device=dev, dtype=bf) for _ in range(3))
+    w = torch.randn(D, device=dev, dtype=bf)
+    dx, dz, dw = torch.empty_like(x), torch.empty_like(x), torch.empty_like(w)
+    call = Prepared("gated_rmsnorm_bwd", x=x, z=z, weight=w, dy=dy, dx=dx, dz=dz, dweight=dw)
+    us, how = time_graph(call, calls=5, replays=5)
+    bw = 5 * x.numel() * 2 / (us * 1e-6) / 1e9  # x, z, dy read, dx, dz written
+    row(f"gated_rmsnorm_bwd rows={rows} D={D} bf16", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+
+
 if "--profile" in sys.argv:  # the chunk kernels alone, for ncu (cuda_device_run.sh's ncu step)
     q, k, v, g, beta = gdn_inputs(1, 32768)
     call = Prepared("gdn_chunk_fwd", q=q, k=k, v=v, g=g, beta=beta, o=torch.empty_like(v),
@@ -231,6 +254,7 @@ for label, fn in [
                                   [1000, 7000, 3000, 5000, 2500, 6000, 4268, 4000])),
     ("N=1", lambda: decode_case(1)), ("N=64", lambda: decode_case(64)), ("N=256", lambda: decode_case(256)),
     ("conv", conv_case), ("conv_update", conv_update_case), ("conv_update3", lambda: conv_update_case(SL=3)),
+    ("conv_bwd", conv_bwd_case), ("norm_bwd", norm_bwd_case),
 ]:
     if only is not None and label not in only:
         continue
