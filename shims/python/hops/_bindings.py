@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import _abi
-from ._dlpack import borrow, borrowed
+from ._dlpack import NO_SYNC, borrow, borrowed
+from ._frameworks import cuda_device_scope, current_stream, torch_cuda_device
 from ._library import Provider, discover
 from .errors import HopsError
 
@@ -93,12 +94,26 @@ class OpBinding:
                    if arg.name not in given and self._default(arg) is inspect.Parameter.empty]
         if missing:
             raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: missing arguments {missing}")
+        # The plugin's call device is that of the first tensor given (as with exec NULL).
+        first = next((given[arg.name] for arg in self.args if arg.is_tensor and given.get(arg.name) is not None),
+                     None)
+        device = torch_cuda_device(first)
+        if device is None:  # CPU, numpy, OpenCL arrays: exec NULL, as the plugin's default
+            self._run(given, None, None)
+            return
+        # torch CUDA: torch's current stream, so the exported tensors need no synchronisation.
+        exec_ = _abi.hops_exec(ctypes.sizeof(_abi.hops_exec), _abi.DLDevice(_abi.DL_CUDA, device),
+                               current_stream(device), 0, 0)
+        with cuda_device_scope(device):
+            self._run(given, ctypes.byref(exec_), NO_SYNC)
+
+    def _run(self, given: dict, exec_, stream) -> None:
         values = (_abi.hops_value * len(self.args))()
         views = []
         try:
             for slot, arg in zip(values, self.args):
-                self._set(slot, arg, given.get(arg.name, self._default(arg)), views)
-            status = self._library.api.call(self._desc, None, values, len(self.args))
+                self._set(slot, arg, given.get(arg.name, self._default(arg)), views, stream)
+            status = self._library.api.call(self._desc, exec_, values, len(self.args))
         finally:
             for view in views:
                 view.release()
@@ -107,7 +122,7 @@ class OpBinding:
         if self._library.counter is not None:
             self._library.counter[self.name] += 1
 
-    def _set(self, slot: _abi.hops_value, arg: ArgSpec, value, views: list) -> None:
+    def _set(self, slot: _abi.hops_value, arg: ArgSpec, value, views: list, stream) -> None:
         if arg.kind == "i64":
             slot.i64 = int(value)
         elif arg.kind == "f64":
@@ -117,7 +132,9 @@ class OpBinding:
         elif value is None:
             slot.tensor = None  # NULL: the provider says whether the argument may be absent
         else:
-            view = borrow(value)
+            # The stream argument is for the torch CUDA tensors, whose current stream the call
+            # runs on; host index tensors of a CUDA call are exported as usual.
+            view = borrow(value, stream if torch_cuda_device(value) is not None else None)
             views.append(view)
             if arg.kind != "in" and view.read_only:
                 raise HopsError("HOPS_ERR_INVALID_ARGUMENT",
@@ -178,7 +195,7 @@ class Library:
         """Whether `op` runs on the device and dtype of `tensor` (its primary input)."""
         if op not in self.ops:
             return False
-        with borrowed(tensor) as view:
+        with borrowed(tensor, NO_SYNC if torch_cuda_device(tensor) is not None else None) as view:
             return bool(self.api.supports(op.encode(), view.tensor.device, view.tensor.dtype))
 
     def support_table(self) -> dict[tuple[str, str, str], bool]:

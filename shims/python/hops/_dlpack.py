@@ -28,6 +28,11 @@ _capsule_set_name.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _LEGACY, _LEGACY_USED = b"dltensor", b"used_dltensor"
 _VERSIONED, _VERSIONED_USED = b"dltensor_versioned", b"used_dltensor_versioned"
 
+# DLPack's stream argument meaning "no synchronisation": a CUDA producer then records
+# no event and makes no stream wait. (Older torch defaults to None: the legacy default
+# stream waits for torch's current stream; newer torch defaults to -1.)
+NO_SYNC = -1
+
 
 class Borrowed:
     """A DLTensor owned until release(); `read_only` is known for DLPack 1.x producers."""
@@ -45,22 +50,27 @@ class Borrowed:
             managed.contents.deleter(managed)
 
 
-def _export(obj):
+def _export(obj, stream):
     """The capsule of `obj`, preferring DLPack 1.x (it can say read-only, and
     numpy exports read-only arrays only that way)."""
     if getattr(obj, "requires_grad", False):  # torch exports no tensor that requires grad
         obj = obj.detach()
+    options = {} if stream is None else {"stream": stream}
     try:
-        return obj.__dlpack__(max_version=(1, 0))
+        return obj.__dlpack__(max_version=(1, 0), **options)
     except TypeError:  # a producer that predates the max_version keyword
-        return obj.__dlpack__()
+        return obj.__dlpack__(**options)
 
 
-def borrow(obj) -> Borrowed:
-    """Consume a fresh capsule of `obj`; the caller must release() the result."""
+def borrow(obj, stream=None) -> Borrowed:
+    """Consume a fresh capsule of `obj`; the caller must release() the result.
+
+    `stream` is DLPack's stream argument, given only when set: the stream the
+    consumer will use (the producer orders it after its own work), or NO_SYNC
+    when the consumer runs on the producer's current stream anyway."""
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"expected an array or tensor with __dlpack__, got {type(obj).__name__}")
-    capsule = _export(obj)
+    capsule = _export(obj, stream)
     if _capsule_is_valid(capsule, _VERSIONED):
         managed = ctypes.cast(_capsule_get_pointer(capsule, _VERSIONED),
                               ctypes.POINTER(DLManagedTensorVersioned))
@@ -73,9 +83,9 @@ def borrow(obj) -> Borrowed:
 
 
 @contextmanager
-def borrowed(obj):
+def borrowed(obj, stream=None):
     """`with borrowed(x) as b:` — the DLTensor of x, valid inside the block."""
-    view = borrow(obj)
+    view = borrow(obj, stream)
     try:
         yield view
     finally:

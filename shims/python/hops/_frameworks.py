@@ -17,6 +17,23 @@ def is_torch(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def torch_cuda_device(x) -> int | None:
+    """x's device index when x is a torch CUDA tensor, else None."""
+    return x.device.index if is_torch(x) and x.device.type == "cuda" else None
+
+
+def current_stream(device: int) -> int:
+    """The handle of torch's current stream on a CUDA device (0: the legacy default stream).
+    hops runs there: after the kernels that produced its inputs and before those that
+    will read its outputs, as a torch kernel would, with no synchronisation."""
+    return _torch().cuda.current_stream(device).cuda_stream
+
+
+def cuda_device_scope(device: int):
+    """Makes `device` current: torch exports only CUDA tensors of the current device."""
+    return _torch().cuda.device(device)
+
+
 def empty(like, shape, dtype: str | None = None):
     """An uninitialised array of `like`'s framework and device; dtype defaults to like's."""
     if hasattr(like, "empty") and hasattr(like, "__dlpack_device__") and not is_torch(like):
