@@ -132,7 +132,7 @@ void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row, 
     cumulative += log_decay;
     b.log_decay[i] = cumulative;
     b.beta[i] = beta;
-    const float key_weight = -beta * std::exp(cumulative);
+    const float key_weight = -beta * exp_approx(cumulative);
     const float* k = b.k + i * b.Kp;
     for (int64_t c = 0; c < b.Kp; ++c) w[c] = key_weight * k[c];
     for (int64_t c = 0; c < b.Vp; ++c) v[c] *= beta;
@@ -167,13 +167,13 @@ HOPS_VECTOR_CLONES void scale_rows(float* rows, int64_t count, int64_t width, in
 HOPS_VECTOR_CLONES void decay_to_chunk_end(const ChunkBlocks& b, int64_t length, float* state) {
   const float last = b.log_decay[length - 1];
   float* to_end = b.factors;
-  for (int64_t j = 0; j < length; ++j) to_end[j] = std::exp(last - b.log_decay[j]);
+  for (int64_t j = 0; j < length; ++j) to_end[j] = exp_approx(last - b.log_decay[j]);
   for (int64_t c = 0; c < b.Kp; ++c) {
     for (int64_t j = 0; j < length; ++j) {
       b.kt_decayed[c * kChunk + j] = b.kt[c * kChunk + j] * to_end[j];
     }
   }
-  const float state_decay = std::exp(last);
+  const float state_decay = exp_approx(last);
   for (int64_t i = 0; i < b.Kp * b.Vp; ++i) state[i] *= state_decay;
 }
 
@@ -193,11 +193,11 @@ void forward_value_head(const GdnChunkFwd& op, int64_t row, int64_t begin, int64
   // out = scale e^G (q S) + P U.
   gemm({length, Vp, Kp, b.q, Kp, state, Vp, b.out, Vp, false, Shape::full});
   float* query_decay = b.factors;
-  for (int64_t i = 0; i < length; ++i) query_decay[i] = scale * std::exp(b.log_decay[i]);
+  for (int64_t i = 0; i < length; ++i) query_decay[i] = scale * exp_approx(b.log_decay[i]);
   scale_rows(b.out, length, Vp, Vp, query_decay);
   gemm({length, Vp, length, b.p, kChunk, b.u(), ld, b.out, Vp, true, Shape::lower_a});
   for (int64_t i = 0; i < length; ++i) {
-    gdn::scatter(op.o, op.o.offset(row, begin + i, hv, 0), op.o.stride[3], op.V, b.out + i * Vp);
+    store_run(op.o, op.o.offset(row, begin + i, hv, 0), op.o.stride[3], op.V, b.out + i * Vp);
   }
   // S = e^G_last S + (e^(G_last - G) k)^T U.
   decay_to_chunk_end(b, length, state);

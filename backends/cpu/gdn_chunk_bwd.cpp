@@ -155,7 +155,7 @@ void pack_transposed(const float* in, int64_t ld_in, int64_t rows, int64_t cols,
 // returns the factor applied (1 without the norm).
 float load_key_row(const Tensor& x, int64_t offset, int64_t stride, int64_t count, bool normalise,
                    float* row) {
-  gdn::gather(x, offset, stride, count, row);
+  load_run(x, offset, stride, count, row);
   if (!normalise) return 1.0f;
   const float inverse_norm = 1.0f / std::sqrt(dot(row, row, count) + 1e-6f);
   for (int64_t i = 0; i < count; ++i) row[i] *= inverse_norm;
@@ -192,18 +192,18 @@ void pack_keys(const GdnChunkBwd& op, int64_t row, int64_t begin, int64_t length
 HOPS_VECTOR_CLONES void pack_values(const GdnChunkBwd& op, int64_t row, int64_t begin,
                                     int64_t length, int64_t hv, const BackwardBlocks& b) {
   // g and beta of the chunk as one strided run each (no fused gating).
-  gdn::gather(op.g, op.g.offset(row, begin, hv), op.g.stride[1], length, b.log_decay);
-  gdn::gather(op.beta, op.beta.offset(row, begin, hv), op.beta.stride[1], length, b.beta);
+  load_run(op.g, op.g.offset(row, begin, hv), op.g.stride[1], length, b.log_decay);
+  load_run(op.beta, op.beta.offset(row, begin, hv), op.beta.stride[1], length, b.beta);
   for (int64_t i = 1; i < length; ++i) b.log_decay[i] += b.log_decay[i - 1];
   for (int64_t i = 0; i < length; ++i) {
     float* v = b.v + i * b.Vp;
-    gdn::gather(op.v, op.v.offset(row, begin + i, hv, 0), op.v.stride[3], op.V, v);
+    load_run(op.v, op.v.offset(row, begin + i, hv, 0), op.v.stride[3], op.V, v);
     std::fill(v + op.V, v + b.Vp, 0.0f);
-    b.gamma[i] = std::exp(b.log_decay[i]);
+    b.gamma[i] = exp_approx(b.log_decay[i]);
   }
   const float last = b.log_decay[length - 1];
   for (int64_t i = 0; i < length; ++i) {
-    b.to_end[i] = std::exp(last - b.log_decay[i]);
+    b.to_end[i] = exp_approx(last - b.log_decay[i]);
     const float* k = b.k + i * b.Kp;
     const float* v = b.v + i * b.Vp;
     float* r = b.rhs + i * b.ld();
@@ -389,7 +389,7 @@ HOPS_VECTOR_CLONES void token_gradients(const GdnChunkBwd& op, int64_t row, int6
     b.d_log_decay[i] += key_weight * kx;
   }
   for (int64_t i = 0; i < length; ++i) {
-    gdn::scatter(op.dv, op.dv.offset(row, begin + i, hv, 0), op.dv.stride[3], op.V, dv + i * Vp);
+    store_run(op.dv, op.dv.offset(row, begin + i, hv, 0), op.dv.stride[3], op.V, dv + i * Vp);
   }
 }
 
@@ -407,7 +407,7 @@ HOPS_VECTOR_CLONES void backward_value_head(const GdnChunkBwd& op, int64_t row, 
   weight_scores(b, length, scale, true);
   for (int64_t i = 0; i < length; ++i) {
     float* d_o = b.d_o + i * Vp;
-    gdn::gather(op.d_o, op.d_o.offset(row, begin + i, hv, 0), op.d_o.stride[3], op.V, d_o);
+    load_run(op.d_o, op.d_o.offset(row, begin + i, hv, 0), op.d_o.stride[3], op.V, d_o);
     std::fill(d_o + op.V, d_o + Vp, 0.0f);
     const float query_weight = scale * b.gamma[i];
     for (int64_t j = 0; j < Vp; ++j) b.d_o_scaled[i * Vp + j] = query_weight * d_o[j];
@@ -461,8 +461,8 @@ HOPS_VECTOR_CLONES void backward_value_head(const GdnChunkBwd& op, int64_t row, 
 
   // dg_t = sum of dG_i over the chunk's tokens i >= t.
   for (int64_t i = length - 2; i >= 0; --i) dG[i] += dG[i + 1];
-  gdn::scatter(op.dg, op.dg.offset(row, begin, hv), op.dg.stride[1], length, dG);
-  gdn::scatter(op.dbeta, op.dbeta.offset(row, begin, hv), op.dbeta.stride[1], length, b.d_beta);
+  store_run(op.dg, op.dg.offset(row, begin, hv), op.dg.stride[1], length, dG);
+  store_run(op.dbeta, op.dbeta.offset(row, begin, hv), op.dbeta.stride[1], length, b.d_beta);
 
   for (int64_t i = 0; i < length * Kp; ++i) {
     b.dq[i] += b.dq_head[i];
@@ -512,8 +512,8 @@ void backward_chunk(const GdnChunkBwd& op, int64_t row, const ChunkSpan& chunk,
       l2norm_backward(b.k + i * b.Kp, b.inverse_norms[kChunk + i], op.K, dk);
     }
     const int64_t t = chunk.begin + i;
-    gdn::scatter(op.dq, op.dq.offset(row, t, heads.key, 0), op.dq.stride[3], op.K, dq);
-    gdn::scatter(op.dk, op.dk.offset(row, t, heads.key, 0), op.dk.stride[3], op.K, dk);
+    store_run(op.dq, op.dq.offset(row, t, heads.key, 0), op.dq.stride[3], op.K, dq);
+    store_run(op.dk, op.dk.offset(row, t, heads.key, 0), op.dk.stride[3], op.K, dk);
   }
 }
 

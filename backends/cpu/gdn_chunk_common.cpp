@@ -54,7 +54,7 @@ HOPS_VECTOR_CLONES void fill_decay(const float* G, int64_t length, float* factor
   const auto [low, high] = std::minmax_element(G, G + length);
   if (*high - *low > 2.0f * kMaxFactorLog) {
     for (int64_t i = 0; i < length; ++i) {
-      for (int64_t j = 0; j <= i; ++j) decay[i * kChunk + j] = std::exp(G[i] - G[j]);
+      for (int64_t j = 0; j <= i; ++j) decay[i * kChunk + j] = exp_approx(G[i] - G[j]);
     }
     return;
   }
@@ -62,8 +62,8 @@ HOPS_VECTOR_CLONES void fill_decay(const float* G, int64_t length, float* factor
   float* to_middle = factors;             // exp(m - G_j)
   float* from_middle = factors + kChunk;  // exp(G_i - m)
   for (int64_t i = 0; i < length; ++i) {
-    to_middle[i] = std::exp(middle - G[i]);
-    from_middle[i] = std::exp(G[i] - middle);
+    to_middle[i] = exp_approx(middle - G[i]);
+    from_middle[i] = exp_approx(G[i] - middle);
   }
   for (int64_t i = 0; i < length; ++i) {
     for (int64_t j = 0; j <= i; ++j) decay[i * kChunk + j] = from_middle[i] * to_middle[j];

@@ -11,24 +11,6 @@
 
 namespace hops::cpu::gdn {
 
-// Reads `count` elements `stride` apart from a float tensor, as fp32. One
-// dtype dispatch per row, so the loop itself is typed.
-inline void gather(const Tensor& t, int64_t offset, int64_t stride, int64_t count,
-                   float* __restrict out) {
-  visit_float(t.dtype, [&]<class T>(T) {
-    const T* source = t.data<const T>() + offset;
-    for (int64_t i = 0; i < count; ++i) out[i] = to_float(source[i * stride]);
-  });
-}
-
-inline void scatter(const Tensor& t, int64_t offset, int64_t stride, int64_t count,
-                    const float* __restrict values) {
-  visit_float(t.dtype, [&]<class T>(T) {
-    T* target = t.data<T>() + offset;
-    for (int64_t i = 0; i < count; ++i) target[i * stride] = from_float<T>(values[i]);
-  });
-}
-
 inline void l2_normalize(float* x, int64_t n) {
   const float inverse_norm = 1.0f / std::sqrt(dot(x, x, n) + 1e-6f);
   for (int64_t i = 0; i < n; ++i) x[i] *= inverse_norm;
@@ -58,8 +40,8 @@ class HeadGate {
 // l2-normalised when the op asks.
 inline void load_query_key(const GdnProblem& op, int64_t row, int64_t t, int64_t h, float* q,
                            float* k) {
-  gather(op.q, op.q.offset(row, t, h, 0), op.q.stride[3], op.K, q);
-  gather(op.k, op.k.offset(row, t, h, 0), op.k.stride[3], op.K, k);
+  load_run(op.q, op.q.offset(row, t, h, 0), op.q.stride[3], op.K, q);
+  load_run(op.k, op.k.offset(row, t, h, 0), op.k.stride[3], op.K, k);
   if (op.use_qk_l2norm) {
     l2_normalize(q, op.K);
     l2_normalize(k, op.K);
@@ -73,10 +55,10 @@ struct TokenGate {
 // v (V floats) of token t for value head hv, and its gate.
 inline TokenGate load_value(const GdnProblem& op, const HeadGate& gate, int64_t row, int64_t t,
                             int64_t hv, float* v) {
-  gather(op.v, op.v.offset(row, t, hv, 0), op.v.stride[3], op.V, v);
+  load_run(op.v, op.v.offset(row, t, hv, 0), op.v.stride[3], op.V, v);
   float g = 0.0f, beta = 0.0f;
-  gather(op.g, op.g.offset(row, t, hv), 0, 1, &g);
-  gather(op.beta, op.beta.offset(row, t, hv), 0, 1, &beta);
+  load_run(op.g, op.g.offset(row, t, hv), 0, 1, &g);
+  load_run(op.beta, op.beta.offset(row, t, hv), 0, 1, &beta);
   return {gate.log_decay(g), gate.write_strength(beta)};
 }
 

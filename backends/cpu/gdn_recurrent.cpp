@@ -116,7 +116,7 @@ void decode_head(const GdnRecurrent& op, int64_t n, int64_t hv, const DecodeBuff
     } else {
       step_v_rows(work.data, work.v_step, K, V, token, buffers.o);
     }
-    gdn::scatter(op.o, op.o.offset(row, t, hv, 0), op.o.stride[3], V, buffers.o);
+    store_run(op.o, op.o.offset(row, t, hv, 0), op.o.stride[3], V, buffers.o);
   }
   if (copied) gdn::store_state(buffers.dense, V, K, V, state);
 }

@@ -11,7 +11,10 @@ namespace hops::cpu {
 
 namespace {
 
-constexpr int kTileRows = 6;  // 6 x 2 vector accumulators fit every register file
+// 6 x 2 vector accumulators fit every register file; on AVX2 the broadcasts
+// of a, not the FMAs, bound it (other shapes measured no faster).
+constexpr int kTileRows = 6;
+constexpr int kTileVecs = 2;
 
 // Lanes floats in one register (a typedef: GCC drops the attribute from a
 // dependent `using`).
@@ -50,39 +53,36 @@ template <int Lanes, int Rows, int Vecs, bool TransposeA>
   }
 }
 
-template <int Lanes, int Rows, bool TransposeA>
-[[gnu::always_inline]] inline void gemm_row_tile(const Gemm& g, int64_t i) {
+// The part of column panel [j, j + Vecs * Lanes) that row tile [i, i + Rows)
+// needs, by the product's shape.
+template <int Lanes, int Rows, int Vecs, bool TransposeA>
+[[gnu::always_inline]] inline void gemm_shaped_tile(const Gemm& g, int64_t i, int64_t j) {
+  if (g.shape == Shape::lower_out && j >= round_up(i + Rows, kPadding)) return;
   const int64_t first = g.shape == Shape::upper_a ? std::min(g.depth, i) : 0;
   const int64_t depth = g.shape == Shape::lower_a ? std::min(g.depth, i + Rows) : g.depth;
-  const int64_t cols =
-      g.shape == Shape::lower_out ? std::min(g.cols, round_up(i + Rows, kPadding)) : g.cols;
-  int64_t j = 0;
-  for (; j + 2 * Lanes <= cols; j += 2 * Lanes) {
-    gemm_tile<Lanes, Rows, 2, TransposeA>(g, i, j, first, depth);
-  }
-  for (; j < cols; j += Lanes) gemm_tile<Lanes, Rows, 1, TransposeA>(g, i, j, first, depth);
+  gemm_tile<Lanes, Rows, Vecs, TransposeA>(g, i, j, first, depth);
 }
 
-template <int Lanes, bool TransposeA>
-[[gnu::always_inline]] inline void gemm_body(const Gemm& g) {
-  int64_t i = 0;
-  for (; i + kTileRows <= g.rows; i += kTileRows) {
-    gemm_row_tile<Lanes, kTileRows, TransposeA>(g, i);
+// Row tiles of Rows, then one of the rows left (fewer than Rows).
+template <int Lanes, int Vecs, bool TransposeA, int Rows = kTileRows>
+[[gnu::always_inline]] inline void gemm_panel(const Gemm& g, int64_t j, int64_t i = 0) {
+  if constexpr (Rows == kTileRows) {
+    for (; i + Rows <= g.rows; i += Rows) gemm_shaped_tile<Lanes, Rows, Vecs, TransposeA>(g, i, j);
   }
-  switch (g.rows - i) {
-    case 5:
-      return gemm_row_tile<Lanes, 5, TransposeA>(g, i);
-    case 4:
-      return gemm_row_tile<Lanes, 4, TransposeA>(g, i);
-    case 3:
-      return gemm_row_tile<Lanes, 3, TransposeA>(g, i);
-    case 2:
-      return gemm_row_tile<Lanes, 2, TransposeA>(g, i);
-    case 1:
-      return gemm_row_tile<Lanes, 1, TransposeA>(g, i);
-    default:
-      return;
+  if constexpr (Rows > 1) {
+    if (g.rows - i == Rows - 1) return gemm_shaped_tile<Lanes, Rows - 1, Vecs, TransposeA>(g, i, j);
+    return gemm_panel<Lanes, Vecs, TransposeA, Rows - 1>(g, j, i);
   }
+}
+
+// Column panels outside, row tiles inside: a panel of b (depth x Vecs
+// vectors) stays in L1 while every row tile passes over it; rows outside
+// re-read the whole of b (64 KB for a K x V state) from L2 once per row
+// tile. Panels of Vecs vectors, then narrower ones for the columns left.
+template <int Lanes, bool TransposeA, int Vecs = kTileVecs>
+[[gnu::always_inline]] inline void gemm_body(const Gemm& g, int64_t j = 0) {
+  for (; j + Vecs * Lanes <= g.cols; j += Vecs * Lanes) gemm_panel<Lanes, Vecs, TransposeA>(g, j);
+  if constexpr (Vecs > 1) gemm_body<Lanes, TransposeA, Vecs / 2>(g, j);
 }
 
 template <int Lanes>
