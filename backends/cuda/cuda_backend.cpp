@@ -407,6 +407,47 @@ void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op) {
         "gated_rmsnorm_bwd kernels launch");
 }
 
+void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
+  check_gdn_limits(op, op.kName);
+  const int64_t N = op.sequences.count;
+  if (N == 0 || op.HV == 0) return;
+  const DeviceGuard guard(context.exec, op.kName);
+  const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
+  const bool vf = op.state_v_first;
+  const ChunkBwdParams p{make_arg(op.q),
+                         make_arg(op.k),
+                         make_arg(op.v),
+                         make_arg(op.g),
+                         make_arg(op.beta),
+                         make_arg(op.d_o),
+                         make_arg(op.initial_state),
+                         make_arg(op.d_final_state),
+                         make_arg(op.dq),
+                         make_arg(op.dk),
+                         make_arg(op.dv),
+                         make_arg(op.dg),
+                         make_arg(op.dbeta),
+                         make_arg(op.dh0),
+                         cu.get(),
+                         N,
+                         op.T,
+                         op.H,
+                         op.HV,
+                         op.K,
+                         op.V,
+                         state_step(op.initial_state, vf, true),
+                         state_step(op.initial_state, vf, false),
+                         state_step(op.d_final_state, vf, true),
+                         state_step(op.d_final_state, vf, false),
+                         state_step(op.dh0, vf, true),
+                         state_step(op.dh0, vf, false),
+                         static_cast<float>(op.scale),
+                         op.use_qk_l2norm};
+  const Scratch scratch(chunk_bwd_scratch_bytes(p), guard, op.kName);
+  check(launch_gdn_chunk_bwd(p, scratch.data(), guard.stream()), op.kName,
+        "backward chunk kernels launch");
+}
+
 // ---- module entry ----------------------------------------------------------------------
 
 constexpr uint32_t kFloats = HOPS_DTYPE_FLOATS;
@@ -417,6 +458,7 @@ const Kernel kKernels[] = {
     kernel<Conv1dFwd, &conv1d_fwd>(kFloats),      kernel<Conv1dUpdate, &conv1d_update>(kFloats),
     kernel<Conv1dBwd, &conv1d_bwd>(kFloats),
     kernel<GatedRmsNormBwd, &gated_rmsnorm_bwd>(kFloats),
+    kernel<GdnChunkBwd, &gdn_chunk_bwd>(kFloats),
 };
 
 const char* module_last_error() { return hops::last_error(); }

@@ -108,6 +108,20 @@ cudaError_t launch_gdn_chunk_tc(const ChunkParams& p, int dtype, void* scratch,
                                 cudaStream_t stream);
 cudaError_t launch_gdn_chunk_general(const ChunkParams& p, int dtype, cudaStream_t stream);
 
+// gdn_chunk_bwd (gdn_chunk_bwd.cu): q, k, v, d_o, dq, dk, dv share q's dtype;
+// dg, dbeta have g's and beta's; the states are f32. Needs
+// chunk_bwd_scratch_bytes of stream-ordered scratch.
+struct ChunkBwdParams {
+  Arg q, k, v, g, beta, d_o, h0, dht, dq, dk, dv, dg, dbeta, dh0;
+  Index cu;
+  int64_t N, T, H, HV, K, V;
+  int64_t h0_k, h0_v, dht_k, dht_v, dh0_k, dh0_v;  // state (i, j) steps
+  float scale;
+  int l2norm;
+};
+size_t chunk_bwd_scratch_bytes(const ChunkBwdParams& p);
+cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStream_t stream);
+
 // ---- conv1d_bwd and gated_rmsnorm_bwd (conv1d_bwd.cu, norm_bwd.cu) ----
 // Both sum their weight gradients over tokens/rows deterministically: per-
 // block partials in `scratch` (of *_scratch_bytes, from the stream-ordered

@@ -1,0 +1,679 @@
+// gdn_chunk_bwd: the backward of gdn_chunk_fwd in fp32 on CUDA cores, the
+// chunked form of backends/cpu/gdn_chunk_bwd.cpp (whose header has the math)
+// spread over the GPU. Chunks of C = 64 tokens live in "slots": sequence n's
+// chunk c is slot first_slot(n) + c (dense: n * ceil(T/C) + c; varlen:
+// floor(begin/C) + n + c, distinct for nondecreasing offsets and below
+// ceil(T/C) + N). Every per-chunk quantity is kept, fp32, in scratch indexed
+// by (slot, head); rows past a chunk's length are zero (and g = 0 there, so
+// that index C-1 holds the chunk's last cumulative decay). With the CPU's
+// notation, per (chunk, value head):
+//   1. keys       q, k (l2-normalised), then QK = Q K^T, KK = K K^T per key head
+//   2. values     G, gamma, e^(G_last - G), A, P, T = (I + A)^-1 (a column per
+//                 thread), R_w = -beta gamma K, R_v = beta V, K~; W = T R_w, U0 = T R_v
+//   3. forward    sequential per (sequence, value head, 32 value columns): the
+//      sweep      state S at every chunk start (stored), U = U0 + W S (stored),
+//                 S <- gamma_last S + K~^T U (the delta rule is column-separable)
+//   4. reverse    the same grid, chunks backwards: dH at every chunk end
+//      sweep      (stored), dU = K~ dH + P^T dO (stored),
+//                 dH <- gamma_last dH + (diag(s gamma) Q)^T dO + W^T dU; dh0
+//   5. batched    dW = dU S^T, dq = dO S^T, dK~ = U dH^T, dP = dO U^T,
+//      products   [X | Y] = T^T [dW | dU], Z = X R_w^T + Y R_v^T, dA = -Z T^T
+//   6. gradients  per (chunk, value head): dv = beta Y, dbeta, dG -> dg (reverse
+//                 cumulative sum), dP o sD, B + B^T, the per-token dq and dk terms
+//   7. products   dq += (dP o sD) K, dk += (dP o sD)^T Q + (B + B^T) K
+//   8. keys       dq, dk of a key head: the sum over its G value heads in head
+//                 order (no atomics: deterministic), then the l2norm backward.
+// Scratch is large (about 4 (K + V) + 8 C + 2 K V / C floats per token and
+// value head) in exchange for simple, fully parallel steps around the two
+// sequential sweeps.
+#include "device_common.cuh"
+
+namespace hops::cuda {
+
+namespace {
+
+constexpr int kC = 64;  // chunk length
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kColumns = 32;  // value columns per CTA of the sweeps
+
+// A chunk of a sequence; length 0 marks a slot no chunk uses.
+struct ChunkEntry {
+  int64_t row, begin, length;
+};
+
+int64_t chunks_per_row(int64_t T) { return (T + kC - 1) / kC; }
+
+int64_t slot_count(const ChunkBwdParams& p) {
+  return p.cu.data ? chunks_per_row(p.T) + p.N : p.N * chunks_per_row(p.T);
+}
+
+__device__ int64_t first_slot(const ChunkBwdParams& p, int64_t n, const Span& span) {
+  return p.cu.data ? span.begin / kC + n : n * ((p.T + kC - 1) / kC);
+}
+
+// The scratch blocks, fp32 unless said; [S, H, C, K] is per slot and key
+// head, [S, HV, ..] per slot and value head.
+struct Workspace {
+  ChunkEntry* table;                   // [S]
+  float *q, *k;                        // [S, H, C, K] (normalised with l2norm)
+  float *q_norm, *k_norm;              // [S, H, C] 1 / sqrt(|x|^2 + 1e-6), or 1
+  float *qk, *kk;                      // [S, H, C, C]
+  float *log_decay, *beta, *gamma;     // [S, HV, C] G, beta, e^G
+  float* to_end;                       // [S, HV, C] e^(G_last - G)
+  float *a, *t, *p, *dp, *z, *da;      // [S, HV, C, C]
+  float *dp_scaled, *b_sym;            // [S, HV, C, C] dP o sD, B + B^T
+  float *k_decayed, *rw, *w, *dw, *x;  // [S, HV, C, K]
+  float *dq, *dk_decayed, *dk;         // [S, HV, C, K] per value head
+  float *v, *d_o, *rv, *u, *du, *y;    // [S, HV, C, V]
+  float *state, *dh;                   // [S, HV, K, V] at the chunk's start, end
+};
+
+// Lays the blocks out from `base` (null: only counts); returns the bytes.
+size_t carve(const ChunkBwdParams& p, char* base, Workspace& w) {
+  const int64_t S = slot_count(p), C = kC;
+  size_t offset = 0;
+  auto take = [&]<class T>(T*& block, int64_t count) {
+    block = base ? reinterpret_cast<T*>(base + offset) : nullptr;
+    offset += (static_cast<size_t>(count) * sizeof(T) + 255) / 256 * 256;
+  };
+  take(w.table, S);
+  for (float** block : {&w.q, &w.k}) take(*block, S * p.H * C * p.K);
+  for (float** block : {&w.q_norm, &w.k_norm}) take(*block, S * p.H * C);
+  for (float** block : {&w.qk, &w.kk}) take(*block, S * p.H * C * C);
+  for (float** block : {&w.log_decay, &w.beta, &w.gamma, &w.to_end}) take(*block, S * p.HV * C);
+  for (float** block : {&w.a, &w.t, &w.p, &w.dp, &w.z, &w.da, &w.dp_scaled, &w.b_sym})
+    take(*block, S * p.HV * C * C);
+  for (float** block : {&w.k_decayed, &w.rw, &w.w, &w.dw, &w.x, &w.dq, &w.dk_decayed, &w.dk})
+    take(*block, S * p.HV * C * p.K);
+  for (float** block : {&w.v, &w.d_o, &w.rv, &w.u, &w.du, &w.y}) take(*block, S * p.HV * C * p.V);
+  for (float** block : {&w.state, &w.dh}) take(*block, S * p.HV * p.K * p.V);
+  return offset;
+}
+
+__device__ __forceinline__ int64_t at(const Arg& a, int64_t i0, int64_t i1, int64_t i2,
+                                      int64_t i3 = 0) {
+  return i0 * a.stride[0] + i1 * a.stride[1] + i2 * a.stride[2] + i3 * a.stride[3];
+}
+
+// Offset of row 0 of the [C, width] block of (slot, head) among `heads`.
+__device__ __forceinline__ int64_t block_at(int64_t slot, int64_t head, int64_t heads,
+                                            int64_t width) {
+  return (slot * heads + head) * kC * width;
+}
+
+// ---- 1. keys ---------------------------------------------------------------------------
+
+// Grid (S, H); a warp per row.
+__global__ void __launch_bounds__(kThreads) gather_keys(ChunkBwdParams p, Workspace w) {
+  const int64_t slot = blockIdx.x, h = blockIdx.y, K = p.K;
+  const ChunkEntry chunk = w.table[slot];
+  if (chunk.length == 0) return;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float* q = w.q + block_at(slot, h, p.H, K);
+  float* k = w.k + block_at(slot, h, p.H, K);
+  for (int i = warp; i < kC; i += kWarps) {
+    const bool valid = i < chunk.length;
+    const int64_t t = chunk.begin + i;
+    float q_sum = 0.0f, k_sum = 0.0f;
+    for (int64_t x = lane; x < K; x += 32) {
+      const float qv = valid ? ld(p.q.data, p.q.dtype, at(p.q, chunk.row, t, h, x)) : 0.0f;
+      const float kv = valid ? ld(p.k.data, p.k.dtype, at(p.k, chunk.row, t, h, x)) : 0.0f;
+      q[i * K + x] = qv, k[i * K + x] = kv;
+      q_sum += qv * qv, k_sum += kv * kv;
+    }
+    float q_factor = 1.0f, k_factor = 1.0f;
+    if (p.l2norm) {
+      q_factor = 1.0f / sqrtf(warp_sum(q_sum) + 1e-6f);
+      k_factor = 1.0f / sqrtf(warp_sum(k_sum) + 1e-6f);
+      for (int64_t x = lane; x < K; x += 32) q[i * K + x] *= q_factor, k[i * K + x] *= k_factor;
+    }
+    if (lane == 0) {
+      w.q_norm[(slot * p.H + h) * kC + i] = q_factor;
+      w.k_norm[(slot * p.H + h) * kC + i] = k_factor;
+    }
+  }
+}
+
+// ---- 2. values -------------------------------------------------------------------------
+
+// Grid (S, HV).
+__global__ void __launch_bounds__(kThreads) gather_values(ChunkBwdParams p, Workspace w) {
+  __shared__ float log_decay[kC], beta[kC], gamma[kC], to_end[kC];
+  __shared__ float a[kC][kC + 1], t[kC][kC + 1];
+  const int64_t slot = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H), K = p.K, V = p.V;
+  const ChunkEntry chunk = w.table[slot];
+  if (chunk.length == 0) return;
+  const int tid = threadIdx.x;
+  const int64_t row = (slot * p.HV + hv) * kC;  // of the [S, HV, C] blocks
+  if (tid < kC) {
+    const bool valid = tid < chunk.length;
+    const int64_t token = chunk.begin + tid;
+    log_decay[tid] = valid ? ld(p.g.data, p.g.dtype, at(p.g, chunk.row, token, hv)) : 0.0f;
+    beta[tid] = valid ? ld(p.beta.data, p.beta.dtype, at(p.beta, chunk.row, token, hv)) : 0.0f;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    for (int i = 1; i < kC; ++i) log_decay[i] += log_decay[i - 1];
+  }
+  __syncthreads();
+  if (tid < kC) {
+    gamma[tid] = expf(log_decay[tid]);
+    to_end[tid] = expf(log_decay[kC - 1] - log_decay[tid]);
+    w.log_decay[row + tid] = log_decay[tid], w.beta[row + tid] = beta[tid];
+    w.gamma[row + tid] = gamma[tid], w.to_end[row + tid] = to_end[tid];
+  }
+  __syncthreads();
+
+  const float* k = w.k + block_at(slot, h, p.H, K);
+  const int64_t key_block = block_at(slot, hv, p.HV, K);
+  for (int64_t e = tid; e < kC * K; e += kThreads) {
+    const int64_t i = e / K;
+    w.k_decayed[key_block + e] = to_end[i] * k[e];
+    w.rw[key_block + e] = -beta[i] * gamma[i] * k[e];
+  }
+  const int64_t value_block = block_at(slot, hv, p.HV, V);
+  for (int64_t e = tid; e < kC * V; e += kThreads) {
+    const int64_t i = e / V, x = e % V;
+    float value = 0.0f, d_o = 0.0f;
+    if (i < chunk.length) {
+      value = ld(p.v.data, p.v.dtype, at(p.v, chunk.row, chunk.begin + i, hv, x));
+      d_o = ld(p.d_o.data, p.d_o.dtype, at(p.d_o, chunk.row, chunk.begin + i, hv, x));
+    }
+    w.v[value_block + e] = value, w.d_o[value_block + e] = d_o;
+    w.rv[value_block + e] = beta[i] * value;
+  }
+  // A (j < i) and P (j <= i) from the key head's KK and QK.
+  const int64_t square = block_at(slot, hv, p.HV, kC), key_square = block_at(slot, h, p.H, kC);
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e / kC, j = e % kC;
+    const float decay = j <= i ? expf(log_decay[i] - log_decay[j]) : 0.0f;
+    a[i][j] = j < i ? beta[i] * decay * w.kk[key_square + e] : 0.0f;
+    w.a[square + e] = a[i][j];
+    w.p[square + e] = p.scale * decay * w.qk[key_square + e];
+  }
+  __syncthreads();
+  // T = (I + A)^-1 by forward substitution, a column per thread.
+  if (tid < kC) {
+    const int j = tid;
+    for (int i = 0; i < kC; ++i) {
+      float value = i == j ? 1.0f : 0.0f;
+      if (i > j) {
+        for (int m = j; m < i; ++m) value -= a[i][m] * t[m][j];
+      }
+      t[i][j] = value;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < kC * kC; e += kThreads) w.t[square + e] = t[e / kC][e % kC];
+}
+
+// ---- 3., 4. the sweeps -----------------------------------------------------------------
+
+size_t sweep_smem_bytes(const ChunkBwdParams& p) {
+  // state [K][32], three [C][32] blocks, two [C][K+1] matrices, P [C][C+1]
+  const int64_t K = p.K;
+  return sizeof(float) *
+         static_cast<size_t>(K * kColumns + 3 * kC * kColumns + 2 * kC * (K + 1) + kC * (kC + 1));
+}
+
+// Copies the [C, K] block `from` into shared [C][K+1], each row scaled by
+// factor[i] when given.
+__device__ void stage_rows(const float* from, int64_t K, const float* factor, float* to) {
+  for (int64_t e = threadIdx.x; e < kC * K; e += kThreads) {
+    const int64_t i = e / K, x = e % K;
+    to[i * (K + 1) + x] = factor ? factor[i] * from[e] : from[e];
+  }
+}
+
+// Grid (ceil(V/32), HV, N): the states at the chunk starts, and U.
+__global__ void __launch_bounds__(kThreads) forward_sweep(ChunkBwdParams p, Workspace w) {
+  extern __shared__ float smem[];
+  const int64_t K = p.K, V = p.V, KP = K + 1;
+  float* state = smem;                // [K][32]
+  float* u = state + K * kColumns;    // [C][32]
+  float* matrix = u + kC * kColumns;  // [C][KP]: W, then K~
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t n = blockIdx.z, hv = blockIdx.y, column = int64_t(blockIdx.x) * kColumns + lane;
+  const bool in_v = column < V;
+  const Span span = sequence_span(p.cu, n, p.T);
+  const float* h0 = p.h0.data ? reinterpret_cast<const float*>(p.h0.data) + n * p.h0.stride[0] +
+                                    hv * p.h0.stride[1]
+                              : nullptr;
+  for (int64_t x = warp; x < K; x += kWarps)
+    state[x * kColumns + lane] = h0 && in_v ? h0[x * p.h0_k + column * p.h0_v] : 0.0f;
+  int64_t slot = first_slot(p, n, span);
+  for (int64_t t0 = span.begin; t0 < span.end; t0 += kC, ++slot) {
+    __syncthreads();  // the previous chunk is done with the blocks
+    float* checkpoint = w.state + (slot * p.HV + hv) * K * V;
+    for (int64_t x = warp; x < K; x += kWarps) {
+      if (in_v) checkpoint[x * V + column] = state[x * kColumns + lane];
+    }
+    stage_rows(w.w + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
+    __syncthreads();
+    // U = U0 + W S
+    float* u_out = w.u + block_at(slot, hv, p.HV, V);
+    for (int i = warp; i < kC; i += kWarps) {
+      float acc = in_v ? u_out[i * V + column] : 0.0f;
+      for (int64_t x = 0; x < K; ++x) acc += matrix[i * KP + x] * state[x * kColumns + lane];
+      u[i * kColumns + lane] = acc;
+      if (in_v) u_out[i * V + column] = acc;
+    }
+    __syncthreads();
+    stage_rows(w.k_decayed + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
+    __syncthreads();
+    // S = gamma_last S + K~^T U
+    const float state_decay = w.gamma[(slot * p.HV + hv) * kC + kC - 1];
+    for (int64_t x = warp; x < K; x += kWarps) {
+      float acc = state_decay * state[x * kColumns + lane];
+      for (int i = 0; i < kC; ++i) acc += matrix[i * KP + x] * u[i * kColumns + lane];
+      state[x * kColumns + lane] = acc;
+    }
+  }
+}
+
+// Grid (ceil(V/32), HV, N): dH at the chunk ends, dU, and dh0.
+__global__ void __launch_bounds__(kThreads) reverse_sweep(ChunkBwdParams p, Workspace w) {
+  extern __shared__ float smem[];
+  const int64_t K = p.K, V = p.V, KP = K + 1;
+  float* dh = smem;                             // [K][32]
+  float* du = dh + K * kColumns;                // [C][32]
+  float* d_o = du + kC * kColumns;              // [C][32]
+  float* query_scale = d_o + kC * kColumns;     // [C] s gamma (in the third [C][32] block)
+  float* matrix = query_scale + kC * kColumns;  // [C][KP]: K~, then W
+  float* queries = matrix + kC * KP;            // [C][KP]: diag(s gamma) Q
+  float* scores = queries + kC * KP;            // [C][C+1]: P
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t n = blockIdx.z, hv = blockIdx.y, h = hv / (p.HV / p.H);
+  const int64_t column = int64_t(blockIdx.x) * kColumns + lane;
+  const bool in_v = column < V;
+  const Span span = sequence_span(p.cu, n, p.T);
+  const float* dht = p.dht.data ? reinterpret_cast<const float*>(p.dht.data) + n * p.dht.stride[0] +
+                                      hv * p.dht.stride[1]
+                                : nullptr;
+  for (int64_t x = warp; x < K; x += kWarps)
+    dh[x * kColumns + lane] = dht && in_v ? dht[x * p.dht_k + column * p.dht_v] : 0.0f;
+  const int64_t chunks = (span.end - span.begin + kC - 1) / kC;
+  for (int64_t slot = first_slot(p, n, span) + chunks - 1, c = chunks - 1; c >= 0; --c, --slot) {
+    __syncthreads();  // the previous chunk is done with the blocks
+    const int64_t row = (slot * p.HV + hv) * kC;
+    float* checkpoint = w.dh + (slot * p.HV + hv) * K * V;
+    for (int64_t x = warp; x < K; x += kWarps) {
+      if (in_v) checkpoint[x * V + column] = dh[x * kColumns + lane];
+    }
+    const int64_t value_block = block_at(slot, hv, p.HV, V);
+    for (int i = warp; i < kC; i += kWarps)
+      d_o[i * kColumns + lane] = in_v ? w.d_o[value_block + i * V + column] : 0.0f;
+    if (threadIdx.x < kC) query_scale[threadIdx.x] = p.scale * w.gamma[row + threadIdx.x];
+    stage_rows(w.k_decayed + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
+    const float* p_block = w.p + block_at(slot, hv, p.HV, kC);
+    for (int e = threadIdx.x; e < kC * kC; e += kThreads)
+      scores[(e / kC) * (kC + 1) + e % kC] = p_block[e];
+    __syncthreads();
+    stage_rows(w.q + block_at(slot, h, p.H, K), K, query_scale, queries);
+    // dU = K~ dH + P^T dO
+    for (int i = warp; i < kC; i += kWarps) {
+      float acc = 0.0f;
+      for (int64_t x = 0; x < K; ++x) acc += matrix[i * KP + x] * dh[x * kColumns + lane];
+      for (int j = 0; j < kC; ++j) acc += scores[j * (kC + 1) + i] * d_o[j * kColumns + lane];
+      du[i * kColumns + lane] = acc;
+      if (in_v) w.du[value_block + i * V + column] = acc;
+    }
+    __syncthreads();
+    stage_rows(w.w + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
+    __syncthreads();
+    // dH = gamma_last dH + (diag(s gamma) Q)^T dO + W^T dU
+    const float state_decay = w.gamma[row + kC - 1];
+    for (int64_t x = warp; x < K; x += kWarps) {
+      float acc = state_decay * dh[x * kColumns + lane];
+      for (int i = 0; i < kC; ++i) {
+        acc += queries[i * KP + x] * d_o[i * kColumns + lane] +
+               matrix[i * KP + x] * du[i * kColumns + lane];
+      }
+      dh[x * kColumns + lane] = acc;
+    }
+  }
+  // Each thread stores the dH elements it updated itself: no barrier needed.
+  if (p.dh0.data && in_v) {
+    float* dh0 = reinterpret_cast<float*>(p.dh0.data) + n * p.dh0.stride[0] + hv * p.dh0.stride[1];
+    for (int64_t x = warp; x < K; x += kWarps)
+      dh0[x * p.dh0_k + column * p.dh0_v] = dh[x * kColumns + lane];
+  }
+}
+
+// ---- 5., 7. batched products -----------------------------------------------------------
+
+// A matrix operand of batch (slot, head): element (r, c) at
+// data[slot * slot_step + (head / head_div) * head_step + r * row_step + c * col_step].
+struct Operand {
+  const float* data;
+  int64_t slot_step, head_step;
+  int head_div;
+  int64_t row_step, col_step;
+};
+
+Operand transposed(Operand m) {
+  const int64_t row_step = m.row_step;
+  m.row_step = m.col_step, m.col_step = row_step;
+  return m;
+}
+
+// out (+)= alpha a b over batches (slot, head < heads): a [C, depth], b
+// [depth, n], out [C, n] with out's steps (its head_div is 1).
+struct GemmParams {
+  Operand a, b, out;
+  int64_t n, depth;
+  int heads;
+  float alpha;
+  int accumulate;
+  const ChunkEntry* table;
+};
+
+constexpr int kTileN = 64, kTileDepth = 16;
+
+// Grid (S * heads, ceil(n / 64)); a 64 x 64 tile of out per CTA, 4 x 4 per thread.
+__global__ void __launch_bounds__(kThreads) batched_gemm(GemmParams g) {
+  __shared__ float a_tile[kTileDepth][kC + 4];
+  __shared__ float b_tile[kTileDepth][kTileN + 4];
+  const int64_t slot = blockIdx.x / g.heads, head = blockIdx.x % g.heads;
+  if (g.table[slot].length == 0) return;
+  const int64_t n0 = int64_t(blockIdx.y) * kTileN;
+  const float* a = g.a.data + slot * g.a.slot_step + head / g.a.head_div * g.a.head_step;
+  const float* b = g.b.data + slot * g.b.slot_step + head / g.b.head_div * g.b.head_step;
+  const int tid = threadIdx.x, tile_row = tid / 16, tile_col = tid % 16;
+  float acc[4][4] = {};
+  for (int64_t d0 = 0; d0 < g.depth; d0 += kTileDepth) {
+    for (int e = tid; e < kC * kTileDepth; e += kThreads) {
+      const int m = e / kTileDepth, d = e % kTileDepth;
+      a_tile[d][m] = d0 + d < g.depth ? a[m * g.a.row_step + (d0 + d) * g.a.col_step] : 0.0f;
+      const int bd = e / kTileN, bn = e % kTileN;
+      b_tile[bd][bn] = d0 + bd < g.depth && n0 + bn < g.n
+                           ? b[(d0 + bd) * g.b.row_step + (n0 + bn) * g.b.col_step]
+                           : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int d = 0; d < kTileDepth; ++d) {
+      float a_values[4], b_values[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        a_values[r] = a_tile[d][tile_row * 4 + r];
+        b_values[r] = b_tile[d][tile_col + 16 * r];
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] += a_values[r] * b_values[c];
+      }
+    }
+    __syncthreads();
+  }
+  float* out = const_cast<float*>(g.out.data) + slot * g.out.slot_step + head * g.out.head_step;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int64_t col = n0 + tile_col + 16 * c;
+      if (col >= g.n) continue;
+      float& target = out[(tile_row * 4 + r) * g.out.row_step + col * g.out.col_step];
+      target = g.alpha * acc[r][c] + (g.accumulate ? target : 0.0f);
+    }
+  }
+}
+
+// ---- 6. per-chunk gradients ------------------------------------------------------------
+
+// Grid (S, HV): dv, dbeta, dg; dq (dO S^T) scaled to diag(s gamma) dO S^T,
+// dk = diag(e^(G_last - G)) dK~ - diag(beta gamma) X; dP o sD and B + B^T.
+__global__ void __launch_bounds__(kThreads) chunk_gradients(ChunkBwdParams p, Workspace w) {
+  __shared__ float log_decay[kC], beta[kC], gamma[kC], to_end[kC];
+  __shared__ float row_terms[kC], column_terms[kC], d_beta[kC], end_terms[kC];
+  __shared__ float partial[kThreads];
+  const int64_t slot = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H), K = p.K, V = p.V;
+  const ChunkEntry chunk = w.table[slot];
+  if (chunk.length == 0) return;
+  const int L = static_cast<int>(chunk.length);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t row = (slot * p.HV + hv) * kC;
+  if (tid < kC) {
+    log_decay[tid] = w.log_decay[row + tid], beta[tid] = w.beta[row + tid];
+    gamma[tid] = w.gamma[row + tid], to_end[tid] = w.to_end[row + tid];
+  }
+  __syncthreads();
+  const int64_t key_block = block_at(slot, hv, p.HV, K), value_block = block_at(slot, hv, p.HV, V);
+  const int64_t square = block_at(slot, hv, p.HV, kC), key_square = block_at(slot, h, p.H, kC);
+  const float* q = w.q + block_at(slot, h, p.H, K);
+  const float* k = w.k + block_at(slot, h, p.H, K);
+  // Rows: the per-token terms, and dG's row sums of the P and A terms.
+  for (int i = warp; i < kC; i += kWarps) {
+    if (i >= L) {
+      if (lane == 0) row_terms[i] = 0.0f, d_beta[i] = 0.0f, end_terms[i] = 0.0f;
+      continue;
+    }
+    const float query_scale = p.scale * gamma[i], key_weight = -beta[i] * gamma[i];
+    float qdq = 0.0f, kdk = 0.0f, kx = 0.0f, vy = 0.0f;
+    for (int64_t x = lane; x < K; x += 32) {
+      const int64_t e = key_block + i * K + x;
+      const float dq = query_scale * w.dq[e];
+      w.dq[e] = dq;
+      qdq += q[i * K + x] * dq;
+      kdk += k[i * K + x] * w.dk_decayed[e];
+      kx += k[i * K + x] * w.x[e];
+      w.dk[e] = to_end[i] * w.dk_decayed[e] + key_weight * w.x[e];
+    }
+    for (int64_t x = lane; x < V; x += 32) {
+      const float y = w.y[value_block + i * V + x];
+      vy += w.v[value_block + i * V + x] * y;
+      st(p.dv.data, p.dv.dtype, at(p.dv, chunk.row, chunk.begin + i, hv, x), beta[i] * y);
+    }
+    float score_terms = 0.0f, a_beta = 0.0f;
+    for (int j = lane; j <= i; j += 32) {
+      const int64_t e = square + i * kC + j;
+      score_terms += w.dp[e] * w.p[e];
+      if (j < i) {
+        score_terms += w.da[e] * w.a[e];
+        a_beta += w.da[e] * expf(log_decay[i] - log_decay[j]) * w.kk[key_square + i * kC + j];
+      }
+    }
+    qdq = warp_sum(qdq), kdk = warp_sum(kdk), kx = warp_sum(kx), vy = warp_sum(vy);
+    score_terms = warp_sum(score_terms), a_beta = warp_sum(a_beta);
+    if (lane == 0) {
+      end_terms[i] = to_end[i] * kdk;
+      row_terms[i] = qdq - end_terms[i] + score_terms + key_weight * kx;
+      d_beta[i] = a_beta + vy - gamma[i] * kx;
+    }
+  }
+  // Columns: what the P and A terms take from dG_j.
+  if (tid < kC) {
+    const int j = tid;
+    float sum = 0.0f;
+    for (int i = j; i < L; ++i) {
+      const int64_t e = square + i * kC + j;
+      sum += w.dp[e] * w.p[e];
+      if (i > j) sum += w.da[e] * w.a[e];
+    }
+    column_terms[j] = sum;
+  }
+  // dP o sD (j <= i) and B + B^T, B = diag(beta) (dA o D) (j < i), zero past L.
+  for (int e = tid; e < kC * kC; e += kThreads) {
+    const int i = e / kC, j = e % kC;
+    const bool valid = i < L && j < L;
+    const int hi = i > j ? i : j, lo = i > j ? j : i;
+    const float decay = expf(log_decay[hi] - log_decay[lo]);
+    w.dp_scaled[square + e] = valid && j <= i ? p.scale * decay * w.dp[square + e] : 0.0f;
+    w.b_sym[square + e] = valid && i != j ? beta[hi] * decay * w.da[square + hi * kC + lo] : 0.0f;
+  }
+  // gamma_last sum(dH o S), summed in a fixed order.
+  const float* dh = w.dh + (slot * p.HV + hv) * K * V;
+  const float* state = w.state + (slot * p.HV + hv) * K * V;
+  float sum = 0.0f;
+  for (int64_t e = tid; e < K * V; e += kThreads) sum += dh[e] * state[e];
+  partial[tid] = sum;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (tid < half) partial[tid] += partial[tid + half];
+    __syncthreads();
+  }
+  if (tid == 0) {
+    float to_end_sum = 0.0f;
+    for (int i = 0; i < L; ++i) to_end_sum += end_terms[i];
+    // dg_t = sum of dG_i over i >= t
+    float running = to_end_sum + gamma[L - 1] * partial[0];
+    for (int i = L - 1; i >= 0; --i) {
+      running += row_terms[i] - column_terms[i];
+      const int64_t token = chunk.begin + i;
+      st(p.dg.data, p.dg.dtype, at(p.dg, chunk.row, token, hv), running);
+      st(p.dbeta.data, p.dbeta.dtype, at(p.dbeta, chunk.row, token, hv), d_beta[i]);
+    }
+  }
+}
+
+// ---- 8. key gradients ------------------------------------------------------------------
+
+constexpr int kKeyPerLane = kMaxHeadDim / 32;
+
+// Grid (S, H); a warp per row: dq, dk summed over the value heads in order,
+// through the l2norm's backward r (d - x^ (x^.d)).
+__global__ void __launch_bounds__(kThreads) key_gradients(ChunkBwdParams p, Workspace w) {
+  const int64_t slot = blockIdx.x, h = blockIdx.y, K = p.K, G = p.HV / p.H;
+  const ChunkEntry chunk = w.table[slot];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float* q = w.q + block_at(slot, h, p.H, K);
+  const float* k = w.k + block_at(slot, h, p.H, K);
+  for (int i = warp; i < chunk.length; i += kWarps) {
+    float dq[kKeyPerLane] = {}, dk[kKeyPerLane] = {};
+    for (int64_t hv = h * G; hv < (h + 1) * G; ++hv) {
+      const int64_t base = block_at(slot, hv, p.HV, K) + i * K;
+#pragma unroll
+      for (int m = 0; m < kKeyPerLane; ++m) {
+        const int64_t x = lane + 32 * m;
+        if (x < K) dq[m] += w.dq[base + x], dk[m] += w.dk[base + x];
+      }
+    }
+    if (p.l2norm) {
+      float q_projection = 0.0f, k_projection = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kKeyPerLane; ++m) {
+        const int64_t x = lane + 32 * m;
+        if (x < K) q_projection += q[i * K + x] * dq[m], k_projection += k[i * K + x] * dk[m];
+      }
+      q_projection = warp_sum(q_projection), k_projection = warp_sum(k_projection);
+      const float q_factor = w.q_norm[(slot * p.H + h) * kC + i];
+      const float k_factor = w.k_norm[(slot * p.H + h) * kC + i];
+#pragma unroll
+      for (int m = 0; m < kKeyPerLane; ++m) {
+        const int64_t x = lane + 32 * m;
+        if (x >= K) continue;
+        dq[m] = q_factor * (dq[m] - q[i * K + x] * q_projection);
+        dk[m] = k_factor * (dk[m] - k[i * K + x] * k_projection);
+      }
+    }
+    const int64_t token = chunk.begin + i;
+#pragma unroll
+    for (int m = 0; m < kKeyPerLane; ++m) {
+      const int64_t x = lane + 32 * m;
+      if (x >= K) continue;
+      st(p.dq.data, p.dq.dtype, at(p.dq, chunk.row, token, h, x), dq[m]);
+      st(p.dk.data, p.dk.dtype, at(p.dk, chunk.row, token, h, x), dk[m]);
+    }
+  }
+}
+
+// ---- table -----------------------------------------------------------------------------
+
+__global__ void chunk_table(ChunkBwdParams p, ChunkEntry* table) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= p.N) return;
+  const Span span = sequence_span(p.cu, n, p.T);
+  int64_t slot = first_slot(p, n, span);
+  for (int64_t t = span.begin; t < span.end; t += kC, ++slot)
+    table[slot] = {span.row, t, span.end - t < kC ? span.end - t : kC};
+}
+
+}  // namespace
+
+size_t chunk_bwd_scratch_bytes(const ChunkBwdParams& p) {
+  Workspace w{};
+  return carve(p, nullptr, w);
+}
+
+cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStream_t stream) {
+  Workspace w{};
+  carve(p, static_cast<char*>(scratch), w);
+  const int64_t S = slot_count(p), H = p.H, HV = p.HV, K = p.K, V = p.V, C = kC;
+  const int G = static_cast<int>(HV / H);
+  if (cudaError_t status =
+          cudaMemsetAsync(w.table, 0, static_cast<size_t>(S) * sizeof(ChunkEntry), stream))
+    return status;
+  chunk_table<<<grid_for(p.N, 128), 128, 0, stream>>>(p, w.table);
+
+  // Operands: per (slot, key head) [C, width] (read by value heads with
+  // head_div G); per (slot, value head) [C, width]; a state [K, V] per (slot,
+  // value head).
+  auto key_rows = [&](const float* data, int64_t width, int head_div) {
+    return Operand{data, H * C * width, C * width, head_div, width, 1};
+  };
+  auto value_rows = [&](const float* data, int64_t width) {
+    return Operand{data, HV * C * width, C * width, 1, width, 1};
+  };
+  auto states = [&](const float* data) { return Operand{data, HV * K * V, K * V, 1, V, 1}; };
+  cudaError_t status = cudaSuccess;
+  auto gemm = [&](Operand a, Operand b, Operand out, int64_t n, int64_t depth, int64_t heads,
+                  float alpha = 1.0f, bool accumulate = false) {
+    if (S == 0 || n == 0 || status != cudaSuccess) return;
+    const dim3 grid(static_cast<unsigned>(S * heads),
+                    static_cast<unsigned>((n + kTileN - 1) / kTileN));
+    batched_gemm<<<grid, kThreads, 0, stream>>>(GemmParams{
+        a, b, out, n, depth, static_cast<int>(heads), alpha, accumulate ? 1 : 0, w.table});
+    status = cudaGetLastError();
+  };
+  const dim3 per_key(static_cast<unsigned>(S), static_cast<unsigned>(H));
+  const dim3 per_value(static_cast<unsigned>(S), static_cast<unsigned>(HV));
+
+  if (S > 0) {
+    gather_keys<<<per_key, kThreads, 0, stream>>>(p, w);
+    gemm(key_rows(w.q, K, 1), transposed(key_rows(w.k, K, 1)), key_rows(w.qk, C, 1), C, K, H);
+    gemm(key_rows(w.k, K, 1), transposed(key_rows(w.k, K, 1)), key_rows(w.kk, C, 1), C, K, H);
+    gather_values<<<per_value, kThreads, 0, stream>>>(p, w);
+  }
+  gemm(value_rows(w.t, C), value_rows(w.rw, K), value_rows(w.w, K), K, C, HV);
+  gemm(value_rows(w.t, C), value_rows(w.rv, V), value_rows(w.u, V), V, C, HV);
+  if (status != cudaSuccess) return status;
+
+  // The sweeps run for empty sequences too: their dh0 is d_final_state.
+  if (V > 0) {
+    const size_t smem = sweep_smem_bytes(p);
+    const dim3 sweep_grid(static_cast<unsigned>((V + kColumns - 1) / kColumns),
+                          static_cast<unsigned>(HV), static_cast<unsigned>(p.N));
+    for (auto kernel : {forward_sweep, reverse_sweep}) {
+      status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem));
+      if (status != cudaSuccess) return status;
+      kernel<<<sweep_grid, kThreads, smem, stream>>>(p, w);
+    }
+  }
+  if (S == 0) return cudaGetLastError();
+
+  const Operand t = value_rows(w.t, C);
+  gemm(value_rows(w.du, V), transposed(states(w.state)), value_rows(w.dw, K), K, V, HV);
+  gemm(value_rows(w.d_o, V), transposed(states(w.state)), value_rows(w.dq, K), K, V, HV);
+  gemm(value_rows(w.u, V), transposed(states(w.dh)), value_rows(w.dk_decayed, K), K, V, HV);
+  gemm(value_rows(w.d_o, V), transposed(value_rows(w.u, V)), value_rows(w.dp, C), C, V, HV);
+  gemm(transposed(t), value_rows(w.dw, K), value_rows(w.x, K), K, C, HV);
+  gemm(transposed(t), value_rows(w.du, V), value_rows(w.y, V), V, C, HV);
+  gemm(value_rows(w.x, K), transposed(value_rows(w.rw, K)), value_rows(w.z, C), C, K, HV);
+  gemm(value_rows(w.y, V), transposed(value_rows(w.rv, V)), value_rows(w.z, C), C, V, HV, 1.0f,
+       true);
+  gemm(value_rows(w.z, C), transposed(t), value_rows(w.da, C), C, C, HV, -1.0f);
+  if (status != cudaSuccess) return status;
+  chunk_gradients<<<per_value, kThreads, 0, stream>>>(p, w);
+  gemm(value_rows(w.dp_scaled, C), key_rows(w.k, K, G), value_rows(w.dq, K), K, C, HV, 1.0f, true);
+  gemm(transposed(value_rows(w.dp_scaled, C)), key_rows(w.q, K, G), value_rows(w.dk, K), K, C, HV,
+       1.0f, true);
+  gemm(value_rows(w.b_sym, C), key_rows(w.k, K, G), value_rows(w.dk, K), K, C, HV, 1.0f, true);
+  if (status != cudaSuccess) return status;
+  key_gradients<<<per_key, kThreads, 0, stream>>>(p, w);
+  return cudaGetLastError();
+}
+
+}  // namespace hops::cuda
