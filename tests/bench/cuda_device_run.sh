@@ -2,7 +2,8 @@
 # One call on the lent GPU (issue 5): build with nvcc there, check the
 # tensor-core chunk path (tests/bench/cuda_chunk_check.py), time the kernels
 # (tests/bench/cuda_bench.py), run the conformance runner over
-# libhops_cuda.so, compute-sanitizer memcheck and racecheck on --quick.
+# libhops_cuda.so, compute-sanitizer memcheck and racecheck on --quick, the Python tests
+# (STEPS=pytest: tests/python/test_cuda.py and the quick CPU-only ones).
 # Usage (repo root): [STEPS="check bench ..."] [CONFORMANCE_OP="op ..."] [MEMCHECK_OP="op ..."]
 #   [BENCH_ONLY=N=1,conv,...] tests/bench/cuda_device_run.sh [OUT_DIR]
 # Carry .whl (fla-core) for the FLA comparison; without it FLA is skipped.
@@ -68,6 +69,14 @@ for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
       done
       timeout 300 compute-sanitizer --tool racecheck --error-exitcode 99 --kernel-name kns=chunk_ python3 tests/bench/cuda_chunk_check.py --quick > "$OUT/san_racecheck_tc.log" 2>&1
       echo "sanitizer racecheck chunk kernels (cuda_chunk_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_chunk_check' "$OUT/san_racecheck_tc.log" | tail -2 | tr '\n' ' ')" ;;
+    pytest)  # the Python shim on CUDA tensors; then the quick CPU-only Python tests that hold on the
+      # device's transformers 5.17 (test_dropins needs GQA in its torch functions, test_training is slow)
+      python3 -c 'import hops; print(hops.info())' | grep -A3 backends
+      timeout 240 python3 -m pytest -q -rs -p no:cacheprovider tests/python/test_cuda.py > "$OUT/pytest_cuda.log" 2>&1
+      echo "pytest test_cuda.py rc=$?"; grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$OUT/pytest_cuda.log" | head -40
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/python/test_ops.py tests/python/test_dlpack.py \
+        tests/python/test_library.py tests/python/test_patch.py tests/python/test_torch_ops.py > "$OUT/pytest_cpu.log" 2>&1
+      echo "pytest CPU-only rc=$?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_cpu.log" | head -20 ;;
     ncu)  # hardware counters of the two chunk kernels at B=1 T=32768 (Firecracker machines)
       timeout 200 ncu --clock-control none --kernel-name regex:chunk_ --launch-skip 2 --launch-count 2 \
         --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy \
