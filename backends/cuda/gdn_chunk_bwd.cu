@@ -35,7 +35,8 @@ namespace {
 constexpr int kC = 64;  // chunk length
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kColumns = 32;  // value columns per CTA of the sweeps
+constexpr int kColumns = 32;               // value columns per CTA of the sweeps
+constexpr int kRowsPerWarp = kC / kWarps;  // register tile of the sweeps' products
 
 // A chunk of a sequence; length 0 marks a slot no chunk uses.
 struct ChunkEntry {
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) gather_keys(ChunkBwdParams p, Worksp
 // ---- 2. values -------------------------------------------------------------------------
 
 // Grid (S, HV).
-__global__ void __launch_bounds__(kThreads) gather_values(ChunkBwdParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, Workspace w) {
   __shared__ float log_decay[kC], beta[kC], gamma[kC], to_end[kC];
   __shared__ float a[kC][kC + 1], t[kC][kC + 1];
   const int64_t slot = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H), K = p.K, V = p.V;
@@ -167,21 +168,23 @@ __global__ void __launch_bounds__(kThreads) gather_values(ChunkBwdParams p, Work
 
   const float* k = w.k + block_at(slot, h, p.H, K);
   const int64_t key_block = block_at(slot, hv, p.HV, K);
-  for (int64_t e = tid; e < kC * K; e += kThreads) {
-    const int64_t i = e / K;
-    w.k_decayed[key_block + e] = to_end[i] * k[e];
-    w.rw[key_block + e] = -beta[i] * gamma[i] * k[e];
-  }
   const int64_t value_block = block_at(slot, hv, p.HV, V);
-  for (int64_t e = tid; e < kC * V; e += kThreads) {
-    const int64_t i = e / V, x = e % V;
-    float value = 0.0f, d_o = 0.0f;
-    if (i < chunk.length) {
-      value = ld(p.v.data, p.v.dtype, at(p.v, chunk.row, chunk.begin + i, hv, x));
-      d_o = ld(p.d_o.data, p.d_o.dtype, at(p.d_o, chunk.row, chunk.begin + i, hv, x));
+  const int lane = tid % 32;
+  for (int i = tid / 32; i < kC; i += kWarps) {
+    for (int64_t x = lane; x < K; x += 32) {
+      const int64_t e = key_block + i * K + x;
+      w.k_decayed[e] = to_end[i] * k[i * K + x];
+      w.rw[e] = -beta[i] * gamma[i] * k[i * K + x];
     }
-    w.v[value_block + e] = value, w.d_o[value_block + e] = d_o;
-    w.rv[value_block + e] = beta[i] * value;
+    for (int64_t x = lane; x < V; x += 32) {
+      float value = 0.0f, d_o = 0.0f;
+      if (i < chunk.length) {
+        value = ld(p.v.data, p.v.dtype, at(p.v, chunk.row, chunk.begin + i, hv, x));
+        d_o = ld(p.d_o.data, p.d_o.dtype, at(p.d_o, chunk.row, chunk.begin + i, hv, x));
+      }
+      const int64_t e = value_block + i * V + x;
+      w.v[e] = value, w.d_o[e] = d_o, w.rv[e] = beta[i] * value;
+    }
   }
   // A (j < i) and P (j <= i) from the key head's KK and QK.
   const int64_t square = block_at(slot, hv, p.HV, kC), key_square = block_at(slot, h, p.H, kC);
@@ -218,16 +221,25 @@ size_t sweep_smem_bytes(const ChunkBwdParams& p) {
 }
 
 // Copies the [C, K] block `from` into shared [C][K+1], each row scaled by
-// factor[i] when given.
+// factor[i] when given. A thread loads its 8 rows before storing any: the
+// sweeps run few warps per SM, and one load in flight at a time would leave
+// them waiting on global memory for most of each chunk.
 __device__ void stage_rows(const float* from, int64_t K, const float* factor, float* to) {
-  for (int64_t e = threadIdx.x; e < kC * K; e += kThreads) {
-    const int64_t i = e / K, x = e % K;
-    to[i * (K + 1) + x] = factor ? factor[i] * from[e] : from[e];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int64_t x = lane; x < K; x += 32) {
+    float values[kRowsPerWarp];
+#pragma unroll
+    for (int m = 0; m < kRowsPerWarp; ++m) values[m] = from[(warp + kWarps * m) * K + x];
+#pragma unroll
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int i = warp + kWarps * m;
+      to[i * (K + 1) + x] = factor ? factor[i] * values[m] : values[m];
+    }
   }
 }
 
 // Grid (ceil(V/32), HV, N): the states at the chunk starts, and U.
-__global__ void __launch_bounds__(kThreads) forward_sweep(ChunkBwdParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, 1) forward_sweep(ChunkBwdParams p, Workspace w) {
   extern __shared__ float smem[];
   const int64_t K = p.K, V = p.V, KP = K + 1;
   float* state = smem;                // [K][32]
@@ -253,27 +265,49 @@ __global__ void __launch_bounds__(kThreads) forward_sweep(ChunkBwdParams p, Work
     __syncthreads();
     // U = U0 + W S
     float* u_out = w.u + block_at(slot, hv, p.HV, V);
-    for (int i = warp; i < kC; i += kWarps) {
-      float acc = in_v ? u_out[i * V + column] : 0.0f;
-      for (int64_t x = 0; x < K; ++x) acc += matrix[i * KP + x] * state[x * kColumns + lane];
-      u[i * kColumns + lane] = acc;
-      if (in_v) u_out[i * V + column] = acc;
+    {
+      float acc[kRowsPerWarp];
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m)
+        acc[m] = in_v ? u_out[(warp + kWarps * m) * V + column] : 0.0f;
+      for (int64_t x = 0; x < K; ++x) {
+        const float s = state[x * kColumns + lane];
+#pragma unroll
+        for (int m = 0; m < kRowsPerWarp; ++m) acc[m] += matrix[(warp + kWarps * m) * KP + x] * s;
+      }
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m) {
+        const int i = warp + kWarps * m;
+        u[i * kColumns + lane] = acc[m];
+        if (in_v) u_out[i * V + column] = acc[m];
+      }
     }
     __syncthreads();
     stage_rows(w.k_decayed + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
     __syncthreads();
     // S = gamma_last S + K~^T U
     const float state_decay = w.gamma[(slot * p.HV + hv) * kC + kC - 1];
-    for (int64_t x = warp; x < K; x += kWarps) {
-      float acc = state_decay * state[x * kColumns + lane];
-      for (int i = 0; i < kC; ++i) acc += matrix[i * KP + x] * u[i * kColumns + lane];
-      state[x * kColumns + lane] = acc;
+    for (int64_t x0 = warp; x0 < K; x0 += kWarps * kRowsPerWarp) {
+      float acc[kRowsPerWarp] = {};
+      for (int i = 0; i < kC; ++i) {
+        const float value = u[i * kColumns + lane];
+#pragma unroll
+        for (int m = 0; m < kRowsPerWarp; ++m) {
+          const int64_t x = x0 + kWarps * m;
+          if (x < K) acc[m] += matrix[i * KP + x] * value;
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m) {
+        const int64_t x = x0 + kWarps * m;
+        if (x < K) state[x * kColumns + lane] = state_decay * state[x * kColumns + lane] + acc[m];
+      }
     }
   }
 }
 
 // Grid (ceil(V/32), HV, N): dH at the chunk ends, dU, and dh0.
-__global__ void __launch_bounds__(kThreads) reverse_sweep(ChunkBwdParams p, Workspace w) {
+__global__ void __launch_bounds__(kThreads, 1) reverse_sweep(ChunkBwdParams p, Workspace w) {
   extern __shared__ float smem[];
   const int64_t K = p.K, V = p.V, KP = K + 1;
   float* dh = smem;                             // [K][32]
@@ -307,30 +341,51 @@ __global__ void __launch_bounds__(kThreads) reverse_sweep(ChunkBwdParams p, Work
     if (threadIdx.x < kC) query_scale[threadIdx.x] = p.scale * w.gamma[row + threadIdx.x];
     stage_rows(w.k_decayed + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
     const float* p_block = w.p + block_at(slot, hv, p.HV, kC);
-    for (int e = threadIdx.x; e < kC * kC; e += kThreads)
-      scores[(e / kC) * (kC + 1) + e % kC] = p_block[e];
+    stage_rows(p_block, kC, nullptr, scores);
     __syncthreads();
     stage_rows(w.q + block_at(slot, h, p.H, K), K, query_scale, queries);
     // dU = K~ dH + P^T dO
-    for (int i = warp; i < kC; i += kWarps) {
-      float acc = 0.0f;
-      for (int64_t x = 0; x < K; ++x) acc += matrix[i * KP + x] * dh[x * kColumns + lane];
-      for (int j = 0; j < kC; ++j) acc += scores[j * (kC + 1) + i] * d_o[j * kColumns + lane];
-      du[i * kColumns + lane] = acc;
-      if (in_v) w.du[value_block + i * V + column] = acc;
+    {
+      float acc[kRowsPerWarp] = {};
+      for (int64_t x = 0; x < K; ++x) {
+        const float value = dh[x * kColumns + lane];
+#pragma unroll
+        for (int m = 0; m < kRowsPerWarp; ++m)
+          acc[m] += matrix[(warp + kWarps * m) * KP + x] * value;
+      }
+      for (int j = 0; j < kC; ++j) {
+        const float value = d_o[j * kColumns + lane];
+#pragma unroll
+        for (int m = 0; m < kRowsPerWarp; ++m)
+          acc[m] += scores[j * (kC + 1) + warp + kWarps * m] * value;
+      }
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m) {
+        const int i = warp + kWarps * m;
+        du[i * kColumns + lane] = acc[m];
+        if (in_v) w.du[value_block + i * V + column] = acc[m];
+      }
     }
     __syncthreads();
     stage_rows(w.w + block_at(slot, hv, p.HV, K), K, nullptr, matrix);
     __syncthreads();
     // dH = gamma_last dH + (diag(s gamma) Q)^T dO + W^T dU
     const float state_decay = w.gamma[row + kC - 1];
-    for (int64_t x = warp; x < K; x += kWarps) {
-      float acc = state_decay * dh[x * kColumns + lane];
+    for (int64_t x0 = warp; x0 < K; x0 += kWarps * kRowsPerWarp) {
+      float acc[kRowsPerWarp] = {};
       for (int i = 0; i < kC; ++i) {
-        acc += queries[i * KP + x] * d_o[i * kColumns + lane] +
-               matrix[i * KP + x] * du[i * kColumns + lane];
+        const float output = d_o[i * kColumns + lane], update = du[i * kColumns + lane];
+#pragma unroll
+        for (int m = 0; m < kRowsPerWarp; ++m) {
+          const int64_t x = x0 + kWarps * m;
+          if (x < K) acc[m] += queries[i * KP + x] * output + matrix[i * KP + x] * update;
+        }
       }
-      dh[x * kColumns + lane] = acc;
+#pragma unroll
+      for (int m = 0; m < kRowsPerWarp; ++m) {
+        const int64_t x = x0 + kWarps * m;
+        if (x < K) dh[x * kColumns + lane] = state_decay * dh[x * kColumns + lane] + acc[m];
+      }
     }
   }
   // Each thread stores the dH elements it updated itself: no barrier needed.
@@ -372,7 +427,7 @@ struct GemmParams {
 constexpr int kTileN = 64, kTileDepth = 16;
 
 // Grid (S * heads, ceil(n / 64)); a 64 x 64 tile of out per CTA, 4 x 4 per thread.
-__global__ void __launch_bounds__(kThreads) batched_gemm(GemmParams g) {
+__global__ void __launch_bounds__(kThreads, 2) batched_gemm(GemmParams g) {
   __shared__ float a_tile[kTileDepth][kC + 4];
   __shared__ float b_tile[kTileDepth][kTileN + 4];
   const int64_t slot = blockIdx.x / g.heads, head = blockIdx.x % g.heads;
