@@ -453,9 +453,12 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
 constexpr uint32_t kFloats = HOPS_DTYPE_FLOATS;
 
 const Kernel kKernels[] = {
-    kernel<GdnChunkFwd, &gdn_chunk_fwd>(kFloats), kernel<GdnRecurrent, &gdn_recurrent>(kFloats),
-    kernel<GdnGating, &gdn_gating>(kFloats),      kernel<GatedRmsNorm, &gated_rmsnorm>(kFloats),
-    kernel<Conv1dFwd, &conv1d_fwd>(kFloats),      kernel<Conv1dUpdate, &conv1d_update>(kFloats),
+    kernel<GdnChunkFwd, &gdn_chunk_fwd>(kFloats),
+    kernel<GdnRecurrent, &gdn_recurrent>(kFloats),
+    kernel<GdnGating, &gdn_gating>(kFloats),
+    kernel<GatedRmsNorm, &gated_rmsnorm>(kFloats),
+    kernel<Conv1dFwd, &conv1d_fwd>(kFloats),
+    kernel<Conv1dUpdate, &conv1d_update>(kFloats),
     kernel<Conv1dBwd, &conv1d_bwd>(kFloats),
     kernel<GatedRmsNormBwd, &gated_rmsnorm_bwd>(kFloats),
     kernel<GdnChunkBwd, &gdn_chunk_bwd>(kFloats),
