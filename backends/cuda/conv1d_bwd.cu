@@ -10,6 +10,9 @@
 // writes dx plus its run's share of dweight/dbias to scratch. A second kernel
 // adds the shares in run order (ordered_sum.cuh): deterministic. A third
 // writes d_initial_state, a thread per (sequence, channel, column).
+// Dense 16-byte-aligned inputs take conv_bwd_vec_kernel instead of the first
+// kernel (8 channels of 16-bit or 4 of f32 per thread, rows streamed through a
+// cp.async ring, runs of 128 tokens cut per row); the rest stays as described.
 #include <type_traits>
 
 #include "ordered_sum.cuh"
@@ -267,6 +270,291 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- The dense fast path -----------------------------------------------------
+// conv_bwd_vec_kernel: dense x, dy, dx (no cu_seqlens) with unit channel
+// stride, D and the other strides multiples of kV = 16 / sizeof(T) and 16-byte
+// aligned data (checked on the host: vector_path). A thread owns kV channels
+// (8 for 16-bit, 4 for f32) of a run of kVecRunTokens tokens of one row and
+// streams its x and dy rows through private cp.async rings in shared memory,
+// two tiles of kVecTile tokens ahead of the arithmetic: each row is read once
+// (the 3 x rows before the run and the 3 x / dy rows after it are read again
+// by the neighbouring runs), the windows of u and dpre stay in registers and
+// dx goes out by 16-byte streaming stores. Runs are cut per row, so the
+// shares are partials[row * runs_per_row + run] (a split fixed by the shape).
+// The 16-bit instance needs ~210 registers (8 channels: taps, bias, two
+// windows and 5 share rows are ~140 of them), so 8 warps per SM (4 CTAs of
+// 64 threads, 255 registers each; at 10 or 12 warps ptxas caps it at 168 and
+// spills); the 48 KB of rings per CTA keep up to 24 tokens (768 bytes) per
+// thread in flight.
+constexpr int kVecThreads = 64;
+constexpr int kVecBlocksPerSm = 4;
+constexpr int kVecTile = 8;
+constexpr int kRingTiles = 3;  // the tile being read and the two in flight
+constexpr int kRing = kRingTiles * kVecTile;
+constexpr int kVecRunTokens = 128;
+
+template <class T>
+union Vec16 {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+template <class T, int kV>
+__device__ __forceinline__ void unpack16(uint4 raw, float (&out)[kV]) {
+  static_assert(kV * sizeof(T) == 16);
+  Vec16<T> v;
+  v.raw = raw;
+#pragma unroll
+  for (int c = 0; c < kV; ++c) out[c] = to_f(v.e[c]);
+}
+
+// kV floats rounded to T and packed (two per instruction for 16-bit T).
+template <class T, int kV>
+__device__ __forceinline__ uint4 pack16(const float (&in)[kV]) {
+  static_assert(kV * sizeof(T) == 16);
+  Vec16<T> v;
+#pragma unroll
+  for (int c = 0; c < kV; c += 2) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>)
+      reinterpret_cast<__nv_bfloat162*>(v.e)[c / 2] = __floats2bfloat162_rn(in[c], in[c + 1]);
+    else if constexpr (std::is_same_v<T, __half>)
+      reinterpret_cast<__half2*>(v.e)[c / 2] = __floats2half2_rn(in[c], in[c + 1]);
+    else
+      v.e[c] = in[c], v.e[c + 1] = in[c + 1];
+  }
+  return v.raw;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_async_wait_all_but_two() {
+  asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+}
+
+template <int kV>
+struct Floats {
+  float v[kV];
+};
+
+// kV elements of any dtype `step` apart, out of line: the initial-state halo
+// and d_final_state, kept off the hot loop's registers.
+template <int kV>
+__device__ __noinline__ Floats<kV> load_strided(const char* base, int dtype, int64_t offset,
+                                                int64_t step) {
+  Floats<kV> f;
+  for (int c = 0; c < kV; ++c) f.v[c] = ld(base, dtype, offset + c * step);
+  return f;
+}
+
+// load_filter with the dtype switches outside the loops, so that a thread's
+// 4 kV tap loads and kV bias loads are issued together.
+template <class S, int kV>
+__device__ __forceinline__ void load_taps_as(const Arg& weight, int64_t W, int64_t d0,
+                                             float (&taps)[4][kV]) {
+  const S* w = reinterpret_cast<const S*>(weight.data);
+#pragma unroll
+  for (int c = 0; c < kV; ++c) {
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int64_t j = m - (4 - W);
+      taps[m][c] = j >= 0 ? to_f(w[(d0 + c) * weight.stride[0] + j * weight.stride[1]]) : 0.0f;
+    }
+  }
+}
+template <class S, int kV>
+__device__ __forceinline__ void load_bias_as(const Arg& bias, int64_t d0, float (&out)[kV]) {
+  const S* b = reinterpret_cast<const S*>(bias.data);
+#pragma unroll
+  for (int c = 0; c < kV; ++c) out[c] = to_f(b[(d0 + c) * bias.stride[0]]);
+}
+template <int kV>
+__device__ __forceinline__ void load_filter_vec(const ConvBwdParams& p, int64_t d0,
+                                                float (&taps)[4][kV], float (&bias)[kV]) {
+  switch (p.weight.dtype) {
+    case kF16:
+      load_taps_as<__half, kV>(p.weight, p.W, d0, taps);
+      break;
+    case kBF16:
+      load_taps_as<__nv_bfloat16, kV>(p.weight, p.W, d0, taps);
+      break;
+    default:
+      load_taps_as<float, kV>(p.weight, p.W, d0, taps);
+  }
+  if (!p.bias.data) {
+#pragma unroll
+    for (int c = 0; c < kV; ++c) bias[c] = 0.0f;
+    return;
+  }
+  switch (p.bias.dtype) {
+    case kF16:
+      load_bias_as<__half, kV>(p.bias, d0, bias);
+      break;
+    case kBF16:
+      load_bias_as<__nv_bfloat16, kV>(p.bias, d0, bias);
+      break;
+    default:
+      load_bias_as<float, kV>(p.bias, d0, bias);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kVecThreads, kVecBlocksPerSm)
+    conv_bwd_vec_kernel(ConvBwdParams p, float* partials) {
+  constexpr int kV = 16 / sizeof(T);
+  // [slot][thread]: conflict-free 16-byte accesses. Step k of a run (token
+  // a + k, of tile k / kVecTile) has its x and dy rows in slot k % kRing.
+  __shared__ uint4 xring[kRing][kVecThreads];
+  __shared__ uint4 gring[kRing][kVecThreads];
+  const int lane = threadIdx.x;
+  const int64_t groups = p.D / kV;
+  const int64_t runs = (p.T + kVecRunTokens - 1) / kVecRunTokens;  // per row
+  const int64_t work = p.B * runs * groups;
+  const int64_t L1 = p.d_final_state.data ? p.d_final_state.shape[2] : 0;
+  const int64_t xs = p.x.stride[1], gs = p.dy.stride[1], ds = p.dx.stride[1];
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t group = w % groups, run = w / groups;  // run = row * runs + run of the row
+    const int64_t row = run / runs;
+    const int64_t a = run % runs * kVecRunTokens;  // the run: tokens [a, b) of the row
+    const int64_t b = a + kVecRunTokens < p.T ? a + kVecRunTokens : p.T;
+    const int64_t e = b + 3 < p.T ? b + 3 : p.T;  // dpre runs 3 tokens ahead: [a, e) is read
+    const int64_t d0 = group * kV;
+    const T* x = reinterpret_cast<const T*>(p.x.data) + row * p.x.stride[0] + d0;
+    const T* dy = reinterpret_cast<const T*>(p.dy.data) + row * p.dy.stride[0] + d0;
+    T* dx = reinterpret_cast<T*>(p.dx.data) + row * p.dx.stride[0] + d0;
+    // Step k: dpre of token a + k (0 past the row's end), dx of token a + k - 3.
+    const int steps = static_cast<int>(b + 3 - a);
+    const int tiles = (steps + kVecTile - 1) / kVecTile;
+    // Issues tile `tile`'s rows and commits a group (empty past the run, so
+    // that "all but two" is always the tile about to be read).
+    auto issue = [&](int tile) {
+      if (tile < tiles) {
+        const int slot = tile % kRingTiles * kVecTile;
+#pragma unroll
+        for (int i = 0; i < kVecTile; ++i) {
+          const int k = tile * kVecTile + i;
+          const int64_t t = a + k;
+          const bool valid = t < e;  // zero-filled past the row's end
+          if (k < steps) {
+            cp_async16(&xring[slot + i][lane], valid ? x + t * xs : x, valid);
+            cp_async16(&gring[slot + i][lane], valid ? dy + t * gs : dy, valid);
+          }
+        }
+      }
+      cp_async_commit();
+    };
+    issue(0);
+    issue(1);
+    // The halo: u at tokens a-3 .. a-1 (plain loads, consumed after the first wait).
+    uint4 halo[3];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      const int64_t t = a - 3 + j;
+      halo[j] = t >= 0 ? *reinterpret_cast<const uint4*>(x + t * xs) : make_uint4(0, 0, 0, 0);
+    }
+    float taps[4][kV], bias[kV];
+    load_filter_vec<kV>(p, d0, taps, bias);
+    // win[m] = u[t-3+m] and dp[m] = dpre[t-3+m] around the step's token t.
+    float win[4][kV] = {}, dp[4][kV] = {}, share[kShareRows][kV] = {};
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+      const int64_t q = a - 3 + j;  // before the sequence: initial state or zero
+      if (q < 0 && p.initial_state.data) {
+        const Arg& s = p.initial_state;
+        const int64_t column = s.shape[2] + q;
+        const Floats<kV> f =
+            column < 0
+                ? Floats<kV>{}
+                : load_strided<kV>(s.data, s.dtype,
+                                   row * s.stride[0] + d0 * s.stride[1] + column * s.stride[2],
+                                   s.stride[1]);
+#pragma unroll
+        for (int c = 0; c < kV; ++c) win[j + 1][c] = f.v[c];
+      } else {
+        unpack16<T, kV>(halo[j], win[j + 1]);
+      }
+    }
+    auto step = [&](auto edge, int k, int slot) {
+      constexpr bool kEdge = decltype(edge)::value;
+      if (kEdge && k >= steps) return;
+      const int64_t t = a + k;
+#pragma unroll
+      for (int j = 0; j < 3; ++j) {
+#pragma unroll
+        for (int c = 0; c < kV; ++c) win[j][c] = win[j + 1][c], dp[j][c] = dp[j + 1][c];
+      }
+      float gradient[kV];
+      unpack16<T, kV>(xring[slot][lane], win[3]);
+      unpack16<T, kV>(gring[slot][lane], gradient);
+#pragma unroll
+      for (int c = 0; c < kV; ++c) {
+        float pre = bias[c];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) pre += taps[m][c] * win[m][c];
+        dp[3][c] = p.silu ? gradient[c] * silu_grad<T>(pre) : gradient[c];
+        if (kEdge && t >= e) dp[3][c] = 0.0f;  // past the row's end
+      }
+      if (!kEdge || t < b) {
+#pragma unroll
+        for (int c = 0; c < kV; ++c) {
+#pragma unroll
+          for (int m = 0; m < 4; ++m) share[m][c] += dp[3][c] * win[m][c];
+          share[4][c] += dp[3][c];
+        }
+      }
+      if (kEdge && t - 3 < a) return;  // dx of tokens before the run: the previous run's
+      float out[kV];
+#pragma unroll
+      for (int c = 0; c < kV; ++c) {
+        out[c] = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) out[c] += taps[m][c] * dp[3 - m][c];
+      }
+      if (kEdge && L1 > 0) {
+        const int64_t column = t - 3 - p.T + L1;  // u[t-3] was copied to the final state
+        if (column >= 0) {
+          const Arg& s = p.d_final_state;
+          const Floats<kV> f = load_strided<kV>(
+              s.data, s.dtype, row * s.stride[0] + d0 * s.stride[1] + column * s.stride[2],
+              s.stride[1]);
+#pragma unroll
+          for (int c = 0; c < kV; ++c) out[c] += f.v[c];
+        }
+      }
+      __stcs(reinterpret_cast<uint4*>(dx + (t - 3) * ds), pack16<T, kV>(out));
+    };
+    for (int tile = 0; tile < tiles; ++tile) {
+      issue(tile + 2);
+      cp_async_wait_all_but_two();
+      const int k0 = tile * kVecTile, slot = tile % kRingTiles * kVecTile;
+      // No guards needed: past the first tile (dx of the run's tokens only),
+      // inside the run (shares, rows read), before d_final_state's columns.
+      const bool interior =
+          tile > 0 && a + k0 + kVecTile <= b && (L1 == 0 || a + k0 + kVecTile - 3 <= p.T - L1);
+      if (interior) {
+#pragma unroll 4
+        for (int i = 0; i < kVecTile; ++i) step(std::false_type{}, k0 + i, slot + i);
+      } else {
+#pragma unroll 1
+        for (int i = 0; i < kVecTile; ++i) step(std::true_type{}, k0 + i, slot + i);
+      }
+    }
+    float* out = partials + run * kShareRows * p.D + d0;
+#pragma unroll
+    for (int m = 0; m < kShareRows; ++m) {
+#pragma unroll
+      for (int c = 0; c < kV; c += 4)
+        *reinterpret_cast<float4*>(out + m * p.D + c) =
+            make_float4(share[m][c], share[m][c + 1], share[m][c + 2], share[m][c + 3]);
+    }
+  }
+}
+
 // dpre at sequence position t (0 <= t < length), recomputed from scratch.
 template <class T>
 __device__ float dpre_at(const ConvBwdParams& p, const Sequence& s, int64_t d, int64_t t,
@@ -343,22 +631,42 @@ struct FilterGradientStore {
   }
 };
 
-int64_t runs_of(const ConvBwdParams& p) { return (p.B * p.T + kRunTokens - 1) / kRunTokens; }
+// The fast path's conditions (dense, 16-byte channel vectors of x, dy, dx).
+bool vector_path(const ConvBwdParams& p, int dtype) {
+  const int64_t vec = dtype == kF32 ? 4 : 8;
+  const auto rows = [&](const Arg& a) {
+    return a.stride[2] == 1 && a.stride[1] % vec == 0 && a.stride[0] % vec == 0 &&
+           reinterpret_cast<uintptr_t>(a.data) % 16 == 0;
+  };
+  return !p.cu.data && p.D % vec == 0 && rows(p.x) && rows(p.dy) && rows(p.dx);
+}
+
+// Rows of partials: per row runs of kVecRunTokens on the fast path, else
+// runs of kRunTokens flat tokens.
+int64_t runs_of(const ConvBwdParams& p, int dtype) {
+  if (vector_path(p, dtype)) return p.B * ((p.T + kVecRunTokens - 1) / kVecRunTokens);
+  return (p.B * p.T + kRunTokens - 1) / kRunTokens;
+}
 
 }  // namespace
 
-size_t conv1d_bwd_scratch_bytes(const ConvBwdParams& p, int) {
-  return static_cast<size_t>(runs_of(p) * kShareRows * p.D) * sizeof(float);
+size_t conv1d_bwd_scratch_bytes(const ConvBwdParams& p, int dtype) {
+  return static_cast<size_t>(runs_of(p, dtype) * kShareRows * p.D) * sizeof(float);
 }
 
 cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,
                               cudaStream_t stream) {
   auto* partials = static_cast<float*>(scratch);
-  const int64_t runs = runs_of(p);
+  const int64_t runs = runs_of(p, dtype);
+  const bool fast = vector_path(p, dtype);
   by_dtype(dtype, [&]<class T>(T) {
     const int grid = grid_for(runs * ((p.D + kVec - 1) / kVec), kThreads);
     if (runs > 0 && p.D > 0) {
-      if (p.vector)
+      if (fast)
+        conv_bwd_vec_kernel<T>
+            <<<grid_for(runs * (p.D / (16 / sizeof(T))), kVecThreads), kVecThreads, 0, stream>>>(
+                p, partials);
+      else if (p.vector)
         conv_bwd_tokens_kernel<T, true><<<grid, kThreads, 0, stream>>>(p, partials);
       else
         conv_bwd_tokens_kernel<T, false><<<grid, kThreads, 0, stream>>>(p, partials);
