@@ -110,6 +110,25 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Tensor cores, fp32 operands rounded to tf32 (round to nearest, ties away).
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+// d (16 x 8, f32) += a (16 x 8) b (8 x 8), tf32 operands (PTX ISA, mma.m16n8k8
+// .tf32), with g = lane / 4, t = lane % 4:
+//   a = {A[g][t], A[g+8][t], A[g][t+4], A[g+8][t+4]}, b = {B[t][g], B[t+4][g]},
+//   d = {D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1]}.
+__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 inline int grid_for(int64_t work, int threads) {
   const int64_t blocks = (work + threads - 1) / threads;
   constexpr int64_t kMax = 65535 * 16;

@@ -1,12 +1,12 @@
-// gdn_chunk_bwd: the backward of gdn_chunk_fwd in fp32 on CUDA cores, the
-// chunked form of backends/cpu/gdn_chunk_bwd.cpp (whose header has the math)
-// spread over the GPU. Chunks of C = 64 tokens live in "slots": sequence n's
-// chunk c is slot first_slot(n) + c (dense: n * ceil(T/C) + c; varlen:
-// floor(begin/C) + n + c, distinct for nondecreasing offsets and below
-// ceil(T/C) + N). Every per-chunk quantity is kept, fp32, in scratch indexed
-// by (slot, head); rows past a chunk's length are zero (and g = 0 there, so
-// that index C-1 holds the chunk's last cumulative decay). With the CPU's
-// notation, per (chunk, value head):
+// gdn_chunk_bwd: the backward of gdn_chunk_fwd in fp32 on CUDA cores (the
+// batched products of steps 1, 2, 5 and 7 on tf32 tensor cores when the
+// inputs are 16-bit), the chunked form of backends/cpu/gdn_chunk_bwd.cpp
+// (whose header has the math) spread over the GPU. Chunks of C = 64 tokens live in "slots":
+// sequence n's chunk c is slot first_slot(n) + c (dense: n * ceil(T/C) + c; varlen: floor(begin/C)
+// + n + c, distinct for nondecreasing offsets and below ceil(T/C) + N). Every per-chunk quantity is
+// kept, fp32, in scratch indexed by (slot, head); rows past a chunk's length are zero (and g = 0
+// there, so that index C-1 holds the chunk's last cumulative decay). With the CPU's notation, per
+// (chunk, value head):
 //   1. keys       q, k (l2-normalised), then QK = Q K^T, KK = K K^T per key head
 //   2. values     G, gamma, e^(G_last - G), A, P, T = (I + A)^-1 (a column per
 //                 thread), R_w = -beta gamma K, R_v = beta V, K~; W = T R_w, U0 = T R_v
@@ -476,6 +476,120 @@ __global__ void __launch_bounds__(kThreads, 2) batched_gemm(GemmParams g) {
   }
 }
 
+// The same products on tf32 tensor cores (16-bit inputs): a warp owns a 16 x 32
+// block of the tile (rows 16 (warp % 4), columns 32 (warp / 4)) as four m16n8
+// accumulators; operands pass through shared memory 32 deep, the next stage's
+// global loads in flight (in registers) during the current stage's mma.
+constexpr int kTcDepth = 32;
+constexpr int kTcLoads = kC * kTcDepth / kThreads;  // per operand and thread
+
+// One operand's stage x(d, m), d < 32 the depth, m < 64 a row of a or a
+// column of b. Operands whose depth is contiguous in memory (kDepthMajor) are
+// read with the lanes along d and kept m-major ([m][32 + 4]); the others with
+// the lanes along m, kept d-major ([d][64 + 8]). Either way the staging
+// writes (32 consecutive d, or 32 consecutive m) and the mma fragment reads
+// (lanes over d % 4 and 8 consecutive m: bank 4 m + d, resp. 8 d + m) hit 32
+// distinct banks.
+template <bool kDepthMajor>
+struct Stage {
+  static constexpr int kD = kDepthMajor ? 1 : kC + 8;        // step of d in the tile
+  static constexpr int kM = kDepthMajor ? kTcDepth + 4 : 1;  // step of m
+  static constexpr int kFloats = kDepthMajor ? kC * kM : kTcDepth * kD;
+  // A thread's elements: i at (d + i kDi, m + i kMi).
+  static constexpr int kDi = kDepthMajor ? 0 : kTcDepth / kTcLoads;
+  static constexpr int kMi = kDepthMajor ? kWarps : 0;
+
+  const float* ptr;  // element 0 of the next stage in global memory
+  int64_t step, stage_step;
+  int d, m;
+
+  // x(d, m) = src[m * m_step + d * d_step].
+  __device__ Stage(const float* src, int64_t m_step, int64_t d_step) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    d = kDepthMajor ? lane : warp / 2;
+    m = kDepthMajor ? warp : 32 * (warp % 2) + lane;
+    ptr = src + m * m_step + d * d_step;
+    step = kMi * m_step + kDi * d_step;
+    stage_step = kTcDepth * d_step;
+  }
+  // values <- the stage at depth d0 (0 where m >= m_count or d0 + d >= depth).
+  __device__ __forceinline__ void fetch(float (&values)[kTcLoads], int64_t m_count, int64_t d0,
+                                        int64_t depth) {
+#pragma unroll
+    for (int i = 0; i < kTcLoads; ++i) {
+      const bool valid = m + i * kMi < m_count && d0 + d + i * kDi < depth;
+      values[i] = valid ? ptr[i * step] : 0.0f;
+    }
+    ptr += stage_step;
+  }
+  __device__ __forceinline__ void store(float* tile, const float (&values)[kTcLoads]) const {
+#pragma unroll
+    for (int i = 0; i < kTcLoads; ++i) tile[(d + i * kDi) * kD + (m + i * kMi) * kM] = values[i];
+  }
+};
+
+// Grid as batched_gemm's, read with the column tiles fastest (both tiles of a
+// batch run together, so a's block comes from L2 the second time).
+// kADepthMajor: a.col_step == 1; kBDepthMajor: b.row_step == 1.
+template <bool kADepthMajor, bool kBDepthMajor>
+__global__ void __launch_bounds__(kThreads, 4) batched_gemm_tf32(GemmParams g) {
+  using AStage = Stage<kADepthMajor>;
+  using BStage = Stage<kBDepthMajor>;
+  __shared__ float a_tile[AStage::kFloats];  // a(m, d0 + d)
+  __shared__ float b_tile[BStage::kFloats];  // b(d0 + d, n0 + m)
+  const int64_t tiles = gridDim.y, block = blockIdx.x + int64_t(gridDim.x) * blockIdx.y;
+  const int64_t batch = block / tiles, slot = batch / g.heads, head = batch % g.heads;
+  if (g.table[slot].length == 0) return;
+  const int64_t n0 = block % tiles * kTileN;
+  AStage a(g.a.data + slot * g.a.slot_step + head / g.a.head_div * g.a.head_step, g.a.row_step,
+           g.a.col_step);
+  BStage b(
+      g.b.data + slot * g.b.slot_step + head / g.b.head_div * g.b.head_step + n0 * g.b.col_step,
+      g.b.col_step, g.b.row_step);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, group = lane / 4, quad = lane % 4;
+  const int m0 = 16 * (warp % 4), c0 = 32 * (warp / 4);
+  // This thread's fragment elements: a(m0 + group, quad), b(quad, c0 + group).
+  const float* a_frag = a_tile + quad * AStage::kD + (m0 + group) * AStage::kM;
+  const float* b_frag = b_tile + quad * BStage::kD + (c0 + group) * BStage::kM;
+  float acc[4][4] = {};
+  float a_next[kTcLoads], b_next[kTcLoads];
+  a.fetch(a_next, kC, 0, g.depth);
+  b.fetch(b_next, g.n - n0, 0, g.depth);
+  for (int64_t d0 = 0; d0 < g.depth; d0 += kTcDepth) {
+    a.store(a_tile, a_next);
+    b.store(b_tile, b_next);
+    __syncthreads();
+    if (d0 + kTcDepth < g.depth) {
+      a.fetch(a_next, kC, d0 + kTcDepth, g.depth);
+      b.fetch(b_next, g.n - n0, d0 + kTcDepth, g.depth);
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < kTcDepth; k0 += 8) {
+      const float* ak = a_frag + k0 * AStage::kD;
+      const uint32_t a0 = to_tf32(ak[0]), a1 = to_tf32(ak[8 * AStage::kM]);
+      const uint32_t a2 = to_tf32(ak[4 * AStage::kD]);
+      const uint32_t a3 = to_tf32(ak[4 * AStage::kD + 8 * AStage::kM]);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const float* bk = b_frag + k0 * BStage::kD + 8 * nt * BStage::kM;
+        mma_tf32(acc[nt], a0, a1, a2, a3, to_tf32(bk[0]), to_tf32(bk[4 * BStage::kD]));
+      }
+    }
+    __syncthreads();
+  }
+  float* out = const_cast<float*>(g.out.data) + slot * g.out.slot_step + head * g.out.head_step;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t row = m0 + group + 8 * (e / 2), col = n0 + c0 + 8 * nt + 2 * quad + e % 2;
+      if (col >= g.n) continue;
+      float& target = out[row * g.out.row_step + col * g.out.col_step];
+      target = g.alpha * acc[nt][e] + (g.accumulate ? target : 0.0f);
+    }
+  }
+}
+
 // ---- 6. per-chunk gradients ------------------------------------------------------------
 
 // Grid (S, HV): dv, dbeta, dg; dq (dO S^T) scaled to diag(s gamma) dO S^T,
@@ -672,14 +786,26 @@ cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStr
     return Operand{data, HV * C * width, C * width, 1, width, 1};
   };
   auto states = [&](const float* data) { return Operand{data, HV * K * V, K * V, 1, V, 1}; };
+  // 16-bit inputs take the tf32 tensor-core products (their tolerance is
+  // 1e-2); f32 inputs the fp32 CUDA-core ones (1e-4, beyond tf32).
+  const bool tensor_cores = p.q.dtype != kF32 && p.k.dtype != kF32 && p.v.dtype != kF32;
   cudaError_t status = cudaSuccess;
   auto gemm = [&](Operand a, Operand b, Operand out, int64_t n, int64_t depth, int64_t heads,
                   float alpha = 1.0f, bool accumulate = false) {
     if (S == 0 || n == 0 || status != cudaSuccess) return;
     const dim3 grid(static_cast<unsigned>(S * heads),
                     static_cast<unsigned>((n + kTileN - 1) / kTileN));
-    batched_gemm<<<grid, kThreads, 0, stream>>>(GemmParams{
-        a, b, out, n, depth, static_cast<int>(heads), alpha, accumulate ? 1 : 0, w.table});
+    const GemmParams params{
+        a, b, out, n, depth, static_cast<int>(heads), alpha, accumulate ? 1 : 0, w.table};
+    if (tensor_cores) {
+      const bool a_depth = a.col_step == 1, b_depth = b.row_step == 1;
+      auto kernel =
+          a_depth ? (b_depth ? batched_gemm_tf32<true, true> : batched_gemm_tf32<true, false>)
+                  : (b_depth ? batched_gemm_tf32<false, true> : batched_gemm_tf32<false, false>);
+      kernel<<<grid, kThreads, 0, stream>>>(params);
+    } else {
+      batched_gemm<<<grid, kThreads, 0, stream>>>(params);
+    }
     status = cudaGetLastError();
   };
   const dim3 per_key(static_cast<unsigned>(S), static_cast<unsigned>(H));

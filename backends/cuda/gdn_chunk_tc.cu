@@ -122,12 +122,6 @@ __device__ __forceinline__ float2 unpack2(uint32_t r) {
   }
 }
 
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
-  return r;
-}
-
 // out (16 x 16 as two m16n8 accumulators) += X Y, X and Y 16 x 16 f32 blocks
 // in smem (leading dims ldx, ldy), through m16n8k8 tf32 mma.
 __device__ __forceinline__ void block_mma_tf32(float (&out)[2][4], const float* x, int ldx,
@@ -142,11 +136,7 @@ __device__ __forceinline__ void block_mma_tf32(float (&out)[2][4], const float* 
     for (int nt = 0; nt < 2; ++nt) {
       const uint32_t b0 = to_tf32(y[k0 * ldy + 8 * nt + g]);
       const uint32_t b1 = to_tf32(y[(k0 + 4) * ldy + 8 * nt + g]);
-      asm volatile(
-          "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-          "{%8,%9}, {%0,%1,%2,%3};\n"
-          : "+f"(out[nt][0]), "+f"(out[nt][1]), "+f"(out[nt][2]), "+f"(out[nt][3])
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      mma_tf32(out[nt], a0, a1, a2, a3, b0, b1);
     }
   }
 }
