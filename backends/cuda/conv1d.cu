@@ -179,38 +179,6 @@ __device__ __forceinline__ float silu_for(float x) {
     return siluf_(x);
 }
 
-// 16 bytes of T as one raw vector (a 16-byte load/store) or as elements.
-template <class T>
-union Vec16 {
-  uint4 raw;
-  T e[16 / sizeof(T)];
-};
-
-template <class T, int kVec>
-__device__ __forceinline__ void unpack(uint4 raw, float (&out)[kVec]) {
-  Vec16<T> v;
-  v.raw = raw;
-#pragma unroll
-  for (int c = 0; c < kVec; ++c) out[c] = to_f(v.e[c]);
-}
-
-// 16 / sizeof(T) floats rounded to T and packed (two per instruction for 16-bit T).
-template <class T, int kVec>
-__device__ __forceinline__ uint4 pack(const float (&in)[kVec]) {
-  static_assert(kVec * sizeof(T) == 16);
-  Vec16<T> v;
-#pragma unroll
-  for (int c = 0; c < kVec; c += 2) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      reinterpret_cast<__nv_bfloat162*>(v.e)[c / 2] = __floats2bfloat162_rn(in[c], in[c + 1]);
-    else if constexpr (std::is_same_v<T, __half>)
-      reinterpret_cast<__half2*>(v.e)[c / 2] = __floats2half2_rn(in[c], in[c + 1]);
-    else
-      v.e[c] = in[c], v.e[c + 1] = in[c + 1];
-  }
-  return v.raw;
-}
-
 template <class T>
 constexpr int dtype_code() {
   return sizeof(T) == 4 ? kF32 : (std::is_same_v<T, __half> ? kF16 : kBF16);
@@ -255,7 +223,8 @@ __device__ __forceinline__ void load_taps(const Arg& weight, const Arg& bias, in
     }
   }
   if (bias.data && bias.dtype == kCode && bias.stride[0] == 1 && aligned(bias.data)) {
-    unpack<T, kVec>(*reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(bias.data) + d0), b);
+    unpack16<T, kVec>(*reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(bias.data) + d0),
+                      b);
   } else {
 #pragma unroll
     for (int c = 0; c < kVec; ++c)
@@ -288,17 +257,6 @@ constexpr int kTile = 8;
 constexpr int kRing = 24;        // >= 3 halo + the tile being read + the tile in flight
 constexpr int kVecThreads = 64;  // 24 KB of ring per CTA: 8 CTAs (16 warps) per SM
 constexpr int kRunTokens = 128;  // 96..256 timed the same (v3d)
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp_async_wait_all_but_one() {
-  asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-}
 
 template <class T>
 __global__ void __launch_bounds__(kVecThreads, 8)
@@ -334,7 +292,7 @@ __global__ void __launch_bounds__(kVecThreads, 8)
     for (int tile = 0; tile < tiles; ++tile) {
       // Always commit a group (empty past the run) so that "all but one" is tile.
       issue(3 + (tile + 1) * kTile, tile + 1 < tiles ? 3 + (tile + 2) * kTile : 0);
-      cp_async_wait_all_but_one();
+      cp_async_wait<1>();
       if (tile == 0) {
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
@@ -351,7 +309,7 @@ __global__ void __launch_bounds__(kVecThreads, 8)
 #pragma unroll
             for (int c = 0; c < kVec; ++c) win[j][c] = f.v[c];
           } else {
-            unpack<T, kVec>(ring[j][threadIdx.x], win[j]);
+            unpack16<T, kVec>(ring[j][threadIdx.x], win[j]);
           }
         }
       }
@@ -362,7 +320,7 @@ __global__ void __launch_bounds__(kVecThreads, 8)
         const int pos = 3 + tile * kTile + i;
         const int64_t t = t_begin - 3 + pos;
         if (t >= t_end) break;
-        unpack<T, kVec>(ring[pos % kRing][threadIdx.x], win[3]);
+        unpack16<T, kVec>(ring[pos % kRing][threadIdx.x], win[3]);
         float out[kVec];
 #pragma unroll
         for (int c = 0; c < kVec; ++c) {
@@ -371,7 +329,7 @@ __global__ void __launch_bounds__(kVecThreads, 8)
           for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
           out[c] = p.silu ? silu_for<T>(acc) : acc;
         }
-        __stcs(reinterpret_cast<uint4*>(y + t * p.y.stride[1]), pack<T, kVec>(out));
+        __stcs(reinterpret_cast<uint4*>(y + t * p.y.stride[1]), pack16<T, kVec>(out));
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
 #pragma unroll
@@ -489,7 +447,7 @@ __global__ void __launch_bounds__(128, 4) conv_update_vec_kernel(ConvUpdateParam
     uint4 last = make_uint4(0, 0, 0, 0);  // token L-1, the newest state column when L >= 1
     for (int64_t t = 0; t < p.L; ++t) {
       last = *reinterpret_cast<const uint4*>(x + t * p.x.stride[1]);
-      unpack<T, kVec>(last, win[3]);
+      unpack16<T, kVec>(last, win[3]);
       float out[kVec];
 #pragma unroll
       for (int c = 0; c < kVec; ++c) {
@@ -498,7 +456,7 @@ __global__ void __launch_bounds__(128, 4) conv_update_vec_kernel(ConvUpdateParam
         for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
         out[c] = p.silu ? silu_for<T>(acc) : acc;
       }
-      *reinterpret_cast<uint4*>(y + t * p.y.stride[1]) = pack<T, kVec>(out);
+      *reinterpret_cast<uint4*>(y + t * p.y.stride[1]) = pack16<T, kVec>(out);
 #pragma unroll
       for (int j = 0; j < 3; ++j) {
 #pragma unroll

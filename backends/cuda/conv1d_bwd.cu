@@ -293,49 +293,6 @@ constexpr int kRingTiles = 3;  // the tile being read and the two in flight
 constexpr int kRing = kRingTiles * kVecTile;
 constexpr int kVecRunTokens = 128;
 
-template <class T>
-union Vec16 {
-  uint4 raw;
-  T e[16 / sizeof(T)];
-};
-
-template <class T, int kV>
-__device__ __forceinline__ void unpack16(uint4 raw, float (&out)[kV]) {
-  static_assert(kV * sizeof(T) == 16);
-  Vec16<T> v;
-  v.raw = raw;
-#pragma unroll
-  for (int c = 0; c < kV; ++c) out[c] = to_f(v.e[c]);
-}
-
-// kV floats rounded to T and packed (two per instruction for 16-bit T).
-template <class T, int kV>
-__device__ __forceinline__ uint4 pack16(const float (&in)[kV]) {
-  static_assert(kV * sizeof(T) == 16);
-  Vec16<T> v;
-#pragma unroll
-  for (int c = 0; c < kV; c += 2) {
-    if constexpr (std::is_same_v<T, __nv_bfloat16>)
-      reinterpret_cast<__nv_bfloat162*>(v.e)[c / 2] = __floats2bfloat162_rn(in[c], in[c + 1]);
-    else if constexpr (std::is_same_v<T, __half>)
-      reinterpret_cast<__half2*>(v.e)[c / 2] = __floats2half2_rn(in[c], in[c + 1]);
-    else
-      v.e[c] = in[c], v.e[c + 1] = in[c + 1];
-  }
-  return v.raw;
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void cp_async_wait_all_but_two() {
-  asm volatile("cp.async.wait_group 2;\n" ::: "memory");
-}
-
 template <int kV>
 struct Floats {
   float v[kV];
@@ -530,7 +487,7 @@ __global__ void __launch_bounds__(kVecThreads, kVecBlocksPerSm)
     };
     for (int tile = 0; tile < tiles; ++tile) {
       issue(tile + 2);
-      cp_async_wait_all_but_two();
+      cp_async_wait<2>();
       const int k0 = tile * kVecTile, slot = tile % kRingTiles * kVecTile;
       // No guards needed: past the first tile (dx of the run's tokens only),
       // inside the run (shares, rows read), before d_final_state's columns.

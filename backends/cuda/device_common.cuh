@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "cuda_params.hpp"
 
 namespace hops::cuda {
@@ -127,6 +129,57 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// ---- 16-byte vectors and cp.async (the streaming kernels) ------------------------
+
+// 16 bytes of T as one raw vector (a 16-byte load/store) or as elements.
+template <class T>
+union Vec16 {
+  uint4 raw;
+  T e[16 / sizeof(T)];
+};
+
+template <class T, int kV>
+__device__ __forceinline__ void unpack16(uint4 raw, float (&out)[kV]) {
+  static_assert(kV * sizeof(T) == 16);
+  Vec16<T> v;
+  v.raw = raw;
+#pragma unroll
+  for (int c = 0; c < kV; ++c) out[c] = to_f(v.e[c]);
+}
+
+// kV floats rounded to T and packed (two per instruction for 16-bit T).
+template <class T, int kV>
+__device__ __forceinline__ uint4 pack16(const float (&in)[kV]) {
+  static_assert(kV * sizeof(T) == 16);
+  Vec16<T> v;
+#pragma unroll
+  for (int c = 0; c < kV; c += 2) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>)
+      reinterpret_cast<__nv_bfloat162*>(v.e)[c / 2] = __floats2bfloat162_rn(in[c], in[c + 1]);
+    else if constexpr (std::is_same_v<T, __half>)
+      reinterpret_cast<__half2*>(v.e)[c / 2] = __floats2half2_rn(in[c], in[c + 1]);
+    else
+      v.e[c] = in[c], v.e[c + 1] = in[c + 1];
+  }
+  return v.raw;
+}
+
+// 16 bytes global -> shared, zero-filled when !valid (src must still be mapped).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const auto shared = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Waits until at most kPending of this thread's committed groups are in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 inline int grid_for(int64_t work, int threads) {

@@ -68,12 +68,6 @@ __device__ __forceinline__ float gate_of(float z) {
     return sigmoidf_(z);
 }
 
-template <class T>
-union Vec16 {
-  uint4 raw;
-  T e[16 / sizeof(T)];
-};
-
 // kLanes lanes span a row (kPerLane 16-byte vectors each; vector v of the row
 // on lane v % kLanes), 32 / kLanes rows per warp step.
 template <class T, int kLanes, int kPerLane>
