@@ -6,6 +6,7 @@ function with a real signature that borrows tensors through DLPack and calls
 the generic `api->call`. The per-op conveniences live in hops.ops.
 """
 
+import contextlib
 import ctypes
 import inspect
 import threading
@@ -195,7 +196,10 @@ class Library:
         """Whether `op` runs on the device and dtype of `tensor` (its primary input)."""
         if op not in self.ops:
             return False
-        with borrowed(tensor, NO_SYNC if torch_cuda_device(tensor) is not None else None) as view:
+        device = torch_cuda_device(tensor)
+        # torch exports only CUDA tensors of the current device.
+        scope = cuda_device_scope(device) if device is not None else contextlib.nullcontext()
+        with scope, borrowed(tensor, NO_SYNC if device is not None else None) as view:
             return bool(self.api.supports(op.encode(), view.tensor.device, view.tensor.dtype))
 
     def support_table(self) -> dict[tuple[str, str, str], bool]:
