@@ -232,21 +232,6 @@ __device__ __forceinline__ void load_taps(const Arg& weight, const Arg& bias, in
   }
 }
 
-template <int kVec>
-struct Floats {
-  float v[kVec];
-};
-
-// kVec elements of any dtype `step` apart, out of line: the initial-state halo
-// of a sequence's first tile, kept off the hot loop's registers.
-template <int kVec>
-__device__ __noinline__ Floats<kVec> load_strided(const char* base, int dtype, int64_t offset,
-                                                  int64_t step) {
-  Floats<kVec> f;
-  for (int c = 0; c < kVec; ++c) f.v[c] = ld(base, dtype, offset + c * step);
-  return f;
-}
-
 // Dense conv1d_fwd, 16-byte channel vectors (p.vector, no cu_seqlens). A
 // thread owns kVec channels of a run of `run_tokens` tokens and streams the
 // run's rows through a private ring of kRing 16-byte shared-memory slots by

@@ -293,21 +293,6 @@ constexpr int kRingTiles = 3;  // the tile being read and the two in flight
 constexpr int kRing = kRingTiles * kVecTile;
 constexpr int kVecRunTokens = 128;
 
-template <int kV>
-struct Floats {
-  float v[kV];
-};
-
-// kV elements of any dtype `step` apart, out of line: the initial-state halo
-// and d_final_state, kept off the hot loop's registers.
-template <int kV>
-__device__ __noinline__ Floats<kV> load_strided(const char* base, int dtype, int64_t offset,
-                                                int64_t step) {
-  Floats<kV> f;
-  for (int c = 0; c < kV; ++c) f.v[c] = ld(base, dtype, offset + c * step);
-  return f;
-}
-
 // load_filter with the dtype switches outside the loops, so that a thread's
 // 4 kV tap loads and kV bias loads are issued together.
 template <class S, int kV>

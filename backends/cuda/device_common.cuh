@@ -131,6 +131,21 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// kV elements of any dtype `step` apart, out of line: the conv kernels' initial-
+// state halo and d_final_state, kept off their hot loops' registers.
+template <int kV>
+struct Floats {
+  float v[kV];
+};
+
+template <int kV>
+__device__ __noinline__ Floats<kV> load_strided(const char* base, int dtype, int64_t offset,
+                                                int64_t step) {
+  Floats<kV> f;
+  for (int c = 0; c < kV; ++c) f.v[c] = ld(base, dtype, offset + c * step);
+  return f;
+}
+
 // ---- 16-byte vectors and cp.async (the streaming kernels) ------------------------
 
 // 16 bytes of T as one raw vector (a 16-byte load/store) or as elements.
