@@ -406,6 +406,17 @@ double conv_output(const Array64& weight, const Array64* bias, int64_t d,
   return activate(activation, sum);
 }
 
+// The conv's input for sequence n (s) at channel d and position p, counted
+// from its first token: the tokens for p >= 0, the initial state's columns
+// (newest last) for p < 0, and 0 before those or with no state (the history
+// of W-1 zeros).
+double conv_input(const Array64& x, const Array64* initial_state, const Sequence& s, int64_t n,
+                  int64_t d, int64_t p) {
+  if (p >= 0) return x.at({s.batch, s.begin + p, d});
+  const int64_t column = initial_state != nullptr ? initial_state->dim(2) + p : -1;
+  return column >= 0 ? initial_state->at({n, d, column}) : 0.0;
+}
+
 }  // namespace
 
 // ---- Array64 --------------------------------------------------------------------
@@ -665,23 +676,13 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
   const int64_t N = static_cast<int64_t>(seqs.size());
   check_conv_state(initial_state, N, D, "initial_state");
   require(final_len >= 0, "final_len must be >= 0");
-  // Without a state the history is W-1 zeros; reading past the state's
-  // columns gives 0 too, so either way "before the start" is 0 or state.
-  const int64_t L0 = initial_state != nullptr ? initial_state->dim(2) : W - 1;
 
   Conv1dResult result{Array64({B, T, D}), Array64({N, D, final_len})};
   for (int64_t n = 0; n < N; ++n) {
     const Sequence& s = seqs[n];
     const int64_t length = s.end - s.begin;
     for (int64_t d = 0; d < D; ++d) {
-      // The input of this sequence and channel at position p, counted from
-      // its first token: tokens for p >= 0, the initial state's columns
-      // (newest last) for -L0 <= p < 0, and 0 before that or with no state.
-      auto input = [&](int64_t p) -> double {
-        if (p >= 0) return x.at({s.batch, s.begin + p, d});
-        if (initial_state != nullptr && L0 + p >= 0) return initial_state->at({n, d, L0 + p});
-        return 0.0;
-      };
+      auto input = [&](int64_t p) { return conv_input(x, initial_state, s, n, d, p); };
       for (int64_t t = 0; t < length; ++t) {
         std::vector<double> window(W);
         for (int64_t j = 0; j < W; ++j) window[j] = input(t - (W - 1) + j);
@@ -717,12 +718,7 @@ Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* b
     const Sequence& s = seqs[n];
     const int64_t length = s.end - s.begin;
     for (int64_t d = 0; d < D; ++d) {
-      // The forward's input at position p, as in conv1d_fwd.
-      auto input = [&](int64_t p) -> double {
-        if (p >= 0) return x.at({s.batch, s.begin + p, d});
-        if (initial_state != nullptr && L0 + p >= 0) return initial_state->at({n, d, L0 + p});
-        return 0.0;
-      };
+      auto input = [&](int64_t p) { return conv_input(x, initial_state, s, n, d, p); };
       // The gradient of every input that is a variable: positions -L0 .. length-1
       // (the state's columns, then the tokens). Earlier positions are constant zeros.
       std::vector<double> d_input(L0 + length, 0.0);
