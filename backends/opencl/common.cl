@@ -150,6 +150,20 @@ inline float silu_grad_f(float x) {
   return gate * (1.0f + x * (1.0f - gate));
 }
 
+// Tree sum over the work-group's `size` items (a power of two) of two values
+// per item, sums[lid] and sums[size + lid]: the totals end in sums[0] and
+// sums[size], visible to every item on return. The same order on every run.
+inline void work_group_sum_pairs(local float* sums, int lid, int size) {
+  for (int half_size = size / 2; half_size > 0; half_size /= 2) {
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lid < half_size) {
+      sums[lid] += sums[lid + half_size];
+      sums[size + lid] += sums[size + lid + half_size];
+    }
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+}
+
 // Conv1d filters have at most this many taps.
 #define MAX_WIDTH 4
 

@@ -252,14 +252,7 @@ kernel void gdn_bwd_reduce(global const float* partial, global const float* info
   }
   sums[lid] = q_projection;
   sums[size + lid] = k_projection;
-  for (int half_size = size / 2; half_size > 0; half_size /= 2) {
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (lid < half_size) {
-      sums[lid] += sums[lid + half_size];
-      sums[size + lid] += sums[size + lid + half_size];
-    }
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
+  work_group_sum_pairs(sums, lid, size);
   for (int i = lid; i < K; i += size) {
     float grad_q = dq_hat[i], grad_k = dk_hat[i];
     if (l2norm) {

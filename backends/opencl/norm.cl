@@ -138,14 +138,7 @@ kernel void gated_rmsnorm_bwd(global const x_t* x, long x_off, long8 x_lead, lon
     barrier(CLK_LOCAL_MEM_FENCE);  // the previous row's readers of sums are done
     sums[lid] = squares;
     sums[size + lid] = dn_x;
-    for (int half_size = size / 2; half_size > 0; half_size /= 2) {
-      barrier(CLK_LOCAL_MEM_FENCE);
-      if (lid < half_size) {
-        sums[lid] += sums[lid + half_size];
-        sums[size + lid] += sums[size + lid + half_size];
-      }
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
+    work_group_sum_pairs(sums, lid, size);
     const float inverse_rms = 1.0f / sqrt(sums[0] / (float)D + eps);
     const float correction = inverse_rms * inverse_rms * sums[size] / (float)D;
     const long dxo = dx_off + lead_offset(row, shape, dx_lead, dims);
