@@ -133,13 +133,17 @@ def print_kernels(who, fn):
         print(f"    ({who} kernel breakdown failed: {e})", flush=True)
 
 
+def sequence_offsets(B, lengths):
+    """N and cu_seqlens for hops (int32) and FLA (int64); None for a dense batch of B."""
+    if lengths is None:
+        return B, None, None
+    cu64 = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=dev, dtype=torch.int64)
+    return len(lengths), cu64.to(torch.int32), cu64
+
+
 def chunk_case(label, B, T, lengths=None, breakdown=False):
     q, k, v, g, beta = gdn_inputs(B, T)
-    N = B if lengths is None else len(lengths)
-    cu32 = cu64 = None
-    if lengths is not None:
-        cu64 = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=dev, dtype=torch.int64)
-        cu32 = cu64.to(torch.int32)
+    N, cu32, cu64 = sequence_offsets(B, lengths)
     o = torch.empty_like(v)
     ht = torch.empty(N, HV, K, V, device=dev, dtype=torch.float32)
     call = Prepared("gdn_chunk_fwd", q=q, k=k, v=v, g=g, beta=beta, cu_seqlens=cu32, o=o, final_state=ht,
@@ -169,11 +173,7 @@ def chunk_case(label, B, T, lengths=None, breakdown=False):
 def chunk_train_case(label, B, T, lengths=None, breakdown=False):
     """gdn_chunk_fwd + gdn_chunk_bwd against FLA's chunk_gated_delta_rule forward + backward (autograd)."""
     q, k, v, g, beta = gdn_inputs(B, T)
-    N = B if lengths is None else len(lengths)
-    cu32 = cu64 = None
-    if lengths is not None:
-        cu64 = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), device=dev, dtype=torch.int64)
-        cu32 = cu64.to(torch.int32)
+    N, cu32, cu64 = sequence_offsets(B, lengths)
     d_o = torch.randn_like(v)
     dht = torch.randn(N, HV, K, V, device=dev, dtype=torch.float32) * 0.01
     dq, dk, dv, dg, dbeta = (torch.empty_like(x) for x in (q, k, v, g, beta))
