@@ -106,6 +106,23 @@ __device__ __forceinline__ float softplusf_(float x, float beta, float threshold
   return beta * x > threshold ? x : log1pf(expf(beta * x)) / beta;
 }
 
+// The fused gate of value head hv, for ops given the raw a and b with A_log
+// and dt_bias (p.fused): g = -exp(A_log) softplus(a + dt_bias) (torch's
+// softplus: beta 1, threshold 20), beta = sigmoid(b). The kernels test
+// p.fused at the use (a param read) rather than keep it in a register.
+struct FusedGate {
+  __device__ FusedGate(int fused, const Arg& A_log, const Arg& dt_bias, int64_t hv) {
+    if (fused) {
+      rate = expf(ld(A_log.data, A_log.dtype, hv * A_log.stride[0]));
+      bias = ld(dt_bias.data, dt_bias.dtype, hv * dt_bias.stride[0]);
+    }
+  }
+  __device__ void apply(float& g, float& beta) const {
+    g = -rate * softplusf_(g + bias, 1.0f, 20.0f), beta = sigmoidf_(beta);
+  }
+  float rate = 0.0f, bias = 0.0f;  // exp(A_log[hv]), dt_bias[hv]
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -62,11 +62,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_kernel(ChunkParams p) {
     const int64_t i = e / kBV, c = e % kBV;
     S[e] = (h0 && c0 + c < p.V) ? h0[i * p.h0_k + (c0 + c) * p.h0_v] : 0.0f;
   }
-  float decay_rate = 0.0f, dtb = 0.0f;
-  if (p.fused) {
-    decay_rate = expf(ld(p.A_log.data, p.A_log.dtype, hv * p.A_log.stride[0]));
-    dtb = ld(p.dt_bias.data, p.dt_bias.dtype, hv * p.dt_bias.stride[0]);
-  }
+  const FusedGate gate(p.fused, p.A_log, p.dt_bias, hv);
 
   for (int64_t t0 = span.begin; t0 < span.end; t0 += kC) {
     const int L = static_cast<int>(span.end - t0 < kC ? span.end - t0 : kC);
@@ -99,7 +95,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_kernel(ChunkParams p) {
                span.row * p.g.stride[0] + t * p.g.stride[1] + hv * p.g.stride[2]);
         b = ld(p.beta.data, p.beta.dtype,
                span.row * p.beta.stride[0] + t * p.beta.stride[1] + hv * p.beta.stride[2]);
-        if (p.fused) g = -decay_rate * softplusf_(g + dtb, 1.0f, 20.0f), b = sigmoidf_(b);
+        if (p.fused) gate.apply(g, b);
       }
       gc[tid] = g, bt[tid] = b;
     }

@@ -226,11 +226,7 @@ __global__ void __launch_bounds__(kPrepThreads) chunk_prepare_kernel(ChunkParams
   cp_async_commit();
 
   if (warp == 0) {  // gates and the inclusive cumsum of g, two rows per lane
-    float decay_rate = 0.0f, dt_bias = 0.0f;
-    if (p.fused) {
-      decay_rate = expf(ld(p.A_log.data, p.A_log.dtype, hv * p.A_log.stride[0]));
-      dt_bias = ld(p.dt_bias.data, p.dt_bias.dtype, hv * p.dt_bias.stride[0]);
-    }
+    const FusedGate gate(p.fused, p.A_log, p.dt_bias, hv);
     float gl[2], bl[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -242,7 +238,7 @@ __global__ void __launch_bounds__(kPrepThreads) chunk_prepare_kernel(ChunkParams
             ld(p.g.data, p.g.dtype, c.row * p.g.stride[0] + t * p.g.stride[1] + hv * p.g.stride[2]);
         float bv = ld(p.beta.data, p.beta.dtype,
                       c.row * p.beta.stride[0] + t * p.beta.stride[1] + hv * p.beta.stride[2]);
-        if (p.fused) gv = -decay_rate * softplusf_(gv + dt_bias, 1.0f, 20.0f), bv = sigmoidf_(bv);
+        if (p.fused) gate.apply(gv, bv);
         gl[r] = gv, bl[r] = bv;
       }
     }

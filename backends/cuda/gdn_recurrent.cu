@@ -42,11 +42,7 @@ __global__ void __launch_bounds__(kWarps * 32) recurrent_kernel(RecurrentParams 
     const int64_t i = int64_t(warp) * R + r;
     s[r] = (has_col && i < p.K) ? state[i * p.k_step + col * p.v_step] : 0.0f;
   }
-  float decay_rate = 0.0f, bias = 0.0f;
-  if (p.fused) {
-    decay_rate = expf(ld(p.A_log.data, p.A_log.dtype, hv * p.A_log.stride[0]));
-    bias = ld(p.dt_bias.data, p.dt_bias.dtype, hv * p.dt_bias.stride[0]);
-  }
+  const FusedGate gate(p.fused, p.A_log, p.dt_bias, hv);
   const T* qb = reinterpret_cast<const T*>(p.q.data);
   const T* kb = reinterpret_cast<const T*>(p.k.data);
   const T* vb = reinterpret_cast<const T*>(p.v.data);
@@ -70,7 +66,7 @@ __global__ void __launch_bounds__(kWarps * 32) recurrent_kernel(RecurrentParams 
         ld(p.g.data, p.g.dtype, span.row * p.g.stride[0] + t * p.g.stride[1] + hv * p.g.stride[2]);
     float beta = ld(p.beta.data, p.beta.dtype,
                     span.row * p.beta.stride[0] + t * p.beta.stride[1] + hv * p.beta.stride[2]);
-    if (p.fused) g = -decay_rate * softplusf_(g + bias, 1.0f, 20.0f), beta = sigmoidf_(beta);
+    if (p.fused) gate.apply(g, beta);
     const float a = expf(g);
     const float v = has_col ? to_f(vb[span.row * p.v.stride[0] + t * p.v.stride[1] +
                                       hv * p.v.stride[2] + col * p.v.stride[3]])
@@ -152,11 +148,7 @@ __global__ void __launch_bounds__(kVecWarps * 32, 2) recurrent_vec_kernel(Recurr
   __shared__ float sq[kVecMaxK], sk[kVecMaxK];
   __shared__ float red[3][kVecMaxK / 32];
   __shared__ float4 part[2][kVecWarps][kLanesPerRow];
-  float decay_rate = 0.0f, bias = 0.0f;
-  if (p.fused) {
-    decay_rate = expf(ld(p.A_log.data, p.A_log.dtype, hv * p.A_log.stride[0]));
-    bias = ld(p.dt_bias.data, p.dt_bias.dtype, hv * p.dt_bias.stride[0]);
-  }
+  const FusedGate gate(p.fused, p.A_log, p.dt_bias, hv);
   const T* qb = reinterpret_cast<const T*>(p.q.data);
   const T* kb = reinterpret_cast<const T*>(p.k.data);
   const T* vb = reinterpret_cast<const T*>(p.v.data);
@@ -182,7 +174,7 @@ __global__ void __launch_bounds__(kVecWarps * 32, 2) recurrent_vec_kernel(Recurr
         ld(p.g.data, p.g.dtype, span.row * p.g.stride[0] + t * p.g.stride[1] + hv * p.g.stride[2]);
     float beta = ld(p.beta.data, p.beta.dtype,
                     span.row * p.beta.stride[0] + t * p.beta.stride[1] + hv * p.beta.stride[2]);
-    if (p.fused) g = -decay_rate * softplusf_(g + bias, 1.0f, 20.0f), beta = sigmoidf_(beta);
+    if (p.fused) gate.apply(g, beta);
     const float a = expf(g);
     float v[4] = {};
     const int64_t voff =
