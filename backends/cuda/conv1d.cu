@@ -19,6 +19,31 @@ namespace {
 
 constexpr int kTokens = 16;  // tokens per thread (conv1d_fwd)
 
+// One output per channel from the window win[0..3] (oldest first, taps aligned
+// to its end): bias + sum_m taps[m] win[m], then `silu` where the op asks.
+template <int kVec, class Silu>
+__device__ __forceinline__ void conv_outputs(const float (&taps)[4][kVec],
+                                             const float (&bias)[kVec], const float (&win)[4][kVec],
+                                             bool apply_silu, Silu silu, float (&out)[kVec]) {
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) {
+    float acc = bias[c];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
+    out[c] = apply_silu ? silu(acc) : acc;
+  }
+}
+
+// Slides the window by one token: win[j] = win[j + 1] for the three older rows.
+template <int kVec>
+__device__ __forceinline__ void shift_window(float (&win)[4][kVec]) {
+#pragma unroll
+  for (int j = 0; j < 3; ++j) {
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) win[j][c] = win[j + 1][c];
+  }
+}
+
 // kVec channels of storage type T from `p` (elements `step` apart).
 // Channels past `count` (the last, partial group) read as 0, never from memory.
 template <class T, int kVec>
@@ -143,13 +168,7 @@ __global__ void conv_fwd_kernel(ConvParams p) {
       }
       load_position(t - begin, n, begin, win[3]);
       float out[kVec];
-#pragma unroll
-      for (int c = 0; c < kVec; ++c) {
-        float acc = bias[c];
-#pragma unroll
-        for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
-        out[c] = p.silu ? siluf_(acc) : acc;
-      }
+      conv_outputs(taps, bias, win, p.silu, siluf_, out);
       if (count == kVec) {
         store_vec<T, kVec>(y + row * p.y.stride[0] + t * p.y.stride[1] + d0 * ys, ys, vec, out);
       } else {
@@ -159,11 +178,7 @@ __global__ void conv_fwd_kernel(ConvParams p) {
             y[row * p.y.stride[0] + t * p.y.stride[1] + (d0 + c) * ys] = from_f<T>(out[c]);
         }
       }
-#pragma unroll
-      for (int j = 0; j < 3; ++j) {
-#pragma unroll
-        for (int c = 0; c < kVec; ++c) win[j][c] = win[j + 1][c];
-      }
+      shift_window(win);
     }
   }
 }
@@ -307,19 +322,9 @@ __global__ void __launch_bounds__(kVecThreads, 8)
         if (t >= t_end) break;
         unpack16<T, kVec>(ring[pos % kRing][threadIdx.x], win[3]);
         float out[kVec];
-#pragma unroll
-        for (int c = 0; c < kVec; ++c) {
-          float acc = bias[c];
-#pragma unroll
-          for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
-          out[c] = p.silu ? silu_for<T>(acc) : acc;
-        }
+        conv_outputs(taps, bias, win, p.silu, silu_for<T>, out);
         __stcs(reinterpret_cast<uint4*>(y + t * p.y.stride[1]), pack16<T, kVec>(out));
-#pragma unroll
-        for (int j = 0; j < 3; ++j) {
-#pragma unroll
-          for (int c = 0; c < kVec; ++c) win[j][c] = win[j + 1][c];
-        }
+        shift_window(win);
       }
     }
   }
@@ -434,19 +439,9 @@ __global__ void __launch_bounds__(128, 4) conv_update_vec_kernel(ConvUpdateParam
       last = *reinterpret_cast<const uint4*>(x + t * p.x.stride[1]);
       unpack16<T, kVec>(last, win[3]);
       float out[kVec];
-#pragma unroll
-      for (int c = 0; c < kVec; ++c) {
-        float acc = bias[c];
-#pragma unroll
-        for (int m = 0; m < 4; ++m) acc += taps[m][c] * win[m][c];
-        out[c] = p.silu ? silu_for<T>(acc) : acc;
-      }
+      conv_outputs(taps, bias, win, p.silu, silu_for<T>, out);
       *reinterpret_cast<uint4*>(y + t * p.y.stride[1]) = pack16<T, kVec>(out);
-#pragma unroll
-      for (int j = 0; j < 3; ++j) {
-#pragma unroll
-        for (int c = 0; c < kVec; ++c) win[j][c] = win[j + 1][c];
-      }
+      shift_window(win);
     }
     // New column j = window position L + j: an old column while L + j < kSL,
     // else token L + j - kSL (the last one still in registers).
