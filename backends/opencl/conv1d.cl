@@ -27,12 +27,9 @@ kernel void conv1d_fwd(global const x_t* x, long x_off, long4 x_st,
   float taps[MAX_WIDTH];
   LOAD_TAPS(taps, w, w_off, w_dtype, w_st0, w_st1, d, W);
   const float b = bias_dtype >= 0 ? load_any(bias, bias_off + d * bias_st, bias_dtype) : 0.0f;
-  long n = row;
-  Span span = {row, 0, T};
-  if (cu_kind != 0) {
-    n = sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first);
-    span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
-  }
+  // The sequence of token `first` (dense rows are their own: {row, 0, T}).
+  long n = cu_kind != 0 ? sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first) : row;
+  Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
   const long last = min(first + tokens_per_item, T);
   for (long t = first; t < last; ++t) {
     while (t >= span.end && n + 1 < N) span = sequence_span(cu, cu_off, cu_stride, cu_kind, ++n, T);
@@ -65,7 +62,7 @@ kernel void conv1d_final_state(global const x_t* x, long x_off, long4 x_st,
                                long T, long D) {
   const long d = get_global_id(0), c = get_global_id(1), n = get_global_id(2);
   if (d >= D || c >= L1) return;
-  const Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
+  Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
   const long p = span.end - span.begin - L1 + c;
   float value = 0.0f;
   if (p >= 0) {
@@ -141,12 +138,9 @@ kernel void conv1d_fwd_channels(global const x_t* x, long x_off, long4 x_st,
   const float16 b = bias_dtype >= 0
                         ? gather_any16(bias, bias_off + d0 * bias_st, bias_st, bias_dtype)
                         : (float16)(0.0f);
-  long n = row;
-  Span span = {row, 0, T};
-  if (cu_kind != 0) {
-    n = sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first);
-    span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
-  }
+  // The sequence of token `first` (dense rows are their own: {row, 0, T}).
+  long n = cu_kind != 0 ? sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first) : row;
+  Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
   const long x_row = x_off + row * x_st.x + d0, y_row = y_off + row * y_st.x + d0;
   const long last = min(first + tokens_per_item, T);
   for (long t = first; t < last; ++t) {

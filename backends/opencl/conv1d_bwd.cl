@@ -97,12 +97,9 @@ kernel void conv1d_bwd_tokens(global const x_t* x, long x_off, long4 x_st,
   float taps[MAX_WIDTH];
   load_right_aligned_taps(taps, w, w_off, w_dtype, w_st0, w_st1, d, W);
   const float b = bias_dtype >= 0 ? load_any(bias, bias_off + d * bias_st, bias_dtype) : 0.0f;
-  long n = row;
-  Span span = {row, 0, T};
-  if (cu_kind != 0) {
-    n = sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first);
-    span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
-  }
+  // The sequence of token `first` (dense rows are their own: {row, 0, T}).
+  long n = cu_kind != 0 ? sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first) : row;
+  Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
   // inputs[i] = u[p - LAST + i] and dpre[i] = dpre[p + i] around the token p.
   float inputs[2 * MAX_WIDTH - 1], dpre[MAX_WIDTH];
   float tap_sums[MAX_WIDTH] = {0.0f}, bias_sum = 0.0f;
@@ -182,7 +179,7 @@ kernel void conv1d_bwd_initial_state(global const x_t* x, long x_off, long4 x_st
   float taps[MAX_WIDTH];
   load_right_aligned_taps(taps, w, w_off, w_dtype, w_st0, w_st1, d, W);
   const float b = bias_dtype >= 0 ? load_any(bias, bias_off + d * bias_st, bias_dtype) : 0.0f;
-  const Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
+  Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
   const Channel c =
       channel_of(n, span, d, x_off, x_st, dy_off, dy_st, init_off, init_st, fin_off, fin_st);
   const long p = column - L0;
@@ -255,12 +252,9 @@ kernel void conv1d_bwd_tokens_channels(global const x_t* x, long x_off, long4 x_
   const float16 b = bias_dtype >= 0
                         ? gather_any16(bias, bias_off + d0 * bias_st, bias_st, bias_dtype)
                         : (float16)(0.0f);
-  long n = row;
-  Span span = {row, 0, T};
-  if (cu_kind != 0) {
-    n = sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first);
-    span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
-  }
+  // The sequence of token `first` (dense rows are their own: {row, 0, T}).
+  long n = cu_kind != 0 ? sequence_of(cu, cu_off, cu_stride, cu_kind, N, T, first) : row;
+  Span span = sequence_span(cu, cu_off, cu_stride, cu_kind, n, T);
   float16 inputs[2 * MAX_WIDTH - 1], dpre[MAX_WIDTH];
   float16 tap_sums[MAX_WIDTH], bias_sum = (float16)(0.0f);
   for (int m = 0; m < MAX_WIDTH; ++m) tap_sums[m] = (float16)(0.0f);
