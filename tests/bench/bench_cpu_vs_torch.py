@@ -508,16 +508,13 @@ def main():
     load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
     names = {dtype: name for name, dtype in DTYPES.items()}
     peers, floors = report(cases, peak, ceilings["copy_GBps"], names)
+    method = benchlib.timing_note(args, "the outputs (and states)", TOLERANCE)
     text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
             f"{machine}; {load_end}  \nhops: {hops.info().path}, {git_state()}  \n"
             f"Ceilings measured in this run: copy {ceilings['copy_GBps']:.1f} GB/s (read + write); torch GEMM "
             f"1024^3 {ceilings['gemm_float32_GFLOPs']:.0f} GFLOP/s fp32, {ceilings['gemm_bfloat16_GFLOPs']:.3g} "
             f"GFLOP/s bf16. Nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how}).  \n"
-            f"Times are medians of (n) calls, taken in blocks of about {args.block:g} s, hops and torch in "
-            f"turn; a block during which other processes kept more than {args.noisy:g} cores busy was "
-            f"thrown away and run again (others' cores: their average over the kept blocks; redone: blocks "
-            f"thrown away). max rel err = max |hops - torch| / max |torch| over the outputs (and states), "
-            f"tolerance {TOLERANCE[torch.float32]:g} fp32, {TOLERANCE[torch.bfloat16]:g} bf16.\n\n"
+            f"{method}\n\n"
             f"**hops against transformers' torch fallbacks**\n\n{peers}\n\n{targets(cases, names)}.\n\n"
             f"**hops against the floor** (floor = max(FLOP / nominal peak, bytes / measured copy bandwidth); "
             f"C / M: which of the two sets it)\n\n{floors}\n")

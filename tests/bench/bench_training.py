@@ -198,15 +198,12 @@ def main():
     load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
     names = {dtype: name for name, dtype in DTYPES.items()}
     table, floors = report(pairs, peak, bandwidth, names)
+    method = benchlib.timing_note(args, "the output and every input's gradient", TOLERANCE)
     text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
             f"{machine}; {load_end}  \nhops: {hops.info().path}, {peers.git_state()}  \n"
             f"Copy bandwidth measured in this run: {bandwidth:.1f} GB/s (read + write); nominal fp32 peak "
             f"{peak:.0f} GFLOP/s ({peak_how}).  \n"
-            f"Times are medians of (n) calls, taken in blocks of about {args.block:g} s, hops and torch in "
-            f"turn; a block during which other processes kept more than {args.noisy:g} cores busy was thrown "
-            f"away and run again (others' cores: their average over the kept blocks; redone: blocks thrown "
-            f"away). max rel err = max |hops - torch| / max |torch| over the output and every input's "
-            f"gradient, tolerance {TOLERANCE[torch.float32]:g} fp32, {TOLERANCE[torch.bfloat16]:g} bf16.\n\n"
+            f"{method}\n\n"
             f"**hops' autograd path against transformers' torch fallbacks with autograd**\n\n{table}\n\n"
             f"{targets(pairs, names)}.\n\n"
             f"**hops forward + backward against the floor** (floor = max(FLOP / nominal peak, bytes / measured "

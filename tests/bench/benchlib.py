@@ -106,6 +106,16 @@ def add_timing_arguments(parser, budget: float) -> None:
     parser.add_argument("--write", metavar="MD", help="write the tables into this markdown file's section")
 
 
+def timing_note(args, compared: str, tolerance: dict) -> str:
+    """The sentence of a table's header that says how the times (add_timing_arguments) and the
+    errors were taken; `compared` names what the error is taken over."""
+    return (f"Times are medians of (n) calls, taken in blocks of about {args.block:g} s, hops and torch in "
+            f"turn; a block during which other processes kept more than {args.noisy:g} cores busy was "
+            f"thrown away and run again (others' cores: their average over the kept blocks; redone: blocks "
+            f"thrown away). max rel err = max |hops - torch| / max |torch| over {compared}, "
+            f"tolerance {tolerance[torch.float32]:g} fp32, {tolerance[torch.bfloat16]:g} bf16.")
+
+
 def quiet_transformers() -> None:
     """transformers' once-per-function fallback warnings would interleave with the output."""
     import logging
