@@ -42,6 +42,11 @@ auto set(std::string_view name, const Tensor& t) {
   return [name, t](Invocation& call) { call.tensor(name, t); };
 }
 
+// Gives argument `name` the very tensor already given for `other`.
+auto same_as(std::string_view name, std::string_view other) {
+  return [name, other](Invocation& call) { call.tensor(name, call.tensor(other)); };
+}
+
 auto patch(std::string_view name, std::function<void(DLTensor&)> edit) {
   return [name, edit = std::move(edit)](Invocation& call) { call.patch(name, edit); };
 }
@@ -104,10 +109,10 @@ std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
        }},
       {"o has V=7 while v has V=6", {"o"}, set("o", f32(d, {1, 5, 4, 7}))},
       {"g has HV=3 while v has HV=4", {"g"}, set("g", f32(d, {1, 5, 3}))},
-      {"o aliases v", {"o", "v"}, [](Invocation& call) { call.tensor("o", call.tensor("v")); }},
+      {"o aliases v", {"o", "v"}, same_as("o", "v")},
       {"final_state aliases initial_state",
        {"final_state", "initial_state"},
-       [](Invocation& call) { call.tensor("final_state", call.tensor("initial_state")); }},
+       same_as("final_state", "initial_state")},
       {"o has a zero stride", {"o"}, patch("o", [](DLTensor& t) { t.strides[3] = 0; })},
       {"q has a negative stride", {"q"}, set("q", reversed_q)},
       {"v has data NULL with 120 elements",
@@ -187,7 +192,7 @@ std::vector<BadCall> gdn_recurrent_bad_calls(const Context& ctx) {
        }},
       {"state is f16", {"state"}, set("state", Tensor::empty(d, DType::f16, {4, 2, 4, 4}))},
       {"state has HV=3", {"state"}, set("state", f32(d, {4, 3, 4, 4}))},
-      {"o aliases q", {"o", "q"}, [](Invocation& call) { call.tensor("o", call.tensor("q")); }},
+      {"o aliases q", {"o", "q"}, same_as("o", "q")},
       {"o overlaps the state pool",
        {"o", "state"},
        [](Invocation& call) {
@@ -297,9 +302,7 @@ std::vector<BadCall> gdn_gating_bad_calls(const Context& ctx) {
       {"b has shape [4,5] while a has [4,6]", {"b"}, set("b", f32(d, {4, 5}))},
       {"A_log has 5 entries for HV=6", {"A_log"}, set("A_log", f32(d, {5}))},
       {"dt_bias is NULL", {"dt_bias"}, set("dt_bias", {})},
-      {"g aliases beta",
-       {"g", "beta"},
-       [](Invocation& call) { call.tensor("g", call.tensor("beta")); }},
+      {"g aliases beta", {"g", "beta"}, same_as("g", "beta")},
       {"softplus_beta is NaN",
        {"softplus_beta"},
        [](Invocation& call) { call.f64("softplus_beta", NAN); }},
@@ -326,9 +329,7 @@ std::vector<BadCall> gated_rmsnorm_bwd_bad_calls(const Context& ctx) {
   return {
       {"dy is bf16 while x is f32", {"dy"}, set("dy", Tensor::empty(d, DType::bf16, {3, 4, 8}))},
       {"dy has shape [3,4,7]", {"dy"}, set("dy", f32(d, {3, 4, 7}))},
-      {"dx aliases dy",
-       {"dx", "dy"},
-       [](Invocation& call) { call.tensor("dx", call.tensor("dy")); }},
+      {"dx aliases dy", {"dx", "dy"}, same_as("dx", "dy")},
       {"dz overlaps dx (rows 1-2 of dx are rows 0-1 of dz)",
        {"dz", "dx"},
        [both = f32(d, {4, 4, 8})](Invocation& call) {
@@ -366,12 +367,10 @@ std::vector<BadCall> conv1d_bwd_bad_calls(const Context& ctx) {
   return {
       {"dy is f16 while x is f32", {"dy"}, set("dy", Tensor::empty(d, DType::f16, {1, 6, 5}))},
       {"dy has T=5 while x has T=6", {"dy"}, set("dy", f32(d, {1, 5, 5}))},
-      {"dx aliases dy",
-       {"dx", "dy"},
-       [](Invocation& call) { call.tensor("dx", call.tensor("dy")); }},
+      {"dx aliases dy", {"dx", "dy"}, same_as("dx", "dy")},
       {"d_initial_state aliases initial_state",
        {"d_initial_state", "initial_state"},
-       [](Invocation& call) { call.tensor("d_initial_state", call.tensor("initial_state")); }},
+       same_as("d_initial_state", "initial_state")},
       {"d_initial_state without initial_state", {"d_initial_state"}, set("initial_state", {})},
       {"dbias without bias", {"dbias"}, set("bias", {})},
       {"d_initial_state has L0=4 while initial_state has 3",
@@ -430,19 +429,15 @@ std::vector<BadCall> gdn_chunk_bwd_bad_calls(const Context& ctx) {
       {"dv is f16 while q is f32", {"dv"}, set("dv", Tensor::empty(d, DType::f16, {1, 5, 4, 6}))},
       {"dg is bf16 while g is f32", {"dg"}, set("dg", Tensor::empty(d, DType::bf16, {1, 5, 4}))},
       {"dbeta has HV=3 while beta has HV=4", {"dbeta"}, set("dbeta", f32(d, {1, 5, 3}))},
-      {"dq aliases q", {"dq", "q"}, [](Invocation& call) { call.tensor("dq", call.tensor("q")); }},
-      {"dv aliases do",
-       {"dv", "do"},
-       [](Invocation& call) { call.tensor("dv", call.tensor("do")); }},
+      {"dq aliases q", {"dq", "q"}, same_as("dq", "q")},
+      {"dv aliases do", {"dv", "do"}, same_as("dv", "do")},
       {"dk overlaps dq (rows 1-4 of dq are rows 0-3 of dk)",
        {"dk", "dq"},
        [both = f32(d, {1, 6, 2, 8})](Invocation& call) {
          call.tensor("dq", both.view(0, {1, 5, 2, 8}, {80, 16, 8, 1}));
          call.tensor("dk", both.view(16, {1, 5, 2, 8}, {80, 16, 8, 1}));
        }},
-      {"dh0 aliases d_final_state",
-       {"dh0", "d_final_state"},
-       [](Invocation& call) { call.tensor("dh0", call.tensor("d_final_state")); }},
+      {"dh0 aliases d_final_state", {"dh0", "d_final_state"}, same_as("dh0", "d_final_state")},
       {"dg has a zero stride", {"dg"}, patch("dg", [](DLTensor& t) { t.strides[1] = 0; })},
       {"state_v_first with [N,HV,K,V] states (K != V)",
        {"initial_state", "d_final_state", "dh0"},
