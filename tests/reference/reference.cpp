@@ -603,6 +603,17 @@ GdnGrads gdn_backward(const Array64& q, const Array64& k, const Array64& v, cons
 
 // ---- gated_rmsnorm --------------------------------------------------------------
 
+namespace {
+
+// 1 / sqrt(mean(x^2) + eps) over the D elements of x from row_start.
+double inverse_rms_of_row(const Array64& x, int64_t row_start, int64_t D, double eps) {
+  double sum_squares = 0.0;
+  for (int64_t d = 0; d < D; ++d) sum_squares += x.data[row_start + d] * x.data[row_start + d];
+  return 1.0 / std::sqrt(sum_squares / static_cast<double>(D) + eps);
+}
+
+}  // namespace
+
 Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight, double eps) {
   require(!x.shape.empty() && x.dim(-1) > 0, "x must be [..., D] with D > 0");
   const int64_t D = x.dim(-1);
@@ -613,9 +624,7 @@ Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight,
   const int64_t rows = x.numel() / D;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row_start = r * D;
-    double sum_squares = 0.0;
-    for (int64_t d = 0; d < D; ++d) sum_squares += x.data[row_start + d] * x.data[row_start + d];
-    const double inverse_rms = 1.0 / std::sqrt(sum_squares / static_cast<double>(D) + eps);
+    const double inverse_rms = inverse_rms_of_row(x, row_start, D, eps);
     for (int64_t d = 0; d < D; ++d) {
       const int64_t i = row_start + d;
       y.data[i] = x.data[i] * inverse_rms * weight.data[d] * silu(z.data[i]);
@@ -638,9 +647,7 @@ GatedRmsNormGrads gated_rmsnorm_bwd(const Array64& x, const Array64& z, const Ar
   const int64_t rows = x.numel() / D;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t row_start = r * D;
-    double sum_squares = 0.0;
-    for (int64_t d = 0; d < D; ++d) sum_squares += x.data[row_start + d] * x.data[row_start + d];
-    const double inverse_rms = 1.0 / std::sqrt(sum_squares / static_cast<double>(D) + eps);
+    const double inverse_rms = inverse_rms_of_row(x, row_start, D, eps);
     // y = n * weight * silu(z) with n = x * inverse_rms. The gradient of n is
     // dn = dy * weight * silu(z); inverse_rms depends on every x of the row,
     // d inverse_rms / dx_i = -inverse_rms^3 x_i / D, so
