@@ -20,8 +20,12 @@ class ScratchPool;
 struct ExecContext {
   const hops_exec& exec;
   ThreadPool* threads;   // CPU backend only
-  ScratchPool* scratch;  // the pool of exec.device
+  ScratchPool* scratch;  // the pool of exec.device (CPU backend)
   int max_workers;       // CPU: threads this call may use
+  // The host's allocator when the call began (struct_size 0: none). Device
+  // modules take their scratch from it, stream-ordered, instead of their own
+  // pools; a copy, so that a concurrent set_allocator cannot tear it.
+  hops_allocator allocator;
 };
 
 // Kernels return a status; their message is the module's last_error().

@@ -299,9 +299,16 @@ hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hop
     const int threads = registry.threads().size();
     const ExecContext context{
         normalized, &registry.threads(), &registry.scratch(normalized.device),
-        normalized.num_threads > 0 ? std::min(normalized.num_threads, threads) : threads};
+        normalized.num_threads > 0 ? std::min(normalized.num_threads, threads) : threads,
+        registry.allocator()};
     op.check_and_run(call, *backend, context);
   });
 }
 
 }  // namespace hops
+    // A flag this provider does not know cannot be honoured (HOPS_EXEC_DETERMINISTIC
+    // always is: every kernel here reduces in a fixed order, without atomics).
+    if (const uint64_t unknown = normalized.flags & ~uint64_t{HOPS_EXEC_DETERMINISTIC}) {
+      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': flags has unknown bits {:#x}",
+           desc.name, unknown);
+    }

@@ -112,4 +112,9 @@ void Registry::set_allocator(const hops_allocator* allocator) {
   for (auto& [device, pool] : scratch_) pool->set_allocator(allocator);
 }
 
+hops_allocator Registry::allocator() {
+  const std::scoped_lock lock(scratch_mutex_);
+  return allocator_;
+}
+
 }  // namespace hops

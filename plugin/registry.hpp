@@ -37,6 +37,7 @@ class Registry {
   ThreadPool& threads() { return *threads_; }
   ScratchPool& scratch(DLDevice device);
   void set_allocator(const hops_allocator* allocator);
+  hops_allocator allocator();  // a copy; struct_size 0 when none is set
 
  private:
   Registry();

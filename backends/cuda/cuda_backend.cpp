@@ -40,8 +40,10 @@ void check(cudaError_t status, const char* op, const char* what) {
 // Makes exec.device current for the call and puts the previous one back.
 class DeviceGuard {
  public:
-  DeviceGuard(const hops_exec& exec, const char* op)
-      : device_(exec.device.device_id), stream_(static_cast<cudaStream_t>(exec.stream)) {
+  DeviceGuard(const ExecContext& context, const char* op)
+      : device_(context.exec.device.device_id),
+        stream_(static_cast<cudaStream_t>(context.exec.stream)),
+        allocator_(context.allocator) {
     check(cudaGetDevice(&previous_), op, "cudaGetDevice");
     if (previous_ != device_) check(cudaSetDevice(device_), op, "cudaSetDevice");
   }
@@ -53,11 +55,13 @@ class DeviceGuard {
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
 
+  const hops_allocator& allocator() const { return allocator_; }
  private:
   int device_;
   int previous_ = -1;
   cudaStream_t stream_;
 };
+  hops_allocator allocator_;  // the host's, or struct_size 0
 
 // One memory pool per device that keeps what it was given (release threshold
 // unlimited): steady-state calls get scratch without reaching cudaMalloc.
@@ -83,13 +87,27 @@ cudaMemPool_t device_pool(int device, const char* op) {
 }
 
 // Stream-ordered scratch: allocated and freed on the call's stream, so it is
-// safe to reuse as soon as the kernels queued before the free have run.
+// safe to reuse as soon as the kernels queued before the free have run. With
+// a host allocator (hops_api::set_allocator: torch's caching allocator
+// through the Python shim) the memory comes from the host and goes back to it
+// when the call's work is queued, so hops holds nothing between calls; the
+// host's free must be stream-ordered too, as cudaFreeAsync and torch's
+// caching allocator are. Without one, hops' own pool keeps what it had.
 class Scratch {
  public:
-  Scratch(size_t bytes, const DeviceGuard& guard, const char* op) : stream_(guard.stream()) {
-    check(cudaMallocFromPoolAsync(&data_, bytes ? bytes : 16, device_pool(guard.device(), op),
-                                  stream_),
-          op, "cudaMallocFromPoolAsync (scratch)");
+  Scratch(size_t bytes, const DeviceGuard& guard, const char* op)
+      : bytes_(bytes ? bytes : 16), stream_(guard.stream()), host_(guard.allocator()) {
+    if (host_.alloc) {
+      data_ = host_.alloc(host_.ctx, DLDevice{kDLCUDA, guard.device()}, bytes_, stream_);
+      if (!data_) {
+        fail(HOPS_ERR_OUT_OF_MEMORY,
+             "{}: the host's allocator returned NULL for {} bytes of scratch", op, bytes_);
+      }
+      device_ = guard.device();
+      return;
+    }
+    check(cudaMallocFromPoolAsync(&data_, bytes_, device_pool(guard.device(), op), stream_), op,
+          "cudaMallocFromPoolAsync (scratch)");
   }
   ~Scratch() {
     if (data_) cudaFreeAsync(data_, stream_);
@@ -108,6 +126,8 @@ class Scratch {
 int code_of(DType t) {
   switch (t) {
     case DType::f16:
+  hops_allocator host_;
+  int device_ = 0;
       return kF16;
     case DType::bf16:
       return kBF16;
@@ -193,7 +213,7 @@ void check_gdn_limits(const GdnProblem& op, const char* name) {
 
 void gdn_gating(const ExecContext& context, const GdnGating& op) {
   if (op.rows * op.HV == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const GatingParams p{make_rows(op.a),
                        make_rows(op.b),
                        make_rows(op.g),
@@ -209,7 +229,7 @@ void gdn_gating(const ExecContext& context, const GdnGating& op) {
 
 void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op) {
   if (op.rows == 0 || op.D == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const NormParams p{make_rows(op.x),           make_rows(op.z), make_rows(op.y),
                      make_arg(op.weight),       op.rows,         op.D,
                      static_cast<float>(op.eps)};
@@ -220,7 +240,7 @@ void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op) {
 bool aligned16(const Arg& a) { return (reinterpret_cast<uintptr_t>(a.data) & 15u) == 0; }
 
 void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
   ConvParams p{make_arg(op.x),
                make_arg(op.y),
@@ -246,7 +266,7 @@ void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
 
 void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
   if (op.N * op.D == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const StagedIndex slots(op.slots.indices, guard, op.kName);
   const ConvUpdateParams p{make_arg(op.x),
                            make_arg(op.y),
@@ -269,7 +289,7 @@ void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op) {
   check_gdn_limits(op, op.kName);
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
   const StagedIndex slots(op.slots.indices, guard, op.kName);
   const RecurrentParams p{make_arg(op.q),
@@ -303,7 +323,7 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   check_gdn_limits(op, op.kName);
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
   const bool vf = op.state_v_first;
   const ChunkParams p{make_arg(op.q),
@@ -358,7 +378,7 @@ bool vector_rows(std::initializer_list<const Tensor*> tensors, int64_t vec) {
 
 void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
   if (op.D == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
   ConvBwdParams p{make_arg(op.x),
                   make_arg(op.weight),
@@ -388,7 +408,7 @@ void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
 
 void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op) {
   if (op.D == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const int dtype = code_of(op.x.dtype);
   const NormBwdParams p{
       make_rows(op.x),
@@ -411,7 +431,7 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
   check_gdn_limits(op, op.kName);
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
-  const DeviceGuard guard(context.exec, op.kName);
+  const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
   const bool vf = op.state_v_first;
   const ChunkBwdParams p{make_arg(op.q),

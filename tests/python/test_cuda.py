@@ -293,3 +293,26 @@ def test_training_step_gradients(qwen3_5):
             assert (report.calls[label], report.kernels[op], report.fallbacks[label]) == (3, 3, 0), label
         else:
             assert report.fallbacks[label] == 3 and "no kernel" in report.fallback_reasons[label], label
+
+
+def test_backward_scratch_comes_from_torch_and_goes_back(rng):
+    """gdn_chunk_bwd's scratch is taken from torch's caching allocator on the call's stream and
+    freed there (hops holds no device memory between calls): torch counts the allocations, and
+    once the call is done torch's allocated bytes are back where they were."""
+    B, T, H, HV, K, V = 1, 300, 2, 4, 32, 32
+    q, k = (cuda(rng.standard_normal((B, T, H, K))) for _ in range(2))
+    v, do = (cuda(rng.standard_normal((B, T, HV, V))) for _ in range(2))
+    g = cuda(-rng.uniform(0.01, 0.2, (B, T, HV)))
+    beta = cuda(rng.uniform(0.1, 0.9, (B, T, HV)))
+    hops.ops.gdn_chunk_bwd(q, k, v, g, beta, do)  # outputs allocated, allocator installed
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()
+    grads = hops.ops.gdn_chunk_bwd(q, k, v, g, beta, do)
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_stats()
+    output_bytes = sum(t.numel() * t.element_size() for t in grads if t is not None)
+    scratch_allocations = after["allocation.all.allocated"] - before["allocation.all.allocated"] - 5
+    assert scratch_allocations >= 1
+    # The outputs are all that stays allocated.
+    assert after["allocated_bytes.all.current"] - before["allocated_bytes.all.current"] <= output_bytes + 5 * 512
+    del grads

@@ -69,6 +69,24 @@ TEST(Api, SteadyCallsAllocateNoScratch) {
   EXPECT_EQ(Registry::get().scratch({kDLCPU, 0}).allocation_count(), after_first);
 }
 
+TEST(Api, ExecFlagsAreHonouredOrRejected) {
+  const hops_op_desc* norm = api()->find_op("gated_rmsnorm");
+  HostTensor x({2, 8}), z({2, 8}), w({8}), y({2, 8});
+  const hops_value args[] = {{&x.dl}, {&z.dl}, {&w.dl}, {&y.dl}, {.f64 = 1e-6}};
+  hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, HOPS_EXEC_DETERMINISTIC, 0};
+  EXPECT_EQ(api()->call(norm, &exec, args, 5), HOPS_OK) << api()->last_error();
+  const std::vector<float> first = std::vector<float>(y.data);
+  EXPECT_EQ(api()->call(norm, &exec, args, 5), HOPS_OK);
+  EXPECT_EQ(y.data, first);
+  exec.flags = uint64_t{1} << 40;  // a flag of some later minor version
+  y.data.assign(y.data.size(), -7.0f);
+  EXPECT_EQ(api()->call(norm, &exec, args, 5), HOPS_ERR_INVALID_ARGUMENT);
+  const std::string message = api()->last_error();
+  EXPECT_NE(message.find("gated_rmsnorm"), std::string::npos) << message;
+  EXPECT_NE(message.find("'exec'"), std::string::npos) << message;
+  EXPECT_EQ(y.data, std::vector<float>(y.data.size(), -7.0f));
+}
+
 TEST(Api, ListsTheCpuBackend) {
   ASSERT_GE(api()->backend_count(), 1);
   const hops_backend_info* cpu = api()->backend_at(0);

@@ -74,6 +74,12 @@ enum {
 
 /* ---- execution context -------------------------------------------------- */
 
+/* HOPS_EXEC_DETERMINISTIC asks for bitwise reproducible results run to run
+ * (and, on the CPU, for any num_threads). A provider either honours it or
+ * refuses the call with HOPS_ERR_UNSUPPORTED; it never ignores it. Every
+ * kernel of this library is deterministic with or without the flag (fixed
+ * reduction orders, no atomics), so here it always holds. A flag bit this
+ * provider does not know is rejected (HOPS_ERR_INVALID_ARGUMENT, 'exec'). */
 enum {
   HOPS_EXEC_DETERMINISTIC = 1u << 0 /* bitwise reproducible results run to run */
 };
@@ -82,7 +88,10 @@ enum {
  * its default stream, no flags. */
 typedef struct hops_exec {
   size_t struct_size;
-  DLDevice device;     /* must match the device of every tensor argument */
+  DLDevice device;     /* must match the device of every tensor argument, except that
+                          index tensors (int32/int64 only: cu_seqlens, state_indices)
+                          may also be in host memory (kDLCPU, kDLCUDAHost): those are
+                          read and validated on the host before any work is queued */
   void* stream;        /* cudaStream_t, cl_command_queue, or NULL (default) */
   uint64_t flags;      /* HOPS_EXEC_* */
   int32_t num_threads; /* CPU: upper bound on worker threads, 0 = all */
@@ -147,8 +156,24 @@ typedef struct hops_backend_info {
 } hops_backend_info;
 
 /* Optional host allocator for scratch memory (e.g. the framework's caching
- * allocator). Without one, each device keeps its own pool, so that steady
- * state calls allocate nothing. */
+ * allocator), used for every device from the call after set_allocator on:
+ *  - CPU: scratch blocks come from alloc (stream NULL) and stay in the
+ *    plugin's pool for reuse; they go back through free when the allocator
+ *    is replaced or the library unloads.
+ *  - CUDA: each call's scratch comes from alloc (device, bytes, the call's
+ *    stream) and goes back through free on the same stream as soon as the
+ *    call's work is queued, so the plugin holds no device memory between
+ *    calls. alloc/free must be stream-ordered (memory freed on a stream may
+ *    be reused only by work queued after it on that stream), as
+ *    cudaMallocAsync/cudaFreeAsync and torch's caching allocator are.
+ *  - OpenCL: not used; the module's own buffer pool serves scratch (a cl_mem
+ *    is not a pointer, and its blocks are recycled by event completion).
+ * The allocator in force when a call begins serves that whole call; a
+ * block always returns to the allocator that made it, so ctx must stay
+ * valid until the calls that used it have finished. alloc returns NULL
+ * for out of memory (the call fails with HOPS_ERR_OUT_OF_MEMORY). Without
+ * an allocator each device keeps its own pool, so that steady-state calls
+ * allocate nothing. */
 typedef struct hops_allocator {
   size_t struct_size;
   void* ctx;

@@ -162,7 +162,20 @@ class hops_api(ctypes.Structure):
                                   ctypes.POINTER(hops_value), ctypes.c_int32)),
         ("backend_count", ctypes.CFUNCTYPE(ctypes.c_int32)),
         ("backend_at", ctypes.CFUNCTYPE(ctypes.POINTER(hops_backend_info), ctypes.c_int32)),
-        ("set_allocator", ctypes.c_void_p),  # not used from Python
+        ("set_allocator", ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)),
+    ]
+
+
+ALLOC_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, DLDevice, ctypes.c_size_t, ctypes.c_void_p)
+FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, DLDevice, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+
+
+class hops_allocator(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("ctx", ctypes.c_void_p),
+        ("alloc", ALLOC_FN),
+        ("free", FREE_FN),
     ]
 
 

@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from . import _abi
+from . import _abi, _torch_allocator
 from ._dlpack import NO_SYNC, borrow, borrowed
 from ._frameworks import cuda_device_scope, current_stream, torch_cuda_device
 from ._library import Provider, discover
@@ -102,7 +102,9 @@ class OpBinding:
         if device is None:  # CPU, numpy, OpenCL arrays: exec NULL, as the plugin's default
             self._run(given, None, None)
             return
-        # torch CUDA: torch's current stream, so the exported tensors need no synchronisation.
+        # torch CUDA: torch's current stream, so the exported tensors need no synchronisation;
+        # scratch from torch's caching allocator.
+        self._library.use_torch_allocator()
         exec_ = _abi.hops_exec(ctypes.sizeof(_abi.hops_exec), _abi.DLDevice(_abi.DL_CUDA, device),
                                current_stream(device), 0, 0)
         with cuda_device_scope(device):
@@ -178,6 +180,7 @@ class Library:
         self.api = provider.api
         self.ops: dict[str, OpBinding] = {}
         self.counter: Counter | None = None  # op -> successful calls, while hops.patch counts them
+        self._torch_allocator = False  # installed (or declined) on the first torch CUDA call
         for index in range(self.api.op_count()):
             binding = OpBinding(self, self.api.op_at(index))
             self.ops[binding.name] = binding
@@ -188,6 +191,15 @@ class Library:
         except KeyError:
             raise HopsError("HOPS_ERR_NOT_FOUND", f"the provider {self.provider.path} has no op '{name}' "
                             f"(it has: {', '.join(self.ops)})") from None
+
+    def use_torch_allocator(self) -> None:
+        """Before the first op on a torch CUDA tensor: scratch from torch's caching allocator."""
+        if self._torch_allocator:
+            return
+        with _lock:
+            if not self._torch_allocator and _torch_allocator.enabled():
+                _torch_allocator.install(self.api)
+            self._torch_allocator = True
 
     def error(self, status: int) -> HopsError:
         return HopsError(_abi.text(self.api.status_name(status)), _abi.text(self.api.last_error()))
