@@ -29,7 +29,9 @@ int32_t supports(const char* name, DLDevice device, DLDataType dtype) {
   const OpDef* op = name ? Registry::get().find_op(name) : nullptr;
   const auto type = dtype_from_dl(dtype);
   if (!op || !type || !(op->desc.args[op->primary_arg].dtypes & dtype_bit(*type))) return 0;
-  const Backend* backend = Registry::get().backend_for(device.device_type);
+  const std::optional<DLDevice> known = read_device(device);  // any int may come as the enum
+  if (!known) return 0;
+  const Backend* backend = Registry::get().backend_for(known->device_type);
   return backend && backend->find(name, *type) ? 1 : 0;
 }
 

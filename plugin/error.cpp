@@ -1,5 +1,7 @@
 #include "error.hpp"
 
+#include "checked_math.hpp"
+
 namespace hops {
 
 namespace {
@@ -9,6 +11,10 @@ thread_local std::string t_last_error;
 void set_last_error(std::string message) { t_last_error = std::move(message); }
 
 const char* last_error() { return t_last_error.c_str(); }
+
+void fail_size(hops_status status, std::string_view what, std::string_view problem) {
+  fail(status, "{}: {}", what, problem);
+}
 
 const char* status_name(hops_status status) {
   switch (status) {

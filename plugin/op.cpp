@@ -1,11 +1,14 @@
 #include "op.hpp"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "backend.hpp"
+#include "checked_math.hpp"
 #include "registry.hpp"
 
 namespace hops {
@@ -31,20 +34,21 @@ bool host_accessible(DLDevice device) {
   return device.device_type == kDLCPU || device.device_type == kDLCUDAHost;
 }
 
-// Byte span [begin, end) that a tensor's elements occupy, for overlap tests.
+// Byte span [begin, end) that a validated tensor's elements occupy, for
+// overlap tests: check_tensor has proven that the end does not wrap.
 struct ByteSpan {
   uintptr_t begin = 0, end = 0;
 };
 ByteSpan byte_span(const Tensor& t) {
-  if (t.numel() == 0) return {};
-  int64_t last = 0;
-  for (int d = 0; d < t.ndim; ++d) last += (t.shape[d] - 1) * t.stride[d];
+  const auto extent = static_cast<uintptr_t>(extent_bytes(t).value());
+  if (extent == 0) return {};
   const uintptr_t begin = reinterpret_cast<uintptr_t>(t.handle) + t.byte_offset;
-  return {begin, begin + static_cast<uintptr_t>((last + 1) * dtype_size(t.dtype))};
+  return {begin, begin + extent};
 }
 
 // No two elements share an address: with dims sorted by stride, each stride
-// steps past everything the smaller dims span.
+// steps past everything the smaller dims span. Only for validated tensors,
+// whose spans fit (extent_bytes).
 bool self_overlapping(const Tensor& t) {
   if (t.numel() == 0) return false;
   std::array<int, kMaxDims> order{};
@@ -61,9 +65,14 @@ bool self_overlapping(const Tensor& t) {
   for (int i = 0; i < n; ++i) {
     const int d = order[i];
     if (t.stride[d] <= span) return true;
-    span += (t.shape[d] - 1) * t.stride[d];
+    span = checked_add("overlap test", span,
+                       checked_product("overlap test", t.shape[d] - 1, t.stride[d]));
   }
   return false;
+}
+
+std::string shape_text(const DLTensor& dl) {
+  return fmt::format("[{}]", fmt::join(std::span(dl.shape, static_cast<size_t>(dl.ndim)), ","));
 }
 
 }  // namespace
@@ -76,6 +85,13 @@ Call::Call(const hops_op_desc& op, const hops_exec& exec, std::span<const hops_v
       check_tensor(arg);
     } else if (desc.kind == HOPS_ARG_F64 && !std::isfinite(values[arg].f64)) {
       fail(arg, "expected a finite number, got {}", values[arg].f64);
+    } else if (desc.kind == HOPS_ARG_BOOL) {
+      // Read as the byte it is: a C host may have stored any value there, and
+      // loading a bool that is neither 0 nor 1 is undefined behaviour.
+      uint8_t byte = 0;
+      std::memcpy(&byte, &values[arg].boolean, sizeof byte);
+      if (byte > 1) fail(arg, "a bool must hold 0 or 1, got the byte {}", byte);
+      flags_[arg] = byte;
     }
   }
   check_overlaps();
@@ -93,33 +109,56 @@ void Call::check_tensor(int arg) {
     fail(arg, "dtype expected one of {}, got {}", dtype_mask_names(desc.dtypes),
          dl_dtype_name(dl->dtype));
   }
+  const std::optional<DLDevice> device = read_device(dl->device);
+  if (!device) {
+    fail(arg, "device_type {} is not a DLPack device type ({}..{})", raw_device_type(dl->device),
+         static_cast<int>(kDLCPU), static_cast<int>(kDLCUDAManaged));
+  }
   // Index tensors may also stay in host memory: a device call then validates
   // their values on the host, as the CPU backend always does.
   const bool index_only = (desc.dtypes & ~static_cast<uint32_t>(HOPS_DTYPE_INDEX)) == 0;
-  if (!same_device(dl->device, exec_.device) && !(index_only && host_accessible(dl->device))) {
+  if (!same_device(*device, exec_.device) && !(index_only && host_accessible(*device))) {
     fail(arg, "device expected {} (the call's device), got {}", device_name(exec_.device),
-         device_name(dl->device));
+         device_name(*device));
   }
   if (dl->ndim < 0 || dl->ndim > kMaxDims)
     fail(arg, "rank expected 0..{}, got {}", kMaxDims, dl->ndim);
   if (dl->ndim > 0 && !dl->shape) fail(arg, "shape pointer is NULL for rank {}", dl->ndim);
-  int64_t elements = 1;
+  // Every dim is bounded whatever the others are: a 0 dim counts as 1 here,
+  // so that it cannot lift the bound for the dims beside it.
+  int64_t extent = 1;
+  bool empty = false;
   for (int d = 0; d < dl->ndim; ++d) {
     if (dl->shape[d] < 0) fail(arg, "dim {} is negative ({})", d, dl->shape[d]);
     if (dl->strides && dl->strides[d] < 0) {
       fail(arg, "dim {} has a negative stride ({}); only non-negative strides are supported", d,
            dl->strides[d]);
     }
-    if (dl->shape[d] > 0 && elements > (int64_t{1} << 48) / dl->shape[d]) {
-      fail(arg, "has more than 2^48 elements");
+    if (dl->strides && dl->strides[d] > kMaxStride) {
+      fail(arg, "dim {} has the stride {}, more than 2^48 elements", d, dl->strides[d]);
     }
-    elements *= dl->shape[d];
+    const std::optional<int64_t> next =
+        try_product(kMaxElements, extent, std::max<int64_t>(dl->shape[d], 1));
+    if (!next)
+      fail(arg, "shape {} has more than 2^48 elements (a 0 dim counted as 1)", shape_text(*dl));
+    extent = *next;
+    empty = empty || dl->shape[d] == 0;
   }
-  if (elements > 0 && !dl->data) fail(arg, "data is NULL for {} elements", elements);
-  tensors_[arg] = make_tensor(*dl, *dtype);
+  if (!empty && !dl->data) fail(arg, "data is NULL for {} elements", extent);
+  if (dl->byte_offset > static_cast<uint64_t>(kMaxBytes)) {
+    fail(arg, "byte_offset {} is more than 2^56", dl->byte_offset);
+  }
+  tensors_[arg] = make_tensor(*dl, *dtype, *device);
   const Tensor& t = tensors_[arg];
-  if (t.device.device_type != kDLOpenCL && elements > 0) {
-    const auto address = reinterpret_cast<uintptr_t>(t.handle) + t.byte_offset;
+  const std::optional<int64_t> extent_in_bytes = extent_bytes(t);
+  if (!extent_in_bytes) fail(arg, "its shape and strides span more than 2^56 bytes");
+  if (t.device.device_type != kDLOpenCL && !empty) {
+    // A pointer: its span must fit in the address space.
+    uintptr_t address = 0, end = 0;
+    if (__builtin_add_overflow(reinterpret_cast<uintptr_t>(t.handle), t.byte_offset, &address) ||
+        __builtin_add_overflow(address, static_cast<uintptr_t>(*extent_in_bytes), &end)) {
+      fail(arg, "data + byte_offset + its span wraps around the address space");
+    }
     if (address % static_cast<uintptr_t>(dtype_size(t.dtype)) != 0) {
       fail(arg, "data + byte_offset is not aligned to its {}-byte elements", dtype_size(t.dtype));
     }
@@ -237,17 +276,21 @@ Slots check_slots(const Call& call, int arg, int64_t sequences, int64_t pool_siz
               sequences, idx.ndim, idx.ndim > 0 ? idx.shape[0] : 0);
   }
   if (!host_accessible(idx.device)) return slots;  // device kernels skip invalid slots
-  std::vector<bool> taken(static_cast<size_t>(pool_size), false);
+  // Duplicates are found among the N slots used, sorted: O(N log N) time and
+  // memory whatever the pool size S.
+  std::vector<int64_t> used;
+  used.reserve(static_cast<size_t>(sequences));
   for (int64_t n = 0; n < sequences; ++n) {
     const int64_t slot = read_index(idx, n);
     if (slot < -1 || slot >= pool_size) {
       call.fail(arg, "entry {} is {}, expected -1 (skip) or a slot in [0, {})", n, slot, pool_size);
     }
-    if (slot < 0) continue;
-    if (taken[static_cast<size_t>(slot)]) {
-      call.fail(arg, "slot {} is used by two sequences; their state updates would alias", slot);
-    }
-    taken[static_cast<size_t>(slot)] = true;
+    if (slot >= 0) used.push_back(slot);
+  }
+  std::sort(used.begin(), used.end());
+  const auto twice = std::adjacent_find(used.begin(), used.end());
+  if (twice != used.end()) {
+    call.fail(arg, "slot {} is used by two sequences; their state updates would alias", *twice);
   }
   return slots;
 }
@@ -280,14 +323,30 @@ hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hop
       }
       std::memcpy(&normalized, exec, std::min(exec->struct_size, sizeof normalized));
       normalized.struct_size = sizeof normalized;
+      const std::optional<DLDevice> device = read_device(normalized.device);
+      if (!device) {
+        fail(HOPS_ERR_INVALID_ARGUMENT,
+             "{}: argument 'exec': device_type {} is not a DLPack device type ({}..{})", desc.name,
+             raw_device_type(normalized.device), static_cast<int>(kDLCPU),
+             static_cast<int>(kDLCUDAManaged));
+      }
+      normalized.device = *device;
     } else {
-      // No exec: run where the first tensor lives.
+      // No exec: run where the first tensor lives (Call rejects a tensor
+      // whose device_type is no DLPack device type).
       for (int arg = 0; arg < desc.num_args; ++arg) {
         if (is_tensor(desc.args[arg]) && values[arg].tensor) {
-          normalized.device = values[arg].tensor->device;
+          if (const auto device = read_device(values[arg].tensor->device))
+            normalized.device = *device;
           break;
         }
       }
+    }
+    // A flag this provider does not know cannot be honoured (HOPS_EXEC_DETERMINISTIC
+    // always is: every kernel here reduces in a fixed order, without atomics).
+    if (const uint64_t unknown = normalized.flags & ~uint64_t{HOPS_EXEC_DETERMINISTIC}) {
+      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': flags has unknown bits {:#x}",
+           desc.name, unknown);
     }
     const Call call(desc, normalized, values);
     Registry& registry = Registry::get();
@@ -306,9 +365,3 @@ hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hop
 }
 
 }  // namespace hops
-    // A flag this provider does not know cannot be honoured (HOPS_EXEC_DETERMINISTIC
-    // always is: every kernel here reduces in a fixed order, without atomics).
-    if (const uint64_t unknown = normalized.flags & ~uint64_t{HOPS_EXEC_DETERMINISTIC}) {
-      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': flags has unknown bits {:#x}",
-           desc.name, unknown);
-    }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstring>
 #include <initializer_list>
 #include <span>
 #include <string_view>
@@ -72,7 +73,7 @@ class Call {
   const Tensor& tensor(int arg) const { return tensors_[arg]; }
   double f64(int arg) const { return values_[arg].f64; }
   int64_t i64(int arg) const { return values_[arg].i64; }
-  bool flag(int arg) const { return values_[arg].boolean; }
+  bool flag(int arg) const { return flags_[arg] != 0; }
 
   // Throws HOPS_ERR_INVALID_ARGUMENT: "<op>: argument '<name>': <message>".
   template <class... Args>
@@ -94,6 +95,7 @@ class Call {
   hops_exec exec_;
   std::span<const hops_value> values_;
   std::array<Tensor, kMaxArgs> tensors_{};
+  std::array<uint8_t, kMaxArgs> flags_{};  // bool arguments, read as bytes and checked
 };
 
 // Binds symbolic dims ("B", "T", "H", ...) across arguments and reports the
@@ -179,7 +181,10 @@ hops_value to_value(T value) {
     v.f64 = value;
   } else {
     static_assert(std::is_same_v<T, bool>, "unsupported argument type in an op signature");
-    v.boolean = value;
+    // The parameter's byte, copied as is: a C caller may have passed any byte
+    // in it, and Call rejects one that is neither 0 nor 1 (loading it as a
+    // bool would be undefined behaviour).
+    std::memcpy(&v.boolean, &value, sizeof(bool));
   }
   return v;
 }

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "checked_math.hpp"
 #include "error.hpp"
 
 namespace hops {
@@ -17,6 +18,11 @@ ScratchPool::~ScratchPool() {
 }
 
 ScratchPool::Lease ScratchPool::acquire(size_t bytes) {
+  // Bounded before any arithmetic: the rounding below cannot wrap.
+  if (bytes > static_cast<size_t>(kMaxScratchBytes)) {
+    fail(HOPS_ERR_OUT_OF_MEMORY, "scratch: {} bytes asked, more than one request's limit of {}",
+         bytes, kMaxScratchBytes);
+  }
   const std::scoped_lock lock(mutex_);
   // The smallest idle block that fits keeps big blocks for big requests.
   size_t best = blocks_.size();

@@ -43,7 +43,8 @@ class ScratchPool {
     void* data_;
   };
 
-  // Throws Error(HOPS_ERR_OUT_OF_MEMORY) when no memory can be had.
+  // Throws Error(HOPS_ERR_OUT_OF_MEMORY) when no memory can be had, or when
+  // `bytes` is over kMaxScratchBytes (checked_math.hpp).
   Lease acquire(size_t bytes);
 
   // Frees idle blocks and uses `allocator` (NULL: the system) from now on.

@@ -6,6 +6,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "dtype.hpp"
 #include "hops/hops.h"
@@ -47,8 +48,21 @@ struct Tensor {
   }
 };
 
-// Builds a view; the caller has already validated the DLTensor.
-Tensor make_tensor(const DLTensor& dl, DType dtype);
+// Builds a view on `device` (the DLTensor's, read by read_device); the
+// caller has already validated the DLTensor (its dims, zeros counted as one,
+// multiply to at most kMaxElements, so the compact strides fit).
+Tensor make_tensor(const DLTensor& dl, DType dtype, DLDevice device);
+
+// Bytes from a tensor's first element to the end of its last (0 when it has
+// none), or nothing when that exceeds kMaxBytes (checked_math.hpp).
+std::optional<int64_t> extent_bytes(const Tensor& t);
+
+// DLDevice::device_type is an enum, but a host may store any integer in it
+// and loading a value outside the enum's range is undefined behaviour: it is
+// read as the plain int32 it is. read_device gives the device when the type
+// is one DLPack defines (kDLCPU..kDLCUDAManaged), else nothing.
+int32_t raw_device_type(const DLDevice& device);
+std::optional<DLDevice> read_device(const DLDevice& device);
 
 // Reads element i of a 1-D integer tensor (i32 or i64) in host memory.
 int64_t read_index(const Tensor& t, int64_t i);

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "checked_math.hpp"
+
 namespace hops {
 
 namespace {
@@ -19,11 +21,18 @@ void check_problem(const Call& call, Shapes& dims, GdnProblem& p) {
   call.same_dtype(Arg::v, Arg::q);
   p.B = dims["B"], p.T = dims["T"], p.H = dims["H"], p.HV = dims["HV"];
   p.K = dims["K"], p.V = dims["V"];
-  if (p.H == 0 || p.HV % p.H != 0) {
+  // The kernels divide by H and by G = HV / H: both are proven positive here.
+  if (p.H == 0 || p.HV == 0 || p.HV % p.H != 0) {
     call.fail(Arg::v, "value heads HV = {} must be a positive multiple of the key heads H = {}",
               p.HV, p.H);
   }
   if (p.K == 0 || p.V == 0) call.fail(Arg::v, "K = {} and V = {} must be positive", p.K, p.V);
+  // Every sequence has a state [HV,K,V] (in the kernels' scratch when no
+  // state tensor is given): it obeys the tensors' element bound, whatever T is.
+  if (!try_product(kMaxElements, p.HV, p.K, p.V)) {
+    call.fail(Arg::v, "a sequence's state [HV,K,V] = [{},{},{}] would have more than 2^48 elements",
+              p.HV, p.K, p.V);
+  }
   p.q = call.tensor(Arg::q), p.k = call.tensor(Arg::k), p.v = call.tensor(Arg::v);
   p.g = call.tensor(Arg::g), p.beta = call.tensor(Arg::beta);
   p.sequences = check_sequences(call, Arg::cu_seqlens, p.B, p.T);
