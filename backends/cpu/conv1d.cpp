@@ -5,6 +5,7 @@
 // (sequence, block of channels) tasks, each owning its slice of the state.
 #include <algorithm>
 
+#include "checked_math.hpp"
 #include "cpu_kernels.hpp"
 
 namespace hops::cpu {
@@ -123,33 +124,37 @@ void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
   // which writes its final state).
   const int64_t token_blocks = std::max<int64_t>(1, (longest + kTokenBlock - 1) / kTokenBlock);
   const size_t per_worker = (kTokenBlock + kMaxConvWidth) * kChannelBlock;
-  const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
-  context.threads->parallel_for(op.sequences.count * token_blocks * channel_blocks,
-                                context.max_workers, [&](int64_t task, int worker) {
-                                  const int64_t d0 = (task % channel_blocks) * kChannelBlock;
-                                  const int64_t block = task / channel_blocks % token_blocks;
-                                  const int64_t n = task / channel_blocks / token_blocks;
-                                  const Sequences::Span span = op.sequences[n];
-                                  const int64_t t0 = block * kTokenBlock;
-                                  if (t0 > 0 && t0 >= span.end - span.begin) return;
-                                  conv_forward_task(
-                                      op, n, t0, std::min(t0 + kTokenBlock, span.end - span.begin),
-                                      d0, std::min(kChannelBlock, op.D - d0),
-                                      scratch.as<float>() + worker * per_worker);
-                                });
+  const auto scratch = context.scratch->acquire(
+      scratch_bytes(op.kName, per_worker, context.max_workers, sizeof(float)));
+  context.threads->parallel_for(
+      checked_product(op.kName, op.sequences.count, token_blocks, channel_blocks),
+      context.max_workers, [&](int64_t task, int worker) {
+        const int64_t d0 = (task % channel_blocks) * kChannelBlock;
+        const int64_t block = task / channel_blocks % token_blocks;
+        const int64_t n = task / channel_blocks / token_blocks;
+        const Sequences::Span span = op.sequences[n];
+        const int64_t t0 = block * kTokenBlock;
+        if (t0 > 0 && t0 >= span.end - span.begin) return;
+        conv_forward_task(op, n, t0, std::min(t0 + kTokenBlock, span.end - span.begin), d0,
+                          std::min(kChannelBlock, op.D - d0),
+                          scratch.as<float>() + worker * per_worker);
+      });
 }
 
 void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
   const int64_t blocks = (op.D + kChannelBlock - 1) / kChannelBlock;
-  const auto per_worker = static_cast<size_t>((op.state.shape[2] + op.L) * kChannelBlock);
-  const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
-  context.threads->parallel_for(op.N * blocks, context.max_workers, [&](int64_t task, int worker) {
-    const int64_t n = task / blocks, d0 = (task % blocks) * kChannelBlock;
-    const int64_t slot = op.slots(n);
-    if (slot < 0) return;
-    conv_update_task(op, n, slot, d0, std::min(kChannelBlock, op.D - d0),
-                     scratch.as<float>() + worker * per_worker);
-  });
+  const int64_t per_worker =
+      scratch_size(op.kName, scratch_sum(op.kName, op.state.shape[2], op.L), kChannelBlock);
+  const auto scratch = context.scratch->acquire(
+      scratch_bytes(op.kName, per_worker, context.max_workers, sizeof(float)));
+  context.threads->parallel_for(
+      checked_product(op.kName, op.N, blocks), context.max_workers, [&](int64_t task, int worker) {
+        const int64_t n = task / blocks, d0 = (task % blocks) * kChannelBlock;
+        const int64_t slot = op.slots(n);
+        if (slot < 0) return;
+        conv_update_task(op, n, slot, d0, std::min(kChannelBlock, op.D - d0),
+                         scratch.as<float>() + worker * per_worker);
+      });
 }
 
 }  // namespace hops::cpu

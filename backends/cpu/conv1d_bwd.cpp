@@ -14,6 +14,7 @@
 // vectorises; positions move one row of up to kChannelBlock channels at a time.
 #include <algorithm>
 
+#include "checked_math.hpp"
 #include "cpu_kernels.hpp"
 
 namespace hops::cpu {
@@ -220,10 +221,11 @@ void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
       std::clamp((tokens + kTargetChunks - 1) / kTargetChunks, kMinChunkTokens, kMaxChunkTokens);
   const int64_t chunks = (tokens + chunk_tokens - 1) / chunk_tokens;
   const int64_t state_tasks = op.d_initial_state ? op.sequences.count * blocks : 0;
-  const auto per_worker = static_cast<size_t>(BlockTask::kScratchFloats);
-  const auto scratch = context.scratch->acquire(per_worker * context.max_workers * sizeof(float));
-  const auto shares =
-      context.scratch->acquire(static_cast<size_t>(chunks * blocks * kShareFloats) * sizeof(float));
+  const int64_t per_worker = BlockTask::kScratchFloats;
+  const auto scratch = context.scratch->acquire(
+      scratch_bytes(op.kName, per_worker, context.max_workers, sizeof(float)));
+  const auto shares = context.scratch->acquire(
+      scratch_bytes(op.kName, chunks, blocks, kShareFloats, sizeof(float)));
   auto share_of = [&](int64_t chunk, int64_t block) {
     return shares.as<float>() + (chunk * blocks + block) * kShareFloats;
   };

@@ -2,6 +2,7 @@
 // normalised and gated in vectorised loops, and written back.
 #include <algorithm>
 
+#include "checked_math.hpp"
 #include "cpu_kernels.hpp"
 
 namespace hops::cpu {
@@ -48,9 +49,11 @@ HOPS_VECTOR_CLONES void normalize_rows_f16(const GatedRmsNorm& op, const float* 
 }  // namespace
 
 void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op) {
-  const auto per_worker = static_cast<size_t>(2 * op.D);
-  const auto scratch = context.scratch->acquire(
-      (static_cast<size_t>(op.D) + per_worker * context.max_workers) * sizeof(float));
+  const int64_t per_worker = scratch_size(op.kName, 2, op.D);
+  const auto scratch = context.scratch->acquire(scratch_bytes(
+      op.kName,
+      scratch_sum(op.kName, op.D, scratch_size(op.kName, per_worker, context.max_workers)),
+      sizeof(float)));
   float* weight = scratch.as<float>();
   load_run(op.weight, 0, op.weight.stride[0], op.D, weight);
   const auto normalize = op.x.dtype == DType::bf16  ? &normalize_rows_bf16

@@ -4,6 +4,7 @@
 // chunk order, so dweight is the same whatever the number of threads.
 #include <algorithm>
 
+#include "checked_math.hpp"
 #include "cpu_kernels.hpp"
 
 namespace hops::cpu {
@@ -60,10 +61,11 @@ void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op) {
   const int64_t rows_per_chunk =
       std::max(kMinRowsPerChunk, (op.rows + kMaxChunks - 1) / kMaxChunks);
   const int64_t chunks = (op.rows + rows_per_chunk - 1) / rows_per_chunk;
-  const auto per_worker = static_cast<size_t>(kRowBuffers * D);
-  const auto floats = context.scratch->acquire(
-      (static_cast<size_t>(D) + per_worker * context.max_workers) * sizeof(float));
-  const auto shares = context.scratch->acquire(static_cast<size_t>(chunks * D) * sizeof(double));
+  const int64_t per_worker = scratch_size(op.kName, kRowBuffers, D);
+  const auto floats = context.scratch->acquire(scratch_bytes(
+      op.kName, scratch_sum(op.kName, D, scratch_size(op.kName, per_worker, context.max_workers)),
+      sizeof(float)));
+  const auto shares = context.scratch->acquire(scratch_bytes(op.kName, chunks, D, sizeof(double)));
   float* weight = floats.as<float>();
   load_run(op.weight, 0, op.weight.stride[0], D, weight);
 

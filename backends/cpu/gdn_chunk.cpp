@@ -13,6 +13,7 @@
 #include <cstring>
 #include <utility>
 
+#include "checked_math.hpp"
 #include "gdn_chunk_common.hpp"
 #include "gdn_common.hpp"
 #include "small_gemm.hpp"
@@ -56,11 +57,14 @@ struct ChunkBlocks {
   float* states;  // [heads, Kp, Vp]
 
   static int64_t floats(int64_t Kp, int64_t Vp, int64_t heads) {
-    const int64_t shared = 3 * kChunk * Kp + 2 * kChunk * kChunk;
+    constexpr std::string_view kOp = GdnChunkFwd::kName;
+    const int64_t C = kChunk, KV = scratch_size(kOp, Kp, Vp);
+    const int64_t shared = scratch_sum(kOp, scratch_size(kOp, 3 * C, Kp), 2 * C * C);
     const int64_t per_head =
-        2 * kChunk * (Kp + Vp) + 4 * kChunk * kChunk + kChunk * Vp + Kp * kChunk + 4 * kChunk;
+        scratch_sum(kOp, scratch_size(kOp, 2 * C, scratch_sum(kOp, Kp, Vp)), 4 * C * C,
+                    scratch_size(kOp, C, Vp), scratch_size(kOp, Kp, C), 4 * C);
     // Rounded so that the workers' blocks start on separate cache lines.
-    return round_up(shared + per_head + heads * Kp * Vp, kPadding);
+    return round_up(scratch_sum(kOp, shared, per_head, scratch_size(kOp, heads, KV)), kPadding);
   }
 
   ChunkBlocks(float* base, int64_t Kp_, int64_t Vp_) : Kp(Kp_), Vp(Vp_) {
@@ -255,9 +259,11 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   const int64_t heads = heads_per_task(op, context.max_workers);
   const int64_t per_worker = ChunkBlocks::floats(Kp, Vp, heads);
   const int64_t groups = op.HV / heads;
-  const auto lease = context.scratch->acquire(per_worker * sizeof(float) * context.max_workers);
+  const auto lease = context.scratch->acquire(
+      scratch_bytes(op.kName, per_worker, sizeof(float), context.max_workers));
   context.threads->parallel_for(
-      op.sequences.count * groups, context.max_workers, [&](int64_t task, int worker) {
+      checked_product(op.kName, op.sequences.count, groups), context.max_workers,
+      [&](int64_t task, int worker) {
         const ChunkBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp);
         const int64_t first = task % groups * heads;
         forward_sequence(op, task / groups, {gdn::key_head(op, first), first, heads}, blocks);

@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "checked_math.hpp"
 #include "gdn_chunk_common.hpp"
 #include "gdn_common.hpp"
 #include "small_gemm.hpp"
@@ -49,7 +50,9 @@ struct Checkpoint {
   float* t;
 
   static int64_t floats(int64_t Kp, int64_t Vp) {
-    return Kp * Vp + kChunk * (Kp + Vp) + kChunk * kChunk;
+    constexpr std::string_view kOp = GdnChunkBwd::kName;
+    return scratch_sum(kOp, scratch_size(kOp, Kp, Vp),
+                       scratch_size(kOp, kChunk, scratch_sum(kOp, Kp, Vp)), kChunk * kChunk);
   }
 };
 
@@ -100,13 +103,18 @@ struct BackwardBlocks {
   float* checkpoints;  // [heads, chunks, Checkpoint::floats]
 
   static int64_t floats(int64_t Kp, int64_t Vp, int64_t heads, int64_t chunks) {
+    constexpr std::string_view kOp = GdnChunkBwd::kName;
     constexpr int64_t C = kChunk;
-    const int64_t shared = 5 * C * Kp + 2 * C * C + 2 * C;
+    const int64_t KV = scratch_size(kOp, Kp, Vp);
+    const int64_t shared = scratch_sum(kOp, scratch_size(kOp, 5 * C, Kp), 2 * C * C + 2 * C);
+    // Per head: C Vp (3 + 1) + 4 C (Kp + Vp) + 4 C Kp + 2 Kp Vp + 7 C^2 + 8 C.
     const int64_t per_head =
-        3 * C * Vp + 4 * C * (Kp + Vp) + 7 * C * C + 4 * C * Kp + 2 * Vp * Kp + Vp * C + 8 * C;
-    const int64_t carried = heads * (Kp * Vp + chunks * Checkpoint::floats(Kp, Vp));
+        scratch_sum(kOp, scratch_size(kOp, 4 * C, Vp), scratch_size(kOp, 4 * C, Kp + Vp),
+                    scratch_size(kOp, 4 * C, Kp), scratch_size(kOp, 2, KV), 7 * C * C + 8 * C);
+    const int64_t carried = scratch_size(
+        kOp, heads, scratch_sum(kOp, KV, scratch_size(kOp, chunks, Checkpoint::floats(Kp, Vp))));
     // Rounded so that the workers' blocks start on separate cache lines.
-    return round_up(shared + per_head + carried, kPadding);
+    return round_up(scratch_sum(kOp, shared, per_head, carried), kPadding);
   }
 
   BackwardBlocks(float* base, int64_t Kp_, int64_t Vp_, int64_t heads, int64_t chunks_)
@@ -572,9 +580,10 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
   const int64_t chunks = (longest + kChunk - 1) / kChunk;
   const int64_t per_worker = BackwardBlocks::floats(Kp, Vp, heads, chunks);
   // Checkpoints make a worker's blocks large: no more workers than tasks.
-  const int64_t tasks = op.sequences.count * op.H;
+  const int64_t tasks = checked_product(op.kName, op.sequences.count, op.H);
   const auto workers = static_cast<int>(std::min<int64_t>(context.max_workers, tasks));
-  const auto lease = context.scratch->acquire(per_worker * sizeof(float) * std::max(workers, 1));
+  const auto lease = context.scratch->acquire(
+      scratch_bytes(op.kName, per_worker, sizeof(float), std::max(workers, 1)));
   context.threads->parallel_for(tasks, workers, [&](int64_t task, int worker) {
     const BackwardBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp, heads, chunks);
     const int64_t key = task % op.H;

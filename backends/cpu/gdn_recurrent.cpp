@@ -6,6 +6,7 @@
 // element read from memory and written back once.
 #include <algorithm>
 
+#include "checked_math.hpp"
 #include "gdn_common.hpp"
 
 namespace hops::cpu {
@@ -84,8 +85,11 @@ struct DecodeBuffers {
   float* dense;  // [K, V] a state with no contiguous dim, copied
 
   static int64_t floats(int64_t K, int64_t V) {
+    constexpr std::string_view kOp = GdnRecurrent::kName;
     constexpr int64_t kCacheLineFloats = 16;
-    return (2 * K + 2 * V + K * V + kCacheLineFloats - 1) / kCacheLineFloats * kCacheLineFloats;
+    const int64_t floats = scratch_sum(kOp, scratch_size(kOp, 2, K), scratch_size(kOp, 2, V),
+                                       scratch_size(kOp, K, V), kCacheLineFloats - 1);
+    return floats / kCacheLineFloats * kCacheLineFloats;
   }
   DecodeBuffers(float* base, int64_t K, int64_t V)
       : q(base), k(q + K), v(k + K), o(v + V), dense(o + V) {}
@@ -125,12 +129,14 @@ void decode_head(const GdnRecurrent& op, int64_t n, int64_t hv, const DecodeBuff
 
 void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op) {
   const int64_t per_worker = DecodeBuffers::floats(op.K, op.V);
-  const auto lease = context.scratch->acquire(per_worker * sizeof(float) * context.max_workers);
-  context.threads->parallel_for(
-      op.sequences.count * op.HV, context.max_workers, [&](int64_t task, int worker) {
-        const DecodeBuffers buffers(lease.as<float>() + worker * per_worker, op.K, op.V);
-        decode_head(op, task / op.HV, task % op.HV, buffers);
-      });
+  const auto lease = context.scratch->acquire(
+      scratch_bytes(op.kName, per_worker, sizeof(float), context.max_workers));
+  context.threads->parallel_for(checked_product(op.kName, op.sequences.count, op.HV),
+                                context.max_workers, [&](int64_t task, int worker) {
+                                  const DecodeBuffers buffers(
+                                      lease.as<float>() + worker * per_worker, op.K, op.V);
+                                  decode_head(op, task / op.HV, task % op.HV, buffers);
+                                });
 }
 
 }  // namespace hops::cpu
