@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "checked_math.hpp"
+
 namespace hops::opencl {
 
 namespace {
@@ -109,9 +111,11 @@ void Call::check_tensor(const Tensor& t, const char* name) const {
   if (mem_info<cl_context>(buffer_of(t), CL_MEM_CONTEXT, name) != runtime_->context()) {
     reject("argument '{}': its cl_mem belongs to another cl_context than the call's queue", name);
   }
-  int64_t last = 0;
-  for (int d = 0; d < t.ndim; ++d) last += (t.shape[d] - 1) * t.stride[d];
-  const uint64_t end = t.byte_offset + static_cast<uint64_t>(last + 1) * element;
+  // The plugin has bounded the span and byte_offset (checked_math.hpp), so
+  // their sum cannot wrap.
+  const std::optional<int64_t> extent = extent_bytes(t);
+  if (!extent) reject("argument '{}': its shape and strides span more than 2^56 bytes", name);
+  const uint64_t end = t.byte_offset + static_cast<uint64_t>(*extent);
   const auto size = mem_info<size_t>(buffer_of(t), CL_MEM_SIZE, name);
   if (end > size) {
     reject("argument '{}': the view ends at byte {}, past the end of its {}-byte cl_mem", name, end,
@@ -126,7 +130,8 @@ IndexArg Call::index(const Tensor& t) {
   }
   // Host-resident: the plugin has validated the values; they travel as int64.
   const auto count = static_cast<size_t>(t.shape[0]);
-  BufferPool::Lease lease = runtime_->pool().acquire(count * sizeof(int64_t));
+  BufferPool::Lease lease =
+      runtime_->pool().acquire(scratch_bytes("opencl: index tensor", count, sizeof(int64_t)));
   std::vector<std::byte>& staging = lease.staging();
   staging.resize(count * sizeof(int64_t));
   for (size_t i = 0; i < count; ++i) {
@@ -205,7 +210,7 @@ void Launch::run(Call& call, cl_uint dims, const size_t* groups, const size_t* l
   size_t global[3] = {1, 1, 1};
   for (cl_uint d = 0; d < dims; ++d) {
     if (groups[d] == 0) return;
-    global[d] = groups[d] * local[d];
+    global[d] = static_cast<size_t>(checked_product(slot_.name, groups[d], local[d]));
   }
   const cl_event wait = call.last_event().get();
   EventHandle done;

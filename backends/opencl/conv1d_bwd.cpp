@@ -2,6 +2,7 @@
 // the shares added up in a fixed order (deterministic, no atomics), then
 // d_initial_state.
 #include "call.hpp"
+#include "checked_math.hpp"
 #include "ops.hpp"
 
 namespace hops::opencl {
@@ -54,9 +55,10 @@ void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op) {
   if (!call.active()) return;
   const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
   const auto silu = static_cast<cl_int>(op.activation == Activation::silu);
-  const int64_t runs = op.B * static_cast<int64_t>(groups_for(op.T, kTokensPerItem));
+  const int64_t runs =
+      checked_product(op.kName, op.B, static_cast<int64_t>(groups_for(op.T, kTokensPerItem)));
   const cl_mem partial =
-      call.scratch(static_cast<size_t>(runs * kShareRows * op.D) * sizeof(float));
+      call.scratch(scratch_bytes(op.kName, runs, kShareRows, op.D, sizeof(float)));
   {
     // CPU devices take 16 contiguous channels as float16 (conv1d_bwd.cl).
     const bool vector = call.runtime().cpu_device() && op.D % kLanes == 0 && op.x.stride[2] == 1 &&

@@ -1,5 +1,8 @@
 // gdn_chunk_fwd and gdn_recurrent: gdn_prepare, then gdn_scan, or on CPU
 // devices gdn_scan_panels where the state allows (gdn.cl).
+#include <algorithm>
+
+#include "checked_math.hpp"
 #include "gdn_tokens.hpp"
 #include "ops.hpp"
 
@@ -90,8 +93,9 @@ void scan_panels(Call& call, const GdnProblem& op, const ScanArgs& a) {
 }
 
 StateArg dense_scratch(Call& call, const GdnProblem& op, int64_t sequences) {
-  const int64_t per_head = op.K * op.V;
-  return {call.scratch(static_cast<size_t>(sequences * op.HV * per_head) * sizeof(float)),
+  const int64_t per_head = op.K * op.V;  // validated: HV K V <= 2^48
+  return {call.scratch(scratch_bytes("opencl: gdn state scratch", sequences, op.HV, per_head,
+                                     sizeof(float))),
           0,
           {{op.HV * per_head, per_head, op.V, 1}}};
 }
@@ -104,9 +108,19 @@ cl_long4 state_steps(const Tensor& state, bool v_first) {
            state.stride[v_first ? 2 : 3]}};
 }
 
+void check_kernel_ints(const GdnProblem& op, const char* name) {
+  if (std::max({op.H, op.HV, op.K, op.V}) > INT32_MAX) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: the opencl backend takes H, HV, K and V below 2^31, got H = {}, HV = {}, K = {}, V = "
+         "{}",
+         name, op.H, op.HV, op.K, op.V);
+  }
+}
+
 cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
-  const int64_t items = op.B * op.T * op.HV;
-  const cl_mem info = call.scratch(static_cast<size_t>(items) * kTokenInfo * sizeof(float));
+  const int64_t items = checked_product("opencl: gdn_prepare", op.B, op.T, op.HV);
+  const cl_mem info =
+      call.scratch(scratch_bytes("opencl: gdn_prepare", items, kTokenInfo, sizeof(float)));
   Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_prepare"));
   launch.tensor(op.q).value(strides4(op.q));
   launch.tensor(op.k).value(strides4(op.k));
@@ -124,6 +138,7 @@ cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
 }
 
 void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op) {
+  check_kernel_ints(op, op.kName);
   Call call(exec, {{op.q, "q"},
                    {op.k, "k"},
                    {op.v, "v"},
@@ -171,6 +186,7 @@ void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op) {
 }
 
 void gdn_recurrent(const ExecContext& exec, const GdnRecurrent& op) {
+  check_kernel_ints(op, op.kName);
   Call call(exec, {{op.q, "q"},
                    {op.k, "k"},
                    {op.v, "v"},

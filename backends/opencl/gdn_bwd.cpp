@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "checked_math.hpp"
 #include "gdn_tokens.hpp"
 #include "ops.hpp"
 
@@ -45,6 +46,7 @@ size_t scan_columns(const Call& call, const Launch& launch, const GdnProblem& op
 }  // namespace
 
 void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
+  check_kernel_ints(op, op.kName);
   Call call(exec, {{op.q, "q"},
                    {op.k, "k"},
                    {op.v, "v"},
@@ -63,7 +65,7 @@ void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
   if (!call.active()) return;
   const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
   const cl_mem info = prepare_tokens(call, op);
-  const int64_t N = op.sequences.count, tokens = op.B * op.T;
+  const int64_t N = op.sequences.count, tokens = checked_product(op.kName, op.B, op.T);
   // A checkpoint every `chunk` tokens, about sqrt(mean sequence length):
   // balances the checkpoints (tokens / chunk states per value head) against
   // the recomputed states (chunk per sequence and value head).
@@ -71,20 +73,20 @@ void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
       std::clamp<int64_t>(std::llround(std::sqrt(static_cast<double>(tokens) /
                                                  static_cast<double>(std::max<int64_t>(N, 1)))),
                           kMinChunk, kMaxChunk);
-  const int64_t head_floats = op.K * op.V;
+  const int64_t head_floats = op.K * op.V;  // validated: HV K V <= 2^48
   const cl_mem checkpoints =
-      call.scratch(static_cast<size_t>((N + (tokens + chunk - 1) / chunk) * op.HV * head_floats) *
-                   sizeof(float));
+      call.scratch(scratch_bytes(op.kName, scratch_sum(op.kName, N, (tokens + chunk - 1) / chunk),
+                                 op.HV, head_floats, sizeof(float)));
   const cl_mem recompute =
-      call.scratch(static_cast<size_t>(N * op.HV * chunk * head_floats) * sizeof(float));
+      call.scratch(scratch_bytes(op.kName, N, op.HV, chunk, head_floats, sizeof(float)));
   int64_t blocks = 0;
   cl_mem partial = nullptr;
   {
     Launch launch(call.kernel(Family::gdn_bwd, op.q.dtype, "gdn_bwd_scan"));
     const size_t columns = scan_columns(call, launch, op);
     blocks = static_cast<int64_t>(groups_for(op.V, columns));
-    partial =
-        call.scratch(static_cast<size_t>(tokens * op.HV * blocks * (2 * op.K + 2)) * sizeof(float));
+    partial = call.scratch(scratch_bytes(op.kName, tokens, op.HV, blocks,
+                                         scratch_sum(op.kName, op.K, op.K, 2), sizeof(float)));
     launch.tensor(op.q).value(strides4(op.q));
     launch.tensor(op.k).value(strides4(op.k));
     launch.tensor(op.v).value(strides4(op.v));

@@ -7,6 +7,10 @@
 
 namespace hops::opencl {
 
+// The kernels take H, HV, K and V as int: HOPS_ERR_UNSUPPORTED naming the op
+// (`name`) when one does not fit.
+void check_kernel_ints(const GdnProblem& op, const char* name);
+
 // Decay, beta and the l2 norms of every (b, t, hv) (TOKEN_INFO floats each,
 // common.cl), computed by gdn_prepare into a scratch buffer.
 cl_mem prepare_tokens(Call& call, const GdnProblem& op);

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "call.hpp"
+#include "checked_math.hpp"
 #include "ops.hpp"
 
 namespace hops::opencl {
@@ -131,7 +132,7 @@ void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op) {
   const int64_t row_count = op.D > 0 ? op.rows : 0;
   const int64_t block_rows = std::max(kMinBlockRows, (row_count + kRowBlocks - 1) / kRowBlocks);
   const int64_t blocks = (row_count + block_rows - 1) / block_rows;
-  const cl_mem partial = call.scratch(static_cast<size_t>(blocks * op.D) * sizeof(float));
+  const cl_mem partial = call.scratch(scratch_bytes(op.kName, blocks, op.D, sizeof(float)));
   {
     // CPU devices: a work-item per row block with float16 SIMD where the rows allow it (norm.cl).
     const bool per_block = call.runtime().cpu_device() && op.D % kLanes == 0 &&
