@@ -15,6 +15,7 @@
 // cp.async ring, runs of 128 tokens cut per row); the rest stays as described.
 #include <type_traits>
 
+#include "checked_math.hpp"
 #include "ordered_sum.cuh"
 
 namespace hops::cuda {
@@ -593,7 +594,7 @@ int64_t runs_of(const ConvBwdParams& p, int dtype) {
 }  // namespace
 
 size_t conv1d_bwd_scratch_bytes(const ConvBwdParams& p, int dtype) {
-  return static_cast<size_t>(runs_of(p, dtype) * kShareRows * p.D) * sizeof(float);
+  return scratch_bytes("conv1d_bwd", runs_of(p, dtype), kShareRows, p.D, sizeof(float));
 }
 
 cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "checked_math.hpp"
 #include "cuda_params.hpp"
 #include "error.hpp"
 #include "ops/conv1d.hpp"
@@ -178,7 +179,8 @@ class StagedIndex {
     }
     std::vector<int64_t> values(static_cast<size_t>(t.shape[0]));
     for (int64_t i = 0; i < t.shape[0]; ++i) values[static_cast<size_t>(i)] = read_index(t, i);
-    scratch_ = std::make_unique<Scratch>(values.size() * sizeof(int64_t), guard, op);
+    scratch_ =
+        std::make_unique<Scratch>(scratch_bytes(op, values.size(), sizeof(int64_t)), guard, op);
     check(cudaMemcpyAsync(scratch_->data(), values.data(), values.size() * sizeof(int64_t),
                           cudaMemcpyHostToDevice, guard.stream()),
           op, "cudaMemcpyAsync (index tensor to the device)");

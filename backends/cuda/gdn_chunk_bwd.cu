@@ -26,6 +26,7 @@
 // Scratch is large (about 4 (K + V) + 8 C + 2 K V / C floats per token and
 // value head) in exchange for simple, fully parallel steps around the two
 // sequential sweeps.
+#include "checked_math.hpp"
 #include "device_common.cuh"
 
 namespace hops::cuda {
@@ -71,25 +72,28 @@ struct Workspace {
 };
 
 // Lays the blocks out from `base` (null: only counts); returns the bytes.
+// Each block's size is the product of its dims, overflow-checked (the total
+// is at most kMaxScratchBytes, so the kernels' offsets into it fit).
 size_t carve(const ChunkBwdParams& p, char* base, Workspace& w) {
   const int64_t S = slot_count(p), C = kC;
-  size_t offset = 0;
-  auto take = [&]<class T>(T*& block, int64_t count) {
+  int64_t offset = 0;
+  auto take = [&]<class T, class... Dims>(T*& block, Dims... dims) {
     block = base ? reinterpret_cast<T*>(base + offset) : nullptr;
-    offset += (static_cast<size_t>(count) * sizeof(T) + 255) / 256 * 256;
+    const int64_t bytes = scratch_size("gdn_chunk_bwd", dims..., sizeof(T));
+    offset = scratch_sum("gdn_chunk_bwd", offset, (bytes + 255) / 256 * 256);
   };
   take(w.table, S);
-  for (float** block : {&w.q, &w.k}) take(*block, S * p.H * C * p.K);
-  for (float** block : {&w.q_norm, &w.k_norm}) take(*block, S * p.H * C);
-  for (float** block : {&w.qk, &w.kk}) take(*block, S * p.H * C * C);
-  for (float** block : {&w.log_decay, &w.beta, &w.gamma, &w.to_end}) take(*block, S * p.HV * C);
+  for (float** block : {&w.q, &w.k}) take(*block, S, p.H, C, p.K);
+  for (float** block : {&w.q_norm, &w.k_norm}) take(*block, S, p.H, C);
+  for (float** block : {&w.qk, &w.kk}) take(*block, S, p.H, C, C);
+  for (float** block : {&w.log_decay, &w.beta, &w.gamma, &w.to_end}) take(*block, S, p.HV, C);
   for (float** block : {&w.a, &w.t, &w.p, &w.dp, &w.z, &w.da, &w.dp_scaled, &w.b_sym})
-    take(*block, S * p.HV * C * C);
+    take(*block, S, p.HV, C, C);
   for (float** block : {&w.k_decayed, &w.rw, &w.w, &w.dw, &w.x, &w.dq, &w.dk_decayed, &w.dk})
-    take(*block, S * p.HV * C * p.K);
-  for (float** block : {&w.v, &w.d_o, &w.rv, &w.u, &w.du, &w.y}) take(*block, S * p.HV * C * p.V);
-  for (float** block : {&w.state, &w.dh}) take(*block, S * p.HV * p.K * p.V);
-  return offset;
+    take(*block, S, p.HV, C, p.K);
+  for (float** block : {&w.v, &w.d_o, &w.rv, &w.u, &w.du, &w.y}) take(*block, S, p.HV, C, p.V);
+  for (float** block : {&w.state, &w.dh}) take(*block, S, p.HV, p.K, p.V);
+  return static_cast<size_t>(offset);
 }
 
 __device__ __forceinline__ int64_t at(const Arg& a, int64_t i0, int64_t i1, int64_t i2,

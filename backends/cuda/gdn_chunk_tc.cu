@@ -25,6 +25,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "checked_math.hpp"
 #include "device_common.cuh"
 
 namespace hops::cuda {
@@ -757,7 +758,7 @@ bool chunk_tc_supported(const ChunkParams& p, int dtype) {
 }
 
 size_t chunk_tc_scratch_bytes(const ChunkParams& p) {
-  return static_cast<size_t>(chunk_slots(p) * (p.cu.data ? 1 : p.N) * p.HV) * kRecordBytes;
+  return scratch_bytes("gdn_chunk_fwd", chunk_slots(p), p.cu.data ? 1 : p.N, p.HV, kRecordBytes);
 }
 
 cudaError_t launch_gdn_chunk_tc(const ChunkParams& p, int dtype, void* scratch,

@@ -10,6 +10,7 @@
 // D <= 128 vectors take the vector kernel (the row in registers, 16-byte
 // loads and stores, several rows per warp when D is small); the rest the
 // general kernel (a warp per row, strided elements, the row read twice).
+#include "checked_math.hpp"
 #include "ordered_sum.cuh"
 
 namespace hops::cuda {
@@ -241,7 +242,7 @@ void launch_vec(const NormBwdParams& p, const RowSplit& split, float* partials,
 }  // namespace
 
 size_t gated_rmsnorm_bwd_scratch_bytes(const NormBwdParams& p, int dtype) {
-  return static_cast<size_t>(partial_rows(p, dtype) * p.D) * sizeof(float);
+  return scratch_bytes("gated_rmsnorm_bwd", partial_rows(p, dtype), p.D, sizeof(float));
 }
 
 cudaError_t launch_gated_rmsnorm_bwd(const NormBwdParams& p, int dtype, void* scratch,
