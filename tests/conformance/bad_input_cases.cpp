@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 
 #include "cases.hpp"
 #include "invocation.hpp"
@@ -153,6 +154,58 @@ std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
          call.exec().device = {kDLVulkan, 0};
        }},
       {"api->call with num_args one short", {}, [](Invocation& call) { call.num_args(13); }},
+      // Issue 11's memory-safety classes: a zero divisor, a zero dim hiding a
+      // huge one, strides whose spans overflow, an enum out of its range.
+      {"HV=0 (v, g, beta, o with no value heads)",
+       {"v"},
+       [](Invocation& call) {
+         for (std::string_view name : {"v", "g", "beta", "o"}) {
+           call.patch(name, [](DLTensor& t) { t.shape[2] = 0; });
+         }
+         call.tensor("initial_state", {}).tensor("final_state", {});
+       }},
+      {"T=0 with V=2^60 (v and o)",
+       {"v"},
+       [](Invocation& call) {
+         for (std::string_view name : {"q", "k", "v", "g", "beta", "o"}) {
+           call.patch(name, [name](DLTensor& t) {
+             t.shape[1] = 0;
+             if (name == "v" || name == "o") t.shape[3] = int64_t{1} << 60;
+           });
+         }
+         call.tensor("initial_state", {}).tensor("final_state", {});
+       }},
+      {"T=0 with K=2^20 and V=2^30: a state [HV,K,V] of 2^52 elements",
+       {"v"},
+       [](Invocation& call) {
+         for (std::string_view name : {"q", "k", "v", "g", "beta", "o"}) {
+           call.patch(name, [name](DLTensor& t) {
+             t.shape[1] = 0;
+             if (name == "q" || name == "k") t.shape[3] = int64_t{1} << 20;
+             if (name == "v" || name == "o") t.shape[3] = int64_t{1} << 30;
+           });
+         }
+         call.tensor("initial_state", {}).tensor("final_state", {});
+       }},
+      {"o has the stride 2^62 along T",
+       {"o"},
+       patch("o", [](DLTensor& t) { t.strides[1] = int64_t{1} << 62; })},
+      {"q has the stride 2^62 along T",
+       {"q"},
+       patch("q", [](DLTensor& t) { t.strides[1] = int64_t{1} << 62; })},
+      {"q has device_type 999",
+       {"q"},
+       patch("q",
+             [](DLTensor& t) {
+               const int32_t type = 999;
+               std::memcpy(&t.device.device_type, &type, sizeof type);
+             })},
+      {"exec device_type 999",
+       {"exec"},
+       [](Invocation& call) {
+         const int32_t type = 999;
+         std::memcpy(&call.exec().device.device_type, &type, sizeof type);
+       }},
   };
 }
 
@@ -279,6 +332,17 @@ std::vector<BadCall> gated_rmsnorm_bad_calls(const Context& ctx) {
       {"weight has 7 entries for D=8", {"weight"}, set("weight", f32(d, {7}))},
       {"z has shape [3,4,7]", {"z"}, set("z", f32(d, {3, 4, 7}))},
       {"y is bf16 while x is f32", {"y"}, set("y", Tensor::empty(d, DType::bf16, {3, 4, 8}))},
+      {"x, z, y have shape [0,2^40,2^40] (compact strides past 2^63)",
+       {"x", "z", "y"},
+       [](Invocation& call) {
+         for (std::string_view name : {"x", "z", "y"}) {
+           call.patch(name, [](DLTensor& t) {
+             t.shape[0] = 0;
+             t.shape[1] = t.shape[2] = int64_t{1} << 40;
+             t.strides = nullptr;
+           });
+         }
+       }},
   };
 }
 
@@ -446,6 +510,29 @@ std::vector<BadCall> gdn_chunk_bwd_bad_calls(const Context& ctx) {
        {"cu_seqlens"},
        set("cu_seqlens", Tensor::indices(*ctx.host, DType::i32, {0, 2, 4}))},
       {"scale is -1", {"scale"}, [](Invocation& call) { call.f64("scale", -1.0); }},
+      {"T=0 with V=2^60 (v, do, dv)",
+       {"v", "do", "dv"},
+       [](Invocation& call) {
+         for (std::string_view name :
+              {"q", "k", "v", "g", "beta", "do", "dq", "dk", "dv", "dg", "dbeta"}) {
+           call.patch(name, [name](DLTensor& t) {
+             t.shape[1] = 0;
+             if (name == "v" || name == "do" || name == "dv") t.shape[3] = int64_t{1} << 60;
+           });
+         }
+         call.tensor("initial_state", {}).tensor("d_final_state", {}).tensor("dh0", {});
+       }},
+      {"HV=0 (v, g, beta and their gradients with no value heads)",
+       {"v"},
+       [](Invocation& call) {
+         for (std::string_view name : {"v", "g", "beta", "do", "dv", "dg", "dbeta"}) {
+           call.patch(name, [](DLTensor& t) { t.shape[2] = 0; });
+         }
+         call.tensor("initial_state", {}).tensor("d_final_state", {}).tensor("dh0", {});
+       }},
+      {"dv has the stride 2^62 along T",
+       {"dv"},
+       patch("dv", [](DLTensor& t) { t.strides[1] = int64_t{1} << 62; })},
   };
 }
 
