@@ -156,6 +156,15 @@ struct FreeDeleter {
   void operator()(void* memory) const { std::free(memory); }
 };
 
+// The whole of `text` as a number, or nothing.
+template <class T>
+std::optional<T> parse_number(std::string_view text) {
+  T value{};
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc{} || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
 // A compact row-major host tensor that owns its memory; dl() is what crosses the ABI.
 class HostTensor {
  public:
@@ -204,6 +213,7 @@ class HostTensor {
     }
   }
 
+  // Element i of a float tensor.
   void set(size_t i, double value) {
     switch (dtype_->bit) {
       case HOPS_DTYPE_F32:
@@ -215,16 +225,34 @@ class HostTensor {
       case HOPS_DTYPE_BF16:
         as<uint16_t>()[i] = bf16_from_float(static_cast<float>(value));
         break;
-      case HOPS_DTYPE_F64:
+      default:  // f64; integer tensors are filled by set_text only
         as<double>()[i] = value;
         break;
-      case HOPS_DTYPE_I32:
-        as<int32_t>()[i] = static_cast<int32_t>(value);
-        break;
-      default:
-        as<int64_t>()[i] = static_cast<int64_t>(value);
-        break;
     }
+  }
+
+  // Element i from its text: an integer dtype takes only an integer in its
+  // range (std::from_chars: no nan, inf, fraction or exponent), a float
+  // dtype any finite or infinite number.
+  void set_text(size_t i, std::string_view text, const char* name) {
+    if (dtype_->bit == HOPS_DTYPE_I32 || dtype_->bit == HOPS_DTYPE_I64) {
+      const std::optional<int64_t> value = parse_number<int64_t>(text);
+      const bool fits =
+          value && (dtype_->bit == HOPS_DTYPE_I64 || (*value >= INT32_MIN && *value <= INT32_MAX));
+      if (!fits) {
+        usage_error("'{}' holds {}: entry {} must be an integer in its range, got '{}'", name,
+                    dtype_->name, i, text);
+      }
+      if (dtype_->bit == HOPS_DTYPE_I32) {
+        as<int32_t>()[i] = static_cast<int32_t>(*value);
+      } else {
+        as<int64_t>()[i] = *value;
+      }
+      return;
+    }
+    const std::optional<double> value = parse_number<double>(text);
+    if (!value) usage_error("'{}': entry {} must be a number, got '{}'", name, i, text);
+    set(i, *value);
   }
 
  private:
@@ -253,15 +281,6 @@ struct Options {
   uint64_t seed = 0;
   int64_t threads = 0;
 };
-
-// The whole of `text` as a number, or nothing.
-template <class T>
-std::optional<T> parse_number(std::string_view text) {
-  T value{};
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc{} || end != text.data() + text.size()) return std::nullopt;
-  return value;
-}
 
 template <class T>
 T parse_option_number(std::string_view option, std::string_view text, T minimum) {
@@ -324,19 +343,20 @@ std::vector<int64_t> parse_shape(std::string_view text) {
   return shape;
 }
 
-// "[0,100,256]" -> {0, 100, 256}
-std::vector<double> parse_values(std::string_view text) {
-  std::vector<double> values;
-  if (!text.ends_with(']')) usage_error("expected values like [0,100,256], got '{}'", text);
-  const std::string_view items = text.substr(1, text.size() - 2);
-  for (size_t begin = 0; !items.empty() && begin <= items.size();) {
-    const size_t end = std::min(items.find(',', begin), items.size());
-    const std::optional<double> value = parse_number<double>(items.substr(begin, end - begin));
-    if (!value) usage_error("expected values like [0,100,256], got '{}'", text);
-    values.push_back(*value);
+// "[0,100,256]" -> {"0", "100", "256"}: each item is parsed by the tensor's
+// dtype (set_values), so that integers never pass through a double.
+std::vector<std::string_view> split_values(std::string_view text) {
+  std::vector<std::string_view> items;
+  if (!text.starts_with('[') || !text.ends_with(']')) {
+    usage_error("expected values like [0,100,256], got '{}'", text);
+  }
+  const std::string_view list = text.substr(1, text.size() - 2);
+  for (size_t begin = 0; !list.empty() && begin <= list.size();) {
+    const size_t end = std::min(list.find(',', begin), list.size());
+    items.push_back(list.substr(begin, end - begin));
     begin = end + 1;
   }
-  return values;
+  return items;
 }
 
 // ---- provider -------------------------------------------------------------------
@@ -453,9 +473,9 @@ const DType& default_dtype(const hops_arg_desc& arg, const DType& preferred) {
 HostTensor make_tensor(const hops_arg_desc& arg, const DType& dtype, std::string_view text,
                        std::mt19937_64& random) {
   if (text.starts_with('[')) {
-    const std::vector<double> values = parse_values(text);
-    HostTensor tensor(dtype, {static_cast<int64_t>(values.size())});
-    for (size_t i = 0; i < values.size(); ++i) tensor.set(i, values[i]);
+    const std::vector<std::string_view> items = split_values(text);
+    HostTensor tensor(dtype, {static_cast<int64_t>(items.size())});
+    for (size_t i = 0; i < items.size(); ++i) tensor.set_text(i, items[i], arg.name);
     return tensor;
   }
   HostTensor tensor(dtype, parse_shape(text));
