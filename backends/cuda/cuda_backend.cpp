@@ -55,14 +55,14 @@ class DeviceGuard {
   DeviceGuard& operator=(const DeviceGuard&) = delete;
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
-
   const hops_allocator& allocator() const { return allocator_; }
+
  private:
   int device_;
   int previous_ = -1;
   cudaStream_t stream_;
-};
   hops_allocator allocator_;  // the host's, or struct_size 0
+};
 
 // One memory pool per device that keeps what it was given (release threshold
 // unlimited): steady-state calls get scratch without reaching cudaMalloc.
@@ -111,7 +111,12 @@ class Scratch {
           "cudaMallocFromPoolAsync (scratch)");
   }
   ~Scratch() {
-    if (data_) cudaFreeAsync(data_, stream_);
+    if (!data_) return;
+    if (host_.free) {
+      host_.free(host_.ctx, DLDevice{kDLCUDA, device_}, data_, bytes_, stream_);
+    } else {
+      cudaFreeAsync(data_, stream_);
+    }
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -119,7 +124,10 @@ class Scratch {
 
  private:
   void* data_ = nullptr;
+  size_t bytes_;
   cudaStream_t stream_;
+  hops_allocator host_;
+  int device_ = 0;
 };
 
 // ---- arguments ---------------------------------------------------------------------
@@ -127,8 +135,6 @@ class Scratch {
 int code_of(DType t) {
   switch (t) {
     case DType::f16:
-  hops_allocator host_;
-  int device_ = 0;
       return kF16;
     case DType::bf16:
       return kBF16;
