@@ -5,7 +5,8 @@
 # incremental, pip keeps its cache.
 #
 #   ./run.sh demo    build, then run the main job on the CPU backend
-#   ./run.sh test    build, then every test: ctest (Release and ASan/UBSan) + pytest
+#   ./run.sh test    build, then every test: ctest (Release and ASan/UBSan) + pytest,
+#                    the threaded tests under TSan (build-tsan/) and the ABI check
 #   ./run.sh build   build only
 #   ./run.sh lint    clang-format check and clang-tidy over the sources
 set -euo pipefail
@@ -18,7 +19,8 @@ say() { printf '\n== %s\n' "$*"; }
 # ---- system packages ---------------------------------------------------------
 APT_PACKAGES=(build-essential cmake pkg-config git python3 python3-venv
               libffi-dev libdlpack-dev libfmt-dev ocl-icd-opencl-dev pocl-opencl-icd
-              googletest libgtest-dev libbenchmark-dev clang-format clang-tidy)
+              googletest libgtest-dev libbenchmark-dev clang-format clang-tidy
+              abigail-tools)  # abi/check.sh: abidw, abidiff
 
 install_system_packages() {
   local missing=()
@@ -81,6 +83,16 @@ build_sanitized() {
   # No GPU in CI: the sanitized build skips the CUDA module (Release builds it).
   configure_and_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOPS_SANITIZE=ON -DHOPS_WITH_CUDA=OFF
 }
+build_tsan() {
+  # ThreadSanitizer: only what the tests labelled "threads" run.
+  if [ ! -f build-tsan/CMakeCache.txt ]; then
+    cmake -S "$ROOT" -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHOPS_SANITIZE_THREAD=ON \
+      -DHOPS_WITH_CUDA=OFF >/dev/null || { echo "hops: CMake configure failed (build-tsan)" >&2; exit 1; }
+  fi
+  local targets=(hops hops-conformance hops_thread_tests)
+  [[ $(cmake --build build-tsan --target help) == *hops_opencl* ]] && targets+=(hops_opencl)
+  cmake --build build-tsan -j "$JOBS" --target "${targets[@]}"
+}
 
 setup() {
   install_system_packages
@@ -103,6 +115,13 @@ run_tests() {
   .venv/bin/python -m pytest -q tests/python || status=1
   say "pytest with flash-linear-attention importable"
   PYTHONPATH="$FLA_SITE" .venv/bin/python -m pytest -q tests/python/test_patch_fla.py || status=1
+  say "build (ThreadSanitizer)"
+  build_tsan
+  say "ctest -L threads (ThreadSanitizer)"
+  (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+     ctest -L threads --output-on-failure -j "$JOBS") || status=1
+  say "ABI compatibility with abi/libhops.abi (abidiff)"
+  JOBS=$JOBS abi/check.sh || status=1
   return $status
 }
 
