@@ -20,7 +20,8 @@ say() { printf '\n== %s\n' "$*"; }
 APT_PACKAGES=(build-essential cmake pkg-config git python3 python3-venv
               libffi-dev libdlpack-dev libfmt-dev ocl-icd-opencl-dev pocl-opencl-icd
               googletest libgtest-dev libbenchmark-dev clang-format clang-tidy
-              abigail-tools)  # abi/check.sh: abidw, abidiff
+              abigail-tools  # abi/check.sh: abidw, abidiff
+              clang-16 libclang-rt-16-dev)  # the fuzzer: clang >= 16 and libFuzzer
 
 install_system_packages() {
   local missing=()
@@ -102,6 +103,13 @@ setup() {
 }
 
 # ---- commands ----------------------------------------------------------------
+# A bounded libFuzzer run of the generic call path (tests/fuzz, docs/FUZZING.md):
+# any finding fails the tests.
+run_fuzz() {
+  say "fuzz api->call for ${HOPS_FUZZ_SECONDS:-90} s (libFuzzer + ASan/UBSan, build-fuzz/)"
+  tests/fuzz/run_fuzz.sh "${HOPS_FUZZ_SECONDS:-90}"
+}
+
 run_tests() {
   local status=0
   say "ctest (Release)"
@@ -122,6 +130,7 @@ run_tests() {
      ctest -L threads --output-on-failure -j "$JOBS") || status=1
   say "ABI compatibility with abi/libhops.abi (abidiff)"
   JOBS=$JOBS abi/check.sh || status=1
+  run_fuzz || status=1
   return $status
 }
 
