@@ -132,7 +132,11 @@ class OpBinding:
     def __call__(self, *args, **kwargs) -> None:
         """Run the op. Arrays of a framework that only describes (TensorSpec) are asked
         about instead (supports_call): HopsError when the provider would refuse them."""
-        self._run(self._given(args, kwargs), query=False)
+        self._run(self._given(args, kwargs), False)
+
+    def run(self, arguments: dict) -> None:
+        """Run the op with its arguments by name (the hops.ops wrappers' way in)."""
+        self._run(self._given((), arguments), False)
 
     def check(self, *args, **kwargs) -> bool:
         """Whether the provider would run this call, asked without running it
@@ -204,7 +208,9 @@ class OpBinding:
             exec_ = ctypes.byref(_abi.hops_exec(ctypes.sizeof(_abi.hops_exec),
                                                 _abi.DLDevice(placement.device_type, placement.device_id),
                                                 placement.stream, 0, 0))
-        plan = self._plan()
+        plan = getattr(self._local, "plan", None)
+        if plan is None or plan.busy:
+            plan = self._plan()
         plan.busy = True
         views = []
         try:

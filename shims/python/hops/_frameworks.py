@@ -173,7 +173,7 @@ class Torch(Framework):
         return torch.empty(tuple(shape), dtype=getattr(torch, dtype) if dtype else like.dtype, device=like.device)
 
     def empty_like(self, x, dtype):
-        return self.torch.empty_like(x, dtype=getattr(self.torch, dtype) if dtype else None)
+        return self.torch.empty_like(x, dtype=getattr(self.torch, dtype)) if dtype else self.torch.empty_like(x)
 
 
 class Cupy(Framework):

@@ -30,4 +30,4 @@ def sequence_count(batch: int, cu_seqlens) -> int:
 
 def call(op: str, **arguments) -> None:
     """Run `op` (its generated binding) with the descriptor's argument names."""
-    library().ops[op](**arguments)
+    library().ops[op].run(arguments)

@@ -60,10 +60,14 @@ def define(schema: str, kernel, fake, *, mutated: tuple[int, ...] = (), backward
         if _grad_enabled() and _any_requires_grad(*args):
             output = differentiable.apply(*args)
             return list(output) if returns_list else output
-        if not _modes() and all(args[i] is None or type(args[i]) in _PLAIN for i in tensors):
-            for index in mutated:
-                _increment_version(args[index])
-            return kernel(*args)
+        if not _modes():
+            for index in tensors:
+                if args[index] is not None and type(args[index]) not in _PLAIN:
+                    break
+            else:  # plain eager tensors
+                for index in mutated:
+                    _increment_version(args[index])
+                return kernel(*args)
         with _below_autograd():
             return op(*args)
 
