@@ -25,6 +25,10 @@ constexpr size_t kMaxBytes = size_t{16} << 20;
 // Elements of one tensor: larger problems are legal but slow (a second per
 // call under ASan), so their inputs are skipped.
 constexpr int64_t kMaxElements = int64_t{1} << 18;
+// The GDN kernels pad every (sequence, value head) to whole 64-token chunks,
+// so a call of a few tokens but ~2^17 heads has small tensors and is legal,
+// yet takes seconds under ASan: its padded work is bounded like the elements.
+constexpr i128 kMaxPaddedElements = i128{1} << 22;
 // A span no address space holds (x86-64 5-level paging: 2^57 bytes): a
 // tensor claiming it cannot exist, so a call with one must be rejected.
 constexpr i128 kImpossibleBytes = i128{1} << 57;
@@ -346,6 +350,12 @@ void FuzzCall::decode_plan(const Plan& plan) {
               {"L0", state_length(plan.L0)},
               {"L1", state_length(plan.L1)},
               {"state_len", state_length(plan.state_len)}};
+  const i128 padded_tokens = (i128{T} + 63) / 64 * 64;
+  if (std::string_view(op_->name).starts_with("gdn_chunk") &&
+      i128{N} * H * G * padded_tokens * std::max(K, V) > kMaxPaddedElements) {
+    runnable_ = false;
+    return;
+  }
   std::vector<int64_t> prefix;
   for (int i = 0; i < plan.prefix_rank % 3; ++i)
     prefix.push_back(size_from(plan.prefix[i], {1, 2, 3, 4, 5, 0, 7}));
