@@ -828,8 +828,9 @@ void FuzzCall::fill() {
 }
 
 const std::byte* FuzzCall::address(const TensorArg& t, bool before) const {
-  const std::byte* live = buffers_[t.buffer].bytes.get();
   const auto* data = static_cast<const std::byte*>(t.dl.data);
+  if (!data) return nullptr;  // an empty tensor may have no data: nothing is read from it
+  const std::byte* live = buffers_[t.buffer].bytes.get();
   const std::byte* base = before ? snapshot_[t.buffer].data() : live;
   return base + (data - live) + t.dl.byte_offset;
 }
