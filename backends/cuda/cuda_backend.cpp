@@ -204,7 +204,12 @@ int64_t state_step(const Tensor& t, bool v_first, bool k_dim) {
   return t.stride[(k_dim != v_first) ? 2 : 3];
 }
 
-void check_gdn_limits(const GdnProblem& op, const char* name) {
+// The GDN kernels' limits, as the accepts check of their kernels: the plugin
+// asks before running (and for supports_call), so a refused call reaches
+// the next backend or the host with nothing written.
+template <class Op>
+void gdn_limits(const Op& op) {
+  const char* name = Op::kName;
   if (op.K > kMaxHeadDim) {
     fail(HOPS_ERR_UNSUPPORTED, "{}: the cuda backend supports K <= {}, got K = {}", name,
          kMaxHeadDim, op.K);
@@ -294,7 +299,6 @@ void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
 }
 
 void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op) {
-  check_gdn_limits(op, op.kName);
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
   const DeviceGuard guard(context, op.kName);
@@ -328,7 +332,6 @@ void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op) {
 }
 
 void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
-  check_gdn_limits(op, op.kName);
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
   const DeviceGuard guard(context, op.kName);
@@ -436,7 +439,6 @@ void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op) {
 }
 
 void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
-  check_gdn_limits(op, op.kName);
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
   const DeviceGuard guard(context, op.kName);
@@ -481,20 +483,20 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
 constexpr uint32_t kFloats = HOPS_DTYPE_FLOATS;
 
 const Kernel kKernels[] = {
-    kernel<GdnChunkFwd, &gdn_chunk_fwd>(kFloats),
-    kernel<GdnRecurrent, &gdn_recurrent>(kFloats),
+    kernel<GdnChunkFwd, &gdn_chunk_fwd, &gdn_limits<GdnChunkFwd>>(kFloats),
+    kernel<GdnRecurrent, &gdn_recurrent, &gdn_limits<GdnRecurrent>>(kFloats),
     kernel<GdnGating, &gdn_gating>(kFloats),
     kernel<GatedRmsNorm, &gated_rmsnorm>(kFloats),
     kernel<Conv1dFwd, &conv1d_fwd>(kFloats),
     kernel<Conv1dUpdate, &conv1d_update>(kFloats),
     kernel<Conv1dBwd, &conv1d_bwd>(kFloats),
     kernel<GatedRmsNormBwd, &gated_rmsnorm_bwd>(kFloats),
-    kernel<GdnChunkBwd, &gdn_chunk_bwd>(kFloats),
+    kernel<GdnChunkBwd, &gdn_chunk_bwd, &gdn_limits<GdnChunkBwd>>(kFloats),
 };
 
 const char* module_last_error() { return hops::last_error(); }
 
-BackendModuleV1 make_module() {
+BackendModule make_module() {
   static std::string detail;
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
@@ -516,8 +518,16 @@ BackendModuleV1 make_module() {
                          count, prop.name, prop.major, prop.minor, runtime, driver,
                          available ? "" : "; kernels are built for sm_90a only");
   }
-  return {sizeof(BackendModuleV1), "cuda", kDLCUDA,  available ? 1 : 0,
-          detail.c_str(),          10,     kKernels, std::size(kKernels),
+  return {sizeof(BackendModule),
+          kModuleInterfaceVersion,
+          kModuleLayout,
+          "cuda",
+          kDLCUDA,
+          available ? 1 : 0,
+          detail.c_str(),
+          10,
+          kKernels,
+          std::size(kKernels),
           &module_last_error};
 }
 
@@ -525,8 +535,7 @@ BackendModuleV1 make_module() {
 
 }  // namespace hops::cuda
 
-extern "C" __attribute__((visibility("default"))) const hops::BackendModuleV1*
-hops_backend_init_v1() {
-  static const hops::BackendModuleV1 module = hops::cuda::make_module();
+extern "C" __attribute__((visibility("default"))) const hops::BackendModule* hops_backend_module() {
+  static const hops::BackendModule module = hops::cuda::make_module();
   return &module;
 }

@@ -6,6 +6,8 @@ namespace hops::opencl {
 
 namespace {
 
+constexpr std::string_view kProgram = "conv1d.cl";  // after common.cl
+
 constexpr size_t kChannelGroup = 64;  // channels per work-group
 constexpr int kTokensPerItem = 16;    // tokens per work-item in conv1d_fwd
 constexpr int64_t kChannels = 16;     // channels per work-item in conv1d_fwd_channels: CHANNELS
@@ -42,8 +44,7 @@ void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op) {
     const bool vector = call.runtime().cpu_device() && op.D % kChannels == 0 &&
                         op.x.stride[2] == 1 && op.y.stride[2] == 1;
     const int tokens = vector ? kVectorTokensPerItem : kTokensPerItem;
-    Launch launch(
-        call.kernel(Family::conv1d, op.x.dtype, vector ? "conv1d_fwd_channels" : "conv1d_fwd"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, vector ? "conv1d_fwd_channels" : "conv1d_fwd"));
     launch.tensor(op.x).value(strides4(op.x));
     filter_args(launch, op.weight, op.bias);
     launch.any_float(op.initial_state)
@@ -61,7 +62,7 @@ void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op) {
     launch.run(call, 3, groups, locals);
   }
   if (op.final_state) {
-    Launch launch(call.kernel(Family::conv1d, op.x.dtype, "conv1d_final_state"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_final_state"));
     launch.tensor(op.x).value(strides4(op.x));
     launch.any_float(op.initial_state)
         .value(strides4(op.initial_state))
@@ -89,7 +90,7 @@ void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op) {
                    {op.y, "y"}});
   if (!call.active()) return;
   const IndexArg slots = call.index(op.slots.indices);
-  Launch launch(call.kernel(Family::conv1d, op.x.dtype, "conv1d_update"));
+  Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_update"));
   launch.tensor(op.x).value(strides4(op.x));
   launch.any_float(op.state).value(strides4(op.state)).value(cl_long{op.state.shape[2]});
   filter_args(launch, op.weight, op.bias);

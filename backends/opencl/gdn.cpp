@@ -10,6 +10,8 @@ namespace hops::opencl {
 
 namespace {
 
+constexpr std::string_view kProgram = "gdn.cl";  // after common.cl
+
 constexpr size_t kPrepareGroup = 64;
 constexpr size_t kScanGroup = 64;  // state columns per work-group
 constexpr size_t kTokenInfo = 5;   // floats per (b, t, hv): TOKEN_INFO in common.cl
@@ -63,7 +65,7 @@ void scan_sizes(Launch& launch, const GdnProblem& op, const ScanArgs& a) {
 
 // Portable: a work-item per state column (what a GPU coalesces).
 void scan(Call& call, const GdnProblem& op, const ScanArgs& a) {
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_scan"));
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_scan"));
   scan_inputs(launch, op, a);
   scan_sizes(launch, op, a);
   launch.local_floats(2 * static_cast<size_t>(op.K));
@@ -80,7 +82,7 @@ bool panels_fit(const Call& call, const GdnProblem& op) {
 }
 
 void scan_panels(Call& call, const GdnProblem& op, const ScanArgs& a) {
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_scan_panels"));
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_scan_panels"));
   scan_inputs(launch, op, a);
   launch.tensor(a.fin).value(state_steps(a.fin, op.state_v_first));
   scan_sizes(launch, op, a);
@@ -121,7 +123,7 @@ cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
   const int64_t items = checked_product("opencl: gdn_prepare", op.B, op.T, op.HV);
   const cl_mem info =
       call.scratch(scratch_bytes("opencl: gdn_prepare", items, kTokenInfo, sizeof(float)));
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_prepare"));
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_prepare"));
   launch.tensor(op.q).value(strides4(op.q));
   launch.tensor(op.k).value(strides4(op.k));
   launch.any_float(op.g).value(strides4(op.g));

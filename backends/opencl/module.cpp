@@ -35,10 +35,19 @@ constexpr Kernel kKernels[] = {
     entry<GdnChunkBwd, &gdn_chunk_bwd>(),
 };
 
-const BackendModuleV1& describe_module() {
+const BackendModule& describe_module() {
   static std::string detail;
-  static BackendModuleV1 module{sizeof(BackendModuleV1), "opencl",   kDLOpenCL, 0, "", 1, kKernels,
-                                std::size(kKernels),     &last_error};
+  static BackendModule module{sizeof(BackendModule),
+                              kModuleInterfaceVersion,
+                              kModuleLayout,
+                              "opencl",
+                              kDLOpenCL,
+                              0,
+                              "",
+                              1,
+                              kKernels,
+                              std::size(kKernels),
+                              &last_error};
   try {
     const Selection& selection = selected_device();
     module.available = selection.device ? 1 : 0;
@@ -54,8 +63,7 @@ const BackendModuleV1& describe_module() {
 
 }  // namespace hops::opencl
 
-extern "C" __attribute__((visibility("default"))) const hops::BackendModuleV1*
-hops_backend_init_v1() {
-  static const hops::BackendModuleV1& module = hops::opencl::describe_module();
+extern "C" __attribute__((visibility("default"))) const hops::BackendModule* hops_backend_module() {
+  static const hops::BackendModule& module = hops::opencl::describe_module();
   return &module;
 }

@@ -10,6 +10,8 @@ namespace hops::opencl {
 
 namespace {
 
+constexpr std::string_view kProgram = "norm.cl";  // after common.cl
+
 constexpr size_t kGatingGroup = 64;
 constexpr size_t kNormGroup = 64;  // gated_rmsnorm: work-items per row
 constexpr size_t kRowGroup = 16;   // gated_rmsnorm_rows: rows per work-group
@@ -74,7 +76,7 @@ void gdn_gating(const ExecContext& exec, const GdnGating& op) {
                    {op.beta, "beta"}});
   if (!call.active()) return;
   const Rows rows = leading_rows({&op.a, &op.b, &op.g, &op.beta});
-  Launch launch(call.kernel(Family::norm, op.a.dtype, "gdn_gating"));
+  Launch launch(call.kernel(kProgram, op.a.dtype, "gdn_gating"));
   launch.any_float(op.A_log).value(cl_long{op.A_log.stride[0]});
   launch.tensor(op.a).value(rows.strides[0]).value(cl_long{op.a.step(-1)});
   launch.any_float(op.b).value(rows.strides[1]).value(cl_long{op.b.step(-1)});
@@ -98,7 +100,7 @@ void gated_rmsnorm(const ExecContext& exec, const GatedRmsNorm& op) {
   const bool per_row = call.runtime().cpu_device() && op.D % kLanes == 0 && op.x.step(-1) == 1 &&
                        op.z.step(-1) == 1 && op.y.step(-1) == 1;
   Launch launch(
-      call.kernel(Family::norm, op.x.dtype, per_row ? "gated_rmsnorm_rows" : "gated_rmsnorm"));
+      call.kernel(kProgram, op.x.dtype, per_row ? "gated_rmsnorm_rows" : "gated_rmsnorm"));
   launch.tensor(op.x).value(rows.strides[0]).value(cl_long{op.x.step(-1)});
   launch.tensor(op.z).value(rows.strides[1]).value(cl_long{op.z.step(-1)});
   launch.any_float(op.weight).value(cl_long{op.weight.stride[0]});
@@ -138,7 +140,7 @@ void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op) {
     const bool per_block = call.runtime().cpu_device() && op.D % kLanes == 0 &&
                            op.x.step(-1) == 1 && op.z.step(-1) == 1 && op.dy.step(-1) == 1 &&
                            op.dx.step(-1) == 1 && op.dz.step(-1) == 1;
-    Launch launch(call.kernel(Family::norm, op.x.dtype,
+    Launch launch(call.kernel(kProgram, op.x.dtype,
                               per_block ? "gated_rmsnorm_bwd_rows" : "gated_rmsnorm_bwd"));
     launch.tensor(op.x).value(rows.strides[0]).value(cl_long{op.x.step(-1)});
     launch.tensor(op.z).value(rows.strides[1]).value(cl_long{op.z.step(-1)});
@@ -163,7 +165,7 @@ void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op) {
   }
   {
     // With no rows at all this writes zeros: dweight is always written.
-    Launch launch(call.kernel(Family::norm, op.x.dtype, "gated_rmsnorm_bwd_dweight"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "gated_rmsnorm_bwd_dweight"));
     launch.value(partial).value(cl_long{blocks}).value(cl_long{op.D});
     launch.any_float(op.dweight).value(cl_long{op.dweight.stride[0]});
     const size_t local = launch.group_size(kGatingGroup);

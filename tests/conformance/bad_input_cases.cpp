@@ -153,7 +153,14 @@ std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
        [](Invocation& call) {
          call.exec().device = {kDLVulkan, 0};
        }},
-      {"api->call with num_args one short", {}, [](Invocation& call) { call.num_args(13); }},
+      // A shorter list gives the trailing arguments their defaults (ABI 1.1),
+      // but a required one cannot be left out; a longer list is wrong.
+      {"api->call with num_args 9, leaving out the required 'o'",
+       {"o"},
+       [](Invocation& call) { call.num_args(9); }},
+      {"api->call with num_args one past the descriptor's",
+       {},
+       [](Invocation& call) { call.num_args(15); }},
       // Issue 11's memory-safety classes: a zero divisor, a zero dim hiding a
       // huge one, strides whose spans overflow, an enum out of its range.
       {"HV=0 (v, g, beta, o with no value heads)",

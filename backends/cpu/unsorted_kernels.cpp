@@ -1,10 +1,10 @@
-// The embedded CPU backend: every op, f32/f16/bf16. Adding a CPU kernel adds
-// one line here.
+// The CPU kernels of the families not yet in files of their own (families.cpp
+// lists them with the others).
 #include "cpu_kernels.hpp"
 
-namespace hops {
+namespace hops::cpu {
 
-std::span<const Kernel> cpu_kernels() {
+std::span<const Kernel> unsorted_kernels() {
   static constexpr Kernel table[] = {
       kernel<GdnChunkFwd, &cpu::gdn_chunk_fwd>(HOPS_DTYPE_FLOATS),
       kernel<GdnRecurrent, &cpu::gdn_recurrent>(HOPS_DTYPE_FLOATS),
@@ -19,4 +19,4 @@ std::span<const Kernel> cpu_kernels() {
   return table;
 }
 
-}  // namespace hops
+}  // namespace hops::cpu

@@ -1,0 +1,21 @@
+// The embedded CPU backend (every op, f32/f16/bf16), one line per op family:
+// a family's kernels are in backends/cpu/<family>*.cpp, which define
+// cpu::<family>_kernels().
+#include <vector>
+
+#include "backend.hpp"
+
+namespace hops {
+
+namespace cpu {
+std::span<const Kernel> unsorted_kernels();
+}  // namespace cpu
+
+std::span<const Kernel> cpu_kernels() {
+  static const std::vector<Kernel> kernels = join_families({
+      cpu::unsorted_kernels(),
+  });
+  return kernels;
+}
+
+}  // namespace hops
