@@ -10,47 +10,18 @@
 #include <cstring>
 
 #include "cases.hpp"
-#include "invocation.hpp"
+#include "suite.hpp"
 
 namespace hops::conformance {
 
 namespace {
 
-struct BadCall {
-  std::string what;
-  std::vector<std::string_view> names;  // last_error must name one of them (empty: the op alone)
-  std::function<void(Invocation&)> spoil;
-  hops_status status = HOPS_ERR_INVALID_ARGUMENT;
-};
-
 // The valid call of an op that its wrong calls start from, and the wrong calls.
 struct OpBadCalls {
   std::string_view op;
-  Invocation (*base)(const Context&, const hops_op_desc&, Random&);
+  CallBuilder base;
   std::vector<BadCall> (*calls)(const Context&);
 };
-
-Tensor f32(Device& device, Shape shape) {
-  return Tensor::empty(device, DType::f32, std::move(shape));
-}
-
-Tensor filled(Device& device, DType dtype, Random& random, const Shape& shape) {
-  Array64 values = random.uniform(shape, -1, 1);
-  return Tensor::input(device, dtype, values);
-}
-
-auto set(std::string_view name, const Tensor& t) {
-  return [name, t](Invocation& call) { call.tensor(name, t); };
-}
-
-// Gives argument `name` the very tensor already given for `other`.
-auto same_as(std::string_view name, std::string_view other) {
-  return [name, other](Invocation& call) { call.tensor(name, call.tensor(other)); };
-}
-
-auto patch(std::string_view name, std::function<void(DLTensor&)> edit) {
-  return [name, edit = std::move(edit)](Invocation& call) { call.patch(name, edit); };
-}
 
 // ---- gdn_chunk_fwd: B=1 T=5 H=2 HV=4 K=8 V=6, with both states -------------
 
@@ -575,35 +546,44 @@ void table_bad_calls(const Context& ctx) {
   }
 }
 
+// The wrong calls of one op, each from a fresh copy of its valid base call.
+void op_bad_calls(const Context& ctx, std::string_view name, CallBuilder build_base,
+                  std::vector<BadCall> (*calls)(const Context&)) {
+  const hops_op_desc* op = find_or_skip(ctx, name);
+  if (!op || !supported_or_skip(ctx, name, DType::f32)) return;
+  // Bases are fixed: the wrong calls are about arguments, not values.
+  Random random(ctx.seed);
+  Invocation base = build_base(ctx, *op, random);
+  try {
+    base.run();
+  } catch (const std::exception& e) {
+    ctx.report.fail(fmt::format("bad input: {} valid base call", name), e.what());
+    return;
+  }
+  for (const BadCall& bad : calls(ctx)) {
+    const std::string case_name = fmt::format("bad input: {}: {}", name, bad.what);
+    try {
+      Invocation call = base;
+      bad.spoil(call);
+      const std::string message = call.expect_rejected(bad.status, bad.names);
+      ctx.report.pass(case_name,
+                      fmt::format("-> {} \"{}\"", status_text(ctx.api, bad.status), message));
+    } catch (const std::exception& e) {
+      ctx.report.fail(case_name, e.what());
+    }
+  }
+}
+
 }  // namespace
 
 void bad_input_cases(const Context& ctx, const OpFilter& selected) {
   table_bad_calls(ctx);
+  for (const OpSuite& suite : all_suites()) {
+    if (suite.bad_base && selected(suite.op))
+      op_bad_calls(ctx, suite.op, suite.bad_base, suite.bad_calls);
+  }
   for (const OpBadCalls& group : kOpBadCalls) {
-    if (!selected(group.op)) continue;
-    const hops_op_desc* op = find_or_skip(ctx, group.op);
-    if (!op || !supported_or_skip(ctx, group.op, DType::f32)) continue;
-    // Bases are fixed: the wrong calls are about arguments, not values.
-    Random random(ctx.seed);
-    Invocation base = group.base(ctx, *op, random);
-    try {
-      base.run();
-    } catch (const std::exception& e) {
-      ctx.report.fail(fmt::format("bad input: {} valid base call", group.op), e.what());
-      continue;
-    }
-    for (const BadCall& bad : group.calls(ctx)) {
-      const std::string name = fmt::format("bad input: {}: {}", group.op, bad.what);
-      try {
-        Invocation call = base;
-        bad.spoil(call);
-        const std::string message = call.expect_rejected(bad.status, bad.names);
-        ctx.report.pass(name,
-                        fmt::format("-> {} \"{}\"", status_text(ctx.api, bad.status), message));
-      } catch (const std::exception& e) {
-        ctx.report.fail(name, e.what());
-      }
-    }
+    if (selected(group.op)) op_bad_calls(ctx, group.op, group.base, group.calls);
   }
 }
 

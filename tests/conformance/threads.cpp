@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cases.hpp"
-#include "invocation.hpp"
+#include "suite.hpp"
 
 namespace hops::conformance {
 
@@ -106,11 +106,12 @@ Invocation gdn_chunk_bwd_call(const Context& ctx, const hops_op_desc& op, Random
 
 struct ThreadCase {
   std::string_view op;
-  Invocation (*build)(const Context&, const hops_op_desc&, Random&);
+  CallBuilder build;
   std::vector<std::string_view> outputs;
 };
 
-const ThreadCase kThreadCases[] = {
+// The ops whose threaded call is not yet in their family's suite.
+const ThreadCase kUnsortedThreadCases[] = {
     {"gdn_chunk_fwd", gdn_chunk_call, {"o", "final_state"}},
     {"conv1d_fwd", conv1d_fwd_call, {"y", "final_state"}},
     {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_call, {"dx", "dz", "dweight"}},
@@ -160,8 +161,13 @@ void thread_cases(const Context& ctx, const OpFilter& selected) {
     std::vector<Bytes> expected;
     std::string error;
   };
+  std::vector<ThreadCase> cases;
+  for (const OpSuite& s : all_suites()) {
+    if (s.thread_call) cases.push_back({s.op, s.thread_call, s.thread_outputs});
+  }
+  cases.insert(cases.end(), std::begin(kUnsortedThreadCases), std::end(kUnsortedThreadCases));
   std::vector<Prepared> prepared;
-  for (const ThreadCase& c : kThreadCases) {
+  for (const ThreadCase& c : cases) {
     if (!selected(c.op)) continue;
     const hops_op_desc* op = find_or_skip(ctx, c.op);
     if (!op || !supported_or_skip(ctx, c.op, DType::f32)) continue;

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "invocation.hpp"
+#include "suite.hpp"
 
 namespace hops::conformance {
 
@@ -91,6 +92,7 @@ constexpr std::pair<std::string_view, TypedCall> kTypedCalls[] = {
 }  // namespace
 
 TypedCall typed_call(std::string_view op) {
+  if (const OpSuite* suite = suite_for(op)) return suite->typed;
   for (const auto& [name, fn] : kTypedCalls) {
     if (name == op) return fn;
   }
