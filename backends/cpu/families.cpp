@@ -9,11 +9,13 @@ namespace hops {
 
 namespace cpu {
 std::span<const Kernel> unsorted_kernels();
+std::span<const Kernel> norm_kernels();
 }  // namespace cpu
 
 std::span<const Kernel> cpu_kernels() {
   static const std::vector<Kernel> kernels = join_families({
       cpu::unsorted_kernels(),
+      cpu::norm_kernels(),
   });
   return kernels;
 }

@@ -9,10 +9,8 @@ std::span<const Kernel> unsorted_kernels() {
       kernel<GdnChunkFwd, &cpu::gdn_chunk_fwd>(HOPS_DTYPE_FLOATS),
       kernel<GdnRecurrent, &cpu::gdn_recurrent>(HOPS_DTYPE_FLOATS),
       kernel<GdnGating, &cpu::gdn_gating>(HOPS_DTYPE_FLOATS),
-      kernel<GatedRmsNorm, &cpu::gated_rmsnorm>(HOPS_DTYPE_FLOATS),
       kernel<Conv1dFwd, &cpu::conv1d_fwd>(HOPS_DTYPE_FLOATS),
       kernel<Conv1dUpdate, &cpu::conv1d_update>(HOPS_DTYPE_FLOATS),
-      kernel<GatedRmsNormBwd, &cpu::gated_rmsnorm_bwd>(HOPS_DTYPE_FLOATS),
       kernel<Conv1dBwd, &cpu::conv1d_bwd>(HOPS_DTYPE_FLOATS),
       kernel<GdnChunkBwd, &cpu::gdn_chunk_bwd>(HOPS_DTYPE_FLOATS),
   };

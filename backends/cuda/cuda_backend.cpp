@@ -4,7 +4,6 @@
 #include "cuda_host.hpp"
 #include "ops/conv1d.hpp"
 #include "ops/gdn.hpp"
-#include "ops/norm.hpp"
 
 namespace hops::cuda {
 
@@ -44,16 +43,6 @@ void gdn_gating(const ExecContext& context, const GdnGating& op) {
                        static_cast<float>(op.softplus_beta),
                        static_cast<float>(op.softplus_threshold)};
   check(launch_gdn_gating(p, guard.stream()), op.kName, "gating kernel launch");
-}
-
-void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op) {
-  if (op.rows == 0 || op.D == 0) return;
-  const DeviceGuard guard(context, op.kName);
-  const NormParams p{make_rows(op.x),           make_rows(op.z), make_rows(op.y),
-                     make_arg(op.weight),       op.rows,         op.D,
-                     static_cast<float>(op.eps)};
-  check(launch_gated_rmsnorm(p, code_of(op.x.dtype), guard.stream()), op.kName,
-        "rmsnorm kernel launch");
 }
 
 bool aligned16(const Arg& a) { return (reinterpret_cast<uintptr_t>(a.data) & 15u) == 0; }
@@ -207,27 +196,6 @@ void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
         "conv1d_bwd kernels launch");
 }
 
-void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op) {
-  if (op.D == 0) return;
-  const DeviceGuard guard(context, op.kName);
-  const int dtype = code_of(op.x.dtype);
-  const NormBwdParams p{
-      make_rows(op.x),
-      make_rows(op.z),
-      make_rows(op.dy),
-      make_rows(op.dx),
-      make_rows(op.dz),
-      make_arg(op.weight),
-      make_arg(op.dweight),
-      op.rows,
-      op.D,
-      static_cast<float>(op.eps),
-      vector_rows({&op.x, &op.z, &op.dy, &op.dx, &op.dz}, 16 / dtype_size(op.x.dtype))};
-  const Scratch scratch(gated_rmsnorm_bwd_scratch_bytes(p, dtype), guard, op.kName);
-  check(launch_gated_rmsnorm_bwd(p, dtype, scratch.data(), guard.stream()), op.kName,
-        "gated_rmsnorm_bwd kernels launch");
-}
-
 void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
@@ -277,11 +245,9 @@ std::span<const Kernel> unsorted_kernels() {
       kernel<GdnChunkFwd, &gdn_chunk_fwd, &gdn_limits<GdnChunkFwd>>(kFloats),
       kernel<GdnRecurrent, &gdn_recurrent, &gdn_limits<GdnRecurrent>>(kFloats),
       kernel<GdnGating, &gdn_gating>(kFloats),
-      kernel<GatedRmsNorm, &gated_rmsnorm>(kFloats),
       kernel<Conv1dFwd, &conv1d_fwd>(kFloats),
       kernel<Conv1dUpdate, &conv1d_update>(kFloats),
       kernel<Conv1dBwd, &conv1d_bwd>(kFloats),
-      kernel<GatedRmsNormBwd, &gated_rmsnorm_bwd>(kFloats),
       kernel<GdnChunkBwd, &gdn_chunk_bwd, &gdn_limits<GdnChunkBwd>>(kFloats),
   };
   return kernels;

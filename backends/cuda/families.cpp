@@ -13,12 +13,14 @@
 namespace hops::cuda {
 
 std::span<const Kernel> unsorted_kernels();
+std::span<const Kernel> norm_kernels();
 
 namespace {
 
 std::span<const Kernel> all_kernels() {
   static const std::vector<Kernel> kernels = join_families({
       unsorted_kernels(),
+      norm_kernels(),
   });
   return kernels;
 }

@@ -7,10 +7,12 @@
 namespace hops::opencl {
 
 std::span<const Kernel> unsorted_kernels();
+std::span<const Kernel> norm_kernels();
 
 std::span<const Kernel> all_kernels() {
   static const std::vector<Kernel> kernels = join_families({
       unsorted_kernels(),
+      norm_kernels(),
   });
   return kernels;
 }

@@ -1,10 +1,13 @@
-// gdn_gating, gated_rmsnorm and gated_rmsnorm_bwd (norm.cl).
+// The norm family: gated_rmsnorm and gated_rmsnorm_bwd (norm.cl); and, until
+// the gdn family moves, gdn_gating.
 #include <algorithm>
 #include <vector>
 
 #include "call.hpp"
 #include "checked_math.hpp"
+#include "family.hpp"
 #include "ops.hpp"
+#include "ops/norm.hpp"
 
 namespace hops::opencl {
 
@@ -173,6 +176,14 @@ void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op) {
     launch.run(call, 1, &groups, &local);
   }
   call.complete();
+}
+
+std::span<const Kernel> norm_kernels() {
+  static constexpr Kernel kernels[] = {
+      entry<GatedRmsNorm, &gated_rmsnorm>(),
+      entry<GatedRmsNormBwd, &gated_rmsnorm_bwd>(),
+  };
+  return kernels;
 }
 
 }  // namespace hops::opencl

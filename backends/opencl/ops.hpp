@@ -5,17 +5,14 @@
 #include "backend.hpp"
 #include "ops/conv1d.hpp"
 #include "ops/gdn.hpp"
-#include "ops/norm.hpp"
 
 namespace hops::opencl {
 
 void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op);
 void gdn_recurrent(const ExecContext& exec, const GdnRecurrent& op);
 void gdn_gating(const ExecContext& exec, const GdnGating& op);
-void gated_rmsnorm(const ExecContext& exec, const GatedRmsNorm& op);
 void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op);
 void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op);
-void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op);
 void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op);
 void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op);
 

@@ -7,14 +7,9 @@ namespace hops::opencl {
 
 std::span<const Kernel> unsorted_kernels() {
   static constexpr Kernel kernels[] = {
-      entry<GdnChunkFwd, &gdn_chunk_fwd>(),
-      entry<GdnRecurrent, &gdn_recurrent>(),
-      entry<GdnGating, &gdn_gating>(),
-      entry<GatedRmsNorm, &gated_rmsnorm>(),
-      entry<Conv1dFwd, &conv1d_fwd>(),
-      entry<Conv1dUpdate, &conv1d_update>(),
-      entry<GatedRmsNormBwd, &gated_rmsnorm_bwd>(),
-      entry<Conv1dBwd, &conv1d_bwd>(),
+      entry<GdnChunkFwd, &gdn_chunk_fwd>(),  entry<GdnRecurrent, &gdn_recurrent>(),
+      entry<GdnGating, &gdn_gating>(),       entry<Conv1dFwd, &conv1d_fwd>(),
+      entry<Conv1dUpdate, &conv1d_update>(), entry<Conv1dBwd, &conv1d_bwd>(),
       entry<GdnChunkBwd, &gdn_chunk_bwd>(),
   };
   return kernels;

@@ -12,10 +12,8 @@ namespace hops::conformance {
 void gdn_chunk_fwd_cases(const Context& ctx, const hops_op_desc& op);
 void gdn_recurrent_cases(const Context& ctx, const hops_op_desc& op);
 void gdn_gating_cases(const Context& ctx, const hops_op_desc& op);
-void gated_rmsnorm_cases(const Context& ctx, const hops_op_desc& op);
 void conv1d_fwd_cases(const Context& ctx, const hops_op_desc& op);
 void conv1d_update_cases(const Context& ctx, const hops_op_desc& op);
-void gated_rmsnorm_bwd_cases(const Context& ctx, const hops_op_desc& op);
 void conv1d_bwd_cases(const Context& ctx, const hops_op_desc& op);
 void gdn_chunk_bwd_cases(const Context& ctx, const hops_op_desc& op);
 

@@ -6,11 +6,13 @@
 
 namespace hops::conformance {
 
+std::span<const OpSuite> norm_suites();
+
 std::span<const OpSuite> all_suites() {
   static const std::vector<OpSuite> suites = [] {
     std::vector<OpSuite> all;
     for (const auto family : std::initializer_list<std::span<const OpSuite>>{
-             // one line per family
+             norm_suites(),
          }) {
       all.insert(all.end(), family.begin(), family.end());
     }

@@ -43,7 +43,21 @@ std::span<const OpSuite> all_suites();
 // The suite of `op`, or null.
 const OpSuite* suite_for(std::string_view op);
 
-// ---- for the wrong calls of the families ---------------------------------------------
+// ---- for the families' typed, wrong and threaded calls
+// ---------------------------------------------
+
+// An op's typed entry point as its hops.h typedef.
+template <class Fn>
+Fn typed(const hops_op_desc& op) {
+  return reinterpret_cast<Fn>(op.fn);
+}
+
+// An f32 input of uniform values in [lo, hi).
+inline Tensor random_input(const Context& ctx, Random& random, const Shape& shape, double lo,
+                           double hi) {
+  Array64 values = random.uniform(shape, lo, hi);
+  return Tensor::input(ctx.device, DType::f32, values);
+}
 
 inline Tensor f32(Device& device, Shape shape) {
   return Tensor::empty(device, DType::f32, std::move(shape));

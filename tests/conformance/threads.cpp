@@ -25,11 +25,6 @@ constexpr int kVariants = 2;
 
 using Bytes = std::vector<std::vector<std::byte>>;  // one per output
 
-Tensor random_input(const Context& ctx, Random& random, const Shape& shape, double lo, double hi) {
-  Array64 values = random.uniform(shape, lo, hi);
-  return Tensor::input(ctx.device, DType::f32, values);
-}
-
 Invocation gdn_chunk_call(const Context& ctx, const hops_op_desc& op, Random& random) {
   Invocation call(ctx, op);
   call.tensor("q", random_input(ctx, random, {2, 200, 2, 32}, -1, 1))
@@ -52,18 +47,6 @@ Invocation conv1d_fwd_call(const Context& ctx, const hops_op_desc& op, Random& r
       .tensor("initial_state", random_input(ctx, random, {2, 256, 3}, -1, 1))
       .tensor("y", Tensor::empty(ctx.device, DType::f32, {2, 500, 256}))
       .tensor("final_state", Tensor::empty(ctx.device, DType::f32, {2, 256, 3}));
-  return call;
-}
-
-Invocation gated_rmsnorm_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Invocation call(ctx, op);
-  call.tensor("x", random_input(ctx, random, {1000, 4, 64}, -1, 1))
-      .tensor("z", random_input(ctx, random, {1000, 4, 64}, -3, 3))
-      .tensor("weight", random_input(ctx, random, {64}, 0.5, 1.5))
-      .tensor("dy", random_input(ctx, random, {1000, 4, 64}, -1, 1))
-      .tensor("dx", Tensor::empty(ctx.device, DType::f32, {1000, 4, 64}))
-      .tensor("dz", Tensor::empty(ctx.device, DType::f32, {1000, 4, 64}))
-      .tensor("dweight", Tensor::empty(ctx.device, DType::f32, {64}));
   return call;
 }
 
@@ -114,7 +97,6 @@ struct ThreadCase {
 const ThreadCase kUnsortedThreadCases[] = {
     {"gdn_chunk_fwd", gdn_chunk_call, {"o", "final_state"}},
     {"conv1d_fwd", conv1d_fwd_call, {"y", "final_state"}},
-    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_call, {"dx", "dz", "dweight"}},
     {"conv1d_bwd", conv1d_bwd_call, {"dx", "dweight", "dbias", "d_initial_state"}},
     {"gdn_chunk_bwd", gdn_chunk_bwd_call, {"dq", "dk", "dv", "dg", "dbeta", "dh0"}},
 };

@@ -10,11 +10,6 @@ namespace hops::conformance {
 
 namespace {
 
-template <class Fn>
-Fn typed(const hops_op_desc& op) {
-  return reinterpret_cast<Fn>(op.fn);
-}
-
 hops_status gdn_chunk_fwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
   return typed<hops_gdn_chunk_fwd_fn>(op)(
       exec, a.tensor("q"), a.tensor("k"), a.tensor("v"), a.tensor("g"), a.tensor("beta"),
@@ -37,11 +32,6 @@ hops_status gdn_gating(const hops_op_desc& op, const hops_exec* exec, const ArgV
                                        a.f64("softplus_beta"), a.f64("softplus_threshold"));
 }
 
-hops_status gated_rmsnorm(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
-  return typed<hops_gated_rmsnorm_fn>(op)(exec, a.tensor("x"), a.tensor("z"), a.tensor("weight"),
-                                          a.tensor("y"), a.f64("eps"));
-}
-
 hops_status conv1d_fwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
   return typed<hops_conv1d_fwd_fn>(op)(exec, a.tensor("x"), a.tensor("weight"), a.tensor("bias"),
                                        a.tensor("initial_state"), a.tensor("cu_seqlens"),
@@ -53,12 +43,6 @@ hops_status conv1d_update(const hops_op_desc& op, const hops_exec* exec, const A
   return typed<hops_conv1d_update_fn>(op)(
       exec, a.tensor("x"), a.tensor("state"), a.tensor("weight"), a.tensor("bias"),
       a.tensor("state_indices"), a.tensor("y"), a.i64("activation"));
-}
-
-hops_status gated_rmsnorm_bwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
-  return typed<hops_gated_rmsnorm_bwd_fn>(op)(exec, a.tensor("x"), a.tensor("z"),
-                                              a.tensor("weight"), a.tensor("dy"), a.tensor("dx"),
-                                              a.tensor("dz"), a.tensor("dweight"), a.f64("eps"));
 }
 
 hops_status conv1d_bwd(const hops_op_desc& op, const hops_exec* exec, const ArgValues& a) {
@@ -78,14 +62,8 @@ hops_status gdn_chunk_bwd(const hops_op_desc& op, const hops_exec* exec, const A
 }
 
 constexpr std::pair<std::string_view, TypedCall> kTypedCalls[] = {
-    {"gdn_chunk_fwd", gdn_chunk_fwd},
-    {"gdn_recurrent", gdn_recurrent},
-    {"gdn_gating", gdn_gating},
-    {"gated_rmsnorm", gated_rmsnorm},
-    {"conv1d_fwd", conv1d_fwd},
-    {"conv1d_update", conv1d_update},
-    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd},
-    {"conv1d_bwd", conv1d_bwd},
+    {"gdn_chunk_fwd", gdn_chunk_fwd}, {"gdn_recurrent", gdn_recurrent}, {"gdn_gating", gdn_gating},
+    {"conv1d_fwd", conv1d_fwd},       {"conv1d_update", conv1d_update}, {"conv1d_bwd", conv1d_bwd},
     {"gdn_chunk_bwd", gdn_chunk_bwd},
 };
 

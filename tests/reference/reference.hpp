@@ -87,17 +87,6 @@ void gdn_recurrent(const Array64& q, const Array64& k, const Array64& v, const A
                    const std::vector<int64_t>* state_indices,
                    const std::vector<int64_t>* cu_seqlens, const GdnOptions& options, Array64& o);
 
-// y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim.
-Array64 gated_rmsnorm(const Array64& x, const Array64& z, const Array64& weight, double eps);
-
-// The gradients of gated_rmsnorm given dy (x's shape): dx, dz (x's shape) and
-// dweight [D] (summed over all rows).
-struct GatedRmsNormGrads {
-  Array64 dx, dz, dweight;
-};
-GatedRmsNormGrads gated_rmsnorm_bwd(const Array64& x, const Array64& z, const Array64& weight,
-                                    const Array64& dy, double eps);
-
 enum class Activation { none = 0, silu = 1 };
 
 // Depthwise causal conv over channels-last x [B,T,D], weight [D,W], bias [D],

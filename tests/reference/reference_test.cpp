@@ -12,77 +12,14 @@
 #include <utility>
 
 #include "reference.hpp"
+#include "test_support.hpp"
 
 namespace {
 
 using hops::ref::Activation;
 using hops::ref::Array64;
 using hops::ref::GdnOptions;
-
-// ---- helpers ----------------------------------------------------------------
-
-Array64 random_array(std::vector<int64_t> shape, std::mt19937_64& rng, double low = -1.0,
-                     double high = 1.0) {
-  Array64 a(std::move(shape));
-  std::uniform_real_distribution<double> uniform(low, high);
-  for (double& value : a.data) value = uniform(rng);
-  return a;
-}
-
-Array64 from_values(std::vector<int64_t> shape, std::vector<double> values) {
-  Array64 a(std::move(shape));
-  EXPECT_EQ(a.data.size(), values.size());
-  a.data = std::move(values);
-  return a;
-}
-
-// Elements [begin, end) along `axis`, the other axes whole.
-Array64 slice(const Array64& a, size_t axis, int64_t begin, int64_t end) {
-  std::vector<int64_t> shape = a.shape;
-  shape[axis] = end - begin;
-  int64_t outer = 1, inner = 1;
-  for (size_t i = 0; i < axis; ++i) outer *= a.shape[i];
-  for (size_t i = axis + 1; i < a.shape.size(); ++i) inner *= a.shape[i];
-  Array64 out(shape);
-  for (int64_t o = 0; o < outer; ++o) {
-    for (int64_t i = 0; i < end - begin; ++i) {
-      for (int64_t r = 0; r < inner; ++r) {
-        out.data[(o * (end - begin) + i) * inner + r] =
-            a.data[(o * a.shape[axis] + begin + i) * inner + r];
-      }
-    }
-  }
-  return out;
-}
-
-// Element `index` along `axis`, keeping that axis with extent 1.
-Array64 select(const Array64& a, size_t axis, int64_t index) {
-  return slice(a, axis, index, index + 1);
-}
-
-// Swaps the last two axes of a rank-4 array.
-Array64 transpose_last2(const Array64& a) {
-  Array64 out({a.dim(0), a.dim(1), a.dim(3), a.dim(2)});
-  for (int64_t i0 = 0; i0 < a.dim(0); ++i0)
-    for (int64_t i1 = 0; i1 < a.dim(1); ++i1)
-      for (int64_t i2 = 0; i2 < a.dim(2); ++i2)
-        for (int64_t i3 = 0; i3 < a.dim(3); ++i3) out.at({i0, i1, i3, i2}) = a.at({i0, i1, i2, i3});
-  return out;
-}
-
-void expect_near(const Array64& actual, const Array64& expected, double tolerance = 1e-12) {
-  ASSERT_EQ(actual.shape, expected.shape);
-  double worst = 0.0;
-  int64_t worst_index = -1;
-  for (int64_t i = 0; i < actual.numel(); ++i) {
-    const double difference = std::abs(actual.data[i] - expected.data[i]);
-    if (!(difference <= worst)) {  // also catches NaN
-      worst = difference;
-      worst_index = i;
-    }
-  }
-  EXPECT_LE(worst, tolerance) << "at flat index " << worst_index;
-}
+using namespace hops::ref::testing;  // NOLINT(google-build-using-namespace)
 
 // ---- Array64 and sequences -----------------------------------------------------
 
@@ -158,26 +95,6 @@ TEST(Gating, SoftplusBetaAndThreshold) {
   const auto plain = hops::ref::gdn_gating(A_log, a, b, dt_bias);
   EXPECT_NEAR(plain.g.at({2, 0}), -std::log1p(std::exp(15.0)), 1e-12);
   EXPECT_GT(std::abs(plain.g.at({2, 0}) + 15.0), 1e-7);
-}
-
-// ---- gated_rmsnorm -----------------------------------------------------------------
-
-TEST(GatedRmsnorm, HandValues) {
-  auto silu = [](double z) { return z / (1.0 + std::exp(-z)); };
-  const Array64 x = from_values({2, 2}, {3.0, 4.0, 1.0, -1.0});
-  const Array64 z = from_values({2, 2}, {1.0, 2.0, -0.5, 3.0});
-  const Array64 weight = from_values({2}, {1.0, 0.5});
-
-  const Array64 y = hops::ref::gated_rmsnorm(x, z, weight, 0.0);
-  const double rms0 = std::sqrt((9.0 + 16.0) / 2.0);  // row 0: mean of squares 12.5
-  EXPECT_NEAR(y.at({0, 0}), 3.0 / rms0 * 1.0 * silu(1.0), 1e-14);
-  EXPECT_NEAR(y.at({0, 1}), 4.0 / rms0 * 0.5 * silu(2.0), 1e-14);
-  EXPECT_NEAR(y.at({1, 0}), 1.0 * 1.0 * silu(-0.5), 1e-14);  // row 1: rms 1
-  EXPECT_NEAR(y.at({1, 1}), -1.0 * 0.5 * silu(3.0), 1e-14);
-
-  // eps is added to the mean of squares, inside the root.
-  const Array64 y_eps = hops::ref::gated_rmsnorm(x, z, weight, 1.0);
-  EXPECT_NEAR(y_eps.at({1, 0}), 1.0 / std::sqrt(2.0) * silu(-0.5), 1e-14);
 }
 
 // ---- gdn_forward -----------------------------------------------------------------
@@ -674,59 +591,7 @@ TEST(Conv1dUpdate, RejectsShortState) {
                std::invalid_argument);
 }
 
-// ---- gated_rmsnorm_bwd and conv1d_bwd: against finite differences -----------------
-
-double dot(const Array64& a, const Array64& b) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < a.numel(); ++i) sum += a.data[i] * b.data[i];
-  return sum;
-}
-
-// Checks every element of `gradient` against the central difference of
-// `loss` in `input` (step 1e-6: truncation ~1e-12, rounding ~1e-10 at these
-// sizes) and returns the worst absolute error.
-double expect_finite_differences(const char* name, Array64& input, const Array64& gradient,
-                                 const std::function<double()>& loss) {
-  EXPECT_EQ(input.shape, gradient.shape) << name;
-  if (input.shape != gradient.shape) return INFINITY;
-  constexpr double kStep = 1e-6;
-  double worst = 0.0;
-  for (int64_t i = 0; i < input.numel(); ++i) {
-    const double saved = input.data[i];
-    input.data[i] = saved + kStep;
-    const double above = loss();
-    input.data[i] = saved - kStep;
-    const double below = loss();
-    input.data[i] = saved;
-    const double difference = (above - below) / (2 * kStep);
-    const double error = std::abs(gradient.data[i] - difference);
-    worst = std::max(worst, error);
-    EXPECT_LE(error, 1e-7 * std::max(1.0, std::abs(difference)))
-        << "d" << name << " at flat index " << i << ": analytic " << gradient.data[i]
-        << ", finite difference " << difference;
-  }
-  return worst;
-}
-
-void check_gated_rmsnorm_bwd(const std::vector<int64_t>& shape, double eps, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  const int64_t D = shape.back();
-  Array64 x = random_array(shape, rng), z = random_array(shape, rng, -3.0, 3.0);
-  Array64 weight = random_array({D}, rng, 0.5, 1.5);
-  const Array64 dy = random_array(shape, rng);
-  const auto grads = hops::ref::gated_rmsnorm_bwd(x, z, weight, dy, eps);
-  // L = sum(dy * y): its gradients are the backward's outputs.
-  auto loss = [&] { return dot(dy, hops::ref::gated_rmsnorm(x, z, weight, eps)); };
-  double worst = expect_finite_differences("x", x, grads.dx, loss);
-  worst = std::max(worst, expect_finite_differences("z", z, grads.dz, loss));
-  worst = std::max(worst, expect_finite_differences("weight", weight, grads.dweight, loss));
-  std::printf("  max |analytic - finite difference| = %.2e\n", worst);
-}
-
-TEST(GatedRmsnormBwd, MatchesFiniteDifferences) {
-  check_gated_rmsnorm_bwd({2, 3, 5}, 1e-6, 11);  // dweight sums over 6 rows
-  check_gated_rmsnorm_bwd({4, 1}, 0.5, 12);      // D = 1: the norm only keeps the sign
-}
+// ---- conv1d_bwd: against finite differences ----------------------------------------
 
 // A conv1d call small enough to difference every input element. bias is
 // always passed to the forward (zeros when the backward gets none: the same
