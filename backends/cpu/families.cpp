@@ -8,13 +8,15 @@
 namespace hops {
 
 namespace cpu {
-std::span<const Kernel> unsorted_kernels();
+std::span<const Kernel> gdn_kernels();
+std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 }  // namespace cpu
 
 std::span<const Kernel> cpu_kernels() {
   static const std::vector<Kernel> kernels = join_families({
-      cpu::unsorted_kernels(),
+      cpu::gdn_kernels(),
+      cpu::conv1d_kernels(),
       cpu::norm_kernels(),
   });
   return kernels;

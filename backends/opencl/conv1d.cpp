@@ -1,6 +1,7 @@
 // conv1d_fwd and conv1d_update (conv1d.cl).
+#include "conv1d.hpp"
 #include "call.hpp"
-#include "ops.hpp"
+#include "family.hpp"
 
 namespace hops::opencl {
 
@@ -108,6 +109,15 @@ void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op) {
   const size_t locals[2] = {local, 1};
   launch.run(call, 2, groups, locals);
   call.complete();
+}
+
+std::span<const Kernel> conv1d_kernels() {
+  static constexpr Kernel kernels[] = {
+      entry<Conv1dFwd, &conv1d_fwd>(),
+      entry<Conv1dUpdate, &conv1d_update>(),
+      entry<Conv1dBwd, &conv1d_bwd>(),
+  };
+  return kernels;
 }
 
 }  // namespace hops::opencl

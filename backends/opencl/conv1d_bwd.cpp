@@ -3,7 +3,7 @@
 // d_initial_state.
 #include "call.hpp"
 #include "checked_math.hpp"
-#include "ops.hpp"
+#include "conv1d.hpp"
 
 namespace hops::opencl {
 

@@ -6,12 +6,14 @@
 
 namespace hops::opencl {
 
-std::span<const Kernel> unsorted_kernels();
+std::span<const Kernel> gdn_kernels();
+std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 
 std::span<const Kernel> all_kernels() {
   static const std::vector<Kernel> kernels = join_families({
-      unsorted_kernels(),
+      gdn_kernels(),
+      conv1d_kernels(),
       norm_kernels(),
   });
   return kernels;

@@ -3,8 +3,9 @@
 #include <algorithm>
 
 #include "checked_math.hpp"
+#include "family.hpp"
+#include "gdn.hpp"
 #include "gdn_tokens.hpp"
-#include "ops.hpp"
 
 namespace hops::opencl {
 
@@ -221,6 +222,16 @@ void gdn_recurrent(const ExecContext& exec, const GdnRecurrent& op) {
     scan(call, op, args);
   }
   call.complete();
+}
+
+std::span<const Kernel> gdn_kernels() {
+  static constexpr Kernel kernels[] = {
+      entry<GdnChunkFwd, &gdn_chunk_fwd>(),
+      entry<GdnRecurrent, &gdn_recurrent>(),
+      entry<GdnGating, &gdn_gating>(),
+      entry<GdnChunkBwd, &gdn_chunk_bwd>(),
+  };
+  return kernels;
 }
 
 }  // namespace hops::opencl

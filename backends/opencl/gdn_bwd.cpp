@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "checked_math.hpp"
+#include "gdn.hpp"
 #include "gdn_tokens.hpp"
-#include "ops.hpp"
 
 namespace hops::opencl {
 

@@ -6,12 +6,16 @@
 
 namespace hops::conformance {
 
+std::span<const OpSuite> gdn_suites();
+std::span<const OpSuite> conv1d_suites();
 std::span<const OpSuite> norm_suites();
 
 std::span<const OpSuite> all_suites() {
   static const std::vector<OpSuite> suites = [] {
     std::vector<OpSuite> all;
     for (const auto family : std::initializer_list<std::span<const OpSuite>>{
+             gdn_suites(),
+             conv1d_suites(),
              norm_suites(),
          }) {
       all.insert(all.end(), family.begin(), family.end());
@@ -26,6 +30,11 @@ const OpSuite* suite_for(std::string_view op) {
     if (s.op == op) return &s;
   }
   return nullptr;
+}
+
+TypedCall typed_call(std::string_view op) {
+  const OpSuite* suite = suite_for(op);
+  return suite ? suite->typed : nullptr;
 }
 
 }  // namespace hops::conformance

@@ -60,28 +60,6 @@ std::optional<Options> parse(int argc, char** argv) {
   return options;
 }
 
-// The ops whose cases are not yet in their family's suite (suite.hpp).
-struct UnsortedSuite {
-  std::string_view op;
-  void (*run)(const Context& ctx, const hops_op_desc& op);
-};
-
-constexpr UnsortedSuite kSuites[] = {
-    {"gdn_chunk_fwd", gdn_chunk_fwd_cases}, {"gdn_recurrent", gdn_recurrent_cases},
-    {"gdn_gating", gdn_gating_cases},       {"conv1d_fwd", conv1d_fwd_cases},
-    {"conv1d_update", conv1d_update_cases}, {"conv1d_bwd", conv1d_bwd_cases},
-    {"gdn_chunk_bwd", gdn_chunk_bwd_cases},
-};
-
-// The cases of `op`, from its family's suite or the unsorted table; null when none.
-void (*cases_for(std::string_view op))(const Context&, const hops_op_desc&) {
-  if (const OpSuite* suite = suite_for(op)) return suite->cases;
-  for (const UnsortedSuite& s : kSuites) {
-    if (s.op == op) return s.run;
-  }
-  return nullptr;
-}
-
 // Every op the provider lists runs its cases; one the runner has no cases for
 // fails, so that a new op cannot go untested. Ops the runner knows but the
 // provider lacks are skipped.
@@ -89,17 +67,14 @@ void op_cases(const Context& ctx, const OpFilter& selected) {
   for (int32_t i = 0; i < ctx.api.op_count(); ++i) {
     const hops_op_desc* op = ctx.api.op_at(i);
     if (!op || !op->name || !selected(op->name)) continue;
-    if (const auto cases = cases_for(op->name)) {
-      cases(ctx, *op);
+    if (const OpSuite* suite = suite_for(op->name)) {
+      suite->cases(ctx, *op);
     } else {
       ctx.report.fail(op->name, "the provider lists this op but the runner has no cases for it");
     }
   }
   for (const OpSuite& s : all_suites()) {
     if (selected(s.op)) find_or_skip(ctx, s.op);  // prints the SKIP line when absent
-  }
-  for (const UnsortedSuite& s : kSuites) {
-    if (selected(s.op)) find_or_skip(ctx, s.op);
   }
 }
 

@@ -24,4 +24,10 @@ double softplus(double x, double beta, double threshold);
 // d/dx silu(x).
 double silu_derivative(double x);
 
+// The slot of each of N sequences in a state pool of `pool_size` slots:
+// state_indices[n], or n without indices; -1 skips. Throws on a value
+// outside [-1, pool_size) or a slot named twice.
+std::vector<int64_t> pool_slots(int64_t N, int64_t pool_size,
+                                const std::vector<int64_t>* state_indices);
+
 }  // namespace hops::ref::detail

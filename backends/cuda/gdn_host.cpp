@@ -1,8 +1,7 @@
-// The host side of the CUDA ops not yet in their family's file (turn the
-// validated argument struct into kernel parameters, stage host index
-// tensors, launch on the call's stream). The kernels are in *.cu.
+// The gdn family's host side: gdn_gating (elementwise.cu), gdn_recurrent
+// (gdn_recurrent.cu), gdn_chunk_fwd (gdn_chunk.cu, gdn_chunk_tc.cu) and
+// gdn_chunk_bwd (gdn_chunk_bwd.cu).
 #include "cuda_host.hpp"
-#include "ops/conv1d.hpp"
 #include "ops/gdn.hpp"
 
 namespace hops::cuda {
@@ -27,8 +26,6 @@ void gdn_limits(const Op& op) {
   }
 }
 
-// ---- ops -----------------------------------------------------------------------------
-
 void gdn_gating(const ExecContext& context, const GdnGating& op) {
   if (op.rows * op.HV == 0) return;
   const DeviceGuard guard(context, op.kName);
@@ -43,54 +40,6 @@ void gdn_gating(const ExecContext& context, const GdnGating& op) {
                        static_cast<float>(op.softplus_beta),
                        static_cast<float>(op.softplus_threshold)};
   check(launch_gdn_gating(p, guard.stream()), op.kName, "gating kernel launch");
-}
-
-bool aligned16(const Arg& a) { return (reinterpret_cast<uintptr_t>(a.data) & 15u) == 0; }
-
-void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
-  const DeviceGuard guard(context, op.kName);
-  const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
-  ConvParams p{make_arg(op.x),
-               make_arg(op.y),
-               make_arg(op.weight),
-               make_arg(op.bias),
-               make_arg(op.initial_state),
-               make_arg(op.final_state),
-               cu.get(),
-               op.B,
-               op.T,
-               op.D,
-               op.sequences.count,
-               op.W,
-               op.activation == Activation::silu,
-               0};
-  const int64_t vec = 16 / dtype_size(op.x.dtype);
-  p.vector = op.x.stride[2] == 1 && op.y.stride[2] == 1 && op.D % vec == 0 &&
-             op.x.stride[1] % vec == 0 && op.y.stride[1] % vec == 0 && op.x.stride[0] % vec == 0 &&
-             op.y.stride[0] % vec == 0 && aligned16(p.x) && aligned16(p.y);
-  check(launch_conv1d_fwd(p, code_of(op.x.dtype), guard.stream()), op.kName,
-        "conv1d kernel launch");
-}
-
-void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
-  if (op.N * op.D == 0) return;
-  const DeviceGuard guard(context, op.kName);
-  const StagedIndex slots(op.slots.indices, guard, op.kName);
-  const ConvUpdateParams p{make_arg(op.x),
-                           make_arg(op.y),
-                           make_arg(op.state),
-                           make_arg(op.weight),
-                           make_arg(op.bias),
-                           slots.get(),
-                           op.N,
-                           op.L,
-                           op.D,
-                           op.W,
-                           op.state.shape[0],
-                           op.state.shape[2],
-                           op.activation == Activation::silu};
-  check(launch_conv1d_update(p, code_of(op.x.dtype), guard.stream()), op.kName,
-        "conv1d_update kernel launch");
 }
 
 void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op) {
@@ -166,36 +115,6 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   }
 }
 
-void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
-  if (op.D == 0) return;
-  const DeviceGuard guard(context, op.kName);
-  const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
-  ConvBwdParams p{make_arg(op.x),
-                  make_arg(op.weight),
-                  make_arg(op.bias),
-                  make_arg(op.initial_state),
-                  make_arg(op.dy),
-                  make_arg(op.d_final_state),
-                  make_arg(op.dx),
-                  make_arg(op.dweight),
-                  make_arg(op.dbias),
-                  make_arg(op.d_initial_state),
-                  cu.get(),
-                  op.B,
-                  op.T,
-                  op.D,
-                  op.sequences.count,
-                  op.W,
-                  op.activation == Activation::silu,
-                  0};
-  // The kernel's channel groups are 4 wide: 16-byte (f32) or 8-byte accesses.
-  p.vector = vector_rows({&op.x, &op.dy, &op.dx}, 4);
-  const int dtype = code_of(op.x.dtype);
-  const Scratch scratch(conv1d_bwd_scratch_bytes(p, dtype), guard, op.kName);
-  check(launch_conv1d_bwd(p, dtype, scratch.data(), guard.stream()), op.kName,
-        "conv1d_bwd kernels launch");
-}
-
 void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
   const int64_t N = op.sequences.count;
   if (N == 0 || op.HV == 0) return;
@@ -236,18 +155,13 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
         "backward chunk kernels launch");
 }
 
-// ---- kernels -------------------------------------------------------------------------
-
 }  // namespace
 
-std::span<const Kernel> unsorted_kernels() {
+std::span<const Kernel> gdn_kernels() {
   static const Kernel kernels[] = {
       kernel<GdnChunkFwd, &gdn_chunk_fwd, &gdn_limits<GdnChunkFwd>>(kFloats),
       kernel<GdnRecurrent, &gdn_recurrent, &gdn_limits<GdnRecurrent>>(kFloats),
       kernel<GdnGating, &gdn_gating>(kFloats),
-      kernel<Conv1dFwd, &conv1d_fwd>(kFloats),
-      kernel<Conv1dUpdate, &conv1d_update>(kFloats),
-      kernel<Conv1dBwd, &conv1d_bwd>(kFloats),
       kernel<GdnChunkBwd, &gdn_chunk_bwd, &gdn_limits<GdnChunkBwd>>(kFloats),
   };
   return kernels;
