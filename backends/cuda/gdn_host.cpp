@@ -1,6 +1,8 @@
 // The gdn family's host side: gdn_gating (elementwise.cu), gdn_recurrent
 // (gdn_recurrent.cu), gdn_chunk_fwd (gdn_chunk.cu, gdn_chunk_tc.cu) and
 // gdn_chunk_bwd (gdn_chunk_bwd.cu).
+#include <algorithm>
+
 #include "cuda_host.hpp"
 #include "ops/gdn.hpp"
 
@@ -23,6 +25,16 @@ void gdn_limits(const Op& op) {
          "{}: the cuda backend supports at most 65535 sequences and value heads, got N = {}, HV = "
          "{}",
          name, op.sequences.count, op.HV);
+  }
+  // Grid x counts value-column blocks, or 64-token chunks (one per sequence at least) times
+  // heads: launch dims are 32-bit, so a larger count would be cut off, not refused.
+  constexpr int64_t kMaxGridX = (int64_t{1} << 31) - 1;
+  const int64_t chunks = op.T / 64 + 1 + op.sequences.count;
+  if (op.V > kMaxGridX || chunks > kMaxGridX / std::max(op.HV, int64_t{1})) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: the cuda backend's grids hold at most 2^31 - 1 blocks a row, got V = {} and {} "
+         "chunks x {} value heads",
+         name, op.V, chunks, op.HV);
   }
 }
 

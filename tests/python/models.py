@@ -1,8 +1,8 @@
 """Tiny random-weight Qwen3.5 and Qwen3-Next models built from configs: 4 layers
 (3 linear attention : 1 full attention, the real pattern), HV = 2H in the
-linear layers, conv width 4; and torch_route, the unpatched reference path."""
+linear layers, conv width 4; torch_function, transformers' own torch code beneath
+a module global's wrappers; and torch_route, the unpatched reference path."""
 
-import inspect
 from contextlib import contextmanager
 
 import torch
@@ -36,13 +36,23 @@ def greedy(model, prompt, tokens=32):
     return model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
 
 
+def torch_function(module, name: str):
+    """transformers' own torch implementation behind the module global `name`, found
+    the way hops.patch() finds it; a wrapper it cannot see through fails here, naming it."""
+    function = _patch_transformers.own_function(module, name)
+    if function is None:
+        raise LookupError(f"{module.__name__}.{name}: transformers' own function not found beneath its "
+                          f"{type(vars(module).get(name)).__qualname__} wrapper (hops._patch_transformers._held_by)")
+    return function
+
+
 @contextmanager
 def torch_route(module):
     """Run transformers' torch code even where its decorators route to FLA or causal-conv1d
     (importable on a CPU machine, but their Triton/CUDA kernels cannot run there)."""
     routed = {name: vars(module)[name] for name in _patch_transformers.FUNCTIONS if callable(vars(module).get(name))}
-    for name, function in routed.items():
-        setattr(module, name, inspect.unwrap(function))
+    for name in routed:
+        setattr(module, name, torch_function(module, name))
     try:
         yield
     finally:

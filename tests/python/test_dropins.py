@@ -10,12 +10,10 @@ import torch
 import hops
 import reference
 from conftest import relative_error
+from models import torch_function
 
 pytest.importorskip("transformers")
 modeling = importlib.import_module("transformers.models.qwen3_5.modeling_qwen3_5")
-# The undecorated torch functions (use_kernel_func_from_hub_with_fallback keeps them as __wrapped__).
-torch_chunk = modeling.torch_chunk_gated_delta_rule.__wrapped__
-torch_recurrent = modeling.torch_recurrent_gated_delta_rule.__wrapped__
 
 
 def gdn_tensors(batch=2, tokens=40, heads=2, value_heads=4, dim=16):
@@ -34,8 +32,8 @@ def test_chunk_gated_delta_rule(dtype, tolerance):
     q, k, v, beta = (t.to(dtype) for t in (q, k, v, beta))
     o, final = hops.fla.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
                                                use_qk_l2norm_in_kernel=True)
-    o_ref, final_ref = torch_chunk(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                   use_qk_l2norm_in_kernel=True)
+    o_ref, final_ref = torch_function(modeling, "torch_chunk_gated_delta_rule")(
+        q, k, v, g, beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
     assert o.dtype == dtype and final.dtype == torch.float32 and o.shape == o_ref.shape
     assert relative_error(o.float(), o_ref.float()) <= tolerance
     assert relative_error(final, final_ref) <= tolerance
@@ -47,8 +45,8 @@ def test_fused_recurrent_keeps_initial_state():
     kept = h0.clone()
     o, final = hops.fla.fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, initial_state=h0,
                                                          output_final_state=True, use_qk_l2norm_in_kernel=True)
-    o_ref, final_ref = torch_recurrent(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                       use_qk_l2norm_in_kernel=True)
+    o_ref, final_ref = torch_function(modeling, "torch_recurrent_gated_delta_rule")(
+        q, k, v, g, beta, initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
     assert torch.equal(h0, kept)
     assert relative_error(o, o_ref) <= 1e-5 and relative_error(final, final_ref) <= 1e-5
 
@@ -85,8 +83,8 @@ def test_causal_conv1d_update_matches_transformers(shape):
     weight = torch.randn(24, 4, generator=generator)
     state = torch.randn(3, 24, 4, generator=generator)  # transformers keeps W columns
     expected_state = state.clone()
-    expected = modeling.causal_conv1d_update.__wrapped__(x if x.ndim == 3 else x[..., None], expected_state, weight,
-                                                         None, "silu")
+    expected = torch_function(modeling, "causal_conv1d_update")(x if x.ndim == 3 else x[..., None], expected_state,
+                                                                weight, None, "silu")
     out = hops.causal_conv1d.causal_conv1d_update(x, state, weight, None, "silu")
     assert out.shape == x.shape
     assert relative_error(out.reshape(expected.shape), expected) <= 1e-5

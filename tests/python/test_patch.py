@@ -3,6 +3,7 @@ ran, exact unpatch, fallbacks counted and never raised, switches."""
 
 import functools
 import importlib
+import inspect
 import sys
 import types
 from collections import Counter
@@ -12,7 +13,7 @@ import torch
 
 import hops
 from hops import _patch_transformers
-from models import MODULES, build, greedy, torch_route
+from models import MODULES, build, greedy, torch_function, torch_route
 
 pytest.importorskip("transformers")
 
@@ -62,12 +63,12 @@ def routed_through_fake_package(monkeypatch, module, name, fla_name, package, ca
     """Replace module.name by what transformers builds when `package` (a fake FLA or
     causal-conv1d that counts its calls) is importable."""
     from transformers.integrations.hub_kernels import use_kernel_func_from_hub_with_fallback
-    torch_function = getattr(module, name).__wrapped__
+    torch_impl = torch_function(module, name)
 
-    @functools.wraps(torch_function)  # the signature transformers filters the keywords by
+    @functools.wraps(torch_impl)  # the signature transformers filters the keywords by
     def fake_kernel(*args, **kwargs):
         called[fla_name] += 1
-        return torch_function(*args, **kwargs)
+        return torch_impl(*args, **kwargs)
 
     path = [package] + (["ops", "gated_delta_rule"] if package == "fake_fla" else [])
     parent = None
@@ -78,7 +79,7 @@ def routed_through_fake_package(monkeypatch, module, name, fla_name, package, ca
             setattr(parent, path[depth], child)
         parent = child
     setattr(parent, fla_name, fake_kernel)
-    routed = use_kernel_func_from_hub_with_fallback(fla_name, package)(torch_function)
+    routed = use_kernel_func_from_hub_with_fallback(fla_name, package)(torch_impl)
     monkeypatch.setattr(module, name, routed)
 
 
@@ -101,6 +102,53 @@ def test_patch_wins_over_the_fla_route(case, monkeypatch):
     assert report.calls[f"{alias}.torch_recurrent_gated_delta_rule"] == 9
 
 
+def test_own_functions_found_beneath_the_installed_wrappers(case):
+    _, _, module = case
+    wrapped = [name for name in _patch_transformers.FUNCTIONS if callable(vars(module).get(name))]
+    assert {"torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule", "causal_conv1d_fn",
+            "causal_conv1d_update"} <= set(wrapped)
+    own = {name: torch_function(module, name) for name in wrapped}
+    assert all(f.__globals__ is vars(module) and f.__code__.co_name == n and not hasattr(f, "__wrapped__")
+               for n, f in own.items())
+    hops.patch()
+    for name, function in own.items():  # the redirects carry the torch functions' names and signatures
+        redirect = vars(module)[name]
+        assert redirect.__name__ == name and inspect.signature(redirect) == inspect.signature(function)
+        assert inspect.unwrap(redirect) is function and redirect.__hops_original__ is not function
+
+
+def test_own_function_sees_through_each_wrapper_kind():
+    module = types.ModuleType("fake_modeling")
+    exec("def kernel(x):\n    return x + 1\n", vars(module))
+    kernel = module.kernel
+
+    def closure_over(function):  # a wrapper without __wrapped__
+        return lambda *args: function(*args)
+
+    def func_module(function):  # kernels' use_kernel_forward_from_hub on a function (transformers 5.25)
+        class Func(torch.nn.Module):
+            def forward(self, *args):
+                return function(*args)
+        return Func()
+
+    class Holder:  # an object keeping the function as an attribute
+        def __init__(self, function):
+            self.function = function
+
+        def __call__(self, *args):
+            return self.function(*args)
+
+    for wrap in (functools.wraps(kernel)(closure_over(kernel)), closure_over(kernel), func_module(kernel),
+                 func_module(functools.wraps(kernel)(closure_over(kernel))), Holder(func_module(kernel))):
+        module.kernel = wrap
+        assert _patch_transformers.own_function(module, "kernel") is kernel
+    registry = {"kernel": kernel}
+    module.kernel = lambda *args: registry["kernel"](*args)  # held in a table: a protocol it does not know
+    assert _patch_transformers.own_function(module, "kernel") is None
+    with pytest.raises(LookupError, match="fake_modeling.kernel: transformers' own function not found"):
+        torch_function(module, "kernel")
+
+
 def patchable(module):
     """Every (owner, name) patch() may change in a modeling module, with its object."""
     found = {(module, name): vars(module)[name] for name in _patch_transformers.FUNCTIONS if name in vars(module)}
@@ -114,9 +162,13 @@ def patchable(module):
 def test_unpatch_restores_every_attribute_exactly(case):
     alias, model, module = case
     layer = next(m for m in model.modules() if type(m).__name__.endswith("GatedDeltaNet"))
-    # The references older transformers bind at __init__, and kernels' hidden-kernel table.
-    layer.chunk_gated_delta_rule = module.torch_chunk_gated_delta_rule
+    # The references older transformers bind at __init__ (plain attributes: set in __dict__, since
+    # nn.Module would register a global that is a kernels Func module as a submodule), and a kernel table.
+    vars(layer)["chunk_gated_delta_rule"] = module.torch_chunk_gated_delta_rule
     layer._hidden_kernels = {"causal_conv1d_update": module.causal_conv1d_update}
+    submodule = module.causal_conv1d_fn if isinstance(module.causal_conv1d_fn, torch.nn.Module) else None
+    if submodule is not None:  # a kernels Func (transformers >= 5.25) bound as an attribute is a submodule
+        layer.registered = submodule
     before = {key: value for m in map(importlib.import_module, MODULES.values()) for key, value in patchable(m).items()}
     bound_before = (layer.chunk_gated_delta_rule, layer._hidden_kernels["causal_conv1d_update"])
 
@@ -125,6 +177,9 @@ def test_unpatch_restores_every_attribute_exactly(case):
     assert len(changed) == len(before)
     assert layer.chunk_gated_delta_rule is module.torch_chunk_gated_delta_rule  # re-bound to the redirect
     assert layer._hidden_kernels["causal_conv1d_update"] is module.causal_conv1d_update
+    if submodule is not None:  # a submodule stays a module: the model tree must still walk
+        assert layer._modules["registered"] is submodule and submodule in list(model.modules())
+        del layer.registered
     created_while_patched = type(layer).__new__(type(layer))
     created_while_patched.__dict__.update(recurrent=module.torch_recurrent_gated_delta_rule)
 
@@ -141,7 +196,7 @@ def test_patch_model_rebinds_a_model(case):
     layer = next(m for m in model.modules() if type(m).__name__.endswith("GatedDeltaNet"))
     original = module.causal_conv1d_fn
     report = hops.patch()
-    layer.conv_fn = original  # bound after patch() swept the live models
+    vars(layer)["conv_fn"] = original  # bound after patch() swept the live models (a plain attribute)
     hops.patch_model(model)
     assert layer.conv_fn is module.causal_conv1d_fn is not original
     assert report is hops.patch_model(model)

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -167,16 +168,15 @@ TEST(AllocatorSwap, CallsDuringSwapsKeepTheirResultsAndBlocksGoHome) {
   LedgerAllocator first, second;
   const hops_allocator tables[] = {first.table(), second.table()};
   constexpr int kCallers = 4;
-  constexpr int kRounds = 12;
-  std::atomic<int> callers_done{0};
-  std::atomic<int> swaps{0};
-  std::vector<std::string> failures(kCallers);
+  constexpr int kCycles = 5;  // of first, second, the built-in pools
+  std::atomic<bool> swapping{true};
+  std::vector<std::string> failures(kCallers + 1);  // one per caller, then the swapper's
   {
     std::vector<std::jthread> threads;
     for (int c = 0; c < kCallers; ++c) {
       threads.emplace_back([&, c] {
         Calls mine;
-        for (int round = 0; round < kRounds && failures[c].empty(); ++round) {
+        for (int round = 0; swapping.load() && failures[c].empty(); ++round) {
           if (const hops_status status = mine.run(); status != HOPS_OK) {
             failures[c] = std::string("round ") + std::to_string(round) + ": " +
                           api()->status_name(status) + ": " + api()->last_error();
@@ -187,27 +187,40 @@ TEST(AllocatorSwap, CallsDuringSwapsKeepTheirResultsAndBlocksGoHome) {
           std::fill(mine.conv_y.data.begin(), mine.conv_y.data.end(), 0.0f);
           std::fill(mine.o.data.begin(), mine.o.data.end(), 0.0f);
         }
-        ++callers_done;
       });
     }
-    // first, second, the built-in pools, and again, until every caller is done.
+    // Each host allocator stays in force until it has served a block. Blocks
+    // in use at a swap go on serving calls, so it is set again (which frees
+    // the idle ones) until a call needs a new block.
     threads.emplace_back([&] {
-      for (int i = 0; callers_done.load() < kCallers; ++i) {
-        const hops_allocator* next = i % 3 == 2 ? nullptr : &tables[i % 3];
-        if (api()->set_allocator(next) != HOPS_OK) return;
-        ++swaps;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      for (int cycle = 0; cycle < kCycles && failures[kCallers].empty(); ++cycle) {
+        for (int i = 0; i < 2 && failures[kCallers].empty(); ++i) {
+          const LedgerAllocator& ledger = i == 0 ? first : second;
+          const size_t before = ledger.allocations();
+          while (ledger.allocations() == before) {
+            if (api()->set_allocator(&tables[i]) != HOPS_OK ||
+                std::chrono::steady_clock::now() > deadline) {
+              failures[kCallers] = "allocator " + std::to_string(i) + " served no block in time";
+              break;
+            }
+            std::this_thread::yield();
+          }
+        }
+        if (api()->set_allocator(nullptr) != HOPS_OK) failures[kCallers] = "set_allocator(NULL)";
         std::this_thread::yield();
       }
+      swapping = false;
     });
   }
   for (int c = 0; c < kCallers; ++c) EXPECT_EQ(failures[c], "") << "caller " << c;
+  EXPECT_EQ(failures[kCallers], "") << "the swapper";
 
   // Every call is over, so every block is idle: restoring the built-in pools
   // hands each one back to its maker.
   ASSERT_EQ(api()->set_allocator(nullptr), HOPS_OK);
-  EXPECT_GT(swaps.load(), 3);
-  EXPECT_GT(first.allocations(), 0u) << "the test never had a call served by the first allocator";
-  EXPECT_GT(second.allocations(), 0u) << "nor by the second";
+  EXPECT_GE(first.allocations(), size_t{kCycles});
+  EXPECT_GE(second.allocations(), size_t{kCycles});
   EXPECT_EQ(first.live(), 0u);
   EXPECT_EQ(second.live(), 0u);
   EXPECT_EQ(first.errors(), std::vector<std::string>{});

@@ -52,17 +52,22 @@ class PatchReport:
         return "\n".join(lines)
 
 
+# nn.Module's registries: what they hold must stay a module, parameter or buffer, so
+# a wrapper module registered there (transformers 5.25's kernels `Func`) is left alone.
+REGISTRIES = {"_modules", "_parameters", "_buffers"}
+
+
 def _references(instance, swaps):
-    """(container, key, replacement) for each attribute of `instance`, and each entry
-    of a dict attribute, that holds one of the `swaps` originals."""
+    """(dict, key, replacement) for each attribute of `instance` (in its __dict__), and
+    each entry of a dict attribute, that holds one of the `swaps` originals."""
     def swap_for(value):
         entry = swaps.get(id(value))
         return entry[1] if entry and entry[0] is value else None
 
     for name, value in list(vars(instance).items()):
         if swap_for(value) is not None:
-            yield instance, name, swap_for(value)
-        elif isinstance(value, dict):
+            yield vars(instance), name, swap_for(value)
+        elif isinstance(value, dict) and name not in REGISTRIES:
             yield from ((value, key, swap_for(item)) for key, item in list(value.items())
                         if swap_for(item) is not None)
 
@@ -76,11 +81,15 @@ class Patcher:
         self.originals: dict[int, tuple[object, object]] = {}  # id(original) -> (original, redirect)
         self.layer_classes: set[type] = set()  # host classes whose instances may hold references
 
-    def redirect(self, label: str, hops_impl, original):
-        """A function like `original` that runs `hops_impl` and falls back to `original`."""
+    def redirect(self, label: str, hops_impl, original, like=None):
+        """A function that runs `hops_impl` and falls back to `original`, with the name,
+        signature and docs of `like` (the host's own function beneath `original`'s
+        wrappers), else of `original`."""
         report = self.report
 
-        @functools.wraps(original)
+        # updated=(): a wrapper that is an object (kernels' Func module) keeps state in
+        # its __dict__ that is no function metadata.
+        @functools.wraps(original if like is None else like, updated=())
         def redirected(*args, **kwargs):
             try:
                 result = hops_impl(*args, **kwargs)
@@ -107,19 +116,18 @@ class Patcher:
         mapping[key] = value
         self._undo.append(lambda: mapping.__setitem__(key, previous) if had else mapping.pop(key))
 
-    def replace(self, owner, name: str, label: str, hops_impl) -> None:
-        self.set_attr(owner, name, self.redirect(label, hops_impl, getattr(owner, name)))
+    def replace(self, owner, name: str, label: str, hops_impl, like=None) -> None:
+        self.set_attr(owner, name, self.redirect(label, hops_impl, getattr(owner, name), like))
 
     def rebind(self, instance, swaps: dict[int, tuple[object, object]], logged: bool) -> int:
         """Swap the references an instance keeps to functions (bound at __init__, or
         in a dict such as kernels' hidden-kernel table); swaps maps id(old) -> (old, new).
-        Logged swaps are undone by undo()."""
+        Logged swaps are undone by undo(). Attributes are swapped in the instance's
+        __dict__, where they were found: nn.Module.__setattr__ would register a module
+        value as a submodule instead."""
         count = 0
         for container, key, new in _references(instance, swaps):
-            if isinstance(container, dict):
-                (self.set_item if logged else dict.__setitem__)(container, key, new)
-            else:
-                (self.set_attr if logged else setattr)(container, key, new)
+            (self.set_item if logged else dict.__setitem__)(container, key, new)
             count += 1
         return count
 

@@ -1,0 +1,175 @@
+// libFuzzer entry of the generic call path: every input decodes to one
+// api->call (fuzz_call.hpp), run and judged in process. docs/FUZZING.md.
+//
+// Environment:
+//   HOPS_FUZZ_WRITE_SEEDS=dir  write the seed corpus (valid calls of every op,
+//                              in several dtypes, layouts and options) and exit
+//   HOPS_FUZZ_VERBOSE=1        print each decoded call and its status
+//   HOPS_FUZZ_STATS=1          print how the calls ended when the process exits
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "fuzz_call.hpp"
+
+namespace hops::fuzz {
+namespace {
+
+const hops_api* g_api = nullptr;
+
+struct Counts {
+  std::atomic<uint64_t> skipped{0}, rejected{0}, accepted{0}, compared{0};
+} g_counts;
+
+void print_counts() {
+  const uint64_t ran = g_counts.rejected + g_counts.accepted + g_counts.compared;
+  std::fprintf(stderr,
+               "hops-fuzz: %llu calls ran: %llu rejected, %llu accepted (%llu of them compared "
+               "with the float64 reference); %llu inputs skipped (too much memory)\n",
+               static_cast<unsigned long long>(ran),
+               static_cast<unsigned long long>(g_counts.rejected.load()),
+               static_cast<unsigned long long>(g_counts.accepted + g_counts.compared),
+               static_cast<unsigned long long>(g_counts.compared.load()),
+               static_cast<unsigned long long>(g_counts.skipped.load()));
+}
+
+// Valid calls of every op: a small base problem and variants that each turn
+// on what the op can take (optional tensors, flags, varlen, state slots,
+// strided and packed layouts, other dtypes, an empty problem).
+std::vector<std::pair<std::string, Plan>> seed_plans(const hops_api& api) {
+  std::vector<std::pair<std::string, Plan>> seeds;
+  for (int32_t o = 0; o < api.op_count(); ++o) {
+    const hops_op_desc* op = api.op_at(o);
+    Plan base{};
+    base.op = static_cast<uint8_t>(o);
+    base.B = 1;  // 2
+    base.T = 5;  // 5 tokens
+    base.H = 0;  // 1 key head
+    base.G = 1;  // 2 value heads per key head
+    base.K = 3;  // 4
+    base.V = 2;  // 3
+    base.D = 4;  // 8 channels
+    base.W = 3;  // width 4
+    base.L = 1;  // 2 tokens per decode step
+    base.seed[0] = static_cast<uint8_t>(o + 1);
+    auto all_optional = [](Plan& p) { std::memset(p.present, 0xff, sizeof p.present); };
+    auto flags_on = [&](Plan& p) {
+      int scalar = 0;
+      for (int32_t i = 0; i < op->num_args; ++i) {
+        const hops_arg_desc& d = *hops_op_arg(op, i);
+        if (d.kind < HOPS_ARG_I64) continue;
+        if (d.kind == HOPS_ARG_BOOL) p.scalars[scalar % 8] = 1;
+        ++scalar;
+      }
+    };
+    auto layouts = [](Plan& p, uint8_t a, uint8_t b) {
+      for (int i = 0; i < kMaxArgs; ++i) p.layouts[i] = i % 2 ? b : a;
+    };
+    auto add = [&](const char* name, auto edit) {
+      Plan p = base;
+      edit(p);
+      seeds.emplace_back(fmt::format("seed-{}-{}", op->name, name), p);
+    };
+    add("f32", [](Plan&) {});
+    add("f32-optional", [&](Plan& p) { all_optional(p); });
+    add("f16-optional", [&](Plan& p) { all_optional(p), p.dtype = 1; });
+    add("bf16-optional-flags", [&](Plan& p) { all_optional(p), flags_on(p), p.dtype = 2; });
+    add("f32-varlen", [&](Plan& p) {
+      all_optional(p), p.varlen = 3, p.T = 7, p.index_dtype = 1;
+      p.cuts[0] = 40, p.cuts[1] = 40, p.cuts[2] = 200;
+    });
+    add("f32-slots",
+        [&](Plan& p) { all_optional(p), p.B = 2, p.slots = 0b101, p.slot_shift = 1, p.S = 2; });
+    add("f32-varlen-slots-flags", [&](Plan& p) {
+      all_optional(p), flags_on(p), p.varlen = 2, p.T = 6, p.slots = 0b11, p.S = 1;
+      p.cuts[0] = 0, p.cuts[1] = 128;
+    });
+    add("f32-padded", [&](Plan& p) { all_optional(p), layouts(p, 2, 2); });
+    add("f32-compact-exec-null", [&](Plan& p) { all_optional(p), layouts(p, 1, 1), p.exec = 1; });
+    add("f32-arena-reversed", [&](Plan& p) { all_optional(p), layouts(p, 3, 0), p.arena = 1; });
+    add("f32-sliced-offset", [&](Plan& p) {
+      all_optional(p), layouts(p, 4, 7), p.exec = 2, p.prefix_rank = 2, p.prefix[0] = 1,
+                                         p.prefix[1] = 2;
+    });
+    add("f32-chunk-edge", [&](Plan& p) {
+      all_optional(p), flags_on(p), p.T = 10, p.K = 7, p.V = 6, p.D = 7, p.H = 1, p.G = 2;
+    });
+    add("f16-empty", [&](Plan& p) { all_optional(p), p.T = 0, p.dtype = 1; });
+    add("bf16-squeeze-odd-unit", [&](Plan& p) {
+      all_optional(p), p.dtype = 2, p.squeeze = 1, p.slots = 0b10, p.index_dtype = 1, p.B = 0;
+      layouts(p, 5 + 8, 5 + 16);
+    });
+    add("f32-broadcast-inputs-threads", [&](Plan& p) {
+      all_optional(p), p.exec = 3, p.prefix_rank = 1, p.prefix[0] = 2;
+      for (int32_t i = 0; i < op->num_args; ++i) {
+        if (hops_op_arg(op, i)->kind == HOPS_ARG_TENSOR_IN) p.layouts[i] = 6;
+      }
+    });
+  }
+  return seeds;
+}
+
+void write_seeds(const char* dir) {
+  std::filesystem::create_directories(dir);
+  int accepted = 0, total = 0;
+  for (const auto& [name, plan] : seed_plans(*g_api)) {
+    std::vector<uint8_t> bytes(sizeof plan);
+    std::memcpy(bytes.data(), &plan, sizeof plan);
+    std::ofstream(std::filesystem::path(dir) / name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    FuzzCall call(*g_api, bytes);
+    const bool ok = call.runnable() && call.run_and_check() != Outcome::rejected;
+    accepted += ok;
+    ++total;
+    if (!ok) std::fprintf(stderr, "seed %s is rejected: %s\n", name.c_str(), g_api->last_error());
+  }
+  std::fprintf(stderr, "hops-fuzz: wrote %d seeds to %s, %d of them valid calls\n", total, dir,
+               accepted);
+}
+
+}  // namespace
+}  // namespace hops::fuzz
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  using namespace hops::fuzz;
+  g_api = hops_get_api(HOPS_ABI_MAJOR);
+  if (!g_api) {
+    std::fprintf(stderr, "hops-fuzz: hops_get_api(%d) returned NULL\n", HOPS_ABI_MAJOR);
+    std::abort();
+  }
+  if (const char* dir = std::getenv("HOPS_FUZZ_WRITE_SEEDS")) {
+    write_seeds(dir);
+    std::exit(0);
+  }
+  if (std::getenv("HOPS_FUZZ_STATS")) std::atexit(print_counts);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace hops::fuzz;
+  FuzzCall call(*g_api, {data, size});
+  if (!call.runnable()) {
+    ++g_counts.skipped;
+    return -1;  // not worth keeping in the corpus
+  }
+  switch (call.run_and_check()) {
+    case Outcome::rejected:
+      ++g_counts.rejected;
+      break;
+    case Outcome::accepted:
+      ++g_counts.accepted;
+      break;
+    case Outcome::compared:
+      ++g_counts.compared;
+      break;
+  }
+  return 0;
+}

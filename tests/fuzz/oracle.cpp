@@ -1,0 +1,220 @@
+// The float64 reference (tests/reference) of every op, fed from an accepted
+// fuzzed call: the oracle reads each argument's logical values (any dtype,
+// strides, offsets) and compares each output with FuzzCall::expect.
+#include <cmath>
+#include <map>
+#include <stdexcept>
+#include <string_view>
+
+#include "fuzz_call.hpp"
+
+namespace hops::fuzz {
+
+namespace {
+
+// One accepted call, read by argument name.
+class Args {
+ public:
+  explicit Args(const FuzzCall& call) : call_(call) {}
+  bool has(std::string_view name) const { return call_.tensor(name) != nullptr; }
+  Array64 in(std::string_view name) const { return call_.read(*call_.tensor(name), false); }
+  Array64 before(std::string_view name) const { return call_.read(*call_.tensor(name), true); }
+  // An optional input: empty when absent (pass ptr() of it).
+  std::optional<Array64> maybe(std::string_view name) const {
+    return has(name) ? std::optional(in(name)) : std::nullopt;
+  }
+  std::optional<std::vector<int64_t>> indices(std::string_view name) const {
+    const TensorArg* t = call_.tensor(name);
+    return t ? std::optional(call_.read_indices(*t)) : std::nullopt;
+  }
+  double f64(std::string_view name) const { return call_.f64(name); }
+  int64_t i64(std::string_view name) const { return call_.i64(name); }
+  bool flag(std::string_view name) const { return call_.flag(name); }
+  void expect(std::string_view name, const Array64& want) const { call_.expect(name, want); }
+  void expect_if_given(std::string_view name, const Array64& want) const {
+    if (has(name)) expect(name, want);
+  }
+  const FuzzCall& call() const { return call_; }
+
+ private:
+  const FuzzCall& call_;
+};
+
+template <class T>
+const T* ptr(const std::optional<T>& value) {
+  return value ? &*value : nullptr;
+}
+
+// [B,T,D] <-> [B,D,T].
+Array64 swap_last(const Array64& a) {
+  Array64 out({a.shape[0], a.shape[2], a.shape[1]});
+  for (int64_t b = 0; b < a.shape[0]; ++b) {
+    for (int64_t i = 0; i < a.shape[1]; ++i) {
+      for (int64_t j = 0; j < a.shape[2]; ++j) out.at({b, j, i}) = a.at({b, i, j});
+    }
+  }
+  return out;
+}
+
+std::vector<bool> used_slots(int64_t pool, int64_t sequences,
+                             const std::optional<std::vector<int64_t>>& slots) {
+  std::vector<bool> used(static_cast<size_t>(pool), false);
+  for (int64_t n = 0; n < sequences; ++n) {
+    const int64_t slot = slots ? (*slots)[static_cast<size_t>(n)] : n;
+    if (slot >= 0 && slot < pool) used[static_cast<size_t>(slot)] = true;
+  }
+  return used;
+}
+
+struct GdnInputs {
+  Array64 q, k, v, g, beta;
+  std::optional<Array64> A_log, dt_bias;
+  std::optional<std::vector<int64_t>> cu_seqlens;
+  ref::GdnOptions options;
+};
+
+GdnInputs gdn_inputs(const Args& a) {
+  GdnInputs in{a.in("q"),
+               a.in("k"),
+               a.in("v"),
+               a.in("g"),
+               a.in("beta"),
+               a.maybe("A_log"),
+               a.maybe("dt_bias"),
+               a.indices("cu_seqlens"),
+               {}};
+  in.options = {.scale = a.f64("scale"),
+                .use_qk_l2norm = a.flag("use_qk_l2norm"),
+                .state_v_first = a.flag("state_v_first"),
+                .A_log = ptr(in.A_log),
+                .dt_bias = ptr(in.dt_bias)};
+  return in;
+}
+
+void gdn_chunk_fwd(const Args& a) {
+  const GdnInputs in = gdn_inputs(a);
+  const auto h0 = a.maybe("initial_state");
+  const ref::GdnResult want =
+      ref::gdn_forward(in.q, in.k, in.v, in.g, in.beta, ptr(h0), ptr(in.cu_seqlens), in.options);
+  a.expect("o", want.o);
+  a.expect_if_given("final_state", want.final_state);
+}
+
+void gdn_recurrent(const Args& a) {
+  const GdnInputs in = gdn_inputs(a);
+  const auto slots = a.indices("state_indices");
+  Array64 pool = a.before("state");
+  Array64 o(a.in("o").shape, NAN);  // skipped sequences keep their bytes
+  ref::gdn_recurrent(in.q, in.k, in.v, in.g, in.beta, pool, ptr(slots), ptr(in.cu_seqlens),
+                     in.options, o);
+  a.expect("o", o);
+  a.expect("state", pool);
+  const int64_t sequences =
+      in.cu_seqlens ? static_cast<int64_t>(in.cu_seqlens->size()) - 1 : in.q.shape[0];
+  a.call().expect_slots_kept("state", used_slots(pool.shape[0], sequences, slots));
+}
+
+void gdn_chunk_bwd(const Args& a) {
+  const GdnInputs in = gdn_inputs(a);
+  const auto h0 = a.maybe("initial_state");
+  const auto d_final = a.maybe("d_final_state");
+  const ref::GdnGrads want =
+      ref::gdn_backward(in.q, in.k, in.v, in.g, in.beta, ptr(h0), ptr(in.cu_seqlens), a.in("do"),
+                        ptr(d_final), in.options);
+  a.expect("dq", want.dq);
+  a.expect("dk", want.dk);
+  a.expect("dv", want.dv);
+  a.expect("dg", want.dg);
+  a.expect("dbeta", want.dbeta);
+  a.expect_if_given("dh0", want.dh0);
+}
+
+void gdn_gating(const Args& a) {
+  const ref::Gating want = ref::gdn_gating(a.in("A_log"), a.in("a"), a.in("b"), a.in("dt_bias"),
+                                           a.f64("softplus_beta"), a.f64("softplus_threshold"));
+  a.expect("g", want.g);
+  a.expect("beta", want.beta);
+}
+
+void gated_rmsnorm(const Args& a) {
+  a.expect("y", ref::gated_rmsnorm(a.in("x"), a.in("z"), a.in("weight"), a.f64("eps")));
+}
+
+void gated_rmsnorm_bwd(const Args& a) {
+  const ref::GatedRmsNormGrads want =
+      ref::gated_rmsnorm_bwd(a.in("x"), a.in("z"), a.in("weight"), a.in("dy"), a.f64("eps"));
+  a.expect("dx", want.dx);
+  a.expect("dz", want.dz);
+  a.expect("dweight", want.dweight);
+}
+
+// x, y, dx, dy as the reference takes them: channels last.
+Array64 tokens(const Args& a, std::string_view name) {
+  return a.flag("channels_first") ? swap_last(a.in(name)) : a.in(name);
+}
+
+void conv1d_fwd(const Args& a) {
+  const auto bias = a.maybe("bias");
+  const auto h0 = a.maybe("initial_state");
+  const auto cu = a.indices("cu_seqlens");
+  const int64_t final_len = a.has("final_state") ? a.in("final_state").shape[2] : 0;
+  const ref::Conv1dResult want =
+      ref::conv1d_fwd(tokens(a, "x"), a.in("weight"), ptr(bias), ptr(h0), ptr(cu),
+                      static_cast<ref::Activation>(a.i64("activation")), final_len);
+  a.expect("y", a.flag("channels_first") ? swap_last(want.y) : want.y);
+  a.expect_if_given("final_state", want.final_state);
+}
+
+void conv1d_bwd(const Args& a) {
+  const auto bias = a.maybe("bias");
+  const auto h0 = a.maybe("initial_state");
+  const auto d_final = a.maybe("d_final_state");
+  const auto cu = a.indices("cu_seqlens");
+  const ref::Conv1dGrads want =
+      ref::conv1d_bwd(tokens(a, "x"), a.in("weight"), ptr(bias), ptr(h0), ptr(cu), tokens(a, "dy"),
+                      ptr(d_final), static_cast<ref::Activation>(a.i64("activation")));
+  a.expect("dx", a.flag("channels_first") ? swap_last(want.dx) : want.dx);
+  a.expect("dweight", want.dweight);
+  a.expect_if_given("dbias", want.dbias);
+  a.expect_if_given("d_initial_state", want.d_initial_state);
+}
+
+void conv1d_update(const Args& a) {
+  Array64 x = a.in("x");
+  const std::vector<int64_t> shape = x.shape;
+  if (x.shape.size() == 2) x.shape = {x.shape[0], 1, x.shape[1]};  // [N,D] is one token
+  const auto bias = a.maybe("bias");
+  const auto slots = a.indices("state_indices");
+  Array64 pool = a.before("state");
+  Array64 y(x.shape, NAN);  // skipped sequences keep their bytes
+  ref::conv1d_update(x, pool, a.in("weight"), ptr(bias), ptr(slots),
+                     static_cast<ref::Activation>(a.i64("activation")), y);
+  y.shape = shape;
+  a.expect("y", y);
+  a.expect("state", pool);
+  a.call().expect_slots_kept("state", used_slots(pool.shape[0], x.shape[0], slots));
+}
+
+const std::map<std::string_view, void (*)(const Args&)> kOracles = {
+    {"gdn_chunk_fwd", gdn_chunk_fwd}, {"gdn_recurrent", gdn_recurrent},
+    {"gdn_chunk_bwd", gdn_chunk_bwd}, {"gdn_gating", gdn_gating},
+    {"gated_rmsnorm", gated_rmsnorm}, {"gated_rmsnorm_bwd", gated_rmsnorm_bwd},
+    {"conv1d_fwd", conv1d_fwd},       {"conv1d_bwd", conv1d_bwd},
+    {"conv1d_update", conv1d_update},
+};
+
+}  // namespace
+
+bool check_against_reference(const FuzzCall& call) {
+  const auto oracle = kOracles.find(call.op().name);
+  if (oracle == kOracles.end()) return false;
+  try {
+    oracle->second(Args(call));
+  } catch (const std::exception& e) {
+    // The plugin accepted a call that the reference calls invalid.
+    call.finding(std::string("HOPS_OK for a call the reference rejects: ") + e.what());
+  }
+  return true;
+}
+
+}  // namespace hops::fuzz
