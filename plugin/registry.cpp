@@ -38,9 +38,11 @@ Registry::Registry() : threads_(std::make_unique<ThreadPool>(default_thread_coun
     if (group == by_device_.end()) group = by_device_.insert(by_device_.end(), {b.device_type, {}});
     group->second.push_back(&b);
   }
-  for (auto& [type, group] : by_device_) {  // stable: equal scores keep the load order
-    std::stable_sort(group.begin(), group.end(),
-                     [](const Backend* a, const Backend* b) { return a->score > b->score; });
+  // Best score first; equal scores keep the load order (backends_ is one array).
+  for (auto& [type, group] : by_device_) {
+    std::sort(group.begin(), group.end(), [](const Backend* a, const Backend* b) {
+      return a->score != b->score ? a->score > b->score : a < b;
+    });
   }
 }
 
