@@ -141,11 +141,15 @@ std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
        [](Invocation& call) {
          call.exec().device = {kDLVulkan, 0};
        }},
-      // A shorter list gives the trailing arguments their defaults (ABI 1.1),
-      // but a required one cannot be left out; a longer list is wrong.
-      {"api->call with num_args 9, leaving out the required 'o'",
-       {"o"},
-       [](Invocation& call) { call.num_args(9); }},
+      // From ABI 1.1 a shorter list gives the trailing arguments their
+      // defaults, but a required one cannot be left out (a 1.0 provider
+      // takes only the full list); a longer list is wrong.
+      ctx.api.abi_minor >= 1 ? BadCall{"api->call with num_args 9, leaving out the required 'o'",
+                                       {"o"},
+                                       [](Invocation& call) { call.num_args(9); }}
+                             : BadCall{"api->call with num_args one short (ABI 1.0)",
+                                       {},
+                                       [](Invocation& call) { call.num_args(13); }},
       {"api->call with num_args one past the descriptor's",
        {},
        [](Invocation& call) { call.num_args(15); }},
