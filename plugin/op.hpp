@@ -98,6 +98,9 @@ class Call {
   }
   // `arg` (when present) has the dtype of `reference`.
   void same_dtype(int arg, int reference) const;
+  // Whether any output or in-out tensor has an element: a call that writes
+  // none has no effect to produce.
+  bool writes_elements() const;
 
  private:
   void check_tensor(int arg);

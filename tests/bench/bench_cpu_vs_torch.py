@@ -39,6 +39,7 @@ import torch
 
 import hops
 from hops._bindings import library
+from hops._patch_transformers import own_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
@@ -56,10 +57,15 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
 def torch_function(name):
-    """The torch implementation behind a modeling module global (functools.wraps keeps
-    it as __wrapped__; the wrapper would route to fla / causal-conv1d if they imported)."""
-    function = getattr(modeling, name)
-    return getattr(function, "__wrapped__", function)
+    """transformers' own torch implementation behind a modeling module global, beneath
+    whatever wraps it (the routing wrapper would go to fla / causal-conv1d if they
+    imported; transformers 5.25 also wraps it in kernels' Func module), found the way
+    hops.patch() finds it."""
+    function = own_function(modeling, name)
+    if function is None:
+        raise LookupError(f"{modeling.__name__}.{name}: transformers' torch function not found beneath its "
+                          f"{type(getattr(modeling, name)).__qualname__} wrapper")
+    return function
 
 
 # ---- the floor: FLOPs and minimum bytes per op and shape ---------------------------------

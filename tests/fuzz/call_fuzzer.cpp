@@ -30,6 +30,7 @@ struct Counts {
 
 void print_counts() {
   const uint64_t ran = g_counts.rejected + g_counts.accepted + g_counts.compared;
+  if (ran + g_counts.skipped == 0) return;  // a -fork parent: its workers ran the calls
   std::fprintf(stderr,
                "hops-fuzz: %llu calls ran: %llu rejected, %llu accepted (%llu of them compared "
                "with the float64 reference); %llu inputs skipped (too much memory)\n",

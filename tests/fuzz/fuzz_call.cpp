@@ -927,7 +927,13 @@ bool FuzzCall::judgeable() const {
     }
     if (!tensors_[i].present) continue;
     if (!tensors_[i].dtype) return false;
-    elements += static_cast<int64_t>(geometry(tensors_[i].dl).numel);
+    const Geometry g = geometry(tensors_[i].dl);
+    elements += static_cast<int64_t>(g.numel);
+    // Sums over more tokens or rows than the conformance sweeps use (a few
+    // thousand) drift past the f32 tolerance by accumulation alone.
+    for (int d = 0; d < g.ndim; ++d) {
+      if (g.shape[d] > 4096) return false;
+    }
   }
   // The float64 reference costs T*HV*K*V per GDN call: keep it to milliseconds.
   const TensorArg* v = tensor("v");

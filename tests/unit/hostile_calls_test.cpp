@@ -106,12 +106,30 @@ TEST(HostileCalls, ZeroTokensDoNotLiftTheDimBound) {
   expect_failure(chunk(q, k, v, g, beta, o), HOPS_ERR_INVALID_ARGUMENT, "gdn_chunk_fwd", "v");
 }
 
-// A valid call whose scratch would pass 2^40 bytes fails before any allocator.
+// A valid call whose scratch would pass 2^40 bytes fails before any allocator
+// and before any write (the final state's buffer holds one element).
 TEST(HostileCalls, ScratchPastTheLimitIsOutOfMemory) {
   HostTensor q({1, 0, 2, 16}), k({1, 0, 2, 16}), g({1, 0, 2}), beta({1, 0, 2});
-  HostTensor v({1, 0, 2, 1}), o({1, 0, 2, 1});
+  HostTensor v({1, 0, 2, 1}), o({1, 0, 2, 1}), final_state({1});
   v.shape[3] = o.shape[3] = k2to40;  // states of 2^45 floats
-  expect_failure(chunk(q, k, v, g, beta, o), HOPS_ERR_OUT_OF_MEMORY, "gdn_chunk_fwd");
+  final_state.shape = {1, 2, 16, k2to40};
+  final_state.dl.ndim = 4;
+  final_state.dl.shape = final_state.shape.data();
+  expect_failure(chunk(q, k, v, g, beta, o, &final_state.dl), HOPS_ERR_OUT_OF_MEMORY,
+                 "gdn_chunk_fwd");
+  EXPECT_TRUE(untouched(final_state));
+}
+
+// A valid call with no output element returns at once, however large its batch or
+// head count (the fuzzer's T = 0 calls with B or HV near 2^32 ran for minutes).
+TEST(HostileCalls, CallsWithNothingToWriteReturnAtOnce) {
+  HostTensor q({1, 0, 2, 16}), k({1, 0, 2, 16}), v({1, 0, 2, 16}), g({1, 0, 2}), beta({1, 0, 2}),
+      o({1, 0, 2, 16});
+  for (HostTensor* t : {&q, &k, &v, &g, &beta, &o}) t->shape[0] = (int64_t{1} << 31) + 1;
+  EXPECT_EQ(chunk(q, k, v, g, beta, o), HOPS_OK) << api()->last_error();
+  for (HostTensor* t : {&q, &k, &v, &g, &beta, &o}) t->shape[0] = 1;
+  for (HostTensor* t : {&v, &g, &beta, &o}) t->shape[2] = int64_t{1} << 32;
+  EXPECT_EQ(chunk(q, k, v, g, beta, o), HOPS_OK) << api()->last_error();
 }
 
 // Class 3: stride magnitudes were never bounded, so spans wrapped.

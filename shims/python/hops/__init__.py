@@ -6,11 +6,12 @@
     report = hops.patch()                 # transformers Qwen3-Next / Qwen3.5 (and fla) run on hops
     hops.unpatch()
 
-Layers: hops.ops (framework-neutral, every op of the provider), hops.torch_ops
-(torch custom ops torch.ops.hops.* with autograd and torch.compile support;
+Public layers: hops.ops (framework-neutral, every op of the provider), hops.torch_ops
+(torch operators torch.ops.hops.* with autograd and torch.compile support;
 `from hops import torch_ops`; numpy-only users never import torch), hops.fla and
 hops.causal_conv1d (drop-in namesakes of those packages' functions),
-hops.patch (host patching). docs/PYTHON.md has the details.
+hops.patch (host patching). The modules are layered bottom to top without cycles
+(docs/PYTHON.md, Layers; tests/python/test_layers.py checks it).
 """
 
 from . import causal_conv1d, fla, ops

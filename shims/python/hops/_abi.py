@@ -6,13 +6,14 @@ newer minor appends are read only when that size covers them.
 """
 
 import ctypes
+import struct
 
 ABI_MAJOR = 1
 
 # ---- DLPack (0.6 and 1.x share DLTensor) -------------------------------------
 
-# DLDeviceType codes that matter to hops.
-DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_OPENCL = 1, 2, 3, 4
+# DLDeviceType codes that matter to hops (kDLROCM: a ROCm array is never read as a CUDA one).
+DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_OPENCL, DL_ROCM = 1, 2, 3, 4, 10
 DL_DEVICE_NAMES = {DL_CPU: "cpu", DL_CUDA: "cuda", DL_CUDA_HOST: "cuda_host", DL_OPENCL: "opencl"}
 
 # DLDataTypeCode values.
@@ -43,6 +44,15 @@ class DLTensor(ctypes.Structure):
 
 class DLManagedTensor(ctypes.Structure):
     pass
+
+
+# One DLTensor as bytes (data, device, ndim, dtype, shape, strides, byte_offset), followed
+# by its shape, padding to a fixed place for the strides, and its strides: a block per ndim
+# up to MAX_DIMS. The bindings pack argument tensors with these, not a ctypes object per field.
+DLTENSOR_FORMAT = "<QiiiBBHQQQ"
+MAX_DIMS = 16
+DLTENSOR_BLOCKS = [struct.Struct(f"{DLTENSOR_FORMAT}{n}q{8 * (MAX_DIMS - n)}x{n}q") for n in range(MAX_DIMS + 1)]
+DLTENSOR_HEAD_BYTES = struct.calcsize(DLTENSOR_FORMAT)
 
 
 DLManagedTensor._fields_ = [
@@ -108,6 +118,7 @@ class hops_arg_desc(ctypes.Structure):
         ("default_f64", ctypes.c_double),
         ("shape", ctypes.c_char_p),
         ("doc", ctypes.c_char_p),
+        ("since_minor", ctypes.c_uint32),  # 1.1: read only when struct_size covers it
     ]
 
 
@@ -163,6 +174,9 @@ class hops_api(ctypes.Structure):
         ("backend_count", ctypes.CFUNCTYPE(ctypes.c_int32)),
         ("backend_at", ctypes.CFUNCTYPE(ctypes.POINTER(hops_backend_info), ctypes.c_int32)),
         ("set_allocator", ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)),
+        # 1.1: validates as call() does and asks the kernels, running nothing.
+        ("supports_call", ctypes.CFUNCTYPE(ctypes.c_int32, _OpPtr, ctypes.POINTER(hops_exec),
+                                           ctypes.POINTER(hops_value), ctypes.c_int32)),
     ]
 
 
@@ -183,6 +197,12 @@ def op_arg(op: hops_op_desc, index: int) -> hops_arg_desc:
     """hops_op_arg(): argument `index`, stepping by the provider's own struct size."""
     first = ctypes.cast(op.args, ctypes.POINTER(hops_arg_desc)).contents
     return hops_arg_desc.from_address(op.args + index * first.struct_size)
+
+
+def has_field(struct, name: str) -> bool:
+    """HOPS_HAS_FIELD: whether the provider's struct (its struct_size) holds `name`."""
+    field = getattr(type(struct), name)
+    return struct.struct_size >= field.offset + field.size
 
 
 def text(raw) -> str:

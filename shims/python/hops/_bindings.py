@@ -2,22 +2,35 @@
 
 Nothing here knows any op by name: each descriptor gives the argument names,
 kinds, optionality, dtypes and defaults, and `OpBinding` turns them into a
-function with a real signature that borrows tensors through DLPack and calls
-the generic `api->call`. The per-op conveniences live in hops.ops.
+function with a real signature that calls the generic `api->call`. Nothing here
+knows a framework either: where a call runs (device, stream, allocator) and how
+an array is described is the policy of the array's framework (_frameworks),
+looked up per call. The per-op conveniences live in hops.ops.
+
+A call is cheap (a few microseconds, docs/PERFORMANCE.md): each binding keeps,
+per thread, one preallocated block holding its DLTensors and its hops_value
+array (a call plan); arguments are matched to slots without inspect, and
+torch/numpy arrays are packed straight from their pointer, shape and strides
+(struct.pack_into), without a DLPack capsule. Other `__dlpack__` producers are
+borrowed through the protocol for the call.
 """
 
-import contextlib
 import ctypes
 import inspect
+import struct
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
 from . import _abi, _torch_allocator
-from ._dlpack import NO_SYNC, borrow, borrowed
-from ._frameworks import cuda_device_scope, current_stream, torch_cuda_device
+from ._dlpack import borrow, borrowed
+from ._frameworks import DLPACK, device_scope, framework_of, frameworks_by_type
 from ._library import Provider, discover
 from .errors import HopsError
+
+_MISSING = object()  # a required argument not given
+_SLOT_BYTES = _abi.DLTENSOR_BLOCKS[_abi.MAX_DIMS].size  # a tensor of more dims is borrowed through __dlpack__
+_VALUE_FORMATS = {"in": "Q", "out": "Q", "inout": "Q", "i64": "q", "f64": "d", "bool": "?7x"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,26 @@ class ArgSpec:
                    _abi.text(arg.shape), _abi.text(arg.doc))
 
 
+class _Plan:
+    """One thread's preallocated argument block of a binding: a DLTensor slot per
+    tensor argument (shape and strides at fixed places) and the hops_value array."""
+
+    __slots__ = ("buffer", "base", "values_offset", "values", "slots", "busy")
+
+    def __init__(self, num_args: int, tensor_indices: tuple[int, ...]):
+        self.values_offset = len(tensor_indices) * _SLOT_BYTES
+        self.buffer = ctypes.create_string_buffer(self.values_offset + 8 * max(num_args, 1))
+        base = ctypes.addressof(self.buffer)
+        self.values = ctypes.cast(base + self.values_offset, ctypes.POINTER(_abi.hops_value))
+        # arg index -> (offset, shape address, strides address); the DLTensor is at base + offset
+        head = _abi.DLTENSOR_HEAD_BYTES
+        self.slots = {index: (k * _SLOT_BYTES, base + k * _SLOT_BYTES + head,
+                              base + k * _SLOT_BYTES + head + 8 * _abi.MAX_DIMS)
+                      for k, index in enumerate(tensor_indices)}
+        self.base = base
+        self.busy = False
+
+
 class OpBinding:
     """One op of the provider: call it with the descriptor's argument names, in
     descriptor order or as keywords; outputs are passed in (caller-allocated)."""
@@ -57,6 +90,16 @@ class OpBinding:
         self.args = tuple(ArgSpec.from_desc(_abi.op_arg(op, i)) for i in range(op.num_args))
         self.__signature__ = self._signature()
         self.__doc__ = self._docstring()
+        # The call plan's constants: slots by name, defaults, which slots hold what.
+        self._index = {arg.name: i for i, arg in enumerate(self.args)}
+        self._defaults = [_MISSING if self._default(arg) is inspect.Parameter.empty else self._default(arg)
+                          for arg in self.args]
+        self._required = tuple(i for i, value in enumerate(self._defaults) if value is _MISSING)
+        self._tensors = tuple((i, arg.kind != "in") for i, arg in enumerate(self.args) if arg.is_tensor)
+        self._scalars = tuple((i, {"i64": int, "f64": float, "bool": bool}[arg.kind])
+                              for i, arg in enumerate(self.args) if arg.kind in ("i64", "f64", "bool"))
+        self._values = struct.Struct("<" + "".join(_VALUE_FORMATS.get(arg.kind, "Q") for arg in self.args))
+        self._local = threading.local()
 
     def _signature(self) -> inspect.Signature:
         """Descriptor order; defaults shown where Python allows them (the trailing run).
@@ -87,62 +130,153 @@ class OpBinding:
         return f"<hops op {self.name}{self.__signature__}>"
 
     def __call__(self, *args, **kwargs) -> None:
-        try:
-            given = self.__signature__.bind_partial(*args, **kwargs).arguments
-        except TypeError as error:
-            raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: {error}") from None
-        missing = [arg.name for arg in self.args
-                   if arg.name not in given and self._default(arg) is inspect.Parameter.empty]
-        if missing:
-            raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: missing arguments {missing}")
-        # The plugin's call device is that of the first tensor given (as with exec NULL).
-        first = next((given[arg.name] for arg in self.args if arg.is_tensor and given.get(arg.name) is not None),
-                     None)
-        device = torch_cuda_device(first)
-        if device is None:  # CPU, numpy, OpenCL arrays: exec NULL, as the plugin's default
-            self._run(given, None, None)
-            return
-        # torch CUDA: torch's current stream, so the exported tensors need no synchronisation;
-        # scratch from torch's caching allocator.
-        self._library.use_torch_allocator()
-        exec_ = _abi.hops_exec(ctypes.sizeof(_abi.hops_exec), _abi.DLDevice(_abi.DL_CUDA, device),
-                               current_stream(device), 0, 0)
-        with cuda_device_scope(device):
-            self._run(given, ctypes.byref(exec_), NO_SYNC)
+        """Run the op. Arrays of a framework that only describes (TensorSpec) are asked
+        about instead (supports_call): HopsError when the provider would refuse them."""
+        self._run(self._given(args, kwargs), False)
 
-    def _run(self, given: dict, exec_, stream) -> None:
-        values = (_abi.hops_value * len(self.args))()
+    def run(self, arguments: dict) -> None:
+        """Run the op with its arguments by name (the hops.ops wrappers' way in)."""
+        self._run(self._given((), arguments), False)
+
+    def check(self, *args, **kwargs) -> bool:
+        """Whether the provider would run this call, asked without running it
+        (api->supports_call, ABI 1.1): True, or HopsError with the provider's reason.
+        False when the provider has no supports_call (ABI 1.0)."""
+        if not self._library.has_supports_call:
+            return False
+        self._run(self._given(args, kwargs), query=True)
+        return True
+
+    def prepare(self, *args, **kwargs) -> "PreparedCall":
+        """The call packed once, to be issued many times with `PreparedCall(exec)` (a
+        benchmark's loop, a CUDA graph capture): its arrays stay borrowed until it is dropped."""
+        given = self._given(args, kwargs)
+        plan = _Plan(len(self.args), tuple(i for i, _ in self._tensors))
+        views = []
+        self._pack_tensors(plan, given, None, views)
+        for index, convert in self._scalars:
+            given[index] = convert(given[index])
+        self._values.pack_into(plan.buffer, plan.values_offset, *given)
+        return PreparedCall(self, plan, views, (args, kwargs))
+
+    def _given(self, args: tuple, kwargs: dict) -> list:
+        """The arguments in descriptor order, defaults filled (inspect.Signature.bind, fast)."""
+        if len(args) > len(self._defaults):
+            raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: too many positional arguments")
+        given = [*args, *self._defaults[len(args):]]
+        for key, value in kwargs.items():
+            index = self._index.get(key)
+            if index is None:
+                raise HopsError("HOPS_ERR_INVALID_ARGUMENT",
+                                f"{self.name}: got an unexpected keyword argument '{key}'")
+            if index < len(args):
+                raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: multiple values for argument '{key}'")
+            given[index] = value
+        for index in self._required:
+            if given[index] is _MISSING:
+                missing = [self.args[i].name for i in self._required if given[i] is _MISSING]
+                raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: missing arguments {missing}")
+        return given
+
+    def _plan(self) -> _Plan:
+        plan = getattr(self._local, "plan", None)
+        if plan is None:
+            plan = self._local.plan = _Plan(len(self.args), tuple(i for i, _ in self._tensors))
+        if plan.busy:  # re-entered on this thread (a callback calling hops): a block of its own
+            return _Plan(len(self.args), tuple(i for i, _ in self._tensors))
+        return plan
+
+    def _run(self, given: list, query: bool) -> None:
+        library = self._library
+        # The call's device and stream are those of the first tensor given (as with exec NULL),
+        # by its framework's policy.
+        for index, _ in self._tensors:
+            if given[index] is not None:
+                first = given[index]
+                framework = framework_of(first)
+                break
+        else:
+            first, framework = None, DLPACK
+        placement = framework.placement(first)
+        query = query or not framework.runs
+        if query and not library.has_supports_call:
+            return  # nothing to ask: the device/dtype-level `supports` is all an ABI 1.0 provider says
+        exec_ = None
+        if placement is not None:
+            if placement.allocator == "torch":
+                library.use_torch_allocator()
+            exec_ = ctypes.byref(_abi.hops_exec(ctypes.sizeof(_abi.hops_exec),
+                                                _abi.DLDevice(placement.device_type, placement.device_id),
+                                                placement.stream, 0, 0))
+        plan = getattr(self._local, "plan", None)
+        if plan is None or plan.busy:
+            plan = self._plan()
+        plan.busy = True
         views = []
         try:
-            for slot, arg in zip(values, self.args):
-                self._set(slot, arg, given.get(arg.name, self._default(arg)), views, stream)
-            status = self._library.api.call(self._desc, exec_, values, len(self.args))
+            if placement is None:
+                self._pack_tensors(plan, given, None, views)
+            else:
+                with device_scope(placement):
+                    self._pack_tensors(plan, given, placement, views)
+            for index, convert in self._scalars:
+                given[index] = convert(given[index])
+            self._values.pack_into(plan.buffer, plan.values_offset, *given)
+            status = (library.api.supports_call if query else library.api.call)(self._desc, exec_, plan.values,
+                                                                                 len(given))
         finally:
+            plan.busy = False
             for view in views:
                 view.release()
-        if status != _abi.HOPS_OK:
-            raise self._library.error(status)
-        if self._library.counter is not None:
-            self._library.counter[self.name] += 1
+        if status:
+            raise library.error(status)
+        if not query and library.counter is not None:
+            library.counter[self.name] += 1
 
-    def _set(self, slot: _abi.hops_value, arg: ArgSpec, value, views: list, stream) -> None:
-        if arg.kind == "i64":
-            slot.i64 = int(value)
-        elif arg.kind == "f64":
-            slot.f64 = float(value)
-        elif arg.kind == "bool":
-            slot.boolean = bool(value)
-        elif value is None:
-            slot.tensor = None  # NULL: the provider says whether the argument may be absent
-        else:
-            # The stream argument is for the torch CUDA tensors, whose current stream the call
-            # runs on; host index tensors of a CUDA call are exported as usual.
-            view = borrow(value, stream if torch_cuda_device(value) is not None else None)
-            views.append(view)
-            if arg.kind != "in" and view.read_only:
-                raise HopsError("HOPS_ERR_INVALID_ARGUMENT",
-                                f"{self.name}: argument '{arg.name}' is written but the array is read-only")
-            slot.tensor = ctypes.pointer(view.tensor)
+    def _pack_tensors(self, plan: _Plan, given: list, placement, views: list) -> None:
+        """Each tensor argument's DLTensor address into `given` (0 for None: the provider
+        says whether it may be absent): packed into the plan, or borrowed through DLPack."""
+        buffer, base, slots, known = plan.buffer, plan.base, plan.slots, frameworks_by_type
+        for index, written in self._tensors:
+            value = given[index]
+            if value is None:
+                given[index] = 0
+                continue
+            offset, shape_at, strides_at = slots[index]
+            framework = known.get(type(value)) or framework_of(value)
+            read_only = framework.pack(value, buffer, offset, shape_at, strides_at)
+            if read_only is None:
+                # Through the protocol. The stream argument is for arrays on the call's device, whose
+                # stream the call runs on; host arrays (index tensors of a device call) get none.
+                on_device = placement is not None and hasattr(value, "__dlpack_device__") and \
+                    value.__dlpack_device__()[0] == placement.device_type
+                view = borrow(value, placement.export_stream if on_device else None)
+                views.append(view)
+                given[index], read_only = ctypes.addressof(view.tensor), view.read_only
+            else:
+                given[index] = base + offset
+            if written and read_only:
+                raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: argument '{self.args[index].name}' "
+                                "is written but the array is read-only")
+
+
+class PreparedCall:
+    """OpBinding.prepare's result: `call(exec_)` issues it through api->call (exec_ a
+    hops_exec, by reference or None)."""
+
+    def __init__(self, binding: OpBinding, plan: _Plan, views: list, arguments):
+        self._binding, self._plan, self._views = binding, plan, views
+        self._arguments = arguments  # the arrays stay alive as long as their DLTensors are used
+
+    def __call__(self, exec_=None) -> None:
+        binding = self._binding
+        status = binding._library.api.call(binding._desc, exec_, self._plan.values, len(binding.args))
+        if status:
+            raise binding._library.error(status)
+
+    def __del__(self):
+        for view in self._views:
+            view.release()
 
 
 @dataclass(frozen=True)
@@ -181,6 +315,7 @@ class Library:
         self.ops: dict[str, OpBinding] = {}
         self.counter: Counter | None = None  # op -> successful calls, while hops.patch counts them
         self._torch_allocator = False  # installed (or declined) on the first torch CUDA call
+        self.has_supports_call = _abi.has_field(self.api, "supports_call")  # ABI 1.1
         for index in range(self.api.op_count()):
             binding = OpBinding(self, self.api.op_at(index))
             self.ops[binding.name] = binding
@@ -208,11 +343,15 @@ class Library:
         """Whether `op` runs on the device and dtype of `tensor` (its primary input)."""
         if op not in self.ops:
             return False
-        device = torch_cuda_device(tensor)
-        # torch exports only CUDA tensors of the current device.
-        scope = cuda_device_scope(device) if device is not None else contextlib.nullcontext()
-        with scope, borrowed(tensor, NO_SYNC if device is not None else None) as view:
-            return bool(self.api.supports(op.encode(), view.tensor.device, view.tensor.dtype))
+        framework = framework_of(tensor)
+        described = framework.describe(tensor)
+        if described is not None:
+            device, dtype = _abi.DLDevice(*described[1:3]), _abi.DLDataType(*described[3:5], 1)
+        else:
+            placement = framework.placement(tensor)
+            with device_scope(placement), borrowed(tensor, placement and placement.export_stream) as view:
+                device, dtype = view.tensor.device, view.tensor.dtype
+        return bool(self.api.supports(op.encode(), device, dtype))
 
     def support_table(self) -> dict[tuple[str, str, str], bool]:
         """(op, device name, float dtype name) -> `supports` for every op, device type and
@@ -241,6 +380,8 @@ _lock = threading.Lock()
 def library() -> Library:
     """The process-wide provider, discovered on first use."""
     global _loaded
+    if _loaded is not None:  # every op call asks: no lock once loaded
+        return _loaded
     with _lock:
         if _loaded is None:
             _loaded = Library(discover())

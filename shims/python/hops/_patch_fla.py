@@ -15,15 +15,14 @@ import importlib
 import inspect
 import sys
 
-from . import fla as hops_fla
 from . import torch_ops
+from ._redirects import FAMILIES
 
 OPERATION = "gated_delta_rule"
 PRIORITY = 1  # FLA: lower runs first; ahead of FlashQLA (3), behind Ascend (0, NPU only)
-ENTRY_POINTS = {  # fla name -> (hops drop-in, the op whose supports() the verifier asks)
-    "chunk_gated_delta_rule": (hops_fla.chunk_gated_delta_rule, "gdn_chunk_fwd"),
-    "fused_recurrent_gated_delta_rule": (hops_fla.fused_recurrent_gated_delta_rule, "gdn_recurrent"),
-}
+# fla name -> (hops drop-in, the op whose supports() the verifier asks), from the families' files
+ENTRY_POINTS = {name: entry for family in FAMILIES for name, entry in family.FLA_ENTRY_POINTS.items()}
+FAMILY = next(family.NAME for family in FAMILIES if family.FLA_ENTRY_POINTS)
 
 
 def _registry():
@@ -89,8 +88,8 @@ def _replace_entry_point(patcher, name: str, original) -> None:
 
 
 def apply(patcher, families: set[str]) -> None:
-    if "gdn" not in families:
-        patcher.report.skipped["fla"] = "HOPS_PATCH_GDN=0"
+    if FAMILY not in families:
+        patcher.report.skipped["fla"] = f"{next(f.SWITCH for f in FAMILIES if f.NAME == FAMILY)}=0"
         return
     try:
         module = importlib.import_module(f"fla.ops.{OPERATION}")

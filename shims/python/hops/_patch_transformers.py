@@ -13,10 +13,7 @@ references are re-bound by patch.Patcher.rebind. See docs/PYTHON.md.
 import importlib
 import inspect
 
-import torch
-
-from . import causal_conv1d, fla, torch_ops
-from .errors import unsupported
+from ._redirects import FAMILIES
 
 MODULES = {
     "qwen3_next": "transformers.models.qwen3_next.modeling_qwen3_next",
@@ -67,55 +64,10 @@ def own_function(module, name: str):
     return None
 
 
-# ---- hops implementations with the signatures of the functions they replace -------
-
-def chunk_rule(query, key, value, g, beta, chunk_size=64, initial_state=None, output_final_state=False,
-               use_qk_l2norm_in_kernel=False, cu_seqlens=None, **_):
-    return fla.chunk_gated_delta_rule(query, key, value, g, beta, initial_state=initial_state,
-                                      output_final_state=output_final_state,
-                                      use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens)
-
-
-def recurrent_rule(query, key, value, g, beta, initial_state=None, output_final_state=False,
-                   use_qk_l2norm_in_kernel=False, cu_seqlens=None, **_):
-    if initial_state is not None and initial_state.dtype == torch.float32 and output_final_state:
-        # The layer passes its cache buffer and copies the returned state back into it
-        # (cache_utils: update_recurrent_state), so advancing that buffer in place gives
-        # the same cache without a fresh HV*K*V*4-byte state per layer and token.
-        o = torch_ops.gdn_recurrent(query, key, value, g, beta, initial_state, cu_seqlens=cu_seqlens,
-                                    use_qk_l2norm=use_qk_l2norm_in_kernel)
-        return o, initial_state
-    return fla.fused_recurrent_gated_delta_rule(query, key, value, g=g, beta=beta, initial_state=initial_state,
-                                                output_final_state=output_final_state,
-                                                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                                                cu_seqlens=cu_seqlens)
-
-
-def conv_fn(hidden_states, weight, bias=None, activation=None, seq_idx=None, **_):
-    return causal_conv1d.causal_conv1d_fn(hidden_states, weight, bias, seq_idx=seq_idx, activation=activation)
-
-
-def conv_update(hidden_states, conv_state, weight, bias=None, activation=None, **_):
-    return causal_conv1d.causal_conv1d_update(hidden_states, conv_state, weight, bias, activation)
-
-
-def gated_norm_forward(self, hidden_states, gate=None):
-    if gate is None or getattr(self, "activation", "silu") not in ("silu", "swish"):
-        raise unsupported("RMSNormGated without a silu gate")
-    return torch_ops.gated_rmsnorm(hidden_states, gate, self.weight, eps=self.variance_epsilon)
-
-
-# Module globals: name -> (family, hops implementation). Both layouts' names are
-# listed; a name that is absent or None in the installed version is left alone.
-FUNCTIONS = {
-    "torch_chunk_gated_delta_rule": ("gdn", chunk_rule),
-    "torch_recurrent_gated_delta_rule": ("gdn", recurrent_rule),
-    "chunk_gated_delta_rule": ("gdn", chunk_rule),
-    "fused_recurrent_gated_delta_rule": ("gdn", recurrent_rule),
-    "causal_conv1d_fn": ("conv", conv_fn),
-    "causal_conv1d_update": ("conv", conv_update),
-    "torch_causal_conv1d_update": ("conv", conv_update),
-}
+# Module globals: name -> (family, hops implementation), from each family's file
+# (hops._redirects). A name that is absent or None in the installed version is left alone.
+FUNCTIONS = {name: (family.NAME, implementation) for family in FAMILIES
+             for name, implementation in family.TRANSFORMERS_FUNCTIONS.items()}
 # Flags the layers test to pick (or warn about) the fast path.
 FLAGS = {"is_fast_path_available": ("gdn", "conv")}
 
@@ -133,10 +85,14 @@ def _patch_module(patcher, alias: str, module, families: set[str]) -> set[type]:
             report.patched.append(f"{alias}.{name} = True")
     own_classes = [cls for cls in vars(module).values()
                    if inspect.isclass(cls) and cls.__module__ == module.__name__]
-    if "norm" in families:
-        for cls in own_classes:
-            if cls.__name__.endswith("RMSNormGated"):
-                patcher.replace(cls, "forward", f"{alias}.{cls.__name__}.forward", gated_norm_forward)
+    for family in FAMILIES:
+        if family.NAME not in families:
+            continue
+        for suffix, methods in family.TRANSFORMERS_METHODS.items():
+            for cls in own_classes:
+                if cls.__name__.endswith(suffix):
+                    for method, implementation in methods.items():
+                        patcher.replace(cls, method, f"{alias}.{cls.__name__}.{method}", implementation)
     return {cls for cls in own_classes if cls.__name__.endswith("GatedDeltaNet")}
 
 

@@ -8,7 +8,7 @@ Options hops does not implement raise HopsError("HOPS_ERR_UNSUPPORTED"), which
 hops.patch turns into a fallback.
 """
 
-from ._frameworks import ops_for
+from ._dispatch import ops_for
 from .errors import unsupported
 
 

@@ -8,7 +8,8 @@ both. Options FLA has and hops does not implement raise
 HopsError("HOPS_ERR_UNSUPPORTED"), which hops.patch turns into a fallback.
 """
 
-from ._frameworks import as_float32, float32_copy, index_array, ops_for, zeros
+from ._dispatch import ops_for
+from ._frameworks import as_float32, float32_copy, index_array, zeros
 from .errors import unsupported
 
 

@@ -6,8 +6,8 @@ kernels and torch.compile traces the ops), and when hops refuses the call
 (device, dtype, shape, an option it lacks, gradients where it has no backward
 kernel) it calls the original function instead and counts the fallback in the
 report. Every change is logged, so unpatch() puts back exactly the objects
-that were there. Hosts: _patch_transformers.py
-and _patch_fla.py; what they patch and why: docs/PYTHON.md.
+that were there. What each op family redirects: hops/_redirects/<family>.py;
+the hosts: _patch_transformers.py and _patch_fla.py; why: docs/PYTHON.md.
 """
 
 import functools
@@ -17,10 +17,11 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import _redirects
 from ._bindings import library
 from .errors import HopsError
 
-FAMILIES = {"gdn": "HOPS_PATCH_GDN", "conv": "HOPS_PATCH_CONV", "norm": "HOPS_PATCH_NORM"}
+FAMILIES = {family.NAME: family.SWITCH for family in _redirects.FAMILIES}  # family -> its switch
 TARGETS = ("qwen3_next", "qwen3_5", "qwen3_5_moe", "fla")
 
 

@@ -1,0 +1,38 @@
+"""hops for torch: the ops as torch.library operators (torch.ops.hops.*), with autograd
+through the plugin's backward kernels and fake (meta) kernels, so that autograd and
+torch.compile (fullgraph included) see one op where hops runs.
+
+| op | forward | backward |
+|---|---|---|
+| hops::gdn_chunk | gdn_chunk_fwd -> (o, final_state) | hops::gdn_chunk_bwd (gdn_chunk_bwd) |
+| hops::causal_conv1d | conv1d_fwd -> (y, final_state) | hops::causal_conv1d_bwd (conv1d_bwd) |
+| hops::gated_rmsnorm | gated_rmsnorm -> y | hops::gated_rmsnorm_bwd (gated_rmsnorm_bwd) |
+| hops::gdn_recurrent | gdn_recurrent, state updated in place | none (decode) |
+| hops::causal_conv1d_update | conv1d_update, state updated in place | none (decode) |
+
+The functions of this module have hops.ops' names and signatures and return the same
+values; the drop-ins (hops.fla, hops.causal_conv1d) call them for torch tensors. Before
+calling an op they refuse, with HopsError("HOPS_ERR_UNSUPPORTED"), what the provider
+has no kernel for: a device or dtype, a conv width outside 1..4, gradients through
+the fused gate (A_log) or through a decode op; and while torch.compile traces, what
+the provider says it would refuse for the call's shapes (supports_call, ABI 1.1).
+Those checks read only shapes, dtypes, devices and flags, which torch.compile
+resolves while tracing, so a refused call falls back at trace time instead of
+failing in the compiled graph. The forwards always compute the final state (a few
+MiB at most), so that each op has one fixed output list.
+
+Each op family registers its ops in its own file (gdn.py, conv1d.py, norm.py);
+FAMILIES lists them. This module imports torch; hops.ops and the drop-ins import it
+only for torch tensors, so numpy-only users never load torch.
+"""
+
+from . import conv1d, gdn, norm
+from ._common import supports
+
+FAMILIES = (gdn, conv1d, norm)  # one line per family: a module registering its ops, FUNCTIONS its wrappers
+
+for _family in FAMILIES:
+    globals().update({_function.__name__: _function for _function in _family.FUNCTIONS})
+del _family
+
+__all__ = ["supports", *(function.__name__ for family in FAMILIES for function in family.FUNCTIONS)]
