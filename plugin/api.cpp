@@ -31,22 +31,36 @@ int32_t supports(const char* name, DLDevice device, DLDataType dtype) {
   if (!op || !type || !(op->desc.args[op->primary_arg].dtypes & dtype_bit(*type))) return 0;
   const std::optional<DLDevice> known = read_device(device);  // any int may come as the enum
   if (!known) return 0;
-  const Backend* backend = Registry::get().backend_for(known->device_type);
-  return backend && backend->find(name, *type) ? 1 : 0;
+  for (const Backend* backend : Registry::get().backends_for(known->device_type)) {
+    if (backend->find(name, *type)) return 1;
+  }
+  return 0;
 }
 
-hops_status call(const hops_op_desc* desc, const hops_exec* exec, const hops_value* args,
-                 int32_t num_args) {
+// call() and supports_call(): the same checks, then run or only ask.
+hops_status generic_call(const char* entry, const hops_op_desc* desc, const hops_exec* exec,
+                         const hops_value* args, int32_t num_args, bool run) {
   const OpDef* op = op_of(desc);
   if (!op) {
-    set_last_error("call: op descriptor is NULL or not one of this provider's (use find_op)");
+    set_last_error(fmt::format(
+        "{}: op descriptor is NULL or not one of this provider's (use find_op)", entry));
     return HOPS_ERR_NOT_FOUND;
   }
   if (num_args < 0 || (num_args > 0 && !args)) {
     set_last_error(fmt::format("{}: argument list is NULL or has a negative length", desc->name));
     return HOPS_ERR_INVALID_ARGUMENT;
   }
-  return dispatch(*op, exec, {args, static_cast<size_t>(num_args)});
+  return dispatch(*op, exec, {args, static_cast<size_t>(num_args)}, run);
+}
+
+hops_status call(const hops_op_desc* desc, const hops_exec* exec, const hops_value* args,
+                 int32_t num_args) {
+  return generic_call("call", desc, exec, args, num_args, true);
+}
+
+hops_status supports_call(const hops_op_desc* desc, const hops_exec* exec, const hops_value* args,
+                          int32_t num_args) {
+  return generic_call("supports_call", desc, exec, args, num_args, false);
 }
 
 int32_t backend_count() { return static_cast<int32_t>(Registry::get().backend_infos().size()); }
@@ -68,7 +82,7 @@ hops_status set_allocator(const hops_allocator* allocator) {
 const hops_api kApi{
     sizeof(hops_api), HOPS_ABI_MAJOR, HOPS_ABI_MINOR, HOPS_VERSION, &last_error, &status_name,
     &op_count,        &op_at,         &find_op,       &supports,    &call,       &backend_count,
-    &backend_at,      &set_allocator,
+    &backend_at,      &set_allocator, &supports_call,
 };
 
 }  // namespace

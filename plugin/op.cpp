@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -302,76 +304,168 @@ Slots check_slots(const Call& call, int arg, int64_t sequences, int64_t pool_siz
   return slots;
 }
 
-void run_kernel(const OpDef& op, const Call& call, const Backend& backend,
-                const ExecContext& context, const void* args) {
-  const Tensor& primary = call.tensor(op.primary_arg);
-  const Kernel* kernel = backend.find(op.desc.name, primary.dtype);
-  if (!kernel) {
-    fail(HOPS_ERR_UNSUPPORTED, "{}: the {} backend has no kernel for dtype {}", op.desc.name,
-         backend.name, dtype_name(primary.dtype));
+void Dispatch::operator()(const OpDef& op, const Call& call, const void* args) const {
+  const DType dtype = call.tensor(op.primary_arg).dtype;
+  std::vector<std::string> reasons;  // one per backend that passed the call on
+  for (const Backend* backend : candidates_) {
+    const Kernel* kernel = backend->find(op.desc.name, dtype);
+    if (!kernel) {
+      reasons.push_back(fmt::format("{}: the {} backend has no kernel for dtype {}", op.desc.name,
+                                    backend->name, dtype_name(dtype)));
+      continue;
+    }
+    // Nothing to write, nothing to run (or ask): the kernels would still loop
+    // over the batch and heads (the fuzzer found T = 0 with B or HV near 2^32
+    // running for minutes).
+    if (!call.writes_elements()) return;
+    hops_status status = kernel->accepts ? kernel->accepts(args) : HOPS_OK;
+    if (status == HOPS_OK && context_) status = kernel->run(*context_, args);
+    if (status == HOPS_OK) return;
+    if (status != HOPS_ERR_UNSUPPORTED) throw Error(status, backend->module_last_error());
+    reasons.emplace_back(backend->module_last_error());
   }
-  // Nothing to write, nothing to run: the kernels would still loop over the batch
-  // and heads (the fuzzer found T = 0 with B or HV near 2^32 running for minutes).
-  if (!call.writes_elements()) return;
-  const hops_status status = kernel->run(context, args);
-  if (status != HOPS_OK) throw Error(status, backend.module_last_error());
+  fail(HOPS_ERR_UNSUPPORTED, "{}", fmt::join(reasons, "; "));
 }
 
-hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values) {
+std::vector<const OpDef*> abi_order(std::initializer_list<std::span<const OpEntry>> families) {
+  std::vector<OpEntry> entries;
+  for (const auto family : families) entries.insert(entries.end(), family.begin(), family.end());
+  std::sort(entries.begin(), entries.end(),
+            [](const OpEntry& a, const OpEntry& b) { return a.index < b.index; });
+  std::vector<const OpDef*> ops;
+  for (const OpEntry& entry : entries) {
+    if (entry.index != static_cast<int32_t>(ops.size())) {
+      // A build error in all but name: the op list is the ABI, so no call may run.
+      std::fprintf(stderr,
+                   "hops: op '%s' has ABI index %d, expected %zu (indices must be 0..n-1)\n",
+                   entry.def->desc.name, entry.index, ops.size());
+      std::abort();
+    }
+    ops.push_back(entry.def);
+  }
+  return ops;
+}
+
+namespace {
+
+// The call's hops_exec with every field present, checked.
+hops_exec normalized_exec(const hops_op_desc& desc, const hops_exec* exec,
+                          std::span<const hops_value> values) {
+  hops_exec normalized{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+  if (exec) {
+    constexpr size_t kMinimum = offsetof(hops_exec, stream) + sizeof(void*);
+    if (exec->struct_size < kMinimum) {
+      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': struct_size expected >= {}, got {}",
+           desc.name, kMinimum, exec->struct_size);
+    }
+    std::memcpy(&normalized, exec, std::min(exec->struct_size, sizeof normalized));
+    normalized.struct_size = sizeof normalized;
+    const std::optional<DLDevice> device = read_device(normalized.device);
+    if (!device) {
+      fail(HOPS_ERR_INVALID_ARGUMENT,
+           "{}: argument 'exec': device_type {} is not a DLPack device type ({}..{})", desc.name,
+           raw_device_type(normalized.device), static_cast<int>(kDLCPU),
+           static_cast<int>(kDLCUDAManaged));
+    }
+    normalized.device = *device;
+  } else {
+    // No exec: run where the first tensor lives (Call rejects a tensor
+    // whose device_type is no DLPack device type).
+    for (size_t arg = 0; arg < values.size(); ++arg) {
+      if (is_tensor(desc.args[arg]) && values[arg].tensor) {
+        if (const auto device = read_device(values[arg].tensor->device))
+          normalized.device = *device;
+        break;
+      }
+    }
+  }
+  // A flag this provider does not know cannot be honoured (HOPS_EXEC_DETERMINISTIC
+  // always is: every kernel here reduces in a fixed order, without atomics).
+  if (const uint64_t unknown = normalized.flags & ~uint64_t{HOPS_EXEC_DETERMINISTIC}) {
+    fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': flags has unknown bits {:#x}", desc.name,
+         unknown);
+  }
+  return normalized;
+}
+
+// `given` completed to the descriptor's arity: a caller of an older arity
+// leaves out trailing arguments, which take their defaults (NULL tensors,
+// the descriptor's scalars); a left-out required tensor is an error.
+std::span<const hops_value> complete_args(const hops_op_desc& desc,
+                                          std::span<const hops_value> given,
+                                          std::array<hops_value, kMaxArgs>& storage) {
+  const auto count = static_cast<size_t>(desc.num_args);
+  if (given.size() == count) return given;
+  if (given.size() > count) {
+    fail(HOPS_ERR_INVALID_ARGUMENT, "{}: expected at most {} arguments, got {}", desc.name, count,
+         given.size());
+  }
+  std::copy(given.begin(), given.end(), storage.begin());
+  for (size_t arg = given.size(); arg < count; ++arg) {
+    const hops_arg_desc& a = desc.args[arg];
+    hops_value& value = storage[arg];
+    value = hops_value{};
+    if (is_tensor(a)) {
+      if (!a.optional) {
+        fail(HOPS_ERR_INVALID_ARGUMENT,
+             "{}: argument '{}': is required, but the call passed only {} of {} arguments",
+             desc.name, a.name, given.size(), count);
+      }
+      value.tensor = nullptr;
+    } else if (a.kind == HOPS_ARG_F64) {
+      value.f64 = a.default_f64;
+    } else if (a.kind == HOPS_ARG_I64) {
+      value.i64 = a.default_i64;
+    } else {
+      value.boolean = a.default_i64 != 0;
+    }
+  }
+  return {storage.data(), count};
+}
+
+}  // namespace
+
+namespace {
+
+// With `candidates` null, the registry's backends for the call's device type.
+hops_status dispatch_on(const OpDef& op, const hops_exec* exec, std::span<const hops_value> given,
+                        const std::span<const Backend* const>* candidates, bool run) {
   return guarded([&] {
     const hops_op_desc& desc = op.desc;
-    if (values.size() != static_cast<size_t>(desc.num_args)) {
-      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: expected {} arguments, got {}", desc.name, desc.num_args,
-           values.size());
-    }
-    hops_exec normalized{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
-    if (exec) {
-      constexpr size_t kMinimum = offsetof(hops_exec, stream) + sizeof(void*);
-      if (exec->struct_size < kMinimum) {
-        fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': struct_size expected >= {}, got {}",
-             desc.name, kMinimum, exec->struct_size);
-      }
-      std::memcpy(&normalized, exec, std::min(exec->struct_size, sizeof normalized));
-      normalized.struct_size = sizeof normalized;
-      const std::optional<DLDevice> device = read_device(normalized.device);
-      if (!device) {
-        fail(HOPS_ERR_INVALID_ARGUMENT,
-             "{}: argument 'exec': device_type {} is not a DLPack device type ({}..{})", desc.name,
-             raw_device_type(normalized.device), static_cast<int>(kDLCPU),
-             static_cast<int>(kDLCUDAManaged));
-      }
-      normalized.device = *device;
-    } else {
-      // No exec: run where the first tensor lives (Call rejects a tensor
-      // whose device_type is no DLPack device type).
-      for (int arg = 0; arg < desc.num_args; ++arg) {
-        if (is_tensor(desc.args[arg]) && values[arg].tensor) {
-          if (const auto device = read_device(values[arg].tensor->device))
-            normalized.device = *device;
-          break;
-        }
-      }
-    }
-    // A flag this provider does not know cannot be honoured (HOPS_EXEC_DETERMINISTIC
-    // always is: every kernel here reduces in a fixed order, without atomics).
-    if (const uint64_t unknown = normalized.flags & ~uint64_t{HOPS_EXEC_DETERMINISTIC}) {
-      fail(HOPS_ERR_INVALID_ARGUMENT, "{}: argument 'exec': flags has unknown bits {:#x}",
-           desc.name, unknown);
-    }
+    std::array<hops_value, kMaxArgs> storage{};
+    const std::span<const hops_value> values = complete_args(desc, given, storage);
+    const hops_exec normalized = normalized_exec(desc, exec, values);
     const Call call(desc, normalized, values);
     Registry& registry = Registry::get();
-    const Backend* backend = registry.backend_for(normalized.device.device_type);
-    if (!backend) {
+    const std::span<const Backend* const> backends =
+        candidates ? *candidates : registry.backends_for(normalized.device.device_type);
+    if (backends.empty()) {
       fail(HOPS_ERR_UNSUPPORTED, "{}: no available backend for device {}", desc.name,
            device_name(normalized.device));
+    }
+    if (!run) {
+      op.check_and_dispatch(call, Dispatch(backends, nullptr));
+      return;
     }
     const int threads = registry.threads().size();
     const ExecContext context{
         normalized, &registry.threads(), &registry.scratch(normalized.device),
         normalized.num_threads > 0 ? std::min(normalized.num_threads, threads) : threads,
         registry.allocator()};
-    op.check_and_run(call, *backend, context);
+    op.check_and_dispatch(call, Dispatch(backends, &context));
   });
+}
+
+}  // namespace
+
+hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values,
+                     bool run) {
+  return dispatch_on(op, exec, values, nullptr, run);
+}
+
+hops_status dispatch_to(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values,
+                        std::span<const Backend* const> candidates, bool run) {
+  return dispatch_on(op, exec, values, &candidates, run);
 }
 
 }  // namespace hops

@@ -7,9 +7,12 @@
 #include <cstring>
 #include <initializer_list>
 #include <span>
+#include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
+#include "backend.hpp"
 #include "error.hpp"
 #include "tensor.hpp"
 
@@ -19,9 +22,11 @@ inline constexpr int kMaxArgs = 24;
 
 // ---- descriptor builders -------------------------------------------------
 
+// since_minor is left 0 by the builders: op_def() gives such arguments the
+// op's own since_minor. added_in() marks an argument appended later.
 constexpr hops_arg_desc tensor_arg(hops_arg_kind kind, bool optional, const char* name,
                                    uint32_t dtypes, const char* shape, const char* doc) {
-  return {sizeof(hops_arg_desc), name, kind, optional ? 1 : 0, dtypes, 0, 0.0, shape, doc};
+  return {sizeof(hops_arg_desc), name, kind, optional ? 1 : 0, dtypes, 0, 0.0, shape, doc, 0};
 }
 constexpr hops_arg_desc input(const char* name, uint32_t dtypes, const char* shape,
                               const char* doc) {
@@ -44,13 +49,20 @@ constexpr hops_arg_desc in_out(const char* name, uint32_t dtypes, const char* sh
   return tensor_arg(HOPS_ARG_TENSOR_INOUT, false, name, dtypes, shape, doc);
 }
 constexpr hops_arg_desc f64_scalar(const char* name, double fallback, const char* doc) {
-  return {sizeof(hops_arg_desc), name, HOPS_ARG_F64, 0, 0, 0, fallback, nullptr, doc};
+  return {sizeof(hops_arg_desc), name, HOPS_ARG_F64, 0, 0, 0, fallback, nullptr, doc, 0};
 }
 constexpr hops_arg_desc i64_scalar(const char* name, int64_t fallback, const char* doc) {
-  return {sizeof(hops_arg_desc), name, HOPS_ARG_I64, 0, 0, fallback, 0.0, nullptr, doc};
+  return {sizeof(hops_arg_desc), name, HOPS_ARG_I64, 0, 0, fallback, 0.0, nullptr, doc, 0};
 }
 constexpr hops_arg_desc bool_scalar(const char* name, bool fallback, const char* doc) {
-  return {sizeof(hops_arg_desc), name, HOPS_ARG_BOOL, 0, 0, fallback ? 1 : 0, 0.0, nullptr, doc};
+  return {sizeof(hops_arg_desc), name, HOPS_ARG_BOOL, 0, 0, fallback ? 1 : 0, 0.0, nullptr, doc, 0};
+}
+// An argument appended to its op in ABI minor `minor` (after the op's first
+// version): it must be trailing, and optional or a scalar, so that callers of
+// the older arity get its default (docs/ABI.md, section 5).
+constexpr hops_arg_desc added_in(uint32_t minor, hops_arg_desc arg) {
+  arg.since_minor = minor;
+  return arg;
 }
 
 constexpr bool is_tensor(const hops_arg_desc& arg) { return arg.kind <= HOPS_ARG_TENSOR_INOUT; }
@@ -152,24 +164,82 @@ Slots check_slots(const Call& call, int indices_arg, int64_t sequences, int64_t 
 
 struct ExecContext;
 struct Backend;
+struct OpDef;
+
+// Where a validated call goes: the backends of its device type, best score
+// first. The first whose kernel accepts the call runs it; a kernel that has
+// no kernel for the dtype, or refuses (HOPS_ERR_UNSUPPORTED from its accepts
+// check or from the kernel itself), passes the call to the next. Without a
+// context (supports_call) nothing runs: the call is only asked about.
+class Dispatch {
+ public:
+  Dispatch(std::span<const Backend* const> candidates, const ExecContext* context)
+      : candidates_(candidates), context_(context) {}
+  // HOPS_ERR_UNSUPPORTED naming every backend's reason when none takes it.
+  void operator()(const OpDef& op, const Call& call, const void* args) const;
+
+ private:
+  std::span<const Backend* const> candidates_;
+  const ExecContext* context_;
+};
 
 // What the registry holds for every op.
 struct OpDef {
   hops_op_desc desc;
   int primary_arg;  // its dtype picks the kernel and answers supports()
-  // Validates into the op's argument struct, then runs the backend's kernel on it.
-  void (*check_and_run)(const Call& call, const Backend& backend, const ExecContext& context);
+  uint64_t layout;  // op_layout<Op>(): a module's kernels must have been built with it
+  // Validates into the op's argument struct and hands it to `dispatch`.
+  void (*check_and_dispatch)(const Call& call, const Dispatch& dispatch);
 };
 
-// Runs the backend's kernel for `op` and the dtype of its primary argument;
-// HOPS_ERR_UNSUPPORTED when the backend has none.
-void run_kernel(const OpDef& op, const Call& call, const Backend& backend,
-                const ExecContext& context, const void* args);
+// An op of a family and its index in the ABI's op list (op_at): indices are
+// part of the ABI, append-only, and each family's list names its ops' own
+// (plugin/ops/<family>.cpp).
+struct OpEntry {
+  int32_t index;
+  const OpDef* def;
+};
+// The ops of every family in ABI index order; aborts when the indices are
+// not exactly 0..n-1 (two families claiming one index).
+std::vector<const OpDef*> abi_order(std::initializer_list<std::span<const OpEntry>> families);
 
-hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values);
+// Validates a call (up to the op's own checks) and runs it, or with
+// run == false only asks the backends whether they take it (supports_call).
+// `values` may stop short of the descriptor's arguments: the missing trailing
+// ones get their defaults (NULL tensors, the descriptor's scalars).
+hops_status dispatch(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values,
+                     bool run = true);
+// The same with an explicit list of backends (tests).
+hops_status dispatch_to(const OpDef& op, const hops_exec* exec, std::span<const hops_value> values,
+                        std::span<const Backend* const> candidates, bool run);
 
 template <class Op>
 const OpDef& op_def();
+
+// How many leading arguments the op had in its first version: the arity of
+// its typed entry point (later ones are reachable through api->call).
+template <class Op>
+constexpr int32_t first_arity() {
+  int32_t n = 0;
+  while (n < static_cast<int32_t>(std::size(Op::kArgs)) &&
+         Op::kArgs[n].since_minor <= Op::kSinceMinor) {
+    ++n;
+  }
+  return n;
+}
+
+// Appended arguments come last, each no older than the one before, and can be
+// left out by old callers: optional tensors or scalars.
+template <class Op>
+constexpr bool appended_args_valid() {
+  uint32_t since = Op::kSinceMinor + 1;
+  for (int32_t i = first_arity<Op>(); i < static_cast<int32_t>(std::size(Op::kArgs)); ++i) {
+    const hops_arg_desc& arg = Op::kArgs[i];
+    if (arg.since_minor < since || (is_tensor(arg) && !arg.optional)) return false;
+    since = arg.since_minor;
+  }
+  return true;
+}
 
 namespace detail {
 
@@ -213,7 +283,7 @@ template <class... Params>
 struct TypedEntry<hops_status (*)(const hops_exec*, Params...)> {
   template <class Op>
   static constexpr bool signature_matches() {
-    if (sizeof...(Params) != std::size(Op::kArgs)) return false;
+    if (static_cast<int32_t>(sizeof...(Params)) != first_arity<Op>()) return false;
     int i = 0;
     return (matches<Params>(Op::kArgs[i++]) && ...);
   }
@@ -226,21 +296,38 @@ struct TypedEntry<hops_status (*)(const hops_exec*, Params...)> {
 
 }  // namespace detail
 
+// The descriptors of Op's arguments with since_minor filled in: the op's
+// own for the arguments it had from the start.
+template <class Op>
+constexpr auto resolved_args() {
+  std::array<hops_arg_desc, std::size(Op::kArgs)> args{};
+  for (size_t i = 0; i < args.size(); ++i) {
+    args[i] = Op::kArgs[i];
+    if (args[i].since_minor == 0) args[i].since_minor = Op::kSinceMinor;
+  }
+  return args;
+}
+
 // One definition per op type: descriptor from Op's constants, typed entry
-// from Op::Signature, validation from Op::check.
+// from Op::Signature (the op's first arity), validation from Op::check.
 template <class Op>
 const OpDef& op_def() {
   using Entry = detail::TypedEntry<typename Op::Signature>;
   static_assert(Entry::template signature_matches<Op>(),
-                "the C signature of the op does not match its argument descriptors");
+                "the C signature of the op does not match its first version's arguments");
+  static_assert(appended_args_valid<Op>(),
+                "arguments added after an op's first version must be trailing, in version "
+                "order, and optional tensors or scalars");
   static_assert(std::size(Op::kArgs) <= kMaxArgs);
+  static constexpr auto kResolved = resolved_args<Op>();
   static const OpDef def{{sizeof(hops_op_desc), Op::kName, Op::kSinceMajor, Op::kSinceMinor,
-                          Op::kDoc, static_cast<int32_t>(std::size(Op::kArgs)), Op::kArgs,
+                          Op::kDoc, static_cast<int32_t>(std::size(Op::kArgs)), kResolved.data(),
                           reinterpret_cast<hops_fn>(&Entry::template call<Op>)},
                          Op::kPrimaryArg,
-                         [](const Call& call, const Backend& backend, const ExecContext& context) {
+                         op_layout<Op>(),
+                         [](const Call& call, const Dispatch& dispatch) {
                            const Op args = Op::check(call);
-                           run_kernel(op_def<Op>(), call, backend, context, &args);
+                           dispatch(op_def<Op>(), call, &args);
                          }};
   return def;
 }

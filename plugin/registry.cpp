@@ -32,8 +32,54 @@ Registry::Registry() : threads_(std::make_unique<ThreadPool>(default_thread_coun
   for (const Backend& b : backends_) {
     infos_.push_back({sizeof(hops_backend_info), b.name.c_str(), b.device_type, b.available ? 1 : 0,
                       b.detail.c_str()});
+    if (!b.available) continue;
+    auto group = std::find_if(by_device_.begin(), by_device_.end(),
+                              [&](const auto& entry) { return entry.first == b.device_type; });
+    if (group == by_device_.end()) group = by_device_.insert(by_device_.end(), {b.device_type, {}});
+    group->second.push_back(&b);
+  }
+  // Best score first; equal scores keep the load order (backends_ is one array).
+  for (auto& [type, group] : by_device_) {
+    std::sort(group.begin(), group.end(), [](const Backend* a, const Backend* b) {
+      return a->score != b->score ? a->score > b->score : a < b;
+    });
   }
 }
+
+namespace {
+
+// Why a module cannot be used with this libhops.so, or "" when it can: its
+// interface version, its shared structs' layout, and each kernel's op struct.
+std::string module_mismatch(const BackendModule& module) {
+  if (module.interface_version != kModuleInterfaceVersion || module.layout != kModuleLayout) {
+    return fmt::format(
+        "built against backend-module interface {} (layout {:016x}), but this libhops.so speaks "
+        "interface {} (layout {:016x}); rebuild the module with this libhops.so",
+        module.interface_version, module.layout, kModuleInterfaceVersion, kModuleLayout);
+  }
+  if (module.struct_size < sizeof(BackendModule)) {
+    return fmt::format("its module struct has {} bytes, expected {}", module.struct_size,
+                       sizeof(BackendModule));
+  }
+  for (size_t i = 0; i < module.num_kernels; ++i) {
+    const Kernel& kernel = module.kernels[i];
+    const auto ops = all_ops();
+    const auto op = std::find_if(ops.begin(), ops.end(), [&](const OpDef* def) {
+      return std::string_view(def->desc.name) == kernel.op;
+    });
+    if (op == ops.end())
+      return fmt::format("it has a kernel for '{}', an op unknown here", kernel.op);
+    if ((*op)->layout != kernel.op_layout) {
+      return fmt::format(
+          "its kernel for '{}' was built for the op layout {:016x}, this libhops.so has {:016x}; "
+          "rebuild the module with this libhops.so",
+          kernel.op, kernel.op_layout, (*op)->layout);
+    }
+  }
+  return {};
+}
+
+}  // namespace
 
 // Modules are libhops_<name>.so files in `folder`. A module whose runtime is
 // missing (no GPU driver, no OpenCL ICD) still loads and reports itself
@@ -60,10 +106,22 @@ std::vector<Backend> load_backend_modules(const std::filesystem::path& folder) {
       unavailable(fmt::format("cannot open {}: {}", path.string(), dlerror()));
       continue;
     }
-    const auto init = reinterpret_cast<BackendInitFn>(dlsym(handle, kBackendInitSymbol));
-    const BackendModuleV1* module = init ? init() : nullptr;
-    if (!module || module->struct_size < sizeof(BackendModuleV1)) {
-      unavailable(fmt::format("{} has no usable {}", path.string(), kBackendInitSymbol));
+    const auto entry = reinterpret_cast<BackendModuleFn>(dlsym(handle, kBackendModuleSymbol));
+    const BackendModule* module = entry ? entry() : nullptr;
+    std::string refused;
+    if (!module) {
+      refused = dlsym(handle, kLegacyModuleSymbol)
+                    ? fmt::format(
+                          "{} was built against backend-module interface 1 (unversioned), "
+                          "but this libhops.so speaks interface {} (layout {:016x}); "
+                          "rebuild the module with this libhops.so",
+                          path.string(), kModuleInterfaceVersion, kModuleLayout)
+                    : fmt::format("{} has no usable {}", path.string(), kBackendModuleSymbol);
+    } else if (const std::string why = module_mismatch(*module); !why.empty()) {
+      refused = fmt::format("{} refused: {}", path.string(), why);
+    }
+    if (!refused.empty()) {
+      unavailable(std::move(refused));
       dlclose(handle);
       continue;
     }
@@ -86,12 +144,11 @@ const OpDef* Registry::find_op(std::string_view name) const {
   return nullptr;
 }
 
-const Backend* Registry::backend_for(int32_t device_type) const {
-  const Backend* best = nullptr;
-  for (const Backend& b : backends_) {
-    if (b.available && b.device_type == device_type && (!best || b.score > best->score)) best = &b;
+std::span<const Backend* const> Registry::backends_for(int32_t device_type) const {
+  for (const auto& [type, group] : by_device_) {
+    if (type == device_type) return group;
   }
-  return best;
+  return {};
 }
 
 ScratchPool& Registry::scratch(DLDevice device) {

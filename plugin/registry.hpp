@@ -18,10 +18,12 @@
 
 namespace hops {
 
-// Every op the plugin offers, in ABI order (plugin/op_table.cpp).
+// Every op the plugin offers, in ABI order (plugin/families.cpp).
 std::span<const OpDef* const> all_ops();
 
-// The backend modules (libhops_<name>.so) found in a folder.
+// The backend modules (libhops_<name>.so) found in a folder. A module built
+// against another module interface (version or layout fingerprint, or an op
+// struct's layout) is listed unavailable, with both versions in its detail.
 std::vector<Backend> load_backend_modules(const std::filesystem::path& folder);
 
 class Registry {
@@ -31,8 +33,8 @@ class Registry {
   const OpDef* find_op(std::string_view name) const;
   std::span<const Backend> backends() const { return backends_; }
   std::span<const hops_backend_info> backend_infos() const { return infos_; }
-  // The available backend with the best score for this device type, or null.
-  const Backend* backend_for(int32_t device_type) const;
+  // The available backends of this device type, best score first.
+  std::span<const Backend* const> backends_for(int32_t device_type) const;
 
   ThreadPool& threads() { return *threads_; }
   ScratchPool& scratch(DLDevice device);
@@ -44,6 +46,7 @@ class Registry {
 
   std::vector<Backend> backends_;
   std::vector<hops_backend_info> infos_;
+  std::vector<std::pair<int32_t, std::vector<const Backend*>>> by_device_;
   std::unique_ptr<ThreadPool> threads_;
   std::mutex scratch_mutex_;
   std::map<std::pair<int32_t, int32_t>, std::unique_ptr<ScratchPool>> scratch_;

@@ -6,7 +6,7 @@
 #include <algorithm>
 
 #include "checked_math.hpp"
-#include "cpu_kernels.hpp"
+#include "conv1d.hpp"
 
 namespace hops::cpu {
 
@@ -155,6 +155,15 @@ void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
         conv_update_task(op, n, slot, d0, std::min(kChannelBlock, op.D - d0),
                          scratch.as<float>() + worker * per_worker);
       });
+}
+
+std::span<const Kernel> conv1d_kernels() {
+  static constexpr Kernel kernels[] = {
+      kernel<Conv1dFwd, &conv1d_fwd>(HOPS_DTYPE_FLOATS),
+      kernel<Conv1dUpdate, &conv1d_update>(HOPS_DTYPE_FLOATS),
+      kernel<Conv1dBwd, &conv1d_bwd>(HOPS_DTYPE_FLOATS),
+  };
+  return kernels;
 }
 
 }  // namespace hops::cpu

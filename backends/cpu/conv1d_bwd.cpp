@@ -15,7 +15,7 @@
 #include <algorithm>
 
 #include "checked_math.hpp"
-#include "cpu_kernels.hpp"
+#include "conv1d.hpp"
 
 namespace hops::cpu {
 

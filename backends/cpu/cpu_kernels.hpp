@@ -1,5 +1,5 @@
-// The CPU backend's kernels, one op family per file, and the small helpers
-// they share. Kernels compute in fp32 whatever the storage dtype.
+// What the CPU backend's op families (<family>*.cpp) share: the small
+// helpers of their kernels. Kernels compute in fp32 whatever the storage dtype.
 #pragma once
 
 #include <algorithm>
@@ -8,9 +8,6 @@
 #include <cstdint>
 
 #include "backend.hpp"
-#include "ops/conv1d.hpp"
-#include "ops/gdn.hpp"
-#include "ops/norm.hpp"
 #include "scratch_pool.hpp"
 #include "thread_pool.hpp"
 
@@ -24,16 +21,6 @@
 #endif
 
 namespace hops::cpu {
-
-void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op);
-void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op);
-void gdn_gating(const ExecContext& context, const GdnGating& op);
-void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op);
-void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op);
-void conv1d_update(const ExecContext& context, const Conv1dUpdate& op);
-void gated_rmsnorm_bwd(const ExecContext& context, const GatedRmsNormBwd& op);
-void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op);
-void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op);
 
 // ---- shared helpers ----------------------------------------------------------
 

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "cpu_kernels.hpp"
+#include "gdn.hpp"
 
 namespace hops::cpu::gdn {
 

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu_kernels.hpp"
+#include "gdn.hpp"
 
 namespace hops::cpu::gdn {
 

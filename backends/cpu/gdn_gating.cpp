@@ -1,5 +1,5 @@
 // gdn_gating: elementwise, parallel over rows of [rows, HV].
-#include "cpu_kernels.hpp"
+#include "gdn.hpp"
 
 namespace hops::cpu {
 

@@ -1,6 +1,6 @@
-// The interface between the host side of the CUDA backend (cuda_backend.cpp,
-// cuda_ops.cpp: compiled by the C++ compiler, where the plugin's headers and
-// fmt live) and the kernels (*.cu, compiled by nvcc, which sees only this
+// The interface between the host side of the CUDA backend (<family>_host.cpp
+// and cuda_host.hpp: compiled by the C++ compiler, where the plugin's headers
+// and fmt live) and the kernels (*.cu, compiled by nvcc, which sees only this
 // header): plain parameter structs passed by value to the kernels, and one
 // launch function per kernel that returns the launch's CUDA status.
 #pragma once

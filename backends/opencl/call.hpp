@@ -57,8 +57,8 @@ class Call {
   Runtime& runtime() const { return *runtime_; }
   cl_command_queue queue() const { return queue_; }
 
-  KernelSlot& kernel(Family family, DType dtype, std::string_view name) const {
-    return runtime_->kernel(family, dtype, name);
+  KernelSlot& kernel(std::string_view program, DType dtype, std::string_view name) const {
+    return runtime_->kernel(program, dtype, name);
   }
   // An index tensor for the kernels; a host-resident one is copied into a
   // scratch buffer by an asynchronous write.

@@ -170,3 +170,24 @@ inline void work_group_sum_pairs(local float* sums, int lid, int size) {
 // GDN: per (b, t, hv), what gdn_prepare (gdn.cl) leaves in the token info
 // buffer: e^g, beta, 1/|q|, 1/|k|, q^.k^.
 #define TOKEN_INFO 5
+
+// Offset of row `row` of a [..., last] tensor whose leading dims the host
+// merged where it could and passed, at most 7 of them, innermost first, in
+// long8s (rows.hpp): used by norm.cl and gdn_gating.cl.
+#define HOPS_LEAD_DIM(c)                        \
+  if (dims > c) {                               \
+    offset += (row % shape.s##c) * stride.s##c; \
+    row /= shape.s##c;                          \
+  }
+
+inline long lead_offset(long row, long8 shape, long8 stride, int dims) {
+  long offset = 0;
+  HOPS_LEAD_DIM(0)
+  HOPS_LEAD_DIM(1)
+  HOPS_LEAD_DIM(2)
+  HOPS_LEAD_DIM(3)
+  HOPS_LEAD_DIM(4)
+  HOPS_LEAD_DIM(5)
+  HOPS_LEAD_DIM(6)
+  return offset;
+}

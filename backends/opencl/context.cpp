@@ -9,27 +9,6 @@ namespace hops::opencl {
 
 namespace {
 
-struct FamilySource {
-  const char* file;
-  std::string_view (*text)();
-};
-
-FamilySource family_source(Family family) {
-  switch (family) {
-    case Family::gdn:
-      return {"gdn.cl", &embedded::gdn_cl};
-    case Family::gdn_bwd:
-      return {"gdn_bwd.cl", &embedded::gdn_bwd_cl};
-    case Family::conv1d:
-      return {"conv1d.cl", &embedded::conv1d_cl};
-    case Family::conv1d_bwd:
-      return {"conv1d_bwd.cl", &embedded::conv1d_bwd_cl};
-    case Family::norm:
-      return {"norm.cl", &embedded::norm_cl};
-  }
-  fail(HOPS_ERR_INTERNAL, "opencl: unknown program family");
-}
-
 // Storage dtype codes shared with common.cl (HOPS_F32, HOPS_F16, HOPS_BF16).
 int dtype_code(DType dtype) {
   switch (dtype) {
@@ -66,18 +45,19 @@ Runtime::Runtime(ContextHandle context, cl_device_id device)
       cpu_device_((device_value<cl_device_type>(device, CL_DEVICE_TYPE) & CL_DEVICE_TYPE_CPU) != 0),
       pool_(context_.get()) {}
 
-Runtime::Program& Runtime::program(Family family, DType dtype) {
+Runtime::Program& Runtime::program(std::string_view file, DType dtype) {
   const std::scoped_lock lock(mutex_);
-  std::unique_ptr<Program>& entry = programs_[{family, dtype}];
+  std::unique_ptr<Program>& entry = programs_[{std::string(file), dtype}];
   if (entry) return *entry;
-  const FamilySource source = family_source(family);
+  const std::string_view source = embedded::source(file);
+  if (source.empty()) fail(HOPS_ERR_INTERNAL, "opencl: no embedded program {}", file);
   // #line makes the compiler's messages point into the family's own file.
   const std::string text =
-      fmt::format("{}\n#line 1 \"{}\"\n{}", embedded::common_cl(), source.file, source.text());
+      fmt::format("{}\n#line 1 \"{}\"\n{}", embedded::source("common.cl"), file, source);
   // Accuracy matters more than the last percent: no -cl-fast-relaxed-math.
   const std::string options = fmt::format("-cl-std=CL1.2 -DHOPS_X={}", dtype_code(dtype));
   auto built = std::make_unique<Program>();
-  built->program = build_program(context(), device_, source.file, text, options);
+  built->program = build_program(context(), device_, file, text, options);
   cl_uint count = 0;
   check(clCreateKernelsInProgram(built->program.get(), 0, nullptr, &count),
         "clCreateKernelsInProgram");
@@ -93,11 +73,11 @@ Runtime::Program& Runtime::program(Family family, DType dtype) {
   return *entry;
 }
 
-KernelSlot& Runtime::kernel(Family family, DType dtype, std::string_view name) {
-  for (const auto& slot : program(family, dtype).kernels) {
+KernelSlot& Runtime::kernel(std::string_view program_file, DType dtype, std::string_view name) {
+  for (const auto& slot : program(program_file, dtype).kernels) {
     if (slot->name == name) return *slot;
   }
-  fail(HOPS_ERR_INTERNAL, "opencl: {} has no kernel {}", family_source(family).file, name);
+  fail(HOPS_ERR_INTERNAL, "opencl: {} has no kernel {}", program_file, name);
 }
 
 cl_command_queue Runtime::own_queue() {

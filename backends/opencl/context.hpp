@@ -18,9 +18,6 @@
 
 namespace hops::opencl {
 
-// A kernel program: common.cl followed by one op family's .cl file.
-enum class Family { gdn, gdn_bwd, conv1d, conv1d_bwd, norm };
-
 // One cl_kernel. OpenCL kernel objects hold their arguments, so setting them
 // and enqueueing is done under `mutex` (see Launch): concurrent calls stay correct.
 struct KernelSlot {
@@ -43,9 +40,10 @@ class Runtime {
   bool cpu_device() const { return cpu_device_; }
   BufferPool& pool() { return pool_; }
 
-  // The kernel `name` of `family`'s program with primary dtype `dtype`; the
-  // program is built (or loaded from the disk cache) on first use.
-  KernelSlot& kernel(Family family, DType dtype, std::string_view name);
+  // The kernel `name` of the program `program` (an embedded .cl file, after
+  // common.cl) with primary dtype `dtype`; the program is built (or loaded
+  // from the disk cache) on first use.
+  KernelSlot& kernel(std::string_view program, DType dtype, std::string_view name);
 
   // An in-order queue of the plugin's own, for calls with a NULL stream.
   cl_command_queue own_queue();
@@ -55,14 +53,14 @@ class Runtime {
     ProgramHandle program;
     std::vector<std::unique_ptr<KernelSlot>> kernels;
   };
-  Program& program(Family family, DType dtype);
+  Program& program(std::string_view file, DType dtype);
 
   ContextHandle context_;
   cl_device_id device_;
   bool cpu_device_;
   BufferPool pool_;
   std::mutex mutex_;  // guards programs_ and queue_
-  std::map<std::pair<Family, DType>, std::unique_ptr<Program>> programs_;
+  std::map<std::pair<std::string, DType>, std::unique_ptr<Program>, std::less<>> programs_;
   QueueHandle queue_;
 };
 

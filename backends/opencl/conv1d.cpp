@@ -1,10 +1,13 @@
 // conv1d_fwd and conv1d_update (conv1d.cl).
+#include "conv1d.hpp"
 #include "call.hpp"
-#include "ops.hpp"
+#include "family.hpp"
 
 namespace hops::opencl {
 
 namespace {
+
+constexpr std::string_view kProgram = "conv1d.cl";  // after common.cl
 
 constexpr size_t kChannelGroup = 64;  // channels per work-group
 constexpr int kTokensPerItem = 16;    // tokens per work-item in conv1d_fwd
@@ -42,8 +45,7 @@ void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op) {
     const bool vector = call.runtime().cpu_device() && op.D % kChannels == 0 &&
                         op.x.stride[2] == 1 && op.y.stride[2] == 1;
     const int tokens = vector ? kVectorTokensPerItem : kTokensPerItem;
-    Launch launch(
-        call.kernel(Family::conv1d, op.x.dtype, vector ? "conv1d_fwd_channels" : "conv1d_fwd"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, vector ? "conv1d_fwd_channels" : "conv1d_fwd"));
     launch.tensor(op.x).value(strides4(op.x));
     filter_args(launch, op.weight, op.bias);
     launch.any_float(op.initial_state)
@@ -61,7 +63,7 @@ void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op) {
     launch.run(call, 3, groups, locals);
   }
   if (op.final_state) {
-    Launch launch(call.kernel(Family::conv1d, op.x.dtype, "conv1d_final_state"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_final_state"));
     launch.tensor(op.x).value(strides4(op.x));
     launch.any_float(op.initial_state)
         .value(strides4(op.initial_state))
@@ -89,7 +91,7 @@ void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op) {
                    {op.y, "y"}});
   if (!call.active()) return;
   const IndexArg slots = call.index(op.slots.indices);
-  Launch launch(call.kernel(Family::conv1d, op.x.dtype, "conv1d_update"));
+  Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_update"));
   launch.tensor(op.x).value(strides4(op.x));
   launch.any_float(op.state).value(strides4(op.state)).value(cl_long{op.state.shape[2]});
   filter_args(launch, op.weight, op.bias);
@@ -107,6 +109,15 @@ void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op) {
   const size_t locals[2] = {local, 1};
   launch.run(call, 2, groups, locals);
   call.complete();
+}
+
+std::span<const Kernel> conv1d_kernels() {
+  static constexpr Kernel kernels[] = {
+      entry<Conv1dFwd, &conv1d_fwd>(),
+      entry<Conv1dUpdate, &conv1d_update>(),
+      entry<Conv1dBwd, &conv1d_bwd>(),
+  };
+  return kernels;
 }
 
 }  // namespace hops::opencl

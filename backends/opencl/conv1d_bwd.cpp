@@ -3,11 +3,13 @@
 // d_initial_state.
 #include "call.hpp"
 #include "checked_math.hpp"
-#include "ops.hpp"
+#include "conv1d.hpp"
 
 namespace hops::opencl {
 
 namespace {
+
+constexpr std::string_view kProgram = "conv1d_bwd.cl";  // after common.cl
 
 constexpr size_t kChannelGroup = 64;           // channels per work-group
 constexpr int kTokensPerItem = 16;             // tokens per work-item, each run a share of the sums
@@ -63,7 +65,7 @@ void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op) {
     // CPU devices take 16 contiguous channels as float16 (conv1d_bwd.cl).
     const bool vector = call.runtime().cpu_device() && op.D % kLanes == 0 && op.x.stride[2] == 1 &&
                         op.dy.stride[2] == 1 && op.dx.stride[2] == 1;
-    Launch launch(call.kernel(Family::conv1d_bwd, op.x.dtype,
+    Launch launch(call.kernel(kProgram, op.x.dtype,
                               vector ? "conv1d_bwd_tokens_channels" : "conv1d_bwd_tokens"));
     forward_args(launch, op);
     launch.tensor(op.dx).value(strides4(op.dx)).value(partial);
@@ -79,7 +81,7 @@ void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op) {
   }
   {
     // With no tokens this writes zeros: dweight (and dbias) are always written.
-    Launch launch(call.kernel(Family::conv1d_bwd, op.x.dtype, "conv1d_bwd_filter"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_bwd_filter"));
     launch.value(partial)
         .value(cl_long{runs})
         .value(cl_long{op.D})
@@ -95,7 +97,7 @@ void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op) {
     launch.run(call, 2, groups, locals);
   }
   if (op.d_initial_state) {
-    Launch launch(call.kernel(Family::conv1d_bwd, op.x.dtype, "conv1d_bwd_initial_state"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_bwd_initial_state"));
     forward_args(launch, op);
     launch.any_float(op.d_initial_state).value(strides4(op.d_initial_state));
     launch.index(cu_seqlens).value(cl_long{op.T}).value(cl_long{op.D});

@@ -3,12 +3,15 @@
 #include <algorithm>
 
 #include "checked_math.hpp"
+#include "family.hpp"
+#include "gdn.hpp"
 #include "gdn_tokens.hpp"
-#include "ops.hpp"
 
 namespace hops::opencl {
 
 namespace {
+
+constexpr std::string_view kProgram = "gdn.cl";  // after common.cl
 
 constexpr size_t kPrepareGroup = 64;
 constexpr size_t kScanGroup = 64;  // state columns per work-group
@@ -63,7 +66,7 @@ void scan_sizes(Launch& launch, const GdnProblem& op, const ScanArgs& a) {
 
 // Portable: a work-item per state column (what a GPU coalesces).
 void scan(Call& call, const GdnProblem& op, const ScanArgs& a) {
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_scan"));
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_scan"));
   scan_inputs(launch, op, a);
   scan_sizes(launch, op, a);
   launch.local_floats(2 * static_cast<size_t>(op.K));
@@ -80,7 +83,7 @@ bool panels_fit(const Call& call, const GdnProblem& op) {
 }
 
 void scan_panels(Call& call, const GdnProblem& op, const ScanArgs& a) {
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_scan_panels"));
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_scan_panels"));
   scan_inputs(launch, op, a);
   launch.tensor(a.fin).value(state_steps(a.fin, op.state_v_first));
   scan_sizes(launch, op, a);
@@ -121,7 +124,7 @@ cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
   const int64_t items = checked_product("opencl: gdn_prepare", op.B, op.T, op.HV);
   const cl_mem info =
       call.scratch(scratch_bytes("opencl: gdn_prepare", items, kTokenInfo, sizeof(float)));
-  Launch launch(call.kernel(Family::gdn, op.q.dtype, "gdn_prepare"));
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_prepare"));
   launch.tensor(op.q).value(strides4(op.q));
   launch.tensor(op.k).value(strides4(op.k));
   launch.any_float(op.g).value(strides4(op.g));
@@ -219,6 +222,16 @@ void gdn_recurrent(const ExecContext& exec, const GdnRecurrent& op) {
     scan(call, op, args);
   }
   call.complete();
+}
+
+std::span<const Kernel> gdn_kernels() {
+  static constexpr Kernel kernels[] = {
+      entry<GdnChunkFwd, &gdn_chunk_fwd>(),
+      entry<GdnRecurrent, &gdn_recurrent>(),
+      entry<GdnGating, &gdn_gating>(),
+      entry<GdnChunkBwd, &gdn_chunk_bwd>(),
+  };
+  return kernels;
 }
 
 }  // namespace hops::opencl

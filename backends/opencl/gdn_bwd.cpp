@@ -4,12 +4,14 @@
 #include <cmath>
 
 #include "checked_math.hpp"
+#include "gdn.hpp"
 #include "gdn_tokens.hpp"
-#include "ops.hpp"
 
 namespace hops::opencl {
 
 namespace {
+
+constexpr std::string_view kProgram = "gdn_bwd.cl";  // after common.cl
 
 constexpr size_t kColumns = 32;      // state columns per work-group of gdn_bwd_scan, at most
 constexpr size_t kReduceGroup = 64;  // work-items per (token, key head) of gdn_bwd_reduce
@@ -82,7 +84,7 @@ void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
   int64_t blocks = 0;
   cl_mem partial = nullptr;
   {
-    Launch launch(call.kernel(Family::gdn_bwd, op.q.dtype, "gdn_bwd_scan"));
+    Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_bwd_scan"));
     const size_t columns = scan_columns(call, launch, op);
     blocks = static_cast<int64_t>(groups_for(op.V, columns));
     partial = call.scratch(scratch_bytes(op.kName, tokens, op.HV, blocks,
@@ -109,7 +111,7 @@ void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
     launch.run(call, 3, groups, locals);
   }
   {
-    Launch launch(call.kernel(Family::gdn_bwd, op.q.dtype, "gdn_bwd_reduce"));
+    Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_bwd_reduce"));
     launch.value(partial).value(info);
     launch.tensor(op.q).value(strides4(op.q));
     launch.tensor(op.k).value(strides4(op.k));

@@ -1,94 +1,29 @@
-// gdn_gating, gated_rmsnorm and gated_rmsnorm_bwd (norm.cl).
+// The norm family: gated_rmsnorm and gated_rmsnorm_bwd (norm.cl).
 #include <algorithm>
 #include <vector>
 
 #include "call.hpp"
 #include "checked_math.hpp"
-#include "ops.hpp"
+#include "family.hpp"
+#include "ops/norm.hpp"
+#include "rows.hpp"
 
 namespace hops::opencl {
 
 namespace {
 
-constexpr size_t kGatingGroup = 64;
-constexpr size_t kNormGroup = 64;  // gated_rmsnorm: work-items per row
-constexpr size_t kRowGroup = 16;   // gated_rmsnorm_rows: rows per work-group
-constexpr int64_t kLanes = 16;     // gated_rmsnorm_rows: channels per step
+constexpr std::string_view kProgram = "norm.cl";  // after common.cl
+
+constexpr size_t kNormGroup = 64;     // gated_rmsnorm: work-items per row
+constexpr size_t kChannelGroup = 64;  // gated_rmsnorm_bwd_dweight: one item per channel
+constexpr size_t kRowGroup = 16;      // gated_rmsnorm_rows: rows per work-group
+constexpr int64_t kLanes = 16;        // gated_rmsnorm_rows: channels per step
 // gated_rmsnorm_bwd: about this many row blocks (each a work-group with its
 // own dweight share), of at least kMinBlockRows rows.
 constexpr int64_t kRowBlocks = 1024;
 constexpr int64_t kMinBlockRows = 8;
 
-// The leading dims of same-shaped [..., last] tensors as norm.cl's
-// lead_offset() reads them: innermost first, each dim merged into the next
-// inner one where every tensor allows it (stride = inner stride * inner size),
-// dims of size 1 dropped. A contiguous tensor of any rank becomes one dim.
-struct Rows {
-  cl_long8 shape{};
-  std::vector<cl_long8> strides;  // one per tensor
-  cl_int dims = 0;
-  int64_t count = 1;
-};
-
-Rows leading_rows(std::initializer_list<const Tensor*> tensors) {
-  const Tensor& first = **tensors.begin();
-  Rows rows;
-  rows.strides.resize(tensors.size());
-  for (int d = first.ndim - 2; d >= 0; --d) {
-    const int64_t size = first.shape[d];
-    rows.count *= size;
-    if (size == 1) continue;
-    bool merges = rows.dims > 0;
-    size_t i = 0;
-    for (const Tensor* t : tensors) {
-      const int64_t inner =
-          rows.dims > 0 ? rows.strides[i].s[rows.dims - 1] * rows.shape.s[rows.dims - 1] : 0;
-      merges = merges && t->stride[d] == inner;
-      ++i;
-    }
-    if (merges) {
-      rows.shape.s[rows.dims - 1] *= size;
-      continue;
-    }
-    rows.shape.s[rows.dims] = size;
-    i = 0;
-    for (const Tensor* t : tensors) rows.strides[i++].s[rows.dims] = t->stride[d];
-    ++rows.dims;
-  }
-  return rows;
-}
-
-size_t groups_for(int64_t items, size_t group) {
-  return static_cast<size_t>((items + static_cast<int64_t>(group) - 1) /
-                             static_cast<int64_t>(group));
-}
-
 }  // namespace
-
-void gdn_gating(const ExecContext& exec, const GdnGating& op) {
-  Call call(exec, {{op.A_log, "A_log"},
-                   {op.a, "a"},
-                   {op.b, "b"},
-                   {op.dt_bias, "dt_bias"},
-                   {op.g, "g"},
-                   {op.beta, "beta"}});
-  if (!call.active()) return;
-  const Rows rows = leading_rows({&op.a, &op.b, &op.g, &op.beta});
-  Launch launch(call.kernel(Family::norm, op.a.dtype, "gdn_gating"));
-  launch.any_float(op.A_log).value(cl_long{op.A_log.stride[0]});
-  launch.tensor(op.a).value(rows.strides[0]).value(cl_long{op.a.step(-1)});
-  launch.any_float(op.b).value(rows.strides[1]).value(cl_long{op.b.step(-1)});
-  launch.any_float(op.dt_bias).value(cl_long{op.dt_bias.stride[0]});
-  launch.any_float(op.g).value(rows.strides[2]).value(cl_long{op.g.step(-1)});
-  launch.any_float(op.beta).value(rows.strides[3]).value(cl_long{op.beta.step(-1)});
-  launch.value(rows.shape).value(rows.dims).value(cl_long{op.rows}).value(cl_long{op.HV});
-  launch.value(static_cast<cl_float>(op.softplus_beta))
-      .value(static_cast<cl_float>(op.softplus_threshold));
-  const size_t local = launch.group_size(kGatingGroup);
-  const size_t groups = groups_for(op.rows * op.HV, local);
-  launch.run(call, 1, &groups, &local);
-  call.complete();
-}
 
 void gated_rmsnorm(const ExecContext& exec, const GatedRmsNorm& op) {
   Call call(exec, {{op.x, "x"}, {op.z, "z"}, {op.weight, "weight"}, {op.y, "y"}});
@@ -98,7 +33,7 @@ void gated_rmsnorm(const ExecContext& exec, const GatedRmsNorm& op) {
   const bool per_row = call.runtime().cpu_device() && op.D % kLanes == 0 && op.x.step(-1) == 1 &&
                        op.z.step(-1) == 1 && op.y.step(-1) == 1;
   Launch launch(
-      call.kernel(Family::norm, op.x.dtype, per_row ? "gated_rmsnorm_rows" : "gated_rmsnorm"));
+      call.kernel(kProgram, op.x.dtype, per_row ? "gated_rmsnorm_rows" : "gated_rmsnorm"));
   launch.tensor(op.x).value(rows.strides[0]).value(cl_long{op.x.step(-1)});
   launch.tensor(op.z).value(rows.strides[1]).value(cl_long{op.z.step(-1)});
   launch.any_float(op.weight).value(cl_long{op.weight.stride[0]});
@@ -138,7 +73,7 @@ void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op) {
     const bool per_block = call.runtime().cpu_device() && op.D % kLanes == 0 &&
                            op.x.step(-1) == 1 && op.z.step(-1) == 1 && op.dy.step(-1) == 1 &&
                            op.dx.step(-1) == 1 && op.dz.step(-1) == 1;
-    Launch launch(call.kernel(Family::norm, op.x.dtype,
+    Launch launch(call.kernel(kProgram, op.x.dtype,
                               per_block ? "gated_rmsnorm_bwd_rows" : "gated_rmsnorm_bwd"));
     launch.tensor(op.x).value(rows.strides[0]).value(cl_long{op.x.step(-1)});
     launch.tensor(op.z).value(rows.strides[1]).value(cl_long{op.z.step(-1)});
@@ -163,14 +98,22 @@ void gated_rmsnorm_bwd(const ExecContext& exec, const GatedRmsNormBwd& op) {
   }
   {
     // With no rows at all this writes zeros: dweight is always written.
-    Launch launch(call.kernel(Family::norm, op.x.dtype, "gated_rmsnorm_bwd_dweight"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "gated_rmsnorm_bwd_dweight"));
     launch.value(partial).value(cl_long{blocks}).value(cl_long{op.D});
     launch.any_float(op.dweight).value(cl_long{op.dweight.stride[0]});
-    const size_t local = launch.group_size(kGatingGroup);
+    const size_t local = launch.group_size(kChannelGroup);
     const size_t groups = groups_for(op.D, local);
     launch.run(call, 1, &groups, &local);
   }
   call.complete();
+}
+
+std::span<const Kernel> norm_kernels() {
+  static constexpr Kernel kernels[] = {
+      entry<GatedRmsNorm, &gated_rmsnorm>(),
+      entry<GatedRmsNormBwd, &gated_rmsnorm_bwd>(),
+  };
+  return kernels;
 }
 
 }  // namespace hops::opencl

@@ -156,4 +156,13 @@ Conv1dUpdate Conv1dUpdate::check(const Call& call) {
   return op;
 }
 
+std::span<const OpEntry> conv1d_ops() {
+  static const OpEntry ops[] = {
+      {4, &op_def<Conv1dFwd>()},
+      {5, &op_def<Conv1dUpdate>()},
+      {7, &op_def<Conv1dBwd>()},
+  };
+  return ops;
+}
+
 }  // namespace hops

@@ -135,4 +135,7 @@ struct Conv1dUpdate {
   static Conv1dUpdate check(const Call& call);
 };
 
+// The family's ops with their ABI indices (plugin/families.cpp lists the families).
+std::span<const OpEntry> conv1d_ops();
+
 }  // namespace hops

@@ -147,4 +147,14 @@ GdnGating GdnGating::check(const Call& call) {
   return op;
 }
 
+std::span<const OpEntry> gdn_ops() {
+  static const OpEntry ops[] = {
+      {0, &op_def<GdnChunkFwd>()},
+      {1, &op_def<GdnRecurrent>()},
+      {2, &op_def<GdnGating>()},
+      {8, &op_def<GdnChunkBwd>()},
+  };
+  return ops;
+}
+
 }  // namespace hops

@@ -203,4 +203,7 @@ struct GdnGating {
   static GdnGating check(const Call& call);
 };
 
+// The family's ops with their ABI indices (plugin/families.cpp lists the families).
+std::span<const OpEntry> gdn_ops();
+
 }  // namespace hops

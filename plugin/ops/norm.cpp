@@ -63,4 +63,12 @@ GatedRmsNormBwd GatedRmsNormBwd::check(const Call& call) {
   return op;
 }
 
+std::span<const OpEntry> norm_ops() {
+  static const OpEntry ops[] = {
+      {3, &op_def<GatedRmsNorm>()},
+      {6, &op_def<GatedRmsNormBwd>()},
+  };
+  return ops;
+}
+
 }  // namespace hops

@@ -57,4 +57,7 @@ struct GatedRmsNormBwd {
   static GatedRmsNormBwd check(const Call& call);
 };
 
+// The family's ops with their ABI indices (plugin/families.cpp lists the families).
+std::span<const OpEntry> norm_ops();
+
 }  // namespace hops

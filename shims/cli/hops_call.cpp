@@ -508,6 +508,19 @@ hops_value parse_scalar(const hops_arg_desc& arg, std::string_view text) {
   return value;
 }
 
+// The arguments the typed entry point takes: those of the op's first version
+// (an argument appended in a later minor, since_minor above the op's, is
+// reachable through api->call only and gets its default here).
+int32_t typed_arity(const hops_op_desc& op) {
+  int32_t n = 0;
+  while (n < op.num_args) {
+    const hops_arg_desc* arg = hops_op_arg(&op, n);
+    if (HOPS_HAS_FIELD(arg, hops_arg_desc, since_minor) && arg->since_minor > op.since_minor) break;
+    ++n;
+  }
+  return n;
+}
+
 Arguments bind_arguments(const hops_op_desc& op, const Options& options) {
   struct Given {
     std::string_view dtype, value;
@@ -522,6 +535,10 @@ Arguments bind_arguments(const hops_op_desc& op, const Options& options) {
     int32_t index = 0;
     while (index < op.num_args && or_empty(hops_op_arg(&op, index)->name) != name) ++index;
     if (index == op.num_args) usage_error("{} has no argument '{}' (see --list)", op.name, name);
+    if (index >= typed_arity(op)) {
+      usage_error("argument '{}' came after {}'s first version: its typed entry cannot take it",
+                  name, op.name);
+    }
     if (given[index]) usage_error("argument '{}' is given twice", name);
     given[index] = Given{dtype, value};
   }
@@ -560,9 +577,9 @@ Arguments bind_arguments(const hops_op_desc& op, const Options& options) {
 // ---- calling through libffi -------------------------------------------------------
 
 // A call of an op's typed entry point, `hops_status fn(const hops_exec*,
-// <one parameter per argument>)`, with a call interface built from its
-// descriptor and bound to the argument values once, so timed calls do only
-// the call itself.
+// <one parameter per argument of its first version>)`, with a call interface
+// built from its descriptor and bound to the argument values once, so timed
+// calls do only the call itself.
 class TypedCall {
  public:
   TypedCall(const hops_op_desc& op, const hops_exec* exec, std::span<hops_value> values)
@@ -570,7 +587,7 @@ class TypedCall {
     if (!op.fn) fail("{} has no typed entry point", op.name);
     types_.push_back(&ffi_type_pointer);
     pointers_.push_back(&exec_);
-    for (int32_t i = 0; i < op.num_args; ++i) {
+    for (int32_t i = 0; i < typed_arity(op); ++i) {
       switch (hops_op_arg(&op, i)->kind) {
         case HOPS_ARG_I64:
           types_.push_back(&ffi_type_sint64);

@@ -1,8 +1,8 @@
 // Wrong calls. Each starts from a valid call of its op (checked to pass
 // first), spoils exactly one thing, and must get the right status, a
 // last_error naming the op and the offending argument, and no byte written.
-// Wrong index values live in host memory: only there does the contract have
-// them validated (device-resident ones are clamped by the kernels instead).
+// The calls of each op are in its family's suite (<family>_calls.cpp); here
+// are the runner and the calls that need no op.
 #include <fmt/format.h>
 
 #include <cmath>
@@ -10,543 +10,11 @@
 #include <cstring>
 
 #include "cases.hpp"
-#include "invocation.hpp"
+#include "suite.hpp"
 
 namespace hops::conformance {
 
 namespace {
-
-struct BadCall {
-  std::string what;
-  std::vector<std::string_view> names;  // last_error must name one of them (empty: the op alone)
-  std::function<void(Invocation&)> spoil;
-  hops_status status = HOPS_ERR_INVALID_ARGUMENT;
-};
-
-// The valid call of an op that its wrong calls start from, and the wrong calls.
-struct OpBadCalls {
-  std::string_view op;
-  Invocation (*base)(const Context&, const hops_op_desc&, Random&);
-  std::vector<BadCall> (*calls)(const Context&);
-};
-
-Tensor f32(Device& device, Shape shape) {
-  return Tensor::empty(device, DType::f32, std::move(shape));
-}
-
-Tensor filled(Device& device, DType dtype, Random& random, const Shape& shape) {
-  Array64 values = random.uniform(shape, -1, 1);
-  return Tensor::input(device, dtype, values);
-}
-
-auto set(std::string_view name, const Tensor& t) {
-  return [name, t](Invocation& call) { call.tensor(name, t); };
-}
-
-// Gives argument `name` the very tensor already given for `other`.
-auto same_as(std::string_view name, std::string_view other) {
-  return [name, other](Invocation& call) { call.tensor(name, call.tensor(other)); };
-}
-
-auto patch(std::string_view name, std::function<void(DLTensor&)> edit) {
-  return [name, edit = std::move(edit)](Invocation& call) { call.patch(name, edit); };
-}
-
-// ---- gdn_chunk_fwd: B=1 T=5 H=2 HV=4 K=8 V=6, with both states -------------
-
-Invocation gdn_chunk_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Array64 g = random.uniform({1, 5, 4}, -0.2, -0.01);
-  Invocation call(ctx, op);
-  call.tensor("q", filled(d, DType::f32, random, {1, 5, 2, 8}))
-      .tensor("k", filled(d, DType::f32, random, {1, 5, 2, 8}))
-      .tensor("v", filled(d, DType::f32, random, {1, 5, 4, 6}))
-      .tensor("g", Tensor::input(d, DType::f32, g))
-      .tensor("beta", filled(d, DType::f32, random, {1, 5, 4}))
-      .tensor("initial_state", filled(d, DType::f32, random, {1, 4, 8, 6}))
-      .tensor("o", f32(d, {1, 5, 4, 6}))
-      .tensor("final_state", f32(d, {1, 4, 8, 6}))
-      .flag("use_qk_l2norm", true);
-  return call;
-}
-
-std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  auto without_states = [](Invocation& call) {
-    call.tensor("initial_state", {}).tensor("final_state", {});
-  };
-  // Varlen calls drop the states: N changes with cu_seqlens.
-  auto varlen = [&](const std::vector<int64_t>& cu, DType dtype = DType::i32) {
-    Tensor t = Tensor::indices(*ctx.host, dtype == DType::f32 ? DType::i32 : dtype, cu);
-    if (dtype == DType::f32) {
-      Array64 values({static_cast<int64_t>(cu.size())});
-      for (size_t i = 0; i < cu.size(); ++i) values.data[i] = static_cast<double>(cu[i]);
-      t = Tensor::input(d, DType::f32, values);
-    }
-    return [=](Invocation& call) {
-      without_states(call);
-      call.tensor("cu_seqlens", t);
-    };
-  };
-  // q viewed backwards along K: valid memory, negative stride.
-  const Tensor reversed_q = f32(d, {1, 5, 2, 8}).view(7, {1, 5, 2, 8}, {80, 16, 8, -1});
-  return {
-      {"q is NULL", {"q"}, set("q", {})},
-      {"q has dtype int32", {"q"}, set("q", Tensor::empty(d, DType::i32, {1, 5, 2, 8}))},
-      {"q has dtype float32x2 (lanes=2)",
-       {"q"},
-       patch("q", [](DLTensor& t) { t.dtype.lanes = 2; })},
-      {"k is bf16 while q is f32", {"k"}, set("k", Tensor::empty(d, DType::bf16, {1, 5, 2, 8}))},
-      {"o is f16 while q is f32", {"o"}, set("o", Tensor::empty(d, DType::f16, {1, 5, 4, 6}))},
-      {"initial_state is f16",
-       {"initial_state"},
-       set("initial_state", Tensor::empty(d, DType::f16, {1, 4, 8, 6}))},
-      {"q has rank 3", {"q"}, set("q", f32(d, {1, 5, 16}))},
-      {"k has K=9 while q has K=8", {"k"}, set("k", f32(d, {1, 5, 2, 9}))},
-      {"HV=4 is not a multiple of H=3",
-       {"q", "k", "v"},
-       [q = f32(d, {1, 5, 3, 8}), k = f32(d, {1, 5, 3, 8})](Invocation& call) {
-         call.tensor("q", q).tensor("k", k);
-       }},
-      {"o has V=7 while v has V=6", {"o"}, set("o", f32(d, {1, 5, 4, 7}))},
-      {"g has HV=3 while v has HV=4", {"g"}, set("g", f32(d, {1, 5, 3}))},
-      {"o aliases v", {"o", "v"}, same_as("o", "v")},
-      {"final_state aliases initial_state",
-       {"final_state", "initial_state"},
-       same_as("final_state", "initial_state")},
-      {"o has a zero stride", {"o"}, patch("o", [](DLTensor& t) { t.strides[3] = 0; })},
-      {"q has a negative stride", {"q"}, set("q", reversed_q)},
-      {"v has data NULL with 120 elements",
-       {"v"},
-       patch("v", [](DLTensor& t) { t.data = nullptr; })},
-      // Vulkan: a device that none of the runner's backends uses, so it is
-      // foreign whichever backend is under test.
-      {"q lives on kDLVulkan, the call on the backend's device",
-       {"q"},
-       patch("q",
-             [](DLTensor& t) {
-               t.device = {kDLVulkan, 0};
-             })},
-      {"cu_seqlens does not start at 0: [1,5]", {"cu_seqlens"}, varlen({1, 5})},
-      {"cu_seqlens decreases: [0,3,2,5]", {"cu_seqlens"}, varlen({0, 3, 2, 5})},
-      {"cu_seqlens ends at 4, T=5: [0,2,4]", {"cu_seqlens"}, varlen({0, 2, 4})},
-      {"cu_seqlens has dtype f32", {"cu_seqlens"}, varlen({0, 2, 5}, DType::f32)},
-      {"cu_seqlens with B=2",
-       {"cu_seqlens"},
-       [cu = varlen({0, 5}), qk = f32(d, {2, 5, 2, 8}), v = f32(d, {2, 5, 4, 6}),
-        o = f32(d, {2, 5, 4, 6}), gate = f32(d, {2, 5, 4})](Invocation& call) {
-         cu(call);
-         call.tensor("q", qk).tensor("k", qk).tensor("v", v).tensor("o", o);
-         call.tensor("g", gate).tensor("beta", gate);
-       }},
-      {"state_v_first with [N,HV,K,V] states (K != V)",
-       {"initial_state", "final_state"},
-       [](Invocation& call) { call.flag("state_v_first", true); }},
-      {"A_log without dt_bias", {"A_log", "dt_bias"}, set("A_log", f32(d, {4}))},
-      {"scale is NaN", {"scale"}, [](Invocation& call) { call.f64("scale", NAN); }},
-      {"exec struct_size is 0", {"exec"}, [](Invocation& call) { call.exec().struct_size = 0; }},
-      {"exec struct_size ends before the stream",
-       {"exec"},
-       [](Invocation& call) { call.exec().struct_size = offsetof(hops_exec, stream); }},
-      {"exec device kDLVulkan, tensors on the backend's device",
-       {"exec", "q"},
-       [](Invocation& call) {
-         call.exec().device = {kDLVulkan, 0};
-       }},
-      {"api->call with num_args one short", {}, [](Invocation& call) { call.num_args(13); }},
-      // Issue 11's memory-safety classes: a zero divisor, a zero dim hiding a
-      // huge one, strides whose spans overflow, an enum out of its range.
-      {"HV=0 (v, g, beta, o with no value heads)",
-       {"v"},
-       [](Invocation& call) {
-         for (std::string_view name : {"v", "g", "beta", "o"}) {
-           call.patch(name, [](DLTensor& t) { t.shape[2] = 0; });
-         }
-         call.tensor("initial_state", {}).tensor("final_state", {});
-       }},
-      {"T=0 with V=2^60 (v and o)",
-       {"v"},
-       [](Invocation& call) {
-         for (std::string_view name : {"q", "k", "v", "g", "beta", "o"}) {
-           call.patch(name, [name](DLTensor& t) {
-             t.shape[1] = 0;
-             if (name == "v" || name == "o") t.shape[3] = int64_t{1} << 60;
-           });
-         }
-         call.tensor("initial_state", {}).tensor("final_state", {});
-       }},
-      {"T=0 with K=2^20 and V=2^30: a state [HV,K,V] of 2^52 elements",
-       {"v"},
-       [](Invocation& call) {
-         for (std::string_view name : {"q", "k", "v", "g", "beta", "o"}) {
-           call.patch(name, [name](DLTensor& t) {
-             t.shape[1] = 0;
-             if (name == "q" || name == "k") t.shape[3] = int64_t{1} << 20;
-             if (name == "v" || name == "o") t.shape[3] = int64_t{1} << 30;
-           });
-         }
-         call.tensor("initial_state", {}).tensor("final_state", {});
-       }},
-      {"o has the stride 2^62 along T",
-       {"o"},
-       patch("o", [](DLTensor& t) { t.strides[1] = int64_t{1} << 62; })},
-      {"q has the stride 2^62 along T",
-       {"q"},
-       patch("q", [](DLTensor& t) { t.strides[1] = int64_t{1} << 62; })},
-      {"q has device_type 999",
-       {"q"},
-       patch("q",
-             [](DLTensor& t) {
-               const int32_t type = 999;
-               std::memcpy(&t.device.device_type, &type, sizeof type);
-             })},
-      {"exec device_type 999",
-       {"exec"},
-       [](Invocation& call) {
-         const int32_t type = 999;
-         std::memcpy(&call.exec().device.device_type, &type, sizeof type);
-       }},
-  };
-}
-
-// ---- gdn_recurrent: N=3 T=1 H=HV=2 K=V=4, pool S=4, state_indices [2,-1,0] ----
-
-Invocation gdn_recurrent_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Array64 g = random.uniform({3, 1, 2}, -0.2, -0.01);
-  Invocation call(ctx, op);
-  call.tensor("q", filled(d, DType::f32, random, {3, 1, 2, 4}))
-      .tensor("k", filled(d, DType::f32, random, {3, 1, 2, 4}))
-      .tensor("v", filled(d, DType::f32, random, {3, 1, 2, 4}))
-      .tensor("g", Tensor::input(d, DType::f32, g))
-      .tensor("beta", filled(d, DType::f32, random, {3, 1, 2}))
-      .tensor("state", filled(d, DType::f32, random, {4, 2, 4, 4}))
-      .tensor("state_indices", Tensor::indices(d, DType::i32, {2, -1, 0}))
-      .tensor("o", f32(d, {3, 1, 2, 4}))
-      .flag("use_qk_l2norm", true);
-  return call;
-}
-
-std::vector<BadCall> gdn_recurrent_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  auto slots = [&](const std::vector<int64_t>& values) {
-    return set("state_indices", Tensor::indices(*ctx.host, DType::i32, values));
-  };
-  return {
-      {"state_indices entry 4 >= S=4", {"state_indices"}, slots({2, -1, 4})},
-      {"state_indices entry -2", {"state_indices"}, slots({2, -2, 0})},
-      {"state_indices names slot 0 twice", {"state_indices"}, slots({0, -1, 0})},
-      {"state_indices has 2 entries for N=3", {"state_indices"}, slots({2, 0})},
-      {"state_indices has dtype f32", {"state_indices"}, set("state_indices", f32(d, {3}))},
-      {"no state_indices and N=3 > S=2",
-       {"state_indices", "state"},
-       [state = f32(d, {2, 2, 4, 4})](Invocation& call) {
-         call.tensor("state_indices", {}).tensor("state", state);
-       }},
-      {"state is f16", {"state"}, set("state", Tensor::empty(d, DType::f16, {4, 2, 4, 4}))},
-      {"state has HV=3", {"state"}, set("state", f32(d, {4, 3, 4, 4}))},
-      {"o aliases q", {"o", "q"}, same_as("o", "q")},
-      {"o overlaps the state pool",
-       {"o", "state"},
-       [](Invocation& call) {
-         call.tensor("o", call.tensor("state").view(0, {3, 1, 2, 4}, {8, 8, 4, 1}));
-       }},
-  };
-}
-
-// ---- conv1d_fwd: B=1 T=6 D=5 W=4, bias, states of length 3 ----------------
-
-Invocation conv1d_fwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Invocation call(ctx, op);
-  call.tensor("x", filled(d, DType::f32, random, {1, 6, 5}))
-      .tensor("weight", filled(d, DType::f32, random, {5, 4}))
-      .tensor("bias", filled(d, DType::f32, random, {5}))
-      .tensor("initial_state", filled(d, DType::f32, random, {1, 5, 3}))
-      .tensor("y", f32(d, {1, 6, 5}))
-      .tensor("final_state", f32(d, {1, 5, 3}));
-  return call;
-}
-
-std::vector<BadCall> conv1d_fwd_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"weight has W=5", {"weight"}, set("weight", f32(d, {5, 5}))},
-      {"initial_state length 2 < W-1", {"initial_state"}, set("initial_state", f32(d, {1, 5, 2}))},
-      {"final_state length 2 < W-1", {"final_state"}, set("final_state", f32(d, {1, 5, 2}))},
-      {"initial_state has N=2 for one sequence",
-       {"initial_state"},
-       set("initial_state", f32(d, {2, 5, 3}))},
-      {"activation is 7", {"activation"}, [](Invocation& call) { call.i64("activation", 7); }},
-      {"y has D=6 while x has D=5", {"y"}, set("y", f32(d, {1, 6, 6}))},
-      {"bias has 4 entries for D=5", {"bias"}, set("bias", f32(d, {4}))},
-      {"x has rank 2", {"x"}, set("x", f32(d, {6, 5}))},
-      {"y overlaps itself (strides [30,1,1])",
-       {"y"},
-       patch("y", [](DLTensor& t) { t.strides[1] = 1; })},
-  };
-}
-
-// ---- conv1d_update: x [2,5], pool [3,5,3], W=4, state_indices [1,-1] --------
-
-Invocation conv1d_update_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Invocation call(ctx, op);
-  call.tensor("x", filled(d, DType::f32, random, {2, 5}))
-      .tensor("state", filled(d, DType::f32, random, {3, 5, 3}))
-      .tensor("weight", filled(d, DType::f32, random, {5, 4}))
-      .tensor("state_indices", Tensor::indices(d, DType::i32, {1, -1}))
-      .tensor("y", f32(d, {2, 5}));
-  return call;
-}
-
-std::vector<BadCall> conv1d_update_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"state length 2 < W-1", {"state"}, set("state", f32(d, {3, 5, 2}))},
-      {"x has rank 4", {"x"}, set("x", f32(d, {2, 1, 1, 5}))},
-      {"state_indices entry 3 >= S=3",
-       {"state_indices"},
-       set("state_indices", Tensor::indices(*ctx.host, DType::i64, {1, 3}))},
-      {"y has shape [2,6]", {"y"}, set("y", f32(d, {2, 6}))},
-      {"weight has W=0", {"weight"}, set("weight", f32(d, {5, 0}))},
-  };
-}
-
-// ---- gated_rmsnorm: x, z, y [3,4,8], weight [8] ------------------------------
-
-Invocation gated_rmsnorm_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Invocation call(ctx, op);
-  call.tensor("x", filled(d, DType::f32, random, {3, 4, 8}))
-      .tensor("z", filled(d, DType::f32, random, {3, 4, 8}))
-      .tensor("weight", filled(d, DType::f32, random, {8}))
-      .tensor("y", f32(d, {3, 4, 8}));
-  return call;
-}
-
-std::vector<BadCall> gated_rmsnorm_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"eps is NaN", {"eps"}, [](Invocation& call) { call.f64("eps", NAN); }},
-      {"weight has 7 entries for D=8", {"weight"}, set("weight", f32(d, {7}))},
-      {"z has shape [3,4,7]", {"z"}, set("z", f32(d, {3, 4, 7}))},
-      {"y is bf16 while x is f32", {"y"}, set("y", Tensor::empty(d, DType::bf16, {3, 4, 8}))},
-      {"x, z, y have shape [0,2^40,2^40] (compact strides past 2^63)",
-       {"x", "z", "y"},
-       [](Invocation& call) {
-         for (std::string_view name : {"x", "z", "y"}) {
-           call.patch(name, [](DLTensor& t) {
-             t.shape[0] = 0;
-             t.shape[1] = t.shape[2] = int64_t{1} << 40;
-             t.strides = nullptr;
-           });
-         }
-       }},
-  };
-}
-
-// ---- gdn_gating: a, b, g, beta [4,6], A_log and dt_bias [6] -------------------
-
-Invocation gdn_gating_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Invocation call(ctx, op);
-  call.tensor("A_log", filled(d, DType::f32, random, {6}))
-      .tensor("a", filled(d, DType::f32, random, {4, 6}))
-      .tensor("b", filled(d, DType::f32, random, {4, 6}))
-      .tensor("dt_bias", filled(d, DType::f32, random, {6}))
-      .tensor("g", f32(d, {4, 6}))
-      .tensor("beta", f32(d, {4, 6}));
-  return call;
-}
-
-std::vector<BadCall> gdn_gating_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"b has shape [4,5] while a has [4,6]", {"b"}, set("b", f32(d, {4, 5}))},
-      {"A_log has 5 entries for HV=6", {"A_log"}, set("A_log", f32(d, {5}))},
-      {"dt_bias is NULL", {"dt_bias"}, set("dt_bias", {})},
-      {"g aliases beta", {"g", "beta"}, same_as("g", "beta")},
-      {"softplus_beta is NaN",
-       {"softplus_beta"},
-       [](Invocation& call) { call.f64("softplus_beta", NAN); }},
-  };
-}
-
-// ---- gated_rmsnorm_bwd: x, z, dy, dx, dz [3,4,8], weight, dweight [8] ----------
-
-Invocation gated_rmsnorm_bwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Invocation call(ctx, op);
-  call.tensor("x", filled(d, DType::f32, random, {3, 4, 8}))
-      .tensor("z", filled(d, DType::f32, random, {3, 4, 8}))
-      .tensor("weight", filled(d, DType::f32, random, {8}))
-      .tensor("dy", filled(d, DType::f32, random, {3, 4, 8}))
-      .tensor("dx", f32(d, {3, 4, 8}))
-      .tensor("dz", f32(d, {3, 4, 8}))
-      .tensor("dweight", f32(d, {8}));
-  return call;
-}
-
-std::vector<BadCall> gated_rmsnorm_bwd_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"dy is bf16 while x is f32", {"dy"}, set("dy", Tensor::empty(d, DType::bf16, {3, 4, 8}))},
-      {"dy has shape [3,4,7]", {"dy"}, set("dy", f32(d, {3, 4, 7}))},
-      {"dx aliases dy", {"dx", "dy"}, same_as("dx", "dy")},
-      {"dz overlaps dx (rows 1-2 of dx are rows 0-1 of dz)",
-       {"dz", "dx"},
-       [both = f32(d, {4, 4, 8})](Invocation& call) {
-         call.tensor("dx", both.view(0, {3, 4, 8}, {32, 8, 1}));
-         call.tensor("dz", both.view(32, {3, 4, 8}, {32, 8, 1}));
-       }},
-      {"dweight has 7 entries for D=8", {"dweight"}, set("dweight", f32(d, {7}))},
-      {"dweight is f16 while weight is f32",
-       {"dweight"},
-       set("dweight", Tensor::empty(d, DType::f16, {8}))},
-      {"dz is NULL", {"dz"}, set("dz", {})},
-  };
-}
-
-// ---- conv1d_bwd: B=1 T=6 D=5 W=4, bias, states of length 3, every gradient ------
-
-Invocation conv1d_bwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Invocation call(ctx, op);
-  call.tensor("x", filled(d, DType::f32, random, {1, 6, 5}))
-      .tensor("weight", filled(d, DType::f32, random, {5, 4}))
-      .tensor("bias", filled(d, DType::f32, random, {5}))
-      .tensor("initial_state", filled(d, DType::f32, random, {1, 5, 3}))
-      .tensor("dy", filled(d, DType::f32, random, {1, 6, 5}))
-      .tensor("d_final_state", filled(d, DType::f32, random, {1, 5, 3}))
-      .tensor("dx", f32(d, {1, 6, 5}))
-      .tensor("dweight", f32(d, {5, 4}))
-      .tensor("dbias", f32(d, {5}))
-      .tensor("d_initial_state", f32(d, {1, 5, 3}));
-  return call;
-}
-
-std::vector<BadCall> conv1d_bwd_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"dy is f16 while x is f32", {"dy"}, set("dy", Tensor::empty(d, DType::f16, {1, 6, 5}))},
-      {"dy has T=5 while x has T=6", {"dy"}, set("dy", f32(d, {1, 5, 5}))},
-      {"dx aliases dy", {"dx", "dy"}, same_as("dx", "dy")},
-      {"d_initial_state aliases initial_state",
-       {"d_initial_state", "initial_state"},
-       same_as("d_initial_state", "initial_state")},
-      {"d_initial_state without initial_state", {"d_initial_state"}, set("initial_state", {})},
-      {"dbias without bias", {"dbias"}, set("bias", {})},
-      {"d_initial_state has L0=4 while initial_state has 3",
-       {"d_initial_state"},
-       set("d_initial_state", f32(d, {1, 5, 4}))},
-      {"d_final_state length 2 < W-1", {"d_final_state"}, set("d_final_state", f32(d, {1, 5, 2}))},
-      {"dweight has W=3 while weight has W=4", {"dweight"}, set("dweight", f32(d, {5, 3}))},
-      {"dweight is bf16 while weight is f32",
-       {"dweight"},
-       set("dweight", Tensor::empty(d, DType::bf16, {5, 4}))},
-      {"cu_seqlens ends at 5, T=6: [0,5]",
-       {"cu_seqlens"},
-       set("cu_seqlens", Tensor::indices(*ctx.host, DType::i64, {0, 5}))},
-      {"activation is 2", {"activation"}, [](Invocation& call) { call.i64("activation", 2); }},
-  };
-}
-
-// ---- gdn_chunk_bwd: B=1 T=5 H=2 HV=4 K=8 V=6, both states and dh0 ----------
-
-Invocation gdn_chunk_bwd_base(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Device& d = ctx.device;
-  Array64 g = random.uniform({1, 5, 4}, -0.2, -0.01);
-  Invocation call(ctx, op);
-  call.tensor("q", filled(d, DType::f32, random, {1, 5, 2, 8}))
-      .tensor("k", filled(d, DType::f32, random, {1, 5, 2, 8}))
-      .tensor("v", filled(d, DType::f32, random, {1, 5, 4, 6}))
-      .tensor("g", Tensor::input(d, DType::f32, g))
-      .tensor("beta", filled(d, DType::f32, random, {1, 5, 4}))
-      .tensor("initial_state", filled(d, DType::f32, random, {1, 4, 8, 6}))
-      .tensor("do", filled(d, DType::f32, random, {1, 5, 4, 6}))
-      .tensor("d_final_state", filled(d, DType::f32, random, {1, 4, 8, 6}))
-      .tensor("dq", f32(d, {1, 5, 2, 8}))
-      .tensor("dk", f32(d, {1, 5, 2, 8}))
-      .tensor("dv", f32(d, {1, 5, 4, 6}))
-      .tensor("dg", f32(d, {1, 5, 4}))
-      .tensor("dbeta", f32(d, {1, 5, 4}))
-      .tensor("dh0", f32(d, {1, 4, 8, 6}))
-      .flag("use_qk_l2norm", true);
-  return call;
-}
-
-std::vector<BadCall> gdn_chunk_bwd_bad_calls(const Context& ctx) {
-  Device& d = ctx.device;
-  return {
-      {"do is NULL", {"do"}, set("do", {})},
-      {"do is bf16 while q is f32", {"do"}, set("do", Tensor::empty(d, DType::bf16, {1, 5, 4, 6}))},
-      {"do has V=7 while v has V=6", {"do"}, set("do", f32(d, {1, 5, 4, 7}))},
-      {"d_final_state is f16",
-       {"d_final_state"},
-       set("d_final_state", Tensor::empty(d, DType::f16, {1, 4, 8, 6}))},
-      {"d_final_state has HV=3", {"d_final_state"}, set("d_final_state", f32(d, {1, 3, 8, 6}))},
-      {"dh0 without initial_state", {"dh0"}, set("initial_state", {})},
-      {"dh0 has N=2 for one sequence", {"dh0"}, set("dh0", f32(d, {2, 4, 8, 6}))},
-      {"dq has H=4 while q has H=2", {"dq"}, set("dq", f32(d, {1, 5, 4, 8}))},
-      {"dk is NULL", {"dk"}, set("dk", {})},
-      {"dv is f16 while q is f32", {"dv"}, set("dv", Tensor::empty(d, DType::f16, {1, 5, 4, 6}))},
-      {"dg is bf16 while g is f32", {"dg"}, set("dg", Tensor::empty(d, DType::bf16, {1, 5, 4}))},
-      {"dbeta has HV=3 while beta has HV=4", {"dbeta"}, set("dbeta", f32(d, {1, 5, 3}))},
-      {"dq aliases q", {"dq", "q"}, same_as("dq", "q")},
-      {"dv aliases do", {"dv", "do"}, same_as("dv", "do")},
-      {"dk overlaps dq (rows 1-4 of dq are rows 0-3 of dk)",
-       {"dk", "dq"},
-       [both = f32(d, {1, 6, 2, 8})](Invocation& call) {
-         call.tensor("dq", both.view(0, {1, 5, 2, 8}, {80, 16, 8, 1}));
-         call.tensor("dk", both.view(16, {1, 5, 2, 8}, {80, 16, 8, 1}));
-       }},
-      {"dh0 aliases d_final_state", {"dh0", "d_final_state"}, same_as("dh0", "d_final_state")},
-      {"dg has a zero stride", {"dg"}, patch("dg", [](DLTensor& t) { t.strides[1] = 0; })},
-      {"state_v_first with [N,HV,K,V] states (K != V)",
-       {"initial_state", "d_final_state", "dh0"},
-       [](Invocation& call) { call.flag("state_v_first", true); }},
-      {"cu_seqlens ends at 4, T=5: [0,2,4]",
-       {"cu_seqlens"},
-       set("cu_seqlens", Tensor::indices(*ctx.host, DType::i32, {0, 2, 4}))},
-      {"scale is -1", {"scale"}, [](Invocation& call) { call.f64("scale", -1.0); }},
-      {"T=0 with V=2^60 (v, do, dv)",
-       {"v", "do", "dv"},
-       [](Invocation& call) {
-         for (std::string_view name :
-              {"q", "k", "v", "g", "beta", "do", "dq", "dk", "dv", "dg", "dbeta"}) {
-           call.patch(name, [name](DLTensor& t) {
-             t.shape[1] = 0;
-             if (name == "v" || name == "do" || name == "dv") t.shape[3] = int64_t{1} << 60;
-           });
-         }
-         call.tensor("initial_state", {}).tensor("d_final_state", {}).tensor("dh0", {});
-       }},
-      {"HV=0 (v, g, beta and their gradients with no value heads)",
-       {"v"},
-       [](Invocation& call) {
-         for (std::string_view name : {"v", "g", "beta", "do", "dv", "dg", "dbeta"}) {
-           call.patch(name, [](DLTensor& t) { t.shape[2] = 0; });
-         }
-         call.tensor("initial_state", {}).tensor("d_final_state", {}).tensor("dh0", {});
-       }},
-      {"dv has the stride 2^62 along T",
-       {"dv"},
-       patch("dv", [](DLTensor& t) { t.strides[1] = int64_t{1} << 62; })},
-  };
-}
-
-const OpBadCalls kOpBadCalls[] = {
-    {"gdn_chunk_fwd", gdn_chunk_base, gdn_chunk_bad_calls},
-    {"gdn_recurrent", gdn_recurrent_base, gdn_recurrent_bad_calls},
-    {"conv1d_fwd", conv1d_fwd_base, conv1d_fwd_bad_calls},
-    {"conv1d_update", conv1d_update_base, conv1d_update_bad_calls},
-    {"gated_rmsnorm", gated_rmsnorm_base, gated_rmsnorm_bad_calls},
-    {"gdn_gating", gdn_gating_base, gdn_gating_bad_calls},
-    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_base, gated_rmsnorm_bwd_bad_calls},
-    {"conv1d_bwd", conv1d_bwd_base, conv1d_bwd_bad_calls},
-    {"gdn_chunk_bwd", gdn_chunk_bwd_base, gdn_chunk_bwd_bad_calls},
-};
 
 // Calls that need no valid base: lookups and the generic entry's own arguments.
 void table_bad_calls(const Context& ctx) {
@@ -568,35 +36,41 @@ void table_bad_calls(const Context& ctx) {
   }
 }
 
+// The wrong calls of one op, each from a fresh copy of its valid base call.
+void op_bad_calls(const Context& ctx, std::string_view name, CallBuilder build_base,
+                  std::vector<BadCall> (*calls)(const Context&)) {
+  const hops_op_desc* op = find_or_skip(ctx, name);
+  if (!op || !supported_or_skip(ctx, name, DType::f32)) return;
+  // Bases are fixed: the wrong calls are about arguments, not values.
+  Random random(ctx.seed);
+  Invocation base = build_base(ctx, *op, random);
+  try {
+    base.run();
+  } catch (const std::exception& e) {
+    ctx.report.fail(fmt::format("bad input: {} valid base call", name), e.what());
+    return;
+  }
+  for (const BadCall& bad : calls(ctx)) {
+    const std::string case_name = fmt::format("bad input: {}: {}", name, bad.what);
+    try {
+      Invocation call = base;
+      bad.spoil(call);
+      const std::string message = call.expect_rejected(bad.status, bad.names);
+      ctx.report.pass(case_name,
+                      fmt::format("-> {} \"{}\"", status_text(ctx.api, bad.status), message));
+    } catch (const std::exception& e) {
+      ctx.report.fail(case_name, e.what());
+    }
+  }
+}
+
 }  // namespace
 
 void bad_input_cases(const Context& ctx, const OpFilter& selected) {
   table_bad_calls(ctx);
-  for (const OpBadCalls& group : kOpBadCalls) {
-    if (!selected(group.op)) continue;
-    const hops_op_desc* op = find_or_skip(ctx, group.op);
-    if (!op || !supported_or_skip(ctx, group.op, DType::f32)) continue;
-    // Bases are fixed: the wrong calls are about arguments, not values.
-    Random random(ctx.seed);
-    Invocation base = group.base(ctx, *op, random);
-    try {
-      base.run();
-    } catch (const std::exception& e) {
-      ctx.report.fail(fmt::format("bad input: {} valid base call", group.op), e.what());
-      continue;
-    }
-    for (const BadCall& bad : group.calls(ctx)) {
-      const std::string name = fmt::format("bad input: {}: {}", group.op, bad.what);
-      try {
-        Invocation call = base;
-        bad.spoil(call);
-        const std::string message = call.expect_rejected(bad.status, bad.names);
-        ctx.report.pass(name,
-                        fmt::format("-> {} \"{}\"", status_text(ctx.api, bad.status), message));
-      } catch (const std::exception& e) {
-        ctx.report.fail(name, e.what());
-      }
-    }
+  for (const OpSuite& suite : all_suites()) {
+    if (suite.bad_base && selected(suite.op))
+      op_bad_calls(ctx, suite.op, suite.bad_base, suite.bad_calls);
   }
 }
 

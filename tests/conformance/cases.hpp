@@ -1,5 +1,6 @@
-// The case groups of the suite. Each op group runs every dtype the provider
-// claims (supports()) over its sweep of shapes and options.
+// The sections of the suite that run over every family's ops (suite.hpp): each
+// op's reference cases run every dtype the provider claims (supports()) over
+// their sweep of shapes and options.
 #pragma once
 
 #include <functional>
@@ -8,16 +9,6 @@
 #include "harness.hpp"
 
 namespace hops::conformance {
-
-void gdn_chunk_fwd_cases(const Context& ctx, const hops_op_desc& op);
-void gdn_recurrent_cases(const Context& ctx, const hops_op_desc& op);
-void gdn_gating_cases(const Context& ctx, const hops_op_desc& op);
-void gated_rmsnorm_cases(const Context& ctx, const hops_op_desc& op);
-void conv1d_fwd_cases(const Context& ctx, const hops_op_desc& op);
-void conv1d_update_cases(const Context& ctx, const hops_op_desc& op);
-void gated_rmsnorm_bwd_cases(const Context& ctx, const hops_op_desc& op);
-void conv1d_bwd_cases(const Context& ctx, const hops_op_desc& op);
-void gdn_chunk_bwd_cases(const Context& ctx, const hops_op_desc& op);
 
 // Whether the run covers an op (--op).
 using OpFilter = std::function<bool(std::string_view op)>;

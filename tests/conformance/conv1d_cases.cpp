@@ -6,6 +6,8 @@
 #include <optional>
 
 #include "cases.hpp"
+#include "conv1d_calls.hpp"
+#include "conv1d_reference.hpp"
 #include "invocation.hpp"
 
 namespace hops::conformance {
@@ -397,6 +399,28 @@ void conv1d_bwd_cases(const Context& ctx, const hops_op_desc& op) {
 
 void conv1d_update_cases(const Context& ctx, const hops_op_desc& op) {
   sweep(ctx, op, update_sweep(), update_case);
+}
+
+std::span<const OpSuite> conv1d_suites() {
+  static const OpSuite suites[] = {
+      {"conv1d_fwd",
+       conv1d_fwd_cases,
+       conv1d_fwd_typed,
+       conv1d_fwd_base,
+       conv1d_fwd_bad_calls,
+       conv1d_fwd_call,
+       {"y", "final_state"}},
+      {"conv1d_update", conv1d_update_cases, conv1d_update_typed, conv1d_update_base,
+       conv1d_update_bad_calls},
+      {"conv1d_bwd",
+       conv1d_bwd_cases,
+       conv1d_bwd_typed,
+       conv1d_bwd_base,
+       conv1d_bwd_bad_calls,
+       conv1d_bwd_call,
+       {"dx", "dweight", "dbias", "d_initial_state"}},
+  };
+  return suites;
 }
 
 }  // namespace hops::conformance

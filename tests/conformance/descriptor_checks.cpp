@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -79,8 +80,8 @@ void check_op(const Context& ctx, const hops_op_desc& op) {
   p.expect(op.num_args > 0 && op.num_args <= 64 && op.args, "num_args {} / args {}", op.num_args,
            static_cast<const void*>(op.args));
   if (op.num_args > 0 && op.args) {
-    p.expect(sane_size(op.args->struct_size, sizeof(hops_arg_desc)), "arg struct_size {}",
-             op.args->struct_size);
+    p.expect(sane_size(op.args->struct_size, offsetof(hops_arg_desc, since_minor)),
+             "arg struct_size {}", op.args->struct_size);
     std::set<std::string> names;
     bool writes = false;
     for (int32_t i = 0; i < op.num_args; ++i) {
@@ -91,6 +92,22 @@ void check_op(const Context& ctx, const hops_op_desc& op) {
       writes |= arg.kind == HOPS_ARG_TENSOR_OUT || arg.kind == HOPS_ARG_TENSOR_INOUT;
     }
     p.expect(writes, "the op has no output or inout tensor");
+    // 1.1: arguments added after the op's first version come last, in version
+    // order, each one a caller may leave out (optional tensor or scalar).
+    if (HOPS_HAS_FIELD(op.args, hops_arg_desc, since_minor)) {
+      uint32_t since = op.since_minor;
+      for (int32_t i = 0; i < op.num_args; ++i) {
+        const hops_arg_desc& arg = *hops_op_arg(&op, i);
+        p.expect(arg.since_minor >= since && arg.since_minor <= ctx.api.abi_minor,
+                 "arg {}: since_minor {} (the op's {}, the previous argument's {}, the ABI's {})",
+                 i, arg.since_minor, op.since_minor, since, ctx.api.abi_minor);
+        if (arg.since_minor > op.since_minor) {
+          p.expect(arg.kind > HOPS_ARG_TENSOR_INOUT || arg.optional,
+                   "arg {}: added in 1.{} but a required tensor", i, arg.since_minor);
+        }
+        since = std::max(since, arg.since_minor);
+      }
+    }
   }
   p.report(ctx.report, fmt::format("descriptor {}", op.name ? op.name : "?"));
 }
@@ -133,8 +150,14 @@ const hops_api* check_entry_point(Report& report, hops_get_api_fn get_api) {
     return nullptr;
   }
   Problems p;
-  p.expect(sane_size(api->struct_size, sizeof(hops_api)), "struct_size {} < {}", api->struct_size,
-           sizeof(hops_api));
+  // A provider of any minor of this major: 1.0's table at least, and the
+  // entries of each later minor it claims.
+  constexpr size_t kApi10 = offsetof(hops_api, supports_call);
+  p.expect(sane_size(api->struct_size, kApi10), "struct_size {} < {}", api->struct_size, kApi10);
+  if (api->abi_minor >= 1) {
+    p.expect(HOPS_HAS_FIELD(api, hops_api, supports_call) && api->supports_call,
+             "abi_minor {} but no supports_call (1.1)", api->abi_minor);
+  }
   p.expect(api->abi_major == HOPS_ABI_MAJOR, "abi_major {}", api->abi_major);
   p.expect(non_empty(api->version), "empty version string");
   p.expect(api->last_error && api->status_name && api->op_count && api->op_at && api->find_op &&

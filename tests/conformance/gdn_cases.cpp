@@ -6,6 +6,8 @@
 #include <optional>
 
 #include "cases.hpp"
+#include "gdn_calls.hpp"
+#include "gdn_reference.hpp"
 #include "invocation.hpp"
 
 namespace hops::conformance {
@@ -369,6 +371,29 @@ void gdn_recurrent_cases(const Context& ctx, const hops_op_desc& op) {
 
 void gdn_chunk_bwd_cases(const Context& ctx, const hops_op_desc& op) {
   sweep(ctx, op, chunk_bwd_sweep(), chunk_bwd_case);
+}
+
+std::span<const OpSuite> gdn_suites() {
+  static const OpSuite suites[] = {
+      {"gdn_chunk_fwd",
+       gdn_chunk_fwd_cases,
+       gdn_chunk_fwd_typed,
+       gdn_chunk_base,
+       gdn_chunk_bad_calls,
+       gdn_chunk_call,
+       {"o", "final_state"}},
+      {"gdn_recurrent", gdn_recurrent_cases, gdn_recurrent_typed, gdn_recurrent_base,
+       gdn_recurrent_bad_calls},
+      {"gdn_gating", gdn_gating_cases, gdn_gating_typed, gdn_gating_base, gdn_gating_bad_calls},
+      {"gdn_chunk_bwd",
+       gdn_chunk_bwd_cases,
+       gdn_chunk_bwd_typed,
+       gdn_chunk_bwd_base,
+       gdn_chunk_bwd_bad_calls,
+       gdn_chunk_bwd_call,
+       {"dq", "dk", "dv", "dg", "dbeta", "dh0"}},
+  };
+  return suites;
 }
 
 }  // namespace hops::conformance

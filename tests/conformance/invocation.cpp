@@ -147,6 +147,9 @@ hops_status Invocation::call(bool typed) {
     values[i].tensor = &dl[i];
   }
   const hops_exec* exec = null_exec_ ? nullptr : &exec_;
+  // A longer list than the descriptor's (a wrong call) still points at values.
+  if (num_args_ > static_cast<int32_t>(values.size()))
+    values.resize(static_cast<size_t>(num_args_));
   if (!typed) return ctx_.api.call(&op_, exec, values.data(), num_args_);
   const TypedCall fn = typed_call(op_.name);
   if (!fn) throw CaseFailure(fmt::format("the runner has no typed signature for {}", op_.name));

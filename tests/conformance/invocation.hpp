@@ -91,7 +91,7 @@ class Invocation {
   std::vector<std::shared_ptr<Memory>> buffers_;  // distinct buffers of all tensors
 };
 
-// The hops.h typedef of each op, fed from ArgValues by name (typed_calls.cpp).
+// The hops.h typedef of each op, fed from ArgValues by name (its family's suite).
 using TypedCall = hops_status (*)(const hops_op_desc& op, const hops_exec* exec,
                                   const ArgValues& args);
 // Null for an op the runner has no typedef for.

@@ -16,6 +16,7 @@
 #include "cases.hpp"
 #include "descriptor_checks.hpp"
 #include "provider.hpp"
+#include "suite.hpp"
 
 namespace hops::conformance {
 
@@ -59,31 +60,6 @@ std::optional<Options> parse(int argc, char** argv) {
   return options;
 }
 
-// The op groups the runner has cases for. A new op gets its row here.
-struct OpSuite {
-  std::string_view op;
-  void (*run)(const Context& ctx, const hops_op_desc& op);
-};
-
-constexpr OpSuite kSuites[] = {
-    {"gdn_chunk_fwd", gdn_chunk_fwd_cases},
-    {"gdn_recurrent", gdn_recurrent_cases},
-    {"gdn_gating", gdn_gating_cases},
-    {"gated_rmsnorm", gated_rmsnorm_cases},
-    {"conv1d_fwd", conv1d_fwd_cases},
-    {"conv1d_update", conv1d_update_cases},
-    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_cases},
-    {"conv1d_bwd", conv1d_bwd_cases},
-    {"gdn_chunk_bwd", gdn_chunk_bwd_cases},
-};
-
-const OpSuite* suite_for(std::string_view op) {
-  for (const OpSuite& s : kSuites) {
-    if (s.op == op) return &s;
-  }
-  return nullptr;
-}
-
 // Every op the provider lists runs its cases; one the runner has no cases for
 // fails, so that a new op cannot go untested. Ops the runner knows but the
 // provider lacks are skipped.
@@ -92,12 +68,12 @@ void op_cases(const Context& ctx, const OpFilter& selected) {
     const hops_op_desc* op = ctx.api.op_at(i);
     if (!op || !op->name || !selected(op->name)) continue;
     if (const OpSuite* suite = suite_for(op->name)) {
-      suite->run(ctx, *op);
+      suite->cases(ctx, *op);
     } else {
       ctx.report.fail(op->name, "the provider lists this op but the runner has no cases for it");
     }
   }
-  for (const OpSuite& s : kSuites) {
+  for (const OpSuite& s : all_suites()) {
     if (selected(s.op)) find_or_skip(ctx, s.op);  // prints the SKIP line when absent
   }
 }

@@ -4,7 +4,8 @@
 #include <fmt/ranges.h>
 
 #include "cases.hpp"
-#include "invocation.hpp"
+#include "norm_calls.hpp"
+#include "norm_reference.hpp"
 
 namespace hops::conformance {
 
@@ -113,6 +114,21 @@ void gated_rmsnorm_bwd_cases(const Context& ctx, const hops_op_desc& op) {
   cases.push_back({.shape = {65, 16}, .half = true});
   cases.push_back({.shape = {4096, 8, 16}, .strided = true, .heavy = true});
   sweep(ctx, op, cases, norm_bwd_case);
+}
+
+std::span<const OpSuite> norm_suites() {
+  static const OpSuite suites[] = {
+      {"gated_rmsnorm", gated_rmsnorm_cases, gated_rmsnorm_typed, gated_rmsnorm_base,
+       gated_rmsnorm_bad_calls},
+      {"gated_rmsnorm_bwd",
+       gated_rmsnorm_bwd_cases,
+       gated_rmsnorm_bwd_typed,
+       gated_rmsnorm_bwd_base,
+       gated_rmsnorm_bwd_bad_calls,
+       gated_rmsnorm_bwd_call,
+       {"dx", "dz", "dweight"}},
+  };
+  return suites;
 }
 
 }  // namespace hops::conformance

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "cases.hpp"
-#include "invocation.hpp"
+#include "suite.hpp"
 
 namespace hops::conformance {
 
@@ -25,97 +25,10 @@ constexpr int kVariants = 2;
 
 using Bytes = std::vector<std::vector<std::byte>>;  // one per output
 
-Tensor random_input(const Context& ctx, Random& random, const Shape& shape, double lo, double hi) {
-  Array64 values = random.uniform(shape, lo, hi);
-  return Tensor::input(ctx.device, DType::f32, values);
-}
-
-Invocation gdn_chunk_call(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Invocation call(ctx, op);
-  call.tensor("q", random_input(ctx, random, {2, 200, 2, 32}, -1, 1))
-      .tensor("k", random_input(ctx, random, {2, 200, 2, 32}, -1, 1))
-      .tensor("v", random_input(ctx, random, {2, 200, 4, 32}, -1, 1))
-      .tensor("g", random_input(ctx, random, {2, 200, 4}, -0.2, -0.01))
-      .tensor("beta", random_input(ctx, random, {2, 200, 4}, 0, 1))
-      .tensor("initial_state", random_input(ctx, random, {2, 4, 32, 32}, -1, 1))
-      .tensor("o", Tensor::empty(ctx.device, DType::f32, {2, 200, 4, 32}))
-      .tensor("final_state", Tensor::empty(ctx.device, DType::f32, {2, 4, 32, 32}))
-      .flag("use_qk_l2norm", true);
-  return call;
-}
-
-Invocation conv1d_fwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Invocation call(ctx, op);
-  call.tensor("x", random_input(ctx, random, {2, 500, 256}, -1, 1))
-      .tensor("weight", random_input(ctx, random, {256, 4}, -1, 1))
-      .tensor("bias", random_input(ctx, random, {256}, -1, 1))
-      .tensor("initial_state", random_input(ctx, random, {2, 256, 3}, -1, 1))
-      .tensor("y", Tensor::empty(ctx.device, DType::f32, {2, 500, 256}))
-      .tensor("final_state", Tensor::empty(ctx.device, DType::f32, {2, 256, 3}));
-  return call;
-}
-
-Invocation gated_rmsnorm_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Invocation call(ctx, op);
-  call.tensor("x", random_input(ctx, random, {1000, 4, 64}, -1, 1))
-      .tensor("z", random_input(ctx, random, {1000, 4, 64}, -3, 3))
-      .tensor("weight", random_input(ctx, random, {64}, 0.5, 1.5))
-      .tensor("dy", random_input(ctx, random, {1000, 4, 64}, -1, 1))
-      .tensor("dx", Tensor::empty(ctx.device, DType::f32, {1000, 4, 64}))
-      .tensor("dz", Tensor::empty(ctx.device, DType::f32, {1000, 4, 64}))
-      .tensor("dweight", Tensor::empty(ctx.device, DType::f32, {64}));
-  return call;
-}
-
-Invocation conv1d_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Invocation call(ctx, op);
-  call.tensor("x", random_input(ctx, random, {1, 1000, 300}, -1, 1))
-      .tensor("weight", random_input(ctx, random, {300, 4}, -1, 1))
-      .tensor("bias", random_input(ctx, random, {300}, -1, 1))
-      .tensor("initial_state", random_input(ctx, random, {3, 300, 3}, -1, 1))
-      .tensor("cu_seqlens", Tensor::indices(ctx.index_device(), DType::i32, {0, 300, 301, 1000}))
-      .tensor("dy", random_input(ctx, random, {1, 1000, 300}, -1, 1))
-      .tensor("d_final_state", random_input(ctx, random, {3, 300, 4}, -1, 1))
-      .tensor("dx", Tensor::empty(ctx.device, DType::f32, {1, 1000, 300}))
-      .tensor("dweight", Tensor::empty(ctx.device, DType::f32, {300, 4}))
-      .tensor("dbias", Tensor::empty(ctx.device, DType::f32, {300}))
-      .tensor("d_initial_state", Tensor::empty(ctx.device, DType::f32, {3, 300, 3}));
-  return call;
-}
-
-Invocation gdn_chunk_bwd_call(const Context& ctx, const hops_op_desc& op, Random& random) {
-  Invocation call(ctx, op);
-  call.tensor("q", random_input(ctx, random, {1, 300, 2, 32}, -1, 1))
-      .tensor("k", random_input(ctx, random, {1, 300, 2, 32}, -1, 1))
-      .tensor("v", random_input(ctx, random, {1, 300, 6, 32}, -1, 1))
-      .tensor("g", random_input(ctx, random, {1, 300, 6}, -0.2, -0.01))
-      .tensor("beta", random_input(ctx, random, {1, 300, 6}, 0, 1))
-      .tensor("initial_state", random_input(ctx, random, {3, 6, 32, 32}, -1, 1))
-      .tensor("cu_seqlens", Tensor::indices(ctx.index_device(), DType::i32, {0, 100, 101, 300}))
-      .tensor("do", random_input(ctx, random, {1, 300, 6, 32}, -1, 1))
-      .tensor("d_final_state", random_input(ctx, random, {3, 6, 32, 32}, -1, 1))
-      .tensor("dq", Tensor::empty(ctx.device, DType::f32, {1, 300, 2, 32}))
-      .tensor("dk", Tensor::empty(ctx.device, DType::f32, {1, 300, 2, 32}))
-      .tensor("dv", Tensor::empty(ctx.device, DType::f32, {1, 300, 6, 32}))
-      .tensor("dg", Tensor::empty(ctx.device, DType::f32, {1, 300, 6}))
-      .tensor("dbeta", Tensor::empty(ctx.device, DType::f32, {1, 300, 6}))
-      .tensor("dh0", Tensor::empty(ctx.device, DType::f32, {3, 6, 32, 32}))
-      .flag("use_qk_l2norm", true);
-  return call;
-}
-
 struct ThreadCase {
   std::string_view op;
-  Invocation (*build)(const Context&, const hops_op_desc&, Random&);
+  CallBuilder build;
   std::vector<std::string_view> outputs;
-};
-
-const ThreadCase kThreadCases[] = {
-    {"gdn_chunk_fwd", gdn_chunk_call, {"o", "final_state"}},
-    {"conv1d_fwd", conv1d_fwd_call, {"y", "final_state"}},
-    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd_call, {"dx", "dz", "dweight"}},
-    {"conv1d_bwd", conv1d_bwd_call, {"dx", "dweight", "dbias", "d_initial_state"}},
-    {"gdn_chunk_bwd", gdn_chunk_bwd_call, {"dq", "dk", "dv", "dg", "dbeta", "dh0"}},
 };
 
 // A call with fresh outputs, so that threads share inputs only.
@@ -160,8 +73,12 @@ void thread_cases(const Context& ctx, const OpFilter& selected) {
     std::vector<Bytes> expected;
     std::string error;
   };
+  std::vector<ThreadCase> cases;
+  for (const OpSuite& s : all_suites()) {
+    if (s.thread_call) cases.push_back({s.op, s.thread_call, s.thread_outputs});
+  }
   std::vector<Prepared> prepared;
-  for (const ThreadCase& c : kThreadCases) {
+  for (const ThreadCase& c : cases) {
     if (!selected(c.op)) continue;
     const hops_op_desc* op = find_or_skip(ctx, c.op);
     if (!op || !supported_or_skip(ctx, c.op, DType::f32)) continue;

@@ -6,7 +6,10 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "conv1d_reference.hpp"
 #include "fuzz_call.hpp"
+#include "gdn_reference.hpp"
+#include "norm_reference.hpp"
 
 namespace hops::fuzz {
 

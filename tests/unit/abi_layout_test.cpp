@@ -22,7 +22,7 @@ TEST(AbiLayout, Exec) {
 }
 
 TEST(AbiLayout, ArgDesc) {
-  EXPECT_EQ(sizeof(hops_arg_desc), 64u);
+  EXPECT_EQ(sizeof(hops_arg_desc), 72u);
   EXPECT_LAYOUT(hops_arg_desc, struct_size, 0u);
   EXPECT_LAYOUT(hops_arg_desc, name, 8u);
   EXPECT_LAYOUT(hops_arg_desc, kind, 16u);
@@ -32,6 +32,7 @@ TEST(AbiLayout, ArgDesc) {
   EXPECT_LAYOUT(hops_arg_desc, default_f64, 40u);
   EXPECT_LAYOUT(hops_arg_desc, shape, 48u);
   EXPECT_LAYOUT(hops_arg_desc, doc, 56u);
+  EXPECT_LAYOUT(hops_arg_desc, since_minor, 64u);  // 1.1
 }
 
 TEST(AbiLayout, OpDesc) {
@@ -74,7 +75,8 @@ TEST(AbiLayout, ApiTable) {
   EXPECT_LAYOUT(hops_api, backend_count, 80u);
   EXPECT_LAYOUT(hops_api, backend_at, 88u);
   EXPECT_LAYOUT(hops_api, set_allocator, 96u);
-  EXPECT_EQ(sizeof(hops_api), 104u);
+  EXPECT_LAYOUT(hops_api, supports_call, 104u);  // 1.1
+  EXPECT_EQ(sizeof(hops_api), 112u);
 }
 
 TEST(AbiLayout, DLPack) {

@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define HOPS_ABI_MAJOR 1
-#define HOPS_ABI_MINOR 0
+#define HOPS_ABI_MINOR 1
 
 /* True when `s` (a pointer to any hops struct) is large enough to hold `field`. */
 #define HOPS_HAS_FIELD(s, type, field) \
@@ -118,6 +118,13 @@ typedef struct hops_arg_desc {
   double default_f64;  /* F64: likewise */
   const char* shape;   /* tensors: symbolic shape, e.g. "[B,T,H,K]" */
   const char* doc;     /* one line */
+  /* 1.1: the ABI minor in which the argument was added to its op (the op's own
+   * since_minor for the arguments it had from the start). Arguments added
+   * after the op's first version are trailing and optional (or scalars); the
+   * typed entry point `fn` takes only the first version's arguments, and
+   * api->call accepts a shorter list (missing trailing arguments get their
+   * defaults). Absent (struct_size too small): the op's since_minor. */
+  uint32_t since_minor;
 } hops_arg_desc;
 
 typedef void (*hops_fn)(void); /* cast to the op's typed signature before calling */
@@ -199,7 +206,11 @@ typedef struct hops_api {
   /* 1 when `op` runs on `device` with primary input dtype `dtype`, else 0. */
   int32_t (*supports)(const char* op, DLDevice device, DLDataType dtype);
 
-  /* Generic entry: args[i] matches hops_op_arg(op, i). */
+  /* Generic entry: args[i] matches hops_op_arg(op, i). num_args may be
+   * smaller than op->num_args (a host built against an older minor): the
+   * missing trailing arguments get their defaults (NULL tensors, the
+   * descriptor's default_* scalars); a missing required tensor is
+   * HOPS_ERR_INVALID_ARGUMENT naming it. */
   hops_status (*call)(const hops_op_desc* op, const hops_exec* exec, const hops_value* args,
                       int32_t num_args);
 
@@ -208,6 +219,15 @@ typedef struct hops_api {
 
   /* NULL restores the built-in per-device pools. */
   hops_status (*set_allocator)(const hops_allocator* allocator);
+
+  /* 1.1: whether `call` would run these arguments, without running anything or
+   * touching any buffer: validates them exactly as `call` does, then asks the
+   * backends of the device whether a kernel takes these shapes, strides and
+   * alignments. HOPS_OK, HOPS_ERR_INVALID_ARGUMENT, or HOPS_ERR_UNSUPPORTED with
+   * every backend's reason in last_error(). Check HOPS_HAS_FIELD(api, hops_api,
+   * supports_call) first. */
+  hops_status (*supports_call)(const hops_op_desc* op, const hops_exec* exec,
+                               const hops_value* args, int32_t num_args);
 } hops_api;
 
 /* The one exported symbol. NULL when abi_major is not one this provider speaks. */

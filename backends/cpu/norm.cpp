@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "checked_math.hpp"
-#include "cpu_kernels.hpp"
+#include "norm.hpp"
 
 namespace hops::cpu {
 
@@ -66,6 +66,14 @@ void gated_rmsnorm(const ExecContext& context, const GatedRmsNorm& op) {
                                             std::min(op.rows, (task + 1) * kRowsPerTask), buffers,
                                             buffers + op.D);
                                 });
+}
+
+std::span<const Kernel> norm_kernels() {
+  static constexpr Kernel kernels[] = {
+      kernel<GatedRmsNorm, &gated_rmsnorm>(HOPS_DTYPE_FLOATS),
+      kernel<GatedRmsNormBwd, &gated_rmsnorm_bwd>(HOPS_DTYPE_FLOATS),
+  };
+  return kernels;
 }
 
 }  // namespace hops::cpu

@@ -3,6 +3,8 @@
 #include <fmt/ranges.h>
 
 #include "cases.hpp"
+#include "gdn_calls.hpp"
+#include "gdn_reference.hpp"
 #include "invocation.hpp"
 
 namespace hops::conformance {

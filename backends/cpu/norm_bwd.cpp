@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "checked_math.hpp"
-#include "cpu_kernels.hpp"
+#include "norm.hpp"
 
 namespace hops::cpu {
 

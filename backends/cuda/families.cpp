@@ -1,0 +1,74 @@
+// libhops_cuda.so: its op families, one line each (a family's host code is
+// in <family>_host.cpp, its kernels in <family>*.cu), and the module's entry.
+// The CUDA runtime is linked statically and reaches the driver
+// (libcuda.so.1) only when first asked, so on a machine without one the
+// module still loads and reports itself unavailable.
+#include <cuda_runtime_api.h>
+
+#include <string>
+#include <vector>
+
+#include "backend.hpp"
+
+namespace hops::cuda {
+
+std::span<const Kernel> gdn_kernels();
+std::span<const Kernel> conv1d_kernels();
+std::span<const Kernel> norm_kernels();
+
+namespace {
+
+std::span<const Kernel> all_kernels() {
+  static const std::vector<Kernel> kernels = join_families({
+      gdn_kernels(),
+      conv1d_kernels(),
+      norm_kernels(),
+  });
+  return kernels;
+}
+
+const char* module_last_error() { return hops::last_error(); }
+
+BackendModule make_module() {
+  static std::string detail;
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  bool available = false;
+  if (status != cudaSuccess) {
+    detail = fmt::format("no CUDA driver: {} ({})", cudaGetErrorName(status),
+                         cudaGetErrorString(status));
+    cudaGetLastError();
+  } else if (count == 0) {
+    detail = "no CUDA device";
+  } else {
+    int runtime = 0, driver = 0;
+    cudaRuntimeGetVersion(&runtime);
+    cudaDriverGetVersion(&driver);
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, 0);
+    available = prop.major >= 9;
+    detail = fmt::format("{} CUDA device(s); device 0: {} (sm_{}{}); runtime {}, driver {}{}",
+                         count, prop.name, prop.major, prop.minor, runtime, driver,
+                         available ? "" : "; kernels are built for sm_90a only");
+  }
+  return {sizeof(BackendModule),
+          kModuleInterfaceVersion,
+          kModuleLayout,
+          "cuda",
+          kDLCUDA,
+          available ? 1 : 0,
+          detail.c_str(),
+          10,
+          all_kernels().data(),
+          all_kernels().size(),
+          &module_last_error};
+}
+
+}  // namespace
+
+}  // namespace hops::cuda
+
+extern "C" __attribute__((visibility("default"))) const hops::BackendModule* hops_backend_module() {
+  static const hops::BackendModule module = hops::cuda::make_module();
+  return &module;
+}

@@ -1,0 +1,22 @@
+// The OpenCL backend's op families, one line each: a family's kernels are in
+// <family>*.cpp (host code, which lists them) and <family>*.cl (its programs).
+#include <vector>
+
+#include "family.hpp"
+
+namespace hops::opencl {
+
+std::span<const Kernel> gdn_kernels();
+std::span<const Kernel> conv1d_kernels();
+std::span<const Kernel> norm_kernels();
+
+std::span<const Kernel> all_kernels() {
+  static const std::vector<Kernel> kernels = join_families({
+      gdn_kernels(),
+      conv1d_kernels(),
+      norm_kernels(),
+  });
+  return kernels;
+}
+
+}  // namespace hops::opencl
