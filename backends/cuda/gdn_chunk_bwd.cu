@@ -8,8 +8,8 @@
 // there, so that index C-1 holds the chunk's last cumulative decay). With the CPU's notation, per
 // (chunk, value head):
 //   1. keys       q, k (l2-normalised), then QK = Q K^T, KK = K K^T per key head
-//   2. values     G, gamma, e^(G_last - G), A, P, T = (I + A)^-1 (a column per
-//                 thread), R_w = -beta gamma K, R_v = beta V, K~; W = T R_w, U0 = T R_v
+//   2. values     G, gamma, e^(G_last - G), A, P, T = (I + A)^-1 (by 16 x 16
+//                 blocks), R_w = -beta gamma K, R_v = beta V, K~; W = T R_w, U0 = T R_v
 //   3. forward    sequential per (sequence, value head, 32 value columns): the
 //      sweep      state S at every chunk start (stored), U = U0 + W S (stored),
 //                 S <- gamma_last S + K~^T U (the delta rule is column-separable)
@@ -142,6 +142,7 @@ __global__ void __launch_bounds__(kThreads) gather_keys(ChunkBwdParams p, Worksp
 __global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, Workspace w) {
   __shared__ float log_decay[kC], beta[kC], gamma[kC], to_end[kC];
   __shared__ float a[kC][kC + 1], t[kC][kC + 1];
+  __shared__ float partial[kC / 16 - 1][16][17];  // the inversion's P blocks of one diagonal
   const int64_t slot = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H), K = p.K, V = p.V;
   const ChunkEntry chunk = w.table[slot];
   if (chunk.length == 0) return;
@@ -154,8 +155,16 @@ __global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, W
     beta[tid] = valid ? ld(p.beta.data, p.beta.dtype, at(p.beta, chunk.row, token, hv)) : 0.0f;
   }
   __syncthreads();
-  if (tid == 0) {
-    for (int i = 1; i < kC; ++i) log_decay[i] += log_decay[i - 1];
+  if (tid < 32) {  // the in-chunk cumulative sum: a scan over the two halves, then their join
+    float low = log_decay[tid], high = log_decay[tid + 32];
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const float low_before = __shfl_up_sync(0xffffffffu, low, offset);
+      const float high_before = __shfl_up_sync(0xffffffffu, high, offset);
+      if (tid >= offset) low += low_before, high += high_before;
+    }
+    high += __shfl_sync(0xffffffffu, low, 31);
+    log_decay[tid] = low, log_decay[tid + 32] = high;
   }
   __syncthreads();
   if (tid < kC) {
@@ -196,18 +205,50 @@ __global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, W
     w.p[square + e] = p.scale * decay * w.qk[key_square + e];
   }
   __syncthreads();
-  // T = (I + A)^-1 by forward substitution, a column per thread.
+  // T = (I + A)^-1 by 16 x 16 blocks (a column-per-thread substitution over
+  // all 64 rows would be a 2K-step dependent chain on two warps): the
+  // diagonal blocks by substitution, a column of one per thread, then the
+  // blocks below, one block diagonal d at a time, every thread an element:
+  // T_ij = -T_ii P_ij, P_ij = sum_{k=j}^{i-1} A_ik T_kj (block indices).
+  constexpr int kBlock = 16, kBlocks = kC / kBlock, kBlockArea = kBlock * kBlock;
   if (tid < kC) {
-    const int j = tid;
-    for (int i = 0; i < kC; ++i) {
-      float value = i == j ? 1.0f : 0.0f;
-      if (i > j) {
-        for (int m = j; m < i; ++m) value -= a[i][m] * t[m][j];
-      }
-      t[i][j] = value;
+    const int b = tid / kBlock * kBlock, column = tid % kBlock;
+    float x[kBlock];
+#pragma unroll
+    for (int r = 0; r < kBlock; ++r) {
+      float value = r == column ? 1.0f : 0.0f;
+#pragma unroll
+      for (int m = 0; m < r; ++m) value -= a[b + r][b + m] * x[m];
+      x[r] = value;
     }
+#pragma unroll
+    for (int r = 0; r < kBlock; ++r) t[b + r][b + column] = x[r];
+  }
+  for (int e = tid; e < kC * kC; e += kThreads) {  // zero above the diagonal blocks
+    const int i = e / kC, j = e % kC;
+    if (j / kBlock > i / kBlock) t[i][j] = 0.0f;
   }
   __syncthreads();
+  for (int d = 1; d < kBlocks; ++d) {
+    const int count = (kBlocks - d) * kBlockArea;  // elements of this block diagonal
+    for (int e = tid; e < count; e += kThreads) {
+      const int j = e / kBlockArea * kBlock, i = j + d * kBlock;
+      const int r = e % kBlockArea / kBlock, column = e % kBlock;
+      float sum = 0.0f;
+      for (int m = j; m < i; ++m) sum += a[i + r][m] * t[m][j + column];
+      partial[e / kBlockArea][r][column] = sum;
+    }
+    __syncthreads();
+    for (int e = tid; e < count; e += kThreads) {
+      const int j = e / kBlockArea * kBlock, i = j + d * kBlock;
+      const int r = e % kBlockArea / kBlock, column = e % kBlock;
+      float sum = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kBlock; ++m) sum += t[i + r][i + m] * partial[e / kBlockArea][m][column];
+      t[i + r][j + column] = -sum;
+    }
+    __syncthreads();
+  }
   for (int e = tid; e < kC * kC; e += kThreads) w.t[square + e] = t[e / kC][e % kC];
 }
 
