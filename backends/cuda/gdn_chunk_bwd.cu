@@ -8,8 +8,8 @@
 // there, so that index C-1 holds the chunk's last cumulative decay). With the CPU's notation, per
 // (chunk, value head):
 //   1. keys       q, k (l2-normalised), then QK = Q K^T, KK = K K^T per key head
-//   2. values     G, gamma, e^(G_last - G), A, P, T = (I + A)^-1 (a column per
-//                 thread), R_w = -beta gamma K, R_v = beta V, K~; W = T R_w, U0 = T R_v
+//   2. values     G, gamma, e^(G_last - G), A, P, T = (I + A)^-1 (by 16 x 16
+//                 blocks), R_w = -beta gamma K, R_v = beta V, K~; W = T R_w, U0 = T R_v
 //   3. forward    sequential per (sequence, value head, 32 value columns): the
 //      sweep      state S at every chunk start (stored), U = U0 + W S (stored),
 //                 S <- gamma_last S + K~^T U (the delta rule is column-separable)
@@ -146,6 +146,7 @@ __global__ void __launch_bounds__(kThreads) gather_keys(ChunkBwdParams p, Worksp
 __global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, Workspace w) {
   __shared__ float log_decay[kC], beta[kC], gamma[kC], to_end[kC];
   __shared__ float a[kC][kC + 1], t[kC][kC + 1];
+  __shared__ float partial[kC / 16 - 1][16][17];  // the inversion's P blocks of one diagonal
   const int64_t slot = blockIdx.x, hv = blockIdx.y, h = hv / (p.HV / p.H), K = p.K, V = p.V;
   const ChunkEntry chunk = w.table[slot];
   if (chunk.length == 0) return;
@@ -158,8 +159,16 @@ __global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, W
     beta[tid] = valid ? ld(p.beta.data, p.beta.dtype, at(p.beta, chunk.row, token, hv)) : 0.0f;
   }
   __syncthreads();
-  if (tid == 0) {
-    for (int i = 1; i < kC; ++i) log_decay[i] += log_decay[i - 1];
+  if (tid < 32) {  // the in-chunk cumulative sum: a scan over the two halves, then their join
+    float low = log_decay[tid], high = log_decay[tid + 32];
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const float low_before = __shfl_up_sync(0xffffffffu, low, offset);
+      const float high_before = __shfl_up_sync(0xffffffffu, high, offset);
+      if (tid >= offset) low += low_before, high += high_before;
+    }
+    high += __shfl_sync(0xffffffffu, low, 31);
+    log_decay[tid] = low, log_decay[tid + 32] = high;
   }
   __syncthreads();
   if (tid < kC) {
@@ -200,18 +209,50 @@ __global__ void __launch_bounds__(kThreads, 2) gather_values(ChunkBwdParams p, W
     w.p[square + e] = p.scale * decay * w.qk[key_square + e];
   }
   __syncthreads();
-  // T = (I + A)^-1 by forward substitution, a column per thread.
+  // T = (I + A)^-1 by 16 x 16 blocks (a column-per-thread substitution over
+  // all 64 rows would be a 2K-step dependent chain on two warps): the
+  // diagonal blocks by substitution, a column of one per thread, then the
+  // blocks below, one block diagonal d at a time, every thread an element:
+  // T_ij = -T_ii P_ij, P_ij = sum_{k=j}^{i-1} A_ik T_kj (block indices).
+  constexpr int kBlock = 16, kBlocks = kC / kBlock, kBlockArea = kBlock * kBlock;
   if (tid < kC) {
-    const int j = tid;
-    for (int i = 0; i < kC; ++i) {
-      float value = i == j ? 1.0f : 0.0f;
-      if (i > j) {
-        for (int m = j; m < i; ++m) value -= a[i][m] * t[m][j];
-      }
-      t[i][j] = value;
+    const int b = tid / kBlock * kBlock, column = tid % kBlock;
+    float x[kBlock];
+#pragma unroll
+    for (int r = 0; r < kBlock; ++r) {
+      float value = r == column ? 1.0f : 0.0f;
+#pragma unroll
+      for (int m = 0; m < r; ++m) value -= a[b + r][b + m] * x[m];
+      x[r] = value;
     }
+#pragma unroll
+    for (int r = 0; r < kBlock; ++r) t[b + r][b + column] = x[r];
+  }
+  for (int e = tid; e < kC * kC; e += kThreads) {  // zero above the diagonal blocks
+    const int i = e / kC, j = e % kC;
+    if (j / kBlock > i / kBlock) t[i][j] = 0.0f;
   }
   __syncthreads();
+  for (int d = 1; d < kBlocks; ++d) {
+    const int count = (kBlocks - d) * kBlockArea;  // elements of this block diagonal
+    for (int e = tid; e < count; e += kThreads) {
+      const int j = e / kBlockArea * kBlock, i = j + d * kBlock;
+      const int r = e % kBlockArea / kBlock, column = e % kBlock;
+      float sum = 0.0f;
+      for (int m = j; m < i; ++m) sum += a[i + r][m] * t[m][j + column];
+      partial[e / kBlockArea][r][column] = sum;
+    }
+    __syncthreads();
+    for (int e = tid; e < count; e += kThreads) {
+      const int j = e / kBlockArea * kBlock, i = j + d * kBlock;
+      const int r = e % kBlockArea / kBlock, column = e % kBlock;
+      float sum = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kBlock; ++m) sum += t[i + r][i + m] * partial[e / kBlockArea][m][column];
+      t[i + r][j + column] = -sum;
+    }
+    __syncthreads();
+  }
   for (int e = tid; e < kC * kC; e += kThreads) w.t[square + e] = t[e / kC][e % kC];
 }
 
@@ -397,6 +438,394 @@ __global__ void __launch_bounds__(kThreads, 1) reverse_sweep(ChunkBwdParams p, W
     float* dh0 = reinterpret_cast<float*>(p.dh0.data) + n * p.dh0.stride[0] + hv * p.dh0.stride[1];
     for (int64_t x = warp; x < K; x += kWarps)
       dh0[x * p.dh0_k + column * p.dh0_v] = dh[x * kColumns + lane];
+  }
+}
+
+// ---- 3., 4. the sweeps on tf32 tensor cores (16-bit inputs) -----------------------------
+//
+// The same two recurrences with every per-chunk product on mma.sync m16n8k8
+// tf32 (fp32 accumulation; the state and dH stay fp32 in the accumulators).
+// A CTA of 8 warps per (sequence, value head, 32 value columns) as above; the
+// state (dH) lives in the registers of the warps that own its 16-row blocks
+// (warp w: rows 16 w .. 16 w + 15, all 32 columns) and in shared memory, from
+// which the other products read it. A chunk's operand blocks are brought in
+// by cp.async one chunk ahead, so the loads of chunk c + 1 run under the
+// products of chunk c: the recurrence itself is all that stays sequential.
+// K <= 128 and K, V multiples of 4 (16-byte rows); padding rows and columns
+// (K up to a multiple of 16, value columns past V) are zero in shared memory.
+constexpr int kTcMaxK = 128;
+constexpr int kRowPitch = kTcMaxK + 4;  // [C][K] tiles read along rows (A operand)
+constexpr int kColPitch = kTcMaxK + 8;  // [C][K] tiles read down columns (transposed A)
+constexpr int kNPitch = kColumns + 8;   // [rows][32] tiles (B operand, accumulators)
+constexpr int kSquarePitch = kC + 8;    // P, read transposed
+// The pitches make every fragment read hit 32 distinct banks: a row-wise A
+// read touches bank 4 g + t (pitch = 4 mod 32), the transposed A and B reads
+// bank 8 t + g (pitch = 8 mod 32), with g = lane / 4, t = lane % 4.
+
+bool sweeps_on_tensor_cores(const ChunkBwdParams& p, bool tensor_cores) {
+  return tensor_cores && p.K <= kTcMaxK && p.K % 4 == 0 && p.V % 4 == 0;
+}
+
+// Rows [0, rows) of width floats (a multiple of 4), `from_pitch` apart in
+// global memory, into shared rows `pitch` apart; 16-byte cp.async pieces.
+__device__ __forceinline__ void copy_rows_async(float* to, int pitch, const float* from,
+                                                int64_t from_pitch, int rows, int width) {
+  const int pieces = width / 4, count = rows * pieces;
+  for (int e = threadIdx.x; e < count; e += kThreads) {
+    const int r = e / pieces, c = 4 * (e % pieces);
+    cp_async16(to + r * pitch + c, from + r * from_pitch + c, true);
+  }
+}
+
+// A fragment of rows m0.., depth k0..: a(m, k) = tile[m pitch + k].
+__device__ __forceinline__ void fragment_rows(uint32_t (&a)[4], const float* tile, int pitch,
+                                              int m0, int k0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const float* at = tile + (m0 + g) * pitch + k0 + t;
+  a[0] = to_tf32(at[0]), a[1] = to_tf32(at[8 * pitch]);
+  a[2] = to_tf32(at[4]), a[3] = to_tf32(at[8 * pitch + 4]);
+}
+// A fragment of the transposed tile: a(m, k) = tile[k pitch + m], with depth
+// rows k0 + t scaled by s0 and k0 + t + 4 by s1.
+__device__ __forceinline__ void fragment_columns(uint32_t (&a)[4], const float* tile, int pitch,
+                                                 int m0, int k0, float s0 = 1.0f, float s1 = 1.0f) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const float* at = tile + (k0 + t) * pitch + m0 + g;
+  a[0] = to_tf32(s0 * at[0]), a[1] = to_tf32(s0 * at[8]);
+  a[2] = to_tf32(s1 * at[4 * pitch]), a[3] = to_tf32(s1 * at[4 * pitch + 8]);
+}
+// B fragment at depth k0.., columns n0..: b(k, n) = tile[k pitch + n].
+__device__ __forceinline__ void fragment_b(uint32_t (&b)[2], const float* tile, int pitch, int k0,
+                                           int n0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const float* at = tile + (k0 + t) * pitch + n0 + g;
+  b[0] = to_tf32(at[0]), b[1] = to_tf32(at[4 * pitch]);
+}
+
+// The accumulator tile (rows m0.., columns n0..) to shared [rows][kNPitch].
+__device__ __forceinline__ void store_tile(float* tile, int m0, int n0, const float (&d)[4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float* at = tile + (m0 + g) * kNPitch + n0 + 2 * t;
+  *reinterpret_cast<float2*>(at) = make_float2(d[0], d[1]);
+  *reinterpret_cast<float2*>(at + 8 * kNPitch) = make_float2(d[2], d[3]);
+}
+__device__ __forceinline__ void load_tile(float (&d)[4], const float* tile, int m0, int n0) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const float* at = tile + (m0 + g) * kNPitch + n0 + 2 * t;
+  const float2 top = *reinterpret_cast<const float2*>(at);
+  const float2 bottom = *reinterpret_cast<const float2*>(at + 8 * kNPitch);
+  d[0] = top.x, d[1] = top.y, d[2] = bottom.x, d[3] = bottom.y;
+}
+
+// A warp's 16 state rows (m0..) x 32 columns as four accumulator tiles, and
+// their elements' (row, column) within the CTA's [K][32] window.
+struct StateRows {
+  float d[4][4];
+  __device__ static int row(int m0, int e) { return m0 + (threadIdx.x % 32) / 4 + 8 * (e / 2); }
+  __device__ static int column(int nt, int e) {
+    return 8 * nt + 2 * (threadIdx.x % 32 % 4) + e % 2;
+  }
+};
+
+// f(nt, e, x, column) for each of a warp's state elements d[nt][e] (rows m0..)
+// that lies inside K x V: x its key row, column its value column.
+template <class F>
+__device__ __forceinline__ void for_state_elements(int m0, int64_t column0, int64_t K, int64_t V,
+                                                   F&& f) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t x = StateRows::row(m0, e), column = column0 + StateRows::column(nt, e);
+      if (x < K && column < V) f(nt, e, x, column);
+    }
+  }
+}
+
+struct ForwardStage {
+  float w[kC * kRowPitch];  // W, rows
+  float k[kC * kColPitch];  // K~, read transposed
+  float u0[kC * kNPitch];   // U0's 32 columns
+  float gamma[kC];
+};
+struct ForwardShared {
+  float state[kTcMaxK * kNPitch];
+  float u[kC * kNPitch];
+  ForwardStage stage[2];
+};
+
+struct ReverseFirst {  // what dU needs (and dO for dH)
+  float k[kC * kRowPitch];
+  float p[kC * kSquarePitch];
+  float d_o[kC * kNPitch];
+  float gamma[kC];
+};
+struct ReverseSecond {  // what dH needs besides
+  float q[kC * kColPitch];
+  float w[kC * kColPitch];
+};
+struct ReverseShared {
+  float dh[kTcMaxK * kNPitch];
+  float du[kC * kNPitch];
+  ReverseFirst first[2];
+  ReverseSecond second;
+};
+
+// Zeroes the CTA's shared memory (the padding that cp.async never writes).
+template <class Shared>
+__device__ void zero_shared(Shared& s) {
+  auto* words = reinterpret_cast<float4*>(&s);
+  for (size_t e = threadIdx.x; e < sizeof(Shared) / 16; e += kThreads)
+    words[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+}
+
+// Grid (ceil(V/32), HV, N): the states at the chunk starts, and U.
+__global__ void __launch_bounds__(kThreads, 1) forward_sweep_tc(ChunkBwdParams p, Workspace w) {
+  extern __shared__ float4 shared_words[];
+  ForwardShared& s = *reinterpret_cast<ForwardShared*>(shared_words);
+  const int64_t K = p.K, V = p.V, HV = p.HV;
+  const int kpad = static_cast<int>((K + 15) / 16 * 16);
+  const int warp = threadIdx.x / 32;
+  const int64_t n = blockIdx.z, hv = blockIdx.y, column0 = int64_t(blockIdx.x) * kColumns;
+  const int width = static_cast<int>(V - column0 < kColumns ? V - column0 : kColumns);
+  const Span span = sequence_span(p.cu, n, p.T);
+  const int64_t chunks = (span.end - span.begin + kC - 1) / kC, first = first_slot(p, n, span);
+  zero_shared(s);
+  __syncthreads();
+  auto load = [&](int64_t slot, ForwardStage& stage) {
+    copy_rows_async(stage.w, kRowPitch, w.w + block_at(slot, hv, HV, K), K, kC,
+                    static_cast<int>(K));
+    copy_rows_async(stage.k, kColPitch, w.k_decayed + block_at(slot, hv, HV, K), K, kC,
+                    static_cast<int>(K));
+    copy_rows_async(stage.u0, kNPitch, w.u + block_at(slot, hv, HV, V) + column0, V, kC, width);
+    copy_rows_async(stage.gamma, 0, w.gamma + (slot * HV + hv) * kC, 0, 1, kC);
+  };
+  if (chunks > 0) load(first, s.stage[0]);
+  cp_async_commit();
+
+  // The state rows of this warp (none when 16 warp >= kpad), from h0.
+  const int m0 = 16 * warp;
+  const bool owner = m0 < kpad;
+  StateRows state{};
+  const float* h0 = p.h0.data ? reinterpret_cast<const float*>(p.h0.data) + n * p.h0.stride[0] +
+                                    hv * p.h0.stride[1]
+                              : nullptr;
+  if (owner) {
+    if (h0) {
+      for_state_elements(m0, column0, K, V, [&](int nt, int e, int64_t x, int64_t column) {
+        state.d[nt][e] = h0[x * p.h0_k + column * p.h0_v];
+      });
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) store_tile(s.state, m0, 8 * nt, state.d[nt]);
+  }
+  // U's tiles of this warp: rows 16 (warp % 4), columns 16 (warp / 4) + 8 j.
+  const int um0 = 16 * (warp % 4), un0 = 16 * (warp / 4);
+  for (int64_t c = 0, slot = first; c < chunks; ++c, ++slot) {
+    if (owner) {
+      float* checkpoint = w.state + (slot * HV + hv) * K * V;
+      for_state_elements(m0, column0, K, V, [&](int nt, int e, int64_t x, int64_t column) {
+        checkpoint[x * V + column] = state.d[nt][e];
+      });
+    }
+    __syncthreads();  // chunk c - 1 is done with the other stage; the state is in shared memory
+    if (c + 1 < chunks) load(slot + 1, s.stage[(c + 1) % 2]);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();  // chunk c's stage has arrived, for every thread
+    const ForwardStage& stage = s.stage[c % 2];
+    // U = U0 + W S
+    float u[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) load_tile(u[j], stage.u0, um0, un0 + 8 * j);
+    for (int k0 = 0; k0 < kpad; k0 += 8) {
+      uint32_t a[4];
+      fragment_rows(a, stage.w, kRowPitch, um0, k0);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        uint32_t b[2];
+        fragment_b(b, s.state, kNPitch, k0, un0 + 8 * j);
+        mma_tf32(u[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+      }
+    }
+    float* u_out = w.u + block_at(slot, hv, HV, V);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      store_tile(s.u, um0, un0 + 8 * j, u[j]);
+      const int lane = threadIdx.x % 32;
+      const int64_t column = column0 + un0 + 8 * j + 2 * (lane % 4), row = um0 + lane / 4;
+      if (column < V) {
+        *reinterpret_cast<float2*>(u_out + row * V + column) = make_float2(u[j][0], u[j][1]);
+        *reinterpret_cast<float2*>(u_out + (row + 8) * V + column) = make_float2(u[j][2], u[j][3]);
+      }
+    }
+    __syncthreads();  // U complete; every warp is done reading the state
+    // S = gamma_last S + K~^T U
+    if (owner) {
+      float acc[4][4] = {};
+#pragma unroll
+      for (int k0 = 0; k0 < kC; k0 += 8) {
+        uint32_t a[4];
+        fragment_columns(a, stage.k, kColPitch, m0, k0);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          uint32_t b[2];
+          fragment_b(b, s.u, kNPitch, k0, 8 * nt);
+          mma_tf32(acc[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
+        }
+      }
+      const float decay = stage.gamma[kC - 1];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) state.d[nt][e] = decay * state.d[nt][e] + acc[nt][e];
+        store_tile(s.state, m0, 8 * nt, state.d[nt]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+}
+
+// Grid (ceil(V/32), HV, N): dH at the chunk ends, dU, and dh0.
+__global__ void __launch_bounds__(kThreads, 1) reverse_sweep_tc(ChunkBwdParams p, Workspace w) {
+  extern __shared__ float4 shared_words[];
+  ReverseShared& s = *reinterpret_cast<ReverseShared*>(shared_words);
+  const int64_t K = p.K, V = p.V, HV = p.HV;
+  const int kpad = static_cast<int>((K + 15) / 16 * 16);
+  const int warp = threadIdx.x / 32;
+  const int64_t n = blockIdx.z, hv = blockIdx.y, h = hv / (HV / p.H);
+  const int64_t column0 = int64_t(blockIdx.x) * kColumns;
+  const int width = static_cast<int>(V - column0 < kColumns ? V - column0 : kColumns);
+  const Span span = sequence_span(p.cu, n, p.T);
+  const int64_t chunks = (span.end - span.begin + kC - 1) / kC, first = first_slot(p, n, span);
+  zero_shared(s);
+  __syncthreads();
+  auto load_first = [&](int64_t slot, ReverseFirst& f) {
+    copy_rows_async(f.k, kRowPitch, w.k_decayed + block_at(slot, hv, HV, K), K, kC,
+                    static_cast<int>(K));
+    copy_rows_async(f.p, kSquarePitch, w.p + block_at(slot, hv, HV, kC), kC, kC, kC);
+    copy_rows_async(f.d_o, kNPitch, w.d_o + block_at(slot, hv, HV, V) + column0, V, kC, width);
+    copy_rows_async(f.gamma, 0, w.gamma + (slot * HV + hv) * kC, 0, 1, kC);
+  };
+  auto load_second = [&](int64_t slot) {
+    copy_rows_async(s.second.q, kColPitch, w.q + block_at(slot, h, p.H, K), K, kC,
+                    static_cast<int>(K));
+    copy_rows_async(s.second.w, kColPitch, w.w + block_at(slot, hv, HV, K), K, kC,
+                    static_cast<int>(K));
+  };
+  if (chunks > 0) load_first(first + chunks - 1, s.first[(chunks - 1) % 2]);
+  cp_async_commit();
+
+  const int m0 = 16 * warp;
+  const bool owner = m0 < kpad;
+  StateRows dh{};
+  const float* dht = p.dht.data ? reinterpret_cast<const float*>(p.dht.data) + n * p.dht.stride[0] +
+                                      hv * p.dht.stride[1]
+                                : nullptr;
+  if (owner) {
+    if (dht) {
+      for_state_elements(m0, column0, K, V, [&](int nt, int e, int64_t x, int64_t column) {
+        dh.d[nt][e] = dht[x * p.dht_k + column * p.dht_v];
+      });
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) store_tile(s.dh, m0, 8 * nt, dh.d[nt]);
+  }
+  const int um0 = 16 * (warp % 4), un0 = 16 * (warp / 4);
+  for (int64_t c = chunks - 1, slot = first + chunks - 1; c >= 0; --c, --slot) {
+    if (owner) {
+      float* checkpoint = w.dh + (slot * HV + hv) * K * V;
+      for_state_elements(m0, column0, K, V, [&](int nt, int e, int64_t x, int64_t column) {
+        checkpoint[x * V + column] = dh.d[nt][e];
+      });
+    }
+    __syncthreads();  // chunk c + 1 is done with `second` and the other `first`
+    load_second(slot);
+    cp_async_commit();
+    if (c > 0) load_first(slot - 1, s.first[(c - 1) % 2]);
+    cp_async_commit();
+    cp_async_wait<2>();  // this chunk's first group (committed one chunk earlier)
+    __syncthreads();
+    const ReverseFirst& f = s.first[c % 2];
+    // dU = K~ dH + P^T dO
+    float du[2][4] = {};
+    for (int k0 = 0; k0 < kpad; k0 += 8) {
+      uint32_t a[4];
+      fragment_rows(a, f.k, kRowPitch, um0, k0);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        uint32_t b[2];
+        fragment_b(b, s.dh, kNPitch, k0, un0 + 8 * j);
+        mma_tf32(du[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+      }
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < kC; k0 += 8) {
+      uint32_t a[4];
+      fragment_columns(a, f.p, kSquarePitch, um0, k0);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        uint32_t b[2];
+        fragment_b(b, f.d_o, kNPitch, k0, un0 + 8 * j);
+        mma_tf32(du[j], a[0], a[1], a[2], a[3], b[0], b[1]);
+      }
+    }
+    float* du_out = w.du + block_at(slot, hv, HV, V);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      store_tile(s.du, um0, un0 + 8 * j, du[j]);
+      const int lane = threadIdx.x % 32;
+      const int64_t column = column0 + un0 + 8 * j + 2 * (lane % 4), row = um0 + lane / 4;
+      if (column < V) {
+        *reinterpret_cast<float2*>(du_out + row * V + column) = make_float2(du[j][0], du[j][1]);
+        *reinterpret_cast<float2*>(du_out + (row + 8) * V + column) =
+            make_float2(du[j][2], du[j][3]);
+      }
+    }
+    cp_async_wait<1>();  // this chunk's second group
+    __syncthreads();     // dU complete, `second` arrived; every warp is done reading dH
+    // dH = gamma_last dH + Q^T diag(s gamma) dO + W^T dU
+    if (owner) {
+      float query_scale[kC / 8][2];  // s gamma of rows k0 + t and k0 + t + 4
+      const int t = threadIdx.x % 32 % 4;
+#pragma unroll
+      for (int k0 = 0; k0 < kC; k0 += 8) {
+        query_scale[k0 / 8][0] = p.scale * f.gamma[k0 + t];
+        query_scale[k0 / 8][1] = p.scale * f.gamma[k0 + t + 4];
+      }
+      float acc[4][4] = {};
+#pragma unroll
+      for (int k0 = 0; k0 < kC; k0 += 8) {
+        uint32_t a[4], b[2];
+        fragment_columns(a, s.second.q, kColPitch, m0, k0, query_scale[k0 / 8][0],
+                         query_scale[k0 / 8][1]);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          fragment_b(b, f.d_o, kNPitch, k0, 8 * nt);
+          mma_tf32(acc[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
+        }
+        fragment_columns(a, s.second.w, kColPitch, m0, k0);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          fragment_b(b, s.du, kNPitch, k0, 8 * nt);
+          mma_tf32(acc[nt], a[0], a[1], a[2], a[3], b[0], b[1]);
+        }
+      }
+      const float decay = f.gamma[kC - 1];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dh.d[nt][e] = decay * dh.d[nt][e] + acc[nt][e];
+        store_tile(s.dh, m0, 8 * nt, dh.d[nt]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  if (owner && p.dh0.data) {
+    float* dh0 = reinterpret_cast<float*>(p.dh0.data) + n * p.dh0.stride[0] + hv * p.dh0.stride[1];
+    for_state_elements(m0, column0, K, V, [&](int nt, int e, int64_t x, int64_t column) {
+      dh0[x * p.dh0_k + column * p.dh0_v] = dh.d[nt][e];
+    });
   }
 }
 
@@ -827,10 +1256,24 @@ cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStr
 
   // The sweeps run for empty sequences too: their dh0 is d_final_state.
   if (V > 0) {
-    const size_t smem = sweep_smem_bytes(p);
     const dim3 sweep_grid(static_cast<unsigned>((V + kColumns - 1) / kColumns),
                           static_cast<unsigned>(HV), static_cast<unsigned>(p.N));
-    for (auto kernel : {forward_sweep, reverse_sweep}) {
+    int device = 0, shared_limit = 0;
+    if ((status = cudaGetDevice(&device)) != cudaSuccess ||
+        (status = cudaDeviceGetAttribute(&shared_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                         device)) != cudaSuccess)
+      return status;
+    // The tensor-core sweeps need 189 KB and 221 KB of shared memory (Hopper
+    // has 227 KB per block; sm_80 163 KB, where the fp32 sweeps run instead).
+    const bool tc_sweeps = sweeps_on_tensor_cores(p, tensor_cores) &&
+                           sizeof(ReverseShared) <= static_cast<size_t>(shared_limit);
+    using Sweep = void (*)(ChunkBwdParams, Workspace);
+    const std::pair<Sweep, size_t> sweeps[] = {
+        tc_sweeps ? std::pair<Sweep, size_t>{forward_sweep_tc, sizeof(ForwardShared)}
+                  : std::pair<Sweep, size_t>{forward_sweep, sweep_smem_bytes(p)},
+        tc_sweeps ? std::pair<Sweep, size_t>{reverse_sweep_tc, sizeof(ReverseShared)}
+                  : std::pair<Sweep, size_t>{reverse_sweep, sweep_smem_bytes(p)}};
+    for (const auto& [kernel, smem] : sweeps) {
       status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem));
       if (status != cudaSuccess) return status;

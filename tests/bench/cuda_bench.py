@@ -186,9 +186,17 @@ def chunk_train_case(label, B, T, lengths=None, breakdown=False):
         fwd(stream)
         bwd(stream)
 
+    # Device memory the first call takes (the backend's pool keeps its scratch reserved, so a
+    # later case of the same run shows only what it needs beyond the earlier ones).
+    torch.cuda.synchronize()
+    free_before = torch.cuda.mem_get_info()[0]
+    both()
+    torch.cuda.synchronize()
+    taken_gb = (free_before - torch.cuda.mem_get_info()[0]) / 1e9
     us, how = time_graph(both, calls=1, replays=3)
     bwd_us, _ = time_graph(bwd, calls=1, replays=3)
-    extra = f"bwd alone {bwd_us:.0f} us, {B * T / us:.2f} Mtok/s fwd+bwd ({how})"
+    extra = (f"bwd alone {bwd_us:.0f} us, {B * T / us:.2f} Mtok/s fwd+bwd ({how}), "
+             f"first call took {taken_gb:.2f} GB of device memory")
     if breakdown:
         print_kernels("hops bwd", bwd)
     if fla_chunk is not None:

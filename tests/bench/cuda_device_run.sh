@@ -3,7 +3,8 @@
 # tensor-core chunk path (tests/bench/cuda_chunk_check.py), time the kernels
 # (tests/bench/cuda_bench.py), run the conformance runner over
 # libhops_cuda.so, compute-sanitizer memcheck and racecheck on --quick, the Python tests
-# (STEPS=pytest: tests/python/test_cuda.py and the quick CPU-only ones).
+# (STEPS=pytest: tests/python/test_cuda.py and the quick CPU-only ones); STEPS=bwdcheck:
+# gdn_chunk_bwd's tensor-core sweeps against float64 autograd (tests/bench/cuda_bwd_check.py).
 # Usage (repo root): [STEPS="check bench ..."] [CONFORMANCE_OP="op ..."] [MEMCHECK_OP="op ..."]
 #   [BENCH_ONLY=N=1,conv,...] tests/bench/cuda_device_run.sh [OUT_DIR]
 # Carry .whl (fla-core) for the FLA comparison; without it FLA is skipped.
@@ -43,6 +44,8 @@ for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
   case $step in
     check)  # the tensor-core chunk path against a float64 recurrence
       timeout 300 python3 tests/bench/cuda_chunk_check.py 2>&1 | tee "$OUT/chunk_check.log" ;;
+    bwdcheck)  # gdn_chunk_bwd's tensor-core sweeps against float64 autograd
+      timeout 300 python3 tests/bench/cuda_bwd_check.py 2>&1 | tee "$OUT/bwd_check.log" ;;
     bench)
       timeout 300 python3 tests/bench/cuda_bench.py ${BENCH_ONLY:+--only $BENCH_ONLY} 2>&1 | tee "$OUT/bench.log" ;;
     conformance)  # CONFORMANCE_OP: one op or a space-separated list
@@ -58,6 +61,11 @@ for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
         timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 $C --provider $P --backend cuda --quick $op_arg > "$OUT/san_memcheck_$op.log" 2>&1
         echo "sanitizer memcheck $op --quick rc=$?: $(grep -E 'ERROR SUMMARY|passed' "$OUT/san_memcheck_$op.log" | tail -2 | tr '\n' ' ')"
       done
+      case " ${MEMCHECK_OP:-all} " in *" all "*|*" gdn_chunk_bwd "*)
+        # the backward's tensor-core sweeps at K = 128 over several chunks
+        timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 python3 tests/bench/cuda_bwd_check.py --quick --no-reference > "$OUT/san_memcheck_bwd.log" 2>&1
+        echo "sanitizer memcheck cuda_bwd_check --quick rc=$?: $(grep -E 'ERROR SUMMARY|cuda_bwd_check' "$OUT/san_memcheck_bwd.log" | tail -2 | tr '\n' ' ')" ;;
+      esac
       case " ${MEMCHECK_OP:-all} " in *" all "*|*" gdn_chunk_fwd "*) ;; *) continue ;; esac
       # the multi-chunk tensor-core cases too (the runner's only K=128 16-bit case is one chunk)
       timeout 300 compute-sanitizer --tool memcheck --error-exitcode 99 --kernel-name kns=chunk_ python3 tests/bench/cuda_chunk_check.py --quick > "$OUT/san_memcheck_tc.log" 2>&1
@@ -70,6 +78,9 @@ for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
       case " ${RACECHECK_OPS-gdn_chunk_fwd} " in *" gdn_chunk_fwd "*) ;; *) continue ;; esac
       timeout 300 compute-sanitizer --tool racecheck --error-exitcode 99 --kernel-name kns=chunk_ python3 tests/bench/cuda_chunk_check.py --quick > "$OUT/san_racecheck_tc.log" 2>&1
       echo "sanitizer racecheck chunk kernels (cuda_chunk_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_chunk_check' "$OUT/san_racecheck_tc.log" | tail -2 | tr '\n' ' ')" ;;
+    racecheck_bwd)  # the backward's tensor-core sweeps (cp.async stages, shared state) at K = 128
+      timeout 300 compute-sanitizer --tool racecheck --error-exitcode 99 --kernel-name kns=sweep_tc python3 tests/bench/cuda_bwd_check.py --quick --no-reference > "$OUT/san_racecheck_bwd.log" 2>&1
+      echo "sanitizer racecheck sweep_tc kernels (cuda_bwd_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_bwd_check' "$OUT/san_racecheck_bwd.log" | tail -2 | tr '\n' ' ')" ;;
     pytest)  # the Python shim on CUDA tensors; then the quick CPU-only Python tests that hold on the
       # device's transformers 5.17 (test_dropins needs GQA in its torch functions, test_training is slow)
       python3 -c 'import hops; print(hops.info())' | grep -A3 backends
