@@ -369,9 +369,12 @@ void FuzzCall::decode_plan(const Plan& plan) {
               {"L0", state_length(plan.L0)},
               {"L1", state_length(plan.L1)},
               {"state_len", state_length(plan.state_len)}};
-  const i128 padded_tokens = (i128{T} + 63) / 64 * 64;
-  if (std::string_view(op_->name).starts_with("gdn_chunk") &&
-      i128{N} * H * G * padded_tokens * std::max(K, V) > kMaxPaddedElements) {
+  // Saturating at kClamp: the factors may be as large as int64 allows.
+  i128 padded_work = 1;
+  for (const i128 factor :
+       {i128{N}, i128{H}, i128{G}, (i128{T} + 63) / 64 * 64, i128{std::max(K, V)}})
+    padded_work = std::min(padded_work * std::min(factor, kClamp), kClamp);
+  if (std::string_view(op_->name).starts_with("gdn_chunk") && padded_work > kMaxPaddedElements) {
     runnable_ = false;
     return;
   }
