@@ -25,10 +25,11 @@ constexpr size_t kMaxBytes = size_t{16} << 20;
 // Elements of one tensor: larger problems are legal but slow (a second per
 // call under ASan), so their inputs are skipped.
 constexpr int64_t kMaxElements = int64_t{1} << 18;
-// The GDN kernels pad every (sequence, value head) to whole 64-token chunks,
-// so a call of a few tokens but ~2^17 heads has small tensors and is legal,
-// yet takes seconds under ASan: its padded work is bounded like the elements.
-constexpr i128 kMaxPaddedElements = i128{1} << 22;
+// The GDN chunk kernels work in whole 64-token chunks per (sequence, value
+// head), each about C x C x (C + K + V) operations whatever T, K and V are: a
+// call with small tensors (a few tokens over ~2^17 heads, or 2^16 tokens at
+// K = V = 1) is legal yet takes seconds under ASan, so its work is bounded.
+constexpr i128 kMaxChunkWork = i128{1} << 27;
 // A span no address space holds (x86-64 5-level paging: 2^57 bytes): a
 // tensor claiming it cannot exist, so a call with one must be rejected.
 constexpr i128 kImpossibleBytes = i128{1} << 57;
@@ -370,11 +371,10 @@ void FuzzCall::decode_plan(const Plan& plan) {
               {"L1", state_length(plan.L1)},
               {"state_len", state_length(plan.state_len)}};
   // Saturating at kClamp: the factors may be as large as int64 allows.
-  i128 padded_work = 1;
-  for (const i128 factor :
-       {i128{N}, i128{H}, i128{G}, (i128{T} + 63) / 64 * 64, i128{std::max(K, V)}})
-    padded_work = std::min(padded_work * std::min(factor, kClamp), kClamp);
-  if (std::string_view(op_->name).starts_with("gdn_chunk") && padded_work > kMaxPaddedElements) {
+  i128 chunk_work = 64 * 64;
+  for (const i128 factor : {i128{H}, i128{G}, i128{T} / 64 + N, 64 + i128{K} + V})
+    chunk_work = std::min(chunk_work * std::min(factor, kClamp), kClamp);
+  if (std::string_view(op_->name).starts_with("gdn_chunk") && chunk_work > kMaxChunkWork) {
     runnable_ = false;
     return;
   }
