@@ -6,6 +6,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "backend.hpp"
 #include "scratch_pool.hpp"
@@ -35,8 +36,11 @@ namespace hops::cpu {
 inline float exp_approx(float x) {
   constexpr float kLowest = -87.33f;  // e^kLowest is about the smallest normal float
   const bool underflows = x < kLowest;
-  x = std::min(std::max(x, kLowest), 88.3f);  // a select, vectorised (-fno-trapping-math)
-  constexpr float kRound = 12582912.0f;       // 1.5 * 2^23: adding it rounds to an integer
+  const bool nan = x != x;
+  // Selects, vectorised (-fno-trapping-math); this order maps NaN to kLowest, as the
+  // integer conversion below needs a number (NaN is returned as it came).
+  x = std::min(88.3f, std::max(kLowest, x));
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f * r + 1.3981999507e-3f;
@@ -46,7 +50,7 @@ inline float exp_approx(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const float e = p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return underflows ? 0.0f : e;
+  return underflows ? 0.0f : (nan ? std::numeric_limits<float>::quiet_NaN() : e);
 }
 // From e^-|x| in (0, 1]: one division per element, no overflow to guard.
 inline float sigmoid(float x) {
