@@ -1,6 +1,7 @@
 // The op families of the plugin, one line each. A family's ops, their checks
 // and their ABI indices are in plugin/ops/<family>.{hpp,cpp}; op_at() lists
 // them by index (append-only: an index is part of the ABI).
+#include "ops/attn.hpp"
 #include "ops/conv1d.hpp"
 #include "ops/gdn.hpp"
 #include "ops/norm.hpp"
@@ -13,6 +14,7 @@ std::span<const OpDef* const> all_ops() {
       gdn_ops(),
       conv1d_ops(),
       norm_ops(),
+      attn_ops(),
   });
   return table;
 }

@@ -32,10 +32,6 @@ bool same_device(DLDevice a, DLDevice b) {
   return a.device_type == b.device_type && a.device_id == b.device_id;
 }
 
-bool host_accessible(DLDevice device) {
-  return device.device_type == kDLCPU || device.device_type == kDLCUDAHost;
-}
-
 // Byte span [begin, end) that a validated tensor's elements occupy, for
 // overlap tests: check_tensor has proven that the end does not wrap.
 struct ByteSpan {

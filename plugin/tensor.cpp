@@ -73,4 +73,9 @@ int64_t read_index(const Tensor& t, int64_t i) {
   return t.dtype == DType::i32 ? t.data<const int32_t>()[at] : t.data<const int64_t>()[at];
 }
 
+int64_t read_index(const Tensor& t, int64_t i, int64_t j) {
+  const int64_t at = i * t.stride[0] + j * t.stride[1];
+  return t.dtype == DType::i32 ? t.data<const int32_t>()[at] : t.data<const int64_t>()[at];
+}
+
 }  // namespace hops

@@ -64,7 +64,14 @@ std::optional<int64_t> extent_bytes(const Tensor& t);
 int32_t raw_device_type(const DLDevice& device);
 std::optional<DLDevice> read_device(const DLDevice& device);
 
+// Whether the host may read the memory of a tensor on `device`.
+inline bool host_accessible(DLDevice device) {
+  return device.device_type == kDLCPU || device.device_type == kDLCUDAHost;
+}
+
 // Reads element i of a 1-D integer tensor (i32 or i64) in host memory.
 int64_t read_index(const Tensor& t, int64_t i);
+// Reads element [i, j] of a 2-D integer tensor (i32 or i64) in host memory.
+int64_t read_index(const Tensor& t, int64_t i, int64_t j);
 
 }  // namespace hops

@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define HOPS_ABI_MAJOR 1
-#define HOPS_ABI_MINOR 1
+#define HOPS_ABI_MINOR 2
 
 /* True when `s` (a pointer to any hops struct) is large enough to hold `field`. */
 #define HOPS_HAS_FIELD(s, type, field) \
@@ -300,6 +300,39 @@ typedef hops_status (*hops_gdn_chunk_bwd_fn)(
     const DLTensor* dq, const DLTensor* dk, const DLTensor* dv, const DLTensor* dg,
     const DLTensor* dbeta, const DLTensor* dh0, double scale, bool use_qk_l2norm,
     bool state_v_first);
+
+/* Attention (ABI 1.2). attn_prefill: o (and lse, f32 [B,Hq,Tq], when given)
+ * from q [B,Tq,Hq,D], k, v [B,Tk,Hkv,D], an optional output gate and varlen
+ * offsets (cu_seqlens_q and cu_seqlens_k together, B == 1); scale 0 means
+ * D^-1/2; causal aligns bottom-right. */
+typedef hops_status (*hops_attn_prefill_fn)(const hops_exec* exec, const DLTensor* q,
+                                            const DLTensor* k, const DLTensor* v,
+                                            const DLTensor* gate, const DLTensor* cu_seqlens_q,
+                                            const DLTensor* cu_seqlens_k, const DLTensor* o,
+                                            const DLTensor* lse, double scale, bool causal);
+
+/* Backward of attn_prefill from its (gated) output o, lse and d_o (the
+ * descriptor's "do"): dq, dk, dv, and dgate (only with gate). */
+typedef hops_status (*hops_attn_prefill_bwd_fn)(
+    const hops_exec* exec, const DLTensor* q, const DLTensor* k, const DLTensor* v,
+    const DLTensor* gate, const DLTensor* o, const DLTensor* lse, const DLTensor* d_o,
+    const DLTensor* cu_seqlens_q, const DLTensor* cu_seqlens_k, const DLTensor* dq,
+    const DLTensor* dk, const DLTensor* dv, const DLTensor* dgate, double scale, bool causal);
+
+/* Decode: q [N,L,Hq,D] against a paged cache [num_blocks,block_size,Hkv,D]
+ * through block_table [N,max_blocks] and seq_lens [N] (the L new tokens
+ * included, causal among them). */
+typedef hops_status (*hops_attn_decode_fn)(const hops_exec* exec, const DLTensor* q,
+                                           const DLTensor* k_cache, const DLTensor* v_cache,
+                                           const DLTensor* block_table, const DLTensor* seq_lens,
+                                           const DLTensor* o, double scale);
+
+/* Writes k, v [T,Hkv,D] into the paged caches in place at slot_mapping [T]
+ * (slot = block * block_size + offset; -1 skips the row). */
+typedef hops_status (*hops_kv_cache_write_fn)(const hops_exec* exec, const DLTensor* k,
+                                              const DLTensor* v, const DLTensor* k_cache,
+                                              const DLTensor* v_cache,
+                                              const DLTensor* slot_mapping);
 
 /* conv1d activation codes */
 enum { HOPS_ACTIVATION_NONE = 0, HOPS_ACTIVATION_SILU = 1 };
