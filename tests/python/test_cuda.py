@@ -316,3 +316,35 @@ def test_backward_scratch_comes_from_torch_and_goes_back(rng):
     # The outputs are all that stays allocated.
     assert after["allocated_bytes.all.current"] - before["allocated_bytes.all.current"] <= output_bytes + 5 * 512
     del grads
+
+
+@torch.no_grad()
+def test_decode_step_replays_in_a_cuda_graph(qwen3_5):
+    """A decode step of the patched model captured in a torch CUDA graph and replayed gives
+    eager's logits: the shim neither synchronises nor allocates outside torch's stream and
+    pool, and every hops call records onto the capturing stream (issue 12)."""
+    import copy
+    model, module = qwen3_5
+    with torch_route(module):
+        report = hops.patch()
+        try:
+            prefill = model(prompt(1, 20), use_cache=True)
+            token = prefill.logits[:, -1:].argmax(-1)
+            eager_cache, warm_cache, graph_cache = (copy.deepcopy(prefill.past_key_values) for _ in range(3))
+            expected = model(token, past_key_values=eager_cache).logits
+            calls_before = dict(report.kernels)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the capture (cuBLAS handles, torch's lazy init)
+                model(token, past_key_values=warm_cache)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                captured = model(token, past_key_values=graph_cache).logits
+            graph.replay()
+            torch.cuda.synchronize()
+        finally:
+            hops.unpatch()
+    assert report.kernels["gdn_recurrent"] > calls_before.get("gdn_recurrent", 0)  # hops ran in the step
+    assert sum(report.fallbacks.values()) == 0, report.fallback_reasons
+    assert (captured - expected).abs().max().item() <= 1e-5
