@@ -11,6 +11,7 @@ namespace cpu {
 std::span<const Kernel> gdn_kernels();
 std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
+std::span<const Kernel> attn_kernels();
 }  // namespace cpu
 
 std::span<const Kernel> cpu_kernels() {
@@ -18,6 +19,7 @@ std::span<const Kernel> cpu_kernels() {
       cpu::gdn_kernels(),
       cpu::conv1d_kernels(),
       cpu::norm_kernels(),
+      cpu::attn_kernels(),
   });
   return kernels;
 }

@@ -1,0 +1,60 @@
+// The CPU kernels of the attention family (attn_prefill.cpp, attn_prefill_bwd.cpp,
+// attn_decode.cpp, attn.cpp) and what they share: blocks of rows packed into fp32
+// scratch, row-major, their feature dim padded with zeros to a multiple of
+// kPadding (small_gemm.hpp) so that the products run on register tiles.
+#pragma once
+
+#include <algorithm>
+
+#include "cpu_kernels.hpp"
+#include "ops/attn.hpp"
+#include "small_gemm.hpp"
+
+namespace hops::cpu {
+
+void attn_prefill(const ExecContext& context, const AttnPrefill& op);
+void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op);
+void attn_decode(const ExecContext& context, const AttnDecode& op);
+void kv_cache_write(const ExecContext& context, const KvCacheWrite& op);
+
+namespace attn {
+
+inline constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+
+// Element [row, t, h, 0] of a [B, T, H, D] tensor as D floats at `out`, then
+// zeros up to `padded`.
+inline void load_head_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D,
+                          int64_t padded, float* out) {
+  load_run(x, x.offset(row, t, h, 0), x.stride[3], D, out);
+  std::fill(out + D, out + padded, 0.0f);
+}
+
+// The query blocks of the prefill ops: a block is `tokens` queries of one
+// sequence, all G query heads of one key-value head (rows ordered token by
+// token, the G heads of a token together), so that each key and value row
+// packed serves G x tokens query rows. Blocks of the longest key ranges come
+// first so that the threads finish together.
+struct QueryBlock {
+  int64_t sequence, begin, end;  // queries [begin, end) of the sequence, local
+  int64_t keys;                  // the keys the last query sees: the block's work
+};
+
+// Causal: query i of a sequence (Lq queries, Lk keys) sees keys [0, limit(i) + 1).
+inline int64_t key_end(const AttnProblem& p, int64_t Lq, int64_t Lk, int64_t i) {
+  return p.causal ? std::clamp<int64_t>(i + 1 + Lk - Lq, 0, Lk) : Lk;
+}
+
+// Query tokens per block: about kRows rows of G heads each.
+inline int64_t query_block_tokens(const AttnProblem& p) {
+  constexpr int64_t kRows = 128;
+  return std::max<int64_t>(1, kRows / p.group());
+}
+
+// The query blocks of every sequence, largest work first, into `blocks`
+// (count_query_blocks of them).
+int64_t count_query_blocks(const AttnProblem& p, int64_t tokens);
+void list_query_blocks(const AttnProblem& p, int64_t tokens, QueryBlock* blocks);
+
+}  // namespace attn
+
+}  // namespace hops::cpu

@@ -1,0 +1,217 @@
+// attn_decode: the L new queries of a sequence against its paged cache. The
+// context is split into chunks of about kChunkTokens (whole cache blocks),
+// one task per chunk and key-value head, which takes all G x L query rows of
+// that head at once so that each cache row is read once: S^T = K Q^T and
+// O = P V are register-tiled GEMMs on the cache rows in place (fp32 rows with
+// a unit feature stride; other rows are converted into scratch first). Each
+// task leaves its partial (max, sum, sum of p v) per row; a second pass
+// merges them in chunk order, so the result does not depend on the threads.
+#include <cstring>
+#include <utility>
+
+#include "attn.hpp"
+#include "checked_math.hpp"
+
+namespace hops::cpu {
+
+namespace {
+
+using attn::kMinusInf;
+
+constexpr int64_t kChunkTokens = 512;
+
+struct Chunk {
+  int64_t sequence, begin, end;  // tokens [begin, end) of the sequence
+};
+
+// Tokens per chunk: whole cache blocks, about kChunkTokens.
+int64_t chunk_tokens(const AttnDecode& op) {
+  return std::max<int64_t>(1, kChunkTokens / op.block_size) * op.block_size;
+}
+
+// The cached tokens of sequence n (check bounds them by the table).
+int64_t sequence_length(const AttnDecode& op, int64_t n) { return read_index(op.seq_lens, n); }
+
+// The partial result of one chunk and key-value head: R rows.
+struct Partial {
+  float* max;  // [R]
+  float* sum;  // [R]
+  float* acc;  // [R, Dp]
+};
+
+// A worker's blocks, fp32.
+struct Blocks {
+  float* qt;      // [Dp, Rp] the queries transposed, times the scale (zero columns past R)
+  float* scores;  // [chunk, Rp] s^T, then p^T
+  float* keys;    // [block_size, Dp] cache rows converted to fp32
+  float* values;  // [block_size, Dp]
+
+  static int64_t floats(std::string_view op, int64_t chunk, int64_t block_size, int64_t Rp,
+                        int64_t Dp) {
+    return round_up(scratch_sum(op, scratch_size(op, Dp, Rp), scratch_size(op, chunk, Rp),
+                                scratch_size(op, 2 * block_size, Dp)),
+                    kPadding);
+  }
+  Blocks(float* base, int64_t chunk, int64_t block_size, int64_t Rp, int64_t Dp) {
+    auto take = [&](int64_t count) { return std::exchange(base, base + count); };
+    qt = take(Dp * Rp), scores = take(chunk * Rp), keys = take(block_size * Dp);
+    values = take(block_size * Dp);
+  }
+};
+
+// Rows of a cache block as a GEMM operand: in place when they are fp32 with
+// a unit feature stride (and `width` a multiple of kPadding where the GEMM
+// needs whole vectors), else converted into `buffer` [rows, Dp].
+struct Rows {
+  const float* data;
+  int64_t ld;
+};
+Rows cache_rows(const Tensor& cache, int64_t block, int64_t first, int64_t count, int64_t head,
+                int64_t D, int64_t Dp, bool padded, float* buffer) {
+  if (cache.dtype == DType::f32 && cache.stride[3] == 1 && (!padded || D % kPadding == 0)) {
+    return {cache.data<const float>() + cache.offset(block, first, head, 0), cache.stride[1]};
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    attn::load_head_row(cache, block, first + i, head, D, Dp, buffer + i * Dp);
+  }
+  return {buffer, Dp};
+}
+
+// Per row: the max over the chunk's tokens, then p = e^(s - max) and its sum.
+// Columns are rows (Rp of them, contiguous), so the loops run across rows.
+HOPS_VECTOR_CLONES void softmax_columns(float* __restrict scores, int64_t tokens, int64_t Rp,
+                                        float* __restrict max, float* __restrict sum) {
+  std::fill(max, max + Rp, kMinusInf);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = scores + t * Rp;
+    for (int64_t r = 0; r < Rp; ++r) max[r] = std::max(max[r], row[r]);
+  }
+  float* shift = sum;  // the max, 0 where it is -inf (e^(-inf - 0) = 0, no NaN)
+  for (int64_t r = 0; r < Rp; ++r) shift[r] = max[r] == kMinusInf ? 0.0f : max[r];
+  float lanes[kPadding * 4];
+  for (int64_t r0 = 0; r0 < Rp; r0 += std::size(lanes)) {
+    const int64_t width = std::min<int64_t>(std::size(lanes), Rp - r0);
+    std::fill(lanes, lanes + width, 0.0f);
+    for (int64_t t = 0; t < tokens; ++t) {
+      float* row = scores + t * Rp + r0;
+      for (int64_t r = 0; r < width; ++r) {
+        row[r] = exp_approx(row[r] - shift[r0 + r]);
+        lanes[r] += row[r];
+      }
+    }
+    std::copy(lanes, lanes + width, sum + r0);
+  }
+}
+
+void attend_chunk(const AttnDecode& op, const Chunk& chunk, int64_t kv_head, const Blocks& b,
+                  const Partial& out) {
+  const int64_t G = op.group(), D = op.D, Dp = round_up(D, kPadding);
+  const int64_t R = op.L * G, Rp = round_up(R, kPadding), bs = op.block_size;
+  const int64_t length = sequence_length(op, chunk.sequence);
+  const auto scale = static_cast<float>(op.scale);
+  float* row = b.values;  // a query row on its way into qt
+  std::fill(b.qt, b.qt + Dp * Rp, 0.0f);
+  for (int64_t r = 0; r < R; ++r) {
+    attn::load_head_row(op.q, chunk.sequence, r / G, kv_head * G + r % G, D, Dp, row);
+    for (int64_t d = 0; d < D; ++d) b.qt[d * Rp + r] = row[d] * scale;
+  }
+  const int64_t tokens = chunk.end - chunk.begin;
+  for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
+    const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
+    const int64_t count = std::min(bs, chunk.end - first);
+    const Rows keys = cache_rows(op.k_cache, block, 0, count, kv_head, D, Dp, false, b.keys);
+    gemm({count, Rp, D, keys.data, keys.ld, b.qt, Rp, b.scores + (first - chunk.begin) * Rp, Rp,
+          false, Shape::full});
+  }
+  // Query l sits at position length - L + l: the keys past it are masked.
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t seen = length - op.L + r / G + 1;
+    for (int64_t t = std::max(seen, chunk.begin); t < chunk.end; ++t) {
+      b.scores[(t - chunk.begin) * Rp + r] = kMinusInf;
+    }
+  }
+  softmax_columns(b.scores, tokens, Rp, out.max, out.sum);
+  std::fill(out.acc, out.acc + R * Dp, 0.0f);
+  for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
+    const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
+    const int64_t count = std::min(bs, chunk.end - first);
+    const Rows values = cache_rows(op.v_cache, block, 0, count, kv_head, D, Dp, true, b.values);
+    gemm({R, Dp, count, b.scores + (first - chunk.begin) * Rp, Rp, values.data, values.ld, out.acc,
+          Dp, true, Shape::full, true});
+  }
+}
+
+HOPS_VECTOR_CLONES void add_scaled(float* __restrict to, const float* __restrict from, int64_t n,
+                                   float factor) {
+  for (int64_t d = 0; d < n; ++d) to[d] += factor * from[d];
+}
+
+}  // namespace
+
+void attn_decode(const ExecContext& context, const AttnDecode& op) {
+  const int64_t G = op.group(), D = op.D, Dp = round_up(D, kPadding);
+  const int64_t R = op.L * G, Rp = round_up(R, kPadding);
+  const int64_t per_chunk = chunk_tokens(op);
+  int64_t count = 0;
+  for (int64_t n = 0; n < op.N; ++n) count += (sequence_length(op, n) + per_chunk - 1) / per_chunk;
+  const int64_t partial_floats = scratch_size(op.kName, R, Dp + 2);
+  const int64_t per_worker = Blocks::floats(op.kName, per_chunk, op.block_size, Rp, Dp);
+  // The chunks, then where each sequence's chunks start (int64s in float slots).
+  const int64_t list_floats = round_up(
+      scratch_size(op.kName, scratch_sum(op.kName, scratch_size(op.kName, count, 3), op.N + 1), 2),
+      kPadding);
+  const int64_t partials = scratch_size(op.kName, count, op.Hkv, partial_floats);
+  const auto lease = context.scratch->acquire(
+      scratch_bytes(op.kName,
+                    scratch_sum(op.kName, list_floats, partials,
+                                scratch_size(op.kName, per_worker, context.max_workers)),
+                    sizeof(float)));
+  auto* chunks = lease.as<Chunk>();
+  auto* firsts = reinterpret_cast<int64_t*>(chunks + count);
+  float* partial_base = lease.as<float>() + list_floats;
+  float* workers = partial_base + partials;
+  int64_t next = 0;
+  for (int64_t n = 0; n < op.N; ++n) {
+    firsts[n] = next;
+    const int64_t length = sequence_length(op, n);
+    for (int64_t begin = 0; begin < length; begin += per_chunk) {
+      chunks[next++] = {n, begin, std::min(length, begin + per_chunk)};
+    }
+  }
+  firsts[op.N] = next;
+  auto partial = [&](int64_t c, int64_t head) {
+    float* base = partial_base + (c * op.Hkv + head) * partial_floats;
+    return Partial{base, base + R, base + 2 * R};
+  };
+  context.threads->parallel_for(
+      checked_product(op.kName, count, op.Hkv), context.max_workers, [&](int64_t task, int worker) {
+        const Blocks b(workers + worker * per_worker, per_chunk, op.block_size, Rp, Dp);
+        attend_chunk(op, chunks[task / op.Hkv], task % op.Hkv, b,
+                     partial(task / op.Hkv, task % op.Hkv));
+      });
+  // Merge the chunks of each sequence and head in order.
+  context.threads->parallel_for(
+      checked_product(op.kName, op.N, op.Hkv), context.max_workers, [&](int64_t task, int worker) {
+        const int64_t n = task / op.Hkv, head = task % op.Hkv;
+        float* out = workers + worker * per_worker;
+        for (int64_t r = 0; r < R; ++r) {
+          float max = kMinusInf;
+          for (int64_t c = firsts[n]; c < firsts[n + 1]; ++c)
+            max = std::max(max, partial(c, head).max[r]);
+          std::fill(out, out + D, 0.0f);
+          float sum = 0.0f;
+          if (max != kMinusInf) {
+            for (int64_t c = firsts[n]; c < firsts[n + 1]; ++c) {
+              const Partial p = partial(c, head);
+              const float weight = exp_approx(p.max[r] - max);
+              sum += p.sum[r] * weight;
+              add_scaled(out, p.acc + r * Dp, D, weight);
+            }
+          }
+          for (int64_t d = 0; d < D; ++d) out[d] = sum > 0.0f ? out[d] / sum : 0.0f;
+          store_run(op.o, op.o.offset(n, r / G, head * G + r % G, 0), op.o.stride[3], D, out);
+        }
+      });
+}
+
+}  // namespace hops::cpu
