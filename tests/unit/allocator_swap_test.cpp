@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "host_tensor.hpp"
 #include "scratch_pool.hpp"
 
 namespace hops {
@@ -89,29 +90,6 @@ class LedgerAllocator {
   std::map<void*, size_t> live_;
   size_t allocations_ = 0;
   std::vector<std::string> errors_;
-};
-
-struct HostTensor {
-  std::vector<float> data;
-  std::vector<int64_t> shape;
-  DLTensor dl{};
-  HostTensor(std::vector<int64_t> dims, std::mt19937& random, float lo, float hi)
-      : shape(std::move(dims)) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    std::uniform_real_distribution<float> uniform(lo, hi);
-    data.resize(static_cast<size_t>(n));
-    for (float& x : data) x = uniform(random);
-    dl = {data.data(),
-          {kDLCPU, 0},
-          static_cast<int>(shape.size()),
-          {kDLFloat, 32, 1},
-          shape.data(),
-          nullptr,
-          0};
-  }
-  HostTensor(const HostTensor&) = delete;
-  HostTensor& operator=(const HostTensor&) = delete;
 };
 
 const hops_exec kExec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, HOPS_EXEC_DETERMINISTIC, 0};

@@ -6,30 +6,13 @@
 #include <thread>
 #include <vector>
 
+#include "host_tensor.hpp"
 #include "registry.hpp"
 
 namespace hops {
 namespace {
 
 const hops_api* api() { return hops_get_api(HOPS_ABI_MAJOR); }
-
-struct HostTensor {
-  std::vector<float> data;
-  std::vector<int64_t> shape;
-  DLTensor dl{};
-  explicit HostTensor(std::vector<int64_t> dims) : shape(std::move(dims)) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    data.assign(static_cast<size_t>(n), 0.5f);
-    dl = {data.data(),
-          {kDLCPU, 0},
-          static_cast<int>(shape.size()),
-          {kDLFloat, 32, 1},
-          shape.data(),
-          nullptr,
-          0};
-  }
-};
 
 TEST(Api, NegotiatesTheMajorVersion) {
   ASSERT_NE(api(), nullptr);

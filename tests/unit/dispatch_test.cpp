@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "host_tensor.hpp"
 #include "ops/norm.hpp"
 #include "registry.hpp"
 
@@ -13,30 +14,6 @@ namespace hops {
 namespace {
 
 const hops_api* api() { return hops_get_api(HOPS_ABI_MAJOR); }
-
-struct HostTensor {
-  std::vector<float> data;
-  std::vector<int64_t> shape;
-  DLTensor dl{};
-  HostTensor(std::vector<int64_t> dims, float fill) : shape(std::move(dims)) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    data.assign(static_cast<size_t>(n), fill);
-    dl = {data.data(),
-          {kDLCPU, 0},
-          static_cast<int>(shape.size()),
-          {kDLFloat, 32, 1},
-          shape.data(),
-          nullptr,
-          0};
-  }
-  bool all(float value) const {
-    for (float v : data) {
-      if (v != value) return false;
-    }
-    return true;
-  }
-};
 
 bool mentions(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;

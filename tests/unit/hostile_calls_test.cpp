@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "hops/hops.h"
+#include "host_tensor.hpp"
 
 // The largest single operator-new request while `g_watch` is set: shows that
 // a call allocates nothing by the size of a state pool it does not touch.
@@ -36,26 +37,6 @@ namespace {
 
 const hops_api* api() { return hops_get_api(HOPS_ABI_MAJOR); }
 
-// A host f32 tensor (compact unless strides are given) over its own buffer.
-struct HostTensor {
-  std::vector<float> data;
-  std::vector<int64_t> shape, strides;
-  DLTensor dl{};
-  explicit HostTensor(std::vector<int64_t> dims, std::vector<int64_t> steps = {})
-      : shape(std::move(dims)), strides(std::move(steps)) {
-    size_t n = 1;
-    for (int64_t d : shape) n *= static_cast<size_t>(d);
-    data.assign(n, 0.25f);
-    dl = {data.data(),
-          {kDLCPU, 0},
-          static_cast<int>(shape.size()),
-          {kDLFloat, 32, 1},
-          shape.data(),
-          strides.empty() ? nullptr : strides.data(),
-          0};
-  }
-};
-
 // The call failed with `expected`, naming the op and (when given) the argument.
 void expect_failure(hops_status status, hops_status expected, const std::string& op,
                     const std::string& argument = "") {
@@ -68,7 +49,7 @@ void expect_failure(hops_status status, hops_status expected, const std::string&
 
 bool untouched(const HostTensor& t) {
   for (float x : t.data) {
-    if (x != 0.25f) return false;
+    if (x != HostTensor::kFill) return false;
   }
   return true;
 }
