@@ -20,10 +20,14 @@
 
 namespace {
 
-// Sizes that satisfy every op's relations (HV % H == 0, W <= 4, states >= W-1).
+// Sizes that satisfy every op's relations (HV % H == 0, W <= 4, states >= W-1,
+// Hq % Hkv == 0, cu_seqlens [0, T] fitting Tq and Tk, decode's seq_lens [0]
+// within its table, kv_cache_write's slots 0..T-1 within the cache).
 const std::map<std::string, int64_t> kSymbols = {
-    {"B", 1}, {"T", 5}, {"H", 2}, {"HV", 4}, {"K", 4},  {"V", 3}, {"N", 1},
-    {"S", 2}, {"W", 3}, {"D", 8}, {"L0", 3}, {"L1", 4}, {"L", 2}, {"state_len", 3}};
+    {"B", 1},          {"T", 5},          {"H", 2},        {"HV", 4}, {"K", 4},   {"V", 3},
+    {"N", 1},          {"S", 2},          {"W", 3},        {"D", 8},  {"L0", 3},  {"L1", 4},
+    {"L", 2},          {"Tq", 5},         {"Tk", 5},       {"Hq", 4}, {"Hkv", 2}, {"num_blocks", 3},
+    {"block_size", 4}, {"max_blocks", 2}, {"state_len", 3}};
 
 std::vector<int64_t> parse_shape(const std::string& text) {
   std::vector<int64_t> dims;
