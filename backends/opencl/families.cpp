@@ -9,12 +9,14 @@ namespace hops::opencl {
 std::span<const Kernel> gdn_kernels();
 std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
+std::span<const Kernel> attn_kernels();
 
 std::span<const Kernel> all_kernels() {
   static const std::vector<Kernel> kernels = join_families({
       gdn_kernels(),
       conv1d_kernels(),
       norm_kernels(),
+      attn_kernels(),
   });
   return kernels;
 }

@@ -1,0 +1,529 @@
+// attn.cl: attn_prefill and attn_decode (one kernel, attn_fwd, for both),
+// the merge of attn_decode's context splits, and kv_cache_write.
+//
+// Query rows are packed per key-value head: row f = u * G + g is query
+// token u (flat over the batch) of query head hk * G + g, so the G heads
+// that share a key-value head share its key tiles. A work-group takes R
+// consecutive rows; where they span sequences it walks them one sequence
+// (segment) at a time. Keys come in tiles of BK through local memory, with
+// the online softmax (running max m, sum l) per row:
+//   s = scale <q, k>,  m' = max(m, s),  l = l e^(m - m') + sum e^(s - m'),
+//   o = o e^(m - m') + sum e^(s - m') v;  finally o / l, lse = m + ln l.
+// Local rows are D + 1 floats apart, so the lanes of a score (one key each)
+// hit different banks.
+
+// A sequence as the kernels see it: its query tokens are flat tokens
+// [u_begin, u_begin + Lq), at dim-1 index t_begin + i of batch row b; its
+// keys are flat tokens [v_begin, v_begin + Lk), at dim-1 index k_begin + j
+// of row b (prefill) or in the pages of sequence n (decode).
+typedef struct {
+  long n, b, u_begin, Lq, t_begin, v_begin, k_begin, Lk;
+} Seq;
+
+// The sequence of flat query token u (prefill: dense rows of Tq queries, or
+// cu_seqlens_q over row 0; decode: rows of L = Tq new tokens). Device-resident
+// offsets and lengths are clamped; a token that no clamped span holds is a
+// sequence of its own without keys.
+inline Seq query_sequence(long u, long Tq, long Tk, long N,
+                          global const uchar* cu_q, long cu_q_off, long cu_q_stride, int cu_q_kind,
+                          global const uchar* cu_k, long cu_k_off, long cu_k_stride, int cu_k_kind,
+                          global const uchar* lens, long lens_off, long lens_stride, int lens_kind,
+                          long max_len) {
+  Seq s;
+  if (cu_q_kind == 0) {
+    s.n = u / Tq;
+    s.b = s.n;
+    s.u_begin = s.n * Tq;
+    s.Lq = Tq;
+    s.t_begin = 0;
+    s.v_begin = s.n * Tk;
+    s.k_begin = 0;
+    s.Lk = lens_kind == 0 ? Tk : clamp(load_index(lens, lens_off, lens_stride, lens_kind, s.n), 0L, max_len);
+    return s;
+  }
+  s.n = sequence_of(cu_q, cu_q_off, cu_q_stride, cu_q_kind, N, Tq, u);
+  const Span queries = sequence_span(cu_q, cu_q_off, cu_q_stride, cu_q_kind, s.n, Tq);
+  const Span keys = sequence_span(cu_k, cu_k_off, cu_k_stride, cu_k_kind, s.n, Tk);
+  s.b = 0;
+  const bool held = u >= queries.begin && u < queries.end;
+  s.u_begin = held ? queries.begin : u;
+  s.Lq = held ? queries.end - queries.begin : 1;
+  s.t_begin = s.u_begin;
+  s.v_begin = s.k_begin = keys.begin;
+  s.Lk = held ? keys.end - keys.begin : 0;
+  return s;
+}
+
+// The sequence of flat key token v (prefill only): dense rows of Tk keys, or
+// cu_seqlens_k over row 0. A token that no clamped span holds is a sequence
+// of its own without queries.
+inline Seq key_sequence(long v, long Tq, long Tk, long N,
+                        global const uchar* cu_q, long cu_q_off, long cu_q_stride, int cu_q_kind,
+                        global const uchar* cu_k, long cu_k_off, long cu_k_stride, int cu_k_kind) {
+  Seq s;
+  if (cu_k_kind == 0) {
+    s.n = v / Tk;
+    s.b = s.n;
+    s.u_begin = s.n * Tq;
+    s.Lq = Tq;
+    s.t_begin = 0;
+    s.v_begin = s.n * Tk;
+    s.k_begin = 0;
+    s.Lk = Tk;
+    return s;
+  }
+  s.n = sequence_of(cu_k, cu_k_off, cu_k_stride, cu_k_kind, N, Tk, v);
+  const Span queries = sequence_span(cu_q, cu_q_off, cu_q_stride, cu_q_kind, s.n, Tq);
+  const Span keys = sequence_span(cu_k, cu_k_off, cu_k_stride, cu_k_kind, s.n, Tk);
+  s.b = 0;
+  const bool held = v >= keys.begin && v < keys.end;
+  s.u_begin = s.t_begin = queries.begin;
+  s.Lq = held ? queries.end - queries.begin : 0;
+  s.v_begin = s.k_begin = held ? keys.begin : v;
+  s.Lk = held ? keys.end - keys.begin : 1;
+  return s;
+}
+
+// The last key query i of a sequence sees, plus one (0: none).
+inline long visible_keys(long i, long Lq, long Lk, int causal) {
+  return causal ? clamp(i + Lk - Lq + 1, 0L, Lk) : Lk;
+}
+
+// Where key j of sequence s starts in a k or v tensor (strides st: row or
+// block, token or block row, head, channel): dense rows, or the pages of
+// block_table (table_kind != 0). -1 for a page outside the cache.
+typedef struct {
+  global const uchar* table;
+  long table_off;
+  long2 table_st;
+  int table_kind;
+  long num_blocks, block_size;
+} Pages;
+
+inline long key_offset(const Seq* s, long j, int hk, long off, long4 st, const Pages* pages) {
+  if (pages->table_kind == 0) return off + s->b * st.x + (s->k_begin + j) * st.y + hk * st.z;
+  const long block = load_index(pages->table, pages->table_off + s->n * pages->table_st.x,
+                                pages->table_st.y, pages->table_kind, j / pages->block_size);
+  if (block < 0 || block >= pages->num_blocks) return -1;
+  return off + block * st.x + (j % pages->block_size) * st.y + hk * st.z;
+}
+
+// Work-group (row block, key-value head hk, context split). With splits > 1
+// (decode) each split takes its share of every sequence's keys and leaves
+// its normalised o and lse in `partial` ([splits][U][Hq][D + 1]) for
+// attn_merge; otherwise o (gated) and lse are written here.
+// `shared`: qs, os [R][D+1], kv [BK][D+1], sc [R][BK], m, l, alpha [R].
+kernel void attn_fwd(global const x_t* q, long q_off, long4 q_st,
+                     global const x_t* k, long k_off, long4 k_st,
+                     global const x_t* v, long v_off, long4 v_st,
+                     global const x_t* gate, long gate_off, long4 gate_st,
+                     global x_t* o, long o_off, long4 o_st,
+                     global float* lse, long lse_off, long4 lse_st,
+                     global const uchar* cu_q, long cu_q_off, long cu_q_stride, int cu_q_kind,
+                     global const uchar* cu_k, long cu_k_off, long cu_k_stride, int cu_k_kind,
+                     global const uchar* lens, long lens_off, long lens_stride, int lens_kind,
+                     global const uchar* table, long table_off, long2 table_st, int table_kind,
+                     global float* partial,
+                     long U, long Tq, long Tk, long N, long num_blocks, long block_size,
+                     long max_len, int Hq, int Hkv, int D, float scale, int causal, int R, int BK,
+                     int splits, local float* shared) {
+  const int lid = get_local_id(0), size = get_local_size(0);
+  const int hk = get_group_id(1), split = get_group_id(2);
+  const int G = Hq / Hkv, DP = D + 1;
+  local float* qs = shared;
+  local float* os = qs + R * DP;
+  local float* kv = os + R * DP;
+  local float* sc = kv + BK * DP;
+  local float* m = sc + R * BK;
+  local float* l = m + R;
+  local float* alpha = l + R;
+  const Pages pages = {table, table_off, table_st, table_kind, num_blocks, block_size};
+  const long f0 = (long)get_group_id(0) * R, f_end = min(f0 + R, U * G);
+  for (long f = f0; f < f_end;) {
+    const Seq s = query_sequence(f / G, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
+                                 cu_k_off, cu_k_stride, cu_k_kind, lens, lens_off, lens_stride,
+                                 lens_kind, max_len);
+    const long seg_end = min(f_end, (s.u_begin + s.Lq) * G);
+    const int ra = f - f0, rows = seg_end - f;
+    // Row r of the segment: query i = (f + r) / G - u_begin of head hk G + (f + r) % G.
+    for (int e = lid; e < rows * D; e += size) {
+      const long row = f + e / D;
+      const long t = s.t_begin + row / G - s.u_begin;
+      const int h = hk * G + row % G, d = e % D;
+      const int r = ra + e / D;
+      qs[r * DP + d] = scale * LOAD_X(q, q_off + s.b * q_st.x + t * q_st.y + h * q_st.z + d * q_st.w);
+      os[r * DP + d] = 0.0f;
+    }
+    for (int r = ra + lid; r < ra + rows; r += size) {
+      m[r] = -INFINITY;
+      l[r] = 0.0f;
+    }
+    // This split's keys, up to the last one the segment's last row sees.
+    const long chunk = (s.Lk + splits - 1) / splits;
+    const long k_begin = min(s.Lk, split * chunk);
+    const long k_end = min(min(s.Lk, k_begin + chunk),
+                           visible_keys((seg_end - 1) / G - s.u_begin, s.Lq, s.Lk, causal));
+    for (long j0 = k_begin; j0 < k_end; j0 += BK) {
+      const int count = min((long)BK, k_end - j0);
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int e = lid; e < count * D; e += size) {
+        const int jj = e / D, d = e % D;
+        const long at = key_offset(&s, j0 + jj, hk, k_off, k_st, &pages);
+        kv[jj * DP + d] = at >= 0 ? LOAD_X(k, at + d * k_st.w) : 0.0f;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int p = lid; p < rows * BK; p += size) {
+        const int r = ra + p / BK, jj = p % BK;
+        const long i = (f + p / BK) / G - s.u_begin;
+        float score = -INFINITY;
+        if (jj < count && j0 + jj < visible_keys(i, s.Lq, s.Lk, causal) &&
+            key_offset(&s, j0 + jj, hk, k_off, k_st, &pages) >= 0) {
+          score = 0.0f;
+          for (int d = 0; d < D; ++d) score += qs[r * DP + d] * kv[jj * DP + d];
+        }
+        sc[r * BK + jj] = score;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      // The tile's probabilities per row; meanwhile v replaces k.
+      for (int r = ra + lid; r < ra + rows; r += size) {
+        float top = m[r];
+        for (int jj = 0; jj < count; ++jj) top = fmax(top, sc[r * BK + jj]);
+        float sum = 0.0f;
+        for (int jj = 0; jj < count; ++jj) {
+          const float p = top == -INFINITY ? 0.0f : exp(sc[r * BK + jj] - top);
+          sc[r * BK + jj] = p;
+          sum += p;
+        }
+        const float rescale = m[r] == -INFINITY ? 0.0f : exp(m[r] - top);
+        alpha[r] = rescale;
+        l[r] = l[r] * rescale + sum;
+        m[r] = top;
+      }
+      for (int e = lid; e < count * D; e += size) {
+        const int jj = e / D, d = e % D;
+        const long at = key_offset(&s, j0 + jj, hk, v_off, v_st, &pages);
+        kv[jj * DP + d] = at >= 0 ? LOAD_X(v, at + d * v_st.w) : 0.0f;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int e = lid; e < rows * D; e += size) {
+        const int r = ra + e / D, d = e % D;
+        float acc = os[r * DP + d] * alpha[r];
+        for (int jj = 0; jj < count; ++jj) acc += sc[r * BK + jj] * kv[jj * DP + d];
+        os[r * DP + d] = acc;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int e = lid; e < rows * D; e += size) {
+      const long row = f + e / D;
+      const long u = row / G, t = s.t_begin + u - s.u_begin;
+      const int h = hk * G + row % G, d = e % D;
+      const int r = ra + e / D;
+      float value = l[r] > 0.0f ? os[r * DP + d] / l[r] : 0.0f;
+      if (splits > 1) {
+        partial[((split * U + u) * Hq + h) * DP + d] = value;
+        continue;
+      }
+      if (gate) {
+        value *= sigmoid_f(
+            LOAD_X(gate, gate_off + s.b * gate_st.x + t * gate_st.y + h * gate_st.z + d * gate_st.w));
+      }
+      STORE_X(o, o_off + s.b * o_st.x + t * o_st.y + h * o_st.z + d * o_st.w, value);
+    }
+    for (int r = lid; r < rows; r += size) {
+      const long row = f + r;
+      const long u = row / G, t = s.t_begin + u - s.u_begin;
+      const int h = hk * G + row % G;
+      const float log_sum = l[ra + r] > 0.0f ? m[ra + r] + log(l[ra + r]) : -INFINITY;
+      if (splits > 1) {
+        partial[((split * U + u) * Hq + h) * DP + D] = log_sum;
+      } else if (lse) {
+        lse[lse_off + s.b * lse_st.x + h * lse_st.y + t * lse_st.z] = log_sum;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);  // the next segment reuses the local arrays
+    f = seg_end;
+  }
+}
+
+// o of attn_decode from the splits' partial results, added in split order:
+// o = sum_s e^(lse_s - M) o_s / sum_s e^(lse_s - M), M the largest lse_s.
+// Work-item (d, u Hq + h); the rows of u are n = u / L, t = u % L.
+kernel void attn_merge(global const float* partial, int splits, long U, int Hq, int D, long L,
+                       global x_t* o, long o_off, long4 o_st) {
+  const int d = get_global_id(0);
+  const long row = get_global_id(1);
+  if (d >= D || row >= U * Hq) return;
+  const int DP = D + 1;
+  const long step = U * Hq * DP;
+  global const float* part = partial + row * DP;
+  float top = -INFINITY;
+  for (int s = 0; s < splits; ++s) top = fmax(top, part[s * step + D]);
+  float value = 0.0f, weight = 0.0f;
+  if (top != -INFINITY) {
+    for (int s = 0; s < splits; ++s) {
+      const float w = exp(part[s * step + D] - top);
+      weight += w;
+      value += w * part[s * step + d];
+    }
+    value /= weight;
+  }
+  const long u = row / Hq, n = u / L, t = u % L;
+  const int h = row % Hq;
+  STORE_X(o, o_off + n * o_st.x + t * o_st.y + h * o_st.z + d * o_st.w, value);
+}
+
+// kv_cache_write: work-item (d, t Hkv + h) copies one element of k and of
+// v to slot slot_mapping[t]; slots outside [0, slots) (-1 among them) are
+// skipped, so bad device-resident slots write nothing.
+kernel void kv_cache_write(global const x_t* k, long k_off, long4 k_st,
+                           global const x_t* v, long v_off, long4 v_st,
+                           global x_t* k_cache, long kc_off, long4 kc_st,
+                           global x_t* v_cache, long vc_off, long4 vc_st,
+                           global const uchar* slots, long slots_off, long slots_stride,
+                           int slots_kind, long T, int Hkv, int D, long block_size, long slot_count) {
+  const int d = get_global_id(0);
+  const long item = get_global_id(1);
+  if (d >= D || item >= T * Hkv) return;
+  const long t = item / Hkv;
+  const int h = item % Hkv;
+  const long slot = load_index(slots, slots_off, slots_stride, slots_kind, t);
+  if (slot < 0 || slot >= slot_count) return;
+  const long block = slot / block_size, row = slot % block_size;
+  STORE_X(k_cache, kc_off + block * kc_st.x + row * kc_st.y + h * kc_st.z + d * kc_st.w,
+          LOAD_X(k, k_off + t * k_st.x + h * k_st.y + d * k_st.z));
+  STORE_X(v_cache, vc_off + block * vc_st.x + row * vc_st.y + h * vc_st.z + d * vc_st.w,
+          LOAD_X(v, v_off + t * v_st.x + h * v_st.y + d * v_st.z));
+}
+
+// ---- attn_prefill_bwd ------------------------------------------------------------
+// With g = sigmoid(gate) (1 without): Delta = <do, o>, dO = do g, and
+// p = e^(s - lse), dp = <dO, v>, ds = p (dp - Delta):
+//   dv_j = sum_i p_ij dO_i,  dk_j = scale sum_i ds_ij q_i,  dq_i = scale sum_j ds_ij k_j.
+// attn_bwd_prep writes dgate, dO and Delta per (token, head); attn_bwd_dkdv
+// sums over queries per key block and attn_bwd_dq over keys per row block,
+// each in a fixed order: no atomics, the same bits on every run. Both keep
+// their sums in registers, OWN elements per work-item (the host sizes the
+// tiles so that a block's elements fit).
+
+#define OWN 8
+
+// Work-item (u Hq + h): dense rows or varlen row 0 both have b = u / Tq, t = u % Tq.
+kernel void attn_bwd_prep(global const x_t* gate, long gate_off, long4 gate_st,
+                          global const x_t* o, long o_off, long4 o_st,
+                          global const x_t* d_o, long do_off, long4 do_st,
+                          global x_t* dgate, long dgate_off, long4 dgate_st,
+                          global float* dO, global float* delta, long U, long Tq, int Hq, int D) {
+  const long item = get_global_id(0);
+  if (item >= U * Hq) return;
+  const long u = item / Hq, b = u / Tq, t = u % Tq;
+  const int h = item % Hq;
+  float sum = 0.0f;
+  for (int d = 0; d < D; ++d) {
+    const float grad = LOAD_X(d_o, do_off + b * do_st.x + t * do_st.y + h * do_st.z + d * do_st.w);
+    const float out = LOAD_X(o, o_off + b * o_st.x + t * o_st.y + h * o_st.z + d * o_st.w);
+    sum += grad * out;
+    float g = 1.0f;
+    if (gate) {
+      g = sigmoid_f(
+          LOAD_X(gate, gate_off + b * gate_st.x + t * gate_st.y + h * gate_st.z + d * gate_st.w));
+    }
+    if (dgate) {
+      STORE_X(dgate, dgate_off + b * dgate_st.x + t * dgate_st.y + h * dgate_st.z + d * dgate_st.w,
+              grad * out * (1.0f - g));
+    }
+    dO[item * D + d] = grad * g;
+  }
+  delta[item] = sum;
+}
+
+// The local rows of a query tile: q scaled, dO, lse and Delta.
+#define LOAD_QUERY_ROWS(first, rows, skip)                                                     \
+  for (int e = lid; e < (rows) * D; e += size) {                                              \
+    const long row = (first) + e / D;                                                         \
+    const long u = row / G, t = s.t_begin + u - s.u_begin;                                    \
+    const int h = hk * G + row % G, d = e % D, r = (skip) + e / D;                            \
+    qs[r * DP + d] =                                                                          \
+        scale * LOAD_X(q, q_off + s.b * q_st.x + t * q_st.y + h * q_st.z + d * q_st.w);       \
+    dos[r * DP + d] = dO[(u * Hq + h) * D + d];                                               \
+  }                                                                                           \
+  for (int e = lid; e < (rows); e += size) {                                                  \
+    const long row = (first) + e;                                                             \
+    const long u = row / G, t = s.t_begin + u - s.u_begin;                                    \
+    const int h = hk * G + row % G;                                                           \
+    lse_r[(skip) + e] = lse[lse_off + s.b * lse_st.x + h * lse_st.y + t * lse_st.z];          \
+    delta_r[(skip) + e] = delta[u * Hq + h];                                                  \
+  }
+
+// p and ds of query row r (local) and key jj (local), 0 where j is not visible.
+inline float2 probability(local const float* qs, local const float* dos, local const float* ks,
+                          local const float* vs, int r, int jj, int DP, int D, float lse_i,
+                          float delta_i) {
+  if (lse_i == -INFINITY) return (float2)(0.0f);
+  float score = 0.0f, dp = 0.0f;
+  for (int d = 0; d < D; ++d) {
+    score += qs[r * DP + d] * ks[jj * DP + d];
+    dp += dos[r * DP + d] * vs[jj * DP + d];
+  }
+  const float p = exp(score - lse_i);
+  return (float2)(p, p * (dp - delta_i));
+}
+
+// Work-group (key block of BK flat keys, hk): the block's dk and dv over
+// every query row of its sequence that sees it, R packed rows at a time in
+// ascending order. `shared`: ks, vs [BK][D+1], qs, dos [R][D+1], pr, ds
+// [R][BK], lse_r, delta_r [R].
+kernel void attn_bwd_dkdv(global const x_t* q, long q_off, long4 q_st,
+                          global const x_t* k, long k_off, long4 k_st,
+                          global const x_t* v, long v_off, long4 v_st,
+                          global const float* lse, long lse_off, long4 lse_st,
+                          global const uchar* cu_q, long cu_q_off, long cu_q_stride, int cu_q_kind,
+                          global const uchar* cu_k, long cu_k_off, long cu_k_stride, int cu_k_kind,
+                          global const float* dO, global const float* delta,
+                          global x_t* dk, long dk_off, long4 dk_st,
+                          global x_t* dv, long dv_off, long4 dv_st,
+                          long V, long Tq, long Tk, long N, int Hq, int Hkv, int D, float scale,
+                          int causal, int R, int BK, local float* shared) {
+  const int lid = get_local_id(0), size = get_local_size(0);
+  const int hk = get_group_id(1);
+  const int G = Hq / Hkv, DP = D + 1;
+  local float* ks = shared;
+  local float* vs = ks + BK * DP;
+  local float* qs = vs + BK * DP;
+  local float* dos = qs + R * DP;
+  local float* pr = dos + R * DP;
+  local float* ds = pr + R * BK;
+  local float* lse_r = ds + R * BK;
+  local float* delta_r = lse_r + R;
+  float dk_acc[OWN], dv_acc[OWN];
+  for (int c = 0; c < OWN; ++c) dk_acc[c] = dv_acc[c] = 0.0f;
+  const long v0 = (long)get_group_id(0) * BK, v_end = min(v0 + BK, V);
+  for (long first = v0; first < v_end;) {
+    const Seq s = key_sequence(first, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
+                               cu_k_off, cu_k_stride, cu_k_kind);
+    const long seg_end = min(v_end, s.v_begin + s.Lk);
+    const int ka = first - v0, count = seg_end - first;
+    const long j_a = first - s.v_begin;  // the segment's first key in its sequence
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int e = lid; e < count * D; e += size) {
+      const int jj = ka + e / D, d = e % D;
+      const long j = s.k_begin + j_a + e / D;
+      ks[jj * DP + d] = LOAD_X(k, k_off + s.b * k_st.x + j * k_st.y + hk * k_st.z + d * k_st.w);
+      vs[jj * DP + d] = LOAD_X(v, v_off + s.b * v_st.x + j * v_st.y + hk * v_st.z + d * v_st.w);
+    }
+    // The queries that see the segment's first key, in packed rows.
+    const long i_first = causal ? clamp(j_a - (s.Lk - s.Lq), 0L, s.Lq) : 0;
+    for (long f = (s.u_begin + i_first) * G; f < (s.u_begin + s.Lq) * G; f += R) {
+      const int rows = min((long)R, (s.u_begin + s.Lq) * G - f);
+      barrier(CLK_LOCAL_MEM_FENCE);
+      LOAD_QUERY_ROWS(f, rows, 0)
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int p = lid; p < rows * count; p += size) {
+        const int r = p / count, jj = ka + p % count;
+        const long i = (f + r) / G - s.u_begin;
+        float2 pd = (float2)(0.0f);
+        if (j_a + p % count < visible_keys(i, s.Lq, s.Lk, causal)) {
+          pd = probability(qs, dos, ks, vs, r, jj, DP, D, lse_r[r], delta_r[r]);
+        }
+        pr[r * BK + jj] = pd.x;
+        ds[r * BK + jj] = pd.y;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int c = 0; c < OWN; ++c) {
+        const int e = lid + c * size, jj = e / D, d = e % D;
+        if (jj < ka || jj >= ka + count) continue;
+        float dk_sum = dk_acc[c], dv_sum = dv_acc[c];
+        for (int r = 0; r < rows; ++r) {
+          dv_sum += pr[r * BK + jj] * dos[r * DP + d];
+          dk_sum += ds[r * BK + jj] * qs[r * DP + d];
+        }
+        dk_acc[c] = dk_sum;
+        dv_acc[c] = dv_sum;
+      }
+    }
+    for (int c = 0; c < OWN; ++c) {
+      const int e = lid + c * size, jj = e / D, d = e % D;
+      if (jj < ka || jj >= ka + count) continue;
+      const long j = s.k_begin + j_a + (jj - ka);
+      STORE_X(dk, dk_off + s.b * dk_st.x + j * dk_st.y + hk * dk_st.z + d * dk_st.w, dk_acc[c]);
+      STORE_X(dv, dv_off + s.b * dv_st.x + j * dv_st.y + hk * dv_st.z + d * dv_st.w, dv_acc[c]);
+      dk_acc[c] = dv_acc[c] = 0.0f;
+    }
+    first = seg_end;
+  }
+}
+
+// Work-group (row block of R packed rows, hk): dq of its rows over the keys
+// they see, BK at a time in ascending order. `shared`: ks, vs [BK][D+1],
+// qs, dos [R][D+1], ds [R][BK], lse_r, delta_r [R].
+kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
+                        global const x_t* k, long k_off, long4 k_st,
+                        global const x_t* v, long v_off, long4 v_st,
+                        global const float* lse, long lse_off, long4 lse_st,
+                        global const uchar* cu_q, long cu_q_off, long cu_q_stride, int cu_q_kind,
+                        global const uchar* cu_k, long cu_k_off, long cu_k_stride, int cu_k_kind,
+                        global const float* dO, global const float* delta,
+                        global x_t* dq, long dq_off, long4 dq_st,
+                        long U, long Tq, long Tk, long N, int Hq, int Hkv, int D, float scale,
+                        int causal, int R, int BK, local float* shared) {
+  const int lid = get_local_id(0), size = get_local_size(0);
+  const int hk = get_group_id(1);
+  const int G = Hq / Hkv, DP = D + 1;
+  local float* ks = shared;
+  local float* vs = ks + BK * DP;
+  local float* qs = vs + BK * DP;
+  local float* dos = qs + R * DP;
+  local float* ds = dos + R * DP;
+  local float* lse_r = ds + R * BK;
+  local float* delta_r = lse_r + R;
+  float dq_acc[OWN];
+  for (int c = 0; c < OWN; ++c) dq_acc[c] = 0.0f;
+  const long f0 = (long)get_group_id(0) * R, f_end = min(f0 + R, U * G);
+  for (long f = f0; f < f_end;) {
+    const Seq s = query_sequence(f / G, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
+                                 cu_k_off, cu_k_stride, cu_k_kind, 0, 0, 0, 0, 0);
+    const long seg_end = min(f_end, (s.u_begin + s.Lq) * G);
+    const int ra = f - f0, rows = seg_end - f;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    LOAD_QUERY_ROWS(f, rows, ra)
+    const long k_end = visible_keys((seg_end - 1) / G - s.u_begin, s.Lq, s.Lk, causal);
+    for (long j0 = 0; j0 < k_end; j0 += BK) {
+      const int count = min((long)BK, k_end - j0);
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int e = lid; e < count * D; e += size) {
+        const int jj = e / D, d = e % D;
+        const long j = s.k_begin + j0 + jj;
+        ks[jj * DP + d] = LOAD_X(k, k_off + s.b * k_st.x + j * k_st.y + hk * k_st.z + d * k_st.w);
+        vs[jj * DP + d] = LOAD_X(v, v_off + s.b * v_st.x + j * v_st.y + hk * v_st.z + d * v_st.w);
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int p = lid; p < rows * count; p += size) {
+        const int r = ra + p / count, jj = p % count;
+        const long i = (f + p / count) / G - s.u_begin;
+        float2 pd = (float2)(0.0f);
+        if (j0 + jj < visible_keys(i, s.Lq, s.Lk, causal)) {
+          pd = probability(qs, dos, ks, vs, r, jj, DP, D, lse_r[r], delta_r[r]);
+        }
+        ds[r * BK + jj] = pd.y;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (int c = 0; c < OWN; ++c) {
+        const int e = lid + c * size, r = e / D, d = e % D;
+        if (r < ra || r >= ra + rows) continue;
+        float sum = dq_acc[c];
+        for (int jj = 0; jj < count; ++jj) sum += ds[r * BK + jj] * ks[jj * DP + d];
+        dq_acc[c] = sum;
+      }
+    }
+    for (int c = 0; c < OWN; ++c) {
+      const int e = lid + c * size, r = e / D, d = e % D;
+      if (r < ra || r >= ra + rows) continue;
+      const long row = f0 + r;
+      const long t = s.t_begin + row / G - s.u_begin;
+      const int h = hk * G + row % G;
+      STORE_X(dq, dq_off + s.b * dq_st.x + t * dq_st.y + h * dq_st.z + d * dq_st.w,
+              scale * dq_acc[c]);
+      dq_acc[c] = 0.0f;
+    }
+    f = seg_end;
+  }
+}
