@@ -23,8 +23,9 @@ double check_scale(const Call& call, int arg, int64_t D) {
 // kernels divide by them).
 void check_heads(const Call& call, int arg, int64_t Hq, int64_t Hkv, int64_t D) {
   if (Hq == 0 || Hkv == 0 || Hq % Hkv != 0) {
-    call.fail(arg, "query heads Hq = {} must be a positive multiple of the key-value heads Hkv = {}",
-              Hq, Hkv);
+    call.fail(arg,
+              "query heads Hq = {} must be a positive multiple of the key-value heads Hkv = {}", Hq,
+              Hkv);
   }
   if (D == 0) call.fail(arg, "head dim D must be positive");
 }
@@ -34,7 +35,8 @@ void check_heads(const Call& call, int arg, int64_t Hq, int64_t Hkv, int64_t D) 
 void check_offsets(const Call& call, int arg, int64_t count, int64_t tokens) {
   const Tensor& cu = call.tensor(arg);
   if (cu.ndim != 1 || cu.shape[0] != count + 1) {
-    call.fail(arg, "shape expected [{}] (N+1 offsets, as cu_seqlens_q), got rank {} with {} entries",
+    call.fail(arg,
+              "shape expected [{}] (N+1 offsets, as cu_seqlens_q), got rank {} with {} entries",
               count + 1, cu.ndim, cu.ndim > 0 ? cu.shape[0] : 0);
   }
   if (!host_accessible(cu.device)) return;
@@ -99,7 +101,8 @@ void check_cache(const Call& call, Shapes& dims, int cache, int twin) {
 void check_tables(const Call& call, const AttnDecode& op) {
   using Arg = AttnDecode::Arg;
   if (!host_accessible(op.seq_lens.device) || !host_accessible(op.block_table.device)) return;
-  const int64_t capacity = try_mul(op.max_blocks, op.block_size).value_or(std::numeric_limits<int64_t>::max());
+  const int64_t capacity =
+      try_mul(op.max_blocks, op.block_size).value_or(std::numeric_limits<int64_t>::max());
   for (int64_t n = 0; n < op.N; ++n) {
     const int64_t length = read_index(op.seq_lens, n);
     if (length < 0 || length > capacity) {

@@ -334,6 +334,42 @@ typedef hops_status (*hops_kv_cache_write_fn)(const hops_exec* exec, const DLTen
                                               const DLTensor* v_cache,
                                               const DLTensor* slot_mapping);
 
+/* Mixture of experts (ABI 1.2). moe_route: topk_weights, topk_ids [T,k] from
+ * logits [T,E]; scoring 0 softmax, 1 sigmoid. */
+typedef hops_status (*hops_moe_route_fn)(const hops_exec* exec, const DLTensor* logits,
+                                         const DLTensor* topk_weights, const DLTensor* topk_ids,
+                                         bool normalize, int64_t scoring);
+
+/* moe_dispatch: rows [T*k,Hd] grouped by expert, counts [E], row_map [T,k]. */
+typedef hops_status (*hops_moe_dispatch_fn)(const hops_exec* exec, const DLTensor* x,
+                                            const DLTensor* topk_ids, const DLTensor* rows,
+                                            const DLTensor* counts, const DLTensor* row_map);
+
+/* moe_expert_mlp: out [R,Hd] from rows grouped by expert, counts [E],
+ * gate_up_proj [E,2I,Hd] and down_proj [E,Hd,I]. */
+typedef hops_status (*hops_moe_expert_mlp_fn)(const hops_exec* exec, const DLTensor* rows,
+                                              const DLTensor* counts, const DLTensor* gate_up_proj,
+                                              const DLTensor* down_proj, const DLTensor* out);
+
+/* moe_combine: y [T,Hd] = sum_j topk_weights[t,j] rows[row_map[t,j]]. */
+typedef hops_status (*hops_moe_combine_fn)(const hops_exec* exec, const DLTensor* rows,
+                                           const DLTensor* row_map, const DLTensor* topk_weights,
+                                           const DLTensor* y);
+
+typedef hops_status (*hops_moe_dispatch_bwd_fn)(const hops_exec* exec, const DLTensor* d_rows,
+                                                const DLTensor* row_map, const DLTensor* dx);
+
+typedef hops_status (*hops_moe_expert_mlp_bwd_fn)(
+    const hops_exec* exec, const DLTensor* rows, const DLTensor* counts,
+    const DLTensor* gate_up_proj, const DLTensor* down_proj, const DLTensor* d_out,
+    const DLTensor* d_rows, const DLTensor* d_gate_up_proj, const DLTensor* d_down_proj);
+
+typedef hops_status (*hops_moe_combine_bwd_fn)(const hops_exec* exec, const DLTensor* rows,
+                                               const DLTensor* row_map,
+                                               const DLTensor* topk_weights, const DLTensor* dy,
+                                               const DLTensor* d_rows,
+                                               const DLTensor* d_topk_weights);
+
 /* conv1d activation codes */
 enum { HOPS_ACTIVATION_NONE = 0, HOPS_ACTIVATION_SILU = 1 };
 
