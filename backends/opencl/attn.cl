@@ -527,3 +527,157 @@ kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
     f = seg_end;
   }
 }
+
+// ---- CPU devices -------------------------------------------------------------------
+// A work-item owns ROWS packed rows (q and the output sums in private
+// arrays, D <= MAX_D, D % 16 == 0, unit channel strides) and walks the key
+// tiles of its sequence, LANES keys at a time as float16 (explicit SIMD):
+// scores of QUAD rows against a tile of keys transposed by attn_pack_keys
+// (one broadcast q element times 16 keys per step), then the tile's values
+// added QUAD rows at a time. A tile is used by all ROWS rows while it is in
+// the cache.
+
+#define LANES 16
+#define QUAD 8
+#define ROWS 16
+#define MAX_D 256
+
+inline float max16(float16 x) {
+  const float8 a = fmax(x.lo, x.hi);
+  const float4 b = fmax(a.lo, a.hi);
+  const float2 c = fmax(b.lo, b.hi);
+  return fmax(c.x, c.y);
+}
+
+inline float sum16(float16 x) {
+  const float8 a = x.lo + x.hi;
+  const float4 b = a.lo + a.hi;
+  const float2 c = b.lo + b.hi;
+  return c.x + c.y;
+}
+
+// Keys of every kv head as tiles of LANES flat keys, transposed and f32:
+// kt[((hk tiles + tile) D + d) LANES + lane] (zero past the last key).
+// Work-item (tile, hk).
+kernel void attn_pack_keys(global const x_t* k, long k_off, long4 k_st, global float* kt,
+                           long V, long Tk, long tiles, int D) {
+  const long tile = get_global_id(0);
+  const int hk = get_global_id(1);
+  if (tile >= tiles) return;
+  global float* out = kt + (hk * tiles + tile) * D * LANES;
+  for (int lane = 0; lane < LANES; ++lane) {
+    const long key = tile * LANES + lane, b = key / Tk, j = key % Tk;
+    const long at = k_off + b * k_st.x + j * k_st.y + hk * k_st.z;
+    for (int d = 0; d < D; ++d) out[d * LANES + lane] = key < V ? LOAD_X(k, at + d * k_st.w) : 0.0f;
+  }
+}
+
+// One key tile for QUAD rows (r0..r0+3 of the item): scores from the
+// transposed keys, the online softmax (m, l; keys j >= visible[r] masked),
+// then the values of lanes [lo, hi) (keys of the sequence) into sums.
+inline void quad_tile(const float* qr, float* sums, float* m, float* l, const int* visible,
+                      int r0, global const float* kt_tile, global const x_t* v, long v_row,
+                      long v_step, long base, int lo, int hi, int D) {
+  float16 s[QUAD];
+#pragma unroll
+  for (int r = 0; r < QUAD; ++r) s[r] = (float16)(0.0f);
+  for (int d = 0; d < D; ++d) {
+    const float16 keys = vload16(0, kt_tile + d * LANES);
+#pragma unroll
+    for (int r = 0; r < QUAD; ++r) s[r] += qr[(r0 + r) * MAX_D + d] * keys;
+  }
+  const int16 key = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) + (int)base;
+  float p[QUAD][LANES], alpha[QUAD];
+#pragma unroll
+  for (int r = 0; r < QUAD; ++r) {
+    const float16 score = select((float16)(-INFINITY), s[r],
+                                 key >= 0 && key < (int16)(visible[r0 + r]));
+    const float top = fmax(m[r0 + r], max16(score));
+    const float16 prob = top == -INFINITY ? (float16)(0.0f) : exp(score - top);
+    alpha[r] = m[r0 + r] == -INFINITY ? 0.0f : exp(m[r0 + r] - top);
+    l[r0 + r] = l[r0 + r] * alpha[r] + sum16(prob);
+    m[r0 + r] = top;
+    vstore16(prob, 0, p[r]);
+  }
+  for (int c = 0; c < D; c += LANES) {
+    float16 acc[QUAD];
+#pragma unroll
+    for (int r = 0; r < QUAD; ++r) acc[r] = alpha[r] * vload16(0, sums + (r0 + r) * MAX_D + c);
+    for (int lane = lo; lane < hi; ++lane) {
+      const float16 value = LOAD16_X(v, v_row + (base + lane) * v_step + c);
+#pragma unroll
+      for (int r = 0; r < QUAD; ++r) acc[r] += p[r][lane] * value;
+    }
+#pragma unroll
+    for (int r = 0; r < QUAD; ++r) vstore16(acc[r], 0, sums + (r0 + r) * MAX_D + c);
+  }
+}
+
+// attn_prefill on CPU devices: work-item (ROWS packed rows, hk).
+kernel void attn_fwd_rows(global const x_t* q, long q_off, long4 q_st,
+                          global const float* kt, long tiles,
+                          global const x_t* v, long v_off, long4 v_st,
+                          global const x_t* gate, long gate_off, long4 gate_st,
+                          global x_t* o, long o_off, long4 o_st,
+                          global float* lse, long lse_off, long4 lse_st,
+                          global const uchar* cu_q, long cu_q_off, long cu_q_stride, int cu_q_kind,
+                          global const uchar* cu_k, long cu_k_off, long cu_k_stride, int cu_k_kind,
+                          long U, long Tq, long Tk, long N, int Hq, int Hkv, int D, float scale,
+                          int causal) {
+  const int G = Hq / Hkv, hk = get_global_id(1);
+  const long f0 = get_global_id(0) * ROWS, f_end = min(f0 + ROWS, U * G);
+  if (f0 >= f_end) return;
+  float qr[ROWS * MAX_D], sums[ROWS * MAX_D], m[ROWS], l[ROWS];
+  int visible[ROWS];
+  for (long f = f0; f < f_end;) {
+    const Seq s = query_sequence(f / G, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
+                                 cu_k_off, cu_k_stride, cu_k_kind, 0, 0, 0, 0, 0);
+    const long seg_end = min(f_end, (s.u_begin + s.Lq) * G);
+    int most = 0;
+    for (int r = 0; r < ROWS; ++r) {
+      const long row = f0 + r;
+      visible[r] = 0;
+      m[r] = -INFINITY;
+      l[r] = 0.0f;
+      for (int d = 0; d < D; ++d) sums[r * MAX_D + d] = 0.0f;
+      if (row < f || row >= seg_end) continue;
+      const long t = s.t_begin + row / G - s.u_begin;
+      const int h = hk * G + row % G;
+      visible[r] = visible_keys(row / G - s.u_begin, s.Lq, s.Lk, causal);
+      most = max(most, visible[r]);
+      const long at = q_off + s.b * q_st.x + t * q_st.y + h * q_st.z;
+      for (int d = 0; d < D; d += LANES) vstore16(scale * LOAD16_X(q, at + d), 0, qr + r * MAX_D + d);
+    }
+    const long v_row = v_off + s.b * v_st.x + s.k_begin * v_st.y + hk * v_st.z;
+    for (long tile = s.v_begin / LANES; tile * LANES < s.v_begin + most; ++tile) {
+      const long base = tile * LANES - s.v_begin;  // key of lane 0 in the sequence
+      const int lo = max(0L, -base), hi = min((long)LANES, most - base);
+      global const float* kt_tile = kt + (hk * tiles + tile) * D * LANES;
+      for (int r0 = 0; r0 < ROWS; r0 += QUAD) {
+        int quad_most = 0;
+        for (int r = r0; r < r0 + QUAD; ++r) quad_most = max(quad_most, visible[r]);
+        if (quad_most > base + lo) {
+          quad_tile(qr, sums, m, l, visible, r0, kt_tile, v, v_row, v_st.y, base, lo,
+                    min((long)hi, quad_most - base), D);
+        }
+      }
+    }
+    for (long row = f; row < seg_end; ++row) {
+      const int r = row - f0, h = hk * G + row % G;
+      const long t = s.t_begin + row / G - s.u_begin;
+      const float scale_out = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      const long gate_at = gate_off + s.b * gate_st.x + t * gate_st.y + h * gate_st.z;
+      const long o_at = o_off + s.b * o_st.x + t * o_st.y + h * o_st.z;
+      for (int d = 0; d < D; d += LANES) {
+        float16 value = scale_out * vload16(0, sums + r * MAX_D + d);
+        if (gate) value *= 1.0f / (1.0f + exp(-LOAD16_X(gate, gate_at + d)));
+        STORE16_X(o, o_at + d, value);
+      }
+      if (lse) {
+        lse[lse_off + s.b * lse_st.x + h * lse_st.y + t * lse_st.z] =
+            l[r] > 0.0f ? m[r] + log(l[r]) : -INFINITY;
+      }
+    }
+    f = seg_end;
+  }
+}

@@ -16,6 +16,12 @@ constexpr std::string_view kProgram = "attn.cl";  // after common.cl
 constexpr size_t kGroup = 256;  // work-items of attn_fwd
 constexpr int kMaxRows = 32;    // packed query rows per work-group
 constexpr int kMaxKeys = 32;    // keys per tile
+// attn_fwd_rows and attn_pack_keys (CPU devices)
+constexpr int64_t kLanes = 16;            // keys per tile: LANES
+constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
+constexpr int64_t kItemRows = 16;         // packed rows per work-item: ROWS
+constexpr size_t kRowsGroup = 4;          // work-items per work-group
+constexpr size_t kPackGroup = 16;         // key tiles per work-group of attn_pack_keys
 
 template <class Op>
 void accepts(const Op& op) {
@@ -45,6 +51,54 @@ size_t local_floats_budget(const Call& call) {
   return static_cast<size_t>(std::min<cl_ulong>(bytes, 48 * 1024) / sizeof(float));
 }
 
+namespace {
+
+// CPU devices: attn_fwd_rows (attn.cl) where the rows fit its private
+// arrays (D % 16 == 0, D <= 256) and q, v, o and gate have unit channel steps.
+bool rows_fit(const Call& call, const AttnPrefill& op) {
+  const auto unit = [](const Tensor& t) { return !t || t.step(-1) == 1; };
+  return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
+         unit(op.q) && unit(op.v) && unit(op.o) && unit(op.gate);
+}
+
+void prefill_rows(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const IndexArg& cu_k) {
+  const int64_t V = op.B * op.Tk;  // flat keys
+  const int64_t tiles = (V + kLanes - 1) / kLanes;
+  const cl_mem kt =
+      call.scratch(scratch_bytes(op.kName, op.Hkv, tiles, op.D, kLanes, sizeof(float)));
+  {
+    Launch launch(call.kernel(kProgram, op.q.dtype, "attn_pack_keys"));
+    launch.tensor(op.k).value(strides4(op.k)).value(kt);
+    launch.value(cl_long{V}).value(cl_long{op.Tk}).value(cl_long{tiles});
+    launch.value(static_cast<cl_int>(op.D));
+    const size_t local = launch.group_size(kPackGroup);
+    const size_t groups[2] = {groups_for(tiles, local), static_cast<size_t>(op.Hkv)};
+    const size_t locals[2] = {local, 1};
+    launch.run(call, 2, groups, locals);
+  }
+  Launch launch(call.kernel(kProgram, op.q.dtype, "attn_fwd_rows"));
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.value(kt).value(cl_long{tiles});
+  launch.tensor(op.v).value(strides4(op.v));
+  launch.tensor(op.gate).value(strides4(op.gate));
+  launch.tensor(op.o).value(strides4(op.o));
+  launch.tensor(op.lse).value(strides4(op.lse));
+  launch.index(cu_q).index(cu_k);
+  launch.value(cl_long{op.B * op.Tq}).value(cl_long{op.Tq}).value(cl_long{op.Tk});
+  launch.value(cl_long{op.sequences.count});
+  launch.value(static_cast<cl_int>(op.Hq)).value(static_cast<cl_int>(op.Hkv));
+  launch.value(static_cast<cl_int>(op.D)).value(static_cast<cl_float>(op.scale));
+  launch.value(cl_int{op.causal});
+  const size_t local = launch.group_size(kRowsGroup);
+  const int64_t items =
+      (checked_product(op.kName, op.B, op.Tq, op.group()) + kItemRows - 1) / kItemRows;
+  const size_t groups[2] = {groups_for(items, local), static_cast<size_t>(op.Hkv)};
+  const size_t locals[2] = {local, 1};
+  launch.run(call, 2, groups, locals);
+}
+
+}  // namespace
+
 void attn_prefill(const ExecContext& exec, const AttnPrefill& op) {
   Call call(exec, {{op.q, "q"},
                    {op.k, "k"},
@@ -57,6 +111,11 @@ void attn_prefill(const ExecContext& exec, const AttnPrefill& op) {
   if (!call.active()) return;
   const IndexArg cu_q = call.index(op.sequences.cu_seqlens_q);
   const IndexArg cu_k = call.index(op.sequences.cu_seqlens_k);
+  if (rows_fit(call, op)) {
+    prefill_rows(call, op, cu_q, cu_k);
+    call.complete();
+    return;
+  }
   const int64_t U = op.B * op.Tq;  // flat query tokens
   const auto D = static_cast<size_t>(op.D);
   const Tiles tiles = fit_tiles(local_floats_budget(call), kMaxRows, kMaxKeys, [&](int r, int k) {
