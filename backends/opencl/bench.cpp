@@ -57,6 +57,12 @@ std::vector<Bench> benches(int64_t T) {
   const int64_t H = 16, HV = 32, K = 128, V = 128, D = 8192, N = 8;
   std::vector<int64_t> slots(N);
   for (int64_t n = 0; n < N; ++n) slots[static_cast<size_t>(n)] = n;
+  // Attention as Qwen3.5's full-attention layers: 16 query and 2 kv heads of
+  // D = 256, causal; decode: one sequence, 4096 cached tokens in 16-row blocks.
+  const int64_t Hq = 16, Hkv = 2, Dh = 256, context = 4096, block = 16;
+  std::vector<int64_t> blocks(context / block), cache_slots(T);
+  for (size_t b = 0; b < blocks.size(); ++b) blocks[b] = static_cast<int64_t>(b);
+  for (size_t t = 0; t < cache_slots.size(); ++t) cache_slots[t] = static_cast<int64_t>(t);
   return {
       {"gdn_chunk_fwd",
        fmt::format("T={} H={} HV={} K=V={}", T, H, HV, K),
@@ -138,6 +144,43 @@ std::vector<Bench> benches(int64_t T) {
         {"dx", {T, HV, V}},
         {"dz", {T, HV, V}},
         {"dweight", {V}}},
+       {}},
+      {"attn_prefill",
+       fmt::format("T={} Hq={} Hkv={} D={} causal", T, Hq, Hkv, Dh),
+       {{"q", {1, T, Hq, Dh}},
+        {"k", {1, T, Hkv, Dh}},
+        {"v", {1, T, Hkv, Dh}},
+        {"o", {1, T, Hq, Dh}},
+        {"lse", {1, Hq, T}, -1, 1, true}},
+       {}},
+      {"attn_prefill_bwd",
+       fmt::format("T={} Hq={} Hkv={} D={} causal", T, Hq, Hkv, Dh),
+       {{"q", {1, T, Hq, Dh}},
+        {"k", {1, T, Hkv, Dh}},
+        {"v", {1, T, Hkv, Dh}},
+        {"o", {1, T, Hq, Dh}},
+        {"lse", {1, Hq, T}, 5, 9, true},  // about ln of the keys seen
+        {"do", {1, T, Hq, Dh}},
+        {"dq", {1, T, Hq, Dh}},
+        {"dk", {1, T, Hkv, Dh}},
+        {"dv", {1, T, Hkv, Dh}}},
+       {}},
+      {"attn_decode",
+       fmt::format("decode N=1 context={} Hq={} Hkv={} D={}", context, Hq, Hkv, Dh),
+       {{"q", {1, 1, Hq, Dh}},
+        {"k_cache", {context / block, block, Hkv, Dh}},
+        {"v_cache", {context / block, block, Hkv, Dh}},
+        {"block_table", {1, context / block}, 0, 0, false, true, blocks},
+        {"seq_lens", {1}, 0, 0, false, true, {context}},
+        {"o", {1, 1, Hq, Dh}}},
+       {}},
+      {"kv_cache_write",
+       fmt::format("T={} Hkv={} D={}", T, Hkv, Dh),
+       {{"k", {T, Hkv, Dh}},
+        {"v", {T, Hkv, Dh}},
+        {"k_cache", {(T + block - 1) / block, block, Hkv, Dh}},
+        {"v_cache", {(T + block - 1) / block, block, Hkv, Dh}},
+        {"slot_mapping", {T}, 0, 0, false, true, cache_slots}},
        {}},
   };
 }
