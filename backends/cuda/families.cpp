@@ -15,6 +15,7 @@ namespace hops::cuda {
 std::span<const Kernel> gdn_kernels();
 std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
+std::span<const Kernel> attn_kernels();
 
 namespace {
 
@@ -23,6 +24,7 @@ std::span<const Kernel> all_kernels() {
       gdn_kernels(),
       conv1d_kernels(),
       norm_kernels(),
+      attn_kernels(),
   });
   return kernels;
 }

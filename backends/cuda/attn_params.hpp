@@ -1,0 +1,76 @@
+// The attention family's kernel parameters and launch functions (attn*.cu),
+// shared with its host side (attn_host.cpp). nvcc sees only this header and
+// cuda_params.hpp.
+#pragma once
+
+#include "cuda_params.hpp"
+
+namespace hops::cuda {
+
+inline constexpr int64_t kAttnMaxHeadDim = 256;  // D limit of every attention kernel
+
+// A 2-D index table on the device (block_table), read as int64.
+struct Index2 {
+  const void* data = nullptr;
+  int64_t stride0 = 0, stride1 = 1;
+  int is64 = 1;
+};
+
+// attn_prefill: q, gate, o [B,Tq,Hq,D]; k, v [B,Tk,Hkv,D]; lse [B,Hq,Tq] (f32).
+struct AttnFwdParams {
+  Arg q, k, v, gate, o, lse;
+  Index cu_q, cu_k;
+  int64_t B, Tq, Tk, Hq, Hkv, D, N;  // N sequences: B dense, or cu_seqlens' count
+  float scale;
+  int causal;
+};
+
+// attn_prefill_bwd: the forward's shapes, plus o, d_o, dq, dgate like q and
+// dk, dv like k.
+struct AttnBwdParams {
+  Arg q, k, v, gate, o, lse, d_o, dq, dk, dv, dgate;
+  Index cu_q, cu_k;
+  int64_t B, Tq, Tk, Hq, Hkv, D, N;
+  float scale;
+  int causal;
+};
+
+// attn_decode: q, o [N,L,Hq,D]; caches [num_blocks,block_size,Hkv,D]. The
+// context of each sequence is cut into `splits` pieces of `chunk` tokens
+// (chosen by the host from the table's capacity and the SM count); their
+// partial results go to scratch and a second kernel merges them in order.
+struct AttnDecodeParams {
+  Arg q, k_cache, v_cache, o;
+  Index2 block_table;
+  Index seq_lens;
+  int64_t N, L, Hq, Hkv, D, num_blocks, block_size, max_blocks;
+  int64_t splits, chunk;
+  float scale;
+};
+
+// kv_cache_write: k, v [T,Hkv,D] into caches [num_blocks,block_size,Hkv,D].
+struct KvCacheWriteParams {
+  Arg k, v, k_cache, v_cache;
+  Index slots;
+  int64_t T, Hkv, D, num_blocks, block_size;
+};
+
+// `tensor_cores`: the host found f16/bf16 storage, D in {64, 128, 256} and
+// unit-stride, 16-byte-aligned head rows (attn_host.cpp); the kernels then
+// run on mma.sync, else on the general f32 CUDA-core kernels.
+cudaError_t launch_attn_prefill(const AttnFwdParams& p, int dtype, bool tensor_cores,
+                                cudaStream_t stream);
+// The backward needs attn_bwd_scratch_bytes of stream-ordered scratch: the
+// gated output gradient (q's dtype) and the row dot products Delta (f32).
+size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype);
+cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tensor_cores,
+                                    void* scratch, cudaStream_t stream);
+// The decode's split partials: (m, l, o[D]) in f32 per (n, l, query head, split).
+size_t attn_decode_scratch_bytes(const AttnDecodeParams& p);
+cudaError_t launch_attn_decode(const AttnDecodeParams& p, int dtype, bool tensor_cores,
+                               void* scratch, cudaStream_t stream);
+// `vector`: every row unit-stride and 16-byte aligned (16-byte copies).
+cudaError_t launch_kv_cache_write(const KvCacheWriteParams& p, int dtype, bool vector,
+                                  cudaStream_t stream);
+
+}  // namespace hops::cuda
