@@ -9,6 +9,26 @@ namespace hops::cpu {
 
 namespace attn {
 
+int64_t count_key_blocks(const AttnProblem& p) {
+  int64_t count = 0;
+  for (int64_t n = 0; n < p.sequences.count; ++n) {
+    const auto span = p.sequences[n];
+    count += (span.k_end - span.k_begin + kKeys - 1) / kKeys;
+  }
+  return count;
+}
+
+void list_key_blocks(const AttnProblem& p, KeyBlock* blocks) {
+  for (int64_t n = 0; n < p.sequences.count; ++n) {
+    const auto span = p.sequences[n];
+    const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
+    for (int64_t first = 0; first < Lk; first += kKeys) {
+      const int64_t queries = p.causal ? std::clamp<int64_t>(first - (Lk - Lq), 0, Lq) : 0;
+      *blocks++ = {n, first, std::min(kKeys, Lk - first), queries};
+    }
+  }
+}
+
 int64_t count_query_blocks(const AttnProblem& p, int64_t tokens) {
   int64_t count = 0;
   for (int64_t n = 0; n < p.sequences.count; ++n) {
@@ -20,13 +40,15 @@ int64_t count_query_blocks(const AttnProblem& p, int64_t tokens) {
 
 void list_query_blocks(const AttnProblem& p, int64_t tokens, QueryBlock* blocks) {
   QueryBlock* next = blocks;
+  int64_t key_blocks = 0;
   for (int64_t n = 0; n < p.sequences.count; ++n) {
     const auto span = p.sequences[n];
     const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
     for (int64_t begin = 0; begin < Lq; begin += tokens) {
       const int64_t end = std::min(Lq, begin + tokens);
-      *next++ = {n, begin, end, key_end(p, Lq, Lk, end - 1)};
+      *next++ = {n, begin, end, key_end(p, Lq, Lk, end - 1), key_blocks};
     }
+    key_blocks += (Lk + kKeys - 1) / kKeys;
   }
   // Stable: equal blocks keep sequence order, so the schedule is reproducible.
   std::stable_sort(blocks, next,

@@ -29,29 +29,57 @@ inline void load_head_row(const Tensor& x, int64_t row, int64_t t, int64_t h, in
   std::fill(out + D, out + padded, 0.0f);
 }
 
-// The query blocks of the prefill ops: a block is `tokens` queries of one
-// sequence, all G query heads of one key-value head (rows ordered token by
-// token, the G heads of a token together), so that each key and value row
-// packed serves G x tokens query rows. Blocks of the longest key ranges come
-// first so that the threads finish together.
+// Rows of a [B, T, H, D] tensor (or a cache [blocks, rows, H, D]) as a GEMM
+// operand: in place when they are fp32 with a unit feature stride, else
+// converted into `buffer` [count, padded] with zeros past D. In place needs
+// `padded` == D when the GEMM reads whole padded rows (as its b operand).
+struct Rows {
+  const float* data;
+  int64_t ld;
+};
+inline Rows head_rows(const Tensor& x, int64_t row, int64_t first, int64_t count, int64_t h,
+                      int64_t D, int64_t padded, bool whole_rows, float* buffer) {
+  if (x.dtype == DType::f32 && x.stride[3] == 1 && (!whole_rows || padded == D)) {
+    return {x.data<const float>() + x.offset(row, first, h, 0), x.stride[1]};
+  }
+  for (int64_t i = 0; i < count; ++i)
+    load_head_row(x, row, first + i, h, D, padded, buffer + i * padded);
+  return {buffer, padded};
+}
+
+// The prefill ops work on blocks. A key block is kKeys keys of one sequence
+// (the last one shorter); a query block is `tokens` queries of one sequence,
+// all G query heads of one key-value head (rows ordered token by token, the
+// G heads of a token together), so that each key and value row packed
+// serves G x tokens query rows.
+inline constexpr int64_t kKeys = 64;
+
+struct KeyBlock {
+  int64_t sequence, first, count;  // keys [first, first + count) of the sequence, local
+  int64_t queries;  // the first query that sees a key of the block (all later ones do)
+};
 struct QueryBlock {
   int64_t sequence, begin, end;  // queries [begin, end) of the sequence, local
   int64_t keys;                  // the keys the last query sees: the block's work
+  int64_t key_block;             // the index of the sequence's first key block
 };
 
-// Causal: query i of a sequence (Lq queries, Lk keys) sees keys [0, limit(i) + 1).
+// Causal: query i of a sequence (Lq queries, Lk keys) sees keys [0, key_end).
 inline int64_t key_end(const AttnProblem& p, int64_t Lq, int64_t Lk, int64_t i) {
   return p.causal ? std::clamp<int64_t>(i + 1 + Lk - Lq, 0, Lk) : Lk;
 }
 
 // Query tokens per block: about kRows rows of G heads each.
 inline int64_t query_block_tokens(const AttnProblem& p) {
-  constexpr int64_t kRows = 128;
+  constexpr int64_t kRows = 120;  // a multiple of small_gemm's 6-row tiles for G | 120
   return std::max<int64_t>(1, kRows / p.group());
 }
 
-// The query blocks of every sequence, largest work first, into `blocks`
-// (count_query_blocks of them).
+// The key blocks of every sequence in order.
+int64_t count_key_blocks(const AttnProblem& p);
+void list_key_blocks(const AttnProblem& p, KeyBlock* blocks);
+// The query blocks of every sequence, largest work first, so that the
+// threads finish together.
 int64_t count_query_blocks(const AttnProblem& p, int64_t tokens);
 void list_query_blocks(const AttnProblem& p, int64_t tokens, QueryBlock* blocks);
 

@@ -59,24 +59,6 @@ struct Blocks {
   }
 };
 
-// Rows of a cache block as a GEMM operand: in place when they are fp32 with
-// a unit feature stride (and `width` a multiple of kPadding where the GEMM
-// needs whole vectors), else converted into `buffer` [rows, Dp].
-struct Rows {
-  const float* data;
-  int64_t ld;
-};
-Rows cache_rows(const Tensor& cache, int64_t block, int64_t first, int64_t count, int64_t head,
-                int64_t D, int64_t Dp, bool padded, float* buffer) {
-  if (cache.dtype == DType::f32 && cache.stride[3] == 1 && (!padded || D % kPadding == 0)) {
-    return {cache.data<const float>() + cache.offset(block, first, head, 0), cache.stride[1]};
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    attn::load_head_row(cache, block, first + i, head, D, Dp, buffer + i * Dp);
-  }
-  return {buffer, Dp};
-}
-
 // Per row: the max over the chunk's tokens, then p = e^(s - max) and its sum.
 // Columns are rows (Rp of them, contiguous), so the loops run across rows.
 HOPS_VECTOR_CLONES void softmax_columns(float* __restrict scores, int64_t tokens, int64_t Rp,
@@ -119,7 +101,8 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, int64_t kv_head, con
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
-    const Rows keys = cache_rows(op.k_cache, block, 0, count, kv_head, D, Dp, false, b.keys);
+    const attn::Rows keys =
+        attn::head_rows(op.k_cache, block, 0, count, kv_head, D, Dp, false, b.keys);
     gemm({count, Rp, D, keys.data, keys.ld, b.qt, Rp, b.scores + (first - chunk.begin) * Rp, Rp,
           false, Shape::full});
   }
@@ -135,7 +118,8 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, int64_t kv_head, con
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
-    const Rows values = cache_rows(op.v_cache, block, 0, count, kv_head, D, Dp, true, b.values);
+    const attn::Rows values =
+        attn::head_rows(op.v_cache, block, 0, count, kv_head, D, Dp, true, b.values);
     gemm({R, Dp, count, b.scores + (first - chunk.begin) * Rp, Rp, values.data, values.ld, out.acc,
           Dp, true, Shape::full, true});
   }

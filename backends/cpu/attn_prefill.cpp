@@ -1,10 +1,11 @@
-// attn_prefill: flash attention in fp32. One task per query block (the G query
-// heads of a key-value head over a few tokens, attn.hpp) walks the keys it
-// sees in blocks of kKeys: S = Q K^T and O += P V are register-tiled GEMMs
+// attn_prefill: flash attention in fp32. First the keys are packed once for
+// all query blocks: each key block of each key-value head transposed into
+// [Dp, kKeys] fp32 (and the values converted to fp32 rows unless they can
+// be read in place). Then one task per query block (attn.hpp) walks the key
+// blocks it sees: S = Q K^T and O += P V are register-tiled GEMMs
 // (small_gemm.hpp), and the softmax is online (a running max and sum per row,
 // O rescaled when the max grows), so nothing of size Tq x Tk is stored.
 // Causal blocks stop at the last key their last query sees.
-#include <cstring>
 #include <utility>
 
 #include "attn.hpp"
@@ -14,17 +15,46 @@ namespace hops::cpu {
 
 namespace {
 
+using attn::kKeys;
 using attn::kMinusInf;
 
-constexpr int64_t kKeys = 64;  // keys per block
+// The packed keys (and values) of the call: one slot per key block and
+// key-value head.
+struct PackedKeys {
+  float* kt;      // [Dp, kKeys] per slot: keys transposed, zero past the block and past D
+  float* values;  // [kKeys, Dp] per slot, or null when the values are read in place
+  int64_t Hkv, Dp;
+
+  static bool values_in_place(const AttnPrefill& op, int64_t Dp) {
+    return op.v.dtype == DType::f32 && op.v.stride[3] == 1 && Dp == op.D;
+  }
+  int64_t slot(int64_t key_block, int64_t kv_head) const { return key_block * Hkv + kv_head; }
+  float* keys_of(int64_t slot) const { return kt + slot * Dp * kKeys; }
+  float* values_of(int64_t slot) const { return values + slot * kKeys * Dp; }
+};
+
+void pack_key_block(const AttnPrefill& op, const attn::KeyBlock& block, int64_t kv_head,
+                    const PackedKeys& packed, int64_t slot, float* buffer) {
+  const auto span = op.sequences[block.sequence];
+  const int64_t D = op.D, Dp = packed.Dp, count = block.count, t = span.k_begin + block.first;
+  const attn::Rows k = attn::head_rows(op.k, span.row, t, count, kv_head, D, Dp, false, buffer);
+  float* kt = packed.keys_of(slot);
+  transpose(k.data, k.ld, count, D, kt, kKeys);
+  for (int64_t c = 0; c < Dp; ++c) {
+    std::fill(kt + c * kKeys + (c < D ? count : 0), kt + (c + 1) * kKeys, 0.0f);
+  }
+  if (packed.values) {
+    float* values = packed.values_of(slot);
+    for (int64_t j = 0; j < count; ++j) {
+      attn::load_head_row(op.v, span.row, t + j, kv_head, D, Dp, values + j * Dp);
+    }
+  }
+}
 
 // A worker's blocks, fp32, row-major; R rows of queries (token-major, the G
 // heads of a token together), Dp = D padded.
 struct Blocks {
-  int64_t Dp;
   float* q;     // [R, Dp] the block's queries, times the scale
-  float* kt;    // [Dp, kKeys] keys transposed (columns up to a multiple of kPadding)
-  float* v;     // [kKeys, Dp] keys (before kt), then values
   float* s;     // [R, kKeys] scores, then probabilities
   float* acc;   // [R, Dp] sum of p v (not yet divided by the sum of p)
   float* max;   // [R] running max of the scores
@@ -32,14 +62,13 @@ struct Blocks {
   float* gate;  // [Dp] a row of the gate
 
   static int64_t floats(std::string_view op, int64_t R, int64_t Dp) {
-    return round_up(scratch_sum(op, scratch_size(op, 2 * R + 2 * kKeys, Dp),
-                                scratch_size(op, R, kKeys + 2), Dp),
-                    kPadding);
+    return round_up(
+        scratch_sum(op, scratch_size(op, 2 * R + 1, Dp), scratch_size(op, R, kKeys + 2)), kPadding);
   }
-  Blocks(float* base, int64_t R, int64_t Dp_) : Dp(Dp_) {
+  Blocks(float* base, int64_t R, int64_t Dp) {
     auto take = [&](int64_t count) { return std::exchange(base, base + count); };
-    q = take(R * Dp), kt = take(Dp * kKeys), v = take(kKeys * Dp), s = take(R * kKeys);
-    acc = take(R * Dp), max = take(R), sum = take(R), gate = take(Dp);
+    q = take(R * Dp), s = take(R * kKeys), acc = take(R * Dp), max = take(R), sum = take(R);
+    gate = take(Dp);
   }
 };
 
@@ -95,9 +124,9 @@ HOPS_VECTOR_CLONES void gate_row(float* __restrict row, const float* __restrict 
 }
 
 void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t kv_head,
-                  const Blocks& b) {
+                  const PackedKeys& packed, const Blocks& b) {
   const auto span = op.sequences[block.sequence];
-  const int64_t G = op.group(), D = op.D, Dp = b.Dp;
+  const int64_t G = op.group(), D = op.D, Dp = packed.Dp;
   const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
   const int64_t R = (block.end - block.begin) * G;
   const auto scale = static_cast<float>(op.scale);
@@ -112,23 +141,20 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
 
   for (int64_t first = 0; first < block.keys; first += kKeys) {
     const int64_t keys = std::min(kKeys, block.keys - first), columns = round_up(keys, kPadding);
-    for (int64_t j = 0; j < keys; ++j) {
-      attn::load_head_row(op.k, span.row, span.k_begin + first + j, kv_head, D, Dp, b.v + j * Dp);
-    }
-    transpose(b.v, Dp, keys, Dp, b.kt, kKeys);
-    for (int64_t c = 0; c < Dp; ++c)
-      std::fill(b.kt + c * kKeys + keys, b.kt + c * kKeys + columns, 0.0f);
-    gemm({R, columns, Dp, b.q, Dp, b.kt, kKeys, b.s, kKeys, false, Shape::full});
-    for (int64_t j = 0; j < keys; ++j) {
-      attn::load_head_row(op.v, span.row, span.k_begin + first + j, kv_head, D, Dp, b.v + j * Dp);
-    }
+    const int64_t slot = packed.slot(block.key_block + first / kKeys, kv_head);
+    gemm({R, columns, Dp, b.q, Dp, packed.keys_of(slot), kKeys, b.s, kKeys, false, Shape::full});
     for (int64_t r = 0; r < R; ++r) {
       const int64_t seen = attn::key_end(op, Lq, Lk, block.begin + r / G) - first;
       const float factor = softmax_row(b.s + r * kKeys, std::clamp<int64_t>(seen, 0, keys), keys,
                                        b.max[r], b.sum[r]);
       if (factor != 1.0f) scale_row(b.acc + r * Dp, Dp, factor);
     }
-    gemm({R, Dp, keys, b.s, kKeys, b.v, Dp, b.acc, Dp, true, Shape::full});
+    const attn::Rows v =
+        packed.values ? attn::Rows{packed.values_of(slot), Dp}
+                      : attn::Rows{op.v.data<const float>() +
+                                       op.v.offset(span.row, span.k_begin + first, kv_head, 0),
+                                   op.v.stride[1]};
+    gemm({R, Dp, keys, b.s, kKeys, v.data, v.ld, b.acc, Dp, true, Shape::full});
   }
 
   for (int64_t r = 0; r < R; ++r) {
@@ -151,24 +177,43 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
 }  // namespace
 
 void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
+  const std::string_view name = op.kName;
   const int64_t tokens = attn::query_block_tokens(op);
   const int64_t Dp = round_up(op.D, kPadding);
-  const int64_t per_worker = Blocks::floats(op.kName, tokens * op.group(), Dp);
-  const int64_t count = attn::count_query_blocks(op, tokens);
-  // The list of blocks, then each worker's blocks.
-  const int64_t list_floats =
-      round_up(scratch_size(op.kName, count, sizeof(attn::QueryBlock) / sizeof(float)), kPadding);
+  const int64_t per_worker = scratch_sum(name, Blocks::floats(name, tokens * op.group(), Dp),
+                                         scratch_size(name, kKeys, Dp));
+  const int64_t query_blocks = attn::count_query_blocks(op, tokens);
+  const int64_t key_blocks = attn::count_key_blocks(op);
+  const bool values_in_place = PackedKeys::values_in_place(op, Dp);
+  // The block lists, the packed keys (and values), then each worker's blocks.
+  const int64_t query_floats = round_up(
+      scratch_size(name, query_blocks, sizeof(attn::QueryBlock) / sizeof(float)), kPadding);
+  const int64_t key_floats =
+      round_up(scratch_size(name, key_blocks, sizeof(attn::KeyBlock) / sizeof(float)), kPadding);
+  const int64_t slot_floats = scratch_size(name, key_blocks, op.Hkv, kKeys, Dp);
   const auto lease = context.scratch->acquire(scratch_bytes(
-      op.kName,
-      scratch_sum(op.kName, list_floats, scratch_size(op.kName, per_worker, context.max_workers)),
+      name,
+      scratch_sum(name, query_floats, key_floats, values_in_place ? slot_floats : 2 * slot_floats,
+                  scratch_size(name, per_worker, context.max_workers)),
       sizeof(float)));
-  auto* blocks = lease.as<attn::QueryBlock>();
-  attn::list_query_blocks(op, tokens, blocks);
-  float* workers = lease.as<float>() + list_floats;
+  auto* queries = lease.as<attn::QueryBlock>();
+  auto* keys = reinterpret_cast<attn::KeyBlock*>(lease.as<float>() + query_floats);
+  float* kt = lease.as<float>() + query_floats + key_floats;
+  const PackedKeys packed{kt, values_in_place ? nullptr : kt + slot_floats, op.Hkv, Dp};
+  float* workers = kt + (values_in_place ? slot_floats : 2 * slot_floats);
+  attn::list_query_blocks(op, tokens, queries);
+  attn::list_key_blocks(op, keys);
+
+  context.threads->parallel_for(checked_product(name, key_blocks, op.Hkv), context.max_workers,
+                                [&](int64_t task, int worker) {
+                                  pack_key_block(op, keys[task / op.Hkv], task % op.Hkv, packed,
+                                                 task, workers + worker * per_worker);
+                                });
   context.threads->parallel_for(
-      checked_product(op.kName, count, op.Hkv), context.max_workers, [&](int64_t task, int worker) {
+      checked_product(name, query_blocks, op.Hkv), context.max_workers,
+      [&](int64_t task, int worker) {
         const Blocks b(workers + worker * per_worker, tokens * op.group(), Dp);
-        attend_block(op, blocks[task / op.Hkv], task % op.Hkv, b);
+        attend_block(op, queries[task / op.Hkv], task % op.Hkv, packed, b);
       });
 }
 

@@ -19,9 +19,9 @@ namespace hops::cpu {
 
 namespace {
 
+using attn::kKeys;
 using attn::kMinusInf;
 
-constexpr int64_t kKeys = 64;  // keys per block
 constexpr int64_t kRowsPerTask = 64;
 
 // A worker's blocks, fp32, row-major; R query rows (token-major, the G heads
@@ -169,43 +169,21 @@ void score_gradients(const AttnPrefillBwd& op, const AttnSequences::Span& span, 
     score_gradient(b.ds + r * kKeys, b.p + r * kKeys, kKeys, b.delta[r]);
 }
 
-// The blocks of keys of every sequence, largest work (queries seeing them) first.
-struct KeyBlock {
-  int64_t sequence, first, count;
-  int64_t queries;  // the first query that sees a key of the block (all later ones do)
-  int64_t work;     // the queries that see it
-};
-
-int64_t first_query(const AttnProblem& p, int64_t Lq, int64_t Lk, int64_t key) {
-  return p.causal ? std::clamp<int64_t>(key - (Lk - Lq), 0, Lq) : 0;
-}
-
-int64_t count_key_blocks(const AttnProblem& p) {
-  int64_t count = 0;
-  for (int64_t n = 0; n < p.sequences.count; ++n) {
-    const auto span = p.sequences[n];
-    count += (span.k_end - span.k_begin + kKeys - 1) / kKeys;
-  }
-  return count;
-}
-
-void list_key_blocks(const AttnProblem& p, KeyBlock* blocks) {
-  KeyBlock* next = blocks;
-  for (int64_t n = 0; n < p.sequences.count; ++n) {
-    const auto span = p.sequences[n];
-    const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
-    for (int64_t first = 0; first < Lk; first += kKeys) {
-      const int64_t queries = first_query(p, Lq, Lk, first);
-      *next++ = {n, first, std::min(kKeys, Lk - first), queries, Lq - queries};
-    }
-  }
-  std::stable_sort(blocks, next,
-                   [](const KeyBlock& a, const KeyBlock& b) { return a.work > b.work; });
+// The key blocks, largest work (the queries that see them) first.
+void sort_key_blocks(const AttnProblem& p, attn::KeyBlock* blocks, int64_t count) {
+  const auto work = [&](const attn::KeyBlock& block) {
+    const auto span = p.sequences[block.sequence];
+    return span.q_end - span.q_begin - block.queries;
+  };
+  std::stable_sort(blocks, blocks + count, [&](const attn::KeyBlock& a, const attn::KeyBlock& b) {
+    return work(a) > work(b);
+  });
 }
 
 // Pass 2: dk and dv of one key block and key-value head.
-void key_block_gradients(const AttnPrefillBwd& op, const Deltas& deltas, const KeyBlock& block,
-                         int64_t kv_head, int64_t tokens, const Blocks& b) {
+void key_block_gradients(const AttnPrefillBwd& op, const Deltas& deltas,
+                         const attn::KeyBlock& block, int64_t kv_head, int64_t tokens,
+                         const Blocks& b) {
   const auto span = op.sequences[block.sequence];
   const int64_t Dp = b.Dp, Lq = span.q_end - span.q_begin, count = block.count;
   pack_keys(op, span, block.first, count, kv_head, b);
@@ -255,12 +233,12 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
   const int64_t R = tokens * op.group(), Dp = round_up(op.D, kPadding);
   const int64_t per_worker = Blocks::floats(op.kName, R, Dp);
   const int64_t query_blocks = attn::count_query_blocks(op, tokens);
-  const int64_t key_blocks = count_key_blocks(op);
+  const int64_t key_blocks = attn::count_key_blocks(op);
   // The two block lists, Delta [B, Hq, Tq], then each worker's blocks.
   const int64_t query_floats = round_up(
       scratch_size(op.kName, query_blocks, sizeof(attn::QueryBlock) / sizeof(float)), kPadding);
-  const int64_t key_floats =
-      round_up(scratch_size(op.kName, key_blocks, sizeof(KeyBlock) / sizeof(float)), kPadding);
+  const int64_t key_floats = round_up(
+      scratch_size(op.kName, key_blocks, sizeof(attn::KeyBlock) / sizeof(float)), kPadding);
   const int64_t delta_floats = round_up(scratch_size(op.kName, op.B, op.Hq, op.Tq), kPadding);
   const auto lease = context.scratch->acquire(
       scratch_bytes(op.kName,
@@ -268,11 +246,12 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
                                 scratch_size(op.kName, per_worker, context.max_workers)),
                     sizeof(float)));
   auto* queries = lease.as<attn::QueryBlock>();
-  auto* keys = reinterpret_cast<KeyBlock*>(lease.as<float>() + query_floats);
+  auto* keys = reinterpret_cast<attn::KeyBlock*>(lease.as<float>() + query_floats);
   const Deltas deltas{lease.as<float>() + query_floats + key_floats, op.Hq, op.Tq};
   float* workers = deltas.data + delta_floats;
   attn::list_query_blocks(op, tokens, queries);
-  list_key_blocks(op, keys);
+  attn::list_key_blocks(op, keys);
+  sort_key_blocks(op, keys, key_blocks);
 
   const int64_t rows = checked_product(op.kName, op.B, op.Tq, op.Hq);
   context.threads->parallel_for(
