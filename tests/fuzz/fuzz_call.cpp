@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <numeric>
 
 namespace hops::fuzz {
 
@@ -30,6 +31,12 @@ constexpr int64_t kMaxElements = int64_t{1} << 18;
 // call with small tensors (a few tokens over ~2^17 heads, or 2^16 tokens at
 // K = V = 1) is legal yet takes seconds under ASan, so its work is bounded.
 constexpr i128 kMaxChunkWork = i128{1} << 27;
+// The attention ops' work (FuzzCall::attention_work: query rows x D x keys):
+// legal calls of 2^18-element tensors (2^16 queries against as many keys)
+// run for minutes under ASan. At the bounds the backward kernel takes about
+// 0.1 s, the float64 reference as long (its backward 2^20 x 8 Array64::at).
+constexpr int64_t kMaxAttentionWork = int64_t{1} << 22;
+constexpr int64_t kMaxReferenceAttentionWork = int64_t{1} << 20;
 // A span no address space holds (x86-64 5-level paging: 2^57 bytes): a
 // tensor claiming it cannot exist, so a call with one must be rejected.
 constexpr i128 kImpossibleBytes = i128{1} << 57;
@@ -229,6 +236,21 @@ bool sane_scalar(const hops_arg_desc& d, double f64, int64_t i64) {
   return f64 == d.default_f64;
 }
 
+// The dims of a descriptor's symbolic shape ("[B,T,HV,K]", "[N+1]", "[...,D]").
+std::vector<std::string> shape_symbols(const hops_arg_desc& d) {
+  std::vector<std::string> dims;
+  std::string item;
+  for (char ch : std::string_view(d.shape ? d.shape : "[]").substr(1)) {
+    if (ch == ',' || ch == ']') {
+      if (!item.empty()) dims.push_back(item);
+      item.clear();
+    } else if (ch != ' ') {
+      item += ch;
+    }
+  }
+  return dims;
+}
+
 std::string dtype_text(DLDataType dl) {
   return fmt::format("{}:{}x{}", dl.code, dl.bits, dl.lanes);
 }
@@ -246,11 +268,12 @@ FuzzCall::FuzzCall(const hops_api& api, std::span<const uint8_t> input) : api_(a
   decode_plan(plan);
   if (!runnable_) return;
   for (const Record& r : records_) apply(r, false);
-  if (!allocate()) {
+  if (attention_work() > kMaxAttentionWork || !allocate()) {
     runnable_ = false;
     return;
   }
   fill();
+  if (std::string_view(op_->name) == "attn_prefill_bwd") mark_rows_without_keys();
   for (const Record& r : records_) apply(r, true);
   // A shorter list is a caller of an older arity (ABI 1.1): the provider gives
   // the arguments left out their defaults, NULL tensors and the descriptor's
@@ -349,7 +372,9 @@ void FuzzCall::decode_plan(const Plan& plan) {
   const int64_t V = size_from(plan.V, {1, 2, 3, 4, 5, 7, 8, 16, 32, 64, 128});
   const int64_t D = size_from(plan.D, {1, 2, 3, 4, 8, 15, 16, 33, 64, 256});
   const int64_t W = 1 + plan.W % 4;
-  const bool varlen = arg_index("cu_seqlens") >= 0 && plan.varlen != 0;
+  const bool varlen =
+      (arg_index("cu_seqlens") >= 0 || arg_index("cu_seqlens_q") >= 0) && plan.varlen != 0;
+  lse_holes_ = plan.squeeze & 2;
   const int64_t sequences = 1 + plan.varlen % 4;
   const int64_t B = varlen ? 1 : B0;
   const int64_t N = varlen ? sequences : B;
@@ -370,6 +395,24 @@ void FuzzCall::decode_plan(const Plan& plan) {
               {"L0", state_length(plan.L0)},
               {"L1", state_length(plan.L1)},
               {"state_len", state_length(plan.state_len)}};
+  // The attention ops' sizes, from bytes their shapes leave unused: Hkv = H
+  // key-value heads serve Hq = H*G query heads; Tq = T queries see Tk keys
+  // (L0: as many, a few more or fewer, none); the paged cache has num_blocks
+  // (L1) blocks of block_size (W) rows, a sequence at most max_blocks (S).
+  auto keys = [&](int64_t more) { return std::max<int64_t>(saturate(i128{T} + more), 0); };
+  const int64_t Tk = size_from(plan.L0, {T, keys(1), keys(4), keys(-1), keys(-3), 0, 1, 65});
+  const int64_t block_size = size_from(plan.W, {1, 2, 3, 4, 5, 8, 16, 64});
+  const int64_t max_blocks = size_from(plan.S, {2, 3, 1, 4, 0, 8, 16});
+  const int64_t num_blocks = size_from(plan.L1, {5, 2, 1, 3, 8, 16, 0, 64});
+  const i128 capacity = std::min<i128>(i128{max_blocks} * block_size, kClamp);
+  const i128 cache_slots = std::min<i128>(i128{num_blocks} * block_size, kClamp);
+  symbols_.insert(symbols_.end(), {{"Tq", T},
+                                   {"Tk", Tk},
+                                   {"Hq", saturate(i128{H} * G)},
+                                   {"Hkv", H},
+                                   {"num_blocks", num_blocks},
+                                   {"block_size", block_size},
+                                   {"max_blocks", max_blocks}});
   // Saturating at kClamp: the factors may be as large as int64 allows.
   i128 chunk_work = 64 * 64;
   for (const i128 factor : {i128{H}, i128{G}, i128{T} / 64 + N, 64 + i128{K} + V})
@@ -382,21 +425,65 @@ void FuzzCall::decode_plan(const Plan& plan) {
   for (int i = 0; i < plan.prefix_rank % 3; ++i)
     prefix.push_back(size_from(plan.prefix[i], {1, 2, 3, 4, 5, 0, 7}));
 
-  std::vector<int64_t> cu, slots;
-  if (varlen) {
-    cu = {0};
+  // Offsets of `sequences` spans over `tokens`, the inner ends at `cuts`
+  // 255ths (equal cuts: empty sequences).
+  auto offsets_at = [&](int64_t tokens, const uint8_t* cuts) {
     std::vector<int64_t> ends;
     for (int64_t n = 0; n + 1 < sequences; ++n)
-      ends.push_back(saturate(i128{T} * plan.cuts[n] / 255));
+      ends.push_back(saturate(i128{tokens} * cuts[n] / 255));
     std::sort(ends.begin(), ends.end());
-    cu.insert(cu.end(), ends.begin(), ends.end());
-    cu.push_back(T);
+    ends.insert(ends.begin(), 0);
+    ends.push_back(tokens);
+    return ends;
+  };
+  std::vector<int64_t> cu, cu_k, slots;
+  if (varlen) {
+    cu = offsets_at(T, plan.cuts);
+    cu_k = offsets_at(Tk, plan.prefix);  // the keys' spans cut elsewhere than the queries'
   }
   if (plan.slots && N <= 4096 && S > 0) {
     for (int64_t n = 0; n < N; ++n) {
       const bool skip = n < 7 && ((plan.slots >> (n + 1)) & 1);
       slots.push_back(skip ? -1 : static_cast<int64_t>((i128{n} + plan.slot_shift) % S));
     }
+  }
+
+  // attn_decode: sequence n leaves cuts[n % 3] 255ths of its table's capacity
+  // unused; its blocks are scattered over the cache (shared ones too), and
+  // with slots odd the table entries past them are out of range (never read).
+  std::vector<int64_t> seq_lens, block_table;
+  if (N <= 4096 && i128{N} * max_blocks <= kMaxElements) {
+    for (int64_t n = 0; n < N; ++n) {
+      const i128 length = num_blocks > 0 ? capacity - capacity * plan.cuts[n % 3] / 255 : 0;
+      seq_lens.push_back(saturate(length));
+      const i128 used = (length + block_size - 1) / block_size;
+      for (int64_t b = 0; b < max_blocks; ++b) {
+        int64_t block = b % 2 ? -1 : num_blocks;
+        if (num_blocks > 0 && (b < used || !(plan.slots & 1)))
+          block = ((n * max_blocks + b) * 7 + plan.slot_shift) % num_blocks;
+        block_table.push_back(block);
+      }
+    }
+  }
+  // kv_cache_write: row t goes to slot (t * step + slot_shift) % slots, a
+  // step coprime with slots (so the slots are distinct); bit t+1 of slots
+  // skips row t, as do the rows past the cache's slots.
+  std::vector<int64_t> slot_mapping;
+  if (T <= kMaxElements && cache_slots > 0) {
+    int64_t step = 1;
+    for (int64_t s : {5, 3, 7}) {
+      if (std::gcd(s, saturate(cache_slots)) == 1) {
+        step = s;
+        break;
+      }
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const bool skip = (t < 7 && ((plan.slots >> (t + 1)) & 1)) || t >= cache_slots;
+      slot_mapping.push_back(
+          skip ? -1 : static_cast<int64_t>((i128{t} * step + plan.slot_shift) % cache_slots));
+    }
+  } else if (T <= kMaxElements) {
+    slot_mapping.assign(static_cast<size_t>(T), -1);
   }
 
   uint32_t present = 0;
@@ -409,21 +496,17 @@ void FuzzCall::decode_plan(const Plan& plan) {
     t.present = !d.optional || (present >> i & 1);
     if (name == "cu_seqlens") t.present = varlen, t.index_values = cu;
     if (name == "state_indices") t.present = plan.slots != 0, t.index_values = slots;
+    if (name == "cu_seqlens_q") t.present = varlen, t.index_values = cu;
+    if (name == "cu_seqlens_k") t.present = varlen, t.index_values = cu_k;
+    if (name == "seq_lens") t.index_values = seq_lens;
+    if (name == "block_table") t.index_values = block_table;
+    if (name == "slot_mapping") t.index_values = slot_mapping;
 
-    // Dims from the descriptor's symbolic shape.
-    std::vector<std::string> dims;
-    std::string item;
-    for (char ch : std::string_view(d.shape ? d.shape : "[]").substr(1)) {
-      if (ch == ',' || ch == ']') {
-        if (!item.empty()) dims.push_back(item);
-        item.clear();
-      } else if (ch != ' ') {
-        item += ch;
-      }
-    }
+    std::vector<std::string> dims = shape_symbols(d);
     if (flag("channels_first") && dims == std::vector<std::string>{"B", "T", "D"})
       dims = {"B", "D", "T"};
-    if (plan.squeeze & 1) std::erase(dims, "L");
+    const bool attention = std::string_view(op_->name).starts_with("attn_");
+    if ((plan.squeeze & 1) && !attention) std::erase(dims, "L");  // [N,L,Hq,D] stays
     // States are [.., V, K] with state_v_first.
     if (flag("state_v_first") && dims.size() == 4 && dims[1] == "HV" && dims[2] == "K" &&
         dims[3] == "V") {
@@ -515,6 +598,13 @@ int FuzzCall::arg_index(std::string_view name) const {
 const TensorArg* FuzzCall::tensor(std::string_view name) const {
   const int i = arg_index(name);
   return i >= 0 && is_tensor(*hops_op_arg(op_, i)) && tensors_[i].present ? &tensors_[i] : nullptr;
+}
+
+int64_t FuzzCall::symbol(std::string_view name) const {
+  for (const auto& [symbol, value] : symbols_) {
+    if (symbol == name) return value;
+  }
+  return 0;
 }
 
 double FuzzCall::f64(std::string_view name) const { return values_[arg_index(name)].f64; }
@@ -721,11 +811,20 @@ void FuzzCall::apply(const Record& r, bool after_fill) {
       if (!t.dtype || (*t.dtype != DType::i32 && *t.dtype != DType::i64) || !dl.data) break;
       const std::vector<int64_t> at = offsets(geometry(dl));
       if (at.empty()) break;
-      int64_t T = 0, S = 0;
-      for (const auto& [symbol, v] : symbols_) {
-        if (symbol == "T") T = v;
-        if (symbol == "S") S = v;
+      // The edges of the entry's range: the tokens T and the slots S
+      // (cu_seqlens, state_indices), the keys Tk (cu_seqlens_k), the table's
+      // capacity and the new tokens L (seq_lens), the cache's blocks
+      // (block_table) and slots (slot_mapping).
+      const std::string_view name = hops_op_arg(op_, target)->name;
+      const int64_t slots = saturate(i128{symbol("num_blocks")} * symbol("block_size"));
+      int64_t end = symbol("T"), limit = symbol("S");
+      if (name == "cu_seqlens_k") end = symbol("Tk");
+      if (name == "seq_lens") {
+        end = saturate(i128{symbol("max_blocks")} * symbol("block_size"));
+        limit = symbol("L");
       }
+      if (name == "block_table") end = limit = symbol("num_blocks");
+      if (name == "slot_mapping") end = limit = slots;
       const int64_t table[] = {-3,
                                -2,
                                -1,
@@ -733,10 +832,10 @@ void FuzzCall::apply(const Record& r, bool after_fill) {
                                1,
                                2,
                                3,
-                               T,
-                               saturate(i128{T} + 1),
-                               S,
-                               S - 1,
+                               end,
+                               saturate(i128{end} + 1),
+                               limit,
+                               saturate(i128{limit} - 1),
                                std::numeric_limits<int32_t>::max(),
                                std::numeric_limits<int32_t>::min(),
                                kI64Max,
@@ -849,6 +948,47 @@ void FuzzCall::fill() {
   }
 }
 
+// attn_prefill_bwd's lse as the forward leaves it: -inf in the rows whose
+// query sees no key, and with lse_holes_ in every third row of a sequence
+// that has keys too (the contract: such a row contributes nothing).
+void FuzzCall::mark_rows_without_keys() {
+  const int arg = arg_index("lse");
+  const TensorArg& lse = tensors_[arg];
+  if (!lse.present || lse.buffer < 0 || !lse.dtype || !conformance::is_float(*lse.dtype)) return;
+  const Geometry g = geometry(lse.dl);
+  if (!g.ok || g.negative || g.ndim != 3) return;
+  const std::vector<int64_t> at = offsets(g);
+  if (at.empty()) return;
+  const int64_t B = g.shape[0], Hq = g.shape[1], Tq = g.shape[2];
+  struct Span {
+    int64_t row, begin, end, keys;
+  };
+  std::vector<Span> spans;
+  const TensorArg& cu_q = tensors_[arg_index("cu_seqlens_q")];
+  const TensorArg& cu_k = tensors_[arg_index("cu_seqlens_k")];
+  if (cu_q.present && cu_k.present && cu_q.index_values.size() == cu_k.index_values.size()) {
+    for (size_t n = 0; n + 1 < cu_q.index_values.size(); ++n) {
+      spans.push_back({0, cu_q.index_values[n], cu_q.index_values[n + 1],
+                       cu_k.index_values[n + 1] - cu_k.index_values[n]});
+    }
+  } else {
+    for (int64_t b = 0; b < B; ++b) spans.push_back({b, 0, Tq, symbol("Tk")});
+  }
+  std::byte* base = buffers_[lse.buffer].bytes.get() + lse.region + lse.dl.byte_offset;
+  const bool causal = flag("causal");
+  for (const Span& s : spans) {
+    const int64_t Lq = s.end - s.begin;
+    for (int64_t i = 0; i < Lq && s.begin + i < Tq && s.row < B; ++i) {
+      const bool sees = s.keys > 0 && (!causal || i128{i} + s.keys - Lq >= 0);
+      if (sees && !(lse_holes_ && i % 3 == 0)) continue;
+      for (int64_t h = 0; h < Hq; ++h) {
+        const int64_t element = (s.row * Hq + h) * Tq + s.begin + i;
+        conformance::store(*lse.dtype, base, at[element], -std::numeric_limits<double>::infinity());
+      }
+    }
+  }
+}
+
 const std::byte* FuzzCall::address(const TensorArg& t, bool before) const {
   const auto* data = static_cast<const std::byte*>(t.dl.data);
   if (!data) return nullptr;  // an empty tensor may have no data: nothing is read from it
@@ -873,7 +1013,7 @@ std::vector<int64_t> FuzzCall::read_indices(const TensorArg& t) const {
   return out;
 }
 
-void FuzzCall::expect(std::string_view name, const Array64& want) const {
+void FuzzCall::expect(std::string_view name, const Array64& want, bool exact_zeros) const {
   const TensorArg* t = tensor(name);
   if (!t) finding(fmt::format("oracle: output '{}' is absent", name));
   const Array64 got = read(*t, false);
@@ -886,13 +1026,17 @@ void FuzzCall::expect(std::string_view name, const Array64& want) const {
   const std::byte* now = address(*t, false);
   const std::byte* then = address(*t, true);
   double diff2 = 0, ref2 = 0;
-  int64_t compared = 0, not_finite = 0, touched = 0;
+  int64_t compared = 0, not_finite = 0, touched = 0, inexact = 0;
   for (size_t n = 0; n < at.size(); ++n) {
     if (std::isnan(want.data[n])) {  // must keep its bytes
       touched += std::memcmp(now + at[n] * size, then + at[n] * size, size) != 0;
       continue;
     }
     ++compared;
+    if (std::isinf(want.data[n]) || (exact_zeros && want.data[n] == 0)) {
+      inexact += got.data[n] != want.data[n];  // -inf lse, 0 where nothing contributes
+      continue;
+    }
     if (!std::isfinite(got.data[n])) {
       ++not_finite;
       continue;
@@ -904,11 +1048,12 @@ void FuzzCall::expect(std::string_view name, const Array64& want) const {
   // a few elements that nearly cancel must not turn rounding into "error".
   const double floor2 = 0.01 * static_cast<double>(compared);
   const double error = std::sqrt(diff2 / std::max(ref2, std::max(floor2, 1e-300)));
-  if (not_finite || touched || !(error <= tolerance_)) {
-    finding(
-        fmt::format("'{}' disagrees with the reference: rel_err {:.3g} (tolerance {:.0e}), "
-                    "{} of {} elements not finite, {} skipped elements written",
-                    name, error, tolerance_, not_finite, compared, touched));
+  if (not_finite || touched || inexact || !(error <= tolerance_)) {
+    finding(fmt::format(
+        "'{}' disagrees with the reference: rel_err {:.3g} (tolerance {:.0e}), "
+        "{} of {} elements not finite, {} not exactly the reference's 0 or inf, {} skipped "
+        "elements written",
+        name, error, tolerance_, not_finite, compared, inexact, touched));
   }
 }
 
@@ -926,6 +1071,24 @@ void FuzzCall::expect_slots_kept(std::string_view name, const std::vector<bool>&
       finding(fmt::format("'{}': slot {} is used by no sequence but changed", name, n / per_slot));
     }
   }
+}
+
+// The attention kernels' work from the shapes as given: q's elements times
+// the keys each query may see (Tk for prefill, the table's capacity
+// max_blocks x block_size for decode); 0 for the other ops.
+int64_t FuzzCall::attention_work() const {
+  const TensorArg* q = tensor("q");
+  const TensorArg* keys = tensor("k") ? tensor("k") : tensor("k_cache");
+  if (!std::string_view(op_->name).starts_with("attn_") || !q || !keys) return 0;
+  i128 work = 1;
+  auto times = [&](const TensorArg& t, int d) {
+    const bool has = t.dl.shape && d < t.dl.ndim;
+    work = std::min<i128>(work * (has ? std::max<int64_t>(t.dl.shape[d], 0) : 0), kClamp);
+  };
+  for (int d = 0; d < 4; ++d) times(*q, d);
+  times(*keys, 1);
+  if (const TensorArg* table = tensor("block_table")) times(*table, 1);
+  return saturate(work);
 }
 
 bool FuzzCall::judgeable() const {
@@ -952,11 +1115,11 @@ bool FuzzCall::judgeable() const {
   // The float64 reference costs T*HV*K*V per GDN call: keep it to milliseconds.
   const TensorArg* v = tensor("v");
   const TensorArg* q = tensor("q");
-  if (v && q && q->dl.ndim > 0) {
+  if (std::string_view(op_->name).starts_with("gdn_") && v && q && q->dl.ndim > 0) {
     const i128 work = geometry(v->dl).numel * q->dl.shape[q->dl.ndim - 1];
     if (work > (i128{1} << 21)) return false;
   }
-  return elements <= (int64_t{1} << 18);
+  return elements <= (int64_t{1} << 18) && attention_work() <= kMaxReferenceAttentionWork;
 }
 
 Outcome FuzzCall::run_and_check() {
@@ -1119,8 +1282,15 @@ Outcome FuzzCall::check_success() const {
 std::string FuzzCall::describe() const {
   std::string text = fmt::format("op {} ({} args, num_args {}{})\n", op_->name, op_->num_args,
                                  num_args_, null_args_ ? ", args NULL" : "");
-  text += "  sizes:";
-  for (const auto& [symbol, v] : symbols_) text += fmt::format(" {}={}", symbol, v);
+  text += "  sizes:";  // of the symbols the op's shapes name
+  for (const auto& [symbol, v] : symbols_) {
+    bool named = false;
+    for (int i = 0; i < op_->num_args && !named; ++i) {
+      for (const std::string& dim : shape_symbols(*hops_op_arg(op_, i)))
+        named |= dim == symbol || dim == symbol + "+1";
+    }
+    if (named) text += fmt::format(" {}={}", symbol, v);
+  }
   text += "\n";
   if (null_exec_) {
     text += "  exec: NULL\n";

@@ -35,19 +35,25 @@ struct Plan {
   uint8_t dtype;        // float tensors: f32, f16, bf16
   uint8_t index_dtype;  // even: i32, odd: i64
   // Sizes of the shape symbols; bytes >= 248 pick a huge value (kHuge).
+  // The attention ops' symbols reuse bytes: Hq = H*G, Hkv = H, Tq = T, Tk
+  // from L0, block_size from W, max_blocks from S, num_blocks from L1.
   uint8_t B, T, H, G, K, V, D, W, S, L0, L1, state_len, L;
-  uint8_t prefix_rank, prefix[3];  // the "..." dims of [...,D] and [...,HV]
-  uint8_t varlen;                  // nonzero: cu_seqlens with 1 + varlen % 4 sequences (B = 1)
-  uint8_t cuts[3];                 // where the sequences end, in 255ths of T
-  uint8_t slots;                   // nonzero: state_indices; bit n+1 skips sequence n (-1)
-  uint8_t slot_shift;              // sequence n uses slot (n + shift) % S
-  uint8_t squeeze;                 // odd: tensors drop their L dim (conv1d_update's x [N,D])
-  uint8_t present[4];              // bit i: optional tensor argument i is passed
-  uint8_t scalars[8];              // per scalar argument in order: 0 default, else a value table
-  uint8_t layouts[kMaxArgs];       // per tensor argument: memory layout (Layout)
-  uint8_t arena;                   // odd: every tensor in one allocation, else one each
-  uint8_t exec;                    // exec variant
-  uint8_t seed[4];                 // of the input values
+  uint8_t prefix_rank, prefix[3];  // the "..." dims of [...,D] and [...,HV]; cu_seqlens_k's cuts
+  uint8_t varlen;      // nonzero: cu_seqlens (or _q and _k) with 1 + varlen % 4 sequences (B = 1)
+  uint8_t cuts[3];     // where the sequences end, in 255ths of T; attn_decode: the part of
+                       // sequence n % 3's table left unused (0: seq_lens = max_blocks * block_size)
+  uint8_t slots;       // nonzero: state_indices; bit n+1 skips sequence n (-1); kv_cache_write:
+                       // bit t+1 skips row t; attn_decode, odd: table entries past the used
+                       // blocks out of range
+  uint8_t slot_shift;  // sequence n uses slot (n + shift) % S; the cache blocks' and slots' shift
+  uint8_t squeeze;     // odd: tensors drop their L dim (conv1d_update's x [N,D]); bit 1:
+                       // attn_prefill_bwd's lse is -inf in rows with keys too
+  uint8_t present[4];  // bit i: optional tensor argument i is passed
+  uint8_t scalars[8];  // per scalar argument in order: 0 default, else a value table
+  uint8_t layouts[kMaxArgs];  // per tensor argument: memory layout (Layout)
+  uint8_t arena;              // odd: every tensor in one allocation, else one each
+  uint8_t exec;               // exec variant
+  uint8_t seed[4];            // of the input values
 };
 
 // What a Record damages; kind is read modulo kKinds.
@@ -103,7 +109,7 @@ struct TensorArg {
   int buffer = -1;                    // Buffers index of its memory, -1: none
   size_t region = 0;                  // its memory's start inside that buffer
   size_t claim = 0;                   // bytes from region that its elements span
-  std::vector<int64_t> index_values;  // cu_seqlens / state_indices as built
+  std::vector<int64_t> index_values;  // cu_seqlens, state_indices, attention tables as built
 };
 
 // What became of a call that ran.
@@ -131,8 +137,10 @@ class FuzzCall {
   int64_t i64(std::string_view name) const;
   bool flag(std::string_view name) const;
   // Aborts unless the logical values of output `name` match `want` within
-  // the tolerance; NaN in `want` means the element must keep its bytes.
-  void expect(std::string_view name, const Array64& want) const;
+  // the tolerance; NaN in `want` means the element must keep its bytes, an
+  // infinity must be matched exactly, and so must 0 with exact_zeros (where
+  // nothing contributes, the contract says 0).
+  void expect(std::string_view name, const Array64& want, bool exact_zeros = false) const;
   // Aborts unless every element of the slots of pool `name` ([S,...]) that
   // no sequence uses kept its bytes.
   void expect_slots_kept(std::string_view name, const std::vector<bool>& used) const;
@@ -147,6 +155,9 @@ class FuzzCall {
   void check_rejection(hops_status status, const std::string& message) const;
   Outcome check_success() const;
   const std::byte* address(const TensorArg& t, bool before) const;
+  int64_t symbol(std::string_view name) const;  // the plan's size of a shape symbol
+  int64_t attention_work() const;
+  void mark_rows_without_keys();
   bool judgeable() const;
 
   const hops_api& api_;
@@ -167,6 +178,7 @@ class FuzzCall {
   bool arena_ = false;
   bool runnable_ = true;
   bool unjudgeable_ = false;  // aliasing or planted values: no reference comparison
+  bool lse_holes_ = false;    // attn_prefill_bwd: lse -inf in rows with keys too
   double tolerance_ = 0;
   uint64_t seed_ = 0;
   // Symbol sizes the plan chose, for describe().
