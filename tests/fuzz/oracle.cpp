@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string_view>
 
+#include "attn_reference.hpp"
 #include "conv1d_reference.hpp"
 #include "fuzz_call.hpp"
 #include "gdn_reference.hpp"
@@ -33,10 +34,13 @@ class Args {
   double f64(std::string_view name) const { return call_.f64(name); }
   int64_t i64(std::string_view name) const { return call_.i64(name); }
   bool flag(std::string_view name) const { return call_.flag(name); }
-  void expect(std::string_view name, const Array64& want) const { call_.expect(name, want); }
-  void expect_if_given(std::string_view name, const Array64& want) const {
-    if (has(name)) expect(name, want);
+  void expect(std::string_view name, const Array64& want, bool exact_zeros = false) const {
+    call_.expect(name, want, exact_zeros);
   }
+  void expect_if_given(std::string_view name, const Array64& want, bool exact_zeros = false) const {
+    if (has(name)) expect(name, want, exact_zeros);
+  }
+  int64_t dim(std::string_view name, int d) const { return call_.tensor(name)->dl.shape[d]; }
   const FuzzCall& call() const { return call_; }
 
  private:
@@ -198,12 +202,75 @@ void conv1d_update(const Args& a) {
   a.call().expect_slots_kept("state", used_slots(pool.shape[0], x.shape[0], slots));
 }
 
+// Rows that see no key have o = 0 and lse = -inf, and every gradient
+// element nothing contributes to is 0: those are compared exactly.
+constexpr bool kExactZeros = true;
+
+void attn_prefill(const Args& a) {
+  const auto gate = a.maybe("gate");
+  const auto cu_q = a.indices("cu_seqlens_q");
+  const auto cu_k = a.indices("cu_seqlens_k");
+  const ref::AttnResult want =
+      ref::attn_prefill(a.in("q"), a.in("k"), a.in("v"), ptr(gate), ptr(cu_q), ptr(cu_k),
+                        a.f64("scale"), a.flag("causal"));
+  a.expect("o", want.o, kExactZeros);
+  a.expect_if_given("lse", want.lse);
+}
+
+void attn_prefill_bwd(const Args& a) {
+  const auto gate = a.maybe("gate");
+  const auto cu_q = a.indices("cu_seqlens_q");
+  const auto cu_k = a.indices("cu_seqlens_k");
+  const ref::AttnGrads want =
+      ref::attn_prefill_bwd(a.in("q"), a.in("k"), a.in("v"), ptr(gate), a.in("o"), a.in("lse"),
+                            a.in("do"), ptr(cu_q), ptr(cu_k), a.f64("scale"), a.flag("causal"));
+  a.expect("dq", want.dq, kExactZeros);
+  a.expect("dk", want.dk, kExactZeros);
+  a.expect("dv", want.dv, kExactZeros);
+  a.expect_if_given("dgate", want.dgate, kExactZeros);
+}
+
+void attn_decode(const Args& a) {
+  const std::vector<int64_t> table = *a.indices("block_table");
+  const int64_t max_blocks = a.dim("block_table", 1);
+  std::vector<std::vector<int64_t>> rows;
+  for (size_t begin = 0; begin < table.size(); begin += static_cast<size_t>(max_blocks))
+    rows.emplace_back(table.begin() + begin, table.begin() + begin + max_blocks);
+  rows.resize(static_cast<size_t>(a.dim("block_table", 0)));  // max_blocks == 0: empty rows
+  const Array64 want = ref::attn_decode(a.in("q"), a.in("k_cache"), a.in("v_cache"), rows,
+                                        *a.indices("seq_lens"), a.f64("scale"));
+  a.expect("o", want, kExactZeros);
+}
+
+void kv_cache_write(const Args& a) {
+  Array64 k_cache = a.before("k_cache"), v_cache = a.before("v_cache");
+  const std::vector<int64_t> slots = *a.indices("slot_mapping");
+  ref::kv_cache_write(a.in("k"), a.in("v"), k_cache, v_cache, slots);
+  // The slots no row names keep their bytes (NaN: see FuzzCall::expect).
+  const int64_t per_slot = k_cache.shape[2] * k_cache.shape[3];
+  const std::vector<bool> used =
+      used_slots(k_cache.shape[0] * k_cache.shape[1], static_cast<int64_t>(slots.size()), slots);
+  for (size_t n = 0; n < k_cache.data.size(); ++n) {
+    if (!used[n / static_cast<size_t>(per_slot)]) k_cache.data[n] = v_cache.data[n] = NAN;
+  }
+  a.expect("k_cache", k_cache);
+  a.expect("v_cache", v_cache);
+}
+
 const std::map<std::string_view, void (*)(const Args&)> kOracles = {
-    {"gdn_chunk_fwd", gdn_chunk_fwd}, {"gdn_recurrent", gdn_recurrent},
-    {"gdn_chunk_bwd", gdn_chunk_bwd}, {"gdn_gating", gdn_gating},
-    {"gated_rmsnorm", gated_rmsnorm}, {"gated_rmsnorm_bwd", gated_rmsnorm_bwd},
-    {"conv1d_fwd", conv1d_fwd},       {"conv1d_bwd", conv1d_bwd},
+    {"gdn_chunk_fwd", gdn_chunk_fwd},
+    {"gdn_recurrent", gdn_recurrent},
+    {"gdn_chunk_bwd", gdn_chunk_bwd},
+    {"gdn_gating", gdn_gating},
+    {"gated_rmsnorm", gated_rmsnorm},
+    {"gated_rmsnorm_bwd", gated_rmsnorm_bwd},
+    {"conv1d_fwd", conv1d_fwd},
+    {"conv1d_bwd", conv1d_bwd},
     {"conv1d_update", conv1d_update},
+    {"attn_prefill", attn_prefill},
+    {"attn_prefill_bwd", attn_prefill_bwd},
+    {"attn_decode", attn_decode},
+    {"kv_cache_write", kv_cache_write},
 };
 
 }  // namespace
