@@ -33,12 +33,64 @@ void print_counts() {
   if (ran + g_counts.skipped == 0) return;  // a -fork parent: its workers ran the calls
   std::fprintf(stderr,
                "hops-fuzz: %llu calls ran: %llu rejected, %llu accepted (%llu of them compared "
-               "with the float64 reference); %llu inputs skipped (too much memory)\n",
+               "with the float64 reference); %llu inputs skipped (too much memory or work)\n",
                static_cast<unsigned long long>(ran),
                static_cast<unsigned long long>(g_counts.rejected.load()),
                static_cast<unsigned long long>(g_counts.accepted + g_counts.compared),
                static_cast<unsigned long long>(g_counts.compared.load()),
                static_cast<unsigned long long>(g_counts.skipped.load()));
+}
+
+// attn_prefill and its backward (Plan: Hq = H*G, Hkv = H, Tk from L0,
+// cu_seqlens_k's cuts in prefix): groups, more keys than queries, fewer
+// (causal rows without keys), none, varlen with empty sequences, not causal
+// with a scale, lse -inf in rows with keys (the backward), many key blocks.
+template <class Add, class AllOptional>
+void attention_seeds(Add& add, AllOptional& all_optional) {
+  add("f32-gqa-more-keys", [&](Plan& p) { all_optional(p), p.H = 1, p.G = 3, p.L0 = 2; });
+  add("f32-fewer-keys", [&](Plan& p) { all_optional(p), p.T = 7, p.L0 = 4, p.G = 0; });
+  add("f16-no-keys", [&](Plan& p) { all_optional(p), p.dtype = 1, p.L0 = 5; });
+  add("bf16-varlen-kv-not-causal", [&](Plan& p) {
+    all_optional(p), p.dtype = 2, p.varlen = 3, p.T = 7, p.L0 = 2, p.index_dtype = 1;
+    p.cuts[0] = 0, p.cuts[1] = 100, p.cuts[2] = 100;
+    p.prefix[0] = 200, p.prefix[1] = 30, p.prefix[2] = 255;
+    p.scalars[0] = 2, p.scalars[1] = 2;  // scale 0.5, causal false
+  });
+  add("f32-varlen-causal", [&](Plan& p) {
+    all_optional(p), p.varlen = 2, p.T = 8, p.L0 = 1, p.H = 1, p.G = 1;
+    p.cuts[0] = 60, p.cuts[1] = 180, p.prefix[0] = 20, p.prefix[1] = 250;
+  });
+  add("f32-lse-holes", [&](Plan& p) { all_optional(p), p.squeeze = 2, p.L0 = 1, p.T = 7; });
+  add("f32-long", [&](Plan& p) { all_optional(p), p.T = 11, p.L0 = 1, p.D = 3, p.exec = 4; });
+}
+
+// attn_decode (Plan: N = B, seq_lens leave cuts[n % 3] 255ths of the table
+// unused, block_size from W, max_blocks from S, num_blocks from L1): split
+// contexts longer than 512 tokens, sequences shorter than L or empty, an
+// unused table tail out of range, one-row blocks.
+template <class Add>
+void decode_seeds(Add& add) {
+  add("f32-gqa-long", [&](Plan& p) {
+    p.B = 2, p.H = 1, p.G = 1, p.D = 2, p.W = 7, p.S = 6, p.L1 = 7, p.L = 0;
+    p.cuts[1] = 60, p.cuts[2] = 255;
+  });
+  add("f32-shorter-than-L", [&](Plan& p) { p.B = 1, p.L = 3, p.cuts[0] = 255, p.cuts[1] = 200; });
+  add("bf16-unused-blocks-out-of-range", [&](Plan& p) {
+    p.dtype = 2, p.B = 2, p.slots = 1, p.S = 3, p.cuts[0] = 128, p.cuts[1] = 200;
+    p.index_dtype = 1;
+  });
+  add("f16-one-row-blocks", [&](Plan& p) {
+    p.dtype = 1, p.W = 0, p.S = 5, p.L1 = 4, p.B = 1, p.cuts[1] = 100, p.slot_shift = 3;
+  });
+}
+
+// kv_cache_write (Plan: slots from L1 blocks of W rows, bit t+1 of slots
+// skips row t): skipped rows, every slot written, more rows than slots.
+template <class Add>
+void cache_write_seeds(Add& add) {
+  add("f32-skips", [&](Plan& p) { p.slots = 0b1010, p.slot_shift = 9; });
+  add("f32-every-slot", [&](Plan& p) { p.W = 0, p.L1 = 0, p.T = 5, p.slot_shift = 2; });
+  add("bf16-more-rows-than-slots", [&](Plan& p) { p.dtype = 2, p.T = 9, p.H = 1, p.L1 = 2; });
 }
 
 // Valid calls of every op: a small base problem and variants that each turn
@@ -110,9 +162,16 @@ std::vector<std::pair<std::string, Plan>> seed_plans(const hops_api& api) {
     add("f32-broadcast-inputs-threads", [&](Plan& p) {
       all_optional(p), p.exec = 3, p.prefix_rank = 1, p.prefix[0] = 2;
       for (int32_t i = 0; i < op->num_args; ++i) {
-        if (hops_op_arg(op, i)->kind == HOPS_ARG_TENSOR_IN) p.layouts[i] = 6;
+        const hops_arg_desc& d = *hops_op_arg(op, i);
+        // Not the attention tables: kv_cache_write's slots would all be one.
+        const bool table = !d.optional && (d.dtypes & ~uint32_t{HOPS_DTYPE_INDEX}) == 0;
+        if (d.kind == HOPS_ARG_TENSOR_IN && !table) p.layouts[i] = 6;
       }
     });
+    const std::string_view name = op->name;
+    if (name == "attn_prefill" || name == "attn_prefill_bwd") attention_seeds(add, all_optional);
+    if (name == "attn_decode") decode_seeds(add);
+    if (name == "kv_cache_write") cache_write_seeds(add);
   }
   return seeds;
 }
