@@ -19,7 +19,7 @@ LAYERS = [
     {"ops"},  # hops.ops and its families
     {"torch_ops"},  # torch.ops.hops.* and their families
     {"_dispatch"},  # ops or torch_ops, per array
-    {"fla", "causal_conv1d"},  # the drop-ins
+    {"fla", "causal_conv1d", "flash_attn"},  # the drop-ins
     {"_redirects"},  # what hops.patch redirects, per family
     {"_patch_transformers", "_patch_fla"},
     {"patch"},

@@ -8,19 +8,19 @@
 
 Public layers: hops.ops (framework-neutral, every op of the provider), hops.torch_ops
 (torch operators torch.ops.hops.* with autograd and torch.compile support;
-`from hops import torch_ops`; numpy-only users never import torch), hops.fla and
-hops.causal_conv1d (drop-in namesakes of those packages' functions),
+`from hops import torch_ops`; numpy-only users never import torch), hops.fla,
+hops.causal_conv1d and hops.flash_attn (drop-in namesakes of those packages' functions),
 hops.patch (host patching). The modules are layered bottom to top without cycles
 (docs/PYTHON.md, Layers; tests/python/test_layers.py checks it).
 """
 
-from . import causal_conv1d, fla, ops
+from . import causal_conv1d, fla, flash_attn, ops
 from ._bindings import ProviderInfo, library
 from .errors import HopsError
 from .patch import PatchReport, patch, patch_model, unpatch
 
 __version__ = "0.1.0"
-__all__ = ["HopsError", "PatchReport", "ProviderInfo", "causal_conv1d", "fla", "info", "ops", "patch",
+__all__ = ["HopsError", "PatchReport", "ProviderInfo", "causal_conv1d", "fla", "flash_attn", "info", "ops", "patch",
            "patch_model", "unpatch"]
 
 
