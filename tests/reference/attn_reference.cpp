@@ -73,12 +73,36 @@ int64_t last_visible_key(int64_t i, int64_t Lq, int64_t Lk, bool causal) {
   return causal ? i + Lk - Lq : Lk - 1;
 }
 
-// scale * <q[b,t,h,:], k[b,s,kv,:]>.
-double score(const Array64& q, const Array64& k, int64_t b, int64_t t, int64_t h, int64_t s,
-             int64_t kv, const AttnDims& d) {
-  double dot = 0.0;
-  for (int64_t x = 0; x < d.D; ++x) dot += q.at({b, t, h, x}) * k.at({b, s, kv, x});
-  return d.scale * dot;
+// One row of D values per token: the queries, keys or values of one head
+// of a sequence, gathered once so that the loops below read plain vectors.
+using Rows = std::vector<std::vector<double>>;
+
+Rows zero_rows(int64_t count, int64_t D) {
+  return Rows(static_cast<size_t>(count), std::vector<double>(static_cast<size_t>(D), 0.0));
+}
+
+// array[b, begin..end, head, :].
+Rows gather(const Array64& array, int64_t b, int64_t begin, int64_t end, int64_t head) {
+  Rows rows = zero_rows(end - begin, array.dim(3));
+  for (int64_t t = begin; t < end; ++t) {
+    for (int64_t i = 0; i < array.dim(3); ++i) rows[t - begin][i] = array.at({b, t, head, i});
+  }
+  return rows;
+}
+
+// array[b, begin.., head, :] += rows.
+void scatter_add(const Rows& rows, Array64& array, int64_t b, int64_t begin, int64_t head) {
+  for (size_t r = 0; r < rows.size(); ++r) {
+    for (size_t i = 0; i < rows[r].size(); ++i) {
+      array.at({b, begin + static_cast<int64_t>(r), head, static_cast<int64_t>(i)}) += rows[r][i];
+    }
+  }
+}
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double sum = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) sum += a[i] * b[i];
+  return sum;
 }
 
 // ln sum_j exp(s_j), taken around the largest score; -inf for no scores.
@@ -103,23 +127,28 @@ AttnResult attn_prefill(const Array64& q, const Array64& k, const Array64& v, co
     const int64_t b = span.batch;
     for (int64_t h = 0; h < d.Hq; ++h) {
       const int64_t kv = h / d.G;  // the key-value head of this query head's group
+      const Rows queries = gather(q, b, span.q_begin, span.q_end, h);
+      const Rows keys = gather(k, b, span.k_begin, span.k_end, kv);
+      const Rows values = gather(v, b, span.k_begin, span.k_end, kv);
       for (int64_t i = 0; i < span.Lq(); ++i) {
         const int64_t t = span.q_begin + i;
         const int64_t last = last_visible_key(i, span.Lq(), span.Lk(), causal);
 
         // s_j = scale <q_i, k_j> over the visible keys; lse = ln sum_j exp(s_j).
         std::vector<double> s(static_cast<size_t>(std::max<int64_t>(last + 1, 0)));
-        for (int64_t j = 0; j <= last; ++j) s[j] = score(q, k, b, t, h, span.k_begin + j, kv, d);
+        for (int64_t j = 0; j <= last; ++j) s[j] = d.scale * dot(queries[i], keys[j]);
         const double lse = log_sum_exp(s);
         result.lse.at({b, h, t}) = lse;
 
         // o = sum_j p_j v_j with p_j = exp(s_j - lse) (0 without keys), then o * sigmoid(gate).
-        for (double& s_j : s) s_j = std::exp(s_j - lse);
+        std::vector<double> o(static_cast<size_t>(d.D), 0.0);
+        for (int64_t j = 0; j <= last; ++j) {
+          const double p = std::exp(s[j] - lse);
+          for (int64_t x = 0; x < d.D; ++x) o[x] += p * values[j][x];
+        }
         for (int64_t x = 0; x < d.D; ++x) {
-          double o = 0.0;
-          for (int64_t j = 0; j <= last; ++j) o += s[j] * v.at({b, span.k_begin + j, kv, x});
-          if (gate != nullptr) o *= sigmoid(gate->at({b, t, h, x}));
-          result.o.at({b, t, h, x}) = o;
+          if (gate != nullptr) o[x] *= sigmoid(gate->at({b, t, h, x}));
+          result.o.at({b, t, h, x}) = o[x];
         }
       }
     }
@@ -143,6 +172,12 @@ AttnGrads attn_prefill_bwd(const Array64& q, const Array64& k, const Array64& v,
     const int64_t b = span.batch;
     for (int64_t h = 0; h < d.Hq; ++h) {
       const int64_t kv = h / d.G;
+      const Rows queries = gather(q, b, span.q_begin, span.q_end, h);
+      const Rows keys = gather(k, b, span.k_begin, span.k_end, kv);
+      const Rows values = gather(v, b, span.k_begin, span.k_end, kv);
+      // This head's share of the gradients; dk and dv add up over its group below.
+      Rows dq = zero_rows(span.Lq(), d.D), dk = zero_rows(span.Lk(), d.D),
+           dv = zero_rows(span.Lk(), d.D);
       for (int64_t i = 0; i < span.Lq(); ++i) {
         const int64_t t = span.q_begin + i;
 
@@ -163,22 +198,20 @@ AttnGrads attn_prefill_bwd(const Array64& q, const Array64& k, const Array64& v,
 
         const int64_t last = last_visible_key(i, span.Lq(), span.Lk(), causal);
         for (int64_t j = 0; j <= last; ++j) {
-          const int64_t s = span.k_begin + j;
           // p = exp(s_ij - lse_i); dv_j += p dO; dp = <dO, v_j>; ds = p (dp - Delta).
-          const double p = std::exp(score(q, k, b, t, h, s, kv, d) - lse_i);
-          double dp = 0.0;
-          for (int64_t x = 0; x < d.D; ++x) {
-            grads.dv.at({b, s, kv, x}) += p * dO[x];
-            dp += dO[x] * v.at({b, s, kv, x});
-          }
-          const double ds = p * (dp - delta);
+          const double p = std::exp(d.scale * dot(queries[i], keys[j]) - lse_i);
+          for (int64_t x = 0; x < d.D; ++x) dv[j][x] += p * dO[x];
+          const double ds = p * (dot(dO, values[j]) - delta);
           // dq_i += scale ds k_j; dk_j += scale ds q_i.
           for (int64_t x = 0; x < d.D; ++x) {
-            grads.dq.at({b, t, h, x}) += d.scale * ds * k.at({b, s, kv, x});
-            grads.dk.at({b, s, kv, x}) += d.scale * ds * q.at({b, t, h, x});
+            dq[i][x] += d.scale * ds * keys[j][x];
+            dk[j][x] += d.scale * ds * queries[i][x];
           }
         }
       }
+      scatter_add(dq, grads.dq, b, span.q_begin, h);
+      scatter_add(dk, grads.dk, b, span.k_begin, kv);
+      scatter_add(dv, grads.dv, b, span.k_begin, kv);
     }
   }
   return grads;
@@ -214,36 +247,35 @@ Array64 attn_decode(const Array64& q, const Array64& k_cache, const Array64& v_c
         length >= 0 && length <= max_blocks * block_size,
         "seq_lens[" + std::to_string(n) + "] = " + std::to_string(length) +
             " is outside 0..max_blocks*block_size = " + std::to_string(max_blocks * block_size));
-    // The block of each token p of the sequence (its row there is p % block_size).
-    std::vector<int64_t> block_of(static_cast<size_t>(length));
-    for (int64_t p = 0; p < length; ++p) {
+    // Token p of the sequence is row p % block_size of its block.
+    for (int64_t p = 0; p < length; p += block_size) {
       const int64_t block = block_table[n][p / block_size];
-      if (block < 0 || block >= num_blocks) {
-        require(false, "block_table[" + std::to_string(n) + "][" + std::to_string(p / block_size) +
-                           "] = " + std::to_string(block) + " is outside [0, " +
-                           std::to_string(num_blocks) + ")");
-      }
-      block_of[p] = block;
+      require(block >= 0 && block < num_blocks,
+              "block_table[" + std::to_string(n) + "][" + std::to_string(p / block_size) + "] = " +
+                  std::to_string(block) + " is outside [0, " + std::to_string(num_blocks) + ")");
     }
-
-    for (int64_t h = 0; h < Hq; ++h) {
-      const int64_t kv = h / G;
-      for (int64_t l = 0; l < L; ++l) {
-        const int64_t position = length - L + l;  // sees the tokens 0..position
-        std::vector<double> s(static_cast<size_t>(std::max<int64_t>(position + 1, 0)));
-        for (int64_t p = 0; p <= position; ++p) {
-          double dot = 0.0;
-          for (int64_t x = 0; x < D; ++x)
-            dot += q.at({n, l, h, x}) * k_cache.at({block_of[p], p % block_size, kv, x});
-          s[p] = resolved * dot;
-        }
-        const double lse = log_sum_exp(s);
-        for (double& s_p : s) s_p = std::exp(s_p - lse);  // the softmax weights
+    for (int64_t kv = 0; kv < Hkv; ++kv) {
+      Rows keys = zero_rows(length, D), values = zero_rows(length, D);
+      for (int64_t p = 0; p < length; ++p) {
+        const int64_t block = block_table[n][p / block_size], row = p % block_size;
         for (int64_t x = 0; x < D; ++x) {
-          double out = 0.0;
-          for (int64_t p = 0; p <= position; ++p)
-            out += s[p] * v_cache.at({block_of[p], p % block_size, kv, x});
-          o.at({n, l, h, x}) = out;
+          keys[p][x] = k_cache.at({block, row, kv, x});
+          values[p][x] = v_cache.at({block, row, kv, x});
+        }
+      }
+      for (int64_t h = kv * G; h < (kv + 1) * G; ++h) {  // the query heads of this kv head
+        const Rows queries = gather(q, n, 0, L, h);
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t position = length - L + l;  // sees the tokens 0..position
+          std::vector<double> s(static_cast<size_t>(std::max<int64_t>(position + 1, 0)));
+          for (int64_t p = 0; p <= position; ++p) s[p] = resolved * dot(queries[l], keys[p]);
+          const double lse = log_sum_exp(s);
+          std::vector<double> out(static_cast<size_t>(D), 0.0);
+          for (int64_t p = 0; p <= position; ++p) {
+            const double weight = std::exp(s[p] - lse);
+            for (int64_t x = 0; x < D; ++x) out[x] += weight * values[p][x];
+          }
+          for (int64_t x = 0; x < D; ++x) o.at({n, l, h, x}) = out[x];
         }
       }
     }
