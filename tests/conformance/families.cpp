@@ -9,6 +9,7 @@ namespace hops::conformance {
 std::span<const OpSuite> gdn_suites();
 std::span<const OpSuite> conv1d_suites();
 std::span<const OpSuite> norm_suites();
+std::span<const OpSuite> attn_suites();
 
 std::span<const OpSuite> all_suites() {
   static const std::vector<OpSuite> suites = [] {
@@ -17,6 +18,7 @@ std::span<const OpSuite> all_suites() {
              gdn_suites(),
              conv1d_suites(),
              norm_suites(),
+             attn_suites(),
          }) {
       all.insert(all.end(), family.begin(), family.end());
     }
