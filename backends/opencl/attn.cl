@@ -530,15 +530,17 @@ kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
 
 // ---- CPU devices -------------------------------------------------------------------
 // A work-item owns ROWS packed rows (q and the output sums in private
-// arrays, D <= MAX_D, D % 16 == 0, unit channel strides) and walks the key
-// tiles of its sequence, LANES keys at a time as float16 (explicit SIMD):
-// scores of QUAD rows against a tile of keys transposed by attn_pack_keys
-// (one broadcast q element times 16 keys per step), then the tile's values
-// added QUAD rows at a time. A tile is used by all ROWS rows while it is in
-// the cache.
+// arrays, D <= MAX_D, D % 16 == 0, unit channel steps) and walks the key
+// tiles of its sequence, LANES keys at a time as float16 (explicit SIMD),
+// TILE_ROWS rows at a time: their scores against the tile, the online
+// softmax, then the tile's values added (one broadcast probability times 16
+// channels per step). A tile is used by all ROWS rows while it is in the
+// cache. Prefill reads the keys transposed by attn_pack_keys (one broadcast
+// q element times 16 keys per step); decode reads the pages in place (dot
+// products over the channels).
 
 #define LANES 16
-#define QUAD 8
+#define TILE_ROWS 8
 #define ROWS 16
 #define MAX_D 256
 
@@ -572,24 +574,15 @@ kernel void attn_pack_keys(global const x_t* k, long k_off, long4 k_st, global f
   }
 }
 
-// One key tile for QUAD rows (r0..r0+3 of the item): scores from the
-// transposed keys, the online softmax (m, l; keys j >= visible[r] masked),
-// then the values of lanes [lo, hi) (keys of the sequence) into sums.
-inline void quad_tile(const float* qr, float* sums, float* m, float* l, const int* visible,
-                      int r0, global const float* kt_tile, global const x_t* v, long v_row,
-                      long v_step, long base, int lo, int hi, int D) {
-  float16 s[QUAD];
+// The online softmax of one tile's scores s for rows r0.. r0 + TILE_ROWS - 1
+// (lane keys `key`; keys outside [0, visible[r]) masked), then the values of
+// lanes [lo, hi) (v_at: where each starts, -1 for none) added into sums.
+inline void softmax_values(float16* s, float* sums, float* m, float* l, const int* visible, int r0,
+                           int16 key, global const x_t* v, const long* v_at, int lo, int hi,
+                           int D) {
+  float p[TILE_ROWS][LANES], alpha[TILE_ROWS];
 #pragma unroll
-  for (int r = 0; r < QUAD; ++r) s[r] = (float16)(0.0f);
-  for (int d = 0; d < D; ++d) {
-    const float16 keys = vload16(0, kt_tile + d * LANES);
-#pragma unroll
-    for (int r = 0; r < QUAD; ++r) s[r] += qr[(r0 + r) * MAX_D + d] * keys;
-  }
-  const int16 key = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) + (int)base;
-  float p[QUAD][LANES], alpha[QUAD];
-#pragma unroll
-  for (int r = 0; r < QUAD; ++r) {
+  for (int r = 0; r < TILE_ROWS; ++r) {
     const float16 score = select((float16)(-INFINITY), s[r],
                                  key >= 0 && key < (int16)(visible[r0 + r]));
     const float top = fmax(m[r0 + r], max16(score));
@@ -600,17 +593,66 @@ inline void quad_tile(const float* qr, float* sums, float* m, float* l, const in
     vstore16(prob, 0, p[r]);
   }
   for (int c = 0; c < D; c += LANES) {
-    float16 acc[QUAD];
+    float16 acc[TILE_ROWS];
 #pragma unroll
-    for (int r = 0; r < QUAD; ++r) acc[r] = alpha[r] * vload16(0, sums + (r0 + r) * MAX_D + c);
+    for (int r = 0; r < TILE_ROWS; ++r) {
+      acc[r] = alpha[r] * vload16(0, sums + (r0 + r) * MAX_D + c);
+    }
     for (int lane = lo; lane < hi; ++lane) {
-      const float16 value = LOAD16_X(v, v_row + (base + lane) * v_step + c);
+      if (v_at[lane] < 0) continue;
+      const float16 value = LOAD16_X(v, v_at[lane] + c);
 #pragma unroll
-      for (int r = 0; r < QUAD; ++r) acc[r] += p[r][lane] * value;
+      for (int r = 0; r < TILE_ROWS; ++r) acc[r] += p[r][lane] * value;
     }
 #pragma unroll
-    for (int r = 0; r < QUAD; ++r) vstore16(acc[r], 0, sums + (r0 + r) * MAX_D + c);
+    for (int r = 0; r < TILE_ROWS; ++r) vstore16(acc[r], 0, sums + (r0 + r) * MAX_D + c);
   }
+}
+
+// Prefill's scores of rows r0.. against a transposed key tile.
+inline void transposed_scores(float16* s, const float* qr, int r0, global const float* kt_tile,
+                              int D) {
+  float16 acc[TILE_ROWS];  // in registers, unlike s
+#pragma unroll
+  for (int r = 0; r < TILE_ROWS; ++r) acc[r] = (float16)(0.0f);
+  for (int d = 0; d < D; ++d) {
+    const float16 keys = vload16(0, kt_tile + d * LANES);
+#pragma unroll
+    for (int r = 0; r < TILE_ROWS; ++r) acc[r] += qr[(r0 + r) * MAX_D + d] * keys;
+  }
+#pragma unroll
+  for (int r = 0; r < TILE_ROWS; ++r) s[r] = acc[r];
+}
+
+// The largest visible[r] of rows r0.. r0 + TILE_ROWS - 1.
+inline int most_visible(const int* visible, int r0) {
+  int most = 0;
+  for (int r = r0; r < r0 + TILE_ROWS; ++r) most = max(most, visible[r]);
+  return most;
+}
+
+// The ROWS rows of an item from `first` (packed, of head hk's group) that
+// are in [begin, end): q scaled into qr, the sums zeroed, visible[r] their
+// visible keys (0 for rows outside), up to `cap`. Returns the largest.
+inline int load_rows(float* qr, float* sums, float* m, float* l, int* visible, long first,
+                     long begin, long end, const Seq* s, int G, int hk, global const x_t* q,
+                     long q_off, long4 q_st, float scale, int causal, long cap, int D) {
+  int most = 0;
+  for (int r = 0; r < ROWS; ++r) {
+    const long row = first + r;
+    visible[r] = 0;
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    for (int d = 0; d < D; d += LANES) vstore16((float16)(0.0f), 0, sums + r * MAX_D + d);
+    if (row < begin || row >= end) continue;
+    const long t = s->t_begin + row / G - s->u_begin;
+    const int h = hk * G + row % G;
+    visible[r] = min(visible_keys(row / G - s->u_begin, s->Lq, s->Lk, causal), cap);
+    most = max(most, visible[r]);
+    const long at = q_off + s->b * q_st.x + t * q_st.y + h * q_st.z;
+    for (int d = 0; d < D; d += LANES) vstore16(scale * LOAD16_X(q, at + d), 0, qr + r * MAX_D + d);
+  }
+  return most;
 }
 
 // attn_prefill on CPU devices: work-item (ROWS packed rows, hk).
@@ -629,37 +671,28 @@ kernel void attn_fwd_rows(global const x_t* q, long q_off, long4 q_st,
   if (f0 >= f_end) return;
   float qr[ROWS * MAX_D], sums[ROWS * MAX_D], m[ROWS], l[ROWS];
   int visible[ROWS];
+  const int16 lanes = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (long f = f0; f < f_end;) {
     const Seq s = query_sequence(f / G, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
                                  cu_k_off, cu_k_stride, cu_k_kind, 0, 0, 0, 0, 0);
     const long seg_end = min(f_end, (s.u_begin + s.Lq) * G);
-    int most = 0;
-    for (int r = 0; r < ROWS; ++r) {
-      const long row = f0 + r;
-      visible[r] = 0;
-      m[r] = -INFINITY;
-      l[r] = 0.0f;
-      for (int d = 0; d < D; ++d) sums[r * MAX_D + d] = 0.0f;
-      if (row < f || row >= seg_end) continue;
-      const long t = s.t_begin + row / G - s.u_begin;
-      const int h = hk * G + row % G;
-      visible[r] = visible_keys(row / G - s.u_begin, s.Lq, s.Lk, causal);
-      most = max(most, visible[r]);
-      const long at = q_off + s.b * q_st.x + t * q_st.y + h * q_st.z;
-      for (int d = 0; d < D; d += LANES) vstore16(scale * LOAD16_X(q, at + d), 0, qr + r * MAX_D + d);
-    }
-    const long v_row = v_off + s.b * v_st.x + s.k_begin * v_st.y + hk * v_st.z;
+    const int most = load_rows(qr, sums, m, l, visible, f0, f, seg_end, &s, G, hk, q, q_off, q_st,
+                               scale, causal, s.Lk, D);
+    // Flat key tiles: lane 0 of a tile is key `base` of the sequence (maybe < 0).
     for (long tile = s.v_begin / LANES; tile * LANES < s.v_begin + most; ++tile) {
-      const long base = tile * LANES - s.v_begin;  // key of lane 0 in the sequence
-      const int lo = max(0L, -base), hi = min((long)LANES, most - base);
+      const long base = tile * LANES - s.v_begin;
+      const int lo = max(0L, -base);
+      long v_at[LANES];
+      for (int lane = lo; lane < LANES; ++lane) {
+        v_at[lane] = v_off + s.b * v_st.x + (s.k_begin + base + lane) * v_st.y + hk * v_st.z;
+      }
       global const float* kt_tile = kt + (hk * tiles + tile) * D * LANES;
-      for (int r0 = 0; r0 < ROWS; r0 += QUAD) {
-        int quad_most = 0;
-        for (int r = r0; r < r0 + QUAD; ++r) quad_most = max(quad_most, visible[r]);
-        if (quad_most > base + lo) {
-          quad_tile(qr, sums, m, l, visible, r0, kt_tile, v, v_row, v_st.y, base, lo,
-                    min((long)hi, quad_most - base), D);
-        }
+      for (int r0 = 0; r0 < ROWS; r0 += TILE_ROWS) {
+        const int hi = min((long)LANES, most_visible(visible, r0) - base);
+        if (hi <= lo) continue;
+        float16 scores[TILE_ROWS];
+        transposed_scores(scores, qr, r0, kt_tile, D);
+        softmax_values(scores, sums, m, l, visible, r0, lanes + (int)base, v, v_at, lo, hi, D);
       }
     }
     for (long row = f; row < seg_end; ++row) {
@@ -677,6 +710,312 @@ kernel void attn_fwd_rows(global const x_t* q, long q_off, long4 q_st,
         lse[lse_off + s.b * lse_st.x + h * lse_st.y + t * lse_st.z] =
             l[r] > 0.0f ? m[r] + log(l[r]) : -INFINITY;
       }
+    }
+    f = seg_end;
+  }
+}
+
+// attn_decode on CPU devices: work-item (ROWS rows of sequence n's L G
+// packed rows, hk, context split). Split boundaries fall on tiles; the
+// results go to o, or with splits > 1 to `partial` for attn_merge.
+kernel void attn_decode_rows(global const x_t* q, long q_off, long4 q_st,
+                             global const x_t* k, long k_off, long4 k_st,
+                             global const x_t* v, long v_off, long4 v_st,
+                             global x_t* o, long o_off, long4 o_st,
+                             global const uchar* lens, long lens_off, long lens_stride,
+                             int lens_kind,
+                             global const uchar* table, long table_off, long2 table_st,
+                             int table_kind,
+                             global float* partial, long N, long L, long num_blocks,
+                             long block_size, long max_len, int Hq, int Hkv, int D, float scale,
+                             int splits) {
+  const int G = Hq / Hkv, hk = get_global_id(1), split = get_global_id(2);
+  const long blocks = (L * G + ROWS - 1) / ROWS;
+  const long n = get_global_id(0) / blocks;
+  if (n >= N) return;
+  const Seq s = query_sequence(n * L, L, 0, N, 0, 0, 0, 0, 0, 0, 0, 0, lens, lens_off, lens_stride,
+                               lens_kind, max_len);
+  const Pages pages = {table, table_off, table_st, table_kind, num_blocks, block_size};
+  // Packed rows of this item, as flat rows u G + g.
+  const long first = n * L * G + get_global_id(0) % blocks * ROWS;
+  const long end = min(first + ROWS, (n + 1) * L * G);
+  const long chunk = ((s.Lk + splits - 1) / splits + LANES - 1) / LANES * LANES;
+  const long k_begin = min(s.Lk, split * chunk), k_end = min(s.Lk, k_begin + chunk);
+  float qr[ROWS * MAX_D], sums[ROWS * MAX_D], m[ROWS], l[ROWS];
+  int visible[ROWS];
+  const int most = load_rows(qr, sums, m, l, visible, first, first, end, &s, G, hk, q, q_off,
+                             q_st, scale, 1, k_end, D);
+  const int16 lanes = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (long j0 = k_begin; j0 < most; j0 += LANES) {
+    const int hi = min((long)LANES, most - j0);
+    long k_at[LANES], v_at[LANES];
+    for (int lane = 0; lane < hi; ++lane) {
+      k_at[lane] = key_offset(&s, j0 + lane, hk, k_off, k_st, &pages);
+      v_at[lane] = key_offset(&s, j0 + lane, hk, v_off, v_st, &pages);
+    }
+    for (int r0 = 0; r0 < ROWS; r0 += TILE_ROWS) {
+      const int row_hi = min((long)LANES, most_visible(visible, r0) - j0);
+      if (row_hi <= 0) continue;
+      float score[TILE_ROWS][LANES];
+      for (int lane = 0; lane < row_hi; ++lane) {
+        float16 acc[TILE_ROWS];
+#pragma unroll
+        for (int r = 0; r < TILE_ROWS; ++r) acc[r] = (float16)(0.0f);
+        if (k_at[lane] >= 0) {
+          for (int c = 0; c < D; c += LANES) {
+            const float16 key = LOAD16_X(k, k_at[lane] + c);
+#pragma unroll
+            for (int r = 0; r < TILE_ROWS; ++r) acc[r] += vload16(0, qr + (r0 + r) * MAX_D + c) * key;
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < TILE_ROWS; ++r) {
+          score[r][lane] = k_at[lane] >= 0 ? sum16(acc[r]) : -INFINITY;
+        }
+      }
+      float16 scores[TILE_ROWS];
+#pragma unroll
+      for (int r = 0; r < TILE_ROWS; ++r) scores[r] = vload16(0, score[r]);
+      softmax_values(scores, sums, m, l, visible, r0, lanes + (int)j0, v, v_at, 0, row_hi, D);
+    }
+  }
+  for (long row = first; row < end; ++row) {
+    const int r = row - first, h = hk * G + row % G;
+    const long u = row / G, t = u - n * L;
+    const float scale_out = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    if (splits > 1) {
+      global float* out = partial + ((split * N * L + u) * Hq + h) * (D + 1);
+      for (int d = 0; d < D; ++d) out[d] = scale_out * sums[r * MAX_D + d];
+      out[D] = l[r] > 0.0f ? m[r] + log(l[r]) : -INFINITY;
+      continue;
+    }
+    const long o_at = o_off + n * o_st.x + t * o_st.y + h * o_st.z;
+    for (int d = 0; d < D; d += LANES) {
+      STORE16_X(o, o_at + d, scale_out * vload16(0, sums + r * MAX_D + d));
+    }
+  }
+}
+
+// ---- attn_prefill_bwd on CPU devices -------------------------------------------------
+// After attn_bwd_prep (dO and Delta), attn_bwd_pack_rows lays out the packed
+// query rows of each kv head for the key-side kernel: q (scaled) and dO as
+// f32 rows, lse and Delta, padded to whole tiles of LANES rows.
+// attn_bwd_dkdv_rows: work-item (LANES flat keys, hk) with its keys'
+// k, v, dk and dv transposed in private arrays ([D][LANES]: one float16 over
+// the keys per channel); it walks the row tiles of its sequence in order.
+// Per tile, with the 16 rows' s, dp, p and ds as float16 over the keys:
+//   s[r] = sum_d q[r][d] kT[d],  dp[r] = sum_d dO[r][d] vT[d],
+//   dvT[d] += sum_r dO[r][d] p[r],  dkT[d] += sum_r q[r][d] ds[r]
+// (one broadcast row element times 16 keys per step).
+// attn_bwd_dq_rows: work-item (ROWS packed rows, hk) as attn_fwd_rows, with
+// k and v transposed by attn_pack_keys: dq += ds k.
+
+// Work-item (row tile, hk): qs, dos [hk][tiles LANES][D], lse_p, delta_p
+// [hk][tiles LANES]; rows past U G are zero with lse -inf (no key seen).
+kernel void attn_bwd_pack_rows(global const x_t* q, long q_off, long4 q_st,
+                               global const float* lse, long lse_off, long4 lse_st,
+                               global const float* dO, global const float* delta,
+                               global float* qs, global float* dos, global float* lse_p,
+                               global float* delta_p, long U, long Tq, long tiles, int Hq,
+                               int Hkv, int D, float scale) {
+  const long tile = get_global_id(0);
+  const int hk = get_global_id(1), G = Hq / Hkv;
+  if (tile >= tiles) return;
+  for (int lane = 0; lane < LANES; ++lane) {
+    const long row = tile * LANES + lane, u = row / G, b = u / Tq, t = u % Tq;
+    const int h = hk * G + row % G;
+    const bool real = u < U;
+    const long at = q_off + b * q_st.x + t * q_st.y + h * q_st.z;
+    global const float* grad = dO + (u * Hq + h) * D;
+    const long packed = hk * tiles * LANES + row;
+    for (int d = 0; d < D; ++d) {
+      qs[packed * D + d] = real ? scale * LOAD_X(q, at + d * q_st.w) : 0.0f;
+      dos[packed * D + d] = real ? grad[d] : 0.0f;
+    }
+    lse_p[packed] = real ? lse[lse_off + b * lse_st.x + h * lse_st.y + t * lse_st.z] : -INFINITY;
+    delta_p[packed] = real ? delta[u * Hq + h] : 0.0f;
+  }
+}
+
+// s[r] = sum_d rows[r][d] keys[d] for the LANES rows of a tile (row-major,
+// D floats apart) against LANES keys transposed ([MAX_D][LANES]).
+inline void row_scores(float16* s, global const float* rows, const float* keys, int D) {
+  float16 acc[LANES];  // in registers, unlike s
+#pragma unroll
+  for (int r = 0; r < LANES; ++r) acc[r] = (float16)(0.0f);
+  for (int d = 0; d < D; ++d) {
+    const float16 key = vload16(0, keys + d * LANES);
+#pragma unroll
+    for (int r = 0; r < LANES; ++r) acc[r] += rows[r * D + d] * key;
+  }
+#pragma unroll
+  for (int r = 0; r < LANES; ++r) s[r] = acc[r];
+}
+
+// sums[d] += sum_r rows[r][d] weights[r] over the channels.
+inline void add_rows(float* sums, global const float* rows, const float16* weights, int D) {
+  for (int d = 0; d < D; ++d) {
+    float16 acc = vload16(0, sums + d * LANES);
+#pragma unroll
+    for (int r = 0; r < LANES; ++r) acc += rows[r * D + d] * weights[r];
+    vstore16(acc, 0, sums + d * LANES);
+  }
+}
+
+kernel void attn_bwd_dkdv_rows(global const x_t* k, long k_off, long4 k_st,
+                               global const x_t* v, long v_off, long4 v_st,
+                               global const float* qs, global const float* dos,
+                               global const float* lse_p, global const float* delta_p,
+                               long row_tiles,
+                               global x_t* dk, long dk_off, long4 dk_st,
+                               global x_t* dv, long dv_off, long4 dv_st,
+                               global const uchar* cu_q, long cu_q_off, long cu_q_stride,
+                               int cu_q_kind,
+                               global const uchar* cu_k, long cu_k_off, long cu_k_stride,
+                               int cu_k_kind,
+                               long V, long Tq, long Tk, long N, int Hq, int Hkv, int D,
+                               float scale, int causal) {
+  const int G = Hq / Hkv, hk = get_global_id(1);
+  const long v0 = get_global_id(0) * LANES, v_end = min(v0 + LANES, V);
+  if (v0 >= v_end) return;
+  float kT[MAX_D * LANES], vT[MAX_D * LANES], dkT[MAX_D * LANES], dvT[MAX_D * LANES];
+  const int16 lanes = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (long first = v0; first < v_end;) {
+    const Seq s = key_sequence(first, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
+                               cu_k_off, cu_k_stride, cu_k_kind);
+    const long seg_end = min(v_end, s.v_begin + s.Lk);
+    const int ka = first - v0, count = seg_end - first;
+    const long j_a = first - s.v_begin;  // the segment's first key in its sequence
+    // The segment's keys in their lanes, zeros elsewhere.
+    for (int d = 0; d < D; ++d) {
+      for (int lane = 0; lane < LANES; ++lane) {
+        const bool mine = lane >= ka && lane < ka + count;
+        const long j = s.k_begin + j_a + lane - ka;
+        kT[d * LANES + lane] =
+            mine ? LOAD_X(k, k_off + s.b * k_st.x + j * k_st.y + hk * k_st.z + d * k_st.w) : 0.0f;
+        vT[d * LANES + lane] =
+            mine ? LOAD_X(v, v_off + s.b * v_st.x + j * v_st.y + hk * v_st.z + d * v_st.w) : 0.0f;
+        dkT[d * LANES + lane] = dvT[d * LANES + lane] = 0.0f;
+      }
+    }
+    // Each lane's key in its sequence (-1 outside the segment).
+    const int16 key = select((int16)(-1), lanes + (int)(j_a - ka), lanes >= ka && lanes < ka + count);
+    // Packed rows [row_begin, row_end): the queries that see key j_a onwards.
+    const long i_first = causal ? clamp(j_a - (s.Lk - s.Lq), 0L, s.Lq) : 0;
+    const long row_begin = (s.u_begin + i_first) * G, row_end = (s.u_begin + s.Lq) * G;
+    for (long tile = row_begin / LANES; tile * LANES < row_end; ++tile) {
+      const long row0 = tile * LANES, packed = hk * row_tiles * LANES + row0;
+      global const float* q_rows = qs + packed * D;
+      global const float* do_rows = dos + packed * D;
+      float16 p[LANES], ds[LANES];
+      row_scores(p, q_rows, kT, D);
+      row_scores(ds, do_rows, vT, D);
+#pragma unroll
+      for (int r = 0; r < LANES; ++r) {
+        const long row = row0 + r;
+        const float lse_r = lse_p[packed + r];
+        // Keys j < visible of the row's query are seen; none outside the rows.
+        const long visible = row >= row_begin && row < row_end && lse_r != -INFINITY
+                                 ? visible_keys(row / G - s.u_begin, s.Lq, s.Lk, causal)
+                                 : 0;
+        const int16 mask = key >= 0 && key < (int16)(int)visible;
+        p[r] = select((float16)(0.0f), exp(p[r] - lse_r), mask);
+        ds[r] = p[r] * (ds[r] - delta_p[packed + r]);
+      }
+      add_rows(dvT, do_rows, p, D);
+      add_rows(dkT, q_rows, ds, D);
+    }
+    for (int lane = ka; lane < ka + count; ++lane) {
+      const long j = s.k_begin + j_a + lane - ka;
+      const long dk_at = dk_off + s.b * dk_st.x + j * dk_st.y + hk * dk_st.z;
+      const long dv_at = dv_off + s.b * dv_st.x + j * dv_st.y + hk * dv_st.z;
+      for (int d = 0; d < D; ++d) {
+        STORE_X(dk, dk_at + d * dk_st.w, dkT[d * LANES + lane]);  // q came scaled
+        STORE_X(dv, dv_at + d * dv_st.w, dvT[d * LANES + lane]);
+      }
+    }
+    first = seg_end;
+  }
+}
+
+kernel void attn_bwd_dq_rows(global const x_t* q, long q_off, long4 q_st,
+                             global const x_t* k, long k_off, long4 k_st,
+                             global const float* kt, global const float* vt, long tiles,
+                             global const float* lse, long lse_off, long4 lse_st,
+                             global const float* dO, global const float* delta,
+                             global x_t* dq, long dq_off, long4 dq_st,
+                             global const uchar* cu_q, long cu_q_off, long cu_q_stride,
+                             int cu_q_kind,
+                             global const uchar* cu_k, long cu_k_off, long cu_k_stride,
+                             int cu_k_kind,
+                             long U, long Tq, long Tk, long N, int Hq, int Hkv, int D, float scale,
+                             int causal) {
+  const int G = Hq / Hkv, hk = get_global_id(1);
+  const long f0 = get_global_id(0) * ROWS, f_end = min(f0 + ROWS, U * G);
+  if (f0 >= f_end) return;
+  float qr[ROWS * MAX_D], dor[ROWS * MAX_D], sums[ROWS * MAX_D], m[ROWS], l[ROWS];
+  float lse_r[ROWS], delta_r[ROWS];
+  int visible[ROWS];
+  const int16 lanes = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (long f = f0; f < f_end;) {
+    const Seq s = query_sequence(f / G, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
+                                 cu_k_off, cu_k_stride, cu_k_kind, 0, 0, 0, 0, 0);
+    const long seg_end = min(f_end, (s.u_begin + s.Lq) * G);
+    const int most = load_rows(qr, sums, m, l, visible, f0, f, seg_end, &s, G, hk, q, q_off, q_st,
+                               scale, causal, s.Lk, D);
+    for (int r = 0; r < ROWS; ++r) {
+      const long row = f0 + r, u = row / G, t = s.t_begin + u - s.u_begin;
+      const int h = hk * G + row % G;
+      lse_r[r] = -INFINITY;
+      delta_r[r] = 0.0f;
+      if (visible[r] == 0) continue;
+      lse_r[r] = lse[lse_off + s.b * lse_st.x + h * lse_st.y + t * lse_st.z];
+      delta_r[r] = delta[u * Hq + h];
+      for (int d = 0; d < D; d += LANES) {
+        vstore16(vload16(0, dO + (u * Hq + h) * D + d), 0, dor + r * MAX_D + d);
+      }
+    }
+    for (long tile = s.v_begin / LANES; tile * LANES < s.v_begin + most; ++tile) {
+      const long base = tile * LANES - s.v_begin;
+      const int lo = max(0L, -base);
+      long k_at[LANES];
+      for (int lane = lo; lane < LANES; ++lane) {
+        k_at[lane] = k_off + s.b * k_st.x + (s.k_begin + base + lane) * k_st.y + hk * k_st.z;
+      }
+      const int16 key = lanes + (int)base;
+      for (int r0 = 0; r0 < ROWS; r0 += TILE_ROWS) {
+        const int hi = min((long)LANES, most_visible(visible, r0) - base);
+        if (hi <= lo) continue;
+        float16 sc[TILE_ROWS], dp[TILE_ROWS];
+        transposed_scores(sc, qr, r0, kt + (hk * tiles + tile) * D * LANES, D);
+        transposed_scores(dp, dor, r0, vt + (hk * tiles + tile) * D * LANES, D);
+        float ds[TILE_ROWS][LANES];
+#pragma unroll
+        for (int r = 0; r < TILE_ROWS; ++r) {
+          const int16 mask = key >= 0 && key < (int16)(visible[r0 + r]) &&
+                             (int16)(lse_r[r0 + r] != -INFINITY ? -1 : 0);
+          const float16 prob = select((float16)(0.0f), exp(sc[r] - lse_r[r0 + r]), mask);
+          vstore16(prob * (dp[r] - delta_r[r0 + r]), 0, ds[r]);
+        }
+        for (int c = 0; c < D; c += LANES) {
+          float16 acc[TILE_ROWS];
+#pragma unroll
+          for (int r = 0; r < TILE_ROWS; ++r) acc[r] = vload16(0, sums + (r0 + r) * MAX_D + c);
+          for (int lane = lo; lane < hi; ++lane) {
+            const float16 key_c = LOAD16_X(k, k_at[lane] + c);
+#pragma unroll
+            for (int r = 0; r < TILE_ROWS; ++r) acc[r] += ds[r][lane] * key_c;
+          }
+#pragma unroll
+          for (int r = 0; r < TILE_ROWS; ++r) vstore16(acc[r], 0, sums + (r0 + r) * MAX_D + c);
+        }
+      }
+    }
+    for (long row = f; row < seg_end; ++row) {
+      const int r = row - f0, h = hk * G + row % G;
+      const long t = s.t_begin + row / G - s.u_begin;
+      const long at = dq_off + s.b * dq_st.x + t * dq_st.y + h * dq_st.z;
+      for (int d = 0; d < D; ++d) STORE_X(dq, at + d * dq_st.w, scale * sums[r * MAX_D + d]);
     }
     f = seg_end;
   }

@@ -20,8 +20,13 @@ constexpr int kMaxRows = 32;         // packed query rows per work-group
 constexpr int kMaxKeys = 32;         // keys per tile
 constexpr int64_t kSplitKeys = 256;  // a context split takes at least this many keys (capacity)
 constexpr int64_t kMaxSplits = 64;   // and there are at most this many
-constexpr int64_t kGroupsPerUnit =
-    4;  // splits until the work-groups fill the compute units this often
+// Splits until the work-groups (work-items on CPU devices) fill the compute units this often.
+constexpr int64_t kGroupsPerUnit = 4;
+// attn_decode_rows (CPU devices)
+constexpr int64_t kLanes = 16;            // keys per tile: LANES
+constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
+constexpr int64_t kItemRows = 16;         // packed rows per work-item: ROWS
+constexpr size_t kRowsGroup = 1;          // work-items per work-group
 
 // block_table for the kernels: a device-resident one is read in place; a
 // host-resident one (validated by the plugin) is copied row-major as int64
@@ -82,6 +87,14 @@ int64_t split_count(const Call& call, const AttnDecode& op, int64_t groups) {
   return std::clamp<int64_t>(wanted, 1, std::clamp<int64_t>(capacity / kSplitKeys, 1, kMaxSplits));
 }
 
+// CPU devices: attn_decode_rows (attn.cl) where the rows fit its private
+// arrays (D % 16 == 0, D <= 256) and q, o and the caches have unit channel steps.
+bool rows_fit(const Call& call, const AttnDecode& op) {
+  return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
+         op.q.step(-1) == 1 && op.o.step(-1) == 1 && op.k_cache.step(-1) == 1 &&
+         op.v_cache.step(-1) == 1;
+}
+
 }  // namespace
 
 void attn_decode(const ExecContext& exec, const AttnDecode& op) {
@@ -97,19 +110,41 @@ void attn_decode(const ExecContext& exec, const AttnDecode& op) {
   const int64_t U = op.N * op.L;  // flat query tokens
   const int64_t rows = checked_product(op.kName, U, op.group());
   const auto D = static_cast<size_t>(op.D);
+  const bool per_item = rows_fit(call, op);
   // A work-group takes the L G rows of one sequence where they fit.
   const int max_rows = static_cast<int>(std::min<int64_t>(kMaxRows, op.L * op.group()));
   const Tiles tiles = fit_tiles(local_floats_budget(call), max_rows, kMaxKeys, [&](int r, int k) {
     return (2 * r + k) * (D + 1) + static_cast<size_t>(r * k + 3 * r);
   });
-  const size_t row_groups = groups_for(rows, tiles.rows);
-  const int64_t splits = split_count(call, op, static_cast<int64_t>(row_groups) * op.Hkv);
+  // Work-groups, or on CPU devices work-items, per kv head and split.
+  const int64_t row_blocks = per_item ? op.N * ((op.L * op.group() + kItemRows - 1) / kItemRows)
+                                      : static_cast<int64_t>(groups_for(rows, tiles.rows));
+  const int64_t splits = split_count(call, op, row_blocks * op.Hkv);
   const cl_mem partial =
       splits > 1
           ? call.scratch(scratch_bytes(op.kName, splits, rows, op.Hkv, op.D + 1, sizeof(float)))
           : nullptr;
   const Tensor none;
-  {
+  if (per_item) {
+    Launch launch(call.kernel(kProgram, op.q.dtype, "attn_decode_rows"));
+    launch.tensor(op.q).value(strides4(op.q));
+    launch.tensor(op.k_cache).value(strides4(op.k_cache));
+    launch.tensor(op.v_cache).value(strides4(op.v_cache));
+    launch.tensor(op.o).value(strides4(op.o));
+    launch.index(seq_lens);
+    table(launch, block_table.arg);
+    launch.value(partial).value(cl_long{op.N}).value(cl_long{op.L});
+    launch.value(cl_long{op.num_blocks}).value(cl_long{op.block_size});
+    launch.value(cl_long{op.max_blocks * op.block_size});
+    launch.value(static_cast<cl_int>(op.Hq)).value(static_cast<cl_int>(op.Hkv));
+    launch.value(static_cast<cl_int>(op.D)).value(static_cast<cl_float>(op.scale));
+    launch.value(static_cast<cl_int>(splits));
+    const size_t local = launch.group_size(kRowsGroup);
+    const size_t groups[3] = {groups_for(row_blocks, local), static_cast<size_t>(op.Hkv),
+                              static_cast<size_t>(splits)};
+    const size_t locals[3] = {local, 1, 1};
+    launch.run(call, 3, groups, locals);
+  } else {
     Launch launch(call.kernel(kProgram, op.q.dtype, "attn_fwd"));
     launch.tensor(op.q).value(strides4(op.q));
     launch.tensor(op.k_cache).value(strides4(op.k_cache));
@@ -130,7 +165,8 @@ void attn_decode(const ExecContext& exec, const AttnDecode& op) {
     launch.local_floats((2 * tiles.rows + tiles.keys) * (D + 1) +
                         static_cast<size_t>(tiles.rows * tiles.keys + 3 * tiles.rows));
     const size_t local = launch.group_size(kGroup);
-    const size_t groups[3] = {row_groups, static_cast<size_t>(op.Hkv), static_cast<size_t>(splits)};
+    const size_t groups[3] = {static_cast<size_t>(row_blocks), static_cast<size_t>(op.Hkv),
+                              static_cast<size_t>(splits)};
     const size_t locals[3] = {local, 1, 1};
     launch.run(call, 3, groups, locals);
   }
