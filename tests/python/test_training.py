@@ -3,7 +3,7 @@ patched, each trained 3 AdamW steps on the same batch, once with every weight tr
 and once with LoRA-style adapters only, gives equal losses (1e-5 relative) and
 parameter gradients (1e-4 relative L2 where fp32 allows it: gradient_tolerance), fp32;
 the patch report proves that hops ran the forward and the backward of every GDN,
-conv1d and gated-norm call. The patched
+conv1d, gated-norm and (full-)attention call. The patched
 model also compiles whole (torch.compile fullgraph=True): the hops ops are traced,
 not graph breaks."""
 
@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 import hops
+from hops._patch_transformers import ATTENTION_LABEL
 from models import MODULES, build, torch_route
 
 pytest.importorskip("transformers")
 
 STEPS = 3
 LINEAR_LAYERS = 3  # of the tiny models' 4 layers
+ATTENTION_LAYERS = 1
 # The projections into and out of each linear-attention layer (Qwen3-Next fuses q, k, v, z) and
 # the attention's q and v: every GDN, conv1d and norm call then needs its backward.
 LORA_TARGETS = ("in_proj_qkv", "in_proj_qkvz", "in_proj_z", "out_proj", "q_proj", "v_proj")
@@ -117,9 +119,11 @@ def test_training_steps_equal_and_hops_ran_both_ways(alias, subset):
     forwards = {f"{alias}.{name}": report.calls[f"{alias}.{name}"]
                 for name in ("torch_chunk_gated_delta_rule", "causal_conv1d_fn", f"{norm}.forward")}
     assert forwards == dict.fromkeys(forwards, calls)
+    assert report.calls[ATTENTION_LABEL] == STEPS * ATTENTION_LAYERS
     assert sum(report.fallbacks.values()) == 0, report.fallback_reasons
     assert report.kernels == dict.fromkeys(["gdn_chunk_fwd", "gdn_chunk_bwd", "conv1d_fwd", "conv1d_bwd",
-                                            "gated_rmsnorm", "gated_rmsnorm_bwd"], calls)
+                                            "gated_rmsnorm", "gated_rmsnorm_bwd"], calls) | dict.fromkeys(
+        ["attn_prefill", "attn_prefill_bwd"], STEPS * ATTENTION_LAYERS)
 
 
 def test_patched_model_compiles_whole_and_trains_like_eager():
@@ -147,5 +151,6 @@ def test_patched_model_compiles_whole_and_trains_like_eager():
     assert len(graphs) == 1
     for op in ("gdn_chunk", "causal_conv1d", "gated_rmsnorm"):
         assert graphs[0].code.count(f"torch.ops.hops.{op}.default(") == LINEAR_LAYERS
+    assert graphs[0].code.count("torch.ops.hops.attn_prefill.default(") == ATTENTION_LAYERS
     assert report.kernels["gdn_chunk_bwd"] == 2 * LINEAR_LAYERS  # eager, then compiled
     assert sum(report.fallbacks.values()) == 0

@@ -8,12 +8,17 @@ FLA route and the torch route alike, whatever the wrapper is; own_function finds
 transformers' torch function beneath it. Names of older layouts (fla names bound
 at import, `is_fast_path_available`) are patched when present; instance
 references are re-bound by patch.Patcher.rebind. See docs/PYTHON.md.
+
+Attention: the function "hops" joins transformers' AttentionInterface (a counted
+redirect whose fallback is the model's configured attention, then the output gate),
+with sdpa's mask builder in the AttentionMaskInterface; the full-attention layers'
+forward is replaced by one that hands the output gate to it (_redirects/attn.py).
 """
 
 import importlib
 import inspect
 
-from ._redirects import FAMILIES
+from ._redirects import FAMILIES, attn
 
 MODULES = {
     "qwen3_next": "transformers.models.qwen3_next.modeling_qwen3_next",
@@ -96,9 +101,41 @@ def _patch_module(patcher, alias: str, module, families: set[str]) -> set[type]:
     return {cls for cls in own_classes if cls.__name__.endswith("GatedDeltaNet")}
 
 
+ATTENTION_LABEL = f"AttentionInterface.{attn.INTERFACE}"
+
+
+def _register_attention(patcher) -> bool:
+    """The attention function "hops" in transformers' AttentionInterface (so that any model
+    may select it, attn_implementation="hops"), and sdpa's mask builder for it in the
+    AttentionMaskInterface (without one, transformers builds no mask at all for a custom
+    function, padding included: sdpa's returns None for a plain causal mask, which hops
+    runs, and materializes the rest, which falls back)."""
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.modeling_utils import AttentionInterface
+    except Exception as error:  # no transformers, or one without these interfaces
+        patcher.report.skipped[ATTENTION_LABEL] = f"{type(error).__name__}: {error}"
+        return False
+    redirect = patcher.redirect(ATTENTION_LABEL, attn.attention, attn.fallback_attention, like=attn.attention)
+    patcher.set_item(AttentionInterface._global_mapping, attn.INTERFACE, redirect)
+    patcher.set_item(AttentionMaskInterface._global_mapping, attn.INTERFACE, sdpa_mask)
+    return True
+
+
+def _patch_attention_layers(patcher, alias: str, module) -> None:
+    """The full-attention layers' forward -> attn.gated_attention_forward, which calls the
+    attention function "hops" with the output gate (whatever the model's configured
+    attention: that one is the fallback). Not a redirect itself: the attention call is."""
+    for cls in [cls for cls in vars(module).values() if inspect.isclass(cls) and cls.__module__ == module.__name__]:
+        if attn.is_gated_attention_layer(cls, module):
+            patcher.set_attr(cls, "forward", attn.gated_attention_forward)
+            patcher.report.patched.append(f"{alias}.{cls.__name__}.forward")
+
+
 def apply(patcher, targets: list[str], families: set[str]) -> set[type]:
     """Patch the modeling modules of `targets`; returns the GatedDeltaNet classes."""
     layer_classes: set[type] = set()
+    attention = attn.NAME in families and targets and _register_attention(patcher)
     for alias in targets:
         try:
             module = importlib.import_module(MODULES[alias])
@@ -106,4 +143,6 @@ def apply(patcher, targets: list[str], families: set[str]) -> set[type]:
             patcher.report.skipped[alias] = f"cannot import {MODULES[alias]} ({type(error).__name__}: {error})"
             continue
         layer_classes |= _patch_module(patcher, alias, module, families)
+        if attention:
+            _patch_attention_layers(patcher, alias, module)
     return layer_classes

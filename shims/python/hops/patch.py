@@ -1,4 +1,4 @@
-"""hops.patch(): run the hosts' Gated DeltaNet, conv1d and gated RMSNorm on hops.
+"""hops.patch(): run the hosts' Gated DeltaNet, conv1d, gated RMSNorm and attention on hops.
 
 Every replaced attribute becomes a *redirect*: it calls hops (torch tensors
 through the custom ops of hops.torch_ops, so autograd runs hops' backward
