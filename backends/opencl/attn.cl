@@ -528,6 +528,30 @@ kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
   }
 }
 
+// kv_cache_write on CPU devices: work-item (t Hkv + h) copies a whole row.
+kernel void kv_cache_write_rows(global const x_t* k, long k_off, long4 k_st,
+                                global const x_t* v, long v_off, long4 v_st,
+                                global x_t* k_cache, long kc_off, long4 kc_st,
+                                global x_t* v_cache, long vc_off, long4 vc_st,
+                                global const uchar* slots, long slots_off, long slots_stride,
+                                int slots_kind, long T, int Hkv, int D, long block_size,
+                                long slot_count) {
+  const long item = get_global_id(0);
+  if (item >= T * Hkv) return;
+  const long t = item / Hkv;
+  const int h = item % Hkv;
+  const long slot = load_index(slots, slots_off, slots_stride, slots_kind, t);
+  if (slot < 0 || slot >= slot_count) return;
+  const long block = slot / block_size, row = slot % block_size;
+  const long kc_at = kc_off + block * kc_st.x + row * kc_st.y + h * kc_st.z;
+  const long vc_at = vc_off + block * vc_st.x + row * vc_st.y + h * vc_st.z;
+  const long k_at = k_off + t * k_st.x + h * k_st.y, v_at = v_off + t * v_st.x + h * v_st.y;
+  for (int d = 0; d < D; ++d) {
+    STORE_X(k_cache, kc_at + d * kc_st.w, LOAD_X(k, k_at + d * k_st.z));
+    STORE_X(v_cache, vc_at + d * vc_st.w, LOAD_X(v, v_at + d * v_st.z));
+  }
+}
+
 // ---- CPU devices -------------------------------------------------------------------
 // A work-item owns ROWS packed rows (q and the output sums in private
 // arrays, D <= MAX_D, D % 16 == 0, unit channel steps) and walks the key

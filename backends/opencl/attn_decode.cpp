@@ -27,6 +27,7 @@ constexpr int64_t kLanes = 16;            // keys per tile: LANES
 constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
 constexpr int64_t kItemRows = 16;         // packed rows per work-item: ROWS
 constexpr size_t kRowsGroup = 1;          // work-items per work-group
+constexpr size_t kCopyRowsGroup = 64;     // rows per work-group of kv_cache_write_rows
 
 // block_table for the kernels: a device-resident one is read in place; a
 // host-resident one (validated by the plugin) is copied row-major as int64
@@ -195,18 +196,27 @@ void kv_cache_write(const ExecContext& exec, const KvCacheWrite& op) {
                    {op.slot_mapping, "slot_mapping"}});
   if (!call.active()) return;
   const IndexArg slots = call.index(op.slot_mapping);
-  Launch launch(call.kernel(kProgram, op.k.dtype, "kv_cache_write"));
+  // CPU devices copy a row per work-item; GPUs an element, neighbours coalesced.
+  const bool per_row = call.runtime().cpu_device();
+  Launch launch(
+      call.kernel(kProgram, op.k.dtype, per_row ? "kv_cache_write_rows" : "kv_cache_write"));
   launch.tensor(op.k).value(strides4(op.k));
   launch.tensor(op.v).value(strides4(op.v));
   launch.tensor(op.k_cache).value(strides4(op.k_cache));
   launch.tensor(op.v_cache).value(strides4(op.v_cache));
   launch.index(slots).value(cl_long{op.T}).value(static_cast<cl_int>(op.Hkv));
   launch.value(static_cast<cl_int>(op.D)).value(cl_long{op.block_size}).value(cl_long{op.slots()});
-  const size_t local = launch.group_size(kMergeGroup);
-  const size_t groups[2] = {groups_for(op.D, local),
-                            static_cast<size_t>(checked_product(op.kName, op.T, op.Hkv))};
-  const size_t locals[2] = {local, 1};
-  launch.run(call, 2, groups, locals);
+  const int64_t rows = checked_product(op.kName, op.T, op.Hkv);
+  if (per_row) {
+    const size_t local = launch.group_size(kCopyRowsGroup);
+    const size_t groups = groups_for(rows, local);
+    launch.run(call, 1, &groups, &local);
+  } else {
+    const size_t local = launch.group_size(kMergeGroup);
+    const size_t groups[2] = {groups_for(op.D, local), static_cast<size_t>(rows)};
+    const size_t locals[2] = {local, 1};
+    launch.run(call, 2, groups, locals);
+  }
   call.complete();
 }
 
