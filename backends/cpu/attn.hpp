@@ -47,6 +47,19 @@ inline Rows head_rows(const Tensor& x, int64_t row, int64_t first, int64_t count
   return {buffer, padded};
 }
 
+// out[t * ld_out + r] = q_r . k_t for the rows of q [rows, ld_q] and the keys
+// [count, ld_keys], over `depth` floats of each (a multiple of kPadding, all
+// readable): decode's scores (attn_dots.cpp).
+struct Dots {
+  const float* q;
+  int64_t rows, ld_q;
+  const float* keys;
+  int64_t ld_keys, count, depth;
+  float* out;
+  int64_t ld_out;
+};
+void dots(const Dots& p);
+
 // The prefill ops work on blocks. A key block is kKeys keys of one sequence
 // (the last one shorter); a query block is `tokens` queries of one sequence,
 // all G query heads of one key-value head (rows ordered token by token, the

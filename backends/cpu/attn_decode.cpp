@@ -1,9 +1,10 @@
 // attn_decode: the L new queries of a sequence against its paged cache. The
 // context is split into chunks of about kChunkTokens (whole cache blocks),
 // one task per chunk and key-value head, which takes all G x L query rows of
-// that head at once so that each cache row is read once: S^T = K Q^T and
-// O = P V are register-tiled GEMMs on the cache rows in place (fp32 rows with
-// a unit feature stride; other rows are converted into scratch first). Each
+// that head at once so that each cache row is read once: the scores are dot
+// products along the head dim (attn_dots.cpp) and O = P V a register-tiled
+// GEMM, both on the cache rows in place (fp32 rows with a unit feature stride
+// and D a multiple of 16; other rows are converted into scratch first). Each
 // task leaves its partial (max, sum, sum of p v) per row; a second pass
 // merges them in chunk order, so the result does not depend on the threads.
 #include <cstring>
@@ -18,7 +19,7 @@ namespace {
 
 using attn::kMinusInf;
 
-constexpr int64_t kChunkTokens = 512;
+constexpr int64_t kChunkTokens = 256;
 
 struct Chunk {
   int64_t sequence, begin, end;  // tokens [begin, end) of the sequence
@@ -41,20 +42,21 @@ struct Partial {
 
 // A worker's blocks, fp32.
 struct Blocks {
-  float* qt;      // [Dp, Rp] the queries transposed, times the scale (zero columns past R)
-  float* scores;  // [chunk, Rp] s^T, then p^T
+  float* q;       // [Hkv, R, Dp] the queries, times the scale (zero past D)
+  float* scores;  // [Hkv, chunk, Rp] s^T, then p^T
   float* keys;    // [block_size, Dp] cache rows converted to fp32
   float* values;  // [block_size, Dp]
 
-  static int64_t floats(std::string_view op, int64_t chunk, int64_t block_size, int64_t Rp,
-                        int64_t Dp) {
-    return round_up(scratch_sum(op, scratch_size(op, Dp, Rp), scratch_size(op, chunk, Rp),
-                                scratch_size(op, 2 * block_size, Dp)),
-                    kPadding);
+  static int64_t floats(std::string_view op, int64_t heads, int64_t chunk, int64_t block_size,
+                        int64_t Rp, int64_t Dp) {
+    return round_up(
+        scratch_sum(op, scratch_size(op, heads, Dp, Rp), scratch_size(op, heads, chunk, Rp),
+                    scratch_size(op, 2 * block_size, Dp)),
+        kPadding);
   }
-  Blocks(float* base, int64_t chunk, int64_t block_size, int64_t Rp, int64_t Dp) {
+  Blocks(float* base, int64_t heads, int64_t chunk, int64_t block_size, int64_t Rp, int64_t Dp) {
     auto take = [&](int64_t count) { return std::exchange(base, base + count); };
-    qt = take(Dp * Rp), scores = take(chunk * Rp), keys = take(block_size * Dp);
+    q = take(heads * Dp * Rp), scores = take(heads * chunk * Rp), keys = take(block_size * Dp);
     values = take(block_size * Dp);
   }
 };
@@ -85,43 +87,79 @@ HOPS_VECTOR_CLONES void softmax_columns(float* __restrict scores, int64_t tokens
   }
 }
 
-void attend_chunk(const AttnDecode& op, const Chunk& chunk, int64_t kv_head, const Blocks& b,
-                  const Partial& out) {
+// Asks for the rows of one head in a cache block to be brought into the
+// caches: the blocks are scattered, so the hardware prefetchers find a block
+// only once its reading has begun. Read kAhead blocks before their turn.
+constexpr int64_t kAhead = 2;
+void prefetch_block(const AttnDecode& op, const Tensor& cache, const Chunk& chunk, int64_t first) {
+  if (first >= chunk.end) return;
+  constexpr int64_t kLineBytes = 64;
+  const int64_t block = read_index(op.block_table, chunk.sequence, first / op.block_size);
+  const int64_t size = dtype_size(cache.dtype);
+  const int64_t bytes = ((op.D - 1) * cache.stride[3] + 1) * size;
+  const auto* base = static_cast<const char*>(cache.handle) + cache.byte_offset;
+  for (int64_t i = 0; i < std::min(op.block_size, chunk.end - first); ++i) {
+    for (int64_t head = 0; head < op.Hkv; ++head) {
+      const char* row = base + cache.offset(block, i, head, 0) * size;
+      for (int64_t byte = 0; byte < bytes; byte += kLineBytes) __builtin_prefetch(row + byte, 0, 3);
+    }
+  }
+}
+
+// One chunk for every key-value head: the heads' rows of a cache block are
+// read together (one stretch of memory), then each head's softmax and P V.
+template <class PartialOf>
+void attend_chunk(const AttnDecode& op, const Chunk& chunk, const Blocks& b,
+                  const PartialOf& partial_of) {
   const int64_t G = op.group(), D = op.D, Dp = round_up(D, kPadding);
   const int64_t R = op.L * G, Rp = round_up(R, kPadding), bs = op.block_size;
   const int64_t length = sequence_length(op, chunk.sequence);
+  const int64_t tokens = chunk.end - chunk.begin, per_chunk = chunk_tokens(op);
   const auto scale = static_cast<float>(op.scale);
-  float* row = b.values;  // a query row on its way into qt
-  std::fill(b.qt, b.qt + Dp * Rp, 0.0f);
-  for (int64_t r = 0; r < R; ++r) {
-    attn::load_head_row(op.q, chunk.sequence, r / G, kv_head * G + r % G, D, Dp, row);
-    for (int64_t d = 0; d < D; ++d) b.qt[d * Rp + r] = row[d] * scale;
-  }
-  const int64_t tokens = chunk.end - chunk.begin;
-  for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
-    const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
-    const int64_t count = std::min(bs, chunk.end - first);
-    const attn::Rows keys =
-        attn::head_rows(op.k_cache, block, 0, count, kv_head, D, Dp, false, b.keys);
-    gemm({count, Rp, D, keys.data, keys.ld, b.qt, Rp, b.scores + (first - chunk.begin) * Rp, Rp,
-          false, Shape::full});
-  }
-  // Query l sits at position length - L + l: the keys past it are masked.
-  for (int64_t r = 0; r < R; ++r) {
-    const int64_t seen = length - op.L + r / G + 1;
-    for (int64_t t = std::max(seen, chunk.begin); t < chunk.end; ++t) {
-      b.scores[(t - chunk.begin) * Rp + r] = kMinusInf;
+  const auto queries = [&](int64_t head) { return b.q + head * R * Dp; };
+  const auto scores = [&](int64_t head) { return b.scores + head * per_chunk * Rp; };
+  for (int64_t head = 0; head < op.Hkv; ++head) {
+    for (int64_t r = 0; r < R; ++r) {
+      float* row = queries(head) + r * Dp;
+      attn::load_head_row(op.q, chunk.sequence, r / G, head * G + r % G, D, Dp, row);
+      for (int64_t d = 0; d < D; ++d) row[d] *= scale;
     }
   }
-  softmax_columns(b.scores, tokens, Rp, out.max, out.sum);
-  std::fill(out.acc, out.acc + R * Dp, 0.0f);
+  for (int64_t i = 0; i < kAhead; ++i) prefetch_block(op, op.k_cache, chunk, chunk.begin + i * bs);
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
+    prefetch_block(op, op.k_cache, chunk, first + kAhead * bs);
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
-    const attn::Rows values =
-        attn::head_rows(op.v_cache, block, 0, count, kv_head, D, Dp, true, b.values);
-    gemm({R, Dp, count, b.scores + (first - chunk.begin) * Rp, Rp, values.data, values.ld, out.acc,
-          Dp, true, Shape::full, true});
+    for (int64_t head = 0; head < op.Hkv; ++head) {
+      const attn::Rows keys =
+          attn::head_rows(op.k_cache, block, 0, count, head, D, Dp, true, b.keys);
+      attn::dots({queries(head), R, Dp, keys.data, keys.ld, count, Dp,
+                  scores(head) + (first - chunk.begin) * Rp, Rp});
+    }
+  }
+  for (int64_t i = 0; i < kAhead; ++i) prefetch_block(op, op.v_cache, chunk, chunk.begin + i * bs);
+  for (int64_t head = 0; head < op.Hkv; ++head) {
+    // Query l sits at position length - L + l: the keys past it are masked.
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t seen = length - op.L + r / G + 1;
+      for (int64_t t = std::max(seen, chunk.begin); t < chunk.end; ++t) {
+        scores(head)[(t - chunk.begin) * Rp + r] = kMinusInf;
+      }
+    }
+    const Partial out = partial_of(head);
+    softmax_columns(scores(head), tokens, Rp, out.max, out.sum);
+    std::fill(out.acc, out.acc + R * Dp, 0.0f);
+  }
+  for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
+    prefetch_block(op, op.v_cache, chunk, first + kAhead * bs);
+    const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
+    const int64_t count = std::min(bs, chunk.end - first);
+    for (int64_t head = 0; head < op.Hkv; ++head) {
+      const attn::Rows values =
+          attn::head_rows(op.v_cache, block, 0, count, head, D, Dp, true, b.values);
+      gemm({R, Dp, count, scores(head) + (first - chunk.begin) * Rp, Rp, values.data, values.ld,
+            partial_of(head).acc, Dp, true, Shape::full, true});
+    }
   }
 }
 
@@ -139,7 +177,7 @@ void attn_decode(const ExecContext& context, const AttnDecode& op) {
   int64_t count = 0;
   for (int64_t n = 0; n < op.N; ++n) count += (sequence_length(op, n) + per_chunk - 1) / per_chunk;
   const int64_t partial_floats = scratch_size(op.kName, R, Dp + 2);
-  const int64_t per_worker = Blocks::floats(op.kName, per_chunk, op.block_size, Rp, Dp);
+  const int64_t per_worker = Blocks::floats(op.kName, op.Hkv, per_chunk, op.block_size, Rp, Dp);
   // The chunks, then where each sequence's chunks start (int64s in float slots).
   const int64_t list_floats = round_up(
       scratch_size(op.kName, scratch_sum(op.kName, scratch_size(op.kName, count, 3), op.N + 1), 2),
@@ -167,12 +205,10 @@ void attn_decode(const ExecContext& context, const AttnDecode& op) {
     float* base = partial_base + (c * op.Hkv + head) * partial_floats;
     return Partial{base, base + R, base + 2 * R};
   };
-  context.threads->parallel_for(
-      checked_product(op.kName, count, op.Hkv), context.max_workers, [&](int64_t task, int worker) {
-        const Blocks b(workers + worker * per_worker, per_chunk, op.block_size, Rp, Dp);
-        attend_chunk(op, chunks[task / op.Hkv], task % op.Hkv, b,
-                     partial(task / op.Hkv, task % op.Hkv));
-      });
+  context.threads->parallel_for(count, context.max_workers, [&](int64_t task, int worker) {
+    const Blocks b(workers + worker * per_worker, op.Hkv, per_chunk, op.block_size, Rp, Dp);
+    attend_chunk(op, chunks[task], b, [&](int64_t head) { return partial(task, head); });
+  });
   // Merge the chunks of each sequence and head in order.
   context.threads->parallel_for(
       checked_product(op.kName, op.N, op.Hkv), context.max_workers, [&](int64_t task, int worker) {
