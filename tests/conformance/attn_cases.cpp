@@ -23,6 +23,9 @@ enum class Layout {
   packed,   // inputs as views of fused projections (see each op's tensors)
   padded,   // every tensor strided with gaps, outputs and index tensors too
   compact,  // contiguous, passed with strides = NULL
+  // the float tensors stored with their last two dims swapped ([.., D, H]),
+  // so that the channels have a step of H
+  transposed,
 };
 
 std::string_view layout_name(Layout layout) {
@@ -35,12 +38,45 @@ std::string_view layout_name(Layout layout) {
       return " padded";
     case Layout::compact:
       return " strides=NULL";
+    case Layout::transposed:
+      return " transposed";
   }
   return "";
 }
 
 Shape pad_for(Layout layout, size_t rank) {
   return layout == Layout::padded ? gaps(rank) : Shape{};
+}
+
+// The last two dims swapped: Tensor::permuted's and permute()'s order.
+std::vector<int> swap_last2(size_t rank) {
+  std::vector<int> perm(rank);
+  for (size_t d = 0; d < rank; ++d) perm[d] = static_cast<int>(d);
+  std::swap(perm[rank - 1], perm[rank - 2]);
+  return perm;
+}
+
+// An input (or in-out) tensor holding `values` as the layout stores it
+// (packed inputs are built by each op); `values` is then what it holds.
+Tensor input_tensor(Device& device, DType dtype, Array64& values, Layout layout) {
+  if (layout != Layout::transposed) {
+    return Tensor::input(device, dtype, values, pad_for(layout, values.shape.size()));
+  }
+  const std::vector<int> perm = swap_last2(values.shape.size());
+  Array64 stored = permute(values, perm);
+  const Tensor t = Tensor::input(device, dtype, stored);
+  values = permute(stored, perm);
+  return t.permuted(perm);
+}
+
+// An output of logical shape `shape` as the layout stores it.
+Tensor output_tensor(Device& device, DType dtype, const Shape& shape, Layout layout) {
+  if (layout != Layout::transposed)
+    return Tensor::padded(device, dtype, shape, pad_for(layout, shape.size()));
+  const std::vector<int> perm = swap_last2(shape.size());
+  Shape stored = shape;
+  std::swap(stored[shape.size() - 1], stored[shape.size() - 2]);
+  return Tensor::empty(device, dtype, stored).permuted(perm);
 }
 
 // A random permutation of 0..count-1 (Fisher-Yates on the case's Random).
@@ -69,7 +105,6 @@ struct PrefillCase {
   bool half = false;   // also run for f16 and bf16
   bool heavy = false;  // left out by --quick
 
-  Shape pad(size_t rank) const { return pad_for(layout, rank); }
   const std::vector<int64_t>* cu(const std::vector<int64_t>& offsets) const {
     return offsets.empty() ? nullptr : &offsets;
   }
@@ -104,10 +139,10 @@ PrefillInputs make_inputs(const Context& ctx, Random& random, DType dtype, const
   in.v = random.uniform({c.B, c.Tk, c.Hkv, c.D}, -1, 1);
   in.gate = random.uniform({c.B, c.Tq, c.Hq, c.D}, -3, 3);
   if (c.layout != Layout::packed) {
-    in.tq = Tensor::input(ctx.device, dtype, in.q, c.pad(4));
-    in.tk = Tensor::input(ctx.device, dtype, in.k, c.pad(4));
-    in.tv = Tensor::input(ctx.device, dtype, in.v, c.pad(4));
-    if (c.gate) in.tgate = Tensor::input(ctx.device, dtype, in.gate, c.pad(4));
+    in.tq = input_tensor(ctx.device, dtype, in.q, c.layout);
+    in.tk = input_tensor(ctx.device, dtype, in.k, c.layout);
+    in.tv = input_tensor(ctx.device, dtype, in.v, c.layout);
+    if (c.gate) in.tgate = input_tensor(ctx.device, dtype, in.gate, c.layout);
     return in;
   }
   const Tensor q_gate = Tensor::empty(ctx.device, dtype, {c.B, c.Tq, c.Hq, 2 * c.D});
@@ -159,9 +194,9 @@ void prefill_case(const Context& ctx, const hops_op_desc& op, DType dtype, const
     const PrefillInputs in = make_inputs(ctx, random, dtype, c);
     Invocation call(ctx, op);
     bind_inputs(ctx, call, in, c);
-    const Tensor o = Tensor::padded(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.pad(4));
+    const Tensor o = output_tensor(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.layout);
     Tensor lse;
-    if (c.lse) lse = Tensor::padded(ctx.device, DType::f32, {c.B, c.Hq, c.Tq}, c.pad(3));
+    if (c.lse) lse = output_tensor(ctx.device, DType::f32, {c.B, c.Hq, c.Tq}, c.layout);
     call.tensor("o", o).tensor("lse", lse);
     call.run(typed_too);
 
@@ -181,14 +216,16 @@ void prefill_bwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, c
     Array64 d_o = random.uniform(in.q.shape, -1, 1);
     Invocation call(ctx, op);
     bind_inputs(ctx, call, in, c);
-    call.tensor("o", Tensor::input(ctx.device, dtype, forward.o, c.pad(4)));
-    call.tensor("lse", Tensor::input(ctx.device, DType::f32, forward.lse, c.pad(3)));
-    call.tensor("do", Tensor::input(ctx.device, dtype, d_o, c.pad(4)));
-    const Tensor dq = Tensor::padded(ctx.device, dtype, in.q.shape, c.pad(4));
-    const Tensor dk = Tensor::padded(ctx.device, dtype, in.k.shape, c.pad(4));
-    const Tensor dv = Tensor::padded(ctx.device, dtype, in.v.shape, c.pad(4));
+    // packed: o, lse, do and the gradients contiguous.
+    const Layout layout = c.layout == Layout::packed ? Layout::contiguous : c.layout;
+    call.tensor("o", input_tensor(ctx.device, dtype, forward.o, layout));
+    call.tensor("lse", input_tensor(ctx.device, DType::f32, forward.lse, layout));
+    call.tensor("do", input_tensor(ctx.device, dtype, d_o, layout));
+    const Tensor dq = output_tensor(ctx.device, dtype, in.q.shape, layout);
+    const Tensor dk = output_tensor(ctx.device, dtype, in.k.shape, layout);
+    const Tensor dv = output_tensor(ctx.device, dtype, in.v.shape, layout);
     Tensor dgate;
-    if (c.gate && c.dgate) dgate = Tensor::padded(ctx.device, dtype, in.q.shape, c.pad(4));
+    if (c.gate && c.dgate) dgate = output_tensor(ctx.device, dtype, in.q.shape, layout);
     call.tensor("dq", dq).tensor("dk", dk).tensor("dv", dv).tensor("dgate", dgate);
     call.run(typed_too);
 
@@ -216,6 +253,9 @@ std::vector<PrefillCase> prefill_sweep() {
       {.B = 1, .Tq = 65, .Tk = 65, .Hq = 2, .Hkv = 2, .D = 128, .gate = true},
       {.B = 2, .Tq = 130, .Tk = 130, .Hq = 4, .Hkv = 2, .D = 64, .half = true},
       {.B = 1, .Tq = 130, .Tk = 130, .Hq = 3, .Hkv = 1, .D = 128, .causal = false, .scale = 0.3},
+      // scale 1 at D=128: scores up to ~100, a softmax kept finite only by its running maximum.
+      {.B = 1, .Tq = 65, .Tk = 80, .Hq = 4, .Hkv = 2, .D = 128, .gate = true, .scale = 1.0,
+       .half = true},
       // Qwen3.5-35B-A3B and -27B full-attention layers.
       {.B = 1, .Tq = 65, .Tk = 65, .Hq = 16, .Hkv = 2, .D = 256, .gate = true, .half = true},
       {.B = 1, .Tq = 33, .Tk = 33, .Hq = 24, .Hkv = 4, .D = 256, .gate = true, .lse = false,
@@ -245,6 +285,11 @@ std::vector<PrefillCase> prefill_sweep() {
        .cu_k = Cu{0, 0, 10, 40}, .gate = true, .layout = Layout::padded},
       {.B = 2, .Tq = 16, .Tk = 16, .Hq = 4, .Hkv = 2, .D = 64, .gate = true,
        .layout = Layout::compact},
+      {.B = 1, .Tq = 40, .Tk = 50, .Hq = 6, .Hkv = 2, .D = 40, .gate = true,
+       .layout = Layout::transposed, .half = true},
+      // Head dims off the tensor-core sizes.
+      {.B = 2, .Tq = 9, .Tk = 12, .Hq = 2, .Hkv = 1, .D = 8, .gate = true, .half = true},
+      {.B = 1, .Tq = 33, .Tk = 33, .Hq = 4, .Hkv = 2, .D = 96, .causal = false},
       // Long sequences.
       {.B = 1, .Tq = 300, .Tk = 330, .Hq = 16, .Hkv = 2, .D = 128, .cu_q = Cu{0, 100, 101, 300},
        .cu_k = Cu{0, 120, 121, 330}, .gate = true, .heavy = true},
@@ -357,7 +402,7 @@ void decode_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
     Array64 k_cache = random.uniform(cache_shape, -1, 1);
     Array64 v_cache = random.uniform(cache_shape, -1, 1);
     Invocation call(ctx, op);
-    call.tensor("q", Tensor::input(ctx.device, dtype, q, pad_for(c.layout, 4)));
+    call.tensor("q", input_tensor(ctx.device, dtype, q, c.layout));
     if (c.layout == Layout::packed) {
       const Tensor both =
           Tensor::empty(ctx.device, dtype, {num_blocks, 2, c.block_size, c.Hkv, c.D});
@@ -366,14 +411,14 @@ void decode_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
       call.tensor("v_cache",
                   assign(both.view(c.block_size * c.Hkv * c.D, cache_shape, strides), v_cache));
     } else {
-      call.tensor("k_cache", Tensor::input(ctx.device, dtype, k_cache, pad_for(c.layout, 4)));
-      call.tensor("v_cache", Tensor::input(ctx.device, dtype, v_cache, pad_for(c.layout, 4)));
+      call.tensor("k_cache", input_tensor(ctx.device, dtype, k_cache, c.layout));
+      call.tensor("v_cache", input_tensor(ctx.device, dtype, v_cache, c.layout));
     }
     call.tensor("block_table", index_tensor(ctx.index_device(), c.index_dtype, flat_table,
                                             {N, max_blocks}, padded));
     call.tensor("seq_lens",
                 index_tensor(ctx.index_device(), c.index_dtype, c.seq_lens, {N}, padded));
-    const Tensor o = Tensor::padded(ctx.device, dtype, q.shape, pad_for(c.layout, 4));
+    const Tensor o = output_tensor(ctx.device, dtype, q.shape, c.layout);
     call.tensor("o", o).f64("scale", c.scale);
     if (c.layout == Layout::compact) call.null_strides();
     call.run(typed_too);
@@ -404,9 +449,13 @@ std::vector<DecodeCase> decode_sweep() {
        .layout = Layout::padded, .index_dtype = DType::i64, .half = true},
       {.L = 1, .Hq = 8, .Hkv = 2, .D = 64, .block_size = 16, .seq_lens = Lens{20, 5},
        .layout = Layout::compact},
+      {.L = 2, .Hq = 6, .Hkv = 2, .D = 40, .block_size = 16, .seq_lens = Lens{30, 1},
+       .layout = Layout::transposed, .half = true},
       // Long contexts (split over the context).
       {.L = 1, .Hq = 16, .Hkv = 2, .D = 128, .block_size = 64, .seq_lens = Lens{2000, 1},
        .index_dtype = DType::i64},
+      {.L = 2, .Hq = 4, .Hkv = 2, .D = 128, .block_size = 32, .seq_lens = Lens{1500, 600},
+       .scale = 1.0, .half = true},
       {.L = 4, .Hq = 16, .Hkv = 2, .D = 256, .block_size = 16, .seq_lens = Lens{1000, 2},
        .half = true},
       {.L = 1, .Hq = 16, .Hkv = 2, .D = 256, .block_size = 16,
@@ -457,11 +506,11 @@ void write_case(const Context& ctx, const hops_op_desc& op, DType dtype, const W
       call.tensor("k", assign(qkv.view(2 * c.Hkv * c.D, k.shape, strides), k));
       call.tensor("v", assign(qkv.view(3 * c.Hkv * c.D, v.shape, strides), v));
     } else {
-      call.tensor("k", Tensor::input(ctx.device, dtype, k, pad_for(c.layout, 3)));
-      call.tensor("v", Tensor::input(ctx.device, dtype, v, pad_for(c.layout, 3)));
+      call.tensor("k", input_tensor(ctx.device, dtype, k, c.layout));
+      call.tensor("v", input_tensor(ctx.device, dtype, v, c.layout));
     }
-    const Tensor tk_cache = Tensor::input(ctx.device, dtype, k_cache, pad_for(c.layout, 4));
-    const Tensor tv_cache = Tensor::input(ctx.device, dtype, v_cache, pad_for(c.layout, 4));
+    const Tensor tk_cache = input_tensor(ctx.device, dtype, k_cache, c.layout);
+    const Tensor tv_cache = input_tensor(ctx.device, dtype, v_cache, c.layout);
     const std::vector<uint32_t> k_before = tk_cache.read_bits(), v_before = tv_cache.read_bits();
     call.tensor("k_cache", tk_cache).tensor("v_cache", tv_cache);
     call.tensor("slot_mapping", index_tensor(ctx.index_device(), c.index_dtype, slots, {c.T},
@@ -498,6 +547,8 @@ std::vector<WriteCase> write_sweep() {
       {.T = 20, .Hkv = 2, .D = 64, .num_blocks = 2, .block_size = 16, .layout = Layout::padded,
        .index_dtype = DType::i64, .half = true},
       {.T = 9, .Hkv = 3, .D = 64, .num_blocks = 1, .block_size = 16, .layout = Layout::compact},
+      {.T = 12, .Hkv = 2, .D = 40, .num_blocks = 2, .block_size = 16,
+       .layout = Layout::transposed, .half = true},
       {.T = 500, .Hkv = 8, .D = 128, .num_blocks = 64, .block_size = 16, .half = true,
        .heavy = true},
   };
