@@ -1,5 +1,7 @@
-// attn.cl: attn_prefill and attn_decode (one kernel, attn_fwd, for both),
-// the merge of attn_decode's context splits, and kv_cache_write.
+// attn.cl: the attention family, one program (its kernels share the
+// sequence helpers): the portable kernels (attn_fwd for attn_prefill and
+// attn_decode, attn_merge for decode's context splits, kv_cache_write, the
+// backward's attn_bwd_*), then the CPU devices' (*_rows, explicit SIMD).
 //
 // Query rows are packed per key-value head: row f = u * G + g is query
 // token u (flat over the batch) of query head hk * G + g, so the G heads
@@ -528,6 +530,22 @@ kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
   }
 }
 
+// ---- CPU devices -------------------------------------------------------------------
+// A work-item owns ROWS packed rows (q and the output sums in private
+// arrays, D <= MAX_D, D % 16 == 0, unit channel steps) and walks the key
+// tiles of its sequence, LANES keys at a time as float16 (explicit SIMD),
+// TILE_ROWS rows at a time: their scores against the tile, the online
+// softmax, then the tile's values added (one broadcast probability times 16
+// channels per step). A tile is used by all ROWS rows while it is in the
+// cache. Prefill reads the keys transposed by attn_pack_keys (one broadcast
+// q element times 16 keys per step); decode reads the pages in place (dot
+// products over the channels).
+
+#define LANES 16
+#define TILE_ROWS 8
+#define ROWS 16
+#define MAX_D 256
+
 // kv_cache_write on CPU devices: work-item (t Hkv + h) copies a whole row.
 kernel void kv_cache_write_rows(global const x_t* k, long k_off, long4 k_st,
                                 global const x_t* v, long v_off, long4 v_st,
@@ -551,22 +569,6 @@ kernel void kv_cache_write_rows(global const x_t* k, long k_off, long4 k_st,
     STORE_X(v_cache, vc_at + d * vc_st.w, LOAD_X(v, v_at + d * v_st.z));
   }
 }
-
-// ---- CPU devices -------------------------------------------------------------------
-// A work-item owns ROWS packed rows (q and the output sums in private
-// arrays, D <= MAX_D, D % 16 == 0, unit channel steps) and walks the key
-// tiles of its sequence, LANES keys at a time as float16 (explicit SIMD),
-// TILE_ROWS rows at a time: their scores against the tile, the online
-// softmax, then the tile's values added (one broadcast probability times 16
-// channels per step). A tile is used by all ROWS rows while it is in the
-// cache. Prefill reads the keys transposed by attn_pack_keys (one broadcast
-// q element times 16 keys per step); decode reads the pages in place (dot
-// products over the channels).
-
-#define LANES 16
-#define TILE_ROWS 8
-#define ROWS 16
-#define MAX_D 256
 
 inline float max16(float16 x) {
   const float8 a = fmax(x.lo, x.hi);
