@@ -11,6 +11,8 @@
 #include <limits>
 #include <numeric>
 
+#include "attn_reference.hpp"
+
 namespace hops::fuzz {
 
 namespace {
@@ -273,7 +275,7 @@ FuzzCall::FuzzCall(const hops_api& api, std::span<const uint8_t> input) : api_(a
     return;
   }
   fill();
-  if (std::string_view(op_->name) == "attn_prefill_bwd") mark_rows_without_keys();
+  if (std::string_view(op_->name) == "attn_prefill_bwd") forward_lse();
   for (const Record& r : records_) apply(r, true);
   // A shorter list is a caller of an older arity (ABI 1.1): the provider gives
   // the arguments left out their defaults, NULL tensors and the descriptor's
@@ -948,44 +950,49 @@ void FuzzCall::fill() {
   }
 }
 
-// attn_prefill_bwd's lse as the forward leaves it: -inf in the rows whose
-// query sees no key, and with lse_holes_ in every third row of a sequence
-// that has keys too (the contract: such a row contributes nothing).
-void FuzzCall::mark_rows_without_keys() {
-  const int arg = arg_index("lse");
-  const TensorArg& lse = tensors_[arg];
-  if (!lse.present || lse.buffer < 0 || !lse.dtype || !conformance::is_float(*lse.dtype)) return;
-  const Geometry g = geometry(lse.dl);
-  if (!g.ok || g.negative || g.ndim != 3) return;
-  const std::vector<int64_t> at = offsets(g);
-  if (at.empty()) return;
-  const int64_t B = g.shape[0], Hq = g.shape[1], Tq = g.shape[2];
-  struct Span {
-    int64_t row, begin, end, keys;
-  };
-  std::vector<Span> spans;
-  const TensorArg& cu_q = tensors_[arg_index("cu_seqlens_q")];
-  const TensorArg& cu_k = tensors_[arg_index("cu_seqlens_k")];
-  if (cu_q.present && cu_k.present && cu_q.index_values.size() == cu_k.index_values.size()) {
-    for (size_t n = 0; n + 1 < cu_q.index_values.size(); ++n) {
-      spans.push_back({0, cu_q.index_values[n], cu_q.index_values[n + 1],
-                       cu_k.index_values[n + 1] - cu_k.index_values[n]});
-    }
-  } else {
-    for (int64_t b = 0; b < B; ++b) spans.push_back({b, 0, Tq, symbol("Tk")});
+// attn_prefill_bwd's lse as the forward of q and k leaves it (the float64
+// reference's): p = exp(s - lse) <= 1 as in real use (random values would
+// overflow f16 gradients), -inf in the rows that see no key, and with
+// lse_holes_ in every third query row with keys too (the contract: such a
+// row contributes nothing). Left random where the reference cannot say: a
+// call it is not fed (too large, a bad scale) or one the plugin rejects.
+void FuzzCall::forward_lse() {
+  const TensorArg* lse = tensor("lse");
+  const TensorArg* q = tensor("q");
+  const TensorArg* k = tensor("k");
+  const double scale = f64("scale");
+  if (!lse || !q || !k || !std::isfinite(scale) || scale < 0 ||
+      attention_work() > kMaxReferenceAttentionWork) {
+    return;
   }
-  std::byte* base = buffers_[lse.buffer].bytes.get() + lse.region + lse.dl.byte_offset;
-  const bool causal = flag("causal");
-  for (const Span& s : spans) {
-    const int64_t Lq = s.end - s.begin;
-    for (int64_t i = 0; i < Lq && s.begin + i < Tq && s.row < B; ++i) {
-      const bool sees = s.keys > 0 && (!causal || i128{i} + s.keys - Lq >= 0);
-      if (sees && !(lse_holes_ && i % 3 == 0)) continue;
-      for (int64_t h = 0; h < Hq; ++h) {
-        const int64_t element = (s.row * Hq + h) * Tq + s.begin + i;
-        conformance::store(*lse.dtype, base, at[element], -std::numeric_limits<double>::infinity());
-      }
+  for (const TensorArg* t : {lse, q, k}) {
+    const Geometry g = geometry(t->dl);
+    if (t->buffer < 0 || !t->dl.data || !t->dtype || !conformance::is_float(*t->dtype) || !g.ok ||
+        g.negative || g.ndim != (t == lse ? 3 : 4) ||
+        static_cast<i128>(offsets(g).size()) != g.numel) {
+      return;
     }
+  }
+  const TensorArg* cu_q = tensor("cu_seqlens_q");
+  const TensorArg* cu_k = tensor("cu_seqlens_k");
+  Array64 forward;
+  try {
+    const Array64 keys = read(*k, false);
+    forward = ref::attn_prefill(read(*q, false), keys, keys, nullptr,
+                                cu_q ? &cu_q->index_values : nullptr,
+                                cu_k ? &cu_k->index_values : nullptr, scale, flag("causal"))
+                  .lse;
+  } catch (const std::exception&) {
+    return;  // shapes or offsets the plugin must reject
+  }
+  const Geometry g = geometry(lse->dl);
+  if (forward.shape != std::vector<int64_t>(g.shape.begin(), g.shape.begin() + 3)) return;
+  auto* base = static_cast<std::byte*>(lse->dl.data) + lse->dl.byte_offset;
+  const std::vector<int64_t> at = offsets(g);
+  for (size_t n = 0; n < at.size(); ++n) {
+    const bool hole = lse_holes_ && n % static_cast<size_t>(g.shape[2]) % 3 == 0;
+    conformance::store(*lse->dtype, base, at[n],
+                       hole ? -std::numeric_limits<double>::infinity() : forward.data[n]);
   }
 }
 

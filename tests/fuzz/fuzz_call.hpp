@@ -157,7 +157,7 @@ class FuzzCall {
   const std::byte* address(const TensorArg& t, bool before) const;
   int64_t symbol(std::string_view name) const;  // the plan's size of a shape symbol
   int64_t attention_work() const;
-  void mark_rows_without_keys();
+  void forward_lse();
   bool judgeable() const;
 
   const hops_api& api_;
