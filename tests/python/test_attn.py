@@ -11,6 +11,7 @@ same (rounded) inputs and random output gradients. Tolerances (relative L2, DESI
 section 4): float32 1e-5 (outputs and gradients), float16/bfloat16 1e-2."""
 
 import importlib
+import importlib.util
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import hops
 from hops import flash_attn, torch_ops
 from hops._patch_transformers import ATTENTION_LABEL
+from models import MODULES, build, greedy, torch_route
 
 F32_TOLERANCE = 1e-5
 HALF_TOLERANCE = 1e-2
@@ -457,14 +459,17 @@ def test_flash_attn_with_kvcache_unsupported_options_raise(option):
 
 # ---- transformers: the attention function "hops" -----------------------------------------------
 
-transformers = pytest.importorskip("transformers")
-from models import MODULES, build, greedy, torch_route  # noqa: E402 (needs transformers)
+# Only these tests need transformers (the ops' tests above run without it).
+needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                        reason="transformers is not installed")
 
 
 class Layer(torch.nn.Module):
     """What transformers' attention functions read of a layer."""
 
     def __init__(self, groups, implementation="sdpa"):
+        import transformers
+
         super().__init__()
         self.num_key_value_groups, self.is_causal = groups, True
         self.config = transformers.PretrainedConfig()
@@ -477,6 +482,7 @@ def transformers_layout(queries, keys, heads=4, kv_heads=2, dim=16, batch=2):
             randn(batch, kv_heads, keys, dim, seed=62), randn(batch, queries, heads * dim, seed=63))
 
 
+@needs_transformers
 @pytest.mark.parametrize("queries, keys", [(9, 9), (1, 23)])  # prefill; a decode step against the cache
 def test_attention_function_matches_sdpa(queries, keys):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -499,6 +505,7 @@ def test_attention_function_matches_sdpa(queries, keys):
     assert report.calls[ATTENTION_LABEL] == 2 + 2 * (queries > 1) and not report.fallbacks
 
 
+@needs_transformers
 def test_attention_function_falls_back_on_a_padding_mask():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -531,6 +538,7 @@ def attention_classes(module):
             and "Vision" not in cls.__name__]
 
 
+@needs_transformers
 @torch.no_grad()
 def test_tiny_models_prefill_and_greedy_decode_with_attention_on_hops(case):
     alias, model, module = case
@@ -551,6 +559,7 @@ def only_attention(monkeypatch):
         monkeypatch.setenv(switch, "0")
 
 
+@needs_transformers
 @pytest.mark.parametrize("alias", sorted(MODULES))
 def test_training_step_gradients_with_attention_on_hops(alias, monkeypatch):
     """One step's loss and gradients, only attention patched: the difference is hops' attention
@@ -575,6 +584,7 @@ def test_training_step_gradients_with_attention_on_hops(alias, monkeypatch):
     assert report.kernels == {"attn_prefill": 1, "attn_prefill_bwd": 1} and not report.fallbacks
 
 
+@needs_transformers
 @torch.no_grad()
 def test_eager_masks_run_on_hops_and_padding_falls_back(monkeypatch):
     only_attention(monkeypatch)
@@ -593,6 +603,7 @@ def test_eager_masks_run_on_hops_and_padding_falls_back(monkeypatch):
     assert report.fallbacks[ATTENTION_LABEL] == 1 and report.calls[ATTENTION_LABEL] == 0
 
 
+@needs_transformers
 def test_float64_falls_back_exactly(monkeypatch):
     only_attention(monkeypatch)
     model = build("qwen3_5", torch.float64)  # hops has no float64 kernels
@@ -604,6 +615,7 @@ def test_float64_falls_back_exactly(monkeypatch):
     assert not report.kernels
 
 
+@needs_transformers
 def test_switch_and_exact_unpatch(case, monkeypatch):
     from transformers.masking_utils import AttentionMaskInterface
     from transformers.modeling_utils import AttentionInterface
