@@ -543,7 +543,7 @@ kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
 
 #define LANES 16
 #define TILE_ROWS 8
-#define ROWS 16
+#define ROWS 32
 #define MAX_D 256
 
 // kv_cache_write on CPU devices: work-item (t Hkv + h) copies a whole row.
@@ -601,12 +601,10 @@ kernel void attn_pack_keys(global const x_t* k, long k_off, long4 k_st, global f
 }
 
 // The online softmax of one tile's scores s for rows r0.. r0 + TILE_ROWS - 1
-// (lane keys `key`; keys outside [0, visible[r]) masked), then the values of
-// lanes [lo, hi) (v_at: where each starts, -1 for none) added into sums.
-inline void softmax_values(float16* s, float* sums, float* m, float* l, const int* visible, int r0,
-                           int16 key, global const x_t* v, const long* v_at, int lo, int hi,
-                           int D) {
-  float p[TILE_ROWS][LANES], alpha[TILE_ROWS];
+// (lane keys `key`; keys outside [0, visible[r]) masked): m and l updated,
+// the probabilities into p, the old sums' factors into alpha.
+inline void online_softmax(const float16* s, float* m, float* l, const int* visible, int r0,
+                           int16 key, float p[TILE_ROWS][LANES], float* alpha) {
 #pragma unroll
   for (int r = 0; r < TILE_ROWS; ++r) {
     const float16 score = select((float16)(-INFINITY), s[r],
@@ -618,20 +616,47 @@ inline void softmax_values(float16* s, float* sums, float* m, float* l, const in
     m[r0 + r] = top;
     vstore16(prob, 0, p[r]);
   }
-  for (int c = 0; c < D; c += LANES) {
-    float16 acc[TILE_ROWS];
-#pragma unroll
-    for (int r = 0; r < TILE_ROWS; ++r) {
-      acc[r] = alpha[r] * vload16(0, sums + (r0 + r) * MAX_D + c);
-    }
-    for (int lane = lo; lane < hi; ++lane) {
-      if (v_at[lane] < 0) continue;
-      const float16 value = LOAD16_X(v, v_at[lane] + c);
-#pragma unroll
-      for (int r = 0; r < TILE_ROWS; ++r) acc[r] += p[r][lane] * value;
-    }
-#pragma unroll
-    for (int r = 0; r < TILE_ROWS; ++r) vstore16(acc[r], 0, sums + (r0 + r) * MAX_D + c);
+}
+
+// sums of rows r0.. <- alpha sums + p values, the values of lanes [lo, hi)
+// starting at v_at[lane] (-1: none) in a tensor of `type`, 16 channels read
+// by `load16`.
+#define ADD_VALUES(name, type, load16)                                                     \
+  inline void name(float* sums, int r0, float p[TILE_ROWS][LANES], const float* alpha,    \
+                   global const type* v, const long* v_at, int lo, int hi, int D) {        \
+    for (int c = 0; c < D; c += LANES) {                                                  \
+      float16 acc[TILE_ROWS];                                                             \
+      _Pragma("unroll") for (int r = 0; r < TILE_ROWS; ++r) {                             \
+        acc[r] = alpha[r] * vload16(0, sums + (r0 + r) * MAX_D + c);                      \
+      }                                                                                   \
+      for (int lane = lo; lane < hi; ++lane) {                                            \
+        if (v_at[lane] < 0) continue;                                                     \
+        const float16 value = load16(v, v_at[lane] + c);                                  \
+        _Pragma("unroll") for (int r = 0; r < TILE_ROWS; ++r) acc[r] += p[r][lane] * value; \
+      }                                                                                   \
+      _Pragma("unroll") for (int r = 0; r < TILE_ROWS; ++r) {                             \
+        vstore16(acc[r], 0, sums + (r0 + r) * MAX_D + c);                                 \
+      }                                                                                   \
+    }                                                                                     \
+  }
+
+#define LOAD16_F32(p, i) vload16(0, (p) + (i))
+ADD_VALUES(add_values, x_t, LOAD16_X)          // decode: the pages in place
+ADD_VALUES(add_packed_values, float, LOAD16_F32)  // prefill: attn_pack_values' rows
+
+// Values of every kv head as f32 rows in tiles of LANES flat keys:
+// vp[((hk tiles + tile) LANES + lane) D + d] (zero past the last key).
+// Work-item (tile, hk).
+kernel void attn_pack_values(global const x_t* v, long v_off, long4 v_st, global float* vp,
+                             long V, long Tk, long tiles, int D) {
+  const long tile = get_global_id(0);
+  const int hk = get_global_id(1);
+  if (tile >= tiles) return;
+  global float* out = vp + (hk * tiles + tile) * LANES * D;
+  for (int lane = 0; lane < LANES; ++lane) {
+    const long key = tile * LANES + lane, b = key / Tk, j = key % Tk;
+    const long at = v_off + b * v_st.x + j * v_st.y + hk * v_st.z;
+    for (int d = 0; d < D; ++d) out[lane * D + d] = key < V ? LOAD_X(v, at + d * v_st.w) : 0.0f;
   }
 }
 
@@ -683,8 +708,7 @@ inline int load_rows(float* qr, float* sums, float* m, float* l, int* visible, l
 
 // attn_prefill on CPU devices: work-item (ROWS packed rows, hk).
 kernel void attn_fwd_rows(global const x_t* q, long q_off, long4 q_st,
-                          global const float* kt, long tiles,
-                          global const x_t* v, long v_off, long4 v_st,
+                          global const float* kt, global const float* vp, long tiles,
                           global const x_t* gate, long gate_off, long4 gate_st,
                           global x_t* o, long o_off, long4 o_st,
                           global float* lse, long lse_off, long4 lse_st,
@@ -709,16 +733,16 @@ kernel void attn_fwd_rows(global const x_t* q, long q_off, long4 q_st,
       const long base = tile * LANES - s.v_begin;
       const int lo = max(0L, -base);
       long v_at[LANES];
-      for (int lane = lo; lane < LANES; ++lane) {
-        v_at[lane] = v_off + s.b * v_st.x + (s.k_begin + base + lane) * v_st.y + hk * v_st.z;
-      }
+      for (int lane = lo; lane < LANES; ++lane) v_at[lane] = ((hk * tiles + tile) * LANES + lane) * D;
       global const float* kt_tile = kt + (hk * tiles + tile) * D * LANES;
       for (int r0 = 0; r0 < ROWS; r0 += TILE_ROWS) {
         const int hi = min((long)LANES, most_visible(visible, r0) - base);
         if (hi <= lo) continue;
         float16 scores[TILE_ROWS];
+        float p[TILE_ROWS][LANES], alpha[TILE_ROWS];
         transposed_scores(scores, qr, r0, kt_tile, D);
-        softmax_values(scores, sums, m, l, visible, r0, lanes + (int)base, v, v_at, lo, hi, D);
+        online_softmax(scores, m, l, visible, r0, lanes + (int)base, p, alpha);
+        add_packed_values(sums, r0, p, alpha, vp, v_at, lo, hi, D);
       }
     }
     for (long row = f; row < seg_end; ++row) {
@@ -802,7 +826,9 @@ kernel void attn_decode_rows(global const x_t* q, long q_off, long4 q_st,
       float16 scores[TILE_ROWS];
 #pragma unroll
       for (int r = 0; r < TILE_ROWS; ++r) scores[r] = vload16(0, score[r]);
-      softmax_values(scores, sums, m, l, visible, r0, lanes + (int)j0, v, v_at, 0, row_hi, D);
+      float p[TILE_ROWS][LANES], alpha[TILE_ROWS];
+      online_softmax(scores, m, l, visible, r0, lanes + (int)j0, p, alpha);
+      add_values(sums, r0, p, alpha, v, v_at, 0, row_hi, D);
     }
   }
   for (long row = first; row < end; ++row) {

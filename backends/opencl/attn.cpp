@@ -2,6 +2,7 @@
 #include "attn.hpp"
 
 #include <algorithm>
+#include <tuple>
 
 #include "checked_math.hpp"
 #include "family.hpp"
@@ -19,7 +20,7 @@ constexpr int kMaxKeys = 32;    // keys per tile
 // attn_fwd_rows and attn_pack_keys (CPU devices)
 constexpr int64_t kLanes = 16;            // keys per tile: LANES
 constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
-constexpr int64_t kItemRows = 16;         // packed rows per work-item: ROWS
+constexpr int64_t kItemRows = 32;         // packed rows per work-item: ROWS
 constexpr size_t kRowsGroup = 4;          // work-items per work-group
 constexpr size_t kPackGroup = 16;         // key tiles per work-group of attn_pack_keys
 
@@ -54,21 +55,24 @@ size_t local_floats_budget(const Call& call) {
 namespace {
 
 // CPU devices: attn_fwd_rows (attn.cl) where the rows fit its private
-// arrays (D % 16 == 0, D <= 256) and q, v, o and gate have unit channel steps.
+// arrays (D % 16 == 0, D <= 256) and q, o and gate have unit channel steps.
 bool rows_fit(const Call& call, const AttnPrefill& op) {
   const auto unit = [](const Tensor& t) { return !t || t.step(-1) == 1; };
   return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
-         unit(op.q) && unit(op.v) && unit(op.o) && unit(op.gate);
+         unit(op.q) && unit(op.o) && unit(op.gate);
 }
 
 void prefill_rows(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const IndexArg& cu_k) {
   const int64_t V = op.B * op.Tk;  // flat keys
   const int64_t tiles = (V + kLanes - 1) / kLanes;
-  const cl_mem kt =
-      call.scratch(scratch_bytes(op.kName, op.Hkv, tiles, op.D, kLanes, sizeof(float)));
-  {
-    Launch launch(call.kernel(kProgram, op.q.dtype, "attn_pack_keys"));
-    launch.tensor(op.k).value(strides4(op.k)).value(kt);
+  // k transposed and v as rows, both f32 in tiles of kLanes keys.
+  const size_t bytes = scratch_bytes(op.kName, op.Hkv, tiles, op.D, kLanes, sizeof(float));
+  const cl_mem kt = call.scratch(bytes);
+  const cl_mem vp = call.scratch(bytes);
+  for (const auto& [kernel, source, packed] :
+       {std::tuple{"attn_pack_keys", &op.k, kt}, std::tuple{"attn_pack_values", &op.v, vp}}) {
+    Launch launch(call.kernel(kProgram, op.q.dtype, kernel));
+    launch.tensor(*source).value(strides4(*source)).value(packed);
     launch.value(cl_long{V}).value(cl_long{op.Tk}).value(cl_long{tiles});
     launch.value(static_cast<cl_int>(op.D));
     const size_t local = launch.group_size(kPackGroup);
@@ -78,8 +82,7 @@ void prefill_rows(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const
   }
   Launch launch(call.kernel(kProgram, op.q.dtype, "attn_fwd_rows"));
   launch.tensor(op.q).value(strides4(op.q));
-  launch.value(kt).value(cl_long{tiles});
-  launch.tensor(op.v).value(strides4(op.v));
+  launch.value(kt).value(vp).value(cl_long{tiles});
   launch.tensor(op.gate).value(strides4(op.gate));
   launch.tensor(op.o).value(strides4(op.o));
   launch.tensor(op.lse).value(strides4(op.lse));

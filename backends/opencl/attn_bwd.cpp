@@ -19,7 +19,7 @@ constexpr int kMaxTile = 32;       // rows or keys per tile
 // The *_rows kernels (CPU devices)
 constexpr int64_t kLanes = 16;            // keys or rows per transposed tile: LANES
 constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
-constexpr int64_t kItemRows = 16;         // rows or keys per work-item: ROWS
+constexpr int64_t kItemRows = 32;         // packed rows per work-item of attn_bwd_dq_rows: ROWS
 constexpr size_t kRowsGroup = 4;          // work-items per work-group
 constexpr size_t kPackGroup = 16;         // tiles per work-group of the packing kernels
 

@@ -25,7 +25,7 @@ constexpr int64_t kGroupsPerUnit = 4;
 // attn_decode_rows (CPU devices)
 constexpr int64_t kLanes = 16;            // keys per tile: LANES
 constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
-constexpr int64_t kItemRows = 16;         // packed rows per work-item: ROWS
+constexpr int64_t kItemRows = 32;         // packed rows per work-item: ROWS
 constexpr size_t kRowsGroup = 1;          // work-items per work-group
 constexpr size_t kCopyRowsGroup = 64;     // rows per work-group of kv_cache_write_rows
 
