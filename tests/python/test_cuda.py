@@ -36,9 +36,12 @@ pytestmark = pytest.mark.skipif(WHY_NO_CUDA is not None, reason=WHY_NO_CUDA or "
 # order); 16-bit outputs carry their own rounding (the conformance bound).
 TOLERANCES = {torch.float32: {"gdn": 1e-4, "elementwise": 1e-5}, torch.bfloat16: {"gdn": 1e-2, "elementwise": 1e-2}}
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-# The backward op each differentiable family needs, and the redirect that patch() counts.
-BACKWARD = {"gdn_chunk_bwd": "qwen3_5.torch_chunk_gated_delta_rule", "conv1d_bwd": "qwen3_5.causal_conv1d_fn",
-            "gated_rmsnorm_bwd": "qwen3_5.Qwen3_5RMSNormGated.forward"}
+# The backward op each differentiable family needs, the redirect that patch() counts, and
+# its calls in one step of the tiny model (3 linear-attention layers, 1 full-attention layer).
+BACKWARD = {"gdn_chunk_bwd": ("qwen3_5.torch_chunk_gated_delta_rule", 3),
+            "conv1d_bwd": ("qwen3_5.causal_conv1d_fn", 3),
+            "gated_rmsnorm_bwd": ("qwen3_5.Qwen3_5RMSNormGated.forward", 3),
+            "attn_prefill_bwd": ("AttentionInterface.hops", 1)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -238,13 +241,15 @@ def test_model_prefill_and_greedy_decode_equal_unpatched(qwen3_5):
     assert (logits - expected_logits).abs().max().item() <= 1e-4
     assert torch.equal(tokens, expected_tokens)
     prefills, decodes = 2 * 3, 31 * 3  # two prefills (ours, generate's) and 31 steps, 3 linear layers each
+    attention = 2 + 31  # the full-attention layer: prefills and decode steps alike through attn_prefill
     assert {label: report.calls[label] for label in report.redirects if report.calls[label]} == {
         "qwen3_5.torch_chunk_gated_delta_rule": prefills, "qwen3_5.causal_conv1d_fn": prefills,
         "qwen3_5.Qwen3_5RMSNormGated.forward": prefills + decodes,
-        "qwen3_5.torch_recurrent_gated_delta_rule": decodes, "qwen3_5.causal_conv1d_update": decodes}
+        "qwen3_5.torch_recurrent_gated_delta_rule": decodes, "qwen3_5.causal_conv1d_update": decodes,
+        "AttentionInterface.hops": attention}
     assert sum(report.fallbacks.values()) == 0, report.fallback_reasons
     assert report.kernels == {"gdn_chunk_fwd": prefills, "conv1d_fwd": prefills, "gated_rmsnorm": prefills + decodes,
-                              "gdn_recurrent": decodes, "conv1d_update": decodes}
+                              "gdn_recurrent": decodes, "conv1d_update": decodes, "attn_prefill": attention}
 
 
 @torch.no_grad()
@@ -288,11 +293,11 @@ def test_training_step_gradients(qwen3_5):
     failed = {name: relative_l2(actual[name], expected[name]) for name in actual
               if relative_l2(actual[name], expected[name]) > gradient_tolerance(0, name)}
     assert not failed, failed
-    for op, label in BACKWARD.items():
+    for op, (label, calls) in BACKWARD.items():
         if op in available:
-            assert (report.calls[label], report.kernels[op], report.fallbacks[label]) == (3, 3, 0), label
+            assert (report.calls[label], report.kernels[op], report.fallbacks[label]) == (calls, calls, 0), label
         else:
-            assert report.fallbacks[label] == 3 and "no kernel" in report.fallback_reasons[label], label
+            assert report.fallbacks[label] == calls and "no kernel" in report.fallback_reasons[label], label
 
 
 def test_backward_scratch_comes_from_torch_and_goes_back(rng):

@@ -83,3 +83,34 @@ def test_unknown_device_is_refused():
     with pytest.raises(hops.HopsError, match="device='metal'"):
         hops.ops.gated_rmsnorm(np.ones((2, 4), np.float32), np.ones((2, 4), np.float32),
                                np.ones(4, np.float32), device="metal")
+
+
+def test_attn_prefill_and_backward_batched(rng):
+    q = rng.standard_normal((2, 33, 4, 64)).astype(np.float32)
+    k, v = rng.standard_normal((2, 2, 40, 2, 64)).astype(np.float32)
+    gate = rng.standard_normal(q.shape).astype(np.float32)
+    o, lse = hops.ops.attn_prefill(q, k, v, gate=gate)
+    o_cl, lse_cl = hops.ops.attn_prefill(q, k, v, gate=gate, device="opencl")
+    assert close(o_cl, o) and close(lse_cl, lse)
+    do = rng.standard_normal(q.shape).astype(np.float32)
+    grads = hops.ops.attn_prefill_bwd(q, k, v, o, lse, do, gate=gate)
+    grads_cl = hops.ops.attn_prefill_bwd(q, k, v, o, lse, do, gate=gate, device="opencl")
+    for got, want in zip(grads_cl, grads):
+        assert close(got, want)
+
+
+def test_kv_cache_write_then_decode_with_host_tables(rng):
+    blocks, block_size, Hkv, D = 6, 16, 2, 64
+    k_cache, v_cache = rng.standard_normal((2, blocks, block_size, Hkv, D)).astype(np.float32)
+    k_new, v_new = rng.standard_normal((2, 3, Hkv, D)).astype(np.float32)
+    slots = np.array([5 * 16 + 3, -1, 2 * 16 + 15], dtype=np.int64)
+    expected_k, expected_v = k_cache.copy(), v_cache.copy()
+    hops.ops.kv_cache_write(k_new, v_new, expected_k, expected_v, slots)
+    hops.ops.kv_cache_write(k_new, v_new, k_cache, v_cache, slots, device="opencl")
+    assert np.array_equal(k_cache, expected_k) and np.array_equal(v_cache, expected_v)
+    q = rng.standard_normal((2, 2, 4, D)).astype(np.float32)
+    table = np.array([[5, 0, 3], [2, 4, 1]], dtype=np.int32)
+    seq_lens = np.array([37, 2], dtype=np.int32)
+    o = hops.ops.attn_decode(q, k_cache, v_cache, table, seq_lens)
+    o_cl = hops.ops.attn_decode(q, k_cache, v_cache, table, seq_lens, device="opencl")
+    assert close(o_cl, o)

@@ -88,6 +88,7 @@ def attn_decode(q, k_cache, v_cache, block_table, seq_lens, scale=None):
     return o[:, 0] if one_token else o
 
 
+@device_option
 def kv_cache_write(k, v, k_cache, v_cache, slot_mapping):
     """Writes k, v [T,Hkv,D] into the paged caches [num_blocks,block_size,Hkv,D] in place:
     row t at slot slot_mapping[t] = block * block_size + offset; -1 skips the row."""
