@@ -87,25 +87,6 @@ HOPS_VECTOR_CLONES void softmax_columns(float* __restrict scores, int64_t tokens
   }
 }
 
-// Asks for the rows of one head in a cache block to be brought into the
-// caches: the blocks are scattered, so the hardware prefetchers find a block
-// only once its reading has begun. Read kAhead blocks before their turn.
-constexpr int64_t kAhead = 2;
-void prefetch_block(const AttnDecode& op, const Tensor& cache, const Chunk& chunk, int64_t first) {
-  if (first >= chunk.end) return;
-  constexpr int64_t kLineBytes = 64;
-  const int64_t block = read_index(op.block_table, chunk.sequence, first / op.block_size);
-  const int64_t size = dtype_size(cache.dtype);
-  const int64_t bytes = ((op.D - 1) * cache.stride[3] + 1) * size;
-  const auto* base = static_cast<const char*>(cache.handle) + cache.byte_offset;
-  for (int64_t i = 0; i < std::min(op.block_size, chunk.end - first); ++i) {
-    for (int64_t head = 0; head < op.Hkv; ++head) {
-      const char* row = base + cache.offset(block, i, head, 0) * size;
-      for (int64_t byte = 0; byte < bytes; byte += kLineBytes) __builtin_prefetch(row + byte, 0, 3);
-    }
-  }
-}
-
 // One chunk for every key-value head: the heads' rows of a cache block are
 // read together (one stretch of memory), then each head's softmax and P V.
 template <class PartialOf>
@@ -125,9 +106,7 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, const Blocks& b,
       for (int64_t d = 0; d < D; ++d) row[d] *= scale;
     }
   }
-  for (int64_t i = 0; i < kAhead; ++i) prefetch_block(op, op.k_cache, chunk, chunk.begin + i * bs);
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
-    prefetch_block(op, op.k_cache, chunk, first + kAhead * bs);
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
     for (int64_t head = 0; head < op.Hkv; ++head) {
@@ -137,7 +116,6 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, const Blocks& b,
                   scores(head) + (first - chunk.begin) * Rp, Rp});
     }
   }
-  for (int64_t i = 0; i < kAhead; ++i) prefetch_block(op, op.v_cache, chunk, chunk.begin + i * bs);
   for (int64_t head = 0; head < op.Hkv; ++head) {
     // Query l sits at position length - L + l: the keys past it are masked.
     for (int64_t r = 0; r < R; ++r) {
@@ -151,7 +129,6 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, const Blocks& b,
     std::fill(out.acc, out.acc + R * Dp, 0.0f);
   }
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
-    prefetch_block(op, op.v_cache, chunk, first + kAhead * bs);
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
     for (int64_t head = 0; head < op.Hkv; ++head) {

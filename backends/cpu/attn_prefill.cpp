@@ -78,8 +78,8 @@ constexpr int kLanes = 16;
 // Turns the `visible` scores of a row into e^(s - new max) (zeros from
 // there to `width`), updates the running max and sum, and returns the factor
 // by which the row's earlier accumulator is to be scaled.
-HOPS_VECTOR_CLONES float softmax_row(float* __restrict s, int64_t visible, int64_t width,
-                                     float& running_max, float& running_sum) {
+[[gnu::always_inline]] inline float softmax_row(float* __restrict s, int64_t visible, int64_t width,
+                                                float& running_max, float& running_sum) {
   float lanes[kLanes];
   std::fill(lanes, lanes + kLanes, kMinusInf);
   int64_t j = 0;
@@ -115,6 +115,21 @@ HOPS_VECTOR_CLONES float softmax_row(float* __restrict s, int64_t visible, int64
   return factor;
 }
 
+// The online softmax step for a block of `keys` keys: s [R, kKeys] becomes
+// p, and the rows of acc [R, Dp] are rescaled where their max grew. Causal:
+// row r sees seen0 + r / G keys of the block (clamped), else all of them.
+HOPS_VECTOR_CLONES void softmax_block(const Blocks& b, int64_t R, int64_t Dp, int64_t keys,
+                                      bool causal, int64_t seen0, int64_t G) {
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t visible = causal ? std::clamp<int64_t>(seen0 + r / G, 0, keys) : keys;
+    const float factor = softmax_row(b.s + r * kKeys, visible, keys, b.max[r], b.sum[r]);
+    if (factor != 1.0f) {
+      float* __restrict acc = b.acc + r * Dp;
+      for (int64_t d = 0; d < Dp; ++d) acc[d] *= factor;
+    }
+  }
+}
+
 HOPS_VECTOR_CLONES void scale_row(float* __restrict row, int64_t n, float factor) {
   for (int64_t d = 0; d < n; ++d) row[d] *= factor;
 }
@@ -143,12 +158,8 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
     const int64_t keys = std::min(kKeys, block.keys - first), columns = round_up(keys, kPadding);
     const int64_t slot = packed.slot(block.key_block + first / kKeys, kv_head);
     gemm({R, columns, Dp, b.q, Dp, packed.keys_of(slot), kKeys, b.s, kKeys, false, Shape::full});
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t seen = attn::key_end(op, Lq, Lk, block.begin + r / G) - first;
-      const float factor = softmax_row(b.s + r * kKeys, std::clamp<int64_t>(seen, 0, keys), keys,
-                                       b.max[r], b.sum[r]);
-      if (factor != 1.0f) scale_row(b.acc + r * Dp, Dp, factor);
-    }
+    // Query i sees keys [0, i + 1 + Lk - Lq) (attn::key_end).
+    softmax_block(b, R, Dp, keys, op.causal, block.begin + 1 + Lk - Lq - first, G);
     const attn::Rows v =
         packed.values ? attn::Rows{packed.values_of(slot), Dp}
                       : attn::Rows{op.v.data<const float>() +
