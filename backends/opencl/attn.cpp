@@ -55,11 +55,12 @@ size_t local_floats_budget(const Call& call) {
 namespace {
 
 // CPU devices: attn_fwd_rows (attn.cl) where the rows fit its private
-// arrays (D % 16 == 0, D <= 256) and q, o and gate have unit channel steps.
+// arrays (D % 16 == 0, D <= 256; their key and query indices are int) and q, o and gate have unit
+// channel steps.
 bool rows_fit(const Call& call, const AttnPrefill& op) {
   const auto unit = [](const Tensor& t) { return !t || t.step(-1) == 1; };
   return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
-         unit(op.q) && unit(op.o) && unit(op.gate);
+         unit(op.q) && unit(op.o) && unit(op.gate) && op.Tq < INT32_MAX && op.Tk < INT32_MAX;
 }
 
 void prefill_rows(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const IndexArg& cu_k) {

@@ -79,21 +79,27 @@ class StagedTable {
   std::optional<BufferPool::Lease> lease_;
 };
 
+// The tokens block_table can hold, saturated (the kernels clamp seq_lens to it).
+int64_t table_capacity(const AttnDecode& op) {
+  return try_mul(op.max_blocks, op.block_size).value_or(INT64_MAX);
+}
+
 // Context splits: enough work-groups to fill the device, each split at
 // least kSplitKeys of the table's capacity.
 int64_t split_count(const Call& call, const AttnDecode& op, int64_t groups) {
   const auto units = device_value<cl_uint>(call.runtime().device(), CL_DEVICE_MAX_COMPUTE_UNITS);
   const int64_t wanted = (kGroupsPerUnit * units + groups - 1) / std::max<int64_t>(groups, 1);
-  const int64_t capacity = op.max_blocks * op.block_size;  // check: within the cache's elements
+  const int64_t capacity = table_capacity(op);
   return std::clamp<int64_t>(wanted, 1, std::clamp<int64_t>(capacity / kSplitKeys, 1, kMaxSplits));
 }
 
 // CPU devices: attn_decode_rows (attn.cl) where the rows fit its private
-// arrays (D % 16 == 0, D <= 256) and q, o and the caches have unit channel steps.
+// arrays (D % 16 == 0, D <= 256; their key and query indices are int) and q, o and the caches have
+// unit channel steps.
 bool rows_fit(const Call& call, const AttnDecode& op) {
   return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
          op.q.step(-1) == 1 && op.o.step(-1) == 1 && op.k_cache.step(-1) == 1 &&
-         op.v_cache.step(-1) == 1;
+         op.v_cache.step(-1) == 1 && table_capacity(op) < INT32_MAX;
 }
 
 }  // namespace
@@ -136,7 +142,7 @@ void attn_decode(const ExecContext& exec, const AttnDecode& op) {
     table(launch, block_table.arg);
     launch.value(partial).value(cl_long{op.N}).value(cl_long{op.L});
     launch.value(cl_long{op.num_blocks}).value(cl_long{op.block_size});
-    launch.value(cl_long{op.max_blocks * op.block_size});
+    launch.value(cl_long{table_capacity(op)});
     launch.value(static_cast<cl_int>(op.Hq)).value(static_cast<cl_int>(op.Hkv));
     launch.value(static_cast<cl_int>(op.D)).value(static_cast<cl_float>(op.scale));
     launch.value(static_cast<cl_int>(splits));
@@ -158,7 +164,7 @@ void attn_decode(const ExecContext& exec, const AttnDecode& op) {
     launch.value(partial);
     launch.value(cl_long{U}).value(cl_long{op.L}).value(cl_long{0}).value(cl_long{op.N});
     launch.value(cl_long{op.num_blocks}).value(cl_long{op.block_size});
-    launch.value(cl_long{op.max_blocks * op.block_size});
+    launch.value(cl_long{table_capacity(op)});
     launch.value(static_cast<cl_int>(op.Hq)).value(static_cast<cl_int>(op.Hkv));
     launch.value(static_cast<cl_int>(op.D)).value(static_cast<cl_float>(op.scale));
     launch.value(cl_int{1}).value(cl_int{tiles.rows}).value(cl_int{tiles.keys});
