@@ -35,28 +35,9 @@ constexpr Kernel checked_entry() {
   return kernel<Op, &named<Op, fn>, &accepts<Op>>(HOPS_DTYPE_FLOATS);
 }
 
-}  // namespace
-
-void check_attn_sizes(const char* name, int64_t Hq, int64_t Hkv, int64_t D) {
-  if (D > kMaxHeadDim || Hq > INT32_MAX || Hkv > INT32_MAX) {
-    fail(HOPS_ERR_UNSUPPORTED,
-         "{}: the opencl backend takes head dims up to {} and head counts below 2^31, got D = {}, "
-         "Hq = {}, Hkv = {}",
-         name, kMaxHeadDim, D, Hq, Hkv);
-  }
-}
-
-size_t local_floats_budget(const Call& call) {
-  // At most 48 KiB: what GPUs give one work-group and still run several.
-  const auto bytes = device_value<cl_ulong>(call.runtime().device(), CL_DEVICE_LOCAL_MEM_SIZE);
-  return static_cast<size_t>(std::min<cl_ulong>(bytes, 48 * 1024) / sizeof(float));
-}
-
-namespace {
-
 // CPU devices: attn_fwd_rows (attn.cl) where the rows fit its private
-// arrays (D % 16 == 0, D <= 256; their key and query indices are int) and q, o and gate have unit
-// channel steps.
+// arrays (D % 16 == 0, D <= 256), its int key and query indices hold the
+// tokens, and q, o and gate have unit channel steps.
 bool rows_fit(const Call& call, const AttnPrefill& op) {
   const auto unit = [](const Tensor& t) { return !t || t.step(-1) == 1; };
   return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
@@ -102,6 +83,21 @@ void prefill_rows(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const
 }
 
 }  // namespace
+
+void check_attn_sizes(const char* name, int64_t Hq, int64_t Hkv, int64_t D) {
+  if (D > kMaxHeadDim || Hq > INT32_MAX || Hkv > INT32_MAX) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: the opencl backend takes head dims up to {} and head counts below 2^31, got D = {}, "
+         "Hq = {}, Hkv = {}",
+         name, kMaxHeadDim, D, Hq, Hkv);
+  }
+}
+
+size_t local_floats_budget(const Call& call) {
+  // At most 48 KiB: what GPUs give one work-group and still run several.
+  const auto bytes = device_value<cl_ulong>(call.runtime().device(), CL_DEVICE_LOCAL_MEM_SIZE);
+  return static_cast<size_t>(std::min<cl_ulong>(bytes, 48 * 1024) / sizeof(float));
+}
 
 void attn_prefill(const ExecContext& exec, const AttnPrefill& op) {
   Call call(exec, {{op.q, "q"},

@@ -54,8 +54,8 @@ void sizes(Launch& launch, const AttnPrefillBwd& op, int64_t items, const Tiles&
 }
 
 // CPU devices: the *_rows kernels (attn.cl) where the rows fit their private
-// arrays (D % 16 == 0, D <= 256; their key and query indices are int) and q and k have unit channel
-// steps.
+// arrays (D % 16 == 0, D <= 256), their int key and query indices hold the
+// tokens, and q and k have unit channel steps.
 bool rows_fit(const Call& call, const AttnPrefillBwd& op) {
   return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
          op.q.step(-1) == 1 && op.k.step(-1) == 1 && op.Tq < INT32_MAX && op.Tk < INT32_MAX;

@@ -94,8 +94,8 @@ int64_t split_count(const Call& call, const AttnDecode& op, int64_t groups) {
 }
 
 // CPU devices: attn_decode_rows (attn.cl) where the rows fit its private
-// arrays (D % 16 == 0, D <= 256; their key and query indices are int) and q, o and the caches have
-// unit channel steps.
+// arrays (D % 16 == 0, D <= 256), its int key indices hold the table's
+// tokens, and q, o and the caches have unit channel steps.
 bool rows_fit(const Call& call, const AttnDecode& op) {
   return call.runtime().cpu_device() && op.D % kLanes == 0 && op.D <= kMaxRowsHeadDim &&
          op.q.step(-1) == 1 && op.o.step(-1) == 1 && op.k_cache.step(-1) == 1 &&
