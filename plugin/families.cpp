@@ -4,6 +4,7 @@
 #include "ops/attn.hpp"
 #include "ops/conv1d.hpp"
 #include "ops/gdn.hpp"
+#include "ops/moe.hpp"
 #include "ops/norm.hpp"
 #include "registry.hpp"
 
@@ -15,6 +16,7 @@ std::span<const OpDef* const> all_ops() {
       conv1d_ops(),
       norm_ops(),
       attn_ops(),
+      moe_ops(),
   });
   return table;
 }

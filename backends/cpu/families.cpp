@@ -12,6 +12,7 @@ std::span<const Kernel> gdn_kernels();
 std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 std::span<const Kernel> attn_kernels();
+std::span<const Kernel> moe_kernels();
 }  // namespace cpu
 
 std::span<const Kernel> cpu_kernels() {
@@ -20,6 +21,7 @@ std::span<const Kernel> cpu_kernels() {
       cpu::conv1d_kernels(),
       cpu::norm_kernels(),
       cpu::attn_kernels(),
+      cpu::moe_kernels(),
   });
   return kernels;
 }
