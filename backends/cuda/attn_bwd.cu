@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(DqTile<D>::kThreads, 1)
   const int64_t head = blockIdx.x % p.Hq;
   const int64_t slot = slots - 1 - blockIdx.x / p.Hq;
   int64_t n, c;
-  slot_block(p.cu_q, p.N, p.Tq, kBr, slot, n, c);
+  if (!slot_block(p.cu_q, p.N, p.Tq, kBr, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
   const int64_t m0 = c * kBr;
   if (m0 >= s.Lq) return;
@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(DkvTile<D>::kThreads, 1)
   const int part = static_cast<int>((blockIdx.x / p.Hkv) % Tile::kParts);
   const int64_t slot = blockIdx.x / (p.Hkv * Tile::kParts);  // early keys (most queries) first
   int64_t n, c;
-  slot_block(p.cu_k, p.N, p.Tk, kBc, slot, n, c);
+  if (!slot_block(p.cu_k, p.N, p.Tk, kBc, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
   const int64_t j0 = c * kBc;
   if (j0 >= s.Lk) return;
@@ -344,7 +344,7 @@ __global__ void __launch_bounds__(kGenThreads)
   const int64_t head = blockIdx.x % p.Hq;
   const int64_t slot = slots - 1 - blockIdx.x / p.Hq;
   int64_t n, c;
-  slot_block(p.cu_q, p.N, p.Tq, kGenRows, slot, n, c);
+  if (!slot_block(p.cu_q, p.N, p.Tq, kGenRows, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
   const int64_t m0 = c * kGenRows;
   if (m0 >= s.Lq) return;
@@ -436,7 +436,7 @@ __global__ void __launch_bounds__(kGenThreads)
   const int64_t kvh = blockIdx.x % p.Hkv;
   const int64_t slot = blockIdx.x / p.Hkv;
   int64_t n, c;
-  slot_block(p.cu_k, p.N, p.Tk, kGenRows, slot, n, c);
+  if (!slot_block(p.cu_k, p.N, p.Tk, kGenRows, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
   const int64_t j0 = c * kGenRows;
   if (j0 >= s.Lk) return;

@@ -49,14 +49,16 @@ __device__ __forceinline__ int64_t slot_start(const Index& cu, int64_t T, int64_
   b = b < 0 ? 0 : (b > T ? T : b);
   return b / rows + n;
 }
-// The (sequence, block) of a slot; the caller checks the block against the
-// sequence's length (an unused slot maps past it).
-__device__ __forceinline__ void slot_block(const Index& cu, int64_t N, int64_t T, int64_t rows,
+// The (sequence, block) of a slot; false when the slot lies before its
+// sequence's first (possible only for device-resident offsets not starting at
+// 0). The caller checks the block against the sequence's length (an unused
+// slot maps past it).
+__device__ __forceinline__ bool slot_block(const Index& cu, int64_t N, int64_t T, int64_t rows,
                                            int64_t slot, int64_t& n, int64_t& c) {
   if (!cu.data) {
     const int64_t per = (T + rows - 1) / rows;
     n = slot / per, c = slot % per;
-    return;
+    return true;
   }
   int64_t lo = 0, hi = N - 1;  // the last sequence whose first slot is <= slot
   while (lo < hi) {
@@ -67,6 +69,7 @@ __device__ __forceinline__ void slot_block(const Index& cu, int64_t N, int64_t T
       hi = mid - 1;
   }
   n = lo, c = slot - slot_start(cu, T, rows, lo);
+  return c >= 0;
 }
 
 // Element offset of [i0, i1, i2, 0] in a rank-4 tensor.

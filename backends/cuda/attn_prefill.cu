@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(FwdTile<D>::kThreads, 1)
   const int64_t head = blockIdx.x % p.Hq;
   const int64_t slot = slots - 1 - blockIdx.x / p.Hq;  // the longest causal blocks first
   int64_t n, c;
-  slot_block(p.cu_q, p.N, p.Tq, kBr, slot, n, c);
+  if (!slot_block(p.cu_q, p.N, p.Tq, kBr, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
   const int64_t m0 = c * kBr;
   if (m0 >= s.Lq) return;
@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(kGenThreads)
   const int64_t head = blockIdx.x % p.Hq;
   const int64_t slot = slots - 1 - blockIdx.x / p.Hq;
   int64_t n, c;
-  slot_block(p.cu_q, p.N, p.Tq, kGenRows, slot, n, c);
+  if (!slot_block(p.cu_q, p.N, p.Tq, kGenRows, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
   const int64_t m0 = c * kGenRows;
   if (m0 >= s.Lq) return;

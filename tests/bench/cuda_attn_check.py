@@ -217,7 +217,7 @@ def decode_case(dtype, label, N=3, L=1, Hq=16, Hkv=2, D=256, lens=(0, 37, 1000),
     report(f"decode  {str(dtype)[6:]:<8} {label}", {"o": rel(o, want)}, TOL[dtype])
 
 
-def kv_write_case(dtype, label, T=50, Hkv=2, D=256, num_blocks=9, block_size=16, host=False, bad_slot=False):
+def kv_write_case(dtype, label="", T=50, Hkv=2, D=256, num_blocks=9, block_size=16, host=False, bad_slot=False):
     k = torch.randn(T, Hkv, D, device=dev).to(dtype)
     v = torch.randn(T, Hkv, D, device=dev).to(dtype)
     k_cache = torch.randn(num_blocks, block_size, Hkv, D, device=dev).to(dtype)
@@ -270,13 +270,22 @@ def main():
     ]
     if not args.quick:
         decode.append(dict(label="N=2 L=1 16/2 D=256 lens (8192,4000) bs=64", N=2, lens=(8192, 4000), block_size=64))
+    def guarded(fn, dtype, **case):
+        try:
+            fn(dtype, **case)
+        except Exception as e:  # noqa: BLE001  (a failed call is a failed case)
+            RESULTS.append(False)
+            print(f"FAIL {fn.__name__} {str(dtype)[6:]} {case.get('label', '')}: {type(e).__name__}: "
+                  f"{str(e).splitlines()[0][:200]}", flush=True)
+
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for case in prefill:
-            prefill_case(dtype, **case)
+        guarded(kv_write_case, dtype, label="T=50 2x256 device i32 slots, -1 and out-of-range skipped",
+                bad_slot=True)
+        guarded(kv_write_case, dtype, label="T=20 3x40 host i64 slots", T=20, Hkv=3, D=40, host=True)
         for case in decode:
-            decode_case(dtype, **case)
-        kv_write_case(dtype, "T=50 2x256 device i32 slots, -1 and out-of-range skipped", bad_slot=True)
-        kv_write_case(dtype, "T=20 3x40 host i64 slots", T=20, Hkv=3, D=40, host=True)
+            guarded(decode_case, dtype, **case)
+        for case in prefill:
+            guarded(prefill_case, dtype, **case)
     passed = sum(RESULTS)
     print(f"cuda_attn_check: {passed}/{len(RESULTS)} passed", "" if passed == len(RESULTS) else "FAILURES")
     sys.exit(0 if passed == len(RESULTS) else 1)
