@@ -33,15 +33,18 @@ def fields(tensor: _abi.DLTensor) -> tuple:
             [tensor.strides[i] for i in range(tensor.ndim)] if tensor.strides else None, tensor.byte_offset)
 
 
-def packed(value) -> tuple:
-    """value's DLTensor as the bindings pack it (None: they borrow it through __dlpack__)."""
-    buffer = ctypes.create_string_buffer(_abi.DLTENSOR_BLOCKS[_abi.MAX_DIMS].size)
-    base = ctypes.addressof(buffer)
-    shape_at, strides_at = base + _abi.DLTENSOR_HEAD_BYTES, base + _abi.DLTENSOR_HEAD_BYTES + 8 * _abi.MAX_DIMS
-    read_only = _frameworks.framework_of(value).pack(value, buffer, 0, shape_at, strides_at)
+def new_slot() -> _frameworks.Slot:
+    return _frameworks.Slot(ctypes.create_string_buffer(_abi.DLTENSOR_BLOCKS[_abi.MAX_DIMS].size), 0)
+
+
+def packed(value, slot=None) -> tuple:
+    """value's DLTensor as the bindings pack it (None: they borrow it through __dlpack__),
+    into `slot` (one a call plan keeps: what an earlier call left there) or a fresh one."""
+    slot = slot or new_slot()
+    read_only = _frameworks.framework_of(value).pack(value, slot)
     if read_only is None:
         return None
-    return fields(_abi.DLTensor.from_buffer(buffer)), read_only
+    return fields(_abi.DLTensor.from_buffer(slot.buffer)), read_only
 
 
 def exported(value) -> tuple:
@@ -80,6 +83,20 @@ def arrays():
 def test_packed_tensors_equal_their_dlpack_export(case):
     value = arrays()[case]
     assert packed(value) == exported(value)
+
+
+def test_a_slot_reused_call_after_call_holds_each_export():
+    """A call plan's slot keeps what the previous call wrote: a tensor of the same layout
+    rewrites only the pointer, any other layout (or framework) the whole DLTensor."""
+    values = arrays()
+    values["torch contiguous, another"] = torch.randn(4, 6, 8)  # the layout of "torch contiguous"
+    values["numpy contiguous, another"] = np.zeros((2, 3), np.float32)
+    values["numpy contiguous, read-only"] = np.ones((2, 3), np.float32)
+    values["numpy contiguous, read-only"].setflags(write=False)
+    order = sorted(values)
+    slot = new_slot()
+    for case in [*order, *order[::-1], *(case for case in order for _ in range(2))]:
+        assert packed(values[case], slot) == exported(values[case]), case
 
 
 def test_what_cannot_be_packed_goes_through_dlpack():

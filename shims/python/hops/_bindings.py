@@ -11,12 +11,15 @@ A call is cheap (a few microseconds, docs/PERFORMANCE.md): each binding keeps,
 per thread, one preallocated block holding its DLTensors and its hops_value
 array (a call plan); arguments are matched to slots without inspect, and
 torch/numpy arrays are packed straight from their pointer, shape and strides
-(struct.pack_into), without a DLPack capsule. Other `__dlpack__` producers are
-borrowed through the protocol for the call.
+(struct.pack_into), without a DLPack capsule; a slot whose previous call had the
+same dtype, shape and strides gets only the new pointer. Other `__dlpack__`
+producers are borrowed through the protocol for the call. api->call is called
+without ctypes' per-argument checks.
 """
 
 import ctypes
 import inspect
+import operator
 import struct
 import threading
 from collections import Counter
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 from . import _abi, _torch_allocator
 from ._dlpack import borrow, borrowed
-from ._frameworks import DLPACK, device_scope, framework_of, frameworks_by_type
+from ._frameworks import DLPACK, Slot, device_scope, framework_of, frameworks_by_type
 from ._library import Provider, discover
 from .errors import HopsError
 
@@ -60,19 +63,13 @@ class _Plan:
     """One thread's preallocated argument block of a binding: a DLTensor slot per
     tensor argument (shape and strides at fixed places) and the hops_value array."""
 
-    __slots__ = ("buffer", "base", "values_offset", "values", "slots", "busy")
+    __slots__ = ("buffer", "values_offset", "values", "slots", "busy")
 
-    def __init__(self, num_args: int, tensor_indices: tuple[int, ...]):
-        self.values_offset = len(tensor_indices) * _SLOT_BYTES
+    def __init__(self, num_args: int, tensors: int):
+        self.values_offset = tensors * _SLOT_BYTES
         self.buffer = ctypes.create_string_buffer(self.values_offset + 8 * max(num_args, 1))
-        base = ctypes.addressof(self.buffer)
-        self.values = ctypes.cast(base + self.values_offset, ctypes.POINTER(_abi.hops_value))
-        # arg index -> (offset, shape address, strides address); the DLTensor is at base + offset
-        head = _abi.DLTENSOR_HEAD_BYTES
-        self.slots = {index: (k * _SLOT_BYTES, base + k * _SLOT_BYTES + head,
-                              base + k * _SLOT_BYTES + head + 8 * _abi.MAX_DIMS)
-                      for k, index in enumerate(tensor_indices)}
-        self.base = base
+        self.values = ctypes.cast(ctypes.addressof(self.buffer) + self.values_offset, ctypes.POINTER(_abi.hops_value))
+        self.slots = tuple(Slot(self.buffer, k * _SLOT_BYTES) for k in range(tensors))  # in argument order
         self.busy = False
 
 
@@ -95,6 +92,11 @@ class OpBinding:
         self._defaults = [_MISSING if self._default(arg) is inspect.Parameter.empty else self._default(arg)
                           for arg in self.args]
         self._required = tuple(i for i, value in enumerate(self._defaults) if value is _MISSING)
+        # run(): a dict of arguments by name to descriptor order in C (a merge, a subset test, itemgetter).
+        self._named_defaults = {arg.name: default for arg, default in zip(self.args, self._defaults)}
+        self._required_names = frozenset(self.args[i].name for i in self._required)
+        names = tuple(self._index)
+        self._in_order = operator.itemgetter(*names) if len(names) > 1 else lambda named: tuple(map(named.get, names))
         self._tensors = tuple((i, arg.kind != "in") for i, arg in enumerate(self.args) if arg.is_tensor)
         self._scalars = tuple((i, {"i64": int, "f64": float, "bool": bool}[arg.kind])
                               for i, arg in enumerate(self.args) if arg.kind in ("i64", "f64", "bool"))
@@ -136,7 +138,10 @@ class OpBinding:
 
     def run(self, arguments: dict) -> None:
         """Run the op with its arguments by name (the hops.ops wrappers' way in)."""
-        self._run(self._given((), arguments), False)
+        named = self._named_defaults | arguments
+        if len(named) != len(self.args) or not arguments.keys() >= self._required_names:
+            self._given((), arguments)  # unknown or missing names: raises, as a call would
+        self._run(list(self._in_order(named)), False)
 
     def check(self, *args, **kwargs) -> bool:
         """Whether the provider would run this call, asked without running it
@@ -151,7 +156,7 @@ class OpBinding:
         """The call packed once, to be issued many times with `PreparedCall(exec)` (a
         benchmark's loop, a CUDA graph capture): its arrays stay borrowed until it is dropped."""
         given = self._given(args, kwargs)
-        plan = _Plan(len(self.args), tuple(i for i, _ in self._tensors))
+        plan = _Plan(len(self.args), len(self._tensors))
         views = []
         self._pack_tensors(plan, given, None, views)
         for index, convert in self._scalars:
@@ -181,26 +186,27 @@ class OpBinding:
     def _plan(self) -> _Plan:
         plan = getattr(self._local, "plan", None)
         if plan is None:
-            plan = self._local.plan = _Plan(len(self.args), tuple(i for i, _ in self._tensors))
+            plan = self._local.plan = _Plan(len(self.args), len(self._tensors))
         if plan.busy:  # re-entered on this thread (a callback calling hops): a block of its own
-            return _Plan(len(self.args), tuple(i for i, _ in self._tensors))
+            return _Plan(len(self.args), len(self._tensors))
         return plan
 
     def _run(self, given: list, query: bool) -> None:
-        library = self._library
+        library, known = self._library, frameworks_by_type
         # The call's device and stream are those of the first tensor given (as with exec NULL),
         # by its framework's policy.
         for index, _ in self._tensors:
-            if given[index] is not None:
-                first = given[index]
-                framework = framework_of(first)
+            first = given[index]
+            if first is not None:
+                framework = known.get(type(first)) or framework_of(first)
                 break
         else:
             first, framework = None, DLPACK
         placement = framework.placement(first)
-        query = query or not framework.runs
-        if query and not library.has_supports_call:
-            return  # nothing to ask: the device/dtype-level `supports` is all an ABI 1.0 provider says
+        if query or not framework.runs:
+            if not library.has_supports_call:
+                return  # nothing to ask: the device/dtype-level `supports` is all an ABI 1.0 provider says
+            query = True
         exec_ = None
         if placement is not None:
             if placement.allocator == "torch":
@@ -222,8 +228,8 @@ class OpBinding:
             for index, convert in self._scalars:
                 given[index] = convert(given[index])
             self._values.pack_into(plan.buffer, plan.values_offset, *given)
-            status = (library.api.supports_call if query else library.api.call)(self._desc, exec_, plan.values,
-                                                                                 len(given))
+            status = (library.api.supports_call if query else library.call)(self._desc, exec_, plan.values,
+                                                                             len(given))
         finally:
             plan.busy = False
             for view in views:
@@ -236,15 +242,13 @@ class OpBinding:
     def _pack_tensors(self, plan: _Plan, given: list, placement, views: list) -> None:
         """Each tensor argument's DLTensor address into `given` (0 for None: the provider
         says whether it may be absent): packed into the plan, or borrowed through DLPack."""
-        buffer, base, slots, known = plan.buffer, plan.base, plan.slots, frameworks_by_type
-        for index, written in self._tensors:
+        known = frameworks_by_type
+        for (index, written), slot in zip(self._tensors, plan.slots):
             value = given[index]
             if value is None:
                 given[index] = 0
                 continue
-            offset, shape_at, strides_at = slots[index]
-            framework = known.get(type(value)) or framework_of(value)
-            read_only = framework.pack(value, buffer, offset, shape_at, strides_at)
+            read_only = (known.get(type(value)) or framework_of(value)).pack(value, slot)
             if read_only is None:
                 # Through the protocol. The stream argument is for arrays on the call's device, whose
                 # stream the call runs on; host arrays (index tensors of a device call) get none.
@@ -254,7 +258,7 @@ class OpBinding:
                 views.append(view)
                 given[index], read_only = ctypes.addressof(view.tensor), view.read_only
             else:
-                given[index] = base + offset
+                given[index] = slot.address
             if written and read_only:
                 raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: argument '{self.args[index].name}' "
                                 "is written but the array is read-only")
@@ -270,7 +274,7 @@ class PreparedCall:
 
     def __call__(self, exec_=None) -> None:
         binding = self._binding
-        status = binding._library.api.call(binding._desc, exec_, self._plan.values, len(binding.args))
+        status = binding._library.call(binding._desc, exec_, self._plan.values, len(binding.args))
         if status:
             raise binding._library.error(status)
 
@@ -306,6 +310,20 @@ class ProviderInfo:
         return "\n".join(lines)
 
 
+_UNCHECKED_CALL = ctypes.CFUNCTYPE(ctypes.c_int32)  # api->call's return type; arguments unchecked
+
+
+def _unchecked(function):
+    """`function` (a ctypes function pointer) without argtypes: ctypes passes pointer
+    objects, None and ints as they are instead of checking each against the prototype
+    (~0.4 us of a call). For the bindings' calls, whose arguments are the prototype's
+    types already: POINTER(hops_op_desc), a hops_exec by reference or None,
+    POINTER(hops_value) and an int."""
+    unchecked = _UNCHECKED_CALL(ctypes.cast(function, ctypes.c_void_p).value)
+    unchecked.argtypes = None
+    return unchecked
+
+
 class Library:
     """A loaded provider and the bindings of all its ops."""
 
@@ -319,6 +337,17 @@ class Library:
         for index in range(self.api.op_count()):
             binding = OpBinding(self, self.api.op_at(index))
             self.ops[binding.name] = binding
+
+    @property
+    def api(self) -> _abi.hops_api:
+        """The provider's table. `call` follows it when it is replaced (tests and the
+        benchmark stand a wrapper in): api->call, without ctypes' argument checks."""
+        return self._api
+
+    @api.setter
+    def api(self, api) -> None:
+        self._api = api
+        self.call = _unchecked(api.call) if isinstance(api, _abi.hops_api) else api.call
 
     def op(self, name: str) -> OpBinding:
         try:

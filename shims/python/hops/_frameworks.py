@@ -17,6 +17,7 @@ has (sys.modules), and no hops module above _abi.
 """
 
 import contextlib
+import ctypes
 import sys
 import threading
 from typing import NamedTuple
@@ -41,6 +42,33 @@ class Placement(NamedTuple):
 Described = tuple
 
 
+class Slot:
+    """Where a call plan packs one tensor argument: a DLTensor at `offset` in `buffer`
+    (_abi.DLTENSOR_BLOCKS: its shape and strides at fixed addresses after it).
+
+    `layout` is a framework's key for everything the last write put there but the data
+    pointer (dtype, shape, strides; None: nothing to reuse): a call whose tensor has
+    the layout of the previous call's on this slot rewrites the pointer alone, which
+    is most calls (a decode step repeats its shapes)."""
+
+    __slots__ = ("buffer", "offset", "address", "shape_at", "strides_at", "data", "layout")
+
+    def __init__(self, buffer, offset: int):
+        self.buffer, self.offset = buffer, offset
+        self.address = ctypes.addressof(buffer) + offset
+        self.shape_at = self.address + _abi.DLTENSOR_HEAD_BYTES
+        self.strides_at = self.shape_at + 8 * _abi.MAX_DIMS
+        self.data = ctypes.c_uint64.from_buffer(buffer, offset)  # the DLTensor's data field
+        self.layout = None
+
+    def write(self, data, device_type, device_id, code, bits, shape, strides, layout) -> None:
+        """The whole DLTensor (at most MAX_DIMS dims), `layout` its key for reuse."""
+        _abi.DLTENSOR_BLOCKS[len(shape)].pack_into(self.buffer, self.offset, data, device_type, device_id,
+                                                   len(shape), code, bits, 1, self.shape_at, self.strides_at, 0,
+                                                   *shape, *strides)
+        self.layout = layout
+
+
 class Framework:
     """Any `__dlpack__` producer: exec NULL and the protocol's default export."""
 
@@ -53,16 +81,18 @@ class Framework:
     def describe(self, x) -> Described | None:
         return None
 
-    def pack(self, x, buffer, offset: int, shape_at: int, strides_at: int) -> bool | None:
-        """Writes x's DLTensor into `buffer` at `offset` (its shape and strides at the
-        addresses given: _abi.DLTENSOR_BLOCKS); returns whether x is read-only, or None
-        when x must go through __dlpack__ instead."""
+    def pack(self, x, slot: Slot) -> bool | None:
+        """Writes x's DLTensor into `slot`; returns whether x is read-only, or None when
+        x must go through __dlpack__ instead."""
+        return self._pack_described(x, slot, None)
+
+    def _pack_described(self, x, slot: Slot, layout) -> bool | None:
+        """pack() through describe(); `layout`: the key under which a later call may reuse the slot."""
         described = self.describe(x)
         if described is None or len(described[5]) > _abi.MAX_DIMS:
             return None
         data, device_type, device_id, code, bits, shape, strides, read_only = described
-        _abi.DLTENSOR_BLOCKS[len(shape)].pack_into(buffer, offset, data, device_type, device_id, len(shape), code,
-                                                   bits, 1, shape_at, strides_at, 0, *shape, *strides)
+        slot.write(data, device_type, device_id, code, bits, shape, strides, layout)
         return read_only
 
     def empty(self, like, shape, dtype):
@@ -100,6 +130,14 @@ class Numpy(Framework):
         pointer, read_only = interface["data"]
         return (pointer, _abi.DL_CPU, 0, *dtype, shape, tuple(strides), read_only)
 
+    def pack(self, x, slot: Slot) -> bool | None:
+        layout = (self, x.dtype, x.shape, x.strides)  # byte strides: the element strides follow from them
+        if layout != slot.layout:
+            return self._pack_described(x, slot, layout)
+        data, read_only = x.__array_interface__["data"]
+        slot.data.value = data
+        return read_only
+
     def empty(self, like, shape, dtype):
         return np.empty(tuple(shape), dtype=dtype or like.dtype)
 
@@ -118,6 +156,7 @@ class Torch(Framework):
         self._dtypes = {getattr(torch, name): bits for name, bits in _abi.FLOAT_DTYPES.items()}
         self._dtypes.update({torch.int32: (_abi.DL_INT, 32), torch.int64: (_abi.DL_INT, 64)})
         self._strided = torch.strided
+        self._empty_like = torch.empty_like
 
     def device_type(self, device) -> int | None:
         """DLDeviceType of a torch device (None: none hops names)."""
@@ -154,18 +193,20 @@ class Torch(Framework):
         # strides in elements as torch keeps them; torch has no read-only tensors.
         return (x.data_ptr(), device_type, device_id, *dtype, x.shape, x.stride(), False)
 
-    def pack(self, x, buffer, offset: int, shape_at: int, strides_at: int) -> bool | None:
-        dtype = self._dtypes.get(x.dtype)
-        if dtype is None or not x.is_cpu:
-            return super().pack(x, buffer, offset, shape_at, strides_at)  # devices: describe() says
+    def pack(self, x, slot: Slot) -> bool | None:
+        if not x.is_cpu:
+            return super().pack(x, slot)  # devices: describe() says
         try:  # the hot path (CPU tensors), describe() inlined
-            shape, strides, data = x.shape, x.stride(), x.data_ptr()
-        except RuntimeError:  # sparse and other layouts have neither strides nor a data pointer
+            layout, data = (self, x.dtype, x.shape, x.stride()), x.data_ptr()
+        except RuntimeError:  # sparse and other layouts have no strides or no data pointer
             return None
-        if len(shape) > _abi.MAX_DIMS:
+        if layout == slot.layout:
+            slot.data.value = data
+            return False
+        dtype = self._dtypes.get(layout[1])
+        if dtype is None or len(layout[2]) > _abi.MAX_DIMS:
             return None
-        _abi.DLTENSOR_BLOCKS[len(shape)].pack_into(buffer, offset, data, _abi.DL_CPU, 0, len(shape), dtype[0],
-                                                   dtype[1], 1, shape_at, strides_at, 0, *shape, *strides)
+        slot.write(data, _abi.DL_CPU, 0, *dtype, layout[2], layout[3], layout)
         return False
 
     def empty(self, like, shape, dtype):
@@ -173,7 +214,7 @@ class Torch(Framework):
         return torch.empty(tuple(shape), dtype=getattr(torch, dtype) if dtype else like.dtype, device=like.device)
 
     def empty_like(self, x, dtype):
-        return self.torch.empty_like(x, dtype=getattr(self.torch, dtype)) if dtype else self.torch.empty_like(x)
+        return self._empty_like(x, dtype=getattr(self.torch, dtype)) if dtype else self._empty_like(x)
 
 
 class Cupy(Framework):
@@ -328,13 +369,13 @@ def is_torch(x) -> bool:
 
 def empty(like, shape, dtype: str | None = None):
     """An uninitialised array of `like`'s framework and device; dtype defaults to like's."""
-    return framework_of(like).empty(like, shape, dtype)
+    return (frameworks_by_type.get(type(like)) or framework_of(like)).empty(like, shape, dtype)
 
 
 def empty_like(x, dtype: str | None = None):
     """An uninitialised array with x's shape, device and memory order (a transposed
     view gets a transposed output, so kernels write it as they read x)."""
-    return framework_of(x).empty_like(x, dtype)
+    return (frameworks_by_type.get(type(x)) or framework_of(x)).empty_like(x, dtype)
 
 
 def zeros(like, shape, dtype: str | None = None):
