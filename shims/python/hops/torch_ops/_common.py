@@ -28,7 +28,7 @@ _ASKS = _NO_PROVIDER is None and library().has_supports_call
 
 def supports(op: str, x: Tensor) -> bool:
     """Whether the provider runs `op` with x as primary input (its device type and dtype)."""
-    return _SUPPORTED.get((op, x.device.type, x.dtype), False)
+    return _SUPPORTED.get((op, "cpu" if x.is_cpu else x.device.type, x.dtype), False)  # is_cpu: no device object
 
 
 def check(op: str, x: Tensor) -> None:
@@ -45,7 +45,11 @@ def check_conv(op: str, x: Tensor, weight: Tensor) -> None:
 
 
 def needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if torch.is_grad_enabled():
+        for tensor in tensors:  # a loop, not any(generator): every op call asks
+            if tensor is not None and tensor.requires_grad:
+                return True
+    return False
 
 
 def refuse_gradients(op: str, *tensors) -> None:

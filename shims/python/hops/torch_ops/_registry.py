@@ -27,7 +27,6 @@ _PLAIN = {torch.Tensor, torch.nn.Parameter}
 _modes = _C._len_torch_dispatch_stack
 _below_autograd = _C._AutoDispatchBelowAutograd
 _grad_enabled = _C.is_grad_enabled
-_any_requires_grad = _C._any_requires_grad
 _increment_version = torch.autograd.graph.increment_version
 
 
@@ -40,7 +39,10 @@ def define(schema: str, kernel, fake, *, mutated: tuple[int, ...] = (), backward
     LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"hops::{name}", fake, lib=LIBRARY)
     op = getattr(torch.ops.hops, name).default
-    tensors = tuple(i for i, arg in enumerate(op._schema.arguments) if "Tensor" in str(arg.type))
+    types = [str(arg.type) for arg in op._schema.arguments]
+    if any("Tensor" in kind and kind not in ("Tensor", "Optional[Tensor]") for kind in types):
+        raise TypeError(f"hops::{name}: the Autograd kernel below reads Tensor and Tensor? arguments only")
+    tensors = tuple(i for i, kind in enumerate(types) if "Tensor" in kind)
     returns_list = op._schema.returns[0].type.kind() == "ListType" if op._schema.returns else False
 
     def forward(ctx, *args):
@@ -57,17 +59,21 @@ def define(schema: str, kernel, fake, *, mutated: tuple[int, ...] = (), backward
                           {"forward": staticmethod(forward), "backward": staticmethod(backward or no_backward)})
 
     def autograd_kernel(*args):
-        if _grad_enabled() and _any_requires_grad(*args):
-            output = differentiable.apply(*args)
-            return list(output) if returns_list else output
-        if not _modes():
-            for index in tensors:
-                if args[index] is not None and type(args[index]) not in _PLAIN:
-                    break
-            else:  # plain eager tensors
-                for index in mutated:
-                    _increment_version(args[index])
-                return kernel(*args)
+        # One pass over the tensors for both questions (torch's _any_requires_grad alone
+        # costs as much: it parses its arguments as a Python signature).
+        grad, plain = _grad_enabled(), not _modes()
+        for index in tensors:
+            tensor = args[index]
+            if tensor is not None:
+                if grad and tensor.requires_grad:
+                    output = differentiable.apply(*args)
+                    return list(output) if returns_list else output
+                if type(tensor) not in _PLAIN:
+                    plain = False
+        if plain:  # plain eager tensors
+            for index in mutated:
+                _increment_version(args[index])
+            return kernel(*args)
         with _below_autograd():
             return op(*args)
 
