@@ -6,7 +6,7 @@ the op's primary input and returned. This layer only maps keywords onto the
 descriptor's arguments and allocates outputs with the shapes of docs/OPS.md;
 validation is the provider's (its errors arrive as hops.HopsError).
 
-Each op family has its file here (gdn.py, conv1d.py, norm.py, attn.py); FAMILIES lists
+Each op family has its file here (gdn.py, conv1d.py, norm.py, attn.py, moe.py); FAMILIES lists
 them, and this module re-exports their functions. Ops the provider lists that
 have no wrapper here are still attributes of this module: the generated binding
 itself, called with caller-allocated outputs.
@@ -17,10 +17,10 @@ backend, copied in and out (hops.opencl).
 
 from .._bindings import OpBinding, library
 from ..errors import HopsError
-from . import attn, conv1d, gdn, norm
+from . import attn, conv1d, gdn, moe, norm
 from ._common import activation_code
 
-FAMILIES = (gdn, conv1d, norm, attn)  # one line per family: a family is a module with OPS and their wrappers
+FAMILIES = (gdn, conv1d, norm, attn, moe)  # one line per family: a family is a module with OPS and their wrappers
 
 for _family in FAMILIES:
     globals().update({_op: getattr(_family, _op) for _op in _family.OPS})

@@ -12,6 +12,10 @@ torch.compile (fullgraph included) see one op where hops runs.
 | hops::attn_prefill | attn_prefill -> (o, lse) | hops::attn_prefill_bwd (attn_prefill_bwd) |
 | hops::attn_decode | attn_decode -> o | none (decode) |
 | hops::kv_cache_write | kv_cache_write, caches written in place | none |
+| hops::moe_route | moe_route -> (topk_weights, topk_ids) | none (weights from torch where logits need grad) |
+| hops::moe_dispatch | moe_dispatch -> (rows, counts, row_map) | hops::moe_dispatch_bwd (moe_dispatch_bwd) |
+| hops::moe_expert_mlp | moe_expert_mlp -> out | hops::moe_expert_mlp_bwd (moe_expert_mlp_bwd) |
+| hops::moe_combine | moe_combine -> y | hops::moe_combine_bwd (moe_combine_bwd) |
 
 The functions of this module have hops.ops' names and signatures and return the same
 values; the drop-ins (hops.fla, hops.causal_conv1d) call them for torch tensors. Before
@@ -24,15 +28,15 @@ resolves while tracing, so a refused call falls back at trace time instead of
 failing in the compiled graph. The forwards always compute the final state (a few
 MiB at most), so that each op has one fixed output list.
 
-Each op family registers its ops in its own file (gdn.py, conv1d.py, norm.py, attn.py);
-FAMILIES lists them. This module imports torch; hops.ops and the drop-ins import it
+Each op family registers its ops in its own file (gdn.py, conv1d.py, norm.py, attn.py,
+moe.py); FAMILIES lists them. This module imports torch; hops.ops and the drop-ins import it
 only for torch tensors, so numpy-only users never load torch.
 """
 
-from . import attn, conv1d, gdn, norm
+from . import attn, conv1d, gdn, moe, norm
 from ._common import supports
 
-FAMILIES = (gdn, conv1d, norm, attn)  # one line per family: a module registering its ops, FUNCTIONS its wrappers
+FAMILIES = (gdn, conv1d, norm, attn, moe)  # one line per family: a module registering its ops, FUNCTIONS its wrappers
 
 for _family in FAMILIES:
     globals().update({_function.__name__: _function for _function in _family.FUNCTIONS})
