@@ -10,6 +10,7 @@ std::span<const OpSuite> gdn_suites();
 std::span<const OpSuite> conv1d_suites();
 std::span<const OpSuite> norm_suites();
 std::span<const OpSuite> attn_suites();
+std::span<const OpSuite> moe_suites();
 
 std::span<const OpSuite> all_suites() {
   static const std::vector<OpSuite> suites = [] {
@@ -19,6 +20,7 @@ std::span<const OpSuite> all_suites() {
              conv1d_suites(),
              norm_suites(),
              attn_suites(),
+             moe_suites(),
          }) {
       all.insert(all.end(), family.begin(), family.end());
     }
