@@ -14,6 +14,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "hops/hops.h"
@@ -22,12 +23,16 @@ namespace {
 
 // Sizes that satisfy every op's relations (HV % H == 0, W <= 4, states >= W-1,
 // Hq % Hkv == 0, cu_seqlens [0, T] fitting Tq and Tk, decode's seq_lens [0]
-// within its table, kv_cache_write's slots 0..T-1 within the cache).
+// within its table, kv_cache_write's slots 0..T-1 within the cache; the MoE
+// ops' k <= E, R == T*k, I2 == 2*I, counts 0..E-1 summing to at most R and
+// row maps 0..R-1 of distinct rows).
 const std::map<std::string, int64_t> kSymbols = {
-    {"B", 1},          {"T", 5},          {"H", 2},        {"HV", 4}, {"K", 4},   {"V", 3},
-    {"N", 1},          {"S", 2},          {"W", 3},        {"D", 8},  {"L0", 3},  {"L1", 4},
-    {"L", 2},          {"Tq", 5},         {"Tk", 5},       {"Hq", 4}, {"Hkv", 2}, {"num_blocks", 3},
-    {"block_size", 4}, {"max_blocks", 2}, {"state_len", 3}};
+    {"B", 1},         {"T", 5},   {"H", 2},          {"HV", 4},         {"K", 4},
+    {"V", 3},         {"N", 1},   {"S", 2},          {"W", 3},          {"D", 8},
+    {"L0", 3},        {"L1", 4},  {"L", 2},          {"Tq", 5},         {"Tk", 5},
+    {"Hq", 4},        {"Hkv", 2}, {"num_blocks", 3}, {"block_size", 4}, {"max_blocks", 2},
+    {"state_len", 3}, {"E", 4},   {"k", 2},          {"R", 10},         {"Hd", 6},
+    {"I", 3},         {"I2", 6}};
 
 std::vector<int64_t> parse_shape(const std::string& text) {
   std::vector<int64_t> dims;
@@ -103,9 +108,11 @@ class FuzzCall {
     }
     if (index) {
       auto* v = reinterpret_cast<int64_t*>(b.bytes.data());
-      // cu_seqlens [N+1] = [0, T]; state_indices [N] = [0].
+      // cu_seqlens [N+1] = [0, T]; state_indices [N] = [0]; expert ids below E.
       if (b.shape[0] == kSymbols.at("N") + 1) {
         v[0] = 0, v[1] = kSymbols.at("T");
+      } else if (std::string_view(arg.name) == "topk_ids") {
+        for (int64_t j = 0; j < count; ++j) v[j] = j % kSymbols.at("E");
       } else {
         for (int64_t j = 0; j < count; ++j) v[j] = j;
       }
