@@ -1,6 +1,6 @@
 // The CPU kernels of the MoE family (moe.cpp: the list and moe_route;
 // moe_rows.cpp: dispatch, combine and their backwards; moe_expert_mlp.cpp and
-// moe_expert_mlp_bwd.cpp: the grouped SwiGLU MLP as register-tiled GEMMs) and
+// moe_expert_mlp_bwd.cpp: the grouped SwiGLU MLP on moe_gemm.cpp's GEMM) and
 // what they share.
 #pragma once
 
@@ -53,15 +53,14 @@ struct RowTile {
   int64_t expert, first, count;  // rows [first, first + count) of the grouped rows
 };
 
-// Up to kTileRows rows per tile; an expert with more rows is cut into tiles
+// Tiles of up to `tile_rows` rows; an expert with more rows is cut into tiles
 // of near-equal size. Returns the number of tiles written to `tiles` (null:
 // only counts them).
-inline constexpr int64_t kTileRows = 192;
-inline int64_t list_row_tiles(const int64_t* first, int64_t E, RowTile* tiles) {
+inline int64_t list_row_tiles(const int64_t* first, int64_t E, int64_t tile_rows, RowTile* tiles) {
   int64_t count = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t rows = first[e + 1] - first[e];
-    const int64_t parts = (rows + kTileRows - 1) / kTileRows;
+    const int64_t parts = (rows + tile_rows - 1) / tile_rows;
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t begin = rows * p / parts, end = rows * (p + 1) / parts;
       if (tiles) tiles[count] = {e, first[e] + begin, end - begin};
@@ -71,62 +70,62 @@ inline int64_t list_row_tiles(const int64_t* first, int64_t E, RowTile* tiles) {
   return count;
 }
 
-// An f32 row-major view [rows, cols] (leading dim ld) of a block of a 2-D
-// slice of a float tensor: in place when it is f32 with unit column step
-// (and `ld_wanted` allows it), else converted into `buffer` with leading
-// dim `ld_wanted`, zeros past `cols`.
-struct Block {
-  const float* data;
-  int64_t ld;
-};
-inline Block f32_block(const Tensor& t, int64_t offset, int64_t row_step, int64_t col_step,
-                       int64_t rows, int64_t cols, int64_t ld_wanted, bool in_place_ok,
-                       float* buffer) {
-  if (in_place_ok && t.dtype == DType::f32 && col_step == 1) {
-    return {t.data<const float>() + offset, row_step};
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    load_run(t, offset + r * row_step, col_step, cols, buffer + r * ld_wanted);
-    std::fill(buffer + r * ld_wanted + cols, buffer + (r + 1) * ld_wanted, 0.0f);
-  }
-  return {buffer, ld_wanted};
+// Rows per tile: as many as kMaxTileRows (the weights, packed once per tile,
+// then serve that many rows), fewer when the call has too few rows to keep
+// every worker busy.
+inline constexpr int64_t kMaxTileRows = 1024;
+inline int64_t tile_rows(int64_t used_rows, int workers) {
+  const int64_t per_task = (used_rows + 4 * workers - 1) / (4 * workers);
+  return std::clamp<int64_t>(round_up(per_task, 32), 32, kMaxTileRows);
 }
 
-// The first M rows from `first` of a [R, Hd] tensor as f32, transposed into
-// out [Hd, Mp] with zero columns past M (`staging` [M, Hd]: the rows
-// converted first when they are not f32 with unit column step).
-void load_transposed(const Tensor& t, int64_t first, int64_t M, int64_t Hd, int64_t Mp,
-                     float* staging, float* out);
-// The inverse: the first M columns of in [Hd, Mp] become rows [first, first + M) of t.
-void store_transposed(const float* in, int64_t Mp, int64_t M, int64_t Hd, const Tensor& t,
-                      int64_t first, float* staging);
+// The GEMM operands that are not weights are panel-major: a matrix [K, N] is
+// stored as N / kPanel panels [K, kPanel], each contiguous, so that the
+// register tiles read and write whole cache lines in sequence.
+inline constexpr int64_t kPanel = 32;
+inline int64_t panels(int64_t columns) { return (columns + kPanel - 1) / kPanel; }
 
-// An expert's weights as f32 GEMM operands, [2I, Hd] and [Hd, I]: in place
-// when they are f32 with a unit column step, else converted into a worker's
-// buffers, which keep them while the worker's tiles are of the same expert.
-struct ExpertWeights {
-  float* gate_up_buffer;  // [2I, Hd]
-  float* down_buffer;     // [Hd, I]
-  int64_t loaded = -1;
-  Block gate_up{}, down{};
-
-  // The buffers' floats: none when both are read in place.
-  static int64_t floats(std::string_view name, const Tensor& gate_up_proj,
-                        const Tensor& down_proj) {
-    auto in_place = [](const Tensor& t) { return t.dtype == DType::f32 && t.stride[2] == 1; };
-    if (in_place(gate_up_proj) && in_place(down_proj)) return 0;
-    return scratch_size(name, gate_up_proj.shape[1] + down_proj.shape[2], gate_up_proj.shape[2]);
-  }
-  void load(const Tensor& gate_up_proj, const Tensor& down_proj, int64_t e) {
-    if (e == loaded) return;
-    loaded = e;
-    const int64_t I2 = gate_up_proj.shape[1], Hd = gate_up_proj.shape[2], I = down_proj.shape[2];
-    gate_up = f32_block(gate_up_proj, gate_up_proj.offset(e, 0, 0), gate_up_proj.stride[1],
-                        gate_up_proj.stride[2], I2, Hd, Hd, true, gate_up_buffer);
-    down = f32_block(down_proj, down_proj.offset(e, 0, 0), down_proj.stride[1], down_proj.stride[2],
-                     Hd, I, I, true, down_buffer);
-  }
+// out [rows, cols] (+)= a [rows, depth] b [depth, cols] (moe_gemm.cpp). a,
+// the weights' side, has any float dtype and strides: element (r, p) at
+// a[r * a_row_step + p * a_depth_step] (elements of a_dtype); it is packed
+// into fp32 micro-panels as it goes. b and out are fp32 and panel-major:
+// element (p, j) of b at b[(j / kPanel) * b_panel_step + p * kPanel + j %
+// kPanel], likewise out with out_panel_step; cols is a multiple of kPanel.
+// Depth 0 without accumulate writes zeros.
+struct PackedGemm {
+  int64_t rows, cols, depth;
+  const void* a;
+  DType a_dtype;
+  int64_t a_row_step, a_depth_step;
+  const float* b;
+  int64_t b_panel_step;
+  float* out;
+  int64_t out_panel_step;
+  bool accumulate;
 };
+// `packed`: packed_floats() floats of the worker's scratch.
+void packed_gemm(const PackedGemm& g, float* packed);
+int64_t packed_floats();
+
+// The M rows from `first` of a [R, Hd] tensor as fp32, transposed into the
+// panel-major out [Hd, panels(M) * kPanel] (zero columns past M). `staging`
+// [kPanel, Hd] holds rows converted from another dtype or stride.
+void load_transposed(const Tensor& t, int64_t first, int64_t M, int64_t Hd, float* staging,
+                     float* out);
+// The inverse: the first M columns of in become rows [first, first + M) of t.
+void store_transposed(const float* in, int64_t M, int64_t Hd, const Tensor& t, int64_t first,
+                      float* staging);
+// The n rows from `first` of a [R, cols] tensor as the panel-major out [n,
+// panels(cols) * kPanel], zero past cols.
+void load_panels(const Tensor& t, int64_t first, int64_t n, int64_t cols, float* out);
+// Row r of the panel-major in [rows, panels(cols) * kPanel] as cols floats.
+void panel_row(const float* in, int64_t rows, int64_t cols, int64_t r, float* out);
+
+// Where element `offset` of a float tensor lies, for PackedGemm::a.
+inline const void* element(const Tensor& t, int64_t offset) {
+  return visit_float(t.dtype,
+                     [&]<class T>(T) -> const void* { return t.data<const T>() + offset; });
+}
 
 }  // namespace moe
 
