@@ -390,7 +390,9 @@ std::vector<MoeCase> token_sweep() {
       {.T = 24, .k = 9, .E = 64, .Hd = 40, .slots = Slots::few_experts, .half = true},
       {.T = 0, .k = 8, .E = 64, .Hd = 64},
       {.T = 12, .k = 2, .E = 7, .Hd = 64, .drop_every = 1},
+      {.T = 6, .k = 0, .E = 7, .Hd = 64},  // no slots: outputs of zeros, rows of none
       {.T = 7, .k = 7, .E = 7, .Hd = 96, .drop_every = 5, .half = true},
+      {.T = 9, .k = 3, .E = 7, .Hd = 3, .drop_every = 4, .half = true},  // rows narrower than a vector
       {.T = 25, .k = 5, .E = 7, .Hd = 40, .drop_every = 6, .layout = Layout::padded, .half = true},
       {.T = 10, .k = 6, .E = 64, .Hd = 64, .index_dtype = DType::i64, .layout = Layout::compact},
       {.T = 19, .k = 2, .E = 7, .Hd = 96, .drop_every = 3, .index_dtype = DType::i64,
@@ -564,6 +566,7 @@ std::vector<MoeCase> expert_sweep(bool backward) {
        .half = true},
       {.T = 0, .k = 8, .E = 64, .Hd = 64, .I = 32},
       {.T = 12, .k = 2, .E = 7, .Hd = 64, .I = 32, .drop_every = 1},
+      {.T = 9, .k = 2, .E = 7, .Hd = 5, .I = 3, .drop_every = 4, .half = true},
       {.T = 17, .k = 10, .E = 64, .Hd = 40, .I = 20, .index_dtype = DType::i64, .half = true},
       {.T = 10, .k = 4, .E = 7, .Hd = 64, .I = 32, .drop_every = 5, .layout = Layout::padded,
        .half = true},
@@ -683,6 +686,7 @@ std::vector<RouteCase> route_sweep() {
       {.T = 25, .E = 13, .k = 9, .scoring = 1, .logits = Logits::halves},
       {.T = 17, .E = 64, .k = 4, .normalize = false, .logits = Logits::wide, .half = true},
       {.T = 0, .E = 64, .k = 8},
+      {.T = 5, .E = 7, .k = 0},
       {.T = 9, .E = 13, .k = 5, .weights_dtype = DType::f32, .half = true},
       {.T = 9, .E = 13, .k = 6, .scoring = 1, .weights_dtype = DType::bf16},
       {.T = 21, .E = 64, .k = 6, .index_dtype = DType::i64, .layout = Layout::padded,
