@@ -5,7 +5,9 @@ head dim D = 256, fp32.
 
   attn_prefill  causal, B = 1, T tokens (default 4096)
   attn_decode   one new token of one sequence over C cached tokens (default 4096), the
-                cache paged in blocks of 16 rows scattered over the pool
+                cache paged in blocks of 16 rows scattered over the pool; warm (the same
+                cache every call: 16.8 MB, which the L3 may hold) and cold (each call takes
+                the next of 256 MiB of copies, as a model's layers would leave it)
 
 The peer is transformers.integrations.sdpa_attention.sdpa_attention_forward, called as
 the model calls it (attention_mask None; module.num_key_value_groups = 8): it decides
@@ -48,6 +50,21 @@ PREFILL_TARGET = (1.2, 0.75)  # x SDPA, fraction of the nominal AVX2 fp32 peak
 DECODE_TARGET = (4.0, 0.60)  # x SDPA, fraction of the copy bandwidth
 
 
+COLD_BYTES = 256 << 20
+
+
+class Rotation:
+    """Items to take in turn (the check takes one too, whichever)."""
+
+    def __init__(self, items):
+        self.items, self.next = items, 0
+
+    def __call__(self):
+        item = self.items[self.next]
+        self.next = (self.next + 1) % len(self.items)
+        return item
+
+
 class AttentionModule(torch.nn.Module):
     """What sdpa_attention_forward reads of the attention layer."""
 
@@ -84,7 +101,7 @@ def prefill_case(t, dtype):
                           lambda a, b: cpu_bench.rel_err(a, b), kernel=kernel)
 
 
-def decode_case(context, dtype):
+def decode_case(context, dtype, cold):
     gen = torch.Generator().manual_seed(context + 1)
     blocks = -(-context // BLOCK_SIZE)
     pool = 2 * blocks  # the sequence's blocks scattered over a pool twice its size
@@ -103,19 +120,28 @@ def decode_case(context, dtype):
     scale = D ** -0.5
     o = torch.empty(1, 1, HQ, D, dtype=dtype)
     binding = hops.library().op("attn_decode")
+    # cold: each call reads its own copy of the caches, 256 MiB of copies in all per side (the
+    # L3 holds one 4096-token cache; a model's other layers evict it between steps)
+    copies = max(1, -(-COLD_BYTES // (2 * k_cache.numel() * k_cache.element_size()))) if cold else 1
+    hops_caches = Rotation([(k_cache, v_cache)] + [(k_cache.clone(), v_cache.clone()) for _ in range(copies - 1)])
+    torch_caches = Rotation([(k_t, v_t)] + [(k_t.clone(), v_t.clone()) for _ in range(copies - 1)])
 
     def run_hops():
-        return hops.ops.attn_decode(q, k_cache, v_cache, block_table, seq_lens, scale=scale)
+        k_pool, v_pool = hops_caches()
+        return hops.ops.attn_decode(q, k_pool, v_pool, block_table, seq_lens, scale=scale)
 
     def run_torch():
-        return sdpa_attention_forward(module, q_t, k_t, v_t, None, scaling=scale)[0]
+        k_seq, v_seq = torch_caches()
+        return sdpa_attention_forward(module, q_t, k_seq, v_seq, None, scaling=scale)[0]
 
     def kernel():
-        binding(q=q[:, None], k_cache=k_cache, v_cache=v_cache, block_table=block_table, seq_lens=seq_lens, o=o,
+        k_pool, v_pool = hops_caches()
+        binding(q=q[:, None], k_cache=k_pool, v_cache=v_pool, block_table=block_table, seq_lens=seq_lens, o=o,
                 scale=scale)
 
     size = q.element_size()
-    return cpu_bench.Case("attn_decode", "sdpa_attention_forward", f"N=1 L=1 C={context} bs={BLOCK_SIZE}", dtype,
+    label = f"N=1 L=1 C={context} bs={BLOCK_SIZE} {'cold' if cold else 'warm'}"
+    return cpu_bench.Case("attn_decode", "sdpa_attention_forward", label, dtype,
                           4 * D * HQ * context, size * (2 * context * HKV * D + 2 * HQ * D), run_hops, run_torch,
                           lambda a, b: cpu_bench.rel_err(a, b[:, 0]), kernel=kernel)
 
@@ -187,7 +213,7 @@ def main():
         if not args.ops or "attn_prefill" in args.ops:
             cases += [prefill_case(t, dtype) for t in args.tokens]
         if not args.ops or "attn_decode" in args.ops:
-            cases += [decode_case(c, dtype) for c in args.context]
+            cases += [decode_case(c, dtype, cold) for c in args.context for cold in (False, True)]
     gqa = use_gqa_in_sdpa(None, torch.empty(1, 1, 1, D), torch.empty(1, 1, 1, D))
     for case in cases:
         case_start = time.perf_counter()
@@ -207,7 +233,9 @@ def main():
             f"Layout: Hq = {HQ}, Hkv = {HKV}, D = {D}. Peer: transformers' `sdpa_attention_forward` with "
             f"attention_mask None, as the model calls it ({'torch SDPA with enable_gqa' if gqa else 'repeat_kv'} "
             f"for this layout); its q, k, v [B, H, T, D] contiguous, hops' [B, T, H, D] and a paged cache of "
-            f"{BLOCK_SIZE}-row blocks scattered over a pool twice the sequence's size.  \n"
+            f"{BLOCK_SIZE}-row blocks scattered over a pool twice the sequence's size. Decode warm: the "
+            f"same cache every call; cold: each call (both sides) takes the next of {COLD_BYTES >> 20} MiB of "
+            f"copies.  \n"
             f"Floors measured or computed in this run: copy {ceilings['copy_GBps']:.1f} GB/s (read + write); "
             f"nominal fp32 peak {avx2_peak:.0f} GFLOP/s with AVX2 FMA as issue 14 counts it "
             f"({widest_peak:.0f} GFLOP/s with this CPU's widest vectors: {how}). Prefill FLOP = 4 D Hq "
