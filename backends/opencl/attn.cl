@@ -544,6 +544,7 @@ kernel void attn_bwd_dq(global const x_t* q, long q_off, long4 q_st,
 #define LANES 16
 #define TILE_ROWS 8
 #define ROWS 32
+#define ITEM_KEYS 32  // attn_bwd_dkdv_rows: keys per work-item, LANES per group
 #define MAX_D 256
 
 // kv_cache_write on CPU devices: work-item (t Hkv + h) copies a whole row.
@@ -852,9 +853,10 @@ kernel void attn_decode_rows(global const x_t* q, long q_off, long4 q_st,
 // After attn_bwd_prep (dO and Delta), attn_bwd_pack_rows lays out the packed
 // query rows of each kv head for the key-side kernel: q (scaled) and dO as
 // f32 rows, lse and Delta, padded to whole tiles of LANES rows.
-// attn_bwd_dkdv_rows: work-item (LANES flat keys, hk) with its keys'
-// k, v, dk and dv transposed in private arrays ([D][LANES]: one float16 over
-// the keys per channel); it walks the row tiles of its sequence in order.
+// attn_bwd_dkdv_rows: work-item (ITEM_KEYS flat keys, hk) with its keys'
+// k, v, dk and dv transposed in private arrays (groups of [D][LANES]: one
+// float16 over a group's keys per channel); it walks the row tiles of its
+// sequence in order, each tile serving every group while it is cached.
 // Per tile, with the 16 rows' s, dp, p and ds as float16 over the keys:
 //   s[r] = sum_d q[r][d] kT[d],  dp[r] = sum_d dO[r][d] vT[d],
 //   dvT[d] += sum_r dO[r][d] p[r],  dkT[d] += sum_r q[r][d] ds[r]
@@ -928,9 +930,11 @@ kernel void attn_bwd_dkdv_rows(global const x_t* k, long k_off, long4 k_st,
                                long V, long Tq, long Tk, long N, int Hq, int Hkv, int D,
                                float scale, int causal) {
   const int G = Hq / Hkv, hk = get_global_id(1);
-  const long v0 = get_global_id(0) * LANES, v_end = min(v0 + LANES, V);
+  const long v0 = get_global_id(0) * ITEM_KEYS, v_end = min(v0 + ITEM_KEYS, V);
   if (v0 >= v_end) return;
-  float kT[MAX_D * LANES], vT[MAX_D * LANES], dkT[MAX_D * LANES], dvT[MAX_D * LANES];
+  // Group g of LANES keys at [g MAX_D LANES]: slot g LANES + lane.
+  float kT[ITEM_KEYS * MAX_D], vT[ITEM_KEYS * MAX_D], dkT[ITEM_KEYS * MAX_D],
+      dvT[ITEM_KEYS * MAX_D];
   const int16 lanes = (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (long first = v0; first < v_end;) {
     const Seq s = key_sequence(first, Tq, Tk, N, cu_q, cu_q_off, cu_q_stride, cu_q_kind, cu_k,
@@ -938,20 +942,19 @@ kernel void attn_bwd_dkdv_rows(global const x_t* k, long k_off, long4 k_st,
     const long seg_end = min(v_end, s.v_begin + s.Lk);
     const int ka = first - v0, count = seg_end - first;
     const long j_a = first - s.v_begin;  // the segment's first key in its sequence
-    // The segment's keys in their lanes, zeros elsewhere.
-    for (int d = 0; d < D; ++d) {
-      for (int lane = 0; lane < LANES; ++lane) {
-        const bool mine = lane >= ka && lane < ka + count;
-        const long j = s.k_begin + j_a + lane - ka;
-        kT[d * LANES + lane] =
-            mine ? LOAD_X(k, k_off + s.b * k_st.x + j * k_st.y + hk * k_st.z + d * k_st.w) : 0.0f;
-        vT[d * LANES + lane] =
-            mine ? LOAD_X(v, v_off + s.b * v_st.x + j * v_st.y + hk * v_st.z + d * v_st.w) : 0.0f;
-        dkT[d * LANES + lane] = dvT[d * LANES + lane] = 0.0f;
+    // The segment's keys in their slots, zeros elsewhere.
+    for (int slot = 0; slot < ITEM_KEYS; ++slot) {
+      const bool mine = slot >= ka && slot < ka + count;
+      const long j = s.k_begin + j_a + slot - ka;
+      const long k_at = k_off + s.b * k_st.x + j * k_st.y + hk * k_st.z;
+      const long v_at = v_off + s.b * v_st.x + j * v_st.y + hk * v_st.z;
+      const int at = slot / LANES * MAX_D * LANES + slot % LANES;
+      for (int d = 0; d < D; ++d) {
+        kT[at + d * LANES] = mine ? LOAD_X(k, k_at + d * k_st.w) : 0.0f;
+        vT[at + d * LANES] = mine ? LOAD_X(v, v_at + d * v_st.w) : 0.0f;
+        dkT[at + d * LANES] = dvT[at + d * LANES] = 0.0f;
       }
     }
-    // Each lane's key in its sequence (-1 outside the segment).
-    const int16 key = select((int16)(-1), lanes + (int)(j_a - ka), lanes >= ka && lanes < ka + count);
     // Packed rows [row_begin, row_end): the queries that see key j_a onwards.
     const long i_first = causal ? clamp(j_a - (s.Lk - s.Lq), 0L, s.Lq) : 0;
     const long row_begin = (s.u_begin + i_first) * G, row_end = (s.u_begin + s.Lq) * G;
@@ -959,31 +962,42 @@ kernel void attn_bwd_dkdv_rows(global const x_t* k, long k_off, long4 k_st,
       const long row0 = tile * LANES, packed = hk * row_tiles * LANES + row0;
       global const float* q_rows = qs + packed * D;
       global const float* do_rows = dos + packed * D;
-      float16 p[LANES], ds[LANES];
-      row_scores(p, q_rows, kT, D);
-      row_scores(ds, do_rows, vT, D);
-#pragma unroll
+      // Keys j < visible[r] are seen by row r (none outside the rows).
+      long visible[LANES];
       for (int r = 0; r < LANES; ++r) {
         const long row = row0 + r;
-        const float lse_r = lse_p[packed + r];
-        // Keys j < visible of the row's query are seen; none outside the rows.
-        const long visible = row >= row_begin && row < row_end && lse_r != -INFINITY
-                                 ? visible_keys(row / G - s.u_begin, s.Lq, s.Lk, causal)
-                                 : 0;
-        const int16 mask = key >= 0 && key < (int16)(int)visible;
-        p[r] = select((float16)(0.0f), exp(p[r] - lse_r), mask);
-        ds[r] = p[r] * (ds[r] - delta_p[packed + r]);
+        visible[r] = row >= row_begin && row < row_end && lse_p[packed + r] != -INFINITY
+                         ? visible_keys(row / G - s.u_begin, s.Lq, s.Lk, causal)
+                         : 0;
       }
-      add_rows(dvT, do_rows, p, D);
-      add_rows(dkT, q_rows, ds, D);
+      for (int g = 0; g < ITEM_KEYS / LANES; ++g) {
+        const int lo = max(ka, g * LANES), hi = min(ka + count, (g + 1) * LANES);
+        if (lo >= hi) continue;
+        // Each lane's key in its sequence (-1 outside the segment).
+        const int16 key = select((int16)(-1), lanes + (int)(g * LANES + j_a - ka),
+                                 lanes >= lo - g * LANES && lanes < hi - g * LANES);
+        const int base = g * MAX_D * LANES;
+        float16 p[LANES], ds[LANES];
+        row_scores(p, q_rows, kT + base, D);
+        row_scores(ds, do_rows, vT + base, D);
+#pragma unroll
+        for (int r = 0; r < LANES; ++r) {
+          const int16 mask = key >= 0 && key < (int16)(int)visible[r];
+          p[r] = select((float16)(0.0f), exp(p[r] - lse_p[packed + r]), mask);
+          ds[r] = p[r] * (ds[r] - delta_p[packed + r]);
+        }
+        add_rows(dvT + base, do_rows, p, D);
+        add_rows(dkT + base, q_rows, ds, D);
+      }
     }
-    for (int lane = ka; lane < ka + count; ++lane) {
-      const long j = s.k_begin + j_a + lane - ka;
+    for (int slot = ka; slot < ka + count; ++slot) {
+      const long j = s.k_begin + j_a + slot - ka;
       const long dk_at = dk_off + s.b * dk_st.x + j * dk_st.y + hk * dk_st.z;
       const long dv_at = dv_off + s.b * dv_st.x + j * dv_st.y + hk * dv_st.z;
+      const int at = slot / LANES * MAX_D * LANES + slot % LANES;
       for (int d = 0; d < D; ++d) {
-        STORE_X(dk, dk_at + d * dk_st.w, dkT[d * LANES + lane]);  // q came scaled
-        STORE_X(dv, dv_at + d * dv_st.w, dvT[d * LANES + lane]);
+        STORE_X(dk, dk_at + d * dk_st.w, dkT[at + d * LANES]);  // q came scaled
+        STORE_X(dv, dv_at + d * dv_st.w, dvT[at + d * LANES]);
       }
     }
     first = seg_end;

@@ -20,6 +20,7 @@ constexpr int kMaxTile = 32;       // rows or keys per tile
 constexpr int64_t kLanes = 16;            // keys or rows per transposed tile: LANES
 constexpr int64_t kMaxRowsHeadDim = 256;  // MAX_D
 constexpr int64_t kItemRows = 32;         // packed rows per work-item of attn_bwd_dq_rows: ROWS
+constexpr int64_t kItemKeys = 32;         // keys per work-item of attn_bwd_dkdv_rows: ITEM_KEYS
 constexpr size_t kRowsGroup = 4;          // work-items per work-group
 constexpr size_t kPackGroup = 16;         // tiles per work-group of the packing kernels
 
@@ -120,7 +121,8 @@ void backward_rows(Call& call, const AttnPrefillBwd& op, const IndexArg& cu_q, c
     sizes(launch);
     launch.value(cl_int{op.causal});
     const size_t local = launch.group_size(kRowsGroup);
-    const size_t groups[2] = {groups_for(key_tiles, local), static_cast<size_t>(op.Hkv)};
+    const size_t groups[2] = {groups_for((V + kItemKeys - 1) / kItemKeys, local),
+                              static_cast<size_t>(op.Hkv)};
     const size_t locals[2] = {local, 1};
     launch.run(call, 2, groups, locals);
   }
