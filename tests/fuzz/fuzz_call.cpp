@@ -36,8 +36,10 @@ constexpr i128 kMaxChunkWork = i128{1} << 27;
 // The attention ops' work (FuzzCall::attention_work: query rows x D x keys):
 // legal calls of 2^18-element tensors (2^16 queries against as many keys)
 // run for minutes under ASan. At the bounds the backward kernel takes about
-// 0.1 s, the float64 reference as long (its backward 2^20 x 8 Array64::at).
+// 0.1 s (its tokens, keys and D padded to kKernelPad), the float64 reference
+// as long (its backward 2^20 x 8 Array64::at).
 constexpr int64_t kMaxAttentionWork = int64_t{1} << 22;
+constexpr int64_t kKernelPad = 16;
 constexpr int64_t kMaxReferenceAttentionWork = int64_t{1} << 20;
 // A span no address space holds (x86-64 5-level paging: 2^57 bytes): a
 // tensor claiming it cannot exist, so a call with one must be rejected.
@@ -270,7 +272,7 @@ FuzzCall::FuzzCall(const hops_api& api, std::span<const uint8_t> input) : api_(a
   decode_plan(plan);
   if (!runnable_) return;
   for (const Record& r : records_) apply(r, false);
-  if (attention_work() > kMaxAttentionWork || !allocate()) {
+  if (attention_work(kKernelPad) > kMaxAttentionWork || !allocate()) {
     runnable_ = false;
     return;
   }
@@ -1077,21 +1079,27 @@ void FuzzCall::expect_slots_kept(std::string_view name, const std::vector<bool>&
   }
 }
 
-// The attention kernels' work from the shapes as given: q's elements times
-// the keys each query may see (Tk for prefill, the table's capacity
-// max_blocks x block_size for decode); 0 for the other ops.
-int64_t FuzzCall::attention_work() const {
+// The attention ops' work from the shapes as given: q's elements times the
+// keys each query may see (Tk for prefill, the table's capacity
+// max_blocks x block_size for decode); 0 for the other ops. With `pad`, the
+// tokens, keys and D count in whole multiples of it, as in the kernels'
+// blocks (65537 sequences of 3 tokens at D = 1 take seconds under ASan).
+int64_t FuzzCall::attention_work(int64_t pad) const {
   const TensorArg* q = tensor("q");
-  const TensorArg* keys = tensor("k") ? tensor("k") : tensor("k_cache");
-  if (!std::string_view(op_->name).starts_with("attn_") || !q || !keys) return 0;
-  i128 work = 1;
-  auto times = [&](const TensorArg& t, int d) {
-    const bool has = t.dl.shape && d < t.dl.ndim;
-    work = std::min<i128>(work * (has ? std::max<int64_t>(t.dl.shape[d], 0) : 0), kClamp);
+  const TensorArg* k = tensor("k") ? tensor("k") : tensor("k_cache");
+  if (!std::string_view(op_->name).starts_with("attn_") || !q || !k) return 0;
+  auto dim = [](const TensorArg& t, int d) -> i128 {
+    return t.dl.shape && d < t.dl.ndim ? std::max<int64_t>(t.dl.shape[d], 0) : 0;
   };
-  for (int d = 0; d < 4; ++d) times(*q, d);
-  times(*keys, 1);
-  if (const TensorArg* table = tensor("block_table")) times(*table, 1);
+  auto padded = [&](i128 n) { return std::min<i128>((n + pad - 1) / pad * pad, kClamp); };
+  i128 keys = dim(*k, 1);
+  if (const TensorArg* table = tensor("block_table"))
+    keys = std::min(keys * dim(*table, 1), kClamp);
+  i128 work = 1;
+  for (const i128 factor :
+       {dim(*q, 0), padded(dim(*q, 1)), dim(*q, 2), padded(dim(*q, 3)), padded(keys)}) {
+    work = std::min(work * factor, kClamp);
+  }
   return saturate(work);
 }
 
@@ -1123,7 +1131,7 @@ bool FuzzCall::judgeable() const {
     const i128 work = geometry(v->dl).numel * q->dl.shape[q->dl.ndim - 1];
     if (work > (i128{1} << 21)) return false;
   }
-  return elements <= (int64_t{1} << 18) && attention_work() <= kMaxReferenceAttentionWork;
+  return elements <= (int64_t{1} << 18) && attention_work(1) <= kMaxReferenceAttentionWork;
 }
 
 Outcome FuzzCall::run_and_check() {

@@ -156,7 +156,7 @@ class FuzzCall {
   Outcome check_success() const;
   const std::byte* address(const TensorArg& t, bool before) const;
   int64_t symbol(std::string_view name) const;  // the plan's size of a shape symbol
-  int64_t attention_work() const;
+  int64_t attention_work(int64_t pad) const;
   void forward_lse();
   bool judgeable() const;
 
