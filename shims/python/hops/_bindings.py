@@ -63,14 +63,23 @@ class _Plan:
     """One thread's preallocated argument block of a binding: a DLTensor slot per
     tensor argument (shape and strides at fixed places) and the hops_value array."""
 
-    __slots__ = ("buffer", "values_offset", "values", "slots", "busy")
+    __slots__ = ("buffer", "values_offset", "values", "tensors", "busy")
 
-    def __init__(self, num_args: int, tensors: int):
-        self.values_offset = tensors * _SLOT_BYTES
+    def __init__(self, num_args: int, tensors: tuple[tuple[int, bool], ...]):
+        self.values_offset = len(tensors) * _SLOT_BYTES
         self.buffer = ctypes.create_string_buffer(self.values_offset + 8 * max(num_args, 1))
         self.values = ctypes.cast(ctypes.addressof(self.buffer) + self.values_offset, ctypes.POINTER(_abi.hops_value))
-        self.slots = tuple(Slot(self.buffer, k * _SLOT_BYTES) for k in range(tensors))  # in argument order
+        # (argument index, written, its slot) for each tensor argument
+        self.tensors = tuple((index, written, Slot(self.buffer, k * _SLOT_BYTES))
+                             for k, (index, written) in enumerate(tensors))
         self.busy = False
+
+
+class _Plans(threading.local):
+    """A binding's call plan per thread (threading.local: made on each thread's first use)."""
+
+    def __init__(self, num_args: int, tensors: tuple[tuple[int, bool], ...]):
+        self.plan = _Plan(num_args, tensors)
 
 
 class OpBinding:
@@ -101,7 +110,7 @@ class OpBinding:
         self._scalars = tuple((i, {"i64": int, "f64": float, "bool": bool}[arg.kind])
                               for i, arg in enumerate(self.args) if arg.kind in ("i64", "f64", "bool"))
         self._values = struct.Struct("<" + "".join(_VALUE_FORMATS.get(arg.kind, "Q") for arg in self.args))
-        self._local = threading.local()
+        self._plans = _Plans(len(self.args), self._tensors)
 
     def _signature(self) -> inspect.Signature:
         """Descriptor order; defaults shown where Python allows them (the trailing run).
@@ -156,7 +165,7 @@ class OpBinding:
         """The call packed once, to be issued many times with `PreparedCall(exec)` (a
         benchmark's loop, a CUDA graph capture): its arrays stay borrowed until it is dropped."""
         given = self._given(args, kwargs)
-        plan = _Plan(len(self.args), len(self._tensors))
+        plan = _Plan(len(self.args), self._tensors)
         views = []
         self._pack_tensors(plan, given, None, views)
         for index, convert in self._scalars:
@@ -183,22 +192,14 @@ class OpBinding:
                 raise HopsError("HOPS_ERR_INVALID_ARGUMENT", f"{self.name}: missing arguments {missing}")
         return given
 
-    def _plan(self) -> _Plan:
-        plan = getattr(self._local, "plan", None)
-        if plan is None:
-            plan = self._local.plan = _Plan(len(self.args), len(self._tensors))
-        if plan.busy:  # re-entered on this thread (a callback calling hops): a block of its own
-            return _Plan(len(self.args), len(self._tensors))
-        return plan
-
     def _run(self, given: list, query: bool) -> None:
-        library, known = self._library, frameworks_by_type
+        library = self._library
         # The call's device and stream are those of the first tensor given (as with exec NULL),
         # by its framework's policy.
         for index, _ in self._tensors:
             first = given[index]
             if first is not None:
-                framework = known.get(type(first)) or framework_of(first)
+                framework = frameworks_by_type.get(type(first)) or framework_of(first)
                 break
         else:
             first, framework = None, DLPACK
@@ -214,9 +215,9 @@ class OpBinding:
             exec_ = ctypes.byref(_abi.hops_exec(ctypes.sizeof(_abi.hops_exec),
                                                 _abi.DLDevice(placement.device_type, placement.device_id),
                                                 placement.stream, 0, 0))
-        plan = getattr(self._local, "plan", None)
-        if plan is None or plan.busy:
-            plan = self._plan()
+        plan = self._plans.plan
+        if plan.busy:  # re-entered on this thread (a callback calling hops): a block of its own
+            plan = _Plan(len(self.args), self._tensors)
         plan.busy = True
         views = []
         try:
@@ -243,7 +244,7 @@ class OpBinding:
         """Each tensor argument's DLTensor address into `given` (0 for None: the provider
         says whether it may be absent): packed into the plan, or borrowed through DLPack."""
         known = frameworks_by_type
-        for (index, written), slot in zip(self._tensors, plan.slots):
+        for index, written, slot in plan.tensors:
             value = given[index]
             if value is None:
                 given[index] = 0
