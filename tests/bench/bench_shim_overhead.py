@@ -19,8 +19,10 @@ provider's api->call, per token).
 --baseline DIR times another version of the shim (a shims/python folder, e.g.
 `git archive <commit> shims/python | tar -x -C DIR`) in a subprocess on the same
 provider and puts its figures beside these. Times are medians over blocks of calls
-(per-call mean of each block); the machine is shared, so each block also records
-how many cores other processes kept busy.
+(per-call mean of each block, a block about 0.1 s); the machine is shared, so each
+block also records how many cores other processes kept busy, and a block during
+which they kept more than --noisy cores busy is thrown away and run again once
+the machine is quiet (at most --redo per path), as bench_cpu_vs_torch does.
 """
 
 import argparse
@@ -46,20 +48,26 @@ import benchlib  # noqa: E402
 import hops  # noqa: E402
 
 
-def per_call_us(function, calls: int, blocks: int) -> tuple[float, float, float]:
-    """(median over blocks of the mean us per call, the fastest block's, others' cores
-    averaged over the blocks)."""
-    for _ in range(min(calls, 500)):
+def per_call_us(function, args) -> tuple[float, float, float, int]:
+    """(median over the kept blocks of the mean us per call, the fastest block's, others'
+    cores averaged over the kept blocks, blocks thrown away for others' load)."""
+    for _ in range(min(args.calls, 500)):
         function()
-    means, loads = [], []
-    for _ in range(blocks):
+    means, loads, redone = [], [], 0
+    benchlib.wait_for_quiet(args.noisy, patience=args.patience)
+    while len(means) < args.blocks:
         with benchlib.OtherLoad() as load:
             start = time.perf_counter_ns()
-            for _ in range(calls):
+            for _ in range(args.calls):
                 function()
-            means.append((time.perf_counter_ns() - start) / calls / 1e3)
+            mean = (time.perf_counter_ns() - start) / args.calls / 1e3
+        if load.cores > args.noisy and redone < args.redo:
+            redone += 1
+            benchlib.wait_for_quiet(args.noisy, patience=args.patience)
+            continue
+        means.append(mean)
         loads.append(load.cores)
-    return statistics.median(means), min(means), statistics.fmean(loads)
+    return statistics.median(means), min(means), statistics.fmean(loads), redone
 
 
 def c_entries(library_path: str, calls: int, blocks: int) -> dict[str, float]:
@@ -74,7 +82,7 @@ def c_entries(library_path: str, calls: int, blocks: int) -> dict[str, float]:
     return {name: float(ns) / 1e3 for name, ns in (line.split() for line in out.splitlines())}
 
 
-def python_entries(calls: int, blocks: int) -> dict[str, tuple[float, float]]:
+def python_entries(args) -> dict[str, tuple[float, float, float, int]]:
     from hops import torch_ops  # noqa: F401 (registers torch.ops.hops)
     x, z, weight = torch.randn(1, 8), torch.randn(1, 8), torch.randn(8)
     xn, zn, wn = x.numpy(), z.numpy(), weight.numpy()
@@ -89,30 +97,50 @@ def python_entries(calls: int, blocks: int) -> dict[str, tuple[float, float]]:
             lambda: hops.torch_ops.gated_rmsnorm(x, z, weight),
         "the generated binding, caller's output": lambda: binding(x, z, weight, y),
     }
-    return {name: per_call_us(function, calls, blocks) for name, function in cases.items()}
+    return {name: per_call_us(function, args) for name, function in cases.items()}
 
 
-class _TimedApi:
-    """The provider's API table with api->call timed (the C side of each call)."""
+class _Timed:
+    """api->call with its time summed into `seconds` (the C side of each call)."""
 
-    def __init__(self, api):
-        self._api, self.seconds = api, 0.0
+    def __init__(self, call):
+        self._call, self.seconds = call, 0.0
 
-    def __getattr__(self, name):
-        return getattr(self._api, name)
-
-    def call(self, *args):
+    def __call__(self, *args):
         start = time.perf_counter()
         try:
-            return self._api.call(*args)
+            return self._call(*args)
         finally:
             self.seconds += time.perf_counter() - start
 
 
-def decode_step(tokens: int) -> dict:
-    """The tiny patched Qwen3.5 decoding `tokens` tokens after a 16-token prompt: hops calls
-    per token, ms per token, and the shim's time per token (inside the patched functions
-    minus inside api->call)."""
+class _TimedApi:
+    """The provider's API table with api->call timed, for shims that call it through the
+    table (before Library.call)."""
+
+    def __init__(self, api):
+        self._api, self.call = api, _Timed(api.call)
+
+    def __getattr__(self, name):
+        return getattr(self._api, name)
+
+
+def _time_api_calls(library) -> tuple[_Timed, tuple]:
+    """Times api->call as the shim makes it; returns the timer and (attribute, value) to restore."""
+    if "call" in vars(library):  # Library.call: api->call without ctypes' argument checks
+        saved = ("call", library.call)
+        library.call = timed = _Timed(library.call)
+        return timed, saved
+    saved = ("api", library.api)
+    library.api = timed_api = _TimedApi(library.api)
+    return timed_api.call, saved
+
+
+def decode_step(args) -> dict:
+    """The tiny patched Qwen3.5 decoding args.tokens tokens after a 16-token prompt (timed
+    once the machine is quiet): hops calls per token, ms per token, and the shim's time per
+    token (inside the patched functions minus inside api->call)."""
+    tokens = args.tokens
     import models
     patch_module = importlib.import_module("hops.patch")  # the module (hops.patch is also the function)
 
@@ -131,8 +159,7 @@ def decode_step(tokens: int) -> dict:
         return redirect(self, label, timed, original, like)
 
     library = hops.library()
-    api = library.api
-    library.api = timed_api = _TimedApi(api)
+    timer, saved = _time_api_calls(library)
     patch_module.Patcher.redirect = timed_redirect
     try:
         model = models.build("qwen3_5")
@@ -144,8 +171,9 @@ def decode_step(tokens: int) -> dict:
             for _ in range(3):  # warm up the decode path
                 out = model(token, past_key_values=cache, use_cache=True)
                 token = out.logits[:, -1:].argmax(-1)
-            calls_before, inside["seconds"], timed_api.seconds = sum(report.kernels.values()), 0.0, 0.0
+            calls_before, inside["seconds"], timer.seconds = sum(report.kernels.values()), 0.0, 0.0
             fallbacks_before = sum(report.fallbacks.values())
+            benchlib.wait_for_quiet(args.noisy, patience=args.patience)
             start = time.perf_counter()
             for _ in range(tokens):
                 out = model(token, past_key_values=cache, use_cache=True)
@@ -154,15 +182,15 @@ def decode_step(tokens: int) -> dict:
         calls = (sum(report.kernels.values()) - calls_before) / tokens
         fallbacks = (sum(report.fallbacks.values()) - fallbacks_before) / tokens
         return {"calls": calls, "fallbacks": fallbacks, "step_ms": 1e3 * elapsed / tokens,
-                "inside_us": 1e6 * inside["seconds"] / tokens, "c_us": 1e6 * timed_api.seconds / tokens}
+                "inside_us": 1e6 * inside["seconds"] / tokens, "c_us": 1e6 * timer.seconds / tokens}
     finally:
         hops.unpatch()
         patch_module.Patcher.redirect = redirect
-        library.api = api
+        setattr(library, *saved)
 
 
 def measure(args) -> dict:
-    return {"python": python_entries(args.calls, args.blocks), "decode": decode_step(args.tokens)}
+    return {"python": python_entries(args), "decode": decode_step(args)}
 
 
 def baseline(args) -> dict:
@@ -171,21 +199,22 @@ def baseline(args) -> dict:
         env = dict(os.environ, PYTHONPATH=str(Path(args.baseline).resolve()),
                    HOPS_LIBRARY=str(hops.library().provider.path))
         subprocess.run([sys.executable, __file__, "--json", str(out), "--calls", str(args.calls), "--blocks",
-                        str(args.blocks), "--tokens", str(args.tokens)], env=env, check=True, cwd=folder)
+                        str(args.blocks), "--tokens", str(args.tokens), "--noisy", str(args.noisy), "--redo",
+                        str(args.redo), "--patience", str(args.patience)], env=env, check=True, cwd=folder)
         return json.loads(out.read_text())
 
 
 def table(c: dict, now: dict, before: dict | None, args) -> str:
     typed = c["typed"]
     lines = ["| path | " + ("before: us per call (fastest block) | " if before else "") +
-             "us per call (fastest block) | shim: us over the C typed call | others' cores |",
+             "us per call (fastest block) | shim: us over the C typed call | others' cores (blocks redone) |",
              "|---|" + ("--:|" if before else "") + "--:|--:|--:|"]
     for name, us in (("C typed call (op->fn)", typed), ("C generic call (api->call)", c["generic"])):
         lines.append(f"| {name} | " + (f"{us:.2f} | " if before else "") + f"{us:.2f} | - | - |")
-    for name, (us, best, load) in now["python"].items():
+    for name, (us, best, load, redone) in now["python"].items():
         old = (before or {}).get("python", {}).get(name)
         cells = ([f"{old[0]:.1f} ({old[1]:.1f})" if old else "-"] if before else []) + [
-            f"{us:.1f} ({best:.1f})", f"{us - typed:.1f}", f"{load:.2f}"]
+            f"{us:.1f} ({best:.1f})", f"{us - typed:.1f}", f"{load:.2f} ({redone})"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     operator = now["python"]["torch.ops.hops.gated_rmsnorm"][0] - typed
     lines += ["", "**Decode step of the tiny patched Qwen3.5** (tests/python/models.py: 4 layers, 3 of them "
@@ -209,8 +238,12 @@ def table(c: dict, now: dict, before: dict | None, args) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000, help="calls per timed block")
+    parser.add_argument("--calls", type=int, default=10000, help="calls per timed block")
     parser.add_argument("--blocks", type=int, default=21, help="timed blocks per path")
+    parser.add_argument("--noisy", type=float, default=0.15,
+                        help="a block during which other processes kept more cores than this busy is redone")
+    parser.add_argument("--redo", type=int, default=40, help="blocks redone per path, at most")
+    parser.add_argument("--patience", type=float, default=10.0, help="seconds to wait for a quiet machine")
     parser.add_argument("--tokens", type=int, default=64, help="decoded tokens timed")
     parser.add_argument("--baseline", metavar="DIR", help="a shims/python folder of another version to compare")
     parser.add_argument("--json", metavar="FILE", help=argparse.SUPPRESS)  # the baseline subprocess' answer
@@ -232,7 +265,10 @@ def main():
         (f"; before: the shim in {args.baseline}, same provider" if before else "") + "  ",
         f"gated_rmsnorm on x, z [1, 8], weight [8] float32 CPU; medians over {args.blocks} blocks of "
         f"{args.calls} calls (each block's mean), in parentheses the fastest block; shim = median minus the C "
-        "typed call; others' cores: how many cores other processes kept busy meanwhile (the machine is shared).",
+        "typed call; others' cores: how many cores other processes kept busy meanwhile, averaged over the kept "
+        f"blocks (the machine is shared); a block during which they kept more than {args.noisy:g} cores busy "
+        f"was thrown away and run again once the machine was quiet (blocks redone: at most {args.redo}); "
+        f"the decode step starts once it is quiet (waiting at most {args.patience:g} s).",
         "", table(c, now, before, args)])
     print(text)
     if args.write:
