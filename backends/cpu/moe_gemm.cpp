@@ -1,12 +1,13 @@
 // The MoE kernels' GEMM (moe.hpp), blocked as GotoBLAS does, and the
 // panel-major layout of its other operands. a, the weights, is packed block by
 // block (kDepth x up to kBlockPanels micro-panels of MR rows, interleaved along
-// depth) into fp32, whatever its dtype and strides, reading ahead of itself:
-// the weights come from memory once per tile, and the packing would otherwise
-// wait on each row's misses. For each panel of b (kDepth x kPanel floats,
-// contiguous: it stays in L1) the block's micro-panels (in L2) pass by once,
-// each the rows of one register tile of MR x Vecs vectors.
+// depth) into fp32, whatever its dtype and strides, the next block fetched
+// while the current one is used: the weights come from memory once per tile.
+// For each panel of b (kDepth x kPanel floats, contiguous: it stays in L1) the
+// block's micro-panels (in L2) pass by once, each the rows of one register
+// tile of MR x Vecs vectors.
 #include <cstring>
+#include <type_traits>
 
 #include "moe.hpp"
 
@@ -36,6 +37,12 @@ void pack_block(const PackedGemm& g, int64_t row0, int64_t rows, int64_t depth0,
     for (int64_t m = 0; m < micro_panels; ++m) {
       float* panel = packed + m * depth * MR;
       const int64_t first = row0 + m * MR, count = std::min<int64_t>(MR, rows - m * MR);
+      if constexpr (std::is_same_v<T, float>) {
+        if (g.a_depth_step == 1 && count == MR) {  // 8 x 8 blocks transposed in registers
+          transpose(a + first * g.a_row_step + depth0, g.a_row_step, MR, depth, panel, MR);
+          continue;
+        }
+      }
       if (g.a_depth_step == 1) {  // each row contiguous along depth
         for (int64_t r = 0; r < count; ++r) {
           const T* in = a + (first + r) * g.a_row_step + depth0;
@@ -91,10 +98,12 @@ class NextBlock {
 
 // out's rows [0, rows) x Vecs vectors (rows <= MR) of one micro-panel, over
 // `depth` rows of b; b and out step kPanel floats per row.
+// One line of the next block is fetched every `every` depth steps.
 template <int Lanes, int MR, int Vecs>
 [[gnu::always_inline]] inline void micro_tile(int64_t depth, const float* __restrict a,
                                               const float* __restrict b, float* __restrict out,
-                                              bool accumulate, int64_t rows) {
+                                              bool accumulate, int64_t rows, NextBlock& next,
+                                              int64_t every) {
   using vec = typename Simd<Lanes>::vec;
   vec acc[MR][Vecs];
   for (int r = 0; r < MR; ++r) {
@@ -105,7 +114,8 @@ template <int Lanes, int MR, int Vecs>
       }
     }
   }
-  for (int64_t p = 0; p < depth; ++p) {
+  for (int64_t p = 0, countdown = every; p < depth; ++p) {
+    if (--countdown == 0) next.fetch(1), countdown = every;
     vec b_row[Vecs];
     for (int c = 0; c < Vecs; ++c) std::memcpy(&b_row[c], b + p * kPanel + c * Lanes, sizeof(vec));
     for (int r = 0; r < MR; ++r) {
@@ -125,41 +135,44 @@ template <int Lanes, int MR, int Vecs>
 [[gnu::always_inline]] inline void gemm_body(const PackedGemm& g, float* packed) {
   static_assert(kPanel % (Vecs * Lanes) == 0 && MR <= kMaxMicroRows);
   const int64_t block_rows = kBlockPanels * MR;
-  for (int64_t p0 = 0; p0 < g.depth || p0 == 0; p0 += kDepth) {
-    const int64_t depth = std::min(kDepth, g.depth - p0);
-    const bool accumulate = g.accumulate || p0 > 0;
-    for (int64_t i0 = 0; i0 < g.rows; i0 += block_rows) {
-      const int64_t rows = std::min(block_rows, g.rows - i0);
+  // Blocks of rows outside, depth inside: a band of rows of a is read from
+  // memory in order (the depth steps of a row continue its stream), and the
+  // band's out rows stay in L2 while their sums run over the depth.
+  for (int64_t i0 = 0; i0 < g.rows; i0 += block_rows) {
+    const int64_t rows = std::min(block_rows, g.rows - i0);
+    const int64_t micro_panels = (rows + MR - 1) / MR;
+    for (int64_t p0 = 0; p0 < g.depth || p0 == 0; p0 += kDepth) {
+      const int64_t depth = std::min(kDepth, g.depth - p0);
+      const bool accumulate = g.accumulate || p0 > 0;
       pack_block<MR>(g, i0, rows, p0, depth, packed);
-      // The next block: the next rows at this depth, else the first rows deeper.
-      const bool last_rows = i0 + block_rows >= g.rows;
-      const int64_t next_row0 = last_rows ? 0 : i0 + block_rows,
-                    next_p0 = last_rows ? p0 + kDepth : p0;
+      // The next block: deeper in this band, else the next band's first.
+      const bool band_done = p0 + kDepth >= g.depth;
+      const int64_t next_row0 = band_done ? i0 + block_rows : i0,
+                    next_p0 = band_done ? 0 : p0 + kDepth;
       NextBlock next(g, next_row0, std::min(block_rows, g.rows - next_row0), next_p0,
                      std::min(kDepth, g.depth - next_p0));
-      const int64_t micro_panels = (rows + MR - 1) / MR;
       const int64_t calls = g.cols / (Vecs * Lanes) * micro_panels;
-      const int64_t per_call = (next.lines() + calls - 1) / calls;
+      const int64_t every =
+          std::max<int64_t>(1, calls * depth / std::max<int64_t>(1, next.lines()));
       for (int64_t j = 0; j < g.cols; j += kPanel) {
         const float* b = g.b + (j / kPanel) * g.b_panel_step + p0 * kPanel;
         float* out = g.out + (j / kPanel) * g.out_panel_step + i0 * kPanel;
         for (int64_t c = 0; c < kPanel; c += Vecs * Lanes) {
           for (int64_t m = 0; m < micro_panels; ++m) {
-            next.fetch(per_call);
             micro_tile<Lanes, MR, Vecs>(depth, packed + m * depth * MR, b + c,
                                         out + m * MR * kPanel + c, accumulate,
-                                        std::min<int64_t>(MR, rows - m * MR));
+                                        std::min<int64_t>(MR, rows - m * MR), next, every);
           }
         }
       }
+      if (g.depth == 0) break;
     }
-    if (g.depth == 0) break;
   }
 }
 
 #if defined(__x86_64__)
 [[gnu::target("avx512f")]] void gemm_avx512(const PackedGemm& g, float* packed) {
-  gemm_body<16, 12, 2>(g, packed);
+  gemm_body<16, 8, 2>(g, packed);
 }
 [[gnu::target("avx2,fma")]] void gemm_avx2(const PackedGemm& g, float* packed) {
   gemm_body<8, 6, 2>(g, packed);
