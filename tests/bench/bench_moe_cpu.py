@@ -1,0 +1,266 @@
+"""hops' CPU MoE layer against transformers' experts paths on the CPU, and against the floors.
+
+Qwen3.5-35B-A3B's expert layout scaled to the demo (issue 15): hidden Hd = 2048, E = 64
+experts, top-k = 8, expert width I = 512, fp32, T tokens (default 2048 and 4096).
+
+  layer          route + dispatch + expert MLP + combine from the router logits [T, E]:
+                 hops.ops.moe_route, moe_dispatch, moe_expert_mlp, moe_combine, against
+                 Qwen3_5MoeTopKRouter's softmax / top-k / renormalisation on the same logits
+                 followed by Qwen3_5MoeExperts with each of transformers' experts
+                 implementations that run on a CPU: "eager" (the model's own loop over the
+                 experts hit) and "grouped_mm" (sort, torch's grouped_mm, inverse permutation,
+                 sum). "batched_mm" gathers a [2I, Hd] weight copy per slot (137 GB here) and
+                 is not run.
+  moe_route      alone, against the router's softmax / top-k / renormalisation
+  moe_dispatch   alone, against the copy bandwidth: bytes = x read once + T*k rows written
+  moe_expert_mlp alone, against the fp32 peak: FLOP = 6 Hd I per kept slot
+  moe_combine    alone, against the copy bandwidth: bytes = T*k rows read + y written
+
+The ops alone run on preallocated outputs (the raw binding: a fresh 256 MiB output costs
+its page faults, which are the allocator's, not the kernel's); the layer runs through
+hops.ops, allocating like its peers. Floors: the nominal fp32 peak as issue 15 counts it
+(cores x 2 FMA pipes x 8 AVX2 lanes x 2 FLOP x clock; the AVX-512 figure beside it where
+the CPU has it) and the bandwidth of a large copy_ measured in the same run (read + write
+counted). Timing as bench_cpu_vs_torch.py (whose code it reuses): interleaved blocks,
+blocks during which other processes were busy thrown away and run again (up to --redo),
+medians; the others' load is reported with each row.
+
+    HOPS_LIBRARY=... .venv/bin/python tests/bench/bench_moe_cpu.py [--tokens 2048 4096]
+        [--write docs/PERFORMANCE.md]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import hops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+import bench_cpu_vs_torch as cpu_bench  # noqa: E402
+from bench_attn_cpu import nominal_peaks  # noqa: E402
+
+from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig  # noqa: E402
+from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeExperts  # noqa: E402
+
+HD, E, K, I = 2048, 64, 8, 512
+PEERS = ("eager", "grouped_mm")
+TOLERANCE = 1e-4  # max |hops - torch| / max |torch|, fp32: the same sums in another order
+TARGETS = dict(ratio=1.1, peak=0.80, copy=0.50)  # issue 15, CPU
+
+
+def router(logits):
+    """Qwen3_5MoeTopKRouter.forward after its linear (F.linear of the hidden states)."""
+    probs = torch.nn.functional.softmax(logits, dtype=torch.float, dim=-1)
+    top_value, top_index = torch.topk(probs, K, dim=-1)
+    top_value /= top_value.sum(dim=-1, keepdim=True)
+    return top_value.to(logits.dtype), top_index
+
+
+class Layer:
+    """One T: the inputs, transformers' experts module and preallocated hops outputs."""
+
+    def __init__(self, t):
+        gen = torch.Generator().manual_seed(t)
+        self.t = t
+        self.x = torch.randn(t, HD, generator=gen)
+        self.logits = torch.randn(t, E, generator=gen)
+        config = Qwen3_5MoeTextConfig(hidden_size=HD, num_experts=E, num_experts_per_tok=K,
+                                      moe_intermediate_size=I, hidden_act="silu")
+        self.experts = Qwen3_5MoeExperts(config).requires_grad_(False)
+        with torch.no_grad():
+            self.experts.gate_up_proj.copy_(torch.randn(E, 2 * I, HD, generator=gen) * HD ** -0.5)
+            self.experts.down_proj.copy_(torch.randn(E, HD, I, generator=gen) * I ** -0.5)
+        self.gate_up, self.down = self.experts.gate_up_proj.data, self.experts.down_proj.data
+        # The ops alone, on preallocated outputs, chained as in the layer.
+        self.weights, self.ids = torch.empty(t, K), torch.empty(t, K, dtype=torch.int64)
+        self.rows, self.out = torch.empty(t * K, HD), torch.empty(t * K, HD)
+        self.counts, self.row_map = torch.empty(E, dtype=torch.int64), torch.empty(t, K, dtype=torch.int64)
+        self.y = torch.empty(t, HD)
+        lib = hops.library()
+        self.bind = {name: lib.op(name) for name in ("moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine")}
+        for run in (self.route, self.dispatch, self.mlp, self.combine):
+            run()
+
+    def hops_layer(self):
+        weights, ids = hops.ops.moe_route(self.logits, K)
+        rows, counts, row_map = hops.ops.moe_dispatch(self.x, ids, E)
+        out = hops.ops.moe_expert_mlp(rows, counts, self.gate_up, self.down)
+        return hops.ops.moe_combine(out, row_map, weights)
+
+    def torch_layer(self, implementation):
+        self.experts.config._experts_implementation = implementation
+        weights, ids = router(self.logits)
+        return self.experts(self.x, ids, weights)
+
+    def route(self):
+        self.bind["moe_route"](logits=self.logits, topk_weights=self.weights, topk_ids=self.ids)
+
+    def dispatch(self):
+        self.bind["moe_dispatch"](x=self.x, topk_ids=self.ids, rows=self.rows, counts=self.counts,
+                                  row_map=self.row_map)
+
+    def mlp(self):
+        self.bind["moe_expert_mlp"](rows=self.rows, counts=self.counts, gate_up_proj=self.gate_up,
+                                    down_proj=self.down, out=self.out)
+
+    def combine(self):
+        self.bind["moe_combine"](rows=self.out, row_map=self.row_map, topk_weights=self.weights, y=self.y)
+
+    def release(self):
+        """Drops the tensors (1.3 GB at T=4096); the report needs only t."""
+        for name in ("x", "logits", "experts", "gate_up", "down", "weights", "ids", "rows", "out", "counts",
+                     "row_map", "y"):
+            delattr(self, name)
+
+    def flop(self):
+        return 6 * HD * I * self.t * K
+
+    def rows_bytes(self):
+        return (self.t * K + self.t) * HD * 4
+
+
+def sample(functions: dict, args) -> dict:
+    """Interleaved blocks of each function (bench_cpu_vs_torch.Sampler): medians, counts,
+    the others' average load and the blocks redone."""
+    firsts = {name: cpu_bench.timed(f)[0] for name, f in functions.items()}
+
+    def calls(first):
+        return max(args.reps, min(200, int(args.target / max(first, 1e-9))))
+    samplers = {name: cpu_bench.Sampler(f, calls(firsts[name]), firsts[name], args.block)
+                for name, f in functions.items()}
+    redone = 0
+    while not all(s.done() for s in samplers.values()):
+        for s in samplers.values():
+            if not s.done() and not s.run_block(args.noisy, may_redo=redone < args.redo):
+                redone += 1
+                benchlib.wait_for_quiet(args.noisy, patience=args.patience)
+    load = sum(s.load_sum for s in samplers.values()) / max(1e-9, sum(s.load_wall for s in samplers.values()))
+    return dict(times={name: statistics.median(s.times) for name, s in samplers.items()},
+                n={name: len(s.times) for name, s in samplers.items()}, others=load, redone=redone)
+
+
+@torch.inference_mode()
+def measure(layer: Layer, args) -> dict:
+    benchlib.wait_for_quiet(args.noisy, patience=args.patience)
+    ours = layer.hops_layer()
+    errors = {peer: cpu_bench.rel_err(ours, layer.torch_layer(peer)) for peer in PEERS}
+    hops_route, torch_route = hops.ops.moe_route(layer.logits, K), router(layer.logits)
+    route_ok = torch.equal(hops_route[1], torch_route[1])
+    errors["route"] = cpu_bench.rel_err(hops_route[0], torch_route[0]) if route_ok else float("inf")
+    result = dict(errors=errors)
+    result["layer"] = sample({"hops": layer.hops_layer,
+                              **{peer: (lambda p=peer: layer.torch_layer(p)) for peer in PEERS}}, args)
+    result["ops"] = sample({"moe_route": layer.route, "router": lambda: router(layer.logits),
+                            "moe_dispatch": layer.dispatch, "moe_expert_mlp": layer.mlp,
+                            "moe_combine": layer.combine}, args)
+    return result
+
+
+def report(layers, results, copy, avx2_peak, widest_peak):
+    fmt = cpu_bench.fmt_ms
+    rows = ["| T | path | hops ms (n) | eager ms (n) | grouped_mm ms (n) | **faster peer / hops** | "
+            "hops GFLOP/s | **% of AVX2 peak** | hops GB/s | **% of copy** | max rel err | others' cores (redone) |",
+            "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    verdicts = []
+    for layer, r in zip(layers, results):
+        lt, ln = r["layer"]["times"], r["layer"]["n"]
+        best = min(lt[peer] for peer in PEERS)
+        gflops = layer.flop() / lt["hops"] / 1e9
+        err = max(r["errors"][p] for p in PEERS)
+        rows.append(f"| {layer.t} | layer: route + dispatch + MLP + combine (hops.ops) | {fmt(lt['hops'])} "
+                    f"({ln['hops']}) | {fmt(lt['eager'])} ({ln['eager']}) | {fmt(lt['grouped_mm'])} "
+                    f"({ln['grouped_mm']}) | **{best / lt['hops']:.2f}x** | {gflops:.1f} | "
+                    f"{100 * gflops / avx2_peak:.0f}% | - | - | {err:.1e}"
+                    f"{'' if err <= TOLERANCE else ' **MISMATCH**'} | {r['layer']['others']:.2f} "
+                    f"({r['layer']['redone']}) |")
+        ot, on = r["ops"]["times"], r["ops"]["n"]
+        route_err = r["errors"]["route"]
+        rows.append(f"| {layer.t} | moe_route (router: softmax, top-k, renormalise) | {fmt(ot['moe_route'])} "
+                    f"({on['moe_route']}) | {fmt(ot['router'])} ({on['router']}) | - | "
+                    f"{ot['router'] / ot['moe_route']:.2f}x | - | - | - | - | "
+                    f"{'ids differ' if route_err == float('inf') else f'{route_err:.1e}'} | "
+                    f"{r['ops']['others']:.2f} ({r['ops']['redone']}) |")
+        mlp_gflops = layer.flop() / ot["moe_expert_mlp"] / 1e9
+        rows.append(f"| {layer.t} | moe_expert_mlp | {fmt(ot['moe_expert_mlp'])} ({on['moe_expert_mlp']}) | - | - | "
+                    f"- | {mlp_gflops:.1f} | **{100 * mlp_gflops / avx2_peak:.0f}%** | - | - | - | "
+                    f"{r['ops']['others']:.2f} ({r['ops']['redone']}) |")
+        shares = {}
+        for op in ("moe_dispatch", "moe_combine"):
+            gbps = layer.rows_bytes() / ot[op] / 1e9
+            shares[op] = gbps / copy
+            rows.append(f"| {layer.t} | {op} | {fmt(ot[op])} ({on[op]}) | - | - | - | - | - | {gbps:.1f} | "
+                        f"**{100 * gbps / copy:.0f}%** | - | {r['ops']['others']:.2f} ({r['ops']['redone']}) |")
+        ratio = best / lt["hops"]
+        verdicts.append(
+            f"T={layer.t}: layer {ratio:.2f}x the faster of transformers' paths (target {TARGETS['ratio']}x: "
+            f"{'met' if ratio >= TARGETS['ratio'] else 'missed'}); expert MLP {mlp_gflops:.0f} GFLOP/s = "
+            f"{100 * mlp_gflops / avx2_peak:.0f}% of the AVX2 peak (target {100 * TARGETS['peak']:.0f}%: "
+            f"{'met' if mlp_gflops >= TARGETS['peak'] * avx2_peak else 'missed'}; "
+            f"{100 * mlp_gflops / widest_peak:.0f}% of the AVX-512 peak); dispatch "
+            f"{100 * shares['moe_dispatch']:.0f}% and combine {100 * shares['moe_combine']:.0f}% of the copy "
+            f"bandwidth (target {100 * TARGETS['copy']:.0f}%: "
+            f"{'met' if min(shares.values()) >= TARGETS['copy'] else 'missed'})")
+    return "\n".join(rows), verdicts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 4096], help="tokens T")
+    benchlib.add_timing_arguments(parser, budget=60.0)
+    args = parser.parse_args()
+    benchlib.quiet_transformers()
+
+    started = time.perf_counter()
+    machine = benchlib.machine_line()
+    print(machine, file=sys.stderr)
+    ceilings = cpu_bench.measure_ceilings(args.reps)
+    avx2_peak, widest_peak, how = nominal_peaks()
+    print(f"ceilings: {ceilings}; nominal fp32 peak: AVX2 {avx2_peak:.0f} GFLOP/s, widest {widest_peak:.0f} "
+          f"GFLOP/s ({how})", file=sys.stderr)
+    layers, results = [], []
+    for t in args.tokens:
+        case_start = time.perf_counter()
+        layer = Layer(t)
+        result = measure(layer, args)
+        layers.append(layer)
+        results.append(result)
+        lt, ot = result["layer"]["times"], result["ops"]["times"]
+        print(f"T={t}: layer hops {cpu_bench.fmt_ms(lt['hops'])} ms, eager {cpu_bench.fmt_ms(lt['eager'])} ms, "
+              f"grouped_mm {cpu_bench.fmt_ms(lt['grouped_mm'])} ms; ops "
+              + ", ".join(f"{name} {cpu_bench.fmt_ms(v)} ms" for name, v in ot.items())
+              + f"; errors {result['errors']}; others {result['layer']['others']:.2f}/{result['ops']['others']:.2f} "
+              f"[{time.perf_counter() - case_start:.0f} s]", file=sys.stderr)
+        layer.release()
+    load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
+    table, verdicts = report(layers, results, ceilings["copy_GBps"], avx2_peak, widest_peak)
+    method = benchlib.timing_note(args, "y of the layer (topk_weights for the router)",
+                                  {torch.float32: TOLERANCE, torch.bfloat16: float("nan")})
+    text = (f"## MoE on the CPU (issue 15)\n\n"
+            f"Command: `{'HOPS_LIBRARY=' + os.environ['HOPS_LIBRARY'] + ' ' if 'HOPS_LIBRARY' in os.environ else ''}"
+            f".venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
+            f"{machine}; {load_end}  \nhops: {hops.info().path}, {cpu_bench.git_state()}  \n"
+            f"Layout: Hd = {HD}, E = {E} experts, top-{K}, expert width I = {I}, fp32, router logits "
+            f"standard normal (about T*k/E rows per expert). Peers: Qwen3_5MoeTopKRouter's softmax / top-k / "
+            f"renormalisation on the same logits, then Qwen3_5MoeExperts with experts_implementation "
+            f"\"eager\" (the model's loop over the experts hit) and \"grouped_mm\" (torch {torch.__version__}'s "
+            f"grouped_mm on the CPU); \"batched_mm\" would gather a weight copy per slot (137 GB) and is not run. "
+            f"The ops alone run on preallocated outputs (the raw binding), the layer through hops.ops.  \n"
+            f"Floors measured or computed in this run: copy {ceilings['copy_GBps']:.1f} GB/s (read + write); "
+            f"nominal fp32 peak {avx2_peak:.0f} GFLOP/s with AVX2 FMA as issue 15 counts it ({widest_peak:.0f} "
+            f"GFLOP/s with this CPU's widest vectors: {how}); torch's 1024^3 fp32 GEMM "
+            f"{ceilings['gemm_float32_GFLOPs']:.0f} GFLOP/s. FLOP = 6 Hd I per kept slot; dispatch and "
+            f"combine bytes = (T*k + T) Hd x 4.  \n{method}\n\n{table}\n\n"
+            + "".join(f"- {line}\n" for line in verdicts))
+    print(text)
+    if args.write:
+        benchlib.write(args.write, "bench_moe_cpu", text)
+
+
+if __name__ == "__main__":
+    main()
