@@ -106,19 +106,19 @@ ATTENTION_LABEL = f"AttentionInterface.{attn.INTERFACE}"
 
 def _register_attention(patcher) -> bool:
     """The attention function "hops" in transformers' AttentionInterface (so that any model
-    may select it, attn_implementation="hops"), and sdpa's mask builder for it in the
+    may select it, attn_implementation="hops"), and its mask builder in the
     AttentionMaskInterface (without one, transformers builds no mask at all for a custom
-    function, padding included: sdpa's returns None for a plain causal mask, which hops
-    runs, and materializes the rest, which falls back)."""
+    function, padding included): sdpa's, returning None for a plain causal mask, which hops
+    runs, and materializing the rest, which falls back (attn.mask_builder)."""
     try:
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.masking_utils import AttentionMaskInterface
         from transformers.modeling_utils import AttentionInterface
     except Exception as error:  # no transformers, or one without these interfaces
         patcher.report.skipped[ATTENTION_LABEL] = f"{type(error).__name__}: {error}"
         return False
     redirect = patcher.redirect(ATTENTION_LABEL, attn.attention, attn.fallback_attention, like=attn.attention)
     patcher.set_item(AttentionInterface._global_mapping, attn.INTERFACE, redirect)
-    patcher.set_item(AttentionMaskInterface._global_mapping, attn.INTERFACE, sdpa_mask)
+    patcher.set_item(AttentionMaskInterface._global_mapping, attn.INTERFACE, attn.mask_builder)
     return True
 
 

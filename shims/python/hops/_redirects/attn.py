@@ -19,12 +19,31 @@ INTERFACE = "hops"  # the name in transformers' AttentionInterface (attn_impleme
 REFUSED_OPTIONS = ("softcap", "position_bias", "s_aux", "sinks")
 
 
+def mask_builder(*args, **kwargs):
+    """transformers' mask builder for attention "hops": sdpa's, except that a plain causal
+    mask over tokens without padding is not built where the bottom-right causal kernel is
+    that mask (one query, or as many queries as keys). sdpa's own builder may materialize
+    it (whenever it may not skip, e.g. for a compileable cache), and recognising a built
+    mask means reading it back: a host sync, which a CUDA graph capture forbids."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    queries = kwargs.get("q_length")
+    if queries is None and kwargs.get("cache_position") is not None:  # transformers < 5.18
+        queries = kwargs["cache_position"].shape[0]
+    plain = (kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
+             and kwargs.get("mask_function", causal_mask_function) is causal_mask_function)
+    if plain and queries is not None and queries in (1, kwargs.get("kv_length")):
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
 def _visible_pattern(mask, queries: int, keys: int, causal: bool):
     """The attention a materialized mask describes: "causal" (query i sees keys j <= i + keys
-    - queries), "full", or None (anything else: padding, packing, windows)."""
+    - queries), "full", or None (anything else: padding, packing, windows, and any mask
+    while its values cannot be read: torch.compile tracing or a CUDA graph capture)."""
     import torch
 
-    if torch.compiler.is_compiling():  # its values are not known while tracing
+    if torch.compiler.is_compiling() or (mask.is_cuda and torch.cuda.is_current_stream_capturing()):
         return None
     if mask.dim() == 2:  # flash-attention's [B, keys] padding mask
         return ("causal" if causal else "full") if mask.shape[-1] == keys and bool(mask.all()) else None
