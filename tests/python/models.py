@@ -1,6 +1,7 @@
-"""Tiny random-weight Qwen3.5 and Qwen3-Next models built from configs: 4 layers
-(3 linear attention : 1 full attention, the real pattern), HV = 2H in the
-linear layers, conv width 4; torch_function, transformers' own torch code beneath
+"""Tiny random-weight Qwen3.5, Qwen3-Next and Qwen3.5-MoE models built from configs: 4
+layers (3 linear attention : 1 full attention, the real pattern), HV = 2H in the
+linear layers, conv width 4; Qwen3-Next and Qwen3.5-MoE with a sparse MoE block in
+every layer (MOE_MODULES; experts of width 32 and a shared expert); torch_function, transformers' own torch code beneath
 a module global's wrappers; and torch_route, the unpatched reference path."""
 
 from contextlib import contextmanager
@@ -16,6 +17,10 @@ TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_la
             initializer_range=0.1)  # spread-out logits: greedy decoding has no near ties
 MODULES = {"qwen3_5": "transformers.models.qwen3_5.modeling_qwen3_5",
            "qwen3_next": "transformers.models.qwen3_next.modeling_qwen3_next"}
+# The models with a mixture of experts (Qwen3.5-MoE: 16 experts, top 4; Qwen3-Next: 4, top 2).
+MOE_MODULES = {"qwen3_5_moe": "transformers.models.qwen3_5_moe.modeling_qwen3_5_moe",
+               "qwen3_next": MODULES["qwen3_next"]}
+QWEN3_5_MOE = dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=32, shared_expert_intermediate_size=32)
 
 
 def build(name: str, dtype=torch.float32, **overrides):
@@ -25,6 +30,10 @@ def build(name: str, dtype=torch.float32, **overrides):
     if name == "qwen3_5":
         config = transformers.Qwen3_5TextConfig(**options)
         model = transformers.Qwen3_5ForCausalLM(config)
+    elif name == "qwen3_5_moe":  # its config has no dense MLP width
+        options.pop("intermediate_size")
+        config = transformers.Qwen3_5MoeTextConfig(**QWEN3_5_MOE | options)
+        model = transformers.Qwen3_5MoeForCausalLM(config)
     else:
         config = transformers.Qwen3NextConfig(**options, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                               shared_expert_intermediate_size=32)

@@ -13,12 +13,20 @@ Attention: the function "hops" joins transformers' AttentionInterface (a counted
 redirect whose fallback is the model's configured attention, then the output gate),
 with sdpa's mask builder in the AttentionMaskInterface; the full-attention layers'
 forward is replaced by one that hands the output gate to it (_redirects/attn.py).
+
+Mixture of experts: the experts function "hops" joins transformers' ExpertsInterface (a
+counted redirect whose fallback is the model's configured experts implementation), and,
+where the kernels package imports, a hops layer is registered for the routers' hub name
+(SoftmaxTopKRouter) in its layer mapping; the Qwen3.5-MoE / Qwen3-Next experts classes'
+forward calls the "hops" experts function, their routers' forward becomes a redirect to
+moe_route (_redirects/moe.py). The shared expert stays a dense torch MLP.
 """
 
+import copy
 import importlib
 import inspect
 
-from ._redirects import FAMILIES, attn
+from ._redirects import FAMILIES, attn, moe
 
 MODULES = {
     "qwen3_next": "transformers.models.qwen3_next.modeling_qwen3_next",
@@ -132,10 +140,73 @@ def _patch_attention_layers(patcher, alias: str, module) -> None:
             patcher.report.patched.append(f"{alias}.{cls.__name__}.forward")
 
 
+EXPERTS_LABEL = f"ExpertsInterface.{moe.INTERFACE}"
+ROUTER_KERNEL_LABEL = f"kernels.{moe.ROUTER_HUB_NAME}"
+
+
+def _register_experts(patcher) -> bool:
+    """The experts function "hops" in transformers' ExpertsInterface (so that any model with
+    use_experts_implementation may select it, experts_implementation="hops"), and hops'
+    router layer for the kernels package's layer name SoftmaxTopKRouter."""
+    try:
+        from transformers.integrations.moe import ExpertsInterface
+    except Exception as error:  # no transformers, or one without the interface
+        patcher.report.skipped[EXPERTS_LABEL] = f"{type(error).__name__}: {error}"
+        return False
+    redirect = patcher.redirect(EXPERTS_LABEL, moe.experts, moe.fallback_experts, like=moe.experts)
+    patcher.set_item(ExpertsInterface._global_mapping, moe.INTERFACE, redirect)
+    _register_router_kernel(patcher)
+    return True
+
+
+class _LayerRepository:
+    """A repository of the kernels package's layer mapping (its RepositoryProtocol: load()
+    returns the layer class) that holds hops' router layer, in memory."""
+
+    def __init__(self, layer: type):
+        self.layer = layer
+
+    def load(self) -> type:
+        return self.layer
+
+    def __str__(self) -> str:
+        return f"hops ({self.layer.__name__})"
+
+
+def _register_router_kernel(patcher) -> None:
+    """kernels.kernelize(model, ...) then gives the routers (use_kernel_forward_from_hub(
+    "SoftmaxTopKRouter")) hops' forward on CPU and CUDA devices, in every mode: a counted
+    redirect whose fallback is the router class's own forward. The mapping's entry for that
+    name is replaced by a copy with hops added, so that unpatch() restores the original."""
+    try:
+        from kernels import register_kernel_mapping
+        from kernels._internals.layer.globals import _KERNEL_MAPPING
+    except Exception as error:  # kernels is optional (transformers 5.23/5.24 do not need it)
+        patcher.report.skipped[ROUTER_KERNEL_LABEL] = f"kernels: {type(error).__name__}: {error}"
+        return
+    forward = patcher.redirect(ROUTER_KERNEL_LABEL, moe.router_forward, moe.fallback_router, like=moe.router_forward)
+    repository = _LayerRepository(moe.router_layer(forward))
+    mapping = _KERNEL_MAPPING.get()
+    patcher.set_item(mapping, moe.ROUTER_HUB_NAME, copy.deepcopy(mapping.get(moe.ROUTER_HUB_NAME, {})))
+    register_kernel_mapping({moe.ROUTER_HUB_NAME: dict.fromkeys(("cpu", "cuda"), repository)})
+
+
+def _patch_moe_layers(patcher, alias: str, module) -> None:
+    """The experts classes' forward -> the experts function "hops" (the configured one is its
+    fallback); the top-k softmax routers' forward -> a redirect to moe_route."""
+    for cls in [cls for cls in vars(module).values() if inspect.isclass(cls) and cls.__module__ == module.__name__]:
+        if moe.is_experts_class(cls):
+            patcher.set_attr(cls, "forward", moe.experts_forward(vars(cls)["forward"]))
+            patcher.report.patched.append(f"{alias}.{cls.__name__}.forward")
+        elif moe.is_router_class(cls):
+            patcher.replace(cls, "forward", f"{alias}.{cls.__name__}.forward", moe.router_forward)
+
+
 def apply(patcher, targets: list[str], families: set[str]) -> set[type]:
     """Patch the modeling modules of `targets`; returns the GatedDeltaNet classes."""
     layer_classes: set[type] = set()
     attention = attn.NAME in families and targets and _register_attention(patcher)
+    experts = moe.NAME in families and targets and _register_experts(patcher)
     for alias in targets:
         try:
             module = importlib.import_module(MODULES[alias])
@@ -145,4 +216,6 @@ def apply(patcher, targets: list[str], families: set[str]) -> set[type]:
         layer_classes |= _patch_module(patcher, alias, module, families)
         if attention:
             _patch_attention_layers(patcher, alias, module)
+        if experts:
+            _patch_moe_layers(patcher, alias, module)
     return layer_classes

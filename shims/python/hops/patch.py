@@ -1,4 +1,5 @@
-"""hops.patch(): run the hosts' Gated DeltaNet, conv1d, gated RMSNorm and attention on hops.
+"""hops.patch(): run the hosts' Gated DeltaNet, conv1d, gated RMSNorm, attention and mixture of
+experts on hops.
 
 Every replaced attribute becomes a *redirect*: it calls hops (torch tensors
 through the custom ops of hops.torch_ops, so autograd runs hops' backward

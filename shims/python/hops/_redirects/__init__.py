@@ -5,6 +5,6 @@ their signatures), TRANSFORMERS_METHODS (class-name suffix -> {method: implement
 and FLA_ENTRY_POINTS (fla.ops.gated_delta_rule name -> (drop-in, op its verifier asks)).
 No module here imports torch: torch tensors reach hops.torch_ops through _dispatch."""
 
-from . import attn, conv, gdn, norm
+from . import attn, conv, gdn, moe, norm
 
-FAMILIES = (gdn, conv, norm, attn)  # one line per family
+FAMILIES = (gdn, conv, norm, attn, moe)  # one line per family

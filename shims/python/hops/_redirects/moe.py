@@ -1,0 +1,135 @@
+"""Mixture of experts: transformers' experts function "hops" (ExpertsInterface) and the
+sparse MoE blocks of Qwen3.5-MoE / Qwen3-Next, whose router and experts then run on hops
+(the shared expert stays the layer's dense torch MLP).
+
+`experts` has the signature of transformers' experts functions (the experts module,
+hidden_states [T,Hd], top_k_index [T,k], top_k_weights [T,k]): moe_dispatch, the grouped
+SwiGLU moe_expert_mlp on the module's stacked gate_up_proj / down_proj, moe_combine. It
+refuses layouts hops does not compute (no gate, biases, transposed or interleaved
+weights, a post-expert norm, an activation other than silu, a custom gate, expert
+parallelism). `fallback_experts` is what the module would have run: its configured
+experts implementation (its own loop for "eager" and for "hops" itself).
+
+`router_forward` is the forward of the routers (transformers' linear, then moe_route:
+softmax over the experts, top-k, renormalised where the router does); the router's
+hub-kernel name is ROUTER_HUB_NAME. No module here imports torch at import time."""
+
+import functools
+import inspect
+
+from .._dispatch import ops_for
+from ..errors import unsupported
+
+NAME, SWITCH = "moe", "HOPS_PATCH_MOE"
+INTERFACE = "hops"  # the name in transformers' ExpertsInterface (experts_implementation="hops")
+ROUTER_HUB_NAME = "SoftmaxTopKRouter"  # the routers' use_kernel_forward_from_hub name (kernels' layer mapping)
+_SILU = ("SiLU", "SiLUActivation")
+
+
+def _refuse_layout(module) -> None:
+    """HopsError for an experts module whose layout or options hops has no kernel for
+    (use_experts_implementation's flags; read on the module, so torch.compile resolves them)."""
+    flags = {"no gate": not getattr(module, "has_gate", True), "biases": getattr(module, "has_bias", False),
+             "transposed weights": getattr(module, "is_transposed", False),
+             "interleaved gate/up weights": not getattr(module, "is_concatenated", True),
+             "a post-expert norm": getattr(module, "has_post_expert_norm", False),
+             "expert parallelism": getattr(module, "_is_expert_parallel", False)}
+    refused = [what for what, present in flags.items() if present]
+    if type(getattr(module, "act_fn", None)).__name__ not in _SILU:
+        refused.append(f"activation {type(getattr(module, 'act_fn', None)).__name__}")
+    gate = getattr(type(module), "_apply_gate", None)
+    if gate is not None and gate.__name__ != "_default_apply_gate":
+        refused.append("a custom _apply_gate")
+    if refused:
+        raise unsupported(f"experts with {', '.join(refused)}: hops computes silu(gate) * up experts, "
+                          "concatenated [E, 2I, Hd] / [E, Hd, I] weights without biases")
+
+
+def experts(module, hidden_states, top_k_index, top_k_weights):
+    """transformers' experts function on hops -> [T,Hd] in hidden_states' dtype: each token's
+    rows to its experts (moe_dispatch), the grouped SwiGLU (moe_expert_mlp), the weighted sum
+    in slot order (moe_combine). Differentiable in hidden_states, the weights and top_k_weights."""
+    _refuse_layout(module)
+    ops = ops_for(hidden_states)
+    rows, counts, row_map = ops.moe_dispatch(hidden_states, top_k_index, module.num_experts)
+    out = ops.moe_expert_mlp(rows, counts, module.gate_up_proj, module.down_proj)
+    return ops.moe_combine(out, row_map, top_k_weights)
+
+
+def fallback_experts(module, hidden_states, top_k_index, top_k_weights):
+    """What runs where hops does not: the module's configured experts implementation; its
+    own loop (transformers' "eager") where that is "eager" or "hops" itself."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    configured = getattr(getattr(module, "config", None), "_experts_implementation", None)
+    if configured in (None, "eager", INTERFACE) or configured not in ALL_EXPERTS_FUNCTIONS:
+        return inspect.unwrap(type(module).forward)(module, hidden_states, top_k_index, top_k_weights)
+    return ALL_EXPERTS_FUNCTIONS[configured](module, hidden_states, top_k_index, top_k_weights)
+
+
+def experts_forward(original):
+    """The forward of an experts class while patched: the experts function "hops" (counted
+    there; its fallback is the configured implementation). It carries `original`'s name and
+    signature, and `original` as __wrapped__, beneath which lies the module's own loop."""
+    @functools.wraps(original)
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+        return ALL_EXPERTS_FUNCTIONS[INTERFACE](self, hidden_states, top_k_index, top_k_weights)
+
+    return forward
+
+
+def is_experts_class(cls) -> bool:
+    """Whether `cls` is an experts module whose forward dispatches through the ExpertsInterface
+    (transformers' use_experts_implementation)."""
+    code = getattr(vars(cls).get("forward"), "__code__", None)  # the wrapper's own (getsource unwraps it)
+    return cls.__name__.endswith("Experts") and code is not None and "get_interface" in code.co_names
+
+
+def router_forward(self, hidden_states):
+    """The top-k softmax router on hops -> (router_logits, routing weights in the logits'
+    dtype, expert ids int64), as transformers' Qwen3.5-MoE / Qwen3-Next routers return them:
+    their linear, then moe_route (renormalised unless the router's norm_topk_prob is off)."""
+    import torch.nn.functional as F
+
+    hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+    router_logits = F.linear(hidden_states, self.weight)
+    weights, ids = ops_for(router_logits).moe_route(router_logits, self.top_k,
+                                                    normalize=getattr(self, "norm_topk_prob", True),
+                                                    weights_dtype=router_logits.dtype)
+    return router_logits, weights, ids
+
+
+def fallback_router(self, hidden_states):
+    """The router's own forward (the class's, beneath a hops redirect)."""
+    forward = type(self).forward
+    return getattr(forward, "__hops_original__", forward)(self, hidden_states)
+
+
+def is_router_class(cls) -> bool:
+    """Whether `cls` is a router whose forward router_forward reproduces: softmax over the
+    experts, then top-k of the probabilities (not a sigmoid or biased router)."""
+    source = _source(vars(cls).get("forward"))
+    return cls.__name__.endswith("TopKRouter") and "softmax(router_logits" in source and "topk(router_probs" in source
+
+
+def router_layer(forward):
+    """An nn.Module class with `forward` and nothing else, as the kernels package accepts
+    for a layer name (stateless, the router's forward signature)."""
+    import torch
+
+    return type("HopsSoftmaxTopKRouter", (torch.nn.Module,),
+                {"forward": forward, "can_torch_compile": True, "has_backward": True, "__module__": __name__})
+
+
+def _source(function) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+TRANSFORMERS_FUNCTIONS = {}
+TRANSFORMERS_METHODS = {}  # the routers and experts are patched by _patch_transformers (with their checks)
+FLA_ENTRY_POINTS = {}
