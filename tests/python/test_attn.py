@@ -555,7 +555,7 @@ def test_tiny_models_prefill_and_greedy_decode_with_attention_on_hops(case):
 
 
 def only_attention(monkeypatch):
-    for switch in ("HOPS_PATCH_GDN", "HOPS_PATCH_CONV", "HOPS_PATCH_NORM"):
+    for switch in ("HOPS_PATCH_GDN", "HOPS_PATCH_CONV", "HOPS_PATCH_NORM", "HOPS_PATCH_MOE"):
         monkeypatch.setenv(switch, "0")
 
 

@@ -3,7 +3,7 @@ patched, each trained 3 AdamW steps on the same batch, once with every weight tr
 and once with LoRA-style adapters only, gives equal losses (1e-5 relative) and
 parameter gradients (1e-4 relative L2 where fp32 allows it: gradient_tolerance), fp32;
 the patch report proves that hops ran the forward and the backward of every GDN,
-conv1d, gated-norm and (full-)attention call. The patched
+conv1d, gated-norm, (full-)attention and (Qwen3-Next) MoE call. The patched
 model also compiles whole (torch.compile fullgraph=True): the hops ops are traced,
 not graph breaks."""
 
@@ -15,7 +15,7 @@ from torch import nn
 
 import hops
 from hops._patch_transformers import ATTENTION_LABEL
-from models import MODULES, build, torch_route
+from models import MODULES, MOE_MODULES, build, torch_route
 
 pytest.importorskip("transformers")
 
@@ -121,9 +121,11 @@ def test_training_steps_equal_and_hops_ran_both_ways(alias, subset):
     assert forwards == dict.fromkeys(forwards, calls)
     assert report.calls[ATTENTION_LABEL] == STEPS * ATTENTION_LAYERS
     assert sum(report.fallbacks.values()) == 0, report.fallback_reasons
+    moe = dict.fromkeys(["moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine", "moe_dispatch_bwd",
+                         "moe_expert_mlp_bwd", "moe_combine_bwd"], STEPS * (LINEAR_LAYERS + ATTENTION_LAYERS))
     assert report.kernels == dict.fromkeys(["gdn_chunk_fwd", "gdn_chunk_bwd", "conv1d_fwd", "conv1d_bwd",
                                             "gated_rmsnorm", "gated_rmsnorm_bwd"], calls) | dict.fromkeys(
-        ["attn_prefill", "attn_prefill_bwd"], STEPS * ATTENTION_LAYERS)
+        ["attn_prefill", "attn_prefill_bwd"], STEPS * ATTENTION_LAYERS) | (moe if alias in MOE_MODULES else {})
 
 
 def test_patched_model_compiles_whole_and_trains_like_eager():
