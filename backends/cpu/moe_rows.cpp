@@ -6,6 +6,10 @@
 // each row written by one thread.
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "checked_math.hpp"
 #include "moe.hpp"
 
@@ -33,6 +37,35 @@ void copy_row(const T* __restrict in, int64_t in_step, T* __restrict out, int64_
   } else {
     for (int64_t i = 0; i < n; ++i) out[i * out_step] = in[i * in_step];
   }
+}
+
+// Outputs of at least this many bytes are written past the caches (stream_copy).
+constexpr int64_t kStreamBytes = int64_t{64} << 20;
+
+// memcpy with non-temporal stores from the first 16-byte aligned byte of out:
+// an ordinary store reads the line it writes first, a third of the traffic of
+// a copy into memory no cache holds. Weakly ordered: stream_fence() before
+// another thread may read out.
+void stream_copy(const void* in, void* out, int64_t bytes) {
+#if defined(__x86_64__)
+  const auto* from = static_cast<const char*>(in);
+  auto* to = static_cast<char*>(out);
+  const int64_t head = std::min(bytes, static_cast<int64_t>(-reinterpret_cast<uintptr_t>(to) & 15));
+  std::memcpy(to, from, head);
+  int64_t i = head;
+  for (; i + 16 <= bytes; i += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(to + i),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(from + i)));
+  }
+  std::memcpy(to + i, from + i, bytes - i);
+#else
+  std::memcpy(out, in, bytes);
+#endif
+}
+void stream_fence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
 }
 
 // Rows [first, last) of a [R, Hd] tensor set to zero.
@@ -174,6 +207,8 @@ void moe_dispatch(const ExecContext& context, const MoeDispatch& op) {
   }
   const int64_t used = first[E];
   visit_float(op.x.dtype, [&]<class S>(S) {
+    const bool stream = op.x.stride[1] == 1 && op.rows.stride[1] == 1 &&
+                        R * op.Hd * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
     context.threads->parallel_for(
         task_count(T, kTokensPerTask), context.max_workers, [&](int64_t task, int) {
           for (int64_t t = task * kTokensPerTask; t < std::min(T, (task + 1) * kTokensPerTask);
@@ -182,10 +217,15 @@ void moe_dispatch(const ExecContext& context, const MoeDispatch& op) {
             for (int64_t j = 0; j < k; ++j) {
               const int64_t r = slot_row(op.row_map, t, j, R);
               if (r < 0) continue;
-              copy_row(in, op.x.stride[1], op.rows.data<S>() + op.rows.offset(r, 0),
-                       op.rows.stride[1], op.Hd);
+              S* out = op.rows.data<S>() + op.rows.offset(r, 0);
+              if (stream) {
+                stream_copy(in, out, op.Hd * static_cast<int64_t>(sizeof(S)));
+              } else {
+                copy_row(in, op.x.stride[1], out, op.rows.stride[1], op.Hd);
+              }
             }
           }
+          if (stream) stream_fence();
         });
   });
   moe::zero_rows(context, op.rows, used, R);
