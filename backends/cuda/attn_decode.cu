@@ -1,10 +1,13 @@
 // attn_decode against a paged cache, split over the context (flash-decoding):
 // each CTA takes one piece of `chunk` tokens of one sequence and key-value
-// head and writes its partial (m, l, o) to scratch; a second kernel merges
-// the pieces of each query row in order. Tensor cores (mma.sync) for f16/bf16
-// with D in {64, 128, 256}: a CTA serves 16 query rows (the group's heads x the
-// L new tokens), so each cache row is read once per 16 rows; a general f32
-// kernel otherwise. kv_cache_write is here too.
+// head; with several pieces it writes its partial (m, l, o) to scratch and a
+// second kernel merges the pieces of each query row in a fixed order. Tensor
+// cores (mma.sync) for f16/bf16 with D in {64, 128, 256}: a CTA serves 16
+// query rows (the group's heads x the L new tokens), so each cache row is read
+// once per 16 rows; a general f32 kernel otherwise. kv_cache_write is here too.
+#include <algorithm>
+#include <atomic>
+
 #include "attn_common.cuh"
 
 namespace hops::cuda {
@@ -49,37 +52,104 @@ __device__ __forceinline__ int64_t cache_row(const AttnDecodeParams& p, const Ar
 
 // ---- tensor cores ----------------------------------------------------------------------
 
+// Division of nonnegative values: 32-bit when both fit (the usual case), else 64-bit.
+__device__ __forceinline__ int64_t div_nonneg(int64_t a, int64_t b) {
+  if (((a | b) >> 31) == 0) return static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
+  return a / b;
+}
+
+// Issues 16-byte cp.async of the K and V rows of tokens [p0, p0 + 16) (p0 a
+// multiple of 16) of sequence n, head kvh into sk and sv (16 rows of pitch P)
+// and returns the mask of rows loaded: bit i set when token p0 + i is below
+// `end` and its block is in the cache; the other rows are zero-filled. Lane
+// `lane` copies piece lane % (D/8) of rows lane / (D/8) + (256/D) j. When
+// block_size is a multiple of 16 the chunk lies in one block: one table read
+// and no division per row; otherwise lane i < 16 finds row i and the warp
+// shares the offsets.
+template <class E, int D, int P>
+__device__ __forceinline__ int issue_chunk(const AttnDecodeParams& p, int64_t n, int64_t kvh,
+                                           int64_t p0, int64_t end, E* sk, E* sv, int lane) {
+  constexpr int kPieces = D / 8, kStep = 32 / kPieces, kIters = 16 / kStep;
+  const int c = lane % kPieces, sub = lane / kPieces;
+  const Arg &kc = p.k_cache, &vc = p.v_cache;
+  const E* kb = reinterpret_cast<const E*>(kc.data);
+  const E* vb = reinterpret_cast<const E*>(vc.data);
+  if (p.block_size % 16 == 0) {
+    const int64_t idx = div_nonneg(p0, p.block_size), row0 = p0 - idx * p.block_size;
+    const int64_t block = ld_index2(p.block_table, n, idx), rows = end - p0;
+    const int mask =
+        block < 0 || block >= p.num_blocks ? 0 : (rows >= 16 ? 0xffff : (1 << rows) - 1);
+    const int64_t kbase =
+        mask ? block * kc.stride[0] + row0 * kc.stride[1] + kvh * kc.stride[2] : 0;
+    const int64_t vbase =
+        mask ? block * vc.stride[0] + row0 * vc.stride[1] + kvh * vc.stride[2] : 0;
+#pragma unroll
+    for (int j = 0; j < kIters; ++j) {
+      const int r = sub + kStep * j;
+      const bool valid = (mask >> r) & 1;
+      cp_async16(sk + r * P + c * 8, valid ? kb + kbase + r * kc.stride[1] + c * 8 : kb, valid);
+      cp_async16(sv + r * P + c * 8, valid ? vb + vbase + r * vc.stride[1] + c * 8 : vb, valid);
+    }
+    return mask;
+  }
+  int64_t koff = 0, voff = 0;
+  bool mine = false;
+  if (lane < 16 && p0 + lane < end) {
+    const int64_t pos = p0 + lane, idx = div_nonneg(pos, p.block_size);
+    const int64_t block = ld_index2(p.block_table, n, idx);
+    if (block >= 0 && block < p.num_blocks) {
+      const int64_t row = pos - idx * p.block_size;
+      koff = block * kc.stride[0] + row * kc.stride[1] + kvh * kc.stride[2];
+      voff = block * vc.stride[0] + row * vc.stride[1] + kvh * vc.stride[2];
+      mine = true;
+    }
+  }
+  const int mask = static_cast<int>(__ballot_sync(0xffffffffu, mine));
+#pragma unroll
+  for (int j = 0; j < kIters; ++j) {
+    const int r = sub + kStep * j;
+    const int64_t ko = __shfl_sync(0xffffffffu, koff, r), vo = __shfl_sync(0xffffffffu, voff, r);
+    const bool valid = (mask >> r) & 1;
+    cp_async16(sk + r * P + c * 8, valid ? kb + ko + c * 8 : kb, valid);
+    cp_async16(sv + r * P + c * 8, valid ? vb + vo + c * 8 : vb, valid);
+  }
+  return mask;
+}
+
 // A CTA of 4 warps: 16 query rows (row r = l * G + h of the key-value head's
-// group) against a piece of the context in tiles of 64 tokens (16 per warp),
-// three stages of K and V by cp.async. Each warp keeps its own online softmax
-// over its tokens; the four are merged through smem at the end.
+// group) against a piece of the context. The piece is cut into chunks of 16
+// tokens; warp w takes chunks w, w + 4, ... through its own ring of three
+// stages (K and V rows by cp.async), so the loop needs only warp barriers
+// and each warp keeps two chunks (16 KB at D = 256) in flight. Each warp keeps
+// its own online softmax; the four are merged in order through smem at the
+// end. With one piece per sequence the CTA writes o itself, else its partial
+// (m, l, o) goes to scratch for the merge kernel.
 template <int D>
 struct DecTile {
   static constexpr int kWarps = 4, kThreads = 32 * kWarps;
-  static constexpr int kRows = 16, kTokens = 16 * kWarps, kStages = 3;
+  static constexpr int kRows = 16, kChunk = 16, kStages = 3;
   static constexpr int kPitch = D + 8;
-  static constexpr int kOPitch = D + 4;  // the f32 merge rows
-  static constexpr size_t kTiles = size_t(kRows + 2 * kStages * kTokens) * kPitch * 2;
+  static constexpr int kOPitch = D + 4;                    // the f32 merge rows
+  static constexpr int kStageElems = 2 * kChunk * kPitch;  // K rows then V rows
+  static constexpr size_t kTiles = (size_t(kRows) * kPitch + kWarps * kStages * kStageElems) * 2;
   static constexpr size_t kMerge = size_t(kWarps) * kRows * kOPitch * 4;
-  static constexpr size_t kSmem =
-      (kTiles > kMerge ? kTiles : kMerge) + (kStages * kTokens + 2 * kWarps * kRows) * 4;
+  static constexpr size_t kTail = (kWarps * kStages + 2 * kWarps * kRows) * 4;
+  static constexpr size_t kSmem = (kTiles > kMerge ? kTiles : kMerge) + kTail;
 };
 
 template <class E, int D>
 __global__ void __launch_bounds__(DecTile<D>::kThreads)
     decode_tc_kernel(const AttnDecodeParams p, DecodeScratch out, int64_t row_tiles) {
   using Tile = DecTile<D>;
-  constexpr int kRows = Tile::kRows, kTokens = Tile::kTokens, kStages = Tile::kStages;
-  constexpr int P = Tile::kPitch, kThreads = Tile::kThreads, kPieces = D / 8;
+  constexpr int kRows = Tile::kRows, kChunk = Tile::kChunk, kStages = Tile::kStages;
+  constexpr int kWarps = Tile::kWarps, P = Tile::kPitch, kThreads = Tile::kThreads;
+  constexpr int kPieces = D / 8;
   extern __shared__ uint4 smem[];
   E* sQ = reinterpret_cast<E*>(smem);
-  E* sK = sQ + kRows * P;                      // kStages x kTokens rows
-  E* sV = sK + kStages * kTokens * P;          // kStages x kTokens rows
-  float* sO = reinterpret_cast<float*>(smem);  // the merge, after the tiles are done
-  int* sValid = reinterpret_cast<int*>(reinterpret_cast<char*>(smem) + Tile::kSmem -
-                                       (kStages * kTokens + 2 * Tile::kWarps * kRows) * 4);
-  float* sM = reinterpret_cast<float*>(sValid + kStages * kTokens);  // [warp][row]
-  float* sL = sM + Tile::kWarps * kRows;
+  float* sO = reinterpret_cast<float*>(smem);  // the merge, after the chunks are done
+  int* sMask = reinterpret_cast<int*>(reinterpret_cast<char*>(smem) + Tile::kSmem - Tile::kTail);
+  float* sM = reinterpret_cast<float*>(sMask + kWarps * kStages);  // [warp][row]
+  float* sL = sM + kWarps * kRows;
 
   int64_t x = blockIdx.x;
   const int64_t split = x % p.splits;
@@ -90,10 +160,9 @@ __global__ void __launch_bounds__(DecTile<D>::kThreads)
   const int64_t G = p.Hq / p.Hkv, rows = G * p.L;
   const int64_t len = seq_len(p, n);
   const int64_t begin = split * p.chunk, end = min(len, begin + p.chunk);
-  const int ntiles = end > begin ? static_cast<int>((end - begin + kTokens - 1) / kTokens) : 0;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
-  // Q rows (zero past the group's rows).
+  // Q rows (zero past the group's rows), a group of their own.
   for (int idx = tid; idx < kRows * kPieces; idx += kThreads) {
     const int r = idx / kPieces, c = idx % kPieces;
     const int64_t row = rt * kRows + r;
@@ -102,25 +171,26 @@ __global__ void __launch_bounds__(DecTile<D>::kThreads)
                    (valid ? at3(p.q, n, row / G, kvh * G + row % G) + c * 8 : 0);
     cp_async16(sQ + r * P + c * 8, src, valid);
   }
-  const auto issue = [&](int t, int st) {
-    const int64_t p0 = begin + int64_t{t} * kTokens;
-    for (int idx = tid; idx < kTokens * kPieces; idx += kThreads) {
-      const int r = idx / kPieces, c = idx % kPieces;
-      const int64_t pos = p0 + r;
-      const int64_t krow = pos < end ? cache_row(p, p.k_cache, n, kvh, pos) : -1;
-      const int64_t vrow = krow >= 0 ? cache_row(p, p.v_cache, n, kvh, pos) : -1;
-      const bool valid = krow >= 0;
-      const E* kb = reinterpret_cast<const E*>(p.k_cache.data);
-      const E* vb = reinterpret_cast<const E*>(p.v_cache.data);
-      cp_async16(sK + (st * kTokens + r) * P + c * 8, valid ? kb + krow + c * 8 : kb, valid);
-      cp_async16(sV + (st * kTokens + r) * P + c * 8, valid ? vb + vrow + c * 8 : vb, valid);
-      if (c == 0) sValid[st * kTokens + r] = valid;
-    }
+  cp_async_commit();
+
+  // This warp's chunks: tokens [first + i step, + 16) for first + i step < end.
+  E* ring = sQ + kRows * P + warp * kStages * Tile::kStageElems;
+  const int64_t first = begin + kChunk * warp, step = kChunk * kWarps;
+  const int count = end > first ? static_cast<int>((end - first + step - 1) / step) : 0;
+  const auto issue = [&](int i) {
+    const int st = i % kStages;
+    E* sk = ring + st * Tile::kStageElems;
+    const int mask =
+        issue_chunk<E, D, P>(p, n, kvh, first + i * step, end, sk, sk + kChunk * P, lane);
+    if (lane == 0) sMask[warp * kStages + st] = mask;
   };
-  if (ntiles > 0) issue(0, 0);
-  cp_async_commit();
-  if (ntiles > 1) issue(1, 1);
-  cp_async_commit();
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < count) issue(i);
+    cp_async_commit();
+  }
+  cp_async_wait<kStages - 1>();  // this thread's part of Q
+  __syncthreads();
 
   const float c2 = p.scale * kLog2e;
   // This thread's rows g and g + 8: their last visible position len - L + l.
@@ -133,23 +203,23 @@ __global__ void __launch_bounds__(DecTile<D>::kThreads)
   float o[D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
   const E* qa = sQ + a_rows<P>(lane);
-  for (int t = 0; t < ntiles; ++t) {
-    const int st = t % kStages;
-    cp_async_wait<1>();
-    __syncthreads();
-    if (t + 2 < ntiles) issue(t + 2, (t + 2) % kStages);
+  for (int i = 0; i < count; ++i) {
+    const int st = i % kStages;
+    cp_async_wait<kStages - 2>();  // chunk i landed (this lane's rows) ...
+    __syncwarp();                  // ... and the other lanes', and stage i - 1 is free
+    if (i + kStages - 1 < count) issue(i + kStages - 1);
     cp_async_commit();
-    const int tok = st * kTokens + warp * 16;  // this warp's 16 tokens of the tile
+    const E* sk = ring + st * Tile::kStageElems;
+    const int mask = sMask[warp * kStages + st];
     float sc[2][4] = {};
-    mma_rows_rows<E, P, D / 16, 2>(sc, qa, sK + tok * P + b_rows<P>(lane));
-    const int64_t p0 = begin + int64_t{t} * kTokens + warp * 16;
+    mma_rows_rows<E, P, D / 16, 2>(sc, qa, sk + b_rows<P>(lane));
+    const int64_t p0 = first + i * step;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = 8 * j + 2 * (lane & 3) + (e & 1);
-        const int64_t pos = p0 + col;
-        const bool visible = sValid[tok + col] && pos <= last[e >> 1];
+        const bool visible = ((mask >> col) & 1) && p0 + col <= last[e >> 1];
         sc[j][e] = visible ? sc[j][e] * c2 : -INFINITY;
       }
     }
@@ -172,13 +242,13 @@ __global__ void __launch_bounds__(DecTile<D>::kThreads)
 #pragma unroll
       for (int d = 0; d < D / 8; ++d) o[d][2 * r] *= alpha, o[d][2 * r + 1] *= alpha;
     }
-    mma_regs_trans<E, P, 2, D / 8>(o, sc, sV + tok * P + b_trans<P>(lane));
+    mma_regs_trans<E, P, 2, D / 8>(o, sc, sk + kChunk * P + b_trans<P>(lane));
   }
   cp_async_wait<0>();
-  __syncthreads();  // the tiles are done: smem becomes the merge area
+  __syncthreads();  // every warp is done with its ring: smem becomes the merge area
 
-  // Each warp's (m, l, o) of rows g, g + 8 to smem; then thread per column sums
-  // the warps in order.
+  // Each warp's (m, l, o) of rows g, g + 8 to smem; then a thread per column
+  // sums the warps in order.
   const int g = lane >> 2;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -198,16 +268,22 @@ __global__ void __launch_bounds__(DecTile<D>::kThreads)
     if (row >= rows) continue;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < Tile::kWarps; ++w) mx = fmaxf(mx, sM[w * kRows + r]);
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sM[w * kRows + r]);
     const float base = mx == -INFINITY ? 0.0f : mx;
     float lsum = 0.0f, osum = 0.0f;
 #pragma unroll
-    for (int w = 0; w < Tile::kWarps; ++w) {
+    for (int w = 0; w < kWarps; ++w) {
       const float f = ex2(sM[w * kRows + r] - base);
       lsum += f * sL[w * kRows + r];
       osum += f * sO[(w * kRows + r) * Tile::kOPitch + d];
     }
-    const int64_t part = ((n * p.L + row / G) * p.Hq + kvh * G + row % G) * p.splits + split;
+    const int64_t head = kvh * G + row % G;
+    if (p.splits == 1) {
+      E* orow = reinterpret_cast<E*>(p.o.data) + at3(p.o, n, row / G, head);
+      orow[d * p.o.stride[3]] = from_f<E>(lsum > 0.0f ? osum * (1.0f / lsum) : 0.0f);
+      continue;
+    }
+    const int64_t part = ((n * p.L + row / G) * p.Hq + head) * p.splits + split;
     out.o[part * D + d] = osum;
     if (d == 0) out.m[part] = mx, out.l[part] = lsum;
   }
@@ -224,6 +300,24 @@ cudaError_t launch_decode_tc(const AttnDecodeParams& p, const DecodeScratch& s,
   decode_tc_kernel<E, D><<<static_cast<unsigned>(p.N * p.Hkv * row_tiles * p.splits),
                            Tile::kThreads, Tile::kSmem, stream>>>(p, s, row_tiles);
   return cudaGetLastError();
+}
+
+// CTAs of the tensor-core kernel resident per SM (its smem decides), asked
+// once: the module runs on sm_90 devices only, which agree on it.
+template <class E, int D>
+cudaError_t decode_tc_per_sm(int& per_sm) {
+  using Tile = DecTile<D>;
+  static std::atomic<int> known{0};
+  per_sm = known.load(std::memory_order_relaxed);
+  if (per_sm > 0) return cudaSuccess;
+  cudaError_t status = cudaFuncSetAttribute(
+      decode_tc_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  if (status == cudaSuccess) {
+    status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_tc_kernel<E, D>,
+                                                           Tile::kThreads, Tile::kSmem);
+  }
+  if (status == cudaSuccess) known.store(per_sm, std::memory_order_relaxed);
+  return status;
 }
 
 // ---- general (f32 CUDA cores) ----------------------------------------------------------
@@ -308,27 +402,66 @@ __global__ void __launch_bounds__(kGenThreads)
   }
 }
 
-// ---- the merge: a CTA per (sequence, new token, query head) row ------------------------
+// ---- the merge: a CTA per (query row, 64 columns) ---------------------------------------
+
+// The pieces' weights 2^(m_s - max) first (in smem), then thread (j, c) sums
+// pieces j, j + 4, ... of its column with independent loads in flight, and the
+// four partial sums are added in order: the same order on every call.
+constexpr int kMergeCols = 64, kMergeSlices = 4, kMergeThreads = kMergeCols * kMergeSlices;
+constexpr int64_t kMaxSplits = 1024;
+
+// A CTA-wide max or sum over kMergeThreads threads in a fixed tree order.
+template <class Op>
+__device__ __forceinline__ float merge_reduce(float v, float* red, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = red[0];
+#pragma unroll
+  for (int w = 1; w < kMergeThreads / 32; ++w) v = op(v, red[w]);
+  __syncthreads();
+  return v;
+}
 
 template <class T>
-__global__ void __launch_bounds__(128)
-    decode_merge_kernel(const AttnDecodeParams p, DecodeScratch in) {
-  const int64_t row = blockIdx.x;  // (n * L + l) * Hq + head
+__global__ void __launch_bounds__(kMergeThreads)
+    decode_merge_kernel(const AttnDecodeParams p, DecodeScratch in, int64_t col_blocks) {
+  __shared__ float sW[kMaxSplits];
+  __shared__ float sPart[kMergeSlices][kMergeCols];
+  __shared__ float sRed[kMergeThreads / 32];
+  const int64_t row = blockIdx.x / col_blocks;  // (n * L + l) * Hq + head
+  const int c = threadIdx.x % kMergeCols, j = threadIdx.x / kMergeCols;
+  const int64_t d = blockIdx.x % col_blocks * kMergeCols + c;
   const int64_t head = row % p.Hq, l_new = (row / p.Hq) % p.L, n = row / (p.Hq * p.L);
-  const int64_t first = row * p.splits;
+  const int S = static_cast<int>(p.splits);
+  const float* m = in.m + row * p.splits;
+  const float* l = in.l + row * p.splits;
   float mx = -INFINITY;
-  for (int64_t s = 0; s < p.splits; ++s) mx = fmaxf(mx, in.m[first + s]);
+  for (int s = threadIdx.x; s < S; s += kMergeThreads) mx = fmaxf(mx, m[s]);
+  mx = merge_reduce(mx, sRed, [](float a, float b) { return fmaxf(a, b); });
   const float base = mx == -INFINITY ? 0.0f : mx;
   float lsum = 0.0f;
-  for (int64_t s = 0; s < p.splits; ++s) lsum += exp2f(in.m[first + s] - base) * in.l[first + s];
-  const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-  T* orow = reinterpret_cast<T*>(p.o.data) + at3(p.o, n, l_new, head);
-  for (int64_t d = threadIdx.x; d < p.D; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t s = 0; s < p.splits; ++s)
-      acc += exp2f(in.m[first + s] - base) * in.o[(first + s) * p.D + d];
-    orow[d * p.o.stride[3]] = from_f<T>(acc * inv);
+  for (int s = threadIdx.x; s < S; s += kMergeThreads) {
+    const float w = ex2(m[s] - base);
+    sW[s] = w;
+    lsum += w * l[s];
   }
+  lsum = merge_reduce(lsum, sRed, [](float a, float b) { return a + b; });  // also publishes sW
+  float acc = 0.0f;
+  if (d < p.D) {
+    const float* o = in.o + row * p.splits * p.D + d;
+#pragma unroll 8
+    for (int s = j; s < S; s += kMergeSlices) acc = fmaf(sW[s], o[s * p.D], acc);
+  }
+  sPart[j][c] = acc;
+  __syncthreads();
+  if (j != 0 || d >= p.D) return;
+  float total = sPart[0][c];
+#pragma unroll
+  for (int k = 1; k < kMergeSlices; ++k) total += sPart[k][c];
+  T* orow = reinterpret_cast<T*>(p.o.data) + at3(p.o, n, l_new, head);
+  orow[d * p.o.stride[3]] = from_f<T>(lsum > 0.0f ? total * (1.0f / lsum) : 0.0f);
 }
 
 // ---- kv_cache_write: a thread per kVec elements of a row -------------------------------
@@ -363,7 +496,51 @@ __global__ void __launch_bounds__(256) kv_write_kernel(const KvCacheWriteParams 
 
 }  // namespace
 
-size_t attn_decode_scratch_bytes(const AttnDecodeParams& p) {
+cudaError_t plan_attn_decode(AttnDecodeParams& p, int dtype, bool tensor_cores, int sms) {
+  const int64_t capacity = p.max_blocks * p.block_size;
+  const int64_t units = std::max<int64_t>((capacity + 63) / 64, 1);  // pieces: whole 64 tokens
+  const auto use = [&](int64_t want) {
+    p.chunk = (units + want - 1) / want * 64;
+    p.splits = std::max<int64_t>((capacity + p.chunk - 1) / p.chunk, 1);
+  };
+  if (!tensor_cores) {  // ~4 CTAs per SM
+    const int64_t ctas = std::max<int64_t>(p.N * p.L * p.Hq, 1);
+    use(std::clamp<int64_t>((4 * int64_t{sms} + ctas - 1) / ctas, 1, std::min(units, kMaxSplits)));
+    return cudaSuccess;
+  }
+  int per_sm = 0;
+  const auto by_dim = [&]<class E>(E) {
+    switch (p.D) {
+      case 64:
+        return decode_tc_per_sm<E, 64>(per_sm);
+      case 128:
+        return decode_tc_per_sm<E, 128>(per_sm);
+      default:
+        return decode_tc_per_sm<E, 256>(per_sm);
+    }
+  };
+  const cudaError_t status = dtype == kBF16 ? by_dim(__nv_bfloat16{}) : by_dim(__half{});
+  if (status != cudaSuccess) return status;
+  // The fewest pieces whose CTAs fill the resident slots' waves to >= 90%
+  // (else the best filling): a piece is streamed by one CTA, so more pieces
+  // only add partials to merge.
+  const int64_t ctas = std::max<int64_t>(p.N * p.Hkv * ((p.Hq / p.Hkv * p.L + 15) / 16), 1);
+  const int64_t slots = std::max<int64_t>(int64_t{sms} * std::max(per_sm, 1), 1);
+  int64_t best = 1;
+  double best_fill = 0.0;
+  for (int64_t want = 1; want <= std::min(units, kMaxSplits); ++want) {
+    use(want);
+    const int64_t total = ctas * p.splits, waves = (total + slots - 1) / slots;
+    const double fill = double(total) / double(waves * slots);
+    if (fill > best_fill + 1e-9) best = want, best_fill = fill;
+    if (fill >= 0.9) break;
+  }
+  use(best);
+  return cudaSuccess;
+}
+
+size_t attn_decode_scratch_bytes(const AttnDecodeParams& p, bool tensor_cores) {
+  if (tensor_cores && p.splits == 1) return 0;  // the kernel writes o itself
   return size_t(p.N * p.L * p.Hq * p.splits) * (2 + p.D) * sizeof(float);
 }
 
@@ -383,16 +560,20 @@ cudaError_t launch_attn_decode(const AttnDecodeParams& p, int dtype, bool tensor
       }
     };
     status = dtype == kBF16 ? by_dim(__nv_bfloat16{}) : by_dim(__half{});
+    if (status != cudaSuccess || p.splits == 1) return status;
   } else {
     by_dtype(dtype, [&]<class T>(T) {
       decode_general_kernel<T>
           <<<static_cast<unsigned>(p.N * p.L * p.Hq * p.splits), kGenThreads, 0, stream>>>(p, s);
     });
     status = cudaGetLastError();
+    if (status != cudaSuccess) return status;
   }
-  if (status != cudaSuccess) return status;
+  const int64_t col_blocks = (p.D + kMergeCols - 1) / kMergeCols;
   by_dtype(dtype, [&]<class T>(T) {
-    decode_merge_kernel<T><<<static_cast<unsigned>(p.N * p.L * p.Hq), 128, 0, stream>>>(p, s);
+    decode_merge_kernel<T>
+        <<<static_cast<unsigned>(p.N * p.L * p.Hq * col_blocks), kMergeThreads, 0, stream>>>(
+            p, s, col_blocks);
   });
   return cudaGetLastError();
 }

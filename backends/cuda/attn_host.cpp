@@ -48,10 +48,11 @@ void prefill_limits(const Op& op) {
 void decode_limits(const AttnDecode& op) {
   check_head_dim(op.kName, op.D);
   // At most one piece per 64 tokens of the table's capacity, per (sequence,
-  // new token, query head).
+  // new token, query head); the merge takes up to four CTAs per such row.
   const std::optional<int64_t> capacity = try_mul(op.max_blocks, op.block_size);
   const std::optional<int64_t> rows = try_product(INT64_MAX, op.N, op.L, op.Hq);
-  check_grid(op.kName, capacity && rows ? try_mul(*rows, *capacity / 64 + 1) : std::nullopt);
+  check_grid(op.kName, capacity && rows ? try_mul(*rows, std::max<int64_t>(*capacity / 64 + 1, 4))
+                                        : std::nullopt);
 }
 
 bool tensor_core_dtype(DType t, int64_t D) {
@@ -152,19 +153,6 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
         "attention backward kernels launch");
 }
 
-// Pieces per sequence: enough CTAs for ~4 per SM, pieces of whole 64-token
-// tiles, at least one.
-void split_context(AttnDecodeParams& p, int64_t ctas, int device, const char* op) {
-  int sms = 0;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), op,
-        "cudaDeviceGetAttribute (multiprocessors)");
-  const int64_t tiles = std::max<int64_t>((p.max_blocks * p.block_size + 63) / 64, 1);
-  const int64_t want =
-      std::clamp<int64_t>((4 * int64_t{sms} + ctas - 1) / std::max<int64_t>(ctas, 1), 1, tiles);
-  p.chunk = (tiles + want - 1) / want * 64;
-  p.splits = std::max<int64_t>((p.max_blocks * p.block_size + p.chunk - 1) / p.chunk, 1);
-}
-
 void attn_decode(const ExecContext& context, const AttnDecode& op) {
   const DeviceGuard guard(context, op.kName);
   const StagedIndex seq_lens(op.seq_lens, guard, op.kName);
@@ -188,13 +176,14 @@ void attn_decode(const ExecContext& context, const AttnDecode& op) {
                      static_cast<float>(op.scale)};
   const bool tensor_cores =
       tensor_core_dtype(op.q.dtype, op.D) && vector_rows({&op.q, &op.k_cache, &op.v_cache}, 8);
-  // Tensor cores: a CTA per 16 query rows of a group; general: per query row.
-  const int64_t ctas =
-      tensor_cores ? op.N * op.Hkv * ((op.group() * op.L + 15) / 16) : op.N * op.L * op.Hq;
-  split_context(p, ctas, guard.device(), op.kName);
-  const Scratch scratch(attn_decode_scratch_bytes(p), guard, op.kName);
-  check(launch_attn_decode(p, code_of(op.q.dtype), tensor_cores, scratch.data(), guard.stream()),
-        op.kName, "decode kernels launch");
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, guard.device()), op.kName,
+        "cudaDeviceGetAttribute (multiprocessors)");
+  const int dtype = code_of(op.q.dtype);
+  check(plan_attn_decode(p, dtype, tensor_cores, sms), op.kName, "decode occupancy query");
+  const Scratch scratch(attn_decode_scratch_bytes(p, tensor_cores), guard, op.kName);
+  check(launch_attn_decode(p, dtype, tensor_cores, scratch.data(), guard.stream()), op.kName,
+        "decode kernels launch");
 }
 
 void kv_cache_write(const ExecContext& context, const KvCacheWrite& op) {

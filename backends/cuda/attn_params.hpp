@@ -37,8 +37,9 @@ struct AttnBwdParams {
 
 // attn_decode: q, o [N,L,Hq,D]; caches [num_blocks,block_size,Hkv,D]. The
 // context of each sequence is cut into `splits` pieces of `chunk` tokens
-// (chosen by the host from the table's capacity and the SM count); their
-// partial results go to scratch and a second kernel merges them in order.
+// (plan_attn_decode, from the table's capacity and the SM count); with more
+// than one, their partial results go to scratch and a second kernel merges
+// them in order.
 struct AttnDecodeParams {
   Arg q, k_cache, v_cache, o;
   Index2 block_table;
@@ -65,8 +66,12 @@ cudaError_t launch_attn_prefill(const AttnFwdParams& p, int dtype, bool tensor_c
 size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype);
 cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tensor_cores,
                                     void* scratch, cudaStream_t stream);
-// The decode's split partials: (m, l, o[D]) in f32 per (n, l, query head, split).
-size_t attn_decode_scratch_bytes(const AttnDecodeParams& p);
+// Sets p.splits and p.chunk for `sms` multiprocessors: whole waves of the
+// kernel's resident CTAs with the fewest pieces.
+cudaError_t plan_attn_decode(AttnDecodeParams& p, int dtype, bool tensor_cores, int sms);
+// The decode's split partials: (m, l, o[D]) in f32 per (n, l, query head,
+// split); none when the tensor-core kernel has one piece per sequence.
+size_t attn_decode_scratch_bytes(const AttnDecodeParams& p, bool tensor_cores);
 cudaError_t launch_attn_decode(const AttnDecodeParams& p, int dtype, bool tensor_cores,
                                void* scratch, cudaStream_t stream);
 // `vector`: every row unit-stride and 16-byte aligned (16-byte copies).

@@ -274,9 +274,25 @@ def main():
         dict(label="N=4 L=2 8/8 D=64 lens (1,0,65,64) i64 scale=0.2", N=4, L=2, Hq=8, Hkv=8, D=64,
              lens=(1, 0, 65, 64), idx_dtype=torch.int64, scale=0.2),
         dict(label="N=2 L=1 4/2 D=80 (general) lens (5,300)", N=2, Hq=4, Hkv=2, D=80, lens=(5, 300)),
+        dict(label="N=3 L=2 16/2 D=256 lens (1,100,777) bs=32", L=2, lens=(1, 100, 777), block_size=32),
+        dict(label="N=2 L=3 8/2 D=256 lens (50,333) bs=48", N=2, L=3, Hq=8, lens=(50, 333), block_size=48),
+        dict(label="N=2 L=1 16/2 D=256 lens (9,200) bs=8 (rows per lane) bad block ids", N=2, lens=(9, 200),
+             block_size=8, bad_block=True),
+        dict(label="N=3 L=2 4/1 D=64 lens (4,0,90) bs=5 i64", N=3, L=2, Hq=4, Hkv=1, D=64, lens=(4, 0, 90),
+             block_size=5, idx_dtype=torch.int64),
+        dict(label="N=2 L=4 16/2 D=128 lens (3,90) (two row tiles)", N=2, L=4, D=128, lens=(3, 90)),
     ]
     if not args.quick:
-        decode.append(dict(label="N=2 L=1 16/2 D=256 lens (8192,4000) bs=64", N=2, lens=(8192, 4000), block_size=64))
+        decode += [
+            dict(label="N=2 L=1 16/2 D=256 lens (8192,4000) bs=64", N=2, lens=(8192, 4000), block_size=64),
+            dict(label="N=1 L=1 16/2 D=256 lens (8192) bs=16 (many pieces)", N=1, lens=(8192,)),
+            dict(label="N=3 L=1 16/2 D=128 lens (15,64,3001) bs=64", D=128, lens=(15, 64, 3001), block_size=64),
+            # 128 CTAs of one piece each on an H100: the kernel writes o itself
+            dict(label="N=64 L=1 16/2 D=256 lens 0..900 bs=16 (one piece)", N=64,
+                 lens=tuple((37 * i * i + 11 * i) % 901 for i in range(64))),
+            dict(label="N=64 L=2 8/4 D=256 lens 1..500 bs=32 host tables", N=64, L=2, Hq=8, Hkv=4,
+                 lens=tuple(1 + (53 * i) % 500 for i in range(64)), block_size=32, host_tables=True),
+        ]
     def guarded(fn, dtype, **case):
         try:
             fn(dtype, **case)
