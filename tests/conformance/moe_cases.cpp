@@ -402,9 +402,13 @@ std::vector<MoeCase> token_sweep() {
   // clang-format on
 }
 
-// moe_dispatch: its outputs in another index dtype than the ids too.
+// moe_dispatch: its outputs in another index dtype than the ids too, and
+// rows of more than 64 MiB.
 std::vector<MoeCase> dispatch_sweep() {
   std::vector<MoeCase> cases = token_sweep();
+  // 68 MB of f32 rows of 2084 bytes (not a multiple of 16): the size at
+  // which a kernel may write past the caches, rows starting off alignment.
+  cases.push_back({.T = 4096, .k = 8, .E = 64, .Hd = 521, .drop_every = 13, .heavy = true});
   cases.push_back({.T = 40,
                    .k = 8,
                    .E = 64,
