@@ -1,5 +1,7 @@
 // The attention family's list of CPU kernels, kv_cache_write, and the query
 // blocks the prefill ops share.
+#include <unistd.h>
+
 #include <algorithm>
 
 #include "attn.hpp"
@@ -27,6 +29,16 @@ void list_key_blocks(const AttnProblem& p, KeyBlock* blocks) {
       *blocks++ = {n, first, std::min(kKeys, Lk - first), queries};
     }
   }
+}
+
+int64_t query_block_tokens(const AttnProblem& p) {
+  static const int64_t l2_bytes = [] {
+    const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return bytes > 0 ? static_cast<int64_t>(bytes) : int64_t{1} << 20;
+  }();
+  // 2 blocks of rows x round_up(D, kPadding) floats in half the L2.
+  const int64_t rows = l2_bytes / 2 / (2 * round_up(p.D, kPadding) * sizeof(float));
+  return std::max<int64_t>(1, std::clamp<int64_t>(rows, 120, 480) / p.group());
 }
 
 int64_t count_query_blocks(const AttnProblem& p, int64_t tokens) {

@@ -28,10 +28,13 @@ constexpr int64_t kPanel = 32;  // small_gemm's AVX-512 tile width
 struct PackedKeys {
   float* kt;      // per slot: kKeys / kPanel panels [Dp, kPanel] of K^T, zero past the keys and D
   float* values;  // per slot: Dp / kPanel panels (rounded up) [kKeys, kPanel] of V, zero past D
-  int64_t Hkv, Dp;
+  int64_t key_blocks, Dp;
 
   int64_t values_width() const { return round_up(Dp, kPanel); }
-  int64_t slot(int64_t key_block, int64_t kv_head) const { return key_block * Hkv + kv_head; }
+  // Head-major: a head's key blocks follow each other, one stream for the prefetchers.
+  int64_t slot(int64_t key_block, int64_t kv_head) const {
+    return kv_head * key_blocks + key_block;
+  }
   // The panel of columns [column, column + kPanel).
   float* keys_of(int64_t slot, int64_t column) const {
     return kt + slot * Dp * kKeys + column * Dp;
@@ -223,15 +226,17 @@ void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
   auto* queries = lease.as<attn::QueryBlock>();
   auto* keys = reinterpret_cast<attn::KeyBlock*>(lease.as<float>() + query_floats);
   float* kt = lease.as<float>() + query_floats + key_floats;
-  const PackedKeys packed{kt, kt + kt_floats, op.Hkv, Dp};
+  const PackedKeys packed{kt, kt + kt_floats, key_blocks, Dp};
   float* workers = packed.values + value_floats;
   attn::list_query_blocks(op, tokens, queries);
   attn::list_key_blocks(op, keys);
 
   context.threads->parallel_for(checked_product(name, key_blocks, op.Hkv), context.max_workers,
                                 [&](int64_t task, int worker) {
-                                  pack_key_block(op, keys[task / op.Hkv], task % op.Hkv, packed,
-                                                 task, workers + worker * per_worker);
+                                  const int64_t block = task / op.Hkv, head = task % op.Hkv;
+                                  pack_key_block(op, keys[block], head, packed,
+                                                 packed.slot(block, head),
+                                                 workers + worker * per_worker);
                                 });
   context.threads->parallel_for(
       checked_product(name, query_blocks, op.Hkv), context.max_workers,
