@@ -16,6 +16,7 @@ std::span<const Kernel> gdn_kernels();
 std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 std::span<const Kernel> attn_kernels();
+std::span<const Kernel> moe_kernels();
 
 namespace {
 
@@ -25,6 +26,7 @@ std::span<const Kernel> all_kernels() {
       conv1d_kernels(),
       norm_kernels(),
       attn_kernels(),
+      moe_kernels(),
   });
   return kernels;
 }
