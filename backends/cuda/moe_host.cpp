@@ -1,5 +1,6 @@
 // The MoE family's host side: moe_route (moe_route.cu), moe_dispatch,
-// moe_combine, moe_dispatch_bwd and moe_combine_bwd (moe_rows.cu).
+// moe_combine, moe_dispatch_bwd and moe_combine_bwd (moe_rows.cu),
+// moe_expert_mlp (moe_mlp.cu) and moe_expert_mlp_bwd (moe_mlp_bwd.cu).
 #include <climits>
 #include <memory>
 #include <vector>
@@ -102,8 +103,26 @@ class IndexOutput {
   std::unique_ptr<Scratch> scratch_;
 };
 
+int multiprocessors(const DeviceGuard& guard, const char* op) {
+  int sms = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, guard.device()), op,
+        "cudaDeviceGetAttribute (multiprocessors)");
+  return sms;
+}
+
 bool vector16(std::initializer_list<const Tensor*> tensors) {
   return vector_rows(tensors, 16 / dtype_size((*tensors.begin())->dtype));
+}
+
+// The tensor-core GEMMs: f16/bf16, Hd and I multiples of 8 (16-byte pieces
+// of every row) and every float tensor unit-stride along its last dim with
+// 16-byte aligned rows.
+bool tensor_cores(DType dtype, int64_t Hd, int64_t I, std::initializer_list<const Tensor*> all) {
+  if (dtype != DType::f16 && dtype != DType::bf16) return false;
+  if (Hd % 8 != 0 || I % 8 != 0) return false;
+  for (const Tensor* t : all)
+    if (*t && !vector_rows({t}, 8)) return false;
+  return true;
 }
 
 // ---- the accepts checks: limits of the kernels' 32-bit fields ----
@@ -122,6 +141,13 @@ void dispatch_limits(const MoeDispatch& op) {
   }
 }
 void combine_bwd_limits(const MoeCombineBwd& op) { slots_limit(op.kName, op.T, op.k); }
+
+template <class Op>
+void expert_limits(const Op& op) {
+  if (op.E > INT32_MAX) {
+    fail(HOPS_ERR_UNSUPPORTED, "{}: the cuda backend supports up to 2^31 - 1 experts", op.kName);
+  }
+}
 
 // ---- the ops ----
 
@@ -199,14 +225,68 @@ void moe_combine_bwd(const ExecContext& context, const MoeCombineBwd& op) {
         "combine_bwd kernels launch");
 }
 
+void moe_expert_mlp(const ExecContext& context, const MoeExpertMlp& op) {
+  if (op.R == 0 || op.Hd == 0) return;
+  const DeviceGuard guard(context, op.kName);
+  const IndexInput counts(op.counts, guard, op.kName);
+  const MoeMlpParams p{make_arg(op.rows),
+                       make_arg(op.gate_up_proj),
+                       make_arg(op.down_proj),
+                       make_arg(op.out),
+                       counts.get(),
+                       op.R,
+                       op.Hd,
+                       op.E,
+                       op.I,
+                       tensor_cores(op.rows.dtype, op.Hd, op.I,
+                                    {&op.rows, &op.out, &op.gate_up_proj, &op.down_proj}),
+                       multiprocessors(guard, op.kName)};
+  // h [R, I] (f32 at most) and the plan (E + 1 offsets twice, R + E entries).
+  scratch_sum(op.kName, scratch_size(op.kName, op.R, op.I, 4),
+              scratch_size(op.kName, op.E + op.R + 2, 24));
+  const Scratch scratch(moe_expert_mlp_scratch_bytes(p), guard, op.kName);
+  check(launch_moe_expert_mlp(p, scratch.data(), guard.stream()), op.kName,
+        "expert MLP kernels launch");
+}
+
+void moe_expert_mlp_bwd(const ExecContext& context, const MoeExpertMlpBwd& op) {
+  if (op.Hd == 0) return;  // every output is empty
+  const DeviceGuard guard(context, op.kName);
+  const IndexInput counts(op.counts, guard, op.kName);
+  const MoeMlpBwdParams p{make_arg(op.rows),
+                          make_arg(op.gate_up_proj),
+                          make_arg(op.down_proj),
+                          make_arg(op.d_out),
+                          make_arg(op.d_rows),
+                          make_arg(op.d_gate_up_proj),
+                          make_arg(op.d_down_proj),
+                          counts.get(),
+                          op.R,
+                          op.Hd,
+                          op.E,
+                          op.I,
+                          tensor_cores(op.rows.dtype, op.Hd, op.I,
+                                       {&op.rows, &op.gate_up_proj, &op.down_proj, &op.d_out,
+                                        &op.d_rows, &op.d_gate_up_proj, &op.d_down_proj}),
+                          multiprocessors(guard, op.kName)};
+  // h [R, I] and dg | du [R, 2I] (f32 at most) and two plans.
+  scratch_sum(op.kName, scratch_size(op.kName, op.R, op.I, 12),
+              scratch_size(op.kName, op.E + op.R + 2, 48));
+  const Scratch scratch(moe_expert_mlp_bwd_scratch_bytes(p), guard, op.kName);
+  check(launch_moe_expert_mlp_bwd(p, scratch.data(), guard.stream()), op.kName,
+        "expert MLP backward kernels launch");
+}
+
 }  // namespace
 
 std::span<const Kernel> moe_kernels() {
   static const Kernel kernels[] = {
       kernel<MoeRoute, &moe_route>(kFloats),
       kernel<MoeDispatch, &moe_dispatch, &dispatch_limits>(kFloats),
+      kernel<MoeExpertMlp, &moe_expert_mlp, &expert_limits<MoeExpertMlp>>(kFloats),
       kernel<MoeCombine, &moe_combine>(kFloats),
       kernel<MoeDispatchBwd, &moe_dispatch_bwd>(kFloats),
+      kernel<MoeExpertMlpBwd, &moe_expert_mlp_bwd, &expert_limits<MoeExpertMlpBwd>>(kFloats),
       kernel<MoeCombineBwd, &moe_combine_bwd, &combine_bwd_limits>(kFloats),
   };
   return kernels;
