@@ -273,14 +273,21 @@ __device__ __forceinline__ void persistent_pipeline(int64_t tiles, Decode decode
     int64_t step, steps;
     Tile tile;
   };
+  Cursor ld, cp;
+  // A cursor moving to tile L takes the loader's decoding when the loader is
+  // there already (the compute cursor always follows it).
   const auto start = [&](Cursor& c, int64_t L) {
     c.L = L, c.step = 0, c.steps = 0;
-    if (L < tiles) c.tile = decode(L), c.steps = steps(c.tile);
+    if (L >= tiles) return;
+    if (&c == &cp && ld.L == L) {
+      c.tile = ld.tile, c.steps = ld.steps;
+    } else {
+      c.tile = decode(L), c.steps = steps(c.tile);
+    }
   };
   const auto advance = [&](Cursor& c) {
     if (++c.step == c.steps) start(c, c.L + gridDim.x);
   };
-  Cursor ld, cp;
   start(ld, blockIdx.x);
   cp = ld;
 #pragma unroll 1

@@ -62,9 +62,17 @@ size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&
   return offset[2] + size_t(slots) * 4;
 }
 
+// Slot s = t*k + j (T*k < 2^31: 32-bit division).
+__device__ __forceinline__ int64_t slot_token(int64_t s, int64_t k) {
+  return static_cast<uint32_t>(s) / static_cast<uint32_t>(k);
+}
+__device__ __forceinline__ int64_t slot_index(int64_t s, int64_t k) {
+  return static_cast<uint32_t>(s) % static_cast<uint32_t>(k);
+}
+
 // The bucket of slot s: its expert, or E when dropped or out of range.
 __device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s) {
-  const int64_t id = ld_idx(p.ids, s / p.k, s % p.k);
+  const int64_t id = ld_idx(p.ids, slot_token(s, p.k), slot_index(s, p.k));
   return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
 }
 
@@ -170,7 +178,7 @@ __global__ void __launch_bounds__(32 * kChunkWarps)
     __syncwarp();
     if (b < 0) return;
     const bool kept = b < p.E;
-    st_idx(p.row_map, slot / p.k, slot % p.k, kept ? row : -1);
+    st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
     s.dest[slot] = kept ? row : ~row;
   });
 }
@@ -309,7 +317,7 @@ __global__ void claim_rows_kernel(const MoeCombineBwdParams p, int32_t* owner) {
   const int64_t slots = p.T * p.k;
   for (int64_t s = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; s < slots;
        s += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = slot_row(p.row_map, s / p.k, s % p.k, p.R);
+    const int64_t r = slot_row(p.row_map, slot_token(s, p.k), slot_index(s, p.k), p.R);
     if (r >= 0) atomicMax(owner + r, static_cast<int32_t>(s));
   }
 }
