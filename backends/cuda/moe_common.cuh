@@ -273,7 +273,7 @@ __device__ __forceinline__ void persistent_pipeline(int64_t tiles, Decode decode
     int64_t step, steps;
     Tile tile;
   };
-  Cursor ld, cp;
+  Cursor ld{}, cp{};
   // A cursor moving to tile L takes the loader's decoding when the loader is
   // there already (the compute cursor always follows it).
   const auto start = [&](Cursor& c, int64_t L) {
