@@ -208,6 +208,7 @@ template <class E, int MT, int NT, int PA, int PB, bool kTransA, bool kTransB>
 __device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], const E* a,
                                          const E* const (&b)[2], int m_live) {
   static_assert(NT % 4 == 0);
+  if (m_live == 0) return;  // no rows here: leave the smem bandwidth to the other warps
 #pragma unroll
   for (int kk = 0; kk < kBK / 16; ++kk) {
     uint32_t bf[NT][2];
