@@ -26,19 +26,6 @@ struct Simd {
   typedef float vec __attribute__((vector_size(Lanes * sizeof(float))));
 };
 
-// Pins v to a register: GCC would fold its load into both FMAs that read
-// it, and the tile's loads, not its FMAs, would bound it (1.5x slower).
-// GCC only: clang does not fold so, and rejects the constraint for vectors
-// wider than the baseline ISA's registers (the fuzz build's single clone).
-template <class V>
-[[gnu::always_inline]] inline void in_register(V& v) {
-#if defined(__x86_64__) && !defined(__clang__)
-  asm("" : "+v"(v));
-#else
-  (void)v;
-#endif
-}
-
 // Reduction level with groups of `Group` partial sums per input in each
 // vector: output lane o of the pair (x, y) takes group o / (Group / 2) (x's
 // groups first) and the first (lo) or second (hi) half of that group.
@@ -90,7 +77,7 @@ template <int Lanes, int Rows>
     for (int r = 0; r < Rows; ++r) {
       vec x;
       __builtin_memcpy(&x, q + r * ld_q + d, sizeof(vec));
-      in_register(x);
+      pin_to_register(x);  // GCC would fold its load into both FMAs: 1.5x slower
       acc[r] += x * a;
       acc[Rows + r] += x * b;
     }

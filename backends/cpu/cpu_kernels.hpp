@@ -25,6 +25,19 @@ namespace hops::cpu {
 
 // ---- shared helpers ----------------------------------------------------------
 
+// Keeps a vector in a register: GCC folds a load into every FMA that reads
+// the value, and in a register-tiled loop those loads, not the FMAs, then
+// bound it. GCC only: clang rejects the constraint for vectors wider than the
+// baseline ISA's registers (the fuzz build compiles one clone, the baseline).
+template <class V>
+[[gnu::always_inline]] inline void pin_to_register(V& v) {
+#if defined(__x86_64__) && !defined(__clang__)
+  asm("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
 // e^x, branch-free so that loops calling it vectorise (std::exp is a scalar
 // libm call: it was most of the time of conv1d and gated_rmsnorm, and its
 // underflow path, which sets errno, was 7% of the chunk kernel's on strongly

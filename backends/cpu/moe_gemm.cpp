@@ -120,7 +120,7 @@ template <int Lanes, int MR, int Vecs>
     for (int c = 0; c < Vecs; ++c) std::memcpy(&b_row[c], b + p * kPanel + c * Lanes, sizeof(vec));
     for (int r = 0; r < MR; ++r) {
       vec a_rp = a[p * MR + r] - vec{};  // a splat (x - +0 folds to x; x + 0 would not)
-      asm("" : "+v"(a_rp));              // one broadcast per row, not one load per FMA
+      pin_to_register(a_rp);             // one broadcast per row, not one load per FMA
       for (int c = 0; c < Vecs; ++c) acc[r][c] += a_rp * b_row[c];
     }
   }
