@@ -1,30 +1,36 @@
-"""The hops demo: a Qwen3.5-shaped model on the CPU, transformers' torch path
+"""The hops demo: a Qwen3.5-MoE-shaped model on the CPU, transformers' torch path
 against hops.patch().
 
-The model has random weights and the real Qwen3.5 linear-attention layout
-(3 Gated DeltaNet layers : 1 full-attention layer; H=16 key heads, HV=32
-value heads, K=V=128, conv width 4) and the rest of Qwen3.5-35B-A3B's widths
-(hidden 2048, 16 query / 2 key-value heads of 256), with 4 layers instead of
-40, a dense MLP of the width of the 35B-A3B's active experts (8 x 512 routed +
-512 shared = 4608) instead of its mixture of experts, a 32768-word vocabulary,
-and bfloat16 weights, as Qwen3.5 is served. docs/PERFORMANCE.md says why.
+The model has random weights and Qwen3.5-35B-A3B's layout scaled to this machine:
+4 layers (3 Gated DeltaNet : 1 gated full attention; GDN H=16 key heads, HV=32
+value heads, K=V=128, conv width 4; attention 16 query / 2 key-value heads of
+256), hidden 2048, in every layer a sparse MoE block (top-8 routing over as many
+experts of width 512 as fit in a quarter of the available memory, at least 64;
+the real model has 256) with its shared expert, a 32768-word vocabulary, and
+bfloat16 weights where this CPU multiplies bf16 matrices fast, else float32.
 
-Both runs prefill the same prompt and decode greedily with the cache (the
-hops run is fed the transformers run's tokens, so that each step's logits
-compare like for like). The table compares time, tokens/s, the largest logit
-difference and whether the greedy tokens agree; prefill times are medians of
---repeat runs, interleaved (transformers, hops, transformers, ...) so that
-noise from other work on the machine falls on both. The demo also says how
-long the prefill spends in the functions hops replaces, and so how much faster
-any hops could make it, and how busy other processes kept the machine.
+transformers runs its own path (torch fallbacks for the GDN and conv, sdpa, its
+router, and the experts implementation it picks on a CPU, which the demo names);
+hops.patch() puts the GDN, conv1d, gated norm, attention, router and experts on
+hops. Both runs prefill the same prompt and decode greedily with the cache (the
+hops run is fed the transformers run's tokens, so that each step's logits compare
+like for like). The table compares time, tokens/s, the largest logit difference
+and whether the greedy tokens agree; prefill times are medians of --repeat runs,
+interleaved (transformers, hops, transformers, ...) so that noise from other work
+on the machine falls on both. The demo also says how much of each path's prefill
+is in the dense projections that neither replaces (every F.linear outside the
+experts: attention and GDN projections, the shared expert, the router's linear,
+lm_head) and so, by Amdahl's law, how much faster any replacement of the rest
+could make it, and how busy other processes kept the machine.
 
-    python examples/python_demo.py [--prompt 4096] [--decode 64] [--repeat 3]
+    python examples/python_demo.py [--prompt 512] [--decode 32] [--repeat 3] [--experts N]
 """
 
 import argparse
 import os
 import statistics
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 
 import torch
@@ -53,7 +59,8 @@ def default_dtype() -> tuple[str, str]:
 
 def build_model(layers: int = 4, hidden: int = 2048, intermediate: int = 4608, vocab: int = 32768,
                 dtype: torch.dtype = torch.bfloat16):
-    """A random-weight Qwen3_5ForCausalLM with the real linear-attention layout."""
+    """A random-weight dense Qwen3_5ForCausalLM with the real linear-attention layout and an
+    MLP of the 35B-A3B's active width (the earlier demo; tests/bench/profile_demo.py profiles it)."""
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
     config = Qwen3_5TextConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -63,6 +70,47 @@ def build_model(layers: int = 4, hidden: int = 2048, intermediate: int = 4608, v
         linear_conv_kernel_dim=4, max_position_embeddings=32768, initializer_range=0.05)
     torch.manual_seed(0)
     return Qwen3_5ForCausalLM(config).to(dtype).eval()
+
+
+def available_memory() -> int:
+    """Bytes the kernel says new allocations can take (MemAvailable), 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def experts_that_fit(layers: int, hidden: int, expert_width: int, dtype: torch.dtype) -> tuple[int, str]:
+    """The most experts, in steps of 64 up to the real model's 256, whose weights take at most a
+    quarter of the available memory (the machine is shared); at least 64."""
+    per_expert = layers * 3 * expert_width * hidden * torch.finfo(dtype).bits // 8  # gate, up, down
+    available = available_memory()
+    experts = min(256, max(64, available // 4 // per_expert // 64 * 64))
+    return experts, (f"{experts} experts: {experts * per_expert / 2 ** 30:.1f} GiB of expert weights "
+                     f"({available / 2 ** 30:.1f} GiB available at start)")
+
+
+def build_moe_model(layers: int = 4, hidden: int = 2048, experts: int = 64, top_k: int = 8, expert_width: int = 512,
+                    vocab: int = 32768, dtype: torch.dtype = torch.bfloat16):
+    """A random-weight Qwen3_5MoeForCausalLM with Qwen3.5-35B-A3B's layout (its config's
+    defaults: GDN and attention as above, experts of width 512 and a shared expert of 512),
+    `experts` experts routed top-`top_k`. Built in `dtype` directly (no float32 copy first)."""
+    from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+    config = Qwen3_5MoeTextConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+        layer_types=[("full_attention" if i % 4 == 3 else "linear_attention") for i in range(layers)],
+        num_attention_heads=16, num_key_value_heads=2, head_dim=256,
+        linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128,
+        linear_conv_kernel_dim=4, num_experts=experts, num_experts_per_tok=top_k, moe_intermediate_size=expert_width,
+        shared_expert_intermediate_size=expert_width, max_position_embeddings=32768, initializer_range=0.05)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return Qwen3_5MoeForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
 
 
 def quiet_transformers() -> None:
@@ -116,39 +164,72 @@ def layer_progress(model, description: str):
         bar.close()
 
 
-REPLACED = ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule", "causal_conv1d_fn",
-            "causal_conv1d_update")
-
-
 @contextmanager
-def time_replaced(model, into: list):
-    """Appends the seconds spent in the functions hops.patch() replaces (the GatedDeltaNet's
-    module-global kernels and the gated RMSNorm's forward; whatever is installed, so
-    transformers' or hops') while the block runs."""
-    import importlib
-    modeling = importlib.import_module(type(model).__module__)
-    norm_class = next(type(m) for m in model.modules() if type(m).__name__.endswith("RMSNormGated"))
-    owners = [(modeling, name) for name in REPLACED if getattr(modeling, name, None) is not None]
-    owners.append((norm_class, "forward"))
-    seconds = [0.0]
-    saved = []
-    for owner, name in owners:
-        function = vars(owner)[name]
+def time_parts(model, into: list):
+    """Appends {part: exclusive seconds} for the block: "dense" (every F.linear outside the
+    experts: the projections neither path replaces), "experts" (the experts modules: their
+    GEMMs, gathers and sums, whichever implementation runs), "router" (its top-k, without its
+    linear). Everything runs synchronously on the CPU, so wall time is the time of the call."""
+    import torch.nn.functional as F
 
-        def timed(*args, _function=function, **kwargs):
-            start = time.perf_counter()
-            try:
-                return _function(*args, **kwargs)
-            finally:
-                seconds[0] += time.perf_counter() - start
-        saved.append((owner, name, function))
-        setattr(owner, name, timed)
+    seconds, stack = defaultdict(float), []  # stack: [part, start, seconds of timed parts inside]
+
+    def enter(part):
+        stack.append([part, time.perf_counter(), 0.0])
+
+    def leave():
+        part, start, inner = stack.pop()
+        elapsed = time.perf_counter() - start
+        seconds[part] += elapsed - inner
+        if stack:
+            stack[-1][2] += elapsed
+
+    linear = F.linear
+
+    def timed_linear(*args, **kwargs):
+        if stack and stack[-1][0] == "experts":  # transformers' eager loop: expert GEMMs, which hops replaces
+            return linear(*args, **kwargs)
+        enter("dense")
+        try:
+            return linear(*args, **kwargs)
+        finally:
+            leave()
+
+    handles = []
+    for module in model.modules():
+        part = {"Experts": "experts", "TopKRouter": "router"}.get(next(
+            (suffix for suffix in ("Experts", "TopKRouter") if type(module).__name__.endswith(suffix)), None))
+        if part is not None:
+            handles.append(module.register_forward_pre_hook(lambda *_, p=part: enter(p)))
+            handles.append(module.register_forward_hook(lambda *_: leave(), always_call=True))
+    F.linear = timed_linear
     try:
         yield
     finally:
-        for owner, name, function in saved:
-            setattr(owner, name, function)
-        into.append(seconds[0])
+        F.linear = linear
+        for handle in handles:
+            handle.remove()
+        into.append(dict(seconds))
+
+
+@contextmanager
+def boundary_ties(model, into: list):
+    """Appends the share of the routes (token, layer) whose k-th and (k+1)-th largest router
+    logits are equal: there hops takes the lower expert id and torch.topk either one."""
+    counts = [0, 0]
+
+    def count(module, _inputs, output):
+        top = output[0].topk(module.top_k + 1, dim=-1).values
+        counts[0] += int((top[:, -1] == top[:, -2]).sum())
+        counts[1] += top.shape[0]
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        into.append(counts[0] / max(counts[1], 1))
 
 
 @contextmanager
@@ -166,14 +247,14 @@ def capture_final_hidden(model, into: list):
 def prefill(model, prompt, label: str) -> dict:
     """One timed prefill with a fresh cache; only the last position's logits are
     computed (as generation does), the final hidden states are kept."""
-    hidden, others, replaced = [], [], []
+    hidden, others, parts, ties = [], [], [], []
     with capture_final_hidden(model, hidden), layer_progress(model, f"{label}: prefill {prompt.shape[1]} tokens"):
-        with other_load(others), time_replaced(model, replaced):
+        with other_load(others), time_parts(model, parts), boundary_ties(model, ties):  # ties: after the timers
             start = time.perf_counter()
             out = model(prompt, use_cache=True, logits_to_keep=1)
             seconds = time.perf_counter() - start
-    return dict(seconds=seconds, others=others[0], replaced=replaced[0], hidden=hidden[-1][0], logits=out.logits[0, -1],
-                cache=out.past_key_values)
+    return dict(seconds=seconds, others=others[0], parts=parts[0], ties=ties[0], hidden=hidden[-1][0],
+                logits=out.logits[0, -1], cache=out.past_key_values)
 
 
 @torch.inference_mode()
@@ -224,6 +305,29 @@ def compare(model, torch_runs: dict, hops_runs: dict) -> dict:
                 tokens=len(torch_runs["decode"]["tokens"]))
 
 
+def where_prefill_goes(torch_runs: dict, hops_runs: dict) -> list[str]:
+    """Each path's prefill split into time_parts' parts (medians over the runs), and the bound
+    that the dense projections neither path replaces put on the speedup (Amdahl: with a
+    fraction f of transformers' time in them, no replacement of the rest beats 1/f)."""
+    lines, dense_share = ["prefill, where the time goes (medians):"], {}
+    for name, runs in (("transformers", torch_runs), ("hops.patch()", hops_runs)):
+        total = runs["prefill_s"]
+        dense, experts, router = (statistics.median(run.get(part, 0.0) for run in runs["parts"])
+                                  for part in ("dense", "experts", "router"))
+        dense_share[name] = dense / total
+        lines.append(f"  {name:<12} {total:6.2f} s: dense projections {dense:.2f} s ({dense / total:.0%}), "
+                     f"experts {experts:.2f} s ({experts / total:.0%}), router top-k {router:.2f} s, the rest "
+                     f"(GDN, conv1d, norms, attention, glue) {total - dense - experts - router:.2f} s")
+    f = dense_share["transformers"]
+    speedup = torch_runs["prefill_s"] / hops_runs["prefill_s"]
+    lines.append(f"  dense projections: every F.linear outside the experts (attention and GDN projections, the shared "
+                 f"expert, the router's linear, lm_head), the same torch GEMMs on both paths. With f = {f:.0%} of "
+                 f"transformers' prefill in them, replacing all the rest bounds the speedup at 1/f = {1 / f:.2f}x "
+                 f"(Amdahl); measured {speedup:.2f}x, {speedup * f:.0%} of that bound. hops' prefill spends "
+                 f"{dense_share['hops.patch()']:.0%} of its time in them")
+    return lines
+
+
 def table(args, torch_runs: dict, hops_runs: dict, model) -> str:
     check = compare(model, torch_runs, hops_runs)
     rows = [("", "time s", "tokens/s", "speedup", "runs")]
@@ -249,32 +353,39 @@ def table(args, torch_runs: dict, hops_runs: dict, model) -> str:
                  f"{', ...' if len(check['differ']) > 4 else ''}")
     else:
         equal = f"yes, all {check['tokens']}"
-    torch_in, hops_in = statistics.median(torch_runs["replaced"]), statistics.median(hops_runs["replaced"])
-    rest = statistics.median([t - r for runs in (torch_runs, hops_runs)
-                              for t, r in zip(runs["prefill_all"], runs["replaced"])])
-    lines += ["", f"prefill, inside the functions hops replaces (GDN core, causal conv1d, gated RMSNorm): "
-              f"transformers {torch_in:.2f} s, hops {hops_in:.2f} s ({torch_in / hops_in:.1f}x); the rest of the "
-              f"model (projections, MLP, attention, norms) {rest:.2f} s in both, so no hops kernel can make this "
-              f"prefill more than {(torch_in + rest) / rest:.2f}x faster",
-              f"prefill runs (s): {runs_s}",
+    lines += ["", *where_prefill_goes(torch_runs, hops_runs), f"prefill runs (s): {runs_s}",
               f"other processes kept {statistics.mean(others):.2f} cores busy on average during the timed parts "
               f"(at most {max(others):.2f})" + (" — a busy machine: these timings are unreliable"
                                                 if max(others) >= 0.2 else ""),
               "tokens/s: prefill = prompt / median run; decode = 1 / median step; speedup = the ratio of those",
               f"max |logit difference|: prefill (all {args.prompt} positions) {check['prefill']:.2e}, "
               f"decode ({args.decode} steps) {check['decode']:.2e}  [{args.dtype}]",
-              f"greedy tokens equal (hops fed transformers' tokens, so each step compares like for like): {equal}"]
+              f"greedy tokens equal (hops fed transformers' tokens, so each step compares like for like): {equal}",
+              f"router: in {torch_runs['prefill']['ties']:.1%} of transformers' prefill routes (token, layer) the "
+              f"{args.top_k}th and {args.top_k + 1}th largest logits tie; hops takes the lower expert id there, "
+              "torch.topk either, so such tokens may meet different experts"
+              + (" (ties are common in bfloat16: --dtype float32 compares like for like)"
+                 if args.dtype == "bfloat16" else "")]
     return "\n".join(lines)
+
+
+EXPERTS_IMPLEMENTATIONS = {
+    "grouped_mm": "torch's grouped GEMM over the slots sorted by expert, then a weighted sum",
+    "eager": "a Python loop over the experts hit, index_add into the output",
+    "batched_mm": "one GEMM per slot on gathered expert weights",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompt", type=int, default=4096, help="prefill tokens")
-    parser.add_argument("--decode", type=int, default=64, help="greedy decode steps")
+    parser.add_argument("--prompt", type=int, default=512, help="prefill tokens (512: a few minutes on 2 cores)")
+    parser.add_argument("--decode", type=int, default=32, help="greedy decode steps")
     parser.add_argument("--repeat", type=int, default=3, help="prefills per path (the median is reported)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers (every 4th is full attention)")
     parser.add_argument("--hidden", type=int, default=2048, help="hidden size")
-    parser.add_argument("--intermediate", type=int, default=4608, help="MLP width")
+    parser.add_argument("--experts", type=int, help="routed experts (default: as many as fit, at least 64)")
+    parser.add_argument("--top-k", type=int, default=8, help="experts per token")
+    parser.add_argument("--expert-width", type=int, default=512, help="each expert's (and the shared expert's) width")
     parser.add_argument("--vocab", type=int, default=32768, help="vocabulary size")
     parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 where this CPU has fast bf16 "
                         "matmuls, else float32")
@@ -285,17 +396,29 @@ def main() -> None:
     why = args.dtype
     if args.dtype is None:
         args.dtype, why = default_dtype()
-    model = build_model(args.layers, args.hidden, args.intermediate, args.vocab, DTYPES[args.dtype])
-    print(f"model: Qwen3.5 layout, {args.layers} layers (3 Gated DeltaNet : 1 full attention), hidden "
-          f"{args.hidden}, MLP {args.intermediate}, vocab {args.vocab}, GDN H=16 HV=32 K=V=128, attention 16/2 "
-          f"heads of 256, {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {why}, "
-          f"{torch.get_num_threads()} torch threads")
-    print("transformers path: its torch fallbacks (torch_chunk_gated_delta_rule, torch_recurrent_gated_delta_rule, "
-          "F.conv1d causal conv, Qwen3_5RMSNormGated), as without fla and causal-conv1d\n")
+    experts, fit = args.experts, "given"
+    if experts is None:
+        experts, fit = experts_that_fit(args.layers, args.hidden, args.expert_width, DTYPES[args.dtype])
+    model = build_moe_model(args.layers, args.hidden, experts, args.top_k, args.expert_width, args.vocab,
+                            DTYPES[args.dtype])
+    parameters = sum(p.numel() for p in model.parameters())
+    inactive = args.layers * (experts - args.top_k) * 3 * args.expert_width * args.hidden
+    print(f"model: Qwen3.5-35B-A3B layout, {args.layers} layers (3 Gated DeltaNet : 1 gated full attention), hidden "
+          f"{args.hidden}, GDN H=16 HV=32 K=V=128, attention 16/2 heads of 256; MoE: top-{args.top_k} of "
+          f"{experts} experts ({fit}) of width {args.expert_width} plus a shared expert of {args.expert_width}; "
+          f"vocab {args.vocab}; {parameters / 1e6:.0f}M parameters, {(parameters - inactive) / 1e6:.0f}M active "
+          f"per token; {why}; {torch.get_num_threads()} torch threads")
+    chosen = model.config._experts_implementation
+    print(f"transformers path: experts implementation \"{chosen}\", what transformers picks on this CPU "
+          f"({EXPERTS_IMPLEMENTATIONS.get(chosen, 'registered in its ExpertsInterface')}); its router (torch "
+          f"softmax, topk); attention \"{model.config._attn_implementation}\"; the GDN and conv torch fallbacks "
+          "(no fla, no causal-conv1d)")
+    print(f"hops path: hops.patch(): GDN, conv1d, gated RMSNorm, attention, router and experts on hops; the dense "
+          f"projections and the shared expert stay torch\n")
     prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(1))
 
-    torch_runs = {"prefill_all": [], "others": [], "replaced": []}
-    hops_runs = {"prefill_all": [], "others": [], "replaced": []}
+    torch_runs = {"prefill_all": [], "others": [], "parts": []}
+    hops_runs = {"prefill_all": [], "others": [], "parts": []}
     warm_up(model)
     report = hops.patch()
     warm_up(model)
@@ -308,7 +431,7 @@ def main() -> None:
             runs["prefill"] = prefill(model, prompt, f"{label} {repeat + 1}/{args.repeat}")
             runs["prefill_all"].append(runs["prefill"]["seconds"])
             runs["others"].append(runs["prefill"]["others"])
-            runs["replaced"].append(runs["prefill"]["replaced"])
+            runs["parts"].append(runs["prefill"]["parts"])
             if repeat == args.repeat - 1:
                 forced = torch_runs["decode"]["tokens"] if patched else None
                 runs["decode"] = decode(model, runs["prefill"], args.decode, label, forced)
@@ -319,7 +442,7 @@ def main() -> None:
 
     print(table(args, torch_runs, hops_runs, model))
     print("\nhops ran (last patched run): " + ", ".join(
-        f"{label.split('.', 1)[1]} x{count}" for label, count in report.calls.items() if label.startswith("qwen3_5.")))
+        f"{label.removeprefix('qwen3_5_moe.')} x{count}" for label, count in report.calls.items() if count))
     fallbacks = sum(report.fallbacks.values())
     print(f"fallbacks to the original functions: {fallbacks}" + (f" ({report.fallback_reasons})" if fallbacks else ""))
 
