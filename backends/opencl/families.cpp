@@ -10,6 +10,7 @@ std::span<const Kernel> gdn_kernels();
 std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 std::span<const Kernel> attn_kernels();
+std::span<const Kernel> moe_kernels();
 
 std::span<const Kernel> all_kernels() {
   static const std::vector<Kernel> kernels = join_families({
@@ -17,6 +18,7 @@ std::span<const Kernel> all_kernels() {
       conv1d_kernels(),
       norm_kernels(),
       attn_kernels(),
+      moe_kernels(),
   });
   return kernels;
 }
