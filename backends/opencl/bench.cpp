@@ -42,8 +42,9 @@ struct ArgSpec {
   std::vector<int64_t> shape;
   float low = -1.0f, high = 1.0f;
   bool f32 = false;    // always f32 (GDN states), whatever --dtype says
-  bool index = false;  // int32 values given in `values`, kept in host memory
+  bool index = false;  // int32 values given in `values`, kept in host memory unless on_device
   std::vector<int64_t> values = {};
+  bool on_device = false;  // an index tensor in a cl_mem for the OpenCL call
 };
 
 struct Bench {
@@ -52,6 +53,35 @@ struct Bench {
   std::vector<ArgSpec> args;
   std::map<std::string, int64_t> flags;  // bool/i64 scalars
 };
+
+// The MoE ops' index tensors for T tokens routed to k distinct experts of
+// E each (uniformly at random): the ids and what moe_dispatch makes of them.
+struct Routing {
+  std::vector<int64_t> ids, counts, row_map;
+};
+
+Routing route(int64_t T, int64_t E, int64_t k) {
+  std::mt19937 rng(1);
+  Routing routing{{}, std::vector<int64_t>(static_cast<size_t>(E)), {}};
+  std::vector<int64_t> experts(static_cast<size_t>(E));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t e = 0; e < E; ++e) experts[static_cast<size_t>(e)] = e;
+    std::shuffle(experts.begin(), experts.end(), rng);
+    routing.ids.insert(routing.ids.end(), experts.begin(), experts.begin() + k);
+  }
+  for (int64_t id : routing.ids) ++routing.counts[static_cast<size_t>(id)];
+  std::vector<int64_t> next(static_cast<size_t>(E));
+  for (int64_t e = 1; e < E; ++e) {
+    next[static_cast<size_t>(e)] = next[static_cast<size_t>(e - 1)] + routing.counts[e - 1];
+  }
+  for (int64_t id : routing.ids) routing.row_map.push_back(next[static_cast<size_t>(id)]++);
+  return routing;
+}
+
+// A device-resident index tensor of `values` (an output: zeros of its size).
+ArgSpec device_index(const char* name, std::vector<int64_t> shape, std::vector<int64_t> values) {
+  return {name, std::move(shape), 0, 0, false, true, std::move(values), true};
+}
 
 std::vector<Bench> benches(int64_t T) {
   const int64_t H = 16, HV = 32, K = 128, V = 128, D = 8192, N = 8;
@@ -63,6 +93,12 @@ std::vector<Bench> benches(int64_t T) {
   std::vector<int64_t> blocks(context / block), cache_slots(T);
   for (size_t b = 0; b < blocks.size(); ++b) blocks[b] = static_cast<int64_t>(b);
   for (size_t t = 0; t < cache_slots.size(); ++t) cache_slots[t] = static_cast<int64_t>(t);
+  // The MoE layer of issue 15's CPU table (Qwen3.5-35B-A3B's expert width
+  // and top-8, 64 experts): rows R = T k, indices on the device.
+  const int64_t E = 64, k = 8, Hd = 2048, I = 512, R = T * k;
+  const Routing routing = route(T, E, k);
+  const std::vector<int64_t> no_slots(static_cast<size_t>(R)), no_counts(static_cast<size_t>(E));
+  const std::string moe_shape = fmt::format("T={} Hd={} E={} k={} I={}", T, Hd, E, k, I);
   return {
       {"gdn_chunk_fwd",
        fmt::format("T={} H={} HV={} K=V={}", T, H, HV, K),
@@ -182,6 +218,59 @@ std::vector<Bench> benches(int64_t T) {
         {"v_cache", {(T + block - 1) / block, block, Hkv, Dh}},
         {"slot_mapping", {T}, 0, 0, false, true, cache_slots}},
        {}},
+      {"moe_route",
+       fmt::format("T={} E={} k={}", T, E, k),
+       {{"logits", {T, E}, -4, 4},
+        {"topk_weights", {T, k}},
+        device_index("topk_ids", {T, k}, no_slots)},
+       {}},
+      {"moe_dispatch",
+       moe_shape,
+       {{"x", {T, Hd}},
+        device_index("topk_ids", {T, k}, routing.ids),
+        {"rows", {R, Hd}},
+        device_index("counts", {E}, no_counts),
+        device_index("row_map", {T, k}, no_slots)},
+       {}},
+      {"moe_expert_mlp",
+       moe_shape,
+       {{"rows", {R, Hd}},
+        device_index("counts", {E}, routing.counts),
+        {"gate_up_proj", {E, 2 * I, Hd}, -0.05f, 0.05f},
+        {"down_proj", {E, Hd, I}, -0.05f, 0.05f},
+        {"out", {R, Hd}}},
+       {}},
+      {"moe_combine",
+       moe_shape,
+       {{"rows", {R, Hd}},
+        device_index("row_map", {T, k}, routing.row_map),
+        {"topk_weights", {T, k}, 0, 1},
+        {"y", {T, Hd}}},
+       {}},
+      {"moe_dispatch_bwd",
+       moe_shape,
+       {{"d_rows", {R, Hd}}, device_index("row_map", {T, k}, routing.row_map), {"dx", {T, Hd}}},
+       {}},
+      {"moe_expert_mlp_bwd",
+       moe_shape,
+       {{"rows", {R, Hd}},
+        device_index("counts", {E}, routing.counts),
+        {"gate_up_proj", {E, 2 * I, Hd}, -0.05f, 0.05f},
+        {"down_proj", {E, Hd, I}, -0.05f, 0.05f},
+        {"d_out", {R, Hd}},
+        {"d_rows", {R, Hd}},
+        {"d_gate_up_proj", {E, 2 * I, Hd}},
+        {"d_down_proj", {E, Hd, I}}},
+       {}},
+      {"moe_combine_bwd",
+       moe_shape,
+       {{"rows", {R, Hd}},
+        device_index("row_map", {T, k}, routing.row_map),
+        {"topk_weights", {T, k}, 0, 1},
+        {"dy", {T, Hd}},
+        {"d_rows", {R, Hd}},
+        {"d_topk_weights", {T, k}}},
+       {}},
   };
 }
 
@@ -196,8 +285,7 @@ struct Tensor {
   std::vector<int64_t> shape;
   DLDataType dtype{};
   std::vector<std::byte> host;
-  MemHandle buffer;  // none for index tensors, which stay on the host
-  bool index = false;
+  MemHandle buffer;  // none for index tensors that stay on the host
 };
 
 std::vector<std::byte> random_bytes(const ArgSpec& spec, bool bf16, std::mt19937& rng) {
@@ -309,8 +397,8 @@ void run(const Options& options) {
                spec.index ? DLDataType{kDLInt, 32, 1}
                : bf16     ? DLDataType{kDLBfloat, 16, 1}
                           : DLDataType{kDLFloat, 32, 1},
-               random_bytes(spec, bf16, rng), MemHandle(), spec.index};
-      if (!spec.index) t.buffer = cl.upload(t.host);
+               random_bytes(spec, bf16, rng), MemHandle()};
+      if (!spec.index || spec.on_device) t.buffer = cl.upload(t.host);
       tensors.emplace(spec.name, std::move(t));
     }
     // The argument list for the host's tensors or for their cl_mem twins.
@@ -330,7 +418,7 @@ void run(const Options& options) {
         auto found = tensors.find(arg.name);
         if (found == tensors.end()) continue;
         Tensor& t = found->second;
-        const bool device = opencl && !t.index;
+        const bool device = opencl && t.buffer;
         DLTensor& d = dl[static_cast<size_t>(i)];
         d.data = device ? static_cast<void*>(t.buffer.get()) : static_cast<void*>(t.host.data());
         d.device = device ? DLDevice{kDLOpenCL, 0} : DLDevice{kDLCPU, 0};
