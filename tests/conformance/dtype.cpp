@@ -166,8 +166,8 @@ uint32_t poison_bits(DType t) {
       return 0x7e5a;
     case DType::bf16:
       return 0x7fda;
-    default:
-      return 0;  // index tensors are never outputs
+    default:  // index outputs (MoE's ids, counts, row maps): no count or id is this large
+      return 0x7fc0dead;
   }
 }
 

@@ -151,7 +151,7 @@ std::vector<uint32_t> Tensor::read_bits() const {
 
 void Tensor::poison() const {
   std::vector<std::byte> bytes(memory_->size());
-  const uint32_t pattern = poison_bits(dtype_);
+  const uint64_t pattern = poison_bits(dtype_);  // an element's low bytes (i64: 8 bytes)
   const auto size = static_cast<size_t>(size_of(dtype_));
   for (size_t at = 0; at + size <= bytes.size(); at += size)
     std::memcpy(&bytes[at], &pattern, size);
