@@ -108,7 +108,7 @@ void tile_backward(const MoeExpertMlpBwd& op, const moe::RowTile& tile, const Ti
 struct GradBlock {
   int64_t expert, begin, end;
 };
-constexpr int64_t kGradRows = 96;  // a multiple of moe_gemm's micro-panels (12 and 6 rows)
+constexpr int64_t kGradRows = 96;  // a multiple of moe_gemm's micro-panels (8 and 6 rows)
 constexpr int64_t kDepth = 256;    // token rows per GEMM call (staged panel-major)
 
 // out [rows, Hdp] (panel-major) = a [rows, n] (columns of kept, from the

@@ -16,8 +16,8 @@ namespace hops::cpu::moe {
 namespace {
 
 constexpr int64_t kDepth = 256;       // a panel of b: 256 x 32 floats (32 KB)
-constexpr int64_t kBlockPanels = 20;  // a block of a: 20 x 12 x 256 floats (240 KB)
-constexpr int64_t kMaxMicroRows = 12;
+constexpr int64_t kBlockPanels = 20;  // a block of a: 20 x 8 x 256 floats (160 KB) on AVX-512
+constexpr int64_t kMaxMicroRows = 8;
 
 template <int Lanes>
 struct Simd {
