@@ -145,8 +145,17 @@ void grad_block(const MoeExpertMlpBwd& op, const GradBlock& block, const int64_t
   const int64_t i0 = block.begin - 2 * I;
   weight_gradient(op.d_out, kept.h_t + i0 * kept.ld + first[e], kept.ld, rows, first[e], n, Hd,
                   staging, packed, out);
+  // Row i of d_down^T is column i of d_down: fp32 with unit steps along I
+  // takes each panel transposed, else a column at a time.
   const Tensor& d = op.d_down_proj;
-  for (int64_t r = 0; r < rows; ++r) {  // row i of d_down^T is column i of d_down
+  if (d.dtype == DType::f32 && d.stride[2] == 1) {
+    for (int64_t j = 0; j < Hd; j += moe::kPanel) {
+      transpose(out + j * rows, moe::kPanel, rows, std::min(moe::kPanel, Hd - j),
+                d.data<float>() + d.offset(e, j, i0), d.stride[1]);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
     moe::panel_row(out, rows, Hd, r, row);
     store_run(d, d.offset(e, 0, i0 + r), d.stride[1], Hd, row);
   }

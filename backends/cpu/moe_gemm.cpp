@@ -242,7 +242,11 @@ void load_panels(const Tensor& t, int64_t first, int64_t n, int64_t cols, float*
       for (int64_t j = 0; j < cols; j += kPanel) {
         float* target = out + (j / kPanel) * n * kPanel + r * kPanel;
         const int64_t width = std::min(kPanel, cols - j);
-        for (int64_t c = 0; c < width; ++c) target[c] = to_float(row[(j + c) * step]);
+        if (step == 1) {  // a loop of its own, which vectorises
+          for (int64_t c = 0; c < width; ++c) target[c] = to_float(row[j + c]);
+        } else {
+          for (int64_t c = 0; c < width; ++c) target[c] = to_float(row[(j + c) * step]);
+        }
         std::fill(target + width, target + kPanel, 0.0f);
       }
     }
