@@ -344,6 +344,18 @@ def test_compile_fullgraph_forward_and_backward_equal_eager():
         assert torch.equal(a.grad, b.grad)
 
 
+def test_trace_time_question_with_device_index_tensors():
+    """While torch.compile traces, a call whose index tensors live on a device is asked of the
+    provider (supports_call) with TensorSpecs, which carry no data: the wrappers pass them on
+    as they are (host index tensors are not asked about: the provider would read them)."""
+    from hops.torch_ops._common import _answer
+
+    x, ids = (("tensor", shape, (shape[1], 1), dtype, "cuda", 0)
+              for shape, dtype in (((5, 16), "torch.float32"), ((5, 2), "torch.int64")))
+    answer = _answer("moe_dispatch", (x, ids, 4), ())
+    assert answer is None or answer[0] == "HOPS_ERR_UNSUPPORTED", answer  # no CUDA kernels here: unsupported
+
+
 def test_refusals_are_unsupported_errors():
     with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*float64"):
         torch_ops.moe_route(randn(3, 4, seed=1, dtype=torch.float64), 2)
@@ -489,6 +501,34 @@ def test_training_steps_equal_with_everything_on_hops(alias):
     assert all(report.kernels[op] == calls for op in ("moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine",
                                                         "moe_dispatch_bwd", "moe_expert_mlp_bwd", "moe_combine_bwd"))
     assert report.calls[EXPERTS_LABEL] == calls and sum(report.fallbacks.values()) == 0, report.fallback_reasons
+
+
+@needs_transformers
+def test_patched_model_compiles_whole_and_trains_like_eager():
+    """The patched tiny Qwen3.5-MoE under torch.compile(fullgraph=True): one graph holding
+    every layer's router and experts as hops ops, loss and gradients equal to eager."""
+    model = build("qwen3_5_moe").train()
+    tokens = prompt(2, 40)
+    report = hops.patch()
+    eager_loss = model(input_ids=tokens, labels=tokens).loss
+    eager_loss.backward()
+    eager_gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    graphs = []
+
+    def recording_backend(graph, example_inputs):
+        graphs.append(graph)
+        return torch._dynamo.lookup_backend("aot_eager")(graph, example_inputs)
+
+    torch._dynamo.reset()
+    loss = torch.compile(model, backend=recording_backend, fullgraph=True)(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    assert loss.item() == eager_loss.item() and len(graphs) == 1
+    assert all(torch.equal(p.grad, eager_gradients[name]) for name, p in model.named_parameters())
+    layers = model.config.num_hidden_layers
+    assert all(graphs[0].code.count(f"torch.ops.hops.{op}.default(") == layers
+               for op in ("moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine"))
+    assert report.kernels["moe_expert_mlp_bwd"] == 2 * layers and not report.fallbacks  # eager, then compiled
 
 
 def only_moe(monkeypatch):

@@ -15,6 +15,12 @@ OPS = ("moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine", "moe_dispat
 _SCORINGS = {"softmax": 0, "sigmoid": 1}
 
 
+def _indices(values, like):
+    """Index lists and tuples as arrays of like's framework; arrays (and the TensorSpecs of
+    a torch.compile trace, which have no __dlpack__) pass as they are."""
+    return index_array(values, like) if isinstance(values, (list, tuple)) else values
+
+
 def scoring_code(scoring) -> int:
     """moe_route scoring name -> the op's code (0 softmax, 1 sigmoid)."""
     try:
@@ -59,7 +65,7 @@ def moe_dispatch(x, topk_ids, num_experts):
     in ascending order and within one in (token, slot) order, a copy of x[t] for each kept
     slot; rows past sum(counts) are zero. row_map[t,j] is the row of slot (t, j), -1 when
     dropped. An id outside [-1, E) is an error naming topk_ids."""
-    topk_ids = index_array(topk_ids, x)
+    topk_ids = _indices(topk_ids, x)
     rows, counts, row_map = moe_dispatch_outputs(x, topk_ids, num_experts)
     call("moe_dispatch", x=x, topk_ids=topk_ids, rows=rows, counts=counts, row_map=row_map)
     return rows, counts, row_map
@@ -73,7 +79,7 @@ def moe_expert_mlp(rows, counts, gate_up_proj, down_proj):
     (r Wu^T)) Wd^T with gate_up_proj[e] = [Wg; Wu] [2I,Hd] (gate rows first) and down_proj[e]
     = Wd [Hd,I], transformers' stacked layouts. Rows past sum(counts) give 0."""
     out = empty_like(rows)
-    call("moe_expert_mlp", rows=rows, counts=index_array(counts, rows), gate_up_proj=gate_up_proj,
+    call("moe_expert_mlp", rows=rows, counts=_indices(counts, rows), gate_up_proj=gate_up_proj,
          down_proj=down_proj, out=out)
     return out
 
@@ -87,7 +93,7 @@ def moe_combine_output(rows, row_map):
 def moe_combine(rows, row_map, topk_weights):
     """y[t] = sum over the kept slots j (ascending) of topk_weights[t,j] * rows[row_map[t,j]]
     -> y [T,Hd] in rows' dtype; topk_weights [T,k] may be any float dtype."""
-    row_map = index_array(row_map, rows)
+    row_map = _indices(row_map, rows)
     y = moe_combine_output(rows, row_map)
     call("moe_combine", rows=rows, row_map=row_map, topk_weights=topk_weights, y=y)
     return y
@@ -102,7 +108,7 @@ def moe_dispatch_bwd_output(d_rows, row_map):
 def moe_dispatch_bwd(d_rows, row_map):
     """Backward of moe_dispatch: dx[t] = sum over the kept slots j (ascending) of
     d_rows[row_map[t,j]] -> dx [T,Hd] in d_rows' dtype."""
-    row_map = index_array(row_map, d_rows)
+    row_map = _indices(row_map, d_rows)
     dx = moe_dispatch_bwd_output(d_rows, row_map)
     call("moe_dispatch_bwd", d_rows=d_rows, row_map=row_map, dx=dx)
     return dx
@@ -122,7 +128,7 @@ def moe_expert_mlp_bwd(rows, counts, gate_up_proj, down_proj, d_out, *, gate_up_
     zero past sum(counts)."""
     d_rows, d_gate_up_proj, d_down_proj = moe_expert_mlp_bwd_outputs(rows, gate_up_proj, down_proj, gate_up_grad,
                                                                       down_grad)
-    call("moe_expert_mlp_bwd", rows=rows, counts=index_array(counts, rows), gate_up_proj=gate_up_proj,
+    call("moe_expert_mlp_bwd", rows=rows, counts=_indices(counts, rows), gate_up_proj=gate_up_proj,
          down_proj=down_proj, d_out=d_out, d_rows=d_rows, d_gate_up_proj=d_gate_up_proj, d_down_proj=d_down_proj)
     return d_rows, d_gate_up_proj, d_down_proj
 
@@ -138,7 +144,7 @@ def moe_combine_bwd(rows, row_map, topk_weights, dy, *, weights_grad=True):
     d_rows[row_map[t,j]] = topk_weights[t,j] * dy[t] (zero for rows no slot reads) and
     d_topk_weights[t,j] = <dy[t], rows[row_map[t,j]]> (0 for dropped slots). No row may be
     named by two slots (moe_dispatch's row maps never do)."""
-    row_map = index_array(row_map, rows)
+    row_map = _indices(row_map, rows)
     d_rows, d_topk_weights = moe_combine_bwd_outputs(rows, topk_weights, weights_grad)
     call("moe_combine_bwd", rows=rows, row_map=row_map, topk_weights=topk_weights, dy=dy, d_rows=d_rows,
          d_topk_weights=d_topk_weights)
