@@ -87,6 +87,24 @@ HOPS_VECTOR_CLONES void softmax_columns(float* __restrict scores, int64_t tokens
   }
 }
 
+// Asks for a cache block (all heads: one stretch of memory) to be brought
+// into L2 while the block before it is worked on: the blocks are scattered,
+// and the hardware prefetchers find a block only after its first misses.
+// From DRAM (a model's layers evict each other's caches) a 4096-token decode
+// took 2.7-2.9 instead of 3.4-3.9 ms; from L3 0.76 instead of 0.66 ms.
+void prefetch_block(const AttnDecode& op, const Tensor& cache, const Chunk& chunk, int64_t first) {
+  if (first >= chunk.end) return;
+  constexpr int64_t kLineBytes = 64;
+  const int64_t block = read_index(op.block_table, chunk.sequence, first / op.block_size);
+  const int64_t rows = std::min(op.block_size, chunk.end - first), size = dtype_size(cache.dtype);
+  const int64_t bytes = ((rows - 1) * cache.stride[1] + (op.Hkv - 1) * cache.stride[2] +
+                         (op.D - 1) * cache.stride[3] + 1) *
+                        size;
+  const auto* start = static_cast<const char*>(cache.handle) + cache.byte_offset +
+                      cache.offset(block, 0, 0, 0) * size;
+  for (int64_t byte = 0; byte < bytes; byte += kLineBytes) __builtin_prefetch(start + byte, 0, 2);
+}
+
 // One chunk for every key-value head: the heads' rows of a cache block are
 // read together (one stretch of memory), then each head's softmax and P V.
 template <class PartialOf>
@@ -107,6 +125,7 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, const Blocks& b,
     }
   }
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
+    prefetch_block(op, op.k_cache, chunk, first + bs);
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
     for (int64_t head = 0; head < op.Hkv; ++head) {
@@ -129,6 +148,7 @@ void attend_chunk(const AttnDecode& op, const Chunk& chunk, const Blocks& b,
     std::fill(out.acc, out.acc + R * Dp, 0.0f);
   }
   for (int64_t first = chunk.begin; first < chunk.end; first += bs) {
+    prefetch_block(op, op.v_cache, chunk, first + bs);
     const int64_t block = read_index(op.block_table, chunk.sequence, first / bs);
     const int64_t count = std::min(bs, chunk.end - first);
     for (int64_t head = 0; head < op.Hkv; ++head) {
