@@ -18,6 +18,26 @@ typedef ushort raw_t;
 typedef ushort16 raw16_t;
 #endif
 
+// 16 contiguous x_t from element i, at any alignment: fp16 goes through
+// ushort16 bits (PoCL's vstore_half16 faulted on a row that was not 32-byte
+// aligned).
+#if HOPS_X == HOPS_F16
+inline float16 load16_half(global const half* p, long i) {
+  const ushort16 bits = vload16(0, (global const ushort*)p + i);
+  return vload_half16(0, (const half*)&bits);
+}
+inline void store16_half(global half* p, long i, float16 v) {
+  ushort16 bits;
+  vstore_half16_rte(v, 0, (half*)&bits);
+  vstore16(bits, 0, (global ushort*)p + i);
+}
+#define MOE_LOAD16_X(p, i) load16_half(p, i)
+#define MOE_STORE16_X(p, i, v) store16_half(p, i, v)
+#else
+#define MOE_LOAD16_X(p, i) LOAD16_X(p, i)
+#define MOE_STORE16_X(p, i, v) STORE16_X(p, i, v)
+#endif
+
 inline long slot_index(global const uchar* p, long off, long2 st, int kind, long t, long j) {
   const long i = off + t * st.x + j * st.y;
   return kind == 8 ? ((global const long*)p)[i] : (long)((global const int*)p)[i];
@@ -272,9 +292,9 @@ kernel void moe_gather_rows(global const x_t* rows, long r_off, long2 r_st,
       const long r = slot_row(map, map_off, map_st, map_kind, t, j, R);
       if (r < 0) continue;
       const float weight = w ? load_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype) : 1.0f;
-      acc += weight * LOAD16_X(rows, r_off + r * r_st.x + i);
+      acc += weight * MOE_LOAD16_X(rows, r_off + r * r_st.x + i);
     }
-    STORE16_X(out, o_off + t * o_st.x + i, acc);
+    MOE_STORE16_X(out, o_off + t * o_st.x + i, acc);
   }
 }
 
@@ -363,9 +383,9 @@ kernel void moe_combine_bwd_rows(global const x_t* rows, long r_off, long2 r_st,
     if (owns || dot) {
       const float weight = load_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype);
       for (long i = 0; i < Hd; i += 16) {
-        const float16 g = LOAD16_X(dy, dy_at + i);
-        if (dot) sum += g * LOAD16_X(rows, r_off + r * r_st.x + i);
-        if (owns) STORE16_X(d_rows, dr_off + r * dr_st.x + i, weight * g);
+        const float16 g = MOE_LOAD16_X(dy, dy_at + i);
+        if (dot) sum += g * MOE_LOAD16_X(rows, r_off + r * r_st.x + i);
+        if (owns) MOE_STORE16_X(d_rows, dr_off + r * dr_st.x + i, weight * g);
       }
     }
     if (!dw) continue;
@@ -381,7 +401,9 @@ kernel void moe_zero_unowned_rows(global x_t* d_rows, long dr_off, long2 dr_st,
                                   global const int* owner, long R, long Hd) {
   const long r = get_global_id(0);
   if (r >= R || owner[r] >= 0) return;
-  for (long i = 0; i < Hd; i += 16) STORE16_X(d_rows, dr_off + r * dr_st.x + i, (float16)(0.0f));
+  for (long i = 0; i < Hd; i += 16) {
+    MOE_STORE16_X(d_rows, dr_off + r * dr_st.x + i, (float16)(0.0f));
+  }
 }
 
 // ---- the experts' rows (moe_mlp.cl's kernels read them) --------------------------------
