@@ -169,7 +169,7 @@ run_test_latest() {
 run_demo() {
   say "demo 1/2: one Qwen3.5-sized GDN layer from a plain C host, through the C ABI"
   build/examples/c_host build/plugin/libhops.so
-  say "demo 2/2: a Qwen3.5-shaped transformers model on the CPU, unpatched vs hops.patch()"
+  say "demo 2/2: Qwen3.5-35B-A3B's layout scaled to this machine (GDN, gated attention, MoE) on the CPU, unpatched vs hops.patch()"
   .venv/bin/python examples/python_demo.py
 }
 
