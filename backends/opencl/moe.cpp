@@ -37,6 +37,15 @@ size_t staged_bytes(const Tensor& t) {
   return scratch_bytes("opencl: index tensor", rows_of(t), columns_of(t), sizeof(int64_t));
 }
 
+// The kernels count slots and rows in int: HOPS_ERR_UNSUPPORTED from 2^31 on.
+void check_moe_rows(const char* name, int64_t T, int64_t k) {
+  const std::optional<int64_t> slots = try_mul(T, k);
+  if (!slots || *slots >= INT32_MAX) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: the opencl backend supports fewer than 2^31 - 1 slots (rows) T*k", name);
+  }
+}
+
 template <class Op>
 void accepts_slots(const Op& op) {
   check_moe_rows(Op::kName, op.T, op.k);
@@ -61,6 +70,10 @@ void accepts_dispatch(const MoeDispatch& op) {
 template <class Op>
 void accepts_rows(const Op& op) {
   check_moe_rows(Op::kName, op.R, 1);
+  if (op.E >= INT32_MAX) {
+    fail(HOPS_ERR_UNSUPPORTED, "{}: the opencl backend supports fewer than 2^31 - 1 experts",
+         Op::kName);
+  }
 }
 
 // entry() (family.hpp) with the size check that supports_call asks.
@@ -70,14 +83,6 @@ constexpr Kernel checked_entry() {
 }
 
 }  // namespace
-
-void check_moe_rows(const char* name, int64_t T, int64_t k) {
-  const std::optional<int64_t> slots = try_mul(T, k);
-  if (!slots || *slots >= INT32_MAX) {
-    fail(HOPS_ERR_UNSUPPORTED, "{}: the opencl backend supports fewer than 2^31 - 1 slots T*k",
-         name);
-  }
-}
 
 MoeIndexInput::MoeIndexInput(Call& call, const Tensor& t) : call_(call) {
   if (!host_accessible(t.device)) {

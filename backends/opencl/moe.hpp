@@ -19,9 +19,6 @@ void moe_combine_bwd(const ExecContext& exec, const MoeCombineBwd& op);
 void moe_expert_mlp(const ExecContext& exec, const MoeExpertMlp& op);
 void moe_expert_mlp_bwd(const ExecContext& exec, const MoeExpertMlpBwd& op);
 
-// The kernels count slots and rows in int: HOPS_ERR_UNSUPPORTED from 2^31 on.
-void check_moe_rows(const char* name, int64_t T, int64_t k);
-
 // An index tensor of the family ([T,k] ids or row map, [E] counts) as the
 // kernels read or write it: buffer, element offset, strides (row, column)
 // and kind (4 int32, 8 int64).
