@@ -46,35 +46,34 @@ void check_moe_rows(const char* name, int64_t T, int64_t k) {
   }
 }
 
-template <class Op>
-void accepts_slots(const Op& op) {
-  check_moe_rows(Op::kName, op.T, op.k);
+// The accepts checks of supports_call. Plain functions, not templates: GCC
+// with -fsanitize=undefined rejects a function template's address in the
+// constant expression of kernel<>() (backend.hpp).
+void experts_limit(const char* name, int64_t E) {
+  if (E >= INT32_MAX - 1) {  // dispatch's bucket E counts the dropped slots
+    fail(HOPS_ERR_UNSUPPORTED, "{}: the opencl backend supports fewer than 2^31 - 2 experts", name);
+  }
 }
 
 void accepts_route(const MoeRoute& op) {
   check_moe_rows(op.kName, op.T, op.k);
-  if (op.E >= INT32_MAX) {
-    fail(HOPS_ERR_UNSUPPORTED, "{}: the opencl backend supports fewer than 2^31 - 1 experts",
-         op.kName);
-  }
+  experts_limit(op.kName, op.E);
 }
-
 void accepts_dispatch(const MoeDispatch& op) {
   check_moe_rows(op.kName, op.T, op.k);
-  if (op.E >= INT32_MAX - 1) {  // bucket E counts the dropped slots
-    fail(HOPS_ERR_UNSUPPORTED, "{}: the opencl backend supports fewer than 2^31 - 2 experts",
-         op.kName);
-  }
+  experts_limit(op.kName, op.E);
 }
-
-template <class Op>
-void accepts_rows(const Op& op) {
-  check_moe_rows(Op::kName, op.R, 1);
-  if (op.E >= INT32_MAX) {
-    fail(HOPS_ERR_UNSUPPORTED, "{}: the opencl backend supports fewer than 2^31 - 1 experts",
-         Op::kName);
-  }
+void accepts_expert_mlp(const MoeExpertMlp& op) {
+  check_moe_rows(op.kName, op.R, 1);
+  experts_limit(op.kName, op.E);
 }
+void accepts_expert_mlp_bwd(const MoeExpertMlpBwd& op) {
+  check_moe_rows(op.kName, op.R, 1);
+  experts_limit(op.kName, op.E);
+}
+void accepts_combine(const MoeCombine& op) { check_moe_rows(op.kName, op.T, op.k); }
+void accepts_dispatch_bwd(const MoeDispatchBwd& op) { check_moe_rows(op.kName, op.T, op.k); }
+void accepts_combine_bwd(const MoeCombineBwd& op) { check_moe_rows(op.kName, op.T, op.k); }
 
 // entry() (family.hpp) with the size check that supports_call asks.
 template <class Op, void (*fn)(const ExecContext&, const Op&), void (*accepts)(const Op&)>
@@ -172,11 +171,11 @@ std::span<const Kernel> moe_kernels() {
   static constexpr Kernel kernels[] = {
       checked_entry<MoeRoute, &moe_route, &accepts_route>(),
       checked_entry<MoeDispatch, &moe_dispatch, &accepts_dispatch>(),
-      checked_entry<MoeExpertMlp, &moe_expert_mlp, &accepts_rows<MoeExpertMlp>>(),
-      checked_entry<MoeCombine, &moe_combine, &accepts_slots<MoeCombine>>(),
-      checked_entry<MoeDispatchBwd, &moe_dispatch_bwd, &accepts_slots<MoeDispatchBwd>>(),
-      checked_entry<MoeExpertMlpBwd, &moe_expert_mlp_bwd, &accepts_rows<MoeExpertMlpBwd>>(),
-      checked_entry<MoeCombineBwd, &moe_combine_bwd, &accepts_slots<MoeCombineBwd>>(),
+      checked_entry<MoeExpertMlp, &moe_expert_mlp, &accepts_expert_mlp>(),
+      checked_entry<MoeCombine, &moe_combine, &accepts_combine>(),
+      checked_entry<MoeDispatchBwd, &moe_dispatch_bwd, &accepts_dispatch_bwd>(),
+      checked_entry<MoeExpertMlpBwd, &moe_expert_mlp_bwd, &accepts_expert_mlp_bwd>(),
+      checked_entry<MoeCombineBwd, &moe_combine_bwd, &accepts_combine_bwd>(),
   };
   return kernels;
 }
