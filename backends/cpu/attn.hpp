@@ -60,6 +60,13 @@ struct Dots {
 };
 void dots(const Dots& p);
 
+// out[rows, kPanel] (+)= p[rows, depth] v[depth, kPanel] (p and out with row
+// strides ldp, ldo; v's rows contiguous): the prefill's Q K^T and P V on one
+// column panel of packed keys or values (attn_panel.cpp).
+inline constexpr int64_t kPanel = 32;
+void panel_product(const float* p, int64_t ldp, int64_t rows, int64_t depth, const float* v,
+                   float* out, int64_t ldo, bool accumulate);
+
 // The prefill ops work on blocks. A key block is kKeys keys of one sequence
 // (the last one shorter); a query block is `tokens` queries of one sequence,
 // all G query heads of one key-value head (rows ordered token by token, the

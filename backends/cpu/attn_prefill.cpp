@@ -19,19 +19,19 @@ using attn::kKeys;
 using attn::kMinusInf;
 
 // The packed keys and values of the call, one slot per key block and
-// key-value head, as the GEMMs' b operands: column panels of kPanel floats,
-// each panel's rows contiguous. Rows of a wider b lie a power of two apart
-// (256 floats for K^T of a 64-key block, 512 for fp32 values of 2 heads in
-// place), so a panel's rows fell on a few L1 sets and evicted each other:
-// Q K^T ran 9% and P V 27% slower.
-constexpr int64_t kPanel = 32;  // small_gemm's AVX-512 tile width
+// key-value head, as the products' b operands: column panels of kPanel
+// floats, each panel's rows contiguous. Rows of a wider b lie a power of two
+// apart (256 floats for K^T of a 64-key block, 512 for fp32 values of 2
+// heads in place), so a panel's rows fell on a few L1 sets and evicted each
+// other: Q K^T ran 9% and P V 27% slower. Dp (the head dim padded) is a
+// multiple of kPanel here.
+using attn::kPanel;
 
 struct PackedKeys {
   float* kt;      // per slot: kKeys / kPanel panels [Dp, kPanel] of K^T, zero past the keys and D
-  float* values;  // per slot: Dp / kPanel panels (rounded up) [kKeys, kPanel] of V, zero past D
+  float* values;  // per slot: Dp / kPanel panels [kKeys, kPanel] of V, zero past D
   int64_t key_blocks, Dp;
 
-  int64_t values_width() const { return round_up(Dp, kPanel); }
   // Head-major: a head's key blocks follow each other, one stream for the prefetchers.
   int64_t slot(int64_t key_block, int64_t kv_head) const {
     return kv_head * key_blocks + key_block;
@@ -41,7 +41,7 @@ struct PackedKeys {
     return kt + slot * Dp * kKeys + column * Dp;
   }
   float* values_of(int64_t slot, int64_t column) const {
-    return values + slot * kKeys * values_width() + column * kKeys;
+    return values + slot * kKeys * Dp + column * kKeys;
   }
 };
 
@@ -59,7 +59,7 @@ void pack_key_block(const AttnPrefill& op, const attn::KeyBlock& block, int64_t 
     }
   }
   for (int64_t j = 0; j < count; ++j) {
-    attn::load_head_row(op.v, span.row, t + j, kv_head, D, packed.values_width(), buffer);
+    attn::load_head_row(op.v, span.row, t + j, kv_head, D, Dp, buffer);
     for (int64_t column = 0; column < Dp; column += kPanel) {
       std::copy(buffer + column, buffer + column + kPanel,
                 packed.values_of(slot, column) + j * kPanel);
@@ -216,17 +216,15 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
   std::fill(b.sum, b.sum + R, 0.0f);
 
   for (int64_t first = 0; first < block.keys; first += kKeys) {
-    const int64_t keys = std::min(kKeys, block.keys - first), columns = round_up(keys, kPadding);
+    const int64_t keys = std::min(kKeys, block.keys - first);
     const int64_t slot = packed.slot(block.key_block + first / kKeys, kv_head);
-    for (int64_t c = 0; c < columns; c += kPanel) {
-      gemm({R, std::min(kPanel, columns - c), Dp, b.q, Dp, packed.keys_of(slot, c), kPanel, b.s + c,
-            kKeys, false, Shape::full});
+    for (int64_t c = 0; c < keys; c += kPanel) {  // the panels are zero past the keys
+      attn::panel_product(b.q, Dp, R, Dp, packed.keys_of(slot, c), b.s + c, kKeys, false);
     }
     // Query i sees keys [0, i + 1 + Lk - Lq) (attn::key_end).
     softmax_block(b, R, Dp, keys, op.causal, block.begin + 1 + Lk - Lq - first, G);
     for (int64_t c = 0; c < Dp; c += kPanel) {
-      gemm({R, std::min(kPanel, Dp - c), keys, b.s, kKeys, packed.values_of(slot, c), kPanel,
-            b.acc + c, Dp, true, Shape::full});
+      attn::panel_product(b.s, kKeys, R, keys, packed.values_of(slot, c), b.acc + c, Dp, true);
     }
   }
 
@@ -252,7 +250,7 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
 void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
   const std::string_view name = op.kName;
   const int64_t tokens = attn::query_block_tokens(op);
-  const int64_t Dp = round_up(op.D, kPadding);
+  const int64_t Dp = round_up(op.D, kPanel);
   const int64_t per_worker = scratch_sum(name, Blocks::floats(name, tokens * op.group(), Dp),
                                          scratch_size(name, kKeys, Dp));
   const int64_t query_blocks = attn::count_query_blocks(op, tokens);
@@ -263,7 +261,7 @@ void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
   const int64_t key_floats =
       round_up(scratch_size(name, key_blocks, sizeof(attn::KeyBlock) / sizeof(float)), kPadding);
   const int64_t kt_floats = scratch_size(name, key_blocks, op.Hkv, kKeys, Dp);
-  const int64_t value_floats = scratch_size(name, key_blocks, op.Hkv, kKeys, round_up(Dp, kPanel));
+  const int64_t value_floats = kt_floats;
   const auto lease = context.scratch->acquire(
       scratch_bytes(name,
                     scratch_sum(name, query_floats, key_floats, kt_floats, value_floats,
