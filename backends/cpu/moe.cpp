@@ -1,5 +1,6 @@
 // The MoE family's list of CPU kernels, and moe_route.
 #include <cmath>
+#include <limits>
 
 #include "checked_math.hpp"
 #include "moe.hpp"
@@ -12,13 +13,12 @@ constexpr int64_t kTokensPerTask = 64;
 
 // The k best of E scores, best first, ties to the lower expert: an insertion
 // into the sorted list of the best so far, which only a strictly better score
-// enters ahead of another. Scores are compared as logits: softmax and sigmoid
-// keep their order, and logits have no rounding of their own.
-void top_k(const float* logits, int64_t E, int64_t k, int64_t* ids) {
+// enters ahead of another.
+void top_k(const double* scores, int64_t E, int64_t k, int64_t* ids) {
   int64_t kept = 0;
   for (int64_t e = 0; e < E; ++e) {
     int64_t at = kept;
-    while (at > 0 && logits[e] > logits[ids[at - 1]]) --at;
+    while (at > 0 && scores[e] > scores[ids[at - 1]]) --at;
     if (at == k) continue;
     kept = std::min(kept + 1, k);
     for (int64_t i = kept - 1; i > at; --i) ids[i] = ids[i - 1];
@@ -26,27 +26,28 @@ void top_k(const float* logits, int64_t E, int64_t k, int64_t* ids) {
   }
 }
 
-void route_token(const MoeRoute& op, int64_t t, float* logits, float* scores, int64_t* ids) {
+// The scores are computed and ranked in float64, as the contract's oracle does
+// (tests/reference/moe_reference.cpp): which scores tie (to the lower id)
+// depends on their precision (a sigmoid is 1 from about 37 in float64, from
+// about 17 in float32), and the route is a few exponentials per expert.
+void route_token(const MoeRoute& op, int64_t t, float* logits, double* scores, int64_t* ids) {
   const int64_t E = op.E, k = op.k;
   load_run(op.logits, op.logits.offset(t, 0), op.logits.stride[1], E, logits);
-  top_k(logits, E, k, ids);
-  // softmax: p = e^(l - max) / sum over all experts; the max is the best id's.
-  float denominator = 1.0f;
   if (op.scoring == MoeScoring::softmax) {
-    const float max = logits[ids[0]];
-    float all = 0.0f;
-    for (int64_t e = 0; e < E; ++e) all += std::exp(logits[e] - max);
-    for (int64_t j = 0; j < k; ++j) scores[j] = std::exp(logits[ids[j]] - max);
-    denominator = all;
+    double largest = -std::numeric_limits<double>::infinity(), sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) largest = std::max<double>(largest, logits[e]);
+    for (int64_t e = 0; e < E; ++e) sum += scores[e] = std::exp(logits[e] - largest);
+    for (int64_t e = 0; e < E; ++e) scores[e] /= sum;
   } else {
-    for (int64_t j = 0; j < k; ++j) scores[j] = 1.0f / (1.0f + std::exp(-logits[ids[j]]));
+    for (int64_t e = 0; e < E; ++e) scores[e] = 1.0 / (1.0 + std::exp(-double{logits[e]}));
   }
-  if (op.normalize) {
-    denominator = 0.0f;
-    for (int64_t j = 0; j < k; ++j) denominator += scores[j];
-  }
+  top_k(scores, E, k, ids);
+  double picked = 0.0;
+  for (int64_t j = 0; j < k; ++j) picked += scores[ids[j]];
+  const double denominator = op.normalize ? picked : 1.0;
   for (int64_t j = 0; j < k; ++j) {
-    store(op.topk_weights, op.topk_weights.offset(t, j), scores[j] / denominator);
+    store(op.topk_weights, op.topk_weights.offset(t, j),
+          static_cast<float>(scores[ids[j]] / denominator));
     moe::store_index(op.topk_ids, op.topk_ids.offset(t, j), ids[j]);
   }
 }
@@ -55,16 +56,17 @@ void route_token(const MoeRoute& op, int64_t t, float* logits, float* scores, in
 
 void moe_route(const ExecContext& context, const MoeRoute& op) {
   const std::string_view name = op.kName;
-  // Per worker: the chosen ids [k] (int64), the logits [E] and the scores [k].
-  const int64_t per_worker = round_up(scratch_sum(name, 3 * op.k, op.E), kPadding);
+  // Per worker, in floats: the chosen ids [k] (int64), the scores [E]
+  // (float64), the logits [E].
+  const int64_t per_worker = round_up(scratch_sum(name, 2 * op.k, 3 * op.E), kPadding);
   const auto lease = context.scratch->acquire(
       scratch_bytes(name, scratch_size(name, per_worker, context.max_workers), sizeof(float)));
   context.threads->parallel_for((op.T + kTokensPerTask - 1) / kTokensPerTask, context.max_workers,
                                 [&](int64_t task, int worker) {
                                   float* base = lease.as<float>() + worker * per_worker;
                                   auto* ids = reinterpret_cast<int64_t*>(base);
-                                  float* logits = base + 2 * op.k;
-                                  float* scores = logits + op.E;
+                                  auto* scores = reinterpret_cast<double*>(base + 2 * op.k);
+                                  float* logits = base + 2 * op.k + 2 * op.E;
                                   for (int64_t t = task * kTokensPerTask;
                                        t < std::min(op.T, (task + 1) * kTokensPerTask); ++t) {
                                     route_token(op, t, logits, scores, ids);
