@@ -24,21 +24,61 @@ struct Buffers {
   float* hidden;   // [2I, Mp] (g; u)^T, then h^T in the first I rows of each panel
   float* staging;  // [kPanel, Hd] rows converted from (or to) another dtype
   float* packed;   // the GEMM's packed weights
+  float* row;      // [max(Hd, I)] a weight row converted to fp32 (few-row tiles)
 
   static int64_t floats(const MoeExpertMlp& op, int64_t Mp) {
     const std::string_view name = op.kName;
     return round_up(scratch_sum(name, scratch_size(name, op.Hd + 2 * op.I, Mp),
-                                scratch_size(name, moe::kPanel, op.Hd), moe::packed_floats()),
+                                scratch_size(name, moe::kPanel, op.Hd), moe::packed_floats(),
+                                std::max(op.Hd, op.I)),
                     kPadding);
   }
   Buffers(float* base, const MoeExpertMlp& op, int64_t Mp)
       : rows_t(base),
         hidden(rows_t + op.Hd * Mp),
         staging(hidden + 2 * op.I * Mp),
-        packed(staging + moe::kPanel * op.Hd) {}
+        packed(staging + moe::kPanel * op.Hd),
+        row(packed + moe::packed_floats()) {}
 };
 
+// A tile of at most kFewRows rows (decoding: a token or two per expert) skips
+// the GEMM, whose packed weights would serve only these few columns: each
+// weight row is read once (converted to fp32 where it is not) and dotted with
+// the tile's rows. Whether a tile is one depends only on its expert's rows
+// (tiles are cut at 16 rows or more), not on the thread count.
+constexpr int64_t kFewRows = 4;
+
+// Row n of expert e's weights [E, rows, cols] as fp32.
+const float* weight_row(const Tensor& w, int64_t e, int64_t n, int64_t cols, float* buffer) {
+  if (w.dtype == DType::f32 && w.stride[2] == 1) return w.data<const float>() + w.offset(e, n, 0);
+  load_run(w, w.offset(e, n, 0), w.stride[2], cols, buffer);
+  return buffer;
+}
+
+HOPS_VECTOR_CLONES void run_few_rows(const MoeExpertMlp& op, const moe::RowTile& tile,
+                                     const Buffers& b) {
+  const int64_t M = tile.count, Hd = op.Hd, I = op.I, e = tile.expert;
+  float* x = b.staging;  // [M, Hd] the rows, then out
+  float* gu = b.hidden;  // [M, 2I] (g; u), then h in the first I of each row
+  for (int64_t m = 0; m < M; ++m) {
+    load_run(op.rows, op.rows.offset(tile.first + m, 0), op.rows.stride[1], Hd, x + m * Hd);
+  }
+  for (int64_t n = 0; n < 2 * I; ++n) {
+    const float* w = weight_row(op.gate_up_proj, e, n, Hd, b.row);
+    for (int64_t m = 0; m < M; ++m) gu[m * 2 * I + n] = dot(w, x + m * Hd, Hd);
+  }
+  for (int64_t m = 0; m < M; ++m) swiglu(gu + m * 2 * I, gu + m * 2 * I + I, I);
+  for (int64_t d = 0; d < Hd; ++d) {
+    const float* w = weight_row(op.down_proj, e, d, I, b.row);
+    for (int64_t m = 0; m < M; ++m) x[m * Hd + d] = dot(w, gu + m * 2 * I, I);
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    store_run(op.out, op.out.offset(tile.first + m, 0), op.out.stride[1], Hd, x + m * Hd);
+  }
+}
+
 void run_tile(const MoeExpertMlp& op, const moe::RowTile& tile, const Buffers& b) {
+  if (tile.count <= kFewRows) return run_few_rows(op, tile, b);
   const int64_t M = tile.count, Mp = moe::panels(M) * moe::kPanel, Hd = op.Hd, I = op.I;
   const int64_t e = tile.expert;
   const Tensor &gate_up = op.gate_up_proj, &down = op.down_proj;
