@@ -108,17 +108,16 @@ kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
 }
 
 // ---- moe_dispatch ------------------------------------------------------------------
-// The T*k slots in (token, slot) order are cut into chunks of `chunk`
-// slots. Bucket b of a slot is its expert, or E when it is dropped (or its
-// id is outside [0, E)). (1) moe_dispatch_count: a work-item per chunk
-// counts its slots per bucket into hist[c][b]; (2) moe_dispatch_scan, one
-// work-group: hist[c][b] becomes the first row of chunk c's slots of bucket
-// b (buckets in order, chunks in order within one: experts ascending, then
-// the dropped slots, which own the rows past the kept ones), counts[e] the
-// slots of expert e; (3) moe_dispatch_place: a work-item per chunk walks its
-// slots in order, giving each the next row of its bucket: row_map, and
-// dest[s] = row (kept) or ~row (dropped: that row is zeroed). (4) the copy
-// writes every row of `rows` exactly once.
+// moe_dispatch_map, one work-group: item c takes the c-th of `size` runs of
+// the T*k slots in (token, slot) order. Bucket b of a slot is its expert,
+// or E when it is dropped (or its id is outside [0, E)). Each item counts
+// its run's slots per bucket into hist[c][b]; the counts become the first
+// row of run c's slots of bucket b (buckets in order, runs in order within
+// one: experts ascending, then the dropped slots, which own the rows past
+// the kept ones) and counts[e]; then each item walks its run in order,
+// giving each slot the next row of its bucket: row_map, and dest[s] = row
+// (kept) or ~row (dropped: that row is zeroed). The copy then writes every
+// row of `rows` exactly once.
 
 inline int slot_bucket(global const uchar* ids, long off, long2 st, int kind, long s, int k,
                        int E) {
@@ -126,19 +125,8 @@ inline int slot_bucket(global const uchar* ids, long off, long2 st, int kind, lo
   return id >= 0 && id < E ? (int)id : E;
 }
 
-kernel void moe_dispatch_count(global const uchar* ids, long ids_off, long2 ids_st, int ids_kind,
-                               long slots, int k, int E, long chunk, long chunks,
-                               global int* hist) {
-  const long c = get_global_id(0);
-  if (c >= chunks) return;
-  global int* h = hist + c * (E + 1);
-  for (int b = 0; b <= E; ++b) h[b] = 0;
-  const long end = min(slots, (c + 1) * chunk);
-  for (long s = c * chunk; s < end; ++s) ++h[slot_bucket(ids, ids_off, ids_st, ids_kind, s, k, E)];
-}
-
-// Exclusive prefix sums of one value per work-item (a power of two of
-// them) through `sums` (2 * size longs), in a fixed order; the total in *all.
+// Exclusive prefix sums of one value per work-item through `sums` (2 *
+// size longs), in a fixed order; the total in *all.
 inline long work_group_exclusive_scan(long value, local long* sums, int lid, int size,
                                       long* all) {
   sums[lid] = value;
@@ -156,14 +144,22 @@ inline long work_group_exclusive_scan(long value, local long* sums, int lid, int
   return inclusive - value;
 }
 
-// One work-group; `total` [E + 1] scratch, `sums` 2 * local size longs.
-kernel void moe_dispatch_scan(global int* hist, global int* total, long chunks, int E,
-                              global uchar* counts, long counts_off, long2 counts_st,
-                              int counts_kind, local long* sums) {
+// hist [size][E + 1] and total [E + 1] scratch, dest [T*k], `sums` 2 * size longs.
+kernel void moe_dispatch_map(global const uchar* ids, long ids_off, long2 ids_st, int ids_kind,
+                             global uchar* map, long map_off, long2 map_st, int map_kind,
+                             global uchar* counts, long counts_off, long2 counts_st,
+                             int counts_kind, long slots, int k, int E, global int* hist,
+                             global int* total, global int* dest, local long* sums) {
   const int lid = get_local_id(0), size = get_local_size(0), buckets = E + 1;
+  const long run = (slots + size - 1) / size, begin = min(slots, lid * run);
+  const long end = min(slots, begin + run);
+  global int* h = hist + lid * buckets;
+  for (int b = 0; b < buckets; ++b) h[b] = 0;
+  for (long s = begin; s < end; ++s) ++h[slot_bucket(ids, ids_off, ids_st, ids_kind, s, k, E)];
+  barrier(CLK_GLOBAL_MEM_FENCE);
   for (int b = lid; b < buckets; b += size) {
     int before = 0;
-    for (long c = 0; c < chunks; ++c) {
+    for (int c = 0; c < size; ++c) {
       const int n = hist[c * buckets + b];
       hist[c * buckets + b] = before;
       before += n;
@@ -185,23 +181,10 @@ kernel void moe_dispatch_scan(global int* hist, global int* total, long chunks, 
     first += n;
   }
   barrier(CLK_GLOBAL_MEM_FENCE);
-  for (int b = lid; b < buckets; b += size) {
-    const int offset = total[b];
-    for (long c = 0; c < chunks; ++c) hist[c * buckets + b] += offset;
-  }
-}
-
-kernel void moe_dispatch_place(global const uchar* ids, long ids_off, long2 ids_st, int ids_kind,
-                               global uchar* map, long map_off, long2 map_st, int map_kind,
-                               long slots, int k, int E, long chunk, long chunks,
-                               global int* hist, global int* dest) {
-  const long c = get_global_id(0);
-  if (c >= chunks) return;
-  global int* next = hist + c * (E + 1);
-  const long end = min(slots, (c + 1) * chunk);
-  for (long s = c * chunk; s < end; ++s) {
+  for (int b = 0; b < buckets; ++b) h[b] += total[b];
+  for (long s = begin; s < end; ++s) {
     const int b = slot_bucket(ids, ids_off, ids_st, ids_kind, s, k, E);
-    const int row = next[b]++;
+    const int row = h[b]++;
     store_slot_index(map, map_off, map_st, map_kind, s / k, s % k, b < E ? row : -1);
     dest[s] = b < E ? row : ~row;
   }
@@ -248,10 +231,12 @@ kernel void moe_dispatch_copy_rows(global const raw_t* x, long x_off, long2 x_st
     const bool aligned = ((ulong)out & (sizeof(raw16_t) - 1)) == 0;
     for (long i = 0; i < body; i += 16) {
       const raw16_t value = r >= 0 ? vload16(0, in + i) : (raw16_t)(0);
-      if (stream && aligned) {
+      if (!aligned) {
+        vstore16(value, 0, out + i);
+      } else if (stream) {
         STREAM_STORE(value, (global raw16_t*)(out + i));
       } else {
-        vstore16(value, 0, out + i);
+        *(global raw16_t*)(out + i) = value;  // PoCL's vstore16 of ushort went element by element
       }
     }
     for (long i = body; i < Hd; ++i) out[i] = r >= 0 ? in[i] : 0;

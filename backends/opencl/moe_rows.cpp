@@ -1,5 +1,5 @@
-// The MoE ops that move rows (moe.cl): moe_dispatch (count, scan, place,
-// copy), moe_combine and moe_dispatch_bwd (one gather kernel) and
+// The MoE ops that move rows (moe.cl): moe_dispatch (the row map in one
+// work-group, then the copy), moe_combine and moe_dispatch_bwd (one gather kernel) and
 // moe_combine_bwd (claim rows, scatter, zero the rows no slot owns).
 #include <algorithm>
 
@@ -13,15 +13,12 @@ namespace {
 
 constexpr std::string_view kProgram = "moe.cl";  // after common.cl
 
-constexpr int64_t kChunk = 256;                      // slots per chunk of dispatch's bookkeeping
-constexpr int64_t kMaxHistogram = int64_t{1} << 24;  // entries of the per-chunk counts
-constexpr size_t kChunkGroup = 16;                   // chunks per work-group
-constexpr size_t kScanGroup = 256;                   // work-items of moe_dispatch_scan
+constexpr size_t kMapGroup = 256;                    // work-items of moe_dispatch_map
 constexpr size_t kColumnGroup = 64;                  // columns per work-group (portable kernels)
 constexpr size_t kRowsGroup = 4;                     // rows per work-group (*_rows kernels)
 constexpr size_t kSlotGroup = 256;                   // slots per work-group of moe_claim_rows
 constexpr int64_t kLanes = 16;                       // the *_rows kernels' vector width
-constexpr int64_t kStreamBytes = int64_t{64} << 20;  // rows written past the caches from here
+constexpr int64_t kStreamBytes = int64_t{16} << 20;  // rows written past the caches from here
 
 cl_long2 strides2(const Tensor& t) { return {{t.stride[0], t.stride[1]}}; }
 
@@ -80,38 +77,20 @@ void moe_dispatch(const ExecContext& exec, const MoeDispatch& op) {
   const MoeIndexOutput counts(call, op.counts);
   const MoeIndexOutput row_map(call, op.row_map);
   const int64_t slots = op.T * op.k, buckets = op.E + 1;
-  // Chunks of whole kChunk runs, few enough that their counts stay bounded.
-  const int64_t most_chunks = std::max<int64_t>(1, kMaxHistogram / buckets);
-  const int64_t chunk =
-      std::max(kChunk, (slots + most_chunks * kChunk - 1) / (most_chunks * kChunk) * kChunk);
-  const int64_t chunks = std::max<int64_t>(1, (slots + chunk - 1) / chunk);
-  const cl_mem hist = call.scratch(scratch_bytes(op.kName, chunks, buckets, sizeof(cl_int)));
-  const cl_mem total = call.scratch(scratch_bytes(op.kName, buckets, sizeof(cl_int)));
-  const cl_mem dest = call.scratch(scratch_bytes(op.kName, slots, sizeof(cl_int)));
   const auto E = static_cast<cl_int>(op.E), k = static_cast<cl_int>(op.k);
+  const cl_mem dest = call.scratch(scratch_bytes(op.kName, slots, sizeof(cl_int)));
   {
-    Launch launch(call.kernel(kProgram, op.x.dtype, "moe_dispatch_count"));
+    Launch launch(call.kernel(kProgram, op.x.dtype, "moe_dispatch_map"));
+    const size_t local = launch.group_size(kMapGroup);
     moe_index(launch, ids.arg);
-    launch.value(cl_long{slots}).value(k).value(E).value(cl_long{chunk}).value(cl_long{chunks});
-    launch.value(hist);
-    run_rows(launch, call, chunks, kChunkGroup);
-  }
-  {
-    Launch launch(call.kernel(kProgram, op.x.dtype, "moe_dispatch_scan"));
-    launch.value(hist).value(total).value(cl_long{chunks}).value(E);
+    moe_index(launch, row_map.arg);
     moe_index(launch, counts.arg);
-    const size_t local = launch.group_size(kScanGroup);
+    launch.value(cl_long{slots}).value(k).value(E);
+    launch.value(call.scratch(scratch_bytes(op.kName, local, buckets, sizeof(cl_int))));
+    launch.value(call.scratch(scratch_bytes(op.kName, buckets, sizeof(cl_int)))).value(dest);
     launch.local_floats(4 * local);  // 2 * local longs
     const size_t groups = 1;
     launch.run(call, 1, &groups, &local);
-  }
-  {
-    Launch launch(call.kernel(kProgram, op.x.dtype, "moe_dispatch_place"));
-    moe_index(launch, ids.arg);
-    moe_index(launch, row_map.arg);
-    launch.value(cl_long{slots}).value(k).value(E).value(cl_long{chunk}).value(cl_long{chunks});
-    launch.value(hist).value(dest);
-    run_rows(launch, call, slots > 0 ? chunks : 0, kChunkGroup);
   }
   {
     const bool per_row = whole_rows(call, {&op.x, &op.rows}, op.Hd, false);
