@@ -18,25 +18,43 @@ typedef ushort raw_t;
 typedef ushort16 raw16_t;
 #endif
 
-// 16 contiguous x_t from element i, at any alignment: fp16 goes through
-// ushort16 bits (PoCL's vstore_half16 faulted on a row that was not 32-byte
-// aligned).
+// 16 contiguous x_t from element i, at any alignment. 16-bit types go as
+// ushort16 bits, one vector access where the address is aligned to it
+// (PoCL's vload16 / vstore16 of ushort went element by element, and its
+// vstore_half16 faulted on an address not 32-byte aligned).
+inline ushort16 load16_bits(global const ushort* p) {
+  return ((ulong)p & 31) == 0 ? *(global const ushort16*)p : vload16(0, p);
+}
+inline void store16_bits(global ushort* p, ushort16 bits) {
+  if (((ulong)p & 31) == 0) {
+    *(global ushort16*)p = bits;
+  } else {
+    vstore16(bits, 0, p);
+  }
+}
 #if HOPS_X == HOPS_F16
-inline float16 load16_half(global const half* p, long i) {
-  const ushort16 bits = vload16(0, (global const ushort*)p + i);
+inline float16 load16_x(global const half* p, long i) {
+  const ushort16 bits = load16_bits((global const ushort*)p + i);
   return vload_half16(0, (const half*)&bits);
 }
-inline void store16_half(global half* p, long i, float16 v) {
+inline void store16_x(global half* p, long i, float16 v) {
   ushort16 bits;
   vstore_half16_rte(v, 0, (half*)&bits);
-  vstore16(bits, 0, (global ushort*)p + i);
+  store16_bits((global ushort*)p + i, bits);
 }
-#define MOE_LOAD16_X(p, i) load16_half(p, i)
-#define MOE_STORE16_X(p, i, v) store16_half(p, i, v)
+#elif HOPS_X == HOPS_BF16
+inline float16 load16_x(global const ushort* p, long i) {
+  return as_float16(convert_uint16(load16_bits(p + i)) << 16);
+}
+inline void store16_x(global ushort* p, long i, float16 v) {
+  store16_bits(p + i, float16_to_bf16(v));
+}
 #else
-#define MOE_LOAD16_X(p, i) LOAD16_X(p, i)
-#define MOE_STORE16_X(p, i, v) STORE16_X(p, i, v)
+inline float16 load16_x(global const float* p, long i) { return vload16(0, p + i); }
+inline void store16_x(global float* p, long i, float16 v) { vstore16(v, 0, p + i); }
 #endif
+#define MOE_LOAD16_X(p, i) load16_x(p, i)
+#define MOE_STORE16_X(p, i, v) store16_x(p, i, v)
 
 inline long slot_index(global const uchar* p, long off, long2 st, int kind, long t, long j) {
   const long i = off + t * st.x + j * st.y;
