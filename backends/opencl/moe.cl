@@ -79,50 +79,79 @@ inline long slot_row(global const uchar* map, long off, long2 st, int kind, long
 }
 
 // ---- moe_route ---------------------------------------------------------------------
-// Work-item per token. The k picks, best first: pick j is the best expert
-// ranked below pick j - 1, where a is above b when its logit is larger or
-// equal with a lower id (the order of softmax and sigmoid scores too, which
-// are monotone in the logit). k passes over the E logits, no storage.
+// Work-item per token; the k picks best first, a above b when its logit is
+// larger or equal with a lower id (the order of softmax and sigmoid scores
+// too, which are monotone in the logit). Up to ROUTE_K picks: one pass over
+// the E logits inserting each into the sorted list of the best so far,
+// which only a strictly larger logit enters ahead of another (the CPU
+// backend's top-k). More: k passes, pick j the best expert ranked below
+// pick j - 1, no storage. The ids go to `ids`, which the weights then read.
+#define ROUTE_K 16
+
 kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
                       global uchar* w, long w_off, int w_dtype, long2 w_st,
                       global uchar* ids, long ids_off, long2 ids_st, int ids_kind,
                       long T, int E, int k, int normalize, int sigmoid) {
   const long t = get_global_id(0);
-  if (t >= T) return;
+  if (t >= T || k == 0) return;
   const long row = l_off + t * l_st.x;
-  float prev = INFINITY, top = 0.0f, picked = 0.0f;
-  int prev_e = -1;
-  for (int j = 0; j < k; ++j) {
-    float best = -INFINITY;
-    int best_e = -1;
+  if (k <= ROUTE_K) {
+    float best[ROUTE_K];
+    int best_e[ROUTE_K], kept = 0;
     for (int e = 0; e < E; ++e) {
       const float l = LOAD_X(logits, row + e * l_st.y);
-      const bool below = l < prev || (l == prev && e > prev_e);
-      if (below && (best_e < 0 || l > best)) {
-        best = l;
-        best_e = e;
+      int at = kept;
+      while (at > 0 && l > best[at - 1]) --at;
+      if (at == k) continue;
+      kept = min(kept + 1, k);
+      for (int i = kept - 1; i > at; --i) {
+        best[i] = best[i - 1];
+        best_e[i] = best_e[i - 1];
       }
+      best[at] = l;
+      best_e[at] = e;
     }
-    if (j == 0) top = best;
-    picked += sigmoid ? sigmoid_f(best) : exp(best - top);
-    store_slot_index(ids, ids_off, ids_st, ids_kind, t, j, best_e);
-    prev = best;
-    prev_e = best_e;
+    for (int j = 0; j < k; ++j) store_slot_index(ids, ids_off, ids_st, ids_kind, t, j, best_e[j]);
+  } else {
+    float prev = INFINITY;
+    int prev_e = -1;
+    for (int j = 0; j < k; ++j) {
+      float best = -INFINITY;
+      int best_e = -1;
+      for (int e = 0; e < E; ++e) {
+        const float l = LOAD_X(logits, row + e * l_st.y);
+        const bool below = l < prev || (l == prev && e > prev_e);
+        if (below && (best_e < 0 || l > best)) {
+          best = l;
+          best_e = e;
+        }
+      }
+      store_slot_index(ids, ids_off, ids_st, ids_kind, t, j, best_e);
+      prev = best;
+      prev_e = best_e;
+    }
   }
   // softmax: p = e^(l - top) / sum over every expert (top: the best logit).
-  float denominator = 1.0f;
+#define PICKED_LOGIT(j) \
+  LOAD_X(logits, row + slot_index(ids, ids_off, ids_st, ids_kind, t, j) * l_st.y)
+  const float top = PICKED_LOGIT(0);
+  float denominator = 0.0f;
   if (normalize) {
-    denominator = picked;
-  } else if (!sigmoid) {
-    denominator = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      const float l = PICKED_LOGIT(j);
+      denominator += sigmoid ? sigmoid_f(l) : exp(l - top);
+    }
+  } else if (sigmoid) {
+    denominator = 1.0f;
+  } else {
     for (int e = 0; e < E; ++e) denominator += exp(LOAD_X(logits, row + e * l_st.y) - top);
   }
   for (int j = 0; j < k; ++j) {
-    const long e = slot_index(ids, ids_off, ids_st, ids_kind, t, j);
-    const float l = LOAD_X(logits, row + e * l_st.y);
+    const float l = PICKED_LOGIT(j);
     const float score = sigmoid ? sigmoid_f(l) : exp(l - top);
     store_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype, score / denominator);
   }
+#undef PICKED_LOGIT
 }
 
 // ---- moe_dispatch ------------------------------------------------------------------
