@@ -24,15 +24,17 @@ constexpr int64_t kItemRows = 32;         // packed rows per work-item: ROWS
 constexpr size_t kRowsGroup = 4;          // work-items per work-group
 constexpr size_t kPackGroup = 16;         // key tiles per work-group of attn_pack_keys
 
-template <class Op>
-void accepts(const Op& op) {
-  check_attn_sizes(Op::kName, op.Hq, op.Hkv, op.D);
-}
+// The size checks that supports_call asks. Plain functions, not a template:
+// GCC with -fsanitize=undefined rejects a function template's address in the
+// constant expression of kernel<>() (backend.hpp).
+void accepts(const AttnPrefill& op) { check_attn_sizes(op.kName, op.Hq, op.Hkv, op.D); }
+void accepts(const AttnPrefillBwd& op) { check_attn_sizes(op.kName, op.Hq, op.Hkv, op.D); }
+void accepts(const AttnDecode& op) { check_attn_sizes(op.kName, op.Hq, op.Hkv, op.D); }
 
-// entry() (family.hpp) with the size check that supports_call asks.
+// entry() (family.hpp) with its size check.
 template <class Op, void (*fn)(const ExecContext&, const Op&)>
 constexpr Kernel checked_entry() {
-  return kernel<Op, &named<Op, fn>, &accepts<Op>>(HOPS_DTYPE_FLOATS);
+  return kernel<Op, &named<Op, fn>, static_cast<void (*)(const Op&)>(&accepts)>(HOPS_DTYPE_FLOATS);
 }
 
 // CPU devices: attn_fwd_rows (attn.cl) where the rows fit its private
