@@ -57,6 +57,10 @@ struct Dots {
   int64_t ld_keys, count, depth;
   float* out;
   int64_t ld_out;
+  // Memory that the caller reads next (ahead_bytes from ahead): asked for
+  // into L2 a few lines per tile, so that the requests never pile up.
+  const char* ahead = nullptr;
+  int64_t ahead_bytes = 0;
 };
 void dots(const Dots& p);
 

@@ -105,7 +105,15 @@ template <int Lanes, int Rows = kTileRows>
 
 template <int Lanes>
 [[gnu::always_inline]] inline void dots_body(const Dots& p) {
+  constexpr int64_t kLineBytes = 64;
+  const int64_t tiles = (p.count + kTileKeys - 1) / kTileKeys;
+  const int64_t lines = (p.ahead_bytes + kLineBytes - 1) / kLineBytes;
+  const int64_t per_tile = (lines + tiles - 1) / std::max<int64_t>(tiles, 1);
+  int64_t line = 0;
   for (int64_t t = 0; t < p.count; t += kTileKeys) {
+    for (int64_t i = 0; i < per_tile && line < lines; ++i, ++line) {
+      __builtin_prefetch(p.ahead + line * kLineBytes, 0, 2);
+    }
     const int keys = static_cast<int>(std::min<int64_t>(kTileKeys, p.count - t));
     const float* k0 = p.keys + t * p.ld_keys;
     const float* k1 = keys > 1 ? k0 + p.ld_keys : k0;
