@@ -310,7 +310,10 @@ kernel void moe_gather(global const x_t* rows, long r_off, long2 r_st,
 }
 
 // CPU devices: work-item per token, 16 columns at a time (unit column
-// steps, Hd % 16 == 0), the same order of sums as moe_gather.
+// steps, Hd % 16 == 0, k <= GATHER_SLOTS), the same order of sums as
+// moe_gather; the kept slots' rows and weights are read once per token.
+#define GATHER_SLOTS 16
+
 kernel void moe_gather_rows(global const x_t* rows, long r_off, long2 r_st,
                             global const uchar* map, long map_off, long2 map_st, int map_kind,
                             global const uchar* w, long w_off, int w_dtype, long2 w_st,
@@ -318,14 +321,18 @@ kernel void moe_gather_rows(global const x_t* rows, long r_off, long2 r_st,
                             long Hd) {
   const long t = get_global_id(0);
   if (t >= T) return;
+  long at[GATHER_SLOTS];
+  float weight[GATHER_SLOTS];
+  int kept = 0;
+  for (int j = 0; j < k; ++j) {
+    const long r = slot_row(map, map_off, map_st, map_kind, t, j, R);
+    if (r < 0) continue;
+    at[kept] = r_off + r * r_st.x;
+    weight[kept++] = w ? load_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype) : 1.0f;
+  }
   for (long i = 0; i < Hd; i += 16) {
     float16 acc = (float16)(0.0f);
-    for (int j = 0; j < k; ++j) {
-      const long r = slot_row(map, map_off, map_st, map_kind, t, j, R);
-      if (r < 0) continue;
-      const float weight = w ? load_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype) : 1.0f;
-      acc += weight * MOE_LOAD16_X(rows, r_off + r * r_st.x + i);
-    }
+    for (int j = 0; j < kept; ++j) acc += weight[j] * MOE_LOAD16_X(rows, at[j] + i);
     MOE_STORE16_X(out, o_off + t * o_st.x + i, acc);
   }
 }

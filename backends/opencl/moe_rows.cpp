@@ -18,6 +18,7 @@ constexpr size_t kColumnGroup = 64;                  // columns per work-group (
 constexpr size_t kRowsGroup = 4;                     // rows per work-group (*_rows kernels)
 constexpr size_t kSlotGroup = 256;                   // slots per work-group of moe_claim_rows
 constexpr int64_t kLanes = 16;                       // the *_rows kernels' vector width
+constexpr int64_t kGatherSlots = 16;                 // GATHER_SLOTS: moe_gather_rows' k
 constexpr int64_t kStreamBytes = int64_t{16} << 20;  // rows written past the caches from here
 
 cl_long2 strides2(const Tensor& t) { return {{t.stride[0], t.stride[1]}}; }
@@ -50,7 +51,7 @@ void run_rows(Launch& launch, Call& call, int64_t rows, size_t group) {
 // rows[row_map[t, j]] (w = 1 without weights).
 void gather(Call& call, const Tensor& rows, const MoeIndex& map, const Tensor& weights,
             const Tensor& out, int64_t T, int64_t k, int64_t R, int64_t Hd) {
-  const bool per_row = whole_rows(call, {&rows, &out}, Hd, true);
+  const bool per_row = whole_rows(call, {&rows, &out}, Hd, true) && k <= kGatherSlots;
   Launch launch(call.kernel(kProgram, rows.dtype, per_row ? "moe_gather_rows" : "moe_gather"));
   launch.tensor(rows).value(strides2(rows));
   moe_index(launch, map);
