@@ -79,14 +79,37 @@ inline long slot_row(global const uchar* map, long off, long2 st, int kind, long
 }
 
 // ---- moe_route ---------------------------------------------------------------------
-// Work-item per token; the k picks best first, a above b when its logit is
-// larger or equal with a lower id (the order of softmax and sigmoid scores
-// too, which are monotone in the logit). Up to ROUTE_K picks: one pass over
-// the E logits inserting each into the sorted list of the best so far,
-// which only a strictly larger logit enters ahead of another (the CPU
-// backend's top-k). More: k passes, pick j the best expert ranked below
-// pick j - 1, no storage. The ids go to `ids`, which the weights then read.
+// Work-item per token. The experts are ranked by their score p (softmax
+// over the experts: e^(l - top) / sum, top the largest logit; or sigmoid),
+// best first, ties to the lower id. Where the device has float64 the scores
+// are float64, as the oracle's and the CPU backend's: which scores tie
+// depends on their precision (a sigmoid is 1 from about 37 in float64, from
+// about 17 in float32). Without it the logit itself is the key: the same
+// order but for float64's ties. Up to ROUTE_K picks: one pass inserting
+// each expert into the sorted list of the best so far, which only a
+// strictly better key enters ahead of another; more: k passes, pick j the
+// best expert ranked below pick j - 1. The ids go to `ids`, which the
+// weights then read.
 #define ROUTE_K 16
+
+#ifdef cl_khr_fp64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef double score_t;
+#else
+typedef float score_t;
+#endif
+
+inline score_t route_p(float l, score_t top, score_t sum, int sigmoid) {
+  return sigmoid ? 1 / (1 + exp(-(score_t)l)) : exp((score_t)l - top) / sum;
+}
+
+inline score_t route_key(float l, score_t top, score_t sum, int sigmoid) {
+#ifdef cl_khr_fp64
+  return route_p(l, top, sum, sigmoid);
+#else
+  return l;
+#endif
+}
 
 kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
                       global uchar* w, long w_off, int w_dtype, long2 w_st,
@@ -95,34 +118,43 @@ kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
   const long t = get_global_id(0);
   if (t >= T || k == 0) return;
   const long row = l_off + t * l_st.x;
+#define LOGIT(e) LOAD_X(logits, row + (e) * l_st.y)
+  score_t top = 0, sum = 1;
+  if (!sigmoid) {
+    float largest = -INFINITY;
+    for (int e = 0; e < E; ++e) largest = fmax(largest, LOGIT(e));
+    top = largest;
+    sum = 0;
+    for (int e = 0; e < E; ++e) sum += exp((score_t)LOGIT(e) - top);
+  }
   if (k <= ROUTE_K) {
-    float best[ROUTE_K];
+    score_t best[ROUTE_K];
     int best_e[ROUTE_K], kept = 0;
     for (int e = 0; e < E; ++e) {
-      const float l = LOAD_X(logits, row + e * l_st.y);
+      const score_t key = route_key(LOGIT(e), top, sum, sigmoid);
       int at = kept;
-      while (at > 0 && l > best[at - 1]) --at;
+      while (at > 0 && key > best[at - 1]) --at;
       if (at == k) continue;
       kept = min(kept + 1, k);
       for (int i = kept - 1; i > at; --i) {
         best[i] = best[i - 1];
         best_e[i] = best_e[i - 1];
       }
-      best[at] = l;
+      best[at] = key;
       best_e[at] = e;
     }
     for (int j = 0; j < k; ++j) store_slot_index(ids, ids_off, ids_st, ids_kind, t, j, best_e[j]);
   } else {
-    float prev = INFINITY;
+    score_t prev = INFINITY;
     int prev_e = -1;
     for (int j = 0; j < k; ++j) {
-      float best = -INFINITY;
+      score_t best = -INFINITY;
       int best_e = -1;
       for (int e = 0; e < E; ++e) {
-        const float l = LOAD_X(logits, row + e * l_st.y);
-        const bool below = l < prev || (l == prev && e > prev_e);
-        if (below && (best_e < 0 || l > best)) {
-          best = l;
+        const score_t key = route_key(LOGIT(e), top, sum, sigmoid);
+        const bool below = key < prev || (key == prev && e > prev_e);
+        if (below && (best_e < 0 || key > best)) {
+          best = key;
           best_e = e;
         }
       }
@@ -131,27 +163,18 @@ kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
       prev_e = best_e;
     }
   }
-  // softmax: p = e^(l - top) / sum over every expert (top: the best logit).
-#define PICKED_LOGIT(j) \
-  LOAD_X(logits, row + slot_index(ids, ids_off, ids_st, ids_kind, t, j) * l_st.y)
-  const float top = PICKED_LOGIT(0);
-  float denominator = 0.0f;
+#define PICKED_P(j) \
+  route_p(LOGIT(slot_index(ids, ids_off, ids_st, ids_kind, t, j)), top, sum, sigmoid)
+  score_t denominator = 1;
   if (normalize) {
-    for (int j = 0; j < k; ++j) {
-      const float l = PICKED_LOGIT(j);
-      denominator += sigmoid ? sigmoid_f(l) : exp(l - top);
-    }
-  } else if (sigmoid) {
-    denominator = 1.0f;
-  } else {
-    for (int e = 0; e < E; ++e) denominator += exp(LOAD_X(logits, row + e * l_st.y) - top);
+    denominator = 0;
+    for (int j = 0; j < k; ++j) denominator += PICKED_P(j);
   }
   for (int j = 0; j < k; ++j) {
-    const float l = PICKED_LOGIT(j);
-    const float score = sigmoid ? sigmoid_f(l) : exp(l - top);
-    store_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype, score / denominator);
+    store_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype, (float)(PICKED_P(j) / denominator));
   }
-#undef PICKED_LOGIT
+#undef PICKED_P
+#undef LOGIT
 }
 
 // ---- moe_dispatch ------------------------------------------------------------------
