@@ -91,25 +91,16 @@ inline long slot_row(global const uchar* map, long off, long2 st, int kind, long
 // best expert ranked below pick j - 1. The ids go to `ids`, which the
 // weights then read.
 #define ROUTE_K 16
+#define ROUTE_E 64  // experts whose scores a work-item keeps (private); more: recomputed
 
 #ifdef cl_khr_fp64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 typedef double score_t;
+#define KEY_IS_SCORE 1
 #else
 typedef float score_t;
+#define KEY_IS_SCORE 0
 #endif
-
-inline score_t route_p(float l, score_t top, score_t sum, int sigmoid) {
-  return sigmoid ? 1 / (1 + exp(-(score_t)l)) : exp((score_t)l - top) / sum;
-}
-
-inline score_t route_key(float l, score_t top, score_t sum, int sigmoid) {
-#ifdef cl_khr_fp64
-  return route_p(l, top, sum, sigmoid);
-#else
-  return l;
-#endif
-}
 
 kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
                       global uchar* w, long w_off, int w_dtype, long2 w_st,
@@ -119,19 +110,34 @@ kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
   if (t >= T || k == 0) return;
   const long row = l_off + t * l_st.x;
 #define LOGIT(e) LOAD_X(logits, row + (e) * l_st.y)
-  score_t top = 0, sum = 1;
+#define SIGMOID(e) (1 / (1 + exp(-(score_t)LOGIT(e))))
+#define EXP(e) exp((score_t)LOGIT(e) - top)
+  // The scores: kept in `p` up to ROUTE_E experts, else recomputed.
+  score_t top = 0, sum = 1, p[ROUTE_E];
+  const bool kept_p = E <= ROUTE_E;
   if (!sigmoid) {
     float largest = -INFINITY;
     for (int e = 0; e < E; ++e) largest = fmax(largest, LOGIT(e));
     top = largest;
     sum = 0;
-    for (int e = 0; e < E; ++e) sum += exp((score_t)LOGIT(e) - top);
+    for (int e = 0; e < E; ++e) {
+      const score_t x = EXP(e);
+      if (kept_p) p[e] = x;
+      sum += x;
+    }
+    if (kept_p) {
+      for (int e = 0; e < E; ++e) p[e] /= sum;
+    }
+  } else if (kept_p) {
+    for (int e = 0; e < E; ++e) p[e] = SIGMOID(e);
   }
+#define SCORE(e) (kept_p ? p[e] : sigmoid ? SIGMOID(e) : EXP(e) / sum)
+#define KEY(e) (KEY_IS_SCORE ? SCORE(e) : (score_t)LOGIT(e))
   if (k <= ROUTE_K) {
     score_t best[ROUTE_K];
     int best_e[ROUTE_K], kept = 0;
     for (int e = 0; e < E; ++e) {
-      const score_t key = route_key(LOGIT(e), top, sum, sigmoid);
+      const score_t key = KEY(e);
       int at = kept;
       while (at > 0 && key > best[at - 1]) --at;
       if (at == k) continue;
@@ -151,7 +157,7 @@ kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
       score_t best = -INFINITY;
       int best_e = -1;
       for (int e = 0; e < E; ++e) {
-        const score_t key = route_key(LOGIT(e), top, sum, sigmoid);
+        const score_t key = KEY(e);
         const bool below = key < prev || (key == prev && e > prev_e);
         if (below && (best_e < 0 || key > best)) {
           best = key;
@@ -163,17 +169,20 @@ kernel void moe_route(global const x_t* logits, long l_off, long2 l_st,
       prev_e = best_e;
     }
   }
-#define PICKED_P(j) \
-  route_p(LOGIT(slot_index(ids, ids_off, ids_st, ids_kind, t, j)), top, sum, sigmoid)
+#define PICKED(j) SCORE(slot_index(ids, ids_off, ids_st, ids_kind, t, j))
   score_t denominator = 1;
   if (normalize) {
     denominator = 0;
-    for (int j = 0; j < k; ++j) denominator += PICKED_P(j);
+    for (int j = 0; j < k; ++j) denominator += PICKED(j);
   }
   for (int j = 0; j < k; ++j) {
-    store_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype, (float)(PICKED_P(j) / denominator));
+    store_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype, (float)(PICKED(j) / denominator));
   }
-#undef PICKED_P
+#undef PICKED
+#undef KEY
+#undef SCORE
+#undef EXP
+#undef SIGMOID
 #undef LOGIT
 }
 
