@@ -297,6 +297,12 @@ kernel void moe_dispatch_copy(global const raw_t* x, long x_off, long2 x_st,
 
 // CPU devices: work-item per token, whole rows (unit column steps); with
 // `stream` (large outputs) aligned vectors of rows are written past the caches.
+// The 16-element vectors of a row copy, element i.
+#define COPY_VALUE(i)                                  \
+  (r < 0        ? (raw16_t)(0)                         \
+   : in_aligned ? *(global const raw16_t*)(in + (i))   \
+                : vload16(0, in + (i)))
+
 kernel void moe_dispatch_copy_rows(global const raw_t* x, long x_off, long2 x_st,
                                    global raw_t* rows, long r_off, long2 r_st,
                                    global const int* dest, long T, int k, long Hd, int stream) {
@@ -304,23 +310,27 @@ kernel void moe_dispatch_copy_rows(global const raw_t* x, long x_off, long2 x_st
   if (t >= T) return;
   global const raw_t* in = x + x_off + t * x_st.x;
   const long body = Hd / 16 * 16;
+  // Whole vectors where the addresses allow (PoCL's vload16 / vstore16 of
+  // integers went element by element). One loop per kind of store: the
+  // compiler merged a streaming and a plain store of the same value in one
+  // loop, dropping the streaming.
+  const bool in_aligned = ((ulong)in & (sizeof(raw16_t) - 1)) == 0;
   for (int j = 0; j < k; ++j) {
     const int r = dest[t * k + j];
     global raw_t* out = rows + r_off + (r >= 0 ? r : ~r) * r_st.x;
-    const bool aligned = ((ulong)out & (sizeof(raw16_t) - 1)) == 0;
-    for (long i = 0; i < body; i += 16) {
-      const raw16_t value = r >= 0 ? vload16(0, in + i) : (raw16_t)(0);
-      if (!aligned) {
-        vstore16(value, 0, out + i);
-      } else if (stream) {
-        STREAM_STORE(value, (global raw16_t*)(out + i));
-      } else {
-        *(global raw16_t*)(out + i) = value;  // PoCL's vstore16 of ushort went element by element
+    if (((ulong)out & (sizeof(raw16_t) - 1)) != 0) {
+      for (long i = 0; i < body; i += 16) vstore16(COPY_VALUE(i), 0, out + i);
+    } else if (stream) {
+      for (long i = 0; i < body; i += 16) {
+        STREAM_STORE(COPY_VALUE(i), (global raw16_t*)(out + i));
       }
+    } else {
+      for (long i = 0; i < body; i += 16) *(global raw16_t*)(out + i) = COPY_VALUE(i);
     }
     for (long i = body; i < Hd; ++i) out[i] = r >= 0 ? in[i] : 0;
   }
 }
+#undef COPY_VALUE
 
 // ---- moe_combine and moe_dispatch_bwd -------------------------------------------------
 // out[t] = sum over the kept slots j, in order, of w[t, j] rows[row_map[t, j]]
