@@ -27,6 +27,7 @@
 
 #include "checked_math.hpp"
 #include "device_common.cuh"
+#include "tensor_core.cuh"
 
 namespace hops::cuda {
 
@@ -39,76 +40,6 @@ constexpr int kRowC = kC + 8;   // smem row of a C x C 16-bit matrix: 144 B
 constexpr int kRowF = kC + 8;   // smem row of a C x C f32 matrix: conflict-free tf32 fragments
 constexpr int kRowP = 24;       // smem row of a warp's 16 x 16 f32 partial product
 constexpr int kPrepThreads = 128;
-
-// ---- PTX wrappers --------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p))
-               : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p))
-               : "memory");
-}
-__device__ __forceinline__ void stsm_x4_trans(void* p, uint32_t a, uint32_t b, uint32_t c,
-                                              uint32_t d) {
-  asm volatile(
-      "stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_u32(p)),
-      "r"(a), "r"(b), "r"(c), "r"(d)
-      : "memory");
-}
-
-// d += a b, m16n8k16, 16-bit operands of type E, f32 accumulators.
-template <class E>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Two floats as one 32-bit register of two E (lo in the low half).
-template <class E>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t r;
-  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    memcpy(&r, &v, 4);
-  } else {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    memcpy(&r, &v, 4);
-  }
-  return r;
-}
-template <class E>
-__device__ __forceinline__ float2 unpack2(uint32_t r) {
-  if constexpr (std::is_same_v<E, __nv_bfloat16>) {
-    __nv_bfloat162 v;
-    memcpy(&v, &r, 4);
-    return __bfloat1622float2(v);
-  } else {
-    __half2 v;
-    memcpy(&v, &r, 4);
-    return __half22float2(v);
-  }
-}
 
 // out (16 x 16 as two m16n8 accumulators) += X Y, X and Y 16 x 16 f32 blocks
 // in smem (leading dims ldx, ldy), through m16n8k8 tf32 mma.

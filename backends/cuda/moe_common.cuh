@@ -17,9 +17,6 @@ namespace hops::cuda::moe {
 using attn::a_rows;
 using attn::b_rows;
 using attn::b_trans;
-using attn::ldsm_x4;
-using attn::ldsm_x4_trans;
-using attn::mma;
 using attn::st_pair;
 
 __host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
