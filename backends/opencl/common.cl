@@ -168,8 +168,9 @@ inline void work_group_sum_pairs(local float* sums, int lid, int size) {
 #define MAX_WIDTH 4
 
 // GDN: per (b, t, hv), what gdn_prepare (gdn.cl) leaves in the token info
-// buffer: e^g, beta, 1/|q|, 1/|k|, q^.k^.
-#define TOKEN_INFO 5
+// buffer: e^g, beta, 1/|q|, 1/|k|, q^.k^, g (the chunked kernels sum the log
+// decays: a product of e^g would underflow).
+#define TOKEN_INFO 6
 
 // Offset of row `row` of a [..., last] tensor whose leading dims the host
 // merged where it could and passed, at most 7 of them, innermost first, in

@@ -52,6 +52,7 @@ kernel void gdn_prepare(global const x_t* q, long q_off, long4 q_st,
   out[2] = rq;
   out[3] = rk;
   out[4] = kq * rq * rk;
+  out[5] = log_decay;
 }
 
 // Work-group (column tile, hv, n); `state` is the state worked on, with

@@ -15,7 +15,7 @@ constexpr std::string_view kProgram = "gdn.cl";  // after common.cl
 
 constexpr size_t kPrepareGroup = 64;
 constexpr size_t kScanGroup = 64;  // state columns per work-group
-constexpr size_t kTokenInfo = 5;   // floats per (b, t, hv): TOKEN_INFO in common.cl
+constexpr size_t kTokenInfo = 6;   // floats per (b, t, hv): TOKEN_INFO in common.cl
 constexpr int64_t kPanel = 16;     // state columns per work-item of gdn_scan_panels: PANEL
 
 // The state gdn_scan works on: a buffer with strides (index, hv, k step, v step).
