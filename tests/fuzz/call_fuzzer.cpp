@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fuzz_call.hpp"
@@ -91,6 +92,77 @@ void cache_write_seeds(Add& add) {
   add("f32-skips", [&](Plan& p) { p.slots = 0b1010, p.slot_shift = 9; });
   add("f32-every-slot", [&](Plan& p) { p.W = 0, p.L1 = 0, p.T = 5, p.slot_shift = 2; });
   add("bf16-more-rows-than-slots", [&](Plan& p) { p.dtype = 2, p.T = 9, p.H = 1, p.L1 = 2; });
+}
+
+// The MoE ops (Plan: E from K, k from V, Hd from D, I from W, extra rows
+// from L, routing from varlen, every (slots % 8)-th slot dropped, the
+// routing weights' dtype from G; the base plan is E = 4, k = 3, Hd = 8,
+// I = 4, weights f32): E = 1, 65 and 70 with k up to 10, one token, Hd off
+// 16 and 0, repeated experts, one expert for all, experts without rows,
+// every slot dropped, int64 tables, transposed and padded views, weights in
+// another dtype than the rows; moe_route's ties, sigmoid and wide logits;
+// rows no dispatch makes for the gathers.
+template <class Add, class AllOptional>
+void moe_seeds(Add& add, AllOptional& all_optional, std::string_view op) {
+  add("f32-E70-k10-Hd33", [&](Plan& p) { all_optional(p), p.K = 14, p.V = 9, p.D = 8, p.T = 7; });
+  add("f32-E1-k1", [&](Plan& p) { all_optional(p), p.K = 0, p.V = 0; });
+  add("bf16-T1-E65-k8", [&](Plan& p) { all_optional(p), p.dtype = 2, p.T = 1, p.K = 13, p.V = 7; });
+  add("f16-repeats-drops-i64", [&](Plan& p) {
+    all_optional(p), p.dtype = 1, p.varlen = 1, p.slots = 3, p.index_dtype = 1, p.V = 9;
+  });
+  add("f32-one-expert-many-rows", [&](Plan& p) {
+    all_optional(p), p.varlen = 2, p.T = 11, p.V = 1, p.D = 3, p.slot_shift = 5, p.K = 5;
+  });
+  add("bf16-few-experts-E33", [&](Plan& p) {
+    all_optional(p), p.dtype = 2, p.varlen = 3, p.K = 11, p.V = 5, p.slots = 5, p.T = 7;
+  });
+  add("f32-all-dropped", [&](Plan& p) { all_optional(p), p.slots = 1, p.T = 6; });
+  add("bf16-transposed-i64", [&](Plan& p) {
+    all_optional(p), p.dtype = 2, p.index_dtype = 1, p.slots = 4, p.K = 5, p.D = 7;
+    std::memset(p.layouts, 3, sizeof p.layouts);
+  });
+  add("f16-padded-weights-bf16", [&](Plan& p) {
+    all_optional(p), p.dtype = 1, p.G = 3, p.D = 9, p.W = 7;
+    std::memset(p.layouts, 2, sizeof p.layouts);
+  });
+  add("f32-Hd0", [&](Plan& p) { all_optional(p), p.D = 13; });
+  if (op == "moe_route") {
+    add("f32-sigmoid-grid-ties",
+        [&](Plan& p) { p.scalars[1] = 1, p.squeeze = 4, p.K = 14, p.T = 8; });
+    add("f16-softmax-wide-grid-unnormalized",
+        [&](Plan& p) { p.dtype = 1, p.scalars[0] = 2, p.squeeze = 12, p.K = 12, p.V = 7; });
+    add("bf16-sigmoid-wide-k-equals-E",
+        [&](Plan& p) { p.dtype = 2, p.scalars[1] = 1, p.squeeze = 8, p.K = 5, p.V = 6; });
+    add("f32-k-clamped-weights-bf16-ids-i64",
+        [&](Plan& p) { p.K = 1, p.V = 9, p.G = 3, p.index_dtype = 2; });
+    add("f32-E-huge", [&](Plan& p) { p.K = 248, p.T = 1, p.V = 7; });
+  }
+  if (op == "moe_dispatch") {
+    add("f32-maps-i32-ids-i64",
+        [&](Plan& p) { p.index_dtype = 3, p.slots = 7, p.K = 12, p.V = 7; });
+    add("bf16-maps-i64-ids-i32", [&](Plan& p) { p.dtype = 2, p.index_dtype = 2, p.varlen = 1; });
+    add("f32-E-huge", [&](Plan& p) { p.K = 248, p.T = 1, p.V = 7; });
+  }
+  if (op == "moe_combine" || op == "moe_dispatch_bwd" || op == "moe_combine_bwd") {
+    add("f32-shuffled-rows-extra",
+        [&](Plan& p) { all_optional(p), p.varlen = 4, p.L = 3, p.slots = 5, p.index_dtype = 1; });
+    add("bf16-shuffled-rows-weights-f16",
+        [&](Plan& p) { all_optional(p), p.dtype = 2, p.varlen = 4, p.G = 2, p.K = 12, p.V = 7; });
+  }
+  if (op == "moe_combine" || op == "moe_dispatch_bwd") {
+    add("f32-any-rows", [&](Plan& p) { p.varlen = 5, p.L = 2, p.slots = 4, p.V = 5; });
+  }
+  if (op == "moe_combine_bwd")
+    add("f16-no-weight-grads", [&](Plan& p) { p.dtype = 1, p.slots = 3; });
+  if (op == "moe_expert_mlp" || op == "moe_expert_mlp_bwd") {
+    add("f32-I20-Hd40-extra-rows", [&](Plan& p) { all_optional(p), p.W = 7, p.D = 9, p.L = 3; });
+    add("bf16-I48-one-expert",
+        [&](Plan& p) { all_optional(p), p.dtype = 2, p.W = 9, p.varlen = 2, p.T = 9, p.V = 1; });
+    add("f16-E70-few-experts",
+        [&](Plan& p) { all_optional(p), p.dtype = 1, p.K = 14, p.varlen = 3, p.T = 7, p.D = 3; });
+  }
+  if (op == "moe_expert_mlp_bwd")
+    add("f32-no-weight-grads", [&](Plan& p) { p.slots = 4, p.W = 5; });
 }
 
 // Valid calls of every op: a small base problem and variants that each turn
@@ -172,6 +244,8 @@ std::vector<std::pair<std::string, Plan>> seed_plans(const hops_api& api) {
     if (name == "attn_prefill" || name == "attn_prefill_bwd") attention_seeds(add, all_optional);
     if (name == "attn_decode") decode_seeds(add);
     if (name == "kv_cache_write") cache_write_seeds(add);
+    if (name.starts_with("moe_") && !name.starts_with("moe_ep_"))
+      moe_seeds(add, all_optional, name);
   }
   return seeds;
 }

@@ -224,14 +224,17 @@ Range value_range(std::string_view op, std::string_view arg, bool fused_gating) 
   if (op.starts_with("gated_rmsnorm") && arg == "x") return {0.25, 1, true};
   if (op.starts_with("gated_rmsnorm") && arg == "z") return {-3, 3};
   if (op.starts_with("gated_rmsnorm") && arg == "weight") return {0.5, 1.5};
+  if (op.starts_with("moe_combine") && arg == "topk_weights") return {0, 1};  // a router's
   return {};
 }
 
 // Scalars the oracle can be trusted with: the ranges real hosts pass.
 bool sane_scalar(const hops_arg_desc& d, double f64, int64_t i64) {
   const std::string_view name = d.name;
-  if (d.kind == HOPS_ARG_I64)
-    return name == "activation" ? (i64 == 0 || i64 == 1) : i64 == d.default_i64;
+  if (d.kind == HOPS_ARG_I64) {
+    const bool choice = name == "activation" || name == "scoring";
+    return choice ? (i64 == 0 || i64 == 1) : i64 == d.default_i64;
+  }
   if (!std::isfinite(f64)) return false;
   if (name == "scale") return f64 >= 0 && f64 <= 4;
   if (name == "eps") return f64 >= 0 && f64 <= 1;
@@ -253,6 +256,96 @@ std::vector<std::string> shape_symbols(const hops_arg_desc& d) {
     }
   }
   return dims;
+}
+
+// The mixture-of-experts ops the plan builds valid calls of (their index
+// tables below); not the expert-parallel ones, which need a communicator.
+bool moe_op(std::string_view op) {
+  for (std::string_view name : {"moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine",
+                                "moe_dispatch_bwd", "moe_expert_mlp_bwd", "moe_combine_bwd"}) {
+    if (op == name) return true;
+  }
+  return false;
+}
+
+// How the MoE slots are routed (Plan::varlen % 6), as the conformance runner
+// routes them: the first four give expert ids, and the row map and counts are
+// moe_dispatch's of them; the last two give row maps no dispatch makes (for
+// combine and the backwards of dispatch and combine; any_rows names rows
+// twice, which moe_combine_bwd must reject).
+enum class MoeRouting { top_k, repeats, one_expert, few_experts, shuffled_rows, any_rows };
+
+struct MoeTables {
+  std::vector<int64_t> ids, row_map, counts;  // [T,k], [T,k], [E]
+};
+
+// T tokens of k slots over E experts and R >= T*k rows; every drop_every-th
+// slot (flat order) dropped; one_expert routes every slot to `one`. Empty
+// where the tables would not fit the harness (such tensors are skipped).
+MoeTables moe_tables(int64_t T, int64_t k, int64_t E, int64_t R, MoeRouting routing,
+                     int64_t drop_every, int64_t one, uint64_t seed) {
+  MoeTables m;
+  const i128 slots = i128{T} * k;
+  if (slots > kMaxElements || E < 1) return m;
+  const auto n = static_cast<int64_t>(slots);
+  uint64_t state = seed ^ 0x6d6f652d726f7574ull;
+  auto below = [&](int64_t count) {
+    return static_cast<int64_t>(splitmix(state) % static_cast<uint64_t>(count));
+  };
+  // Distinct experts per token as a router picks them, where k is small
+  // enough to draw them by rejection; else any (repeats).
+  const bool distinct = k <= E && k <= 64;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t id = 0;
+      switch (routing) {
+        case MoeRouting::repeats:
+          id = below(E);
+          break;
+        case MoeRouting::one_expert:
+          id = one % E;
+          break;
+        case MoeRouting::few_experts:
+          id = 3 * below((E + 2) / 3);
+          break;
+        default:
+          do {
+            id = below(E);
+          } while (distinct && std::find(m.ids.end() - j, m.ids.end(), id) != m.ids.end());
+      }
+      m.ids.push_back(id);
+    }
+  }
+  if (drop_every > 0) {
+    for (int64_t s = drop_every - 1; s < n; s += drop_every) m.ids[s] = -1;
+  }
+  // moe_dispatch's rows: expert by expert, within one in slot order.
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return m.ids[a] < m.ids[b]; });
+  m.row_map.assign(static_cast<size_t>(n), -1);
+  int64_t row = 0;
+  for (int64_t s : order) {
+    if (m.ids[s] >= 0) m.row_map[s] = row++;
+  }
+  if (E <= kMaxElements) {
+    m.counts.assign(static_cast<size_t>(E), 0);
+    for (int64_t id : m.ids) {
+      if (id >= 0) ++m.counts[id];
+    }
+  }
+  if (routing == MoeRouting::shuffled_rows || routing == MoeRouting::any_rows) {
+    std::vector<int64_t> rows(static_cast<size_t>(std::max<int64_t>(R, n)));
+    std::iota(rows.begin(), rows.end(), 0);
+    for (int64_t i = static_cast<int64_t>(rows.size()) - 1; i > 0; --i)
+      std::swap(rows[i], rows[below(i + 1)]);
+    for (int64_t s = 0; s < n; ++s) {
+      if (m.row_map[s] < 0) continue;
+      m.row_map[s] = routing == MoeRouting::shuffled_rows ? rows[s] : below(R);
+    }
+  }
+  return m;
 }
 
 std::string dtype_text(DLDataType dl) {
@@ -316,7 +409,9 @@ void FuzzCall::decode_plan(const Plan& plan) {
   num_args_ = op_->num_args;
   arena_ = plan.arena & 1;
   std::memcpy(&seed_, plan.seed, sizeof plan.seed);
-  exec_.exec = {sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+  exec_.exec = {};  // fields a newer ABI adds stay zero
+  exec_.exec.struct_size = sizeof(hops_exec);
+  exec_.exec.device = {kDLCPU, 0};
   switch (plan.exec % 8) {
     case 1:
       null_exec_ = true;
@@ -417,6 +512,28 @@ void FuzzCall::decode_plan(const Plan& plan) {
                                    {"num_blocks", num_blocks},
                                    {"block_size", block_size},
                                    {"max_blocks", max_blocks}});
+  // The MoE ops' sizes, from bytes their shapes leave unused: E experts (K),
+  // k slots (V; at most E for moe_route), Hd (D), I (W), R = T*k rows and
+  // 0, 1 or 5 more (L; moe_dispatch's are T*k).
+  const std::string_view op_name = op_->name;
+  const bool moe = moe_op(op_name);
+  const int64_t E = size_from(plan.K, {1, 2, 3, 4, 5, 7, 8, 13, 16, 17, 31, 33, 64, 65, 70, 6});
+  int64_t k = size_from(plan.V, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0});
+  if (op_name == "moe_route") k = std::min(k, E);
+  const int64_t Hd = size_from(plan.D, {1, 2, 3, 5, 8, 15, 16, 17, 33, 40, 64, 96, 128, 0});
+  const int64_t I = size_from(plan.W, {1, 2, 3, 4, 5, 8, 16, 20, 32, 48});
+  const int64_t R =
+      saturate(i128{T} * k + (op_name == "moe_dispatch" ? 0 : size_from(plan.L, {0, 0, 1, 5})));
+  symbols_.insert(
+      symbols_.end(),
+      {{"E", E}, {"k", k}, {"Hd", Hd}, {"I", I}, {"I2", saturate(i128{I} * 2)}, {"R", R}});
+  MoeTables tables;
+  if (moe) {
+    tables = moe_tables(T, k, E, R, static_cast<MoeRouting>(plan.varlen % 6), plan.slots % 8,
+                        plan.slot_shift, seed_);
+    logit_reach_ = plan.squeeze & 8 ? 30 : 4;
+    logit_step_ = plan.squeeze & 4 ? logit_reach_ / 32 : 0;
+  }
   // Saturating at kClamp: the factors may be as large as int64 allows.
   i128 chunk_work = 64 * 64;
   for (const i128 factor : {i128{H}, i128{G}, i128{T} / 64 + N, 64 + i128{K} + V})
@@ -505,6 +622,11 @@ void FuzzCall::decode_plan(const Plan& plan) {
     if (name == "seq_lens") t.index_values = seq_lens;
     if (name == "block_table") t.index_values = block_table;
     if (name == "slot_mapping") t.index_values = slot_mapping;
+    if (moe && d.kind == HOPS_ARG_TENSOR_IN) {  // outputs keep the fill's junk
+      if (name == "topk_ids") t.index_values = tables.ids;
+      if (name == "row_map") t.index_values = tables.row_map;
+      if (name == "counts") t.index_values = tables.counts;
+    }
 
     std::vector<std::string> dims = shape_symbols(d);
     if (flag("channels_first") && dims == std::vector<std::string>{"B", "T", "D"})
@@ -534,11 +656,16 @@ void FuzzCall::decode_plan(const Plan& plan) {
     }
 
     // dtype: index tensors as planned, floats the primary dtype where accepted.
+    // MoE: index outputs in the other index dtype with bit 1, routing weights
+    // in their own float dtype.
     DType dtype = DType::f32;
     if (index_only(d)) {
-      dtype = plan.index_dtype & 1 ? DType::i64 : DType::i32;
+      const bool flip = moe && is_written(d) && (plan.index_dtype & 2);
+      dtype = (plan.index_dtype & 1) != flip ? DType::i64 : DType::i32;
     } else {
-      const DType primary = conformance::kFloatTypes[plan.dtype % 3];
+      DType primary = conformance::kFloatTypes[plan.dtype % 3];
+      if (moe && name.ends_with("topk_weights") && plan.G % 4 != 0)
+        primary = conformance::kFloatTypes[plan.G % 4 - 1];
       const uint32_t bit = dtype_bit(conformance::to_dl(primary));
       dtype = (d.dtypes & bit) ? primary : DType::f32;
     }
@@ -829,6 +956,10 @@ void FuzzCall::apply(const Record& r, bool after_fill) {
       }
       if (name == "block_table") end = limit = symbol("num_blocks");
       if (name == "slot_mapping") end = limit = slots;
+      // MoE: the experts E (ids), the rows R (row maps; counts: one count of
+      // R or R+1 makes them sum past the rows).
+      if (moe_op(op_->name) && name == "topk_ids") end = limit = symbol("E");
+      if (moe_op(op_->name) && (name == "row_map" || name == "counts")) end = limit = symbol("R");
       const int64_t table[] = {-3,
                                -2,
                                -1,
@@ -937,15 +1068,25 @@ void FuzzCall::fill() {
     }
     if (d.kind == HOPS_ARG_TENSOR_OUT) continue;
     uint64_t state = seed_ ^ (uint64_t{0x1234567} * (i + 1));
-    const Range range = value_range(op_->name, d.name, fused);
-    // Without l2norm the delta rule is only stable for |k| <= 1.
-    const bool scaled_key = std::string_view(op_->name).starts_with("gdn_") &&
-                            std::string_view(d.name) == "k" && !l2norm;
-    const double key_scale =
-        scaled_key ? 1 / std::sqrt(static_cast<double>(std::max<int64_t>(g.shape[g.ndim - 1], 1)))
-                   : 1;
+    const std::string_view op = op_->name, name = d.name;
+    Range range = value_range(op, name, fused);
+    double step = 0;  // a grid of the values (exact ties), 0: none
+    if (op == "moe_route" && name == "logits") {
+      range = {-logit_reach_, logit_reach_};
+      step = logit_step_;
+    }
+    // Without l2norm the delta rule is only stable for |k| <= 1; the expert
+    // weights are scaled as the conformance runner's (2/sqrt of the width
+    // they dot with), so the MLP's values stay of unit spread.
+    const double width =
+        g.ndim > 0 ? static_cast<double>(std::max<int64_t>(g.shape[g.ndim - 1], 1)) : 1;
+    double scale = 1;
+    if (op.starts_with("gdn_") && name == "k" && !l2norm) scale = 1 / std::sqrt(width);
+    if (op.starts_with("moe_expert_mlp") && name.ends_with("_proj")) scale = 2 / std::sqrt(width);
     for (int64_t offset : at) {
-      double value = uniform(state, range.lo, range.hi) * key_scale;
+      double value = uniform(state, range.lo, range.hi);
+      if (step > 0) value = std::round(value / step) * step;
+      value *= scale;
       if (range.either_sign && (splitmix(state) & 1)) value = -value;
       conformance::store(*t.dtype, base, offset, value);
     }
@@ -1019,7 +1160,28 @@ std::vector<int64_t> FuzzCall::read_indices(const TensorArg& t) const {
   return out;
 }
 
-void FuzzCall::expect(std::string_view name, const Array64& want, bool exact_zeros) const {
+void FuzzCall::expect_indices(std::string_view name, const std::vector<int64_t>& want) const {
+  const TensorArg* t = tensor(name);
+  if (!t) finding(fmt::format("oracle: output '{}' is absent", name));
+  const std::vector<int64_t> got = read_indices(*t);
+  if (got.size() != want.size()) {
+    finding(
+        fmt::format("'{}': {} entries but the reference has {}", name, got.size(), want.size()));
+  }
+  size_t wrong = 0, first = 0;
+  for (size_t n = 0; n < got.size(); ++n) {
+    if (got[n] != want[n] && wrong++ == 0) first = n;
+  }
+  if (wrong) {
+    finding(
+        fmt::format("'{}' disagrees with the reference: {} of {} entries differ, the first "
+                    "at flat index {}: {} (expected {})",
+                    name, wrong, got.size(), first, got[first], want[first]));
+  }
+}
+
+void FuzzCall::expect(std::string_view name, const Array64& want, bool exact_zeros,
+                      double tolerance) const {
   const TensorArg* t = tensor(name);
   if (!t) finding(fmt::format("oracle: output '{}' is absent", name));
   const Array64 got = read(*t, false);
@@ -1054,12 +1216,13 @@ void FuzzCall::expect(std::string_view name, const Array64& want, bool exact_zer
   // a few elements that nearly cancel must not turn rounding into "error".
   const double floor2 = 0.01 * static_cast<double>(compared);
   const double error = std::sqrt(diff2 / std::max(ref2, std::max(floor2, 1e-300)));
-  if (not_finite || touched || inexact || !(error <= tolerance_)) {
+  if (tolerance < 0) tolerance = tolerance_;
+  if (not_finite || touched || inexact || !(error <= tolerance)) {
     finding(fmt::format(
         "'{}' disagrees with the reference: rel_err {:.3g} (tolerance {:.0e}), "
         "{} of {} elements not finite, {} not exactly the reference's 0 or inf, {} skipped "
         "elements written",
-        name, error, tolerance_, not_finite, compared, inexact, touched));
+        name, error, tolerance, not_finite, compared, inexact, touched));
   }
 }
 

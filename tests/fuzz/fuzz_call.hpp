@@ -33,21 +33,27 @@ inline constexpr int kShapeSlots = 12;  // dims a tensor may claim (beyond the p
 struct Plan {
   uint8_t op;           // index over api->op_count()
   uint8_t dtype;        // float tensors: f32, f16, bf16
-  uint8_t index_dtype;  // even: i32, odd: i64
+  uint8_t index_dtype;  // even: i32, odd: i64; MoE index outputs: bit 1 flips it
   // Sizes of the shape symbols; bytes >= 248 pick a huge value (kHuge).
   // The attention ops' symbols reuse bytes: Hq = H*G, Hkv = H, Tq = T, Tk
-  // from L0, block_size from W, max_blocks from S, num_blocks from L1.
-  uint8_t B, T, H, G, K, V, D, W, S, L0, L1, state_len, L;
+  // from L0, block_size from W, max_blocks from S, num_blocks from L1. The
+  // MoE ops' too: E experts from K, k slots from V, Hd from D, I from W, and
+  // R = T*k rows plus the extra ones of L (none for moe_dispatch).
+  uint8_t B, T, H, G, K, V, D, W, S, L0, L1, state_len, L;  // MoE: G % 4 picks the routing
+                                                            // weights' dtype (0: the plan's)
   uint8_t prefix_rank, prefix[3];  // the "..." dims of [...,D] and [...,HV]; cu_seqlens_k's cuts
-  uint8_t varlen;      // nonzero: cu_seqlens (or _q and _k) with 1 + varlen % 4 sequences (B = 1)
+  uint8_t varlen;      // nonzero: cu_seqlens (or _q and _k) with 1 + varlen % 4 sequences (B = 1);
+                       // MoE ops: how the slots are routed (MoeRouting, varlen % 6)
   uint8_t cuts[3];     // where the sequences end, in 255ths of T; attn_decode: the part of
                        // sequence n % 3's table left unused (0: seq_lens = max_blocks * block_size)
   uint8_t slots;       // nonzero: state_indices; bit n+1 skips sequence n (-1); kv_cache_write:
                        // bit t+1 skips row t; attn_decode, odd: table entries past the used
-                       // blocks out of range
-  uint8_t slot_shift;  // sequence n uses slot (n + shift) % S; the cache blocks' and slots' shift
+                       // blocks out of range; MoE ops: every (slots % 8)-th slot dropped (-1)
+  uint8_t slot_shift;  // sequence n uses slot (n + shift) % S; the cache blocks' and slots' shift;
+                       // MoE's one_expert routing: the expert shift % E
   uint8_t squeeze;     // odd: tensors drop their L dim (conv1d_update's x [N,D]); bit 1:
-                       // attn_prefill_bwd's lse is -inf in rows with keys too
+                       // attn_prefill_bwd's lse is -inf in rows with keys too; moe_route: bit 2
+                       // logits on a grid (exact ties), bit 3 within +-30 (else +-4)
   uint8_t present[4];  // bit i: optional tensor argument i is passed
   uint8_t scalars[8];  // per scalar argument in order: 0 default, else a value table
   uint8_t layouts[kMaxArgs];  // per tensor argument: memory layout (Layout)
@@ -140,7 +146,11 @@ class FuzzCall {
   // the tolerance; NaN in `want` means the element must keep its bytes, an
   // infinity must be matched exactly, and so must 0 with exact_zeros (where
   // nothing contributes, the contract says 0).
-  void expect(std::string_view name, const Array64& want, bool exact_zeros = false) const;
+  // A tolerance >= 0 replaces the call's (0: a copy, every element exact).
+  void expect(std::string_view name, const Array64& want, bool exact_zeros = false,
+              double tolerance = -1) const;
+  // Aborts unless index output `name` holds exactly `want` (row-major).
+  void expect_indices(std::string_view name, const std::vector<int64_t>& want) const;
   // Aborts unless every element of the slots of pool `name` ([S,...]) that
   // no sequence uses kept its bytes.
   void expect_slots_kept(std::string_view name, const std::vector<bool>& used) const;
@@ -179,6 +189,8 @@ class FuzzCall {
   bool runnable_ = true;
   bool unjudgeable_ = false;  // aliasing or planted values: no reference comparison
   bool lse_holes_ = false;    // attn_prefill_bwd: lse -inf in rows with keys too
+  double logit_reach_ = 4;    // moe_route: logits in [-reach, reach] ...
+  double logit_step_ = 0;     // ... on a grid of this step (0: none)
   double tolerance_ = 0;
   uint64_t seed_ = 0;
   // Symbol sizes the plan chose, for describe().

@@ -10,6 +10,7 @@
 #include "conv1d_reference.hpp"
 #include "fuzz_call.hpp"
 #include "gdn_reference.hpp"
+#include "moe_reference.hpp"
 #include "norm_reference.hpp"
 
 namespace hops::fuzz {
@@ -39,6 +40,18 @@ class Args {
   }
   void expect_if_given(std::string_view name, const Array64& want, bool exact_zeros = false) const {
     if (has(name)) expect(name, want, exact_zeros);
+  }
+  void expect_copy(std::string_view name, const Array64& want) const {
+    call_.expect(name, want, false, 0.0);
+  }
+  void expect_indices(std::string_view name, const std::vector<int64_t>& want) const {
+    call_.expect_indices(name, want);
+  }
+  // A [T,k] index table (ids or a row map) as the reference takes it.
+  ref::SlotTable slots(std::string_view name) const {
+    ref::SlotTable table(dim(name, 0), dim(name, 1));
+    table.data = *indices(name);
+    return table;
   }
   int64_t dim(std::string_view name, int d) const { return call_.tensor(name)->dl.shape[d]; }
   const FuzzCall& call() const { return call_; }
@@ -257,6 +270,57 @@ void kv_cache_write(const Args& a) {
   a.expect("v_cache", v_cache);
 }
 
+// The MoE ops' outputs where nothing contributes (rows past the kept or
+// counted ones, tokens whose slots are all dropped, experts without rows,
+// dropped slots' weight gradients) are 0 exactly; dispatch's rows are
+// copies and its indices exact.
+void moe_route(const Args& a) {
+  const ref::MoeRouteResult want =
+      ref::moe_route(a.in("logits"), a.dim("topk_ids", 1), a.flag("normalize"),
+                     static_cast<ref::MoeScoring>(a.i64("scoring")));
+  a.expect_indices("topk_ids", want.topk_ids.data);
+  a.expect("topk_weights", want.topk_weights);
+}
+
+void moe_dispatch(const Args& a) {
+  const ref::MoeDispatchResult want =
+      ref::moe_dispatch(a.in("x"), a.slots("topk_ids"), a.dim("counts", 0));
+  a.expect_copy("rows", want.rows);
+  a.expect_indices("counts", want.counts);
+  a.expect_indices("row_map", want.row_map.data);
+}
+
+void moe_expert_mlp(const Args& a) {
+  a.expect("out",
+           ref::moe_expert_mlp(a.in("rows"), *a.indices("counts"), a.in("gate_up_proj"),
+                               a.in("down_proj")),
+           kExactZeros);
+}
+
+void moe_combine(const Args& a) {
+  a.expect("y", ref::moe_combine(a.in("rows"), a.slots("row_map"), a.in("topk_weights")),
+           kExactZeros);
+}
+
+void moe_dispatch_bwd(const Args& a) {
+  a.expect("dx", ref::moe_dispatch_bwd(a.in("d_rows"), a.slots("row_map")), kExactZeros);
+}
+
+void moe_expert_mlp_bwd(const Args& a) {
+  const ref::MoeExpertMlpGrads want = ref::moe_expert_mlp_bwd(
+      a.in("rows"), *a.indices("counts"), a.in("gate_up_proj"), a.in("down_proj"), a.in("d_out"));
+  a.expect("d_rows", want.d_rows, kExactZeros);
+  a.expect_if_given("d_gate_up_proj", want.d_gate_up_proj, kExactZeros);
+  a.expect_if_given("d_down_proj", want.d_down_proj, kExactZeros);
+}
+
+void moe_combine_bwd(const Args& a) {
+  const ref::MoeCombineGrads want =
+      ref::moe_combine_bwd(a.in("rows"), a.slots("row_map"), a.in("topk_weights"), a.in("dy"));
+  a.expect("d_rows", want.d_rows, kExactZeros);
+  a.expect_if_given("d_topk_weights", want.d_topk_weights, kExactZeros);
+}
+
 const std::map<std::string_view, void (*)(const Args&)> kOracles = {
     {"gdn_chunk_fwd", gdn_chunk_fwd},
     {"gdn_recurrent", gdn_recurrent},
@@ -271,6 +335,13 @@ const std::map<std::string_view, void (*)(const Args&)> kOracles = {
     {"attn_prefill_bwd", attn_prefill_bwd},
     {"attn_decode", attn_decode},
     {"kv_cache_write", kv_cache_write},
+    {"moe_route", moe_route},
+    {"moe_dispatch", moe_dispatch},
+    {"moe_expert_mlp", moe_expert_mlp},
+    {"moe_combine", moe_combine},
+    {"moe_dispatch_bwd", moe_dispatch_bwd},
+    {"moe_expert_mlp_bwd", moe_expert_mlp_bwd},
+    {"moe_combine_bwd", moe_combine_bwd},
 };
 
 }  // namespace
