@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration=${1:-60}
 [ $# -gt 0 ] && shift
-build=build-fuzz
+build=${HOPS_FUZZ_BUILD_DIR:-build-fuzz}  # another dir: a build of your own beside CI's
 jobs=${HOPS_FUZZ_BUILD_JOBS:-$(nproc)}
 
 # clang >= 16: older ones reject the plugin's lambdas that capture structured bindings.
