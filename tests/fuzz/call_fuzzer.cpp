@@ -8,12 +8,14 @@
 //   HOPS_FUZZ_STATS=1          print how the calls ended when the process exits
 #include <fmt/format.h>
 
+#include <array>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,10 +30,19 @@ const hops_api* g_api = nullptr;
 struct Counts {
   std::atomic<uint64_t> skipped{0}, rejected{0}, accepted{0}, compared{0};
 } g_counts;
+// Per op (by name): calls rejected, accepted without comparison, compared.
+std::map<std::string, std::array<uint64_t, 3>> g_op_counts;
 
 void print_counts() {
   const uint64_t ran = g_counts.rejected + g_counts.accepted + g_counts.compared;
   if (ran + g_counts.skipped == 0) return;  // a -fork parent: its workers ran the calls
+  for (const auto& [op, n] : g_op_counts) {
+    std::fprintf(
+        stderr, "hops-fuzz:   %-20s %8llu calls: %8llu rejected, %8llu accepted (%llu compared)\n",
+        op.c_str(), static_cast<unsigned long long>(n[0] + n[1] + n[2]),
+        static_cast<unsigned long long>(n[0]), static_cast<unsigned long long>(n[1] + n[2]),
+        static_cast<unsigned long long>(n[2]));
+  }
   std::fprintf(stderr,
                "hops-fuzz: %llu calls ran: %llu rejected, %llu accepted (%llu of them compared "
                "with the float64 reference); %llu inputs skipped (too much memory or work)\n",
@@ -294,7 +305,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     ++g_counts.skipped;
     return -1;  // not worth keeping in the corpus
   }
-  switch (call.run_and_check()) {
+  const Outcome outcome = call.run_and_check();
+  switch (outcome) {
     case Outcome::rejected:
       ++g_counts.rejected;
       break;
@@ -305,5 +317,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       ++g_counts.compared;
       break;
   }
+  ++g_op_counts[call.op().name][static_cast<size_t>(outcome)];
   return 0;
 }

@@ -62,7 +62,11 @@ echo
 grep -E '^#[0-9]+.*(DONE|cov:)' "$findings/fuzz.log" | tail -1 || true
 grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|stat::average_exec_per_sec)' \
   "$findings/fuzz.log" || true
-grep -E '^hops-fuzz:' "$findings/fuzz.log" | tail -1 || true
+# Calls per op (summed over -fork's workers), then the last worker's totals.
+awk '/^hops-fuzz:   /{n[$2]+=$3; r[$2]+=$5; a[$2]+=$7; c[$2]+=substr($9,2)}
+  END{for (op in n) printf "  %-20s %9d calls %9d rejected %9d accepted %9d compared\n", op, n[op], r[op], a[op], c[op]}' \
+  "$findings/fuzz.log" | sort
+grep -E '^hops-fuzz: [0-9]' "$findings/fuzz.log" | tail -1 || true
 found=$(find "$findings" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \
   -o -name 'leak-*' \) | sort)
 if [ -n "$found" ]; then
