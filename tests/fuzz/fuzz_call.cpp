@@ -532,7 +532,7 @@ void FuzzCall::decode_plan(const Plan& plan) {
     tables = moe_tables(T, k, E, R, static_cast<MoeRouting>(plan.varlen % 6), plan.slots % 8,
                         plan.slot_shift, seed_);
     logit_reach_ = plan.squeeze & 8 ? 30 : 4;
-    logit_step_ = plan.squeeze & 4 ? logit_reach_ / 32 : 0;
+    logit_step_ = plan.squeeze & 4 ? (plan.squeeze & 8 ? 0.25 : 0.125) : 0;
   }
   // Saturating at kClamp: the factors may be as large as int64 allows.
   i128 chunk_work = 64 * 64;
