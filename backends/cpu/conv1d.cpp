@@ -74,9 +74,23 @@ HOPS_VECTOR_CLONES void conv_forward_task(const Conv1dFwd& op, int64_t n, int64_
   auto row = [&](int64_t p) { return rows + (p - t0 + W - 1) * kChannelBlock; };
   for (int64_t p = t0 - (W - 1); p < t1; ++p) load_position(p, row(p));
   float* out = rows + (kTokenBlock + kMaxConvWidth - 1) * kChannelBlock;
+  float* zeros = out + kChannelBlock;
+  if (op.seq_idx) std::fill_n(zeros, count, 0.0f);
   const float* inputs[kMaxConvWidth];
   for (int64_t t = t0; t < t1; ++t) {
     for (int64_t j = 0; j < W; ++j) inputs[j] = row(t - (W - 1) + j);
+    if (op.seq_idx) {
+      // Taps reach only tokens of t's sequence id; a negative id is padding: y = 0.
+      const int64_t id = read_index(op.seq_idx, span.row * op.T + t);
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t p = t - (W - 1) + j;
+        if (id < 0 || p < 0 || read_index(op.seq_idx, span.row * op.T + p) != id) inputs[j] = zeros;
+      }
+      if (id < 0) {
+        store_run(op.y, op.y.offset(span.row, t, d0), op.y.stride[2], count, zeros);
+        continue;
+      }
+    }
     filter.apply(inputs, count, op.activation, out);
     store_run(op.y, op.y.offset(span.row, span.begin + t, d0), op.y.stride[2], count, out);
   }
@@ -94,20 +108,43 @@ HOPS_VECTOR_CLONES void conv_update_task(const Conv1dUpdate& op, int64_t n, int6
   const int64_t W = op.W, L = op.L, SL = op.state.shape[2];
   const BlockFilter filter(op.weight, op.bias, d0, count);
   auto row = [&](int64_t p) { return window + p * kChannelBlock; };
-  for (int64_t p = 0; p < SL; ++p) load_state_column(op.state, slot, d0, p, count, row(p));
+  // The window: `history` state columns (oldest first), then the L new tokens.
+  // A circular state holds its newest column just before column
+  // cache_seqlens % SL; a plain one is shifted, its newest column last.
+  const bool circular = static_cast<bool>(op.cache_seqlens);
+  const int64_t start = circular ? read_index(op.cache_seqlens, n) % SL : 0;
+  const int64_t history = circular ? W - 1 : SL;
+  for (int64_t p = 0; p < history; ++p) {
+    const int64_t column = circular ? (start - (W - 1) + p + SL) % SL : p;
+    load_state_column(op.state, slot, d0, column, count, row(p));
+  }
   for (int64_t t = 0; t < L; ++t)
-    load_run(op.x, op.x.offset(n, t, d0), op.x.stride[2], count, row(SL + t));
+    load_run(op.x, op.x.offset(n, t, d0), op.x.stride[2], count, row(history + t));
   float out[kChannelBlock];
   const float* inputs[kMaxConvWidth];
   for (int64_t t = 0; t < L; ++t) {
-    for (int64_t j = 0; j < W; ++j) inputs[j] = row(SL + t - (W - 1) + j);
+    for (int64_t j = 0; j < W; ++j) inputs[j] = row(history + t - (W - 1) + j);
     filter.apply(inputs, count, op.activation, out);
     store_run(op.y, op.y.offset(n, t, d0), op.y.stride[2], count, out);
+  }
+  if (circular) {  // token t goes to column (start + t) % SL; a later token wins
+    for (int64_t t = 0; t < L; ++t) {
+      store_run(op.state, op.state.offset(slot, d0, (start + t) % SL), op.state.stride[1], count,
+                row(history + t));
+    }
+    return;
   }
   // The new state is the last SL positions of the window.
   for (int64_t c = 0; c < SL; ++c) {
     store_run(op.state, op.state.offset(slot, d0, c), op.state.stride[1], count, row(L + c));
   }
+}
+
+// Dao's padding rows (state_indices -1 with zero_skipped): y = 0.
+void zero_rows(const Conv1dUpdate& op, int64_t n, int64_t d0, int64_t count) {
+  const float zeros[kChannelBlock] = {};
+  for (int64_t t = 0; t < op.L; ++t)
+    store_run(op.y, op.y.offset(n, t, d0), op.y.stride[2], count, zeros);
 }
 
 }  // namespace
@@ -123,7 +160,8 @@ void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
   // past a sequence's end return at once (an empty sequence still has one,
   // which writes its final state).
   const int64_t token_blocks = std::max<int64_t>(1, (longest + kTokenBlock - 1) / kTokenBlock);
-  const size_t per_worker = (kTokenBlock + kMaxConvWidth) * kChannelBlock;
+  // Rows: the block's positions, the output and a row of zeros (seq_idx).
+  const size_t per_worker = (kTokenBlock + kMaxConvWidth + 1) * kChannelBlock;
   const auto scratch = context.scratch->acquire(
       scratch_bytes(op.kName, per_worker, context.max_workers, sizeof(float)));
   context.threads->parallel_for(
@@ -150,10 +188,12 @@ void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
   context.threads->parallel_for(
       checked_product(op.kName, op.N, blocks), context.max_workers, [&](int64_t task, int worker) {
         const int64_t n = task / blocks, d0 = (task % blocks) * kChannelBlock;
-        const int64_t slot = op.slots(n);
-        if (slot < 0) return;
-        conv_update_task(op, n, slot, d0, std::min(kChannelBlock, op.D - d0),
-                         scratch.as<float>() + worker * per_worker);
+        const int64_t slot = op.slots(n), count = std::min(kChannelBlock, op.D - d0);
+        if (slot < 0) {
+          if (op.zero_skipped) zero_rows(op, n, d0, count);
+          return;
+        }
+        conv_update_task(op, n, slot, d0, count, scratch.as<float>() + worker * per_worker);
       });
 }
 

@@ -91,14 +91,26 @@ struct BlockTask {
     }
   }
 
+  // With seq_idx (dense rows, no states): tap input p reaches token t only
+  // when both have t's id; a token with a negative id is padding (y = 0).
+  int64_t sequence_id(int64_t t) const { return read_index(op.seq_idx, span.row * op.T + t); }
+  bool linked(int64_t p, int64_t t) const {
+    return !op.seq_idx || (p >= 0 && sequence_id(p) == sequence_id(t));
+  }
+
   // dpre[t] from dy[t] and the inputs u[t-(W-1) .. t] in the ring.
   void compute_dpre(int64_t t) const {
     float* __restrict out = dpre_slot(t);
+    if (op.seq_idx && sequence_id(t) < 0) {
+      std::fill_n(out, count, 0.0f);
+      return;
+    }
     load_run(op.dy, op.dy.offset(span.row, span.begin + t, d0), op.dy.stride[2], count, out);
     if (op.activation == Activation::none) return;  // act' = 1: no need for pre
     float* __restrict pre = row;
     std::copy_n(filter.bias, count, pre);
     for (int64_t j = 0; j < op.W; ++j) {
+      if (!linked(t - (op.W - 1) + j, t)) continue;
       const float* __restrict in = input_slot(t - (op.W - 1) + j);
       for (int64_t c = 0; c < count; ++c) pre[c] += filter.taps[j][c] * in[c];
     }
@@ -139,6 +151,7 @@ struct BlockTask {
       float* __restrict dx = row;
       std::fill_n(dx, count, 0.0f);
       for (int64_t j = 0; j < W; ++j) {
+        if (op.seq_idx && (t - j >= length() || !linked(s, t - j))) continue;
         const float* __restrict d = dpre_slot(t - j);  // dpre[s + (W-1) - j]
         for (int64_t c = 0; c < count; ++c) dx[c] += filter.taps[j][c] * d[c];
       }
@@ -150,6 +163,7 @@ struct BlockTask {
   void accumulate_share(int64_t t, float* share) const {
     const float* __restrict d = dpre_slot(t);
     for (int64_t j = 0; j < op.W; ++j) {
+      if (!linked(t - (op.W - 1) + j, t)) continue;
       const float* __restrict in = input_slot(t - (op.W - 1) + j);
       float* __restrict sum = share + j * kChannelBlock;
       for (int64_t c = 0; c < count; ++c) sum[c] += d[c] * in[c];

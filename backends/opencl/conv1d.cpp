@@ -36,14 +36,15 @@ void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op) {
                    {op.initial_state, "initial_state"},
                    {op.sequences.cu_seqlens, "cu_seqlens"},
                    {op.y, "y"},
-                   {op.final_state, "final_state"}});
+                   {op.final_state, "final_state"},
+                   {op.seq_idx, "seq_idx"}});
   if (!call.active()) return;
   const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
   const auto silu = static_cast<cl_int>(op.activation == Activation::silu);
   {
     // CPU devices take whole float16 runs of contiguous channels (conv1d.cl).
     const bool vector = call.runtime().cpu_device() && op.D % kChannels == 0 &&
-                        op.x.stride[2] == 1 && op.y.stride[2] == 1;
+                        op.x.stride[2] == 1 && op.y.stride[2] == 1 && !op.seq_idx;
     const int tokens = vector ? kVectorTokensPerItem : kTokensPerItem;
     Launch launch(call.kernel(kProgram, op.x.dtype, vector ? "conv1d_fwd_channels" : "conv1d_fwd"));
     launch.tensor(op.x).value(strides4(op.x));
@@ -55,6 +56,7 @@ void conv1d_fwd(const ExecContext& exec, const Conv1dFwd& op) {
     launch.index(cu_seqlens).value(cl_long{op.sequences.count});
     launch.value(cl_long{op.T}).value(cl_long{op.D}).value(static_cast<cl_int>(op.W)).value(silu);
     launch.value(cl_int{tokens});
+    if (!vector) launch.index(call.index(op.seq_idx));  // the channels kernel takes no seq_idx
     const int64_t items = vector ? op.D / kChannels : op.D;
     const size_t local = launch.group_size(vector ? 8 : kChannelGroup);
     const size_t groups[3] = {groups_for(items, static_cast<int64_t>(local)),
@@ -88,7 +90,8 @@ void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op) {
                    {op.weight, "weight"},
                    {op.bias, "bias"},
                    {op.slots.indices, "state_indices"},
-                   {op.y, "y"}});
+                   {op.y, "y"},
+                   {op.cache_seqlens, "cache_seqlens"}});
   if (!call.active()) return;
   const IndexArg slots = call.index(op.slots.indices);
   Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_update"));
@@ -103,6 +106,7 @@ void conv1d_update(const ExecContext& exec, const Conv1dUpdate& op) {
       .value(cl_long{op.D});
   launch.value(static_cast<cl_int>(op.W))
       .value(static_cast<cl_int>(op.activation == Activation::silu));
+  launch.index(call.index(op.cache_seqlens)).value(static_cast<cl_int>(op.zero_skipped));
   const size_t local = launch.group_size(kChannelGroup);
   const size_t groups[2] = {groups_for(op.D, static_cast<int64_t>(local)),
                             static_cast<size_t>(op.N)};

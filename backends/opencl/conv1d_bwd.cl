@@ -138,6 +138,79 @@ kernel void conv1d_bwd_tokens(global const x_t* x, long x_off, long4 x_st,
   share[MAX_WIDTH * D] = bias_sum;
 }
 
+// conv1d_bwd_tokens for calls with seq_idx (dense rows, no states): tap m of
+// token t reads u[t - LAST + m] only when that token has t's id, and a token
+// with a negative id (padding, y = 0) has dpre = 0. Each dpre is recomputed
+// where it is needed: a plain path for a rarer layout.
+inline bool linked(global const uchar* ids, long ids_off, long ids_stride, int ids_kind, long row,
+                   long T, long p, long t) {
+  return p >= 0 && p < T &&
+         load_index(ids, ids_off, ids_stride, ids_kind, row * T + p) ==
+             load_index(ids, ids_off, ids_stride, ids_kind, row * T + t);
+}
+
+inline float dpre_linked(global const x_t* x, long xo, long x_step, global const x_t* dy, long dyo,
+                         long dy_step, global const uchar* ids, long ids_off, long ids_stride,
+                         int ids_kind, long row, long T, long t, const float* taps, float bias,
+                         int silu) {
+  if (t >= T || load_index(ids, ids_off, ids_stride, ids_kind, row * T + t) < 0) return 0.0f;
+  const float gradient = LOAD_X(dy, dyo + t * dy_step);
+  if (!silu) return gradient;
+  float pre = bias;
+  for (int m = 0; m < MAX_WIDTH; ++m) {
+    const long p = t - LAST + m;
+    if (linked(ids, ids_off, ids_stride, ids_kind, row, T, p, t)) {
+      pre += taps[m] * LOAD_X(x, xo + p * x_step);
+    }
+  }
+  return gradient * silu_grad_f(pre);
+}
+
+kernel void conv1d_bwd_tokens_ids(global const x_t* x, long x_off, long4 x_st,
+                                  global const uchar* w, long w_off, int w_dtype, long w_st0,
+                                  long w_st1,
+                                  global const uchar* bias, long bias_off, int bias_dtype,
+                                  long bias_st,
+                                  global const x_t* dy, long dy_off, long4 dy_st,
+                                  global x_t* dx, long dx_off, long4 dx_st,
+                                  global float* partial,
+                                  global const uchar* ids, long ids_off, long ids_stride,
+                                  int ids_kind, long T, long D, int W, int silu,
+                                  int tokens_per_item) {
+  const long d = get_global_id(0), run = get_global_id(1), row = get_global_id(2);
+  const long first = run * tokens_per_item;
+  if (d >= D || first >= T) return;
+  float taps[MAX_WIDTH];
+  load_right_aligned_taps(taps, w, w_off, w_dtype, w_st0, w_st1, d, W);
+  const float b = bias_dtype >= 0 ? load_any(bias, bias_off + d * bias_st, bias_dtype) : 0.0f;
+  const long xo = x_off + row * x_st.x + d * x_st.z, dyo = dy_off + row * dy_st.x + d * dy_st.z;
+  float tap_sums[MAX_WIDTH] = {0.0f}, bias_sum = 0.0f;
+  const long last = min(first + tokens_per_item, T);
+  for (long t = first; t < last; ++t) {
+    // dx[t]: the taps of the later tokens of t's sequence that read it.
+    float gradient = 0.0f;
+    for (int m = 0; m < MAX_WIDTH; ++m) {
+      const long s = t + LAST - m;  // the token whose tap m reads u[t]
+      if (!linked(ids, ids_off, ids_stride, ids_kind, row, T, s, t)) continue;
+      gradient += taps[m] * dpre_linked(x, xo, x_st.y, dy, dyo, dy_st.y, ids, ids_off,
+                                        ids_stride, ids_kind, row, T, s, taps, b, silu);
+    }
+    STORE_X(dx, dx_off + row * dx_st.x + t * dx_st.y + d * dx_st.z, gradient);
+    const float own = dpre_linked(x, xo, x_st.y, dy, dyo, dy_st.y, ids, ids_off, ids_stride,
+                                  ids_kind, row, T, t, taps, b, silu);
+    for (int m = 0; m < MAX_WIDTH; ++m) {
+      const long p = t - LAST + m;
+      if (linked(ids, ids_off, ids_stride, ids_kind, row, T, p, t)) {
+        tap_sums[m] += own * LOAD_X(x, xo + p * x_st.y);
+      }
+    }
+    bias_sum += own;
+  }
+  global float* share = partial + (row * get_global_size(1) + run) * (MAX_WIDTH + 1) * D + d;
+  for (int m = 0; m < MAX_WIDTH; ++m) share[m * D] = tap_sums[m];
+  share[MAX_WIDTH * D] = bias_sum;
+}
+
 // Work-item (channel d, row m of a share): the runs' shares added in run
 // order into dweight (m a tap of the filter) or dbias (m = MAX_WIDTH).
 kernel void conv1d_bwd_filter(global const float* partial, long runs, long D, int W,

@@ -53,7 +53,8 @@ void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op) {
                    {op.dx, "dx"},
                    {op.dweight, "dweight"},
                    {op.dbias, "dbias"},
-                   {op.d_initial_state, "d_initial_state"}});
+                   {op.d_initial_state, "d_initial_state"},
+                   {op.seq_idx, "seq_idx"}});
   if (!call.active()) return;
   const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
   const auto silu = static_cast<cl_int>(op.activation == Activation::silu);
@@ -61,7 +62,24 @@ void conv1d_bwd(const ExecContext& exec, const Conv1dBwd& op) {
       checked_product(op.kName, op.B, static_cast<int64_t>(groups_for(op.T, kTokensPerItem)));
   const cl_mem partial =
       call.scratch(scratch_bytes(op.kName, runs, kShareRows, op.D, sizeof(float)));
-  {
+  if (op.seq_idx) {  // sequences told by ids: dense rows, no states
+    Launch launch(call.kernel(kProgram, op.x.dtype, "conv1d_bwd_tokens_ids"));
+    launch.tensor(op.x).value(strides4(op.x));
+    launch.any_float(op.weight)
+        .value(cl_long{op.weight.stride[0]})
+        .value(cl_long{op.weight.stride[1]});
+    launch.any_float(op.bias).value(stride_or_zero(op.bias, 0));
+    launch.tensor(op.dy).value(strides4(op.dy));
+    launch.tensor(op.dx).value(strides4(op.dx)).value(partial);
+    launch.index(call.index(op.seq_idx));
+    launch.value(cl_long{op.T}).value(cl_long{op.D}).value(static_cast<cl_int>(op.W)).value(silu);
+    launch.value(cl_int{kTokensPerItem});
+    const size_t local = launch.group_size(kChannelGroup);
+    const size_t groups[3] = {groups_for(op.D, static_cast<int64_t>(local)),
+                              groups_for(op.T, kTokensPerItem), static_cast<size_t>(op.B)};
+    const size_t locals[3] = {local, 1, 1};
+    launch.run(call, 3, groups, locals);
+  } else {
     // CPU devices take 16 contiguous channels as float16 (conv1d_bwd.cl).
     const bool vector = call.runtime().cpu_device() && op.D % kLanes == 0 && op.x.stride[2] == 1 &&
                         op.dy.stride[2] == 1 && op.dx.stride[2] == 1;

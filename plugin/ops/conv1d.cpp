@@ -45,6 +45,32 @@ void require_input_for(const Call& call, int gradient_arg, int input_arg) {
   }
 }
 
+// seq_idx [B,T] packs sequences by id (Dao's causal-conv1d): it replaces
+// cu_seqlens and states, which it cannot be combined with. Row-major
+// contiguous, as Dao's, so kernels read it as one run of B*T ids (the
+// returned view).
+Tensor check_seq_idx(const Call& call, Shapes& dims, int seq_idx_arg,
+                     std::initializer_list<int> excluded) {
+  Tensor ids = call.tensor(seq_idx_arg);
+  if (!ids) return ids;
+  dims.expect(seq_idx_arg, {"B", "T"});
+  for (int arg : excluded) {
+    if (call.tensor(arg)) {
+      call.fail(seq_idx_arg, "cannot be combined with '{}' (sequences are told by their ids)",
+                call.arg_name(arg));
+    }
+  }
+  const int64_t B = ids.shape[0], T = ids.shape[1];
+  if ((T > 1 && ids.stride[1] != 1) || (B > 1 && ids.stride[0] != T)) {
+    call.fail(seq_idx_arg, "must be contiguous (row-major [B,T]), got strides [{},{}]",
+              ids.stride[0], ids.stride[1]);
+  }
+  ids.ndim = 1;
+  ids.shape = {B * T};
+  ids.stride = {1};
+  return ids;
+}
+
 // [B,D,T] seen as [B,T,D]: kernels only ever index channels last.
 Tensor channels_last(Tensor t) {
   std::swap(t.shape[1], t.shape[2]);
@@ -86,6 +112,8 @@ Conv1dFwd Conv1dFwd::check(const Call& call) {
   op.x = call.tensor(Arg::x), op.y = call.tensor(Arg::y);
   if (channels_first) op.x = channels_last(op.x), op.y = channels_last(op.y);
   op.weight = call.tensor(Arg::weight), op.bias = call.tensor(Arg::bias);
+  op.seq_idx = check_seq_idx(call, dims, Arg::seq_idx,
+                             {Arg::cu_seqlens, Arg::initial_state, Arg::final_state});
   return op;
 }
 
@@ -127,6 +155,8 @@ Conv1dBwd Conv1dBwd::check(const Call& call) {
   op.weight = call.tensor(Arg::weight), op.bias = call.tensor(Arg::bias);
   op.dweight = call.tensor(Arg::dweight), op.dbias = call.tensor(Arg::dbias);
   op.d_initial_state = call.tensor(Arg::d_initial_state);
+  op.seq_idx = check_seq_idx(call, dims, Arg::seq_idx,
+                             {Arg::cu_seqlens, Arg::initial_state, Arg::d_final_state});
   return op;
 }
 
@@ -153,6 +183,20 @@ Conv1dUpdate Conv1dUpdate::check(const Call& call) {
   op.state = call.tensor(Arg::state);
   op.weight = call.tensor(Arg::weight), op.bias = call.tensor(Arg::bias);
   op.activation = check_activation(call, Arg::activation);
+  op.zero_skipped = call.flag(Arg::zero_skipped);
+  op.cache_seqlens = call.tensor(Arg::cache_seqlens);
+  if (op.cache_seqlens) {
+    dims.expect(Arg::cache_seqlens, {"N"});
+    if (dims["SL"] == 0) call.fail(Arg::cache_seqlens, "needs a state of at least one column");
+    // Device-resident counts are not read here: the kernels take them modulo
+    // state_len into [0, state_len).
+    if (host_accessible(op.cache_seqlens.device)) {
+      for (int64_t n = 0; n < op.N; ++n) {
+        const int64_t seen = read_index(op.cache_seqlens, n);
+        if (seen < 0) call.fail(Arg::cache_seqlens, "entry {} is {}, expected >= 0", n, seen);
+      }
+    }
+  }
   return op;
 }
 

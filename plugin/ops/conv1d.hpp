@@ -27,7 +27,8 @@ struct Conv1dFwd {
       y,
       final_state,
       activation,
-      channels_first
+      channels_first,
+      seq_idx
     };
   };
   static constexpr hops_arg_desc kArgs[] = {
@@ -43,9 +44,13 @@ struct Conv1dFwd {
                       "last L1 inputs of each sequence, L1 >= W-1"),
       i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu"),
       bool_scalar("channels_first", false, "x and y are [B,D,T]"),
+      added_in(3, optional_input("seq_idx", HOPS_DTYPE_INDEX, "[B,T]",
+                                 "sequence id per token: taps read only tokens of the same id, "
+                                 "an id < 0 gives y = 0 (no states, no cu_seqlens)")),
   };
 
   Tensor x, weight, bias, initial_state, y, final_state;  // x, y viewed as [B,T,D]
+  Tensor seq_idx;  // when given: [B,T] viewed as one run of B*T ids
   Sequences sequences;
   int64_t B = 0, T = 0, D = 0, W = 0;
   Activation activation = Activation::silu;
@@ -75,7 +80,8 @@ struct Conv1dBwd {
       dbias,
       d_initial_state,
       activation,
-      channels_first
+      channels_first,
+      seq_idx
     };
   };
   static constexpr hops_arg_desc kArgs[] = {
@@ -97,10 +103,13 @@ struct Conv1dBwd {
                       "gradient of initial_state (its dtype); only with initial_state"),
       i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu, as in the forward"),
       bool_scalar("channels_first", false, "x, dy and dx are [B,D,T]"),
+      added_in(3, optional_input("seq_idx", HOPS_DTYPE_INDEX, "[B,T]",
+                                 "the forward's sequence ids (no states, no cu_seqlens)")),
   };
 
   // x, dy, dx viewed as [B,T,D]
   Tensor x, weight, bias, initial_state, dy, d_final_state, dx, dweight, dbias, d_initial_state;
+  Tensor seq_idx;  // when given: [B,T] viewed as one run of B*T ids
   Sequences sequences;
   int64_t B = 0, T = 0, D = 0, W = 0;
   Activation activation = Activation::silu;
@@ -115,7 +124,17 @@ struct Conv1dUpdate {
   static constexpr int kPrimaryArg = 0;
   using Signature = hops_conv1d_update_fn;
   struct Arg {
-    enum : int { x, state, weight, bias, state_indices, y, activation };
+    enum : int {
+      x,
+      state,
+      weight,
+      bias,
+      state_indices,
+      y,
+      activation,
+      cache_seqlens,
+      zero_skipped
+    };
   };
   static constexpr hops_arg_desc kArgs[] = {
       input("x", HOPS_DTYPE_FLOATS, "[N,L,D]", "new tokens ([N,D] for one)"),
@@ -126,9 +145,16 @@ struct Conv1dUpdate {
                      "slot of each sequence, -1 skips it"),
       output("y", HOPS_DTYPE_FLOATS, "[N,L,D]", "output (shape and dtype of x)"),
       i64_scalar("activation", HOPS_ACTIVATION_SILU, "0 none, 1 silu"),
+      added_in(3, optional_input("cache_seqlens", HOPS_DTYPE_INDEX, "[N]",
+                                 "tokens seen per sequence: the state is a circular buffer, "
+                                 "written from column cache_seqlens % state_len")),
+      added_in(3, bool_scalar("zero_skipped", false,
+                              "y rows of skipped sequences (state_indices -1) are written 0")),
   };
 
   Tensor x, state, weight, bias, y;  // x, y viewed as [N,L,D]
+  Tensor cache_seqlens;              // [N] when the state is circular
+  bool zero_skipped = false;
   Slots slots;
   int64_t N = 0, L = 0, D = 0, W = 0;
   Activation activation = Activation::silu;

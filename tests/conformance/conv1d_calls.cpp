@@ -61,6 +61,17 @@ std::vector<BadCall> conv1d_fwd_bad_calls(const Context& ctx) {
       {"y overlaps itself (strides [30,1,1])",
        {"y"},
        patch("y", [](DLTensor& t) { t.strides[1] = 1; })},
+      {"seq_idx with initial_state and final_state",
+       {"seq_idx"},
+       set("seq_idx",
+           Tensor::indices(*ctx.host, DType::i32, {0, 0, 0, 1, 1, 1}).view(0, {1, 6}, {6, 1}))},
+      {"seq_idx has T=5 while x has T=6",
+       {"seq_idx"},
+       [&d](Invocation& call) {
+         call.tensor("initial_state", {}).tensor("final_state", {});
+         call.tensor("seq_idx",
+                     Tensor::indices(d, DType::i32, {0, 0, 1, 1, 1}).view(0, {1, 5}, {5, 1}));
+       }},
   };
 }
 
@@ -87,6 +98,12 @@ std::vector<BadCall> conv1d_update_bad_calls(const Context& ctx) {
        set("state_indices", Tensor::indices(*ctx.host, DType::i64, {1, 3}))},
       {"y has shape [2,6]", {"y"}, set("y", f32(d, {2, 6}))},
       {"weight has W=0", {"weight"}, set("weight", f32(d, {5, 0}))},
+      {"cache_seqlens entry -1",
+       {"cache_seqlens"},
+       set("cache_seqlens", Tensor::indices(*ctx.host, DType::i32, {4, -1}))},
+      {"cache_seqlens has 3 entries for N=2",
+       {"cache_seqlens"},
+       set("cache_seqlens", Tensor::indices(*ctx.host, DType::i64, {4, 1, 0}))},
   };
 }
 
@@ -131,6 +148,10 @@ std::vector<BadCall> conv1d_bwd_bad_calls(const Context& ctx) {
        {"cu_seqlens"},
        set("cu_seqlens", Tensor::indices(*ctx.host, DType::i64, {0, 5}))},
       {"activation is 2", {"activation"}, [](Invocation& call) { call.i64("activation", 2); }},
+      {"seq_idx with initial_state and d_final_state",
+       {"seq_idx"},
+       set("seq_idx",
+           Tensor::indices(*ctx.host, DType::i32, {0, 0, 0, 1, 1, 1}).view(0, {1, 6}, {6, 1}))},
   };
 }
 

@@ -51,6 +51,8 @@ struct ConvCase {
   Layout layout = Layout::channels_last;
   bool f32_params = false;  // weight, bias and states in f32 whatever x is
   DType index_dtype = DType::i32;
+  // seq_idx [B,T] row-major (ABI 1.3; empty: none): sequences packed by id.
+  std::vector<int64_t> seq_idx = {};
   bool half = false;   // also run for f16 and bf16
   bool heavy = false;  // left out by --quick
   // conv1d_bwd: ask for dbias and d_initial_state when bias and initial_state
@@ -75,6 +77,7 @@ std::string case_name(std::string_view op, DType dtype, const ConvCase& c) {
   if (c.final_len >= 0) name += fmt::format(" L1={}", c.final_len);
   if (c.f32_params) name += " f32_params";
   if (!c.optional_grads) name += " no_dbias_no_d_initial_state";
+  if (!c.seq_idx.empty()) name += index_arg("seq_idx", c.index_dtype, c.seq_idx);
   return name + std::string(layout_name(c.layout));
 }
 
@@ -127,6 +130,18 @@ Tensor y_tensor(Device& device, DType dtype, const Shape& shape, Layout layout) 
 
 ref::Activation activation(int64_t code) { return static_cast<ref::Activation>(code); }
 
+// seq_idx as the [B,T] index tensor, or nothing.
+void bind_seq_idx(const Context& ctx, Invocation& call, const ConvCase& c) {
+  if (c.seq_idx.empty()) return;
+  call.tensor(
+      "seq_idx",
+      Tensor::indices(ctx.index_device(), c.index_dtype, c.seq_idx).view(0, {c.B, c.T}, {c.T, 1}));
+}
+
+const std::vector<int64_t>* seq_idx_of(const ConvCase& c) {
+  return c.seq_idx.empty() ? nullptr : &c.seq_idx;
+}
+
 void fwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const ConvCase& c,
               bool typed_too) {
   run_case(ctx, case_name(op.name, dtype, c), [&](Random& random, Verdict& verdict) {
@@ -153,13 +168,14 @@ void fwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const Con
       final_state = Tensor::padded(ctx.device, params, {N, c.D, c.final_len}, pad);
     call.tensor("final_state", final_state);
     call.i64("activation", c.activation).flag("channels_first", c.channels_first());
+    bind_seq_idx(ctx, call, c);
     if (c.layout == Layout::compact) call.null_strides();
-    call.run(typed_too);
+    call.run(typed_too && c.seq_idx.empty());  // the typed entry has no seq_idx (1.3)
 
     const ref::Conv1dResult want =
         ref::conv1d_fwd(x, weight, c.bias ? &bias : nullptr, c.initial_len >= 0 ? &h0 : nullptr,
                         c.cu_seqlens.empty() ? nullptr : &c.cu_seqlens, activation(c.activation),
-                        std::max<int64_t>(c.final_len, 0));
+                        std::max<int64_t>(c.final_len, 0), seq_idx_of(c));
     verdict.expect_close("y", y, c.channels_first() ? permute(want.y, {0, 2, 1}) : want.y,
                          tolerance(dtype));
     if (c.final_len >= 0) {
@@ -209,10 +225,35 @@ std::vector<ConvCase> fwd_sweep() {
       {.B = 1, .T = 64, .D = 8192, .W = 4, .initial_len = 3, .final_len = 3,
        .half = true, .heavy = true},
       {.B = 2, .T = 1000, .D = 64, .W = 4, .bias = true, .heavy = true},
+      // seq_idx (Dao's causal-conv1d): runs of one id, padding (-1), an id that
+      // comes back after another (taps still compare ids only), every width.
+      {.B = 2, .T = 9, .D = 19, .W = 4, .bias = true,
+       .seq_idx = {0, 0, 0, 1, 1, -1, 2, 2, 2, 5, -1, -1, 5, 5, 5, 5, 6, 6}, .half = true},
+      {.B = 1, .T = 12, .D = 32, .W = 3, .activation = HOPS_ACTIVATION_NONE,
+       .index_dtype = DType::i64, .seq_idx = {0, 0, 1, 0, 0, 0, 2, 2, 2, 2, 3, 3}},
+      {.B = 2, .T = 7, .D = 40, .W = 2, .bias = true, .layout = Layout::transposed,
+       .seq_idx = {1, 1, 1, 1, 2, 2, 2, -1, 0, 0, 0, 0, 0, 0}, .half = true},
+      {.B = 1, .T = 70, .D = 16, .W = 4, .bias = true, .layout = Layout::compact,
+       .seq_idx = std::vector<int64_t>(70, 3)},
   };
   // clang-format on
   cases.insert(cases.end(), more.begin(), more.end());
   return cases;
+}
+
+// seq_idx of B rows of T tokens: runs of 1 to 70 tokens with rising ids,
+// every seventh run padding (-1).
+std::vector<int64_t> chunked_ids(int64_t B, int64_t T) {
+  std::vector<int64_t> ids;
+  int64_t run = 0;
+  for (int64_t row = 0; row < B; ++row) {
+    for (int64_t t = 0; t < T;) {
+      const int64_t length = std::min<int64_t>(1 + (run * 37) % 70, T - t);
+      ids.insert(ids.end(), static_cast<size_t>(length), run % 7 == 6 ? -1 : run);
+      t += length, ++run;
+    }
+  }
+  return ids;
 }
 
 // The backward of the forward case: final_len is the length of d_final_state.
@@ -250,13 +291,14 @@ void bwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, const Con
     call.tensor("dx", dx).tensor("dweight", dweight);
     call.tensor("dbias", dbias).tensor("d_initial_state", d_initial);
     call.i64("activation", c.activation).flag("channels_first", c.channels_first());
+    bind_seq_idx(ctx, call, c);
     if (c.layout == Layout::compact) call.null_strides();
-    call.run(typed_too);
+    call.run(typed_too && c.seq_idx.empty());
 
     const ref::Conv1dGrads want =
         ref::conv1d_bwd(x, weight, c.bias ? &bias : nullptr, with_initial ? &h0 : nullptr,
                         c.cu_seqlens.empty() ? nullptr : &c.cu_seqlens, dy,
-                        with_final ? &d_final : nullptr, activation(c.activation));
+                        with_final ? &d_final : nullptr, activation(c.activation), seq_idx_of(c));
     verdict.expect_close("dx", dx, c.channels_first() ? permute(want.dx, {0, 2, 1}) : want.dx,
                          tolerance(dtype));
     verdict.expect_close("dweight", dweight, want.dweight, tolerance(dtype));
@@ -286,6 +328,8 @@ std::vector<ConvCase> bwd_sweep() {
        .initial_len = 4, .final_len = 2, .layout = Layout::channels_first},
       {.B = 4, .T = 3000, .D = 8, .W = 4, .bias = true, .initial_len = 3, .final_len = 3,
        .heavy = true},
+      // seq_idx across the backward's token chunks (64 tokens here).
+      {.B = 2, .T = 130, .D = 24, .W = 4, .bias = true, .seq_idx = chunked_ids(2, 130)},
   };
   // clang-format on
   cases.insert(cases.end(), more.begin(), more.end());
@@ -302,6 +346,9 @@ struct UpdateCase {
   bool f32_params = false;
   DType index_dtype = DType::i32;
   bool half = false, heavy = false;
+  // ABI 1.3: a circular state (Dao's cache_seqlens), and y = 0 for skipped rows.
+  std::optional<std::vector<int64_t>> cache_seqlens = {};
+  bool zero_skipped = false;
 };
 
 std::string case_name(std::string_view op, DType dtype, const UpdateCase& c) {
@@ -315,6 +362,8 @@ std::string case_name(std::string_view op, DType dtype, const UpdateCase& c) {
   if (c.f32_params) name += " f32_params";
   if (c.strided) name += " strided";
   if (c.null_strides) name += " strides=NULL";
+  if (c.cache_seqlens) name += index_arg("cache_seqlens", c.index_dtype, *c.cache_seqlens);
+  if (c.zero_skipped) name += " zero_skipped";
   return name;
 }
 
@@ -344,8 +393,13 @@ void update_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
     if (c.slots)
       call.tensor("state_indices", Tensor::indices(ctx.index_device(), c.index_dtype, *c.slots));
     call.tensor("y", y).i64("activation", c.activation);
+    if (c.cache_seqlens) {
+      call.tensor("cache_seqlens",
+                  Tensor::indices(ctx.index_device(), c.index_dtype, *c.cache_seqlens));
+    }
+    call.flag("zero_skipped", c.zero_skipped);
     if (c.null_strides) call.null_strides();
-    call.run(typed_too);
+    call.run(typed_too && !c.cache_seqlens && !c.zero_skipped);  // typed: no 1.3 arguments
 
     // The reference takes [N,L,D]; skipped sequences keep their poison (NaN).
     const Shape x3 = {c.N, c.L ? c.L : 1, c.D};
@@ -353,7 +407,8 @@ void update_case(const Context& ctx, const hops_op_desc& op, DType dtype, const 
     x_ref.shape = x3;
     Array64 want_y(x3, NAN);
     ref::conv1d_update(x_ref, pool, weight, c.bias ? &bias : nullptr, c.slots ? &*c.slots : nullptr,
-                       activation(c.activation), want_y);
+                       activation(c.activation), want_y,
+                       c.cache_seqlens ? &*c.cache_seqlens : nullptr, c.zero_skipped);
     want_y.shape = x_shape;
     verdict.expect_close("y", y, want_y, tolerance(dtype));
     verdict.expect_close("state", state, pool, tolerance(dtype));
@@ -383,6 +438,18 @@ std::vector<UpdateCase> update_sweep() {
       // Qwen3.5 decode step: conv dim 8192.
       {.N = 4, .L = 0, .D = 8192, .W = 4, .SL = 3, .pool = 8, .slots = Slots{7, 2, -1, 5},
        .half = true, .heavy = true},
+      // Circular states (cache_seqlens) and zeroed padding rows (ABI 1.3).
+      {.N = 3, .L = 0, .D = 37, .W = 4, .SL = 5, .pool = 4, .slots = Slots{3, -1, 0}, .bias = true,
+       .half = true, .cache_seqlens = Slots{0, 9, 13}, .zero_skipped = true},
+      {.N = 3, .L = 3, .D = 16, .W = 3, .SL = 4, .pool = 3, .bias = true,
+       .cache_seqlens = Slots{2, 3, 1000}},
+      {.N = 2, .L = 6, .D = 24, .W = 4, .SL = 4, .pool = 3, .slots = Slots{2, 0}, .strided = true,
+       .index_dtype = DType::i64, .half = true, .cache_seqlens = Slots{5, 0}},
+      {.N = 2, .L = 2, .D = 8, .W = 1, .SL = 1, .pool = 2, .cache_seqlens = Slots{1, 2}},
+      {.N = 3, .L = 2, .D = 256, .W = 4, .SL = 3, .pool = 3, .slots = Slots{-1, 1, -1},
+       .zero_skipped = true},
+      {.N = 2, .L = 0, .D = 16, .W = 4, .SL = 4, .pool = 2, .slots = Slots{-1, -1},
+       .f32_params = true, .half = true, .zero_skipped = true},
   };
   // clang-format on
 }

@@ -66,13 +66,32 @@ double conv_input(const Array64& x, const Array64* initial_state, const Sequence
   return column >= 0 ? initial_state->at({n, d, column}) : 0.0;
 }
 
+// seq_idx [B,T] (flattened) replaces cu_seqlens and the states.
+void check_seq_idx(const std::vector<int64_t>* seq_idx, int64_t B, int64_t T,
+                   const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
+                   bool final_state) {
+  if (seq_idx == nullptr) return;
+  require(static_cast<int64_t>(seq_idx->size()) == B * T, "seq_idx must hold B*T ids");
+  require(initial_state == nullptr && cu_seqlens == nullptr && !final_state,
+          "seq_idx takes no states and no cu_seqlens");
+}
+
+// Whether the tap at position p reaches token t: always without seq_idx, else
+// when p is a token of t's id.
+bool same_sequence(const std::vector<int64_t>* seq_idx, int64_t row, int64_t T, int64_t p,
+                   int64_t t) {
+  if (seq_idx == nullptr) return true;
+  return p >= 0 && (*seq_idx)[row * T + p] == (*seq_idx)[row * T + t];
+}
+
 }  // namespace
 
 // ---- conv1d_fwd -----------------------------------------------------------------
 
 Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* bias,
                         const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
-                        Activation activation, int64_t final_len) {
+                        Activation activation, int64_t final_len,
+                        const std::vector<int64_t>* seq_idx) {
   require_rank(x, 3, "x");
   const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
   check_filter(weight, bias, D);
@@ -81,6 +100,7 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
   const int64_t N = static_cast<int64_t>(seqs.size());
   check_conv_state(initial_state, N, D, "initial_state");
   require(final_len >= 0, "final_len must be >= 0");
+  check_seq_idx(seq_idx, B, T, initial_state, cu_seqlens, final_len > 0);
 
   Conv1dResult result{Array64({B, T, D}), Array64({N, D, final_len})};
   for (int64_t n = 0; n < N; ++n) {
@@ -89,8 +109,15 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
     for (int64_t d = 0; d < D; ++d) {
       auto input = [&](int64_t p) { return conv_input(x, initial_state, s, n, d, p); };
       for (int64_t t = 0; t < length; ++t) {
+        if (seq_idx != nullptr && (*seq_idx)[s.batch * T + t] < 0) {
+          result.y.at({s.batch, t, d}) = 0.0;  // padding
+          continue;
+        }
         std::vector<double> window(W);
-        for (int64_t j = 0; j < W; ++j) window[j] = input(t - (W - 1) + j);
+        for (int64_t j = 0; j < W; ++j) {
+          const int64_t p = t - (W - 1) + j;
+          window[j] = same_sequence(seq_idx, s.batch, T, p, t) ? input(p) : 0.0;
+        }
         result.y.at({s.batch, s.begin + t, d}) = conv_output(weight, bias, d, window, activation);
       }
       // The final state: the last final_len inputs, oldest first.
@@ -105,7 +132,8 @@ Conv1dResult conv1d_fwd(const Array64& x, const Array64& weight, const Array64* 
 
 Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* bias,
                        const Array64* initial_state, const std::vector<int64_t>* cu_seqlens,
-                       const Array64& dy, const Array64* d_final_state, Activation activation) {
+                       const Array64& dy, const Array64* d_final_state, Activation activation,
+                       const std::vector<int64_t>* seq_idx) {
   require_rank(x, 3, "x");
   const int64_t B = x.dim(0), T = x.dim(1), D = x.dim(2);
   check_filter(weight, bias, D);
@@ -117,6 +145,7 @@ Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* b
   check_conv_state(d_final_state, N, D, "d_final_state");
   const int64_t L0 = initial_state != nullptr ? initial_state->dim(2) : 0;
   const int64_t final_len = d_final_state != nullptr ? d_final_state->dim(2) : 0;
+  check_seq_idx(seq_idx, B, T, initial_state, cu_seqlens, d_final_state != nullptr);
 
   Conv1dGrads grads{Array64({B, T, D}), Array64({D, W}), Array64({D}), Array64({N, D, L0})};
   for (int64_t n = 0; n < N; ++n) {
@@ -131,14 +160,20 @@ Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* b
         if (p >= -L0) d_input[p + L0] += gradient;
       };
       for (int64_t t = 0; t < length; ++t) {
+        if (seq_idx != nullptr && (*seq_idx)[s.batch * T + t] < 0) continue;  // y = 0: constant
         // Recompute the pre-activation from x: no saved activations.
         double pre = bias != nullptr ? bias->at({d}) : 0.0;
-        for (int64_t j = 0; j < W; ++j) pre += weight.at({d, j}) * input(t - (W - 1) + j);
+        auto tap_input = [&](int64_t j) {
+          const int64_t p = t - (W - 1) + j;
+          return same_sequence(seq_idx, s.batch, T, p, t) ? input(p) : 0.0;
+        };
+        for (int64_t j = 0; j < W; ++j) pre += weight.at({d, j}) * tap_input(j);
         const double d_pre =
             dy.at({s.batch, s.begin + t, d}) * activate_derivative(activation, pre);
         grads.dbias.at({d}) += d_pre;
         for (int64_t j = 0; j < W; ++j) {
-          grads.dweight.at({d, j}) += d_pre * input(t - (W - 1) + j);
+          if (!same_sequence(seq_idx, s.batch, T, t - (W - 1) + j, t)) continue;
+          grads.dweight.at({d, j}) += d_pre * tap_input(j);
           add_to_input(t - (W - 1) + j, d_pre * weight.at({d, j}));
         }
       }
@@ -156,7 +191,8 @@ Conv1dGrads conv1d_bwd(const Array64& x, const Array64& weight, const Array64* b
 
 void conv1d_update(const Array64& x, Array64& state_pool, const Array64& weight,
                    const Array64* bias, const std::vector<int64_t>* state_indices,
-                   Activation activation, Array64& y) {
+                   Activation activation, Array64& y, const std::vector<int64_t>* cache_seqlens,
+                   bool zero_skipped) {
   require_rank(x, 3, "x");
   const int64_t N = x.dim(0), L = x.dim(1), D = x.dim(2);
   check_filter(weight, bias, D);
@@ -169,10 +205,38 @@ void conv1d_update(const Array64& x, Array64& state_pool, const Array64& weight,
           "state_len (" + std::to_string(SL) + ") must be >= W-1 (" + std::to_string(W - 1) + ")");
   require_shape(y, x.shape, "y");
   const std::vector<int64_t> slots = pool_slots(N, pool_size, state_indices);
+  if (cache_seqlens != nullptr) {
+    require(static_cast<int64_t>(cache_seqlens->size()) == N, "cache_seqlens must hold N counts");
+    require(SL >= 1, "a circular state has at least one column");
+    for (int64_t seen : *cache_seqlens) require(seen >= 0, "cache_seqlens must be >= 0");
+  }
 
   for (int64_t n = 0; n < N; ++n) {
     const int64_t slot = slots[n];
-    if (slot < 0) continue;  // skipped: its y rows and its state stay as they were
+    if (slot < 0) {  // skipped: its state stays as it was, its y rows too or 0
+      if (zero_skipped) {
+        for (int64_t t = 0; t < L; ++t)
+          for (int64_t d = 0; d < D; ++d) y.at({n, t, d}) = 0.0;
+      }
+      continue;
+    }
+    if (cache_seqlens != nullptr) {
+      const int64_t start = (*cache_seqlens)[n] % SL;
+      for (int64_t d = 0; d < D; ++d) {
+        // The W-1 inputs before the new tokens (oldest first), then the tokens.
+        std::vector<double> input(W - 1 + L);
+        for (int64_t i = 0; i < W - 1; ++i)
+          input[i] = state_pool.at({slot, d, (start - (W - 1) + i + SL) % SL});
+        for (int64_t t = 0; t < L; ++t) input[W - 1 + t] = x.at({n, t, d});
+        for (int64_t t = 0; t < L; ++t) {
+          const std::vector<double> window(input.begin() + t, input.begin() + t + W);
+          y.at({n, t, d}) = conv_output(weight, bias, d, window, activation);
+        }
+        for (int64_t t = 0; t < L; ++t)
+          state_pool.at({slot, d, (start + t) % SL}) = x.at({n, t, d});
+      }
+      continue;
+    }
     for (int64_t d = 0; d < D; ++d) {
       // The virtual input: the SL state columns (oldest first), then the L new tokens.
       std::vector<double> input(SL + L);

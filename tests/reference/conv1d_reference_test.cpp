@@ -108,6 +108,30 @@ TEST(Conv1dFwd, VarlenEqualsSeparateRuns) {
   }
 }
 
+// seq_idx (Dao's packing by id): runs of one id are separate sequences
+// without states, padding (id -1) gives 0; here row 1 packs [2 tokens of 4,
+// 1 pad, 3 tokens of 5], row 0 one sequence.
+TEST(Conv1dFwd, SeqIdxEqualsSeparateRunsAndZeroPadding) {
+  std::mt19937_64 rng(17);
+  const int64_t T = 6, D = 3, W = 3;
+  const Array64 x = random_array({2, T, D}, rng);
+  const Array64 weight = random_array({D, W}, rng);
+  const Array64 bias = random_array({D}, rng);
+  const std::vector<int64_t> ids = {0, 0, 0, 0, 0, 0, 4, 4, -1, 5, 5, 5};
+  const auto packed =
+      hops::ref::conv1d_fwd(x, weight, &bias, nullptr, nullptr, Activation::silu, 0, &ids);
+  const Array64 wide = select(x, 0, 1);  // [1,T,D]
+  auto alone = [&](const Array64& tokens) {
+    return hops::ref::conv1d_fwd(tokens, weight, &bias, nullptr, nullptr, Activation::silu, 0).y;
+  };
+  expect_near(slice(packed.y, 0, 0, 1), alone(slice(x, 0, 0, 1)));
+  expect_near(slice(slice(packed.y, 0, 1, 2), 1, 0, 2), alone(slice(wide, 1, 0, 2)));
+  expect_near(slice(slice(packed.y, 0, 1, 2), 1, 3, 6), alone(slice(wide, 1, 3, 6)));
+  for (int64_t d = 0; d < D; ++d) EXPECT_EQ(packed.y.at({1, 2, d}), 0.0);
+  EXPECT_THROW(hops::ref::conv1d_fwd(x, weight, &bias, nullptr, nullptr, Activation::silu, 2, &ids),
+               std::invalid_argument);
+}
+
 // ---- conv1d_update ---------------------------------------------------------------
 
 // Decode = prefill of the new tokens from the slot's state; the new state is
@@ -156,6 +180,43 @@ TEST(Conv1dUpdate, HandValuesWithoutIndices) {
   expect_near(pool, from_values({1, 1, 3}, {9.0, 1.0, 2.0}), 0.0);
 }
 
+// A circular state (cache_seqlens) is a plain one rotated: starting at column
+// c % SL instead of 0. Both paths see the same history, give the same y, and
+// store the same columns, rotated; a skipped row gets 0 with zero_skipped.
+TEST(Conv1dUpdate, CircularStateIsARotatedPlainState) {
+  std::mt19937_64 rng(19);
+  const int64_t N = 3, D = 2, W = 4, SL = 5;
+  for (const int64_t L : {1, 2, 7}) {
+    const Array64 x = random_array({N, L, D}, rng);
+    const Array64 weight = random_array({D, W}, rng);
+    const Array64 plain_before = random_array({N, D, SL}, rng);
+    const std::vector<int64_t> seen = {0, 3, 12};  // 12 % 5 = 2
+    const std::vector<int64_t> slots = {0, -1, 2};
+    // Circular slot n holds plain column j at column (start + j) % SL.
+    Array64 circular_before({N, D, SL});
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = 0; j < SL; ++j)
+          circular_before.at({n, d, (seen[n] % SL + j) % SL}) = plain_before.at({n, d, j});
+    Array64 plain = plain_before, circular = circular_before;
+    Array64 y_plain({N, L, D}, 7.0), y_circular({N, L, D}, 7.0);
+    hops::ref::conv1d_update(x, plain, weight, nullptr, &slots, Activation::silu, y_plain);
+    hops::ref::conv1d_update(x, circular, weight, nullptr, &slots, Activation::silu, y_circular,
+                             &seen, true);
+    SCOPED_TRACE("L = " + std::to_string(L));
+    for (int64_t n : {0, 2}) {
+      expect_near(select(y_circular, 0, n), select(y_plain, 0, n));
+      // The last min(L, SL) tokens sit at columns start + L - 1 - i, newest last.
+      for (int64_t i = 0; i < std::min(L, SL); ++i)
+        for (int64_t d = 0; d < D; ++d)
+          EXPECT_EQ(circular.at({n, d, (seen[n] + L - 1 - i) % SL}), plain.at({n, d, SL - 1 - i}));
+    }
+    expect_near(select(y_circular, 0, 1), Array64({1, L, D}, 0.0), 0.0);
+    expect_near(select(y_plain, 0, 1), Array64({1, L, D}, 7.0), 0.0);
+    expect_near(select(circular, 0, 1), select(circular_before, 0, 1), 0.0);
+  }
+}
+
 TEST(Conv1dUpdate, RejectsShortState) {
   const Array64 x({1, 1, 1}), weight({1, 4});
   Array64 pool({1, 1, 2}), y({1, 1, 1});
@@ -173,13 +234,15 @@ struct ConvCall64 {
   std::vector<int64_t> cu_seqlens;  // empty: dense
   bool pass_bias = true, pass_initial_state = true, pass_d_final_state = true;
   Activation activation = Activation::silu;
+  std::vector<int64_t> seq_idx;  // empty: none
 
   const std::vector<int64_t>* cu() const { return cu_seqlens.empty() ? nullptr : &cu_seqlens; }
+  const std::vector<int64_t>* ids() const { return seq_idx.empty() ? nullptr : &seq_idx; }
   // L = sum(dy * y) + sum(d_final_state * final_state).
   double loss() const {
     const auto out =
         hops::ref::conv1d_fwd(x, weight, &bias, pass_initial_state ? &initial_state : nullptr, cu(),
-                              activation, pass_d_final_state ? d_final_state.dim(2) : 0);
+                              activation, pass_d_final_state ? d_final_state.dim(2) : 0, ids());
     return dot(dy, out.y) + (pass_d_final_state ? dot(d_final_state, out.final_state) : 0.0);
   }
 };
@@ -204,7 +267,7 @@ void expect_conv_gradients_match_finite_differences(ConvCall64 call) {
   const auto grads = hops::ref::conv1d_bwd(
       call.x, call.weight, call.pass_bias ? &call.bias : nullptr,
       call.pass_initial_state ? &call.initial_state : nullptr, call.cu(), call.dy,
-      call.pass_d_final_state ? &call.d_final_state : nullptr, call.activation);
+      call.pass_d_final_state ? &call.d_final_state : nullptr, call.activation, call.ids());
   auto loss = [&] { return call.loss(); };
   double worst = expect_finite_differences("x", call.x, grads.dx, loss);
   worst = std::max(worst, expect_finite_differences("weight", call.weight, grads.dweight, loss));
@@ -239,6 +302,16 @@ TEST(Conv1dBwd, MatchesFiniteDifferencesWithoutStatesOrBias) {
     call.pass_initial_state = false;
     call.pass_d_final_state = W % 2 == 0;  // the final state's zero columns get no gradient
     SCOPED_TRACE("W = " + std::to_string(W));
+    expect_conv_gradients_match_finite_differences(call);
+  }
+}
+
+TEST(Conv1dBwd, MatchesFiniteDifferencesWithSeqIdx) {
+  for (const Activation activation : {Activation::none, Activation::silu}) {
+    ConvCall64 call = random_conv_call(31, 2, 6, 2, 4, 0, 0);
+    call.pass_initial_state = call.pass_d_final_state = false;
+    call.seq_idx = {0, 0, 1, 1, 1, -1, 3, -1, -1, 3, 3, 7};
+    call.activation = activation;
     expect_conv_gradients_match_finite_differences(call);
   }
 }

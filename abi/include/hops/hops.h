@@ -40,7 +40,7 @@ extern "C" {
 #endif
 
 #define HOPS_ABI_MAJOR 1
-#define HOPS_ABI_MINOR 2
+#define HOPS_ABI_MINOR 3
 
 /* True when `s` (a pointer to any hops struct) is large enough to hold `field`. */
 #define HOPS_HAS_FIELD(s, type, field) \
