@@ -16,11 +16,13 @@ inline void l2_normalize(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inverse_norm;
 }
 
-// The gate of one value head: g and beta as given, or, when the op fuses
-// gdn_gating, computed from the raw a and b (torch softplus: beta 1, threshold 20).
+// The gate of one value head: g as given, or, when the op fuses gdn_gating's
+// gate, computed from the raw a (torch softplus: beta 1, threshold 20); beta
+// as given or through a sigmoid (times 2 for negative eigenvalues), as
+// beta_mode says.
 class HeadGate {
  public:
-  HeadGate(const GdnProblem& op, int64_t hv) : fused_(op.fused_gating()) {
+  HeadGate(const GdnProblem& op, int64_t hv) : fused_(op.fused_gating()), beta_mode_(op.beta_mode) {
     if (fused_) {
       rate_ = std::exp(load(op.A_log, hv * op.A_log.stride[0]));
       dt_bias_ = load(op.dt_bias, hv * op.dt_bias.stride[0]);
@@ -29,10 +31,20 @@ class HeadGate {
   float log_decay(float g) const {
     return fused_ ? -rate_ * softplus(g + dt_bias_, 1.0f, 20.0f) : g;
   }
-  float write_strength(float beta) const { return fused_ ? sigmoid(beta) : beta; }
+  float write_strength(float beta) const {
+    switch (beta_mode_) {
+      case BetaMode::sigmoid:
+        return sigmoid(beta);
+      case BetaMode::double_sigmoid:
+        return 2.0f * sigmoid(beta);
+      default:
+        return beta;
+    }
+  }
 
  private:
   bool fused_;
+  BetaMode beta_mode_;
   float rate_ = 0.0f, dt_bias_ = 0.0f;  // exp(A_log[hv]), dt_bias[hv]
 };
 

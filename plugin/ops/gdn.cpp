@@ -55,6 +55,14 @@ void check_forward(const Call& call, Shapes& dims, GdnProblem& p) {
   }
   p.o = call.tensor(Arg::o);
   p.A_log = call.tensor(Arg::A_log), p.dt_bias = call.tensor(Arg::dt_bias);
+  const int64_t mode = call.i64(Arg::beta_mode);
+  if (mode < -1 || mode > 2) {
+    call.fail(Arg::beta_mode, "expected -1 (sigmoid iff A_log), 0, 1 or 2, got {}", mode);
+  }
+  p.beta_mode = static_cast<BetaMode>(mode);
+  if (p.beta_mode == BetaMode::from_gate) {
+    p.beta_mode = p.fused_gating() ? BetaMode::sigmoid : BetaMode::as_given;
+  }
 }
 
 // States are [count,HV,K,V], or [count,HV,V,K] when state_v_first.

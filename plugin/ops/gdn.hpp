@@ -6,6 +6,14 @@
 
 namespace hops {
 
+// What the forwards do to beta before the recurrence (argument beta_mode).
+enum class BetaMode : int64_t {
+  from_gate = -1,  // sigmoid exactly when A_log is given (ABI 1.0-1.2)
+  as_given = 0,
+  sigmoid = 1,
+  double_sigmoid = 2,  // 2 sigmoid(beta) in (0, 2): negative eigenvalues (FLA's allow_neg_eigval)
+};
+
 // The arguments every GDN forward shares, validated.
 struct GdnProblem {
   Tensor q, k, v, g, beta, A_log, dt_bias, o;
@@ -13,8 +21,14 @@ struct GdnProblem {
   int64_t B = 0, T = 0, H = 0, HV = 0, K = 0, V = 0;
   double scale = 0.0;  // resolved: never 0
   bool use_qk_l2norm = false;
-  bool state_v_first = false;  // states [.., V, K]
+  bool state_v_first = false;               // states [.., V, K]
+  BetaMode beta_mode = BetaMode::as_given;  // resolved: never from_gate
+  // g is the raw a, gated in the kernel: g = -exp(A_log) softplus(a + dt_bias).
   bool fused_gating() const { return static_cast<bool>(A_log); }
+  // Whether beta is treated as before ABI 1.3: sigmoid exactly with the fused gate.
+  bool beta_follows_gate() const {
+    return beta_mode == (fused_gating() ? BetaMode::sigmoid : BetaMode::as_given);
+  }
 };
 
 struct GdnChunkFwd : GdnProblem {
@@ -39,7 +53,8 @@ struct GdnChunkFwd : GdnProblem {
       final_state,
       scale,
       use_qk_l2norm,
-      state_v_first
+      state_v_first,
+      beta_mode
     };
   };
   static constexpr hops_arg_desc kArgs[] = {
@@ -48,12 +63,12 @@ struct GdnChunkFwd : GdnProblem {
       input("v", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "values (dtype of q); HV % H == 0"),
       input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]",
             "log decay per token and value head (raw a with A_log)"),
-      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw b with A_log)"),
+      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw, see beta_mode)"),
       optional_input("initial_state", HOPS_DTYPE_F32, "[N,HV,K,V]",
                      "state before each sequence, f32"),
       optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
       optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]",
-                     "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
+                     "fused gate: g = -exp(A_log) softplus(g + dt_bias)"),
       optional_input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "fused gating bias (with A_log)"),
       output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "output (dtype of q)"),
       optional_output("final_state", HOPS_DTYPE_F32, "[N,HV,K,V]",
@@ -61,6 +76,9 @@ struct GdnChunkFwd : GdnProblem {
       f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
       bool_scalar("use_qk_l2norm", false, "l2-normalise q and k in the kernel"),
       bool_scalar("state_v_first", false, "states are [N,HV,V,K]"),
+      added_in(3, i64_scalar("beta_mode", -1,
+                             "-1 sigmoid iff A_log, 0 beta as given, 1 sigmoid(beta), "
+                             "2 2*sigmoid(beta)")),
   };
 
   Tensor initial_state, final_state;
@@ -89,7 +107,8 @@ struct GdnRecurrent : GdnProblem {
       o,
       scale,
       use_qk_l2norm,
-      state_v_first
+      state_v_first,
+      beta_mode
     };
   };
   static constexpr hops_arg_desc kArgs[] = {
@@ -97,19 +116,22 @@ struct GdnRecurrent : GdnProblem {
       input("k", HOPS_DTYPE_FLOATS, "[B,T,H,K]", "keys (dtype of q)"),
       input("v", HOPS_DTYPE_FLOATS, "[B,T,HV,V]", "values (dtype of q); HV % H == 0"),
       input("g", HOPS_DTYPE_FLOATS, "[B,T,HV]", "log decay (raw a with A_log)"),
-      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw b with A_log)"),
+      input("beta", HOPS_DTYPE_FLOATS, "[B,T,HV]", "write strength (raw, see beta_mode)"),
       in_out("state", HOPS_DTYPE_F32, "[S,HV,K,V]", "state pool, f32, updated in place"),
       optional_input("state_indices", HOPS_DTYPE_INDEX, "[N]",
                      "slot of each sequence, -1 skips it"),
       optional_input("cu_seqlens", HOPS_DTYPE_INDEX, "[N+1]", "varlen sequence offsets (B == 1)"),
       optional_input("A_log", HOPS_DTYPE_FLOATS, "[HV]",
-                     "fused gating: g = -exp(A_log) softplus(g + dt_bias)"),
+                     "fused gate: g = -exp(A_log) softplus(g + dt_bias)"),
       optional_input("dt_bias", HOPS_DTYPE_FLOATS, "[HV]", "fused gating bias (with A_log)"),
       output("o", HOPS_DTYPE_FLOATS, "[B,T,HV,V]",
              "output (dtype of q); skipped sequences untouched"),
       f64_scalar("scale", 0.0, "query scale; 0 means K^-1/2"),
       bool_scalar("use_qk_l2norm", false, "l2-normalise q and k in the kernel"),
       bool_scalar("state_v_first", false, "states are [S,HV,V,K]"),
+      added_in(3, i64_scalar("beta_mode", -1,
+                             "-1 sigmoid iff A_log, 0 beta as given, 1 sigmoid(beta), "
+                             "2 2*sigmoid(beta)")),
   };
 
   Tensor state;

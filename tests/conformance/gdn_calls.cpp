@@ -132,6 +132,7 @@ std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
        [](Invocation& call) { call.flag("state_v_first", true); }},
       {"A_log without dt_bias", {"A_log", "dt_bias"}, set("A_log", f32(d, {4}))},
       {"scale is NaN", {"scale"}, [](Invocation& call) { call.f64("scale", NAN); }},
+      {"beta_mode is 3", {"beta_mode"}, [](Invocation& call) { call.i64("beta_mode", 3); }},
       {"exec struct_size is 0", {"exec"}, [](Invocation& call) { call.exec().struct_size = 0; }},
       {"exec struct_size ends before the stream",
        {"exec"},
@@ -150,9 +151,9 @@ std::vector<BadCall> gdn_chunk_bad_calls(const Context& ctx) {
                              : BadCall{"api->call with num_args one short (ABI 1.0)",
                                        {},
                                        [](Invocation& call) { call.num_args(13); }},
-      {"api->call with num_args one past the descriptor's",
+      {"api->call with num_args one past the descriptor's (15 arguments since 1.3)",
        {},
-       [](Invocation& call) { call.num_args(15); }},
+       [](Invocation& call) { call.num_args(16); }},
       // Issue 11's memory-safety classes: a zero divisor, a zero dim hiding a
       // huge one, strides whose spans overflow, an enum out of its range.
       {"HV=0 (v, g, beta, o with no value heads)",
@@ -233,6 +234,7 @@ std::vector<BadCall> gdn_recurrent_bad_calls(const Context& ctx) {
   };
   return {
       {"state_indices entry 4 >= S=4", {"state_indices"}, slots({2, -1, 4})},
+      {"beta_mode is -2", {"beta_mode"}, [](Invocation& call) { call.i64("beta_mode", -2); }},
       {"state_indices entry -2", {"state_indices"}, slots({2, -2, 0})},
       {"state_indices names slot 0 twice", {"state_indices"}, slots({0, -1, 0})},
       {"state_indices has 2 entries for N=3", {"state_indices"}, slots({2, 0})},

@@ -27,6 +27,9 @@ struct GdnCase {
   bool initial_state = false, final_state = false;  // gdn_chunk_bwd: d_final_state
   bool dh0 = true;  // gdn_chunk_bwd: asks for dh0 when there is an initial state
   bool l2norm = false, v_first = false, gating = false;
+  // ABI 1.3 (-1: not passed): 0 beta as given, 1 sigmoid, 2 2*sigmoid, with
+  // or without the fused gate (gating); a backend may refuse these.
+  int64_t beta_mode = -1;
   double scale = 0;
   Layout layout = Layout::contiguous;
   DType index_dtype = DType::i32;
@@ -56,6 +59,7 @@ std::string case_name(std::string_view op, DType dtype, const GdnCase& c) {
   if (c.l2norm) name += " l2norm";
   if (c.v_first) name += " v_first";
   if (c.gating) name += " gating";
+  if (c.beta_mode != -1) name += fmt::format(" beta_mode={}", c.beta_mode);
   if (c.scale != 0) name += fmt::format(" scale={}", c.scale);
   if (c.layout == Layout::packed) name += " packed";
   if (c.layout == Layout::padded) name += " padded";
@@ -79,16 +83,20 @@ GdnInputs make_inputs(const Context& ctx, Random& random, DType dtype, const Gdn
     for (double& x : in.k.data) x /= std::sqrt(static_cast<double>(c.K));
   }
   in.v = random.uniform({c.B, c.T, c.HV, c.V}, -1, 1);
-  if (c.gating) {  // raw a and b; the op applies the Qwen3.5 gate
+  // Raw b where the op applies a sigmoid, else a write strength in (0, 1).
+  const bool raw_beta = c.beta_mode >= 1 || (c.beta_mode == -1 && c.gating);
+  if (c.gating) {  // raw a; the op applies the Qwen3.5 gate
     in.g = random.uniform({c.B, c.T, c.HV}, -1, 1);
-    in.beta = random.uniform({c.B, c.T, c.HV}, -2, 2);
+    in.beta =
+        raw_beta ? random.uniform({c.B, c.T, c.HV}, -2, 2) : random.uniform({c.B, c.T, c.HV}, 0, 1);
     in.A_log = random.uniform({c.HV}, -1, 1);
     in.dt_bias = random.uniform({c.HV}, -1, 1);
     in.tA_log = Tensor::input(ctx.device, dtype, in.A_log);
     in.tdt_bias = Tensor::input(ctx.device, dtype, in.dt_bias);
   } else {  // log decays of a slowly fading memory
     in.g = random.uniform({c.B, c.T, c.HV}, -0.2, -0.01);
-    in.beta = random.uniform({c.B, c.T, c.HV}, 0, 1);
+    in.beta =
+        raw_beta ? random.uniform({c.B, c.T, c.HV}, -2, 2) : random.uniform({c.B, c.T, c.HV}, 0, 1);
   }
   if (c.layout != Layout::packed) {
     in.tq = Tensor::input(ctx.device, dtype, in.q, c.pad(4));
@@ -115,6 +123,8 @@ void bind_inputs(Invocation& call, const GdnInputs& in, const GdnCase& c) {
   call.tensor("g", in.tg).tensor("beta", in.tbeta);
   if (in.tA_log) call.tensor("A_log", in.tA_log).tensor("dt_bias", in.tdt_bias);
   call.f64("scale", c.scale).flag("use_qk_l2norm", c.l2norm).flag("state_v_first", c.v_first);
+  // beta_mode is newer than the typed entry points (runs pass typed_too only without it).
+  if (c.beta_mode != -1) call.i64("beta_mode", c.beta_mode).may_be_refused();
 }
 
 ref::GdnOptions options(const GdnInputs& in, const GdnCase& c) {
@@ -122,7 +132,8 @@ ref::GdnOptions options(const GdnInputs& in, const GdnCase& c) {
           .use_qk_l2norm = c.l2norm,
           .state_v_first = c.v_first,
           .A_log = c.gating ? &in.A_log : nullptr,
-          .dt_bias = c.gating ? &in.dt_bias : nullptr};
+          .dt_bias = c.gating ? &in.dt_bias : nullptr,
+          .beta_mode = static_cast<int>(c.beta_mode)};
 }
 
 void chunk_case(const Context& ctx, const hops_op_desc& op, DType dtype, const GdnCase& c,
@@ -144,7 +155,7 @@ void chunk_case(const Context& ctx, const hops_op_desc& op, DType dtype, const G
     if (c.final_state)
       final_state = Tensor::padded(ctx.device, DType::f32, c.state_shape(N), c.pad(4));
     call.tensor("final_state", final_state);
-    call.run(typed_too);
+    call.run(typed_too && c.beta_mode == -1);
 
     const ref::GdnResult want =
         ref::gdn_forward(in.q, in.k, in.v, in.g, in.beta, c.initial_state ? &h0 : nullptr,
@@ -173,7 +184,7 @@ void recurrent_case(const Context& ctx, const hops_op_desc& op, DType dtype, con
     }
     const Tensor o = Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV, c.V}, c.pad(4));
     call.tensor("o", o);
-    call.run(typed_too);
+    call.run(typed_too && c.beta_mode == -1);
 
     // Skipped sequences keep the poison in o: the reference leaves NaN there.
     Array64 want_o(o.shape(), NAN);
@@ -302,6 +313,20 @@ std::vector<GdnCase> chunk_sweep() {
       {.B = 1, .T = 100, .H = 16, .HV = 48, .K = 128, .V = 128,
        .initial_state = true, .final_state = true, .l2norm = true, .gating = true,
        .layout = Layout::packed, .heavy = true},
+      // beta_mode (ABI 1.3): the gate without the sigmoid, the sigmoid without the
+      // gate, 2 sigmoid (beta in (0, 2)) with and without it.
+      {.B = 2, .T = 65, .H = 2, .HV = 4, .K = 32, .V = 48, .initial_state = true,
+       .final_state = true, .l2norm = true, .gating = true, .beta_mode = 0, .half = true},
+      {.B = 2, .T = 65, .H = 2, .HV = 4, .K = 32, .V = 48, .final_state = true, .l2norm = true,
+       .beta_mode = 1},
+      {.B = 1, .T = 130, .H = 1, .HV = 2, .K = 16, .V = 24, .initial_state = true,
+       .final_state = true, .l2norm = true, .v_first = true, .beta_mode = 2},
+      {.B = 1, .T = 200, .H = 2, .HV = 4, .K = 16, .V = 24, .cu_seqlens = {0, 0, 1, 64, 64, 200},
+       .initial_state = true, .final_state = true, .l2norm = true, .gating = true, .beta_mode = 2,
+       .half = true},
+      {.B = 1, .T = 16, .H = 16, .HV = 32, .K = 128, .V = 128, .initial_state = true,
+       .final_state = true, .l2norm = true, .gating = true, .beta_mode = 1,
+       .layout = Layout::packed},
   };
   // clang-format on
 }
@@ -312,6 +337,8 @@ std::vector<GdnCase> chunk_sweep() {
 // gradient is not asked for.
 std::vector<GdnCase> chunk_bwd_sweep() {
   std::vector<GdnCase> cases = chunk_sweep();
+  // The backward takes beta as it is: no beta_mode.
+  std::erase_if(cases, [](const GdnCase& c) { return c.beta_mode != -1; });
   for (GdnCase& c : cases) {
     if (c.T == 1000 && c.K == 128) c.HV = 2;
   }
@@ -355,6 +382,15 @@ std::vector<GdnCase> recurrent_sweep() {
       // Qwen3.5 decode step.
       {.B = 2, .T = 1, .H = 16, .HV = 32, .K = 128, .V = 128, .l2norm = true, .gating = true,
        .layout = Layout::packed, .pool = 3, .slots = Slots{2, 0}, .half = true},
+      // beta_mode (ABI 1.3).
+      {.B = 3, .T = 2, .H = 2, .HV = 4, .K = 16, .V = 8, .l2norm = true, .gating = true,
+       .beta_mode = 0, .pool = 4, .slots = Slots{3, -1, 0}, .half = true},
+      {.B = 1, .T = 9, .H = 1, .HV = 2, .K = 8, .V = 8, .cu_seqlens = {0, 0, 1, 4, 4, 9},
+       .l2norm = true, .beta_mode = 1, .pool = 5},
+      {.B = 2, .T = 3, .H = 1, .HV = 3, .K = 16, .V = 16, .v_first = true, .gating = true,
+       .beta_mode = 2, .pool = 2, .half = true},
+      {.B = 2, .T = 1, .H = 16, .HV = 32, .K = 128, .V = 128, .l2norm = true, .beta_mode = 2,
+       .layout = Layout::packed, .pool = 3, .slots = Slots{2, 0}},
   };
   // clang-format on
 }

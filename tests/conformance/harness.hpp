@@ -37,6 +37,13 @@ struct CaseFailure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A valid call that the device's backends may refuse (HOPS_ERR_UNSUPPORTED:
+// an option a backend's kernels do not implement yet) was refused: the case
+// is reported as SKIP with the provider's reason, not as a FAIL.
+struct CaseRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // The provider's name of a status, or its number when it has none.
 std::string status_text(const hops_api& api, hops_status status);
 

@@ -112,6 +112,11 @@ Invocation& Invocation::patch(std::string_view name, std::function<void(DLTensor
   return *this;
 }
 
+Invocation& Invocation::may_be_refused(bool refusable) {
+  refusable_ = refusable;
+  return *this;
+}
+
 Invocation& Invocation::num_args(int32_t count) {
   num_args_ = count;
   return *this;
@@ -214,7 +219,11 @@ void Invocation::run_lean() {
 void Invocation::run(bool typed_too) {
   poison_outputs();
   const Snapshot before = snapshot();
-  if (const hops_status s = call(false); s != HOPS_OK) {
+  if (const hops_status s = call(false); s == HOPS_ERR_UNSUPPORTED && refusable_) {
+    const std::string reason = ctx_.api.last_error();
+    if (snapshot() != before) throw CaseFailure("a refused call changed its buffers: " + reason);
+    throw CaseRefused("refused (HOPS_ERR_UNSUPPORTED): " + reason);
+  } else if (s != HOPS_OK) {
     throw CaseFailure(
         fmt::format("api->call returned {}: {}", status_text(ctx_.api, s), ctx_.api.last_error()));
   }

@@ -54,6 +54,9 @@ class Invocation {
   Invocation& null_exec();
   // Passes strides = NULL (DLPack's compact row-major) for every contiguous tensor.
   Invocation& null_strides();
+  // The backends may refuse this valid call: run() then throws CaseRefused
+  // (a SKIP) on HOPS_ERR_UNSUPPORTED, after checking that nothing was written.
+  Invocation& may_be_refused(bool refusable = true);
 
   // Poisons the outputs, calls api->call and requires HOPS_OK and that only the
   // elements of output and inout views changed. With `typed_too`, repeats the
@@ -87,6 +90,7 @@ class Invocation {
   hops_exec exec_{};
   bool null_exec_ = false;
   bool null_strides_ = false;
+  bool refusable_ = false;
   int32_t num_args_;
   std::vector<std::shared_ptr<Memory>> buffers_;  // distinct buffers of all tensors
 };

@@ -119,14 +119,17 @@ void delta_rule(const GdnDims& d, const Array64& q, const Array64& k, const Arra
   const int64_t b = sequence.batch;
 
   for (int64_t t = sequence.begin; t < sequence.end; ++t) {
-    // The token's decay and write strength; with fused gating g and beta
-    // hold the raw a and b, turned into the gate exactly as gdn_gating does.
+    // The token's decay and write strength; with the fused gate g holds the
+    // raw a, turned into the decay exactly as gdn_gating does; beta as
+    // beta_mode says.
     double g_t = g.at({b, t, hv});
     double beta_t = beta.at({b, t, hv});
     if (options.A_log != nullptr) {
       g_t = log_decay(options.A_log->at({hv}), g_t, options.dt_bias->at({hv}), 1.0, 20.0);
-      beta_t = sigmoid(beta_t);
     }
+    const int beta_mode =
+        options.beta_mode >= 0 ? options.beta_mode : (options.A_log != nullptr ? 1 : 0);
+    if (beta_mode >= 1) beta_t = beta_mode * sigmoid(beta_t);
 
     std::vector<double> q_t(d.K), k_t(d.K), v_t(d.V);
     for (int64_t i = 0; i < d.K; ++i) {
@@ -370,7 +373,8 @@ GdnGrads gdn_backward(const Array64& q, const Array64& k, const Array64& v, cons
                       const std::vector<int64_t>* cu_seqlens, const Array64& d_o,
                       const Array64* d_final_state, const GdnOptions& options) {
   const GdnDims d = gdn_dims(q, k, v, g, beta, options);
-  require(options.A_log == nullptr, "gdn_backward takes g and beta: no fused gating");
+  require(options.A_log == nullptr && options.beta_mode <= 0,
+          "gdn_backward takes g and beta as they are: no fused gate, no beta_mode");
   const std::vector<Sequence> seqs = sequences(d.B, d.T, cu_seqlens);
   const int64_t N = static_cast<int64_t>(seqs.size());
   const std::vector<int64_t> states = state_shape(N, d, options.state_v_first);

@@ -19,8 +19,11 @@ struct GdnOptions {
   double scale = 0.0;  // 0: K^-1/2
   bool use_qk_l2norm = false;
   bool state_v_first = false;      // states are [.., V, K] instead of [.., K, V]
-  const Array64* A_log = nullptr;  // fused gating: g holds a, beta holds b (raw)
+  const Array64* A_log = nullptr;  // fused gate: g holds a (raw)
   const Array64* dt_bias = nullptr;
+  // beta as the ops' beta_mode says: -1 sigmoid exactly when A_log is given,
+  // 0 as given, 1 sigmoid(beta), 2 2*sigmoid(beta).
+  int beta_mode = -1;
 };
 
 // The delta rule, token by token. q,k [B,T,H,K], v [B,T,HV,V], g,beta [B,T,HV],

@@ -188,6 +188,40 @@ TEST(GdnForward, FusedGatingEqualsGatingThenForward) {
   expect_near(fused.final_state, separate.final_state);
 }
 
+// beta_mode: the gate and the beta sigmoid each on their own, and 2 sigmoid(b).
+TEST(GdnForward, BetaModesEqualTheirTransformThenForward) {
+  std::mt19937_64 rng(9);
+  const int64_t B = 1, T = 5, H = 1, HV = 2, K = 4, V = 3;
+  const Array64 q = random_array({B, T, H, K}, rng);
+  const Array64 k = random_array({B, T, H, K}, rng, -0.5, 0.5);
+  const Array64 v = random_array({B, T, HV, V}, rng);
+  const Array64 a = random_array({B, T, HV}, rng, -3.0, 3.0);
+  const Array64 b = random_array({B, T, HV}, rng, -3.0, 3.0);
+  const Array64 A_log = random_array({HV}, rng);
+  const Array64 dt_bias = random_array({HV}, rng);
+  const auto gating = hops::ref::gdn_gating(A_log, a, b, dt_bias);
+  Array64 double_beta = gating.beta;
+  for (double& x : double_beta.data) x *= 2;
+  Array64 decay = a;  // plain log decays for the calls without the gate
+  for (double& x : decay.data) x = -std::abs(x) / 10;
+
+  auto run = [&](const Array64& g, const Array64& beta, const Array64* gate, int mode) {
+    GdnOptions options;
+    options.A_log = gate;
+    options.dt_bias = gate != nullptr ? &dt_bias : nullptr;
+    options.beta_mode = mode;
+    return hops::ref::gdn_forward(q, k, v, g, beta, nullptr, nullptr, options);
+  };
+  // The gate without the sigmoid: beta as given.
+  expect_near(run(a, gating.beta, &A_log, 0).o, run(gating.g, gating.beta, nullptr, -1).o);
+  // The sigmoid without the gate, and doubled (with and without the gate).
+  expect_near(run(decay, b, nullptr, 1).o, run(decay, gating.beta, nullptr, 0).o);
+  expect_near(run(decay, b, nullptr, 2).o, run(decay, double_beta, nullptr, -1).o);
+  expect_near(run(a, b, &A_log, 2).o, run(gating.g, double_beta, nullptr, 0).o);
+  // -1 with A_log is 1.
+  expect_near(run(a, b, &A_log, -1).final_state, run(a, b, &A_log, 1).final_state);
+}
+
 TEST(GdnForward, VarlenEqualsSeparateRuns) {
   std::mt19937_64 rng(4);
   const std::vector<int64_t> cu = {0, 3, 3, 7, 8};  // includes an empty sequence
