@@ -1,4 +1,5 @@
-// gdn_chunk_fwd and gdn_recurrent: gdn_prepare, then gdn_scan, or on CPU
+// gdn_chunk_fwd and gdn_recurrent: gdn_prepare, then the chunked form
+// (gdn_chunk.cpp) where chunk_plan takes the call, else gdn_scan, or on CPU
 // devices gdn_scan_panels where the state allows (gdn.cl).
 #include <algorithm>
 
@@ -158,7 +159,9 @@ void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op) {
   const cl_mem info = prepare_tokens(call, op);
   const int64_t N = op.sequences.count;
   const Tensor none;
-  if (panels_fit(call, op)) {
+  if (const std::optional<ChunkPlan> plan = chunk_plan(call, op, false)) {
+    chunked_forward(call, op, info, cu_seqlens, *plan);
+  } else if (panels_fit(call, op)) {
     // Dense scratch carries the state; initial and final states are copied in and out.
     scan_panels(call, op,
                 {.info = info,

@@ -1,7 +1,9 @@
-// gdn_chunk_bwd: gdn_prepare (gdn.cl), then gdn_bwd_scan and gdn_bwd_reduce
-// (gdn_bwd.cl).
+// gdn_chunk_bwd: gdn_prepare (gdn.cl), then the chunked form (gdn_chunk.cpp)
+// where chunk_plan takes the call, else the token scan gdn_bwd_scan; then
+// gdn_bwd_reduce (gdn_bwd.cl).
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "checked_math.hpp"
 #include "gdn.hpp"
@@ -45,28 +47,10 @@ size_t scan_columns(const Call& call, const Launch& launch, const GdnProblem& op
   return columns;
 }
 
-}  // namespace
-
-void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
-  check_kernel_ints(op, op.kName);
-  Call call(exec, {{op.q, "q"},
-                   {op.k, "k"},
-                   {op.v, "v"},
-                   {op.g, "g"},
-                   {op.beta, "beta"},
-                   {op.initial_state, "initial_state"},
-                   {op.sequences.cu_seqlens, "cu_seqlens"},
-                   {op.d_o, "do"},
-                   {op.d_final_state, "d_final_state"},
-                   {op.dq, "dq"},
-                   {op.dk, "dk"},
-                   {op.dv, "dv"},
-                   {op.dg, "dg"},
-                   {op.dbeta, "dbeta"},
-                   {op.dh0, "dh0"}});
-  if (!call.active()) return;
-  const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
-  const cl_mem info = prepare_tokens(call, op);
+// The token-recurrent form: gdn_bwd_scan, which fills `partial` with the shares of
+// ceil(V / columns) column blocks; returns the buffer and the block count.
+std::pair<cl_mem, int64_t> token_scan(Call& call, const GdnChunkBwd& op, cl_mem info,
+                                      const IndexArg& cu_seqlens) {
   const int64_t N = op.sequences.count, tokens = checked_product(op.kName, op.B, op.T);
   // A checkpoint every `chunk` tokens, about sqrt(mean sequence length):
   // balances the checkpoints (tokens / chunk states per value head) against
@@ -110,24 +94,63 @@ void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
     const size_t locals[3] = {columns, 1, 1};
     launch.run(call, 3, groups, locals);
   }
-  {
-    Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_bwd_reduce"));
-    launch.value(partial).value(info);
-    launch.tensor(op.q).value(strides4(op.q));
-    launch.tensor(op.k).value(strides4(op.k));
-    launch.tensor(op.dq).value(strides4(op.dq));
-    launch.tensor(op.dk).value(strides4(op.dk));
-    launch.any_float(op.dg).value(strides4(op.dg));
-    launch.any_float(op.dbeta).value(strides4(op.dbeta));
-    launch.value(cl_long{op.T});
-    launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
-    launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(blocks));
-    launch.value(cl_int{op.use_qk_l2norm});
-    const size_t local = launch.group_size(kReduceGroup);
-    launch.local_floats(2 * static_cast<size_t>(op.K) + 2 * local);
-    const size_t groups[2] = {static_cast<size_t>(tokens), static_cast<size_t>(op.H)};
-    const size_t locals[2] = {local, 1};
-    launch.run(call, 2, groups, locals);
+  return {partial, blocks};
+}
+
+// gdn_bwd_reduce: dq, dk, dg and dbeta from the shares of `blocks` column blocks
+// per (token, value head).
+void reduce(Call& call, const GdnChunkBwd& op, cl_mem info, cl_mem partial, int64_t blocks) {
+  const int64_t tokens = checked_product(op.kName, op.B, op.T);
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_bwd_reduce"));
+  launch.value(partial).value(info);
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.tensor(op.k).value(strides4(op.k));
+  launch.tensor(op.dq).value(strides4(op.dq));
+  launch.tensor(op.dk).value(strides4(op.dk));
+  launch.any_float(op.dg).value(strides4(op.dg));
+  launch.any_float(op.dbeta).value(strides4(op.dbeta));
+  launch.value(cl_long{op.T});
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(blocks));
+  launch.value(cl_int{op.use_qk_l2norm});
+  const size_t local = launch.group_size(kReduceGroup);
+  launch.local_floats(2 * static_cast<size_t>(op.K) + 2 * local);
+  const size_t groups[2] = {static_cast<size_t>(tokens), static_cast<size_t>(op.H)};
+  const size_t locals[2] = {local, 1};
+  launch.run(call, 2, groups, locals);
+}
+
+}  // namespace
+
+void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
+  check_kernel_ints(op, op.kName);
+  Call call(exec, {{op.q, "q"},
+                   {op.k, "k"},
+                   {op.v, "v"},
+                   {op.g, "g"},
+                   {op.beta, "beta"},
+                   {op.initial_state, "initial_state"},
+                   {op.sequences.cu_seqlens, "cu_seqlens"},
+                   {op.d_o, "do"},
+                   {op.d_final_state, "d_final_state"},
+                   {op.dq, "dq"},
+                   {op.dk, "dk"},
+                   {op.dv, "dv"},
+                   {op.dg, "dg"},
+                   {op.dbeta, "dbeta"},
+                   {op.dh0, "dh0"}});
+  if (!call.active()) return;
+  const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
+  const cl_mem info = prepare_tokens(call, op);
+  if (const std::optional<ChunkPlan> plan = chunk_plan(call, op, true)) {
+    const int64_t tokens = checked_product(op.kName, op.B, op.T);
+    const cl_mem partial = call.scratch(scratch_bytes(
+        op.kName, tokens, op.HV, scratch_sum(op.kName, op.K, op.K, 2), sizeof(float)));
+    chunked_backward(call, op, info, cu_seqlens, *plan, partial);
+    reduce(call, op, info, partial, 1);
+  } else {
+    const auto [partial, blocks] = token_scan(call, op, info, cu_seqlens);
+    reduce(call, op, info, partial, blocks);
   }
   call.complete();
 }

@@ -2,6 +2,8 @@
 // per-token data of gdn_prepare and the state layout the kernels take.
 #pragma once
 
+#include <optional>
+
 #include "call.hpp"
 #include "ops/gdn.hpp"
 
@@ -17,5 +19,26 @@ cl_mem prepare_tokens(Call& call, const GdnProblem& op);
 
 // A state tensor's strides as the kernels take them: (index, hv, k step, v step).
 cl_long4 state_steps(const Tensor& state, bool v_first);
+
+// The chunked form (gdn_chunk.cpp, gdn_chunk.cl) on this device: the chunk
+// length, the value columns per sweep work-group and its size.
+struct ChunkPlan {
+  int64_t chunk, tile;
+  size_t sweep_group;
+};
+
+// The chunked form's tiles, or nullopt where the token scan takes the call:
+// too few tokens per sequence, or tiles that do not fit the device's local
+// memory (docs/OPENCL.md has the rule).
+std::optional<ChunkPlan> chunk_plan(const Call& call, const GdnProblem& op, bool backward);
+
+// gdn_chunk_fwd in the chunked form, after gdn_prepare filled `info`.
+void chunked_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg& cu_seqlens,
+                     const ChunkPlan& plan);
+
+// gdn_chunk_bwd in the chunked form: writes dv and dh0, and the shares
+// gdn_bwd_reduce adds (one block per value head) into `partial`.
+void chunked_backward(Call& call, const GdnChunkBwd& op, cl_mem info, const IndexArg& cu_seqlens,
+                      const ChunkPlan& plan, cl_mem partial);
 
 }  // namespace hops::opencl

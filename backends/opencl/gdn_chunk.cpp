@@ -1,0 +1,223 @@
+// The chunked (WY) GDN of gdn_chunk.cl: which form a call takes, the tile
+// sizes on this device, the scratch and the launches.
+#include <algorithm>
+#include <cstdlib>
+#include <string_view>
+
+#include "checked_math.hpp"
+#include "gdn_tokens.hpp"
+
+namespace hops::opencl {
+
+namespace {
+
+constexpr std::string_view kProgram = "gdn_chunk.cl";  // after common.cl
+
+constexpr int64_t kChunks[] = {64, 32, 16};  // chunk lengths, the longest that fits first
+constexpr int64_t kSlice = 16;               // SLICE in gdn_chunk.cl
+constexpr int64_t kTile = 32;                // value columns per sweep work-group, at most
+constexpr size_t kSweepGroup = 256;          // work-items of a sweep work-group, at most
+constexpr size_t kPackGroup = 64;
+
+// Local floats of the kernels whose work-group is one chunk (gdn_chunk.cl).
+int64_t wy_floats(int64_t C) { return 3 * C + 2 * C * (C + 1) + 2 * kSlice * C; }
+int64_t grads_floats(int64_t C) { return 2 * C * (C + 1) + 8 * C + kSlice * C; }
+// ... and of the sweeps, for a tile of value columns.
+int64_t states_floats(int64_t K, int64_t C, int64_t tile) { return (K + C) * tile + C; }
+int64_t dstates_floats(int64_t K, int64_t C, int64_t tile) { return (K + 2 * C) * tile + 2 * C; }
+
+// HOPS_OPENCL_GDN_FORM=chunked or scan forces a form (tests, benchmarks).
+std::string_view forced_form() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
+  const char* value = std::getenv("HOPS_OPENCL_GDN_FORM");
+  return value ? value : "";
+}
+
+int64_t slots(const GdnProblem& op, int64_t C) {
+  return scratch_sum("opencl: gdn chunks", op.sequences.count, (op.B * op.T + C - 1) / C);
+}
+
+// The scratch both directions share, per slot: q^, k^ (per key head), G, W,
+// U, P and the chunks' states (per value head).
+struct ChunkScratch {
+  cl_mem q, k, G, W, U, P, S;
+};
+
+ChunkScratch forward_scratch(Call& call, const GdnProblem& op, int64_t C) {
+  constexpr std::string_view kWhat = "opencl: gdn chunk scratch";
+  const int64_t S = slots(op, C), F = sizeof(float);
+  return {call.scratch(scratch_bytes(kWhat, S, op.H, C, op.K, F)),
+          call.scratch(scratch_bytes(kWhat, S, op.H, C, op.K, F)),
+          call.scratch(scratch_bytes(kWhat, S, op.HV, C, F)),
+          call.scratch(scratch_bytes(kWhat, S, op.HV, C, op.K, F)),
+          call.scratch(scratch_bytes(kWhat, S, op.HV, C, op.V, F)),
+          call.scratch(scratch_bytes(kWhat, S, op.HV, C, C, F)),
+          call.scratch(scratch_bytes(kWhat, S, op.HV, op.K, op.V, F))};
+}
+
+void geometry(Launch& launch, const IndexArg& cu, const GdnProblem& op) {
+  launch.index(cu).value(cl_long{op.sequences.count}).value(cl_long{op.T});
+}
+
+void sizes(Launch& launch, const GdnProblem& op, int64_t C) {
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
+  launch.value(static_cast<cl_int>(C));
+}
+
+void pack(Call& call, const GdnProblem& op, cl_mem info, const IndexArg& cu, int64_t C,
+          const ChunkScratch& s) {
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_chunk_pack"));
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.tensor(op.k).value(strides4(op.k));
+  launch.value(info);
+  geometry(launch, cu, op);
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(C));
+  launch.value(s.q).value(s.k);
+  const size_t local = launch.group_size(kPackGroup);
+  const size_t groups[2] = {static_cast<size_t>(slots(op, C)), static_cast<size_t>(op.H)};
+  const size_t locals[2] = {local, 1};
+  launch.run(call, 2, groups, locals);
+}
+
+void wy(Call& call, const GdnProblem& op, cl_mem info, const IndexArg& cu, int64_t C,
+        const ChunkScratch& s, cl_mem T, cl_mem DK) {
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_chunk_wy"));
+  launch.tensor(op.v).value(strides4(op.v));
+  launch.value(info).value(s.q).value(s.k);
+  geometry(launch, cu, op);
+  sizes(launch, op, C);
+  launch.value(static_cast<cl_float>(op.scale));
+  launch.value(s.G).value(s.W).value(s.U).value(s.P).value(T).value(DK);
+  launch.local_floats(static_cast<size_t>(wy_floats(C)));
+  const size_t groups[2] = {static_cast<size_t>(slots(op, C)), static_cast<size_t>(op.HV)};
+  const size_t locals[2] = {static_cast<size_t>(C), 1};
+  launch.run(call, 2, groups, locals);
+}
+
+// A sweep's grid: (tiles of value columns, HV, N).
+void run_sweep(Launch& launch, Call& call, const GdnProblem& op, const ChunkPlan& plan) {
+  const size_t groups[3] = {static_cast<size_t>((op.V + plan.tile - 1) / plan.tile),
+                            static_cast<size_t>(op.HV), static_cast<size_t>(op.sequences.count)};
+  const size_t locals[3] = {plan.sweep_group, 1, 1};
+  launch.run(call, 3, groups, locals);
+}
+
+void states(Call& call, const GdnProblem& op, const IndexArg& cu, const ChunkPlan& plan,
+            const ChunkScratch& s, const Tensor& init, const Tensor& fin, bool transposed) {
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_chunk_states"));
+  launch.value(s.k).index(cu).value(cl_long{op.T});
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
+  launch.value(static_cast<cl_int>(plan.chunk)).value(static_cast<cl_int>(plan.tile));
+  launch.tensor(init).value(state_steps(init, op.state_v_first));
+  launch.tensor(fin).value(state_steps(fin, op.state_v_first));
+  launch.value(s.G).value(s.W).value(s.U).value(s.S).value(cl_int{transposed});
+  launch.local_floats(static_cast<size_t>(states_floats(op.K, plan.chunk, plan.tile)));
+  run_sweep(launch, call, op, plan);
+}
+
+}  // namespace
+
+std::optional<ChunkPlan> chunk_plan(const Call& call, const GdnProblem& op, bool backward) {
+  const std::string_view form = forced_form();
+  if (form == "scan") return std::nullopt;
+  const int64_t N = std::max<int64_t>(op.sequences.count, 1);
+  // The rule: a sequence must average at least kMinTokens tokens (the chunked
+  // form's extra launches and scratch pay off from about there; decode and
+  // short speculative runs take the scan).
+  constexpr int64_t kMinTokens = 32;
+  if (form != "chunked" && op.B * op.T < kMinTokens * N) return std::nullopt;
+  Runtime& runtime = call.runtime();
+  const auto local_bytes = device_value<cl_ulong>(runtime.device(), CL_DEVICE_LOCAL_MEM_SIZE);
+  const auto fits = [&](int64_t floats) {
+    return static_cast<cl_ulong>(floats) * sizeof(float) <= local_bytes;
+  };
+  const size_t wy_limit = runtime.kernel(kProgram, op.q.dtype, "gdn_chunk_wy").max_work_group;
+  const size_t grads_limit =
+      backward ? runtime.kernel(kProgram, op.q.dtype, "gdn_chunk_grads").max_work_group : wy_limit;
+  const size_t sweep_limit =
+      runtime.kernel(kProgram, op.q.dtype, backward ? "gdn_chunk_dstates" : "gdn_chunk_states")
+          .max_work_group;
+  for (const int64_t C : kChunks) {
+    if (!fits(wy_floats(C)) || (backward && !fits(grads_floats(C))) ||
+        static_cast<size_t>(C) > std::min(wy_limit, grads_limit)) {
+      continue;
+    }
+    int64_t tile = 1;
+    while (tile < std::min(op.V, kTile)) tile *= 2;
+    const auto sweep_fits = [&](int64_t t) {
+      return fits(states_floats(op.K, C, t)) && (!backward || fits(dstates_floats(op.K, C, t)));
+    };
+    while (tile > 1 && !sweep_fits(tile)) tile /= 2;
+    if (!sweep_fits(tile)) continue;
+    size_t group = static_cast<size_t>(tile);
+    while (group * 2 <= std::min(kSweepGroup, sweep_limit)) group *= 2;
+    return ChunkPlan{C, tile, group};
+  }
+  return std::nullopt;
+}
+
+void chunked_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg& cu,
+                     const ChunkPlan& plan) {
+  const int64_t C = plan.chunk;
+  const ChunkScratch s = forward_scratch(call, op, C);
+  pack(call, op, info, cu, C, s);
+  wy(call, op, info, cu, C, s, nullptr, nullptr);
+  states(call, op, cu, plan, s, op.initial_state, op.final_state, false);
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_chunk_output"));
+  launch.tensor(op.o).value(strides4(op.o));
+  launch.value(s.q);
+  geometry(launch, cu, op);
+  sizes(launch, op, C);
+  launch.value(static_cast<cl_int>(plan.tile)).value(static_cast<cl_float>(op.scale));
+  launch.value(s.G).value(s.U).value(s.P).value(s.S);
+  const size_t groups[3] = {static_cast<size_t>((op.V + plan.tile - 1) / plan.tile),
+                            static_cast<size_t>(slots(op, C)), static_cast<size_t>(op.HV)};
+  const size_t locals[3] = {plan.sweep_group, 1, 1};
+  launch.run(call, 3, groups, locals);
+}
+
+void chunked_backward(Call& call, const GdnChunkBwd& op, cl_mem info, const IndexArg& cu,
+                      const ChunkPlan& plan, cl_mem partial) {
+  constexpr std::string_view kWhat = "opencl: gdn_chunk_bwd scratch";
+  const int64_t C = plan.chunk, S = slots(op, C), F = sizeof(float);
+  const ChunkScratch s = forward_scratch(call, op, C);
+  const cl_mem T = call.scratch(scratch_bytes(kWhat, S, op.HV, C, C, F));
+  const cl_mem DK = call.scratch(scratch_bytes(kWhat, S, op.HV, C, C, F));
+  const cl_mem dU = call.scratch(scratch_bytes(kWhat, S, op.HV, C, op.V, F));
+  const cl_mem dH = call.scratch(scratch_bytes(kWhat, S, op.HV, op.K, op.V, F));
+  pack(call, op, info, cu, C, s);
+  wy(call, op, info, cu, C, s, T, DK);
+  const Tensor none;
+  states(call, op, cu, plan, s, op.initial_state, none, true);
+  {
+    Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_chunk_dstates"));
+    launch.tensor(op.d_o).value(strides4(op.d_o));
+    launch.value(s.q).value(s.k).index(cu).value(cl_long{op.T});
+    sizes(launch, op, C);
+    launch.value(static_cast<cl_int>(plan.tile)).value(static_cast<cl_float>(op.scale));
+    launch.tensor(op.d_final_state).value(state_steps(op.d_final_state, op.state_v_first));
+    launch.tensor(op.dh0).value(state_steps(op.dh0, op.state_v_first));
+    launch.value(s.G).value(s.W).value(s.P).value(dU).value(dH);
+    launch.local_floats(static_cast<size_t>(dstates_floats(op.K, C, plan.tile)));
+    run_sweep(launch, call, op, plan);
+  }
+  Launch launch(call.kernel(kProgram, op.q.dtype, "gdn_chunk_grads"));
+  launch.tensor(op.v).value(strides4(op.v));
+  launch.tensor(op.d_o).value(strides4(op.d_o));
+  launch.tensor(op.dv).value(strides4(op.dv));
+  launch.value(info).value(s.q).value(s.k);
+  geometry(launch, cu, op);
+  sizes(launch, op, C);
+  launch.value(static_cast<cl_float>(op.scale));
+  launch.value(s.G).value(s.W).value(s.U).value(dU).value(T).value(s.P).value(DK).value(s.S);
+  launch.value(dH).value(partial);
+  launch.local_floats(static_cast<size_t>(grads_floats(C)));
+  const size_t groups[2] = {static_cast<size_t>(S), static_cast<size_t>(op.HV)};
+  const size_t locals[2] = {static_cast<size_t>(C), 1};
+  launch.run(call, 2, groups, locals);
+}
+
+}  // namespace hops::opencl
