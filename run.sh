@@ -23,7 +23,8 @@ APT_PACKAGES=(build-essential cmake pkg-config git python3 python3-venv
               libffi-dev libdlpack-dev libfmt-dev ocl-icd-opencl-dev pocl-opencl-icd
               googletest libgtest-dev libbenchmark-dev clang-format clang-tidy
               abigail-tools  # abi/check.sh: abidw, abidiff
-              clang-16 libclang-rt-16-dev)  # the fuzzer: clang >= 16 and libFuzzer
+              clang-16 libclang-rt-16-dev  # the fuzzer: clang >= 16 and libFuzzer
+              libopenmpi-dev openmpi-bin)  # libhops_mpi.so and its mpirun tests
 
 install_system_packages() {
   local missing=()

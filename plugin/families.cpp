@@ -5,6 +5,7 @@
 #include "ops/conv1d.hpp"
 #include "ops/gdn.hpp"
 #include "ops/moe.hpp"
+#include "ops/moe_ep.hpp"
 #include "ops/norm.hpp"
 #include "registry.hpp"
 
@@ -17,6 +18,7 @@ std::span<const OpDef* const> all_ops() {
       norm_ops(),
       attn_ops(),
       moe_ops(),
+      moe_ep_ops(),
   });
   return table;
 }

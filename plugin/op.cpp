@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "backend.hpp"
@@ -313,14 +314,28 @@ void Dispatch::operator()(const OpDef& op, const Call& call, const void* args) c
     // Nothing to write, nothing to run (or ask): the kernels would still loop
     // over the batch and heads (the fuzzer found T = 0 with B or HV near 2^32
     // running for minutes).
-    if (!call.writes_elements()) return;
+    // A collective op runs anyway: the other ranks wait for this one.
+    if (!call.writes_elements() && !op.collective) return;
     hops_status status = kernel->accepts ? kernel->accepts(args) : HOPS_OK;
-    if (status == HOPS_OK && context_) status = kernel->run(*context_, args);
+    if (status == HOPS_OK && context_) {
+      ran_ = true;
+      status = kernel->run(*context_, args);
+    }
     if (status == HOPS_OK) return;
     if (status != HOPS_ERR_UNSUPPORTED) throw Error(status, backend->module_last_error());
     reasons.emplace_back(backend->module_last_error());
   }
   fail(HOPS_ERR_UNSUPPORTED, "{}", fmt::join(reasons, "; "));
+}
+
+void Dispatch::abstain(const OpDef& op, const void* args) const {
+  if (!context_) return;
+  for (const Backend* backend : candidates_) {
+    const Kernel* kernel = backend->find(op.desc.name, DType::f32);
+    if (!kernel || (kernel->accepts && kernel->accepts(args) != HOPS_OK)) continue;
+    kernel->run(*context_, args);
+    return;
+  }
 }
 
 std::vector<const OpDef*> abi_order(std::initializer_list<std::span<const OpEntry>> families) {
@@ -347,7 +362,7 @@ namespace {
 // The call's hops_exec with every field present, checked.
 hops_exec normalized_exec(const hops_op_desc& desc, const hops_exec* exec,
                           std::span<const hops_value> values) {
-  hops_exec normalized{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+  hops_exec normalized{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, nullptr};
   if (exec) {
     constexpr size_t kMinimum = offsetof(hops_exec, stream) + sizeof(void*);
     if (exec->struct_size < kMinimum) {
@@ -431,24 +446,41 @@ hops_status dispatch_on(const OpDef& op, const hops_exec* exec, std::span<const 
     std::array<hops_value, kMaxArgs> storage{};
     const std::span<const hops_value> values = complete_args(desc, given, storage);
     const hops_exec normalized = normalized_exec(desc, exec, values);
-    const Call call(desc, normalized, values);
     Registry& registry = Registry::get();
     const std::span<const Backend* const> backends =
         candidates ? *candidates : registry.backends_for(normalized.device.device_type);
-    if (backends.empty()) {
-      fail(HOPS_ERR_UNSUPPORTED, "{}: no available backend for device {}", desc.name,
-           device_name(normalized.device));
+    std::optional<ExecContext> context;
+    std::optional<Dispatch> dispatch;
+    const auto prepare = [&] {
+      const int threads = registry.threads().size();
+      context.emplace(ExecContext{
+          normalized, &registry.threads(), &registry.scratch(normalized.device),
+          normalized.num_threads > 0 ? std::min(normalized.num_threads, threads) : threads,
+          registry.allocator()});
+      dispatch.emplace(backends, &*context);
+    };
+    // A collective call can abstain from the start (a bad tensor, say).
+    if (run && op.collective && !backends.empty()) prepare();
+    try {
+      const Call call(desc, normalized, values);
+      if (backends.empty()) {
+        fail(HOPS_ERR_UNSUPPORTED, "{}: no available backend for device {}", desc.name,
+             device_name(normalized.device));
+      }
+      if (!run) {
+        op.check_and_dispatch(call, Dispatch(backends, nullptr));
+        return;
+      }
+      if (!dispatch) prepare();
+      op.check_and_dispatch(call, *dispatch);
+    } catch (const Error&) {
+      // This rank rejected a collective call before any kernel ran: the
+      // other ranks learn it from its abstention and fail too.
+      if (run && op.abstain && normalized.comm && dispatch && !dispatch->ran()) {
+        op.abstain(normalized, *dispatch);
+      }
+      throw;
     }
-    if (!run) {
-      op.check_and_dispatch(call, Dispatch(backends, nullptr));
-      return;
-    }
-    const int threads = registry.threads().size();
-    const ExecContext context{
-        normalized, &registry.threads(), &registry.scratch(normalized.device),
-        normalized.num_threads > 0 ? std::min(normalized.num_threads, threads) : threads,
-        registry.allocator()};
-    op.check_and_dispatch(call, Dispatch(backends, &context));
   });
 }
 

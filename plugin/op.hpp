@@ -177,10 +177,18 @@ class Dispatch {
       : candidates_(candidates), context_(context) {}
   // HOPS_ERR_UNSUPPORTED naming every backend's reason when none takes it.
   void operator()(const OpDef& op, const Call& call, const void* args) const;
+  // A collective op whose arguments failed validation on this rank: its
+  // kernel (the first whose accepts check takes `args`) tells the other
+  // ranks, so that they fail too instead of waiting; errors are dropped (the
+  // caller reports the validation error).
+  void abstain(const OpDef& op, const void* args) const;
+  // Whether a kernel ran (a collective op's ranks then met in it).
+  bool ran() const { return ran_; }
 
  private:
   std::span<const Backend* const> candidates_;
   const ExecContext* context_;
+  mutable bool ran_ = false;
 };
 
 // What the registry holds for every op.
@@ -190,6 +198,11 @@ struct OpDef {
   uint64_t layout;  // op_layout<Op>(): a module's kernels must have been built with it
   // Validates into the op's argument struct and hands it to `dispatch`.
   void (*check_and_dispatch)(const Call& call, const Dispatch& dispatch);
+  // Collective ops (Op::kCollective: they communicate over exec.comm) run on
+  // every rank even when they write nothing here, and a rank that rejects
+  // its arguments abstains, so that the others fail rather than wait.
+  bool collective = false;
+  void (*abstain)(const hops_exec& exec, const Dispatch& dispatch) = nullptr;
 };
 
 // An op of a family and its index in the ABI's op list (op_at): indices are
@@ -308,6 +321,29 @@ constexpr auto resolved_args() {
   return args;
 }
 
+template <class Op>
+constexpr bool is_collective() {
+  if constexpr (requires { Op::kCollective; }) {
+    return Op::kCollective;
+  } else {
+    return false;
+  }
+}
+
+// A collective op's abstention: its argument struct built from exec alone
+// (Op::abstain), handed to the kernels.
+template <class Op>
+constexpr auto abstain_entry() -> void (*)(const hops_exec&, const Dispatch&) {
+  if constexpr (is_collective<Op>()) {
+    return [](const hops_exec& exec, const Dispatch& dispatch) {
+      const Op args = Op::abstain(exec);
+      dispatch.abstain(op_def<Op>(), &args);
+    };
+  } else {
+    return nullptr;
+  }
+}
+
 // One definition per op type: descriptor from Op's constants, typed entry
 // from Op::Signature (the op's first arity), validation from Op::check.
 template <class Op>
@@ -320,6 +356,7 @@ const OpDef& op_def() {
                 "order, and optional tensors or scalars");
   static_assert(std::size(Op::kArgs) <= kMaxArgs);
   static constexpr auto kResolved = resolved_args<Op>();
+  constexpr bool kCollective = is_collective<Op>();
   static const OpDef def{{sizeof(hops_op_desc), Op::kName, Op::kSinceMajor, Op::kSinceMinor,
                           Op::kDoc, static_cast<int32_t>(std::size(Op::kArgs)), kResolved.data(),
                           reinterpret_cast<hops_fn>(&Entry::template call<Op>)},
@@ -328,7 +365,9 @@ const OpDef& op_def() {
                          [](const Call& call, const Dispatch& dispatch) {
                            const Op args = Op::check(call);
                            dispatch(op_def<Op>(), call, &args);
-                         }};
+                         },
+                         kCollective,
+                         abstain_entry<Op>()};
   return def;
 }
 

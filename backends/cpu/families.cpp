@@ -13,6 +13,7 @@ std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 std::span<const Kernel> attn_kernels();
 std::span<const Kernel> moe_kernels();
+std::span<const Kernel> moe_ep_kernels();
 }  // namespace cpu
 
 std::span<const Kernel> cpu_kernels() {
@@ -22,6 +23,7 @@ std::span<const Kernel> cpu_kernels() {
       cpu::norm_kernels(),
       cpu::attn_kernels(),
       cpu::moe_kernels(),
+      cpu::moe_ep_kernels(),
   });
   return kernels;
 }

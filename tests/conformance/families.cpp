@@ -11,6 +11,7 @@ std::span<const OpSuite> conv1d_suites();
 std::span<const OpSuite> norm_suites();
 std::span<const OpSuite> attn_suites();
 std::span<const OpSuite> moe_suites();
+std::span<const OpSuite> moe_ep_suites();
 
 std::span<const OpSuite> all_suites() {
   static const std::vector<OpSuite> suites = [] {
@@ -21,6 +22,7 @@ std::span<const OpSuite> all_suites() {
              norm_suites(),
              attn_suites(),
              moe_suites(),
+             moe_ep_suites(),
          }) {
       all.insert(all.end(), family.begin(), family.end());
     }

@@ -13,12 +13,22 @@ namespace {
   EXPECT_EQ(offsetof(type, field), offset) << #type "." #field
 
 TEST(AbiLayout, Exec) {
-  EXPECT_EQ(sizeof(hops_exec), 40u);
+  EXPECT_EQ(sizeof(hops_exec), 48u);
   EXPECT_LAYOUT(hops_exec, struct_size, 0u);
   EXPECT_LAYOUT(hops_exec, device, 8u);
   EXPECT_LAYOUT(hops_exec, stream, 16u);
   EXPECT_LAYOUT(hops_exec, flags, 24u);
   EXPECT_LAYOUT(hops_exec, num_threads, 32u);
+  EXPECT_LAYOUT(hops_exec, comm, 40u);  // 1.3: past 1.2's size (40), not in its tail padding
+}
+
+TEST(AbiLayout, Comm) {
+  EXPECT_EQ(sizeof(hops_comm), 32u);
+  EXPECT_LAYOUT(hops_comm, struct_size, 0u);
+  EXPECT_LAYOUT(hops_comm, kind, 8u);
+  EXPECT_LAYOUT(hops_comm, rank, 12u);
+  EXPECT_LAYOUT(hops_comm, size, 16u);
+  EXPECT_LAYOUT(hops_comm, handle, 24u);
 }
 
 TEST(AbiLayout, ArgDesc) {

@@ -25,14 +25,15 @@ namespace {
 // Hq % Hkv == 0, cu_seqlens [0, T] fitting Tq and Tk, decode's seq_lens [0]
 // within its table, kv_cache_write's slots 0..T-1 within the cache; the MoE
 // ops' k <= E, R == T*k, I2 == 2*I, counts 0..E-1 summing to at most R and
-// row maps 0..R-1 of distinct rows).
+// row maps 0..R-1 of distinct rows; the expert-parallel ops on one rank:
+// ranks = 1, El = E, C >= T*k).
 const std::map<std::string, int64_t> kSymbols = {
     {"B", 1},         {"T", 5},   {"H", 2},          {"HV", 4},         {"K", 4},
     {"V", 3},         {"N", 1},   {"S", 2},          {"W", 3},          {"D", 8},
     {"L0", 3},        {"L1", 4},  {"L", 2},          {"Tq", 5},         {"Tk", 5},
     {"Hq", 4},        {"Hkv", 2}, {"num_blocks", 3}, {"block_size", 4}, {"max_blocks", 2},
     {"state_len", 3}, {"E", 4},   {"k", 2},          {"R", 10},         {"Hd", 6},
-    {"I", 3},         {"I2", 6}};
+    {"I", 3},         {"I2", 6},  {"C", 12},         {"El", 4},         {"ranks", 1}};
 
 std::vector<int64_t> parse_shape(const std::string& text) {
   std::vector<int64_t> dims;

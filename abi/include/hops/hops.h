@@ -95,7 +95,29 @@ typedef struct hops_exec {
   void* stream;        /* cudaStream_t, cl_command_queue, or NULL (default) */
   uint64_t flags;      /* HOPS_EXEC_* */
   int32_t num_threads; /* CPU: upper bound on worker threads, 0 = all */
+  /* (1.3) The ranks a collective op (moe_ep_dispatch, moe_ep_combine) runs
+     across; NULL: this process alone (one rank). Other ops ignore it. */
+  const struct hops_comm* comm;
 } hops_exec;
+
+/* ---- communicators (1.3) ------------------------------------------------ */
+
+/* A communicator of an engine the host already runs: hops never creates
+ * ranks or transports of its own. Every rank passes its own descriptor of the
+ * same communicator. The MPI engine is the libhops_mpi.so module; NCCL is
+ * opened at run time (libnccl.so.2); hops.info() and the backend list say
+ * whether each is available. */
+enum {
+  HOPS_COMM_MPI = 1, /* handle: the address of an MPI_Comm (MPI_Comm*) */
+  HOPS_COMM_NCCL = 2 /* handle: the ncclComm_t itself */
+};
+typedef struct hops_comm {
+  size_t struct_size;
+  int32_t kind;  /* HOPS_COMM_* */
+  int32_t rank;  /* this process's rank in the communicator, 0 <= rank < size */
+  int32_t size;  /* the number of ranks */
+  void* handle;  /* the engine's own handle, as `kind` says */
+} hops_comm;
 
 /* ---- descriptors -------------------------------------------------------- */
 
@@ -369,6 +391,25 @@ typedef hops_status (*hops_moe_combine_bwd_fn)(const hops_exec* exec, const DLTe
                                                const DLTensor* topk_weights, const DLTensor* dy,
                                                const DLTensor* d_rows,
                                                const DLTensor* d_topk_weights);
+
+/* Expert parallelism over the ranks of exec->comm (W ranks, each owning
+ * El = E / W consecutive experts). moe_ep_dispatch: each kept slot's token
+ * row goes to the rank owning its expert; rows [C,Hd] receives them grouped by
+ * local expert, then by source rank, token and slot; counts [El];
+ * row_map [T,k], send_counts [E] and recv_counts [W,El] are combine's handle. */
+typedef hops_status (*hops_moe_ep_dispatch_fn)(const hops_exec* exec, const DLTensor* x,
+                                               const DLTensor* topk_ids, const DLTensor* rows,
+                                               const DLTensor* counts, const DLTensor* row_map,
+                                               const DLTensor* send_counts,
+                                               const DLTensor* recv_counts);
+
+/* moe_ep_combine: the expert outputs [C,Hd] go back to their tokens' ranks;
+ * y [T,Hd] = sum_j topk_weights[t,j] * (slot j's output), in slot order. */
+typedef hops_status (*hops_moe_ep_combine_fn)(const hops_exec* exec, const DLTensor* expert_out,
+                                              const DLTensor* row_map,
+                                              const DLTensor* topk_weights,
+                                              const DLTensor* send_counts,
+                                              const DLTensor* recv_counts, const DLTensor* y);
 
 /* conv1d activation codes */
 enum { HOPS_ACTIVATION_NONE = 0, HOPS_ACTIVATION_SILU = 1 };
