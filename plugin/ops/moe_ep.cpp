@@ -56,7 +56,8 @@ void check_count_sum(const Call& call, int arg, int64_t limit, std::string_view 
 void check_split(const Call& call, const Comm& comm, const Shapes& dims, int experts_arg,
                  int ranks_arg) {
   if (dims["ranks"] != comm.size) {
-    call.fail(ranks_arg, "dim 0 is {}, expected the communicator's {} ranks", dims["ranks"], comm.size);
+    call.fail(ranks_arg, "dim 0 is {}, expected the communicator's {} ranks", dims["ranks"],
+              comm.size);
   }
   if (dims["E"] % comm.size != 0) {
     call.fail(experts_arg, "E = {} experts do not split evenly over {} ranks", dims["E"],
