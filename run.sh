@@ -46,7 +46,7 @@ install_system_packages() {
 # torch from the package index pulls large CUDA wheels: minutes the first
 # time, then pip's cache and the skip below make it free. Versions come from
 # python/constraints.txt, the tested set (its header says how to update it).
-PYTHON_PACKAGES=(numpy pytest torch transformers tqdm)
+PYTHON_PACKAGES=(numpy pytest torch transformers tqdm mpi4py)  # mpi4py: built against the system Open MPI
 # flash-linear-attention in a folder of its own: importable, it would become
 # transformers' unpatched path, so only tests/python/test_patch_fla.py sees it.
 FLA_PACKAGES=(fla-core einops)

@@ -97,6 +97,20 @@ DTYPE_BITS = {"float32": 1 << 0, "float16": 1 << 1, "bfloat16": 1 << 2, "float64
               "int32": 1 << 4, "int64": 1 << 5}
 
 
+HOPS_COMM_MPI, HOPS_COMM_NCCL = 1, 2
+
+
+class hops_comm(ctypes.Structure):
+    """A communicator of an engine the host runs (ABI 1.3): the expert-parallel ops' ranks."""
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("kind", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("size", ctypes.c_int32),
+        ("handle", ctypes.c_void_p),
+    ]
+
+
 class hops_exec(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
@@ -104,6 +118,7 @@ class hops_exec(ctypes.Structure):
         ("stream", ctypes.c_void_p),
         ("flags", ctypes.c_uint64),
         ("num_threads", ctypes.c_int32),
+        ("comm", ctypes.POINTER(hops_comm)),  # 1.3; NULL: one rank
     ]
 
 

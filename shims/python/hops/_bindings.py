@@ -17,6 +17,7 @@ producers are borrowed through the protocol for the call. api->call is called
 without ctypes' per-argument checks.
 """
 
+import contextlib
 import ctypes
 import inspect
 import operator
@@ -80,6 +81,25 @@ class _Plans(threading.local):
 
     def __init__(self, num_args: int, tensors: tuple[tuple[int, bool], ...]):
         self.plan = _Plan(num_args, tensors)
+
+
+_communicator = threading.local()
+
+
+def communicator():
+    """The hops_comm pointer the calls of this thread pass (hops.ops.moe_ep_*), or None."""
+    return getattr(_communicator, "comm", None)
+
+
+@contextlib.contextmanager
+def communicating(comm):
+    """Calls made inside pass `comm` (a ctypes hops_comm) in their hops_exec."""
+    before = communicator()
+    _communicator.comm = ctypes.pointer(comm)
+    try:
+        yield
+    finally:
+        _communicator.comm = before
 
 
 class OpBinding:
@@ -214,7 +234,10 @@ class OpBinding:
                 library.use_torch_allocator()
             exec_ = ctypes.byref(_abi.hops_exec(ctypes.sizeof(_abi.hops_exec),
                                                 _abi.DLDevice(placement.device_type, placement.device_id),
-                                                placement.stream, 0, 0))
+                                                placement.stream, 0, 0, communicator()))
+        elif communicator() is not None:  # host arrays of an expert-parallel call: the CPU, with its ranks
+            exec_ = ctypes.byref(_abi.hops_exec(ctypes.sizeof(_abi.hops_exec), _abi.DLDevice(1, 0), None, 0, 0,
+                                                communicator()))
         plan = self._plans.plan
         if plan.busy:  # re-entered on this thread (a callback calling hops): a block of its own
             plan = _Plan(len(self.args), self._tensors)

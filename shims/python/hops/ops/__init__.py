@@ -17,10 +17,10 @@ backend, copied in and out (hops.opencl).
 
 from .._bindings import OpBinding, library
 from ..errors import HopsError
-from . import attn, conv1d, gdn, moe, norm
+from . import attn, conv1d, gdn, moe, moe_ep, norm
 from ._common import activation_code
 
-FAMILIES = (gdn, conv1d, norm, attn, moe)  # one line per family: a family is a module with OPS and their wrappers
+FAMILIES = (gdn, conv1d, norm, attn, moe, moe_ep)  # one line per family: a family is a module with OPS and their wrappers
 
 for _family in FAMILIES:
     globals().update({_op: getattr(_family, _op) for _op in _family.OPS})
