@@ -168,7 +168,24 @@ __global__ void conv_fwd_kernel(ConvParams p) {
       }
       load_position(t - begin, n, begin, win[3]);
       float out[kVec];
-      conv_outputs(taps, bias, win, p.silu, siluf_, out);
+      if (p.ids.data) {  // seq_idx (dense, no states): taps read tokens of t's id only
+        const int64_t id = ld_index(p.ids, row * p.T + t);
+        float masked[4][kVec];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const int64_t q = t - 3 + m;
+          const bool keep = id >= 0 && q >= 0 && ld_index(p.ids, row * p.T + q) == id;
+#pragma unroll
+          for (int c = 0; c < kVec; ++c) masked[m][c] = keep ? win[m][c] : 0.0f;
+        }
+        conv_outputs(taps, bias, masked, p.silu, siluf_, out);
+        if (id < 0) {  // padding
+#pragma unroll
+          for (int c = 0; c < kVec; ++c) out[c] = 0.0f;
+        }
+      } else {
+        conv_outputs(taps, bias, win, p.silu, siluf_, out);
+      }
       if (count == kVec) {
         store_vec<T, kVec>(y + row * p.y.stride[0] + t * p.y.stride[1] + d0 * ys, ys, vec, out);
       } else {
@@ -363,11 +380,16 @@ __global__ void conv_update_kernel(ConvUpdateParams p) {
        w += int64_t(gridDim.x) * blockDim.x) {
     const int64_t d = w % p.D, n = w / p.D;
     const int64_t slot = slot_of(p.slots, n, p.S);
-    if (slot < 0) continue;
+    T* y = reinterpret_cast<T*>(p.y.data) + n * p.y.stride[0] + d * p.y.stride[2];
+    if (slot < 0) {  // skipped: y left, or 0 (Dao's padding rows)
+      if (p.zero_skipped) {
+        for (int64_t t = 0; t < p.L; ++t) y[t * p.y.stride[1]] = from_f<T>(0.0f);
+      }
+      continue;
+    }
     const Arg& s = p.state;
     const int64_t sbase = slot * s.stride[0] + d * s.stride[1];
     const T* x = reinterpret_cast<const T*>(p.x.data) + n * p.x.stride[0] + d * p.x.stride[2];
-    T* y = reinterpret_cast<T*>(p.y.data) + n * p.y.stride[0] + d * p.y.stride[2];
     float taps[4];
 #pragma unroll
     for (int m = 0; m < 4; ++m) {  // aligned to the window's end, as in conv_fwd_kernel
@@ -382,18 +404,32 @@ __global__ void conv_update_kernel(ConvUpdateParams p) {
       return i < p.SL ? ld(s.data, s.dtype, sbase + i * s.stride[2])
                       : to_f(x[(i - p.SL) * p.x.stride[1]]);
     };
+    // A circular state (cache_seqlens) holds its newest column just before
+    // column `start`; device-resident counts are taken into [0, SL) here.
+    const int64_t start = p.seen.data ? (ld_index(p.seen, n) % p.SL + p.SL) % p.SL : 0;
     float win[4];
 #pragma unroll
-    for (int j = 1; j < 4; ++j) win[3 - j] = j <= p.SL ? at(p.SL - j) : 0.0f;
+    for (int j = 1; j < 4; ++j) {
+      if (p.seen.data) {
+        win[3 - j] =
+            j < p.W ? ld(s.data, s.dtype, sbase + ((start - j) % p.SL + p.SL) % p.SL * s.stride[2])
+                    : 0.0f;
+      } else {
+        win[3 - j] = j <= p.SL ? at(p.SL - j) : 0.0f;
+      }
+    }
     for (int64_t t = 0; t < p.L; ++t) {
       win[3] = to_f(x[t * p.x.stride[1]]);
       float acc = bias;
 #pragma unroll
       for (int m = 0; m < 4; ++m) acc += taps[m] * win[m];
       y[t * p.y.stride[1]] = from_f<T>(p.silu ? siluf_(acc) : acc);
+      // Token t goes to column (start + t) % SL; a later token wins.
+      if (p.seen.data) st(s.data, s.dtype, sbase + (start + t) % p.SL * s.stride[2], win[3]);
 #pragma unroll
       for (int j = 0; j < 3; ++j) win[j] = win[j + 1];
     }
+    if (p.seen.data) continue;
     // New column c = window position L + c; in increasing c the old column
     // L + c is read before anything overwrites it.
     for (int64_t c = 0; c < p.SL; ++c) st(s.data, s.dtype, sbase + c * s.stride[2], at(p.L + c));
@@ -413,8 +449,15 @@ __global__ void __launch_bounds__(128, 4) conv_update_vec_kernel(ConvUpdateParam
        w += int64_t(gridDim.x) * blockDim.x) {
     const int64_t group = w % groups, n = w / groups;
     const int64_t slot = slot_of(p.slots, n, p.S);
-    if (slot < 0) continue;
     const int64_t d0 = group * kVec;
+    if (slot < 0) {  // skipped: y left, or 0 (Dao's padding rows)
+      if (p.zero_skipped) {
+        T* y = reinterpret_cast<T*>(p.y.data) + n * p.y.stride[0] + d0;
+        for (int64_t t = 0; t < p.L; ++t)
+          *reinterpret_cast<uint4*>(y + t * p.y.stride[1]) = make_uint4(0, 0, 0, 0);
+      }
+      continue;
+    }
     uint4* state = reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.state.data) +
                                             slot * p.state.stride[0] + d0 * kSL);
     union {
@@ -473,7 +516,7 @@ cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t strea
   by_dtype(dtype, [&]<class T>(T) {
     constexpr int kVec = 16 / sizeof(T);
     if (p.B * p.T * p.D > 0) {
-      if (p.vector && !p.cu.data) {
+      if (p.vector && !p.cu.data && !p.ids.data) {
         const int64_t work = p.B * ((p.T + kRunTokens - 1) / kRunTokens) * (p.D / kVec);
         conv_fwd_vec_kernel<T>
             <<<grid_for(work, kVecThreads), kVecThreads, 0, stream>>>(p, kRunTokens);
@@ -499,7 +542,7 @@ cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStrea
     const Arg &x = p.x, &y = p.y, &s = p.state;
     // (a [N, D] x is viewed as [N, 1, D] with an arbitrary token stride)
     const bool tokens_aligned = p.L <= 1 || (x.stride[1] % kVec == 0 && y.stride[1] % kVec == 0);
-    const bool vector = p.D % kVec == 0 && x.stride[2] == 1 && y.stride[2] == 1 &&
+    const bool vector = !p.seen.data && p.D % kVec == 0 && x.stride[2] == 1 && y.stride[2] == 1 &&
                         x.stride[0] % kVec == 0 && y.stride[0] % kVec == 0 && tokens_aligned &&
                         aligned(x.data) && aligned(y.data) && s.dtype == dtype &&
                         s.stride[2] == 1 && s.stride[1] == p.SL && s.stride[0] % kVec == 0 &&

@@ -271,6 +271,79 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- seq_idx ----------------------------------------------------------------------
+// conv_bwd_ids_kernel: calls with seq_idx (dense rows, no states). Tap m of
+// token t reads u[t-3+m] only when that token has t's id; a token with a
+// negative id (padding, y = 0) has dpre = 0. A thread per (run of kRunTokens
+// flat tokens, channel) writes dx and the run's share in the layout of
+// conv_bwd_tokens_kernel, recomputing each dpre where it is needed: a plain
+// path for a rarer layout.
+__device__ __forceinline__ bool linked(const ConvBwdParams& p, int64_t row, int64_t q, int64_t t) {
+  return q >= 0 && q < p.T && ld_index(p.ids, row * p.T + q) == ld_index(p.ids, row * p.T + t);
+}
+
+template <class T>
+__device__ float dpre_linked(const ConvBwdParams& p, int64_t row, int64_t t, int64_t d,
+                             const float (&taps)[4], float bias) {
+  if (t >= p.T || ld_index(p.ids, row * p.T + t) < 0) return 0.0f;
+  const T* x = reinterpret_cast<const T*>(p.x.data) + row * p.x.stride[0] + d * p.x.stride[2];
+  const float gradient = to_f(reinterpret_cast<const T*>(
+      p.dy.data)[row * p.dy.stride[0] + t * p.dy.stride[1] + d * p.dy.stride[2]]);
+  if (!p.silu) return gradient;
+  float pre = bias;
+#pragma unroll
+  for (int m = 0; m < 4; ++m) {
+    const int64_t q = t - 3 + m;
+    if (linked(p, row, q, t)) pre += taps[m] * to_f(x[q * p.x.stride[1]]);
+  }
+  return gradient * silu_grad<T>(pre);
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) conv_bwd_ids_kernel(ConvBwdParams p, float* partials) {
+  const int64_t tokens = p.B * p.T;
+  const int64_t work = (tokens + kRunTokens - 1) / kRunTokens * p.D;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t d = w % p.D, run = w / p.D;
+    float taps[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int64_t j = m - (4 - p.W);
+      taps[m] = j >= 0 ? ld(p.weight.data, p.weight.dtype,
+                            d * p.weight.stride[0] + j * p.weight.stride[1])
+                       : 0.0f;
+    }
+    const float bias = p.bias.data ? ld(p.bias.data, p.bias.dtype, d * p.bias.stride[0]) : 0.0f;
+    float share[kShareRows] = {};
+    const int64_t run_end = (run + 1) * kRunTokens < tokens ? (run + 1) * kRunTokens : tokens;
+    for (int64_t f = run * kRunTokens; f < run_end; ++f) {
+      const int64_t row = f / p.T, t = f % p.T;
+      const T* x = reinterpret_cast<const T*>(p.x.data) + row * p.x.stride[0] + d * p.x.stride[2];
+      float gradient = 0.0f;  // dx[t]: the taps of later tokens of t's sequence that read it
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int64_t reader = t + 3 - m;
+        if (linked(p, row, reader, t))
+          gradient += taps[m] * dpre_linked<T>(p, row, reader, d, taps, bias);
+      }
+      reinterpret_cast<T*>(
+          p.dx.data)[row * p.dx.stride[0] + t * p.dx.stride[1] + d * p.dx.stride[2]] =
+          from_f<T>(gradient);
+      const float own = dpre_linked<T>(p, row, t, d, taps, bias);
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int64_t q = t - 3 + m;
+        if (linked(p, row, q, t)) share[m] += own * to_f(x[q * p.x.stride[1]]);
+      }
+      share[4] += own;
+    }
+    float* out = partials + run * kShareRows * p.D + d;
+#pragma unroll
+    for (int m = 0; m < kShareRows; ++m) out[m * p.D] = share[m];
+  }
+}
+
 // ---- The dense fast path -----------------------------------------------------
 // conv_bwd_vec_kernel: dense x, dy, dx (no cu_seqlens) with unit channel
 // stride, D and the other strides multiples of kV = 16 / sizeof(T) and 16-byte
@@ -581,7 +654,7 @@ bool vector_path(const ConvBwdParams& p, int dtype) {
     return a.stride[2] == 1 && a.stride[1] % vec == 0 && a.stride[0] % vec == 0 &&
            reinterpret_cast<uintptr_t>(a.data) % 16 == 0;
   };
-  return !p.cu.data && p.D % vec == 0 && rows(p.x) && rows(p.dy) && rows(p.dx);
+  return !p.cu.data && !p.ids.data && p.D % vec == 0 && rows(p.x) && rows(p.dy) && rows(p.dx);
 }
 
 // Rows of partials: per row runs of kVecRunTokens on the fast path, else
@@ -605,7 +678,10 @@ cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,
   by_dtype(dtype, [&]<class T>(T) {
     const int grid = grid_for(runs * ((p.D + kVec - 1) / kVec), kThreads);
     if (runs > 0 && p.D > 0) {
-      if (fast)
+      if (p.ids.data)
+        conv_bwd_ids_kernel<T>
+            <<<grid_for(runs * p.D, kThreads), kThreads, 0, stream>>>(p, partials);
+      else if (fast)
         conv_bwd_vec_kernel<T>
             <<<grid_for(runs * (p.D / (16 / sizeof(T))), kVecThreads), kVecThreads, 0, stream>>>(
                 p, partials);

@@ -12,6 +12,7 @@ bool aligned16(const Arg& a) { return (reinterpret_cast<uintptr_t>(a.data) & 15u
 void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
   const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
+  const StagedIndex ids(op.seq_idx, guard, op.kName);
   ConvParams p{make_arg(op.x),
                make_arg(op.y),
                make_arg(op.weight),
@@ -19,6 +20,7 @@ void conv1d_fwd(const ExecContext& context, const Conv1dFwd& op) {
                make_arg(op.initial_state),
                make_arg(op.final_state),
                cu.get(),
+               ids.get(),
                op.B,
                op.T,
                op.D,
@@ -38,6 +40,7 @@ void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
   if (op.N * op.D == 0) return;
   const DeviceGuard guard(context, op.kName);
   const StagedIndex slots(op.slots.indices, guard, op.kName);
+  const StagedIndex seen(op.cache_seqlens, guard, op.kName);
   const ConvUpdateParams p{make_arg(op.x),
                            make_arg(op.y),
                            make_arg(op.state),
@@ -50,7 +53,9 @@ void conv1d_update(const ExecContext& context, const Conv1dUpdate& op) {
                            op.W,
                            op.state.shape[0],
                            op.state.shape[2],
-                           op.activation == Activation::silu};
+                           op.activation == Activation::silu,
+                           seen.get(),
+                           op.zero_skipped};
   check(launch_conv1d_update(p, code_of(op.x.dtype), guard.stream()), op.kName,
         "conv1d_update kernel launch");
 }
@@ -59,6 +64,7 @@ void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
   if (op.D == 0) return;
   const DeviceGuard guard(context, op.kName);
   const StagedIndex cu(op.sequences.cu_seqlens, guard, op.kName);
+  const StagedIndex ids(op.seq_idx, guard, op.kName);
   ConvBwdParams p{make_arg(op.x),
                   make_arg(op.weight),
                   make_arg(op.bias),
@@ -70,6 +76,7 @@ void conv1d_bwd(const ExecContext& context, const Conv1dBwd& op) {
                   make_arg(op.dbias),
                   make_arg(op.d_initial_state),
                   cu.get(),
+                  ids.get(),
                   op.B,
                   op.T,
                   op.D,

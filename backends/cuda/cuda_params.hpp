@@ -59,6 +59,7 @@ struct NormParams {
 struct ConvParams {
   Arg x, y, weight, bias, initial_state, final_state;  // x, y as [B,T,D]
   Index cu;
+  Index ids;  // seq_idx: the id of flat token row * T + t (absent: none)
   int64_t B, T, D, N, W;
   int silu;
   int vector;  // unit channel stride and 16-byte aligned rows: 16-byte accesses
@@ -69,7 +70,14 @@ struct ConvUpdateParams {
   Index slots;
   int64_t N, L, D, W, S, SL;
   int silu;
+  Index seen;        // cache_seqlens: the state is circular (absent: shifted)
+  int zero_skipped;  // skipped sequences get y = 0
 };
+
+// What the GDN forwards compute in the kernel (their `fused`, a bit set): the
+// gate g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b), and that
+// doubled (beta_mode 2). 0: g and beta as given.
+enum : int { kFuseGate = 1, kFuseSigmoid = 2, kFuseDoubleBeta = 4 };
 
 struct RecurrentParams {
   Arg q, k, v, g, beta, A_log, dt_bias, o, state;
@@ -77,7 +85,7 @@ struct RecurrentParams {
   int64_t N, T, H, HV, K, V, S;
   int64_t k_step, v_step;  // state element (i, j) at i*k_step + j*v_step
   float scale;
-  int l2norm, fused;
+  int l2norm, fused;  // fused: kFuse* bits
 };
 
 struct ChunkParams {
@@ -86,7 +94,7 @@ struct ChunkParams {
   int64_t N, T, H, HV, K, V;
   int64_t h0_k, h0_v, ht_k, ht_v;  // state (i, j) steps
   float scale;
-  int l2norm, fused;
+  int l2norm, fused;  // fused: kFuse* bits
 };
 
 inline constexpr int64_t kMaxHeadDim = 256;  // K limit of the GDN kernels
@@ -131,6 +139,7 @@ struct ConvBwdParams {
   Arg x, weight, bias, initial_state, dy, d_final_state;  // x, dy, dx as [B,T,D]
   Arg dx, dweight, dbias, d_initial_state;
   Index cu;
+  Index ids;  // seq_idx, as in ConvParams
   int64_t B, T, D, N, W;
   int silu;
   int vector;  // x, dy, dx: unit channel stride, rows aligned to 4 elements (vector access)

@@ -106,20 +106,23 @@ __device__ __forceinline__ float softplusf_(float x, float beta, float threshold
   return beta * x > threshold ? x : log1pf(expf(beta * x)) / beta;
 }
 
-// The fused gate of value head hv, for ops given the raw a and b with A_log
-// and dt_bias (p.fused): g = -exp(A_log) softplus(a + dt_bias) (torch's
-// softplus: beta 1, threshold 20), beta = sigmoid(b). The kernels test
-// p.fused at the use (a param read) rather than keep it in a register.
+// What the GDN forwards fuse for value head hv (p.fused, kFuse* bits): the
+// gate from the raw a with A_log and dt_bias, g = -exp(A_log)
+// softplus(a + dt_bias) (torch's softplus: beta 1, threshold 20), and beta =
+// sigmoid(b), doubled with kFuseDoubleBeta. The kernels test p.fused at the
+// use (a param read) rather than keep it in a register.
 struct FusedGate {
-  __device__ FusedGate(int fused, const Arg& A_log, const Arg& dt_bias, int64_t hv) {
-    if (fused) {
+  __device__ FusedGate(int fused, const Arg& A_log, const Arg& dt_bias, int64_t hv) : mode(fused) {
+    if (fused & kFuseGate) {
       rate = expf(ld(A_log.data, A_log.dtype, hv * A_log.stride[0]));
       bias = ld(dt_bias.data, dt_bias.dtype, hv * dt_bias.stride[0]);
     }
   }
   __device__ void apply(float& g, float& beta) const {
-    g = -rate * softplusf_(g + bias, 1.0f, 20.0f), beta = sigmoidf_(beta);
+    if (mode & kFuseGate) g = -rate * softplusf_(g + bias, 1.0f, 20.0f);
+    if (mode & kFuseSigmoid) beta = (mode & kFuseDoubleBeta ? 2.0f : 1.0f) * sigmoidf_(beta);
   }
+  int mode;
   float rate = 0.0f, bias = 0.0f;  // exp(A_log[hv]), dt_bias[hv]
 };
 

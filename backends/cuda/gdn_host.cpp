@@ -10,6 +10,14 @@ namespace hops::cuda {
 
 namespace {
 
+// The kFuse* bits of a forward: the gate with A_log, beta as beta_mode says.
+int fusion(const GdnProblem& op) {
+  int bits = op.fused_gating() ? kFuseGate : 0;
+  if (op.beta_mode == BetaMode::sigmoid) bits |= kFuseSigmoid;
+  if (op.beta_mode == BetaMode::double_sigmoid) bits |= kFuseSigmoid | kFuseDoubleBeta;
+  return bits;
+}
+
 // The GDN kernels' limits, as the accepts check of their kernels: the plugin
 // asks before running (and for supports_call), so a refused call reaches
 // the next backend or the host with nothing written.
@@ -82,7 +90,7 @@ void gdn_recurrent(const ExecContext& context, const GdnRecurrent& op) {
                           state_step(op.state, op.state_v_first, false),
                           static_cast<float>(op.scale),
                           op.use_qk_l2norm,
-                          op.fused_gating()};
+                          fusion(op)};
   check(launch_gdn_recurrent(p, code_of(op.q.dtype), guard.stream()), op.kName,
         "recurrent kernel launch");
 }
@@ -116,7 +124,7 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
                       state_step(op.final_state, vf, false),
                       static_cast<float>(op.scale),
                       op.use_qk_l2norm,
-                      op.fused_gating()};
+                      fusion(op)};
   const int dtype = code_of(op.q.dtype);
   if (chunk_tc_supported(p, dtype)) {
     const Scratch scratch(chunk_tc_scratch_bytes(p), guard, op.kName);
