@@ -335,7 +335,9 @@ MoeTables moe_tables(int64_t T, int64_t k, int64_t E, int64_t R, MoeRouting rout
       if (id >= 0) ++m.counts[id];
     }
   }
-  if (routing == MoeRouting::shuffled_rows || routing == MoeRouting::any_rows) {
+  // (Beyond kMaxElements rows, from a huge extra, the row map stays dispatch's.)
+  if ((routing == MoeRouting::shuffled_rows || routing == MoeRouting::any_rows) &&
+      R <= kMaxElements) {
     std::vector<int64_t> rows(static_cast<size_t>(std::max<int64_t>(R, n)));
     std::iota(rows.begin(), rows.end(), 0);
     for (int64_t i = static_cast<int64_t>(rows.size()) - 1; i > 0; --i)
