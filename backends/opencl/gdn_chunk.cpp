@@ -123,13 +123,17 @@ void states(Call& call, const GdnProblem& op, const IndexArg& cu, const ChunkPla
 std::optional<ChunkPlan> chunk_plan(const Call& call, const GdnProblem& op, bool backward) {
   const std::string_view form = forced_form();
   if (form == "scan") return std::nullopt;
-  const int64_t N = std::max<int64_t>(op.sequences.count, 1);
-  // The rule: a sequence must average at least kMinTokens tokens (the chunked
-  // form's extra launches and scratch pay off from about there; decode and
-  // short speculative runs take the scan).
-  constexpr int64_t kMinTokens = 32;
-  if (form != "chunked" && op.B * op.T < kMinTokens * N) return std::nullopt;
   Runtime& runtime = call.runtime();
+  const int64_t N = std::max<int64_t>(op.sequences.count, 1);
+  // The rule: the chunked form on GPUs (any device that is not a CPU) when a
+  // sequence averages at least kMinTokens tokens: from there its parallelism
+  // over chunks pays for its extra launches and scratch; decode and short
+  // speculative runs take the scan. CPU devices keep the scan (its SIMD
+  // panels on PoCL: the chunked kernels ran 4-17x slower there, docs/OPENCL.md).
+  constexpr int64_t kMinTokens = 32;
+  if (form != "chunked" && (runtime.cpu_device() || op.B * op.T < kMinTokens * N)) {
+    return std::nullopt;
+  }
   const auto local_bytes = device_value<cl_ulong>(runtime.device(), CL_DEVICE_LOCAL_MEM_SIZE);
   const auto fits = [&](int64_t floats) {
     return static_cast<cl_ulong>(floats) * sizeof(float) <= local_bytes;

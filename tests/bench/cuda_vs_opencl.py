@@ -8,7 +8,12 @@ column is OpenCL ms / CUDA ms.
 
     python3 tests/bench/cuda_vs_opencl.py --tokens 4096 OPENCL_TABLE.md [...]
 
-Run by tests/bench/opencl_device_run.sh after hops-opencl-bench."""
+Where a table has both gdn_chunk_fwd and gdn_chunk_bwd of one dtype, a
+"gdn fwd+bwd" row adds them (a training step's GDN core: the backward
+recomputes the forward's states, nothing is saved between the calls).
+
+Run by tests/bench/opencl_device_run.sh and opencl_gdn_device_run.sh after
+hops-opencl-bench."""
 
 import argparse
 import statistics
@@ -47,6 +52,11 @@ def inputs(op, T, dtype):
         return dict(x=u((N, D)), state=u((N, D, W - 1)), weight=u((D, W)), state_indices=slots, y=u((N, D)))
     if op == "gated_rmsnorm":
         return dict(x=u((T, HV, V)), z=u((T, HV, V)), weight=u((V,)), y=u((T, HV, V)))
+    if op == "gdn_chunk_bwd":
+        return {"q": u((1, T, H, K)), "k": u((1, T, H, K)), "v": u((1, T, HV, V)), "g": u((1, T, HV), -0.2, -0.01),
+                "beta": u((1, T, HV), 0, 1), "do": u((1, T, HV, V)), "d_final_state": u((1, HV, K, V), f32=True),
+                "dq": u((1, T, H, K)), "dk": u((1, T, H, K)), "dv": u((1, T, HV, V)), "dg": u((1, T, HV)),
+                "dbeta": u((1, T, HV)), "use_qk_l2norm": True}
     if op == "gdn_gating":
         return dict(A_log=u((HV,)), a=u((T, HV)), b=u((T, HV)), dt_bias=u((HV,)), g=u((T, HV)), beta=u((T, HV)))
     raise KeyError(op)
@@ -73,6 +83,7 @@ def main():
     args = parser.parse_args()
     print(f"GPU: {torch.cuda.get_device_name()}\n")
     print("| op | shape | dtype | CPU ms | NVIDIA OpenCL ms | CUDA ms | OpenCL / CUDA |\n|---|---|---|--:|--:|--:|--:|")
+    gdn = {}  # (dtype, shape) -> op -> (cpu, opencl, cuda) ms
     for table in args.tables:
         for line in Path(table).read_text().splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -81,8 +92,17 @@ def main():
             op, shape, dtype, cpu_ms, opencl_ms, _ = cells
             call = Prepared(op, **inputs(op, args.tokens, DTYPES[dtype]))
             cuda_ms = median_ms(call, args.repeat)
+            del call
+            torch.cuda.empty_cache()
             print(f"| {op} | {shape} | {dtype} | {cpu_ms} | {opencl_ms} | {cuda_ms:.3f} | "
                   f"{float(opencl_ms) / cuda_ms:.1f}x |", flush=True)
+            if op in ("gdn_chunk_fwd", "gdn_chunk_bwd"):
+                gdn.setdefault((dtype, shape), {})[op] = (float(cpu_ms), float(opencl_ms), cuda_ms)
+    for (dtype, shape), ops in gdn.items():
+        if len(ops) == 2:
+            cpu, opencl, cuda = (sum(t[i] for t in ops.values()) for i in range(3))
+            print(f"| gdn fwd+bwd | {shape} | {dtype} | {cpu:.2f} | {opencl:.2f} | {cuda:.3f} | "
+                  f"{opencl / cuda:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":
