@@ -10,6 +10,8 @@
 #   ./run.sh test-latest  pytest on the newest Python releases (.venv-latest), then
 #                    what changed against the pins (python/constraints.txt)
 #   ./run.sh build   build only
+#   ./run.sh wheel   the pip wheel (pyproject.toml, scikit-build-core) built, checked and
+#                    repaired by auditwheel, then smoke-tested in a fresh venv; into dist/
 #   ./run.sh lint    clang-format check and clang-tidy over the sources
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -189,6 +191,7 @@ case "${1:-}" in
   test-latest) install_system_packages; install_python_packages .venv-latest latest
                say "build (Release)"; build_release; run_test_latest ;;
   build) setup ;;
+  wheel) install_system_packages; tests/packaging/wheel_test.sh ;;
   lint) setup; run_lint ;;
-  *) echo "usage: ./run.sh demo|test|test-latest|build|lint" >&2; exit 2 ;;
+  *) echo "usage: ./run.sh demo|test|test-latest|build|wheel|lint" >&2; exit 2 ;;
 esac
