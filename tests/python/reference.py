@@ -47,12 +47,16 @@ def _gdn_sequence(q, k, v, g, beta, state, scale, use_qk_l2norm):
 
 
 def gdn(q, k, v, g, beta, states, slots=None, cu_seqlens=None, scale=None, use_qk_l2norm=False,
-        A_log=None, dt_bias=None):
+        A_log=None, dt_bias=None, beta_mode=-1):
     """-> (o, states): states [S,HV,K,V] (or None: zeros, one per sequence) are read at
-    slots[n] (default n; -1 skips the sequence) and returned updated."""
+    slots[n] (default n; -1 skips the sequence) and returned updated. With A_log, g is the
+    raw a of the fused gate; beta_mode: -1 sigmoid iff A_log, 0 as given, 1 sigmoid, 2 2*sigmoid."""
     q, k, v, g, beta = map(_f64, (q, k, v, g, beta))
     if A_log is not None:
-        g, beta = gdn_gating(A_log, g, beta, dt_bias)
+        g = gdn_gating(A_log, g, beta, dt_bias)[0]
+    mode = beta_mode if beta_mode >= 0 else int(A_log is not None)
+    if mode:
+        beta = mode * sigmoid(beta)
     batch, tokens, _, key_dim = q.shape
     spans = _spans(batch, tokens, cu_seqlens)
     if states is None:
@@ -109,4 +113,42 @@ def conv1d_update(x, state, weight, bias=None, activation="silu", slots=None):
         out, final = conv1d(x[n:n + 1], weight, bias, activation, state[slot:slot + 1],
                             state_len=state.shape[2])
         y[n], state[slot] = out[0], final[0]
+    return y, state
+
+
+def conv1d_seq_idx(x, weight, bias=None, activation="silu", seq_idx=None):
+    """x [B,T,D] with seq_idx [B,T] (Dao's causal-conv1d): taps read only tokens of the same
+    id, a token with a negative id gets y = 0."""
+    x, weight, ids = _f64(x), _f64(weight), np.asarray(seq_idx)
+    width = weight.shape[1]
+    y = np.zeros(x.shape)
+    for b in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            if ids[b, t] < 0:
+                continue
+            pre = np.zeros(x.shape[2]) if bias is None else _f64(bias).copy()
+            for j in range(width):
+                p = t - width + 1 + j
+                if p >= 0 and ids[b, p] == ids[b, t]:
+                    pre += weight[:, j] * x[b, p]
+            y[b, t] = pre * sigmoid(pre) if activation == "silu" else pre
+    return y
+
+
+def conv1d_update_circular(x, state, weight, bias=None, activation="silu", cache_seqlens=None, slots=None):
+    """x [N,L,D]; state pool [S,D,SL] of circular buffers (Dao's cache_seqlens: the W-1 inputs
+    before the tokens end at column c-1, c = cache_seqlens[n] % SL; token t goes to column
+    (c + t) % SL) -> (y, new pool); skipped sequences (slot -1) get y = 0."""
+    x, state = _f64(x), _f64(state).copy()
+    width, columns = weight.shape[1], state.shape[2]
+    y = np.zeros(x.shape)
+    for n in range(x.shape[0]):
+        slot = n if slots is None else int(slots[n])
+        if slot < 0:
+            continue
+        start = int(cache_seqlens[n]) % columns
+        history = state[slot][:, [(start - width + 1 + i) % columns for i in range(width - 1)]]
+        y[n] = conv1d(x[n:n + 1], weight, bias, activation, history[None], state_len=0)[0][0]
+        for t in range(x.shape[1]):
+            state[slot][:, (start + t) % columns] = x[n, t]
     return y, state

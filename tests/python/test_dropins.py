@@ -55,8 +55,8 @@ def test_fla_options_hops_lacks_are_unsupported():
     q, k, v, g, beta, _ = gdn_tensors(tokens=2)
     with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*gk"):
         hops.fla.fused_recurrent_gated_delta_rule(q, k, v, g, torch.zeros(2, 2, 4, 16), beta=beta)
-    with pytest.raises(hops.HopsError, match="allow_neg_eigval"):
-        hops.fla.chunk_gated_delta_rule(q, k, v, g, beta, allow_neg_eigval=True)
+    with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*cp_context"):
+        hops.fla.chunk_gated_delta_rule(q, k, v, g, beta, cp_context=object())
 
 
 def test_causal_conv1d_fn_channels_first_with_states():
@@ -89,15 +89,6 @@ def test_causal_conv1d_update_matches_transformers(shape):
     assert out.shape == x.shape
     assert relative_error(out.reshape(expected.shape), expected) <= 1e-5
     assert torch.allclose(state, expected_state)
-
-
-def test_causal_conv1d_options_hops_lacks_are_unsupported():
-    x, weight = torch.randn(1, 8, 5), torch.randn(8, 4)
-    with pytest.raises(hops.HopsError, match="seq_idx"):
-        hops.causal_conv1d.causal_conv1d_fn(x, weight, seq_idx=torch.zeros(1, 5, dtype=torch.int32))
-    with pytest.raises(hops.HopsError, match="cache_seqlens"):
-        hops.causal_conv1d.causal_conv1d_update(x[..., 0], torch.zeros(1, 8, 3), weight,
-                                                cache_seqlens=torch.zeros(1, dtype=torch.int32))
 
 
 def test_numpy_works_through_the_dropins_too():

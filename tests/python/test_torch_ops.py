@@ -274,8 +274,12 @@ def test_compile_decode_ops_update_their_state():
 def test_refusals_are_unsupported_errors():
     q, k, v, g, beta = leaves(*gdn_inputs(tokens=4))
     A_log, dt_bias = torch.zeros(4), torch.zeros(4)
+    # With gradients the fused gate runs as torch ops before the kernel (issue 20); called
+    # directly, the op's backward refuses it.
+    assert torch_ops.gdn_chunk_fwd(q, k, v, g, beta, A_log=A_log, dt_bias=dt_bias)[0].requires_grad
+    o, _ = torch.ops.hops.gdn_chunk(q, k, v, g, beta, None, None, A_log, dt_bias, 0.0, False, False)
     with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*fused gate"):
-        torch_ops.gdn_chunk_fwd(q, k, v, g, beta, A_log=A_log, dt_bias=dt_bias)
+        o.sum().backward()
     state = torch.zeros(2, 4, 16, 8)
     with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*decode"):
         torch_ops.gdn_recurrent(q, k, v, g, beta, state)

@@ -59,3 +59,19 @@ def conv1d(x, weight, bias=None, activation="silu", initial_state=None, cu_seqle
 
 def gated_rmsnorm(x, z, weight, eps=1e-6):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * weight * F.silu(z)
+
+
+def conv1d_seq_idx(x, weight, bias=None, activation="silu", seq_idx=None):
+    """x [B,T,D] with seq_idx [B,T] (Dao's causal-conv1d): taps read only tokens of the same
+    id, a token with a negative id gets y = 0."""
+    width = weight.shape[1]
+    columns = []
+    for t in range(x.shape[1]):
+        pre = x.new_zeros(x.shape[0], x.shape[2]) + (0 if bias is None else bias)
+        for j in range(width):
+            p = t - width + 1 + j
+            if p >= 0:
+                pre = pre + (seq_idx[:, p] == seq_idx[:, t])[:, None] * weight[:, j] * x[:, p]
+        y = F.silu(pre) if activation == "silu" else pre
+        columns.append(torch.where((seq_idx[:, t] < 0)[:, None], torch.zeros_like(y), y))
+    return torch.stack(columns, dim=1)

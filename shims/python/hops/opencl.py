@@ -204,7 +204,7 @@ def to_device(array) -> DeviceArray:
 
 # Arguments that a device call leaves on the host, and those it updates in place.
 _HOST_ARGUMENTS = {"cu_seqlens", "state_indices", "cu_seqlens_q", "cu_seqlens_k", "block_table", "seq_lens",
-                   "slot_mapping"}
+                   "slot_mapping", "seq_idx", "cache_seqlens"}
 _IN_PLACE = {"state", "k_cache", "v_cache"}
 
 

@@ -27,16 +27,18 @@ def gdn_outputs(op, q, v, cu_seqlens=None, output_final_state=False, state_v_fir
 @device_option
 def gdn_chunk_fwd(q, k, v, g, beta, *, scale=None, initial_state=None, cu_seqlens=None,
                   use_qk_l2norm=False, output_final_state=False, A_log=None, dt_bias=None,
-                  state_v_first=False):
+                  state_v_first=False, beta_mode=-1):
     """Gated DeltaNet prefill -> (o [B,T,HV,V], final_state [N,HV,K,V] f32 or None).
 
-    With A_log and dt_bias, g and beta are the raw a and b and the gate is fused."""
+    With A_log and dt_bias, g is the raw a and the gate is fused. beta_mode: -1 beta is
+    the raw b through a sigmoid exactly when A_log is given, 0 beta as given, 1 sigmoid(beta),
+    2 2*sigmoid(beta) (FLA's allow_neg_eigval)."""
     cu_seqlens = index_array(cu_seqlens, q)
     o, final_state = gdn_outputs("gdn_chunk_fwd", q, v, cu_seqlens, output_final_state, state_v_first)
     call("gdn_chunk_fwd",
          q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens, A_log=A_log,
          dt_bias=dt_bias, o=o, final_state=final_state, scale=scale or 0.0, use_qk_l2norm=use_qk_l2norm,
-         state_v_first=state_v_first)
+         state_v_first=state_v_first, beta_mode=beta_mode)
     return o, final_state
 
 
@@ -63,14 +65,15 @@ def gdn_chunk_bwd(q, k, v, g, beta, do, *, scale=None, initial_state=None, cu_se
 
 @device_option
 def gdn_recurrent(q, k, v, g, beta, state, *, state_indices=None, cu_seqlens=None, scale=None,
-                  use_qk_l2norm=False, A_log=None, dt_bias=None, state_v_first=False):
+                  use_qk_l2norm=False, A_log=None, dt_bias=None, state_v_first=False, beta_mode=-1):
     """Gated DeltaNet token by token on the state pool `state` [S,HV,K,V] (f32, updated in
-    place; sequence n uses slot state_indices[n], -1 skips it) -> o [B,T,HV,V]."""
+    place; sequence n uses slot state_indices[n], -1 skips it) -> o [B,T,HV,V]. The gate
+    options as in gdn_chunk_fwd."""
     o, _ = gdn_outputs("gdn_recurrent", q, v)
     call("gdn_recurrent",
          q=q, k=k, v=v, g=g, beta=beta, state=state, state_indices=index_array(state_indices, q),
          cu_seqlens=index_array(cu_seqlens, q), A_log=A_log, dt_bias=dt_bias, o=o, scale=scale or 0.0,
-         use_qk_l2norm=use_qk_l2norm, state_v_first=state_v_first)
+         use_qk_l2norm=use_qk_l2norm, state_v_first=state_v_first, beta_mode=beta_mode)
     return o
 
 

@@ -43,6 +43,10 @@ def define(schema: str, kernel, fake, *, mutated: tuple[int, ...] = (), backward
     if any("Tensor" in kind and kind not in ("Tensor", "Optional[Tensor]") for kind in types):
         raise TypeError(f"hops::{name}: the Autograd kernel below reads Tensor and Tensor? arguments only")
     tensors = tuple(i for i, kind in enumerate(types) if "Tensor" in kind)
+    # The dispatcher leaves out trailing arguments the caller left at their schema defaults
+    # (arguments added later, docs/ABI.md): the Autograd kernel puts them back, so that
+    # backward and setup_context see every input; `kernel` and `fake` give them defaults too.
+    defaults = tuple(arg.default_value for arg in op._schema.arguments)
     returns_list = op._schema.returns[0].type.kind() == "ListType" if op._schema.returns else False
 
     def forward(ctx, *args):
@@ -59,6 +63,8 @@ def define(schema: str, kernel, fake, *, mutated: tuple[int, ...] = (), backward
                           {"forward": staticmethod(forward), "backward": staticmethod(backward or no_backward)})
 
     def autograd_kernel(*args):
+        if len(args) < len(defaults):
+            args = (*args, *defaults[len(args):])
         # One pass over the tensors for both questions (torch's _any_requires_grad alone
         # costs as much: it parses its arguments as a Python signature).
         grad, plain = _grad_enabled(), not _modes()
