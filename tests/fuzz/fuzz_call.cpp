@@ -295,26 +295,26 @@ MoeTables moe_tables(int64_t T, int64_t k, int64_t E, int64_t R, MoeRouting rout
   // Distinct experts per token as a router picks them, where k is small
   // enough to draw them by rejection; else any (repeats).
   const bool distinct = k <= E && k <= 64;
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t j = 0; j < k; ++j) {
-      int64_t id = 0;
-      switch (routing) {
-        case MoeRouting::repeats:
+  // Slot by slot (not token by token: 2^48 tokens of no slot are legal).
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t j = s % k;  // the slot's index in its token
+    int64_t id = 0;
+    switch (routing) {
+      case MoeRouting::repeats:
+        id = below(E);
+        break;
+      case MoeRouting::one_expert:
+        id = one % E;
+        break;
+      case MoeRouting::few_experts:
+        id = 3 * below((E + 2) / 3);
+        break;
+      default:
+        do {
           id = below(E);
-          break;
-        case MoeRouting::one_expert:
-          id = one % E;
-          break;
-        case MoeRouting::few_experts:
-          id = 3 * below((E + 2) / 3);
-          break;
-        default:
-          do {
-            id = below(E);
-          } while (distinct && std::find(m.ids.end() - j, m.ids.end(), id) != m.ids.end());
-      }
-      m.ids.push_back(id);
+        } while (distinct && std::find(m.ids.end() - j, m.ids.end(), id) != m.ids.end());
     }
+    m.ids.push_back(id);
   }
   if (drop_every > 0) {
     for (int64_t s = drop_every - 1; s < n; s += drop_every) m.ids[s] = -1;
