@@ -307,7 +307,7 @@ MoeTables moe_tables(int64_t T, int64_t k, int64_t E, int64_t R, MoeRouting rout
         id = one % E;
         break;
       case MoeRouting::few_experts:
-        id = 3 * below((E + 2) / 3);
+        id = 3 * below((E - 1) / 3 + 1);  // 0, 3, ... below E
         break;
       default:
         do {
