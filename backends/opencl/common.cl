@@ -45,17 +45,39 @@ typedef ushort x_t;
 #define STORE_X(p, i, v) ((p)[i] = float_to_bf16(v))
 #endif
 
-// 16 contiguous elements from element i, for the kernels of CPU devices
-// written with explicit SIMD.
+// 16 contiguous elements from element i, at any alignment, for the kernels
+// of CPU devices written with explicit SIMD. 16-bit types go as ushort16
+// bits, one vector access where the address is aligned to it (PoCL's vload16
+// / vstore16 of ushort went element by element, and its vstore_half16
+// faulted on an address not 32-byte aligned).
+inline ushort16 load16_bits(global const ushort* p) {
+  return ((ulong)p & 31) == 0 ? *(global const ushort16*)p : vload16(0, p);
+}
+inline void store16_bits(global ushort* p, ushort16 bits) {
+  if (((ulong)p & 31) == 0) {
+    *(global ushort16*)p = bits;
+  } else {
+    vstore16(bits, 0, p);
+  }
+}
 #if HOPS_X == HOPS_F32
 #define LOAD16_X(p, i) vload16(0, (p) + (i))
 #define STORE16_X(p, i, v) vstore16((v), 0, (p) + (i))
 #elif HOPS_X == HOPS_F16
-#define LOAD16_X(p, i) vload_half16(0, (p) + (i))
-#define STORE16_X(p, i, v) vstore_half16_rte((v), 0, (p) + (i))
+inline float16 load16_f16(global const half* p, long i) {
+  const ushort16 bits = load16_bits((global const ushort*)p + i);
+  return vload_half16(0, (const half*)&bits);
+}
+inline void store16_f16(global half* p, long i, float16 v) {
+  ushort16 bits;
+  vstore_half16_rte(v, 0, (half*)&bits);
+  store16_bits((global ushort*)p + i, bits);
+}
+#define LOAD16_X(p, i) load16_f16((p), (i))
+#define STORE16_X(p, i, v) store16_f16((p), (i), (v))
 #else
-#define LOAD16_X(p, i) as_float16(convert_uint16(vload16(0, (p) + (i))) << 16)
-#define STORE16_X(p, i, v) vstore16(float16_to_bf16(v), 0, (p) + (i))
+#define LOAD16_X(p, i) as_float16(convert_uint16(load16_bits((p) + (i))) << 16)
+#define STORE16_X(p, i, v) store16_bits((p) + (i), float16_to_bf16(v))
 #endif
 
 // Element i of a float tensor whose dtype is known at run time.

@@ -18,44 +18,6 @@ typedef ushort raw_t;
 typedef ushort16 raw16_t;
 #endif
 
-// 16 contiguous x_t from element i, at any alignment. 16-bit types go as
-// ushort16 bits, one vector access where the address is aligned to it
-// (PoCL's vload16 / vstore16 of ushort went element by element, and its
-// vstore_half16 faulted on an address not 32-byte aligned).
-inline ushort16 load16_bits(global const ushort* p) {
-  return ((ulong)p & 31) == 0 ? *(global const ushort16*)p : vload16(0, p);
-}
-inline void store16_bits(global ushort* p, ushort16 bits) {
-  if (((ulong)p & 31) == 0) {
-    *(global ushort16*)p = bits;
-  } else {
-    vstore16(bits, 0, p);
-  }
-}
-#if HOPS_X == HOPS_F16
-inline float16 load16_x(global const half* p, long i) {
-  const ushort16 bits = load16_bits((global const ushort*)p + i);
-  return vload_half16(0, (const half*)&bits);
-}
-inline void store16_x(global half* p, long i, float16 v) {
-  ushort16 bits;
-  vstore_half16_rte(v, 0, (half*)&bits);
-  store16_bits((global ushort*)p + i, bits);
-}
-#elif HOPS_X == HOPS_BF16
-inline float16 load16_x(global const ushort* p, long i) {
-  return as_float16(convert_uint16(load16_bits(p + i)) << 16);
-}
-inline void store16_x(global ushort* p, long i, float16 v) {
-  store16_bits(p + i, float16_to_bf16(v));
-}
-#else
-inline float16 load16_x(global const float* p, long i) { return vload16(0, p + i); }
-inline void store16_x(global float* p, long i, float16 v) { vstore16(v, 0, p + i); }
-#endif
-#define MOE_LOAD16_X(p, i) load16_x(p, i)
-#define MOE_STORE16_X(p, i, v) store16_x(p, i, v)
-
 inline long slot_index(global const uchar* p, long off, long2 st, int kind, long t, long j) {
   const long i = off + t * st.x + j * st.y;
   return kind == 8 ? ((global const long*)p)[i] : (long)((global const int*)p)[i];
@@ -374,8 +336,8 @@ kernel void moe_gather_rows(global const x_t* rows, long r_off, long2 r_st,
   }
   for (long i = 0; i < Hd; i += 16) {
     float16 acc = (float16)(0.0f);
-    for (int j = 0; j < kept; ++j) acc += weight[j] * MOE_LOAD16_X(rows, at[j] + i);
-    MOE_STORE16_X(out, o_off + t * o_st.x + i, acc);
+    for (int j = 0; j < kept; ++j) acc += weight[j] * LOAD16_X(rows, at[j] + i);
+    STORE16_X(out, o_off + t * o_st.x + i, acc);
   }
 }
 
@@ -464,9 +426,9 @@ kernel void moe_combine_bwd_rows(global const x_t* rows, long r_off, long2 r_st,
     if (owns || dot) {
       const float weight = load_any(w, w_off + t * w_st.x + j * w_st.y, w_dtype);
       for (long i = 0; i < Hd; i += 16) {
-        const float16 g = MOE_LOAD16_X(dy, dy_at + i);
-        if (dot) sum += g * MOE_LOAD16_X(rows, r_off + r * r_st.x + i);
-        if (owns) MOE_STORE16_X(d_rows, dr_off + r * dr_st.x + i, weight * g);
+        const float16 g = LOAD16_X(dy, dy_at + i);
+        if (dot) sum += g * LOAD16_X(rows, r_off + r * r_st.x + i);
+        if (owns) STORE16_X(d_rows, dr_off + r * dr_st.x + i, weight * g);
       }
     }
     if (!dw) continue;
@@ -483,7 +445,7 @@ kernel void moe_zero_unowned_rows(global x_t* d_rows, long dr_off, long2 dr_st,
   const long r = get_global_id(0);
   if (r >= R || owner[r] >= 0) return;
   for (long i = 0; i < Hd; i += 16) {
-    MOE_STORE16_X(d_rows, dr_off + r * dr_st.x + i, (float16)(0.0f));
+    STORE16_X(d_rows, dr_off + r * dr_st.x + i, (float16)(0.0f));
   }
 }
 

@@ -172,43 +172,6 @@ kernel void moe_zero_tail(global uchar* out, long o_off, int o_dtype, long2 o_st
 // the gradient, column panel by column panel (the panel of V in L1 serving
 // the NB blocks).
 
-// 16 contiguous x_t from element i, at any alignment. 16-bit types go as
-// ushort16 bits, one vector access where the address is aligned to it
-// (PoCL's vload16 / vstore16 of ushort went element by element, and its
-// vstore_half16 faulted on an address not 32-byte aligned).
-inline ushort16 load16_bits(global const ushort* p) {
-  return ((ulong)p & 31) == 0 ? *(global const ushort16*)p : vload16(0, p);
-}
-inline void store16_bits(global ushort* p, ushort16 bits) {
-  if (((ulong)p & 31) == 0) {
-    *(global ushort16*)p = bits;
-  } else {
-    vstore16(bits, 0, p);
-  }
-}
-#if HOPS_X == HOPS_F16
-inline float16 load16_x(global const half* p, long i) {
-  const ushort16 bits = load16_bits((global const ushort*)p + i);
-  return vload_half16(0, (const half*)&bits);
-}
-inline void store16_x(global half* p, long i, float16 v) {
-  ushort16 bits;
-  vstore_half16_rte(v, 0, (half*)&bits);
-  store16_bits((global ushort*)p + i, bits);
-}
-#elif HOPS_X == HOPS_BF16
-inline float16 load16_x(global const ushort* p, long i) {
-  return as_float16(convert_uint16(load16_bits(p + i)) << 16);
-}
-inline void store16_x(global ushort* p, long i, float16 v) {
-  store16_bits(p + i, float16_to_bf16(v));
-}
-#else
-inline float16 load16_x(global const float* p, long i) { return vload16(0, p + i); }
-inline void store16_x(global float* p, long i, float16 v) { vstore16(v, 0, p + i); }
-#endif
-#define MOE_LOAD16_X(p, i) load16_x(p, i)
-#define MOE_STORE16_X(p, i, v) store16_x(p, i, v)
 
 #define PANEL 32
 #define NB 8
@@ -229,7 +192,7 @@ kernel void moe_pack_rows(global const x_t* x, long x_off, long2 x_st, global fl
   for (int lane = 0; lane < PANEL; ++lane) {
     const long at = x_off + (r0 + lane) * x_st.x;
     if (lane < lanes && k_end - k0 == 16 && x_st.y == 1) {
-      const float16 v = MOE_LOAD16_X(x, at + k0);
+      const float16 v = LOAD16_X(x, at + k0);
       t[0 * PANEL + lane] = v.s0, t[1 * PANEL + lane] = v.s1, t[2 * PANEL + lane] = v.s2;
       t[3 * PANEL + lane] = v.s3, t[4 * PANEL + lane] = v.s4, t[5 * PANEL + lane] = v.s5;
       t[6 * PANEL + lane] = v.s6, t[7 * PANEL + lane] = v.s7, t[8 * PANEL + lane] = v.s8;
@@ -378,8 +341,8 @@ kernel void moe_pack_rows(global const x_t* x, long x_off, long2 x_st, global fl
   if (m0 + (m) < M) {                                                                     \
     global x_t* out = C + c_off + e * c_se + (m0 + (m)) * c_st.x + p * PANEL * c_st.y;    \
     if (c_st.y == 1 && width == PANEL) {                                                  \
-      MOE_STORE16_X(out, 0, acc[m][0]);                                                   \
-      MOE_STORE16_X(out, 16, acc[m][1]);                                                  \
+      STORE16_X(out, 0, acc[m][0]);                                                   \
+      STORE16_X(out, 16, acc[m][1]);                                                  \
     } else {                                                                              \
       float t[PANEL];                                                                     \
       vstore16(acc[m][0], 0, t);                                                          \
@@ -422,12 +385,12 @@ kernel void moe_pack_rows(global const x_t* x, long x_off, long2 x_st, global fl
 // MR (the macros' bodies read it) as each kernel's ROWS.
 #define MR 12
 DEFINE_MM_ROWS(12)
-DEFINE_MM_WEIGHTS(moe_mm_weights_x_12, 12, x_t, MOE_LOAD16_X)
+DEFINE_MM_WEIGHTS(moe_mm_weights_x_12, 12, x_t, LOAD16_X)
 DEFINE_MM_WEIGHTS(moe_mm_weights_f_12, 12, float, LOAD16_F32)
 #undef MR
 #define MR 4
 DEFINE_MM_ROWS(4)
-DEFINE_MM_WEIGHTS(moe_mm_weights_x_4, 4, x_t, MOE_LOAD16_X)
+DEFINE_MM_WEIGHTS(moe_mm_weights_x_4, 4, x_t, LOAD16_X)
 DEFINE_MM_WEIGHTS(moe_mm_weights_f_4, 4, float, LOAD16_F32)
 #undef MR
 
@@ -438,6 +401,6 @@ kernel void moe_zero_tail_rows(global x_t* out, long o_off, long o_row, global c
   const long r = get_global_id(0);
   if (r >= R || r < first[E]) return;
   for (long i = 0; i < Hd; i += 16) {
-    MOE_STORE16_X(out, o_off + r * o_row + i, (float16)(0.0f));
+    STORE16_X(out, o_off + r * o_row + i, (float16)(0.0f));
   }
 }
