@@ -201,7 +201,7 @@ kernel void gdn_chunk_wy(global const x_t* v, long v_off, long4 v_st, global con
 }
 
 // Work-group (tile of `tile` value columns, value head, sequence), tile * R
-// work-items: column c = lid % tile, row phase r = lid / tile. Walks the
+// work-items, 2-D: column c (dim 0, what PoCL vectorises), row phase r. Walks the
 // sequence's chunks with the K x tile slice of S in local memory: stores S
 // (the state at each chunk's start, [K][V], or [V][K] when `transposed`) into
 // Ss, turns U0 into U in place, and writes the final state. `shared`: S
@@ -212,8 +212,8 @@ kernel void gdn_chunk_states(global const float* Ks, global const uchar* cu, lon
                              long4 init_st, global float* fin, long fin_off, long4 fin_st,
                              global const float* Gs, global const float* Ws, global float* Us,
                              global float* Ss, int transposed, local float* shared) {
-  const int lid = get_local_id(0), c = lid % tile, r = lid / tile;
-  const int R = get_local_size(0) / tile, hv = get_group_id(1), h = hv / (HV / H);
+  const int c = get_local_id(0), r = get_local_id(1), lid = r * tile + c;
+  const int R = get_local_size(1), hv = get_group_id(1), h = hv / (HV / H);
   const long n = get_group_id(2);
   const int col = get_group_id(0) * tile + c;
   const bool owner = col < V;
@@ -247,7 +247,7 @@ kernel void gdn_chunk_states(global const float* Ks, global const uchar* cu, lon
         }
       }
     }
-    for (int i0 = 0; i0 < L; i0 += get_local_size(0)) {
+    for (int i0 = 0; i0 < L; i0 += tile * R) {
       const int i = i0 + lid;
       if (i < L) to_end[i] = exp(Gc[L - 1] - Gc[i]);
     }
@@ -294,8 +294,8 @@ kernel void gdn_chunk_output(global x_t* o, long o_off, long4 o_st, global const
                              long N, long T, int H, int HV, int K, int V, int C, int tile,
                              float scale, global const float* Gs, global const float* Us,
                              global const float* Ps, global const float* Ss) {
-  const int lid = get_local_id(0), c = lid % tile, r = lid / tile;
-  const int R = get_local_size(0) / tile, hv = get_group_id(2), h = hv / (HV / H);
+  const int c = get_local_id(0), r = get_local_id(1), lid = r * tile + c;
+  const int R = get_local_size(1), hv = get_group_id(2), h = hv / (HV / H);
   const long slot = get_group_id(1), sh = slot * HV + hv;
   const int col = get_group_id(0) * tile + c;
   ChunkPos pos;
@@ -333,8 +333,8 @@ kernel void gdn_chunk_dstates(global const x_t* d_o, long do_off, long4 do_st,
                               global float* dh0, long dh0_off, long4 dh0_st, global const float* Gs,
                               global const float* Ws, global const float* Ps, global float* dUs,
                               global float* dHs, local float* shared) {
-  const int lid = get_local_id(0), c = lid % tile, r = lid / tile;
-  const int R = get_local_size(0) / tile, hv = get_group_id(1), h = hv / (HV / H);
+  const int c = get_local_id(0), r = get_local_id(1), lid = r * tile + c;
+  const int R = get_local_size(1), hv = get_group_id(1), h = hv / (HV / H);
   const long n = get_group_id(2);
   const int col = get_group_id(0) * tile + c;
   const bool owner = col < V;
@@ -369,7 +369,7 @@ kernel void gdn_chunk_dstates(global const x_t* d_o, long do_off, long4 do_st,
         if (x < K) dHs[sh * KV + (long)col * K + x] = dH[x * tile + c];
       }
     }
-    for (int i0 = 0; i0 < L; i0 += get_local_size(0)) {
+    for (int i0 = 0; i0 < L; i0 += tile * R) {
       const int i = i0 + lid;
       if (i < L) {
         to_end[i] = exp(Gc[L - 1] - Gc[i]);

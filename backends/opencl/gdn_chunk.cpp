@@ -100,7 +100,8 @@ void wy(Call& call, const GdnProblem& op, cl_mem info, const IndexArg& cu, int64
 void run_sweep(Launch& launch, Call& call, const GdnProblem& op, const ChunkPlan& plan) {
   const size_t groups[3] = {static_cast<size_t>((op.V + plan.tile - 1) / plan.tile),
                             static_cast<size_t>(op.HV), static_cast<size_t>(op.sequences.count)};
-  const size_t locals[3] = {plan.sweep_group, 1, 1};
+  const size_t locals[3] = {static_cast<size_t>(plan.tile),
+                            plan.sweep_group / static_cast<size_t>(plan.tile), 1};
   launch.run(call, 3, groups, locals);
 }
 
@@ -179,7 +180,8 @@ void chunked_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const Index
   launch.value(s.G).value(s.U).value(s.P).value(s.S);
   const size_t groups[3] = {static_cast<size_t>((op.V + plan.tile - 1) / plan.tile),
                             static_cast<size_t>(slots(op, C)), static_cast<size_t>(op.HV)};
-  const size_t locals[3] = {plan.sweep_group, 1, 1};
+  const size_t locals[3] = {static_cast<size_t>(plan.tile),
+                            plan.sweep_group / static_cast<size_t>(plan.tile), 1};
   launch.run(call, 3, groups, locals);
 }
 
