@@ -142,9 +142,12 @@ std::optional<ChunkPlan> chunk_plan(const Call& call, const GdnProblem& op, bool
   const size_t wy_limit = runtime.kernel(kProgram, op.q.dtype, "gdn_chunk_wy").max_work_group;
   const size_t grads_limit =
       backward ? runtime.kernel(kProgram, op.q.dtype, "gdn_chunk_grads").max_work_group : wy_limit;
-  const size_t sweep_limit =
-      runtime.kernel(kProgram, op.q.dtype, backward ? "gdn_chunk_dstates" : "gdn_chunk_states")
-          .max_work_group;
+  // The sweeps' work-group size serves gdn_chunk_states and, forward, gdn_chunk_output or,
+  // backward, gdn_chunk_dstates.
+  const size_t sweep_limit = std::min(
+      runtime.kernel(kProgram, op.q.dtype, "gdn_chunk_states").max_work_group,
+      runtime.kernel(kProgram, op.q.dtype, backward ? "gdn_chunk_dstates" : "gdn_chunk_output")
+          .max_work_group);
   for (const int64_t C : kChunks) {
     if (!fits(wy_floats(C)) || (backward && !fits(grads_floats(C))) ||
         static_cast<size_t>(C) > std::min(wy_limit, grads_limit)) {
