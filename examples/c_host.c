@@ -140,7 +140,8 @@ int main(int argc, char** argv) {
   float* state = alloc_floats(state_size); /* the decode pool: S = 1 slot */
   float* final_full = alloc_floats(state_size);
   int64_t state_shape[4] = {1, HV, K, V};
-  const hops_exec exec = {sizeof(hops_exec), {kDLCPU, 0}, NULL, 0, 0};
+  /* Designated: members a later ABI appends (1.3's comm) start zeroed. */
+  const hops_exec exec = {.struct_size = sizeof(hops_exec), .device = {kDLCPU, 0}};
   const double scale = 0.0; /* K^-1/2 */
 
   /* Prefill writes its final state straight into the decode pool slot. */

@@ -427,8 +427,12 @@ void run(const Options& options) {
         d.shape = t.shape.data();
         value.tensor = &d;
       }
-      const hops_exec exec{sizeof(hops_exec), opencl ? DLDevice{kDLOpenCL, 0} : DLDevice{kDLCPU, 0},
-                           opencl ? cl.queue() : nullptr, 0, 0};
+      const hops_exec exec{sizeof(hops_exec),
+                           opencl ? DLDevice{kDLOpenCL, 0} : DLDevice{kDLCPU, 0},
+                           opencl ? cl.queue() : nullptr,
+                           0,
+                           0,
+                           nullptr};
       if (api->call(op, &exec, values.data(), op->num_args) != HOPS_OK) {
         throw std::runtime_error(fmt::format("{}: {}", bench.op, api->last_error()));
       }

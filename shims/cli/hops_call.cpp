@@ -636,7 +636,7 @@ int run_op(const Options& options, const hops_api& api) {
   const hops_op_desc& op = find_op(api, options.op);
   Arguments arguments = bind_arguments(op, options);
   const hops_exec exec{
-      sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, static_cast<int32_t>(options.threads)};
+      sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, static_cast<int32_t>(options.threads), nullptr};
   TypedCall call(op, &exec, arguments.values);
   const auto checked_call = [&] {
     const hops_status status = call();

@@ -60,7 +60,7 @@ Invocation::Invocation(const Context& ctx, const hops_op_desc& op)
       scalars_(static_cast<size_t>(op.num_args)),
       patches_(static_cast<size_t>(op.num_args)),
       num_args_(op.num_args) {
-  exec_ = {sizeof(hops_exec), ctx.device.dl_device(), ctx.device.stream(), 0, 0};
+  exec_ = {sizeof(hops_exec), ctx.device.dl_device(), ctx.device.stream(), 0, 0, nullptr};
   for (int32_t i = 0; i < op.num_args; ++i) {
     const hops_arg_desc& arg = *hops_op_arg(&op, i);
     hops_value& v = scalars_[static_cast<size_t>(i)];

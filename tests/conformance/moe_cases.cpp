@@ -143,7 +143,7 @@ void expect_indices(Verdict& verdict, std::string_view output, const Tensor& out
 void fill_with_junk(Tensor t) { t.write(Array64(t.shape(), -777.0)); }
 
 hops_exec exec_of(const Context& ctx) {
-  return {sizeof(hops_exec), ctx.device.dl_device(), ctx.device.stream(), 0, 0};
+  return {sizeof(hops_exec), ctx.device.dl_device(), ctx.device.stream(), 0, 0, nullptr};
 }
 
 void expect_ok(Verdict& verdict, const Context& ctx, hops_status status) {

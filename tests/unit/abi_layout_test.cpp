@@ -102,7 +102,7 @@ TEST(AbiLayout, DLPack) {
 }
 
 TEST(AbiLayout, HasField) {
-  hops_exec old_exec{offsetof(hops_exec, flags), {kDLCPU, 0}, nullptr, 0, 0};
+  hops_exec old_exec{offsetof(hops_exec, flags), {kDLCPU, 0}, nullptr, 0, 0, nullptr};
   EXPECT_TRUE(HOPS_HAS_FIELD(&old_exec, hops_exec, stream));
   EXPECT_FALSE(HOPS_HAS_FIELD(&old_exec, hops_exec, flags));
 }

@@ -92,7 +92,7 @@ class LedgerAllocator {
   std::vector<std::string> errors_;
 };
 
-const hops_exec kExec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, HOPS_EXEC_DETERMINISTIC, 0};
+const hops_exec kExec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, HOPS_EXEC_DETERMINISTIC, 0, nullptr};
 
 // One caller's calls: three ops that lease scratch, each into its own outputs.
 struct Calls {

@@ -56,7 +56,7 @@ TEST(Api, ExecFlagsAreHonouredOrRejected) {
   const hops_op_desc* norm = api()->find_op("gated_rmsnorm");
   HostTensor x({2, 8}), z({2, 8}), w({8}), y({2, 8});
   const hops_value args[] = {{&x.dl}, {&z.dl}, {&w.dl}, {&y.dl}, {.f64 = 1e-6}};
-  hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, HOPS_EXEC_DETERMINISTIC, 0};
+  hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, HOPS_EXEC_DETERMINISTIC, 0, nullptr};
   EXPECT_EQ(api()->call(norm, &exec, args, 5), HOPS_OK) << api()->last_error();
   const std::vector<float> first = std::vector<float>(y.data);
   EXPECT_EQ(api()->call(norm, &exec, args, 5), HOPS_OK);

@@ -188,7 +188,7 @@ TEST(HostileCalls, UnknownDeviceTypesAreRejected) {
   expect_failure(chunk(q, k, v, g, beta, o), HOPS_ERR_INVALID_ARGUMENT, "gdn_chunk_fwd", "q");
 
   HostTensor q2({1, 4, 2, 8}), k2({1, 4, 2, 8});
-  hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+  hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, nullptr};
   std::memcpy(&exec.device.device_type, &bad, sizeof bad);
   expect_failure(chunk_fwd()(&exec, &q2.dl, &k2.dl, &v.dl, &g.dl, &beta.dl, nullptr, nullptr,
                              nullptr, nullptr, &o.dl, nullptr, 0.0, true, false),

@@ -220,14 +220,14 @@ TEST(ValidationFuzz, DamagedCallsFailCleanlyAndWriteNothing) {
     const hops_op_desc* op = api->op_at(o);
     {
       FuzzCall valid(op);
-      const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+      const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, nullptr};
       ASSERT_EQ(api->call(op, &exec, valid.values(), op->num_args), HOPS_OK)
           << op->name << ": the call built from its descriptor fails: " << api->last_error();
     }
     int rejected = 0;
     for (int iteration = 0; iteration < 10000; ++iteration) {
       FuzzCall call(op);
-      hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0};
+      hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, nullptr};
       int num_args = op->num_args;
       const int hits = 1 + static_cast<int>(rng() % 3);
       for (int h = 0; h < hits; ++h) damage(call, exec, num_args, rng);
