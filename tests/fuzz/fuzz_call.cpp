@@ -1162,6 +1162,26 @@ std::vector<int64_t> FuzzCall::read_indices(const TensorArg& t) const {
   return out;
 }
 
+void FuzzCall::expect_zeros(std::string_view name, const Array64& where) const {
+  const TensorArg* t = tensor(name);
+  if (!t) finding(fmt::format("oracle: output '{}' is absent", name));
+  const Array64 got = read(*t, false);
+  if (got.shape != where.shape) {
+    finding(fmt::format("'{}': shape [{}] but the reference has [{}]", name,
+                        fmt::join(got.shape, ","), fmt::join(where.shape, ",")));
+  }
+  int64_t wrong = 0, zeros = 0;
+  for (size_t n = 0; n < got.data.size(); ++n) {
+    if (where.data[n] != 0) continue;
+    ++zeros;
+    wrong += got.data[n] != 0;
+  }
+  if (wrong) {
+    finding(fmt::format("'{}': {} of the {} elements nothing contributes to are not 0", name, wrong,
+                        zeros));
+  }
+}
+
 void FuzzCall::expect_indices(std::string_view name, const std::vector<int64_t>& want) const {
   const TensorArg* t = tensor(name);
   if (!t) finding(fmt::format("oracle: output '{}' is absent", name));

@@ -149,6 +149,10 @@ class FuzzCall {
   // A tolerance >= 0 replaces the call's (0: a copy, every element exact).
   void expect(std::string_view name, const Array64& want, bool exact_zeros = false,
               double tolerance = -1) const;
+  // Aborts unless output `name` is 0 exactly wherever `where` is 0: `where` is
+  // the reference on inputs of all ones, whose sums cannot cancel, so its
+  // zeros are where nothing contributes (the real reference may cancel to 0).
+  void expect_zeros(std::string_view name, const Array64& where) const;
   // Aborts unless index output `name` holds exactly `want` (row-major).
   void expect_indices(std::string_view name, const std::vector<int64_t>& want) const;
   // Aborts unless every element of the slots of pool `name` ([S,...]) that

@@ -24,6 +24,8 @@ class Args {
   bool has(std::string_view name) const { return call_.tensor(name) != nullptr; }
   Array64 in(std::string_view name) const { return call_.read(*call_.tensor(name), false); }
   Array64 before(std::string_view name) const { return call_.read(*call_.tensor(name), true); }
+  // Input `name`'s shape, every element 1 (FuzzCall::expect_zeros).
+  Array64 ones(std::string_view name) const { return Array64(in(name).shape, 1.0); }
   // An optional input: empty when absent (pass ptr() of it).
   std::optional<Array64> maybe(std::string_view name) const {
     return has(name) ? std::optional(in(name)) : std::nullopt;
@@ -46,6 +48,12 @@ class Args {
   }
   void expect_indices(std::string_view name, const std::vector<int64_t>& want) const {
     call_.expect_indices(name, want);
+  }
+  void expect_zeros(std::string_view name, const Array64& where) const {
+    call_.expect_zeros(name, where);
+  }
+  void expect_zeros_if_given(std::string_view name, const Array64& where) const {
+    if (has(name)) expect_zeros(name, where);
   }
   // A [T,k] index table (ids or a row map) as the reference takes it.
   ref::SlotTable slots(std::string_view name) const {
@@ -270,10 +278,11 @@ void kv_cache_write(const Args& a) {
   a.expect("v_cache", v_cache);
 }
 
-// The MoE ops' outputs where nothing contributes (rows past the kept or
-// counted ones, tokens whose slots are all dropped, experts without rows,
-// dropped slots' weight gradients) are 0 exactly; dispatch's rows are
-// copies and its indices exact.
+// The MoE ops: index outputs and dispatch's rows (copies) exact; elsewhere
+// the tolerance, and 0 exactly where nothing contributes (rows past the kept
+// or counted ones, tokens whose slots are all dropped, experts without rows,
+// rows no slot reads, dropped slots' weight gradients): the zeros of the
+// reference on inputs of all ones (FuzzCall::expect_zeros).
 void moe_route(const Args& a) {
   const ref::MoeRouteResult want =
       ref::moe_route(a.in("logits"), a.dim("topk_ids", 1), a.flag("normalize"),
@@ -291,34 +300,49 @@ void moe_dispatch(const Args& a) {
 }
 
 void moe_expert_mlp(const Args& a) {
+  const std::vector<int64_t> counts = *a.indices("counts");
   a.expect("out",
-           ref::moe_expert_mlp(a.in("rows"), *a.indices("counts"), a.in("gate_up_proj"),
-                               a.in("down_proj")),
-           kExactZeros);
+           ref::moe_expert_mlp(a.in("rows"), counts, a.in("gate_up_proj"), a.in("down_proj")));
+  a.expect_zeros("out", ref::moe_expert_mlp(a.ones("rows"), counts, a.ones("gate_up_proj"),
+                                            a.ones("down_proj")));
 }
 
 void moe_combine(const Args& a) {
-  a.expect("y", ref::moe_combine(a.in("rows"), a.slots("row_map"), a.in("topk_weights")),
-           kExactZeros);
+  const ref::SlotTable map = a.slots("row_map");
+  a.expect("y", ref::moe_combine(a.in("rows"), map, a.in("topk_weights")));
+  a.expect_zeros("y", ref::moe_combine(a.ones("rows"), map, a.ones("topk_weights")));
 }
 
 void moe_dispatch_bwd(const Args& a) {
-  a.expect("dx", ref::moe_dispatch_bwd(a.in("d_rows"), a.slots("row_map")), kExactZeros);
+  const ref::SlotTable map = a.slots("row_map");
+  a.expect("dx", ref::moe_dispatch_bwd(a.in("d_rows"), map));
+  a.expect_zeros("dx", ref::moe_dispatch_bwd(a.ones("d_rows"), map));
 }
 
 void moe_expert_mlp_bwd(const Args& a) {
+  const std::vector<int64_t> counts = *a.indices("counts");
   const ref::MoeExpertMlpGrads want = ref::moe_expert_mlp_bwd(
-      a.in("rows"), *a.indices("counts"), a.in("gate_up_proj"), a.in("down_proj"), a.in("d_out"));
-  a.expect("d_rows", want.d_rows, kExactZeros);
-  a.expect_if_given("d_gate_up_proj", want.d_gate_up_proj, kExactZeros);
-  a.expect_if_given("d_down_proj", want.d_down_proj, kExactZeros);
+      a.in("rows"), counts, a.in("gate_up_proj"), a.in("down_proj"), a.in("d_out"));
+  a.expect("d_rows", want.d_rows);
+  a.expect_if_given("d_gate_up_proj", want.d_gate_up_proj);
+  a.expect_if_given("d_down_proj", want.d_down_proj);
+  const ref::MoeExpertMlpGrads support = ref::moe_expert_mlp_bwd(
+      a.ones("rows"), counts, a.ones("gate_up_proj"), a.ones("down_proj"), a.ones("d_out"));
+  a.expect_zeros("d_rows", support.d_rows);
+  a.expect_zeros_if_given("d_gate_up_proj", support.d_gate_up_proj);
+  a.expect_zeros_if_given("d_down_proj", support.d_down_proj);
 }
 
 void moe_combine_bwd(const Args& a) {
+  const ref::SlotTable map = a.slots("row_map");
   const ref::MoeCombineGrads want =
-      ref::moe_combine_bwd(a.in("rows"), a.slots("row_map"), a.in("topk_weights"), a.in("dy"));
-  a.expect("d_rows", want.d_rows, kExactZeros);
-  a.expect_if_given("d_topk_weights", want.d_topk_weights, kExactZeros);
+      ref::moe_combine_bwd(a.in("rows"), map, a.in("topk_weights"), a.in("dy"));
+  a.expect("d_rows", want.d_rows);
+  a.expect_if_given("d_topk_weights", want.d_topk_weights);
+  const ref::MoeCombineGrads support =
+      ref::moe_combine_bwd(a.ones("rows"), map, a.ones("topk_weights"), a.ones("dy"));
+  a.expect_zeros("d_rows", support.d_rows);
+  a.expect_zeros_if_given("d_topk_weights", support.d_topk_weights);
 }
 
 const std::map<std::string_view, void (*)(const Args&)> kOracles = {
