@@ -130,7 +130,8 @@ std::optional<ChunkPlan> chunk_plan(const Call& call, const GdnProblem& op, bool
   // sequence averages at least kMinTokens tokens: from there its parallelism
   // over chunks pays for its extra launches and scratch; decode and short
   // speculative runs take the scan. CPU devices keep the scan (its SIMD
-  // panels on PoCL: the chunked kernels ran 4-17x slower there, docs/OPENCL.md).
+  // panels on PoCL: the chunked forward ran 9-17x, the backward 1.0-1.3x slower there,
+  // docs/OPENCL.md).
   constexpr int64_t kMinTokens = 32;
   if (form != "chunked" && (runtime.cpu_device() || op.B * op.T < kMinTokens * N)) {
     return std::nullopt;
