@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "nccl.hpp"
 
 namespace hops::cuda {
 
@@ -17,6 +18,7 @@ std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 std::span<const Kernel> attn_kernels();
 std::span<const Kernel> moe_kernels();
+std::span<const Kernel> moe_ep_kernels();
 
 namespace {
 
@@ -27,6 +29,7 @@ std::span<const Kernel> all_kernels() {
       norm_kernels(),
       attn_kernels(),
       moe_kernels(),
+      moe_ep_kernels(),
   });
   return kernels;
 }
@@ -55,6 +58,8 @@ BackendModule make_module() {
                          count, prop.name, prop.major, prop.minor, runtime, driver,
                          available ? "" : "; kernels are built for sm_90a only");
   }
+  // Expert parallelism across GPUs: whether NCCL can be opened (nccl.cpp).
+  detail += "; " + nccl::describe();
   return {sizeof(BackendModule),
           kModuleInterfaceVersion,
           kModuleLayout,
