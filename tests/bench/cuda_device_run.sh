@@ -4,7 +4,8 @@
 # (tests/bench/cuda_bench.py), run the conformance runner over
 # libhops_cuda.so, compute-sanitizer memcheck and racecheck on --quick, the Python tests
 # (STEPS=pytest: tests/python/test_cuda.py and the quick CPU-only ones); STEPS=bwdcheck:
-# gdn_chunk_bwd's tensor-core sweeps against float64 autograd (tests/bench/cuda_bwd_check.py).
+# gdn_chunk_bwd's tensor-core sweeps against float64 autograd (tests/bench/cuda_bwd_check.py);
+# STEPS=moe_ep: tests/bench/cuda_moe_ep_check.py (NCCL opened from the nvidia-nccl wheel beside torch).
 # Usage (repo root): [STEPS="check bench ..."] [CONFORMANCE_OP="op ..."] [MEMCHECK_OP="op ..."]
 #   [BENCH_ONLY=N=1,conv,...] tests/bench/cuda_device_run.sh [OUT_DIR]
 # Carry .whl (fla-core) for the FLA comparison; without it FLA is skipped.
@@ -44,6 +45,9 @@ for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
   case $step in
     check)  # the tensor-core chunk path against a float64 recurrence
       timeout 300 python3 tests/bench/cuda_chunk_check.py 2>&1 | tee "$OUT/chunk_check.log" ;;
+    moe_ep)  # expert parallelism on one GPU: NCCL with one rank and this device alone, bitwise
+      # against moe_dispatch / moe_combine, and dispatch + combine captured in a CUDA graph
+      timeout 300 python3 tests/bench/cuda_moe_ep_check.py 2>&1 | tee "$OUT/moe_ep_check.log" ;;
     bwdcheck)  # gdn_chunk_bwd's tensor-core sweeps against float64 autograd
       timeout 300 python3 tests/bench/cuda_bwd_check.py 2>&1 | tee "$OUT/bwd_check.log" ;;
     bench)
