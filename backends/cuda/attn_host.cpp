@@ -3,8 +3,10 @@
 // (attn_decode.cu).
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "attn_params.hpp"
@@ -53,6 +55,15 @@ void decode_limits(const AttnDecode& op) {
   const std::optional<int64_t> rows = try_product(INT64_MAX, op.N, op.L, op.Hq);
   check_grid(op.kName, capacity && rows ? try_mul(*rows, std::max<int64_t>(*capacity / 64 + 1, 4))
                                         : std::nullopt);
+}
+
+// HOPS_CUDA_ATTN_FWD=mma runs the forward's mma.sync kernel where the sm_90a
+// one would run; =wgmma fails the calls the sm_90a kernel cannot take (tests
+// and benchmarks compare the two; the default picks per call).
+std::string_view forced_forward() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
+  const char* value = std::getenv("HOPS_CUDA_ATTN_FWD");
+  return value ? value : "";
 }
 
 bool tensor_core_dtype(DType t, int64_t D) {
@@ -113,7 +124,23 @@ void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
   const bool tensor_cores = tensor_core_dtype(op.q.dtype, op.D) &&
                             vector_rows({&op.q, &op.k, &op.v, &op.o}, 8) &&
                             (!op.gate || vector_rows({&op.gate}, 8));
-  check(launch_attn_prefill(p, code_of(op.q.dtype), tensor_cores, guard.stream()), op.kName,
+  const int dtype = code_of(op.q.dtype);
+  const std::string_view forced = forced_forward();
+  if (tensor_cores && forced != "mma") {
+    const cudaError_t status = launch_attn_prefill_sm90(p, dtype, guard.stream());
+    if (status != cudaErrorNotSupported) {
+      check(status, op.kName, "attention kernel launch (sm_90a)");
+      return;
+    }
+  }
+  if (forced == "wgmma") {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: HOPS_CUDA_ATTN_FWD=wgmma, but the sm_90a kernel cannot take this call (it needs a "
+         "compute capability 9.0 device, f16/bf16, D in {{64, 128, 256}}, unit-stride 16-byte-"
+         "aligned head rows, scale > 0)",
+         op.kName);
+  }
+  check(launch_attn_prefill(p, dtype, tensor_cores, guard.stream()), op.kName,
         "attention kernel launch");
 }
 

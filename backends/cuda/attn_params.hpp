@@ -61,6 +61,12 @@ struct KvCacheWriteParams {
 // run on mma.sync, else on the general f32 CUDA-core kernels.
 cudaError_t launch_attn_prefill(const AttnFwdParams& p, int dtype, bool tensor_cores,
                                 cudaStream_t stream);
+// The Hopper forward (attn_prefill_sm90.cu: wgmma, TMA, warp specialization)
+// for calls that pass the tensor-core check. Returns cudaErrorNotSupported,
+// having launched nothing, when it cannot take the call (not a compute
+// capability 9.0 device, a scale <= 0, a layout TMA cannot describe); the
+// caller then runs launch_attn_prefill.
+cudaError_t launch_attn_prefill_sm90(const AttnFwdParams& p, int dtype, cudaStream_t stream);
 // The backward needs attn_bwd_scratch_bytes of stream-ordered scratch: the
 // gated output gradient (q's dtype) and the row dot products Delta (f32).
 size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype);
