@@ -4,7 +4,8 @@
 #      the backend modules through CMake; the wheel is py3-none-linux_x86_64
 #   2. `auditwheel show`, then `auditwheel repair`: the libraries it links outside
 #      the manylinux set (libfmt) are copied in and the tag becomes manylinux_2_X;
-#      libOpenCL.so.1 stays the system's (--exclude), like a GPU driver
+#      libOpenCL.so.1 and MPI's libmpi stay the system's (--exclude), like a GPU
+#      driver: the ICD loader reads the system's ICDs, MPI must match the mpirun
 #   3. a fresh venv with only that wheel and numpy: `import hops` finds the bundled
 #      library and tests/packaging/wheel_smoke.py passes
 # Too slow for CI on two cores (a full build of the library, ~3-5 min); CI runs
@@ -40,7 +41,8 @@ raw=$(echo "$work"/raw/hops-*.whl)
 say "auditwheel show $(basename "$raw")"
 "$work/tools/bin/auditwheel" show "$raw"
 say "auditwheel repair"
-"$work/tools/bin/auditwheel" repair --exclude libOpenCL.so.1 -w "$work/repaired" "$raw"
+"$work/tools/bin/auditwheel" repair --exclude libOpenCL.so.1 --exclude 'libmpi.so.*' \
+  -w "$work/repaired" "$raw"
 wheel=$(echo "$work"/repaired/hops-*.whl)
 [[ $(basename "$wheel") =~ ^hops-[0-9.]+-py3-none-manylinux_2_[0-9]+_x86_64(\.[a-z0-9_]+)*\.whl$ ]] ||
   fail "unexpected repaired wheel: $(basename "$wheel")"
