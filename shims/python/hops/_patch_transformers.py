@@ -191,19 +191,27 @@ def _register_router_kernel(patcher) -> None:
     register_kernel_mapping({moe.ROUTER_HUB_NAME: dict.fromkeys(("cpu", "cuda"), repository)})
 
 
-def _patch_moe_layers(patcher, alias: str, module) -> None:
+def _patch_moe_layers(patcher, alias: str, module, expert_parallel=None) -> None:
     """The experts classes' forward -> the experts function "hops" (the configured one is its
-    fallback); the top-k softmax routers' forward -> a redirect to moe_route."""
+    fallback), or with expert_parallel the experts over its ranks (no fallback: counted, and
+    raising where hops refuses); the top-k softmax routers' forward -> a redirect to moe_route."""
     for cls in [cls for cls in vars(module).values() if inspect.isclass(cls) and cls.__module__ == module.__name__]:
-        if moe.is_experts_class(cls):
+        if moe.is_experts_class(cls) and expert_parallel is not None:
+            label = f"{alias}.{cls.__name__}.forward (expert parallel)"
+            patcher.set_attr(cls, "forward", moe.expert_parallel_forward(vars(cls)["forward"], expert_parallel,
+                                                                         patcher.report.calls, label))
+            patcher.report.patched.append(label)
+            patcher.report.redirects.add(label)
+        elif moe.is_experts_class(cls):
             patcher.set_attr(cls, "forward", moe.experts_forward(vars(cls)["forward"]))
             patcher.report.patched.append(f"{alias}.{cls.__name__}.forward")
         elif moe.is_router_class(cls):
             patcher.replace(cls, "forward", f"{alias}.{cls.__name__}.forward", moe.router_forward)
 
 
-def apply(patcher, targets: list[str], families: set[str]) -> set[type]:
-    """Patch the modeling modules of `targets`; returns the GatedDeltaNet classes."""
+def apply(patcher, targets: list[str], families: set[str], expert_parallel=None) -> set[type]:
+    """Patch the modeling modules of `targets` (the MoE experts over expert_parallel's ranks
+    when given); returns the GatedDeltaNet classes."""
     layer_classes: set[type] = set()
     attention = attn.NAME in families and targets and _register_attention(patcher)
     experts = moe.NAME in families and targets and _register_experts(patcher)
@@ -217,5 +225,5 @@ def apply(patcher, targets: list[str], families: set[str]) -> set[type]:
         if attention:
             _patch_attention_layers(patcher, alias, module)
         if experts:
-            _patch_moe_layers(patcher, alias, module)
+            _patch_moe_layers(patcher, alias, module, expert_parallel)
     return layer_classes

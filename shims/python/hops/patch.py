@@ -151,11 +151,14 @@ def _live_modules(classes: set[type]) -> list:
     return [obj for obj in gc.get_objects() if type(obj) in classes]
 
 
-def patch(targets=None) -> PatchReport:
+def patch(targets=None, *, expert_parallel=None) -> PatchReport:
     """Patch the hosts named in `targets` (default: all of TARGETS that are installed)
     and the models that already exist; returns the live report. Patching again first
     undoes the previous patch. Never raises for a host it cannot patch: the report
-    says why."""
+    says why. expert_parallel: an mpi4py communicator or a torch.distributed process
+    group (of mpirun's processes); the MoE experts then run over its ranks, each rank
+    computing E / ranks experts for the tokens of all (_redirects.moe.expert_parallel_experts;
+    shard_experts frees the other experts' weights)."""
     from . import _patch_fla, _patch_transformers
 
     global _active
@@ -180,7 +183,8 @@ def patch(targets=None) -> PatchReport:
         families = {family for family, variable in FAMILIES.items() if _enabled(variable)}
         report.skipped.update({family: f"{variable}=0" for family, variable in FAMILIES.items()
                                if family not in families})
-        patcher.layer_classes = _patch_transformers.apply(patcher, [t for t in targets if t != "fla"], families)
+        patcher.layer_classes = _patch_transformers.apply(patcher, [t for t in targets if t != "fla"], families,
+                                                          expert_parallel)
         if "fla" in targets:
             _patch_fla.apply(patcher, families)
         for instance in _live_modules(patcher.layer_classes):

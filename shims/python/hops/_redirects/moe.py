@@ -16,6 +16,7 @@ hub-kernel name is ROUTER_HUB_NAME. No module here imports torch at import time.
 
 import functools
 import inspect
+from collections import Counter
 
 from .._dispatch import ops_for
 from ..errors import unsupported
@@ -54,6 +55,89 @@ def experts(module, hidden_states, top_k_index, top_k_weights):
     rows, counts, row_map = ops.moe_dispatch(hidden_states, top_k_index, module.num_experts)
     out = ops.moe_expert_mlp(rows, counts, module.gate_up_proj, module.down_proj)
     return ops.moe_combine(out, row_map, top_k_weights)
+
+
+def _communicator(comm):
+    """(rank, ranks) of an expert-parallel communicator, and the MPI communicator behind it."""
+    from ..ops import moe_ep
+
+    mpi = moe_ep.mpi_of_process_group(comm) if moe_ep._is_process_group(comm) else comm
+    described = moe_ep.describe(mpi)
+    return described.rank, described.size, mpi
+
+
+def local_experts(module, rank: int, ranks: int):
+    """This rank's (gate_up_proj, down_proj): the module's own where shard_experts left only
+    E / ranks experts, else its slice of the whole stack (a view: gradients reach the whole)."""
+    local = module.num_experts // ranks
+    if module.num_experts % ranks:
+        raise unsupported(f"expert parallelism: {module.num_experts} experts do not split over {ranks} ranks")
+    stacked = module.gate_up_proj.shape[0]
+    if stacked == local:
+        return module.gate_up_proj, module.down_proj
+    if stacked != module.num_experts:
+        raise unsupported(f"expert parallelism: gate_up_proj holds {stacked} experts, expected "
+                          f"{module.num_experts} or this rank's {local}")
+    mine = slice(rank * local, (rank + 1) * local)
+    return module.gate_up_proj[mine], module.down_proj[mine]
+
+
+def expert_parallel_experts(module, hidden_states, top_k_index, top_k_weights, comm):
+    """The experts over the ranks of `comm` (an mpi4py communicator or a torch.distributed
+    process group of mpirun's processes): every rank routes its own tokens, moe_ep_dispatch
+    sends each kept slot to the rank owning its expert (E / ranks consecutive experts each),
+    that rank runs moe_expert_mlp on its experts, moe_ep_combine brings the outputs back and
+    sums them with the routing weights. The rows' capacity is the worst case, the most tokens
+    any rank has (one allreduce) * k * ranks. Collective: every rank calls it, in the same
+    layer order."""
+    _refuse_layout(module)
+    rank, ranks, mpi = _communicator(comm)
+    gate_up_proj, down_proj = local_experts(module, rank, ranks)
+    ops = ops_for(hidden_states)
+    tokens, slots = top_k_index.shape
+    capacity = mpi.allreduce(tokens, op=_max()) * slots * ranks
+    rows, counts, handle = ops.moe_ep_dispatch(hidden_states, top_k_index, module.num_experts, mpi, capacity)
+    out = ops.moe_expert_mlp(rows, counts, gate_up_proj, down_proj)
+    return ops.moe_ep_combine(out, handle, top_k_weights, mpi)
+
+
+def _max():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+def expert_parallel_forward(original, comm, counter: Counter, label: str):
+    """The forward of an experts class under hops.patch(expert_parallel=comm): the experts over
+    the ranks (expert_parallel_experts), counted under `label`. No fallback: the other ranks
+    wait for this one, so a refusal raises."""
+    @functools.wraps(original)
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        result = expert_parallel_experts(self, hidden_states, top_k_index, top_k_weights, comm)
+        counter[label] += 1
+        return result
+
+    return forward
+
+
+def shard_experts(model, comm) -> int:
+    """Keep only this rank's E / ranks experts in every experts module of `model` (their
+    gate_up_proj and down_proj become the rank's slice, the rest freed); returns how many
+    modules were sharded. For hops.patch(expert_parallel=comm), which also runs unsharded
+    modules (each rank then reads its slice)."""
+    import torch
+
+    rank, ranks, _ = _communicator(comm)
+    sharded = 0
+    for module in model.modules():
+        if not (type(module).__name__.endswith("Experts") and hasattr(module, "gate_up_proj")):
+            continue
+        gate_up_proj, down_proj = local_experts(module, rank, ranks)
+        if gate_up_proj is not module.gate_up_proj:
+            module.gate_up_proj = torch.nn.Parameter(gate_up_proj.detach().clone(), module.gate_up_proj.requires_grad)
+            module.down_proj = torch.nn.Parameter(down_proj.detach().clone(), module.down_proj.requires_grad)
+            sharded += 1
+    return sharded
 
 
 def fallback_experts(module, hidden_states, top_k_index, top_k_weights):

@@ -16,6 +16,8 @@ torch.compile (fullgraph included) see one op where hops runs.
 | hops::moe_dispatch | moe_dispatch -> (rows, counts, row_map) | hops::moe_dispatch_bwd (moe_dispatch_bwd) |
 | hops::moe_expert_mlp | moe_expert_mlp -> out | hops::moe_expert_mlp_bwd (moe_expert_mlp_bwd) |
 | hops::moe_combine | moe_combine -> y | hops::moe_combine_bwd (moe_combine_bwd) |
+| hops::moe_ep_dispatch | moe_ep_dispatch -> (rows, counts, row_map, send_counts, recv_counts) | hops::moe_ep_combine (unit weights) |
+| hops::moe_ep_combine | moe_ep_combine -> y | hops::moe_ep_dispatch (one slot per token), hops::moe_ep_combine for the weights |
 
 The functions of this module have hops.ops' names and signatures and return the same
 values; the drop-ins (hops.fla, hops.causal_conv1d) call them for torch tensors. Before
@@ -29,14 +31,14 @@ failing in the compiled graph. The forwards always compute the final state (a fe
 MiB at most), so that each op has one fixed output list.
 
 Each op family registers its ops in its own file (gdn.py, conv1d.py, norm.py, attn.py,
-moe.py); FAMILIES lists them. This module imports torch; hops.ops and the drop-ins import it
+moe.py, moe_ep.py); FAMILIES lists them. This module imports torch; hops.ops and the drop-ins import it
 only for torch tensors, so numpy-only users never load torch.
 """
 
-from . import attn, conv1d, gdn, moe, norm
+from . import attn, conv1d, gdn, moe, moe_ep, norm
 from ._common import supports
 
-FAMILIES = (gdn, conv1d, norm, attn, moe)  # one line per family: a module registering its ops, FUNCTIONS its wrappers
+FAMILIES = (gdn, conv1d, norm, attn, moe, moe_ep)  # one line per family: a module registering its ops, FUNCTIONS its wrappers
 
 for _family in FAMILIES:
     globals().update({_function.__name__: _function for _function in _family.FUNCTIONS})
