@@ -1,12 +1,18 @@
 """The CUDA backend's attention kernels against float64 torch on the GPU:
 attn_prefill, attn_prefill_bwd, attn_decode and kv_cache_write, through the
-generic C-ABI binding (hops.ops.library().op). Both kernel paths are covered:
+generic C-ABI binding (hops.ops.library().op). Every kernel path is covered:
 tensor cores (f16/bf16, D in {64, 128, 256}, unit-stride aligned head rows) and
-the general f32 kernels (f32 storage, other D, strided head dims). Cases: dense
+the general f32 kernels (f32 storage, other D, strided head dims); on the GPU
+each tensor-core forward case runs twice, on the sm_90a wgmma kernel
+(HOPS_CUDA_ATTN_FWD=wgmma: a call it does not take fails) and on the mma.sync
+kernel (HOPS_CUDA_ATTN_FWD=mma). Cases: dense
 and varlen with empty and length-1 sequences, GQA 16/2 and 3/1, causal with
 Lk > Lq and Lk < Lq (bottom-right), non-causal, the output gate, lse absent,
 packed (strided) q/k/v views, device- and host-resident index tensors, a
-block id outside the cache in a device-resident table (skipped), slots -1.
+block id outside the cache in a device-resident table (skipped), slots -1;
+for the wgmma kernel also lengths off its tiles (128 queries, 80 or 128 keys),
+T = 1, GQA 24/4, causal offsets at its mask boundaries, and NaN keys and values
+in a later sequence (the earlier sequences' outputs must stay finite).
 Fresh random inputs per case; outputs are poisoned with NaN first, so an
 unwritten element fails. Tolerances (relative L2 against float64 of the same
 rounded inputs): 1e-5 for f32, 1e-2 for f16/bf16. The backward also runs twice
@@ -21,6 +27,7 @@ check rejects a bad block or slot)."""
 
 import argparse
 import math
+import os
 import sys
 
 import torch
@@ -124,9 +131,23 @@ def make_qkv(dtype, B, Tq, Tk, Hq, Hkv, D, packed=False, strided_d=False):
     return q, k, v
 
 
+def forward_path(path):
+    """Sets HOPS_CUDA_ATTN_FWD for the calls made until the returned undo runs."""
+    before = os.environ.get("HOPS_CUDA_ATTN_FWD")
+    if path:
+        os.environ["HOPS_CUDA_ATTN_FWD"] = path
+
+    def undo():
+        if before is None:
+            os.environ.pop("HOPS_CUDA_ATTN_FWD", None)
+        else:
+            os.environ["HOPS_CUDA_ATTN_FWD"] = before
+    return undo
+
+
 def prefill_case(dtype, label, B=1, Tq=100, Tk=None, Hq=16, Hkv=2, D=256, lens_q=None, lens_k=None,
                  causal=True, gate=False, lse=True, packed=False, strided_d=False, scale=None, bwd=True,
-                 host_cu=False):
+                 host_cu=False, head_major=False, nan_last=False, path=None):
     Tk = Tq if Tk is None else Tk
     cu_q = cu_k = None
     if lens_q is not None:
@@ -135,24 +156,37 @@ def prefill_case(dtype, label, B=1, Tq=100, Tk=None, Hq=16, Hkv=2, D=256, lens_q
         Tq, Tk = int(cu_q[-1]), int(cu_k[-1])
         if not host_cu:
             cu_q, cu_k = cu_q.to(dev), cu_k.to(dev)
-    q, k, v = make_qkv(dtype, B, Tq, Tk, Hq, Hkv, D, packed, strided_d)
+    if head_major:  # [B,H,T,D] memory viewed as [B,T,H,D] (SDPA's layout)
+        q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in make_qkv(dtype, B, Tq, Tk, Hq, Hkv, D))
+    else:
+        q, k, v = make_qkv(dtype, B, Tq, Tk, Hq, Hkv, D, packed, strided_d)
+    kept = Tq  # query rows compared
+    if nan_last:  # the last sequence's keys and values are NaN; only the earlier sequences are compared
+        kept, k0 = int(cu_q[-2]), int(cu_k[-2])
+        k[:, k0:] = float("nan")
+        v[:, k0:] = float("nan")
     g = torch.randn(B, Tq, Hq, D, device=dev).to(dtype) if gate else None
     sc = scale if scale else D ** -0.5
     o = poison((B, Tq, Hq, D), dtype)
     l_out = poison((B, Hq, Tq), torch.float32) if lse else None
-    op("attn_prefill")(q=q, k=k, v=v, gate=g, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, o=o, lse=l_out,
-                       scale=scale or 0.0, causal=causal)
+    undo = forward_path(path)
+    try:
+        op("attn_prefill")(q=q, k=k, v=v, gate=g, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, o=o, lse=l_out,
+                           scale=scale or 0.0, causal=causal)
+    finally:
+        undo()
     q64, k64, v64 = (x.double().requires_grad_(True) for x in (q, k, v))
     g64 = g.double().requires_grad_(True) if gate else None
     want_o, want_lse = ref_forward(q64, k64, v64, g64, cu_q, cu_k, sc, causal)
-    name = f"prefill {str(dtype)[6:]:<8} {label}"
-    errs = {"o": rel(o, want_o.detach())}
+    name = f"prefill {str(dtype)[6:]:<8} {'[' + path + '] ' if path else ''}{label}"
+    errs = {"o": rel(o[:, :kept], want_o.detach()[:, :kept])}
     if lse:
-        fin = torch.isfinite(want_lse)
-        same_inf = bool((torch.isinf(l_out) == ~fin).all()) and bool((l_out[~fin] < 0).all())
-        errs["lse"] = rel(l_out[fin], want_lse[fin]) if same_inf else math.inf
+        want_l, got_l = want_lse[..., :kept], l_out[..., :kept]
+        fin = torch.isfinite(want_l)
+        same_inf = bool((torch.isinf(got_l) == ~fin).all()) and bool((got_l[~fin] < 0).all())
+        errs["lse"] = rel(got_l[fin], want_l[fin]) if same_inf else math.inf
     report(name, errs, TOL[dtype])
-    if not bwd:
+    if not bwd or nan_last:
         return
     # backward from the reference's rounded o and f32 lse
     d_o = torch.randn(B, Tq, Hq, D, device=dev).to(dtype)
@@ -261,11 +295,36 @@ def main():
         dict(label="D=96 (general) T=50 2/1 non-causal", Tq=50, Hq=2, Hkv=1, D=96, causal=False),
         dict(label="dense Tk=0 2/1 D=64", Tq=9, Tk=0, Hq=2, Hkv=1, D=64),
     ]
+    # Shapes aimed at the sm_90a kernel's tiles (128 query rows; 80 keys at D=256, 128 below).
+    sm90 = [
+        dict(label="dense B=1 T=1000 16/2 D=256 causal gate", Tq=1000, gate=True),
+        dict(label="varlen (0,1,130,77,0,200,129,81) Lk>=Lq 16/2 D=256 causal gate", gate=True,
+             lens_q=[0, 1, 130, 77, 0, 200, 129, 81], lens_k=[5, 1, 130, 300, 4, 200, 129, 400]),
+        dict(label="varlen NaN k/v in the last sequence (100,50) 4/2 D=256 causal", Hq=4,
+             lens_q=[100, 50], lens_k=[100, 50], nan_last=True),
+    ]
     if not args.quick:
         prefill += [
             dict(label="dense B=1 T=600 16/2 D=256 causal gate", Tq=600, gate=True),
             dict(label="dense B=1 T=333 16/2 D=64 causal", Tq=333, D=64),
         ]
+        sm90 += [
+            dict(label="dense B=2 Tq=300 Tk=700 24/4 D=128 causal gate", B=2, Tq=300, Tk=700, Hq=24, Hkv=4,
+                 D=128, gate=True),
+            dict(label="dense B=1 T=333 24/4 D=64 causal, no lse", Tq=333, Hq=24, Hkv=4, D=64, lse=False),
+            dict(label="varlen Lk<Lq (90,7,300)/(40,0,310) 16/2 D=256 causal", lens_q=[90, 7, 300],
+                 lens_k=[40, 0, 310]),
+            dict(label="varlen NaN k/v in the last sequence (129,200,60) 4/1 D=128 non-causal", Hq=4, Hkv=1,
+                 D=128, causal=False, lens_q=[129, 200, 60], lens_k=[129, 201, 60], nan_last=True),
+            dict(label="dense B=1 Tq=300 Tk=500 16/2 D=256 non-causal", Tq=300, Tk=500, causal=False),
+            dict(label="dense Tq=150 Tk=164 (offset 14: mask boundary) 4/1 D=256", Tq=150, Tk=164, Hq=4, Hkv=1),
+            dict(label="dense Tq=150 Tk=165 (offset 15) 4/1 D=256 gate", Tq=150, Tk=165, Hq=4, Hkv=1, gate=True),
+            dict(label="dense Tq=300 Tk=362 (offset 62) 4/2 D=128", Tq=300, Tk=362, Hq=4, Hkv=2, D=128),
+            dict(label="head-major memory [B,H,T,D] viewed as [B,T,H,D] 8/2 D=256", Tq=200, Hq=8,
+                 head_major=True, paths=(None,)),
+        ]
+        for T in (1, 80, 81, 128, 129):
+            sm90.append(dict(label=f"dense T={T} 4/1 D=256 causal", Tq=T, Hq=4, Hkv=1))
     decode = [
         dict(label="N=3 L=1 16/2 D=256 lens (0,37,1000) bs=16"),
         dict(label="N=3 L=3 16/2 D=256 lens (2,37,700) host tables i64", L=3, lens=(2, 37, 700), host_tables=True),
@@ -309,8 +368,14 @@ def main():
             if case.get("bad_block") and not on_gpu:
                 case = {**case, "bad_block": False, "label": case["label"].replace(" bad block ids", "")}
             guarded(decode_case, dtype, **case)
-        for case in prefill:
-            guarded(prefill_case, dtype, **case)
+        for case in prefill + [dict(c, only16=True) for c in sm90]:
+            case = dict(case)
+            if case.pop("only16", False) and dtype == torch.float32:
+                continue
+            tc = dtype != torch.float32 and case.get("D", 256) in (64, 128, 256) and not case.get("strided_d")
+            paths = case.pop("paths", ("wgmma", "mma") if on_gpu and tc else (None,))
+            for i, path in enumerate(paths):  # the backward (path-independent) once
+                guarded(prefill_case, dtype, path=path, **{**case, "bwd": case.get("bwd", True) and i == 0})
     passed = sum(RESULTS)
     print(f"cuda_attn_check: {passed}/{len(RESULTS)} passed", "" if passed == len(RESULTS) else "FAILURES")
     sys.exit(0 if passed == len(RESULTS) else 1)
