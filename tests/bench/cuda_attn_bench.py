@@ -12,13 +12,17 @@ cuDNN and flash backends in the same run, causal GQA, D=256, Hq=16, Hkv=2, bf16.
   device copy (read + write) measured in the same run; hops calls replayed
   from a CUDA graph.
 Medians of CUDA-event timings. Prints a table last; --write puts it into
-docs/PERFORMANCE.md (section "Attention on Hopper (issue 14)").
+docs/PERFORMANCE.md (section "Attention on Hopper (issue 14)"). --compare also
+times hops' forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma) beside the
+default choice (the sm_90a wgmma kernel where it applies), fwd and fwd+bwd, in
+the same run, with the two outputs' difference.
 
 Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \
-       python3 tests/bench/cuda_attn_bench.py [--write] [--quick]"""
+       python3 tests/bench/cuda_attn_bench.py [--write] [--quick] [--compare]"""
 
 import argparse
 import datetime
+import os
 import re
 import sys
 from pathlib import Path
@@ -111,7 +115,20 @@ def causal_pairs(lengths):
 ROWS = []
 
 
-def prefill_case(label, T, lengths=None, quick=False):
+def with_forward(path, fn):
+    """fn() with HOPS_CUDA_ATTN_FWD=path (the host reads it per call)."""
+    before = os.environ.get("HOPS_CUDA_ATTN_FWD")
+    os.environ["HOPS_CUDA_ATTN_FWD"] = path
+    try:
+        return fn()
+    finally:
+        if before is None:
+            os.environ.pop("HOPS_CUDA_ATTN_FWD")
+        else:
+            os.environ["HOPS_CUDA_ATTN_FWD"] = before
+
+
+def prefill_case(label, T, lengths=None, compare=False):
     seqs = lengths or [T]
     q = torch.randn(1, T, Hq, D, device=dev, dtype=bf)
     k = torch.randn(1, T, Hkv, D, device=dev, dtype=bf)
@@ -136,6 +153,13 @@ def prefill_case(label, T, lengths=None, quick=False):
     res["fwd"]["hops"] = flops / (median_ms(fwd, reps) * 1e-3) / 1e12
     res["train"]["hops"] = 3.5 * flops / (median_ms(train, reps) * 1e-3) / 1e12
     diffs = []
+    if compare:  # the mma.sync forward in the same run, and how far its o is from the default's
+        o_default = o.clone()
+        res["fwd"]["hops mma"] = with_forward("mma", lambda: flops / (median_ms(fwd, reps) * 1e-3) / 1e12)
+        res["train"]["hops mma"] = with_forward("mma", lambda: 3.5 * flops / (median_ms(train, reps) * 1e-3) / 1e12)
+        diffs.append(f"mma.sync {((o.float() - o_default.float()).norm() / o_default.float().norm()).item():.1e}")
+        with_forward("wgmma", fwd)  # restore o of the default path for the SDPA comparison (forced: fails if not taken)
+        del o_default
     for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
         try:
             qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
@@ -154,9 +178,10 @@ def prefill_case(label, T, lengths=None, quick=False):
     res["diff"] = ", ".join(diffs)
     ROWS.append(res)
     f, t = res["fwd"], res["train"]
-    print(f"{label:<28} fwd hops {f['hops']:6.1f} cuDNN {f.get('cuDNN', 0):6.1f} flash {f.get('flash', 0):6.1f} | "
-          f"fwd+bwd hops {t['hops']:6.1f} cuDNN {t.get('cuDNN', 0):6.1f} flash {t.get('flash', 0):6.1f} TFLOP/s "
-          f"| o vs SDPA {res['diff']}", flush=True)
+    old = (f" (mma.sync {f['hops mma']:6.1f})", f" (mma.sync {t['hops mma']:6.1f})") if compare else ("", "")
+    print(f"{label:<28} fwd hops {f['hops']:6.1f}{old[0]} cuDNN {f.get('cuDNN', 0):6.1f} flash {f.get('flash', 0):6.1f} | "
+          f"fwd+bwd hops {t['hops']:6.1f}{old[1]} cuDNN {t.get('cuDNN', 0):6.1f} flash {t.get('flash', 0):6.1f} "
+          f"TFLOP/s | o vs {res['diff']}", flush=True)
     del q, k, v, d_o, o, lse, dq, dk, dv, fwd, bwd
     torch.cuda.empty_cache()
 
@@ -193,24 +218,31 @@ def decode_case(N, cached, copy_gbs, block_size=16):
 
 
 def table_text(device, copy_gbs):
+    compare = any("hops mma" in r["fwd"] for r in ROWS)
     lines = [f"Device: {device}; torch {torch.__version__}; "
              f"{datetime.date.today().isoformat()}; copy {copy_gbs:.0f} GB/s (1 GiB, read + write).", "",
-             "Prefill, causal, Hq=16 Hkv=2 D=256 bf16, TFLOP/s (fwd: 4 D Hq pairs; fwd+bwd: 3.5x that):", "",
-             "| case | hops fwd | cuDNN fwd | flash fwd | hops/cuDNN | hops/flash | hops fwd+bwd | cuDNN fwd+bwd | "
-             "flash fwd+bwd | hops/cuDNN | hops/flash |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "Prefill, causal, Hq=16 Hkv=2 D=256 bf16, TFLOP/s (fwd: 4 D Hq pairs; fwd+bwd: 3.5x that)"
+             + ("; hops mma.sync: the forward forced onto the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma):" if compare
+                else ":"), "",
+             "| case | hops fwd | " + ("hops mma.sync fwd | " if compare else "") + "cuDNN fwd | flash fwd | "
+             "hops/cuDNN | hops/flash | hops fwd+bwd | " + ("hops mma.sync fwd+bwd | " if compare else "")
+             + "cuDNN fwd+bwd | flash fwd+bwd | hops/cuDNN | hops/flash |",
+             "|---|--:|" + ("--:|" if compare else "") + "--:|--:|--:|--:|--:|" + ("--:|" if compare else "")
+             + "--:|--:|--:|--:|"]
 
     def ratio(a, b):
         return f"{a / b:.2f}" if b else "n/a"
 
     for r in ROWS:
         f, t = r["fwd"], r["train"]
-        lines.append(f"| {r['label']} | {f['hops']:.0f} | {f.get('cuDNN', 0):.0f} | {f.get('flash', 0):.0f} | "
+        old_f = f"{f['hops mma']:.0f} | " if compare else ""
+        old_t = f"{t['hops mma']:.0f} | " if compare else ""
+        lines.append(f"| {r['label']} | {f['hops']:.0f} | {old_f}{f.get('cuDNN', 0):.0f} | {f.get('flash', 0):.0f} | "
                      f"{ratio(f['hops'], f.get('cuDNN'))} | {ratio(f['hops'], f.get('flash'))} | "
-                     f"{t['hops']:.0f} | {t.get('cuDNN', 0):.0f} | {t.get('flash', 0):.0f} | "
+                     f"{t['hops']:.0f} | {old_t}{t.get('cuDNN', 0):.0f} | {t.get('flash', 0):.0f} | "
                      f"{ratio(t['hops'], t.get('cuDNN'))} | {ratio(t['hops'], t.get('flash'))} |")
     notes = sorted({n for r in ROWS for n in r.get("notes", [])})
-    lines += ["", "hops o vs SDPA o (relative L2): " + "; ".join(f"{r['label']}: {r['diff']}" for r in ROWS)]
+    lines += ["", "hops o vs SDPA o" + (" and vs the mma.sync kernel's o" if compare else "") + " (relative L2): " + "; ".join(f"{r['label']}: {r['diff']}" for r in ROWS)]
     if notes:
         lines.append("Notes: " + "; ".join(notes))
     lines += ["", "Decode, one new token, Hq=16 Hkv=2 D=256 bf16, paged cache (blocks of 16, random order):", "",
@@ -239,6 +271,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--quick", action="store_true", help="T=4096 and decode N=64 only")
+    parser.add_argument("--compare", action="store_true",
+                        help="also time the forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()
@@ -249,11 +283,12 @@ def main():
     print(f"{device}: copy {copy_gbs:.0f} GB/s", flush=True)
     for N in ((64,) if args.quick else (1, 64, 256)):
         decode_case(N, 8192, copy_gbs)
-    prefill_case("B=1 T=4096", 4096)
+    prefill_case("B=1 T=4096", 4096, compare=args.compare)
     if not args.quick:
-        prefill_case("B=1 T=8192", 8192)
-        prefill_case("B=1 T=32768", 32768)
-        prefill_case("varlen 8 seqs, 32768", 32768, [1024, 7168, 3072, 5120, 2048, 6144, 4096, 4096])
+        prefill_case("B=1 T=8192", 8192, compare=args.compare)
+        prefill_case("B=1 T=32768", 32768, compare=args.compare)
+        prefill_case("varlen 8 seqs, 32768", 32768, [1024, 7168, 3072, 5120, 2048, 6144, 4096, 4096],
+                     compare=args.compare)
     text = table_text(device, copy_gbs)
     print(text)
     if args.write:
