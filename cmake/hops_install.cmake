@@ -28,14 +28,17 @@ set(HOPS_INSTALL_PROVIDERS_DIR "" CACHE STRING
 target_include_directories(hops INTERFACE $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>
                            $<INSTALL_INTERFACE:${HOPS_INSTALL_DLPACKDIR}>)
 install(TARGETS hops EXPORT hopsTargets LIBRARY DESTINATION ${HOPS_INSTALL_LIBDIR} COMPONENT runtime)
-# The backend modules: every MODULE library named hops_<backend> in the tree.
+# The backend modules: every MODULE library built beside libhops.so, where its
+# loader looks (test modules such as tests/unit's are built elsewhere).
+get_target_property(hops_folder hops BINARY_DIR)
 function(hops_backend_modules directory out)
   get_property(targets DIRECTORY ${directory} PROPERTY BUILDSYSTEM_TARGETS)
   get_property(subdirectories DIRECTORY ${directory} PROPERTY SUBDIRECTORIES)
   set(modules "")
   foreach(target IN LISTS targets)
     get_target_property(type ${target} TYPE)
-    if(type STREQUAL "MODULE_LIBRARY" AND target MATCHES "^hops_")
+    get_target_property(folder ${target} LIBRARY_OUTPUT_DIRECTORY)
+    if(type STREQUAL "MODULE_LIBRARY" AND folder STREQUAL hops_folder)
       list(APPEND modules ${target})
     endif()
   endforeach()
