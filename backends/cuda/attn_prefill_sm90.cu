@@ -360,10 +360,13 @@ template <class E, int D>
 cudaError_t launch_sm90(const AttnFwdParams& p, int dtype, cudaStream_t stream) {
   using Tile = Sm90Tile<D>;
   const EncodeTiled encode = encode_tiled();
+  // Without keys nothing is loaded, but the maps still need a mapped address
+  // (an empty k may have none): describe q there.
+  const Arg& k = p.Tk > 0 ? p.k : p.q;
+  const Arg& v = p.Tk > 0 ? p.v : p.q;
   CUtensorMap tq, tk, tv;
   if (!encode || !tensor_map(tq, encode, p.q, dtype, Tile::kBr) ||
-      !tensor_map(tk, encode, p.k, dtype, Tile::kBc) ||
-      !tensor_map(tv, encode, p.v, dtype, Tile::kBc))
+      !tensor_map(tk, encode, k, dtype, Tile::kBc) || !tensor_map(tv, encode, v, dtype, Tile::kBc))
     return cudaErrorNotSupported;
   const int64_t slots = block_slots(p.N, p.Tq, Tile::kBr, p.cu_q.data != nullptr);
   if (slots * p.Hq == 0) return cudaSuccess;
