@@ -44,8 +44,10 @@ void combine(const ExecContext& context, const MoeEpCombine& op) {
 
 std::span<const Kernel> moe_ep_kernels() {
   static constexpr Kernel kernels[] = {
-      kernel<MoeEpDispatch, &dispatch, &lone_rank_only<MoeEpDispatch>>(HOPS_DTYPE_FLOATS),
-      kernel<MoeEpCombine, &combine, &lone_rank_only<MoeEpCombine>>(HOPS_DTYPE_FLOATS),
+      ep::kernel_accepting<MoeEpDispatch, &dispatch, &lone_rank_only<MoeEpDispatch>>(
+          HOPS_DTYPE_FLOATS),
+      ep::kernel_accepting<MoeEpCombine, &combine, &lone_rank_only<MoeEpCombine>>(
+          HOPS_DTYPE_FLOATS),
   };
   return kernels;
 }

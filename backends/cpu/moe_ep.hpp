@@ -29,6 +29,20 @@ class Transport {
                          const int64_t* recv_rows, int64_t row_bytes) = 0;
 };
 
+// kernel<Op, fn, accepts>() of backend.hpp, the accepts check set after the
+// fact: under -fsanitize=undefined GCC cannot fold `accepts != nullptr` there
+// (the null check sanitizer keeps function addresses from being known
+// non-null), so the sanitized build of the CPU backend and the MPI module
+// failed to compile.
+template <class Op, void (*fn)(const ExecContext&, const Op&), void (*accepts)(const Op&)>
+constexpr Kernel kernel_accepting(uint32_t dtypes) {
+  Kernel made = kernel<Op, fn>(dtypes);
+  made.accepts = [](const void* args) noexcept {
+    return guarded([&] { accepts(*static_cast<const Op*>(args)); });
+  };
+  return made;
+}
+
 // Collective: every rank of the transport calls the same op. A call that any
 // rank rejects (its own arguments, or ranks that disagree on E, k, Hd or the
 // dtype, or rows too few for what arrives) fails on every rank before any

@@ -131,8 +131,8 @@ void combine(const ExecContext& context, const MoeEpCombine& op) {
 
 std::span<const Kernel> moe_ep_kernels() {
   static constexpr Kernel kernels[] = {
-      kernel<MoeEpDispatch, &dispatch, &mpi_only<MoeEpDispatch>>(HOPS_DTYPE_FLOATS),
-      kernel<MoeEpCombine, &combine, &mpi_only<MoeEpCombine>>(HOPS_DTYPE_FLOATS),
+      ep::kernel_accepting<MoeEpDispatch, &dispatch, &mpi_only<MoeEpDispatch>>(HOPS_DTYPE_FLOATS),
+      ep::kernel_accepting<MoeEpCombine, &combine, &mpi_only<MoeEpCombine>>(HOPS_DTYPE_FLOATS),
   };
   return kernels;
 }
