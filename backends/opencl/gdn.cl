@@ -9,8 +9,8 @@
 // except to share the token's q and k through local memory.
 //
 // gdn_prepare computes what every column of a token needs once per
-// (token, value head): the decay, beta (fused gating applied) and the l2
-// norms. gdn_scan then walks the tokens. This token-recurrent form serves
+// (token, value head): the decay (fused gate applied), beta (as beta_mode
+// says) and the l2 norms. gdn_scan then walks the tokens. This token-recurrent form serves
 // both ops (and, in gdn_bwd.cl, the backward); the chunked (WY) form of the
 // CPU backend is not done here yet.
 
@@ -20,7 +20,8 @@ kernel void gdn_prepare(global const x_t* q, long q_off, long4 q_st,
                         global const uchar* beta, long beta_off, int beta_dtype, long4 beta_st,
                         global const uchar* A_log, long A_log_off, int A_log_dtype, long A_log_st,
                         global const uchar* dt_bias, long dt_off, int dt_dtype, long dt_st,
-                        global float* info, long B, long T, int H, int HV, int K, int l2norm) {
+                        global float* info, long B, long T, int H, int HV, int K, int l2norm,
+                        int beta_mode) {
   const long item = get_global_id(0);
   if (item >= B * T * HV) return;
   const int hv = (int)(item % HV);
@@ -40,12 +41,14 @@ kernel void gdn_prepare(global const x_t* q, long q_off, long4 q_st,
   float log_decay = load_any(g, g_off + b * g_st.x + t * g_st.y + hv * g_st.z, g_dtype);
   float strength =
       load_any(beta, beta_off + b * beta_st.x + t * beta_st.y + hv * beta_st.z, beta_dtype);
-  if (A_log_dtype >= 0) {  // fused gating: g and beta hold the raw a and b
+  if (A_log_dtype >= 0) {  // the fused gate: g holds the raw a
     const float rate = exp(load_any(A_log, A_log_off + hv * A_log_st, A_log_dtype));
     const float bias = load_any(dt_bias, dt_off + hv * dt_st, dt_dtype);
     log_decay = -rate * softplus_f(log_decay + bias, 1.0f, 20.0f);
-    strength = sigmoid_f(strength);
   }
+  // beta_mode (resolved by the op): 0 as given, 1 sigmoid, 2 twice the sigmoid.
+  if (beta_mode == 1) strength = sigmoid_f(strength);
+  if (beta_mode == 2) strength = 2.0f * sigmoid_f(strength);
   global float* out = info + item * TOKEN_INFO;
   out[0] = exp(log_decay);
   out[1] = strength;

@@ -135,6 +135,7 @@ cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
   launch.value(info).value(cl_long{op.B}).value(cl_long{op.T});
   launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
   launch.value(static_cast<cl_int>(op.K)).value(cl_int{op.use_qk_l2norm});
+  launch.value(static_cast<cl_int>(op.beta_mode));
   const size_t local = launch.group_size(kPrepareGroup);
   const size_t groups = groups_for(items, local);
   launch.run(call, 1, &groups, &local);

@@ -4,6 +4,7 @@ on the CPU (torch and numpy), on OpenCL (numpy through PoCL, device="opencl") an
 (the `device` parametrisation: skipped, saying why, without a GPU or the cuda backend; on
 the device: pytest tests/python/test_dropin_options.py -k cuda)."""
 
+import itertools
 import warnings
 
 import numpy as np
@@ -279,8 +280,8 @@ def test_gdn_recurrent_fn_opcheck():
 
 @needs_opencl
 def test_gdn_beta_modes_on_opencl(rng):
-    """The OpenCL GDN kernels take beta_mode -1 (sigmoid iff A_log); the other modes are
-    refused with HOPS_ERR_UNSUPPORTED, naming the option, until those kernels read it."""
+    """The OpenCL GDN kernels take every beta_mode, with the fused gate and without, as the CPU
+    backend does (both forwards; the state updated in place by gdn_recurrent too)."""
     q, k = rng.standard_normal((2, 1, 10, 2, 16)).astype(np.float32)
     v = rng.standard_normal((1, 10, 4, 16)).astype(np.float32)
     a, b = rng.standard_normal((2, 1, 10, 4)).astype(np.float32)
@@ -288,10 +289,16 @@ def test_gdn_beta_modes_on_opencl(rng):
     o, _ = hops.ops.gdn_chunk_fwd(q, k, v, a, b, A_log=A_log, dt_bias=dt_bias, device="opencl")
     want, _ = reference.gdn(q, k, v, a, b, None, A_log=A_log, dt_bias=dt_bias)
     assert relative_error(o, want) <= 1e-4
-    state = np.zeros((1, 4, 16, 16), np.float32)
-    for gate, mode in ((True, 0), (True, 2), (False, 1), (False, 2)):  # all but the old behaviour
+    g = -np.abs(a) / 4  # a log decay for the calls without the gate
+    for gate, mode in itertools.product((True, False), (-1, 0, 1, 2)):
         options = dict(A_log=A_log, dt_bias=dt_bias) if gate else {}
-        with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*beta_mode"):
-            hops.ops.gdn_chunk_fwd(q, k, v, a, b, beta_mode=mode, device="opencl", **options)
-        with pytest.raises(hops.HopsError, match="HOPS_ERR_UNSUPPORTED.*beta_mode"):
-            hops.ops.gdn_recurrent(q, k, v, a, b, state, beta_mode=mode, device="opencl", **options)
+        decay = a if gate else g
+        outputs = {}
+        for device in ("cpu", "opencl"):
+            o, _ = hops.ops.gdn_chunk_fwd(q, k, v, decay, b, beta_mode=mode, device=device, **options)
+            state = np.zeros((1, 4, 16, 16), np.float32)
+            o_recurrent = hops.ops.gdn_recurrent(q, k, v, decay, b, state, beta_mode=mode, device=device,
+                                                 **options)
+            outputs[device] = (o, o_recurrent, state)
+        for got, want in zip(outputs["opencl"], outputs["cpu"]):
+            assert relative_error(got, want) <= 1e-5, (gate, mode)
