@@ -1,5 +1,6 @@
-// gdn_chunk_fwd and gdn_recurrent: gdn_prepare, then the chunked form
-// (gdn_chunk.cpp) where chunk_plan takes the call, else gdn_scan, or on CPU
+// gdn_chunk_fwd and gdn_recurrent: gdn_prepare, then a chunked form
+// (gdn_chunk.cpp: gdn_chunk_rows.cl where rows_form takes the call, on CPU
+// devices, else gdn_chunk.cl where chunk_plan does), else gdn_scan, or on CPU
 // devices gdn_scan_panels where the state allows (gdn.cl).
 #include <algorithm>
 
@@ -160,7 +161,9 @@ void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op) {
   const cl_mem info = prepare_tokens(call, op);
   const int64_t N = op.sequences.count;
   const Tensor none;
-  if (const std::optional<ChunkPlan> plan = chunk_plan(call, op, false)) {
+  if (rows_form(call, op)) {
+    rows_forward(call, op, info, cu_seqlens);
+  } else if (const std::optional<ChunkPlan> plan = chunk_plan(call, op, false)) {
     chunked_forward(call, op, info, cu_seqlens, *plan);
   } else if (panels_fit(call, op)) {
     // Dense scratch carries the state; initial and final states are copied in and out.

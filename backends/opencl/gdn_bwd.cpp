@@ -1,6 +1,7 @@
 // gdn_chunk_bwd: gdn_prepare (gdn.cl), then the chunked form (gdn_chunk.cpp)
-// where chunk_plan takes the call, else the token scan gdn_bwd_scan; then
-// gdn_bwd_reduce (gdn_bwd.cl).
+// where chunk_plan takes the call, else the token scan: gdn_bwd_rows on CPU
+// devices where V allows, gdn_bwd_scan elsewhere; then gdn_bwd_reduce
+// (gdn_bwd.cl).
 #include <algorithm>
 #include <cmath>
 #include <utility>
@@ -18,10 +19,23 @@ constexpr std::string_view kProgram = "gdn_bwd.cl";  // after common.cl
 constexpr size_t kColumns = 32;      // state columns per work-group of gdn_bwd_scan, at most
 constexpr size_t kReduceGroup = 64;  // work-items per (token, key head) of gdn_bwd_reduce
 constexpr int64_t kMinChunk = 8, kMaxChunk = 64;
+constexpr std::string_view kRowsProgram = "gdn_bwd_rows.cl";  // after common.cl
+constexpr int64_t kRowsVector = 16;    // its float16 columns: V a multiple of this
+constexpr int64_t kRowsWorkers = 128;  // work-items at most, each with its scratch
 
 size_t groups_for(int64_t items, size_t group) {
   return static_cast<size_t>((items + static_cast<int64_t>(group) - 1) /
                              static_cast<int64_t>(group));
+}
+
+// A checkpoint every `chunk` tokens, about sqrt(mean sequence length):
+// balances the checkpoints (tokens / chunk states per value head) against
+// the recomputed states (chunk per sequence and value head).
+int64_t checkpoint_interval(int64_t tokens, int64_t sequences) {
+  return std::clamp<int64_t>(
+      std::llround(std::sqrt(static_cast<double>(tokens) /
+                             static_cast<double>(std::max<int64_t>(sequences, 1)))),
+      kMinChunk, kMaxChunk);
 }
 
 // gdn_bwd_scan's local memory: dS ([K][columns + 1]), q^, k^ and dg shares
@@ -52,13 +66,7 @@ size_t scan_columns(const Call& call, const Launch& launch, const GdnProblem& op
 std::pair<cl_mem, int64_t> token_scan(Call& call, const GdnChunkBwd& op, cl_mem info,
                                       const IndexArg& cu_seqlens) {
   const int64_t N = op.sequences.count, tokens = checked_product(op.kName, op.B, op.T);
-  // A checkpoint every `chunk` tokens, about sqrt(mean sequence length):
-  // balances the checkpoints (tokens / chunk states per value head) against
-  // the recomputed states (chunk per sequence and value head).
-  const int64_t chunk =
-      std::clamp<int64_t>(std::llround(std::sqrt(static_cast<double>(tokens) /
-                                                 static_cast<double>(std::max<int64_t>(N, 1)))),
-                          kMinChunk, kMaxChunk);
+  const int64_t chunk = checkpoint_interval(tokens, N);
   const int64_t head_floats = op.K * op.V;  // validated: HV K V <= 2^48
   const cl_mem checkpoints =
       call.scratch(scratch_bytes(op.kName, scratch_sum(op.kName, N, (tokens + chunk - 1) / chunk),
@@ -95,6 +103,46 @@ std::pair<cl_mem, int64_t> token_scan(Call& call, const GdnChunkBwd& op, cl_mem 
     launch.run(call, 3, groups, locals);
   }
   return {partial, blocks};
+}
+
+// CPU devices, V a multiple of 16: gdn_bwd_rows (gdn_bwd_rows.cl), the same
+// scan with a work-item per (sequence, value head) and explicit SIMD; fills
+// `partial` with one block of shares.
+bool rows_fit(const Call& call, const GdnProblem& op) {
+  return call.runtime().cpu_device() && op.V % kRowsVector == 0;
+}
+
+void rows_scan(Call& call, const GdnChunkBwd& op, cl_mem info, const IndexArg& cu_seqlens,
+               cl_mem partial) {
+  const int64_t N = op.sequences.count, tokens = checked_product(op.kName, op.B, op.T);
+  const int64_t chunk = checkpoint_interval(tokens, N);
+  const int64_t head_floats = op.K * op.V;  // validated: HV K V <= 2^48
+  const int64_t per_worker =
+      scratch_sum(op.kName, scratch_size(op.kName, chunk + 1, head_floats), 2 * op.K);
+  const int64_t workers = std::min(scratch_size(op.kName, N, op.HV), kRowsWorkers);
+  Launch launch(call.kernel(kRowsProgram, op.q.dtype, "gdn_bwd_rows"));
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.tensor(op.k).value(strides4(op.k));
+  launch.tensor(op.v).value(strides4(op.v));
+  launch.value(info);
+  launch.tensor(op.d_o).value(strides4(op.d_o));
+  launch.tensor(op.dv).value(strides4(op.dv));
+  for (const Tensor* state : {&op.initial_state, &op.d_final_state, &op.dh0}) {
+    launch.tensor(*state).value(state_steps(*state, op.state_v_first));
+  }
+  launch.index(cu_seqlens);
+  launch.value(
+      call.scratch(scratch_bytes(op.kName, scratch_sum(op.kName, N, (tokens + chunk - 1) / chunk),
+                                 op.HV, head_floats, sizeof(float))));
+  launch.value(call.scratch(scratch_bytes(op.kName, workers, per_worker, sizeof(float))));
+  launch.value(cl_long{per_worker}).value(partial);
+  launch.value(cl_long{N}).value(cl_long{op.T});
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
+  launch.value(static_cast<cl_int>(chunk)).value(static_cast<cl_float>(op.scale));
+  // Work-groups of one: each work-item walks its pairs alone, without barriers.
+  const size_t groups = static_cast<size_t>(workers), local = 1;
+  launch.run(call, 1, &groups, &local);
 }
 
 // gdn_bwd_reduce: dq, dk, dg and dbeta from the shares of `blocks` column blocks
@@ -147,6 +195,12 @@ void gdn_chunk_bwd(const ExecContext& exec, const GdnChunkBwd& op) {
     const cl_mem partial = call.scratch(scratch_bytes(
         op.kName, tokens, op.HV, scratch_sum(op.kName, op.K, op.K, 2), sizeof(float)));
     chunked_backward(call, op, info, cu_seqlens, *plan, partial);
+    reduce(call, op, info, partial, 1);
+  } else if (rows_fit(call, op)) {
+    const int64_t tokens = checked_product(op.kName, op.B, op.T);
+    const cl_mem partial = call.scratch(scratch_bytes(
+        op.kName, tokens, op.HV, scratch_sum(op.kName, op.K, op.K, 2), sizeof(float)));
+    rows_scan(call, op, info, cu_seqlens, partial);
     reduce(call, op, info, partial, 1);
   } else {
     const auto [partial, blocks] = token_scan(call, op, info, cu_seqlens);

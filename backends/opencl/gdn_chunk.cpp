@@ -119,21 +119,67 @@ void states(Call& call, const GdnProblem& op, const IndexArg& cu, const ChunkPla
   run_sweep(launch, call, op, plan);
 }
 
+// CPU devices: gdn_chunk_rows.cl, a work-item per (sequence, value head).
+constexpr std::string_view kRowsProgram = "gdn_chunk_rows.cl";  // after common.cl
+constexpr int64_t kRowsChunk = 64;                              // RC in gdn_chunk_rows.cl
+constexpr int64_t kRowsVector = 16;    // its float16 columns: K and V multiples of this
+constexpr int64_t kRowsWorkers = 128;  // work-items at most, each with its scratch
+
+// Tokens per sequence, on average, from which the chunked forms pay for
+// themselves; decode and short speculative runs take the scan.
+constexpr int64_t kMinTokens = 32;
+
+bool enough_tokens(const GdnProblem& op) {
+  return op.B * op.T >= kMinTokens * std::max<int64_t>(op.sequences.count, 1);
+}
+
 }  // namespace
+
+bool rows_form(const Call& call, const GdnProblem& op) {
+  const std::string_view form = forced_form();
+  if (op.K % kRowsVector != 0 || op.V % kRowsVector != 0) return false;
+  if (form == "rows") return true;
+  return form.empty() && call.runtime().cpu_device() && enough_tokens(op);
+}
+
+void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg& cu) {
+  constexpr std::string_view kWhat = "opencl: gdn_chunk_fwd_rows scratch";
+  const int64_t C = kRowsChunk;
+  const int64_t per_worker =
+      scratch_sum(kWhat, scratch_size(kWhat, op.K, op.V), scratch_size(kWhat, 2 * C, op.K),
+                  scratch_size(kWhat, 2 * C, op.K + op.V), scratch_size(kWhat, C, op.V), 2 * C * C);
+  const int64_t workers = std::min(scratch_size(kWhat, op.sequences.count, op.HV), kRowsWorkers);
+  Launch launch(call.kernel(kRowsProgram, op.q.dtype, "gdn_chunk_fwd_rows"));
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.tensor(op.k).value(strides4(op.k));
+  launch.tensor(op.v).value(strides4(op.v));
+  launch.value(info);
+  launch.tensor(op.o).value(strides4(op.o));
+  launch.tensor(op.initial_state).value(state_steps(op.initial_state, op.state_v_first));
+  launch.tensor(op.final_state).value(state_steps(op.final_state, op.state_v_first));
+  launch.index(cu).value(cl_long{op.sequences.count}).value(cl_long{op.T});
+  launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
+  launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
+  launch.value(static_cast<cl_float>(op.scale));
+  launch.value(call.scratch(scratch_bytes(kWhat, workers, per_worker, sizeof(float))));
+  launch.value(cl_long{per_worker});
+  // Work-groups of one: each work-item walks its pairs alone, without barriers.
+  const size_t groups = static_cast<size_t>(workers), local = 1;
+  launch.run(call, 1, &groups, &local);
+}
 
 std::optional<ChunkPlan> chunk_plan(const Call& call, const GdnProblem& op, bool backward) {
   const std::string_view form = forced_form();
   if (form == "scan") return std::nullopt;
   Runtime& runtime = call.runtime();
-  const int64_t N = std::max<int64_t>(op.sequences.count, 1);
-  // The rule: the chunked form on GPUs (any device that is not a CPU) when a
+  // The rule: this chunked form on GPUs (any device that is not a CPU) when a
   // sequence averages at least kMinTokens tokens: from there its parallelism
   // over chunks pays for its extra launches and scratch; decode and short
-  // speculative runs take the scan. CPU devices keep the scan (its SIMD
-  // panels on PoCL: the chunked forward ran 9-17x, the backward 1.0-1.3x slower there,
+  // speculative runs take the scan. CPU devices take rows_form's kernel
+  // forward and the token scan backward (on PoCL these GPU-shaped kernels
+  // ran the forward 9-17x, the backward 1.0-1.3x slower than the scan,
   // docs/OPENCL.md).
-  constexpr int64_t kMinTokens = 32;
-  if (form != "chunked" && (runtime.cpu_device() || op.B * op.T < kMinTokens * N)) {
+  if (form != "chunked" && (runtime.cpu_device() || !enough_tokens(op))) {
     return std::nullopt;
   }
   const auto local_bytes = device_value<cl_ulong>(runtime.device(), CL_DEVICE_LOCAL_MEM_SIZE);

@@ -27,6 +27,15 @@ struct ChunkPlan {
   size_t sweep_group;
 };
 
+// Whether gdn_chunk_fwd takes the chunked form of CPU devices
+// (gdn_chunk_rows.cl): K and V multiples of 16 and, on a CPU device, at
+// least 32 tokens per sequence on average (HOPS_OPENCL_GDN_FORM=rows forces
+// it on any device).
+bool rows_form(const Call& call, const GdnProblem& op);
+
+// gdn_chunk_fwd in that form, after gdn_prepare filled `info`.
+void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg& cu_seqlens);
+
 // The chunked form's tiles, or nullopt where the token scan takes the call:
 // too few tokens per sequence, or tiles that do not fit the device's local
 // memory (docs/OPENCL.md has the rule).
