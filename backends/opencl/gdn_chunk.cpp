@@ -146,7 +146,7 @@ void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg
   constexpr std::string_view kWhat = "opencl: gdn_chunk_fwd_rows scratch";
   const int64_t C = kRowsChunk;
   const int64_t per_worker =
-      scratch_sum(kWhat, scratch_size(kWhat, op.K, op.V), scratch_size(kWhat, 2 * C, op.K),
+      scratch_sum(kWhat, scratch_size(kWhat, op.K, op.V), scratch_size(kWhat, 3 * C, op.K),
                   scratch_size(kWhat, 2 * C, op.K + op.V), scratch_size(kWhat, C, op.V), 2 * C * C);
   const int64_t workers = std::min(scratch_size(kWhat, op.sequences.count, op.HV), kRowsWorkers);
   Launch launch(call.kernel(kRowsProgram, op.q.dtype, "gdn_chunk_fwd_rows"));

@@ -8,27 +8,19 @@
 //   S <- gamma_last S + sum_j e^(G_last - G_j) k^_j u_j^T
 // but laid out for a CPU: a work-item takes a whole (sequence, value head)
 // and walks its chunks alone, as the CPU backend's tasks do, every product
-// a loop over rows whose columns are explicit float16 vectors (K and V are
-// multiples of 16), with up to ROW_BLOCK vectors of one row accumulated in
-// registers. PoCL then has nothing to vectorise across work-items (its
+// in register tiles of 8 rows x 32 columns (two float16 vectors; K and V are
+// multiples of 16), column tiles outermost so that the right operand's tile
+// stays in L1. PoCL then has nothing to vectorise across work-items (its
 // work-groups here are one work-item) and runs each product at SIMD width
 // from the L1/L2-resident blocks of the work-item's scratch.
 //
 // A work-item's scratch (floats, `per_worker` apart): S [K][V], Q^ and K^
-// [RC][K] each, R = [-beta gamma k^ | beta v] and WU = [W | U] ([RC][K + V]
+// [RC][K] each, K^ transposed [K][RC], R = [-beta gamma k^ | beta v] and WU = [W | U] ([RC][K + V]
 // each), O' [RC][V], T (in place of A) and P ([RC][RC] each). Work-items
 // take (sequence, value head) pairs `workers` apart, so the scratch is
 // bounded whatever the number of sequences.
 
-#define RC 64        // tokens per chunk: RC_TOKENS in gdn_chunk.cpp
-#define ROW_BLOCK 8  // float16 vectors of a row accumulated at once
-
-inline float hsum16(float16 x) {
-  const float8 a = x.lo + x.hi;
-  const float4 b = a.lo + a.hi;
-  const float2 c = b.lo + b.hi;
-  return c.x + c.y;
-}
+#define RC 64  // tokens per chunk: kRowsChunk in gdn_chunk.cpp
 
 inline float16 load_row16(global const x_t* p, long offset, long step) {
   if (step == 1) return LOAD16_X(p, offset);
@@ -47,35 +39,54 @@ inline void store_row16(global x_t* p, long offset, long step, float16 value) {
   for (int c = 0; c < 16; ++c) STORE_X(p, offset + c * step, lanes[c]);
 }
 
-inline float dot16(global const float* a, global const float* b, int n) {
-  float16 sum = (float16)(0.0f);
-  for (int x = 0; x < n; x += 16) sum += vload16(0, a + x) * vload16(0, b + x);
-  return hsum16(sum);
-}
-
-// out[0, width) = init[0, width) (or 0) + sum_{m < count} weights[m * weight_step] rows[m * ld + ..]:
-// one row of a small GEMM, ROW_BLOCK vectors at a time in registers.
-inline void row_times(global float* out, global const float* init, int width,
-                      global const float* weights, int weight_step, global const float* rows,
-                      int ld, int count) {
-  for (int c0 = 0; c0 < width; c0 += 16 * ROW_BLOCK) {
-    const int vectors = min(ROW_BLOCK, (width - c0) / 16);
-    float16 acc[ROW_BLOCK];
+// A tile of a small GEMM: rows [0, rows) (at most TILE_ROWS) of
+//   out = init_scale init + A B,  A_rm = a[r a_row + m a_col] (m < count)
+// for the columns [c0, c0 + 32) of B (rows ldb apart), the second vector only
+// where width allows; init_scale[r] scales row r of init (absent: 0). The
+// caller walks column tiles outermost, so B's count x 32 tile stays in L1
+// across the row tiles. Whole tiles take a loop without guards.
+#define TILE_ROWS 8
+inline void tile(global float* out, int ldo, global const float* init, int ldi,
+                 const float* init_scale, global const float* a, int a_row, int a_col, int rows,
+                 int count, global const float* b, int ldb, int c0, int width) {
+  const bool two = c0 + 16 < width;
+  float16 acc[TILE_ROWS][2];
 #pragma unroll
-    for (int b = 0; b < ROW_BLOCK; ++b) {
-      acc[b] = init && b < vectors ? vload16(0, init + c0 + 16 * b) : (float16)(0.0f);
-    }
+  for (int r = 0; r < TILE_ROWS; ++r) {
+    const bool in = init && r < rows;
+    acc[r][0] = in ? init_scale[r] * vload16(0, init + r * ldi + c0) : (float16)(0.0f);
+    acc[r][1] = in && two ? init_scale[r] * vload16(0, init + r * ldi + c0 + 16) : (float16)(0.0f);
+  }
+  if (rows == TILE_ROWS && two) {
     for (int m = 0; m < count; ++m) {
-      const float w = weights[m * weight_step];
-      global const float* row = rows + (long)m * ld + c0;
+      global const float* row = b + (long)m * ldb + c0;
+      const float16 b0 = vload16(0, row), b1 = vload16(0, row + 16);
+      global const float* column = a + m * a_col;
 #pragma unroll
-      for (int b = 0; b < ROW_BLOCK; ++b) {
-        if (b < vectors) acc[b] += w * vload16(0, row + 16 * b);
+      for (int r = 0; r < TILE_ROWS; ++r) {
+        const float w = column[r * a_row];
+        acc[r][0] += w * b0;
+        acc[r][1] += w * b1;
       }
     }
+  } else {
+    for (int m = 0; m < count; ++m) {
+      global const float* row = b + (long)m * ldb + c0;
+      const float16 b0 = vload16(0, row);
+      const float16 b1 = two ? vload16(0, row + 16) : (float16)(0.0f);
 #pragma unroll
-    for (int b = 0; b < ROW_BLOCK; ++b) {
-      if (b < vectors) vstore16(acc[b], 0, out + c0 + 16 * b);
+      for (int r = 0; r < TILE_ROWS; ++r) {
+        const float w = r < rows ? a[r * a_row + m * a_col] : 0.0f;
+        acc[r][0] += w * b0;
+        acc[r][1] += w * b1;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < TILE_ROWS; ++r) {
+    if (r < rows) {
+      vstore16(acc[r][0], 0, out + r * ldo + c0);
+      if (two) vstore16(acc[r][1], 0, out + r * ldo + c0 + 16);
     }
   }
 }
@@ -96,12 +107,14 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
   global float* S = scratch + worker * per_worker;
   global float* Qc = S + (long)K * V;
   global float* Kc = Qc + RC * K;
-  global float* R = Kc + RC * K;
+  global float* Kt = Kc + RC * K;
+  global float* R = Kt + K * RC;
   global float* WU = R + RC * KV;
   global float* Out = WU + RC * KV;
   global float* Tm = Out + RC * V;  // A, then T in place
   global float* P = Tm + RC * RC;
-  float G[RC], beta[RC], gamma[RC], to_end[RC];
+  float G[RC], beta[RC], gamma[RC], to_end[RC], ones[TILE_ROWS];
+  for (int r = 0; r < TILE_ROWS; ++r) ones[r] = 1.0f;
   for (long pair = worker; pair < N * HV; pair += workers) {
     const long n = pair / HV;
     const int hv = (int)(pair % HV), h = hv / (HV / H);
@@ -138,6 +151,9 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
           const float16 key = token[3] * load_row16(k, ko + x * k_st.w, k_st.w);
           vstore16(token[2] * load_row16(q, qo + x * q_st.w, q_st.w), 0, Qc + i * K + x);
           vstore16(key, 0, Kc + i * K + x);
+          float lanes[16];
+          vstore16(key, 0, lanes);
+          for (int l = 0; l < 16; ++l) Kt[(x + l) * RC + i] = lanes[l];
           vstore16(key_weight * key, 0, R + i * KV + x);
         }
         for (int c = 0; c < V; c += 16) {
@@ -145,12 +161,28 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
         }
       }
       for (int i = 0; i < L; ++i) to_end[i] = exp(G[L - 1] - G[i]);
-      // A (strictly lower) and P (lower, diagonal included).
+      // q^_i.k^_j into P and k^_i.k^_j into Tm (j <= i: a column tile right of
+      // a row tile's diagonal is skipped; what lies right of it is masked below).
+      for (int c0 = 0; c0 < RC; c0 += 32) {
+        for (int i = c0 < TILE_ROWS ? 0 : c0 - TILE_ROWS + 1; i < L; i += TILE_ROWS) {
+          const int rows = min(TILE_ROWS, L - i);
+          tile(P + i * RC, RC, 0, 0, ones, Qc + i * K, K, 1, rows, K, Kt, RC, c0, RC);
+          tile(Tm + i * RC, RC, 0, 0, ones, Kc + i * K, K, 1, rows, K, Kt, RC, c0, RC);
+        }
+      }
+      // P_ij = scale D_ij q^_i.k^_j (j <= i) and A_ij = beta_i D_ij k^_i.k^_j (j < i),
+      // 0 elsewhere (select: the entries past the chunk may hold anything).
+      const float16 lane = (float16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
       for (int i = 0; i < L; ++i) {
-        for (int j = 0; j <= i; ++j) {
-          const float decay = exp(G[i] - G[j]);
-          P[i * RC + j] = scale * decay * dot16(Qc + i * K, Kc + j * K, K);
-          if (j < i) Tm[i * RC + j] = beta[i] * decay * dot16(Kc + i * K, Kc + j * K, K);
+#pragma unroll
+        for (int c = 0; c < RC / 16; ++c) {
+          const float16 j = lane + (float)(16 * c);
+          const float16 decay = exp(G[i] - vload16(c, G));
+          const float16 qk = vload16(c, P + i * RC), kk = vload16(c, Tm + i * RC);
+          vstore16(select((float16)(0.0f), scale * decay * qk, islessequal(j, (float16)(i))), c,
+                   P + i * RC);
+          vstore16(select((float16)(0.0f), beta[i] * decay * kk, isless(j, (float16)(i))), c,
+                   Tm + i * RC);
         }
       }
       // T = (I + A)^-1 by forward substitution, row i replacing A's row i
@@ -168,44 +200,32 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
         for (int c = 0; c < RC / 16; ++c) vstore16(row[c], c, Tm + i * RC);
         Tm[i * RC + i] = 1.0f;
       }
-      // [W | U0] = T R.
-      for (int i = 0; i < L; ++i) row_times(WU + i * KV, 0, KV, Tm + i * RC, 1, R, KV, i + 1);
-      // U = U0 + W S and O' = diag(scale gamma) Q^ S, sharing each load of S.
-      for (int i = 0; i < L; ++i) {
-        global float* u_row = WU + i * KV + K;
-        const float query_weight = scale * gamma[i];
-        for (int c0 = 0; c0 < V; c0 += 16 * ROW_BLOCK) {
-          const int vectors = min(ROW_BLOCK, (V - c0) / 16);
-          float16 u[ROW_BLOCK], qs[ROW_BLOCK];
-#pragma unroll
-          for (int c = 0; c < ROW_BLOCK; ++c) {
-            u[c] = c < vectors ? vload16(0, u_row + c0 + 16 * c) : (float16)(0.0f);
-            qs[c] = (float16)(0.0f);
-          }
-          for (int x = 0; x < K; ++x) {
-            const float w = WU[i * KV + x], query = Qc[i * K + x];
-            global const float* s_row = S + x * V + c0;
-#pragma unroll
-            for (int c = 0; c < ROW_BLOCK; ++c) {
-              if (c < vectors) {
-                const float16 s = vload16(c, s_row);
-                u[c] += w * s;
-                qs[c] += query * s;
-              }
-            }
-          }
-#pragma unroll
-          for (int c = 0; c < ROW_BLOCK; ++c) {
-            if (c < vectors) {
-              vstore16(u[c], 0, u_row + c0 + 16 * c);
-              vstore16(query_weight * qs[c], 0, Out + i * V + c0 + 16 * c);
-            }
-          }
+      // [W | U0] = T R (T lower: a row tile needs R's rows up to its last).
+      for (int c0 = 0; c0 < KV; c0 += 32) {
+        for (int i = 0; i < L; i += TILE_ROWS) {
+          tile(WU + i * KV, KV, 0, 0, ones, Tm + i * RC, RC, 1, min(TILE_ROWS, L - i),
+               min(i + TILE_ROWS, L), R, KV, c0, KV);
         }
       }
-      // O = O' + P U, into o.
+      // U = U0 + W S and O' = Q^ S.
+      for (int c0 = 0; c0 < V; c0 += 32) {
+        for (int i = 0; i < L; i += TILE_ROWS) {
+          global float* u_rows = WU + i * KV + K;
+          const int rows = min(TILE_ROWS, L - i);
+          tile(u_rows, KV, u_rows, KV, ones, WU + i * KV, KV, 1, rows, K, S, V, c0, V);
+          tile(Out + i * V, V, 0, 0, ones, Qc + i * K, K, 1, rows, K, S, V, c0, V);
+        }
+      }
+      // O = diag(scale gamma) O' + P U, then into o.
+      float query_weight[RC];
+      for (int i = 0; i < L; ++i) query_weight[i] = scale * gamma[i];
+      for (int c0 = 0; c0 < V; c0 += 32) {
+        for (int i = 0; i < L; i += TILE_ROWS) {
+          tile(Out + i * V, V, Out + i * V, V, query_weight + i, P + i * RC, RC, 1,
+               min(TILE_ROWS, L - i), min(i + TILE_ROWS, L), WU + K, KV, c0, V);
+        }
+      }
       for (int i = 0; i < L; ++i) {
-        row_times(Out + i * V, Out + i * V, V, P + i * RC, 1, WU + K, KV, i + 1);
         const long oo = o_off + b * o_st.x + (t0 + i) * o_st.y + hv * o_st.z;
         for (int c = 0; c < V; c += 16) {
           store_row16(o, oo + c * o_st.w, o_st.w, vload16(0, Out + i * V + c));
@@ -213,16 +233,18 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
       }
       // S <- gamma_last S + sum_j e^(G_last - G_j) k^_j u_j^T: the decayed keys
       // in R's key columns (R is done with), read down a column as weights.
-      const float state_decay = gamma[L - 1];
       for (int j = 0; j < L; ++j) {
         for (int x = 0; x < K; x += 16) {
           vstore16(to_end[j] * vload16(0, Kc + j * K + x), 0, R + j * KV + x);
         }
       }
-      for (int x = 0; x < K; ++x) {
-        global float* s_row = S + x * V;
-        for (int c = 0; c < V; c += 16) vstore16(state_decay * vload16(0, s_row + c), 0, s_row + c);
-        row_times(s_row, s_row, V, R + x, KV, WU + K, KV, L);
+      float state_decay[TILE_ROWS];
+      for (int r = 0; r < TILE_ROWS; ++r) state_decay[r] = gamma[L - 1];
+      for (int c0 = 0; c0 < V; c0 += 32) {
+        for (int x = 0; x < K; x += TILE_ROWS) {
+          tile(S + x * V, V, S + x * V, V, state_decay, R + x, 1, KV, min(TILE_ROWS, K - x), L,
+               WU + K, KV, c0, V);
+        }
       }
     }
     if (fin) {
