@@ -10,7 +10,8 @@
 //
 // gdn_prepare computes what every column of a token needs once per
 // (token, value head): the decay (fused gate applied), beta (as beta_mode
-// says) and the l2 norms. gdn_scan then walks the tokens. This token-recurrent form serves
+// says) and, with key_stats, the l2 norms and q^.k^ (without, rq = rk = 1:
+// gdn_chunk_rows.cl computes the norms from the rows it loads anyway). gdn_scan then walks the tokens. This token-recurrent form serves
 // both ops (and, in gdn_bwd.cl, the backward); the chunked (WY) form of the
 // CPU backend is not done here yet.
 
@@ -21,7 +22,7 @@ kernel void gdn_prepare(global const x_t* q, long q_off, long4 q_st,
                         global const uchar* A_log, long A_log_off, int A_log_dtype, long A_log_st,
                         global const uchar* dt_bias, long dt_off, int dt_dtype, long dt_st,
                         global float* info, long B, long T, int H, int HV, int K, int l2norm,
-                        int beta_mode) {
+                        int beta_mode, int key_stats) {
   const long item = get_global_id(0);
   if (item >= B * T * HV) return;
   const int hv = (int)(item % HV);
@@ -30,14 +31,14 @@ kernel void gdn_prepare(global const x_t* q, long q_off, long4 q_st,
   const long qo = q_off + b * q_st.x + t * q_st.y + h * q_st.z;
   const long ko = k_off + b * k_st.x + t * k_st.y + h * k_st.z;
   float qq = 0.0f, kk = 0.0f, kq = 0.0f;
-  for (int i = 0; i < K; ++i) {
+  for (int i = 0; key_stats && i < K; ++i) {
     const float qi = LOAD_X(q, qo + i * q_st.w), ki = LOAD_X(k, ko + i * k_st.w);
     qq += qi * qi;
     kk += ki * ki;
     kq += qi * ki;
   }
-  const float rq = l2norm ? 1.0f / sqrt(qq + 1e-6f) : 1.0f;
-  const float rk = l2norm ? 1.0f / sqrt(kk + 1e-6f) : 1.0f;
+  const float rq = l2norm && key_stats ? 1.0f / sqrt(qq + 1e-6f) : 1.0f;
+  const float rk = l2norm && key_stats ? 1.0f / sqrt(kk + 1e-6f) : 1.0f;
   float log_decay = load_any(g, g_off + b * g_st.x + t * g_st.y + hv * g_st.z, g_dtype);
   float strength =
       load_any(beta, beta_off + b * beta_st.x + t * beta_st.y + hv * beta_st.z, beta_dtype);

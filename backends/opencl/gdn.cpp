@@ -122,7 +122,7 @@ void check_kernel_ints(const GdnProblem& op, const char* name) {
   }
 }
 
-cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
+cl_mem prepare_tokens(Call& call, const GdnProblem& op, bool key_stats) {
   const int64_t items = checked_product("opencl: gdn_prepare", op.B, op.T, op.HV);
   const cl_mem info =
       call.scratch(scratch_bytes("opencl: gdn_prepare", items, kTokenInfo, sizeof(float)));
@@ -136,7 +136,7 @@ cl_mem prepare_tokens(Call& call, const GdnProblem& op) {
   launch.value(info).value(cl_long{op.B}).value(cl_long{op.T});
   launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
   launch.value(static_cast<cl_int>(op.K)).value(cl_int{op.use_qk_l2norm});
-  launch.value(static_cast<cl_int>(op.beta_mode));
+  launch.value(static_cast<cl_int>(op.beta_mode)).value(cl_int{key_stats});
   const size_t local = launch.group_size(kPrepareGroup);
   const size_t groups = groups_for(items, local);
   launch.run(call, 1, &groups, &local);
@@ -158,10 +158,11 @@ void gdn_chunk_fwd(const ExecContext& exec, const GdnChunkFwd& op) {
                    {op.final_state, "final_state"}});
   if (!call.active()) return;
   const IndexArg cu_seqlens = call.index(op.sequences.cu_seqlens);
-  const cl_mem info = prepare_tokens(call, op);
+  const bool rows = rows_form(call, op);
+  const cl_mem info = prepare_tokens(call, op, !rows);
   const int64_t N = op.sequences.count;
   const Tensor none;
-  if (rows_form(call, op)) {
+  if (rows) {
     rows_forward(call, op, info, cu_seqlens);
   } else if (const std::optional<ChunkPlan> plan = chunk_plan(call, op, false)) {
     chunked_forward(call, op, info, cu_seqlens, *plan);

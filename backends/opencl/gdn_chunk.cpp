@@ -160,7 +160,7 @@ void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg
   launch.index(cu).value(cl_long{op.sequences.count}).value(cl_long{op.T});
   launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
   launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
-  launch.value(static_cast<cl_float>(op.scale));
+  launch.value(static_cast<cl_float>(op.scale)).value(cl_int{op.use_qk_l2norm});
   launch.value(call.scratch(scratch_bytes(kWhat, workers, per_worker, sizeof(float))));
   launch.value(cl_long{per_worker});
   // Work-groups of one: each work-item walks its pairs alone, without barriers.

@@ -22,6 +22,13 @@
 
 #define RC 64  // tokens per chunk: kRowsChunk in gdn_chunk.cpp
 
+inline float hsum16(float16 x) {
+  const float8 a = x.lo + x.hi;
+  const float4 b = a.lo + a.hi;
+  const float2 c = b.lo + b.hi;
+  return c.x + c.y;
+}
+
 inline float16 load_row16(global const x_t* p, long offset, long step) {
   if (step == 1) return LOAD16_X(p, offset);
   float lanes[16];
@@ -101,7 +108,7 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
                                global float* fin, long fin_off, long4 fin_st,
                                global const uchar* cu, long cu_off, long cu_stride, int cu_kind,
                                long N, long T, int H, int HV, int K, int V, float scale,
-                               global float* scratch, long per_worker) {
+                               int l2norm, global float* scratch, long per_worker) {
   const long worker = get_global_id(0), workers = get_global_size(0);
   const int KV = K + V;
   global float* S = scratch + worker * per_worker;
@@ -147,9 +154,21 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
         const long qo = q_off + b * q_st.x + t * q_st.y + h * q_st.z;
         const long ko = k_off + b * k_st.x + t * k_st.y + h * k_st.z;
         const long vo = v_off + b * v_st.x + t * v_st.y + hv * v_st.z;
+        // q and k as they are into Qc and Kc, then through the l2norm there.
+        float16 qq = (float16)(0.0f), kk = (float16)(0.0f);
         for (int x = 0; x < K; x += 16) {
-          const float16 key = token[3] * load_row16(k, ko + x * k_st.w, k_st.w);
-          vstore16(token[2] * load_row16(q, qo + x * q_st.w, q_st.w), 0, Qc + i * K + x);
+          const float16 query = load_row16(q, qo + x * q_st.w, q_st.w);
+          const float16 key = load_row16(k, ko + x * k_st.w, k_st.w);
+          qq += query * query;
+          kk += key * key;
+          vstore16(query, 0, Qc + i * K + x);
+          vstore16(key, 0, Kc + i * K + x);
+        }
+        const float rq = l2norm ? 1.0f / sqrt(hsum16(qq) + 1e-6f) : 1.0f;
+        const float rk = l2norm ? 1.0f / sqrt(hsum16(kk) + 1e-6f) : 1.0f;
+        for (int x = 0; x < K; x += 16) {
+          const float16 key = rk * vload16(0, Kc + i * K + x);
+          vstore16(rq * vload16(0, Qc + i * K + x), 0, Qc + i * K + x);
           vstore16(key, 0, Kc + i * K + x);
           float lanes[16];
           vstore16(key, 0, lanes);

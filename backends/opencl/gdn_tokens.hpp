@@ -14,8 +14,10 @@ namespace hops::opencl {
 void check_kernel_ints(const GdnProblem& op, const char* name);
 
 // Decay, beta and the l2 norms of every (b, t, hv) (TOKEN_INFO floats each,
-// common.cl), computed by gdn_prepare into a scratch buffer.
-cl_mem prepare_tokens(Call& call, const GdnProblem& op);
+// common.cl), computed by gdn_prepare into a scratch buffer; without
+// key_stats, q and k are not read (norms 1, q^.k^ 0) for a kernel that
+// normalises them itself.
+cl_mem prepare_tokens(Call& call, const GdnProblem& op, bool key_stats = true);
 
 // A state tensor's strides as the kernels take them: (index, hv, k step, v step).
 cl_long4 state_steps(const Tensor& state, bool v_first);
@@ -33,7 +35,7 @@ struct ChunkPlan {
 // it on any device).
 bool rows_form(const Call& call, const GdnProblem& op);
 
-// gdn_chunk_fwd in that form, after gdn_prepare filled `info`.
+// gdn_chunk_fwd in that form, after gdn_prepare filled `info` (key_stats off).
 void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg& cu_seqlens);
 
 // The chunked form's tiles, or nullopt where the token scan takes the call:
