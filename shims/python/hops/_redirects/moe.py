@@ -61,7 +61,7 @@ def _communicator(comm):
     """(rank, ranks) of an expert-parallel communicator, and the MPI communicator behind it."""
     from ..ops import moe_ep
 
-    mpi = moe_ep.mpi_of_process_group(comm) if moe_ep._is_process_group(comm) else comm
+    mpi = moe_ep.mpi_of_process_group(comm) if moe_ep.is_process_group(comm) else comm
     described = moe_ep.describe(mpi)
     return described.rank, described.size, mpi
 

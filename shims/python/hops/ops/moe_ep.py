@@ -38,7 +38,8 @@ def _mpi():
     return MPI
 
 
-def _is_process_group(comm) -> bool:
+def is_process_group(comm) -> bool:
+    """Whether comm is a torch.distributed process group (without importing torch)."""
     torch = sys.modules.get("torch")  # a process group exists only where torch is imported
     return (torch is not None and torch.distributed.is_available()
             and isinstance(comm, torch.distributed.ProcessGroup))
@@ -83,7 +84,7 @@ def describe(comm) -> _abi.hops_comm:
     a torch.distributed process group (mpi_of_process_group); a hops_comm passes as it is."""
     if isinstance(comm, _abi.hops_comm):
         return comm
-    if _is_process_group(comm):
+    if is_process_group(comm):
         comm = mpi_of_process_group(comm)
     MPI = _mpi()
     if MPI is not None and isinstance(comm, MPI.Comm):
