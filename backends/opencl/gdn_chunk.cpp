@@ -122,8 +122,9 @@ void states(Call& call, const GdnProblem& op, const IndexArg& cu, const ChunkPla
 // CPU devices: gdn_chunk_rows.cl, a work-item per (sequence, value head).
 constexpr std::string_view kRowsProgram = "gdn_chunk_rows.cl";  // after common.cl
 constexpr int64_t kRowsChunk = 64;                              // RC in gdn_chunk_rows.cl
-constexpr int64_t kRowsVector = 16;    // its float16 columns: K and V multiples of this
-constexpr int64_t kRowsWorkers = 128;  // work-items at most, each with its scratch
+constexpr int64_t kRowsVector = 16;       // its float16 columns: K and V multiples of this
+constexpr int64_t kRowsWorkers = 128;     // work-items at most, each with its scratch
+constexpr int64_t kRowsItemsPerUnit = 4;  // work-items per compute unit, at least, where G allows
 
 // Tokens per sequence, on average, from which the chunked forms pay for
 // themselves; decode and short speculative runs take the scan.
@@ -144,11 +145,20 @@ bool rows_form(const Call& call, const GdnProblem& op) {
 
 void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg& cu) {
   constexpr std::string_view kWhat = "opencl: gdn_chunk_fwd_rows scratch";
-  const int64_t C = kRowsChunk;
+  const int64_t C = kRowsChunk, G = op.HV / op.H, N = op.sequences.count;
+  // A work-item's value heads: the most (a divisor of G) that still leaves
+  // kRowsItemsPerUnit items per compute unit, so the key work is shared without idling cores.
+  const auto units = static_cast<int64_t>(
+      device_value<cl_uint>(call.runtime().device(), CL_DEVICE_MAX_COMPUTE_UNITS));
+  int64_t group = G;
+  while (group > 1 && scratch_size(kWhat, N, op.H, G / group) < kRowsItemsPerUnit * units) {
+    --group;
+    while (G % group != 0) --group;  // the next divisor of G down
+  }
   const int64_t per_worker =
-      scratch_sum(kWhat, scratch_size(kWhat, op.K, op.V), scratch_size(kWhat, 3 * C, op.K),
-                  scratch_size(kWhat, 2 * C, op.K + op.V), scratch_size(kWhat, C, op.V), 2 * C * C);
-  const int64_t workers = std::min(scratch_size(kWhat, op.sequences.count, op.HV), kRowsWorkers);
+      scratch_sum(kWhat, scratch_size(kWhat, group, op.K, op.V), scratch_size(kWhat, 3 * C, op.K),
+                  scratch_size(kWhat, 2 * C, op.K + op.V), scratch_size(kWhat, C, op.V), 4 * C * C);
+  const int64_t workers = std::min(scratch_size(kWhat, N, op.H, G / group), kRowsWorkers);
   Launch launch(call.kernel(kRowsProgram, op.q.dtype, "gdn_chunk_fwd_rows"));
   launch.tensor(op.q).value(strides4(op.q));
   launch.tensor(op.k).value(strides4(op.k));
@@ -157,13 +167,14 @@ void rows_forward(Call& call, const GdnChunkFwd& op, cl_mem info, const IndexArg
   launch.tensor(op.o).value(strides4(op.o));
   launch.tensor(op.initial_state).value(state_steps(op.initial_state, op.state_v_first));
   launch.tensor(op.final_state).value(state_steps(op.final_state, op.state_v_first));
-  launch.index(cu).value(cl_long{op.sequences.count}).value(cl_long{op.T});
+  launch.index(cu).value(cl_long{N}).value(cl_long{op.T});
   launch.value(static_cast<cl_int>(op.H)).value(static_cast<cl_int>(op.HV));
   launch.value(static_cast<cl_int>(op.K)).value(static_cast<cl_int>(op.V));
   launch.value(static_cast<cl_float>(op.scale)).value(cl_int{op.use_qk_l2norm});
+  launch.value(static_cast<cl_int>(group));
   launch.value(call.scratch(scratch_bytes(kWhat, workers, per_worker, sizeof(float))));
   launch.value(cl_long{per_worker});
-  // Work-groups of one: each work-item walks its pairs alone, without barriers.
+  // Work-groups of one: each work-item walks its items alone, without barriers.
   const size_t groups = static_cast<size_t>(workers), local = 1;
   launch.run(call, 1, &groups, &local);
 }
