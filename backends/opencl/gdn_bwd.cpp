@@ -117,8 +117,11 @@ void rows_scan(Call& call, const GdnChunkBwd& op, cl_mem info, const IndexArg& c
   const int64_t N = op.sequences.count, tokens = checked_product(op.kName, op.B, op.T);
   const int64_t chunk = checkpoint_interval(tokens, N);
   const int64_t head_floats = op.K * op.V;  // validated: HV K V <= 2^48
-  const int64_t per_worker =
-      scratch_sum(op.kName, scratch_size(op.kName, chunk + 1, head_floats), 2 * op.K);
+  // dS, q^ and k^ of a chunk (and a row past it), its tokens' e, its token states (and the one
+  // after).
+  const int64_t per_worker = scratch_sum(op.kName, scratch_size(op.kName, chunk + 2, head_floats),
+                                         scratch_size(op.kName, 2 * (chunk + 1), op.K),
+                                         scratch_size(op.kName, chunk, op.V));
   const int64_t workers = std::min(scratch_size(op.kName, N, op.HV), kRowsWorkers);
   Launch launch(call.kernel(kRowsProgram, op.q.dtype, "gdn_bwd_rows"));
   launch.tensor(op.q).value(strides4(op.q));
