@@ -101,9 +101,11 @@ inline void store(const Tensor& t, int64_t offset, float value) {
 
 // count elements from `offset` with stride `step`, as floats: one dtype
 // dispatch for the whole run instead of one per element, and a loop of its
-// own for contiguous runs (the usual case), which vectorises.
+// own for contiguous runs (the usual case), which vectorises. An empty run
+// touches nothing: an empty tensor's data may be NULL, and NULL + offset is UB.
 inline void load_run(const Tensor& t, int64_t offset, int64_t step, int64_t count,
                      float* __restrict out) {
+  if (count <= 0) return;
   visit_float(t.dtype, [&]<class T>(T) {
     const T* __restrict in = t.data<const T>() + offset;
     if (step == 1) {
@@ -115,6 +117,7 @@ inline void load_run(const Tensor& t, int64_t offset, int64_t step, int64_t coun
 }
 inline void store_run(const Tensor& t, int64_t offset, int64_t step, int64_t count,
                       const float* __restrict in) {
+  if (count <= 0) return;
   visit_float(t.dtype, [&]<class T>(T) {
     T* __restrict out = t.data<T>() + offset;
     if (step == 1) {

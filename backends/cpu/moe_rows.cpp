@@ -70,6 +70,7 @@ void stream_fence() {
 
 // Rows [first, last) of a [R, Hd] tensor set to zero.
 void zero_row_range(const Tensor& t, int64_t first, int64_t last) {
+  if (t.shape[1] == 0) return;  // data may be NULL
   visit_float(t.dtype, [&]<class T>(T) {
     const int64_t n = t.shape[1], step = t.stride[1];
     for (int64_t r = first; r < last; ++r) {
@@ -206,28 +207,31 @@ void moe_dispatch(const ExecContext& context, const MoeDispatch& op) {
     }
   }
   const int64_t used = first[E];
-  visit_float(op.x.dtype, [&]<class S>(S) {
-    const bool stream = op.x.stride[1] == 1 && op.rows.stride[1] == 1 &&
-                        R * op.Hd * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
-    context.threads->parallel_for(
-        task_count(T, kTokensPerTask), context.max_workers, [&](int64_t task, int) {
-          for (int64_t t = task * kTokensPerTask; t < std::min(T, (task + 1) * kTokensPerTask);
-               ++t) {
-            const S* in = op.x.data<const S>() + op.x.offset(t, 0);
-            for (int64_t j = 0; j < k; ++j) {
-              const int64_t r = slot_row(op.row_map, t, j, R);
-              if (r < 0) continue;
-              S* out = op.rows.data<S>() + op.rows.offset(r, 0);
-              if (stream) {
-                stream_copy(in, out, op.Hd * static_cast<int64_t>(sizeof(S)));
-              } else {
-                copy_row(in, op.x.stride[1], out, op.rows.stride[1], op.Hd);
+  // Rows of no elements (Hd = 0): only the tables; x's data may be NULL.
+  if (op.Hd > 0) {
+    visit_float(op.x.dtype, [&]<class S>(S) {
+      const bool stream = op.x.stride[1] == 1 && op.rows.stride[1] == 1 &&
+                          R * op.Hd * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
+      context.threads->parallel_for(
+          task_count(T, kTokensPerTask), context.max_workers, [&](int64_t task, int) {
+            for (int64_t t = task * kTokensPerTask; t < std::min(T, (task + 1) * kTokensPerTask);
+                 ++t) {
+              const S* in = op.x.data<const S>() + op.x.offset(t, 0);
+              for (int64_t j = 0; j < k; ++j) {
+                const int64_t r = slot_row(op.row_map, t, j, R);
+                if (r < 0) continue;
+                S* out = op.rows.data<S>() + op.rows.offset(r, 0);
+                if (stream) {
+                  stream_copy(in, out, op.Hd * static_cast<int64_t>(sizeof(S)));
+                } else {
+                  copy_row(in, op.x.stride[1], out, op.rows.stride[1], op.Hd);
+                }
               }
             }
-          }
-          if (stream) stream_fence();
-        });
-  });
+            if (stream) stream_fence();
+          });
+    });
+  }
   moe::zero_rows(context, op.rows, used, R);
 }
 
