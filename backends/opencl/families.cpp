@@ -11,6 +11,7 @@ std::span<const Kernel> conv1d_kernels();
 std::span<const Kernel> norm_kernels();
 std::span<const Kernel> attn_kernels();
 std::span<const Kernel> moe_kernels();
+std::span<const Kernel> moe_ep_kernels();
 
 std::span<const Kernel> all_kernels() {
   static const std::vector<Kernel> kernels = join_families({
@@ -19,6 +20,7 @@ std::span<const Kernel> all_kernels() {
       norm_kernels(),
       attn_kernels(),
       moe_kernels(),
+      moe_ep_kernels(),
   });
   return kernels;
 }
