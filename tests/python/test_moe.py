@@ -429,6 +429,130 @@ def test_refused_experts_fall_back_to_the_configured_implementation():
     assert "activation GELU" in report.fallback_reasons[EXPERTS_LABEL]
 
 
+# ---- the experts function's workspace (hops._redirects.moe_workspace) ---------------------------------------
+
+@pytest.fixture
+def workspace(monkeypatch):
+    """The pool, emptied before and after; hops.ops' moe_dispatch spied on: the rows each call wrote."""
+    from hops._redirects.moe_workspace import WORKSPACE
+
+    monkeypatch.delenv("HOPS_MOE_WORKSPACE", raising=False)
+    hops.release_moe_workspace()
+    written = []
+    dispatch = hops.ops.moe_dispatch
+
+    def spy(*args, rows=None, **kwargs):
+        result = dispatch(*args, rows=rows, **kwargs)
+        written.append(result[0].data_ptr())
+        return result
+
+    monkeypatch.setattr(hops.ops, "moe_dispatch", spy)
+    yield WORKSPACE, written
+    hops.release_moe_workspace()
+
+
+def routed(block, tokens, seed):
+    hidden = randn(tokens, 64, seed=seed)
+    with torch.no_grad():
+        _, weights, ids = block.gate(hidden)
+    return hidden, ids, weights
+
+
+@needs_transformers
+def test_experts_workspace_equals_the_uncached_path_bitwise(workspace, monkeypatch):
+    """Without autograd the experts function takes its rows and expert outputs from the pool:
+    y is the torch operators' (fresh intermediates) bitwise; the buffers are kept and reused by
+    later calls (other layers, a shorter T: no new ones); release frees them; the switch and
+    autograd keep the pool out."""
+    from hops._redirects.moe import experts
+
+    pool, written = workspace
+    _, block = sparse_block()
+    calls = [routed(block, tokens, seed) for tokens, seed in ((40, 1), (40, 2), (7, 3))]
+    monkeypatch.setenv("HOPS_MOE_WORKSPACE", "0")
+    with torch.no_grad():
+        expected = [experts(block.experts, *call) for call in calls]
+    assert not written and pool.nbytes() == 0  # switched off: the torch operators, nothing kept
+    monkeypatch.delenv("HOPS_MOE_WORKSPACE")
+    with torch.inference_mode():
+        got = [experts(block.experts, *call) for call in calls]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert pool.nbytes() == 2 * 40 * 4 * 64 * 4  # rows + expert outputs of the largest call (T=40, k=4, fp32)
+    assert len(written) == 3 and len(set(written)) == 1  # every call wrote the same buffer
+    assert hops.release_moe_workspace() == 2 * 40 * 4 * 64 * 4 and pool.nbytes() == 0
+    hidden, ids, weights = calls[0]
+    hidden = hidden.clone().requires_grad_()
+    y = experts(block.experts, hidden, ids, weights)  # autograd keeps the intermediates: no pool
+    y.sum().backward()
+    assert len(written) == 3 and pool.nbytes() == 0 and hidden.grad is not None
+    assert torch.equal(y.detach(), expected[0])
+
+
+def test_workspace_buffers_are_never_shared_while_borrowed():
+    """A borrowed buffer is out of the pool: a nested call gets others; what release() drops
+    while borrowed is not taken back."""
+    from hops._redirects.moe_workspace import Workspace
+
+    pool, like = Workspace(), torch.empty(0)
+    with pool.borrow(like, (8, 16), 2) as outer:
+        with pool.borrow(like, (4, 16), 2) as inner:
+            pointers = {t.data_ptr() for t in outer + inner}
+    assert len(pointers) == 4 and pool.nbytes() == 2 * (8 + 4) * 16 * 4
+    with pool.borrow(like, (8, 16), 2) as again:
+        assert [t.data_ptr() for t in again] == [t.data_ptr() for t in outer]  # the largest, in order
+        assert pool.release() == 2 * 4 * 16 * 4  # the two idle ones
+    assert pool.nbytes() == 0  # the two borrowed during release were dropped
+
+
+@needs_transformers
+def test_experts_workspace_under_concurrent_threads(workspace):
+    """Threads calling the experts function at once (held together inside moe_dispatch) write
+    different buffers and each gets its own result, bitwise the sequential one."""
+    import threading
+
+    from hops._redirects.moe import experts
+
+    pool, written = workspace
+    _, block = sparse_block()
+    threads = 3
+    calls = [routed(block, 40, seed) for seed in range(threads)]
+    with torch.no_grad():
+        expected = [experts(block.experts, *call) for call in calls]
+    hops.release_moe_workspace()
+    written.clear()
+    together, inside, results, errors = threading.Barrier(threads, timeout=30), threading.local(), {}, []
+    dispatch = hops.ops.moe_dispatch  # the spy
+
+    def held(*args, **kwargs):
+        result = dispatch(*args, **kwargs)
+        if not getattr(inside, "waited", False):  # the first call of each thread waits for the others
+            inside.waited = True
+            together.wait()
+        return result
+
+    def run(i):
+        try:
+            with torch.no_grad():
+                for _ in range(4):
+                    results.setdefault(i, []).append(experts(block.experts, *calls[i]))
+        except Exception as error:  # noqa: BLE001 (reported below)
+            errors.append(error)
+
+    hops.ops.moe_dispatch = held
+    try:
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        hops.ops.moe_dispatch = dispatch
+    assert not errors, errors
+    assert len(set(written[:threads])) == threads  # the calls in flight together had their own rows
+    assert all(torch.equal(y, expected[i]) for i in range(threads) for y in results[i])
+    assert pool.nbytes() <= threads * 2 * 40 * 4 * 64 * 4
+
+
 # ---- transformers: the tiny Qwen3.5-MoE / Qwen3-Next with their MoE on hops ------------------------------
 
 @pytest.fixture(scope="module", params=sorted(MOE_MODULES))

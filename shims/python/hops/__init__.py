@@ -17,12 +17,13 @@ hops.patch (host patching). The modules are layered bottom to top without cycles
 from . import causal_conv1d, fla, flash_attn, ops
 from ._bindings import ProviderInfo, library
 from ._redirects.moe import shard_experts
+from ._redirects.moe_workspace import release as release_moe_workspace
 from .errors import HopsError
 from .patch import PatchReport, patch, patch_model, unpatch
 
 __version__ = "0.1.0"
 __all__ = ["HopsError", "PatchReport", "ProviderInfo", "causal_conv1d", "fla", "flash_attn", "info", "ops", "patch",
-           "patch_model", "shard_experts", "unpatch"]
+           "patch_model", "release_moe_workspace", "shard_experts", "unpatch"]
 
 
 def info() -> ProviderInfo:

@@ -20,6 +20,7 @@ from collections import Counter
 
 from .._dispatch import ops_for
 from ..errors import unsupported
+from . import moe_workspace
 
 NAME, SWITCH = "moe", "HOPS_PATCH_MOE"
 INTERFACE = "hops"  # the name in transformers' ExpertsInterface (experts_implementation="hops")
@@ -49,12 +50,30 @@ def _refuse_layout(module) -> None:
 def experts(module, hidden_states, top_k_index, top_k_weights):
     """transformers' experts function on hops -> [T,Hd] in hidden_states' dtype: each token's
     rows to its experts (moe_dispatch), the grouped SwiGLU (moe_expert_mlp), the weighted sum
-    in slot order (moe_combine). Differentiable in hidden_states, the weights and top_k_weights."""
+    in slot order (moe_combine). Differentiable in hidden_states, the weights and top_k_weights;
+    where autograd keeps nothing, the rows and expert outputs come from moe_workspace's pool."""
     _refuse_layout(module)
+    if moe_workspace.serves(hidden_states, top_k_weights, module.gate_up_proj, module.down_proj):
+        return _experts_in_workspace(module, hidden_states, top_k_index, top_k_weights)
     ops = ops_for(hidden_states)
     rows, counts, row_map = ops.moe_dispatch(hidden_states, top_k_index, module.num_experts)
     out = ops.moe_expert_mlp(rows, counts, module.gate_up_proj, module.down_proj)
     return ops.moe_combine(out, row_map, top_k_weights)
+
+
+def _experts_in_workspace(module, hidden_states, top_k_index, top_k_weights):
+    """experts() without autograd, its two [T*k, Hd] intermediates borrowed from the pool
+    (the same kernels on the same inputs: the same y, bitwise)."""
+    from .. import ops
+    from ..torch_ops._common import check
+
+    for op in ("moe_dispatch", "moe_expert_mlp", "moe_combine"):
+        check(op, hidden_states)  # the torch operators' refusal (naming the dtype), before any work
+    tokens, width = hidden_states.shape
+    with moe_workspace.WORKSPACE.borrow(hidden_states, (tokens * top_k_index.shape[1], width), 2) as (rows, out):
+        rows, counts, row_map = ops.moe_dispatch(hidden_states, top_k_index, module.num_experts, rows=rows)
+        ops.moe_expert_mlp(rows, counts, module.gate_up_proj, module.down_proj, out=out)
+        return ops.moe_combine(out, row_map, top_k_weights)
 
 
 def _communicator(comm):

@@ -50,35 +50,39 @@ def moe_route(logits, top_k, normalize=True, scoring="softmax", *, weights_dtype
     return weights, ids
 
 
-def moe_dispatch_outputs(x, topk_ids, num_experts: int):
-    """(rows [T*k,Hd] like x, counts [E], row_map [T,k]); indices in topk_ids' dtype."""
+def moe_dispatch_outputs(x, topk_ids, num_experts: int, rows=None):
+    """(rows [T*k,Hd] like x (`rows` where given), counts [E], row_map [T,k]); indices in
+    topk_ids' dtype."""
     tokens, width = dims("moe_dispatch", "x", x, 2)
     _, slots = dims("moe_dispatch", "topk_ids", topk_ids, 2)
-    return empty(x, (tokens * slots, width)), empty(topk_ids, (num_experts,)), empty(topk_ids, (tokens, slots))
+    rows = empty(x, (tokens * slots, width)) if rows is None else rows
+    return rows, empty(topk_ids, (num_experts,)), empty(topk_ids, (tokens, slots))
 
 
 @device_option
-def moe_dispatch(x, topk_ids, num_experts):
+def moe_dispatch(x, topk_ids, num_experts, *, rows=None):
     """Copies each token's row to its experts -> (rows [T*k,Hd], counts [E], row_map [T,k]).
 
     x [T,Hd]; topk_ids [T,k] (int32/int64, -1 drops the slot). rows holds, expert by expert
     in ascending order and within one in (token, slot) order, a copy of x[t] for each kept
     slot; rows past sum(counts) are zero. row_map[t,j] is the row of slot (t, j), -1 when
-    dropped. An id outside [-1, E) is an error naming topk_ids."""
+    dropped. An id outside [-1, E) is an error naming topk_ids. rows= takes a preallocated
+    [T*k,Hd] array like x to write (every row is written), else a new one is allocated."""
     topk_ids = _indices(topk_ids, x)
-    rows, counts, row_map = moe_dispatch_outputs(x, topk_ids, num_experts)
+    rows, counts, row_map = moe_dispatch_outputs(x, topk_ids, num_experts, rows)
     call("moe_dispatch", x=x, topk_ids=topk_ids, rows=rows, counts=counts, row_map=row_map)
     return rows, counts, row_map
 
 
 @device_option
-def moe_expert_mlp(rows, counts, gate_up_proj, down_proj):
+def moe_expert_mlp(rows, counts, gate_up_proj, down_proj, *, out=None):
     """The grouped SwiGLU expert MLP -> out [R,Hd] like rows.
 
     For expert e and its counts[e] rows r (from row sum(counts[:e])): out = (silu(r Wg^T) *
     (r Wu^T)) Wd^T with gate_up_proj[e] = [Wg; Wu] [2I,Hd] (gate rows first) and down_proj[e]
-    = Wd [Hd,I], transformers' stacked layouts. Rows past sum(counts) give 0."""
-    out = empty_like(rows)
+    = Wd [Hd,I], transformers' stacked layouts. Rows past sum(counts) give 0. out= takes a
+    preallocated [R,Hd] array like rows to write (every row is written), else a new one."""
+    out = empty_like(rows) if out is None else out
     call("moe_expert_mlp", rows=rows, counts=_indices(counts, rows), gate_up_proj=gate_up_proj,
          down_proj=down_proj, out=out)
     return out
