@@ -3,14 +3,19 @@
 Qwen3.5-35B-A3B's expert layout scaled to the demo (issue 15): hidden Hd = 2048, E = 64
 experts, top-k = 8, expert width I = 512, fp32, T tokens (default 2048 and 4096).
 
-  layer          route + dispatch + expert MLP + combine from the router logits [T, E]:
-                 hops.ops.moe_route, moe_dispatch, moe_expert_mlp, moe_combine, against
-                 Qwen3_5MoeTopKRouter's softmax / top-k / renormalisation on the same logits
-                 followed by Qwen3_5MoeExperts with each of transformers' experts
-                 implementations that run on a CPU: "eager" (the model's own loop over the
-                 experts hit) and "grouped_mm" (sort, torch's grouped_mm, inverse permutation,
-                 sum). "batched_mm" gathers a [2I, Hd] weight copy per slot (137 GB here) and
-                 is not run.
+  layer          route + dispatch + expert MLP + combine from the router logits [T, E], as
+                 hops.patch() runs it (the path users take): the patched router's moe_route,
+                 then the Qwen3_5MoeExperts module, whose patched forward is transformers'
+                 ExpertsInterface "hops" (moe_dispatch, moe_expert_mlp, moe_combine; under
+                 inference_mode its two [T*k, Hd] intermediates come from the workspace pool),
+                 against Qwen3_5MoeTopKRouter's softmax / top-k / renormalisation on the same
+                 logits followed by Qwen3_5MoeExperts' own forward with each of transformers'
+                 experts implementations that run on a CPU: "eager" (the model's own loop over
+                 the experts hit) and "grouped_mm" (sort, torch's grouped_mm, inverse
+                 permutation, sum). "batched_mm" gathers a [2I, Hd] weight copy per slot
+                 (137 GB here) and is not run. Beside it the same four ops through hops.ops
+                 (fresh intermediates every call, as without the pool) and on preallocated
+                 outputs (the raw bindings).
   moe_route      alone, against the router's softmax / top-k / renormalisation
   moe_dispatch   alone, against the copy bandwidth: bytes = x read once + T*k rows written
   moe_expert_mlp alone, against the fp32 peak: FLOP = 6 Hd I per kept slot
@@ -18,8 +23,7 @@ experts, top-k = 8, expert width I = 512, fp32, T tokens (default 2048 and 4096)
   copy_          torch's copy of a [T*k, Hd] fp32 tensor, timed among the ops: the bandwidth
 
 The ops alone run on preallocated outputs (the raw binding: a fresh 256 MiB output costs
-its page faults, which are the allocator's, not the kernel's); the layer runs through
-hops.ops, allocating like its peers. Floors: the nominal fp32 peak as issue 15 counts it
+its page faults, which are the allocator's, not the kernel's). Floors: the nominal fp32 peak as issue 15 counts it
 (cores x 2 FMA pipes x 8 AVX2 lanes x 2 FLOP x clock; the AVX-512 figure beside it where
 the CPU has it) and the bandwidth of a copy_ of the rows' size timed among the ops (read +
 write counted). Timing as bench_cpu_vs_torch.py (whose code it reuses): interleaved blocks,
@@ -48,6 +52,8 @@ from bench_attn_cpu import nominal_peaks  # noqa: E402
 
 from transformers.models.qwen3_5_moe.configuration_qwen3_5_moe import Qwen3_5MoeTextConfig  # noqa: E402
 from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeExperts  # noqa: E402
+
+EXPERTS_FORWARD = Qwen3_5MoeExperts.forward  # transformers' own, taken before hops.patch() replaces it
 
 HD, E, K, I = 2048, 64, 8, 512
 PEERS = ("eager", "grouped_mm")
@@ -95,10 +101,16 @@ class Layer:
         out = hops.ops.moe_expert_mlp(rows, counts, self.gate_up, self.down)
         return hops.ops.moe_combine(out, row_map, weights)
 
+    def patched_layer(self):
+        """hops.patch()'s MoE from the logits: the patched router's moe_route (router_forward after
+        its linear), then the experts module, whose patched forward runs ExpertsInterface "hops"."""
+        weights, ids = hops.torch_ops.moe_route(self.logits, K, weights_dtype=self.logits.dtype)
+        return self.experts(self.x, ids, weights)
+
     def torch_layer(self, implementation):
         self.experts.config._experts_implementation = implementation
         weights, ids = router(self.logits)
-        return self.experts(self.x, ids, weights)
+        return EXPERTS_FORWARD(self.experts, self.x, ids, weights)
 
     def chained(self):
         """The four ops in turn on the preallocated outputs."""
@@ -164,18 +176,20 @@ def sample(functions: dict, args) -> dict:
 @torch.inference_mode()
 def measure(layer: Layer, args) -> dict:
     benchlib.wait_for_quiet(args.noisy, patience=args.patience)
-    ours = layer.hops_layer()
+    ours = layer.patched_layer()
     errors = {peer: cpu_bench.rel_err(ours, layer.torch_layer(peer)) for peer in PEERS}
+    bitwise = torch.equal(ours, layer.hops_layer())  # the pool changes no bit
     hops_route, torch_route = hops.ops.moe_route(layer.logits, K), router(layer.logits)
     route_ok = torch.equal(hops_route[1], torch_route[1])
     errors["route"] = cpu_bench.rel_err(hops_route[0], torch_route[0]) if route_ok else float("inf")
-    result = dict(errors=errors, mlp_cpu=[])
+    result = dict(errors=errors, bitwise=bitwise, mlp_cpu=[])
 
     def mlp():  # also its CPU time (all of the process's threads): what the load takes is not in it
         start = time.process_time()
         layer.mlp()
         result["mlp_cpu"].append(time.process_time() - start)
-    result["layer"] = sample({"hops": layer.hops_layer, "hops_preallocated": layer.chained,
+    result["layer"] = sample({"patched": layer.patched_layer, "hops": layer.hops_layer,
+                              "hops_preallocated": layer.chained,
                               **{peer: (lambda p=peer: layer.torch_layer(p)) for peer in PEERS}}, args)
     result["ops"] = sample({"moe_route": layer.route, "router": lambda: router(layer.logits),
                             "moe_dispatch": layer.dispatch, "moe_expert_mlp": mlp,
@@ -183,7 +197,7 @@ def measure(layer: Layer, args) -> dict:
     return result
 
 
-def report(layers, results, avx2_peak, widest_peak):
+def tabulate(layers, results, avx2_peak, widest_peak):
     fmt = cpu_bench.fmt_ms
     rows = ["| T | path | hops ms (n) | eager ms (n) | grouped_mm ms (n) | **faster peer / hops** | "
             "hops GFLOP/s | **% of AVX2 peak** | hops GB/s | **% of copy** | max rel err | others' cores (redone) |",
@@ -192,14 +206,17 @@ def report(layers, results, avx2_peak, widest_peak):
     for layer, r in zip(layers, results):
         lt, ln = r["layer"]["times"], r["layer"]["n"]
         best = min(lt[peer] for peer in PEERS)
-        gflops = layer.flop() / lt["hops"] / 1e9
         err = max(r["errors"][p] for p in PEERS)
-        rows.append(f"| {layer.t} | layer: route + dispatch + MLP + combine (hops.ops) | {fmt(lt['hops'])} "
-                    f"({ln['hops']}) | {fmt(lt['eager'])} ({ln['eager']}) | {fmt(lt['grouped_mm'])} "
-                    f"({ln['grouped_mm']}) | **{best / lt['hops']:.2f}x** | {gflops:.1f} | "
-                    f"{100 * gflops / avx2_peak:.0f}% | - | - | {err:.1e}"
-                    f"{'' if err <= TOLERANCE else ' **MISMATCH**'} | {r['layer']['others']:.2f} "
-                    f"({r['layer']['redone']}) |")
+        for path, what, error in (
+                ("patched", "**hops.patch() layer**: moe_route + ExpertsInterface \"hops\" (workspace pool)",
+                 f"{err:.1e}{'' if err <= TOLERANCE else ' **MISMATCH**'}"),
+                ("hops", "the same four ops through hops.ops (fresh intermediates per call)",
+                 "bitwise = hops.patch()" if r["bitwise"] else "**differs from hops.patch()**")):
+            gflops = layer.flop() / lt[path] / 1e9
+            rows.append(f"| {layer.t} | {what} | {fmt(lt[path])} ({ln[path]}) | {fmt(lt['eager'])} ({ln['eager']}) | "
+                        f"{fmt(lt['grouped_mm'])} ({ln['grouped_mm']}) | **{best / lt[path]:.2f}x** | {gflops:.1f} | "
+                        f"{100 * gflops / avx2_peak:.0f}% | - | - | {error} | {r['layer']['others']:.2f} "
+                        f"({r['layer']['redone']}) |")
         pre = lt["hops_preallocated"]
         rows.append(f"| {layer.t} | the same four ops on preallocated outputs (raw bindings) | {fmt(pre)} "
                     f"({ln['hops_preallocated']}) | - | - | **{best / pre:.2f}x** | {layer.flop() / pre / 1e9:.1f} | "
@@ -226,12 +243,12 @@ def report(layers, results, avx2_peak, widest_peak):
             shares[op] = gbps / copy
             rows.append(f"| {layer.t} | {op} | {fmt(ot[op])} ({on[op]}) | - | - | - | - | - | {gbps:.1f} | "
                         f"**{100 * gbps / copy:.0f}%** | - | {r['ops']['others']:.2f} ({r['ops']['redone']}) |")
-        ratio, ratio_pre = best / lt["hops"], best / pre
+        ratio, ratio_ops, ratio_pre = best / lt["patched"], best / lt["hops"], best / pre
+        faster = min(PEERS, key=lambda peer: lt[peer])
         verdicts.append(
-            f"T={layer.t}: layer {ratio:.2f}x the faster of transformers' paths through hops.ops, {ratio_pre:.2f}x "
-            f"on preallocated outputs (target {TARGETS['ratio']}x: "
-            f"{'met' if ratio >= TARGETS['ratio'] else 'missed'} / {'met' if ratio_pre >= TARGETS['ratio'] else 'missed'}"
-            f"); expert MLP {mlp_gflops:.0f} GFLOP/s = "
+            f"T={layer.t}: the hops.patch() layer {ratio:.2f}x the faster of transformers' paths ({faster}; target "
+            f"{TARGETS['ratio']}x: {'met' if ratio >= TARGETS['ratio'] else 'missed'}), {ratio_ops:.2f}x through "
+            f"hops.ops with fresh intermediates, {ratio_pre:.2f}x on preallocated outputs; expert MLP {mlp_gflops:.0f} GFLOP/s = "
             f"{100 * mlp_gflops / avx2_peak:.0f}% of the AVX2 peak (target {100 * TARGETS['peak']:.0f}%: "
             f"{'met' if mlp_gflops >= TARGETS['peak'] * avx2_peak else 'missed'}; "
             f"{100 * mlp_gflops / widest_peak:.0f}% of the AVX-512 peak; per CPU-second of the process "
@@ -258,6 +275,7 @@ def main():
     print(f"ceilings: {ceilings}; nominal fp32 peak: AVX2 {avx2_peak:.0f} GFLOP/s, widest {widest_peak:.0f} "
           f"GFLOP/s ({how})", file=sys.stderr)
     layers, results = [], []
+    report = hops.patch()  # for the whole run: the peers call transformers' own forward (EXPERTS_FORWARD)
     for t in args.tokens:
         case_start = time.perf_counter()
         layer = Layer(t)
@@ -265,14 +283,17 @@ def main():
         layers.append(layer)
         results.append(result)
         lt, ot = result["layer"]["times"], result["ops"]["times"]
-        print(f"T={t}: layer hops {cpu_bench.fmt_ms(lt['hops'])} ms, eager {cpu_bench.fmt_ms(lt['eager'])} ms, "
+        print(f"T={t}: layer hops.patch() {cpu_bench.fmt_ms(lt['patched'])} ms, hops.ops "
+              f"{cpu_bench.fmt_ms(lt['hops'])} ms, eager {cpu_bench.fmt_ms(lt['eager'])} ms, "
               f"grouped_mm {cpu_bench.fmt_ms(lt['grouped_mm'])} ms; ops "
               + ", ".join(f"{name} {cpu_bench.fmt_ms(v)} ms" for name, v in ot.items())
               + f"; errors {result['errors']}; others {result['layer']['others']:.2f}/{result['ops']['others']:.2f} "
               f"[{time.perf_counter() - case_start:.0f} s]", file=sys.stderr)
         layer.release()
+        hops.release_moe_workspace()  # the pool of this T (it would grow to the next anyway)
+    hops.unpatch()
     load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
-    table, verdicts = report(layers, results, avx2_peak, widest_peak)
+    table, verdicts = tabulate(layers, results, avx2_peak, widest_peak)
     method = benchlib.timing_note(args, "y of the layer (topk_weights for the router)",
                                   {torch.float32: TOLERANCE, torch.bfloat16: float("nan")})
     text = (f"## MoE on the CPU (issue 15)\n\n"
@@ -284,7 +305,11 @@ def main():
             f"renormalisation on the same logits, then Qwen3_5MoeExperts with experts_implementation "
             f"\"eager\" (the model's loop over the experts hit) and \"grouped_mm\" (torch {torch.__version__}'s "
             f"grouped_mm on the CPU); \"batched_mm\" would gather a weight copy per slot (137 GB) and is not run. "
-            f"The ops alone run on preallocated outputs (the raw binding), the layer through hops.ops.  \n"
+            f"The ops alone run on preallocated outputs (the raw binding); the layer as hops.patch() runs it "
+            f"(patched: {report.calls.get('ExpertsInterface.hops', 0)} experts calls, "
+            f"{sum(report.fallbacks.values())} fallbacks), under inference_mode, so the experts' two [T*k, Hd] "
+            f"intermediates come from the workspace pool (HOPS_MOE_WORKSPACE="
+            f"{os.environ.get('HOPS_MOE_WORKSPACE', '1')}), and through hops.ops.  \n"
             f"Floors measured or computed in this run: the median of a copy_ of the rows' size (T*k x Hd fp32, read "
             f"+ write counted) timed among the ops (its row in the table; a 256 MiB copy_ before the cases, best of "
             f"{args.reps}: {ceilings['copy_GBps']:.1f} GB/s); "
