@@ -15,6 +15,24 @@ std::optional<DType> dtype_from_dl(DLDataType dl) {
   return std::nullopt;
 }
 
+DLDataType dtype_to_dl(DType t) {
+  switch (t) {
+    case DType::f32:
+      return {kDLFloat, 32, 1};
+    case DType::f16:
+      return {kDLFloat, 16, 1};
+    case DType::bf16:
+      return {kDLBfloat, 16, 1};
+    case DType::f64:
+      return {kDLFloat, 64, 1};
+    case DType::i32:
+      return {kDLInt, 32, 1};
+    case DType::i64:
+      return {kDLInt, 64, 1};
+  }
+  return {kDLFloat, 32, 1};
+}
+
 uint32_t dtype_bit(DType t) {
   switch (t) {
     case DType::f32:

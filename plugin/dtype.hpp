@@ -15,6 +15,7 @@ namespace hops {
 enum class DType : uint8_t { f32, f16, bf16, f64, i32, i64 };
 
 std::optional<DType> dtype_from_dl(DLDataType dl);
+DLDataType dtype_to_dl(DType t);
 uint32_t dtype_bit(DType t);  // the HOPS_DTYPE_* mask bit
 int dtype_size(DType t);
 const char* dtype_name(DType t);

@@ -49,30 +49,12 @@ void store_index(const Tensor& t, int64_t offset, int64_t value) {
   }
 }
 
-DLDataType dl_dtype(DType t) {
-  switch (t) {
-    case DType::f32:
-      return {kDLFloat, 32, 1};
-    case DType::f16:
-      return {kDLFloat, 16, 1};
-    case DType::bf16:
-      return {kDLBfloat, 16, 1};
-    case DType::f64:
-      return {kDLFloat, 64, 1};
-    case DType::i32:
-      return {kDLInt, 32, 1};
-    case DType::i64:
-      return {kDLInt, 64, 1};
-  }
-  return {kDLFloat, 32, 1};
-}
-
 // A validated argument as a DLTensor again, for the single-device ops.
 DLTensor as_dl(const Tensor& t) {
   return {t.handle,
           t.device,
           t.ndim,
-          dl_dtype(t.dtype),
+          dtype_to_dl(t.dtype),
           const_cast<int64_t*>(t.shape.data()),
           const_cast<int64_t*>(t.stride.data()),
           t.byte_offset};
@@ -83,7 +65,7 @@ struct Rows {
   int64_t shape[2], stride[2];
   DLTensor dl;
   Rows(std::byte* data, int64_t rows, int64_t Hd, DType dtype)
-      : shape{rows, Hd}, stride{Hd, 1}, dl{data,  {kDLCPU, 0}, 2, dl_dtype(dtype),
+      : shape{rows, Hd}, stride{Hd, 1}, dl{data,  {kDLCPU, 0}, 2, dtype_to_dl(dtype),
                                            shape, stride,      0} {}
 };
 

@@ -71,24 +71,6 @@ void check_host(hops_status status) {
   if (status != HOPS_OK) fail(status, "{}", api().last_error());
 }
 
-DLDataType dl_dtype(DType t) {
-  switch (t) {
-    case DType::f32:
-      return {kDLFloat, 32, 1};
-    case DType::f16:
-      return {kDLFloat, 16, 1};
-    case DType::bf16:
-      return {kDLBfloat, 16, 1};
-    case DType::f64:
-      return {kDLFloat, 64, 1};
-    case DType::i32:
-      return {kDLInt, 32, 1};
-    case DType::i64:
-      return {kDLInt, 64, 1};
-  }
-  return {kDLFloat, 32, 1};
-}
-
 // Grow-only host memory per thread and purpose: steady-state calls neither
 // allocate nor fault pages in.
 enum Purpose { kIn0, kIn1, kIn2, kIn3, kOut0, kOut1, kOut2, kOut3, kOut4, kRows, kMap, kOnes };
@@ -107,7 +89,7 @@ DLTensor host_view(const Tensor& t, void* data) {
   return {data,
           {kDLCPU, 0},
           t.ndim,
-          dl_dtype(t.dtype),
+          dtype_to_dl(t.dtype),
           const_cast<int64_t*>(t.shape.data()),
           const_cast<int64_t*>(t.stride.data()),
           0};
@@ -286,7 +268,8 @@ void combine(const ExecContext& context, const MoeEpCombine& op) {
     int64_t rows_shape[2] = {R, Hd}, rows_stride[2] = {Hd, 1};
     const int64_t rows_bytes = scratch_size(op.kName, R, Hd, size);
     std::byte* back = host_buffer(kRows, rows_bytes);
-    DLTensor rows{back, {kDLCPU, 0}, 2, dl_dtype(op.expert_out.dtype), rows_shape, rows_stride, 0};
+    DLTensor rows{back,       {kDLCPU, 0}, 2, dtype_to_dl(op.expert_out.dtype),
+                  rows_shape, rows_stride, 0};
     const hops_exec exec = host_exec(context);
     check_host(host_op<hops_moe_ep_combine_fn>("moe_ep_combine")(&exec, &out, &home_map, &unit,
                                                                  &sent, &got, &rows));
