@@ -26,7 +26,8 @@ APT_PACKAGES=(build-essential cmake pkg-config git python3 python3-venv
               googletest libgtest-dev libbenchmark-dev clang-format clang-tidy
               abigail-tools  # abi/check.sh: abidw, abidiff
               clang-16 libclang-rt-16-dev  # the fuzzer: clang >= 16 and libFuzzer
-              libopenmpi-dev openmpi-bin)  # libhops_mpi.so and its mpirun tests
+              libopenmpi-dev openmpi-bin  # libhops_mpi.so and its mpirun tests
+              libxsmm-dev)  # the CPU backend's JIT small GEMMs (optional: HOPS_WITH_LIBXSMM)
 
 install_system_packages() {
   local missing=()
