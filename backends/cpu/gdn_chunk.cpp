@@ -264,6 +264,7 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   context.threads->parallel_for(
       checked_product(op.kName, op.sequences.count, groups), context.max_workers,
       [&](int64_t task, int worker) {
+        const FlushSubnormals flush;
         const ChunkBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp);
         const int64_t first = task % groups * heads;
         forward_sequence(op, task / groups, {gdn::key_head(op, first), first, heads}, blocks);

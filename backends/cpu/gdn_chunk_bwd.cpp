@@ -585,6 +585,7 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
   const auto lease = context.scratch->acquire(
       scratch_bytes(op.kName, per_worker, sizeof(float), std::max(workers, 1)));
   context.threads->parallel_for(tasks, workers, [&](int64_t task, int worker) {
+    const FlushSubnormals flush;
     const BackwardBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp, heads, chunks);
     const int64_t key = task % op.H;
     backward_sequence(op, task / op.H, {key, key * heads, heads}, blocks);

@@ -1,11 +1,15 @@
 #include "small_gemm.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
+
+#include "xsmm_gemm.hpp"
 
 namespace hops::cpu {
 
@@ -152,7 +156,7 @@ void transpose(const float* in, int64_t ldi, int64_t rows, int64_t cols, float* 
   transpose_scalar(in, ldi, rows, cols, out, ldo);
 }
 
-void gemm(const Gemm& g) {
+void gemm_tiles(const Gemm& g) {
   static const auto variant = [] {
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("avx512f")) return &gemm_avx512;
@@ -161,6 +165,32 @@ void gemm(const Gemm& g) {
     return &gemm_baseline;
   }();
   variant(g);
+}
+
+#if defined(__x86_64__)
+constexpr unsigned kFlushToZero = 0x8000, kDenormalsAreZero = 0x0040;
+FlushSubnormals::FlushSubnormals() : saved_(_mm_getcsr()) {
+  _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero);
+}
+FlushSubnormals::~FlushSubnormals() { _mm_setcsr(saved_); }
+#else
+FlushSubnormals::FlushSubnormals() = default;
+FlushSubnormals::~FlushSubnormals() = default;
+#endif
+
+GemmEngine gemm_engine() {
+  static const GemmEngine engine = [] {
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, at the first product
+    const char* forced = std::getenv("HOPS_CPU_GEMM");
+    const bool tiles = forced && std::string_view(forced) == "tiles";
+    return !tiles && xsmm::available() ? GemmEngine::xsmm : GemmEngine::tiles;
+  }();
+  return engine;
+}
+
+void gemm(const Gemm& g) {
+  if (gemm_engine() == GemmEngine::xsmm && xsmm::gemm(g)) return;
+  gemm_tiles(g);
 }
 
 }  // namespace hops::cpu

@@ -1,7 +1,9 @@
 // Small fp32 GEMMs on dense row-major blocks, the building block of the
-// chunked GDN kernels (forward and backward): register-blocked tiles written
-// with vector types, one width per ISA, the widest the CPU runs picked at run
-// time (GCC's auto-vectoriser does not keep such a tile in registers reliably).
+// chunked GDN kernels (forward and backward) and of attention's: libxsmm's
+// JIT kernels where available (xsmm_gemm.hpp), else register-blocked tiles
+// written with vector types, one width per ISA, the widest the CPU runs
+// picked at run time (GCC's auto-vectoriser does not keep such a tile in
+// registers reliably): the portable fallback.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +41,35 @@ struct Gemm {
   bool transpose_a = false;
 };
 
+// g through libxsmm's generated kernels (xsmm_gemm.hpp) where gemm_engine()
+// says so and libxsmm takes the shape, else through the register tiles.
 void gemm(const Gemm& g);
+void gemm_tiles(const Gemm& g);
+
+// Which implementation gemm() tries first: xsmm where hops was built with
+// libxsmm and it serves this CPU, tiles otherwise. HOPS_CPU_GEMM=tiles or
+// =xsmm (read once, at the first product) picks one; xsmm where unavailable
+// is tiles.
+enum class GemmEngine { tiles, xsmm };
+GemmEngine gemm_engine();
+
+// While alive, this thread's SSE/AVX arithmetic flushes subnormal results
+// to zero and reads subnormal operands as zero (MXCSR FTZ | DAZ), as it was
+// before afterwards. The chunked GDN's products meet subnormals on strongly
+// decaying heads (decays near e^-87 times small keys, states decayed by
+// e^G_last); on Intel cores each is a microcode assist of ~100 cycles, which
+// made the products 3x slower there. Every worker of a call sets it, so the
+// bytes stay independent of the thread count; a value changes by < 1.2e-38.
+class FlushSubnormals {
+ public:
+  FlushSubnormals();
+  ~FlushSubnormals();
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  unsigned saved_ = 0;
+};
 
 // out[c * ldo + r] = in[r * ldi + c] for r < rows, c < cols: packs the
 // transposed operands that a GEMM reads as b.
