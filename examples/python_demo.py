@@ -59,21 +59,6 @@ def default_dtype() -> tuple[str, str]:
     return name, f"{name} (bf16 matmul here {bf16:.1f} GFLOP/s, fp32 {fp32:.1f})"
 
 
-def build_model(layers: int = 4, hidden: int = 2048, intermediate: int = 4608, vocab: int = 32768,
-                dtype: torch.dtype = torch.bfloat16):
-    """A random-weight dense Qwen3_5ForCausalLM with the real linear-attention layout and an
-    MLP of the 35B-A3B's active width (the earlier demo; tests/bench/profile_demo.py profiles it)."""
-    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
-    config = Qwen3_5TextConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-        layer_types=[("full_attention" if i % 4 == 3 else "linear_attention") for i in range(layers)],
-        num_attention_heads=16, num_key_value_heads=2, head_dim=256,  # Qwen3.5-35B-A3B's attention
-        linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128,
-        linear_conv_kernel_dim=4, max_position_embeddings=32768, initializer_range=0.05)
-    torch.manual_seed(0)
-    return Qwen3_5ForCausalLM(config).to(dtype).eval()
-
-
 def available_memory() -> int:
     """Bytes the kernel says new allocations can take (MemAvailable), 0 if unknown."""
     try:
@@ -95,9 +80,10 @@ def experts_that_fit(layers: int, hidden: int, expert_width: int, dtype: torch.d
 
 def build_moe_model(layers: int = 4, hidden: int = 2048, experts: int = 64, top_k: int = 8, expert_width: int = 512,
                     vocab: int = 32768, dtype: torch.dtype = torch.bfloat16):
-    """A random-weight Qwen3_5MoeForCausalLM with Qwen3.5-35B-A3B's layout (its config's
-    defaults: GDN and attention as above, experts of width 512 and a shared expert of 512),
-    `experts` experts routed top-`top_k`. Built in `dtype` directly (no float32 copy first)."""
+    """A random-weight Qwen3_5MoeForCausalLM with Qwen3.5-35B-A3B's layout (GDN H=16, HV=32,
+    K=V=128, conv width 4; attention 16 query / 2 key-value heads of 256; experts of width 512
+    and a shared expert of 512), `experts` experts routed top-`top_k`. Built in `dtype`
+    directly (no float32 copy first). tests/bench/profile_demo.py profiles it too."""
     from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
     config = Qwen3_5MoeTextConfig(
         vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
