@@ -578,13 +578,6 @@ inline float max16(float16 x) {
   return fmax(c.x, c.y);
 }
 
-inline float sum16(float16 x) {
-  const float8 a = x.lo + x.hi;
-  const float4 b = a.lo + a.hi;
-  const float2 c = b.lo + b.hi;
-  return c.x + c.y;
-}
-
 // Keys of every kv head as tiles of LANES flat keys, transposed and f32:
 // kt[((hk tiles + tile) D + d) LANES + lane] (zero past the last key).
 // Work-item (tile, hk).

@@ -80,6 +80,32 @@ inline void store16_f16(global half* p, long i, float16 v) {
 #define STORE16_X(p, i, v) store16_bits((p) + (i), float16_to_bf16(v))
 #endif
 
+// The sum of a float16's lanes, in a fixed tree order.
+inline float sum16(float16 x) {
+  const float8 a = x.lo + x.hi;
+  const float4 b = a.lo + a.hi;
+  const float2 c = b.lo + b.hi;
+  return c.x + c.y;
+}
+
+// 16 elements of x_t from offset, `step` apart, as floats (and back).
+inline float16 load_row16(global const x_t* p, long offset, long step) {
+  if (step == 1) return LOAD16_X(p, offset);
+  float lanes[16];
+  for (int c = 0; c < 16; ++c) lanes[c] = LOAD_X(p, offset + c * step);
+  return vload16(0, lanes);
+}
+
+inline void store_row16(global x_t* p, long offset, long step, float16 value) {
+  if (step == 1) {
+    STORE16_X(p, offset, value);
+    return;
+  }
+  float lanes[16];
+  vstore16(value, 0, lanes);
+  for (int c = 0; c < 16; ++c) STORE_X(p, offset + c * step, lanes[c]);
+}
+
 // Element i of a float tensor whose dtype is known at run time.
 inline float load_any(global const uchar* base, long i, int dtype) {
   if (dtype == HOPS_F32) return ((global const float*)base)[i];

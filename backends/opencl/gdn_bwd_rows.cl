@@ -22,30 +22,6 @@
 
 #define COLS 8  // float16 vectors of a column block: 128 columns
 
-inline float hsum16(float16 x) {
-  const float8 a = x.lo + x.hi;
-  const float4 b = a.lo + a.hi;
-  const float2 c = b.lo + b.hi;
-  return c.x + c.y;
-}
-
-inline float16 load_row16(global const x_t* p, long offset, long step) {
-  if (step == 1) return LOAD16_X(p, offset);
-  float lanes[16];
-  for (int c = 0; c < 16; ++c) lanes[c] = LOAD_X(p, offset + c * step);
-  return vload16(0, lanes);
-}
-
-inline void store_row16(global x_t* p, long offset, long step, float16 value) {
-  if (step == 1) {
-    STORE16_X(p, offset, value);
-    return;
-  }
-  float lanes[16];
-  vstore16(value, 0, lanes);
-  for (int c = 0; c < 16; ++c) STORE_X(p, offset + c * step, lanes[c]);
-}
-
 // q^ and k^ of the L tokens from t0 into rows of q_hat and k_hat (qo, ko:
 // the offsets of the sequence's row and key head; token t's info at
 // info_row + t info_step).
@@ -246,12 +222,12 @@ kernel void gdn_bwd_rows(global const x_t* q, long q_off, long4 q_st,
                 dS_k[c] += k_before * d_state;
               }
             }
-            const float dq_sum = scale * hsum16(dq), dk_sum = hsum16(dk);
+            const float dq_sum = scale * sum16(dq), dk_sum = sum16(dk);
             share[i] = c0 == 0 ? dq_sum : share[i] + dq_sum;
             share[K + i] = c0 == 0 ? dk_sum : share[K + i] + dk_sum;
           }
-          share[2 * K] = (c0 == 0 ? 0.0f : share[2 * K]) + hsum16(dg);
-          share[2 * K + 1] = (c0 == 0 ? 0.0f : share[2 * K + 1]) + hsum16(dbeta);
+          share[2 * K] = (c0 == 0 ? 0.0f : share[2 * K]) + sum16(dg);
+          share[2 * K + 1] = (c0 == 0 ? 0.0f : share[2 * K + 1]) + sum16(dbeta);
         }
       }
     }

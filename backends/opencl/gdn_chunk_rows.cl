@@ -23,30 +23,6 @@
 
 #define RC 64  // tokens per chunk: kRowsChunk in gdn_chunk.cpp
 
-inline float hsum16(float16 x) {
-  const float8 a = x.lo + x.hi;
-  const float4 b = a.lo + a.hi;
-  const float2 c = b.lo + b.hi;
-  return c.x + c.y;
-}
-
-inline float16 load_row16(global const x_t* p, long offset, long step) {
-  if (step == 1) return LOAD16_X(p, offset);
-  float lanes[16];
-  for (int c = 0; c < 16; ++c) lanes[c] = LOAD_X(p, offset + c * step);
-  return vload16(0, lanes);
-}
-
-inline void store_row16(global x_t* p, long offset, long step, float16 value) {
-  if (step == 1) {
-    STORE16_X(p, offset, value);
-    return;
-  }
-  float lanes[16];
-  vstore16(value, 0, lanes);
-  for (int c = 0; c < 16; ++c) STORE_X(p, offset + c * step, lanes[c]);
-}
-
 // A tile of a small GEMM: rows [0, rows) (at most TILE_ROWS) of
 //   out = init_scale init + A B,  A_rm = a[r a_row + m a_col] (m < count)
 // for the columns [c0, c0 + 32) of B (rows ldb apart), the second vector only
@@ -164,8 +140,8 @@ kernel void gdn_chunk_fwd_rows(global const x_t* q, long q_off, long4 q_st,
           vstore16(query, 0, Qc + i * K + x);
           vstore16(key, 0, Kc + i * K + x);
         }
-        const float rq = l2norm ? 1.0f / sqrt(hsum16(qq) + 1e-6f) : 1.0f;
-        const float rk = l2norm ? 1.0f / sqrt(hsum16(kk) + 1e-6f) : 1.0f;
+        const float rq = l2norm ? 1.0f / sqrt(sum16(qq) + 1e-6f) : 1.0f;
+        const float rk = l2norm ? 1.0f / sqrt(sum16(kk) + 1e-6f) : 1.0f;
         for (int x = 0; x < K; x += 16) {
           const float16 key = rk * vload16(0, Kc + i * K + x);
           vstore16(rq * vload16(0, Qc + i * K + x), 0, Qc + i * K + x);

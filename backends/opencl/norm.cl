@@ -123,13 +123,6 @@ kernel void gated_rmsnorm_bwd_dweight(global const float* partial, long groups, 
   store_any(dw, dw_off + d * dw_st, dw_dtype, sum);
 }
 
-inline float sum16(float16 x) {
-  const float8 half_sum = x.lo + x.hi;
-  const float4 quarter_sum = half_sum.lo + half_sum.hi;
-  const float2 pair = quarter_sum.lo + quarter_sum.hi;
-  return pair.x + pair.y;
-}
-
 // CPU devices: gated_rmsnorm_bwd with a work-item per block of rows, 16
 // channels at a time as float16 (x, z, dy, dx and dz have last stride 1 and
 // D % 16 == 0): no barriers, explicit SIMD; the same dweight shares.
