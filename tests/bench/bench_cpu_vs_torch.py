@@ -19,6 +19,11 @@ against torch's, relative to the largest |torch output| (checked once per case).
 
     .venv/bin/python tests/bench/bench_cpu_vs_torch.py [--write docs/PERFORMANCE.md]
 
+With --gemm tiles xsmm the cases run once per implementation of the CPU backend's
+small GEMMs (HOPS_CPU_GEMM: the hand-written tiles, libxsmm's JIT kernels), each in
+a child process of its own (the library reads the variable once) with its own torch
+side, and one table compares them (section bench_cpu_vs_torch_gemm).
+
 The torch chunk fallback takes seconds per call at T=16384 on 2 cores (a minute
 when another process competes for the cores): each torch side gets as many calls
 as fit in --budget seconds, but at least --min-reps; the table says how many
@@ -27,10 +32,12 @@ are thrown away and run again (--noisy, --redo).
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -467,6 +474,62 @@ def git_state() -> str:
         return "not a git checkout"
 
 
+def compare_engines(args) -> None:
+    """Runs this script once per --gemm engine (HOPS_CPU_GEMM) in a child process, then
+    writes one table of both: hops' medians per engine, each against its own child's torch."""
+    started = time.perf_counter()
+    machine = benchlib.machine_line()
+    peak, peak_how = nominal_peak()
+    children = [a for a in sys.argv[1:]]
+    for option in ("--gemm", "--write"):  # drop the option and its values
+        if option in children:
+            i = children.index(option)
+            j = i + 1
+            while j < len(children) and not children[j].startswith("--"):
+                j += 1
+            del children[i:j]
+    runs = {}
+    for engine in args.gemm:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            env = dict(os.environ, HOPS_CPU_GEMM=engine)
+            subprocess.run([sys.executable, __file__, *children, "--json", out.name], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            runs[engine] = json.load(open(out.name))
+    first = args.gemm[0]
+    header = ["op", "shape", "dtype"]
+    for engine in args.gemm:
+        header += [f"hops {engine} ms (n)", f"% of fp32 peak ({engine})", f"torch ms (n) [{engine} run]",
+                   f"**torch / hops {engine}**", f"max rel err ({engine})", f"others' cores (redone) [{engine}]"]
+    if len(args.gemm) == 2:
+        header.append(f"{args.gemm[0]} / {args.gemm[1]}")
+    rows = ["| " + " | ".join(header) + " |", "|---|---|---|" + "--:|" * (len(header) - 3)]
+    lines = []
+    for i, case in enumerate(runs[first]["cases"]):
+        cells = [case["op"], case["shape"], case["dtype"]]
+        for engine in args.gemm:
+            r = runs[engine]["cases"][i]
+            ok = r["error"] <= TOLERANCE[DTYPES[r["dtype"]]]
+            cells += [f"{fmt_ms(r['hops'])} ({r['hops_n']})", f"{100 * r['flop'] / r['hops'] / 1e9 / peak:.0f}%",
+                      f"{fmt_ms(r['torch'])} ({r['torch_n']})", f"**{r['torch'] / r['hops']:.1f}x**",
+                      f"{r['error']:.1e}{'' if ok else ' **MISMATCH**'}", f"{r['others']:.2f} ({r['redone']})"]
+        if len(args.gemm) == 2:
+            a, b = (runs[e]["cases"][i]["hops"] for e in args.gemm)
+            cells.append(f"{a / b:.2f}x")
+        rows.append("| " + " | ".join(cells) + " |")
+    for engine in args.gemm:
+        lines.append(f"HOPS_CPU_GEMM={engine}: {runs[engine]['targets']}.")
+    load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
+    text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
+            f"{machine.split('; hops CPU GEMM')[0]}; {load_end}  \nhops: {runs[first]['library']}, {git_state()}  \n"
+            f"Nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how}). Each engine's cases ran in a child process of "
+            f"its own (HOPS_CPU_GEMM set), hops and torch interleaved there as in the table above; "
+            f"% of fp32 peak = counted FLOP / hops time / nominal peak.\n\n" + "\n".join(rows) + "\n\n" +
+            "  \n".join(lines) + "\n")
+    print(text)
+    if args.write:
+        benchlib.write(args.write, "bench_cpu_vs_torch_gemm", text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 16384], help="prefill lengths T")
@@ -474,10 +537,15 @@ def main():
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--ops", nargs="+", choices=["gdn_chunk_fwd", "gdn_recurrent", "conv1d_fwd",
                                                      "conv1d_update", "gated_rmsnorm"], help="only these ops")
+    parser.add_argument("--gemm", nargs="+", choices=["tiles", "xsmm"],
+                        help="one run per CPU GEMM engine (HOPS_CPU_GEMM), each in a child process; one table")
+    parser.add_argument("--json", help=argparse.SUPPRESS)  # a child's results, for --gemm
     benchlib.add_timing_arguments(parser, budget=40.0)
     args = parser.parse_args()
 
     benchlib.quiet_transformers()
+    if args.gemm:
+        return compare_engines(args)
 
     started = time.perf_counter()
     machine = benchlib.machine_line()
@@ -525,6 +593,10 @@ def main():
             f"**hops against the floor** (floor = max(FLOP / nominal peak, bytes / measured copy bandwidth); "
             f"C / M: which of the two sets it)\n\n{floors}\n")
     print(text)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"library": str(hops.info().path), "targets": targets(cases, names), "cases": [
+                dict(op=c.op, shape=c.shape, dtype=names[c.dtype], flop=c.flop, **c.result) for c in cases]}, out)
     if args.write:
         benchlib.write(args.write, "bench_cpu_vs_torch", text)
 

@@ -20,14 +20,22 @@ GDN backward also recomputes the forward's chunk states, which the count leaves 
 
     .venv/bin/python tests/bench/bench_training.py [--write docs/PERFORMANCE.md] [--patience 600]
 
+With --gemm tiles xsmm each implementation of the CPU backend's small GEMMs
+(HOPS_CPU_GEMM) runs in a child process of its own, with its own torch side, and one
+table compares them (section bench_training_gemm), with each pass's share of the
+nominal fp32 peak (the backward: 2x the forward's FLOPs over the difference of medians).
+
 The torch chunk fallback takes seconds per forward + backward at T=4096 on 2 cores (much
 longer when another process competes for them): each torch side gets as many calls as
 fit in --budget seconds, but at least --min-reps.
 """
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -164,15 +172,91 @@ def targets(pairs, dtype_names) -> str:
             (f" — missed at {', '.join(missed)}" if missed else " — met in every case"))
 
 
+def compare_engines(args) -> None:
+    """This script once per --gemm engine (HOPS_CPU_GEMM) in a child process; one table of
+    the passes of each, hops' medians against the child's own torch side."""
+    started = time.perf_counter()
+    machine = benchlib.machine_line()
+    peak, peak_how = peers.nominal_peak()
+    children = list(sys.argv[1:])
+    for option in ("--gemm", "--write"):
+        if option in children:
+            i = j = children.index(option)
+            j += 1
+            while j < len(children) and not children[j].startswith("--"):
+                j += 1
+            del children[i:j]
+    runs = {}
+    for engine in args.gemm:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            subprocess.run([sys.executable, __file__, *children, "--json", out.name],
+                           env=dict(os.environ, HOPS_CPU_GEMM=engine), check=True, stdout=subprocess.DEVNULL)
+            runs[engine] = json.load(open(out.name))
+    header = ["op", "shape", "dtype", "pass"]
+    for engine in args.gemm:
+        header += [f"hops {engine} ms", f"% of fp32 peak ({engine})", f"torch ms [{engine} run]",
+                   f"**torch / hops {engine}**", f"others' cores (redone) [{engine}]"]
+    if len(args.gemm) == 2:
+        header.append(f"{args.gemm[0]} / {args.gemm[1]}")
+    rows = ["| " + " | ".join(header) + " |", "|---|---|---|---|" + "--:|" * (len(header) - 4)]
+    for i, row in enumerate(runs[args.gemm[0]]["rows"]):
+        cells = [row["op"], row["shape"], row["dtype"], row["pass"]]
+        for engine in args.gemm:
+            r = runs[engine]["rows"][i]
+            cells += [f"{fmt_ms(r['hops'])}" + (f" ({r['hops_n']})" if "hops_n" in r else ""),
+                      f"{100 * r['flop'] / r['hops'] / 1e9 / peak:.0f}%",
+                      f"{fmt_ms(r['torch'])}" + (f" ({r['torch_n']})" if "torch_n" in r else ""),
+                      f"**{r['torch'] / r['hops']:.1f}x**",
+                      f"{r['others']:.2f} ({r['redone']})" if "others" in r else ""]
+        if len(args.gemm) == 2:
+            a, b = (runs[e]["rows"][i]["hops"] for e in args.gemm)
+            cells.append(f"{a / b:.2f}x")
+        rows.append("| " + " | ".join(cells) + " |")
+    targets_lines = "  \n".join(f"HOPS_CPU_GEMM={engine}: {runs[engine]['targets']}." for engine in args.gemm)
+    errors = "; ".join(f"{engine}: {runs[engine]['max_error']}" for engine in args.gemm)
+    load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
+    text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
+            f"{machine.split('; hops CPU GEMM')[0]}; {load_end}  \n"
+            f"hops: {runs[args.gemm[0]]['library']}, {peers.git_state()}  \n"
+            f"Nominal fp32 peak {peak:.0f} GFLOP/s ({peak_how}). Each engine ran in a child process of its own "
+            f"(HOPS_CPU_GEMM set), hops and torch interleaved there; % of fp32 peak = counted FLOP (fwd: the "
+            f"forward's, bwd: 2x that, fwd+bwd: 3x) / hops time / nominal peak. Largest error against torch "
+            f"(output and every gradient): {errors}.\n\n" + "\n".join(rows) + "\n\n" + targets_lines + "\n")
+    print(text)
+    if args.write:
+        benchlib.write(args.write, "bench_training_gemm", text)
+
+
+def result_rows(pairs, dtype_names):
+    """Every pass of every pair as a dict (fwd+bwd, fwd, bwd as their difference), for --json."""
+    rows = []
+    for both, forward in pairs:
+        op, dtype = both.op.split()[0], dtype_names[both.dtype]
+        common = dict(op=op, shape=both.shape, dtype=dtype)
+        for case, name, flop in ((both, FWD_BWD, both.flop), (forward, FWD, forward.flop)):
+            r = case.result
+            rows.append(dict(common, **{"pass": name}, flop=flop, hops=r["hops"], hops_n=r["hops_n"],
+                             torch=r["torch"], torch_n=r["torch_n"], others=r["others"], redone=r["redone"]))
+        rows.append(dict(common, **{"pass": "bwd (difference)"}, flop=both.flop - forward.flop,
+                         hops=both.result["hops"] - forward.result["hops"],
+                         torch=both.result["torch"] - forward.result["torch"]))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=4096, help="sequence length T")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     parser.add_argument("--ops", nargs="+", choices=["gdn_chunk", "conv1d", "gated_rmsnorm"], help="only these ops")
+    parser.add_argument("--gemm", nargs="+", choices=["tiles", "xsmm"],
+                        help="one run per CPU GEMM engine (HOPS_CPU_GEMM), each in a child process; one table")
+    parser.add_argument("--json", help=argparse.SUPPRESS)  # a child's results, for --gemm
     benchlib.add_timing_arguments(parser, budget=60.0)
     args = parser.parse_args()
 
     benchlib.quiet_transformers()
+    if args.gemm:
+        return compare_engines(args)
 
     started = time.perf_counter()
     machine = benchlib.machine_line()
@@ -209,6 +293,11 @@ def main():
             f"**hops forward + backward against the floor** (floor = max(FLOP / nominal peak, bytes / measured "
             f"copy bandwidth); C / M: which of the two sets it)\n\n{floors}\n")
     print(text)
+    if args.json:
+        worst = max(case.result["error"] for pair in pairs for case in pair)
+        with open(args.json, "w") as out:
+            json.dump({"library": str(hops.info().path), "targets": targets(pairs, names),
+                       "max_error": f"{worst:.1e}", "rows": result_rows(pairs, names)}, out)
     if args.write:
         benchlib.write(args.write, "bench_training", text)
 

@@ -69,13 +69,25 @@ def wait_for_quiet(max_cores: float = 0.1, window: float = 0.5, patience: float 
             return load.cores
 
 
+def isa() -> str:
+    """The SIMD extensions the kernels can use, from /proc/cpuinfo's flags (widest first)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown ISA"
+    wanted = ["amx_tile", "amx_bf16", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx512f", "avx2", "fma"]
+    return " ".join(flag for flag in wanted if flag in flags) or "no AVX"
+
+
 def machine_line() -> str:
     import transformers
     try:
         load = "load average %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         load = ""
-    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} with "
+    return (f"Machine: {cpu_model()}, {os.cpu_count()} cores, ISA {isa()}; hops CPU GEMM: "
+            f"{os.environ.get('HOPS_CPU_GEMM', 'default (xsmm where built with libxsmm)')}; torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, transformers {transformers.__version__}; hops threads: "
             f"{os.environ.get('HOPS_NUM_THREADS', 'all cores (HOPS_NUM_THREADS unset)')}; {load} at the start")
 
