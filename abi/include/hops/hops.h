@@ -113,10 +113,10 @@ enum {
 };
 typedef struct hops_comm {
   size_t struct_size;
-  int32_t kind;  /* HOPS_COMM_* */
-  int32_t rank;  /* this process's rank in the communicator, 0 <= rank < size */
-  int32_t size;  /* the number of ranks */
-  void* handle;  /* the engine's own handle, as `kind` says */
+  int32_t kind; /* HOPS_COMM_* */
+  int32_t rank; /* this process's rank in the communicator, 0 <= rank < size */
+  int32_t size; /* the number of ranks */
+  void* handle; /* the engine's own handle, as `kind` says */
 } hops_comm;
 
 /* ---- descriptors -------------------------------------------------------- */
@@ -406,8 +406,7 @@ typedef hops_status (*hops_moe_ep_dispatch_fn)(const hops_exec* exec, const DLTe
 /* moe_ep_combine: the expert outputs [C,Hd] go back to their tokens' ranks;
  * y [T,Hd] = sum_j topk_weights[t,j] * (slot j's output), in slot order. */
 typedef hops_status (*hops_moe_ep_combine_fn)(const hops_exec* exec, const DLTensor* expert_out,
-                                              const DLTensor* row_map,
-                                              const DLTensor* topk_weights,
+                                              const DLTensor* row_map, const DLTensor* topk_weights,
                                               const DLTensor* send_counts,
                                               const DLTensor* recv_counts, const DLTensor* y);
 
