@@ -9,45 +9,25 @@
 //   HOPS_OPENCL_DEVICE=pocl mpirun -np 4 moe_ep_mpi_opencl_test path/to/libhops.so
 #define CL_TARGET_OPENCL_VERSION 120
 #include <CL/cl.h>
-#include <dlfcn.h>
-#include <hops/hops.h>
-#include <mpi.h>
 
-#include <algorithm>
 #include <cctype>
-#include <chrono>
-#include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <random>
-#include <string>
-#include <vector>
+
+#include "ep_test_common.hpp"
 
 namespace {
 
-const hops_api* api = nullptr;
-int rank = 0, world = 1;
-int failures = 0;
+using namespace ep_test;
+
 cl_context context = nullptr;
 cl_command_queue queue = nullptr;
-
-void check(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::fprintf(stderr, "rank %d: FAIL %s\n", rank, what.c_str());
-  }
-}
 
 void cl_check(cl_int status, const char* what) {
   if (status == CL_SUCCESS) return;
   std::fprintf(stderr, "rank %d: %s failed (%d)\n", rank, what, status);
   MPI_Abort(MPI_COMM_WORLD, 2);
 }
-
-constexpr DLDataType kF32{kDLFloat, 32, 1}, kBF16{kDLBfloat, 16, 1};
-constexpr DLDataType kI32{kDLInt, 32, 1}, kI64{kDLInt, 64, 1};
 
 // A host tensor [n, m] whose rows are `pitch` elements apart (compact: pitch
 // m), poisoned, with the same view on an OpenCL buffer (upload / download).
@@ -134,36 +114,11 @@ struct Tensor {
   }
 };
 
-template <class Fn>
-Fn op(const char* name) {
-  const hops_op_desc* desc = api->find_op(name);
-  if (!desc) {
-    std::fprintf(stderr, "rank %d: the provider has no %s\n", rank, name);
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
-  return reinterpret_cast<Fn>(desc->fn);
-}
-
-struct Case {
-  std::string name;
-  std::function<int64_t(int)> tokens;  // T of a rank
-  int64_t E_per_rank, k, Hd;
-  DLDataType dtype, ids;
-  double drop;        // share of dropped slots
-  bool to_rank0;      // every id names an expert of rank 0: the others receive nothing
-  int64_t spare;      // rows beyond what arrives
+// The shared case, on OpenCL tensors.
+struct OpenclCase : Case {
   bool host_indices;  // index tensors in host memory (else cl_mem)
   int64_t pad;        // elements between the rows of x, rows, expert_out and y
 };
-
-// The synthetic expert: out = row * (1 + e / 64), rounded to the row dtype.
-void apply_expert(const Tensor& rows, int64_t first, int64_t count, int64_t e, Tensor& out) {
-  for (int64_t r = first; r < first + count; ++r) {
-    for (int64_t i = 0; i < rows.shape[1]; ++i) {
-      out.set_value(r, i, rows.value(r, i) * (1.0f + static_cast<float>(e) / 64.0f));
-    }
-  }
-}
 
 hops_exec opencl_exec(const hops_comm* comm) {
   return {sizeof(hops_exec), {kDLOpenCL, 0}, queue, 0, 0, comm};
@@ -171,31 +126,14 @@ hops_exec opencl_exec(const hops_comm* comm) {
 
 const DLTensor* pick(const Tensor& t, bool host) { return host ? &t.dl : &t.device; }
 
-void run_case(const Case& c, uint64_t seed) {
-  const int64_t E = c.E_per_rank * world, El = c.E_per_rank, k = c.k, Hd = c.Hd;
-  std::vector<int64_t> T(world), first(world + 1, 0);
-  for (int r = 0; r < world; ++r) T[r] = c.tokens(r), first[r + 1] = first[r] + T[r];
-  const int64_t Tall = first[world];
-
-  // The whole problem, the same on every rank.
-  std::mt19937_64 random(seed);
-  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+void run_case(const OpenclCase& c, uint64_t seed) {
+  const Gathered g(c, seed);
+  const int64_t E = g.E, El = g.El, Tall = g.Tall, k = c.k, Hd = c.Hd;
   Tensor x(Tall, Hd, c.dtype), ids(Tall, k, c.ids), weights(Tall, k, kF32);
   for (int64_t t = 0; t < Tall; ++t) {
-    for (int64_t i = 0; i < Hd; ++i) x.set_value(t, i, uniform(random));
-  }
-  for (int64_t t = 0; t < Tall; ++t) {
-    std::vector<int64_t> picked;
+    for (int64_t i = 0; i < Hd; ++i) x.set_value(t, i, g.x[t * Hd + i]);
     for (int64_t j = 0; j < k; ++j) {
-      int64_t e;
-      do {
-        e = static_cast<int64_t>(random() % (c.to_rank0 ? El : E));
-      } while (std::find(picked.begin(), picked.end(), e) != picked.end() &&
-               picked.size() < static_cast<size_t>(c.to_rank0 ? El : E));
-      picked.push_back(e);
-      const bool drop = std::uniform_real_distribution<double>(0, 1)(random) < c.drop;
-      ids.set_index(t, j, drop ? -1 : e);
-      weights.set_value(t, j, std::uniform_real_distribution<float>(0, 1)(random));
+      ids.set_index(t, j, g.ids[t * k + j]), weights.set_value(t, j, g.weights[t * k + j]);
     }
   }
   x.upload(), ids.upload(), weights.upload();
@@ -210,9 +148,7 @@ void run_case(const Case& c, uint64_t seed) {
         c.name + ": gathered opencl moe_dispatch");
   rows_all.download(), counts_all.download(), map_all.download();
   Tensor out_all(Tall * k, Hd, c.dtype);
-  for (int64_t e = 0, r = 0; e < E; r += counts_all.index(e), ++e) {
-    apply_expert(rows_all, r, counts_all.index(e), e, out_all);
-  }
+  apply_experts(rows_all, counts_all, E, 0, out_all);
   out_all.upload();
   Tensor y_all(Tall, Hd, c.dtype), y_cpu(Tall, Hd, c.dtype);
   check(op<hops_moe_combine_fn>("moe_combine")(&device_exec, &out_all.device, &map_all.device,
@@ -224,7 +160,7 @@ void run_case(const Case& c, uint64_t seed) {
         c.name + ": gathered cpu moe_combine");
 
   // This rank's share, with padded rows where the case has them.
-  const int64_t Tm = T[rank], t0 = first[rank];
+  const int64_t Tm = g.T[rank], t0 = g.first[rank];
   Tensor xm(Tm, Hd, c.dtype, Hd + c.pad), idsm(Tm, k, c.ids), wm(Tm, k, kF32);
   for (int64_t t = 0; t < Tm; ++t) {
     std::memcpy(&xm.bytes[xm.at(t, 0) * xm.element()], &x.bytes[x.at(t0 + t, 0) * x.element()],
@@ -235,9 +171,8 @@ void run_case(const Case& c, uint64_t seed) {
     }
   }
   xm.upload(), idsm.upload(), wm.upload();
-  int64_t expert_first = 0, arriving = 0;
-  for (int64_t e = 0; e < rank * El; ++e) expert_first += counts_all.index(e);
-  for (int64_t e = rank * El; e < (rank + 1) * El; ++e) arriving += counts_all.index(e);
+  int64_t expert_first, arriving;
+  g.arrivals(counts_all, expert_first, arriving);
   const int64_t C = arriving + c.spare;
   Tensor rows(C, Hd, c.dtype, Hd + c.pad), counts(El, 1, c.ids, -1, 1), map(Tm, k, c.ids),
       sent(E, 1, c.ids, -1, 1), got(world, El, c.ids);
@@ -268,9 +203,7 @@ void run_case(const Case& c, uint64_t seed) {
 
   Tensor out(C, Hd, c.dtype, Hd + c.pad);
   std::copy(rows.bytes.begin(), rows.bytes.end(), out.bytes.begin());
-  for (int64_t e = 0, r = 0; e < El; r += counts.index(e), ++e) {
-    apply_expert(rows, r, counts.index(e), rank * El + e, out);
-  }
+  apply_experts(rows, counts, El, rank * El, out);
   out.upload();
   Tensor y(Tm, Hd, c.dtype, Hd + c.pad);
   status = op<hops_moe_ep_combine_fn>("moe_ep_combine")(
@@ -290,9 +223,7 @@ void run_case(const Case& c, uint64_t seed) {
 
 // A wrong call on OpenCL tensors: `spoil` changes this rank's call; every
 // rank must fail, in bounded time.
-struct Problem {
-  int64_t T = 6, E = 0, k = 2, Hd = 4, C = 0;
-  DLDataType x_dtype = kF32;
+struct Problem : WrongCall {
   bool foreign_x = false;        // x's cl_mem belongs to another context
   bool bad_recv_counts = false;  // combine: a spoilt handle (device-resident)
   bool bad_row_map = false;      // combine: a row out of range (device-resident)
@@ -303,7 +234,6 @@ void expect_failure(const std::string& what, const std::function<void(Problem&)>
   MPI_Comm handle = MPI_COMM_WORLD;
   hops_comm comm{sizeof(hops_comm), HOPS_COMM_MPI, rank, world, &handle};
   Problem p;
-  p.E = 2 * world, p.C = p.T * p.k * world;
   spoil(p);
   const int64_t El = std::max<int64_t>(p.E / world, 1);
   Tensor x(p.T, p.Hd, p.x_dtype), ids(p.T, p.k, kI64), rows(p.C, p.Hd, kF32),
@@ -327,11 +257,11 @@ void expect_failure(const std::string& what, const std::function<void(Problem&)>
     x_dl.data = foreign;
   }
   const hops_exec exec = opencl_exec(&comm);
-  const auto start = std::chrono::steady_clock::now();
-  hops_status status = op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(
-      &exec, &x_dl, &ids.device, &rows.device, &counts.device, &map.device, &sent.device,
-      &got.device);
-  if (combine) {
+  expect_failure_within(what, bound_s, [&] {
+    const hops_status status = op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(
+        &exec, &x_dl, &ids.device, &rows.device, &counts.device, &map.device, &sent.device,
+        &got.device);
+    if (!combine) return status;
     check(status == HOPS_OK, what + ": the valid dispatch before it failed");
     if (p.bad_recv_counts || p.bad_row_map) {
       got.download(), map.download();
@@ -340,17 +270,9 @@ void expect_failure(const std::string& what, const std::function<void(Problem&)>
       got.upload(), map.upload();
     }
     Tensor w(p.T, p.k, kF32), y(p.T, p.Hd, kF32);
-    status = op<hops_moe_ep_combine_fn>("moe_ep_combine")(
-        &exec, &rows.device, &map.device, &w.device, &sent.device, &got.device, &y.device);
-  }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  check(status != HOPS_OK, what + ": expected an error on every rank, got HOPS_OK");
-  check(seconds < bound_s, what + ": took " + std::to_string(seconds) + " s");
-  if (rank == 0 && status != HOPS_OK) {
-    std::printf("  %-44s %s: %s (%.2f s)\n", what.c_str(), api->status_name(status),
-                api->last_error(), seconds);
-  }
+    return op<hops_moe_ep_combine_fn>("moe_ep_combine")(&exec, &rows.device, &map.device, &w.device,
+                                                        &sent.device, &got.device, &y.device);
+  });
   if (foreign) clReleaseMemObject(foreign), clReleaseContext(other);
 }
 
@@ -391,16 +313,7 @@ cl_device_id choose_device() {
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  void* lib = dlopen(argc > 1 ? argv[1] : "libhops.so", RTLD_NOW | RTLD_LOCAL);
-  auto get_api = lib ? reinterpret_cast<hops_get_api_fn>(dlsym(lib, "hops_get_api")) : nullptr;
-  api = get_api ? get_api(HOPS_ABI_MAJOR) : nullptr;
-  if (!api) {
-    std::fprintf(stderr, "rank %d: cannot load %s: %s\n", rank, argc > 1 ? argv[1] : "libhops.so",
-                 dlerror());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  load_api(argc, argv);
   bool opencl = false;
   for (int32_t i = 0; i < api->backend_count(); ++i) {
     const hops_backend_info* b = api->backend_at(i);
@@ -419,24 +332,38 @@ int main(int argc, char** argv) {
   queue = clCreateCommandQueue(context, device, 0, &status);
   cl_check(status, "clCreateCommandQueue");
 
-  const std::vector<Case> cases = {
-      {"uneven T, drops, f32, int64 ids", [](int r) { return 5 + 3 * r; }, 2, 2, 8, kF32, kI64, 0.2,
-       false, 0, false, 0},
-      {"a rank without tokens, k=1, int32 host ids", [](int r) { return r == 1 ? 0 : 7; }, 1, 1, 16,
-       kF32, kI32, 0.0, false, 2, true, 0},
-      {"all to rank 0 (others receive nothing), bf16", [](int r) { return 4 + r; }, 4, 3, 32, kBF16,
-       kI32, 0.1, true, 0, false, 0},
-      {"odd Hd, half dropped, spare, padded rows", [](int r) { return 9 + r * r; }, 3, 4, 33, kF32,
-       kI32, 0.5, false, 5, false, 3},
-      {"every slot dropped, host int64 ids", [](int) { return 3; }, 2, 2, 8, kF32, kI64, 1.0, false,
-       1, true, 0},
-      {"k > E/ranks, T=200, f32", [](int r) { return 200 - 17 * r; }, 2, 6, 64, kF32, kI64, 0.05,
-       false, 0, false, 0},
-      {"bf16, T=64, Hd=128, int64 ids, padded", [](int) { return 64; }, 8, 8, 128, kBF16, kI64, 0.0,
-       false, 0, false, 16},
+  const std::vector<OpenclCase> cases = {
+      {{"uneven T, drops, f32, int64 ids", [](int r) { return 5 + 3 * r; }, 2, 2, 8, kF32, kI64,
+        0.2, false, 0},
+       false,
+       0},
+      {{"a rank without tokens, k=1, int32 host ids", [](int r) { return r == 1 ? 0 : 7; }, 1, 1,
+        16, kF32, kI32, 0.0, false, 2},
+       true,
+       0},
+      {{"all to rank 0 (others receive nothing), bf16", [](int r) { return 4 + r; }, 4, 3, 32,
+        kBF16, kI32, 0.1, true, 0},
+       false,
+       0},
+      {{"odd Hd, half dropped, spare, padded rows", [](int r) { return 9 + r * r; }, 3, 4, 33, kF32,
+        kI32, 0.5, false, 5},
+       false,
+       3},
+      {{"every slot dropped, host int64 ids", [](int) { return 3; }, 2, 2, 8, kF32, kI64, 1.0,
+        false, 1},
+       true,
+       0},
+      {{"k > E/ranks, T=200, f32", [](int r) { return 200 - 17 * r; }, 2, 6, 64, kF32, kI64, 0.05,
+        false, 0},
+       false,
+       0},
+      {{"bf16, T=64, Hd=128, int64 ids, padded", [](int) { return 64; }, 8, 8, 128, kBF16, kI64,
+        0.0, false, 0},
+       false,
+       16},
   };
   uint64_t seed = 4321;
-  for (const Case& c : cases) {
+  for (const OpenclCase& c : cases) {
     run_case(c, seed++);
     if (rank == 0) std::printf("case %-46s done\n", c.name.c_str());
   }
@@ -472,12 +399,7 @@ int main(int argc, char** argv) {
       "combine, a device row_map out of range, one rank",
       [](Problem& p) { p.bad_row_map = rank == 0; }, bound, true);
 
-  int total = 0;
-  MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (rank == 0) {
-    std::printf("moe_ep on opencl tensors over %d ranks: %zu cases, %s\n", world, cases.size(),
-                total ? "FAILED" : "all passed");
-  }
+  const int total = report("moe_ep on opencl tensors", cases.size());
   clReleaseCommandQueue(queue);
   clReleaseContext(context);
   MPI_Finalize();

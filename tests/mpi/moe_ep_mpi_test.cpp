@@ -5,26 +5,14 @@
 // Then wrong calls: each must fail on every rank, within a bounded time.
 //
 //   mpirun -np 4 moe_ep_mpi_test path/to/libhops.so
-#include <dlfcn.h>
-#include <hops/hops.h>
-#include <mpi.h>
-
-#include <chrono>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <random>
-#include <string>
-#include <vector>
+
+#include "ep_test_common.hpp"
 
 namespace {
 
-const hops_api* api = nullptr;
-int rank = 0, world = 1;
-int failures = 0;
+using namespace ep_test;
 
 // A compact host tensor.
 struct Tensor {
@@ -95,74 +83,18 @@ struct Tensor {
     bits += 0x7fffu + ((bits >> 16) & 1u);  // to nearest even (finite values here)
     reinterpret_cast<uint16_t*>(bytes.data())[i] = static_cast<uint16_t>(bits >> 16);
   }
+  float value(int64_t r, int64_t i) const { return value(r * shape[1] + i); }
+  void set_value(int64_t r, int64_t i, float f) { set_value(r * shape[1] + i, f); }
   const unsigned char* row(int64_t r) const { return bytes.data() + r * row_bytes(); }
 };
 
-constexpr DLDataType kF32{kDLFloat, 32, 1}, kBF16{kDLBfloat, 16, 1};
-constexpr DLDataType kI32{kDLInt, 32, 1}, kI64{kDLInt, 64, 1};
-
-void check(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::fprintf(stderr, "rank %d: FAIL %s\n", rank, what.c_str());
-  }
-}
-
-template <class Fn>
-Fn op(const char* name) {
-  const hops_op_desc* desc = api->find_op(name);
-  if (!desc) {
-    std::fprintf(stderr, "rank %d: the provider has no %s\n", rank, name);
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
-  return reinterpret_cast<Fn>(desc->fn);
-}
-
-struct Case {
-  std::string name;
-  std::function<int64_t(int)> tokens;  // T of a rank
-  int64_t E_per_rank, k, Hd;
-  DLDataType dtype, ids;
-  double drop;    // share of dropped slots
-  bool to_rank0;  // every id names an expert of rank 0: the others receive nothing
-  int64_t spare;  // rows beyond what arrives
-};
-
-// The synthetic expert: out = row * (1 + e / 64), rounded to the row dtype.
-void apply_expert(const Tensor& rows, int64_t first, int64_t count, int64_t e, Tensor& out) {
-  const int64_t Hd = rows.shape[1];
-  for (int64_t r = first; r < first + count; ++r) {
-    for (int64_t i = 0; i < Hd; ++i) {
-      out.set_value(r * Hd + i, rows.value(r * Hd + i) * (1.0f + static_cast<float>(e) / 64.0f));
-    }
-  }
-}
-
 void run_case(const Case& c, uint64_t seed) {
-  const int64_t E = c.E_per_rank * world, El = c.E_per_rank, k = c.k, Hd = c.Hd;
-  std::vector<int64_t> T(world), first(world + 1, 0);
-  for (int r = 0; r < world; ++r) T[r] = c.tokens(r), first[r + 1] = first[r] + T[r];
-  const int64_t Tall = first[world];
-
-  // The whole problem, the same on every rank.
-  std::mt19937_64 random(seed);
-  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  const Gathered g(c, seed);
+  const int64_t E = g.E, El = g.El, Tall = g.Tall, k = c.k, Hd = c.Hd;
   Tensor x({Tall, Hd}, c.dtype), ids({Tall, k}, c.ids), weights({Tall, k}, kF32);
-  for (int64_t i = 0; i < Tall * Hd; ++i) x.set_value(i, uniform(random));
-  for (int64_t t = 0; t < Tall; ++t) {
-    std::vector<int64_t> picked;
-    for (int64_t j = 0; j < k; ++j) {
-      int64_t e;
-      do {
-        e = static_cast<int64_t>(random() % (c.to_rank0 ? El : E));
-      } while (std::find(picked.begin(), picked.end(), e) != picked.end() &&
-               picked.size() < static_cast<size_t>(c.to_rank0 ? El : E));
-      picked.push_back(e);
-      const bool drop = std::uniform_real_distribution<double>(0, 1)(random) < c.drop;
-      ids.set_index(t * k + j, drop ? -1 : e);
-      weights.set_value(t * k + j, std::uniform_real_distribution<float>(0, 1)(random));
-    }
-  }
+  for (int64_t i = 0; i < Tall * Hd; ++i) x.set_value(i, g.x[i]);
+  for (int64_t i = 0; i < Tall * k; ++i)
+    ids.set_index(i, g.ids[i]), weights.set_value(i, g.weights[i]);
 
   // The single-device result on the gathered problem.
   Tensor rows_all({Tall * k, Hd}, c.dtype), counts_all({E}, c.ids), map_all({Tall, k}, c.ids);
@@ -170,25 +102,22 @@ void run_case(const Case& c, uint64_t seed) {
                                                  &counts_all.dl, &map_all.dl) == HOPS_OK,
         c.name + ": gathered moe_dispatch");
   Tensor out_all = rows_all;
-  for (int64_t e = 0, r = 0; e < E; r += counts_all.index(e), ++e) {
-    apply_expert(rows_all, r, counts_all.index(e), e, out_all);
-  }
+  apply_experts(rows_all, counts_all, E, 0, out_all);
   Tensor y_all({Tall, Hd}, c.dtype);
   check(op<hops_moe_combine_fn>("moe_combine")(nullptr, &out_all.dl, &map_all.dl, &weights.dl,
                                                &y_all.dl) == HOPS_OK,
         c.name + ": gathered moe_combine");
 
   // This rank's share.
-  const int64_t Tm = T[rank], t0 = first[rank];
+  const int64_t Tm = g.T[rank], t0 = g.first[rank];
   Tensor xm({Tm, Hd}, c.dtype), idsm({Tm, k}, c.ids), wm({Tm, k}, kF32);
   if (Tm > 0) {
     std::memcpy(xm.bytes.data(), x.row(t0), Tm * x.row_bytes());
     std::memcpy(idsm.bytes.data(), ids.row(t0), Tm * ids.row_bytes());
     std::memcpy(wm.bytes.data(), weights.row(t0), Tm * weights.row_bytes());
   }
-  int64_t expert_first = 0, arriving = 0;
-  for (int64_t e = 0; e < rank * El; ++e) expert_first += counts_all.index(e);
-  for (int64_t e = rank * El; e < (rank + 1) * El; ++e) arriving += counts_all.index(e);
+  int64_t expert_first, arriving;
+  g.arrivals(counts_all, expert_first, arriving);
   const int64_t C = arriving + c.spare;
   Tensor rows({C, Hd}, c.dtype), counts({El}, c.ids), map({Tm, k}, c.ids), sent({E}, c.ids),
       got({world, El}, c.ids);
@@ -213,9 +142,7 @@ void run_case(const Case& c, uint64_t seed) {
   check(zero, c.name + ": rows past the arrived ones are not zero");
 
   Tensor out = rows;
-  for (int64_t e = 0, r = 0; e < El; r += counts.index(e), ++e) {
-    apply_expert(rows, r, counts.index(e), rank * El + e, out);
-  }
+  apply_experts(rows, counts, El, rank * El, out);
   Tensor y({Tm, Hd}, c.dtype);
   status = op<hops_moe_ep_combine_fn>("moe_ep_combine")(&exec, &out.dl, &map.dl, &wm.dl, &sent.dl,
                                                         &got.dl, &y.dl);
@@ -226,10 +153,8 @@ void run_case(const Case& c, uint64_t seed) {
 
 // A wrong call: `spoil` changes this rank's call; every rank must fail, in
 // bounded time.
-struct Problem {
-  int64_t T = 6, E = 0, k = 2, Hd = 4, C = 0;
-  hops_comm comm{sizeof(hops_comm), HOPS_COMM_MPI, 0, 1, nullptr};
-  DLDataType x_dtype = kF32;
+struct Problem : WrongCall {
+  hops_comm comm{sizeof(hops_comm), HOPS_COMM_MPI, rank, world, nullptr};
   bool wrong_recv_counts = false;
 };
 
@@ -237,8 +162,7 @@ void expect_failure(const std::string& what, const std::function<void(Problem&)>
                     double bound_s, bool combine = false) {
   MPI_Comm handle = MPI_COMM_WORLD;
   Problem p;
-  p.E = 2 * world, p.C = p.T * p.k * world;
-  p.comm.rank = rank, p.comm.size = world, p.comm.handle = &handle;
+  p.comm.handle = &handle;
   Problem good = p;
   spoil(p);
   const int64_t El = std::max<int64_t>(p.E / world, 1);
@@ -246,47 +170,29 @@ void expect_failure(const std::string& what, const std::function<void(Problem&)>
       counts({El}, kI64), map({p.T, p.k}, kI64), sent({p.E}, kI64), got({world, El}, kI64);
   for (int64_t i = 0; i < p.T * p.Hd; ++i) x.set_value(i, 0.5f);
   for (int64_t i = 0; i < p.T * p.k; ++i) ids.set_index(i, (i * 7 + rank) % p.E);
-  const auto start = std::chrono::steady_clock::now();
-  hops_status status;
-  if (!combine) {
-    const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, &p.comm};
-    status = op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(&exec, &x.dl, &ids.dl, &rows.dl,
+  expect_failure_within(what, bound_s, [&] {
+    if (!combine) {
+      const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, &p.comm};
+      return op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(&exec, &x.dl, &ids.dl, &rows.dl,
                                                             &counts.dl, &map.dl, &sent.dl, &got.dl);
-  } else {
+    }
     // A valid dispatch first, then a combine with the spoilt handle.
     const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, &good.comm};
-    status = op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(&exec, &x.dl, &ids.dl, &rows.dl,
-                                                            &counts.dl, &map.dl, &sent.dl, &got.dl);
+    const hops_status status = op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(
+        &exec, &x.dl, &ids.dl, &rows.dl, &counts.dl, &map.dl, &sent.dl, &got.dl);
     check(status == HOPS_OK, what + ": the valid dispatch before it failed");
     if (p.wrong_recv_counts) got.set_index(0, got.index(0) + 1);
     Tensor w({p.T, p.k}, kF32), y({p.T, p.Hd}, kF32);
-    status = op<hops_moe_ep_combine_fn>("moe_ep_combine")(&exec, &rows.dl, &map.dl, &w.dl, &sent.dl,
-                                                          &got.dl, &y.dl);
-  }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  check(status != HOPS_OK, what + ": expected an error on every rank, got HOPS_OK");
-  check(seconds < bound_s, what + ": took " + std::to_string(seconds) + " s");
-  if (rank == 0 && status != HOPS_OK) {
-    std::printf("  %-44s %s: %s (%.2f s)\n", what.c_str(), api->status_name(status),
-                api->last_error(), seconds);
-  }
+    return op<hops_moe_ep_combine_fn>("moe_ep_combine")(&exec, &rows.dl, &map.dl, &w.dl, &sent.dl,
+                                                        &got.dl, &y.dl);
+  });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  void* lib = dlopen(argc > 1 ? argv[1] : "libhops.so", RTLD_NOW | RTLD_LOCAL);
-  auto get_api = lib ? reinterpret_cast<hops_get_api_fn>(dlsym(lib, "hops_get_api")) : nullptr;
-  api = get_api ? get_api(HOPS_ABI_MAJOR) : nullptr;
-  if (!api) {
-    std::fprintf(stderr, "rank %d: cannot load %s: %s\n", rank, argc > 1 ? argv[1] : "libhops.so",
-                 dlerror());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  load_api(argc, argv);
   if (rank == 0) {
     for (int32_t i = 0; i < api->backend_count(); ++i) {
       const hops_backend_info* b = api->backend_at(i);
@@ -373,33 +279,20 @@ int main(int argc, char** argv) {
     MPI_Comm spare;
     MPI_Comm_dup(MPI_COMM_WORLD, &spare);
     setenv("HOPS_COMM_TIMEOUT", "3", 1);
-    Problem p;
-    p.E = 2 * world, p.C = p.T * p.k * world;
+    const WrongCall p;
     hops_comm comm{sizeof(hops_comm), HOPS_COMM_MPI, rank, world, rank == 1 ? nullptr : &spare};
     Tensor x({p.T, p.Hd}, kF32), ids({p.T, p.k}, kI64), rows({p.C, p.Hd}, kF32),
         counts({p.E / world}, kI64), map({p.T, p.k}, kI64), sent({p.E}, kI64),
         got({world, p.E / world}, kI64);
     for (int64_t i = 0; i < p.T * p.k; ++i) ids.set_index(i, i % p.E);
     const hops_exec exec{sizeof(hops_exec), {kDLCPU, 0}, nullptr, 0, 0, &comm};
-    const auto start = std::chrono::steady_clock::now();
-    const hops_status status = op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(
-        &exec, &x.dl, &ids.dl, &rows.dl, &counts.dl, &map.dl, &sent.dl, &got.dl);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    check(status != HOPS_OK, "a rank that never joins: expected an error on every rank");
-    check(seconds < 3.0 + 5.0, "a rank that never joins: took " + std::to_string(seconds) + " s");
-    if (rank == 0) {
-      std::printf("  %-44s %s: %s (%.2f s)\n", "a rank that never joins (timeout 3 s)",
-                  api->status_name(status), api->last_error(), seconds);
-    }
+    expect_failure_within("a rank that never joins (timeout 3 s)", 3.0 + 5.0, [&] {
+      return op<hops_moe_ep_dispatch_fn>("moe_ep_dispatch")(&exec, &x.dl, &ids.dl, &rows.dl,
+                                                            &counts.dl, &map.dl, &sent.dl, &got.dl);
+    });
   }
 
-  int total = 0;
-  MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-  if (rank == 0) {
-    std::printf("moe_ep over %d ranks: %zu cases, %s\n", world, cases.size(),
-                total ? "FAILED" : "all passed");
-  }
+  const int total = report("moe_ep", cases.size());
   MPI_Finalize();
   return total ? 1 : 0;
 }
