@@ -5,9 +5,11 @@
 //   (g; u)^T [2I, M] = W_gu [2I, Hd] rows^T [Hd, M]
 //   h^T [I, M] = silu(g^T) * u^T, in place of g^T
 //   out^T [Hd, M] = W_d [Hd, I] h^T [I, M]
-// and out^T is transposed back into the tile's rows.
+// and out^T is transposed back into the tile's rows. With bf16 operands on
+// a CPU with AMX-BF16, moe_gemm_amx.cpp runs the tiles instead.
 #include "checked_math.hpp"
 #include "moe.hpp"
+#include "moe_gemm_amx.hpp"
 
 namespace hops::cpu {
 
@@ -109,7 +111,9 @@ void moe_expert_mlp(const ExecContext& context, const MoeExpertMlp& op) {
   moe::expert_offsets(op.counts, E, op.R, first);
   const int64_t tile_rows = moe::tile_rows(first[E], context.max_workers);
   const int64_t tiles = moe::list_row_tiles(first, E, tile_rows, nullptr);
-  const int64_t per_worker = Buffers::floats(op, tile_rows);
+  const bool amx = moe::amx::takes(op);
+  const int64_t per_worker =
+      amx ? moe::amx::worker_floats(op, tile_rows) : Buffers::floats(op, tile_rows);
   const int64_t tile_floats =
       round_up(scratch_size(name, tiles, sizeof(moe::RowTile) / sizeof(float)), kPadding);
   const auto lease = context.scratch->acquire(scratch_bytes(
@@ -119,7 +123,9 @@ void moe_expert_mlp(const ExecContext& context, const MoeExpertMlp& op) {
   moe::list_row_tiles(first, E, tile_rows, tile_list);
   float* workers = lease.as<float>() + tile_floats;
   context.threads->parallel_for(tiles, context.max_workers, [&](int64_t task, int worker) {
-    run_tile(op, tile_list[task], Buffers(workers + worker * per_worker, op, tile_rows));
+    float* scratch = workers + worker * per_worker;
+    if (amx) return moe::amx::expert_mlp_tile(op, tile_list[task], scratch);
+    run_tile(op, tile_list[task], Buffers(scratch, op, tile_rows));
   });
   moe::zero_rows(context, op.out, first[E], op.R);
 }

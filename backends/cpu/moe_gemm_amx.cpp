@@ -1,0 +1,402 @@
+// moe_expert_mlp's forward on AMX bf16 tiles (moe_gemm_amx.hpp says what and
+// why). The detection below is plain x86-64 code; the kernels sit between
+// push_options and pop_options, the only code of hops compiled for AMX (and
+// AVX-512, which every AMX CPU has and available() checks too), so no AMX
+// instruction reaches code that other CPUs run.
+#include "moe_gemm_amx.hpp"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "checked_math.hpp"
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define HOPS_AMX_BUILD 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace hops::cpu::moe::amx {
+
+namespace {
+
+constexpr int64_t kTileRows = 16;  // rows of every tile: 16 weight rows (A), 16 tokens (B, C)
+constexpr int64_t kStepK = 32;     // bf16 along K in a row of an A tile (64 bytes)
+constexpr int64_t kTileFloats = kTileRows * kTileRows;  // a 16 x 16 fp32 C tile
+// A chunk of tokens is packed at most this large: it stays in L2 (2 MB a core
+// on the AMX Xeons) beside the 32 weight rows (128 KB at Hd = 2048) that pass
+// over all of its tokens, so each weight byte comes from memory once a chunk.
+constexpr int64_t kChunkBytes = int64_t{1} << 20;
+
+int64_t padded_depth(int64_t depth) { return round_up(depth, kStepK); }
+
+// Tokens per chunk: a multiple of 32 (two B tiles), packed rows within
+// kChunkBytes, no more than a tile of rows needs. Depends on the shape and the
+// tile size only; the bytes do not depend on it (each output is one chain
+// over K).
+int64_t chunk_tokens(int64_t Hd, int64_t tile_rows) {
+  const int64_t fit = kChunkBytes / (padded_depth(Hd) * 2) / 32 * 32;
+  return std::min(std::max<int64_t>(fit, 32), round_up(std::max<int64_t>(tile_rows, 1), 32));
+}
+
+#if HOPS_AMX_BUILD
+bool cpu_has_amx_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;  // cpuid.(7, 0).edx
+  return (edx & kAmxBf16) && (edx & kAmxTile) && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq");
+}
+
+// Linux (5.16+) keeps the 8 KB of tile data out of a process's saved state
+// until it asks; without this a tile instruction raises SIGILL. The grant is
+// for the whole process, so asking once suffices.
+bool tiles_granted() {
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+#endif
+
+}  // namespace
+
+bool available() {
+  static const bool usable = [] {
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, at the first call
+    const char* forced = std::getenv("HOPS_CPU_GEMM");
+    if (forced && std::string_view(forced) == "tiles") return false;
+#if HOPS_AMX_BUILD
+    return cpu_has_amx_bf16() && tiles_granted();
+#else
+    return false;
+#endif
+  }();
+  return usable;
+}
+
+bool takes(const MoeExpertMlp& op) {
+  return op.rows.dtype == DType::bf16 && op.gate_up_proj.dtype == DType::bf16 &&
+         op.down_proj.dtype == DType::bf16 && op.out.dtype == DType::bf16 &&
+         op.gate_up_proj.stride[2] == 1 && op.down_proj.stride[2] == 1 && available();
+}
+
+namespace {
+
+// A worker's scratch (floats, each part 64-byte aligned), for chunks of
+// `chunk` tokens. bf16 pairs are stored as uint32.
+struct Scratch {
+  uint32_t* rows;  // [chunk / 16][Hdp / 2][16] the chunk's rows, VNNI pairs along Hd
+  uint32_t* h;     // [chunk / 16][Ip / 2][16] h = silu(g) * u, VNNI pairs along I
+  float* c;        // [4][16][16] the C tiles read back
+  uint16_t* pad;   // [16][32] an A tile at the weights' edges, zero past them
+
+  static int64_t parts(const MoeExpertMlp& op, int64_t chunk, int64_t* sizes) {
+    const std::string_view name = op.kName;
+    sizes[0] = round_up(scratch_size(name, chunk, padded_depth(op.Hd) / 2), 16);
+    sizes[1] = round_up(scratch_size(name, chunk, padded_depth(op.I) / 2), 16);
+    sizes[2] = 4 * kTileFloats, sizes[3] = kTileRows * kStepK / 2;
+    return scratch_sum(name, sizes[0], sizes[1], sizes[2], sizes[3]);
+  }
+  Scratch(const MoeExpertMlp& op, int64_t chunk, float* base) {
+    int64_t sizes[4];
+    parts(op, chunk, sizes);
+    rows = reinterpret_cast<uint32_t*>(base);
+    h = rows + sizes[0];
+    c = reinterpret_cast<float*>(h + sizes[1]);
+    pad = reinterpret_cast<uint16_t*>(c + sizes[2]);
+  }
+};
+
+}  // namespace
+
+int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows) {
+  int64_t sizes[4];
+  // + 16: the lease's floats aligned up to 64 bytes.
+  return scratch_sum(op.kName, Scratch::parts(op, chunk_tokens(op.Hd, tile_rows), sizes), 16);
+}
+
+#if HOPS_AMX_BUILD
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16")
+// GCC 12's own intrinsics (_mm512_cvtepi32_epi16, ...) start from an
+// "undefined" register that its flow analysis then reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace {
+
+// Palette 1 with all 8 tiles 16 rows x 64 bytes: C 0-3, A 4-5, B 6-7.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+  TileConfig() {
+    for (int t = 0; t < 8; ++t) bytes_per_row[t] = 64, rows[t] = kTileRows;
+  }
+};
+
+// out[j] = column j of the 16 x 16 matrix `in` (rows of 16 32-bit lanes,
+// `row_bytes` apart): the C tiles are read back transposed, and 16 tokens'
+// pairs packed, through this. Three rounds of in-lane and lane shuffles.
+inline void transpose16(const void* in, int64_t row_bytes, __m512 out[16]) {
+  const auto* rows = static_cast<const char*>(in);
+  __m512 r[16], t[16], u[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows + i * row_bytes);
+  for (int i = 0; i < 8; ++i) {  // (r0[0] r1[0] r0[1] r1[1]) and (r0[2] r1[2] r0[3] r1[3]) a lane
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int q = 0; q < 4; ++q) {  // u[4q + j], lane l: rows 4q..4q+3 of column 4l + j
+    u[4 * q] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {  // gather each column's four lanes
+    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
+    out[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    out[8 + j] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    out[4 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    out[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+}
+
+// from_float<bf16> on 16 lanes (to nearest even, NaN kept a NaN), each
+// result in the low 16 bits of its 32-bit lane.
+inline __m512i round_to_bf16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(
+      _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+  const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), nan);
+}
+
+// A bf16 matrix [rows, depth], row r at data + r * step.
+struct WeightRows {
+  const uint16_t* data;
+  int64_t step, rows, depth;
+};
+
+// Where an A tile of rows [r0, r0 + 16) x depth [k0, k0 + 32) of w loads
+// from: the weights themselves, or (at their edges) `pad`, a copy that is
+// zero past them; the tile must be loaded before pad is used again.
+struct Source {
+  const void* data;
+  int64_t stride;  // bytes
+};
+Source weight_tile(const WeightRows& w, int64_t r0, int64_t k0, uint16_t* pad) {
+  if (r0 + kTileRows <= w.rows && k0 + kStepK <= w.depth) {
+    return {w.data + r0 * w.step + k0, w.step * 2};
+  }
+  std::memset(pad, 0, kTileRows * kStepK * 2);
+  const int64_t rows = std::clamp<int64_t>(w.rows - r0, 0, kTileRows);
+  const int64_t depth = std::min(kStepK, w.depth - k0);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(pad + r * kStepK, w.data + (r0 + r) * w.step + k0, depth * 2);
+  }
+  return {pad, kStepK * 2};
+}
+
+// Rows [first, first + count) of x (bf16) as the B operand: for each 16
+// tokens, [Kp / 2][16] pairs (x[n][2p], x[n][2p + 1]), zero past count and
+// past the depth. 16 tokens x 16 pairs at a time are a 32-bit transpose.
+void pack_rows(const Tensor& x, int64_t first, int64_t count, int64_t depth, uint32_t* packed) {
+  const int64_t pairs = padded_depth(depth) / 2, tokens = round_up(count, kTileRows);
+  const int64_t step = x.stride[1];
+  const bool contiguous = step == 1 && depth % 2 == 0;
+  const int64_t whole = contiguous ? depth / 2 / kTileRows * kTileRows : 0;  // pairs transposed
+  for (int64_t n0 = 0; n0 < tokens; n0 += kTileRows) {
+    uint32_t* block = packed + n0 * pairs;
+    const int64_t n_end = std::min(n0 + kTileRows, count);
+    const auto* row0 =
+        reinterpret_cast<const uint16_t*>(x.data<const bf16>() + x.offset(first + n0, 0));
+    const bool full = n_end - n0 == kTileRows;
+    for (int64_t p0 = 0; full && p0 < whole; p0 += kTileRows) {
+      __m512 columns[16];
+      transpose16(row0 + 2 * p0, x.stride[0] * 2, columns);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(block + (p0 + j) * kTileRows, columns[j]);
+    }
+    for (int64_t n = n0; n < n0 + kTileRows; ++n) {
+      uint32_t* out = block + n % kTileRows;
+      if (n >= count) {
+        for (int64_t p = 0; p < pairs; ++p) out[p * kTileRows] = 0;
+        continue;
+      }
+      const auto* row =
+          reinterpret_cast<const uint16_t*>(x.data<const bf16>() + x.offset(first + n, 0));
+      for (int64_t p = full ? whole : 0; p < pairs; ++p) {
+        const uint32_t low = 2 * p < depth ? row[2 * p * step] : 0;
+        const uint32_t high = 2 * p + 1 < depth ? row[(2 * p + 1) * step] : 0;
+        out[p * kTileRows] = low | high << 16;
+      }
+    }
+  }
+}
+
+// h for the I rows [i0, i0 + 16) of `blocks` (1 or 2) blocks of 16 tokens
+// from token block nb: silu(g) * u from the C tiles (c: g's tiles 0-1, u's
+// 2-3; h replaces g), rounded to bf16 into the VNNI pairs of h ([Ip / 2][16]
+// per block): rows i and i + 1 of h interleaved are one 64-byte row there.
+void swiglu_to_h(float* c, int64_t i0, int64_t nb, int64_t blocks, int64_t Ip, uint32_t* h) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    float* __restrict g = c + b * kTileFloats;
+    const float* __restrict u = c + (2 + b) * kTileFloats;
+    for (int64_t k = 0; k < kTileFloats; ++k) g[k] = silu(g[k]) * u[k];  // vectorised
+    uint32_t* block = h + (nb + b) * (Ip / 2) * kTileRows;
+    for (int64_t r = 0; r < kTileRows; r += 2) {
+      const __m512i even = round_to_bf16(_mm512_loadu_ps(g + r * kTileRows));
+      const __m512i odd = round_to_bf16(_mm512_loadu_ps(g + (r + 1) * kTileRows));
+      _mm512_storeu_si512(block + (i0 + r) / 2 * kTileRows,
+                          _mm512_or_si512(even, _mm512_slli_epi32(odd, 16)));
+    }
+  }
+}
+
+// (g; u)^T for the chunk's tokens, then h: for each 16 rows of g with the
+// same 16 rows of u (A tiles 4, 5), over pairs of 16-token blocks (B 6, 7).
+void gate_up_pass(const WeightRows& gate, const WeightRows& up, int64_t blocks, const Scratch& s,
+                  int64_t Ip) {
+  const int64_t Kp = padded_depth(gate.depth), block_step = Kp / 2 * kTileRows;
+  for (int64_t i0 = 0; i0 < gate.rows; i0 += kTileRows) {
+    for (int64_t nb = 0; nb < blocks; nb += 2) {
+      const bool two = nb + 1 < blocks;
+      const uint32_t* b0 = s.rows + nb * block_step;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
+        Source a = weight_tile(gate, i0, k0, s.pad);
+        _tile_loadd(4, a.data, a.stride);
+        a = weight_tile(up, i0, k0, s.pad);
+        _tile_loadd(5, a.data, a.stride);
+        _tile_loadd(6, b0 + k0 / 2 * kTileRows, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if (two) {
+          _tile_loadd(7, b0 + block_step + k0 / 2 * kTileRows, 64);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, s.c, 64);
+      _tile_stored(1, s.c + kTileFloats, 64);
+      _tile_stored(2, s.c + 2 * kTileFloats, 64);
+      _tile_stored(3, s.c + 3 * kTileFloats, 64);
+      swiglu_to_h(s.c, i0, nb, two ? 2 : 1, Ip, s.h);
+    }
+  }
+}
+
+// out^T = W_d h^T for the chunk's tokens: 32 rows of W_d (A 4, 5) over pairs
+// of 16-token blocks (B 6, 7); each token's 32 outputs are written to its row
+// of out. `count` tokens from row `first`.
+void down_pass(const WeightRows& down, int64_t count, const Scratch& s, const Tensor& out,
+               int64_t first) {
+  const int64_t Kp = padded_depth(down.depth), block_step = Kp / 2 * kTileRows;
+  const int64_t blocks = (count + kTileRows - 1) / kTileRows;
+  for (int64_t d0 = 0; d0 < down.rows; d0 += 2 * kTileRows) {
+    const int64_t width = std::min(2 * kTileRows, down.rows - d0);
+    for (int64_t nb = 0; nb < blocks; nb += 2) {
+      const bool two = nb + 1 < blocks;
+      const uint32_t* b0 = s.h + nb * block_step;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
+        Source a = weight_tile(down, d0, k0, s.pad);
+        _tile_loadd(4, a.data, a.stride);
+        a = weight_tile(down, d0 + kTileRows, k0, s.pad);
+        _tile_loadd(5, a.data, a.stride);
+        _tile_loadd(6, b0 + k0 / 2 * kTileRows, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        if (two) {
+          _tile_loadd(7, b0 + block_step + k0 / 2 * kTileRows, 64);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, s.c, 64);
+      _tile_stored(1, s.c + kTileFloats, 64);
+      _tile_stored(2, s.c + 2 * kTileFloats, 64);
+      _tile_stored(3, s.c + 3 * kTileFloats, 64);
+      // Tile 2a + b: rows d0 + 16a of W_d, tokens of block nb + b; its
+      // column n is 16 outputs of token n.
+      for (int64_t b = 0; b < (two ? 2 : 1); ++b) {
+        __m512 columns[2][16];
+        transpose16(s.c + b * kTileFloats, 64, columns[0]);
+        transpose16(s.c + (2 + b) * kTileFloats, 64, columns[1]);
+        for (int64_t n = 0; n < kTileRows; ++n) {
+          const int64_t token = (nb + b) * kTileRows + n;
+          if (token >= count) break;
+          bf16* row = out.data<bf16>() + out.offset(first + token, d0);
+          for (int64_t a = 0; a < 2 && a * kTileRows < width; ++a) {
+            const __m256i values = _mm512_cvtepi32_epi16(round_to_bf16(columns[a][n]));
+            const int64_t part = std::min(kTileRows, width - a * kTileRows);
+            if (out.stride[1] == 1) {
+              _mm256_mask_storeu_epi16(row + a * kTileRows,
+                                       static_cast<__mmask16>((1u << part) - 1), values);
+            } else {
+              alignas(32) uint16_t lanes[kTileRows];
+              _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), values);
+              for (int64_t j = 0; j < part; ++j)
+                row[(a * kTileRows + j) * out.stride[1]].bits = lanes[j];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void expert_mlp_tile(const MoeExpertMlp& op, const RowTile& tile, float* scratch) {
+  const int64_t chunk = chunk_tokens(op.Hd, tile.count), e = tile.expert, I = op.I, Hd = op.Hd;
+  const auto misaligned = reinterpret_cast<uintptr_t>(scratch) % 64;
+  const Scratch s(op, chunk, scratch + (misaligned ? (64 - misaligned) / sizeof(float) : 0));
+  const Tensor &gu = op.gate_up_proj, &dn = op.down_proj;
+  const auto* gu_data =
+      reinterpret_cast<const uint16_t*>(gu.data<const bf16>() + gu.offset(e, 0, 0));
+  const WeightRows gate{gu_data, gu.stride[1], I, Hd};
+  const WeightRows up{gu_data + I * gu.stride[1], gu.stride[1], I, Hd};
+  const WeightRows down{
+      reinterpret_cast<const uint16_t*>(dn.data<const bf16>() + dn.offset(e, 0, 0)), dn.stride[1],
+      Hd, I};
+  const int64_t Ip = padded_depth(I), written = round_up(I, kTileRows);
+  static const TileConfig config;
+  _tile_loadconfig(&config);
+  for (int64_t c0 = 0; c0 < tile.count; c0 += chunk) {
+    const int64_t count = std::min(chunk, tile.count - c0);
+    const int64_t blocks = (count + kTileRows - 1) / kTileRows;
+    pack_rows(op.rows, tile.first + c0, count, Hd, s.rows);
+    if (written < Ip) {  // h's pairs past I that no C tile writes: the down product's zero K tail
+      for (int64_t b = 0; b < blocks; ++b) {
+        uint32_t* block = s.h + b * (Ip / 2) * kTileRows;
+        std::memset(block + written / 2 * kTileRows, 0, (Ip - written) / 2 * kTileRows * 4);
+      }
+    }
+    gate_up_pass(gate, up, blocks, s, Ip);
+    down_pass(down, count, s, op.out, tile.first + c0);
+  }
+  _tile_release();
+}
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#else
+void expert_mlp_tile(const MoeExpertMlp&, const RowTile&, float*) {}  // available() is false
+#endif
+
+}  // namespace hops::cpu::moe::amx

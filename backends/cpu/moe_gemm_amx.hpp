@@ -1,0 +1,39 @@
+// The expert MLP's forward on AMX bf16 tiles (moe_gemm_amx.cpp), for bf16
+// operands on CPUs that have AMX-BF16 and where Linux lets the process use
+// its tile registers; every other call takes moe_gemm.cpp's fp32 GEMM.
+//
+// The products run transposed as in moe_expert_mlp.cpp, out^T = W x^T: 16
+// rows of the weights (K-contiguous, as transformers stores them) are
+// directly the A operand of _tile_dpbf16ps, loaded with their row stride, so
+// the weights are never repacked; the tile's rows are packed once into the
+// VNNI B layout ([K/2][16 tokens][2] bf16 per 16 tokens), which is small, and
+// the fp32 C tiles (16 weight rows x 16 tokens) are read back transposed.
+// The SwiGLU intermediate h = silu(g) * u is rounded to bf16 to be the B
+// operand of the down product.
+//
+// Deterministic: each output element is one chain of _tile_dpbf16ps over K
+// in steps of 32 from 0, whatever the tiling of the rows or the thread.
+#pragma once
+
+#include "moe.hpp"
+
+namespace hops::cpu::moe::amx {
+
+// Whether this process runs AMX bf16 tiles: the CPU reports AMX-TILE and
+// AMX-BF16 (cpuid), Linux granted XTILEDATA (arch_prctl, asked once per
+// process) and HOPS_CPU_GEMM is not "tiles" (which forces the fp32 path).
+// Decided once, at the first call.
+bool available();
+
+// Whether the AMX path takes op: available(), and rows, both weights and out
+// bf16 with the weights contiguous along their last dim.
+bool takes(const MoeExpertMlp& op);
+
+// Floats of one worker's scratch for tiles of up to `tile_rows` rows.
+int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows);
+
+// out's rows of one tile (rows [tile.first, + tile.count) of expert
+// tile.expert); `scratch`: worker_floats() floats of the worker's own.
+void expert_mlp_tile(const MoeExpertMlp& op, const RowTile& tile, float* scratch);
+
+}  // namespace hops::cpu::moe::amx
