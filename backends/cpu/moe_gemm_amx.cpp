@@ -27,6 +27,10 @@ namespace {
 constexpr int64_t kTileRows = 16;  // rows of every tile: 16 weight rows (A), 16 tokens (B, C)
 constexpr int64_t kStepK = 32;     // bf16 along K in a row of an A tile (64 bytes)
 constexpr int64_t kTileFloats = kTileRows * kTileRows;  // a 16 x 16 fp32 C tile
+// The depth of a block of 32 weight rows copied as tiles (16 KB): it stays in
+// L1 while all the chunk's tokens pass. Loaded in place instead, the rows'
+// lines (4 KB apart at Hd = 2048) fall into one L1 set and evict each other.
+constexpr int64_t kBlockK = 256;
 // A chunk of tokens is packed at most this large: it stays in L2 (2 MB a core
 // on the AMX Xeons) beside the 32 weight rows (128 KB at Hd = 2048) that pass
 // over all of its tokens, so each weight byte comes from memory once a chunk.
@@ -89,32 +93,36 @@ namespace {
 // A worker's scratch (floats, each part 64-byte aligned), for chunks of
 // `chunk` tokens. bf16 pairs are stored as uint32.
 struct Scratch {
-  uint32_t* rows;  // [chunk / 16][Hdp / 2][16] the chunk's rows, VNNI pairs along Hd
-  uint32_t* h;     // [chunk / 16][Ip / 2][16] h = silu(g) * u, VNNI pairs along I
-  float* c;        // [4][16][16] the C tiles read back
-  uint16_t* pad;   // [16][32] an A tile at the weights' edges, zero past them
+  uint32_t* rows;   // [chunk / 16][Hdp / 2][16] the chunk's rows, VNNI pairs along Hd
+  uint32_t* h;      // [chunk / 16][Ip / 2][16] h = silu(g) * u, VNNI pairs along I
+  float* c;         // [4][16][16] the finished C tiles read back
+  float* partial;   // [chunk / 32][4][16][16] C tiles between depth blocks
+  uint16_t* panel;  // [kBlockK / 32][2][16][32] the A tiles of a depth block
 
   static int64_t parts(const MoeExpertMlp& op, int64_t chunk, int64_t* sizes) {
     const std::string_view name = op.kName;
     sizes[0] = round_up(scratch_size(name, chunk, padded_depth(op.Hd) / 2), 16);
     sizes[1] = round_up(scratch_size(name, chunk, padded_depth(op.I) / 2), 16);
-    sizes[2] = 4 * kTileFloats, sizes[3] = kTileRows * kStepK / 2;
-    return scratch_sum(name, sizes[0], sizes[1], sizes[2], sizes[3]);
+    sizes[2] = 4 * kTileFloats;
+    sizes[3] = scratch_size(name, chunk / 32, 4 * kTileFloats);
+    sizes[4] = kBlockK / kStepK * 2 * kTileRows * kStepK / 2;
+    return scratch_sum(name, sizes[0], sizes[1], sizes[2], sizes[3], sizes[4]);
   }
   Scratch(const MoeExpertMlp& op, int64_t chunk, float* base) {
-    int64_t sizes[4];
+    int64_t sizes[5];
     parts(op, chunk, sizes);
     rows = reinterpret_cast<uint32_t*>(base);
     h = rows + sizes[0];
     c = reinterpret_cast<float*>(h + sizes[1]);
-    pad = reinterpret_cast<uint16_t*>(c + sizes[2]);
+    partial = c + sizes[2];
+    panel = reinterpret_cast<uint16_t*>(partial + sizes[3]);
   }
 };
 
 }  // namespace
 
 int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows) {
-  int64_t sizes[4];
+  int64_t sizes[5];
   // + 16: the lease's floats aligned up to 64 bytes.
   return scratch_sum(op.kName, Scratch::parts(op, chunk_tokens(op.Hd, tile_rows), sizes), 16);
 }
@@ -126,6 +134,7 @@ int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows) {
 // "undefined" register that its flow analysis then reports.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace {
 
@@ -186,24 +195,114 @@ struct WeightRows {
   int64_t step, rows, depth;
 };
 
-// Where an A tile of rows [r0, r0 + 16) x depth [k0, k0 + 32) of w loads
-// from: the weights themselves, or (at their edges) `pad`, a copy that is
-// zero past them; the tile must be loaded before pad is used again.
-struct Source {
-  const void* data;
-  int64_t stride;  // bytes
-};
-Source weight_tile(const WeightRows& w, int64_t r0, int64_t k0, uint16_t* pad) {
+// Rows [r0, r0 + 16) x depth [k0, k0 + 32) of w as an A tile (16 x 64
+// bytes), zero past w's edges.
+void copy_weight_tile(const WeightRows& w, int64_t r0, int64_t k0, uint16_t* tile) {
   if (r0 + kTileRows <= w.rows && k0 + kStepK <= w.depth) {
-    return {w.data + r0 * w.step + k0, w.step * 2};
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      _mm512_storeu_si512(tile + r * kStepK, _mm512_loadu_si512(w.data + (r0 + r) * w.step + k0));
+    }
+    return;
   }
-  std::memset(pad, 0, kTileRows * kStepK * 2);
+  std::memset(tile, 0, kTileRows * kStepK * 2);
   const int64_t rows = std::clamp<int64_t>(w.rows - r0, 0, kTileRows);
   const int64_t depth = std::min(kStepK, w.depth - k0);
   for (int64_t r = 0; r < rows; ++r) {
-    std::memcpy(pad + r * kStepK, w.data + (r0 + r) * w.step + k0, depth * 2);
+    std::memcpy(tile + r * kStepK, w.data + (r0 + r) * w.step + k0, depth * 2);
   }
-  return {pad, kStepK * 2};
+}
+
+// The cache lines of a depth block of 16 rows of a0 and 16 of a1 (those
+// within the weights), a few at a time: weights come from memory, and the
+// copy into tiles would otherwise wait on each row's misses in turn.
+class NextBlock {
+ public:
+  NextBlock(const WeightRows& a0, int64_t r0, const WeightRows& a1, int64_t r1, int64_t k0)
+      : a_{a0, a1}, r_{r0, r1}, k0_(k0) {
+    const int64_t depth = std::clamp<int64_t>(a0.depth - k0, 0, kBlockK);
+    lines_per_row_ = (depth * 2 + 63) / 64;
+  }
+  int64_t lines() const { return 2 * kTileRows * lines_per_row_; }
+  void fetch(int64_t count) {
+    for (; count > 0 && line_ < lines(); --count, ++line_) {
+      const int64_t row = line_ / lines_per_row_, which = row / kTileRows;
+      const int64_t r = r_[which] + row % kTileRows;
+      if (r >= a_[which].rows) continue;
+      const uint16_t* p = a_[which].data + r * a_[which].step + k0_;
+      _mm_prefetch(reinterpret_cast<const char*>(p) + line_ % lines_per_row_ * 64, _MM_HINT_T1);
+    }
+  }
+
+ private:
+  WeightRows a_[2];
+  int64_t r_[2], k0_, lines_per_row_ = 0, line_ = 0;
+};
+
+// The C tiles of 32 weight rows (rows [r0, r0 + 16) of a0 as A tile 4,
+// [r1, r1 + 16) of a1 as tile 5) by the tokens of `blocks` 16-token blocks of
+// b (VNNI pairs, [Kp / 2][16] a block; tiles 6, 7), two blocks at a time:
+// tile 2a + j = A tile 4 + a by block nb + j. The depth runs in blocks of
+// kBlockK, the sums waiting in s.partial between them, always from 0 up: the
+// order of the sums depends on the depth alone. done(nb, two) reads the
+// finished tiles from s.c.
+template <class Done>
+void weight_panel_product(const WeightRows& a0, int64_t r0, const WeightRows& a1, int64_t r1,
+                          int64_t next_rows, const uint32_t* b, int64_t blocks, const Scratch& s,
+                          Done done) {
+  const int64_t Kp = padded_depth(a0.depth), block_step = Kp / 2 * kTileRows;
+  constexpr int64_t kTileElements = kTileRows * kStepK;
+  for (int64_t k0 = 0; k0 < Kp; k0 += kBlockK) {
+    const int64_t k_end = std::min(Kp, k0 + kBlockK);
+    for (int64_t k = k0; k < k_end; k += kStepK) {
+      uint16_t* tiles = s.panel + (k - k0) / kStepK * 2 * kTileElements;
+      copy_weight_tile(a0, r0, k, tiles);
+      copy_weight_tile(a1, r1, k, tiles + kTileElements);
+    }
+    // The next depth block's weights, else the next 32 rows' first, fetched
+    // into L2 a slice per pair of token blocks while these are multiplied.
+    const bool rows_done = k0 + kBlockK >= Kp;
+    NextBlock next(a0, r0 + (rows_done ? next_rows : 0), a1, r1 + (rows_done ? next_rows : 0),
+                   rows_done ? 0 : k0 + kBlockK);
+    const int64_t per_pair = (next.lines() + (blocks + 1) / 2 - 1) / ((blocks + 1) / 2);
+    for (int64_t nb = 0; nb < blocks; nb += 2) {
+      const bool two = nb + 1 < blocks;
+      const uint32_t* b0 = b + nb * block_step;
+      float* partial = s.partial + nb / 2 * 4 * kTileFloats;
+      if (k0 == 0) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      } else {
+        _tile_loadd(0, partial, 64);
+        _tile_loadd(1, partial + kTileFloats, 64);
+        _tile_loadd(2, partial + 2 * kTileFloats, 64);
+        _tile_loadd(3, partial + 3 * kTileFloats, 64);
+      }
+      next.fetch(per_pair);
+      // Each load right before its first product: a tile register is not
+      // renamed, so a load waits for the products still reading it.
+      for (int64_t k = k0; k < k_end; k += kStepK) {
+        const uint16_t* tiles = s.panel + (k - k0) / kStepK * 2 * kTileElements;
+        _tile_loadd(4, tiles, 64);
+        _tile_loadd(6, b0 + k / 2 * kTileRows, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if (two) {
+          _tile_loadd(7, b0 + block_step + k / 2 * kTileRows, 64);
+          _tile_dpbf16ps(1, 4, 7);
+        }
+        _tile_loadd(5, tiles + kTileElements, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        if (two) _tile_dpbf16ps(3, 5, 7);
+      }
+      float* target = k_end == Kp ? s.c : partial;
+      _tile_stored(0, target, 64);
+      _tile_stored(1, target + kTileFloats, 64);
+      _tile_stored(2, target + 2 * kTileFloats, 64);
+      _tile_stored(3, target + 3 * kTileFloats, 64);
+      if (k_end == Kp) done(nb, two);
+    }
+  }
 }
 
 // Rows [first, first + count) of x (bf16) as the B operand: for each 16
@@ -261,102 +360,54 @@ void swiglu_to_h(float* c, int64_t i0, int64_t nb, int64_t blocks, int64_t Ip, u
   }
 }
 
-// (g; u)^T for the chunk's tokens, then h: for each 16 rows of g with the
-// same 16 rows of u (A tiles 4, 5), over pairs of 16-token blocks (B 6, 7).
+// (g; u)^T for the chunk's tokens, then h: 16 rows of g with the same 16
+// rows of u at a time.
 void gate_up_pass(const WeightRows& gate, const WeightRows& up, int64_t blocks, const Scratch& s,
                   int64_t Ip) {
-  const int64_t Kp = padded_depth(gate.depth), block_step = Kp / 2 * kTileRows;
   for (int64_t i0 = 0; i0 < gate.rows; i0 += kTileRows) {
-    for (int64_t nb = 0; nb < blocks; nb += 2) {
-      const bool two = nb + 1 < blocks;
-      const uint32_t* b0 = s.rows + nb * block_step;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
-        Source a = weight_tile(gate, i0, k0, s.pad);
-        _tile_loadd(4, a.data, a.stride);
-        a = weight_tile(up, i0, k0, s.pad);
-        _tile_loadd(5, a.data, a.stride);
-        _tile_loadd(6, b0 + k0 / 2 * kTileRows, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(2, 5, 6);
-        if (two) {
-          _tile_loadd(7, b0 + block_step + k0 / 2 * kTileRows, 64);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(3, 5, 7);
-        }
-      }
-      _tile_stored(0, s.c, 64);
-      _tile_stored(1, s.c + kTileFloats, 64);
-      _tile_stored(2, s.c + 2 * kTileFloats, 64);
-      _tile_stored(3, s.c + 3 * kTileFloats, 64);
+    weight_panel_product(gate, i0, up, i0, kTileRows, s.rows, blocks, s, [&](int64_t nb, bool two) {
       swiglu_to_h(s.c, i0, nb, two ? 2 : 1, Ip, s.h);
-    }
+    });
   }
 }
 
-// out^T = W_d h^T for the chunk's tokens: 32 rows of W_d (A 4, 5) over pairs
-// of 16-token blocks (B 6, 7); each token's 32 outputs are written to its row
-// of out. `count` tokens from row `first`.
+// out^T = W_d h^T for the chunk's tokens, 32 rows of W_d at a time; each
+// token's 32 outputs are written to its row of out. `count` tokens from row
+// `first`.
 void down_pass(const WeightRows& down, int64_t count, const Scratch& s, const Tensor& out,
                int64_t first) {
-  const int64_t Kp = padded_depth(down.depth), block_step = Kp / 2 * kTileRows;
   const int64_t blocks = (count + kTileRows - 1) / kTileRows;
   for (int64_t d0 = 0; d0 < down.rows; d0 += 2 * kTileRows) {
     const int64_t width = std::min(2 * kTileRows, down.rows - d0);
-    for (int64_t nb = 0; nb < blocks; nb += 2) {
-      const bool two = nb + 1 < blocks;
-      const uint32_t* b0 = s.h + nb * block_step;
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int64_t k0 = 0; k0 < Kp; k0 += kStepK) {
-        Source a = weight_tile(down, d0, k0, s.pad);
-        _tile_loadd(4, a.data, a.stride);
-        a = weight_tile(down, d0 + kTileRows, k0, s.pad);
-        _tile_loadd(5, a.data, a.stride);
-        _tile_loadd(6, b0 + k0 / 2 * kTileRows, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(2, 5, 6);
-        if (two) {
-          _tile_loadd(7, b0 + block_step + k0 / 2 * kTileRows, 64);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(3, 5, 7);
-        }
-      }
-      _tile_stored(0, s.c, 64);
-      _tile_stored(1, s.c + kTileFloats, 64);
-      _tile_stored(2, s.c + 2 * kTileFloats, 64);
-      _tile_stored(3, s.c + 3 * kTileFloats, 64);
-      // Tile 2a + b: rows d0 + 16a of W_d, tokens of block nb + b; its
-      // column n is 16 outputs of token n.
-      for (int64_t b = 0; b < (two ? 2 : 1); ++b) {
-        __m512 columns[2][16];
-        transpose16(s.c + b * kTileFloats, 64, columns[0]);
-        transpose16(s.c + (2 + b) * kTileFloats, 64, columns[1]);
-        for (int64_t n = 0; n < kTileRows; ++n) {
-          const int64_t token = (nb + b) * kTileRows + n;
-          if (token >= count) break;
-          bf16* row = out.data<bf16>() + out.offset(first + token, d0);
-          for (int64_t a = 0; a < 2 && a * kTileRows < width; ++a) {
-            const __m256i values = _mm512_cvtepi32_epi16(round_to_bf16(columns[a][n]));
-            const int64_t part = std::min(kTileRows, width - a * kTileRows);
-            if (out.stride[1] == 1) {
-              _mm256_mask_storeu_epi16(row + a * kTileRows,
-                                       static_cast<__mmask16>((1u << part) - 1), values);
-            } else {
-              alignas(32) uint16_t lanes[kTileRows];
-              _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), values);
-              for (int64_t j = 0; j < part; ++j)
-                row[(a * kTileRows + j) * out.stride[1]].bits = lanes[j];
+    weight_panel_product(
+        down, d0, down, d0 + kTileRows, 2 * kTileRows, s.h, blocks, s, [&](int64_t nb, bool two) {
+          // Tile 2a + j: rows d0 + 16a of W_d, tokens of block nb + j; its
+          // column n is 16 outputs of token n.
+          for (int64_t j = 0; j < (two ? 2 : 1); ++j) {
+            __m512 columns[2][16];
+            transpose16(s.c + j * kTileFloats, 64, columns[0]);
+            transpose16(s.c + (2 + j) * kTileFloats, 64, columns[1]);
+            for (int64_t n = 0; n < kTileRows; ++n) {
+              const int64_t token = (nb + j) * kTileRows + n;
+              if (token >= count) break;
+              bf16* row = out.data<bf16>() + out.offset(first + token, d0);
+              for (int64_t a = 0; a < 2 && a * kTileRows < width; ++a) {
+                const __m256i values = _mm512_cvtepi32_epi16(round_to_bf16(columns[a][n]));
+                const int64_t part = std::min(kTileRows, width - a * kTileRows);
+                if (out.stride[1] == 1) {
+                  _mm256_mask_storeu_epi16(row + a * kTileRows,
+                                           static_cast<__mmask16>((1u << part) - 1), values);
+                } else {
+                  alignas(32) uint16_t lanes[kTileRows];
+                  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), values);
+                  for (int64_t l = 0; l < part; ++l) {
+                    row[(a * kTileRows + l) * out.stride[1]].bits = lanes[l];
+                  }
+                }
+              }
             }
           }
-        }
-      }
-    }
+        });
   }
 }
 
