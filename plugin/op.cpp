@@ -173,11 +173,15 @@ void Call::check_overlaps() const {
     const ByteSpan written = byte_span(tensors_[out]);
     for (int other = 0; other < op_.num_args; ++other) {
       if (other == out || !is_tensor(op_.args[other]) || !tensors_[other]) continue;
-      // cl_mem handles are opaque: only views of one buffer can overlap.
-      if (tensors_[out].device.device_type == kDLOpenCL &&
-          tensors_[out].handle != tensors_[other].handle) {
+      // cl_mem handles are opaque, not addresses: only views of one buffer
+      // can overlap, and never an OpenCL tensor and a host one (a host index
+      // output beside an OpenCL input would compare a cl_mem's value with
+      // host memory otherwise).
+      const bool out_cl = tensors_[out].device.device_type == kDLOpenCL;
+      const bool other_cl = tensors_[other].device.device_type == kDLOpenCL;
+      if ((out_cl || other_cl) &&
+          !(out_cl && other_cl && tensors_[out].handle == tensors_[other].handle))
         continue;
-      }
       const ByteSpan span = byte_span(tensors_[other]);
       if (written.begin < span.end && span.begin < written.end) {
         fail(out, "overlaps the memory of argument '{}'; outputs must not alias other arguments",

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "host_tensor.hpp"
+#include "ops/moe.hpp"
 #include "ops/norm.hpp"
 #include "registry.hpp"
 
@@ -157,6 +158,31 @@ TEST(SupportsCall, AnswersForTheCallsShapesWithoutWriting) {
   }
   EXPECT_EQ(api()->supports_call(norm, nullptr, vulkan_args.data(), 5), HOPS_ERR_UNSUPPORTED);
   EXPECT_TRUE(mentions(api()->last_error(), "no available backend")) << api()->last_error();
+}
+
+// ---- aliasing across address spaces ---------------------------------------------------
+
+// An OpenCL tensor's data is a cl_mem handle, not an address: beside a host
+// index tensor it cannot overlap, even where the handle's value falls inside
+// the host tensor's bytes (here x's "handle" is counts' own address).
+TEST(Overlap, AnOpenclHandleNeverOverlapsHostMemory) {
+  const Backend opencl{"fake-opencl", kDLOpenCL, true, "", 0, {}, &test_last_error};
+  const Backend* const backends[] = {&opencl};
+  int64_t x_shape[] = {2, 4}, ids_shape[] = {2, 1}, rows_shape[] = {2, 4}, counts_shape[] = {3};
+  int32_t ids[] = {0, 2}, counts[3] = {}, row_map[2] = {};
+  int opaque_rows = 0;
+  const DLDevice cl = {kDLOpenCL, 0}, cpu = {kDLCPU, 0};
+  const DLDataType f32 = {kDLFloat, 32, 1}, i32 = {kDLInt, 32, 1};
+  DLTensor x = {counts, cl, 2, f32, x_shape, nullptr, 0};
+  DLTensor topk_ids = {ids, cpu, 2, i32, ids_shape, nullptr, 0};
+  DLTensor rows = {&opaque_rows, cl, 2, f32, rows_shape, nullptr, 0};
+  DLTensor counts_t = {counts, cpu, 1, i32, counts_shape, nullptr, 0};
+  DLTensor row_map_t = {row_map, cpu, 2, i32, ids_shape, nullptr, 0};
+  const hops_value args[] = {{&x}, {&topk_ids}, {&rows}, {&counts_t}, {&row_map_t}};
+  const hops_exec exec{sizeof(hops_exec), cl, nullptr, 0, 0, nullptr};
+  const hops_status status = dispatch_to(op_def<MoeDispatch>(), &exec, args, backends, false);
+  EXPECT_EQ(status, HOPS_ERR_UNSUPPORTED) << last_error();  // validated; no kernel here
+  EXPECT_FALSE(mentions(last_error(), "overlaps")) << last_error();
 }
 
 // ---- callers of an older arity -------------------------------------------------------
