@@ -1,4 +1,5 @@
 // The MoE family's list of CPU kernels, and moe_route.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -11,19 +12,35 @@ namespace {
 
 constexpr int64_t kTokensPerTask = 64;
 
-// The k best of E scores, best first, ties to the lower expert: an insertion
-// into the sorted list of the best so far, which only a strictly better score
-// enters ahead of another.
-void top_k(const double* scores, int64_t E, int64_t k, int64_t* ids) {
-  int64_t kept = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    int64_t at = kept;
-    while (at > 0 && scores[e] > scores[ids[at - 1]]) --at;
-    if (at == k) continue;
-    kept = std::min(kept + 1, k);
-    for (int64_t i = kept - 1; i > at; --i) ids[i] = ids[i - 1];
-    ids[at] = e;
+// Whether expert a ranks ahead of expert b: the higher score, the lower id
+// among equals. A NaN score (from infinite logits) ranks below every number,
+// so that the order stays total whatever the host passes.
+struct RanksAhead {
+  const double* scores;
+  bool operator()(int64_t a, int64_t b) const {
+    const double x = rank_score(scores[a]), y = rank_score(scores[b]);
+    return x > y || (x == y && a < b);
   }
+  static double rank_score(double s) {
+    return std::isnan(s) ? -std::numeric_limits<double>::infinity() : s;
+  }
+};
+
+// The k best of E scores, best first: a heap of the best so far whose top is
+// the last of them, so O(E log k) whatever the order of the scores (an
+// insertion into a sorted list is O(E k) on ascending scores).
+void top_k(const double* scores, int64_t E, int64_t k, int64_t* ids) {
+  if (k == 0) return;
+  const RanksAhead ahead{scores};
+  for (int64_t e = 0; e < k; ++e) ids[e] = e;
+  std::make_heap(ids, ids + k, ahead);
+  for (int64_t e = k; e < E; ++e) {
+    if (!ahead(e, ids[0])) continue;
+    std::pop_heap(ids, ids + k, ahead);
+    ids[k - 1] = e;
+    std::push_heap(ids, ids + k, ahead);
+  }
+  std::sort_heap(ids, ids + k, ahead);
 }
 
 // The scores are computed and ranked in float64, as the contract's oracle does

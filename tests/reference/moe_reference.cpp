@@ -179,13 +179,17 @@ MoeRouteResult moe_route(const Array64& logits, int64_t k, bool normalize, MoeSc
     }
 
     // The k best, best first: each pick is the largest p not yet taken, the
-    // lowest id among equals (a strict > over ascending ids).
+    // lowest id among equals (a strict > over ascending ids); a NaN p (from
+    // infinite logits) counts as -inf.
+    auto rank = [&](int64_t e) {
+      return std::isnan(p[e]) ? -std::numeric_limits<double>::infinity() : p[e];
+    };
     std::vector<bool> taken(static_cast<size_t>(E), false);
     double picked_sum = 0.0;
     for (int64_t j = 0; j < k; ++j) {
       int64_t best = -1;
       for (int64_t e = 0; e < E; ++e) {
-        if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+        if (!taken[e] && (best < 0 || rank(e) > rank(best))) best = e;
       }
       taken[best] = true;
       result.topk_ids.at(t, j) = best;
