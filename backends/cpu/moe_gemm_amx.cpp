@@ -128,8 +128,14 @@ int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows) {
 }
 
 #if HOPS_AMX_BUILD
+// clang takes the target through an attribute on every function that follows
+// (it has no GCC target pragma: the fuzzer's build uses clang).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16")
+#endif
 // GCC 12's own intrinsics (_mm512_cvtepi32_epi16, ...) start from an
 // "undefined" register that its flow analysis then reports.
 #pragma GCC diagnostic push
@@ -445,7 +451,11 @@ void expert_mlp_tile(const MoeExpertMlp& op, const RowTile& tile, float* scratch
 }
 
 #pragma GCC diagnostic pop
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 #else
 void expert_mlp_tile(const MoeExpertMlp&, const RowTile&, float*) {}  // available() is false
 #endif
