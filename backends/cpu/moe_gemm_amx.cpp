@@ -131,7 +131,9 @@ int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows) {
 // clang takes the target through an attribute on every function that follows
 // (it has no GCC target pragma: the fuzzer's build uses clang).
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16"))), apply_to = function)
+#pragma clang attribute push(                                                        \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16"))), \
+    apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16")
