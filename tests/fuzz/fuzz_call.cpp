@@ -233,6 +233,7 @@ bool sane_scalar(const hops_arg_desc& d, double f64, int64_t i64) {
   const std::string_view name = d.name;
   if (d.kind == HOPS_ARG_I64) {
     const bool choice = name == "activation" || name == "scoring";
+    if (name == "beta_mode") return i64 >= -1 && i64 <= 2;
     return choice ? (i64 == 0 || i64 == 1) : i64 == d.default_i64;
   }
   if (!std::isfinite(f64)) return false;

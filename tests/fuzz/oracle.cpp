@@ -36,6 +36,10 @@ class Args {
   }
   double f64(std::string_view name) const { return call_.f64(name); }
   int64_t i64(std::string_view name) const { return call_.i64(name); }
+  // A scalar the op may lack (gdn_chunk_bwd has no beta_mode): its value or `absent`.
+  int64_t i64_or(std::string_view name, int64_t absent) const {
+    return call_.arg_index(name) >= 0 ? call_.i64(name) : absent;
+  }
   bool flag(std::string_view name) const { return call_.flag(name); }
   void expect(std::string_view name, const Array64& want, bool exact_zeros = false) const {
     call_.expect(name, want, exact_zeros);
@@ -115,7 +119,8 @@ GdnInputs gdn_inputs(const Args& a) {
                 .use_qk_l2norm = a.flag("use_qk_l2norm"),
                 .state_v_first = a.flag("state_v_first"),
                 .A_log = ptr(in.A_log),
-                .dt_bias = ptr(in.dt_bias)};
+                .dt_bias = ptr(in.dt_bias),
+                .beta_mode = static_cast<int>(a.i64_or("beta_mode", -1))};
   return in;
 }
 
@@ -185,10 +190,11 @@ void conv1d_fwd(const Args& a) {
   const auto bias = a.maybe("bias");
   const auto h0 = a.maybe("initial_state");
   const auto cu = a.indices("cu_seqlens");
+  const auto seq_idx = a.indices("seq_idx");
   const int64_t final_len = a.has("final_state") ? a.in("final_state").shape[2] : 0;
   const ref::Conv1dResult want =
       ref::conv1d_fwd(tokens(a, "x"), a.in("weight"), ptr(bias), ptr(h0), ptr(cu),
-                      static_cast<ref::Activation>(a.i64("activation")), final_len);
+                      static_cast<ref::Activation>(a.i64("activation")), final_len, ptr(seq_idx));
   a.expect("y", a.flag("channels_first") ? swap_last(want.y) : want.y);
   a.expect_if_given("final_state", want.final_state);
 }
@@ -198,9 +204,10 @@ void conv1d_bwd(const Args& a) {
   const auto h0 = a.maybe("initial_state");
   const auto d_final = a.maybe("d_final_state");
   const auto cu = a.indices("cu_seqlens");
-  const ref::Conv1dGrads want =
-      ref::conv1d_bwd(tokens(a, "x"), a.in("weight"), ptr(bias), ptr(h0), ptr(cu), tokens(a, "dy"),
-                      ptr(d_final), static_cast<ref::Activation>(a.i64("activation")));
+  const auto seq_idx = a.indices("seq_idx");
+  const ref::Conv1dGrads want = ref::conv1d_bwd(
+      tokens(a, "x"), a.in("weight"), ptr(bias), ptr(h0), ptr(cu), tokens(a, "dy"), ptr(d_final),
+      static_cast<ref::Activation>(a.i64("activation")), ptr(seq_idx));
   a.expect("dx", a.flag("channels_first") ? swap_last(want.dx) : want.dx);
   a.expect("dweight", want.dweight);
   a.expect_if_given("dbias", want.dbias);
@@ -213,10 +220,12 @@ void conv1d_update(const Args& a) {
   if (x.shape.size() == 2) x.shape = {x.shape[0], 1, x.shape[1]};  // [N,D] is one token
   const auto bias = a.maybe("bias");
   const auto slots = a.indices("state_indices");
+  const auto cache_seqlens = a.indices("cache_seqlens");
   Array64 pool = a.before("state");
-  Array64 y(x.shape, NAN);  // skipped sequences keep their bytes
+  Array64 y(x.shape, NAN);  // skipped sequences keep their bytes (or get zeros)
   ref::conv1d_update(x, pool, a.in("weight"), ptr(bias), ptr(slots),
-                     static_cast<ref::Activation>(a.i64("activation")), y);
+                     static_cast<ref::Activation>(a.i64("activation")), y, ptr(cache_seqlens),
+                     a.flag("zero_skipped"));
   y.shape = shape;
   a.expect("y", y);
   a.expect("state", pool);
