@@ -1,6 +1,7 @@
 #include "xsmm_gemm.hpp"
 
 #if defined(HOPS_HAVE_LIBXSMM)
+#include <dlfcn.h>
 #include <libxsmm.h>
 
 #include <algorithm>
@@ -107,6 +108,12 @@ bool empty_depth(const Block& b) { return b.last <= b.first; }
 bool available() {
   static const bool usable = [] {
     libxsmm_init();
+    // libxsmm_init looks for a BLAS with dlsym (hops links its stubs, so it
+    // fails) and reads dlerror(); glibc keeps that message in a thread-local
+    // slot until the thread's next dlerror(), which frees it. Without this
+    // call the slot outlives the pool's workers' scans (LeakSanitizer reports
+    // it under run.sh's use_tls=0).
+    dlerror();  // NOLINT(concurrency-mt-unsafe): this thread's own slot
     return libxsmm_get_target_archid() >= LIBXSMM_X86_AVX;
   }();
   return usable;
