@@ -4,15 +4,18 @@
 //
 // The products run transposed as in moe_expert_mlp.cpp, out^T = W x^T: 16
 // rows of the weights (K-contiguous, as transformers stores them) are
-// directly the A operand of _tile_dpbf16ps, loaded with their row stride, so
-// the weights are never repacked; the tile's rows are packed once into the
-// VNNI B layout ([K/2][16 tokens][2] bf16 per 16 tokens), which is small, and
-// the fp32 C tiles (16 weight rows x 16 tokens) are read back transposed.
-// The SwiGLU intermediate h = silu(g) * u is rounded to bf16 to be the B
-// operand of the down product.
+// directly the A operand of _tile_dpbf16ps, so the weights are never
+// repacked as a whole: 32 rows x 256 of depth at a time are copied as they
+// are into a 16 KB buffer that stays in L1 while every token of the chunk
+// passes (loaded in place, rows 4 KB apart fall into one L1 set). The tile's
+// rows are packed once into the VNNI B layout ([K/2][16 tokens][2] bf16 per
+// 16 tokens), which is small, and the fp32 C tiles (16 weight rows x 16
+// tokens) are read back transposed. The SwiGLU intermediate h = silu(g) * u
+// is rounded to bf16 to be the B operand of the down product.
 //
 // Deterministic: each output element is one chain of _tile_dpbf16ps over K
-// in steps of 32 from 0, whatever the tiling of the rows or the thread.
+// in steps of 32 from 0 (partial sums kept exactly in fp32 between depth
+// blocks), whatever the tiling of the rows, the chunk or the thread.
 #pragma once
 
 #include "moe.hpp"

@@ -1,7 +1,9 @@
 """hops' CPU MoE layer against transformers' experts paths on the CPU, and against the floors.
 
 Qwen3.5-35B-A3B's expert layout scaled to the demo (issue 15): hidden Hd = 2048, E = 64
-experts, top-k = 8, expert width I = 512, fp32, T tokens (default 2048 and 4096).
+experts, top-k = 8, expert width I = 512, fp32 (--dtype: bfloat16, or both, one table each:
+bf16 is what the models run in, and where hops' expert MLP takes AMX tiles on CPUs that have
+AMX-BF16; HOPS_CPU_GEMM=tiles forces its fp32 GEMM instead), T tokens (default 2048 and 4096).
 
   layer          route + dispatch + expert MLP + combine from the router logits [T, E], as
                  hops.patch() runs it (the path users take): the patched router's moe_route,
@@ -31,7 +33,7 @@ blocks during which other processes were busy thrown away and run again (up to -
 medians; the others' load is reported with each row.
 
     HOPS_LIBRARY=... .venv/bin/python tests/bench/bench_moe_cpu.py [--tokens 2048 4096]
-        [--write docs/PERFORMANCE.md]
+        [--dtype float32 bfloat16] [--write docs/PERFORMANCE.md]
 """
 
 import argparse
@@ -57,7 +59,11 @@ EXPERTS_FORWARD = Qwen3_5MoeExperts.forward  # transformers' own, taken before h
 
 HD, E, K, I = 2048, 64, 8, 512
 PEERS = ("eager", "grouped_mm")
-TOLERANCE = 1e-4  # max |hops - torch| / max |torch|, fp32: the same sums in another order
+# max |hops - torch| / max |torch|. fp32: the same sums in another order. bf16: both round the
+# inputs' products differently (torch rounds g, u and h to bf16, hops only h), each within
+# about 1e-2 of the float64 result (the conformance runner's bf16 tolerance).
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+DTYPE = torch.float32  # of the tensors of every Layer; main() sets it per table
 TARGETS = dict(ratio=1.1, peak=0.80, copy=0.50)  # issue 15, CPU
 
 
@@ -75,28 +81,33 @@ class Layer:
     def __init__(self, t):
         gen = torch.Generator().manual_seed(t)
         self.t = t
-        self.x = torch.randn(t, HD, generator=gen)
-        self.logits = torch.randn(t, E, generator=gen)
+        self.x = torch.randn(t, HD, generator=gen).to(DTYPE)
+        if DTYPE == torch.float32:
+            self.logits = torch.randn(t, E, generator=gen)
+        else:  # bf16 rounds standard normal logits into ties, which torch.topk breaks its own way
+            grid = torch.linspace(-3, 3, E).to(DTYPE)  # distinct in bf16 (steps of 0.095 > its ulp)
+            self.logits = grid[torch.rand(t, E, generator=gen).argsort(dim=-1)]
         config = Qwen3_5MoeTextConfig(hidden_size=HD, num_experts=E, num_experts_per_tok=K,
                                       moe_intermediate_size=I, hidden_act="silu")
-        self.experts = Qwen3_5MoeExperts(config).requires_grad_(False)
+        self.experts = Qwen3_5MoeExperts(config).requires_grad_(False).to(DTYPE)
         with torch.no_grad():
             self.experts.gate_up_proj.copy_(torch.randn(E, 2 * I, HD, generator=gen) * HD ** -0.5)
             self.experts.down_proj.copy_(torch.randn(E, HD, I, generator=gen) * I ** -0.5)
         self.gate_up, self.down = self.experts.gate_up_proj.data, self.experts.down_proj.data
         # The ops alone, on preallocated outputs, chained as in the layer.
-        self.weights, self.ids = torch.empty(t, K), torch.empty(t, K, dtype=torch.int64)
-        self.rows, self.out = torch.empty(t * K, HD), torch.empty(t * K, HD)
+        self.weights, self.ids = torch.empty(t, K, dtype=DTYPE), torch.empty(t, K, dtype=torch.int64)
+        self.rows, self.out = torch.empty(t * K, HD, dtype=DTYPE), torch.empty(t * K, HD, dtype=DTYPE)
         self.counts, self.row_map = torch.empty(E, dtype=torch.int64), torch.empty(t, K, dtype=torch.int64)
-        self.y = torch.empty(t, HD)
-        self.copy_src, self.copy_dst = torch.randn(t * K, HD, generator=gen), torch.empty(t * K, HD)
+        self.y = torch.empty(t, HD, dtype=DTYPE)
+        self.copy_src = torch.randn(t * K, HD, generator=gen).to(DTYPE)
+        self.copy_dst = torch.empty(t * K, HD, dtype=DTYPE)
         lib = hops.library()
         self.bind = {name: lib.op(name) for name in ("moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine")}
         for run in (self.route, self.dispatch, self.mlp, self.combine):
             run()
 
     def hops_layer(self):
-        weights, ids = hops.ops.moe_route(self.logits, K)
+        weights, ids = hops.ops.moe_route(self.logits, K, weights_dtype=str(self.logits.dtype).split(".")[-1])
         rows, counts, row_map = hops.ops.moe_dispatch(self.x, ids, E)
         out = hops.ops.moe_expert_mlp(rows, counts, self.gate_up, self.down)
         return hops.ops.moe_combine(out, row_map, weights)
@@ -144,13 +155,13 @@ class Layer:
 
     def copy_bandwidth(self, seconds):
         """GB/s of the rows-sized copy_, read + write counted."""
-        return 2 * self.t * K * HD * 4 / seconds / 1e9
+        return 2 * self.t * K * HD * DTYPE.itemsize / seconds / 1e9
 
     def flop(self):
         return 6 * HD * I * self.t * K
 
     def rows_bytes(self):
-        return (self.t * K + self.t) * HD * 4
+        return (self.t * K + self.t) * HD * DTYPE.itemsize
 
 
 def sample(functions: dict, args) -> dict:
@@ -209,7 +220,7 @@ def tabulate(layers, results, avx2_peak, widest_peak):
         err = max(r["errors"][p] for p in PEERS)
         for path, what, error in (
                 ("patched", "**hops.patch() layer**: moe_route + ExpertsInterface \"hops\" (workspace pool)",
-                 f"{err:.1e}{'' if err <= TOLERANCE else ' **MISMATCH**'}"),
+                 f"{err:.1e}{'' if err <= TOLERANCE[DTYPE] else ' **MISMATCH**'}"),
                 ("hops", "the same four ops through hops.ops (fresh intermediates per call)",
                  "bitwise = hops.patch()" if r["bitwise"] else "**differs from hops.patch()**")):
             gflops = layer.flop() / lt[path] / 1e9
@@ -261,8 +272,11 @@ def tabulate(layers, results, avx2_peak, widest_peak):
 
 
 def main():
+    global DTYPE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 4096], help="tokens T")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16"), default=["float32"],
+                        help="dtype of the inputs, weights and outputs; one table each")
     benchlib.add_timing_arguments(parser, budget=60.0)
     args = parser.parse_args()
     benchlib.quiet_transformers()
@@ -274,34 +288,42 @@ def main():
     avx2_peak, widest_peak, how = nominal_peaks()
     print(f"ceilings: {ceilings}; nominal fp32 peak: AVX2 {avx2_peak:.0f} GFLOP/s, widest {widest_peak:.0f} "
           f"GFLOP/s ({how})", file=sys.stderr)
-    layers, results = [], []
     report = hops.patch()  # for the whole run: the peers call transformers' own forward (EXPERTS_FORWARD)
-    for t in args.tokens:
-        case_start = time.perf_counter()
-        layer = Layer(t)
-        result = measure(layer, args)
-        layers.append(layer)
-        results.append(result)
-        lt, ot = result["layer"]["times"], result["ops"]["times"]
-        print(f"T={t}: layer hops.patch() {cpu_bench.fmt_ms(lt['patched'])} ms, hops.ops "
-              f"{cpu_bench.fmt_ms(lt['hops'])} ms, eager {cpu_bench.fmt_ms(lt['eager'])} ms, "
-              f"grouped_mm {cpu_bench.fmt_ms(lt['grouped_mm'])} ms; ops "
-              + ", ".join(f"{name} {cpu_bench.fmt_ms(v)} ms" for name, v in ot.items())
-              + f"; errors {result['errors']}; others {result['layer']['others']:.2f}/{result['ops']['others']:.2f} "
-              f"[{time.perf_counter() - case_start:.0f} s]", file=sys.stderr)
-        layer.release()
-        hops.release_moe_workspace()  # the pool of this T (it would grow to the next anyway)
+    tables = []
+    for dtype_name in args.dtype:
+        DTYPE = getattr(torch, dtype_name)
+        layers, results = [], []
+        for t in args.tokens:
+            case_start = time.perf_counter()
+            layer = Layer(t)
+            result = measure(layer, args)
+            layers.append(layer)
+            results.append(result)
+            lt, ot = result["layer"]["times"], result["ops"]["times"]
+            print(f"{dtype_name} T={t}: layer hops.patch() {cpu_bench.fmt_ms(lt['patched'])} ms, hops.ops "
+                  f"{cpu_bench.fmt_ms(lt['hops'])} ms, eager {cpu_bench.fmt_ms(lt['eager'])} ms, "
+                  f"grouped_mm {cpu_bench.fmt_ms(lt['grouped_mm'])} ms; ops "
+                  + ", ".join(f"{name} {cpu_bench.fmt_ms(v)} ms" for name, v in ot.items())
+                  + f"; errors {result['errors']}; others {result['layer']['others']:.2f}/"
+                  f"{result['ops']['others']:.2f} [{time.perf_counter() - case_start:.0f} s]", file=sys.stderr)
+            layer.release()
+            hops.release_moe_workspace()  # the pool of this T (it would grow to the next anyway)
+        table, verdicts = tabulate(layers, results, avx2_peak, widest_peak)
+        tables.append((dtype_name, table, verdicts))
     hops.unpatch()
     load_end = "load average %.2f %.2f %.2f at the end" % os.getloadavg()
-    table, verdicts = tabulate(layers, results, avx2_peak, widest_peak)
-    method = benchlib.timing_note(args, "y of the layer (topk_weights for the router)",
-                                  {torch.float32: TOLERANCE, torch.bfloat16: float("nan")})
+    method = benchlib.timing_note(args, "y of the layer (topk_weights for the router)", TOLERANCE)
+    names = " and ".join(args.dtype)
+    item = "/".join(str(getattr(torch, name).itemsize) for name in args.dtype)
     text = (f"## MoE on the CPU (issue 15)\n\n"
             f"Command: `{'HOPS_LIBRARY=' + os.environ['HOPS_LIBRARY'] + ' ' if 'HOPS_LIBRARY' in os.environ else ''}"
+            f"{'HOPS_CPU_GEMM=' + os.environ['HOPS_CPU_GEMM'] + ' ' if 'HOPS_CPU_GEMM' in os.environ else ''}"
             f".venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
             f"{machine}; {load_end}  \nhops: {hops.info().path}, {cpu_bench.git_state()}  \n"
-            f"Layout: Hd = {HD}, E = {E} experts, top-{K}, expert width I = {I}, fp32, router logits "
-            f"standard normal (about T*k/E rows per expert). Peers: Qwen3_5MoeTopKRouter's softmax / top-k / "
+            f"Layout: Hd = {HD}, E = {E} experts, top-{K}, expert width I = {I}, {names} (inputs, weights and "
+            f"outputs; one table each), router logits "
+            f"standard normal (bf16: each token a permutation of {E} evenly spaced values in [-3, 3], which bf16 "
+            f"keeps distinct: no ties for the routers to break differently; about T*k/E rows per expert). Peers: Qwen3_5MoeTopKRouter's softmax / top-k / "
             f"renormalisation on the same logits, then Qwen3_5MoeExperts with experts_implementation "
             f"\"eager\" (the model's loop over the experts hit) and \"grouped_mm\" (torch {torch.__version__}'s "
             f"grouped_mm on the CPU); \"batched_mm\" would gather a weight copy per slot (137 GB) and is not run. "
@@ -309,15 +331,19 @@ def main():
             f"(patched: {report.calls.get('ExpertsInterface.hops', 0)} experts calls, "
             f"{sum(report.fallbacks.values())} fallbacks), under inference_mode, so the experts' two [T*k, Hd] "
             f"intermediates come from the workspace pool (HOPS_MOE_WORKSPACE="
-            f"{os.environ.get('HOPS_MOE_WORKSPACE', '1')}), and through hops.ops.  \n"
-            f"Floors measured or computed in this run: the median of a copy_ of the rows' size (T*k x Hd fp32, read "
-            f"+ write counted) timed among the ops (its row in the table; a 256 MiB copy_ before the cases, best of "
-            f"{args.reps}: {ceilings['copy_GBps']:.1f} GB/s); "
+            f"{os.environ.get('HOPS_MOE_WORKSPACE', '1')}), and through hops.ops. hops' expert MLP: the fp32 "
+            f"GEMM, bf16 weights converted as they are packed; on AMX tiles for bf16 where the CPU has "
+            f"AMX-BF16 and HOPS_CPU_GEMM is not tiles.  \n"
+            f"Floors measured or computed in this run: the median of a copy_ of the rows' size (T*k x Hd, read "
+            f"+ write counted) timed among the ops (its row in the table; a 256 MiB fp32 copy_ before the cases, "
+            f"best of {args.reps}: {ceilings['copy_GBps']:.1f} GB/s); "
             f"nominal fp32 peak {avx2_peak:.0f} GFLOP/s with AVX2 FMA as issue 15 counts it ({widest_peak:.0f} "
             f"GFLOP/s with this CPU's widest vectors: {how}); torch's 1024^3 fp32 GEMM "
             f"{ceilings['gemm_float32_GFLOPs']:.0f} GFLOP/s. FLOP = 6 Hd I per kept slot; dispatch and "
-            f"combine bytes = (T*k + T) Hd x 4.  \n{method}\n\n{table}\n\n"
-            + "".join(f"- {line}\n" for line in verdicts))
+            f"combine bytes = (T*k + T) Hd x {item} (the dtype's size).  \n{method}\n\n"
+            + "\n\n".join((f"### {name}\n\n" if len(tables) > 1 else "") + table + "\n\n"
+                            + "".join(f"- {line}\n" for line in verdicts)
+                            for name, table, verdicts in tables))
     print(text)
     if args.write:
         benchlib.write(args.write, "bench_moe_cpu", text)
