@@ -37,7 +37,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,21 +479,9 @@ def compare_engines(args) -> None:
     started = time.perf_counter()
     machine = benchlib.machine_line()
     peak, peak_how = nominal_peak()
-    children = [a for a in sys.argv[1:]]
-    for option in ("--gemm", "--write"):  # drop the option and its values
-        if option in children:
-            i = children.index(option)
-            j = i + 1
-            while j < len(children) and not children[j].startswith("--"):
-                j += 1
-            del children[i:j]
-    runs = {}
-    for engine in args.gemm:
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            env = dict(os.environ, HOPS_CPU_GEMM=engine)
-            subprocess.run([sys.executable, __file__, *children, "--json", out.name], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
-            runs[engine] = json.load(open(out.name))
+    children = benchlib.child_args("--gemm", "--write")
+    runs = {engine: benchlib.run_child(__file__, children, dict(os.environ, HOPS_CPU_GEMM=engine))
+            for engine in args.gemm}
     first = args.gemm[0]
     header = ["op", "shape", "dtype"]
     for engine in args.gemm:

@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -96,20 +94,16 @@ def main():
     cores = os.cpu_count() or 1
     core_peak = peak / cores
     runs = {}
+    children = benchlib.child_args("--write")
     for engine in ENGINES:
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            children = [a for a in sys.argv[1:]]
-            if "--write" in children:
-                i = children.index("--write")
-                del children[i:i + 2]
-            before = os.times()
-            with benchlib.OtherLoad() as load:
-                subprocess.run([sys.executable, __file__, *children, "--json", out.name], check=True,
-                               env=dict(os.environ, HOPS_CPU_GEMM=engine, HOPS_NUM_THREADS="1"))
-            after = os.times()  # the child's CPU time is ours, not others'
-            child_cores = (after.children_user + after.children_system - before.children_user -
-                           before.children_system) / load.wall
-            runs[engine] = (json.load(open(out.name)), max(0.0, load.cores - child_cores))
+        before = os.times()
+        with benchlib.OtherLoad() as load:
+            result = benchlib.run_child(__file__, children,
+                                        dict(os.environ, HOPS_CPU_GEMM=engine, HOPS_NUM_THREADS="1"))
+        after = os.times()  # the child's CPU time is ours, not others'
+        child_cores = (after.children_user + after.children_system - before.children_user -
+                       before.children_system) / load.wall
+        runs[engine] = (result, max(0.0, load.cores - child_cores))
     rows = ["| op | T | dtype | tiles ms: best (median) | % of one core's peak (tiles) | xsmm ms: best (median) "
             "| % of one core's peak (xsmm) | tiles / xsmm (best) |", "|---|--:|---|--:|--:|--:|--:|--:|"]
     for i, r in enumerate(runs["tiles"][0]):

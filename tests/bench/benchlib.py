@@ -3,10 +3,13 @@ take while we measure (the machine is shared), and writing a generated section o
 markdown file between `<!-- BEGIN name -->` and `<!-- END name -->` (appended at the
 end when the markers are absent), leaving the rest of the file alone."""
 
+import json
 import os
 import platform
 import re
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,6 +93,29 @@ def machine_line() -> str:
             f"{os.environ.get('HOPS_CPU_GEMM', 'default (xsmm where built with libxsmm)')}; torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, transformers {transformers.__version__}; hops threads: "
             f"{os.environ.get('HOPS_NUM_THREADS', 'all cores (HOPS_NUM_THREADS unset)')}; {load} at the start")
+
+
+def child_args(*drop: str) -> list:
+    """This script's command-line arguments without the options `drop` and their values:
+    what a child run of the same script gets."""
+    args = sys.argv[1:]
+    for option in drop:
+        if option in args:
+            i = args.index(option)
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            del args[i:j]
+    return args
+
+
+def run_child(script, args: list, env: dict):
+    """`script args --json FILE` in a child process under `env` (its stdout dropped): what
+    it wrote to FILE. For settings a library reads once per process (HOPS_CPU_GEMM)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, str(script), *args, "--json", out.name], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        return json.load(open(out.name))
 
 
 def write(path, name: str, text: str) -> None:
