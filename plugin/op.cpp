@@ -179,9 +179,9 @@ void Call::check_overlaps() const {
       // host memory otherwise).
       const bool out_cl = tensors_[out].device.device_type == kDLOpenCL;
       const bool other_cl = tensors_[other].device.device_type == kDLOpenCL;
-      if ((out_cl || other_cl) &&
-          !(out_cl && other_cl && tensors_[out].handle == tensors_[other].handle))
+      if (out_cl != other_cl || (out_cl && tensors_[out].handle != tensors_[other].handle)) {
         continue;
+      }
       const ByteSpan span = byte_span(tensors_[other]);
       if (written.begin < span.end && span.begin < written.end) {
         fail(out, "overlaps the memory of argument '{}'; outputs must not alias other arguments",
