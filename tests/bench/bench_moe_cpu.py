@@ -63,7 +63,6 @@ PEERS = ("eager", "grouped_mm")
 # inputs' products differently (torch rounds g, u and h to bf16, hops only h), each within
 # about 1e-2 of the float64 result (the conformance runner's bf16 tolerance).
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-DTYPE = torch.float32  # of the tensors of every Layer; main() sets it per table
 TARGETS = dict(ratio=1.1, peak=0.80, copy=0.50)  # issue 15, CPU
 
 
@@ -76,31 +75,31 @@ def router(logits):
 
 
 class Layer:
-    """One T: the inputs, transformers' experts module and preallocated hops outputs."""
+    """One T and dtype: the inputs, transformers' experts module and preallocated hops outputs."""
 
-    def __init__(self, t):
+    def __init__(self, t, dtype):
         gen = torch.Generator().manual_seed(t)
-        self.t = t
-        self.x = torch.randn(t, HD, generator=gen).to(DTYPE)
-        if DTYPE == torch.float32:
+        self.t, self.dtype = t, dtype
+        self.x = torch.randn(t, HD, generator=gen).to(dtype)
+        if dtype == torch.float32:
             self.logits = torch.randn(t, E, generator=gen)
         else:  # bf16 rounds standard normal logits into ties, which torch.topk breaks its own way
-            grid = torch.linspace(-3, 3, E).to(DTYPE)  # distinct in bf16 (steps of 0.095 > its ulp)
+            grid = torch.linspace(-3, 3, E).to(dtype)  # distinct in bf16 (steps of 0.095 > its ulp)
             self.logits = grid[torch.rand(t, E, generator=gen).argsort(dim=-1)]
         config = Qwen3_5MoeTextConfig(hidden_size=HD, num_experts=E, num_experts_per_tok=K,
                                       moe_intermediate_size=I, hidden_act="silu")
-        self.experts = Qwen3_5MoeExperts(config).requires_grad_(False).to(DTYPE)
+        self.experts = Qwen3_5MoeExperts(config).requires_grad_(False).to(dtype)
         with torch.no_grad():
             self.experts.gate_up_proj.copy_(torch.randn(E, 2 * I, HD, generator=gen) * HD ** -0.5)
             self.experts.down_proj.copy_(torch.randn(E, HD, I, generator=gen) * I ** -0.5)
         self.gate_up, self.down = self.experts.gate_up_proj.data, self.experts.down_proj.data
         # The ops alone, on preallocated outputs, chained as in the layer.
-        self.weights, self.ids = torch.empty(t, K, dtype=DTYPE), torch.empty(t, K, dtype=torch.int64)
-        self.rows, self.out = torch.empty(t * K, HD, dtype=DTYPE), torch.empty(t * K, HD, dtype=DTYPE)
+        self.weights, self.ids = torch.empty(t, K, dtype=dtype), torch.empty(t, K, dtype=torch.int64)
+        self.rows, self.out = torch.empty(t * K, HD, dtype=dtype), torch.empty(t * K, HD, dtype=dtype)
         self.counts, self.row_map = torch.empty(E, dtype=torch.int64), torch.empty(t, K, dtype=torch.int64)
-        self.y = torch.empty(t, HD, dtype=DTYPE)
-        self.copy_src = torch.randn(t * K, HD, generator=gen).to(DTYPE)
-        self.copy_dst = torch.empty(t * K, HD, dtype=DTYPE)
+        self.y = torch.empty(t, HD, dtype=dtype)
+        self.copy_src = torch.randn(t * K, HD, generator=gen).to(dtype)
+        self.copy_dst = torch.empty(t * K, HD, dtype=dtype)
         lib = hops.library()
         self.bind = {name: lib.op(name) for name in ("moe_route", "moe_dispatch", "moe_expert_mlp", "moe_combine")}
         for run in (self.route, self.dispatch, self.mlp, self.combine):
@@ -155,13 +154,13 @@ class Layer:
 
     def copy_bandwidth(self, seconds):
         """GB/s of the rows-sized copy_, read + write counted."""
-        return 2 * self.t * K * HD * DTYPE.itemsize / seconds / 1e9
+        return 2 * self.t * K * HD * self.dtype.itemsize / seconds / 1e9
 
     def flop(self):
         return 6 * HD * I * self.t * K
 
     def rows_bytes(self):
-        return (self.t * K + self.t) * HD * DTYPE.itemsize
+        return (self.t * K + self.t) * HD * self.dtype.itemsize
 
 
 def sample(functions: dict, args) -> dict:
@@ -220,7 +219,7 @@ def tabulate(layers, results, avx2_peak, widest_peak):
         err = max(r["errors"][p] for p in PEERS)
         for path, what, error in (
                 ("patched", "**hops.patch() layer**: moe_route + ExpertsInterface \"hops\" (workspace pool)",
-                 f"{err:.1e}{'' if err <= TOLERANCE[DTYPE] else ' **MISMATCH**'}"),
+                 f"{err:.1e}{'' if err <= TOLERANCE[layer.dtype] else ' **MISMATCH**'}"),
                 ("hops", "the same four ops through hops.ops (fresh intermediates per call)",
                  "bitwise = hops.patch()" if r["bitwise"] else "**differs from hops.patch()**")):
             gflops = layer.flop() / lt[path] / 1e9
@@ -272,7 +271,6 @@ def tabulate(layers, results, avx2_peak, widest_peak):
 
 
 def main():
-    global DTYPE
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 4096], help="tokens T")
     parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16"), default=["float32"],
@@ -291,11 +289,11 @@ def main():
     report = hops.patch()  # for the whole run: the peers call transformers' own forward (EXPERTS_FORWARD)
     tables = []
     for dtype_name in args.dtype:
-        DTYPE = getattr(torch, dtype_name)
+        dtype = getattr(torch, dtype_name)
         layers, results = [], []
         for t in args.tokens:
             case_start = time.perf_counter()
-            layer = Layer(t)
+            layer = Layer(t, dtype)
             result = measure(layer, args)
             layers.append(layer)
             results.append(result)
