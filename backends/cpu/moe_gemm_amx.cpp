@@ -6,7 +6,6 @@
 #include "moe_gemm_amx.hpp"
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <string_view>
 
@@ -70,9 +69,7 @@ bool tiles_granted() {
 
 bool available() {
   static const bool usable = [] {
-    // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, at the first call
-    const char* forced = std::getenv("HOPS_CPU_GEMM");
-    if (forced && std::string_view(forced) == "tiles") return false;
+    if (gemm_forced_to_tiles()) return false;
 #if HOPS_AMX_BUILD
     return cpu_has_amx_bf16() && tiles_granted();
 #else

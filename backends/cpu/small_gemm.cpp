@@ -178,13 +178,18 @@ FlushSubnormals::FlushSubnormals() = default;
 FlushSubnormals::~FlushSubnormals() = default;
 #endif
 
-GemmEngine gemm_engine() {
-  static const GemmEngine engine = [] {
+bool gemm_forced_to_tiles() {
+  static const bool tiles = [] {
     // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, at the first product
     const char* forced = std::getenv("HOPS_CPU_GEMM");
-    const bool tiles = forced && std::string_view(forced) == "tiles";
-    return !tiles && xsmm::available() ? GemmEngine::xsmm : GemmEngine::tiles;
+    return forced && std::string_view(forced) == "tiles";
   }();
+  return tiles;
+}
+
+GemmEngine gemm_engine() {
+  static const GemmEngine engine =
+      !gemm_forced_to_tiles() && xsmm::available() ? GemmEngine::xsmm : GemmEngine::tiles;
   return engine;
 }
 

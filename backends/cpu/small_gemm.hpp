@@ -53,6 +53,10 @@ void gemm_tiles(const Gemm& g);
 enum class GemmEngine { tiles, xsmm };
 GemmEngine gemm_engine();
 
+// HOPS_CPU_GEMM=tiles (read once): the hand-written fp32 paths only, no
+// libxsmm and no AMX tiles (moe_gemm_amx.hpp), for tests and benchmarks.
+bool gemm_forced_to_tiles();
+
 // While alive, this thread's SSE/AVX arithmetic flushes subnormal results
 // to zero and reads subnormal operands as zero (MXCSR FTZ | DAZ), as it was
 // before afterwards. The chunked GDN's products meet subnormals on strongly
