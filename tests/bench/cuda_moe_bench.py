@@ -22,7 +22,6 @@ Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \\
 
 import argparse
 import datetime
-import re
 import sys
 from pathlib import Path
 
@@ -30,10 +29,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
 from prepared_call import Prepared  # noqa: E402
 
 dev = torch.device("cuda")
 bf = torch.bfloat16
+PERFORMANCE_MD = Path(__file__).resolve().parents[2] / "docs" / "PERFORMANCE.md"
 COMMAND = ("HOPS_LIBRARY=build-dev/plugin/libhops.so PYTHONPATH=shims/python "
            "python3 tests/bench/cuda_moe_bench.py --write")
 
@@ -205,21 +206,6 @@ def table_text(device, copy_gbs, shape):
     return "\n".join(lines)
 
 
-def write_section(text):
-    path = Path(__file__).resolve().parents[2] / "docs" / "PERFORMANCE.md"
-    doc = path.read_text()
-    title = "## MoE on Hopper (issue 15)"
-    section = f"{title}\n\nCommand (on the lent GPU, after building with HOPS_WITH_CUDA=ON):\n`{COMMAND}`\n\n{text}\n\n"
-    if title in doc:
-        doc = re.sub(re.escape(title) + r".*?(?=^## |\Z)", lambda _: section, doc, flags=re.S | re.M)
-    elif "## Targets: where they stand" in doc:
-        doc = doc.replace("## Targets: where they stand", section + "## Targets: where they stand", 1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + section
-    path.write_text(doc)
-    print(f"wrote {path}")
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", action="store_true")
@@ -239,7 +225,8 @@ def main():
     text = table_text(device, copy_gbs, f"T={T} Hd={Hd} E={E} k={k} I={I}")
     print(text)
     if args.write:
-        write_section(text)
+        heading = f"## MoE on Hopper (issue 15)\n\nCommand (on the lent GPU, built with HOPS_WITH_CUDA=ON):\n`{COMMAND}`"
+        benchlib.write(PERFORMANCE_MD, "cuda_moe_bench", f"{heading}\n\n{text}")
 
 
 if __name__ == "__main__":
