@@ -604,6 +604,40 @@ def test_eager_masks_run_on_hops_and_padding_falls_back(monkeypatch):
 
 
 @needs_transformers
+@torch.no_grad()
+def test_built_plain_causal_masks_run_unread(monkeypatch):
+    """The plain causal masks that eager's builder materializes (as transformers < 5.18 does
+    for sdpa during a CUDA graph capture) carry the patch's tag and run on hops without their
+    values being read: a prefill and decode steps through the cache, no fallback."""
+    only_attention(monkeypatch)
+    model = build("qwen3_5", attn_implementation="eager")
+
+    def steps():  # the prefill's logits, then three greedy steps' without an attention mask
+        out = model(prompt(1, 20), use_cache=True)
+        logits = [out.logits]
+        for _ in range(3):
+            out = model(logits[-1][:, -1:].argmax(-1), past_key_values=out.past_key_values)
+            logits.append(out.logits)
+        return torch.cat(logits, dim=1)
+
+    expected = steps()
+    report = hops.patch()
+
+    reads = []
+
+    def unreadable(mask, *_):  # as if capturing: a mask hops would have to read is refused
+        reads.append(tuple(mask.shape))
+
+    monkeypatch.setattr(hops._redirects.attn, "_pattern_from_values", unreadable)
+    assert (steps() - expected).abs().max().item() <= 1e-5
+    assert not reads and report.calls[ATTENTION_LABEL] == 4 and not report.fallbacks, report.fallback_reasons
+    mask = torch.ones(2, 50, dtype=torch.long)
+    mask[1, :5] = 0  # padding: untagged, so read (here: refused) and run on eager
+    assert torch.isfinite(model(prompt(), attention_mask=mask).logits).all()
+    assert reads == [(2, 1, 50, 50)] and report.fallbacks[ATTENTION_LABEL] == 1
+
+
+@needs_transformers
 def test_float64_falls_back_exactly(monkeypatch):
     only_attention(monkeypatch)
     model = build("qwen3_5", torch.float64)  # hops has no float64 kernels

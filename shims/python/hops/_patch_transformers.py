@@ -117,7 +117,9 @@ def _register_attention(patcher) -> bool:
     may select it, attn_implementation="hops"), and its mask builder in the
     AttentionMaskInterface (without one, transformers builds no mask at all for a custom
     function, padding included): sdpa's, returning None for a plain causal mask, which hops
-    runs, and materializing the rest, which falls back (attn.mask_builder)."""
+    runs, and materializing the rest, which falls back (attn.mask_builder). sdpa's and
+    eager's builders, which the patched layers of models configured with them use, tag the
+    plain causal masks they build (attn.tagging_mask_builder)."""
     try:
         from transformers.masking_utils import AttentionMaskInterface
         from transformers.modeling_utils import AttentionInterface
@@ -127,6 +129,10 @@ def _register_attention(patcher) -> bool:
     redirect = patcher.redirect(ATTENTION_LABEL, attn.attention, attn.fallback_attention, like=attn.attention)
     patcher.set_item(AttentionInterface._global_mapping, attn.INTERFACE, redirect)
     patcher.set_item(AttentionMaskInterface._global_mapping, attn.INTERFACE, attn.mask_builder)
+    for configured in ("sdpa", "eager"):
+        builder = AttentionMaskInterface._global_mapping.get(configured)
+        if builder is not None:
+            patcher.set_item(AttentionMaskInterface._global_mapping, configured, attn.tagging_mask_builder(builder))
     return True
 
 

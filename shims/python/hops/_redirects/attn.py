@@ -19,32 +19,65 @@ INTERFACE = "hops"  # the name in transformers' AttentionInterface (attn_impleme
 REFUSED_OPTIONS = ("softcap", "position_bias", "s_aux", "sinks")
 
 
-def mask_builder(*args, **kwargs):
-    """transformers' mask builder for attention "hops": sdpa's, except that a plain causal
-    mask over tokens without padding is not built where the bottom-right causal kernel is
-    that mask (one query, or as many queries as keys). sdpa's own builder may materialize
-    it (whenever it may not skip, e.g. for a compileable cache), and recognising a built
-    mask means reading it back: a host sync, which a CUDA graph capture forbids."""
-    from transformers.masking_utils import causal_mask_function, sdpa_mask
+PLAIN_CAUSAL = "_hops_plain_causal"  # set on a mask a builder made as the plain causal one
+
+
+def _plain_causal(kwargs) -> bool:
+    """Whether a mask builder's keyword arguments describe the plain causal mask over tokens
+    without padding, packing or a window, with one query or as many queries as keys: the
+    case in which transformers' sdpa skips the mask and the bottom-right causal kernel is it."""
+    from transformers.masking_utils import causal_mask_function
 
     queries = kwargs.get("q_length")
     if queries is None and kwargs.get("cache_position") is not None:  # transformers < 5.18
         queries = kwargs["cache_position"].shape[0]
     plain = (kwargs.get("attention_mask") is None and kwargs.get("local_size") is None
              and kwargs.get("mask_function", causal_mask_function) is causal_mask_function)
-    if plain and queries is not None and queries in (1, kwargs.get("kv_length")):
-        return None
-    return sdpa_mask(*args, **kwargs)
+    return plain and queries is not None and queries in (1, kwargs.get("kv_length"))
+
+
+def mask_builder(*args, **kwargs):
+    """transformers' mask builder for attention "hops": sdpa's, except that the plain causal
+    mask is not built (_plain_causal). sdpa's own builder may materialize it (whenever it
+    may not skip, e.g. for a compileable cache), and recognising a built mask means reading
+    it back: a host sync, which a CUDA graph capture forbids."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if _plain_causal(kwargs) else sdpa_mask(*args, **kwargs)
+
+
+def tagging_mask_builder(builder):
+    """A model's configured mask builder (sdpa's, eager's) that tags each mask it builds as
+    the plain causal one where its arguments say so (PLAIN_CAUSAL): the patched layers then
+    run it on hops without reading it. transformers < 5.18 materializes that mask during a
+    CUDA graph capture, where reading it is forbidden."""
+    def build(*args, **kwargs):
+        mask = builder(*args, **kwargs)
+        if mask is not None and _plain_causal(kwargs):
+            setattr(mask, PLAIN_CAUSAL, True)
+        return mask
+
+    build.__wrapped__ = builder
+    return build
 
 
 def _visible_pattern(mask, queries: int, keys: int, causal: bool):
     """The attention a materialized mask describes: "causal" (query i sees keys j <= i + keys
-    - queries), "full", or None (anything else: padding, packing, windows, and any mask
-    while its values cannot be read: torch.compile tracing or a CUDA graph capture)."""
+    - queries), "full", or None (anything else: padding, packing, windows, and any untagged
+    mask while its values cannot be read: torch.compile tracing or a CUDA graph capture)."""
     import torch
 
+    if getattr(mask, PLAIN_CAUSAL, False) and tuple(mask.shape[-2:]) == (queries, keys):
+        return "causal"
     if torch.compiler.is_compiling() or (mask.is_cuda and torch.cuda.is_current_stream_capturing()):
         return None
+    return _pattern_from_values(mask, queries, keys, causal)
+
+
+def _pattern_from_values(mask, queries: int, keys: int, causal: bool):
+    """_visible_pattern by reading the mask (a host sync for a device mask)."""
+    import torch
+
     if mask.dim() == 2:  # flash-attention's [B, keys] padding mask
         return ("causal" if causal else "full") if mask.shape[-1] == keys and bool(mask.all()) else None
     if mask.dim() != 4 or tuple(mask.shape[-2:]) != (queries, keys):
