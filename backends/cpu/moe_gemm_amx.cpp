@@ -1,31 +1,23 @@
 // moe_expert_mlp's forward on AMX bf16 tiles (moe_gemm_amx.hpp says what and
-// why). The detection below is plain x86-64 code; the kernels sit between
-// push_options and pop_options, the only code of hops compiled for AMX (and
-// AVX-512, which every AMX CPU has and available() checks too), so no AMX
-// instruction reaches code that other CPUs run.
+// why). The kernels sit between HOPS_AMX_BEGIN and HOPS_AMX_END (amx.hpp).
 #include "moe_gemm_amx.hpp"
 
 #include <cstdint>
 #include <cstring>
 #include <string_view>
 
+#include "amx.hpp"
 #include "checked_math.hpp"
-
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define HOPS_AMX_BUILD 1
-#include <cpuid.h>
-#include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 
 namespace hops::cpu::moe::amx {
 
 namespace {
 
-constexpr int64_t kTileRows = 16;  // rows of every tile: 16 weight rows (A), 16 tokens (B, C)
-constexpr int64_t kStepK = 32;     // bf16 along K in a row of an A tile (64 bytes)
-constexpr int64_t kTileFloats = kTileRows * kTileRows;  // a 16 x 16 fp32 C tile
+// Every tile has 16 rows: 16 weight rows (A), 16 tokens (B, C).
+using cpu::amx::kStepK;
+using cpu::amx::kTileFloats;
+using cpu::amx::kTileRows;
+
 // The depth of a block of 32 weight rows copied as tiles (16 KB): it stays in
 // L1 while all the chunk's tokens pass. Loaded in place instead, the rows'
 // lines (4 KB apart at Hd = 2048) fall into one L1 set and evict each other.
@@ -46,43 +38,12 @@ int64_t chunk_tokens(int64_t Hd, int64_t tile_rows) {
   return std::min(std::max<int64_t>(fit, 32), round_up(std::max<int64_t>(tile_rows, 1), 32));
 }
 
-#if HOPS_AMX_BUILD
-bool cpu_has_amx_bf16() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-  constexpr unsigned kAmxBf16 = 1u << 22, kAmxTile = 1u << 24;  // cpuid.(7, 0).edx
-  return (edx & kAmxBf16) && (edx & kAmxTile) && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512dq");
-}
-
-// Linux (5.16+) keeps the 8 KB of tile data out of a process's saved state
-// until it asks; without this a tile instruction raises SIGILL. The grant is
-// for the whole process, so asking once suffices.
-bool tiles_granted() {
-  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
-#endif
-
 }  // namespace
-
-bool available() {
-  static const bool usable = [] {
-    if (gemm_forced_to_tiles()) return false;
-#if HOPS_AMX_BUILD
-    return cpu_has_amx_bf16() && tiles_granted();
-#else
-    return false;
-#endif
-  }();
-  return usable;
-}
 
 bool takes(const MoeExpertMlp& op) {
   return op.rows.dtype == DType::bf16 && op.gate_up_proj.dtype == DType::bf16 &&
          op.down_proj.dtype == DType::bf16 && op.out.dtype == DType::bf16 &&
-         op.gate_up_proj.stride[2] == 1 && op.down_proj.stride[2] == 1 && available();
+         op.gate_up_proj.stride[2] == 1 && op.down_proj.stride[2] == 1 && cpu::amx::available();
 }
 
 namespace {
@@ -125,74 +86,13 @@ int64_t worker_floats(const MoeExpertMlp& op, int64_t tile_rows) {
 }
 
 #if HOPS_AMX_BUILD
-// clang takes the target through an attribute on every function that follows
-// (it has no GCC target pragma: the fuzzer's build uses clang).
-#if defined(__clang__)
-#pragma clang attribute push(                                                        \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16"))), \
-    apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,amx-tile,amx-bf16")
-#endif
-// GCC 12's own intrinsics (_mm512_cvtepi32_epi16, ...) start from an
-// "undefined" register that its flow analysis then reports.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+HOPS_AMX_BEGIN
 
 namespace {
 
-// Palette 1 with all 8 tiles 16 rows x 64 bytes: C 0-3, A 4-5, B 6-7.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-  TileConfig() {
-    for (int t = 0; t < 8; ++t) bytes_per_row[t] = 64, rows[t] = kTileRows;
-  }
-};
-
-// out[j] = column j of the 16 x 16 matrix `in` (rows of 16 32-bit lanes,
-// `row_bytes` apart): the C tiles are read back transposed, and 16 tokens'
-// pairs packed, through this. Three rounds of in-lane and lane shuffles.
-inline void transpose16(const void* in, int64_t row_bytes, __m512 out[16]) {
-  const auto* rows = static_cast<const char*>(in);
-  __m512 r[16], t[16], u[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows + i * row_bytes);
-  for (int i = 0; i < 8; ++i) {  // (r0[0] r1[0] r0[1] r1[1]) and (r0[2] r1[2] r0[3] r1[3]) a lane
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int q = 0; q < 4; ++q) {  // u[4q + j], lane l: rows 4q..4q+3 of column 4l + j
-    u[4 * q] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
-    u[4 * q + 1] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
-    u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
-    u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
-  }
-  for (int j = 0; j < 4; ++j) {  // gather each column's four lanes
-    const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
-    const __m512 v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xDD);
-    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
-    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xDD);
-    out[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
-    out[8 + j] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
-    out[4 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
-    out[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
-  }
-}
-
-// from_float<bf16> on 16 lanes (to nearest even, NaN kept a NaN), each
-// result in the low 16 bits of its 32-bit lane.
-inline __m512i round_to_bf16(__m512 x) {
-  const __m512i bits = _mm512_castps_si512(x);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(
-      _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
-  const __m512i nan = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-  return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), nan);
-}
+using cpu::amx::round_to_bf16;
+using cpu::amx::TileConfig;
+using cpu::amx::transpose16;
 
 // A bf16 matrix [rows, depth], row r at data + r * step.
 struct WeightRows {
@@ -449,12 +349,7 @@ void expert_mlp_tile(const MoeExpertMlp& op, const RowTile& tile, float* scratch
   _tile_release();
 }
 
-#pragma GCC diagnostic pop
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+HOPS_AMX_END
 #else
 void expert_mlp_tile(const MoeExpertMlp&, const RowTile&, float*) {}  // available() is false
 #endif

@@ -22,13 +22,7 @@
 
 namespace hops::cpu::moe::amx {
 
-// Whether this process runs AMX bf16 tiles: the CPU reports AMX-TILE and
-// AMX-BF16 (cpuid), Linux granted XTILEDATA (arch_prctl, asked once per
-// process) and HOPS_CPU_GEMM is not "tiles" (which forces the fp32 path).
-// Decided once, at the first call.
-bool available();
-
-// Whether the AMX path takes op: available(), and rows, both weights and out
+// Whether the AMX path takes op: amx::available() (amx.hpp), and rows, both weights and out
 // bf16 with the weights contiguous along their last dim.
 bool takes(const MoeExpertMlp& op);
 

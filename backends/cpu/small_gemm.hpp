@@ -54,7 +54,7 @@ enum class GemmEngine { tiles, xsmm };
 GemmEngine gemm_engine();
 
 // HOPS_CPU_GEMM=tiles (read once): the hand-written fp32 paths only, no
-// libxsmm and no AMX tiles (moe_gemm_amx.hpp), for tests and benchmarks.
+// libxsmm and no AMX tiles (amx.hpp), for tests and benchmarks.
 bool gemm_forced_to_tiles();
 
 // While alive, this thread's SSE/AVX arithmetic flushes subnormal results
