@@ -1,10 +1,10 @@
 // AMX bf16 tiles, shared by the kernels that run them (moe_gemm_amx.cpp,
-// attn_prefill_amx.cpp): whether this process may use them, the macros that
-// compile a region of a file for AMX, and the tile configuration and AVX-512
-// helpers those regions share. Only code between HOPS_AMX_BEGIN and
-// HOPS_AMX_END is compiled for AMX (and AVX-512, which every AMX CPU has and
-// available() checks too), so no AMX instruction reaches code that other CPUs
-// run.
+// attn_bf16_product.cpp): whether this process may use them, the macros that
+// compile a region of a file for AMX, the tile configuration, and AVX-512
+// helpers (compiled for AVX-512F alone, so that the AVX512-BF16 kernels use
+// them too). Only code between HOPS_AMX_BEGIN and HOPS_AMX_END is compiled
+// for AMX (and AVX-512, which every AMX CPU has and available() checks too),
+// so no AMX instruction reaches code that other CPUs run.
 #pragma once
 
 #include <cstdint>
@@ -51,8 +51,6 @@ inline constexpr int64_t kTileFloats = kTileRows * kTileRows;  // a 16 x 16 fp32
 #endif
 // clang-format on
 
-HOPS_AMX_BEGIN
-
 namespace hops::cpu::amx {
 
 // Palette 1 with all 8 tiles 16 rows x 64 bytes.
@@ -70,7 +68,8 @@ struct alignas(64) TileConfig {
 // `row_bytes` apart): C tiles are read back transposed, and 16 rows' bf16
 // pairs packed into the VNNI B layout, through this. Three rounds of in-lane
 // and lane shuffles.
-inline void transpose16(const void* in, int64_t row_bytes, __m512 out[16]) {
+[[gnu::target("avx512f")]] inline void transpose16(const void* in, int64_t row_bytes,
+                                                   __m512 out[16]) {
   const auto* rows = static_cast<const char*>(in);
   __m512 r[16], t[16], u[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(rows + i * row_bytes);
@@ -98,7 +97,7 @@ inline void transpose16(const void* in, int64_t row_bytes, __m512 out[16]) {
 
 // from_float<bf16> on 16 lanes (to nearest even, NaN kept a NaN), each
 // result in the low 16 bits of its 32-bit lane.
-inline __m512i round_to_bf16(__m512 x) {
+[[gnu::target("avx512f")]] inline __m512i round_to_bf16(__m512 x) {
   const __m512i bits = _mm512_castps_si512(x);
   const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_srli_epi32(
@@ -108,6 +107,4 @@ inline __m512i round_to_bf16(__m512 x) {
 }
 
 }  // namespace hops::cpu::amx
-
-HOPS_AMX_END
 #endif

@@ -9,6 +9,8 @@
 #include <utility>
 
 #include "attn.hpp"
+#include "attn_bf16.hpp"
+#include "attn_softmax.hpp"
 #include "checked_math.hpp"
 
 namespace hops::cpu {
@@ -17,6 +19,7 @@ namespace {
 
 using attn::kKeys;
 using attn::kMinusInf;
+using namespace attn::softmax;  // the vector helpers
 
 // The packed keys and values of the call, one slot per key block and
 // key-value head, as the products' b operands: column panels of kPanel
@@ -87,62 +90,6 @@ struct Blocks {
     gate = take(Dp);
   }
 };
-
-// The scores are in base 2 (the queries carry log2(e)): softmax weights are
-// 2^(s - max), and ln 2 turns the max back into natural units for lse.
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2 = 0.693147180559945309f;
-
-// 16 floats, written out: GCC kept arrays of lanes on the stack and reduced
-// them through store-forwarding stalls. One or more registers per ISA level;
-// the helpers that pass them by value are always inlined, so the ABI warning
-// about vector arguments of another width (-Wpsabi) does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-// NOLINTNEXTLINE(modernize-use-using)
-typedef float Floats __attribute__((vector_size(16 * sizeof(float))));
-// NOLINTNEXTLINE(modernize-use-using)
-typedef int32_t Ints __attribute__((vector_size(16 * sizeof(int32_t))));
-constexpr int64_t kLanes = 16;
-
-[[gnu::always_inline]] inline Floats load(const float* p) {
-  Floats v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-[[gnu::always_inline]] inline void store(float* p, Floats v) { __builtin_memcpy(p, &v, sizeof(v)); }
-[[gnu::always_inline]] inline Floats max(Floats a, Floats b) { return a > b ? a : b; }
-
-// The lanes combined by halves (shuffles, log2(16) levels).
-template <class Combine>
-[[gnu::always_inline]] inline float reduce(Floats v, Combine combine) {
-  v = combine(v,
-              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
-  v = combine(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3));
-  v = combine(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1));
-  v = combine(v, __builtin_shufflevector(v, v, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0));
-  return v[0];
-}
-
-// 2^x for x = s - max <= 0, half the instructions of exp_approx (the
-// softmax's exponentials were 15% of the time): x = n + f with |f| <= 1/2,
-// 2^f by its degree-6 Taylor polynomial (relative error < 1.2e-7), 2^n in
-// the exponent bits. Below -126 it gives 2^-126, nothing next to the row's
-// largest weight, 1; NaN stays NaN.
-[[gnu::always_inline]] inline Floats exp2_weights(Floats x) {
-  const Floats clamped = x > -126.0f ? x : -126.0f;  // NaN too, for the conversion
-  constexpr float kRound = 12582912.0f;              // 1.5 * 2^23: adding it rounds to an integer
-  const Floats n = (clamped + kRound) - kRound;
-  const Floats f = clamped - n;
-  Floats p = f * 1.5403530393381609e-4f + 1.3333558146428443e-3f;  // ln2^k / k!, k = 6 .. 0
-  p = p * f + 9.6181291076284772e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
-  p = p * f + 1.0f;
-  const Ints exponent = (__builtin_convertvector(n, Ints) + 127) << 23;
-  const Floats e = p * std::bit_cast<Floats>(exponent);
-  return x != x ? x : e;
-}
 
 // Turns the `visible` scores of a row into 2^(s - new max) (zeros from
 // there to `width`), updates the running max and sum, and returns the factor
@@ -248,6 +195,9 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
 }  // namespace
 
 void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
+  if (op.q.dtype == DType::bf16 && attn::bf16_engine() != attn::Bf16Engine::none) {
+    return attn::attn_prefill_bf16(context, op);
+  }
   const std::string_view name = op.kName;
   const int64_t tokens = attn::query_block_tokens(op);
   const int64_t Dp = round_up(op.D, kPanel);

@@ -203,6 +203,19 @@ void prefill_case(const Context& ctx, const hops_op_desc& op, DType dtype, const
     const ref::AttnResult want = reference_forward(in, c);
     verdict.expect_close("o", o, want.o, tolerance(dtype));
     if (lse) expect_lse(ctx, verdict, lse, want.lse, tolerance(dtype));
+    // threads.cpp's num_threads = 1 check on every dtype and shape here: its
+    // call is f32, and bf16 takes other kernels (bf16 dot products where the
+    // CPU has them).
+    Invocation all = call, one = call;
+    const Tensor o_all = output_tensor(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.layout);
+    const Tensor o_one = output_tensor(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.layout);
+    all.tensor("o", o_all).exec().flags |= HOPS_EXEC_DETERMINISTIC;
+    one.tensor("o", o_one).exec().flags |= HOPS_EXEC_DETERMINISTIC;
+    one.exec().num_threads = 1;
+    all.run_lean();
+    one.run_lean();
+    verdict.expect(o_all.memory()->read() == o_one.memory()->read(),
+                   "o: the bytes with num_threads=1 differ from those with all threads");
   });
 }
 

@@ -1,0 +1,292 @@
+// attn_prefill for bf16 q, k, v on bf16 dot products (attn_bf16.hpp says
+// when): attn_prefill.cpp's flow (the keys and values packed once, then one
+// task per query block walking the key blocks it sees with an online
+// softmax) with bf16 operands, in the layouts that AMX tiles and vdpbf16ps
+// both read. The queries stay as they are (bf16, unscaled): the scale is
+// applied to the fp32 scores, so Q K^T rounds nothing before its sums. The
+// probabilities are rounded to bf16 for P V (relative error 2^-9 each, as
+// flash attention on GPUs); their running sum is kept in fp32 from the
+// unrounded values.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "attn_bf16.hpp"
+#include "attn_softmax.hpp"
+#include "checked_math.hpp"
+
+#if HOPS_AMX_BUILD
+#include <immintrin.h>
+#endif
+
+// GCC 12's own intrinsics (_mm512_unpacklo_ps, ...) start from an "undefined"
+// register that its flow analysis then reports (as in amx.hpp's regions).
+#if !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace hops::cpu::attn {
+
+#if HOPS_AMX_BUILD
+namespace {
+
+using namespace softmax;  // the vector helpers
+
+constexpr int64_t kGroup = 16;  // columns of a group of b (attn_bf16.hpp)
+constexpr int64_t kDepthStep = 32;
+
+// Per slot (key block, key-value head), as bf16_product's b operands: K^T
+// in kKeys / 16 groups of 16 keys, [Dp / 2][16] pairs along the head dim
+// each, zero past the keys and D; V in Dp / 16 groups of 16 columns,
+// [kKeys / 2][16] pairs of keys each, zero past the keys.
+struct Packed {
+  uint32_t* keys;
+  uint32_t* values;
+  int64_t key_blocks, Dp;
+
+  // Head-major: a head's key blocks follow each other, one stream for the prefetchers.
+  int64_t slot(int64_t key_block, int64_t kv_head) const {
+    return kv_head * key_blocks + key_block;
+  }
+  uint32_t* keys_of(int64_t slot) const { return keys + slot * kKeys * Dp / 2; }
+  uint32_t* values_of(int64_t slot) const { return values + slot * kKeys * Dp / 2; }
+};
+
+// Elements [row, t, h, 0 .. D) of a bf16 tensor as bf16 bits at out, then
+// zeros up to Dp.
+void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int64_t Dp,
+              uint16_t* out) {
+  const bf16* in = x.data<const bf16>() + x.offset(row, t, h, 0);
+  const int64_t step = x.stride[3];
+  if (step == 1) {
+    std::memcpy(out, in, D * sizeof(uint16_t));
+  } else {
+    for (int64_t d = 0; d < D; ++d) out[d] = in[d * step].bits;
+  }
+  std::fill(out + D, out + Dp, uint16_t{0});
+}
+
+// The block's rows of k and v gathered into `rows` [kKeys][Dp] (zero past
+// the keys), then packed: K by 32-bit transposes of 16 keys x 16 pairs, V by
+// interleaving the halves of two keys' rows.
+[[HOPS_AVX512_BF16]] void pack_key_block(const AttnPrefill& op, const KeyBlock& block,
+                                         int64_t kv_head, const Packed& packed, int64_t slot,
+                                         uint16_t* rows) {
+  const auto span = op.sequences[block.sequence];
+  const int64_t D = op.D, Dp = packed.Dp, t = span.k_begin + block.first;
+  auto gather = [&](const Tensor& x) {
+    for (int64_t j = 0; j < kKeys; ++j) {
+      if (j < block.count) {
+        copy_row(x, span.row, t + j, kv_head, D, Dp, rows + j * Dp);
+      } else {
+        std::fill(rows + j * Dp, rows + (j + 1) * Dp, uint16_t{0});
+      }
+    }
+  };
+  gather(op.k);
+  uint32_t* keys = packed.keys_of(slot);
+  for (int64_t g = 0; g < kKeys / kGroup; ++g) {
+    for (int64_t p0 = 0; p0 < Dp / 2; p0 += kGroup) {
+      __m512 columns[16];
+      amx::transpose16(rows + g * kGroup * Dp + 2 * p0, Dp * 2, columns);
+      for (int64_t j = 0; j < kGroup; ++j) {
+        _mm512_storeu_ps(keys + (g * Dp / 2 + p0 + j) * kGroup, columns[j]);
+      }
+    }
+  }
+  gather(op.v);
+  uint32_t* values = packed.values_of(slot);
+  for (int64_t pair = 0; pair < kKeys / 2; ++pair) {
+    const uint16_t* even = rows + 2 * pair * Dp;
+    const uint16_t* odd = even + Dp;
+    for (int64_t g = 0; g < Dp / kGroup; ++g) {
+      const __m512i low = _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(even + g * kGroup)));  // NOLINT(*-reinterpret-cast)
+      const __m512i high = _mm512_cvtepu16_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd + g * kGroup)));
+      _mm512_storeu_si512(values + (g * kKeys / 2 + pair) * kGroup,
+                          _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+    }
+  }
+}
+
+// A worker's blocks; Rp = the block's rows rounded up to 16, Dp = D rounded
+// up to 32. Every part starts on a 64-byte line.
+struct Work {
+  uint16_t* q;     // [Rp, Dp] the block's queries (bf16, zero rows past R)
+  float* s;        // [Rp, kKeys] scores
+  uint16_t* p;     // [Rp, kKeys] probabilities, bf16 (zero rows past R)
+  float* acc;      // [Rp, Dp] sum of p v (not yet divided by the sum of p)
+  float* max;      // [Rp] running max of the scaled scores, base 2
+  float* sum;      // [Rp] running sum of 2^(s - max)
+  float* gate;     // [Dp] a row of the gate
+  uint16_t* rows;  // [kKeys, Dp] a key block's rows, for the packing
+
+  static int64_t parts(std::string_view op, int64_t Rp, int64_t Dp, int64_t* sizes) {
+    auto lines = [](int64_t floats) { return round_up(floats, kGroup); };
+    sizes[0] = lines(scratch_size(op, Rp, Dp / 2));
+    sizes[1] = lines(scratch_size(op, Rp, kKeys));
+    sizes[2] = lines(scratch_size(op, Rp, kKeys / 2));
+    sizes[3] = lines(scratch_size(op, Rp, Dp));
+    sizes[4] = sizes[5] = lines(Rp);
+    sizes[6] = lines(Dp);
+    sizes[7] = lines(scratch_size(op, kKeys, Dp / 2));
+    return scratch_sum(op, sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5], sizes[6],
+                       sizes[7]);
+  }
+  Work(std::string_view op, float* base, int64_t Rp, int64_t Dp) {
+    int64_t sizes[8];
+    parts(op, Rp, Dp, sizes);
+    auto take = [&](int64_t part) { return std::exchange(base, base + sizes[part]); };
+    q = reinterpret_cast<uint16_t*>(take(0));
+    s = take(1);
+    p = reinterpret_cast<uint16_t*>(take(2));
+    acc = take(3), max = take(4), sum = take(5), gate = take(6);
+    rows = reinterpret_cast<uint16_t*>(take(7));
+  }
+};
+
+// The online softmax step of one row: its kKeys scores (the first `visible`
+// seen) times `scale` become 2^(x - new max) in bf16 at p (zeros past
+// `visible`); updates the running max and sum and returns the factor by
+// which the row's earlier accumulator is to be scaled.
+[[HOPS_AVX512_BF16]] float softmax_row(const float* s, int64_t visible, float scale, float& max_,
+                                       float& sum_, uint16_t* p) {
+  constexpr int64_t kVectors = kKeys / kLanes;
+  static_assert(kVectors % 2 == 0, "bf16 rows are written two vectors at a time");
+  Floats x[kVectors];
+  Floats lanes = Floats{} + kMinusInf;
+  for (int64_t v = 0; v < kVectors; ++v) {
+    const int64_t seen = std::clamp<int64_t>(visible - v * kLanes, 0, kLanes);
+    const auto mask = static_cast<__mmask16>((1u << seen) - 1);
+    x[v] = _mm512_mask_mul_ps(_mm512_set1_ps(kMinusInf), mask, load(s + v * kLanes),
+                              _mm512_set1_ps(scale));
+    lanes = max(lanes, x[v]);
+  }
+  const float new_max = std::max(max_, reduce(lanes, [](Floats a, Floats b) { return max(a, b); }));
+  if (new_max == kMinusInf) {  // no key seen yet: nothing to add, nothing to scale
+    std::fill(p, p + kKeys, uint16_t{0});
+    return 1.0f;
+  }
+  Floats sums{};
+  for (int64_t v = 0; v < kVectors; v += 2) {
+    Floats weights[2];
+    for (int64_t i = 0; i < 2; ++i) {
+      weights[i] = x[v + i] > kMinusInf ? exp2_weights(x[v + i] - new_max) : 0.0f;
+      sums += weights[i];
+    }
+    _mm512_storeu_si512(p + v * kLanes, (__m512i)_mm512_cvtne2ps_pbh(weights[1], weights[0]));
+  }
+  const float factor = max_ == kMinusInf ? 0.0f : exp2_weights(Floats{} + (max_ - new_max))[0];
+  max_ = new_max;
+  sum_ = sum_ * factor + reduce(sums, [](Floats a, Floats b) { return a + b; });
+  return factor;
+}
+
+[[HOPS_AVX512_BF16]] void attend_block(const AttnPrefill& op, const QueryBlock& block,
+                                       int64_t kv_head, const Packed& packed, const Work& w) {
+  const auto span = op.sequences[block.sequence];
+  const int64_t G = op.group(), D = op.D, Dp = packed.Dp;
+  const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
+  const int64_t R = (block.end - block.begin) * G, Rp = round_up(R, amx::kTileRows);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t t = span.q_begin + block.begin + r / G, h = kv_head * G + r % G;
+    copy_row(op.q, span.row, t, h, D, Dp, w.q + r * Dp);
+  }
+  std::fill(w.q + R * Dp, w.q + Rp * Dp, uint16_t{0});
+  std::fill(w.p + R * kKeys, w.p + Rp * kKeys, uint16_t{0});
+  std::fill(w.acc, w.acc + Rp * Dp, 0.0f);
+  std::fill(w.max, w.max + R, kMinusInf);
+  std::fill(w.sum, w.sum + R, 0.0f);
+  const auto scale = static_cast<float>(op.scale * kLog2e);
+
+  for (int64_t first = 0; first < block.keys; first += kKeys) {
+    const int64_t keys = std::min(kKeys, block.keys - first);
+    const int64_t slot = packed.slot(block.key_block + first / kKeys, kv_head);
+    bf16_product({w.q, Dp, Rp, Dp, packed.keys_of(slot), (keys + kGroup - 1) / kGroup,
+                  Dp / 2 * kGroup, w.s, kKeys, false});
+    // Query i sees keys [0, i + 1 + Lk - Lq) (attn::key_end).
+    const int64_t seen0 = block.begin + 1 + Lk - Lq - first;
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t visible = op.causal ? std::clamp<int64_t>(seen0 + r / G, 0, keys) : keys;
+      const float factor =
+          softmax_row(w.s + r * kKeys, visible, scale, w.max[r], w.sum[r], w.p + r * kKeys);
+      if (factor != 1.0f) {
+        float* acc = w.acc + r * Dp;
+        for (int64_t d = 0; d < Dp; ++d) acc[d] *= factor;
+      }
+    }
+    bf16_product({w.p, kKeys, Rp, round_up(keys, kDepthStep), packed.values_of(slot), Dp / kGroup,
+                  kKeys / 2 * kGroup, w.acc, Dp, true});
+  }
+
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t t = span.q_begin + block.begin + r / G, h = kv_head * G + r % G;
+    float* out = w.acc + r * Dp;
+    const float sum = w.sum[r], inverse = sum > 0.0f ? 1.0f / sum : 0.0f;  // no key seen: o = 0
+    for (int64_t d = 0; d < D; ++d) out[d] *= inverse;
+    if (op.gate) {
+      load_head_row(op.gate, span.row, t, h, D, D, w.gate);
+      for (int64_t d = 0; d < D; ++d) out[d] *= sigmoid(w.gate[d]);
+    }
+    store_run(op.o, op.o.offset(span.row, t, h, 0), op.o.stride[3], D, out);
+    if (op.lse) {
+      op.lse.data<float>()[op.lse.offset(span.row, h, t)] =
+          sum > 0.0f ? w.max[r] * kLn2 + std::log(sum) : kMinusInf;
+    }
+  }
+}
+
+}  // namespace
+
+void attn_prefill_bf16(const ExecContext& context, const AttnPrefill& op) {
+  const std::string_view name = op.kName;
+  const int64_t tokens = query_block_tokens(op);
+  const int64_t Rp = round_up(tokens * op.group(), amx::kTileRows);
+  const int64_t Dp = round_up(op.D, kDepthStep);
+  int64_t sizes[8];
+  // + kGroup: the lease aligned up to a 64-byte line.
+  const int64_t per_worker = scratch_sum(name, Work::parts(name, Rp, Dp, sizes), kGroup);
+  const int64_t query_blocks = count_query_blocks(op, tokens);
+  const int64_t key_blocks = count_key_blocks(op);
+  // The block lists, the packed keys and values, then each worker's blocks.
+  const int64_t query_floats =
+      round_up(scratch_size(name, query_blocks, sizeof(QueryBlock) / sizeof(float)), kGroup);
+  const int64_t key_floats =
+      round_up(scratch_size(name, key_blocks, sizeof(KeyBlock) / sizeof(float)), kGroup);
+  const int64_t packed_floats = scratch_size(name, key_blocks, op.Hkv, kKeys, Dp / 2);
+  const auto lease = context.scratch->acquire(
+      scratch_bytes(name,
+                    scratch_sum(name, query_floats, key_floats, packed_floats, packed_floats,
+                                scratch_size(name, per_worker, context.max_workers), kGroup),
+                    sizeof(float)));
+  const auto misaligned = reinterpret_cast<uintptr_t>(lease.as<float>()) % 64;
+  float* base = lease.as<float>() + (misaligned ? (64 - misaligned) / sizeof(float) : 0);
+  auto* queries = reinterpret_cast<QueryBlock*>(base);
+  auto* keys = reinterpret_cast<KeyBlock*>(base + query_floats);
+  auto* packed_base = reinterpret_cast<uint32_t*>(base + query_floats + key_floats);
+  const Packed packed{packed_base, packed_base + packed_floats, key_blocks, Dp};
+  float* workers = base + query_floats + key_floats + 2 * packed_floats;
+  list_query_blocks(op, tokens, queries);
+  list_key_blocks(op, keys);
+
+  context.threads->parallel_for(checked_product(name, key_blocks, op.Hkv), context.max_workers,
+                                [&](int64_t task, int worker) {
+                                  const int64_t block = task / op.Hkv, head = task % op.Hkv;
+                                  const Work w(name, workers + worker * per_worker, Rp, Dp);
+                                  pack_key_block(op, keys[block], head, packed,
+                                                 packed.slot(block, head), w.rows);
+                                });
+  context.threads->parallel_for(checked_product(name, query_blocks, op.Hkv), context.max_workers,
+                                [&](int64_t task, int worker) {
+                                  const Work w(name, workers + worker * per_worker, Rp, Dp);
+                                  attend_block(op, queries[task / op.Hkv], task % op.Hkv, packed,
+                                               w);
+                                });
+}
+#else
+void attn_prefill_bf16(const ExecContext&, const AttnPrefill&) {}  // bf16_engine() is none
+#endif
+
+}  // namespace hops::cpu::attn
