@@ -11,33 +11,32 @@ namespace hops::cpu {
 
 namespace attn {
 
-int64_t count_key_blocks(const AttnProblem& p) {
+int64_t count_key_blocks(const AttnProblem& p, int64_t block_keys) {
   int64_t count = 0;
   for (int64_t n = 0; n < p.sequences.count; ++n) {
     const auto span = p.sequences[n];
-    count += (span.k_end - span.k_begin + kKeys - 1) / kKeys;
+    count += (span.k_end - span.k_begin + block_keys - 1) / block_keys;
   }
   return count;
 }
 
-void list_key_blocks(const AttnProblem& p, KeyBlock* blocks) {
+void list_key_blocks(const AttnProblem& p, int64_t block_keys, KeyBlock* blocks) {
   for (int64_t n = 0; n < p.sequences.count; ++n) {
     const auto span = p.sequences[n];
     const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
-    for (int64_t first = 0; first < Lk; first += kKeys) {
+    for (int64_t first = 0; first < Lk; first += block_keys) {
       const int64_t queries = p.causal ? std::clamp<int64_t>(first - (Lk - Lq), 0, Lq) : 0;
-      *blocks++ = {n, first, std::min(kKeys, Lk - first), queries};
+      *blocks++ = {n, first, std::min(block_keys, Lk - first), queries};
     }
   }
 }
 
-int64_t query_block_tokens(const AttnProblem& p) {
+int64_t query_block_tokens(const AttnProblem& p, int64_t row_bytes) {
   static const int64_t l2_bytes = [] {
     const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
     return bytes > 0 ? static_cast<int64_t>(bytes) : int64_t{1} << 20;
   }();
-  // 2 blocks of rows x round_up(D, kPadding) floats in half the L2.
-  const int64_t rows = l2_bytes / 2 / (2 * round_up(p.D, kPadding) * sizeof(float));
+  const int64_t rows = l2_bytes / 2 / row_bytes;
   return std::max<int64_t>(1, std::clamp<int64_t>(rows, 120, 480) / p.group());
 }
 
@@ -50,7 +49,8 @@ int64_t count_query_blocks(const AttnProblem& p, int64_t tokens) {
   return count;
 }
 
-void list_query_blocks(const AttnProblem& p, int64_t tokens, QueryBlock* blocks) {
+void list_query_blocks(const AttnProblem& p, int64_t tokens, int64_t block_keys,
+                       QueryBlock* blocks) {
   QueryBlock* next = blocks;
   int64_t key_blocks = 0;
   for (int64_t n = 0; n < p.sequences.count; ++n) {
@@ -60,7 +60,7 @@ void list_query_blocks(const AttnProblem& p, int64_t tokens, QueryBlock* blocks)
       const int64_t end = std::min(Lq, begin + tokens);
       *next++ = {n, begin, end, key_end(p, Lq, Lk, end - 1), key_blocks};
     }
-    key_blocks += (Lk + kKeys - 1) / kKeys;
+    key_blocks += (Lk + block_keys - 1) / block_keys;
   }
   // Stable: equal blocks keep sequence order, so the schedule is reproducible.
   std::stable_sort(blocks, next,

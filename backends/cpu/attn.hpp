@@ -71,7 +71,8 @@ inline constexpr int64_t kPanel = 32;
 void panel_product(const float* p, int64_t ldp, int64_t rows, int64_t depth, const float* v,
                    float* out, int64_t ldo, bool accumulate);
 
-// The prefill ops work on blocks. A key block is kKeys keys of one sequence
+// The prefill ops work on blocks. A key block is kKeys keys (the bf16 path:
+// its own count, attn_prefill_bf16.cpp) of one sequence
 // (the last one shorter); a query block is `tokens` queries of one sequence,
 // all G query heads of one key-value head (rows ordered token by token, the
 // G heads of a token together), so that each key and value row packed
@@ -93,19 +94,22 @@ inline int64_t key_end(const AttnProblem& p, int64_t Lq, int64_t Lk, int64_t i) 
   return p.causal ? std::clamp<int64_t>(i + 1 + Lk - Lq, 0, Lk) : Lk;
 }
 
-// Query tokens per block (of G rows each). The more rows a block has, the
-// more work each key block brought in from L3 serves (at T = 4096, D = 256:
-// 101, 110 and 118 GFLOP/s per core with 120, 240 and 480 rows), as long as
-// the block's queries and accumulator stay in L2: half of it is given to them.
-int64_t query_block_tokens(const AttnProblem& p);
+// Query tokens per block (of G rows each) for blocks of `row_bytes` per row.
+// The more rows a block has, the more work each key block brought in from L3
+// serves (at T = 4096, D = 256: 101, 110 and 118 GFLOP/s per core with 120,
+// 240 and 480 rows), as long as the block's rows stay in L2: half of it is
+// given to them.
+int64_t query_block_tokens(const AttnProblem& p, int64_t row_bytes);
 
-// The key blocks of every sequence in order.
-int64_t count_key_blocks(const AttnProblem& p);
-void list_key_blocks(const AttnProblem& p, KeyBlock* blocks);
+// The key blocks (of block_keys keys, kKeys on the fp32 paths) of every
+// sequence in order.
+int64_t count_key_blocks(const AttnProblem& p, int64_t block_keys);
+void list_key_blocks(const AttnProblem& p, int64_t block_keys, KeyBlock* blocks);
 // The query blocks of every sequence, largest work first, so that the
 // threads finish together.
 int64_t count_query_blocks(const AttnProblem& p, int64_t tokens);
-void list_query_blocks(const AttnProblem& p, int64_t tokens, QueryBlock* blocks);
+void list_query_blocks(const AttnProblem& p, int64_t tokens, int64_t block_keys,
+                       QueryBlock* blocks);
 
 }  // namespace attn
 

@@ -199,12 +199,13 @@ void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
     return attn::attn_prefill_bf16(context, op);
   }
   const std::string_view name = op.kName;
-  const int64_t tokens = attn::query_block_tokens(op);
+  const int64_t tokens = attn::query_block_tokens(
+      op, 2 * round_up(op.D, kPadding) * sizeof(float));  // the queries and an accumulator
   const int64_t Dp = round_up(op.D, kPanel);
   const int64_t per_worker = scratch_sum(name, Blocks::floats(name, tokens * op.group(), Dp),
                                          scratch_size(name, kKeys, Dp));
   const int64_t query_blocks = attn::count_query_blocks(op, tokens);
-  const int64_t key_blocks = attn::count_key_blocks(op);
+  const int64_t key_blocks = attn::count_key_blocks(op, kKeys);
   // The block lists, the packed keys and values, then each worker's blocks.
   const int64_t query_floats = round_up(
       scratch_size(name, query_blocks, sizeof(attn::QueryBlock) / sizeof(float)), kPadding);
@@ -222,8 +223,8 @@ void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
   float* kt = lease.as<float>() + query_floats + key_floats;
   const PackedKeys packed{kt, kt + kt_floats, key_blocks, Dp};
   float* workers = packed.values + value_floats;
-  attn::list_query_blocks(op, tokens, queries);
-  attn::list_key_blocks(op, keys);
+  attn::list_query_blocks(op, tokens, kKeys, queries);
+  attn::list_key_blocks(op, kKeys, keys);
 
   context.threads->parallel_for(checked_product(name, key_blocks, op.Hkv), context.max_workers,
                                 [&](int64_t task, int worker) {

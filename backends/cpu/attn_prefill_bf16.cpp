@@ -34,12 +34,17 @@ namespace {
 using namespace softmax;  // the vector helpers
 
 constexpr int64_t kGroup = 16;  // columns of a group of b (attn_bf16.hpp)
+// Keys per block: 4x the fp32 path's. Per row and block the softmax has a
+// fixed cost (two reductions across lanes, the rescaling factor) and P V
+// reads and writes the accumulator, which the bf16 products made a larger
+// share of the time.
+constexpr int64_t kBlockKeys = 256;
 constexpr int64_t kDepthStep = 32;
 
 // Per slot (key block, key-value head), as bf16_product's b operands: K^T
-// in kKeys / 16 groups of 16 keys, [Dp / 2][16] pairs along the head dim
+// in kBlockKeys / 16 groups of 16 keys, [Dp / 2][16] pairs along the head dim
 // each, zero past the keys and D; V in Dp / 16 groups of 16 columns,
-// [kKeys / 2][16] pairs of keys each, zero past the keys.
+// [kBlockKeys / 2][16] pairs of keys each, zero past the keys.
 struct Packed {
   uint32_t* keys;
   uint32_t* values;
@@ -49,8 +54,8 @@ struct Packed {
   int64_t slot(int64_t key_block, int64_t kv_head) const {
     return kv_head * key_blocks + key_block;
   }
-  uint32_t* keys_of(int64_t slot) const { return keys + slot * kKeys * Dp / 2; }
-  uint32_t* values_of(int64_t slot) const { return values + slot * kKeys * Dp / 2; }
+  uint32_t* keys_of(int64_t slot) const { return keys + slot * kBlockKeys * Dp / 2; }
+  uint32_t* values_of(int64_t slot) const { return values + slot * kBlockKeys * Dp / 2; }
 };
 
 // Elements [row, t, h, 0 .. D) of a bf16 tensor as bf16 bits at out, then
@@ -67,7 +72,7 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
   std::fill(out + D, out + Dp, uint16_t{0});
 }
 
-// The block's rows of k and v gathered into `rows` [kKeys][Dp] (zero past
+// The block's rows of k and v gathered into `rows` [kBlockKeys][Dp] (zero past
 // the keys), then packed: K by 32-bit transposes of 16 keys x 16 pairs, V by
 // interleaving the halves of two keys' rows.
 [[HOPS_AVX512_BF16]] void pack_key_block(const AttnPrefill& op, const KeyBlock& block,
@@ -76,7 +81,7 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
   const auto span = op.sequences[block.sequence];
   const int64_t D = op.D, Dp = packed.Dp, t = span.k_begin + block.first;
   auto gather = [&](const Tensor& x) {
-    for (int64_t j = 0; j < kKeys; ++j) {
+    for (int64_t j = 0; j < kBlockKeys; ++j) {
       if (j < block.count) {
         copy_row(x, span.row, t + j, kv_head, D, Dp, rows + j * Dp);
       } else {
@@ -86,7 +91,7 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
   };
   gather(op.k);
   uint32_t* keys = packed.keys_of(slot);
-  for (int64_t g = 0; g < kKeys / kGroup; ++g) {
+  for (int64_t g = 0; g < kBlockKeys / kGroup; ++g) {
     for (int64_t p0 = 0; p0 < Dp / 2; p0 += kGroup) {
       __m512 columns[16];
       amx::transpose16(rows + g * kGroup * Dp + 2 * p0, Dp * 2, columns);
@@ -97,7 +102,7 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
   }
   gather(op.v);
   uint32_t* values = packed.values_of(slot);
-  for (int64_t pair = 0; pair < kKeys / 2; ++pair) {
+  for (int64_t pair = 0; pair < kBlockKeys / 2; ++pair) {
     const uint16_t* even = rows + 2 * pair * Dp;
     const uint16_t* odd = even + Dp;
     for (int64_t g = 0; g < Dp / kGroup; ++g) {
@@ -105,7 +110,7 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
           reinterpret_cast<const __m256i*>(even + g * kGroup)));  // NOLINT(*-reinterpret-cast)
       const __m512i high = _mm512_cvtepu16_epi32(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd + g * kGroup)));
-      _mm512_storeu_si512(values + (g * kKeys / 2 + pair) * kGroup,
+      _mm512_storeu_si512(values + (g * kBlockKeys / 2 + pair) * kGroup,
                           _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
     }
   }
@@ -115,23 +120,23 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
 // up to 32. Every part starts on a 64-byte line.
 struct Work {
   uint16_t* q;     // [Rp, Dp] the block's queries (bf16, zero rows past R)
-  float* s;        // [Rp, kKeys] scores
-  uint16_t* p;     // [Rp, kKeys] probabilities, bf16 (zero rows past R)
+  float* s;        // [Rp, kBlockKeys] scores
+  uint16_t* p;     // [Rp, kBlockKeys] probabilities, bf16 (zero rows past R)
   float* acc;      // [Rp, Dp] sum of p v (not yet divided by the sum of p)
   float* max;      // [Rp] running max of the scaled scores, base 2
   float* sum;      // [Rp] running sum of 2^(s - max)
   float* gate;     // [Dp] a row of the gate
-  uint16_t* rows;  // [kKeys, Dp] a key block's rows, for the packing
+  uint16_t* rows;  // [kBlockKeys, Dp] a key block's rows, for the packing
 
   static int64_t parts(std::string_view op, int64_t Rp, int64_t Dp, int64_t* sizes) {
     auto lines = [](int64_t floats) { return round_up(floats, kGroup); };
     sizes[0] = lines(scratch_size(op, Rp, Dp / 2));
-    sizes[1] = lines(scratch_size(op, Rp, kKeys));
-    sizes[2] = lines(scratch_size(op, Rp, kKeys / 2));
+    sizes[1] = lines(scratch_size(op, Rp, kBlockKeys));
+    sizes[2] = lines(scratch_size(op, Rp, kBlockKeys / 2));
     sizes[3] = lines(scratch_size(op, Rp, Dp));
     sizes[4] = sizes[5] = lines(Rp);
     sizes[6] = lines(Dp);
-    sizes[7] = lines(scratch_size(op, kKeys, Dp / 2));
+    sizes[7] = lines(scratch_size(op, kBlockKeys, Dp / 2));
     return scratch_sum(op, sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5], sizes[6],
                        sizes[7]);
   }
@@ -147,13 +152,13 @@ struct Work {
   }
 };
 
-// The online softmax step of one row: its kKeys scores (the first `visible`
+// The online softmax step of one row: its kBlockKeys scores (the first `visible`
 // seen) times `scale` become 2^(x - new max) in bf16 at p (zeros past
 // `visible`); updates the running max and sum and returns the factor by
 // which the row's earlier accumulator is to be scaled.
 [[HOPS_AVX512_BF16]] float softmax_row(const float* s, int64_t visible, float scale, float& max_,
                                        float& sum_, uint16_t* p) {
-  constexpr int64_t kVectors = kKeys / kLanes;
+  constexpr int64_t kVectors = kBlockKeys / kLanes;
   static_assert(kVectors % 2 == 0, "bf16 rows are written two vectors at a time");
   Floats x[kVectors];
   Floats lanes = Floats{} + kMinusInf;
@@ -166,7 +171,7 @@ struct Work {
   }
   const float new_max = std::max(max_, reduce(lanes, [](Floats a, Floats b) { return max(a, b); }));
   if (new_max == kMinusInf) {  // no key seen yet: nothing to add, nothing to scale
-    std::fill(p, p + kKeys, uint16_t{0});
+    std::fill(p, p + kBlockKeys, uint16_t{0});
     return 1.0f;
   }
   Floats sums{};
@@ -195,30 +200,30 @@ struct Work {
     copy_row(op.q, span.row, t, h, D, Dp, w.q + r * Dp);
   }
   std::fill(w.q + R * Dp, w.q + Rp * Dp, uint16_t{0});
-  std::fill(w.p + R * kKeys, w.p + Rp * kKeys, uint16_t{0});
+  std::fill(w.p + R * kBlockKeys, w.p + Rp * kBlockKeys, uint16_t{0});
   std::fill(w.acc, w.acc + Rp * Dp, 0.0f);
   std::fill(w.max, w.max + R, kMinusInf);
   std::fill(w.sum, w.sum + R, 0.0f);
   const auto scale = static_cast<float>(op.scale * kLog2e);
 
-  for (int64_t first = 0; first < block.keys; first += kKeys) {
-    const int64_t keys = std::min(kKeys, block.keys - first);
-    const int64_t slot = packed.slot(block.key_block + first / kKeys, kv_head);
+  for (int64_t first = 0; first < block.keys; first += kBlockKeys) {
+    const int64_t keys = std::min(kBlockKeys, block.keys - first);
+    const int64_t slot = packed.slot(block.key_block + first / kBlockKeys, kv_head);
     bf16_product({w.q, Dp, Rp, Dp, packed.keys_of(slot), (keys + kGroup - 1) / kGroup,
-                  Dp / 2 * kGroup, w.s, kKeys, false});
+                  Dp / 2 * kGroup, w.s, kBlockKeys, false});
     // Query i sees keys [0, i + 1 + Lk - Lq) (attn::key_end).
     const int64_t seen0 = block.begin + 1 + Lk - Lq - first;
     for (int64_t r = 0; r < R; ++r) {
       const int64_t visible = op.causal ? std::clamp<int64_t>(seen0 + r / G, 0, keys) : keys;
-      const float factor =
-          softmax_row(w.s + r * kKeys, visible, scale, w.max[r], w.sum[r], w.p + r * kKeys);
+      const float factor = softmax_row(w.s + r * kBlockKeys, visible, scale, w.max[r], w.sum[r],
+                                       w.p + r * kBlockKeys);
       if (factor != 1.0f) {
         float* acc = w.acc + r * Dp;
         for (int64_t d = 0; d < Dp; ++d) acc[d] *= factor;
       }
     }
-    bf16_product({w.p, kKeys, Rp, round_up(keys, kDepthStep), packed.values_of(slot), Dp / kGroup,
-                  kKeys / 2 * kGroup, w.acc, Dp, true});
+    bf16_product({w.p, kBlockKeys, Rp, round_up(keys, kDepthStep), packed.values_of(slot),
+                  Dp / kGroup, kBlockKeys / 2 * kGroup, w.acc, Dp, true});
   }
 
   for (int64_t r = 0; r < R; ++r) {
@@ -242,20 +247,21 @@ struct Work {
 
 void attn_prefill_bf16(const ExecContext& context, const AttnPrefill& op) {
   const std::string_view name = op.kName;
-  const int64_t tokens = query_block_tokens(op);
-  const int64_t Rp = round_up(tokens * op.group(), amx::kTileRows);
   const int64_t Dp = round_up(op.D, kDepthStep);
+  // A row's queries, accumulator, scores and probabilities.
+  const int64_t tokens = query_block_tokens(op, 6 * (Dp + kBlockKeys));
+  const int64_t Rp = round_up(tokens * op.group(), amx::kTileRows);
   int64_t sizes[8];
   // + kGroup: the lease aligned up to a 64-byte line.
   const int64_t per_worker = scratch_sum(name, Work::parts(name, Rp, Dp, sizes), kGroup);
   const int64_t query_blocks = count_query_blocks(op, tokens);
-  const int64_t key_blocks = count_key_blocks(op);
+  const int64_t key_blocks = count_key_blocks(op, kBlockKeys);
   // The block lists, the packed keys and values, then each worker's blocks.
   const int64_t query_floats =
       round_up(scratch_size(name, query_blocks, sizeof(QueryBlock) / sizeof(float)), kGroup);
   const int64_t key_floats =
       round_up(scratch_size(name, key_blocks, sizeof(KeyBlock) / sizeof(float)), kGroup);
-  const int64_t packed_floats = scratch_size(name, key_blocks, op.Hkv, kKeys, Dp / 2);
+  const int64_t packed_floats = scratch_size(name, key_blocks, op.Hkv, kBlockKeys, Dp / 2);
   const auto lease = context.scratch->acquire(
       scratch_bytes(name,
                     scratch_sum(name, query_floats, key_floats, packed_floats, packed_floats,
@@ -268,8 +274,8 @@ void attn_prefill_bf16(const ExecContext& context, const AttnPrefill& op) {
   auto* packed_base = reinterpret_cast<uint32_t*>(base + query_floats + key_floats);
   const Packed packed{packed_base, packed_base + packed_floats, key_blocks, Dp};
   float* workers = base + query_floats + key_floats + 2 * packed_floats;
-  list_query_blocks(op, tokens, queries);
-  list_key_blocks(op, keys);
+  list_query_blocks(op, tokens, kBlockKeys, queries);
+  list_key_blocks(op, kBlockKeys, keys);
 
   context.threads->parallel_for(checked_product(name, key_blocks, op.Hkv), context.max_workers,
                                 [&](int64_t task, int worker) {

@@ -229,11 +229,12 @@ void query_block_gradients(const AttnPrefillBwd& op, const Deltas& deltas,
 }  // namespace
 
 void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
-  const int64_t tokens = attn::query_block_tokens(op);
+  const int64_t tokens = attn::query_block_tokens(
+      op, 2 * round_up(op.D, kPadding) * sizeof(float));  // the queries and an accumulator
   const int64_t R = tokens * op.group(), Dp = round_up(op.D, kPadding);
   const int64_t per_worker = Blocks::floats(op.kName, R, Dp);
   const int64_t query_blocks = attn::count_query_blocks(op, tokens);
-  const int64_t key_blocks = attn::count_key_blocks(op);
+  const int64_t key_blocks = attn::count_key_blocks(op, kKeys);
   // The two block lists, Delta [B, Hq, Tq], then each worker's blocks.
   const int64_t query_floats = round_up(
       scratch_size(op.kName, query_blocks, sizeof(attn::QueryBlock) / sizeof(float)), kPadding);
@@ -249,8 +250,8 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
   auto* keys = reinterpret_cast<attn::KeyBlock*>(lease.as<float>() + query_floats);
   const Deltas deltas{lease.as<float>() + query_floats + key_floats, op.Hq, op.Tq};
   float* workers = deltas.data + delta_floats;
-  attn::list_query_blocks(op, tokens, queries);
-  attn::list_key_blocks(op, keys);
+  attn::list_query_blocks(op, tokens, kKeys, queries);
+  attn::list_key_blocks(op, kKeys, keys);
   sort_key_blocks(op, keys, key_blocks);
 
   const int64_t rows = checked_product(op.kName, op.B, op.Tq, op.Hq);
