@@ -7,28 +7,36 @@
 // probabilities are rounded to bf16 for P V (relative error 2^-9 each, as
 // flash attention on GPUs); their running sum is kept in fp32 from the
 // unrounded values.
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <utility>
 
 #include "attn_bf16.hpp"
-#include "attn_softmax.hpp"
 #include "checked_math.hpp"
 
 #if HOPS_AMX_BUILD
 #include <immintrin.h>
-#endif
 
+// Everything below is compiled for AVX-512 with BF16 (attn_prefill calls it
+// only where bf16_engine() found them), the softmax helpers included too.
 // GCC 12's own intrinsics (_mm512_unpacklo_ps, ...) start from an "undefined"
 // register that its flow analysis then reports (as in amx.hpp's regions).
-#if !defined(__clang__)
+// clang-format off
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+// clang-format on
+#include "attn_softmax.hpp"
 
 namespace hops::cpu::attn {
 
-#if HOPS_AMX_BUILD
 namespace {
 
 using namespace softmax;  // the vector helpers
@@ -75,9 +83,8 @@ void copy_row(const Tensor& x, int64_t row, int64_t t, int64_t h, int64_t D, int
 // The block's rows of k and v gathered into `rows` [kBlockKeys][Dp] (zero past
 // the keys), then packed: K by 32-bit transposes of 16 keys x 16 pairs, V by
 // interleaving the halves of two keys' rows.
-[[HOPS_AVX512_BF16]] void pack_key_block(const AttnPrefill& op, const KeyBlock& block,
-                                         int64_t kv_head, const Packed& packed, int64_t slot,
-                                         uint16_t* rows) {
+void pack_key_block(const AttnPrefill& op, const KeyBlock& block, int64_t kv_head,
+                    const Packed& packed, int64_t slot, uint16_t* rows) {
   const auto span = op.sequences[block.sequence];
   const int64_t D = op.D, Dp = packed.Dp, t = span.k_begin + block.first;
   auto gather = [&](const Tensor& x) {
@@ -156,8 +163,8 @@ struct Work {
 // seen) times `scale` become 2^(x - new max) in bf16 at p (zeros past
 // `visible`); updates the running max and sum and returns the factor by
 // which the row's earlier accumulator is to be scaled.
-[[HOPS_AVX512_BF16]] float softmax_row(const float* s, int64_t visible, float scale, float& max_,
-                                       float& sum_, uint16_t* p) {
+float softmax_row(const float* s, int64_t visible, float scale, float& max_, float& sum_,
+                  uint16_t* p) {
   constexpr int64_t kVectors = kBlockKeys / kLanes;
   static_assert(kVectors % 2 == 0, "bf16 rows are written two vectors at a time");
   Floats x[kVectors];
@@ -189,8 +196,8 @@ struct Work {
   return factor;
 }
 
-[[HOPS_AVX512_BF16]] void attend_block(const AttnPrefill& op, const QueryBlock& block,
-                                       int64_t kv_head, const Packed& packed, const Work& w) {
+void attend_block(const AttnPrefill& op, const QueryBlock& block, int64_t kv_head,
+                  const Packed& packed, const Work& w) {
   const auto span = op.sequences[block.sequence];
   const int64_t G = op.group(), D = op.D, Dp = packed.Dp;
   const int64_t Lq = span.q_end - span.q_begin, Lk = span.k_end - span.k_begin;
@@ -291,8 +298,16 @@ void attn_prefill_bf16(const ExecContext& context, const AttnPrefill& op) {
                                                w);
                                 });
 }
-#else
-void attn_prefill_bf16(const ExecContext&, const AttnPrefill&) {}  // bf16_engine() is none
-#endif
-
 }  // namespace hops::cpu::attn
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif
+#else
+namespace hops::cpu::attn {
+void attn_prefill_bf16(const ExecContext&, const AttnPrefill&) {}  // bf16_engine() is none
+}  // namespace hops::cpu::attn
+#endif

@@ -1,13 +1,17 @@
 // The vector helpers of the prefill's online softmax (attn_prefill.cpp and
-// its AMX twin attn_prefill_amx.cpp): 16-float vectors written with GCC's
-// vector extension, so that they compile to whatever ISA the including
-// function is built for, and 2^x in fp32.
+// attn_prefill_bf16.cpp): 16-float vectors written with GCC's vector
+// extension, and 2^x in fp32. They compile to the ISA of the code that
+// includes them: attn_prefill_bf16.cpp includes this inside its AVX-512
+// region, since clang rejects passing these vectors by value between
+// functions of different ISAs. Hence the unnamed namespace: each file has
+// its own copies, which may differ in ISA.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 
 namespace hops::cpu::attn::softmax {
+
+namespace {  // NOLINT(*-anonymous-namespace-in-header): per file, see above
 
 // The scores are in base 2 (the scale carries log2(e)): softmax weights are
 // 2^(s - max), and ln 2 turns the max back into natural units for lse.
@@ -61,8 +65,11 @@ template <class Combine>
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.0f;
   const Ints exponent = (__builtin_convertvector(n, Ints) + 127) << 23;
-  const Floats e = p * std::bit_cast<Floats>(exponent);
+  // (The builtin, not std::bit_cast: a function outside the includer's ISA.)
+  const Floats e = p * __builtin_bit_cast(Floats, exponent);
   return x != x ? x : e;
 }
+
+}  // namespace
 
 }  // namespace hops::cpu::attn::softmax
