@@ -1,7 +1,8 @@
 """hops' CPU attention against the path transformers takes on the CPU, and against the floors.
 
 Qwen3.5's full-attention layout (issue 14): Hq = 16 query heads, Hkv = 2 key-value heads,
-head dim D = 256, fp32.
+head dim D = 256; prefill in fp32 and bf16 (which runs on bf16 dot products where the CPU has
+them: AMX tiles or AVX512-BF16), decode in fp32.
 
   attn_prefill  causal, B = 1, T tokens (default 4096)
   attn_decode   one new token of one sequence over C cached tokens (default 4096), the
@@ -198,14 +199,14 @@ def report(cases, ceilings, avx2_peak, widest_peak, names):
         if prefill:
             want_ratio, want_peak = PREFILL_TARGET
             share = gflops / avx2_peak
-            verdicts.append(f"prefill {c.shape}: {ratio:.2f}x SDPA (target {want_ratio}x: "
+            verdicts.append(f"prefill {c.shape} {names[c.dtype]}: {ratio:.2f}x SDPA (target {want_ratio}x: "
                             f"{'met' if ratio >= want_ratio else 'missed'}), {100 * share:.0f}% of the AVX2 peak "
                             f"(target {100 * want_peak:.0f}%: {'met' if share >= want_peak else 'missed'}; "
                             f"{100 * gflops / widest_peak:.0f}% of the CPU's widest-vector peak)")
         else:
             want_ratio, want_copy = DECODE_TARGET
             share = gbps / copy
-            verdicts.append(f"decode {c.shape}: {ratio:.2f}x SDPA (target {want_ratio}x: "
+            verdicts.append(f"decode {c.shape} {names[c.dtype]}: {ratio:.2f}x SDPA (target {want_ratio}x: "
                             f"{'met' if ratio >= want_ratio else 'missed'}), {100 * share:.0f}% of the copy "
                             f"bandwidth (target {100 * want_copy:.0f}%: {'met' if share >= want_copy else 'missed'})")
     return "\n".join(rows), verdicts
@@ -215,7 +216,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[4096], help="prefill lengths T")
     parser.add_argument("--context", type=int, nargs="+", default=[4096], help="decode: cached tokens")
-    parser.add_argument("--dtypes", nargs="+", choices=cpu_bench.DTYPES, default=["float32"])
+    parser.add_argument("--dtypes", nargs="+", choices=cpu_bench.DTYPES, default=["float32", "bfloat16"],
+                        help="prefill dtypes")
+    parser.add_argument("--decode-dtypes", nargs="+", choices=cpu_bench.DTYPES, default=["float32"])
     parser.add_argument("--ops", nargs="+", choices=["attn_prefill", "attn_decode"], help="only these ops")
     benchlib.add_timing_arguments(parser, budget=20.0)
     args = parser.parse_args()
@@ -230,11 +233,11 @@ def main():
           f"GFLOP/s ({how})", file=sys.stderr)
 
     cases = []
-    for dtype in (cpu_bench.DTYPES[name] for name in args.dtypes):
-        if not args.ops or "attn_prefill" in args.ops:
-            cases += [prefill_case(t, dtype) for t in args.tokens]
-        if not args.ops or "attn_decode" in args.ops:
-            cases += [decode_case(c, dtype, cold) for c in args.context for cold in (False, True)]
+    if not args.ops or "attn_prefill" in args.ops:
+        cases += [prefill_case(t, cpu_bench.DTYPES[name]) for name in args.dtypes for t in args.tokens]
+    if not args.ops or "attn_decode" in args.ops:
+        cases += [decode_case(c, cpu_bench.DTYPES[name], cold) for name in args.decode_dtypes
+                  for c in args.context for cold in (False, True)]
     gqa = use_gqa_in_sdpa(None, torch.empty(1, 1, 1, D), torch.empty(1, 1, 1, D))
     for case in cases:
         case_start = time.perf_counter()
