@@ -15,8 +15,8 @@ namespace {  // NOLINT(*-anonymous-namespace-in-header): per file, see above
 
 // The scores are in base 2 (the scale carries log2(e)): softmax weights are
 // 2^(s - max), and ln 2 turns the max back into natural units for lse.
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2 = 0.693147180559945309f;
+inline constexpr float kLog2e = 1.44269504088896341f;
+inline constexpr float kLn2 = 0.693147180559945309f;
 
 // 16 floats, written out: GCC kept arrays of lanes on the stack and reduced
 // them through store-forwarding stalls. One or more registers per ISA level;
@@ -27,7 +27,7 @@ constexpr float kLn2 = 0.693147180559945309f;
 typedef float Floats __attribute__((vector_size(16 * sizeof(float))));
 // NOLINTNEXTLINE(modernize-use-using)
 typedef int32_t Ints __attribute__((vector_size(16 * sizeof(int32_t))));
-constexpr int64_t kLanes = 16;
+inline constexpr int64_t kLanes = 16;
 
 [[gnu::always_inline]] inline Floats load(const float* p) {
   Floats v;
@@ -67,7 +67,7 @@ template <class Combine>
   const Ints exponent = (__builtin_convertvector(n, Ints) + 127) << 23;
   // (The builtin, not std::bit_cast: a function outside the includer's ISA.)
   const Floats e = p * __builtin_bit_cast(Floats, exponent);
-  return x != x ? x : e;
+  return x != x ? x : e;  // NOLINT(misc-redundant-expression): the NaN lanes
 }
 
 }  // namespace
