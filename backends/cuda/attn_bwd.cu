@@ -300,8 +300,7 @@ cudaError_t launch_bwd_tc(const AttnBwdParams& p, const BwdScratch& sc, cudaStre
   const bool varlen = p.cu_q.data != nullptr;
   const int64_t q_slots = block_slots(p.N, p.Tq, DqTile<D>::kBr, varlen);
   if (q_slots * p.Hq > 0) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        dq_tc_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, DqTile<D>::kSmem);
+    const cudaError_t status = allow_smem(dq_tc_kernel<E, D>, DqTile<D>::kSmem);
     if (status != cudaSuccess) return status;
     dq_tc_kernel<E, D>
         <<<static_cast<unsigned>(q_slots * p.Hq), DqTile<D>::kThreads, DqTile<D>::kSmem, stream>>>(
@@ -309,8 +308,7 @@ cudaError_t launch_bwd_tc(const AttnBwdParams& p, const BwdScratch& sc, cudaStre
   }
   const int64_t k_slots = block_slots(p.N, p.Tk, DkvTile<D>::kBc, varlen);
   if (k_slots * p.Hkv > 0) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        dkv_tc_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, DkvTile<D>::kSmem);
+    const cudaError_t status = allow_smem(dkv_tc_kernel<E, D>, DkvTile<D>::kSmem);
     if (status != cudaSuccess) return status;
     dkv_tc_kernel<E, D><<<static_cast<unsigned>(k_slots * p.Hkv * DkvTile<D>::kParts),
                           DkvTile<D>::kThreads, DkvTile<D>::kSmem, stream>>>(p, d_o, sc.delta);
@@ -526,16 +524,14 @@ cudaError_t launch_bwd_general(const AttnBwdParams& p, const BwdScratch& sc, cud
   const size_t smem = gen_bwd_smem(p.D);
   const int64_t q_slots = block_slots(p.N, p.Tq, kGenRows, varlen);
   if (q_slots * p.Hq > 0) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        dq_general_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t status = allow_smem(dq_general_kernel<T>, smem);
     if (status != cudaSuccess) return status;
     dq_general_kernel<T><<<static_cast<unsigned>(q_slots * p.Hq), kGenThreads, smem, stream>>>(
         p, d_o, sc.delta, q_slots);
   }
   const int64_t k_slots = block_slots(p.N, p.Tk, kGenRows, varlen);
   if (k_slots * p.Hkv > 0) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        dkv_general_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t status = allow_smem(dkv_general_kernel<T>, smem);
     if (status != cudaSuccess) return status;
     dkv_general_kernel<T>
         <<<static_cast<unsigned>(k_slots * p.Hkv), kGenThreads, smem, stream>>>(p, d_o, sc.delta);

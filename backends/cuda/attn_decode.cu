@@ -294,8 +294,7 @@ cudaError_t launch_decode_tc(const AttnDecodeParams& p, const DecodeScratch& s,
                              cudaStream_t stream) {
   using Tile = DecTile<D>;
   const int64_t row_tiles = (p.Hq / p.Hkv * p.L + Tile::kRows - 1) / Tile::kRows;
-  const cudaError_t status = cudaFuncSetAttribute(
-      decode_tc_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  const cudaError_t status = allow_smem(decode_tc_kernel<E, D>, Tile::kSmem);
   if (status != cudaSuccess) return status;
   decode_tc_kernel<E, D><<<static_cast<unsigned>(p.N * p.Hkv * row_tiles * p.splits),
                            Tile::kThreads, Tile::kSmem, stream>>>(p, s, row_tiles);
@@ -310,8 +309,7 @@ cudaError_t decode_tc_per_sm(int& per_sm) {
   static std::atomic<int> known{0};
   per_sm = known.load(std::memory_order_relaxed);
   if (per_sm > 0) return cudaSuccess;
-  cudaError_t status = cudaFuncSetAttribute(
-      decode_tc_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  cudaError_t status = allow_smem(decode_tc_kernel<E, D>, Tile::kSmem);
   if (status == cudaSuccess) {
     status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, decode_tc_kernel<E, D>,
                                                            Tile::kThreads, Tile::kSmem);

@@ -154,8 +154,7 @@ cudaError_t launch_fwd_tc(const AttnFwdParams& p, cudaStream_t stream) {
   using Tile = FwdTile<D>;
   const int64_t slots = block_slots(p.N, p.Tq, Tile::kBr, p.cu_q.data != nullptr);
   if (slots * p.Hq == 0) return cudaSuccess;
-  const cudaError_t status = cudaFuncSetAttribute(
-      fwd_tc_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  const cudaError_t status = allow_smem(fwd_tc_kernel<E, D>, Tile::kSmem);
   if (status != cudaSuccess) return status;
   fwd_tc_kernel<E, D>
       <<<static_cast<unsigned>(slots * p.Hq), Tile::kThreads, Tile::kSmem, stream>>>(p, slots);
@@ -277,8 +276,7 @@ cudaError_t launch_fwd_general(const AttnFwdParams& p, cudaStream_t stream) {
   const int64_t slots = block_slots(p.N, p.Tq, kGenRows, p.cu_q.data != nullptr);
   if (slots * p.Hq == 0) return cudaSuccess;
   const size_t smem = gen_fwd_smem(p.D);
-  const cudaError_t status = cudaFuncSetAttribute(
-      fwd_general_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  const cudaError_t status = allow_smem(fwd_general_kernel<T>, smem);
   if (status != cudaSuccess) return status;
   fwd_general_kernel<T>
       <<<static_cast<unsigned>(slots * p.Hq), kGenThreads, smem, stream>>>(p, slots);

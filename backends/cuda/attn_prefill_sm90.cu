@@ -24,6 +24,9 @@ using namespace sm90;
 // limit: Q 64 KB + 2 stages of K and V 160 KB), 128 x 128 below. Rows of a
 // tile are stored as D / 64 column blocks of 128-byte rows (TMA's 128-byte
 // swizzle), each block 1024-byte aligned.
+// Some members are read only by the kernel's sm_90a body: compiled for other
+// targets they are unused, which is expected (warning 177).
+#pragma nv_diag_suppress 177
 template <int D>
 struct Sm90Tile {
   static constexpr int kBr = 128, kBc = D == 256 ? 80 : 128;
@@ -33,6 +36,7 @@ struct Sm90Tile {
   static constexpr int kQBlock = kBr * 128, kKVBlock = kBc * 128;      // one 64-column block
   static constexpr size_t kSmem = 1024 + kQBytes + 4 * size_t{kKVBytes} + 128;
 };
+#pragma nv_diag_default 177
 
 struct Barriers {
   uint64_t q_full, k_full[2], v_full[2], k_empty[2], v_empty[2];
@@ -162,6 +166,10 @@ template <class E, int D>
 __global__ void __launch_bounds__(Sm90Tile<D>::kThreads, 1)
     fwd_sm90_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                     const __grid_constant__ CUtensorMap tv, const AttnFwdParams p, int64_t slots) {
+  // wgmma, TMA and mbarrier waits exist in sm_90a code only; a module built
+  // for other targets carries an empty kernel that launch_attn_prefill_sm90
+  // never launches (sm90a_code).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = Sm90Tile<D>;
   constexpr int kBr = Tile::kBr, kBc = Tile::kBc;
   extern __shared__ uint8_t smem_raw[];
@@ -307,6 +315,7 @@ __global__ void __launch_bounds__(Sm90Tile<D>::kThreads, 1)
       st_pair(orow + col, x0, x1);
     }
   }
+#endif
 }
 
 // ---- host ------------------------------------------------------------------------------
@@ -356,6 +365,21 @@ bool tensor_map(CUtensorMap& map, EncodeTiled encode, const Arg& a, int dtype, i
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
+// Whether the module holds the kernel as sm_90a code. A module built for
+// other targets (HOPS_CUDA_ARCHITECTURES without 90a: e.g. compute_80 PTX,
+// which a Hopper compiles on load) has the empty kernel there; the build
+// refuses a plain compute_90 target, so PTX version 90 means sm_90a.
+bool sm90a_code() {
+  static const bool sm90a = [] {
+    cudaFuncAttributes attributes{};
+    const bool found =
+        cudaFuncGetAttributes(&attributes, fwd_sm90_kernel<__nv_bfloat16, 64>) == cudaSuccess;
+    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
+    return found && attributes.ptxVersion >= 90;
+  }();
+  return sm90a;
+}
+
 template <class E, int D>
 cudaError_t launch_sm90(const AttnFwdParams& p, int dtype, cudaStream_t stream) {
   using Tile = Sm90Tile<D>;
@@ -370,8 +394,7 @@ cudaError_t launch_sm90(const AttnFwdParams& p, int dtype, cudaStream_t stream) 
     return cudaErrorNotSupported;
   const int64_t slots = block_slots(p.N, p.Tq, Tile::kBr, p.cu_q.data != nullptr);
   if (slots * p.Hq == 0) return cudaSuccess;
-  const cudaError_t status = cudaFuncSetAttribute(
-      fwd_sm90_kernel<E, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmem);
+  const cudaError_t status = allow_smem(fwd_sm90_kernel<E, D>, Tile::kSmem);
   if (status != cudaSuccess) return status;
   fwd_sm90_kernel<E, D>
       <<<static_cast<unsigned>(slots * p.Hq), Tile::kThreads, Tile::kSmem, stream>>>(tq, tk, tv, p,
@@ -399,7 +422,7 @@ cudaError_t launch_attn_prefill_sm90(const AttnFwdParams& p, int dtype, cudaStre
   if (status == cudaSuccess)
     status = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (status != cudaSuccess) return status;
-  if (major != 9 || minor != 0) return cudaErrorNotSupported;
+  if (major != 9 || minor != 0 || !sm90a_code()) return cudaErrorNotSupported;
   const auto by_dim = [&]<class E>(E) {
     switch (p.D) {
       case 64:

@@ -22,12 +22,18 @@ inline constexpr uint32_t kFloats = HOPS_DTYPE_FLOATS;
 
 // ---- errors, device, scratch ------------------------------------------------------
 
-// HOPS_ERR_BACKEND "<op>: CUDA error <name> (<text>) in <what>".
+// HOPS_ERR_BACKEND "<op>: CUDA error <name> (<text>) in <what>"; a launcher's
+// cudaErrorNotSupported (the device cannot run the kernel: allow_smem) is
+// HOPS_ERR_UNSUPPORTED.
 inline void check(cudaError_t status, const char* op, const char* what) {
   if (status == cudaSuccess) return;
   cudaGetLastError();  // clear a non-sticky error so the next call starts clean
   if (status == cudaErrorMemoryAllocation) {
     fail(HOPS_ERR_OUT_OF_MEMORY, "{}: CUDA out of device memory in {}", op, what);
+  }
+  if (status == cudaErrorNotSupported) {
+    fail(HOPS_ERR_UNSUPPORTED, "{}: this device cannot run {} (too little shared memory per block)",
+         op, what);
   }
   fail(HOPS_ERR_BACKEND, "{}: CUDA error {} ({}) in {}", op, cudaGetErrorName(status),
        cudaGetErrorString(status), what);

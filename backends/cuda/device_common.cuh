@@ -1,5 +1,6 @@
-// Device-side helpers every kernel file shares: dtype-generic loads and
-// stores in fp32 registers, index reads (clamped), the gate's functions.
+// Helpers every kernel file shares: dtype-generic loads and stores in fp32
+// registers, index reads (clamped), the gate's functions; on the host, the
+// opt-in to a kernel's dynamic shared memory.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,6 +12,22 @@
 #include "cuda_params.hpp"
 
 namespace hops::cuda {
+
+// Opts `kernel` into `bytes` of dynamic shared memory on the current device,
+// or cudaErrorNotSupported where the device's per-block limit is smaller
+// (227 KB on sm_90, 163 KB on sm_80, 99 KB on sm_86 / sm_89): the call is
+// then refused (HOPS_ERR_UNSUPPORTED) rather than launched to fail.
+template <class Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t bytes) {
+  int device = 0, limit = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (status != cudaSuccess) return status;
+  if (bytes > static_cast<size_t>(limit)) return cudaErrorNotSupported;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes));
+}
 
 __device__ __forceinline__ float ld(const char* base, int dtype, int64_t i) {
   switch (dtype) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "cuda_params.hpp"
 #include "nccl.hpp"
 
 namespace hops::cuda {
@@ -53,10 +54,18 @@ BackendModule make_module() {
     cudaDriverGetVersion(&driver);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
-    available = prop.major >= 9;
+    // The kernels need sm_80 (cp.async, bf16 mma.sync); which targets the
+    // module carries is the build's choice (HOPS_CUDA_ARCHITECTURES).
+    const cudaError_t code = device_code_status();
+    available = prop.major >= 8 && code == cudaSuccess;
+    std::string why;
+    if (prop.major < 8)
+      why = "; the kernels need compute capability 8.0 or newer";
+    else if (code != cudaSuccess)
+      why = fmt::format("; this build holds no code for it ({}: built for {})",
+                        cudaGetErrorName(code), HOPS_CUDA_TARGETS);
     detail = fmt::format("{} CUDA device(s); device 0: {} (sm_{}{}); runtime {}, driver {}{}",
-                         count, prop.name, prop.major, prop.minor, runtime, driver,
-                         available ? "" : "; kernels are built for sm_90a only");
+                         count, prop.name, prop.major, prop.minor, runtime, driver, why);
   }
   // Expert parallelism across GPUs: whether NCCL can be opened (nccl.cpp).
   detail += "; " + nccl::describe();

@@ -256,8 +256,7 @@ cudaError_t launch_gdn_chunk_general(const ChunkParams& p, int dtype, cudaStream
                   static_cast<unsigned>(p.N));
   cudaError_t status = cudaSuccess;
   by_dtype(dtype, [&]<class T>(T) {
-    status = cudaFuncSetAttribute(chunk_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(smem));
+    status = allow_smem(chunk_kernel<T>, smem);
     if (status == cudaSuccess) chunk_kernel<T><<<grid, kThreads, smem, stream>>>(p);
   });
   return status != cudaSuccess ? status : cudaGetLastError();

@@ -1274,8 +1274,7 @@ cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStr
         tc_sweeps ? std::pair<Sweep, size_t>{reverse_sweep_tc, sizeof(ReverseShared)}
                   : std::pair<Sweep, size_t>{reverse_sweep, sweep_smem_bytes(p)}};
     for (const auto& [kernel, smem] : sweeps) {
-      status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(smem));
+      status = allow_smem(kernel, smem);
       if (status != cudaSuccess) return status;
       kernel<<<sweep_grid, kThreads, smem, stream>>>(p, w);
     }

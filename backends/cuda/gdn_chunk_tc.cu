@@ -640,8 +640,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
 template <class E, int kWarps>
 cudaError_t launch_state(const ChunkParams& p, const TcScratch& s, cudaStream_t stream) {
   constexpr size_t bytes = StateSmem<kWarps>::kBytes;
-  cudaError_t status = cudaFuncSetAttribute(chunk_state_kernel<E, kWarps>,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  cudaError_t status = allow_smem(chunk_state_kernel<E, kWarps>, bytes);
   if (status != cudaSuccess) return status;
   const dim3 grid(static_cast<unsigned>(p.V / (16 * kWarps)), static_cast<unsigned>(p.HV),
                   static_cast<unsigned>(p.N));
@@ -653,8 +652,7 @@ template <class E>
 cudaError_t launch_tc(const ChunkParams& p, void* scratch, cudaStream_t stream) {
   const TcScratch s{static_cast<char*>(scratch), chunk_slots(p)};
   if (p.T > 0) {
-    cudaError_t status = cudaFuncSetAttribute(
-        chunk_prepare_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kPrepSmem);
+    cudaError_t status = allow_smem(chunk_prepare_kernel<E>, kPrepSmem);
     if (status != cudaSuccess) return status;
     const dim3 grid(static_cast<unsigned>(s.slots * p.HV), 1,
                     static_cast<unsigned>(p.cu.data ? 1 : p.N));

@@ -322,8 +322,7 @@ cudaError_t launch_row_gemm_tc(const RowGemm<E>& g, int64_t max_entries, int sms
       (kTileRows * kPitch + (kTransB ? kBK * (kTileCols + 8) : kTileCols * kPitch)) * 2;
   const int64_t tiles = max_entries * ((g.N + kTileCols - 1) / kTileCols);
   if (tiles == 0) return cudaSuccess;
-  const cudaError_t status = cudaFuncSetAttribute(
-      row_gemm_tc_kernel<E, kTransB>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  const cudaError_t status = allow_smem(row_gemm_tc_kernel<E, kTransB>, kSmem);
   if (status != cudaSuccess) return status;
   row_gemm_tc_kernel<E, kTransB>
       <<<static_cast<unsigned>(std::min<int64_t>(tiles, sms)), kTcThreads, kSmem, stream>>>(g);
@@ -390,8 +389,7 @@ cudaError_t launch_moe_expert_mlp(const MoeMlpParams& p, void* scratch, cudaStre
     const auto run = [&]<class E>(E) {
       constexpr size_t kSmem = size_t(kStages) * (kTileRows + 2 * kUpCols) * kPitch * 2;
       const int64_t up_tiles = max_entries * ceil_div(p.I, kUpCols);
-      cudaError_t s =
-          cudaFuncSetAttribute(up_tc_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+      cudaError_t s = allow_smem(up_tc_kernel<E>, kSmem);
       if (s != cudaSuccess) return s;
       up_tc_kernel<E><<<static_cast<unsigned>(std::min<int64_t>(up_tiles, p.sms)), kTcThreads,
                         kSmem, stream>>>(p, plan, static_cast<E*>(h));

@@ -188,8 +188,7 @@ cudaError_t launch_weight_grad_tc(const WeightGemm<E>& g, int64_t max_entries, i
                                   cudaStream_t stream) {
   const int64_t tiles = max_entries * ceil_div(g.M, kWm) * ceil_div(g.N, kWn);
   if (tiles == 0) return cudaSuccess;
-  const cudaError_t status = cudaFuncSetAttribute(
-      weight_grad_tc_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWSmem);
+  const cudaError_t status = allow_smem(weight_grad_tc_kernel<E>, kWSmem);
   if (status != cudaSuccess) return status;
   weight_grad_tc_kernel<E>
       <<<static_cast<unsigned>(std::min<int64_t>(tiles, sms)), kTcThreads, kWSmem, stream>>>(g);
@@ -269,8 +268,7 @@ cudaError_t run_tensor_cores(const MoeMlpBwdParams& p, const BwdScratch& s, cuda
   E* dgu = static_cast<E*>(s.dgu);
   const int64_t fused_tiles = row_entries * ceil_div(I, kCols);
   if (fused_tiles > 0) {
-    cudaError_t status = cudaFuncSetAttribute(
-        swiglu_bwd_tc_kernel<E>, cudaFuncAttributeMaxDynamicSharedMemorySize, kFusedSmem);
+    cudaError_t status = allow_smem(swiglu_bwd_tc_kernel<E>, kFusedSmem);
     if (status != cudaSuccess) return status;
     swiglu_bwd_tc_kernel<E><<<static_cast<unsigned>(std::min<int64_t>(fused_tiles, p.sms)),
                               kTcThreads, kFusedSmem, stream>>>(p, s.rows, h, dgu);

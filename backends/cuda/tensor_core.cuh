@@ -1,7 +1,7 @@
 // Tensor-core PTX wrappers every mma.sync kernel shares (gdn_chunk_tc.cu,
 // attn*.cu, moe*.cu): ldmatrix / stmatrix on shared memory, mma.sync
 // m16n8k16 with f32 accumulators, and two floats packed as one register of
-// two 16-bit values.
+// two 16-bit values. sm_80 and later.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -29,12 +29,32 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
                : "r"(smem_u32(p))
                : "memory");
 }
+// The transpose of ldsm_x4's fragments stored: lane l's register i holds
+// elements (l / 4, 2 (l % 4) + {0, 1}) of matrix i, which go to column l / 4
+// of rows 2 (l % 4) + {0, 1}. stmatrix is sm_90's; sm_8x stores the halves one
+// by one through the row addresses of their lanes.
 __device__ __forceinline__ void stsm_x4_trans(void* p, uint32_t a, uint32_t b, uint32_t c,
                                               uint32_t d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  const uint32_t regs[4] = {a, b, c, d}, row = smem_u32(p);
+  const int lane = static_cast<int>(threadIdx.x & 31), col = 2 * (lane >> 2),
+            first = 2 * (lane & 3);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t lo = __shfl_sync(0xffffffffu, row, 8 * i + first);
+    const uint32_t hi = __shfl_sync(0xffffffffu, row, 8 * i + first + 1);
+    asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(lo + col), "h"(static_cast<uint16_t>(regs[i]))
+                 : "memory");
+    asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(hi + col),
+                 "h"(static_cast<uint16_t>(regs[i] >> 16))
+                 : "memory");
+  }
+#else
   asm volatile(
       "stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_u32(p)),
       "r"(a), "r"(b), "r"(c), "r"(d)
       : "memory");
+#endif
 }
 
 // d (16 x 8, f32) += a (16 x 16) b (16 x 8), 16-bit operands of type E. With
