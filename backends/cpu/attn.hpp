@@ -111,6 +111,13 @@ int64_t count_query_blocks(const AttnProblem& p, int64_t tokens);
 void list_query_blocks(const AttnProblem& p, int64_t tokens, int64_t block_keys,
                        QueryBlock* blocks);
 
+// Query row (row, t, h) of a prefill, done: o = acc / sum (0 where no key was
+// seen) times sigmoid(gate) when there is a gate (gate: D floats of scratch),
+// stored to op.o, and lse = max ln 2 + ln sum (max in log2 units, as the
+// softmax keeps it) to op.lse. acc is overwritten. attn_prefill.cpp.
+void finish_query_row(const AttnPrefill& op, int64_t row, int64_t t, int64_t h, float* acc,
+                      float max, float sum, float* gate);
+
 }  // namespace attn
 
 }  // namespace hops::cpu

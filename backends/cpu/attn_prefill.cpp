@@ -177,18 +177,7 @@ void attend_block(const AttnPrefill& op, const attn::QueryBlock& block, int64_t 
 
   for (int64_t r = 0; r < R; ++r) {
     const int64_t t = span.q_begin + block.begin + r / G, h = kv_head * G + r % G;
-    float* out = b.acc + r * Dp;
-    const float sum = b.sum[r];
-    scale_row(out, D, sum > 0.0f ? 1.0f / sum : 0.0f);  // no key seen: o = 0
-    if (op.gate) {
-      attn::load_head_row(op.gate, span.row, t, h, D, D, b.gate);
-      gate_row(out, b.gate, D);
-    }
-    store_run(op.o, op.o.offset(span.row, t, h, 0), op.o.stride[3], D, out);
-    if (op.lse) {
-      op.lse.data<float>()[op.lse.offset(span.row, h, t)] =
-          sum > 0.0f ? b.max[r] * kLn2 + std::log(sum) : kMinusInf;
-    }
+    attn::finish_query_row(op, span.row, t, h, b.acc + r * Dp, b.max[r], b.sum[r], b.gate);
   }
 }
 
@@ -239,6 +228,21 @@ void attn_prefill(const ExecContext& context, const AttnPrefill& op) {
         const Blocks b(workers + worker * per_worker, tokens * op.group(), Dp);
         attend_block(op, queries[task / op.Hkv], task % op.Hkv, packed, b);
       });
+}
+
+void attn::finish_query_row(const AttnPrefill& op, int64_t row, int64_t t, int64_t h, float* acc,
+                            float max, float sum, float* gate) {
+  const int64_t D = op.D;
+  scale_row(acc, D, sum > 0.0f ? 1.0f / sum : 0.0f);  // no key seen: o = 0
+  if (op.gate) {
+    attn::load_head_row(op.gate, row, t, h, D, D, gate);
+    gate_row(acc, gate, D);
+  }
+  store_run(op.o, op.o.offset(row, t, h, 0), op.o.stride[3], D, acc);
+  if (op.lse) {
+    op.lse.data<float>()[op.lse.offset(row, h, t)] =
+        sum > 0.0f ? max * kLn2 + std::log(sum) : kMinusInf;
+  }
 }
 
 }  // namespace hops::cpu

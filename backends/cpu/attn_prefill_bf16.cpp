@@ -235,18 +235,7 @@ void attend_block(const AttnPrefill& op, const QueryBlock& block, int64_t kv_hea
 
   for (int64_t r = 0; r < R; ++r) {
     const int64_t t = span.q_begin + block.begin + r / G, h = kv_head * G + r % G;
-    float* out = w.acc + r * Dp;
-    const float sum = w.sum[r], inverse = sum > 0.0f ? 1.0f / sum : 0.0f;  // no key seen: o = 0
-    for (int64_t d = 0; d < D; ++d) out[d] *= inverse;
-    if (op.gate) {
-      load_head_row(op.gate, span.row, t, h, D, D, w.gate);
-      for (int64_t d = 0; d < D; ++d) out[d] *= sigmoid(w.gate[d]);
-    }
-    store_run(op.o, op.o.offset(span.row, t, h, 0), op.o.stride[3], D, out);
-    if (op.lse) {
-      op.lse.data<float>()[op.lse.offset(span.row, h, t)] =
-          sum > 0.0f ? w.max[r] * kLn2 + std::log(sum) : kMinusInf;
-    }
+    finish_query_row(op, span.row, t, h, w.acc + r * Dp, w.max[r], w.sum[r], w.gate);
   }
 }
 
