@@ -99,10 +99,6 @@ struct ChunkParams {
 
 inline constexpr int64_t kMaxHeadDim = 256;  // K limit of the GDN kernels
 
-// cudaSuccess when the module holds code the current device can run (its
-// cubins or PTX: HOPS_CUDA_ARCHITECTURES), else the runtime's error.
-cudaError_t device_code_status();
-
 // Each returns the status of its launch(es) (cudaGetLastError after them).
 // `dtype` is the dtype code of the activations (x, q).
 cudaError_t launch_gdn_gating(const GatingParams& p, cudaStream_t stream);

@@ -44,13 +44,6 @@ __global__ void rmsnorm_kernel(NormParams p) {
 
 }  // namespace
 
-cudaError_t device_code_status() {
-  cudaFuncAttributes attributes{};
-  const cudaError_t status = cudaFuncGetAttributes(&attributes, gating_kernel);
-  (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
-  return status;
-}
-
 cudaError_t launch_gdn_gating(const GatingParams& p, cudaStream_t stream) {
   gating_kernel<<<grid_for(p.rows * p.HV, 256), 256, 0, stream>>>(p);
   return cudaGetLastError();

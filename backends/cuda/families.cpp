@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "backend.hpp"
-#include "cuda_params.hpp"
+#include "cuda_targets.hpp"
 #include "nccl.hpp"
 
 namespace hops::cuda {
@@ -56,14 +56,13 @@ BackendModule make_module() {
     cudaGetDeviceProperties(&prop, 0);
     // The kernels need sm_80 (cp.async, bf16 mma.sync); which targets the
     // module carries is the build's choice (HOPS_CUDA_ARCHITECTURES).
-    const cudaError_t code = device_code_status();
-    available = prop.major >= 8 && code == cudaSuccess;
+    const bool code = carries_code_for(HOPS_CUDA_TARGETS, prop.major, prop.minor);
+    available = prop.major >= 8 && code;
     std::string why;
     if (prop.major < 8)
       why = "; the kernels need compute capability 8.0 or newer";
-    else if (code != cudaSuccess)
-      why = fmt::format("; this build holds no code for it ({}: built for {})",
-                        cudaGetErrorName(code), HOPS_CUDA_TARGETS);
+    else if (!code)
+      why = fmt::format("; this build holds no code for it (built for {})", HOPS_CUDA_TARGETS);
     detail = fmt::format("{} CUDA device(s); device 0: {} (sm_{}{}); runtime {}, driver {}{}",
                          count, prop.name, prop.major, prop.minor, runtime, driver, why);
   }
