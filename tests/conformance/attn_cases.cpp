@@ -206,15 +206,11 @@ void prefill_case(const Context& ctx, const hops_op_desc& op, DType dtype, const
     // threads.cpp's num_threads = 1 check on every dtype and shape here: its
     // call is f32, and bf16 takes other kernels (bf16 dot products where the
     // CPU has them).
-    Invocation all = call, one = call;
-    const Tensor o_all = output_tensor(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.layout);
-    const Tensor o_one = output_tensor(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.layout);
-    all.tensor("o", o_all).exec().flags |= HOPS_EXEC_DETERMINISTIC;
-    one.tensor("o", o_one).exec().flags |= HOPS_EXEC_DETERMINISTIC;
-    one.exec().num_threads = 1;
-    all.run_lean();
-    one.run_lean();
-    verdict.expect(o_all.memory()->read() == o_one.memory()->read(),
+    verdict.expect(call.same_bytes_on_one_thread(
+                       "o",
+                       [&] {
+                         return output_tensor(ctx.device, dtype, {c.B, c.Tq, c.Hq, c.D}, c.layout);
+                       }),
                    "o: the bytes with num_threads=1 differ from those with all threads");
   });
 }

@@ -216,6 +216,18 @@ void Invocation::run_lean() {
   }
 }
 
+bool Invocation::same_bytes_on_one_thread(std::string_view name,
+                                          const std::function<Tensor()>& fresh) const {
+  Invocation all = *this, one = *this;
+  const Tensor out_all = fresh(), out_one = fresh();
+  all.tensor(name, out_all).exec().flags |= HOPS_EXEC_DETERMINISTIC;
+  one.tensor(name, out_one).exec().flags |= HOPS_EXEC_DETERMINISTIC;
+  one.exec().num_threads = 1;
+  all.run_lean();
+  one.run_lean();
+  return out_all.memory()->read() == out_one.memory()->read();
+}
+
 void Invocation::run(bool typed_too) {
   poison_outputs();
   const Snapshot before = snapshot();

@@ -65,6 +65,10 @@ class Invocation {
   // Poisons the outputs and calls api->call, requiring HOPS_OK, without the
   // byte checks: for calls that must overlap in time with other threads'.
   void run_lean();
+  // Reruns the call with HOPS_EXEC_DETERMINISTIC on all threads and on
+  // num_threads = 1, output `name` in a tensor of its own each time (from
+  // `fresh`), and says whether the two gave the same bytes.
+  bool same_bytes_on_one_thread(std::string_view name, const std::function<Tensor()>& fresh) const;
 
   // Poisons the outputs, then requires the call to fail with `status`, a
   // last_error naming the op and one of `names` (none: the op alone), and

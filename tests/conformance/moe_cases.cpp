@@ -543,16 +543,10 @@ void expert_mlp_case(const Context& ctx, const hops_op_desc& op, DType dtype, co
                          tolerance(dtype));
     // threads.cpp's num_threads = 1 check on every dtype and shape here: its call is f32,
     // and f16 and bf16 may take other kernels (the CPU's AMX tiles where it has AMX-BF16).
-    Invocation all = call, one = call;
-    const Tensor out_all = output_tensor(ctx.device, dtype, rows.shape, c.layout);
-    const Tensor out_one = output_tensor(ctx.device, dtype, rows.shape, c.layout);
-    all.tensor("out", out_all).exec().flags |= HOPS_EXEC_DETERMINISTIC;
-    one.tensor("out", out_one).exec().flags |= HOPS_EXEC_DETERMINISTIC;
-    one.exec().num_threads = 1;
-    all.run_lean();
-    one.run_lean();
-    verdict.expect(out_all.memory()->read() == out_one.memory()->read(),
-                   "out: the bytes with num_threads=1 differ from those with all threads");
+    verdict.expect(
+        call.same_bytes_on_one_thread(
+            "out", [&] { return output_tensor(ctx.device, dtype, rows.shape, c.layout); }),
+        "out: the bytes with num_threads=1 differ from those with all threads");
   });
 }
 
