@@ -224,21 +224,30 @@ def chunk_train_case(label, B, T, lengths=None, breakdown=False):
     row(f"gdn_chunk fwd+bwd {label}", us, extra)
 
 
-def decode_case(N):
-    q = torch.randn(N, 1, H, K, device=dev, dtype=bf)
-    k = torch.randn(N, 1, H, K, device=dev, dtype=bf)
-    v = torch.randn(N, 1, HV, V, device=dev, dtype=bf)
-    g = torch.nn.functional.logsigmoid(torch.randn(N, 1, HV, device=dev)) * 0.1
-    beta = torch.rand(N, 1, HV, device=dev, dtype=bf)
+def decode_case(N, L=1):
+    """N sequences of L new tokens each (L > 1: speculative / multi-token
+    decoding, packed [1, N*L] with cu_seqlens); the state is read and written
+    once per sequence whatever L is."""
+    rows = N * L
+    q = torch.randn(rows, 1, H, K, device=dev, dtype=bf)
+    k = torch.randn(rows, 1, H, K, device=dev, dtype=bf)
+    v = torch.randn(rows, 1, HV, V, device=dev, dtype=bf)
+    g = torch.nn.functional.logsigmoid(torch.randn(rows, 1, HV, device=dev)) * 0.1
+    beta = torch.rand(rows, 1, HV, device=dev, dtype=bf)
+    if L > 1:
+        q, k, v, g, beta = (x.reshape(1, rows, *x.shape[2:]) for x in (q, k, v, g, beta))
+        extra = {"cu_seqlens": torch.arange(0, rows + 1, L, device=dev, dtype=torch.int32)}
+    else:
+        extra = {}
     pool = torch.randn(max(N, 1) * 2, HV, K, V, device=dev, dtype=torch.float32) * 0.01
     idx = torch.randperm(pool.shape[0], device=dev)[:N].to(torch.int32)
     o = torch.empty_like(v)
     call = Prepared("gdn_recurrent", q=q, k=k, v=v, g=g, beta=beta, state=pool, state_indices=idx, o=o,
-                    scale=K ** -0.5, use_qk_l2norm=True)
+                    scale=K ** -0.5, use_qk_l2norm=True, **extra)
     us, how = time_graph(call, calls=50, replays=10)
-    nbytes = 2 * N * HV * K * V * 4 + (2 * N * H * K + 2 * N * HV * V) * 2
+    nbytes = 2 * N * HV * K * V * 4 + (2 * rows * H * K + 2 * rows * HV * V) * 2
     bw = nbytes / (us * 1e-6) / 1e9
-    row(f"gdn_recurrent decode N={N} fp32 pool", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+    row(f"gdn_recurrent decode N={N} L={L} fp32 pool", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
 
 
 def conv_case():
@@ -315,6 +324,7 @@ for label, fn in [
     ("bwd_varlen", lambda: chunk_train_case("varlen 8 seqs, 32768 tokens", 1, 32768,
                                             [1000, 7000, 3000, 5000, 2500, 6000, 4268, 4000])),
     ("N=1", lambda: decode_case(1)), ("N=64", lambda: decode_case(64)), ("N=256", lambda: decode_case(256)),
+    *((f"N={n} L={l}", lambda n=n, l=l: decode_case(n, l)) for n in (64, 256) for l in (2, 3, 4)),
     ("conv", conv_case), ("conv_update", conv_update_case), ("conv_update3", lambda: conv_update_case(SL=3)),
     ("conv_bwd", conv_bwd_case), ("norm_bwd", norm_bwd_case),
 ]:
