@@ -56,6 +56,35 @@ def per_call_ms(fn, calls=10, reps=5):
     return times[len(times) // 2]
 
 
+def kernel_us(fn, calls=20):
+    """GPU time per call of each kernel that fn launches (torch.profiler), by name."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    times = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None)
+        if t is None:
+            t = ev.cuda_time_total
+        if t > 0:
+            times[ev.key] = times.get(ev.key, 0.0) + t / calls
+    return times
+
+
+def dispatch_split(fn):
+    """(bookkeeping us, copy us, the bookkeeping kernels' us) of a dispatch call."""
+    parts = {"count": 0.0, "scan": 0.0, "place": 0.0, "copy": 0.0}
+    for name, us in kernel_us(fn).items():
+        for part in parts:
+            if f"dispatch_{part}_kernel" in name:
+                parts[part] += us
+    return parts["count"] + parts["scan"] + parts["place"], parts["copy"], parts
+
+
 def rel(a, b):
     a, b = a.float(), b.float()
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
@@ -104,6 +133,16 @@ def rows_ops(T, Hd, E, k, copy_gbs):
     same = torch.equal(rows, t_rows) and torch.equal(counts, t_counts) and torch.equal(row_map.view(-1), t_map)
     row("dispatch", nbytes / ms / 1e6, nbytes / ref_ms / 1e6, "GB/s", "argsort+index_select",
         f"{100 * nbytes / ms / 1e6 / copy_gbs:.0f}% of copy; {'same rows, counts, map' if same else 'DIFFERS'}")
+    try:
+        book, copy_us, parts = dispatch_split(dispatch)
+        print(f"dispatch kernels (torch.profiler): bookkeeping {book:.1f} us (count {parts['count']:.1f}, "
+              f"scan {parts['scan']:.1f}, place {parts['place']:.1f}), copy {copy_us:.1f} us, "
+              f"call {1000 * ms:.1f} us", flush=True)
+        row("dispatch bookkeeping", book, 0.0, "us", "-",
+            f"count {parts['count']:.1f}, scan {parts['scan']:.1f}, place {parts['place']:.1f} us; "
+            f"copy kernel {copy_us:.1f} us ({nbytes / copy_us / 1e3 / copy_gbs * 100:.0f}% of copy)")
+    except Exception as e:  # noqa: BLE001  (the profiler is optional)
+        print(f"dispatch split: torch.profiler failed: {e}", flush=True)
 
     w = torch.rand(T, k, device=dev)
     w = w / w.sum(-1, keepdim=True)

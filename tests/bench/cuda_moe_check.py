@@ -368,13 +368,19 @@ def main():
         dict(label="T=6 k=0 E=7 Hd=64", T=6, k=0, E=7, Hd=64),
         dict(label="T=0 k=4 E=5 Hd=64", T=0, k=4, E=5, Hd=64),
         dict(label="T=1 k=1 E=1 Hd=8", T=1, k=1, E=1, Hd=8),
-        dict(label="T=3000 k=8 E=5000 Hd=8 (counters in global memory)", T=3000, k=8, E=5000, Hd=8),
+        dict(label="T=3000 k=8 E=5000 Hd=8 (one warp per chunk)", T=3000, k=8, E=5000, Hd=8),
+        dict(label="T=500 k=4 E=20000 Hd=8 (counters in global memory)", T=500, k=4, E=20000, Hd=8,
+             pattern="repeats"),
+        dict(label="T=2049 k=7 E=257 Hd=16 drops, i32 (T*k off the chunk)", T=2049, k=7, E=257, Hd=16,
+             drop_every=11, idx=torch.int32),
     ]
     if gpu:
         dispatch.append(dict(label="T=64 k=8 E=16 Hd=64 device ids out of range (dropped)", T=64, k=8, E=16,
                              Hd=64, bad=True))
     if heavy:
         dispatch.append(dict(label="T=8192 k=8 E=256 Hd=2048", T=8192, k=8, E=256, Hd=2048))
+        dispatch.append(dict(label="T=80000 k=8 E=64 Hd=8 (512 chunks of 1280 slots)", T=80000, k=8, E=64, Hd=8,
+                             pattern="repeats", drop_every=13))
     combine = [
         dict(label="T=100 k=8 E=64 Hd=64 (a dispatch's map)", T=100, k=8, E=64, Hd=64),
         dict(label="T=37 k=2 E=7 Hd=40 drops, weights f32, i32", T=37, k=2, E=7, Hd=40, drop_every=3,

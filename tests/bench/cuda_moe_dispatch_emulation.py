@@ -1,0 +1,205 @@
+"""Off-GPU check of moe_dispatch's bookkeeping (backends/cuda/moe_rows.cu),
+transcribed from its code: the chunk layout (dispatch_layout), the per-warp
+counts (count kernel), the warp-per-bucket scan over the [E + 1][chunks]
+table, and the placement (place kernel: bucket bases, the warps' prefixes,
+rounds of 32 slots ranked as __match_any_sync groups), for both counter modes
+(smem with 8 or 1 warps, and hist's entries with one warp). Compared with a
+stable sort by bucket: rows, counts and row maps equal, every row of [0, T*k)
+owned by exactly one slot.
+
+Usage: python3 tests/bench/cuda_moe_dispatch_emulation.py   (numpy; ~20 s)"""
+
+import random
+
+import numpy as np
+
+K_CHUNK_WARPS, K_MOST_CHUNKS, K_MAX_HIST, K_SMEM = 8, 512, 1 << 24, 48 * 1024
+
+
+def cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def layout(slots, E, smem_limit=K_SMEM, most_chunks=K_MOST_CHUNKS):
+    buckets = E + 1
+    warps = K_CHUNK_WARPS if K_CHUNK_WARPS * buckets * 4 <= smem_limit else 1
+    shared = warps * buckets * 4 <= smem_limit
+    most = min(max(K_MAX_HIST // buckets, 1), most_chunks)
+    unit = 32 * warps
+    chunk = max(unit, cdiv(cdiv(slots, most), unit) * unit)
+    chunks = max(1, cdiv(slots, chunk))
+    return warps, shared, chunk, chunks
+
+
+def rounds(bk, begin, end):
+    """The warp's rounds: (bucket, peers count, rank, slot) per live lane, in lane order."""
+    base = begin
+    while base < end:
+        for r in range(4):
+            if base + 32 * r >= end:
+                break
+            lanes = [base + 32 * r + l for l in range(32)]
+            b = [bk[s] if s < end else -1 for s in lanes]
+            for l in range(32):
+                peers = [m for m in range(32) if b[m] == b[l]]
+                yield b[l], len(peers), sum(1 for m in peers if m < l), lanes[l]
+        base += 128
+
+
+def emulate(ids, E, smem_limit=K_SMEM, most_chunks=K_MOST_CHUNKS):
+    T, k = ids.shape
+    slots = T * k
+    flat = ids.reshape(-1)
+    bk = [int(i) if 0 <= i < E else E for i in flat]
+    warps, shared, chunk, chunks = layout(slots, E, smem_limit, most_chunks)
+    assert chunks <= K_MOST_CHUNKS and chunks * (E + 1) <= max(K_MAX_HIST, E + 1)
+    assert chunk % (32 * warps) == 0
+    buckets = E + 1
+    span = chunk // warps
+    hist = np.zeros((buckets, chunks), np.int64)
+
+    def count_span(c, w):
+        ctr = np.zeros(buckets, np.int64)
+        begin = c * chunk + w * span
+        for b, n, rank, _ in rounds(bk, begin, min(slots, begin + span)):
+            if b >= 0 and rank == 0:
+                ctr[b] += n
+        return ctr
+
+    # (1) count
+    for c in range(chunks):
+        cnt = [count_span(c, w) for w in range(warps)]
+        hist[:, c] = sum(cnt)
+    # (2) scan: a warp per bucket, 32 chunks per step with a carry
+    total = np.zeros(buckets, np.int64)
+    counts = np.full(E, -7, np.int64)
+    for b in range(buckets):
+        row = hist[b].copy()
+        carry = 0
+        for i in range(K_MOST_CHUNKS // 32):
+            if 32 * i >= chunks:
+                break
+            v = [row[32 * i + l] if 32 * i + l < chunks else 0 for l in range(32)]
+            inc = np.cumsum(v)
+            for l in range(32):
+                if 32 * i + l < chunks:
+                    hist[b, 32 * i + l] = carry + inc[l] - v[l]
+            carry += inc[31]
+        total[b] = carry
+        if b < E:
+            counts[b] = carry
+    # (3) place
+    row_map = np.full((T, k), -9, np.int64)
+    dest = np.full(slots, 1 << 40, np.int64)
+    nthreads = 32 * warps
+    for c in range(chunks):
+        cnt = [count_span(c, w) for w in range(warps)] if warps > 1 else None
+        per = cdiv(buckets, nthreads)
+        sums = []
+        for t in range(nthreads):
+            b0 = min(buckets, t * per)
+            b1 = min(buckets, b0 + per)
+            sums.append(sum(total[b0:b1]))
+        excl = np.concatenate([[0], np.cumsum(sums)[:-1]])
+        nxt = np.zeros((warps, buckets), np.int64)
+        for t in range(nthreads):
+            b0 = min(buckets, t * per)
+            b1 = min(buckets, b0 + per)
+            first = excl[t]
+            for b in range(b0, b1):
+                row = first + hist[b, c]
+                first += total[b]
+                if not shared:
+                    nxt[0, b] = row
+                    continue
+                for w in range(warps):
+                    n = cnt[w][b] if w + 1 < warps else 0
+                    nxt[w, b] = row
+                    row += n
+        for w in range(warps):
+            begin = c * chunk + w * span
+            # the leader's update after all lanes read: emulate per round
+            pending = []
+            for b, n, rank, s in rounds(bk, begin, min(slots, begin + span)):
+                pending.append((b, n, rank, s))
+                if len(pending) == 32:
+                    rowv = [nxt[w, bb] + rk if bb >= 0 else 0 for bb, _, rk, _ in pending]
+                    for (bb, nn, rk, ss), r in zip(pending, rowv):
+                        if bb >= 0 and rk == 0:
+                            nxt[w, bb] = r + nn
+                    for (bb, nn, rk, ss), r in zip(pending, rowv):
+                        if bb < 0:
+                            continue
+                        kept = bb < E
+                        row_map[ss // k, ss % k] = r if kept else -1
+                        dest[ss] = r if kept else ~r
+                    pending = []
+            assert not pending
+    return counts, row_map, dest
+
+
+def reference(ids, E):
+    T, k = ids.shape
+    flat = ids.reshape(-1)
+    bk = np.array([int(i) if 0 <= i < E else E for i in flat], np.int64)
+    order = np.argsort(bk, kind="stable")
+    row_of = np.empty(T * k, np.int64)
+    row_of[order] = np.arange(T * k)
+    counts = np.bincount(bk, minlength=E + 1)[:E]
+    row_map = np.where(bk < E, row_of, -1).reshape(T, k)
+    return counts, row_map, row_of
+
+
+def run(ids, E, smem_limit=K_SMEM, name="", most_chunks=K_MOST_CHUNKS):
+    counts, row_map, dest = emulate(ids, E, smem_limit, most_chunks)
+    rc, rm, rrow = reference(ids, E)
+    assert (counts == rc).all(), name
+    assert (row_map == rm).all(), name
+    owned = np.where(dest >= 0, dest, ~dest)
+    assert (owned == rrow).all(), name
+    assert sorted(owned.tolist()) == list(range(ids.size)), name
+    return layout(ids.size, E, smem_limit, most_chunks)
+
+
+def main():
+    rng = np.random.default_rng(1)
+    cases = [
+        ("E=1", rng.integers(0, 1, (37, 3)), 1),
+        ("E=257", rng.integers(0, 257, (300, 8)), 257),
+        ("one expert", np.full((500, 8), 5), 64),
+        ("dropped and out of range", rng.integers(-3, 20, (411, 5)), 16),
+        ("T=1", rng.integers(-1, 8, (1, 4)), 8),
+        ("T=0", np.zeros((0, 4), np.int64), 8),
+        ("k=1", rng.integers(-1, 9, (1000, 1)), 9),
+        ("E=0", rng.integers(-1, 2, (40, 2)), 0),
+        ("slots not a chunk multiple", rng.integers(-1, 300, (2049, 7)), 300),
+        ("many chunks", rng.integers(-1, 40, (4111, 16)), 40),
+        ("E=1535 (8 warps)", rng.integers(-1, 1535, (700, 4)), 1535),
+        ("E=1536 (1 warp, smem)", rng.integers(-1, 1536, (700, 4)), 1536),
+    ]
+    for name, ids, E in cases:
+        lay = run(np.asarray(ids, np.int64), E, name=name)
+        print(f"ok  {name}: T*k={ids.size} E={E} (warps, shared, chunk, chunks)={lay}")
+    # counters in hist (smem limit lowered so that the global mode is taken at small E)
+    ids = rng.integers(-2, 50, (900, 6))
+    lay = run(ids, 50, smem_limit=100, name="hist counters")
+    print(f"ok  hist counters: (warps, shared, chunk, chunks)={lay}")
+    # warps walking several sub-chunks of 128 slots (fewer chunks allowed, as for a large T)
+    for lim in (K_SMEM, 100):
+        ids = rng.integers(-1, 70, (777, 7))
+        lay = run(ids, 70, smem_limit=lim, most_chunks=3, name="long spans")
+        print(f"ok  long spans: (warps, shared, chunk, chunks)={lay}")
+    r = random.Random(3)
+    for i in range(30):
+        T, k, E = r.randint(1, 700), r.randint(1, 9), r.randint(0, 300)
+        ids = rng.integers(-2, E + 2, (T, k))
+        if i % 3 == 0:  # skewed: most slots to a few experts
+            ids = np.where(rng.random((T, k)) < 0.8, min(E, 3) - 1, ids)
+        run(ids, E, smem_limit=[K_SMEM, 100][i % 2] if i % 5 == 0 else K_SMEM, name=f"random {i}")
+    print("ok  30 random routings")
+    # the issue's shape: layout only
+    print("issue shape (T=8192, k=8, E=256):", layout(8192 * 8, 256))
+
+
+if __name__ == "__main__":
+    main()
