@@ -320,28 +320,6 @@ __global__ void __launch_bounds__(Sm90Tile<D>::kThreads, 1)
 
 // ---- host ------------------------------------------------------------------------------
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// The driver's cuTensorMapEncodeTiled, looked up once (the runtime is linked
-// statically; libcuda is reached through the runtime's entry-point query).
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
-      f = nullptr;
-    }
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
 // A rank-4 map [B, T, H, D] (D innermost) with boxes of 64 columns x `rows`
 // tokens of one head, 128-byte swizzle, zeros past the tensor's ends. False
 // when TMA cannot describe the view (a negative stride, or the driver refuses).

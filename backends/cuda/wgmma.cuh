@@ -64,6 +64,23 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
       : "memory");
 }
+// Boxes of rank-2 and rank-3 maps, likewise.
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar,
+                                            int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, uint64_t* bar,
+                                            int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+      : "memory");
+}
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -171,8 +188,12 @@ template <class E, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b,
                                          int scale_d) {
   constexpr bool bf16 = std::is_same_v<E, __nv_bfloat16>;
-  static_assert(N == 80 || N == 128, "wgmma_ss: shapes m64n80k16 and m64n128k16");
-  if constexpr (N == 80 && bf16) {
+  static_assert(N == 80 || N == 128 || N == 256, "wgmma_ss: shapes m64n{80,128,256}k16");
+  if constexpr (N == 256 && bf16) {
+    HOPS_WGMMA_SS("m64n256k16", "bf16", HOPS_WGMMA_REGS128, "128", "129", "130", HOPS_ACC32(d, 0));
+  } else if constexpr (N == 256) {
+    HOPS_WGMMA_SS("m64n256k16", "f16", HOPS_WGMMA_REGS128, "128", "129", "130", HOPS_ACC32(d, 0));
+  } else if constexpr (N == 80 && bf16) {
     HOPS_WGMMA_SS("m64n80k16", "bf16", HOPS_WGMMA_REGS40, "40", "41", "42", HOPS_ACC8(d, 0),
                   HOPS_ACC2(d, 8));
   } else if constexpr (N == 80) {
@@ -220,6 +241,30 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
     HOPS_WGMMA_RS("m64n256k16", "f16", HOPS_WGMMA_REGS128, "128, %129, %130, %131", "132", "133",
                   HOPS_ACC32(d, 0));
   }
+}
+
+// ---- host ------------------------------------------------------------------------------
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The driver's cuTensorMapEncodeTiled, looked up once (the runtime is linked
+// statically; libcuda is reached through the runtime's entry-point query).
+inline EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
+      f = nullptr;
+    }
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
 }
 
 #undef HOPS_WGMMA_SS
