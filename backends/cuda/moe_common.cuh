@@ -327,4 +327,12 @@ template <class E, bool kTransB>
 cudaError_t launch_row_gemm_tc(const RowGemm<E>& g, int64_t max_entries, int sms,
                                cudaStream_t stream);
 
+// The forward's two GEMMs on Hopper (moe_mlp_sm90.cu: wgmma, TMA, the plan's
+// 128-row tiles), h [R, I] in the storage dtype. cudaErrorNotSupported, with
+// nothing launched, where they cannot run: not a compute capability 9.0
+// device with sm_90a code in the module, not the tensor-core layouts, or a
+// view that TMA cannot describe.
+cudaError_t launch_expert_mlp_sm90(const MoeMlpParams& p, const Plan& plan, void* h,
+                                   int64_t max_entries, cudaStream_t stream);
+
 }  // namespace hops::cuda::moe

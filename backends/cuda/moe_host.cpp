@@ -2,7 +2,9 @@
 // moe_combine, moe_dispatch_bwd and moe_combine_bwd (moe_rows.cu),
 // moe_expert_mlp (moe_mlp.cu) and moe_expert_mlp_bwd (moe_mlp_bwd.cu).
 #include <climits>
+#include <cstdlib>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "cuda_host.hpp"
@@ -102,6 +104,16 @@ class IndexOutput {
   MoeIndex index_;
   std::unique_ptr<Scratch> scratch_;
 };
+
+// HOPS_CUDA_MOE_MLP=mma runs the forward's tensor-core GEMMs on mma.sync where
+// the sm_90a ones would run; =wgmma fails the calls the sm_90a kernels cannot
+// take (tests and benchmarks compare the two; the default picks per call).
+MoeMlpPath forced_mlp_path() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
+  const char* value = std::getenv("HOPS_CUDA_MOE_MLP");
+  const std::string_view path = value ? value : "";
+  return path == "mma" ? MoeMlpPath::mma : path == "wgmma" ? MoeMlpPath::wgmma : MoeMlpPath::any;
+}
 
 int multiprocessors(const DeviceGuard& guard, const char* op) {
   int sms = 0;
@@ -240,13 +252,21 @@ void moe_expert_mlp(const ExecContext& context, const MoeExpertMlp& op) {
                        op.I,
                        tensor_cores(op.rows.dtype, op.Hd, op.I,
                                     {&op.rows, &op.out, &op.gate_up_proj, &op.down_proj}),
-                       multiprocessors(guard, op.kName)};
+                       multiprocessors(guard, op.kName),
+                       forced_mlp_path()};
   // h [R, I] (f32 at most) and the plan (E + 1 offsets twice, R + E entries).
   scratch_sum(op.kName, scratch_size(op.kName, op.R, op.I, 4),
               scratch_size(op.kName, op.E + op.R + 2, 24));
   const Scratch scratch(moe_expert_mlp_scratch_bytes(p), guard, op.kName);
-  check(launch_moe_expert_mlp(p, scratch.data(), guard.stream()), op.kName,
-        "expert MLP kernels launch");
+  const cudaError_t status = launch_moe_expert_mlp(p, scratch.data(), guard.stream());
+  if (status == cudaErrorNotSupported && p.path == MoeMlpPath::wgmma) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: HOPS_CUDA_MOE_MLP=wgmma, but the sm_90a kernels cannot take this call (they need a "
+         "compute capability 9.0 device, f16/bf16, Hd and I multiples of 8, unit-stride 16-byte-"
+         "aligned rows that TMA can describe)",
+         op.kName);
+  }
+  check(status, op.kName, "expert MLP kernels launch");
 }
 
 void moe_expert_mlp_bwd(const ExecContext& context, const MoeExpertMlpBwd& op) {

@@ -1,5 +1,7 @@
 // moe_expert_mlp: the grouped SwiGLU MLP as two grouped GEMMs over work tiles
-// that the device lists from the counts (plan_kernel: no host sync). Tensor
+// that the device lists from the counts (plan_kernel: no host sync). On a
+// Hopper with sm_90a code both GEMMs run on wgmma (moe_mlp_sm90.cu) over the
+// same plan; elsewhere, or where that path refuses, tensor
 // cores (f16/bf16, mma.sync m16n8k16, f32 accumulation): the up GEMM holds
 // an expert's gate and up columns n0..n0+127 in one 256-row weight tile and
 // writes h = silu(gate) * up (storage dtype) to scratch; the down GEMM
@@ -368,6 +370,82 @@ size_t h_bytes(const MoeMlpParams& p) {
   return align_up(size_t(p.R) * size_t(p.I) * (p.tensor_cores ? 2 : 4));
 }
 
+// The forward's GEMMs on mma.sync: the up kernel (h = silu(g) u), then the
+// down row GEMM.
+cudaError_t launch_mma(const MoeMlpParams& p, const Plan& plan, void* h, int64_t max_entries,
+                       cudaStream_t stream) {
+  const auto run = [&]<class E>(E) {
+    constexpr size_t kSmem = size_t(kStages) * (kTileRows + 2 * kUpCols) * kPitch * 2;
+    const int64_t up_tiles = max_entries * ceil_div(p.I, kUpCols);
+    cudaError_t s = allow_smem(up_tc_kernel<E>, kSmem);
+    if (s != cudaSuccess) return s;
+    up_tc_kernel<E>
+        <<<static_cast<unsigned>(std::min<int64_t>(up_tiles, p.sms)), kTcThreads, kSmem, stream>>>(
+            p, plan, static_cast<E*>(h));
+    if ((s = cudaGetLastError()) != cudaSuccess) return s;
+    const RowGemm<E> down{.a = static_cast<const E*>(h),
+                          .a_s = p.I,
+                          .b = reinterpret_cast<const E*>(p.down.data),
+                          .b_se = p.down.stride[0],
+                          .b_s = p.down.stride[1],
+                          .c = reinterpret_cast<E*>(p.out.data),
+                          .c_s = p.out.stride[0],
+                          .N = p.Hd,
+                          .K = p.I,
+                          .plan = plan};
+    return launch_row_gemm_tc<E, false>(down, max_entries, p.sms, stream);
+  };
+  return p.rows.dtype == kBF16 ? run(__nv_bfloat16{}) : run(__half{});
+}
+
+// The forward's GEMMs on the general f32 kernel, h in f32.
+cudaError_t launch_general(const MoeMlpParams& p, const Plan& plan, void* h, int64_t max_entries,
+                           cudaStream_t stream) {
+  const GenGemm up{.a = p.rows.data,
+                   .a_dtype = p.rows.dtype,
+                   .a_sm = p.rows.stride[0],
+                   .a_sk = p.rows.stride[1],
+                   .a_se = 0,
+                   .b = p.gate_up.data,
+                   .b_dtype = p.gate_up.dtype,
+                   .b_sk = p.gate_up.stride[2],
+                   .b_sn = p.gate_up.stride[1],
+                   .b_se = p.gate_up.stride[0],
+                   .c = static_cast<char*>(h),
+                   .c_dtype = kF32,
+                   .c_sm = p.I,
+                   .c_sn = 1,
+                   .c_se = 0,
+                   .M = 0,
+                   .N = p.I,
+                   .K = p.Hd,
+                   .swiglu = 1,
+                   .plan = plan};
+  const cudaError_t status = launch_gen_gemm(up, max_entries, p.sms, stream);
+  if (status != cudaSuccess) return status;
+  const GenGemm down{.a = static_cast<char*>(h),
+                     .a_dtype = kF32,
+                     .a_sm = p.I,
+                     .a_sk = 1,
+                     .a_se = 0,
+                     .b = p.down.data,
+                     .b_dtype = p.down.dtype,
+                     .b_sk = p.down.stride[2],
+                     .b_sn = p.down.stride[1],
+                     .b_se = p.down.stride[0],
+                     .c = p.out.data,
+                     .c_dtype = p.out.dtype,
+                     .c_sm = p.out.stride[0],
+                     .c_sn = p.out.stride[1],
+                     .c_se = 0,
+                     .M = 0,
+                     .N = p.Hd,
+                     .K = p.I,
+                     .swiglu = 0,
+                     .plan = plan};
+  return launch_gen_gemm(down, max_entries, p.sms, stream);
+}
+
 }  // namespace
 
 size_t moe_expert_mlp_scratch_bytes(const MoeMlpParams& p) {
@@ -385,72 +463,13 @@ cudaError_t launch_moe_expert_mlp(const MoeMlpParams& p, void* scratch, cudaStre
   const int64_t max_entries = plan_max_entries(p.R, p.E, rpe);
   cudaError_t status = launch_plan(p.counts, p.R, plan, stream);
   if (status != cudaSuccess) return status;
-  if (p.tensor_cores) {
-    const auto run = [&]<class E>(E) {
-      constexpr size_t kSmem = size_t(kStages) * (kTileRows + 2 * kUpCols) * kPitch * 2;
-      const int64_t up_tiles = max_entries * ceil_div(p.I, kUpCols);
-      cudaError_t s = allow_smem(up_tc_kernel<E>, kSmem);
-      if (s != cudaSuccess) return s;
-      up_tc_kernel<E><<<static_cast<unsigned>(std::min<int64_t>(up_tiles, p.sms)), kTcThreads,
-                        kSmem, stream>>>(p, plan, static_cast<E*>(h));
-      if ((s = cudaGetLastError()) != cudaSuccess) return s;
-      const RowGemm<E> down{.a = static_cast<const E*>(h),
-                            .a_s = p.I,
-                            .b = reinterpret_cast<const E*>(p.down.data),
-                            .b_se = p.down.stride[0],
-                            .b_s = p.down.stride[1],
-                            .c = reinterpret_cast<E*>(p.out.data),
-                            .c_s = p.out.stride[0],
-                            .N = p.Hd,
-                            .K = p.I,
-                            .plan = plan};
-      return launch_row_gemm_tc<E, false>(down, max_entries, p.sms, stream);
-    };
-    status = p.rows.dtype == kBF16 ? run(__nv_bfloat16{}) : run(__half{});
-  } else {
-    const GenGemm up{.a = p.rows.data,
-                     .a_dtype = p.rows.dtype,
-                     .a_sm = p.rows.stride[0],
-                     .a_sk = p.rows.stride[1],
-                     .a_se = 0,
-                     .b = p.gate_up.data,
-                     .b_dtype = p.gate_up.dtype,
-                     .b_sk = p.gate_up.stride[2],
-                     .b_sn = p.gate_up.stride[1],
-                     .b_se = p.gate_up.stride[0],
-                     .c = static_cast<char*>(h),
-                     .c_dtype = kF32,
-                     .c_sm = p.I,
-                     .c_sn = 1,
-                     .c_se = 0,
-                     .M = 0,
-                     .N = p.I,
-                     .K = p.Hd,
-                     .swiglu = 1,
-                     .plan = plan};
-    status = launch_gen_gemm(up, max_entries, p.sms, stream);
-    if (status != cudaSuccess) return status;
-    const GenGemm down{.a = static_cast<char*>(h),
-                       .a_dtype = kF32,
-                       .a_sm = p.I,
-                       .a_sk = 1,
-                       .a_se = 0,
-                       .b = p.down.data,
-                       .b_dtype = p.down.dtype,
-                       .b_sk = p.down.stride[2],
-                       .b_sn = p.down.stride[1],
-                       .b_se = p.down.stride[0],
-                       .c = p.out.data,
-                       .c_dtype = p.out.dtype,
-                       .c_sm = p.out.stride[0],
-                       .c_sn = p.out.stride[1],
-                       .c_se = 0,
-                       .M = 0,
-                       .N = p.Hd,
-                       .K = p.I,
-                       .swiglu = 0,
-                       .plan = plan};
-    status = launch_gen_gemm(down, max_entries, p.sms, stream);
+  status = cudaErrorNotSupported;  // until a path takes the call
+  if (p.tensor_cores && p.path != MoeMlpPath::mma)
+    status = launch_expert_mlp_sm90(p, plan, h, max_entries, stream);
+  if (status == cudaErrorNotSupported) {
+    if (p.path == MoeMlpPath::wgmma) return status;
+    status = p.tensor_cores ? launch_mma(p, plan, h, max_entries, stream)
+                            : launch_general(p, plan, h, max_entries, stream);
   }
   if (status != cudaSuccess) return status;
   return launch_zero_rows(p.out, plan.first + p.E, p.R, p.sms, stream);

@@ -56,12 +56,16 @@ struct MoeCombineBwdParams {
 // storage, Hd and I multiples of 8 and every float tensor unit-stride along
 // its last dim with 16-byte aligned rows (moe_host.cpp); the GEMMs then run on
 // mma.sync, else on the general f32 CUDA-core kernel. `sms`: the device's
-// multiprocessor count (the persistent grids).
+// multiprocessor count (the persistent grids). The forward's tensor-core
+// GEMMs run on wgmma (sm_90a) where they can, else on mma.sync; `path` may
+// force either (HOPS_CUDA_MOE_MLP, moe_host.cpp).
+enum class MoeMlpPath { any, mma, wgmma };
 struct MoeMlpParams {
   Arg rows, gate_up, down, out;  // [R,Hd], [E,2I,Hd], [E,Hd,I], [R,Hd]
   MoeIndex counts;
   int64_t R, Hd, E, I;
   int tensor_cores, sms;
+  MoeMlpPath path = MoeMlpPath::any;
 };
 
 struct MoeMlpBwdParams {
@@ -81,6 +85,8 @@ size_t moe_combine_bwd_scratch_bytes(const MoeCombineBwdParams& p);
 cudaError_t launch_moe_combine_bwd(const MoeCombineBwdParams& p, void* scratch,
                                    cudaStream_t stream);
 size_t moe_expert_mlp_scratch_bytes(const MoeMlpParams& p);
+// cudaErrorNotSupported where path is wgmma and the sm_90a kernels cannot
+// take the call.
 cudaError_t launch_moe_expert_mlp(const MoeMlpParams& p, void* scratch, cudaStream_t stream);
 size_t moe_expert_mlp_bwd_scratch_bytes(const MoeMlpBwdParams& p);
 cudaError_t launch_moe_expert_mlp_bwd(const MoeMlpBwdParams& p, void* scratch, cudaStream_t stream);

@@ -1,0 +1,266 @@
+// moe_expert_mlp's forward on Hopper (sm_90a): both grouped GEMMs on wgmma
+// with TMA loads, warp-specialized and persistent. A CTA of three
+// warpgroups walks the plan's work tiles (moe_common.cuh: 128 rows of one
+// expert x a column tile, an expert's row tiles innermost) from blockIdx.x in
+// steps of gridDim.x: warpgroup 0 is the producer (one thread issues the TMA
+// loads of each 64-deep stage into a ring of kRing, completing on mbarriers),
+// warpgroups 1 and 2 each own 64 of the tile's rows and issue m64n256k16
+// wgmma with both operands K-major in 128-byte-swizzled smem.
+// - up GEMM: rows [R, Hd] x gate_up[e]^T; the 256 B rows of a tile are gate
+//   rows n0..n0+127 and up rows I+n0..I+n0+127, so a thread holds gate and up
+//   of the same h column and writes h = silu(g) u (storage dtype) to scratch.
+// - down GEMM: h [R, I] x down[e]^T, 256 output columns per tile.
+// A tile's rows past its expert's end (the next expert's rows, or zeros past
+// R) are loaded and multiplied but not stored: a row of the product depends on
+// its own A row only. K past Hd or I, and B rows past the weight's end, are
+// TMA's zero fill. f32 accumulation in a fixed order: deterministic.
+#include <algorithm>
+
+#include "moe_common.cuh"
+#include "wgmma.cuh"
+
+namespace hops::cuda::moe {
+
+namespace {
+
+using namespace sm90;
+
+// Some constants are read only by the kernel's sm_90a body: compiled for
+// other targets they are unused, which is expected (warning 177).
+#pragma nv_diag_suppress 177
+constexpr int kThreads = 384;  // producer + 2 consumer warpgroups
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+constexpr int kRows = 128;  // rows of a work tile (the plan's rows_per_entry)
+constexpr int kCols = 256;  // B rows of a tile: two TMA boxes of 128
+constexpr int kDepth = 64;  // K of a stage: one 128-byte swizzle row of 16-bit elements
+constexpr int kRing = 4;
+constexpr int kABytes = kRows * kDepth * 2;  // 16 KB
+constexpr int kBoxBytes = 128 * kDepth * 2;  // one B box, 16 KB
+constexpr int kStageBytes = kABytes + 2 * kBoxBytes;
+constexpr size_t kSmem = 1024 + size_t{kRing} * kStageBytes + 2 * kRing * sizeof(uint64_t);
+#pragma nv_diag_default 177
+
+// One GEMM's work: kUp (h columns in tiles of 128, from gate and up rows I
+// apart) or down (output columns in tiles of 256).
+struct Sm90Gemm {
+  void* c;         // h [R, I] (up) or out (down), unit columns
+  int64_t c_s;     // c's row step
+  int64_t N, K;    // valid columns of c; the depth
+  int64_t second;  // the second B box's row offset past the first: I (up), 128 (down)
+  int64_t nc;      // column tiles per row tile
+  Plan plan;
+};
+
+template <class E, bool kUp>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap ta,
+                             const __grid_constant__ CUtensorMap tb, const Sm90Gemm g) {
+  // wgmma, TMA and mbarrier waits exist in sm_90a code only; a module built
+  // for other targets carries an empty kernel that launch_expert_mlp_sm90
+  // never launches (sm90a_code).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* const tiles_base = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  uint64_t* const full = reinterpret_cast<uint64_t*>(tiles_base + kRing * kStageBytes);
+  uint64_t* const empty = full + kRing;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kRing; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 8);  // a lane per consumer warp
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+  const int64_t tiles = g.plan.tstart[g.plan.experts] * g.nc;
+  const int steps = static_cast<int>(ceil_div(g.K, kDepth));
+  const int n_tile = kUp ? kCols / 2 : kCols;  // c columns per tile
+
+  if (threadIdx.x < 128) {  // producer warpgroup
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x != 0) return;
+    prefetch_tensor_map(&ta), prefetch_tensor_map(&tb);
+    int stage = 0;
+    uint32_t phase = 0;
+    for (int64_t L = blockIdx.x; L < tiles; L += gridDim.x) {
+      const Tile t = decode_tile(g.plan, L, g.nc);
+      const int row = static_cast<int>(t.row0), e = static_cast<int>(t.expert);
+      const int n0 = static_cast<int>(t.col) * n_tile, n1 = n0 + static_cast<int>(g.second);
+      for (int ks = 0; ks < steps; ++ks) {
+        mbar_wait(&empty[stage], phase ^ 1);  // both consumers released the stage
+        uint8_t* const sA = tiles_base + stage * kStageBytes;
+        mbar_arrive_expect_tx(&full[stage], kStageBytes);
+        tma_load_2d(sA, &ta, &full[stage], ks * kDepth, row);
+        tma_load_3d(sA + kABytes, &tb, &full[stage], ks * kDepth, n0, e);
+        tma_load_3d(sA + kABytes + kBoxBytes, &tb, &full[stage], ks * kDepth, n1, e);
+        if (++stage == kRing) stage = 0, phase ^= 1;
+      }
+    }
+    return;
+  }
+
+  setmaxnreg_inc<kConsumerRegs>();
+  const int ctid = threadIdx.x - 128, wg = ctid >> 7, warp = (ctid >> 5) & 3, lane = ctid & 31;
+  float acc[kCols / 8][4];
+  int stage = 0;
+  uint32_t phase = 0;
+  for (int64_t L = blockIdx.x; L < tiles; L += gridDim.x) {
+    const Tile t = decode_tile(g.plan, L, g.nc);
+    // Both warpgroups multiply every stage, also one whose 64 rows lie past
+    // the tile's end: skipping there would be a branch on the warpgroup index,
+    // which ptxas answers by serializing every wgmma (C7518).
+    int prev = 0;
+    for (int ks = 0; ks < steps; ++ks) {
+      mbar_wait(&full[stage], phase);
+      const uint8_t* sA = tiles_base + stage * kStageBytes;
+      const uint64_t da = smem_desc(sA + wg * 64 * 128, 16, 1024);
+      const uint64_t db = smem_desc(sA + kABytes, 16, 1024);
+      fence_operand(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kDepth / 16; ++kk)  // 16 deep = 32 bytes along the swizzled row
+        wgmma_ss<E, kCols>(acc, da + 2 * kk, db + 2 * kk, ks > 0 || kk > 0);
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous stage's products are done: release it
+      fence_operand(acc);
+      if (ks > 0 && lane == 0) mbar_arrive(&empty[prev]);
+      prev = stage;
+      if (++stage == kRing) stage = 0, phase ^= 1;
+    }
+    wgmma_wait<0>();
+    fence_operand(acc);
+    if (lane == 0) mbar_arrive(&empty[prev]);
+
+    // Epilogue: thread rows r and r + 8, columns 8j + 2 (lane % 4) + {0, 1}.
+    const int r0 = 64 * wg + 16 * warp + (lane >> 2);
+    const int64_t n0 = t.col * n_tile + 2 * (lane & 3);
+    E* const c = static_cast<E*>(g.c);
+#pragma unroll
+    for (int hi = 0; hi < 2; ++hi) {
+      const int r = r0 + 8 * hi;
+      if (r >= t.rows) continue;
+      E* const out = c + (t.row0 + r) * g.c_s;
+#pragma unroll
+      for (int j = 0; j < n_tile / 8; ++j) {
+        const int64_t n = n0 + 8 * j;
+        if (n >= g.N) continue;  // N is a multiple of 8: both columns or neither
+        if constexpr (kUp) {
+          st_pair(out + n, siluf_(acc[j][2 * hi]) * acc[j + 16][2 * hi],
+                  siluf_(acc[j][2 * hi + 1]) * acc[j + 16][2 * hi + 1]);
+        } else {
+          st_pair(out + n, acc[j][2 * hi], acc[j][2 * hi + 1]);
+        }
+      }
+    }
+  }
+#endif
+}
+
+// ---- host ------------------------------------------------------------------------------
+
+// A map of a [dims[2], dims[1], dims[0]] 16-bit tensor (dims[0] innermost,
+// unit stride; strides in elements, rank 2 or 3) with boxes of 64 x `rows`
+// (x 1), 128-byte swizzle, zeros past the ends. False when TMA cannot
+// describe it (the driver refuses: alignment, strides).
+bool tensor_map(CUtensorMap& map, EncodeTiled encode, const void* data, int dtype, int rank,
+                const int64_t (&dims)[3], const int64_t (&strides)[2], int rows) {
+  cuuint64_t d[3], st[2];
+  for (int i = 0; i < rank; ++i) d[i] = static_cast<cuuint64_t>(std::max<int64_t>(dims[i], 1));
+  for (int i = 0; i + 1 < rank; ++i) {
+    if (strides[i] < 0) return false;
+    // A dimension of extent 1 is never stepped: give it the packed stride.
+    st[i] = dims[i + 1] > 1 ? static_cast<cuuint64_t>(strides[i]) * 2
+                            : (i == 0 ? d[0] * 2 : st[i - 1] * d[i]);
+  }
+  const cuuint32_t box[3] = {64, static_cast<cuuint32_t>(rows), 1};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return encode(&map,
+                dtype == kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                static_cast<cuuint32_t>(rank), const_cast<void*>(data), d, st, box, unit,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Whether the module holds the kernels as sm_90a code (as
+// attn_prefill_sm90.cu: PTX version 90 means 90a, the build refusing a plain
+// compute_90 target).
+bool sm90a_code() {
+  static const bool sm90a = [] {
+    cudaFuncAttributes attributes{};
+    const bool found =
+        cudaFuncGetAttributes(&attributes, grouped_gemm_sm90_kernel<__nv_bfloat16, true>) ==
+        cudaSuccess;
+    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
+    return found && attributes.ptxVersion >= 90;
+  }();
+  return sm90a;
+}
+
+template <class E>
+cudaError_t launch_sm90(const MoeMlpParams& p, int dtype, const Plan& plan, E* h,
+                        int64_t max_entries, cudaStream_t stream) {
+  const EncodeTiled encode = encode_tiled();
+  CUtensorMap t_rows, t_gate_up, t_h, t_down;
+  const Arg &gu = p.gate_up, &dn = p.down;
+  if (!encode ||
+      !tensor_map(t_rows, encode, p.rows.data, dtype, 2, {p.Hd, p.R, 1}, {p.rows.stride[0], 0},
+                  kRows) ||
+      !tensor_map(t_gate_up, encode, gu.data, dtype, 3, {p.Hd, 2 * p.I, p.E},
+                  {gu.stride[1], gu.stride[0]}, 128) ||
+      !tensor_map(t_h, encode, h, dtype, 2, {p.I, p.R, 1}, {p.I, 0}, kRows) ||
+      !tensor_map(t_down, encode, dn.data, dtype, 3, {p.I, p.Hd, p.E}, {dn.stride[1], dn.stride[0]},
+                  128))
+    return cudaErrorNotSupported;
+  cudaError_t status = allow_smem(grouped_gemm_sm90_kernel<E, true>, kSmem);
+  if (status == cudaSuccess) status = allow_smem(grouped_gemm_sm90_kernel<E, false>, kSmem);
+  if (status != cudaSuccess) return status;
+  const Sm90Gemm up{.c = h,
+                    .c_s = p.I,
+                    .N = p.I,
+                    .K = p.Hd,
+                    .second = p.I,
+                    .nc = ceil_div(p.I, kCols / 2),
+                    .plan = plan};
+  const Sm90Gemm down{.c = p.out.data,
+                      .c_s = p.out.stride[0],
+                      .N = p.Hd,
+                      .K = p.I,
+                      .second = kCols / 2,
+                      .nc = ceil_div(p.Hd, kCols),
+                      .plan = plan};
+  const auto grid = [&](const Sm90Gemm& g) {
+    return static_cast<unsigned>(std::min<int64_t>(max_entries * g.nc, p.sms));
+  };
+  grouped_gemm_sm90_kernel<E, true><<<grid(up), kThreads, kSmem, stream>>>(t_rows, t_gate_up, up);
+  if ((status = cudaGetLastError()) != cudaSuccess) return status;
+  grouped_gemm_sm90_kernel<E, false><<<grid(down), kThreads, kSmem, stream>>>(t_h, t_down, down);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_expert_mlp_sm90(const MoeMlpParams& p, const Plan& plan, void* h,
+                                   int64_t max_entries, cudaStream_t stream) {
+  // What the kernels assume: a compute capability 9.0 device (sm_90a code),
+  // 16-bit storage with the tensor-core layouts (moe_host.cpp: Hd and I
+  // multiples of 8, unit-stride 16-byte-aligned rows), TMA coordinates and
+  // tile columns inside int.
+  constexpr int64_t kMax = (int64_t{1} << 31) - 512;
+  const int dtype = p.rows.dtype;
+  if (!p.tensor_cores || (dtype != kBF16 && dtype != kF16) || p.R >= kMax || p.Hd >= kMax ||
+      2 * p.I >= kMax || p.E >= kMax)
+    return cudaErrorNotSupported;
+  int device = 0, major = 0, minor = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (status != cudaSuccess) return status;
+  if (major != 9 || minor != 0 || !sm90a_code()) return cudaErrorNotSupported;
+  return dtype == kBF16
+             ? launch_sm90(p, dtype, plan, static_cast<__nv_bfloat16*>(h), max_entries, stream)
+             : launch_sm90(p, dtype, plan, static_cast<__half*>(h), max_entries, stream);
+}
+
+}  // namespace hops::cuda::moe

@@ -1,0 +1,317 @@
+"""Off-GPU checks of the sm_90a expert MLP forward (backends/cuda/moe_mlp_sm90.cu),
+transcribed from its code; run them after changing its tiles, boxes or pipeline:
+
+1. layouts: TMA's 128-byte-swizzle writes of a stage (A box of 128 rows, two B
+   boxes of 128 rows) read back by the kernel's wgmma descriptors (K-major A of
+   each warpgroup's 64 rows, K-major B of 256 rows, 32 bytes per k16 step);
+2. pipeline: random interleavings of the producer / consumer mbarrier protocol
+   over a ring of 4 stages and several persistent tiles (parity waits, TMA
+   writes landing late, wgmma reads live from issue to the next wait_group<1>)
+   never read a stale stage, overwrite a stage being read, or deadlock;
+3. math: the plan (plan_kernel), the tile decoding (decode_tile), the TMA boxes
+   with their zero fill (rows past R, K past Hd or I, B rows past the weight),
+   the up tile's gate / up pairing, the epilogues' masks, at awkward shapes
+   (Hd, I multiples of 8 but not of 64 or 128, experts straddling tiles, empty
+   experts, counts past R, a tail), with NaN in every row no call may read
+   into a stored result: equal (to rounding) to a per-expert float64 MLP with h
+   rounded to bf16 as the kernel does, every counted row written exactly once.
+
+These check the transcription against the PTX ISA's model (swizzle on address
+bits 4-6 by 7-9, descriptor sbo), not the hardware: tests/bench/cuda_moe_check.py
+(HOPS_CUDA_MOE_MLP=wgmma) is the check on the GPU.
+
+Usage: python3 tests/bench/cuda_moe_sm90_emulation.py   (numpy; ~1 min)"""
+
+import random
+
+import numpy as np
+
+ROWS, COLS, DEPTH, RING = 128, 256, 64, 4
+A_BYTES, BOX_BYTES = ROWS * DEPTH * 2, 128 * DEPTH * 2
+STAGE = A_BYTES + 2 * BOX_BYTES
+
+
+# ---- 1. layouts -------------------------------------------------------------------------
+
+def swz(addr):
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+def tma_store(smem, dst, tile):  # tile [rows, 64] of uint16, dst 1024-aligned
+    assert dst % 1024 == 0
+    for r in range(tile.shape[0]):
+        for c in range(64):
+            smem[swz(dst + r * 128 + c * 2) // 2] = tile[r, c]
+
+
+def read_kmajor(smem, start, rows, sbo):  # [rows, 16] at a descriptor's start
+    out = np.zeros((rows, 16), np.uint16)
+    for i in range(rows):
+        for k in range(16):
+            a = start + (i // 8) * sbo + (i % 8) * 128 + k * 2
+            out[i, k] = smem[swz(a) // 2]
+    return out
+
+
+def check_layout():
+    rng = np.random.default_rng(0)
+    smem = np.zeros(RING * STAGE // 2, np.uint16)
+    for stage in (0, RING - 1):
+        A = rng.integers(0, 60000, (ROWS, 64)).astype(np.uint16)
+        B = rng.integers(0, 60000, (COLS, 64)).astype(np.uint16)
+        sA = stage * STAGE
+        assert sA % 1024 == 0 and (sA + A_BYTES) % 1024 == 0 and (sA + A_BYTES + BOX_BYTES) % 1024 == 0
+        tma_store(smem, sA, A)
+        tma_store(smem, sA + A_BYTES, B[:128])
+        tma_store(smem, sA + A_BYTES + BOX_BYTES, B[128:])
+        for wg in range(2):
+            da = sA + wg * 64 * 128
+            db = sA + A_BYTES
+            for kk in range(DEPTH // 16):
+                a = read_kmajor(smem, da + 32 * kk, 64, 1024)
+                b = read_kmajor(smem, db + 32 * kk, COLS, 1024)
+                assert (a == A[64 * wg:64 * wg + 64, 16 * kk:16 * kk + 16]).all(), ("A", stage, wg, kk)
+                assert (b == B[:, 16 * kk:16 * kk + 16]).all(), ("B", stage, kk)
+    print("layouts: A (both warpgroups) and B (256 rows over two boxes) read back as written, every k16 step")
+
+
+# ---- 2. pipeline ------------------------------------------------------------------------
+
+class Bar:
+    def __init__(s, count): s.count, s.pending, s.tx, s.phase = count, count, 0, 0
+    def done(s, parity): return (s.phase & 1) != parity
+    def _maybe(s):
+        if s.pending == 0 and s.tx == 0:
+            s.phase += 1; s.pending = s.count
+    def arrive(s): s.pending -= 1; assert s.pending >= 0; s._maybe()
+    def expect_tx(s, b): s.tx += b; s.pending -= 1; assert s.pending >= 0; s._maybe()
+    def complete_tx(s, b): s.tx -= b; s._maybe()
+
+
+def pipeline(tile_steps, seed):
+    """tile_steps: the k-steps of this CTA's tiles in order (the same list for
+    producer and consumers, as both decode the same tiles)."""
+    rnd = random.Random(seed)
+    full = [Bar(1) for _ in range(RING)]
+    empty = [Bar(8) for _ in range(RING)]
+    content, writing, reading, inflight = {}, {}, {}, []
+
+    def producer():
+        stage, phase = 0, 0
+        for ti, steps in enumerate(tile_steps):
+            for ks in range(steps):
+                while not empty[stage].done(phase ^ 1):
+                    yield None
+                yield ("expect", stage, (ti, ks))
+                stage, phase = (stage + 1) % RING, phase ^ (stage + 1 == RING)
+
+    def warp(w):
+        stage, phase = 0, 0
+        live = []  # wgmma groups in flight: (stage, tag)
+
+        def read(st, tag):
+            assert content.get(st) == tag, ("stale", st, content.get(st), tag)
+            assert not writing.get(st), ("write in flight during read", st)
+            reading.setdefault(st, set()).add(w)
+
+        def retire(keep):  # wgmma_wait<keep>
+            while len(live) > keep:
+                st, tag = live.pop(0)
+                assert content.get(st) == tag and not writing.get(st), ("overwritten while read", st)
+                reading[st].discard(w)
+
+        for ti, steps in enumerate(tile_steps):
+            prev = 0
+            for ks in range(steps):
+                while not full[stage].done(phase):
+                    yield None
+                read(stage, (ti, ks))
+                live.append((stage, (ti, ks)))
+                yield None
+                retire(1)
+                if ks > 0:
+                    empty[prev].arrive()
+                yield None
+                prev = stage
+                stage, phase = (stage + 1) % RING, phase ^ (stage + 1 == RING)
+            retire(0)
+            empty[prev].arrive()
+            yield None
+
+    procs = [producer()] + [warp(w) for w in range(8)]
+    alive = list(range(len(procs)))
+    steps = 0
+    while alive or inflight:
+        steps += 1
+        assert steps < 400000, "deadlock"
+        if inflight and (not alive or rnd.random() < 0.3):
+            stage, tag = inflight.pop(rnd.randrange(len(inflight)))
+            assert not reading.get(stage), ("TMA lands while read", stage)
+            writing[stage] -= 1
+            content[stage] = tag
+            full[stage].complete_tx(1)
+            continue
+        if not alive:
+            continue
+        p = rnd.choice(alive)
+        try:
+            ev = next(procs[p])
+        except StopIteration:
+            alive.remove(p)
+            continue
+        if ev:
+            _, stage, tag = ev
+            assert not reading.get(stage), ("TMA issued into a stage being read", stage)
+            full[stage].expect_tx(1)
+            writing[stage] = writing.get(stage, 0) + 1
+            inflight.append((stage, tag))
+    return steps
+
+
+def check_pipeline():
+    for seed in range(40):
+        r = random.Random(seed)
+        tiles = [r.choice([1, 2, 3, 5, 8, 32]) for _ in range(r.randint(1, 6))]
+        pipeline(tiles, seed)
+    print("pipeline: 40 random interleavings (1-6 tiles of 1-32 steps, ring of 4): no stale read, "
+          "no overwrite while read, no deadlock")
+
+
+# ---- 3. math ----------------------------------------------------------------------------
+
+def bf16(x):
+    x = np.asarray(x, np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def plan(counts, R, rpe=ROWS):
+    """plan_kernel: clamped first rows, entries per expert, the entry list."""
+    E = len(counts)
+    first, f = [], 0
+    for c in counts:
+        first.append(f)
+        f = min(f + min(max(c, 0), R), R)
+    first.append(f)
+    tstart, entry, t = [], [], 0
+    for e in range(E):
+        m = cdiv(first[e + 1] - first[e], rpe)
+        tstart.append(t)
+        entry += [e] * m
+        t += m
+    tstart.append(t)
+    return first, tstart, entry
+
+
+def decode(first, tstart, entry, L, nc, rpe=ROWS):
+    e = entry[L // nc]
+    t0, m = tstart[e], tstart[e + 1] - tstart[e]
+    local = L - t0 * nc
+    col, part = local // m, local % m
+    row0 = first[e] + part * rpe
+    return e, row0, min(rpe, first[e + 1] - row0), col
+
+
+def box(src3, e, r0, c0, rows):
+    """TMA box of [rows x 64] at (c0, r0[, e]): zeros past the tensor's ends."""
+    out = np.zeros((rows, 64))
+    R, C = src3.shape[-2:]
+    m = src3[e] if src3.ndim == 3 else src3
+    r1, c1 = min(r0 + rows, R), min(c0 + 64, C)
+    if r1 > r0 and c1 > c0:
+        out[:r1 - r0, :c1 - c0] = m[r0:r1, c0:c1]
+    return out
+
+
+def gemm_kernel(A, B3, C, up, N, K, second, nc, first, tstart, entry, writes, grid):
+    """grouped_gemm_sm90_kernel: every CTA's tiles, stage by stage."""
+    tiles = tstart[-1] * nc
+    n_tile = COLS // 2 if up else COLS
+    for cta in range(grid):
+        for L in range(cta, tiles, grid):
+            e, row0, rows, col = decode(first, tstart, entry, L, nc)
+            n0 = col * n_tile
+            n1 = n0 + second
+            acc = np.zeros((ROWS, COLS))
+            with np.errstate(invalid="ignore", over="ignore"):
+                for ks in range(cdiv(K, DEPTH)):
+                    a = box(A, None, row0, ks * DEPTH, ROWS)
+                    b = np.concatenate([box(B3, e, n0, ks * DEPTH, 128), box(B3, e, n1, ks * DEPTH, 128)])
+                    acc += a @ b.T  # both warpgroups: rows 0..63 and 64..127
+            for r in range(ROWS):
+                if r >= rows:
+                    continue
+                for j in range(n_tile // 8):
+                    for t in range(4):
+                        n = n0 + 8 * j + 2 * t
+                        if n >= N:
+                            continue
+                        for d in range(2):
+                            c = 8 * j + 2 * t + d
+                            if up:
+                                g, u = acc[r, c], acc[r, c + 128]
+                                v = g / (1 + np.exp(-g)) * u
+                            else:
+                                v = acc[r, c]
+                            C[row0 + r, n + d] = bf16(v)
+                            writes[row0 + r, n + d] += 1
+
+
+def check_math(R, Hd, I, counts, seed, sms=5):
+    rng = np.random.default_rng(seed)
+    E = len(counts)
+    first, tstart, entry = plan(counts, R)
+    used = first[-1]
+    rows = bf16(rng.uniform(-1, 1, (R, Hd)))
+    rows[used:] = np.nan  # the tail: never counted, never read into a stored row
+    gate_up = bf16(rng.uniform(-1, 1, (E, 2 * I, Hd)) * (3 / Hd) ** 0.5)
+    down = bf16(rng.uniform(-1, 1, (E, Hd, I)) * (3 / I) ** 0.5)
+    h = np.full((R, I), np.nan)  # scratch: rows past `used` stay unwritten (NaN)
+    out = np.full((R, Hd), np.nan)
+    max_entries = cdiv(R, ROWS) + min(E, R)
+    nc_up, nc_down = cdiv(I, COLS // 2), cdiv(Hd, COLS)
+    wh, wo = np.zeros((R, I), int), np.zeros((R, Hd), int)
+    gemm_kernel(rows, gate_up, h, True, I, Hd, I, nc_up, first, tstart, entry, wh, min(max_entries * nc_up, sms))
+    gemm_kernel(h, down, out, False, Hd, I, 128, nc_down, first, tstart, entry, wo,
+                min(max_entries * nc_down, sms))
+    assert (wh[:used] == 1).all() and (wh[used:] == 0).all(), "h rows written once each"
+    assert (wo[:used] == 1).all() and (wo[used:] == 0).all(), "out rows written once each"
+    out[used:] = 0.0  # launch_zero_rows
+    want = np.zeros((R, Hd))
+    for e in range(E):
+        a, b = first[e], first[e + 1]
+        if b <= a:
+            continue
+        gu = rows[a:b] @ gate_up[e].T
+        hh = bf16(gu[:, :I] / (1 + np.exp(-gu[:, :I])) * gu[:, I:])
+        want[a:b] = hh @ down[e].T
+    assert np.isfinite(out).all(), "NaN reached a stored row"
+    err = np.abs(out - bf16(want)).max() / max(np.abs(want).max(), 1e-30)
+    assert err < 1e-2, err
+    return used, err
+
+
+def check_math_cases():
+    cases = [
+        ("Hd=72 I=40: experts of 130, 0, 17 rows", 147, 72, 40, [130, 0, 17]),
+        ("Hd=136 I=136 (I % 128: the gate box crosses into up rows)", 300, 136, 136, [1, 200, 99]),
+        ("one expert of 300 rows, tail 20", 320, 64, 32, [0, 300, 0]),
+        ("counts past R and negative (clamped)", 200, 64, 48, [-3, 150, 500, 7]),
+        ("no rows counted", 40, 64, 32, [0, 0]),
+        ("E=1, R=1", 1, 8, 8, [1]),
+        ("Hd=200 I=264: several column tiles, 5 experts", 400, 200, 264, [64, 65, 127, 128, 16]),
+    ]
+    for i, (name, R, Hd, I, counts) in enumerate(cases):
+        used, err = check_math(R, Hd, I, counts, seed=i)
+        print(f"math: {name}: {used} rows counted, max rel err vs float64 {err:.1e}")
+
+
+if __name__ == "__main__":
+    check_layout()
+    check_pipeline()
+    check_math_cases()
