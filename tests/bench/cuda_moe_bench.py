@@ -8,7 +8,9 @@ top-8 routing: ~256 rows per expert).
   against a 1 GiB device copy (read + write) measured in the same run, and
   against torch's argsort + index_select dispatch (with bincount and the row
   map) and index_add combine (rows * weights added into y).
-- the expert MLP in TFLOP/s (6 Hd I FLOPs per kept row), against
+- the expert MLP in TFLOP/s (6 Hd I FLOPs per kept row), its forward on both
+  tensor-core paths (HOPS_CUDA_MOE_MLP=wgmma: sm_90a, on a 9.0 device; =mma:
+  mma.sync), against
   F.grouped_mm / torch._grouped_mm (gate_up, silu * up, down: transformers'
   grouped_mm path) where available, else a loop of torch.mm per expert;
   forward and forward + backward (18 Hd I per row: d_rows and both weight
@@ -22,6 +24,7 @@ Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \\
 
 import argparse
 import datetime
+import os
 import sys
 from pathlib import Path
 
@@ -201,7 +204,15 @@ def expert_mlp(T, Hd, E, k, I, counts):
         fwd()
         bwd()
 
-    ms = per_call_ms(fwd, calls=5)
+    paths = ["wgmma", "mma"] if torch.cuda.get_device_capability() == (9, 0) else ["mma"]
+    path_ms = {}
+    for path in paths:
+        os.environ["HOPS_CUDA_MOE_MLP"] = path
+        try:
+            path_ms[path] = per_call_ms(fwd, calls=5)
+        finally:
+            os.environ.pop("HOPS_CUDA_MOE_MLP")
+    ms = per_call_ms(fwd, calls=5)  # the default path
     train_ms = per_call_ms(train, calls=3)
     mm, mm_name = grouped_mm()
     offs = torch.cumsum(counts, 0).to(torch.int32)
@@ -231,6 +242,20 @@ def expert_mlp(T, Hd, E, k, I, counts):
     except Exception as e:  # noqa: BLE001  (hops' numbers still count)
         note += f" torch failed: {str(e).splitlines()[0][:120]}"
     row("expert MLP fwd", flops / ms / 1e9, ref_tflops, "TFLOP/s", mm_name, note)
+    for path, t in path_ms.items():
+        row(f"expert MLP fwd ({'wgmma' if path == 'wgmma' else 'mma.sync'})", flops / t / 1e9, ref_tflops, "TFLOP/s",
+            mm_name, f"HOPS_CUDA_MOE_MLP={path}")
+    try:
+        for path in paths:
+            os.environ["HOPS_CUDA_MOE_MLP"] = path
+            try:
+                split = kernel_us(fwd, calls=10)
+            finally:
+                os.environ.pop("HOPS_CUDA_MOE_MLP")
+            top = sorted(split.items(), key=lambda kv: -kv[1])[:4]
+            print(f"expert MLP fwd kernels [{path}]: " + ", ".join(f"{k[:60]} {v:.0f} us" for k, v in top), flush=True)
+    except Exception as e:  # noqa: BLE001  (the profiler is optional)
+        print(f"expert MLP split: torch.profiler failed: {e}", flush=True)
     row("expert MLP fwd+bwd", 3 * flops / train_ms / 1e9, ref_train_tflops, "TFLOP/s", mm_name)
 
 

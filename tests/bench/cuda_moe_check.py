@@ -2,9 +2,11 @@
 moe_dispatch, moe_expert_mlp, moe_combine and the backwards of dispatch, expert
 MLP and combine, through the generic C-ABI binding (hops.ops.library().op).
 
-Both expert-MLP paths are covered: tensor cores (f16/bf16, Hd and I multiples
-of 8, unit-stride 16-byte aligned rows) and the general f32 kernel (f32, Hd or
-I off the multiple of 8, transposed weights); the row ops' 16-byte and
+Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
+of 8, unit-stride 16-byte aligned rows) forced onto the sm_90a wgmma kernels
+(HOPS_CUDA_MOE_MLP=wgmma, on a compute capability 9.0 device: a call they
+do not take fails) and onto mma.sync (=mma), and the general f32 kernel (f32,
+Hd or I off the multiple of 8, transposed weights); the row ops' 16-byte and
 element-wise paths likewise (Hd = 3, transposed x). Cases: E = 1, 7, 64, 256,
 k = 0, 1, 2, 8, 10, T = 0, 1, ..., every slot to one expert (600+ rows of one
 expert), experts without rows, dropped slots (all of them too), repeated
@@ -28,6 +30,7 @@ same cases on the CPU backend (a check of this script off the GPU)."""
 
 import argparse
 import math
+import os
 import sys
 
 import torch
@@ -289,8 +292,26 @@ def ref_mlp(rows, counts, gate_up, down, R):
     return out
 
 
+def mlp_forward_path(path):
+    """HOPS_CUDA_MOE_MLP=path (None: unset) until the returned restore() (the host reads it per call)."""
+    before = os.environ.get("HOPS_CUDA_MOE_MLP")
+    if path is None:
+        os.environ.pop("HOPS_CUDA_MOE_MLP", None)
+    else:
+        os.environ["HOPS_CUDA_MOE_MLP"] = path
+
+    def restore():
+        if before is None:
+            os.environ.pop("HOPS_CUDA_MOE_MLP", None)
+        else:
+            os.environ["HOPS_CUDA_MOE_MLP"] = before
+    return restore
+
+
 def mlp_case(dtype, label, R, Hd, I, E, pattern="uniform", tail=0, idx=torch.int64, host=False, bad=False,
-             transposed_w=False, bwd=True, weight_grads=True):
+             transposed_w=False, bwd=True, weight_grads=True, path=None):
+    if path is not None:
+        label = f"{label} [{path}]"
     counts = mlp_counts(R, E, pattern, tail, bad)
     rows = float_tensor((R, Hd), dtype)
     s_gu, s_d = (2.0 / Hd) ** 0.5, (2.0 / max(I, 1)) ** 0.5
@@ -298,10 +319,14 @@ def mlp_case(dtype, label, R, Hd, I, E, pattern="uniform", tail=0, idx=torch.int
     down = (float_tensor((E, Hd, I), torch.float32, transposed=transposed_w) * s_d * 3 ** 0.5).to(dtype)
     c = index_tensor(counts, idx, host)
     outs = []
-    for _ in range(2):
-        out = poison((R, Hd), dtype)
-        op("moe_expert_mlp")(rows=rows, counts=c, gate_up_proj=gate_up, down_proj=down, out=out)
-        outs.append(out)
+    restore = mlp_forward_path(path)
+    try:
+        for _ in range(2):
+            out = poison((R, Hd), dtype)
+            op("moe_expert_mlp")(rows=rows, counts=c, gate_up_proj=gate_up, down_proj=down, out=out)
+            outs.append(out)
+    finally:
+        restore()
     r64, gu64, d64 = (x.double().requires_grad_(True) for x in (rows, gate_up, down))
     want = ref_mlp(r64, counts, gu64, d64, R)
     errs = {"out": rel(outs[0], want.detach()), "repeat": 0.0 if bitwise(outs[0], outs[1]) else math.inf}
@@ -416,9 +441,17 @@ def main():
     if gpu:
         mlp.append(dict(label="R=100 Hd=64 I=32 E=5 device counts past R and negative", R=100, Hd=64, I=32, E=5,
                         bad=True))
+    mlp.append(dict(label="R=700 Hd=136 I=136 E=5 (Hd % 64, I % 128), tail 9", R=700, Hd=136, I=136, E=5,
+                    tail=9, bwd=False))
     if heavy:
         mlp += [dict(label="R=8192 Hd=2048 I=512 E=64 (T=1024 k=8)", R=8192, Hd=2048, I=512, E=64),
+                dict(label="R=65536 Hd=2048 I=512 E=256 (the issue's shape)", R=65536, Hd=2048, I=512, E=256,
+                     bwd=False),
                 dict(label="R=2000 Hd=1024 I=768 E=16 tail 100", R=2000, Hd=1024, I=768, E=16, tail=100)]
+
+    # sm_90a code runs on compute capability 9.0 only; elsewhere =wgmma refuses every call
+    hopper = ON_GPU and torch.cuda.get_device_capability(dev) == (9, 0)
+    forward_paths = ["wgmma", "mma"] if hopper else ["mma"]
 
     def guarded(fn, dtype, **case):
         try:
@@ -439,7 +472,14 @@ def main():
         for case in gather_only:
             guarded(combine_case, dtype, **case)
         for case in mlp:
-            guarded(mlp_case, dtype, **case)
+            # the forward's tensor-core paths, each forced (the backward once)
+            tc = (dtype != torch.float32 and case["Hd"] % 8 == 0 and case["I"] % 8 == 0
+                  and not case.get("transposed_w", False))
+            if not (tc and ON_GPU):
+                guarded(mlp_case, dtype, **case)
+                continue
+            for i, path in enumerate(forward_paths):
+                guarded(mlp_case, dtype, **{**case, "path": path, "bwd": case.get("bwd", True) and i == 0})
     passed = sum(RESULTS)
     print(f"cuda_moe_check: {passed}/{len(RESULTS)} passed", "" if passed == len(RESULTS) else "FAILURES")
     sys.exit(0 if passed == len(RESULTS) else 1)
