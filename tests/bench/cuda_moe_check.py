@@ -445,8 +445,6 @@ def main():
                     tail=9, bwd=False))
     if heavy:
         mlp += [dict(label="R=8192 Hd=2048 I=512 E=64 (T=1024 k=8)", R=8192, Hd=2048, I=512, E=64),
-                dict(label="R=65536 Hd=2048 I=512 E=256 (the issue's shape)", R=65536, Hd=2048, I=512, E=256,
-                     bwd=False),
                 dict(label="R=2000 Hd=1024 I=768 E=16 tail 100", R=2000, Hd=1024, I=768, E=16, tail=100)]
 
     # sm_90a code runs on compute capability 9.0 only; elsewhere =wgmma refuses every call
