@@ -5,10 +5,17 @@
 // steps of gridDim.x: warpgroup 0 is the producer (one thread issues the TMA
 // loads of each 64-deep stage into a ring of kRing, completing on mbarriers),
 // warpgroups 1 and 2 each own 64 of the tile's rows and issue m64n256k16
-// wgmma with both operands K-major in 128-byte-swizzled smem.
-// - up GEMM: rows [R, Hd] x gate_up[e]^T; the 256 B rows of a tile are gate
-//   rows n0..n0+127 and up rows I+n0..I+n0+127, so a thread holds gate and up
-//   of the same h column and writes h = silu(g) u (storage dtype) to scratch.
+// wgmma with both operands K-major in 128-byte-swizzled smem. A tile of at
+// most 64 rows (an expert's remainder) is split by columns instead: each
+// warpgroup multiplies the 64 rows by its half of the B rows (m64n128k16), so
+// that no warpgroup multiplies rows past the tile's end (skipping by
+// warpgroup would be a branch ptxas answers by serializing every wgmma,
+// C7518; the branch on the tile's size is uniform over the CTA).
+// - up GEMM: rows [R, Hd] x gate_up[e]^T; the 256 B rows of a tile are four
+//   TMA boxes of 64: gate rows n0.., up rows I+n0.., gate rows n0+64.., up
+//   rows I+n0+64.., so a thread holds gate and up of the same h column (8
+//   accumulator columns apart) and writes h = silu(g) u (storage dtype) to
+//   scratch.
 // - down GEMM: h [R, I] x down[e]^T, 256 output columns per tile.
 // A tile's rows past its expert's end (the next expert's rows, or zeros past
 // R) are loaded and multiplied but not stored: a row of the product depends on
@@ -31,23 +38,23 @@ using namespace sm90;
 constexpr int kThreads = 384;  // producer + 2 consumer warpgroups
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
 constexpr int kRows = 128;  // rows of a work tile (the plan's rows_per_entry)
-constexpr int kCols = 256;  // B rows of a tile: two TMA boxes of 128
+constexpr int kCols = 256;  // B rows of a tile: four TMA boxes of 64
 constexpr int kDepth = 64;  // K of a stage: one 128-byte swizzle row of 16-bit elements
 constexpr int kRing = 4;
 constexpr int kABytes = kRows * kDepth * 2;  // 16 KB
-constexpr int kBoxBytes = 128 * kDepth * 2;  // one B box, 16 KB
-constexpr int kStageBytes = kABytes + 2 * kBoxBytes;
+constexpr int kBoxBytes = 64 * kDepth * 2;   // one B box, 8 KB
+constexpr int kStageBytes = kABytes + 4 * kBoxBytes;
 constexpr size_t kSmem = 1024 + size_t{kRing} * kStageBytes + 2 * kRing * sizeof(uint64_t);
 #pragma nv_diag_default 177
 
 // One GEMM's work: kUp (h columns in tiles of 128, from gate and up rows I
 // apart) or down (output columns in tiles of 256).
 struct Sm90Gemm {
-  void* c;         // h [R, I] (up) or out (down), unit columns
-  int64_t c_s;     // c's row step
-  int64_t N, K;    // valid columns of c; the depth
-  int64_t second;  // the second B box's row offset past the first: I (up), 128 (down)
-  int64_t nc;      // column tiles per row tile
+  void* c;       // h [R, I] (up) or out (down), unit columns
+  int64_t c_s;   // c's row step
+  int64_t N, K;  // valid columns of c; the depth
+  int64_t I;     // up: the up rows' offset in gate_up
+  int64_t nc;    // column tiles per row tile
   Plan plan;
 };
 
@@ -84,14 +91,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int64_t L = blockIdx.x; L < tiles; L += gridDim.x) {
       const Tile t = decode_tile(g.plan, L, g.nc);
       const int row = static_cast<int>(t.row0), e = static_cast<int>(t.expert);
-      const int n0 = static_cast<int>(t.col) * n_tile, n1 = n0 + static_cast<int>(g.second);
+      const int n0 = static_cast<int>(t.col) * n_tile, I = static_cast<int>(g.I);
+      // The B boxes' first rows: gate, up, gate, up (up) or four consecutive (down).
+      const int b_row[4] = {n0, kUp ? n0 + I : n0 + 64, n0 + (kUp ? 64 : 128),
+                            kUp ? n0 + I + 64 : n0 + 192};
       for (int ks = 0; ks < steps; ++ks) {
         mbar_wait(&empty[stage], phase ^ 1);  // both consumers released the stage
         uint8_t* const sA = tiles_base + stage * kStageBytes;
         mbar_arrive_expect_tx(&full[stage], kStageBytes);
         tma_load_2d(sA, &ta, &full[stage], ks * kDepth, row);
-        tma_load_3d(sA + kABytes, &tb, &full[stage], ks * kDepth, n0, e);
-        tma_load_3d(sA + kABytes + kBoxBytes, &tb, &full[stage], ks * kDepth, n1, e);
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+          tma_load_3d(sA + kABytes + b * kBoxBytes, &tb, &full[stage], ks * kDepth, b_row[b], e);
         if (++stage == kRing) stage = 0, phase ^= 1;
       }
     }
@@ -105,34 +116,50 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t phase = 0;
   for (int64_t L = blockIdx.x; L < tiles; L += gridDim.x) {
     const Tile t = decode_tile(g.plan, L, g.nc);
-    // Both warpgroups multiply every stage, also one whose 64 rows lie past
-    // the tile's end: skipping there would be a branch on the warpgroup index,
-    // which ptxas answers by serializing every wgmma (C7518).
-    int prev = 0;
-    for (int ks = 0; ks < steps; ++ks) {
-      mbar_wait(&full[stage], phase);
-      const uint8_t* sA = tiles_base + stage * kStageBytes;
-      const uint64_t da = smem_desc(sA + wg * 64 * 128, 16, 1024);
-      const uint64_t db = smem_desc(sA + kABytes, 16, 1024);
-      fence_operand(acc);
-      wgmma_fence();
+    // Full tile: this warpgroup's 64 rows x all 256 B rows. Small tile (at
+    // most 64 rows): rows 0..63 x this warpgroup's 128 B rows (m64n128k16
+    // into acc's first half).
+    const bool small = t.rows <= 64;
+    // The k-steps of a tile with N-wide products (the branch on `small` is
+    // taken once per tile, outside the loop: a branch between wgmma issues
+    // makes ptxas inject warpgroup.arrive there, C7519).
+    const auto mainloop = [&]<int N>(float(&d)[N / 8][4], int a_off, int b_off) {
+      int prev = 0;
+      for (int ks = 0; ks < steps; ++ks) {
+        mbar_wait(&full[stage], phase);
+        const uint8_t* sA = tiles_base + stage * kStageBytes;
+        const uint64_t da = smem_desc(sA + a_off, 16, 1024);
+        const uint64_t db = smem_desc(sA + kABytes + b_off, 16, 1024);
+        fence_operand(d);
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kDepth / 16; ++kk)  // 16 deep = 32 bytes along the swizzled row
-        wgmma_ss<E, kCols>(acc, da + 2 * kk, db + 2 * kk, ks > 0 || kk > 0);
-      wgmma_commit();
-      wgmma_wait<1>();  // the previous stage's products are done: release it
-      fence_operand(acc);
-      if (ks > 0 && lane == 0) mbar_arrive(&empty[prev]);
-      prev = stage;
-      if (++stage == kRing) stage = 0, phase ^= 1;
+        for (int kk = 0; kk < kDepth / 16; ++kk)  // 16 deep = 32 bytes along the swizzled row
+          wgmma_ss<E, N>(d, da + 2 * kk, db + 2 * kk, ks > 0 || kk > 0);
+        wgmma_commit();
+        wgmma_wait<1>();  // the previous stage's products are done: release it
+        fence_operand(d);
+        if (ks > 0 && lane == 0) mbar_arrive(&empty[prev]);
+        prev = stage;
+        if (++stage == kRing) stage = 0, phase ^= 1;
+      }
+      wgmma_wait<0>();
+      fence_operand(d);
+      if (lane == 0) mbar_arrive(&empty[prev]);
+    };
+    if (small) {
+      mainloop.template operator()<kCols / 2>(*reinterpret_cast<float(*)[kCols / 16][4]>(&acc[0]),
+                                              0, wg * 2 * kBoxBytes);
+    } else {
+      mainloop.template operator()<kCols>(acc, wg * 64 * 128, 0);
     }
-    wgmma_wait<0>();
-    fence_operand(acc);
-    if (lane == 0) mbar_arrive(&empty[prev]);
 
-    // Epilogue: thread rows r and r + 8, columns 8j + 2 (lane % 4) + {0, 1}.
-    const int r0 = 64 * wg + 16 * warp + (lane >> 2);
-    const int64_t n0 = t.col * n_tile + 2 * (lane & 3);
+    // Epilogue: thread rows r and r + 8, accumulator columns 8j + 2 (lane %
+    // 4) + {0, 1}, j < 32 (full) or 16 (small: from column c0 of the tile).
+    // Up: gate in j % 16 < 8 and its up in j + 8, h column 64 (j / 16) + 8
+    // (j % 16) + ...
+    const int r0 = (small ? 0 : 64 * wg) + 16 * warp + (lane >> 2);
+    const int c0 = small ? wg * n_tile / 2 : 0;
+    const int64_t n0 = t.col * n_tile + c0 + 2 * (lane & 3);
     E* const c = static_cast<E*>(g.c);
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
@@ -140,12 +167,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (r >= t.rows) continue;
       E* const out = c + (t.row0 + r) * g.c_s;
 #pragma unroll
-      for (int j = 0; j < n_tile / 8; ++j) {
-        const int64_t n = n0 + 8 * j;
+      for (int j = 0; j < kCols / 8; ++j) {
+        if (small && j >= kCols / 16) break;
+        if (kUp && j % 16 >= 8) continue;  // an up column, taken with its gate column
+        const int64_t n = n0 + (kUp ? 64 * (j / 16) + 8 * (j % 16) : 8 * j);
         if (n >= g.N) continue;  // N is a multiple of 8: both columns or neither
         if constexpr (kUp) {
-          st_pair(out + n, siluf_(acc[j][2 * hi]) * acc[j + 16][2 * hi],
-                  siluf_(acc[j][2 * hi + 1]) * acc[j + 16][2 * hi + 1]);
+          st_pair(out + n, siluf_(acc[j][2 * hi]) * acc[j + 8][2 * hi],
+                  siluf_(acc[j][2 * hi + 1]) * acc[j + 8][2 * hi + 1]);
         } else {
           st_pair(out + n, acc[j][2 * hi], acc[j][2 * hi + 1]);
         }
@@ -206,10 +235,10 @@ cudaError_t launch_sm90(const MoeMlpParams& p, int dtype, const Plan& plan, E* h
       !tensor_map(t_rows, encode, p.rows.data, dtype, 2, {p.Hd, p.R, 1}, {p.rows.stride[0], 0},
                   kRows) ||
       !tensor_map(t_gate_up, encode, gu.data, dtype, 3, {p.Hd, 2 * p.I, p.E},
-                  {gu.stride[1], gu.stride[0]}, 128) ||
+                  {gu.stride[1], gu.stride[0]}, 64) ||
       !tensor_map(t_h, encode, h, dtype, 2, {p.I, p.R, 1}, {p.I, 0}, kRows) ||
       !tensor_map(t_down, encode, dn.data, dtype, 3, {p.I, p.Hd, p.E}, {dn.stride[1], dn.stride[0]},
-                  128))
+                  64))
     return cudaErrorNotSupported;
   cudaError_t status = allow_smem(grouped_gemm_sm90_kernel<E, true>, kSmem);
   if (status == cudaSuccess) status = allow_smem(grouped_gemm_sm90_kernel<E, false>, kSmem);
@@ -218,14 +247,14 @@ cudaError_t launch_sm90(const MoeMlpParams& p, int dtype, const Plan& plan, E* h
                     .c_s = p.I,
                     .N = p.I,
                     .K = p.Hd,
-                    .second = p.I,
+                    .I = p.I,
                     .nc = ceil_div(p.I, kCols / 2),
                     .plan = plan};
   const Sm90Gemm down{.c = p.out.data,
                       .c_s = p.out.stride[0],
                       .N = p.Hd,
                       .K = p.I,
-                      .second = kCols / 2,
+                      .I = p.I,
                       .nc = ceil_div(p.Hd, kCols),
                       .plan = plan};
   const auto grid = [&](const Sm90Gemm& g) {

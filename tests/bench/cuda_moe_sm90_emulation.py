@@ -1,16 +1,18 @@
 """Off-GPU checks of the sm_90a expert MLP forward (backends/cuda/moe_mlp_sm90.cu),
 transcribed from its code; run them after changing its tiles, boxes or pipeline:
 
-1. layouts: TMA's 128-byte-swizzle writes of a stage (A box of 128 rows, two B
-   boxes of 128 rows) read back by the kernel's wgmma descriptors (K-major A of
-   each warpgroup's 64 rows, K-major B of 256 rows, 32 bytes per k16 step);
+1. layouts: TMA's 128-byte-swizzle writes of a stage (A box of 128 rows, four B
+   boxes of 64 rows) read back by the kernel's wgmma descriptors, 32 bytes per
+   k16 step: full tiles (each warpgroup's 64 A rows, all 256 B rows) and small
+   tiles (A rows 0..63, each warpgroup's 128 B rows);
 2. pipeline: random interleavings of the producer / consumer mbarrier protocol
    over a ring of 4 stages and several persistent tiles (parity waits, TMA
    writes landing late, wgmma reads live from issue to the next wait_group<1>)
    never read a stale stage, overwrite a stage being read, or deadlock;
 3. math: the plan (plan_kernel), the tile decoding (decode_tile), the TMA boxes
    with their zero fill (rows past R, K past Hd or I, B rows past the weight),
-   the up tile's gate / up pairing, the epilogues' masks, at awkward shapes
+   the up tile's gate / up pairing, full and small (<= 64 rows) tiles and the
+   epilogues' accumulator-column mapping and masks, at awkward shapes
    (Hd, I multiples of 8 but not of 64 or 128, experts straddling tiles, empty
    experts, counts past R, a tail), with NaN in every row no call may read
    into a stored result: equal (to rounding) to a per-expert float64 MLP with h
@@ -27,8 +29,8 @@ import random
 import numpy as np
 
 ROWS, COLS, DEPTH, RING = 128, 256, 64, 4
-A_BYTES, BOX_BYTES = ROWS * DEPTH * 2, 128 * DEPTH * 2
-STAGE = A_BYTES + 2 * BOX_BYTES
+A_BYTES, BOX_BYTES = ROWS * DEPTH * 2, 64 * DEPTH * 2
+STAGE = A_BYTES + 4 * BOX_BYTES
 
 
 # ---- 1. layouts -------------------------------------------------------------------------
@@ -60,19 +62,25 @@ def check_layout():
         A = rng.integers(0, 60000, (ROWS, 64)).astype(np.uint16)
         B = rng.integers(0, 60000, (COLS, 64)).astype(np.uint16)
         sA = stage * STAGE
-        assert sA % 1024 == 0 and (sA + A_BYTES) % 1024 == 0 and (sA + A_BYTES + BOX_BYTES) % 1024 == 0
         tma_store(smem, sA, A)
-        tma_store(smem, sA + A_BYTES, B[:128])
-        tma_store(smem, sA + A_BYTES + BOX_BYTES, B[128:])
-        for wg in range(2):
-            da = sA + wg * 64 * 128
-            db = sA + A_BYTES
-            for kk in range(DEPTH // 16):
-                a = read_kmajor(smem, da + 32 * kk, 64, 1024)
-                b = read_kmajor(smem, db + 32 * kk, COLS, 1024)
-                assert (a == A[64 * wg:64 * wg + 64, 16 * kk:16 * kk + 16]).all(), ("A", stage, wg, kk)
-                assert (b == B[:, 16 * kk:16 * kk + 16]).all(), ("B", stage, kk)
-    print("layouts: A (both warpgroups) and B (256 rows over two boxes) read back as written, every k16 step")
+        for i in range(4):
+            assert (sA + A_BYTES + i * BOX_BYTES) % 1024 == 0
+            tma_store(smem, sA + A_BYTES + i * BOX_BYTES, B[64 * i:64 * i + 64])
+        for small in (False, True):
+            for wg in range(2):
+                a_off = 0 if small else wg * 64 * 128
+                b_off = wg * 2 * BOX_BYTES if small else 0
+                n = COLS // 2 if small else COLS
+                da, db = sA + a_off, sA + A_BYTES + b_off
+                a_rows = slice(0, 64) if small else slice(64 * wg, 64 * wg + 64)
+                b_rows = slice(128 * wg, 128 * wg + 128) if small else slice(0, COLS)
+                for kk in range(DEPTH // 16):
+                    a = read_kmajor(smem, da + 32 * kk, 64, 1024)
+                    b = read_kmajor(smem, db + 32 * kk, n, 1024)
+                    assert (a == A[a_rows, 16 * kk:16 * kk + 16]).all(), ("A", stage, small, wg, kk)
+                    assert (b == B[b_rows, 16 * kk:16 * kk + 16]).all(), ("B", stage, small, wg, kk)
+    print("layouts: A and B (256 rows over four boxes) read back as written, every k16 step, both warpgroups, "
+          "full and small tiles")
 
 
 # ---- 2. pipeline ------------------------------------------------------------------------
@@ -228,38 +236,56 @@ def box(src3, e, r0, c0, rows):
     return out
 
 
-def gemm_kernel(A, B3, C, up, N, K, second, nc, first, tstart, entry, writes, grid):
-    """grouped_gemm_sm90_kernel: every CTA's tiles, stage by stage."""
+def gemm_kernel(A, B3, C, up, N, K, I, nc, first, tstart, entry, writes, grid, stats):
+    """grouped_gemm_sm90_kernel: every CTA's tiles, stage by stage, each warpgroup's
+    accumulator [64, 256] (a small tile's products in its first 128 columns)."""
     tiles = tstart[-1] * nc
     n_tile = COLS // 2 if up else COLS
     for cta in range(grid):
         for L in range(cta, tiles, grid):
             e, row0, rows, col = decode(first, tstart, entry, L, nc)
             n0 = col * n_tile
-            n1 = n0 + second
-            acc = np.zeros((ROWS, COLS))
+            b_row = [n0, n0 + I if up else n0 + 64, n0 + (64 if up else 128), n0 + I + 64 if up else n0 + 192]
+            small = rows <= 64
+            stats[small] += 1
+            acc = [np.zeros((64, COLS)) for _ in range(2)]
             with np.errstate(invalid="ignore", over="ignore"):
                 for ks in range(cdiv(K, DEPTH)):
                     a = box(A, None, row0, ks * DEPTH, ROWS)
-                    b = np.concatenate([box(B3, e, n0, ks * DEPTH, 128), box(B3, e, n1, ks * DEPTH, 128)])
-                    acc += a @ b.T  # both warpgroups: rows 0..63 and 64..127
-            for r in range(ROWS):
-                if r >= rows:
-                    continue
-                for j in range(n_tile // 8):
-                    for t in range(4):
-                        n = n0 + 8 * j + 2 * t
-                        if n >= N:
-                            continue
-                        for d in range(2):
-                            c = 8 * j + 2 * t + d
-                            if up:
-                                g, u = acc[r, c], acc[r, c + 128]
-                                v = g / (1 + np.exp(-g)) * u
-                            else:
-                                v = acc[r, c]
-                            C[row0 + r, n + d] = bf16(v)
-                            writes[row0 + r, n + d] += 1
+                    b = np.concatenate([box(B3, e, br, ks * DEPTH, 64) for br in b_row])
+                    for wg in range(2):
+                        if small:
+                            acc[wg][:, :128] += a[:64] @ b[128 * wg:128 * wg + 128].T
+                        else:
+                            acc[wg] += a[64 * wg:64 * wg + 64] @ b.T
+            for wg in range(2):
+                for warp in range(4):
+                    for lane in range(32):
+                        t = lane & 3
+                        r0 = (0 if small else 64 * wg) + 16 * warp + (lane >> 2)
+                        c0 = wg * n_tile // 2 if small else 0
+                        for hi in range(2):
+                            r = r0 + 8 * hi
+                            if r >= rows:
+                                continue
+                            ar = r - (0 if small else 64 * wg)  # the accumulator's row
+                            for j in range(COLS // 8):
+                                if small and j >= COLS // 16:
+                                    break
+                                if up and j % 16 >= 8:
+                                    continue
+                                n = n0 + c0 + 2 * t + (64 * (j // 16) + 8 * (j % 16) if up else 8 * j)
+                                if n >= N:
+                                    continue
+                                for d in range(2):
+                                    c = 8 * j + 2 * t + d
+                                    if up:
+                                        g, u = acc[wg][ar, c], acc[wg][ar, c + 64]
+                                        v = g / (1 + np.exp(-g)) * u
+                                    else:
+                                        v = acc[wg][ar, c]
+                                    C[row0 + r, n + d] = bf16(v)
+                                    writes[row0 + r, n + d] += 1
 
 
 def check_math(R, Hd, I, counts, seed, sms=5):
@@ -276,9 +302,11 @@ def check_math(R, Hd, I, counts, seed, sms=5):
     max_entries = cdiv(R, ROWS) + min(E, R)
     nc_up, nc_down = cdiv(I, COLS // 2), cdiv(Hd, COLS)
     wh, wo = np.zeros((R, I), int), np.zeros((R, Hd), int)
-    gemm_kernel(rows, gate_up, h, True, I, Hd, I, nc_up, first, tstart, entry, wh, min(max_entries * nc_up, sms))
-    gemm_kernel(h, down, out, False, Hd, I, 128, nc_down, first, tstart, entry, wo,
-                min(max_entries * nc_down, sms))
+    stats = [0, 0]  # full, small tiles
+    gemm_kernel(rows, gate_up, h, True, I, Hd, I, nc_up, first, tstart, entry, wh, min(max_entries * nc_up, sms),
+                stats)
+    gemm_kernel(h, down, out, False, Hd, I, I, nc_down, first, tstart, entry, wo, min(max_entries * nc_down, sms),
+                stats)
     assert (wh[:used] == 1).all() and (wh[used:] == 0).all(), "h rows written once each"
     assert (wo[:used] == 1).all() and (wo[used:] == 0).all(), "out rows written once each"
     out[used:] = 0.0  # launch_zero_rows
@@ -293,7 +321,7 @@ def check_math(R, Hd, I, counts, seed, sms=5):
     assert np.isfinite(out).all(), "NaN reached a stored row"
     err = np.abs(out - bf16(want)).max() / max(np.abs(want).max(), 1e-30)
     assert err < 1e-2, err
-    return used, err
+    return used, err, stats
 
 
 def check_math_cases():
@@ -305,10 +333,12 @@ def check_math_cases():
         ("no rows counted", 40, 64, 32, [0, 0]),
         ("E=1, R=1", 1, 8, 8, [1]),
         ("Hd=200 I=264: several column tiles, 5 experts", 400, 200, 264, [64, 65, 127, 128, 16]),
+        ("remainders of 1, 63, 64, 65 rows", 600, 72, 72, [129, 191, 192, 65, 1, 0, 22]),
     ]
     for i, (name, R, Hd, I, counts) in enumerate(cases):
-        used, err = check_math(R, Hd, I, counts, seed=i)
-        print(f"math: {name}: {used} rows counted, max rel err vs float64 {err:.1e}")
+        used, err, stats = check_math(R, Hd, I, counts, seed=i)
+        print(f"math: {name}: {used} rows counted ({stats[0]} full, {stats[1]} small tiles), "
+              f"max rel err vs float64 {err:.1e}")
 
 
 if __name__ == "__main__":
