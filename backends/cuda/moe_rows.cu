@@ -40,7 +40,7 @@ constexpr int kMostChunks = 512;   // chunks (CTAs): enough to fill the GPU, few
 constexpr int kSubChunk = 32 * 4;  // slots a warp holds in registers at once (4 per lane)
 constexpr int kScanWarps = 8;      // a warp per bucket
 constexpr int64_t kMaxHistogram = int64_t{1} << 24;  // entries of the [E + 1][chunks] table
-constexpr size_t kSmemLimit = 48 * 1024;
+constexpr size_t kSmemLimit = 47 * 1024;  // counters; the place kernel's static smem beside them
 
 struct DispatchScratch {
   int32_t* hist;   // [E + 1][chunks]: counts, then each chunk's first row within its bucket

@@ -13,7 +13,7 @@ import random
 
 import numpy as np
 
-K_CHUNK_WARPS, K_MOST_CHUNKS, K_MAX_HIST, K_SMEM = 8, 512, 1 << 24, 48 * 1024
+K_CHUNK_WARPS, K_MOST_CHUNKS, K_MAX_HIST, K_SMEM = 8, 512, 1 << 24, 47 * 1024
 
 
 def cdiv(a, b):
@@ -174,8 +174,8 @@ def main():
         ("E=0", rng.integers(-1, 2, (40, 2)), 0),
         ("slots not a chunk multiple", rng.integers(-1, 300, (2049, 7)), 300),
         ("many chunks", rng.integers(-1, 40, (4111, 16)), 40),
-        ("E=1535 (8 warps)", rng.integers(-1, 1535, (700, 4)), 1535),
-        ("E=1536 (1 warp, smem)", rng.integers(-1, 1536, (700, 4)), 1536),
+        ("E=1503 (8 warps)", rng.integers(-1, 1503, (700, 4)), 1503),
+        ("E=1504 (1 warp, smem)", rng.integers(-1, 1504, (700, 4)), 1504),
     ]
     for name, ids, E in cases:
         lay = run(np.asarray(ids, np.int64), E, name=name)
