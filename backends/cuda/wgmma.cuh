@@ -1,7 +1,9 @@
 // Hopper (sm_90a) PTX wrappers: mbarriers, TMA tile loads (cp.async.bulk.tensor),
-// warpgroup MMA (wgmma.mma_async) with shared-memory matrix descriptors, the
-// async-proxy fence, named barriers and setmaxnreg. Used by the sm_90a kernels
-// (attn_prefill_sm90.cu); the mma.sync kernels use tensor_core.cuh.
+// plain bulk copies (cp.async.bulk, sm_90) both ways, warpgroup MMA
+// (wgmma.mma_async) with shared-memory matrix descriptors, the async-proxy
+// fence, named barriers and setmaxnreg. Used by the sm_90a kernels
+// (attn_prefill_sm90.cu, the conv1d bulk paths); the mma.sync kernels use
+// tensor_core.cuh.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -83,6 +85,44 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, u
 }
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// ---- bulk copies (cp.async.bulk, no tensor map) -------------------------------------
+
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) from global memory
+// into smem at `dst`, completing `bar`'s transaction bytes.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes,
+                                          uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+// An L2 policy that evicts first: for data written once and not read again
+// soon (a streaming kernel's outputs), as __stcs does for ordinary stores.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+// `bytes` from smem at `src` to global memory, in the calling thread's current
+// bulk group (bulk_commit closes it), with the L2 eviction `policy`.
+__device__ __forceinline__ void bulk_store(void* dst, const void* src, uint32_t bytes,
+                                           uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n" ::"l"(dst),
+      "r"(smem_u32(src)), "r"(bytes), "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// Waits until at most kPending of this thread's bulk groups still read their
+// smem source (the smem may then be overwritten).
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
 }
 
 // ---- ordering, barriers, registers -------------------------------------------------
