@@ -3,15 +3,18 @@
 // tokens and slides a window of the last W inputs in registers, so each
 // input is read about once. Dense inputs with unit channel stride and 16-byte
 // rows take conv_fwd_vec_kernel, which streams a thread's rows through shared
-// memory by cp.async one tile ahead of the arithmetic; everything else
-// (varlen, strided, misaligned) takes conv_fwd_kernel.
+// memory by cp.async one tile ahead of the arithmetic, or on Hopper
+// conv_fwd_bulk_kernel, which moves whole 4 KB row segments by bulk copies;
+// everything else (varlen, strided, misaligned) takes conv_fwd_kernel.
 // conv1d_update: with contiguous 16-byte state rows, a thread per (sequence,
 // kVec channels) moves its state and tokens as 16-byte vectors
-// (conv_update_vec_kernel); otherwise a thread per (sequence, channel),
-// window in registers. The state is updated in place.
+// (conv_update_vec_kernel; conv_decode_vec_kernel for one token per
+// sequence); otherwise a thread per (sequence, channel), window in
+// registers. The state is updated in place.
 #include <type_traits>
 
 #include "device_common.cuh"
+#include "wgmma.cuh"
 
 namespace hops::cuda {
 
@@ -347,6 +350,133 @@ __global__ void __launch_bounds__(kVecThreads, 8)
   }
 }
 
+// Dense conv1d_fwd on Hopper (sm_90 code; the conditions of
+// conv_fwd_vec_kernel). A CTA of kBulkThreads threads owns a block of
+// kBulkThreads * kVec channels (4 KB of each row) of a run of tokens. Thread 0
+// brings the run's rows in as one cp.async.bulk per 4 KB row segment, tiles of
+// kBulkRows rows into kBulkStages smem stages (completing on an mbarrier per
+// stage), up to kBulkStages - 1 tiles ahead; the run's first tile starts 3
+// rows before the run (the window's halo). Each thread computes its kVec
+// channels of each row, its window in registers, and writes y over the 16
+// bytes of x it read (no other thread reads them); thread 0 then writes the
+// tile's rows back by bulk stores (evict-first). DRAM sees 4 KB contiguous
+// reads and writes, four CTAs side by side cover a 16 KB row, and the threads
+// do no address arithmetic for the streams. Runs are sized on the host so
+// that the grid is about one wave (one run per CTA, one prologue each).
+constexpr int kBulkThreads = 256;
+constexpr int kBulkRows = 8;
+constexpr int kBulkStages = 3;  // the tile being computed and two in flight: 64 KB per CTA
+constexpr int kBulkBlocksPerSm = 2;
+constexpr int kBulkMinRun = 64;  // the halo re-read stays under 5%
+constexpr size_t kBulkSmem = size_t{kBulkStages} * kBulkRows * kBulkThreads * 16 + kBulkStages * 8;
+
+template <class T>
+__global__ void __launch_bounds__(kBulkThreads, kBulkBlocksPerSm)
+    conv_fwd_bulk_kernel(ConvParams p, int64_t run_tokens) {
+  // cp.async.bulk exists from sm_90; a module built for other targets carries
+  // an empty kernel that launch_conv1d_fwd never launches (bulk_code).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using namespace sm90;
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int64_t kChannels = int64_t{kBulkThreads} * kVec;
+  extern __shared__ uint4 tiles[];  // [stage][row][thread]
+  uint64_t* full = reinterpret_cast<uint64_t*>(tiles + kBulkStages * kBulkRows * kBulkThreads);
+  const int64_t blocks = (p.D + kChannels - 1) / kChannels;
+  const int64_t runs = (p.T + run_tokens - 1) / run_tokens;
+  const int64_t block = blockIdx.x % blocks, run = blockIdx.x / blocks % runs;
+  const int64_t row = blockIdx.x / (blocks * runs);
+  const int64_t t_begin = run * run_tokens;
+  const int64_t t_end = t_begin + run_tokens < p.T ? t_begin + run_tokens : p.T;
+  const int64_t c0 = block * kChannels;
+  const auto row_bytes =
+      static_cast<uint32_t>((p.D - c0 < kChannels ? p.D - c0 : kChannels) * sizeof(T));
+  // Position k of the run holds token t_begin - 3 + k (0 .. 2: the halo).
+  const int positions = static_cast<int>(t_end - t_begin) + 3;
+  const int tile_count = (positions + kBulkRows - 1) / kBulkRows;
+  const int first_loaded = t_begin >= 3 ? 0 : static_cast<int>(3 - t_begin);  // token 0
+  const T* x = reinterpret_cast<const T*>(p.x.data) + row * p.x.stride[0] + c0;
+  T* y = reinterpret_cast<T*>(p.y.data) + row * p.y.stride[0] + c0;
+  const int tid = threadIdx.x;
+  const auto cell = [&](int k) {  // position k's row in its tile's stage
+    return tiles + ((k / kBulkRows % kBulkStages) * kBulkRows + k % kBulkRows) * kBulkThreads;
+  };
+  const auto issue = [&](int tile) {
+    const int lo = tile * kBulkRows > first_loaded ? tile * kBulkRows : first_loaded;
+    const int hi = (tile + 1) * kBulkRows < positions ? (tile + 1) * kBulkRows : positions;
+    uint64_t* bar = &full[tile % kBulkStages];
+    mbar_arrive_expect_tx(bar, hi > lo ? (hi - lo) * row_bytes : 0);
+    for (int k = lo; k < hi; ++k)
+      bulk_load(cell(k), x + (t_begin - 3 + k) * p.x.stride[1], row_bytes, bar);
+  };
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < kBulkStages; ++s) mbar_init(&full[s], 1);
+    fence_barrier_init();
+  }
+  __syncthreads();
+  uint64_t policy = 0;
+  if (tid == 0) {
+    policy = evict_first_policy();
+    for (int tile = 0; tile < kBulkStages - 1 && tile < tile_count; ++tile) issue(tile);
+  }
+  const int64_t d0 = c0 + int64_t{tid} * kVec;
+  const bool active = d0 < p.D;
+  float taps[4][kVec], bias[kVec], win[4][kVec];
+  if (active) load_taps<T, kVec>(p.weight, p.bias, p.W, d0, taps, bias);
+  for (int tile = 0; tile < tile_count; ++tile) {
+    mbar_wait(&full[tile % kBulkStages], tile / kBulkStages & 1);
+    const int k_end = (tile + 1) * kBulkRows < positions ? (tile + 1) * kBulkRows : positions;
+    if (active) {
+      if (tile == 0) {  // the halo (kBulkRows >= 3: all in tile 0)
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          if (j >= first_loaded) {
+            unpack16<T, kVec>(cell(j)[tid], win[j]);
+          } else if (p.initial_state.data) {  // before the sequence: initial state or zero
+            const Arg& s = p.initial_state;
+            const int64_t col = s.shape[2] + t_begin - 3 + j;
+            const Floats<kVec> f =
+                col < 0
+                    ? Floats<kVec>{}
+                    : load_strided<kVec>(s.data, s.dtype,
+                                         row * s.stride[0] + d0 * s.stride[1] + col * s.stride[2],
+                                         s.stride[1]);
+#pragma unroll
+            for (int c = 0; c < kVec; ++c) win[j][c] = f.v[c];
+          } else {
+#pragma unroll
+            for (int c = 0; c < kVec; ++c) win[j][c] = 0.0f;
+          }
+        }
+      }
+#pragma unroll 1
+      for (int k = tile == 0 ? 3 : tile * kBulkRows; k < k_end; ++k) {
+        uint4& v = cell(k)[tid];
+        unpack16<T, kVec>(v, win[3]);
+        float out[kVec];
+        conv_outputs(taps, bias, win, p.silu, silu_for<T>, out);
+        v = pack16<T, kVec>(out);
+        shift_window(win);
+      }
+    }
+    fence_proxy_async();  // this thread's y in smem, before thread 0's bulk stores read it
+    __syncthreads();
+    if (tid == 0) {
+      for (int k = tile == 0 ? 3 : tile * kBulkRows; k < k_end; ++k)
+        bulk_store(y + (t_begin - 3 + k) * p.y.stride[1], cell(k), row_bytes, policy);
+      bulk_commit();
+      // The next tile goes into the stage of the previous one, whose stores
+      // (all but this tile's group) must have read it.
+      if (tile + kBulkStages - 1 < tile_count) {
+        bulk_wait_read<1>();
+        issue(tile + kBulkStages - 1);
+      }
+    }
+  }
+  if (tid == 0) bulk_wait_read<0>();  // the smem must outlive the stores' reads
+#endif
+}
+
 // final_state[n, d, c] = position length - L1 + c of sequence n.
 template <class T>
 __global__ void conv_final_state_kernel(ConvParams p) {
@@ -510,27 +640,126 @@ __global__ void __launch_bounds__(128, 4) conv_update_vec_kernel(ConvUpdateParam
   }
 }
 
+// conv1d_update with one token per sequence (decode, L = 1), same layout
+// conditions as conv_update_vec_kernel: no token loop, so the state block, the
+// token and the taps are all loaded before any arithmetic, and the new state
+// is the old columns shifted left by one with the token last. Without the
+// loop's live ranges it fits 64 registers (8 CTAs of 128 threads per SM),
+// where the general instance is capped at 128 with a spill.
+template <class T, int kSL>
+__global__ void __launch_bounds__(128, 6) conv_decode_vec_kernel(ConvUpdateParams p) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t groups = p.D / kVec;
+  const int64_t work = p.N * groups;
+  for (int64_t w = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; w < work;
+       w += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t group = w % groups, n = w / groups;
+    const int64_t slot = slot_of(p.slots, n, p.S);
+    const int64_t d0 = group * kVec;
+    T* y = reinterpret_cast<T*>(p.y.data) + n * p.y.stride[0] + d0;
+    if (slot < 0) {  // skipped: y left, or 0 (Dao's padding rows)
+      if (p.zero_skipped) *reinterpret_cast<uint4*>(y) = make_uint4(0, 0, 0, 0);
+      continue;
+    }
+    uint4* state = reinterpret_cast<uint4*>(reinterpret_cast<T*>(p.state.data) +
+                                            slot * p.state.stride[0] + d0 * kSL);
+    union {
+      uint4 raw[kSL];
+      T e[kVec * kSL];  // channel c, column j at c kSL + j
+    } old, next;
+#pragma unroll
+    for (int i = 0; i < kSL; ++i) old.raw[i] = state[i];
+    Vec16<T> token;
+    token.raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const T*>(p.x.data) +
+                                                n * p.x.stride[0] + d0);
+    float taps[4][kVec], bias[kVec];
+    load_taps<T, kVec>(p.weight, p.bias, p.W, d0, taps, bias);
+    float win[4][kVec];
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) {
+#pragma unroll
+      for (int j = 1; j < 4; ++j) win[3 - j][c] = to_f(old.e[c * kSL + kSL - j]);
+      win[3][c] = to_f(token.e[c]);
+    }
+    float out[kVec];
+    conv_outputs(taps, bias, win, p.silu, silu_for<T>, out);
+    *reinterpret_cast<uint4*>(y) = pack16<T, kVec>(out);
+#pragma unroll
+    for (int c = 0; c < kVec; ++c) {
+#pragma unroll
+      for (int j = 0; j < kSL; ++j)
+        next.e[c * kSL + j] = j + 1 < kSL ? old.e[c * kSL + j + 1] : token.e[c];
+    }
+#pragma unroll
+    for (int i = 0; i < kSL; ++i) state[i] = next.raw[i];
+  }
+}
+
 }  // namespace
 
+// Whether the module holds conv_fwd_bulk_kernel as sm_90 code (PTX version
+// 90: a module built for sm_8x only, or run from compute_80 PTX on a Hopper,
+// has the empty kernel).
+bool bulk_code() {
+  static const bool sm90 = [] {
+    cudaFuncAttributes attributes{};
+    const bool found =
+        cudaFuncGetAttributes(&attributes, conv_fwd_bulk_kernel<__nv_bfloat16>) == cudaSuccess;
+    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
+    return found && attributes.ptxVersion >= 90;
+  }();
+  return sm90;
+}
+
+// conv_fwd_bulk_kernel's runs: about one wave of CTAs (kBulkBlocksPerSm per
+// SM), at least kBulkMinRun tokens each. Returns cudaErrorNotSupported where
+// the kernel cannot run (no sm_90 code, shared memory refused): the caller
+// takes conv_fwd_vec_kernel instead.
+template <class T>
+cudaError_t launch_conv_fwd_bulk(const ConvParams& p, cudaStream_t stream) {
+  if (!bulk_code()) return cudaErrorNotSupported;
+  int device = 0, sms = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (status == cudaSuccess) status = allow_smem(conv_fwd_bulk_kernel<T>, kBulkSmem);
+  if (status != cudaSuccess) return status;
+  const int64_t channels = int64_t{kBulkThreads} * (16 / sizeof(T));
+  const int64_t strips = p.B * ((p.D + channels - 1) / channels);  // (row, channel block)
+  const int64_t fit = int64_t{sms} * kBulkBlocksPerSm / strips;    // runs per row in one wave
+  const int64_t most = (p.T + kBulkMinRun - 1) / kBulkMinRun;
+  const int64_t runs = fit < 1 ? 1 : (fit < most ? fit : most);
+  const int64_t run_tokens = (p.T + runs - 1) / runs;
+  const int64_t grid = strips * ((p.T + run_tokens - 1) / run_tokens);
+  if (grid > 0x7fffffff) return cudaErrorNotSupported;
+  conv_fwd_bulk_kernel<T>
+      <<<static_cast<unsigned>(grid), kBulkThreads, kBulkSmem, stream>>>(p, run_tokens);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t stream) {
+  cudaError_t status = cudaSuccess;
   by_dtype(dtype, [&]<class T>(T) {
     constexpr int kVec = 16 / sizeof(T);
     if (p.B * p.T * p.D > 0) {
-      if (p.vector && !p.cu.data && !p.ids.data) {
+      const bool dense = p.vector && !p.cu.data && !p.ids.data;
+      if (dense) status = launch_conv_fwd_bulk<T>(p, stream);
+      if (dense && status == cudaErrorNotSupported) {
+        status = cudaSuccess;
         const int64_t work = p.B * ((p.T + kRunTokens - 1) / kRunTokens) * (p.D / kVec);
         conv_fwd_vec_kernel<T>
             <<<grid_for(work, kVecThreads), kVecThreads, 0, stream>>>(p, kRunTokens);
-      } else {
+      } else if (!dense) {
         const int64_t work = p.B * ((p.T + kTokens - 1) / kTokens) * ((p.D + kVec - 1) / kVec);
         conv_fwd_kernel<T, kVec><<<grid_for(work, 128), 128, 0, stream>>>(p);
       }
     }
-    if (p.final_state.data) {
+    if (status == cudaSuccess && p.final_state.data) {
       const int64_t count = p.N * p.D * p.final_state.shape[2];
       if (count > 0) conv_final_state_kernel<T><<<grid_for(count, 256), 256, 0, stream>>>(p);
     }
   });
-  return cudaGetLastError();
+  return status != cudaSuccess ? status : cudaGetLastError();
 }
 
 cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStream_t stream) {
@@ -548,7 +777,11 @@ cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStrea
                         s.stride[2] == 1 && s.stride[1] == p.SL && s.stride[0] % kVec == 0 &&
                         aligned(s.data);
     const int grid = grid_for(p.N * (p.D / kVec), 128);
-    if (vector && p.SL == 3)
+    if (vector && p.L == 1 && p.SL == 3)
+      conv_decode_vec_kernel<T, 3><<<grid, 128, 0, stream>>>(p);
+    else if (vector && p.L == 1 && p.SL == 4)
+      conv_decode_vec_kernel<T, 4><<<grid, 128, 0, stream>>>(p);
+    else if (vector && p.SL == 3)
       conv_update_vec_kernel<T, 3><<<grid, 128, 0, stream>>>(p);
     else if (vector && p.SL == 4)
       conv_update_vec_kernel<T, 4><<<grid, 128, 0, stream>>>(p);
