@@ -17,6 +17,7 @@
 
 #include "checked_math.hpp"
 #include "ordered_sum.cuh"
+#include "wgmma.cuh"
 
 namespace hops::cuda {
 
@@ -571,6 +572,255 @@ __global__ void __launch_bounds__(kVecThreads, kVecBlocksPerSm)
   }
 }
 
+// ---- The dense path on Hopper ------------------------------------------------
+// conv_bwd_bulk_kernel: 16-bit x, dy, dx on vector_path, sm_90 code. A CTA of
+// kBulkThreads threads owns a block of kBulkThreads * 4 channels (2 KB of
+// each row) of a run of a row's tokens. Thread 0 brings the run's x and dy
+// row segments in by cp.async.bulk, tiles of kBulkRows rows into kBulkStages
+// smem stages (an mbarrier each), kBulkStages - 2 tiles ahead; the run's
+// first tile starts 3 rows before the run (x only: u's halo) and its last
+// ends 3 rows after it (dpre's halo). Each thread owns 4 channels (8-byte
+// smem accesses: the bulk copies, not the thread's vector width, make the
+// DRAM accesses long), so ~100 registers and 16 warps per SM where
+// conv_bwd_vec_kernel's 8 channels need ~200 and get 8 warps. The steps are
+// conv_bwd_vec_kernel's (same arithmetic in the same order: dx bitwise
+// equal); dx of a token is written over its dy in smem (only its own thread
+// reads that dy), complete 3 steps later, so a tile's dx rows go out by bulk
+// stores (evict-first) after the next tile's steps, and the stage is reused
+// once those stores have read it. The shares are flushed per segment of
+// kSegTokens tokens (partials[row * segments + segment]: a split fixed by the
+// shape, whatever the run length, which the host sizes to about one wave).
+constexpr int kBulkThreads = 256;
+constexpr int kBulkRows = 4;    // >= 3: a tile's dx rows are complete after the next tile
+constexpr int kBulkStages = 6;  // computing, storing, 4 tiles (64 KB) in flight
+constexpr int kBulkBlocksPerSm = 2;
+constexpr int kBulkVec = 4;
+constexpr int kSegTokens = 256;
+constexpr int64_t kBulkChannels = int64_t{kBulkThreads} * kBulkVec;
+// x and dy rows of a stage, 2-byte elements; then the stages' mbarriers.
+constexpr size_t kBulkStageBytes = size_t{2} * kBulkRows * kBulkChannels * 2;
+constexpr size_t kBulkSmem = kBulkStages * kBulkStageBytes + kBulkStages * 8;
+
+// Four 16-bit values as one 8-byte vector (packed as pack16 does: bitwise the
+// same rounding).
+template <class T>
+union Vec8 {
+  uint2 raw;
+  T e[4];
+};
+template <class T>
+__device__ __forceinline__ void unpack4(uint2 raw, float (&out)[4]) {
+  Vec8<T> v;
+  v.raw = raw;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) out[c] = to_f(v.e[c]);
+}
+template <class T>
+__device__ __forceinline__ uint2 pack4(const float (&in)[4]) {
+  Vec8<T> v;
+#pragma unroll
+  for (int c = 0; c < 4; c += 2) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>)
+      reinterpret_cast<__nv_bfloat162*>(v.e)[c / 2] = __floats2bfloat162_rn(in[c], in[c + 1]);
+    else
+      reinterpret_cast<__half2*>(v.e)[c / 2] = __floats2half2_rn(in[c], in[c + 1]);
+  }
+  return v.raw;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kBulkThreads, kBulkBlocksPerSm)
+    conv_bwd_bulk_kernel(ConvBwdParams p, int64_t run_tokens, float* partials) {
+  // cp.async.bulk exists from sm_90; a module built for other targets carries
+  // an empty kernel that launch_conv1d_bwd never launches (bulk_path).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using namespace sm90;
+  static_assert(sizeof(T) == 2);
+  constexpr int kV = kBulkVec;
+  extern __shared__ uint2 stages[];  // [stage][x rows, dy rows][row][thread]
+  uint64_t* full = reinterpret_cast<uint64_t*>(stages + kBulkStages * kBulkStageBytes / 8);
+  const int64_t blocks = (p.D + kBulkChannels - 1) / kBulkChannels;
+  const int64_t runs = (p.T + run_tokens - 1) / run_tokens;
+  const int64_t block = blockIdx.x % blocks, run = blockIdx.x / blocks % runs;
+  const int64_t row = blockIdx.x / (blocks * runs);
+  const int64_t a = run * run_tokens;  // the run: tokens [a, b) of the row
+  const int64_t b = a + run_tokens < p.T ? a + run_tokens : p.T;
+  const int64_t e = b + 3 < p.T ? b + 3 : p.T;  // rows read: [a - 3, e)
+  const int64_t c0 = block * kBulkChannels;
+  const auto row_bytes =
+      static_cast<uint32_t>((p.D - c0 < kBulkChannels ? p.D - c0 : kBulkChannels) * sizeof(T));
+  // Position k holds token a - 3 + k; steps k = 3 .. positions - 1.
+  const int positions = static_cast<int>(b - a) + 6;
+  const int tile_count = (positions + kBulkRows - 1) / kBulkRows;
+  const int first_loaded = a >= 3 ? 0 : static_cast<int>(3 - a);  // token 0
+  const int end_loaded = static_cast<int>(e - a) + 3;
+  const T* x = reinterpret_cast<const T*>(p.x.data) + row * p.x.stride[0] + c0;
+  const T* dy = reinterpret_cast<const T*>(p.dy.data) + row * p.dy.stride[0] + c0;
+  T* dx = reinterpret_cast<T*>(p.dx.data) + row * p.dx.stride[0] + c0;
+  const int tid = threadIdx.x;
+  // Position k's x row (dy row: + kBulkRows rows) in its tile's stage.
+  const auto xrow = [&](int k) {
+    return stages +
+           ((k / kBulkRows % kBulkStages) * 2 * kBulkRows + k % kBulkRows) * (kBulkChannels / kV);
+  };
+  const auto gradient_row = [&](int k) { return xrow(k) + kBulkRows * (kBulkChannels / kV); };
+  const auto issue = [&](int tile) {
+    const int lo = tile * kBulkRows > first_loaded ? tile * kBulkRows : first_loaded;
+    const int hi = (tile + 1) * kBulkRows < end_loaded ? (tile + 1) * kBulkRows : end_loaded;
+    int rows = 0;
+    for (int k = lo; k < hi; ++k) rows += k >= 3 ? 2 : 1;  // no dy before the run
+    uint64_t* bar = &full[tile % kBulkStages];
+    mbar_arrive_expect_tx(bar, rows * row_bytes);
+    for (int k = lo; k < hi; ++k) {
+      const int64_t t = a - 3 + k;
+      bulk_load(xrow(k), x + t * p.x.stride[1], row_bytes, bar);
+      if (k >= 3) bulk_load(gradient_row(k), dy + t * p.dy.stride[1], row_bytes, bar);
+    }
+  };
+  // dx rows of tile `tile` (positions 3 .. b - a + 2: tokens a .. b - 1).
+  uint64_t policy = 0;
+  const auto store = [&](int tile) {
+    const int lo = tile * kBulkRows > 3 ? tile * kBulkRows : 3;
+    const int hi = (tile + 1) * kBulkRows < positions - 3 ? (tile + 1) * kBulkRows : positions - 3;
+    for (int k = lo; k < hi; ++k)
+      bulk_store(dx + (a - 3 + k) * p.dx.stride[1], gradient_row(k), row_bytes, policy);
+  };
+  if (tid == 0) {
+#pragma unroll
+    for (int s = 0; s < kBulkStages; ++s) mbar_init(&full[s], 1);
+    fence_barrier_init();
+  }
+  __syncthreads();
+  if (tid == 0) {
+    policy = evict_first_policy();
+    for (int tile = 0; tile < kBulkStages - 2 && tile < tile_count; ++tile) issue(tile);
+  }
+  const int64_t d0 = c0 + int64_t{tid} * kV;
+  const bool active = d0 < p.D;
+  const int64_t L1 = p.d_final_state.data ? p.d_final_state.shape[2] : 0;
+  const int64_t segments = (p.T + kSegTokens - 1) / kSegTokens;
+  float taps[4][kV], bias[kV];
+  // win[m] = u[t-3+m] and dp[m] = dpre[t-3+m] around the step's token t.
+  float win[4][kV] = {}, dp[4][kV] = {}, share[kShareRows][kV] = {};
+  if (active) load_filter_vec<kV>(p, d0, taps, bias);
+  const auto flush = [&](int64_t segment) {
+    float* out = partials + (row * segments + segment) * kShareRows * p.D + d0;
+#pragma unroll
+    for (int m = 0; m < kShareRows; ++m) {
+      *reinterpret_cast<float4*>(out + m * p.D) =
+          make_float4(share[m][0], share[m][1], share[m][2], share[m][3]);
+#pragma unroll
+      for (int c = 0; c < kV; ++c) share[m][c] = 0.0f;
+    }
+  };
+  const auto step = [&](auto edge, int k) {
+    constexpr bool kEdge = decltype(edge)::value;
+    const int64_t t = a - 3 + k;
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+#pragma unroll
+      for (int c = 0; c < kV; ++c) win[j][c] = win[j + 1][c], dp[j][c] = dp[j + 1][c];
+    }
+    if (kEdge && t >= e) {  // past the row's end
+#pragma unroll
+      for (int c = 0; c < kV; ++c) win[3][c] = 0.0f, dp[3][c] = 0.0f;
+    } else {
+      float gradient[kV];
+      unpack4<T>(xrow(k)[tid], win[3]);
+      unpack4<T>(gradient_row(k)[tid], gradient);
+#pragma unroll
+      for (int c = 0; c < kV; ++c) {
+        float pre = bias[c];
+#pragma unroll
+        for (int m = 0; m < 4; ++m) pre += taps[m][c] * win[m][c];
+        dp[3][c] = p.silu ? gradient[c] * silu_grad<T>(pre) : gradient[c];
+      }
+    }
+    if (!kEdge || t < b) {
+      if (t > a && t % kSegTokens == 0) flush(t / kSegTokens - 1);
+#pragma unroll
+      for (int c = 0; c < kV; ++c) {
+#pragma unroll
+        for (int m = 0; m < 4; ++m) share[m][c] += dp[3][c] * win[m][c];
+        share[4][c] += dp[3][c];
+      }
+    }
+    if (kEdge && t - 3 < a) return;  // dx of tokens before the run: the previous run's
+    float out[kV];
+#pragma unroll
+    for (int c = 0; c < kV; ++c) {
+      out[c] = 0.0f;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) out[c] += taps[m][c] * dp[3 - m][c];
+    }
+    if (kEdge && L1 > 0) {
+      const int64_t column = t - 3 - p.T + L1;  // u[t-3] was copied to the final state
+      if (column >= 0) {
+        const Arg& s = p.d_final_state;
+        const Floats<kV> f = load_strided<kV>(
+            s.data, s.dtype, row * s.stride[0] + d0 * s.stride[1] + column * s.stride[2],
+            s.stride[1]);
+#pragma unroll
+        for (int c = 0; c < kV; ++c) out[c] += f.v[c];
+      }
+    }
+    gradient_row(k - 3)[tid] = pack4<T>(out);
+  };
+  for (int tile = 0; tile < tile_count; ++tile) {
+    mbar_wait(&full[tile % kBulkStages], tile / kBulkStages & 1);
+    if (active) {
+      if (tile == 0) {  // u's halo (kBulkRows >= 3: all in tile 0), into win[1..3]
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+          if (j >= first_loaded) {
+            unpack4<T>(xrow(j)[tid], win[j + 1]);
+          } else if (p.initial_state.data) {  // before the sequence: initial state or zero
+            const Arg& s = p.initial_state;
+            const int64_t column = s.shape[2] + a - 3 + j;
+            const Floats<kV> f =
+                column < 0
+                    ? Floats<kV>{}
+                    : load_strided<kV>(s.data, s.dtype,
+                                       row * s.stride[0] + d0 * s.stride[1] + column * s.stride[2],
+                                       s.stride[1]);
+#pragma unroll
+            for (int c = 0; c < kV; ++c) win[j + 1][c] = f.v[c];
+          }
+        }
+      }
+      const int k0 = tile * kBulkRows;
+      const int k_end = k0 + kBulkRows < positions ? k0 + kBulkRows : positions;
+      // No guards needed: dx of the run's tokens only, shares inside the run,
+      // rows read, before d_final_state's columns.
+      const bool interior =
+          k0 >= 6 && a - 3 + k0 + kBulkRows <= b && (L1 == 0 || a - 6 + k0 + kBulkRows <= p.T - L1);
+      if (interior) {
+#pragma unroll
+        for (int i = 0; i < kBulkRows; ++i) step(std::false_type{}, k0 + i);
+      } else {
+#pragma unroll 1
+        for (int k = k0 > 3 ? k0 : 3; k < k_end; ++k) step(std::true_type{}, k);
+      }
+    }
+    fence_proxy_async();  // this thread's dx in smem, before thread 0's bulk stores read it
+    __syncthreads();
+    if (tid == 0) {
+      if (tile > 0) store(tile - 1);
+      if (tile == tile_count - 1) store(tile);
+      bulk_commit();
+      // The next tile goes into the stage of tile - 2, whose stores (all but
+      // this tile's group) must have read it.
+      if (tile + kBulkStages - 2 < tile_count) {
+        bulk_wait_read<1>();
+        issue(tile + kBulkStages - 2);
+      }
+    }
+  }
+  if (active) flush((b - 1) / kSegTokens);
+  if (tid == 0) bulk_wait_read<0>();  // the smem must outlive the stores' reads
+#endif
+}
+
 // dpre at sequence position t (0 <= t < length), recomputed from scratch.
 template <class T>
 __device__ float dpre_at(const ConvBwdParams& p, const Sequence& s, int64_t d, int64_t t,
@@ -657,11 +907,58 @@ bool vector_path(const ConvBwdParams& p, int dtype) {
   return !p.cu.data && !p.ids.data && p.D % vec == 0 && rows(p.x) && rows(p.dy) && rows(p.dx);
 }
 
-// Rows of partials: per row runs of kVecRunTokens on the fast path, else
-// runs of kRunTokens flat tokens.
+// Whether the module holds conv_bwd_bulk_kernel as sm_90 code (PTX version
+// 90: a module built for sm_8x only, or run from compute_80 PTX on a Hopper,
+// has the empty kernel).
+bool bulk_code() {
+  static const bool sm90 = [] {
+    cudaFuncAttributes attributes{};
+    const bool found =
+        cudaFuncGetAttributes(&attributes, conv_bwd_bulk_kernel<__nv_bfloat16>) == cudaSuccess;
+    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
+    return found && attributes.ptxVersion >= 90;
+  }();
+  return sm90;
+}
+
+// The Hopper path's conditions: vector_path with a 16-bit dtype, sm_90 code
+// and its shared memory granted (else the call takes conv_bwd_vec_kernel).
+bool bulk_path(const ConvBwdParams& p, int dtype) {
+  if (dtype == kF32 || !vector_path(p, dtype) || !bulk_code()) return false;
+  const cudaError_t status = dtype == kBF16
+                                 ? allow_smem(conv_bwd_bulk_kernel<__nv_bfloat16>, kBulkSmem)
+                                 : allow_smem(conv_bwd_bulk_kernel<__half>, kBulkSmem);
+  (void)cudaGetLastError();  // a refusal only means the other path
+  return status == cudaSuccess;
+}
+
+// Rows of partials: per row segments of kSegTokens on the Hopper path, runs
+// of kVecRunTokens on the other fast path, else runs of kRunTokens flat tokens.
 int64_t runs_of(const ConvBwdParams& p, int dtype) {
+  if (bulk_path(p, dtype)) return p.B * ((p.T + kSegTokens - 1) / kSegTokens);
   if (vector_path(p, dtype)) return p.B * ((p.T + kVecRunTokens - 1) / kVecRunTokens);
   return (p.B * p.T + kRunTokens - 1) / kRunTokens;
+}
+
+// conv_bwd_bulk_kernel's runs: whole segments, about one wave of CTAs
+// (kBulkBlocksPerSm per SM), and its launch.
+template <class T>
+cudaError_t launch_conv_bwd_bulk(const ConvBwdParams& p, float* partials, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (status != cudaSuccess) return status;
+  const int64_t strips = p.B * ((p.D + kBulkChannels - 1) / kBulkChannels);  // (row, block)
+  const int64_t segments = (p.T + kSegTokens - 1) / kSegTokens;
+  const int64_t fit = int64_t{sms} * kBulkBlocksPerSm / strips;  // runs per row in one wave
+  const int64_t runs = fit < 1 ? 1 : (fit < segments ? fit : segments);
+  const int64_t run_tokens = (segments + runs - 1) / runs * kSegTokens;
+  const int64_t grid = strips * ((p.T + run_tokens - 1) / run_tokens);
+  if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  conv_bwd_bulk_kernel<T>
+      <<<static_cast<unsigned>(grid), kBulkThreads, kBulkSmem, stream>>>(p, run_tokens, partials);
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -674,11 +971,15 @@ cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,
                               cudaStream_t stream) {
   auto* partials = static_cast<float*>(scratch);
   const int64_t runs = runs_of(p, dtype);
+  const bool bulk = bulk_path(p, dtype);
   const bool fast = vector_path(p, dtype);
+  cudaError_t status = cudaSuccess;
   by_dtype(dtype, [&]<class T>(T) {
     const int grid = grid_for(runs * ((p.D + kVec - 1) / kVec), kThreads);
     if (runs > 0 && p.D > 0) {
-      if (p.ids.data)
+      if (bulk) {
+        if constexpr (sizeof(T) == 2) status = launch_conv_bwd_bulk<T>(p, partials, stream);
+      } else if (p.ids.data)
         conv_bwd_ids_kernel<T>
             <<<grid_for(runs * p.D, kThreads), kThreads, 0, stream>>>(p, partials);
       else if (fast)
@@ -695,7 +996,8 @@ cudaError_t launch_conv1d_bwd(const ConvBwdParams& p, int dtype, void* scratch,
       if (count > 0) conv_bwd_initial_state_kernel<T><<<grid_for(count, 256), 256, 0, stream>>>(p);
     }
   });
-  if (const cudaError_t status = cudaGetLastError(); status != cudaSuccess) return status;
+  if (status != cudaSuccess) return status;
+  if (status = cudaGetLastError(); status != cudaSuccess) return status;
   // With no tokens (runs == 0) this writes zeros: sums over nothing.
   return launch_ordered_column_sum(partials, runs, kShareRows * p.D,
                                    FilterGradientStore{p.dweight, p.dbias, p.D, p.W}, stream);

@@ -245,6 +245,169 @@ def fwd_bulk(x, weight, bias, act, init, kvec, sms, rows=8, stages=3, threads=25
     return y
 
 
+# ---- conv_bwd_bulk_kernel ----------------------------------------------------------------
+
+def bwd_runs(B, T, D, sms, threads=256, kvec=4, blocks_per_sm=2, seg=256):
+    """launch_conv_bwd_bulk's run_tokens and grid."""
+    channels = threads * kvec
+    strips = B * ((D + channels - 1) // channels)
+    segments = (T + seg - 1) // seg
+    fit = sms * blocks_per_sm // strips
+    runs = 1 if fit < 1 else min(fit, segments)
+    run_tokens = (segments + runs - 1) // runs * seg
+    return run_tokens, strips * ((T + run_tokens - 1) // run_tokens)
+
+
+def bwd_bulk(x, weight, bias, act, init, dy, dfinal, sms, rows=4, stages=6, threads=256,
+             kvec=4, seg=256, seed=0):
+    """dx and the partials [B * segments, 5, D] (then summed in order as ordered_sum does)."""
+    B, T, D = x.shape
+    W = weight.shape[1]
+    taps = taps_of(weight, W)
+    bvec = bias if bias is not None else np.zeros(D)
+    L1 = dfinal.shape[2] if dfinal is not None else 0
+    dx = np.full_like(x, NAN)
+    written = np.zeros(x.shape, int)
+    segments = (T + seg - 1) // seg
+    partials = np.full((B * segments, 5, D), NAN)
+    flushed = np.zeros((B * segments, D), int)
+    run_tokens, grid = bwd_runs(B, T, D, sms, threads, kvec, seg=seg)
+    channels = threads * kvec
+    blocks = (D + channels - 1) // channels
+    runs = (T + run_tokens - 1) // run_tokens
+    rand = random.Random(seed)
+    for bid in range(grid):
+        block, run, row = bid % blocks, bid // blocks % runs, bid // (blocks * runs)
+        a = run * run_tokens
+        b = min(a + run_tokens, T)
+        e = min(b + 3, T)
+        assert a % seg == 0
+        c0 = block * channels
+        width = min(channels, D - c0)
+        ch = slice(0, width)
+        cs = slice(c0, c0 + width)
+        positions = b - a + 6
+        tile_count = (positions + rows - 1) // rows
+        first_loaded = 0 if a >= 3 else 3 - a
+        end_loaded = e - a + 3
+        xs = np.full((stages, rows, channels), NAN)
+        gs = np.full((stages, rows, channels), NAN)
+        cp = Async(rand)
+
+        def cell(k):
+            return (k // rows % stages, k % rows)
+
+        def issue(tile):
+            lo = max(tile * rows, first_loaded)
+            hi = min((tile + 1) * rows, end_loaded)
+            for k in range(lo, hi):
+                t = a - 3 + k
+                assert 0 <= t < T
+                s, r = cell(k)
+
+                def land(s=s, r=r, t=t, k=k):
+                    xs[s, r, :width] = x[row, t, cs]
+                    if k >= 3:
+                        gs[s, r, :width] = dy[row, t, cs]
+                cp.load(tile % stages, land)
+
+        def store(tile):
+            for k in range(max(tile * rows, 3), min((tile + 1) * rows, positions - 3)):
+                t = a - 3 + k
+                s, r = cell(k)
+
+                def st(s=s, r=r, t=t):
+                    dx[row, t, cs] = gs[s, r, :width]
+                    written[row, t, cs] += 1
+                cp.store(st)
+
+        for tile in range(min(stages - 2, tile_count)):
+            issue(tile)
+        win = np.zeros((4, channels))
+        dp = np.zeros((4, channels))
+        share = np.zeros((5, channels))
+
+        def flush(segment):
+            partials[row * segments + segment, :, cs] = share[:, ch]
+            flushed[row * segments + segment, cs] += 1
+            share[:] = 0.0
+
+        def step(k):
+            t = a - 3 + k
+            win[:3] = win[1:].copy()
+            dp[:3] = dp[1:].copy()
+            if t >= e:
+                win[3] = 0.0
+                dp[3] = 0.0
+            else:
+                s, r = cell(k)
+                win[3, ch] = xs[s, r, ch]
+                g = gs[s, r, ch]
+                pre = bvec[cs].copy()
+                for m in range(4):
+                    pre = pre + taps[m, cs] * win[m, ch]
+                if act:
+                    sg = 1.0 / (1.0 + np.exp(-pre))
+                    dp[3, ch] = g * sg * (1.0 + pre * (1.0 - sg))
+                else:
+                    dp[3, ch] = g
+            if t < b:
+                if t > a and t % seg == 0:
+                    flush(t // seg - 1)
+                for m in range(4):
+                    share[m, ch] += dp[3, ch] * win[m, ch]
+                share[4, ch] += dp[3, ch]
+            if t - 3 < a:
+                return
+            out = np.zeros(width)
+            for m in range(4):
+                out = out + taps[m, cs] * dp[3 - m, ch]
+            column = t - 3 - T + L1
+            if L1 > 0 and column >= 0:
+                out = out + dfinal[row, cs, column]
+            s, r = cell(k - 3)
+            gs[s, r, ch] = out
+
+        for tile in range(tile_count):
+            cp.maybe()
+            cp.wait_stage(tile % stages)
+            if tile == 0:
+                for j in range(3):
+                    if j >= first_loaded:
+                        s, r = cell(j)
+                        win[j + 1, ch] = xs[s, r, ch]
+                    elif init is not None:
+                        column = init.shape[2] + a - 3 + j
+                        win[j + 1, ch] = init[row, cs, column] if column >= 0 else 0.0
+            k0 = tile * rows
+            k_end = min(k0 + rows, positions)
+            interior = k0 >= 6 and a - 3 + k0 + rows <= b and (L1 == 0 or a - 6 + k0 + rows <= T - L1)
+            if interior:  # the unguarded steps: check that no guard would have fired
+                for k in range(k0, k0 + rows):
+                    t = a - 3 + k
+                    assert k < positions and t < b and t < e and t - 3 >= a
+                    assert L1 == 0 or t - 3 - T + L1 < 0
+            for k in range(max(k0, 3), k_end):
+                step(k)
+                cp.maybe()
+            if tile > 0:
+                store(tile - 1)
+            if tile == tile_count - 1:
+                store(tile)
+            cp.commit()
+            if tile + stages - 2 < tile_count:
+                cp.wait_read(1)
+                issue(tile + stages - 2)
+        flush((b - 1) // seg)
+        cp.wait_read(0)
+        assert not cp.loads
+    assert (written == 1).all(), "every dx element written once"
+    assert (flushed == 1).all(), "every share written once"
+    sums = partials.sum(axis=0)  # [5, D]: row m - (4 - W) of dweight, bias last
+    dw = sums[4 - W:4].T
+    return dx, dw, sums[4]
+
+
 # ---- conv_decode_vec_kernel --------------------------------------------------------------
 
 def decode_vec(x, state, slots, weight, bias, act, kvec, zero_skipped):
@@ -328,6 +491,32 @@ def main():
         init = rng.standard_normal((B, D, L0)) if L0 else None
         got = fwd_bulk(x, w, bias, act, init, kvec, sms, seed=cases)
         check(f"fwd B={B} T={T} D={D} W={W}", got, ref_fwd(x, w, bias, act, init))
+        cases += 1
+    # conv_bwd_bulk_kernel: 16-bit only (4 channels a thread); runs of whole
+    # 256-token segments, several segments per run with few "SMs"
+    for (B, T, D, W, sms, L0, L1, act, with_bias) in [
+        (1, 1, 1024, 4, 132, 0, 0, True, True),
+        (1, 1, 1024, 4, 132, 3, 4, True, True),
+        (1, 3, 1032, 3, 4, 2, 2, False, True),
+        (2, 37, 1024, 4, 3, 3, 3, True, False),
+        (1, 600, 2048, 2, 2, 4, 4, True, True),
+        (3, 513, 1024, 1, 1, 0, 0, False, True),
+        (1, 770, 1040, 4, 1, 3, 6, True, True),
+        (2, 256, 512, 4, 132, 3, 3, True, True),
+        (1, 1030, 16, 4, 2, 4, 4, True, True),
+    ]:
+        x = rng.standard_normal((B, T, D))
+        dy = rng.standard_normal((B, T, D))
+        w = rng.standard_normal((D, W))
+        bias = rng.standard_normal(D) if with_bias else None
+        init = rng.standard_normal((B, D, L0)) if L0 else None
+        dfinal = rng.standard_normal((B, D, L1)) if L1 else None
+        dx, dw, db = bwd_bulk(x, w, bias, act, init, dy, dfinal, sms, seed=cases)
+        rdx, rdw, rdb, _ = ref_bwd(x, w, bias, act, init, dy, dfinal)
+        name = f"bwd B={B} T={T} D={D} W={W}"
+        check(name + " dx", dx, rdx)
+        check(name + " dweight", dw, rdw, 1e-9)
+        check(name + " dbias", db, rdb, 1e-9)
         cases += 1
     # conv_decode_vec_kernel: SL 3 and 4 (its instances), W <= SL + 1
     for (N, D, W, SL, kvec, act, with_bias, zero) in [
