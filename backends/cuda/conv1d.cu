@@ -11,6 +11,7 @@
 // (conv_update_vec_kernel; conv_decode_vec_kernel for one token per
 // sequence); otherwise a thread per (sequence, channel), window in
 // registers. The state is updated in place.
+#include <cstdlib>
 #include <type_traits>
 
 #include "device_common.cuh"
@@ -697,6 +698,14 @@ __global__ void __launch_bounds__(128, 6) conv_decode_vec_kernel(ConvUpdateParam
 
 }  // namespace
 
+// TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_V3
+// set takes the v3 kernels instead of the bulk and decode ones, so that one
+// bench call times both on the same card.
+bool v3_switch() {
+  static const bool v3 = std::getenv("HOPS_CONV_V3") != nullptr;
+  return v3;
+}
+
 // Whether the module holds conv_fwd_bulk_kernel as sm_90 code (PTX version
 // 90: a module built for sm_8x only, or run from compute_80 PTX on a Hopper,
 // has the empty kernel).
@@ -717,7 +726,7 @@ bool bulk_code() {
 // takes conv_fwd_vec_kernel instead.
 template <class T>
 cudaError_t launch_conv_fwd_bulk(const ConvParams& p, cudaStream_t stream) {
-  if (!bulk_code()) return cudaErrorNotSupported;
+  if (v3_switch() || !bulk_code()) return cudaErrorNotSupported;
   int device = 0, sms = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess)
@@ -777,9 +786,10 @@ cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStrea
                         s.stride[2] == 1 && s.stride[1] == p.SL && s.stride[0] % kVec == 0 &&
                         aligned(s.data);
     const int grid = grid_for(p.N * (p.D / kVec), 128);
-    if (vector && p.L == 1 && p.SL == 3)
+    const bool decode = p.L == 1 && !v3_switch();
+    if (vector && decode && p.SL == 3)
       conv_decode_vec_kernel<T, 3><<<grid, 128, 0, stream>>>(p);
-    else if (vector && p.L == 1 && p.SL == 4)
+    else if (vector && decode && p.SL == 4)
       conv_decode_vec_kernel<T, 4><<<grid, 128, 0, stream>>>(p);
     else if (vector && p.SL == 3)
       conv_update_vec_kernel<T, 3><<<grid, 128, 0, stream>>>(p);
