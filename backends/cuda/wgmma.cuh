@@ -1,5 +1,6 @@
 // Hopper (sm_90a) PTX wrappers: mbarriers, TMA tile loads (cp.async.bulk.tensor),
-// plain bulk copies (cp.async.bulk, sm_90) both ways, warpgroup MMA
+// plain bulk copies (cp.async.bulk, sm_90) both ways, programmatic dependent
+// launch (griddepcontrol), warpgroup MMA
 // (wgmma.mma_async) with shared-memory matrix descriptors, the async-proxy
 // fence, named barriers and setmaxnreg. Used by the sm_90a kernels
 // (attn_prefill_sm90.cu, the conv1d bulk paths); the mma.sync kernels use
@@ -123,6 +124,19 @@ __device__ __forceinline__ void bulk_commit() {
 template <int kPending>
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+
+// ---- programmatic dependent launch ----------------------------------------------------
+
+// Lets the next kernel in the stream, launched with programmatic stream
+// serialization, start its CTAs once every CTA of this grid has called this.
+__device__ __forceinline__ void launch_dependents() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+// Waits until the grids this one depends on programmatically have completed
+// and their memory is visible (at once without such a dependency).
+__device__ __forceinline__ void wait_prerequisites() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
 }
 
 // ---- ordering, barriers, registers -------------------------------------------------
