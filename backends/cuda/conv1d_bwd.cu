@@ -12,7 +12,9 @@
 // writes d_initial_state, a thread per (sequence, channel, column).
 // Dense 16-byte-aligned inputs take conv_bwd_vec_kernel instead of the first
 // kernel (8 channels of 16-bit or 4 of f32 per thread, rows streamed through a
-// cp.async ring, runs of 128 tokens cut per row); the rest stays as described.
+// cp.async ring, runs of 128 tokens cut per row), or on Hopper with a 16-bit
+// dtype conv_bwd_bulk_kernel (row segments moved by bulk copies, shares per
+// 256-token segment); the rest stays as described.
 #include <cstdlib>
 #include <type_traits>
 
