@@ -375,7 +375,7 @@ template <class T>
 __global__ void __launch_bounds__(kBulkThreads, kBulkBlocksPerSm)
     conv_fwd_bulk_kernel(ConvParams p, int64_t run_tokens) {
   // cp.async.bulk exists from sm_90; a module built for other targets carries
-  // an empty kernel that launch_conv1d_fwd never launches (bulk_code).
+  // an empty kernel that launch_conv1d_fwd never launches (sm90_code).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using namespace sm90;
   constexpr int kVec = 16 / sizeof(T);
