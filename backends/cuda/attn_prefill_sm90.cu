@@ -11,6 +11,7 @@
 // f32 accumulation, online softmax in the log2 domain, rows without a visible
 // key get o = 0 and lse = -inf, the gate applied in the epilogue.
 #include "attn_common.cuh"
+#include "tma_host.cuh"
 #include "wgmma.cuh"
 
 namespace hops::cuda {
@@ -320,41 +321,10 @@ __global__ void __launch_bounds__(Sm90Tile<D>::kThreads, 1)
 
 // ---- host ------------------------------------------------------------------------------
 
-// A rank-4 map [B, T, H, D] (D innermost) with boxes of 64 columns x `rows`
-// tokens of one head, 128-byte swizzle, zeros past the tensor's ends. False
-// when TMA cannot describe the view (a negative stride, or the driver refuses).
-bool tensor_map(CUtensorMap& map, EncodeTiled encode, const Arg& a, int dtype, int rows) {
-  cuuint64_t dims[4], strides[3];
-  for (int d = 0; d < 4; ++d)
-    dims[d] = static_cast<cuuint64_t>(a.shape[3 - d] > 0 ? a.shape[3 - d] : 1);
-  for (int d = 1; d < 4; ++d) {
-    const int64_t st = a.stride[3 - d];
-    if (st < 0 && a.shape[3 - d] > 1) return false;
-    // A dimension of extent 1 is never stepped: give it the packed stride.
-    strides[d - 1] = a.shape[3 - d] > 1 ? static_cast<cuuint64_t>(st) * 2
-                                        : (d == 1 ? dims[0] * 2 : strides[d - 2] * dims[d - 1]);
-  }
-  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(rows), 1};
-  const cuuint32_t unit[4] = {1, 1, 1, 1};
-  return encode(&map,
-                dtype == kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                4, a.data, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Whether the module holds the kernel as sm_90a code. A module built for
-// other targets (HOPS_CUDA_ARCHITECTURES without 90a: e.g. compute_80 PTX,
-// which a Hopper compiles on load) has the empty kernel there; the build
-// refuses a plain compute_90 target, so PTX version 90 means sm_90a.
+// The module's kernels as sm_90a code: checked once (tma_host.cuh).
 bool sm90a_code() {
-  static const bool sm90a = [] {
-    cudaFuncAttributes attributes{};
-    const bool found =
-        cudaFuncGetAttributes(&attributes, fwd_sm90_kernel<__nv_bfloat16, 64>) == cudaSuccess;
-    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
-    return found && attributes.ptxVersion >= 90;
-  }();
+  static const bool sm90a =
+      has_sm90a_code(reinterpret_cast<const void*>(fwd_sm90_kernel<__nv_bfloat16, 64>));
   return sm90a;
 }
 
@@ -393,14 +363,10 @@ cudaError_t launch_attn_prefill_sm90(const AttnFwdParams& p, int dtype, cudaStre
       !(p.scale > 0.0f) || p.scale == INFINITY || p.Tq >= kMaxT || p.Tk >= kMaxT || p.Hq >= kMaxT ||
       p.B >= kMaxT)
     return cudaErrorNotSupported;
-  int device = 0, major = 0, minor = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status == cudaSuccess)
-    status = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (status == cudaSuccess)
-    status = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  bool hopper = false;
+  const cudaError_t status = hopper_device(hopper);
   if (status != cudaSuccess) return status;
-  if (major != 9 || minor != 0 || !sm90a_code()) return cudaErrorNotSupported;
+  if (!hopper || !sm90a_code()) return cudaErrorNotSupported;
   const auto by_dim = [&]<class E>(E) {
     switch (p.D) {
       case 64:

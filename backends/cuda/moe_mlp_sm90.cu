@@ -24,6 +24,7 @@
 #include <algorithm>
 
 #include "moe_common.cuh"
+#include "tma_host.cuh"
 #include "wgmma.cuh"
 
 namespace hops::cuda::moe {
@@ -210,18 +211,10 @@ bool tensor_map(CUtensorMap& map, EncodeTiled encode, const void* data, int dtyp
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// Whether the module holds the kernels as sm_90a code (as
-// attn_prefill_sm90.cu: PTX version 90 means 90a, the build refusing a plain
-// compute_90 target).
+// Whether the module holds the kernels as sm_90a code (tma_host.cuh).
 bool sm90a_code() {
-  static const bool sm90a = [] {
-    cudaFuncAttributes attributes{};
-    const bool found =
-        cudaFuncGetAttributes(&attributes, grouped_gemm_sm90_kernel<__nv_bfloat16, true>) ==
-        cudaSuccess;
-    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
-    return found && attributes.ptxVersion >= 90;
-  }();
+  static const bool sm90a = has_sm90a_code(
+      reinterpret_cast<const void*>(grouped_gemm_sm90_kernel<__nv_bfloat16, true>));
   return sm90a;
 }
 
@@ -279,14 +272,9 @@ cudaError_t launch_expert_mlp_sm90(const MoeMlpParams& p, const Plan& plan, void
   if (!p.tensor_cores || (dtype != kBF16 && dtype != kF16) || p.R >= kMax || p.Hd >= kMax ||
       2 * p.I >= kMax || p.E >= kMax)
     return cudaErrorNotSupported;
-  int device = 0, major = 0, minor = 0;
-  cudaError_t status = cudaGetDevice(&device);
-  if (status == cudaSuccess)
-    status = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (status == cudaSuccess)
-    status = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (status != cudaSuccess) return status;
-  if (major != 9 || minor != 0 || !sm90a_code()) return cudaErrorNotSupported;
+  bool hopper = false;
+  if (const cudaError_t status = hopper_device(hopper); status != cudaSuccess) return status;
+  if (!hopper || !sm90a_code()) return cudaErrorNotSupported;
   return dtype == kBF16
              ? launch_sm90(p, dtype, plan, static_cast<__nv_bfloat16*>(h), max_entries, stream)
              : launch_sm90(p, dtype, plan, static_cast<__half*>(h), max_entries, stream);
