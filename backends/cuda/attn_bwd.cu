@@ -3,8 +3,9 @@
 // (into scratch, contiguous) and dgate; then dq by a CTA per query block that
 // walks the key blocks, and dk/dv by a CTA per key block that walks the query
 // heads of its group and their query blocks in ascending order. Tensor cores
-// (mma.sync) for f16/bf16 with D in {64, 128, 256}; general f32 CUDA-core
-// kernels otherwise. The score and probability tiles are recomputed from lse.
+// (mma.sync) for f16/bf16 with D in {64, 128, 256}, dk/dv on Hopper by the
+// wgmma kernel of attn_bwd_sm90.cu where it takes the call; general f32
+// CUDA-core kernels otherwise. The score and probability tiles are recomputed from lse.
 #include "attn_common.cuh"
 
 namespace hops::cuda {
@@ -53,20 +54,6 @@ __global__ void __launch_bounds__(256)
     acc = warp_sum(acc);
     if (lane == 0) delta[(b * p.Hq + h) * p.Tq + t] = acc;
   }
-}
-
-// lse of query row i of head h in the log2 domain; +inf where the row saw no
-// key (so that every p of the row is exp2(-inf) = 0), and for rows past Lq.
-__device__ __forceinline__ float lse2_of(const AttnBwdParams& p, const SeqPair& s, int64_t h,
-                                         int64_t i) {
-  if (i >= s.Lq) return INFINITY;
-  const float x = reinterpret_cast<const float*>(
-      p.lse.data)[s.row * p.lse.stride[0] + h * p.lse.stride[1] + (s.q0 + i) * p.lse.stride[2]];
-  return x == -INFINITY ? INFINITY : x * kLog2e;
-}
-__device__ __forceinline__ float delta_of(const AttnBwdParams& p, const float* delta,
-                                          const SeqPair& s, int64_t h, int64_t i) {
-  return i < s.Lq ? delta[(s.row * p.Hq + h) * p.Tq + s.q0 + i] : 0.0f;
 }
 
 // ---- tensor cores: dq ----------------------------------------------------------------
@@ -295,7 +282,8 @@ __global__ void __launch_bounds__(DkvTile<D>::kThreads, 1)
 }
 
 template <class E, int D>
-cudaError_t launch_bwd_tc(const AttnBwdParams& p, const BwdScratch& sc, cudaStream_t stream) {
+cudaError_t launch_bwd_tc(const AttnBwdParams& p, int dtype, const BwdScratch& sc, bool dkv_sm90,
+                          cudaStream_t stream) {
   const E* d_o = reinterpret_cast<const E*>(sc.d_o);
   const bool varlen = p.cu_q.data != nullptr;
   const int64_t q_slots = block_slots(p.N, p.Tq, DqTile<D>::kBr, varlen);
@@ -306,6 +294,7 @@ cudaError_t launch_bwd_tc(const AttnBwdParams& p, const BwdScratch& sc, cudaStre
         <<<static_cast<unsigned>(q_slots * p.Hq), DqTile<D>::kThreads, DqTile<D>::kSmem, stream>>>(
             p, d_o, sc.delta, q_slots);
   }
+  if (dkv_sm90) return attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, true, stream);
   const int64_t k_slots = block_slots(p.N, p.Tk, DkvTile<D>::kBc, varlen);
   if (k_slots * p.Hkv > 0) {
     const cudaError_t status = allow_smem(dkv_tc_kernel<E, D>, DkvTile<D>::kSmem);
@@ -546,8 +535,17 @@ size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype) {
 }
 
 cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tensor_cores,
-                                    void* scratch, cudaStream_t stream) {
+                                    BwdPath path, void* scratch, cudaStream_t stream) {
   const BwdScratch sc = carve(p, dtype, scratch);
+  // Decided before anything is launched: a forced path that cannot run fails
+  // with nothing written.
+  bool dkv_sm90 = false;
+  if (tensor_cores && path != BwdPath::mma) {
+    const cudaError_t probe = attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, false, stream);
+    if (probe != cudaSuccess && probe != cudaErrorNotSupported) return probe;
+    dkv_sm90 = probe == cudaSuccess;
+  }
+  if (path == BwdPath::wgmma && !dkv_sm90) return cudaErrorNotSupported;
   const int64_t rows = p.B * p.Tq * p.Hq;
   cudaError_t status = cudaSuccess;
   if (rows > 0) {
@@ -562,11 +560,11 @@ cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tens
     const auto by_dim = [&]<class E>(E) {
       switch (p.D) {
         case 64:
-          return launch_bwd_tc<E, 64>(p, sc, stream);
+          return launch_bwd_tc<E, 64>(p, dtype, sc, dkv_sm90, stream);
         case 128:
-          return launch_bwd_tc<E, 128>(p, sc, stream);
+          return launch_bwd_tc<E, 128>(p, dtype, sc, dkv_sm90, stream);
         default:
-          return launch_bwd_tc<E, 256>(p, sc, stream);
+          return launch_bwd_tc<E, 256>(p, dtype, sc, dkv_sm90, stream);
       }
     };
     return dtype == kBF16 ? by_dim(__nv_bfloat16{}) : by_dim(__half{});

@@ -78,6 +78,21 @@ __device__ __forceinline__ int64_t at3(const Arg& a, int64_t i0, int64_t i1, int
   return i0 * a.stride[0] + i1 * a.stride[1] + i2 * a.stride[2];
 }
 
+// The backward's per-row inputs (attn_bwd*.cu). lse of query row i of head h
+// in the log2 domain; +inf where the row saw no key (so that every p of the
+// row is exp2(-inf) = 0), and for rows past Lq.
+__device__ __forceinline__ float lse2_of(const AttnBwdParams& p, const SeqPair& s, int64_t h,
+                                         int64_t i) {
+  if (i >= s.Lq) return INFINITY;
+  const float x = reinterpret_cast<const float*>(
+      p.lse.data)[s.row * p.lse.stride[0] + h * p.lse.stride[1] + (s.q0 + i) * p.lse.stride[2]];
+  return x == -INFINITY ? INFINITY : x * kLog2e;
+}
+__device__ __forceinline__ float delta_of(const AttnBwdParams& p, const float* delta,
+                                          const SeqPair& s, int64_t h, int64_t i) {
+  return i < s.Lq ? delta[(s.row * p.Hq + h) * p.Tq + s.q0 + i] : 0.0f;
+}
+
 // ---- tensor cores (wrappers in tensor_core.cuh) -----------------------------------
 
 // The A operand of a 16 x 16 block from two accumulator tiles (columns

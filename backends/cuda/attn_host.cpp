@@ -66,6 +66,15 @@ std::string_view forced_forward() {
   return value ? value : "";
 }
 
+// HOPS_CUDA_ATTN_BWD=mma runs the backward's mma.sync dK/dV kernel where the
+// sm_90a one would run; =wgmma fails the calls the sm_90a kernel cannot take.
+BwdPath forced_backward() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
+  const char* value = std::getenv("HOPS_CUDA_ATTN_BWD");
+  const std::string_view path = value ? value : "";
+  return path == "mma" ? BwdPath::mma : path == "wgmma" ? BwdPath::wgmma : BwdPath::automatic;
+}
+
 bool tensor_core_dtype(DType t, int64_t D) {
   return (t == DType::f16 || t == DType::bf16) && (D == 64 || D == 128 || D == 256);
 }
@@ -176,8 +185,17 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
   // dO' and Delta: scratch_size proves the byte count fits before the kernels' sizing.
   scratch_size(op.kName, op.B, op.Tq, op.Hq, op.D + 2, sizeof(float));
   const Scratch scratch(attn_bwd_scratch_bytes(p, dtype), guard, op.kName);
-  check(launch_attn_prefill_bwd(p, dtype, tensor_cores, scratch.data(), guard.stream()), op.kName,
-        "attention backward kernels launch");
+  const BwdPath path = forced_backward();
+  const cudaError_t status =
+      launch_attn_prefill_bwd(p, dtype, tensor_cores, path, scratch.data(), guard.stream());
+  if (status == cudaErrorNotSupported && path == BwdPath::wgmma) {
+    fail(HOPS_ERR_UNSUPPORTED,
+         "{}: HOPS_CUDA_ATTN_BWD=wgmma, but the sm_90a dK/dV kernel cannot take this call (it "
+         "needs a compute capability 9.0 device, f16/bf16, D in {{64, 128, 256}}, unit-stride "
+         "16-byte-aligned head rows)",
+         op.kName);
+  }
+  check(status, op.kName, "attention backward kernels launch");
 }
 
 void attn_decode(const ExecContext& context, const AttnDecode& op) {

@@ -1,9 +1,9 @@
 // Hopper (sm_90a) PTX wrappers: mbarriers, TMA tile loads (cp.async.bulk.tensor),
 // plain bulk copies (cp.async.bulk, sm_90) both ways, programmatic dependent
-// launch (griddepcontrol), warpgroup MMA
-// (wgmma.mma_async) with shared-memory matrix descriptors, the async-proxy
-// fence, named barriers and setmaxnreg. Used by the sm_90a kernels
-// (attn_prefill_sm90.cu, the conv1d bulk paths); the mma.sync kernels use
+// launch (griddepcontrol), warpgroup MMA (wgmma.mma_async) with shared-memory
+// matrix descriptors, the async-proxy fence, named barriers and setmaxnreg.
+// Used by the sm_90a kernels (attn_prefill_sm90.cu, attn_bwd_sm90.cu,
+// moe_mlp_sm90.cu, the conv1d bulk paths); the mma.sync kernels use
 // tensor_core.cuh.
 #pragma once
 
@@ -242,11 +242,16 @@ template <class E, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b,
                                          int scale_d) {
   constexpr bool bf16 = std::is_same_v<E, __nv_bfloat16>;
-  static_assert(N == 80 || N == 128 || N == 256, "wgmma_ss: shapes m64n{80,128,256}k16");
+  static_assert(N == 64 || N == 80 || N == 128 || N == 256,
+                "wgmma_ss: shapes m64n{64,80,128,256}k16");
   if constexpr (N == 256 && bf16) {
     HOPS_WGMMA_SS("m64n256k16", "bf16", HOPS_WGMMA_REGS128, "128", "129", "130", HOPS_ACC32(d, 0));
   } else if constexpr (N == 256) {
     HOPS_WGMMA_SS("m64n256k16", "f16", HOPS_WGMMA_REGS128, "128", "129", "130", HOPS_ACC32(d, 0));
+  } else if constexpr (N == 64 && bf16) {
+    HOPS_WGMMA_SS("m64n64k16", "bf16", HOPS_WGMMA_REGS32, "32", "33", "34", HOPS_ACC8(d, 0));
+  } else if constexpr (N == 64) {
+    HOPS_WGMMA_SS("m64n64k16", "f16", HOPS_WGMMA_REGS32, "32", "33", "34", HOPS_ACC8(d, 0));
   } else if constexpr (N == 80 && bf16) {
     HOPS_WGMMA_SS("m64n80k16", "bf16", HOPS_WGMMA_REGS40, "40", "41", "42", HOPS_ACC8(d, 0),
                   HOPS_ACC2(d, 8));
