@@ -12,10 +12,13 @@ cuDNN and flash backends in the same run, causal GQA, D=256, Hq=16, Hkv=2, bf16.
   device copy (read + write) measured in the same run; hops calls replayed
   from a CUDA graph.
 Medians of CUDA-event timings. Prints a table last; --write puts it into
-docs/PERFORMANCE.md (section "Attention on Hopper (issue 14)"). --compare also
-times hops' forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma) beside the
-default choice (the sm_90a wgmma kernel where it applies), fwd and fwd+bwd, in
-the same run, with the two outputs' difference.
+docs/PERFORMANCE.md (section "Attention on Hopper (issue 14)"). hops' backward
+is also timed alone (2.5x the forward's FLOPs). --compare also times hops'
+forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma) beside the default
+choice (the sm_90a wgmma kernel where it applies), fwd and fwd+bwd, and the
+backward on its mma.sync dK/dV kernel (HOPS_CUDA_ATTN_BWD=mma), bwd and
+fwd+bwd with the default forward, in the same run, with the outputs'
+differences.
 
 Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \
        python3 tests/bench/cuda_attn_bench.py [--write] [--quick] [--compare]"""
@@ -116,17 +119,29 @@ def causal_pairs(lengths):
 ROWS = []
 
 
-def with_forward(path, fn):
-    """fn() with HOPS_CUDA_ATTN_FWD=path (the host reads it per call)."""
-    before = os.environ.get("HOPS_CUDA_ATTN_FWD")
-    os.environ["HOPS_CUDA_ATTN_FWD"] = path
+def with_path(var, path, fn):
+    """fn() with var (HOPS_CUDA_ATTN_FWD or _BWD) = path (the host reads it per call)."""
+    before = os.environ.get(var)
+    os.environ[var] = path
     try:
         return fn()
     finally:
         if before is None:
-            os.environ.pop("HOPS_CUDA_ATTN_FWD")
+            os.environ.pop(var)
         else:
-            os.environ["HOPS_CUDA_ATTN_FWD"] = before
+            os.environ[var] = before
+
+
+def with_forward(path, fn):
+    return with_path("HOPS_CUDA_ATTN_FWD", path, fn)
+
+
+def with_backward(path, fn):
+    return with_path("HOPS_CUDA_ATTN_BWD", path, fn)
+
+
+def rel_diff(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def prefill_case(label, T, lengths=None, compare=False):
@@ -150,15 +165,24 @@ def prefill_case(label, T, lengths=None, compare=False):
 
     reps = 3 if T >= 32768 else 5
     flops = 4 * D * Hq * causal_pairs(seqs)
-    res = {"label": label, "fwd": {}, "train": {}}
+    res = {"label": label, "fwd": {}, "train": {}, "bwd": {}}
     res["fwd"]["hops"] = flops / (median_ms(fwd, reps) * 1e-3) / 1e12
     res["train"]["hops"] = 3.5 * flops / (median_ms(train, reps) * 1e-3) / 1e12
+    res["bwd"]["hops"] = 2.5 * flops / (median_ms(bwd, reps) * 1e-3) / 1e12
     diffs = []
+    if compare:  # the mma.sync dK/dV in the same run, and how far its gradients are from the default's
+        grads_default = [x.clone() for x in (dq, dk, dv)]
+        res["bwd"]["hops mma"] = with_backward("mma", lambda: 2.5 * flops / (median_ms(bwd, reps) * 1e-3) / 1e12)
+        res["train"]["hops bwd mma"] = with_backward(
+            "mma", lambda: 3.5 * flops / (median_ms(train, reps) * 1e-3) / 1e12)
+        diffs.append("bwd mma.sync " + " ".join(f"{n} {rel_diff(x, y):.1e}" for n, x, y in
+                                                zip(("dq", "dk", "dv"), (dq, dk, dv), grads_default)))
+        del grads_default
     if compare:  # the mma.sync forward in the same run, and how far its o is from the default's
         o_default = o.clone()
         res["fwd"]["hops mma"] = with_forward("mma", lambda: flops / (median_ms(fwd, reps) * 1e-3) / 1e12)
         res["train"]["hops mma"] = with_forward("mma", lambda: 3.5 * flops / (median_ms(train, reps) * 1e-3) / 1e12)
-        diffs.append(f"mma.sync {((o.float() - o_default.float()).norm() / o_default.float().norm()).item():.1e}")
+        diffs.append(f"mma.sync {rel_diff(o, o_default):.1e}")
         with_forward("wgmma", fwd)  # restore o of the default path for the SDPA comparison (forced: fails if not taken)
         del o_default
     for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
@@ -178,11 +202,12 @@ def prefill_case(label, T, lengths=None, compare=False):
             print(f"  {label}: SDPA {name} failed: {str(e)[:200]}", flush=True)
     res["diff"] = ", ".join(diffs)
     ROWS.append(res)
-    f, t = res["fwd"], res["train"]
-    old = (f" (mma.sync {f['hops mma']:6.1f})", f" (mma.sync {t['hops mma']:6.1f})") if compare else ("", "")
+    f, t, b = res["fwd"], res["train"], res["bwd"]
+    old = ((f" (mma.sync {f['hops mma']:6.1f})", f" (mma.sync fwd {t['hops mma']:6.1f}, bwd {t['hops bwd mma']:6.1f})",
+            f" (mma.sync {b['hops mma']:6.1f})") if compare else ("", "", ""))
     print(f"{label:<28} fwd hops {f['hops']:6.1f}{old[0]} cuDNN {f.get('cuDNN', 0):6.1f} flash {f.get('flash', 0):6.1f} | "
-          f"fwd+bwd hops {t['hops']:6.1f}{old[1]} cuDNN {t.get('cuDNN', 0):6.1f} flash {t.get('flash', 0):6.1f} "
-          f"TFLOP/s | o vs {res['diff']}", flush=True)
+          f"fwd+bwd hops {t['hops']:6.1f}{old[1]} cuDNN {t.get('cuDNN', 0):6.1f} flash {t.get('flash', 0):6.1f} | "
+          f"bwd hops {b['hops']:6.1f}{old[2]} TFLOP/s | vs {res['diff']}", flush=True)
     del q, k, v, d_o, o, lse, dq, dk, dv, fwd, bwd
     torch.cuda.empty_cache()
 
@@ -222,28 +247,33 @@ def table_text(device, copy_gbs):
     compare = any("hops mma" in r["fwd"] for r in ROWS)
     lines = [f"Device: {device}; torch {torch.__version__}; "
              f"{datetime.date.today().isoformat()}; copy {copy_gbs:.0f} GB/s (1 GiB, read + write).", "",
-             "Prefill, causal, Hq=16 Hkv=2 D=256 bf16, TFLOP/s (fwd: 4 D Hq pairs; fwd+bwd: 3.5x that)"
-             + ("; hops mma.sync: the forward forced onto the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma):" if compare
-                else ":"), "",
+             "Prefill, causal, Hq=16 Hkv=2 D=256 bf16, TFLOP/s (fwd: 4 D Hq pairs; bwd: 2.5x that; fwd+bwd: "
+             "3.5x)" + ("; hops mma.sync: the forward forced onto the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma), "
+                        "mma.sync bwd: the backward's dK/dV forced onto it (HOPS_CUDA_ATTN_BWD=mma):" if compare
+                        else ":"), "",
              "| case | hops fwd | " + ("hops mma.sync fwd | " if compare else "") + "cuDNN fwd | flash fwd | "
-             "hops/cuDNN | hops/flash | hops fwd+bwd | " + ("hops mma.sync fwd+bwd | " if compare else "")
+             "hops/cuDNN | hops/flash | hops bwd | " + ("hops mma.sync bwd | " if compare else "")
+             + "hops fwd+bwd | " + ("hops mma.sync fwd+bwd | hops fwd+bwd, mma.sync bwd | " if compare else "")
              + "cuDNN fwd+bwd | flash fwd+bwd | hops/cuDNN | hops/flash |",
              "|---|--:|" + ("--:|" if compare else "") + "--:|--:|--:|--:|--:|" + ("--:|" if compare else "")
-             + "--:|--:|--:|--:|"]
+             + "--:|" + ("--:|--:|" if compare else "") + "--:|--:|--:|--:|"]
 
     def ratio(a, b):
         return f"{a / b:.2f}" if b else "n/a"
 
     for r in ROWS:
-        f, t = r["fwd"], r["train"]
+        f, t, b = r["fwd"], r["train"], r["bwd"]
         old_f = f"{f['hops mma']:.0f} | " if compare else ""
-        old_t = f"{t['hops mma']:.0f} | " if compare else ""
+        old_b = f"{b['hops mma']:.0f} | " if compare else ""
+        old_t = f"{t['hops mma']:.0f} | {t['hops bwd mma']:.0f} | " if compare else ""
         lines.append(f"| {r['label']} | {f['hops']:.0f} | {old_f}{f.get('cuDNN', 0):.0f} | {f.get('flash', 0):.0f} | "
                      f"{ratio(f['hops'], f.get('cuDNN'))} | {ratio(f['hops'], f.get('flash'))} | "
+                     f"{b['hops']:.0f} | {old_b}"
                      f"{t['hops']:.0f} | {old_t}{t.get('cuDNN', 0):.0f} | {t.get('flash', 0):.0f} | "
                      f"{ratio(t['hops'], t.get('cuDNN'))} | {ratio(t['hops'], t.get('flash'))} |")
     notes = sorted({n for r in ROWS for n in r.get("notes", [])})
-    lines += ["", "hops o vs SDPA o" + (" and vs the mma.sync kernel's o" if compare else "") + " (relative L2): " + "; ".join(f"{r['label']}: {r['diff']}" for r in ROWS)]
+    lines += ["", "hops o vs SDPA o" + (" and vs the mma.sync kernels' o and gradients" if compare else "")
+              + " (relative L2): " + "; ".join(f"{r['label']}: {r['diff']}" for r in ROWS)]
     if notes:
         lines.append("Notes: " + "; ".join(notes))
     lines += ["", "Decode, one new token, Hq=16 Hkv=2 D=256 bf16, paged cache (blocks of 16, random order):", "",
@@ -258,7 +288,8 @@ def main():
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--quick", action="store_true", help="T=4096 and decode N=64 only")
     parser.add_argument("--compare", action="store_true",
-                        help="also time the forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma)")
+                        help="also time the forward and the backward's dK/dV on the mma.sync kernels "
+                             "(HOPS_CUDA_ATTN_FWD=mma, HOPS_CUDA_ATTN_BWD=mma)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.cuda.get_device_name()

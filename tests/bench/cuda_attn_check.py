@@ -3,16 +3,19 @@ attn_prefill, attn_prefill_bwd, attn_decode and kv_cache_write, through the
 generic C-ABI binding (hops.ops.library().op). Every kernel path is covered:
 tensor cores (f16/bf16, D in {64, 128, 256}, unit-stride aligned head rows) and
 the general f32 kernels (f32 storage, other D, strided head dims); on the GPU
-each tensor-core forward case runs twice, on the sm_90a wgmma kernel
-(HOPS_CUDA_ATTN_FWD=wgmma: a call it does not take fails) and on the mma.sync
-kernel (HOPS_CUDA_ATTN_FWD=mma). Cases: dense
+each tensor-core case runs twice, forward and backward on the sm_90a wgmma
+kernels (HOPS_CUDA_ATTN_FWD=wgmma and HOPS_CUDA_ATTN_BWD=wgmma: a call they do
+not take fails) and on the mma.sync kernels (=mma). Cases: dense
 and varlen with empty and length-1 sequences, GQA 16/2 and 3/1, causal with
 Lk > Lq and Lk < Lq (bottom-right), non-causal, the output gate, lse absent,
 packed (strided) q/k/v views, device- and host-resident index tensors, a
 block id outside the cache in a device-resident table (skipped), slots -1;
 for the wgmma kernel also lengths off its tiles (128 queries, 80 or 128 keys),
 T = 1, GQA 24/4, causal offsets at its mask boundaries, and NaN keys and values
-in a later sequence (the earlier sequences' outputs must stay finite).
+(and, in the backward, queries and output gradients) in a later sequence (the
+earlier sequences' outputs and gradients must stay finite); for the wgmma
+backward lengths off its tiles (64 queries; 64 keys at D=256, 128 below) and
+the key-block / query-block offset where its mask shortcut turns off.
 Fresh random inputs per case; outputs are poisoned with NaN first, so an
 unwritten element fails. Tolerances (relative L2 against float64 of the same
 rounded inputs): 1e-5 for f32, 1e-2 for f16/bf16. The backward also runs twice
@@ -131,17 +134,17 @@ def make_qkv(dtype, B, Tq, Tk, Hq, Hkv, D, packed=False, strided_d=False):
     return q, k, v
 
 
-def forward_path(path):
-    """Sets HOPS_CUDA_ATTN_FWD for the calls made until the returned undo runs."""
-    before = os.environ.get("HOPS_CUDA_ATTN_FWD")
+def kernel_path(var, path):
+    """Sets `var` (HOPS_CUDA_ATTN_FWD or _BWD) for the calls made until the returned undo runs."""
+    before = os.environ.get(var)
     if path:
-        os.environ["HOPS_CUDA_ATTN_FWD"] = path
+        os.environ[var] = path
 
     def undo():
         if before is None:
-            os.environ.pop("HOPS_CUDA_ATTN_FWD", None)
+            os.environ.pop(var, None)
         else:
-            os.environ["HOPS_CUDA_ATTN_FWD"] = before
+            os.environ[var] = before
     return undo
 
 
@@ -169,7 +172,7 @@ def prefill_case(dtype, label, B=1, Tq=100, Tk=None, Hq=16, Hkv=2, D=256, lens_q
     sc = scale if scale else D ** -0.5
     o = poison((B, Tq, Hq, D), dtype)
     l_out = poison((B, Hq, Tq), torch.float32) if lse else None
-    undo = forward_path(path)
+    undo = kernel_path("HOPS_CUDA_ATTN_FWD", path)
     try:
         op("attn_prefill")(q=q, k=k, v=v, gate=g, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, o=o, lse=l_out,
                            scale=scale or 0.0, causal=causal)
@@ -186,26 +189,39 @@ def prefill_case(dtype, label, B=1, Tq=100, Tk=None, Hq=16, Hkv=2, D=256, lens_q
         same_inf = bool((torch.isinf(got_l) == ~fin).all()) and bool((got_l[~fin] < 0).all())
         errs["lse"] = rel(got_l[fin], want_l[fin]) if same_inf else math.inf
     report(name, errs, TOL[dtype])
-    if not bwd or nan_last:
+    if not bwd:
         return
     # backward from the reference's rounded o and f32 lse
     d_o = torch.randn(B, Tq, Hq, D, device=dev).to(dtype)
     o_in = want_o.detach().to(dtype)
     lse_in = want_lse.float()
     grads = torch.autograd.grad(want_o, [x for x in (q64, k64, v64, g64) if x is not None], d_o.double())
+    q_in, k_kept = q, Tk
+    if nan_last:  # the last sequence's queries and output gradients NaN too; earlier gradients compared
+        k_kept = int(cu_k[-2])
+        q_in = q.clone()
+        q_in[:, kept:] = float("nan")
+        d_o[:, kept:] = float("nan")
     outs = []
-    for _ in range(2):
-        dq, dk, dv = poison(q.shape, dtype), poison(k.shape, dtype), poison(v.shape, dtype)
-        dg = poison(q.shape, dtype) if gate else None
-        op("attn_prefill_bwd")(q=q, k=k, v=v, gate=g, o=o_in, lse=lse_in, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
-                               dq=dq, dk=dk, dv=dv, dgate=dg, scale=scale or 0.0, causal=causal,
-                               **{"do": d_o})
-        outs.append([x for x in (dq, dk, dv, dg) if x is not None])
-    errs = {n: rel(got, want) for n, got, want in zip(("dq", "dk", "dv", "dgate"), outs[0], grads)}
+    undo = kernel_path("HOPS_CUDA_ATTN_BWD", path)
+    try:
+        for _ in range(2):
+            dq, dk, dv = poison(q.shape, dtype), poison(k.shape, dtype), poison(v.shape, dtype)
+            dg = poison(q.shape, dtype) if gate else None
+            op("attn_prefill_bwd")(q=q_in, k=k, v=v, gate=g, o=o_in, lse=lse_in, cu_seqlens_q=cu_q,
+                                   cu_seqlens_k=cu_k, dq=dq, dk=dk, dv=dv, dgate=dg, scale=scale or 0.0,
+                                   causal=causal, **{"do": d_o})
+            outs.append([x for x in (dq, dk, dv, dg) if x is not None])
+    finally:
+        undo()
+    rows = {"dq": kept, "dk": k_kept, "dv": k_kept, "dgate": kept}
+    errs = {n: rel(got[:, :rows[n]], want[:, :rows[n]])
+            for n, got, want in zip(("dq", "dk", "dv", "dgate"), outs[0], grads)}
     same = all(torch.equal(a.view(torch.int16 if a.element_size() == 2 else torch.int32),
                            b.view(torch.int16 if b.element_size() == 2 else torch.int32))
                for a, b in zip(outs[0], outs[1]))
-    report(f"bwd     {str(dtype)[6:]:<8} {label}", errs if same else {**errs, "repeat": math.inf}, TOL[dtype],
+    report(f"bwd     {str(dtype)[6:]:<8} {'[' + path + '] ' if path else ''}{label}",
+           errs if same else {**errs, "repeat": math.inf}, TOL[dtype],
            "" if same else "(two runs differ)")
 
 
@@ -323,8 +339,16 @@ def main():
             dict(label="head-major memory [B,H,T,D] viewed as [B,T,H,D] 8/2 D=256", Tq=200, Hq=8,
                  head_major=True, paths=(None,)),
         ]
-        for T in (1, 80, 81, 128, 129):
+        for T in (1, 63, 64, 65, 80, 81, 128, 129):
             sm90.append(dict(label=f"dense T={T} 4/1 D=256 causal", Tq=T, Hq=4, Hkv=1))
+        for T in (127, 128, 129):
+            sm90.append(dict(label=f"dense T={T} 4/1 D=128 causal", Tq=T, Hq=4, Hkv=1, D=128))
+        sm90 += [
+            # key block 64-127 at D=256: its last key is first visible to query 0 + 1 (mask shortcut boundary)
+            dict(label="dense Tq=64 Tk=190 (offset 126) 4/1 D=256 causal", Tq=64, Tk=190, Hq=4, Hkv=1),
+            dict(label="varlen (64,1,0,65)/(190,64,3,65) 6/2 D=128 causal gate", Hq=6, D=128, gate=True,
+                 lens_q=[64, 1, 0, 65], lens_k=[190, 64, 3, 65]),
+        ]
     decode = [
         dict(label="N=3 L=1 16/2 D=256 lens (0,37,1000) bs=16"),
         dict(label="N=3 L=3 16/2 D=256 lens (2,37,700) host tables i64", L=3, lens=(2, 37, 700), host_tables=True),
@@ -374,8 +398,8 @@ def main():
                 continue
             tc = dtype != torch.float32 and case.get("D", 256) in (64, 128, 256) and not case.get("strided_d")
             paths = case.pop("paths", ("wgmma", "mma") if on_gpu and tc else (None,))
-            for i, path in enumerate(paths):  # the backward (path-independent) once
-                guarded(prefill_case, dtype, path=path, **{**case, "bwd": case.get("bwd", True) and i == 0})
+            for path in paths:  # forward and backward on the same kernel family
+                guarded(prefill_case, dtype, path=path, **case)
     passed = sum(RESULTS)
     print(f"cuda_attn_check: {passed}/{len(RESULTS)} passed", "" if passed == len(RESULTS) else "FAILURES")
     sys.exit(0 if passed == len(RESULTS) else 1)
