@@ -3,8 +3,8 @@
 // (into scratch, contiguous) and dgate; then dq by a CTA per query block that
 // walks the key blocks, and dk/dv by a CTA per key block that walks the query
 // heads of its group and their query blocks in ascending order. Tensor cores
-// (mma.sync) for f16/bf16 with D in {64, 128, 256}, dk/dv on Hopper by the
-// wgmma kernel of attn_bwd_sm90.cu where it takes the call; general f32
+// (mma.sync) for f16/bf16 with D in {64, 128, 256}, on Hopper the wgmma
+// kernels of attn_bwd_dq_sm90.cu and attn_bwd_sm90.cu where they take the call; general f32
 // CUDA-core kernels otherwise. The score and probability tiles are recomputed from lse.
 #include "attn_common.cuh"
 
@@ -281,20 +281,28 @@ __global__ void __launch_bounds__(DkvTile<D>::kThreads, 1)
   }
 }
 
+// Which kernels run on Hopper wgmma (attn_bwd_dq_sm90.cu, attn_bwd_sm90.cu).
+struct Sm90Kernels {
+  bool dq = false, dkv = false;
+};
+
 template <class E, int D>
-cudaError_t launch_bwd_tc(const AttnBwdParams& p, int dtype, const BwdScratch& sc, bool dkv_sm90,
+cudaError_t launch_bwd_tc(const AttnBwdParams& p, int dtype, const BwdScratch& sc, Sm90Kernels sm90,
                           cudaStream_t stream) {
   const E* d_o = reinterpret_cast<const E*>(sc.d_o);
   const bool varlen = p.cu_q.data != nullptr;
   const int64_t q_slots = block_slots(p.N, p.Tq, DqTile<D>::kBr, varlen);
-  if (q_slots * p.Hq > 0) {
+  if (sm90.dq) {
+    const cudaError_t status = attn_dq_sm90(p, dtype, sc.d_o, sc.delta, true, stream);
+    if (status != cudaSuccess) return status;
+  } else if (q_slots * p.Hq > 0) {
     const cudaError_t status = allow_smem(dq_tc_kernel<E, D>, DqTile<D>::kSmem);
     if (status != cudaSuccess) return status;
     dq_tc_kernel<E, D>
         <<<static_cast<unsigned>(q_slots * p.Hq), DqTile<D>::kThreads, DqTile<D>::kSmem, stream>>>(
             p, d_o, sc.delta, q_slots);
   }
-  if (dkv_sm90) return attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, true, stream);
+  if (sm90.dkv) return attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, true, stream);
   const int64_t k_slots = block_slots(p.N, p.Tk, DkvTile<D>::kBc, varlen);
   if (k_slots * p.Hkv > 0) {
     const cudaError_t status = allow_smem(dkv_tc_kernel<E, D>, DkvTile<D>::kSmem);
@@ -539,13 +547,16 @@ cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tens
   const BwdScratch sc = carve(p, dtype, scratch);
   // Decided before anything is launched: a forced path that cannot run fails
   // with nothing written.
-  bool dkv_sm90 = false;
+  Sm90Kernels sm90;
   if (tensor_cores && path != BwdPath::mma) {
-    const cudaError_t probe = attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, false, stream);
+    cudaError_t probe = attn_dq_sm90(p, dtype, sc.d_o, sc.delta, false, stream);
     if (probe != cudaSuccess && probe != cudaErrorNotSupported) return probe;
-    dkv_sm90 = probe == cudaSuccess;
+    sm90.dq = probe == cudaSuccess;
+    probe = attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, false, stream);
+    if (probe != cudaSuccess && probe != cudaErrorNotSupported) return probe;
+    sm90.dkv = probe == cudaSuccess;
   }
-  if (path == BwdPath::wgmma && !dkv_sm90) return cudaErrorNotSupported;
+  if (path == BwdPath::wgmma && !(sm90.dq && sm90.dkv)) return cudaErrorNotSupported;
   const int64_t rows = p.B * p.Tq * p.Hq;
   cudaError_t status = cudaSuccess;
   if (rows > 0) {
@@ -560,11 +571,11 @@ cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tens
     const auto by_dim = [&]<class E>(E) {
       switch (p.D) {
         case 64:
-          return launch_bwd_tc<E, 64>(p, dtype, sc, dkv_sm90, stream);
+          return launch_bwd_tc<E, 64>(p, dtype, sc, sm90, stream);
         case 128:
-          return launch_bwd_tc<E, 128>(p, dtype, sc, dkv_sm90, stream);
+          return launch_bwd_tc<E, 128>(p, dtype, sc, sm90, stream);
         default:
-          return launch_bwd_tc<E, 256>(p, dtype, sc, dkv_sm90, stream);
+          return launch_bwd_tc<E, 256>(p, dtype, sc, sm90, stream);
       }
     };
     return dtype == kBF16 ? by_dim(__nv_bfloat16{}) : by_dim(__half{});

@@ -66,8 +66,8 @@ std::string_view forced_forward() {
   return value ? value : "";
 }
 
-// HOPS_CUDA_ATTN_BWD=mma runs the backward's mma.sync dK/dV kernel where the
-// sm_90a one would run; =wgmma fails the calls the sm_90a kernel cannot take.
+// HOPS_CUDA_ATTN_BWD=mma runs the backward's mma.sync dQ and dK/dV kernels
+// where the sm_90a ones would run; =wgmma fails the calls they cannot take.
 BwdPath forced_backward() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_CUDA_ATTN_BWD");
@@ -190,8 +190,8 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
       launch_attn_prefill_bwd(p, dtype, tensor_cores, path, scratch.data(), guard.stream());
   if (status == cudaErrorNotSupported && path == BwdPath::wgmma) {
     fail(HOPS_ERR_UNSUPPORTED,
-         "{}: HOPS_CUDA_ATTN_BWD=wgmma, but the sm_90a dK/dV kernel cannot take this call (it "
-         "needs a compute capability 9.0 device, f16/bf16, D in {{64, 128, 256}}, unit-stride "
+         "{}: HOPS_CUDA_ATTN_BWD=wgmma, but the sm_90a backward kernels cannot take this call "
+         "(they need a compute capability 9.0 device, f16/bf16, D in {{64, 128, 256}}, unit-stride "
          "16-byte-aligned head rows)",
          op.kName);
   }

@@ -70,17 +70,20 @@ cudaError_t launch_attn_prefill_sm90(const AttnFwdParams& p, int dtype, cudaStre
 // The backward needs attn_bwd_scratch_bytes of stream-ordered scratch: the
 // gated output gradient (q's dtype) and the row dot products Delta (f32).
 size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype);
-// `path`: which dK/dV kernel a tensor-core call runs. automatic: the sm_90a
-// one where it can take the call (attn_dkv_sm90), else mma.sync; mma: always
-// mma.sync; wgmma: cudaErrorNotSupported, nothing launched, where the sm_90a
-// one cannot take the call.
+// `path`: which dQ and dK/dV kernels a tensor-core call runs. automatic: the
+// sm_90a ones where they can take the call (attn_dq_sm90, attn_dkv_sm90), else
+// mma.sync; mma: always mma.sync; wgmma: cudaErrorNotSupported, nothing
+// launched, where an sm_90a one cannot take the call.
 enum class BwdPath { automatic, mma, wgmma };
 cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tensor_cores,
                                     BwdPath path, void* scratch, cudaStream_t stream);
-// The backward's Hopper dK/dV kernel (attn_bwd_sm90.cu), after the prepare
-// kernel wrote dO' (`d_o`) and Delta. With launch = false it only answers
-// whether it can take the call: cudaErrorNotSupported (nothing launched) when
-// not (not a compute capability 9.0 device, a view TMA cannot describe).
+// The backward's Hopper kernels (attn_bwd_dq_sm90.cu, attn_bwd_sm90.cu), run
+// after the prepare kernel wrote dO' (`d_o`) and Delta. With launch = false
+// they only answer whether they can take the call: cudaErrorNotSupported
+// (nothing launched) when not (not a compute capability 9.0 device, a view
+// TMA cannot describe).
+cudaError_t attn_dq_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const float* delta,
+                         bool launch, cudaStream_t stream);
 cudaError_t attn_dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const float* delta,
                           bool launch, cudaStream_t stream);
 // Sets p.splits and p.chunk for `sms` multiprocessors: whole waves of the
