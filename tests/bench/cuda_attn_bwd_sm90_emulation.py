@@ -1,6 +1,7 @@
-"""Off-GPU checks of the sm_90a attention backward's dK/dV kernel
-(backends/cuda/attn_bwd_sm90.cu), transcribed from its code; run them after
-changing its tiles, offsets, masks or pipeline:
+"""Off-GPU checks of the sm_90a attention backward's dK/dV and dQ kernels
+(backends/cuda/attn_bwd_sm90.cu, attn_bwd_dq_sm90.cu), transcribed from their
+code; run them after changing their tiles, offsets, masks or pipelines.
+dK/dV:
 
 1. layouts: TMA's 128-byte-swizzle writes of K, V and the Q / dO' stages and
    wgmma's descriptor reads with the kernel's offsets (K, V as K-major A of
@@ -19,6 +20,11 @@ changing its tiles, offsets, masks or pipeline:
    `masked` shortcut, bf16 P^T and dS^T, the query tail zeroed against NaN
    neighbours, the epilogue) against float64 attention gradients; mutations
    of a mask boundary, of the shortcut and of the tail zeroing must fail.
+dQ: the same three for its tiles (Q, dO' as K-major A of both consumers, K, V
+as K-major B, K as MN-major B of dQ += dS K, the K tail zeroing), its K / V
+rings (2 + 1 stages at D = 256, 2 + 2 below), and its consumer math (n_full,
+masks, dS by select against NaN in V rows past the sequence); mutations of
+n_full, of the causal boundary and of the K tail zeroing must fail.
 
 These check the transcription's arithmetic against the PTX ISA's model (as
 cuda_attn_sm90_emulation.py does for the forward), not the hardware:
@@ -149,6 +155,69 @@ def check_fragments():
     print("acc_to_a: accumulator pairs are wgmma's register A fragments")
 
 
+class DqTile:  # DqSm90Tile<D>
+    def __init__(self, D):
+        self.D = D
+        self.br, self.bc = 128, 64
+        self.kstages, self.vstages = 2, (1 if D == 256 else 2)
+        self.qbytes, self.kvbytes = self.br * D * 2, self.bc * D * 2
+        self.qblock, self.kvblock = self.br * 128, self.bc * 128
+        self.smem = 1024 + 2 * self.qbytes + (self.kstages + self.vstages) * self.kvbytes + 128
+
+
+def check_dq_layout(D):
+    T = DqTile(D)
+    assert T.smem <= 227 * 1024, ("dq smem", D, T.smem)
+    rng = np.random.default_rng(D + 1)
+    Q = rng.integers(0, 60000, (128, D)).astype(np.uint16)
+    DO = rng.integers(0, 60000, (128, D)).astype(np.uint16)
+    K = [rng.integers(0, 60000, (64, D)).astype(np.uint16) for _ in range(T.kstages)]
+    V = [rng.integers(0, 60000, (64, D)).astype(np.uint16) for _ in range(T.vstages)]
+    base = 1024 * 5
+    sQ = base; sDO = sQ + T.qbytes; sK = sDO + T.qbytes; sV = sK + T.kstages * T.kvbytes
+    end = sV + T.vstages * T.kvbytes
+    smem = np.zeros((end + 1024) // 2, np.uint16)
+    for cb in range(D // 64):
+        tma_store(smem, sQ + cb * T.qblock, Q[:, 64 * cb:64 * cb + 64])
+        tma_store(smem, sDO + cb * T.qblock, DO[:, 64 * cb:64 * cb + 64])
+        for st in range(T.kstages):
+            tma_store(smem, sK + st * T.kvbytes + cb * T.kvblock, K[st][:, 64 * cb:64 * cb + 64])
+        for st in range(T.vstages):
+            tma_store(smem, sV + st * T.kvbytes + cb * T.kvblock, V[st][:, 64 * cb:64 * cb + 64])
+    kstage = T.kvbytes >> 4
+    k_desc, v_desc = smem_desc(sK, 16, 1024), smem_desc(sV, 16, 1024)
+    kn_desc = smem_desc(sK, T.kvblock, 1024)
+    for wg in range(2):
+        q_desc = smem_desc(sQ + wg * 64 * 128, 16, 1024)
+        do_desc = smem_desc(sDO + wg * 64 * 128, 16, 1024)
+        for kk in range(D // 16):  # issue_qk
+            yo = ((kk // 4) * T.qblock + (kk % 4) * 32) >> 4
+            zo = ((kk // 4) * T.kvblock + (kk % 4) * 32) >> 4
+            for y_desc, z_desc, Y, Zs, name in ((q_desc, k_desc, Q, K, "Q/K"), (do_desc, v_desc, DO, V, "dO/V")):
+                a = read_kmajor(smem, desc_start(y_desc + yo), 64, 1024)
+                assert (a == Y[64 * wg:64 * wg + 64, 16 * kk:16 * kk + 16]).all(), ("A", name, D, wg, kk)
+                for st, Z in enumerate(Zs):
+                    b = read_kmajor(smem, desc_start(z_desc + st * kstage + zo), 64, 1024)
+                    assert (b == Z[:, 16 * kk:16 * kk + 16]).all(), ("B", name, D, st, kk)
+    for st in range(T.kstages):  # dQ += dS K
+        for ks in range(4):
+            d = kn_desc + st * kstage + ((ks * 2048) >> 4)
+            b = read_mnmajor(smem, desc_start(d), D, (d >> 16 & 0x3FFF) << 4, (d >> 32 & 0x3FFF) << 4)
+            assert (b == K[st][16 * ks:16 * ks + 16, :]).all(), ("MN-major K", D, st, ks)
+    for first in (1, 30, 63):  # zero_k_tail on stage 1
+        z = smem.copy()
+        stage = sK + T.kvbytes
+        for idx in range((64 - first) * (D // 8)):
+            r, c = first + idx // (D // 8), idx % (D // 8)
+            at = stage + (c // 8) * T.kvblock + r * 128 + (c % 8) * 16
+            z[at // 2:at // 2 + 8] = 0
+        b = np.concatenate([read_mnmajor(z, stage + ks * 2048, D, T.kvblock, 1024) for ks in range(4)])
+        assert (b[:first] == K[1][:first]).all() and (b[first:] == 0).all()
+        assert (z[:stage // 2] == smem[:stage // 2]).all() and (z[(stage + T.kvbytes) // 2:] == smem[(stage + T.kvbytes) // 2:]).all()
+    assert (end >> 4) < (1 << 14)
+    print(f"dQ D={D}: Q, dO' (K-major A), K, V (K-major B), K (MN-major B) read back; K tail zeroing exact")
+
+
 # ---- 2. pipeline ------------------------------------------------------------------------
 
 def run(total, seed):
@@ -223,12 +292,85 @@ def run(total, seed):
             inflight.append((stage, tag, b))
 
 
+def run_dq(ntiles, vstages, seed):
+    """The dQ kernel's rings: K in 2 stages, V in vstages; K_t is read from its
+    wait until the next tile's S was issued and dQ_t waited, V_t until dP_t."""
+    rnd = random.Random(seed)
+    kst = 2
+    bars = {"q": Bar(1)}
+    for st in range(2):
+        for x in "kv":
+            bars[f"{x}f{st}"] = Bar(1); bars[f"{x}e{st}"] = Bar(8)
+    content, reading, inflight = {}, {}, []
+
+    def producer():
+        yield ("tma", "q", "Q", 0)
+        for t in range(ntiles):
+            for x, n in (("k", kst), ("v", vstages)):
+                st, par = t % n, (t // n) & 1
+                while not bars[f"{x}e{st}"].done(par ^ 1):
+                    yield None
+                yield ("tma", f"{x}f{st}", f"{x.upper()}{st}", t)
+
+    def warp(w):
+        def wait(b, par):
+            while not bars[b].done(par):
+                yield None
+
+        def read(stage, t):
+            assert content.get(stage) == t, ("stale", stage, t, content.get(stage))
+            reading.setdefault(stage, set()).add(w)
+
+        def end(stage, t):
+            assert content.get(stage) == t, ("overwritten while read", stage, t)
+            reading[stage].discard(w)
+        yield from wait("q", 0)
+        for t in range(ntiles):
+            sk, sv = t % kst, t % vstages
+            yield from wait(f"kf{sk}", (t // kst) & 1)
+            read(f"K{sk}", t); yield None           # S issued
+            if t > 0:                                # the previous dQ waited
+                end(f"K{(t - 1) % kst}", t - 1); bars[f"ke{(t - 1) % kst}"].arrive()
+            yield from wait(f"vf{sv}", (t // vstages) & 1)
+            read(f"V{sv}", t); yield None           # dP issued, S waited
+            end(f"V{sv}", t); bars[f"ve{sv}"].arrive(); yield None  # dP waited, dQ issued
+        yield None
+        if ntiles:
+            end(f"K{(ntiles - 1) % kst}", ntiles - 1)
+
+    procs = [producer()] + [warp(w) for w in range(8)]
+    alive = list(range(len(procs)))
+    steps = 0
+    while alive or inflight:
+        steps += 1
+        assert steps < 200000, "deadlock"
+        if inflight and (not alive or rnd.random() < 0.3):
+            stage, tag, b = inflight.pop(rnd.randrange(len(inflight)))
+            assert not reading.get(stage), ("TMA lands while read", stage)
+            content[stage] = tag
+            bars[b].complete_tx(1)
+            continue
+        if not alive:
+            continue
+        p = rnd.choice(alive)
+        try:
+            ev = next(procs[p])
+        except StopIteration:
+            alive.remove(p)
+            continue
+        if ev and ev[0] == "tma":
+            _, b, stage, tag = ev
+            assert not reading.get(stage), ("TMA issued into a stage being read", stage)
+            bars[b].expect_tx(1)
+            inflight.append((stage, tag, b))
+
+
 # ---- 3. math ----------------------------------------------------------------------------
 
 def reference(q, k, v, dy, spans, scale, causal):
-    """float64 dK, dV, and the forward's lse and Delta = <dO', O>."""
+    """float64 dQ, dK, dV, and the forward's lse and Delta = <dO', O>."""
     Tq, Hq, D = q.shape; Tk, Hkv, _ = k.shape; G = Hq // Hkv
-    dk = np.zeros_like(k); dv = np.zeros_like(v)
+    dq = np.zeros_like(q); dk = np.zeros_like(k); dv = np.zeros_like(v)
     lse = np.full((Hq, Tq), -np.inf); delta = np.zeros((Hq, Tq))
     for q0, q1, k0, k1 in spans:
         Lq, Lk = q1 - q0, k1 - k0
@@ -247,7 +389,8 @@ def reference(q, k, v, dy, spans, scale, causal):
             dS = p * (dP - delta[h, q0:q1, None])
             dv[k0:k1, kv] += p.T @ dy[q0:q1, h]
             dk[k0:k1, kv] += scale * dS.T @ q[q0:q1, h]
-    return dk, dv, lse, delta
+            dq[q0:q1, h] = scale * dS @ k[k0:k1, kv]
+    return dq, dk, dv, lse, delta
 
 
 def slot_block(cu, N, Tt, rows, slot):  # attn_common.cuh, varlen form
@@ -316,7 +459,7 @@ def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
             for it in range(total):
                 h, i0 = head_of(it), row_of(it)
                 Qt = fetch(q, h, q0 + i0, 64, q1); Dt = fetch(dy, h, q0 + i0, 64, q1)
-                if i0 + 64 > Lq and mutate != "no-zero":  # zero_q_tail
+                if i0 + 64 > Lq and mutate != "no-zero-q":  # zero_q_tail
                     Qt[Lq - i0:] = 0.0; Dt[Lq - i0:] = 0.0
                 # producer rows: lse2_of, delta_of
                 ii = i0 + np.arange(64)
@@ -360,6 +503,96 @@ def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
     return dk_out, dv_out
 
 
+def emulate_dq(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
+    Tq, Hq, _ = q.shape; Tk, Hkv, _ = k.shape; G = Hq // Hkv; N = len(cu_q) - 1
+    dq_out = np.full_like(q, np.nan)
+    c2 = scale * LOG2E
+    warp = np.repeat(np.arange(4), 32); lane = np.tile(np.arange(32), 4)
+    g, t = lane >> 2, lane & 3
+
+    def frag(S, n):
+        f = np.zeros((128, n // 8, 4))
+        for j in range(n // 8):
+            for e in range(4):
+                f[:, j, e] = S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)]
+        return f
+
+    def unfrag(f, n):
+        S = np.zeros((64, n))
+        for j in range(n // 8):
+            for e in range(4):
+                S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)] = f[:, j, e]
+        return S
+
+    def fetch(x, h, row0, rows, seq_end):  # TMA box: zeros past the tensor, NaN for other sequences
+        out = np.zeros((rows, D))
+        for r in range(rows):
+            gr = row0 + r
+            if gr >= x.shape[0]: out[r] = 0.0
+            elif gr >= seq_end: out[r] = np.nan
+            else: out[r] = x[gr, h]
+        return out
+
+    slots = Tq // 128 + N + 1
+    for bid in range(slots * Hq):
+        head, slot = bid % Hq, slots - 1 - bid // Hq
+        n, c = slot_block(cu_q, N, Tq, 128, slot)
+        if c < 0: continue
+        q0, q1, k0, k1 = cu_q[n], cu_q[n + 1], cu_k[n], cu_k[n + 1]
+        Lq, Lk = q1 - q0, k1 - k0
+        m0 = c * 128
+        if m0 >= Lq: continue
+        kvh, off = head // G, Lk - Lq
+        kend = min(Lk, min(m0 + 128, Lq) + off) if causal else Lk
+        ntiles = (kend + 63) // 64 if kend > 0 else 0
+        Qt = fetch(q, head, q0 + m0, 128, q1); Dt = fetch(dy, head, q0 + m0, 128, q1)
+        for wg in range(2):
+            row0 = m0 + wg * 64 + warp * 16 + g
+            n_full = Lk // 64
+            if causal:
+                lim = m0 + wg * 64 + off + 1
+                n_full = min(n_full, lim // 64 if lim > 0 else 0)
+            if mutate == "n_full+1": n_full += 1
+            lse2 = [np.array([np.inf if i >= Lq or lse[head, q0 + i] == -np.inf else lse[head, q0 + i] * LOG2E
+                              for i in row0 + 8 * r]) for r in range(2)]
+            dl = [np.array([0.0 if i >= Lq else delta[head, q0 + i] for i in row0 + 8 * r]) for r in range(2)]
+            dq = np.zeros((128, D // 8, 4))
+            for tt in range(ntiles):
+                Kt = fetch(k, kvh, k0 + tt * 64, 64, k1); Vt = fetch(v, kvh, k0 + tt * 64, 64, k1)
+                tail = Lk - tt * 64
+                if tail < 64 and mutate != "no-zero-k": Kt[tail:] = 0.0  # zero_k_tail
+                with np.errstate(invalid="ignore"):
+                    sc = frag(Qt[64 * wg:64 * wg + 64] @ Kt.T, 64)
+                    dp = frag(Dt[64 * wg:64 * wg + 64] @ Vt.T, 64)
+                masked = tt >= n_full
+                key0 = tt * 64 + 2 * t
+                with np.errstate(invalid="ignore", over="ignore"):
+                    for j in range(8):
+                        for e in range(4):
+                            r = e >> 1
+                            pr = np.exp2(sc[:, j, e] * c2 - lse2[r])
+                            if masked:
+                                key = key0 + 8 * j + (e & 1)
+                                lim = off + (1 if mutate == "causal+1" else 0)
+                                bad = (key >= Lk) | ((key > row0 + 8 * r + lim) if causal else False)
+                                pr = np.where(bad, -1.0, pr)
+                            sc[:, j, e] = pr
+                    for j in range(8):
+                        for e in range(4):
+                            dp[:, j, e] = np.where(sc[:, j, e] < 0, 0.0, sc[:, j, e] * (dp[:, j, e] - dl[e >> 1]))
+                    da = bf16(dp)
+                    dq += frag(unfrag(da, 64) @ Kt, D)
+            for r in range(2):
+                for th in range(128):
+                    i = row0[th] + 8 * r
+                    if i >= Lq: continue
+                    for j in range(D // 8):
+                        col = 8 * j + 2 * t[th]
+                        dq_out[q0 + i, head, col] = dq[th, j, 2 * r] * scale
+                        dq_out[q0 + i, head, col + 1] = dq[th, j, 2 * r + 1] * scale
+    return dq_out
+
+
 def case(D, lens_q, lens_k, Hq, Hkv, causal, seed, scale=None, mutate=None, quiet=False):
     rng = np.random.default_rng(seed)
     Tq, Tk = sum(lens_q), sum(lens_k)
@@ -369,28 +602,36 @@ def case(D, lens_q, lens_k, Hq, Hkv, causal, seed, scale=None, mutate=None, quie
     ck = np.concatenate([[0], np.cumsum(lens_k)]).astype(int)
     spans = [(cq[n], cq[n + 1], ck[n], ck[n + 1]) for n in range(len(lens_q))]
     sc = scale or D ** -0.5
-    rdk, rdv, lse, delta = reference(q, k, v, dy, spans, sc, causal)
+    rdq, rdk, rdv, lse, delta = reference(q, k, v, dy, spans, sc, causal)
     dk, dv = emulate(q, k, v, dy, lse, delta, cq, ck, sc, causal, D, mutate)
-    ok = np.isfinite(dk).all() and np.isfinite(dv).all()
+    dq = emulate_dq(q, k, v, dy, lse, delta, cq, ck, sc, causal, D, mutate)
+    ok = np.isfinite(dk).all() and np.isfinite(dv).all() and np.isfinite(dq).all()
     # relative L2, and the largest element error against the largest element
     # (one wrongly visible key moves a few elements only)
     rel = lambda x, r: np.linalg.norm(x - r) / max(np.linalg.norm(r), 1e-30) if ok else math.inf
     top = lambda x, r: np.abs(x - r).max(initial=0) / max(np.abs(r).max(initial=0), 1e-30) if ok else math.inf
-    ek, ev, mk, mv = rel(dk, rdk), rel(dv, rdv), top(dk, rdk), top(dv, rdv)
+    errs = [(rel(x, r), top(x, r)) for x, r in ((dq, rdq), (dk, rdk), (dv, rdv))]
     if not quiet:
-        print(f"D={D} lens_q={lens_q} lens_k={lens_k} {Hq}/{Hkv} causal={causal}: dk rel {ek:.1e} (max {mk:.1e}), "
-              f"dv rel {ev:.1e} (max {mv:.1e})")
-    return ek < 1e-2 and ev < 1e-2 and mk < 1e-2 and mv < 1e-2
+        print(f"D={D} lens_q={lens_q} lens_k={lens_k} {Hq}/{Hkv} causal={causal}: "
+              + ", ".join(f"{n} rel {e:.1e} (max {m:.1e})" for n, (e, m) in zip(("dq", "dk", "dv"), errs)))
+    return all(e < 1e-2 and m < 1e-2 for e, m in errs)
 
 
 def main():
     check_fragments()
     for D in (64, 128, 256):
         check_layout(D)
+        check_dq_layout(D)
     for total in range(1, 7):
         for seed in range(60):
             run(total, seed)
-    print("pipeline: 1..6 steps x 60 random interleavings: no stale read, no write while read, no deadlock")
+    print("dK/dV pipeline: 1..6 steps x 60 random interleavings: no stale read, no write while read, no deadlock")
+    for vstages in (1, 2):
+        for ntiles in range(1, 7):
+            for seed in range(100):
+                run_dq(ntiles, vstages, seed)
+    print("dQ pipeline: V stages 1, 2 x 1..6 tiles x 100 random interleavings: no stale read, no write while read, "
+          "no deadlock")
     cases = [
         (256, [0, 1, 130, 77, 0, 200], [5, 1, 130, 300, 4, 200], 4, 2, True, 1),  # varlen, empty, length 1
         (256, [150], [165], 3, 1, True, 2),     # Lk > Lq, offset 15
@@ -401,13 +642,17 @@ def main():
         (128, [70], [333], 3, 1, True, 7),      # keys no query sees
         (64, [300], [362], 2, 1, True, 8),
         (256, [64], [190], 1, 1, True, 9),      # the `masked` shortcut's boundary
+        (256, [150], [164], 2, 1, True, 10),    # dQ: off 14, n_full of the second warpgroup at its boundary
+        (128, [300], [362], 1, 1, True, 11),    # dQ: off 62: 64 + 62 + 1 = 127, n_full boundary
     ]
     for c in cases:
         assert case(*c), c
     # mutations a correct transcription must not survive
     for mut, c in (("causal+1", (256, [150], [165], 1, 1, True, 2)),
+                   ("n_full+1", (128, [300], [362], 1, 1, True, 11)),
                    ("kmax-", (256, [64], [190], 1, 1, True, 9)),  # key 127, query 0: kmax = i0 + off + 1
-                   ("no-zero", (256, [0, 1, 130, 77, 0, 200], [5, 1, 130, 300, 4, 200], 2, 1, True, 1))):
+                   ("no-zero-q", (256, [0, 1, 130, 77, 0, 200], [5, 1, 130, 300, 4, 200], 2, 1, True, 1)),
+                   ("no-zero-k", (256, [0, 1, 130, 77, 0, 200], [5, 1, 130, 300, 4, 200], 2, 1, True, 1))):
         assert not case(*c, mutate=mut, quiet=True), ("mutation survived", mut)
         print(f"mutation {mut}: caught")
     assert case(256, [150], [165], 1, 1, True, 2, mutate="no-shortcut", quiet=True)  # the shortcut only skips work
