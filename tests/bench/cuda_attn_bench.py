@@ -16,8 +16,8 @@ docs/PERFORMANCE.md (section "Attention on Hopper (issue 14)"). hops' backward
 is also timed alone (2.5x the forward's FLOPs). --compare also times hops'
 forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma) beside the default
 choice (the sm_90a wgmma kernel where it applies), fwd and fwd+bwd, and the
-backward on its mma.sync dK/dV kernel (HOPS_CUDA_ATTN_BWD=mma), bwd and
-fwd+bwd with the default forward, in the same run, with the outputs'
+backward on its mma.sync dQ and dK/dV kernels (HOPS_CUDA_ATTN_BWD=mma), bwd
+and fwd+bwd with the default forward, in the same run, with the outputs'
 differences.
 
 Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \
@@ -170,7 +170,7 @@ def prefill_case(label, T, lengths=None, compare=False):
     res["train"]["hops"] = 3.5 * flops / (median_ms(train, reps) * 1e-3) / 1e12
     res["bwd"]["hops"] = 2.5 * flops / (median_ms(bwd, reps) * 1e-3) / 1e12
     diffs = []
-    if compare:  # the mma.sync dK/dV in the same run, and how far its gradients are from the default's
+    if compare:  # the mma.sync backward in the same run, and how far its gradients are from the default's
         grads_default = [x.clone() for x in (dq, dk, dv)]
         res["bwd"]["hops mma"] = with_backward("mma", lambda: 2.5 * flops / (median_ms(bwd, reps) * 1e-3) / 1e12)
         res["train"]["hops bwd mma"] = with_backward(
@@ -249,7 +249,7 @@ def table_text(device, copy_gbs):
              f"{datetime.date.today().isoformat()}; copy {copy_gbs:.0f} GB/s (1 GiB, read + write).", "",
              "Prefill, causal, Hq=16 Hkv=2 D=256 bf16, TFLOP/s (fwd: 4 D Hq pairs; bwd: 2.5x that; fwd+bwd: "
              "3.5x)" + ("; hops mma.sync: the forward forced onto the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma), "
-                        "mma.sync bwd: the backward's dK/dV forced onto it (HOPS_CUDA_ATTN_BWD=mma):" if compare
+                        "mma.sync bwd: the backward forced onto its mma.sync kernels (HOPS_CUDA_ATTN_BWD=mma):" if compare
                         else ":"), "",
              "| case | hops fwd | " + ("hops mma.sync fwd | " if compare else "") + "cuDNN fwd | flash fwd | "
              "hops/cuDNN | hops/flash | hops bwd | " + ("hops mma.sync bwd | " if compare else "")
@@ -288,7 +288,7 @@ def main():
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--quick", action="store_true", help="T=4096 and decode N=64 only")
     parser.add_argument("--compare", action="store_true",
-                        help="also time the forward and the backward's dK/dV on the mma.sync kernels "
+                        help="also time the forward and the backward on the mma.sync kernels "
                              "(HOPS_CUDA_ATTN_FWD=mma, HOPS_CUDA_ATTN_BWD=mma)")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -14,8 +14,9 @@ for the wgmma kernel also lengths off its tiles (128 queries, 80 or 128 keys),
 T = 1, GQA 24/4, causal offsets at its mask boundaries, and NaN keys and values
 (and, in the backward, queries and output gradients) in a later sequence (the
 earlier sequences' outputs and gradients must stay finite); for the wgmma
-backward lengths off its tiles (64 queries; 64 keys at D=256, 128 below) and
-the key-block / query-block offset where its mask shortcut turns off.
+backward lengths off its kernels' tiles (dK/dV: 64 queries a step, 64 keys a
+CTA at D=256, 128 below; dQ: 128 queries a CTA, 64 keys a step) and the
+key-block / query-block offset where the dK/dV mask shortcut turns off.
 Fresh random inputs per case; outputs are poisoned with NaN first, so an
 unwritten element fails. Tolerances (relative L2 against float64 of the same
 rounded inputs): 1e-5 for f32, 1e-2 for f16/bf16. The backward also runs twice
