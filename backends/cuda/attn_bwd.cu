@@ -14,18 +14,24 @@ namespace {
 
 using namespace attn;
 
-// Scratch: dO' [B,Tq,Hq,D] in q's dtype, then Delta [B,Hq,Tq] f32.
+// Scratch: dO' [B,Tq,Hq,D] in q's dtype, Delta [B,Hq,Tq] f32, then with
+// p.dkv_splits > 1 the sm_90a dK/dV kernel's partials (attn_bwd_sm90.cu).
 struct BwdScratch {
   char* d_o;
   float* delta;
+  float* partial;
 };
 size_t d_o_bytes(const AttnBwdParams& p, int dtype) {
   const size_t elem = dtype == kF32 ? 4 : 2;
   return (size_t(p.B * p.Tq * p.Hq * p.D) * elem + 255) / 256 * 256;
 }
+size_t delta_bytes(const AttnBwdParams& p) {
+  return (size_t(p.B * p.Hq * p.Tq) * sizeof(float) + 255) / 256 * 256;
+}
 BwdScratch carve(const AttnBwdParams& p, int dtype, void* scratch) {
   char* base = static_cast<char*>(scratch);
-  return {base, reinterpret_cast<float*>(base + d_o_bytes(p, dtype))};
+  char* delta = base + d_o_bytes(p, dtype);
+  return {base, reinterpret_cast<float*>(delta), reinterpret_cast<float*>(delta + delta_bytes(p))};
 }
 
 // ---- Delta, dO', dgate: a warp per (b, t, h) row -------------------------------------
@@ -302,7 +308,7 @@ cudaError_t launch_bwd_tc(const AttnBwdParams& p, int dtype, const BwdScratch& s
         <<<static_cast<unsigned>(q_slots * p.Hq), DqTile<D>::kThreads, DqTile<D>::kSmem, stream>>>(
             p, d_o, sc.delta, q_slots);
   }
-  if (sm90.dkv) return attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, true, stream);
+  if (sm90.dkv) return attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, sc.partial, true, stream);
   const int64_t k_slots = block_slots(p.N, p.Tk, DkvTile<D>::kBc, varlen);
   if (k_slots * p.Hkv > 0) {
     const cudaError_t status = allow_smem(dkv_tc_kernel<E, D>, DkvTile<D>::kSmem);
@@ -539,7 +545,9 @@ cudaError_t launch_bwd_general(const AttnBwdParams& p, const BwdScratch& sc, cud
 }  // namespace
 
 size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype) {
-  return d_o_bytes(p, dtype) + size_t(p.B * p.Hq * p.Tq) * sizeof(float);
+  const size_t partial =
+      p.dkv_splits > 1 ? size_t(2 * p.dkv_splits * p.B * p.Tk * p.Hkv * p.D) * sizeof(float) : 0;
+  return d_o_bytes(p, dtype) + delta_bytes(p) + partial;
 }
 
 cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tensor_cores,
@@ -552,7 +560,7 @@ cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tens
     cudaError_t probe = attn_dq_sm90(p, dtype, sc.d_o, sc.delta, false, stream);
     if (probe != cudaSuccess && probe != cudaErrorNotSupported) return probe;
     sm90.dq = probe == cudaSuccess;
-    probe = attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, false, stream);
+    probe = attn_dkv_sm90(p, dtype, sc.d_o, sc.delta, sc.partial, false, stream);
     if (probe != cudaSuccess && probe != cudaErrorNotSupported) return probe;
     sm90.dkv = probe == cudaSuccess;
   }

@@ -12,7 +12,8 @@
 // thread, so the CTA owns 64 keys and each consumer owns 128 of the columns
 // of both, computing the whole S^T and dP^T itself (1.5x the MMA work, no
 // exchange between warpgroups). D <= 128: the CTA owns 128 keys, 64 per
-// consumer. dQ stays on the mma.sync kernel (attn_bwd.cu).
+// consumer. Small grids split each group's query heads over p.dkv_splits
+// CTAs that write f32 partials; dkv_reduce_kernel sums them in order.
 #include "attn_common.cuh"
 #include "tma_host.cuh"
 #include "wgmma.cuh"
@@ -46,10 +47,10 @@ struct DkvBarriers {
   uint64_t kv_full, full[2], empty[2];
 };
 
-// The walk: step `it` is query block qb0 + it % nqb of query head kvh G + it / nqb.
+// The walk: step `it` is query block qb0 + it % nqb of query head head0 + it / nqb.
 struct Walk {
-  int kvh, G, qb0, nqb;
-  __device__ int head(int it) const { return kvh * G + it / nqb; }
+  int kvh, head0, qb0, nqb;
+  __device__ int head(int it) const { return head0 + it / nqb; }
   __device__ int row(int it) const { return (qb0 + it % nqb) * 64; }
 };
 
@@ -152,7 +153,7 @@ template <class E, int D>
 __global__ void __launch_bounds__(DkvSm90Tile<D>::kThreads, 1)
     dkv_sm90_kernel(const __grid_constant__ CUtensorMap tq, const __grid_constant__ CUtensorMap tk,
                     const __grid_constant__ CUtensorMap tv, const __grid_constant__ CUtensorMap tdo,
-                    const AttnBwdParams p, const float* delta) {
+                    const AttnBwdParams p, const float* delta, float* partial) {
   // sm_90a code only; other targets carry an empty kernel that is never
   // launched (has_sm90a_code).
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -167,8 +168,10 @@ __global__ void __launch_bounds__(DkvSm90Tile<D>::kThreads, 1)
   float* sDl = sL + 2 * 64;                                       // [2][64]
   DkvBarriers& bar = *reinterpret_cast<DkvBarriers*>(sDl + 2 * 64);
 
+  const int splits = static_cast<int>(p.dkv_splits);
   const int kvh = static_cast<int>(blockIdx.x % p.Hkv);
-  const int64_t slot = blockIdx.x / p.Hkv;  // early keys (the most queries) first
+  const int split = static_cast<int>((blockIdx.x / p.Hkv) % splits);
+  const int64_t slot = blockIdx.x / (p.Hkv * splits);  // early keys (the most queries) first
   int64_t n, c;
   if (!slot_block(p.cu_k, p.N, p.Tk, kKeys, slot, n, c)) return;
   const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
@@ -176,13 +179,13 @@ __global__ void __launch_bounds__(DkvSm90Tile<D>::kThreads, 1)
   const int Lq = static_cast<int>(s.Lq), Lk = static_cast<int>(s.Lk);
   const int j0 = static_cast<int>(c) * kKeys;
   if (j0 >= Lk) return;
-  const int G = static_cast<int>(p.Hq / p.Hkv);
+  const int G = static_cast<int>(p.Hq / p.Hkv), heads = G / splits;
   const int off = Lk - Lq;  // query i sees keys j <= i + off
   const bool causal = p.causal != 0;
   const int qmin = causal ? max(0, j0 - off) : 0;
   const int nqb = qmin < Lq ? (Lq + 63) / 64 - qmin / 64 : 0;
-  const Walk walk{kvh, G, qmin / 64, nqb};
-  const int total = G * nqb;
+  const Walk walk{kvh, kvh * G + split * heads, qmin / 64, nqb};
+  const int total = heads * nqb;
 
   if (threadIdx.x == 0) {
     mbar_init(&bar.kv_full, 1);
@@ -303,6 +306,24 @@ __global__ void __launch_bounds__(DkvSm90Tile<D>::kThreads, 1)
     fence_operand(dk), fence_operand(dv);
   }
 
+  if (splits > 1) {  // f32 partials [split][B][Tk][Hkv][D], dK's then dV's
+    const int64_t plane = p.B * p.Tk * p.Hkv * D;
+    float* pk = partial + split * plane + ((s.row * p.Tk + s.k0) * p.Hkv + kvh) * D + cb0 * 64;
+    float* pv = pk + splits * plane;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int key = key0 + 8 * r;
+      if (key >= Lk) continue;
+#pragma unroll
+      for (int d = 0; d < kCols / 8; ++d) {
+        const int64_t at = key * p.Hkv * D + 8 * d + 2 * (lane & 3);
+        *reinterpret_cast<float2*>(pk + at) =
+            make_float2(dk[d][2 * r] * p.scale, dk[d][2 * r + 1] * p.scale);
+        *reinterpret_cast<float2*>(pv + at) = make_float2(dv[d][2 * r], dv[d][2 * r + 1]);
+      }
+    }
+    return;
+  }
   E* dk_out = reinterpret_cast<E*>(p.dk.data) + at3(p.dk, s.row, s.k0, kvh) + cb0 * 64;
   E* dv_out = reinterpret_cast<E*>(p.dv.data) + at3(p.dv, s.row, s.k0, kvh) + cb0 * 64;
 #pragma unroll
@@ -320,6 +341,36 @@ __global__ void __launch_bounds__(DkvSm90Tile<D>::kThreads, 1)
 #endif
 }
 
+// dK and dV of one key block of one kv head (the dK/dV grid without splits):
+// the partials of its p.dkv_splits CTAs summed in split order.
+template <class E>
+__global__ void __launch_bounds__(256)
+    dkv_reduce_kernel(const AttnBwdParams p, const float* partial, int keys_per_block) {
+  const int64_t kvh = blockIdx.x % p.Hkv, slot = blockIdx.x / p.Hkv;
+  int64_t n, c;
+  if (!slot_block(p.cu_k, p.N, p.Tk, keys_per_block, slot, n, c)) return;
+  const SeqPair s = seq_pair(p.cu_q, p.cu_k, n, p.Tq, p.Tk);
+  const int64_t j0 = c * keys_per_block;
+  if (j0 >= s.Lk) return;
+  const int64_t D = p.D, keys = min(int64_t{keys_per_block}, s.Lk - j0);
+  const int64_t plane = p.B * p.Tk * p.Hkv * D, splits = p.dkv_splits;
+  E* dk = reinterpret_cast<E*>(p.dk.data) + at3(p.dk, s.row, s.k0 + j0, kvh);
+  E* dv = reinterpret_cast<E*>(p.dv.data) + at3(p.dv, s.row, s.k0 + j0, kvh);
+  const float* src = partial + ((s.row * p.Tk + s.k0 + j0) * p.Hkv + kvh) * D;
+  for (int64_t idx = threadIdx.x; idx < keys * D / 2; idx += 256) {
+    const int64_t key = idx / (D / 2), col = 2 * (idx % (D / 2));
+    const float* at = src + key * p.Hkv * D + col;
+    float2 a = make_float2(0.0f, 0.0f), b = a;
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      const float2 x = *reinterpret_cast<const float2*>(at + sp * plane);
+      const float2 y = *reinterpret_cast<const float2*>(at + (splits + sp) * plane);
+      a.x += x.x, a.y += x.y, b.x += y.x, b.y += y.y;
+    }
+    st_pair(dk + key * p.dk.stride[1] + col, a.x, a.y);
+    st_pair(dv + key * p.dv.stride[1] + col, b.x, b.y);
+  }
+}
+
 // ---- host ------------------------------------------------------------------------------
 
 bool dkv_sm90a_code() {
@@ -330,7 +381,7 @@ bool dkv_sm90a_code() {
 
 template <class E, int D>
 cudaError_t dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const float* delta,
-                     bool launch, cudaStream_t stream) {
+                     float* partial, bool launch, cudaStream_t stream) {
   using Tile = DkvSm90Tile<D>;
   if (p.Tk == 0) return cudaSuccess;  // no key: nothing to write
   const EncodeTiled encode = encode_tiled();
@@ -350,18 +401,30 @@ cudaError_t dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const f
   if (!launch) return cudaSuccess;
   const int64_t slots = block_slots(p.N, p.Tk, Tile::kKeys, p.cu_k.data != nullptr);
   if (slots * p.Hkv == 0) return cudaSuccess;
-  const cudaError_t status = allow_smem(dkv_sm90_kernel<E, D>, Tile::kSmem);
+  cudaError_t status = allow_smem(dkv_sm90_kernel<E, D>, Tile::kSmem);
   if (status != cudaSuccess) return status;
-  dkv_sm90_kernel<E, D>
-      <<<static_cast<unsigned>(slots * p.Hkv), Tile::kThreads, Tile::kSmem, stream>>>(
-          tq, tk, tv, tdo, p, delta);
+  dkv_sm90_kernel<E, D><<<static_cast<unsigned>(slots * p.Hkv * p.dkv_splits), Tile::kThreads,
+                          Tile::kSmem, stream>>>(tq, tk, tv, tdo, p, delta, partial);
+  status = cudaGetLastError();
+  if (status != cudaSuccess || p.dkv_splits == 1) return status;
+  dkv_reduce_kernel<E>
+      <<<static_cast<unsigned>(slots * p.Hkv), 256, 0, stream>>>(p, partial, Tile::kKeys);
   return cudaGetLastError();
 }
 
 }  // namespace
 
+int64_t attn_dkv_sm90_splits(const AttnBwdParams& p, int sms) {
+  const int64_t keys = p.D == 256 ? DkvSm90Tile<256>::kKeys : DkvSm90Tile<128>::kKeys;
+  const int64_t blocks = block_slots(p.N, p.Tk, keys, p.cu_k.data != nullptr) * p.Hkv;
+  const int64_t G = p.Hkv > 0 ? p.Hq / p.Hkv : 1;
+  int64_t splits = 1;
+  while (G % (2 * splits) == 0 && blocks * splits < 2 * int64_t{sms}) splits *= 2;
+  return splits;
+}
+
 cudaError_t attn_dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const float* delta,
-                          bool launch, cudaStream_t stream) {
+                          float* partial, bool launch, cudaStream_t stream) {
   // What the kernel assumes: a compute capability 9.0 device (sm_90a code),
   // 16-bit storage with unit-stride 16-byte-aligned rows (the caller's
   // tensor-core check), D in {64, 128, 256}, token counts that keep TMA
@@ -377,11 +440,11 @@ cudaError_t attn_dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, co
   const auto by_dim = [&]<class E>(E) {
     switch (p.D) {
       case 64:
-        return dkv_sm90<E, 64>(p, dtype, d_o, delta, launch, stream);
+        return dkv_sm90<E, 64>(p, dtype, d_o, delta, partial, launch, stream);
       case 128:
-        return dkv_sm90<E, 128>(p, dtype, d_o, delta, launch, stream);
+        return dkv_sm90<E, 128>(p, dtype, d_o, delta, partial, launch, stream);
       default:
-        return dkv_sm90<E, 256>(p, dtype, d_o, delta, launch, stream);
+        return dkv_sm90<E, 256>(p, dtype, d_o, delta, partial, launch, stream);
     }
   };
   return dtype == kBF16 ? by_dim(__nv_bfloat16{}) : by_dim(__half{});

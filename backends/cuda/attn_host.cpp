@@ -157,35 +157,43 @@ void attn_prefill_bwd(const ExecContext& context, const AttnPrefillBwd& op) {
   const DeviceGuard guard(context, op.kName);
   const StagedIndex cu_q(op.sequences.cu_seqlens_q, guard, op.kName);
   const StagedIndex cu_k(op.sequences.cu_seqlens_k, guard, op.kName);
-  const AttnBwdParams p{make_arg(op.q),
-                        make_arg(op.k),
-                        make_arg(op.v),
-                        make_arg(op.gate),
-                        make_arg(op.o),
-                        make_arg(op.lse),
-                        make_arg(op.d_o),
-                        make_arg(op.dq),
-                        make_arg(op.dk),
-                        make_arg(op.dv),
-                        make_arg(op.dgate),
-                        cu_q.get(),
-                        cu_k.get(),
-                        op.B,
-                        op.Tq,
-                        op.Tk,
-                        op.Hq,
-                        op.Hkv,
-                        op.D,
-                        op.sequences.count,
-                        static_cast<float>(op.scale),
-                        op.causal};
+  AttnBwdParams p{make_arg(op.q),
+                  make_arg(op.k),
+                  make_arg(op.v),
+                  make_arg(op.gate),
+                  make_arg(op.o),
+                  make_arg(op.lse),
+                  make_arg(op.d_o),
+                  make_arg(op.dq),
+                  make_arg(op.dk),
+                  make_arg(op.dv),
+                  make_arg(op.dgate),
+                  cu_q.get(),
+                  cu_k.get(),
+                  op.B,
+                  op.Tq,
+                  op.Tk,
+                  op.Hq,
+                  op.Hkv,
+                  op.D,
+                  op.sequences.count,
+                  static_cast<float>(op.scale),
+                  op.causal};
   const int dtype = code_of(op.q.dtype);
   const bool tensor_cores = tensor_core_dtype(op.q.dtype, op.D) &&
                             vector_rows({&op.q, &op.k, &op.v, &op.dq, &op.dk, &op.dv}, 8);
-  // dO' and Delta: scratch_size proves the byte count fits before the kernels' sizing.
-  scratch_size(op.kName, op.B, op.Tq, op.Hq, op.D + 2, sizeof(float));
-  const Scratch scratch(attn_bwd_scratch_bytes(p, dtype), guard, op.kName);
   const BwdPath path = forced_backward();
+  if (tensor_cores && path != BwdPath::mma) {
+    int sms = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, guard.device()), op.kName,
+          "cudaDeviceGetAttribute (multiprocessors)");
+    p.dkv_splits = attn_dkv_sm90_splits(p, sms);
+  }
+  // dO', Delta and the dK/dV partials: scratch_size proves the byte counts
+  // fit before the kernels' sizing.
+  scratch_size(op.kName, op.B, op.Tq, op.Hq, op.D + 2, sizeof(float));
+  scratch_size(op.kName, 2 * p.dkv_splits, op.B * op.Tk, op.Hkv, op.D, sizeof(float));
+  const Scratch scratch(attn_bwd_scratch_bytes(p, dtype), guard, op.kName);
   const cudaError_t status =
       launch_attn_prefill_bwd(p, dtype, tensor_cores, path, scratch.data(), guard.stream());
   if (status == cudaErrorNotSupported && path == BwdPath::wgmma) {

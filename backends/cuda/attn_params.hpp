@@ -33,6 +33,10 @@ struct AttnBwdParams {
   int64_t B, Tq, Tk, Hq, Hkv, D, N;
   float scale;
   int causal;
+  // The sm_90a dK/dV kernel's split of each group's query heads over CTAs
+  // (attn_dkv_sm90_splits); above 1 its f32 partials go to scratch and a
+  // second kernel sums them in order.
+  int64_t dkv_splits = 1;
 };
 
 // attn_decode: q, o [N,L,Hq,D]; caches [num_blocks,block_size,Hkv,D]. The
@@ -68,7 +72,8 @@ cudaError_t launch_attn_prefill(const AttnFwdParams& p, int dtype, bool tensor_c
 // caller then runs launch_attn_prefill.
 cudaError_t launch_attn_prefill_sm90(const AttnFwdParams& p, int dtype, cudaStream_t stream);
 // The backward needs attn_bwd_scratch_bytes of stream-ordered scratch: the
-// gated output gradient (q's dtype) and the row dot products Delta (f32).
+// gated output gradient (q's dtype), the row dot products Delta (f32), and
+// with p.dkv_splits > 1 the dK/dV partials (f32).
 size_t attn_bwd_scratch_bytes(const AttnBwdParams& p, int dtype);
 // `path`: which dQ and dK/dV kernels a tensor-core call runs. automatic: the
 // sm_90a ones where they can take the call (attn_dq_sm90, attn_dkv_sm90), else
@@ -85,7 +90,13 @@ cudaError_t launch_attn_prefill_bwd(const AttnBwdParams& p, int dtype, bool tens
 cudaError_t attn_dq_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const float* delta,
                          bool launch, cudaStream_t stream);
 cudaError_t attn_dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const float* delta,
-                          bool launch, cudaStream_t stream);
+                          float* partial, bool launch, cudaStream_t stream);
+// How many CTAs share each key block's query heads in the sm_90a dK/dV
+// kernel on `sms` multiprocessors: a power of 2 dividing Hq / Hkv, doubled
+// while the grid is under 2 CTAs per SM (under causality the first key
+// blocks walk every query block: one CTA each would leave most SMs idle at
+// the end). T = 4096 at D = 256, Hq 16, Hkv 2 on 132 SMs: 4; T = 32768: 1.
+int64_t attn_dkv_sm90_splits(const AttnBwdParams& p, int sms);
 // Sets p.splits and p.chunk for `sms` multiprocessors: whole waves of the
 // kernel's resident CTAs with the fewest pieces.
 cudaError_t plan_attn_decode(AttnDecodeParams& p, int dtype, bool tensor_cores, int sms);
