@@ -20,8 +20,10 @@ dK/dV:
    `masked` shortcut, bf16 P^T and dS^T, the query tail zeroed against NaN
    neighbours, the epilogue) against float64 attention gradients; mutations
    of a mask boundary, of the shortcut and of the tail zeroing must fail.
-dQ: the same three for its tiles (Q, dO' as K-major A of both consumers, K, V
-as K-major B, K as MN-major B of dQ += dS K, the K tail zeroing), its K / V
+   The split of a key block's query heads over CTAs (f32 partials summed in
+   order by the reduce kernel) matches too.
+dQ: the same three for its tiles (Q, dO' as K-major A of both consumers, K,
+V as K-major B, K as MN-major B of dQ += dS K, the K tail zeroing), its K / V
 rings (2 + 1 stages at D = 256, 2 + 2 below), and its consumer math (n_full,
 masks, dS by select against NaN in V rows past the sequence); mutations of
 n_full, of the causal boundary and of the K tail zeroing must fail.
@@ -404,7 +406,7 @@ def slot_block(cu, N, Tt, rows, slot):  # attn_common.cuh, varlen form
     return lo, slot - start(lo)
 
 
-def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
+def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None, splits=1):
     T = Tile(D)
     Tq, Hq, _ = q.shape; Tk, Hkv, _ = k.shape; G = Hq // Hkv; N = len(cu_q) - 1
     dk_out = np.full_like(k, np.nan); dv_out = np.full_like(v, np.nan)
@@ -436,8 +438,9 @@ def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
         return out
 
     slots = Tk // T.keys + N + 1
-    for bid in range(slots * Hkv):
-        kvh, slot = bid % Hkv, bid // Hkv
+    partial = np.full((2, splits) + k.shape, np.nan)  # [dk, dv][split][Tk][Hkv][D]
+    for bid in range(slots * Hkv * splits):
+        kvh, split, slot = bid % Hkv, (bid // Hkv) % splits, bid // (Hkv * splits)
         n, c = slot_block(cu_k, N, Tk, T.keys, slot)
         if c < 0: continue
         q0, q1, k0, k1 = cu_q[n], cu_q[n + 1], cu_k[n], cu_k[n + 1]
@@ -447,8 +450,9 @@ def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
         off = Lk - Lq
         qmin = max(0, j0 - off) if causal else 0
         nqb = (Lq + 63) // 64 - qmin // 64 if qmin < Lq else 0
-        total = G * nqb
-        head_of = lambda it: kvh * G + it // nqb
+        heads = G // splits
+        total = heads * nqb
+        head_of = lambda it: kvh * G + split * heads + it // nqb
         row_of = lambda it: (qmin // 64 + it % nqb) * 64
         Kt = fetch(k, kvh, k0 + j0, T.keys, k1); Vt = fetch(v, kvh, k0 + j0, T.keys, k1)
         for wg in range(2):
@@ -498,8 +502,25 @@ def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None):
                     for d in range(T.cols // 8):
                         col = 64 * cb0 + 8 * d + 2 * t[th]
                         for x in range(2):
-                            dk_out[k0 + key, kvh, col + x] = dk[th, d, 2 * r + x] * scale
-                            dv_out[k0 + key, kvh, col + x] = dv[th, d, 2 * r + x]
+                            if splits > 1:
+                                partial[0, split, k0 + key, kvh, col + x] = dk[th, d, 2 * r + x] * scale
+                                partial[1, split, k0 + key, kvh, col + x] = dv[th, d, 2 * r + x]
+                            else:
+                                dk_out[k0 + key, kvh, col + x] = dk[th, d, 2 * r + x] * scale
+                                dv_out[k0 + key, kvh, col + x] = dv[th, d, 2 * r + x]
+    if splits > 1:  # dkv_reduce_kernel: the grid without splits, partials summed in split order
+        for bid in range(slots * Hkv):
+            kvh, slot = bid % Hkv, bid // Hkv
+            n, c = slot_block(cu_k, N, Tk, T.keys, slot)
+            if c < 0: continue
+            k0, Lk = cu_k[n], cu_k[n + 1] - cu_k[n]
+            j0 = c * T.keys
+            if j0 >= Lk: continue
+            for key in range(j0, min(j0 + T.keys, Lk)):
+                a = np.zeros(D); b = np.zeros(D)
+                for sp in range(splits):
+                    a = a + partial[0, sp, k0 + key, kvh]; b = b + partial[1, sp, k0 + key, kvh]
+                dk_out[k0 + key, kvh] = a; dv_out[k0 + key, kvh] = b
     return dk_out, dv_out
 
 
@@ -593,7 +614,7 @@ def emulate_dq(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=Non
     return dq_out
 
 
-def case(D, lens_q, lens_k, Hq, Hkv, causal, seed, scale=None, mutate=None, quiet=False):
+def case(D, lens_q, lens_k, Hq, Hkv, causal, seed, scale=None, mutate=None, quiet=False, splits=1):
     rng = np.random.default_rng(seed)
     Tq, Tk = sum(lens_q), sum(lens_k)
     q = bf16(rng.standard_normal((Tq, Hq, D))); k = bf16(rng.standard_normal((Tk, Hkv, D)))
@@ -603,7 +624,7 @@ def case(D, lens_q, lens_k, Hq, Hkv, causal, seed, scale=None, mutate=None, quie
     spans = [(cq[n], cq[n + 1], ck[n], ck[n + 1]) for n in range(len(lens_q))]
     sc = scale or D ** -0.5
     rdq, rdk, rdv, lse, delta = reference(q, k, v, dy, spans, sc, causal)
-    dk, dv = emulate(q, k, v, dy, lse, delta, cq, ck, sc, causal, D, mutate)
+    dk, dv = emulate(q, k, v, dy, lse, delta, cq, ck, sc, causal, D, mutate, splits)
     dq = emulate_dq(q, k, v, dy, lse, delta, cq, ck, sc, causal, D, mutate)
     ok = np.isfinite(dk).all() and np.isfinite(dv).all() and np.isfinite(dq).all()
     # relative L2, and the largest element error against the largest element
@@ -612,7 +633,7 @@ def case(D, lens_q, lens_k, Hq, Hkv, causal, seed, scale=None, mutate=None, quie
     top = lambda x, r: np.abs(x - r).max(initial=0) / max(np.abs(r).max(initial=0), 1e-30) if ok else math.inf
     errs = [(rel(x, r), top(x, r)) for x, r in ((dq, rdq), (dk, rdk), (dv, rdv))]
     if not quiet:
-        print(f"D={D} lens_q={lens_q} lens_k={lens_k} {Hq}/{Hkv} causal={causal}: "
+        print(f"D={D} lens_q={lens_q} lens_k={lens_k} {Hq}/{Hkv} causal={causal} splits={splits}: "
               + ", ".join(f"{n} rel {e:.1e} (max {m:.1e})" for n, (e, m) in zip(("dq", "dk", "dv"), errs)))
     return all(e < 1e-2 and m < 1e-2 for e, m in errs)
 
@@ -647,6 +668,11 @@ def main():
     ]
     for c in cases:
         assert case(*c), c
+    # dK/dV split over the group's heads (attn_dkv_sm90_splits), partials reduced in order
+    for c, sp in (((256, [0, 1, 130, 77, 0, 200], [5, 1, 130, 300, 4, 200], 4, 2, True, 1), 2),
+                  ((256, [161], [161], 16, 2, True, 6), 8),
+                  ((128, [129, 260], [129, 300], 4, 1, True, 4), 4)):
+        assert case(*c, splits=sp), (c, sp)
     # mutations a correct transcription must not survive
     for mut, c in (("causal+1", (256, [150], [165], 1, 1, True, 2)),
                    ("n_full+1", (128, [300], [362], 1, 1, True, 11)),
