@@ -195,8 +195,10 @@ __global__ void __launch_bounds__(DqSm90Tile<D>::kThreads, 1)
       const int sk = stage_of<Tile::kKStages>(t), sv = stage_of<Tile::kVStages>(t);
       mbar_wait(&bar.k_full[sk], parity_of<Tile::kKStages>(t));
       const int tail = Lk - t * kBc;
-      if (tail < kBc) zero_k_tail<D>(sK + sk * Tile::kKVBytes, tail, ctid);
-        // The wgmma operands are read-write: zeros end the old values' lives.
+      if (tail < kBc) {
+        zero_k_tail<D>(sK + sk * Tile::kKVBytes, tail, ctid);
+      }
+      // The wgmma operands are read-write: zeros end the old values' lives.
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -227,9 +229,9 @@ __global__ void __launch_bounds__(DqSm90Tile<D>::kThreads, 1)
           sc[j][e] = pr;
         }
       wgmma_wait<0>();  // dP
-      fence_operand(dp);
       if (lane == 0) mbar_arrive(&bar.v_empty[sv]);
-        // dS by select: masked keys' dP may be NaN (V rows past the sequence)
+      fence_operand(dp);
+      // dS by select: masked keys' dP may be NaN (V rows past the sequence)
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll

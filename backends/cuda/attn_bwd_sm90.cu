@@ -247,10 +247,11 @@ __global__ void __launch_bounds__(DkvSm90Tile<D>::kThreads, 1)
     for (int it = 0; it < total; ++it) {
       const int st = it & 1, i0 = walk.row(it);
       mbar_wait(&bar.full[st], (it >> 1) & 1);
-      if (i0 + 64 > Lq)
+      if (i0 + 64 > Lq) {
         zero_q_tail<D>(sQ + st * Tile::kQBytes, sDO + st * Tile::kQBytes, Lq - i0, ctid);
-        // The wgmma operands are read-write: zeros end the old values' lives
-        // (else they stay live across the loop and the registers run out).
+      }
+      // The wgmma operands are read-write: zeros end the old values' lives
+      // (else they stay live across the loop and the registers run out).
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
