@@ -289,11 +289,11 @@ cudaError_t dq_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const fl
       !tensor_map(tdo, encode, dy, dtype, Tile::kBr) ||
       !tensor_map(tk, encode, k, dtype, Tile::kBc) || !tensor_map(tv, encode, v, dtype, Tile::kBc))
     return cudaErrorNotSupported;
-  if (!launch) return cudaSuccess;
+  // The smem opt-in is part of the probe (see attn_bwd_sm90.cu).
+  const cudaError_t status = allow_smem(dq_sm90_kernel<E, D>, Tile::kSmem);
+  if (status != cudaSuccess || !launch) return status;
   const int64_t slots = block_slots(p.N, p.Tq, Tile::kBr, p.cu_q.data != nullptr);
   if (slots * p.Hq == 0) return cudaSuccess;
-  const cudaError_t status = allow_smem(dq_sm90_kernel<E, D>, Tile::kSmem);
-  if (status != cudaSuccess) return status;
   dq_sm90_kernel<E, D>
       <<<static_cast<unsigned>(slots * p.Hq), Tile::kThreads, Tile::kSmem, stream>>>(
           tq, tdo, tk, tv, p, delta, slots);

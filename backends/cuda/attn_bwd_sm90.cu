@@ -399,11 +399,12 @@ cudaError_t dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const f
       !tensor_map(tk, encode, p.k, dtype, Tile::kKeys) ||
       !tensor_map(tv, encode, p.v, dtype, Tile::kKeys))
     return cudaErrorNotSupported;
-  if (!launch) return cudaSuccess;
+  // The smem opt-in is part of the probe: a device with less refuses here,
+  // before anything is launched.
+  cudaError_t status = allow_smem(dkv_sm90_kernel<E, D>, Tile::kSmem);
+  if (status != cudaSuccess || !launch) return status;
   const int64_t slots = block_slots(p.N, p.Tk, Tile::kKeys, p.cu_k.data != nullptr);
   if (slots * p.Hkv == 0) return cudaSuccess;
-  cudaError_t status = allow_smem(dkv_sm90_kernel<E, D>, Tile::kSmem);
-  if (status != cudaSuccess) return status;
   dkv_sm90_kernel<E, D><<<static_cast<unsigned>(slots * p.Hkv * p.dkv_splits), Tile::kThreads,
                           Tile::kSmem, stream>>>(tq, tk, tv, tdo, p, delta, partial);
   status = cudaGetLastError();
