@@ -417,6 +417,12 @@ cudaError_t dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, const f
 }  // namespace
 
 int64_t attn_dkv_sm90_splits(const AttnBwdParams& p, int sms) {
+  // No partials (scratch) where the kernel cannot run.
+  bool hopper = false;
+  if (hopper_device(hopper) != cudaSuccess || !hopper || !dkv_sm90a_code()) {
+    (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
+    return 1;
+  }
   const int64_t keys = p.D == 256 ? DkvSm90Tile<256>::kKeys : DkvSm90Tile<128>::kKeys;
   const int64_t blocks = block_slots(p.N, p.Tk, keys, p.cu_k.data != nullptr) * p.Hkv;
   const int64_t G = p.Hkv > 0 ? p.Hq / p.Hkv : 1;

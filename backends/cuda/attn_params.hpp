@@ -96,6 +96,7 @@ cudaError_t attn_dkv_sm90(const AttnBwdParams& p, int dtype, const void* d_o, co
 // while the grid is under 2 CTAs per SM (under causality the first key
 // blocks walk every query block: one CTA each would leave most SMs idle at
 // the end). T = 4096 at D = 256, Hq 16, Hkv 2 on 132 SMs: 4; T = 32768: 1.
+// 1 where the kernel cannot run (not a compute capability 9.0 device).
 int64_t attn_dkv_sm90_splits(const AttnBwdParams& p, int sms);
 // Sets p.splits and p.chunk for `sms` multiprocessors: whole waves of the
 // kernel's resident CTAs with the fewest pieces.
