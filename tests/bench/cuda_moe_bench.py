@@ -25,6 +25,7 @@ Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \\
 import argparse
 import datetime
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -76,6 +77,12 @@ def kernel_us(fn, calls=20):
         if t > 0:
             times[ev.key] = times.get(ev.key, 0.0) + t / calls
     return times
+
+
+def kernel_name(name):
+    """A kernel's name with its template arguments, without namespaces and parameters."""
+    m = re.search(r"(\w+_kernel(?:<[^>]*>)?)", name)
+    return m.group(1) if m else name[:60]
 
 
 def dispatch_split(fn):
@@ -253,7 +260,8 @@ def expert_mlp(T, Hd, E, k, I, counts):
             finally:
                 os.environ.pop("HOPS_CUDA_MOE_MLP")
             top = sorted(split.items(), key=lambda kv: -kv[1])[:4]
-            print(f"expert MLP fwd kernels [{path}]: " + ", ".join(f"{k[:60]} {v:.0f} us" for k, v in top), flush=True)
+            print(f"expert MLP fwd kernels [{path}]: " + ", ".join(f"{kernel_name(k)} {v:.0f} us" for k, v in top),
+                  flush=True)
     except Exception as e:  # noqa: BLE001  (the profiler is optional)
         print(f"expert MLP split: torch.profiler failed: {e}", flush=True)
     row("expert MLP fwd+bwd", 3 * flops / train_ms / 1e9, ref_train_tflops, "TFLOP/s", mm_name)
