@@ -59,6 +59,20 @@ struct Sm90Gemm {
   Plan plan;
 };
 
+// Four 4-byte pairs of each lane of a quad (lane t holds columns 8i + 2t,
+// 8i + 2t + 1 of groups i = 0..3) transposed so that lane t gets group t's
+// 16 bytes, pairs in column order.
+__device__ __forceinline__ uint4 quad_transpose(const uint32_t (&p)[4], int t) {
+  const auto pick = [](const uint32_t(&x)[4], int i) {  // selects, not local memory
+    return i == 0 ? x[0] : i == 1 ? x[1] : i == 2 ? x[2] : x[3];
+  };
+  uint32_t got[4];  // got[d]: from lane t ^ d, its pair of group t
+  got[0] = pick(p, t);
+#pragma unroll
+  for (int d = 1; d < 4; ++d) got[d] = __shfl_xor_sync(0xffffffffu, pick(p, t ^ d), d);
+  return make_uint4(pick(got, t), pick(got, t ^ 1), pick(got, t ^ 2), pick(got, t ^ 3));
+}
+
 template <class E, bool kUp>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_gemm_sm90_kernel(const __grid_constant__ CUtensorMap ta,
@@ -155,30 +169,35 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 
     // Epilogue: thread rows r and r + 8, accumulator columns 8j + 2 (lane %
-    // 4) + {0, 1}, j < 32 (full) or 16 (small: from column c0 of the tile).
-    // Up: gate in j % 16 < 8 and its up in j + 8, h column 64 (j / 16) + 8
-    // (j % 16) + ...
-    const int r0 = (small ? 0 : 64 * wg) + 16 * warp + (lane >> 2);
-    const int c0 = small ? wg * n_tile / 2 : 0;
-    const int64_t n0 = t.col * n_tile + c0 + 2 * (lane & 3);
+    // 4) + {0, 1}, j < 32 (full) or 16 (small: from tile column c0). Up:
+    // gate in j % 16 < 8 and its up in j + 8, h column 64 (j / 16) + 8 (j %
+    // 16) + ... Pairs packed to the storage dtype four accumulator groups at a
+    // time (32 columns), transposed within the quad so that each lane stores
+    // 16 bytes: a row's 64 contiguous bytes per quad and store.
+    const int r0 = (small ? 0 : 64 * wg) + 16 * warp + (lane >> 2), q4 = lane & 3;
+    const int64_t n0 = t.col * n_tile + (small ? wg * n_tile / 2 : 0) + 8 * q4;
     E* const c = static_cast<E*>(g.c);
 #pragma unroll
     for (int hi = 0; hi < 2; ++hi) {
       const int r = r0 + 8 * hi;
-      if (r >= t.rows) continue;
-      E* const out = c + (t.row0 + r) * g.c_s;
+      E* const out = r < t.rows ? c + (t.row0 + r) * g.c_s : nullptr;
 #pragma unroll
-      for (int j = 0; j < kCols / 8; ++j) {
-        if (small && j >= kCols / 16) break;
-        if (kUp && j % 16 >= 8) continue;  // an up column, taken with its gate column
-        const int64_t n = n0 + (kUp ? 64 * (j / 16) + 8 * (j % 16) : 8 * j);
-        if (n >= g.N) continue;  // N is a multiple of 8: both columns or neither
-        if constexpr (kUp) {
-          st_pair(out + n, siluf_(acc[j][2 * hi]) * acc[j + 8][2 * hi],
-                  siluf_(acc[j][2 * hi + 1]) * acc[j + 8][2 * hi + 1]);
-        } else {
-          st_pair(out + n, acc[j][2 * hi], acc[j][2 * hi + 1]);
+      for (int q = 0; q < n_tile / 32; ++q) {
+        if (small && q >= n_tile / 64) break;
+        uint32_t pk[4];
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj) {
+          const int j = kUp ? 16 * (q / 2) + 4 * (q % 2) + jj : 4 * q + jj;
+          if constexpr (kUp) {
+            pk[jj] = pack2<E>(siluf_(acc[j][2 * hi]) * acc[j + 8][2 * hi],
+                              siluf_(acc[j][2 * hi + 1]) * acc[j + 8][2 * hi + 1]);
+          } else {
+            pk[jj] = pack2<E>(acc[j][2 * hi], acc[j][2 * hi + 1]);
+          }
         }
+        const uint4 v = quad_transpose(pk, q4);  // every lane: shuffles
+        const int64_t n = n0 + 32 * q;
+        if (out && n < g.N) *reinterpret_cast<uint4*>(out + n) = v;  // N % 8 == 0
       }
     }
   }

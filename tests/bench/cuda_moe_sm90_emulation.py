@@ -260,32 +260,54 @@ def gemm_kernel(A, B3, C, up, N, K, I, nc, first, tstart, entry, writes, grid, s
                             acc[wg] += a[64 * wg:64 * wg + 64] @ b.T
             for wg in range(2):
                 for warp in range(4):
-                    for lane in range(32):
-                        t = lane & 3
-                        r0 = (0 if small else 64 * wg) + 16 * warp + (lane >> 2)
-                        c0 = wg * n_tile // 2 if small else 0
-                        for hi in range(2):
-                            r = r0 + 8 * hi
-                            if r >= rows:
-                                continue
-                            ar = r - (0 if small else 64 * wg)  # the accumulator's row
-                            for j in range(COLS // 8):
-                                if small and j >= COLS // 16:
-                                    break
-                                if up and j % 16 >= 8:
-                                    continue
-                                n = n0 + c0 + 2 * t + (64 * (j // 16) + 8 * (j % 16) if up else 8 * j)
-                                if n >= N:
-                                    continue
-                                for d in range(2):
-                                    c = 8 * j + 2 * t + d
-                                    if up:
-                                        g, u = acc[wg][ar, c], acc[wg][ar, c + 64]
-                                        v = g / (1 + np.exp(-g)) * u
-                                    else:
-                                        v = acc[wg][ar, c]
-                                    C[row0 + r, n + d] = bf16(v)
-                                    writes[row0 + r, n + d] += 1
+                    epilogue(acc[wg], C, writes, up, small, wg, warp, rows, row0, col * n_tile, n_tile, N)
+
+
+def silu_mul(g, u):
+    return g / (1 + np.exp(-g)) * u
+
+
+def quad_transpose(pk, t):
+    """quad_transpose: pk[lane][i] the 4 pairs of each lane of the quad; lane t's result."""
+    got = [pk[t][t]] + [pk[t ^ d][t] for d in (1, 2, 3)]  # shfl_xor d: lane t^d sends its pick(p, t)
+    return [got[s ^ t] for s in range(4)]
+
+
+def epilogue(acc, C, writes, up, small, wg, warp, rows, row0, tile_col0, n_tile, N):
+    """One warp's epilogue: pairs packed per lane, quads transposed, 16-byte stores."""
+    for hi in range(2):
+        pk = {}
+        for lane in range(32):
+            t = lane & 3
+            ar = 16 * warp + (lane >> 2) + 8 * hi  # the accumulator's row
+            pk[lane] = {}
+            for q in range(n_tile // 32):
+                if small and q >= n_tile // 64:
+                    break
+                vals = []
+                for jj in range(4):
+                    j = 16 * (q // 2) + 4 * (q % 2) + jj if up else 4 * q + jj
+                    c = 8 * j + 2 * t
+                    if up:
+                        vals.append((bf16(silu_mul(acc[ar, c], acc[ar, c + 64])),
+                                     bf16(silu_mul(acc[ar, c + 1], acc[ar, c + 65]))))
+                    else:
+                        vals.append((bf16(acc[ar, c]), bf16(acc[ar, c + 1])))
+                pk[lane][q] = vals
+        for lane in range(32):
+            t = lane & 3
+            r = (0 if small else 64 * wg) + 16 * warp + (lane >> 2) + 8 * hi
+            n0 = tile_col0 + (wg * n_tile // 2 if small else 0) + 8 * t
+            base = lane & ~3
+            for q in pk[lane]:
+                v = quad_transpose([pk[base + i][q] for i in range(4)], t)
+                n = n0 + 32 * q
+                if r < rows and n < N:
+                    for s_, (lo, hi_) in enumerate(v):
+                        C[row0 + r, n + 2 * s_] = lo
+                        C[row0 + r, n + 2 * s_ + 1] = hi_
+                        writes[row0 + r, n + 2 * s_] += 1
+                        writes[row0 + r, n + 2 * s_ + 1] += 1
 
 
 def check_math(R, Hd, I, counts, seed, sms=5):
