@@ -33,8 +33,9 @@ namespace {
 
 using namespace sm90;
 
-// Some constants are read only by the kernel's sm_90a body: compiled for
-// other targets they are unused, which is expected (warning 177).
+// Some constants and quad_transpose are used only by the kernel's sm_90a
+// body: compiled for other targets they are unused, which is expected
+// (warning 177).
 #pragma nv_diag_suppress 177
 constexpr int kThreads = 384;  // producer + 2 consumer warpgroups
 constexpr int kProducerRegs = 40, kConsumerRegs = 232;
@@ -46,18 +47,6 @@ constexpr int kABytes = kRows * kDepth * 2;  // 16 KB
 constexpr int kBoxBytes = 64 * kDepth * 2;   // one B box, 8 KB
 constexpr int kStageBytes = kABytes + 4 * kBoxBytes;
 constexpr size_t kSmem = 1024 + size_t{kRing} * kStageBytes + 2 * kRing * sizeof(uint64_t);
-#pragma nv_diag_default 177
-
-// One GEMM's work: kUp (h columns in tiles of 128, from gate and up rows I
-// apart) or down (output columns in tiles of 256).
-struct Sm90Gemm {
-  void* c;       // h [R, I] (up) or out (down), unit columns
-  int64_t c_s;   // c's row step
-  int64_t N, K;  // valid columns of c; the depth
-  int64_t I;     // up: the up rows' offset in gate_up
-  int64_t nc;    // column tiles per row tile
-  Plan plan;
-};
 
 // Four 4-byte pairs of each lane of a quad (lane t holds columns 8i + 2t,
 // 8i + 2t + 1 of groups i = 0..3) transposed so that lane t gets group t's
@@ -72,6 +61,18 @@ __device__ __forceinline__ uint4 quad_transpose(const uint32_t (&p)[4], int t) {
   for (int d = 1; d < 4; ++d) got[d] = __shfl_xor_sync(0xffffffffu, pick(p, t ^ d), d);
   return make_uint4(pick(got, t), pick(got, t ^ 1), pick(got, t ^ 2), pick(got, t ^ 3));
 }
+#pragma nv_diag_default 177
+
+// One GEMM's work: kUp (h columns in tiles of 128, from gate and up rows I
+// apart) or down (output columns in tiles of 256).
+struct Sm90Gemm {
+  void* c;       // h [R, I] (up) or out (down), unit columns
+  int64_t c_s;   // c's row step
+  int64_t N, K;  // valid columns of c; the depth
+  int64_t I;     // up: the up rows' offset in gate_up
+  int64_t nc;    // column tiles per row tile
+  Plan plan;
+};
 
 template <class E, bool kUp>
 __global__ void __launch_bounds__(kThreads, 1)
