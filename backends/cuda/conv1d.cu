@@ -12,6 +12,7 @@
 // sequence); otherwise a thread per (sequence, channel), window in
 // registers. The state is updated in place.
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "device_common.cuh"
@@ -365,13 +366,15 @@ __global__ void __launch_bounds__(kVecThreads, 8)
 // do no address arithmetic for the streams. Runs are sized on the host so
 // that the grid is about one wave (one run per CTA, one prologue each).
 constexpr int kBulkThreads = 256;
-constexpr int kBulkRows = 8;
-constexpr int kBulkStages = 3;  // the tile being computed and two in flight: 64 KB per CTA
 constexpr int kBulkBlocksPerSm = 2;
 constexpr int kBulkMinRun = 64;  // the halo re-read stays under 5%
-constexpr size_t kBulkSmem = size_t{kBulkStages} * kBulkRows * kBulkThreads * 16 + kBulkStages * 8;
+// Tiles of 8 rows in 3 stages: the tile being computed and two in flight,
+// 64 KB per CTA (96 KB of smem: two CTAs per SM).
+constexpr int kFwdRows = 8, kFwdStages = 3;
+template <int kBulkRows, int kBulkStages>
+constexpr size_t kBulkSmem = size_t{kBulkStages} * kBulkRows* kBulkThreads * 16 + kBulkStages * 8;
 
-template <class T>
+template <class T, int kBulkRows, int kBulkStages>
 __global__ void __launch_bounds__(kBulkThreads, kBulkBlocksPerSm)
     conv_fwd_bulk_kernel(ConvParams p, int64_t run_tokens) {
   // cp.async.bulk exists from sm_90; a module built for other targets carries
@@ -719,7 +722,8 @@ bool sm90_code() {
   static const bool sm90 = [] {
     cudaFuncAttributes attributes{};
     const bool found =
-        cudaFuncGetAttributes(&attributes, conv_fwd_bulk_kernel<__nv_bfloat16>) == cudaSuccess;
+        cudaFuncGetAttributes(
+            &attributes, conv_fwd_bulk_kernel<__nv_bfloat16, kFwdRows, kFwdStages>) == cudaSuccess;
     (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
     return found && attributes.ptxVersion >= 90;
   }();
@@ -730,14 +734,16 @@ bool sm90_code() {
 // SM), at least kBulkMinRun tokens each. Returns cudaErrorNotSupported where
 // the kernel cannot run (no sm_90 code, shared memory refused): the caller
 // takes conv_fwd_vec_kernel instead.
-template <class T>
+template <class T, int kRows, int kStages>
 cudaError_t launch_conv_fwd_bulk(const ConvParams& p, cudaStream_t stream) {
   if (v3_switch() || !sm90_code()) return cudaErrorNotSupported;
+  constexpr auto kernel = conv_fwd_bulk_kernel<T, kRows, kStages>;
+  constexpr size_t kSmem = kBulkSmem<kRows, kStages>;
   int device = 0, sms = 0;
   cudaError_t status = cudaGetDevice(&device);
   if (status == cudaSuccess)
     status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (status == cudaSuccess) status = allow_smem(conv_fwd_bulk_kernel<T>, kBulkSmem);
+  if (status == cudaSuccess) status = allow_smem(kernel, kSmem);
   if (status != cudaSuccess) return status;
   const int64_t channels = int64_t{kBulkThreads} * (16 / sizeof(T));
   const int64_t strips = p.B * ((p.D + channels - 1) / channels);  // (row, channel block)
@@ -747,9 +753,18 @@ cudaError_t launch_conv_fwd_bulk(const ConvParams& p, cudaStream_t stream) {
   const int64_t run_tokens = (p.T + runs - 1) / runs;
   const int64_t grid = strips * ((p.T + run_tokens - 1) / run_tokens);
   if (grid > 0x7fffffff) return cudaErrorNotSupported;
-  conv_fwd_bulk_kernel<T>
-      <<<static_cast<unsigned>(grid), kBulkThreads, kBulkSmem, stream>>>(p, run_tokens);
+  kernel<<<static_cast<unsigned>(grid), kBulkThreads, kSmem, stream>>>(p, run_tokens);
   return cudaGetLastError();
+}
+
+// TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_FWD
+// = 4x3 or 4x5 times other tiles (rows x stages) than the default 8x3.
+template <class T>
+cudaError_t launch_conv_fwd_bulk(const ConvParams& p, cudaStream_t stream) {
+  static const std::string tiles = std::getenv("HOPS_CONV_FWD") ? std::getenv("HOPS_CONV_FWD") : "";
+  if (tiles == "4x3") return launch_conv_fwd_bulk<T, 4, 3>(p, stream);
+  if (tiles == "4x5") return launch_conv_fwd_bulk<T, 4, 5>(p, stream);
+  return launch_conv_fwd_bulk<T, kFwdRows, kFwdStages>(p, stream);
 }
 
 // conv_decode_vec_kernel's launch: with sm_90 code, as a programmatic
@@ -764,7 +779,10 @@ cudaError_t launch_decode(void (*kernel)(ConvUpdateParams), const ConvUpdatePara
   cudaLaunchAttribute overlap{};
   overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap.val.programmaticStreamSerializationAllowed = 1;
-  if (sm90_code()) config.attrs = &overlap, config.numAttrs = 1;
+  // TEMPORARY (issue 21's device run): HOPS_CONV_PDL=0 launches it as usual.
+  static const bool pdl =
+      !std::getenv("HOPS_CONV_PDL") || std::string(std::getenv("HOPS_CONV_PDL")) != "0";
+  if (pdl && sm90_code()) config.attrs = &overlap, config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernel, p);
 }
 

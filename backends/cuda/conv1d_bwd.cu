@@ -16,6 +16,7 @@
 // dtype conv_bwd_bulk_kernel (row segments moved by bulk copies, shares per
 // 256-token segment); the rest stays as described.
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "checked_math.hpp"
@@ -594,15 +595,18 @@ __global__ void __launch_bounds__(kVecThreads, kVecBlocksPerSm)
 // kSegTokens tokens (partials[row * segments + segment]: a split fixed by the
 // shape, whatever the run length, which the host sizes to about one wave).
 constexpr int kBulkThreads = 256;
-constexpr int kBulkRows = 4;    // >= 3: a tile's dx rows are complete after the next tile
-constexpr int kBulkStages = 6;  // computing, storing, 4 tiles (64 KB) in flight
 constexpr int kBulkBlocksPerSm = 2;
 constexpr int kBulkVec = 4;
 constexpr int kSegTokens = 256;
 constexpr int64_t kBulkChannels = int64_t{kBulkThreads} * kBulkVec;
+// Tiles of 4 rows (>= 3: a tile's dx rows are complete after the next tile)
+// in 6 stages: computing, storing, 4 tiles (64 KB) in flight.
+constexpr int kBwdRows = 4, kBwdStages = 6;
 // x and dy rows of a stage, 2-byte elements; then the stages' mbarriers.
-constexpr size_t kBulkStageBytes = size_t{2} * kBulkRows * kBulkChannels * 2;
-constexpr size_t kBulkSmem = kBulkStages * kBulkStageBytes + kBulkStages * 8;
+template <int kBulkRows>
+constexpr size_t kBulkStageBytes = size_t{2} * kBulkRows* kBulkChannels * 2;
+template <int kBulkRows, int kBulkStages>
+constexpr size_t kBulkSmem = kBulkStages* kBulkStageBytes<kBulkRows> + kBulkStages * 8;
 
 // Four 16-bit values as one 8-byte vector (packed as pack16 does: bitwise the
 // same rounding).
@@ -631,7 +635,7 @@ __device__ __forceinline__ uint2 pack4(const float (&in)[4]) {
   return v.raw;
 }
 
-template <class T>
+template <class T, int kBulkRows, int kBulkStages>
 __global__ void __launch_bounds__(kBulkThreads, kBulkBlocksPerSm)
     conv_bwd_bulk_kernel(ConvBwdParams p, int64_t run_tokens, float* partials) {
   // cp.async.bulk exists from sm_90; a module built for other targets carries
@@ -641,7 +645,8 @@ __global__ void __launch_bounds__(kBulkThreads, kBulkBlocksPerSm)
   static_assert(sizeof(T) == 2);
   constexpr int kV = kBulkVec;
   extern __shared__ uint2 stages[];  // [stage][x rows, dy rows][row][thread]
-  uint64_t* full = reinterpret_cast<uint64_t*>(stages + kBulkStages * kBulkStageBytes / 8);
+  uint64_t* full =
+      reinterpret_cast<uint64_t*>(stages + kBulkStages * kBulkStageBytes<kBulkRows> / 8);
   const int64_t blocks = (p.D + kBulkChannels - 1) / kBulkChannels;
   const int64_t runs = (p.T + run_tokens - 1) / run_tokens;
   const int64_t block = blockIdx.x % blocks, run = blockIdx.x / blocks % runs;
@@ -917,11 +922,24 @@ bool bulk_code() {
   static const bool sm90 = [] {
     cudaFuncAttributes attributes{};
     const bool found =
-        cudaFuncGetAttributes(&attributes, conv_bwd_bulk_kernel<__nv_bfloat16>) == cudaSuccess;
+        cudaFuncGetAttributes(
+            &attributes, conv_bwd_bulk_kernel<__nv_bfloat16, kBwdRows, kBwdStages>) == cudaSuccess;
     (void)cudaGetLastError();  // not sticky; leave no error for later launches to report
     return found && attributes.ptxVersion >= 90;
   }();
   return sm90;
+}
+
+// TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_BWD
+// = 4x4 times other tiles (rows x stages) than the default 4x6. Calls
+// body.template operator()<kernel, smem bytes>().
+template <class T, class Body>
+cudaError_t bwd_tiles(const Body& body) {
+  static const std::string tiles = std::getenv("HOPS_CONV_BWD") ? std::getenv("HOPS_CONV_BWD") : "";
+  if (tiles == "4x4")
+    return body.template operator()<conv_bwd_bulk_kernel<T, 4, 4>, kBulkSmem<4, 4>>();
+  return body.template
+  operator()<conv_bwd_bulk_kernel<T, kBwdRows, kBwdStages>, kBulkSmem<kBwdRows, kBwdStages>>();
 }
 
 // The Hopper path's conditions: vector_path with a 16-bit dtype, sm_90 code
@@ -931,9 +949,9 @@ bool bulk_path(const ConvBwdParams& p, int dtype) {
   // set takes conv_bwd_vec_kernel, so that one bench call times both.
   static const bool v3 = std::getenv("HOPS_CONV_V3") != nullptr;
   if (v3 || dtype == kF32 || !vector_path(p, dtype) || !bulk_code()) return false;
-  const cudaError_t status = dtype == kBF16
-                                 ? allow_smem(conv_bwd_bulk_kernel<__nv_bfloat16>, kBulkSmem)
-                                 : allow_smem(conv_bwd_bulk_kernel<__half>, kBulkSmem);
+  const auto allow = []<auto kKernel, size_t kSmem>() { return allow_smem(kKernel, kSmem); };
+  const cudaError_t status =
+      dtype == kBF16 ? bwd_tiles<__nv_bfloat16>(allow) : bwd_tiles<__half>(allow);
   (void)cudaGetLastError();  // a refusal only means the other path
   return status == cudaSuccess;
 }
@@ -962,9 +980,10 @@ cudaError_t launch_conv_bwd_bulk(const ConvBwdParams& p, float* partials, cudaSt
   const int64_t run_tokens = (segments + runs - 1) / runs * kSegTokens;
   const int64_t grid = strips * ((p.T + run_tokens - 1) / run_tokens);
   if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  conv_bwd_bulk_kernel<T>
-      <<<static_cast<unsigned>(grid), kBulkThreads, kBulkSmem, stream>>>(p, run_tokens, partials);
-  return cudaGetLastError();
+  return bwd_tiles<T>([&]<auto kKernel, size_t kSmem>() {
+    kKernel<<<static_cast<unsigned>(grid), kBulkThreads, kSmem, stream>>>(p, run_tokens, partials);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace

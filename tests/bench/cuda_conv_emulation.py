@@ -470,6 +470,12 @@ def check(name, got, want, tol=1e-12):
     assert err <= tol * max(1.0, np.abs(want).max() if want.size else 1.0), f"{name}: err {err}"
 
 
+# (rows, stages) of the kernels' instances: the default first, then the
+# temporary HOPS_CONV_FWD / HOPS_CONV_BWD ones
+FWD_TILES = [(8, 3), (4, 3), (4, 5)]
+BWD_TILES = [(4, 6), (4, 4)]
+
+
 def main():
     cases = 0
     # conv_fwd_bulk_kernel: kvec 8 (16-bit) / 4 (f32); few "SMs" so that runs
@@ -489,9 +495,11 @@ def main():
         w = rng.standard_normal((D, W))
         bias = rng.standard_normal(D) if with_bias else None
         init = rng.standard_normal((B, D, L0)) if L0 else None
-        got = fwd_bulk(x, w, bias, act, init, kvec, sms, seed=cases)
-        check(f"fwd B={B} T={T} D={D} W={W}", got, ref_fwd(x, w, bias, act, init))
-        cases += 1
+        want = ref_fwd(x, w, bias, act, init)
+        for rows, stages in FWD_TILES:
+            got = fwd_bulk(x, w, bias, act, init, kvec, sms, rows, stages, seed=cases)
+            check(f"fwd {rows}x{stages} B={B} T={T} D={D} W={W}", got, want)
+            cases += 1
     # conv_bwd_bulk_kernel: 16-bit only (4 channels a thread); runs of whole
     # 256-token segments, several segments per run with few "SMs"
     for (B, T, D, W, sms, L0, L1, act, with_bias) in [
@@ -511,13 +519,14 @@ def main():
         bias = rng.standard_normal(D) if with_bias else None
         init = rng.standard_normal((B, D, L0)) if L0 else None
         dfinal = rng.standard_normal((B, D, L1)) if L1 else None
-        dx, dw, db = bwd_bulk(x, w, bias, act, init, dy, dfinal, sms, seed=cases)
         rdx, rdw, rdb, _ = ref_bwd(x, w, bias, act, init, dy, dfinal)
-        name = f"bwd B={B} T={T} D={D} W={W}"
-        check(name + " dx", dx, rdx)
-        check(name + " dweight", dw, rdw, 1e-9)
-        check(name + " dbias", db, rdb, 1e-9)
-        cases += 1
+        for rows, stages in BWD_TILES:
+            dx, dw, db = bwd_bulk(x, w, bias, act, init, dy, dfinal, sms, rows, stages, seed=cases)
+            name = f"bwd {rows}x{stages} B={B} T={T} D={D} W={W}"
+            check(name + " dx", dx, rdx)
+            check(name + " dweight", dw, rdw, 1e-9)
+            check(name + " dbias", db, rdb, 1e-9)
+            cases += 1
     # conv_decode_vec_kernel: SL 3 and 4 (its instances), W <= SL + 1
     for (N, D, W, SL, kvec, act, with_bias, zero) in [
         (1, 8, 4, 3, 8, True, True, False),
