@@ -930,16 +930,18 @@ bool bulk_code() {
   return sm90;
 }
 
-// TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_BWD
-// = 4x4 times other tiles (rows x stages) than the default 4x6. Calls
-// body.template operator()<kernel, smem bytes>().
-template <class T, class Body>
-cudaError_t bwd_tiles(const Body& body) {
+// The bulk kernel's instance and its smem bytes. TEMPORARY (issue 21's device
+// run, removed with its results): HOPS_CONV_BWD=4x4 takes other tiles (rows x
+// stages) than the default 4x6.
+struct BulkInstance {
+  void (*kernel)(ConvBwdParams, int64_t, float*);
+  size_t smem;
+};
+template <class T>
+BulkInstance bulk_instance() {
   static const std::string tiles = std::getenv("HOPS_CONV_BWD") ? std::getenv("HOPS_CONV_BWD") : "";
-  if (tiles == "4x4")
-    return body.template operator()<conv_bwd_bulk_kernel<T, 4, 4>, kBulkSmem<4, 4>>();
-  return body.template
-  operator()<conv_bwd_bulk_kernel<T, kBwdRows, kBwdStages>, kBulkSmem<kBwdRows, kBwdStages>>();
+  if (tiles == "4x4") return {conv_bwd_bulk_kernel<T, 4, 4>, kBulkSmem<4, 4>};
+  return {conv_bwd_bulk_kernel<T, kBwdRows, kBwdStages>, kBulkSmem<kBwdRows, kBwdStages>};
 }
 
 // The Hopper path's conditions: vector_path with a 16-bit dtype, sm_90 code
@@ -949,9 +951,9 @@ bool bulk_path(const ConvBwdParams& p, int dtype) {
   // set takes conv_bwd_vec_kernel, so that one bench call times both.
   static const bool v3 = std::getenv("HOPS_CONV_V3") != nullptr;
   if (v3 || dtype == kF32 || !vector_path(p, dtype) || !bulk_code()) return false;
-  const auto allow = []<auto kKernel, size_t kSmem>() { return allow_smem(kKernel, kSmem); };
-  const cudaError_t status =
-      dtype == kBF16 ? bwd_tiles<__nv_bfloat16>(allow) : bwd_tiles<__half>(allow);
+  const BulkInstance bulk =
+      dtype == kBF16 ? bulk_instance<__nv_bfloat16>() : bulk_instance<__half>();
+  const cudaError_t status = allow_smem(bulk.kernel, bulk.smem);
   (void)cudaGetLastError();  // a refusal only means the other path
   return status == cudaSuccess;
 }
@@ -980,10 +982,10 @@ cudaError_t launch_conv_bwd_bulk(const ConvBwdParams& p, float* partials, cudaSt
   const int64_t run_tokens = (segments + runs - 1) / runs * kSegTokens;
   const int64_t grid = strips * ((p.T + run_tokens - 1) / run_tokens);
   if (grid > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  return bwd_tiles<T>([&]<auto kKernel, size_t kSmem>() {
-    kKernel<<<static_cast<unsigned>(grid), kBulkThreads, kSmem, stream>>>(p, run_tokens, partials);
-    return cudaGetLastError();
-  });
+  const BulkInstance bulk = bulk_instance<T>();
+  bulk.kernel<<<static_cast<unsigned>(grid), kBulkThreads, bulk.smem, stream>>>(p, run_tokens,
+                                                                                partials);
+  return cudaGetLastError();
 }
 
 }  // namespace
