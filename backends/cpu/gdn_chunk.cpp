@@ -107,16 +107,16 @@ void prefetch_chunk(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t l
 
 // q and k of `length` tokens from `begin`, and k transposed (its columns
 // zero up to a whole vector past the last token, as the q k^T tiles read).
-void pack_keys(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length, int64_t h,
-               const ChunkBlocks& b) {
+HOPS_VECTOR_CLONES void pack_keys(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length,
+                                  int64_t h, const ChunkBlocks& b) {
   for (int64_t i = 0; i < length; ++i) {
     float* q = b.q + i * b.Kp;
     float* k = b.k + i * b.Kp;
     gdn::load_query_key(op, row, begin + i, h, q, k);
     std::fill(q + op.K, q + b.Kp, 0.0f);
     std::fill(k + op.K, k + b.Kp, 0.0f);
-    for (int64_t c = 0; c < b.Kp; ++c) b.kt[c * kChunk + i] = k[c];
   }
+  transpose(b.k, b.Kp, length, b.Kp, b.kt, kChunk);
   for (int64_t c = 0; c < b.Kp; ++c) {
     std::fill(b.kt + c * kChunk + length, b.kt + c * kChunk + round_up(length, kPadding), 0.0f);
   }
@@ -124,8 +124,9 @@ void pack_keys(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length
 
 // v, G (cumulative log decay) and beta of value head hv, and
 // rhs = [-beta e^G k | beta v].
-void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row, int64_t begin,
-                 int64_t length, int64_t hv, const ChunkBlocks& b) {
+HOPS_VECTOR_CLONES void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row,
+                                    int64_t begin, int64_t length, int64_t hv,
+                                    const ChunkBlocks& b) {
   const int64_t ld = b.ld_rhs();
   float cumulative = 0.0f;
   for (int64_t i = 0; i < length; ++i) {
@@ -144,8 +145,10 @@ void pack_values(const GdnChunkFwd& op, const gdn::HeadGate& gate, int64_t row, 
 }
 
 // a = beta_i D_ij k_i.k_j (j < i) and p = scale D_ij q_i.k_j (j <= i), with
-// p zero above the diagonal up to `length`, as far as its triangular GEMM reads.
+// p zero above the diagonal up to the padded length, as far as its GEMMs
+// read. Whole vectors per row, the triangle selected (fill_decay).
 HOPS_VECTOR_CLONES void weight_scores(const ChunkBlocks& b, int64_t length, float scale) {
+  const int64_t padded = round_up(length, kPadding);
   for (int64_t i = 0; i < length; ++i) {
     const float* d = b.decay + i * kChunk;
     const float* kk = b.kk + i * kChunk;
@@ -153,9 +156,12 @@ HOPS_VECTOR_CLONES void weight_scores(const ChunkBlocks& b, int64_t length, floa
     float* a = b.a + i * kChunk;
     float* p = b.p + i * kChunk;
     const float beta = b.beta[i];
-    for (int64_t j = 0; j < i; ++j) a[j] = beta * d[j] * kk[j];
-    for (int64_t j = 0; j <= i; ++j) p[j] = scale * d[j] * qk[j];
-    std::fill(p + i + 1, p + length, 0.0f);
+    const int64_t end = round_up(i + 1, kPadding);
+    for (int64_t j = 0; j < end; ++j) {
+      a[j] = j < i ? beta * d[j] * kk[j] : 0.0f;
+      p[j] = j <= i ? scale * d[j] * qk[j] : 0.0f;
+    }
+    std::fill(p + end, p + padded, 0.0f);
   }
 }
 
@@ -183,8 +189,9 @@ HOPS_VECTOR_CLONES void decay_to_chunk_end(const ChunkBlocks& b, int64_t length,
 
 // The chunk for value head hv, once q, k, qk and kk are in place: writes its
 // outputs and advances `state` to the chunk's end.
-void forward_value_head(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length,
-                        int64_t hv, const ChunkBlocks& b, float* state) {
+HOPS_VECTOR_CLONES void forward_value_head(const GdnChunkFwd& op, int64_t row, int64_t begin,
+                                           int64_t length, int64_t hv, const ChunkBlocks& b,
+                                           float* state) {
   const int64_t Kp = b.Kp, Vp = b.Vp, ld = b.ld_rhs();
   const auto scale = static_cast<float>(op.scale);
   pack_values(op, gdn::HeadGate(op, hv), row, begin, length, hv, b);

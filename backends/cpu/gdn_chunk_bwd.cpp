@@ -78,7 +78,7 @@ struct BackwardBlocks {
   float* dwu;          // [C, Kp + Vp] dW | dU
   float* xy;           // [C, Kp + Vp] X | Y
   float* decay;        // [C, C] D (j <= i)
-  float* a;            // [C, C] A, then B + B^T
+  float* a;            // [C, C] A, then B = diag(beta) (dA o D)
   float* p;            // [C, C] P (zero above the diagonal)
   float* dp;           // [C, C] dP, then dP o sD (zero above the diagonal)
   float* z;            // [C, C] [X | Y] R^T (strictly lower)
@@ -173,8 +173,8 @@ float load_key_row(const Tensor& x, int64_t offset, int64_t stride, int64_t coun
 // k of `length` tokens from `begin` (its columns zero past K), k transposed
 // (its columns zero up to a whole vector past the last token) and the lower
 // triangle of k k^T; with `with_queries` also q and q k^T.
-void pack_keys(const GdnChunkBwd& op, int64_t row, int64_t begin, int64_t length, int64_t h,
-               const BackwardBlocks& b, bool with_queries) {
+HOPS_VECTOR_CLONES void pack_keys(const GdnChunkBwd& op, int64_t row, int64_t begin, int64_t length,
+                                  int64_t h, const BackwardBlocks& b, bool with_queries) {
   for (int64_t i = 0; i < length; ++i) {
     const int64_t t = begin + i;
     float* k = b.k + i * b.Kp;
@@ -227,6 +227,7 @@ HOPS_VECTOR_CLONES void pack_values(const GdnChunkBwd& op, int64_t row, int64_t 
 
 // A (j < i) and, when `with_scores`, P (j <= i, zero above the diagonal up
 // to the padded length, as the transposed and triangular GEMMs read it).
+// Whole vectors per row, the triangle selected (fill_decay).
 HOPS_VECTOR_CLONES void weight_scores(const BackwardBlocks& b, int64_t length, float scale,
                                       bool with_scores) {
   const int64_t padded = round_up(length, kPadding);
@@ -235,12 +236,13 @@ HOPS_VECTOR_CLONES void weight_scores(const BackwardBlocks& b, int64_t length, f
     const float* kk = b.kk + i * kChunk;
     float* a = b.a + i * kChunk;
     const float beta = b.beta[i];
-    for (int64_t j = 0; j < i; ++j) a[j] = beta * d[j] * kk[j];
+    const int64_t end = round_up(i + 1, kPadding);
+    for (int64_t j = 0; j < end; ++j) a[j] = j < i ? beta * d[j] * kk[j] : 0.0f;
     if (!with_scores) continue;
     const float* qk = b.qk + i * kChunk;
     float* p = b.p + i * kChunk;
-    for (int64_t j = 0; j <= i; ++j) p[j] = scale * d[j] * qk[j];
-    std::fill(p + i + 1, p + padded, 0.0f);
+    for (int64_t j = 0; j < end; ++j) p[j] = j <= i ? scale * d[j] * qk[j] : 0.0f;
+    std::fill(p + end, p + padded, 0.0f);
   }
 }
 
@@ -319,61 +321,56 @@ HOPS_VECTOR_CLONES void forward_value_head(const GdnChunkBwd& op, int64_t row, i
 // The chunk's gradients through P and A, given dP = dO U^T in b.dp and dA in
 // b.da: their dG terms (an entry E_ij holding the factor D_ij = e^(G_i - G_j)
 // adds dE_ij E_ij to dG_i and takes it from dG_j) and A's dbeta; then turns
-// dp into dP o sD and a into B + B^T, B = diag(beta) (dA o D).
+// dp into dP o sD and a into B = diag(beta) (dA o D), both zero above the
+// diagonal up to the padded length. Rows run in whole vectors, the triangle
+// selected (fill_decay), their sums in kPadding lanes.
 HOPS_VECTOR_CLONES void score_gradients(const BackwardBlocks& b, int64_t length, float scale) {
   const int64_t padded = round_up(length, kPadding);
   float* dG = b.d_log_decay;
+  std::fill(dG + length, dG + padded, 0.0f);
   for (int64_t i = 0; i < length; ++i) {
     const float* d = b.decay + i * kChunk;
     const float* p = b.p + i * kChunk;
-    float* dp = b.dp + i * kChunk;
-    float row_sum = 0.0f;
-    for (int64_t j = 0; j <= i; ++j) {
-      const float term = dp[j] * p[j];
-      row_sum += term;
-      dG[j] -= term;
-      dp[j] *= scale * d[j];
-    }
-    dG[i] += row_sum;
-    std::fill(dp + i + 1, dp + padded, 0.0f);
-  }
-  for (int64_t i = 0; i < length; ++i) {
-    const float* d = b.decay + i * kChunk;
     const float* kk = b.kk + i * kChunk;
     const float* a = b.a + i * kChunk;
     const float* da = b.da + i * kChunk;
-    float row_sum = 0.0f, d_beta = 0.0f;
-    for (int64_t j = 0; j < i; ++j) {
-      const float term = da[j] * a[j];
-      row_sum += term;
-      dG[j] -= term;
-      d_beta += da[j] * d[j] * kk[j];
+    float* dp = b.dp + i * kChunk;
+    float* m = b.a + i * kChunk;  // a's own values are spent once read
+    const float beta = b.beta[i];
+    const int64_t end = round_up(i + 1, kPadding);
+    float row[kPadding] = {}, d_beta[kPadding] = {};
+    for (int64_t j0 = 0; j0 < end; j0 += kPadding) {
+      for (int64_t l = 0; l < kPadding; ++l) {
+        const int64_t j = j0 + l;
+        const float score = j <= i ? dp[j] * p[j] : 0.0f;
+        const float weight = j < i ? da[j] * a[j] : 0.0f;
+        row[l] += score + weight;
+        dG[j] -= score + weight;
+        d_beta[l] += j < i ? da[j] * d[j] * kk[j] : 0.0f;
+        dp[j] = j <= i ? scale * d[j] * dp[j] : 0.0f;
+        m[j] = j < i ? beta * d[j] * da[j] : 0.0f;
+      }
     }
+    float row_sum = 0.0f, beta_sum = 0.0f;
+    for (int64_t l = 0; l < kPadding; ++l) row_sum += row[l], beta_sum += d_beta[l];
     dG[i] += row_sum;
-    b.d_beta[i] = d_beta;
-  }
-  // B + B^T, symmetric with a zero diagonal; a's own values are spent.
-  for (int64_t i = 0; i < length; ++i) {
-    float* m = b.a + i * kChunk;
-    for (int64_t j = 0; j < i; ++j)
-      m[j] = b.beta[i] * b.decay[i * kChunk + j] * b.da[i * kChunk + j];
-    m[i] = 0.0f;
-  }
-  for (int64_t i = 0; i < length; ++i) {
-    for (int64_t j = i + 1; j < length; ++j) b.a[i * kChunk + j] = b.a[j * kChunk + i];
+    b.d_beta[i] = beta_sum;
+    std::fill(dp + end, dp + padded, 0.0f);
+    std::fill(m + end, m + padded, 0.0f);
   }
 }
 
 // dA = -Z T^T, kept strictly below the diagonal; z = [X | Y] R^T cleared on
 // and above it first, as the triangular GEMM reads it.
-void weight_gradient(const BackwardBlocks& b, int64_t length) {
+HOPS_VECTOR_CLONES void weight_gradient(const BackwardBlocks& b, int64_t length) {
   const int64_t padded = round_up(length, kPadding);
   for (int64_t i = 0; i < length; ++i)
     std::fill(b.z + i * kChunk + i, b.z + i * kChunk + padded, 0.0f);
   gemm({length, padded, length, b.z, kChunk, b.t_t, kChunk, b.da, kChunk, false, Shape::lower_a});
   for (int64_t i = 0; i < length; ++i) {
     float* da = b.da + i * kChunk;
-    for (int64_t j = 0; j < i; ++j) da[j] = -da[j];
+    const int64_t end = round_up(i + 1, kPadding);
+    for (int64_t j = 0; j < end; ++j) da[j] = j < i ? -da[j] : 0.0f;
   }
 }
 
@@ -461,10 +458,11 @@ HOPS_VECTOR_CLONES void backward_value_head(const GdnChunkBwd& op, int64_t row, 
   weight_gradient(b, length);
   score_gradients(b, length, scale);
 
-  // dq += (dP o sD) K;  dk += (dP o sD)^T Q + (B + B^T) K.
+  // dq += (dP o sD) K;  dk += (dP o sD)^T Q + B K + B^T K.
   gemm({length, Kp, length, b.dp, kChunk, b.k, Kp, b.dq_head, Kp, true, Shape::lower_a});
   gemm({length, Kp, length, b.dp, kChunk, b.q, Kp, b.dk_head, Kp, true, Shape::upper_a, true});
-  gemm({length, Kp, length, b.a, kChunk, b.k, Kp, b.dk_head, Kp, true, Shape::full});
+  gemm({length, Kp, length, b.a, kChunk, b.k, Kp, b.dk_head, Kp, true, Shape::lower_a});
+  gemm({length, Kp, length, b.a, kChunk, b.k, Kp, b.dk_head, Kp, true, Shape::upper_a, true});
   token_gradients(op, row, begin, length, hv, b);
 
   // dg_t = sum of dG_i over the chunk's tokens i >= t.
@@ -501,8 +499,9 @@ void forward_chunk(const GdnChunkBwd& op, int64_t row, const ChunkSpan& chunk,
 
 // The reverse sweep's chunk: every gradient of its tokens, and the state
 // gradients taken back to the chunk's start.
-void backward_chunk(const GdnChunkBwd& op, int64_t row, const ChunkSpan& chunk,
-                    const ChunkSpan* next, const HeadGroup& heads, const BackwardBlocks& b) {
+HOPS_VECTOR_CLONES void backward_chunk(const GdnChunkBwd& op, int64_t row, const ChunkSpan& chunk,
+                                       const ChunkSpan* next, const HeadGroup& heads,
+                                       const BackwardBlocks& b) {
   const int64_t length = chunk.length;
   pack_keys(op, row, chunk.begin, length, heads.key, b, true);
   std::fill(b.dq, b.dq + length * b.Kp, 0.0f);

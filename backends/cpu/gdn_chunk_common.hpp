@@ -13,7 +13,9 @@ namespace hops::cpu::gdn {
 inline constexpr int64_t kChunk = 64;
 
 // decay[i][j] = exp(G_i - G_j) for j <= i < length (G: cumulative log
-// decays); `factors` is 2 kChunk floats of scratch.
+// decays); `factors` is 2 kChunk floats of scratch. Entries above the
+// diagonal, up to a whole vector, get values (inf among them) that readers
+// must select away, never multiply by zero.
 void fill_decay(const float* G, int64_t length, float* factors, float* decay);
 
 // t = (I + A)^-1 for the strictly lower triangular A (rows of kChunk floats,
