@@ -164,6 +164,14 @@ void chunk_case(const Context& ctx, const hops_op_desc& op, DType dtype, const G
     if (c.final_state) {
       verdict.expect_close("final_state", final_state, want.final_state, tolerance(dtype, true));
     }
+    // threads.cpp's num_threads = 1 check on every dtype and shape: its call is
+    // f32, and bf16 takes other products (bf16 ones where the CPU has them).
+    verdict.expect(call.same_bytes_on_one_thread(
+                       "o",
+                       [&] {
+                         return Tensor::padded(ctx.device, dtype, {c.B, c.T, c.HV, c.V}, c.pad(4));
+                       }),
+                   "o: the bytes with num_threads=1 differ from those with all threads");
   });
 }
 
@@ -253,6 +261,20 @@ void chunk_bwd_case(const Context& ctx, const hops_op_desc& op, DType dtype, con
     verdict.expect_close("dg", dg, want.dg, tol);
     verdict.expect_close("dbeta", dbeta, want.dbeta, tol);
     if (dh0) verdict.expect_close("dh0", dh0, want.dh0, tol);
+    // As in chunk_case; dk sums over a key head's value heads.
+    for (const std::string_view name : {"dk", "dv"}) {
+      verdict.expect(call.same_bytes_on_one_thread(name,
+                                                   [&] {
+                                                     return Tensor::padded(
+                                                         ctx.device, dtype,
+                                                         {c.B, c.T, name == "dk" ? c.H : c.HV,
+                                                          name == "dk" ? c.K : c.V},
+                                                         c.pad(4));
+                                                   }),
+                     fmt::format("{}: the bytes with num_threads=1 differ from those with all "
+                                 "threads",
+                                 name));
+    }
   });
 }
 
