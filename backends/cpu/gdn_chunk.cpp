@@ -8,12 +8,15 @@
 //   o_i  = scale (e^G_i q_i S + sum_{j <= i} D_ij q_i.k_j u_j)
 //   S'   = e^G_last S + sum_j e^(G_last - G_j) k_j u_j^T
 // so with T = (I + A)^-1, W = -T diag(beta e^G) K and U0 = T diag(beta) V
-// the new values are U = U0 + W S, and all the heavy work is small GEMMs.
+// the new values are U = U0 + W S, and all the heavy work is small GEMMs:
+// fp32, or for bf16 storage on bf16 operands where the CPU multiplies them
+// (gdn_chunk_bf16.hpp); the state and everything else stay fp32.
 #include <algorithm>
 #include <cstring>
 #include <utility>
 
 #include "checked_math.hpp"
+#include "gdn_chunk_bf16.hpp"
 #include "gdn_chunk_common.hpp"
 #include "gdn_common.hpp"
 #include "small_gemm.hpp"
@@ -35,6 +38,7 @@ constexpr int64_t kMaxHeadsPerTask = 8;  // value heads per key head that share 
 // dims padded with zeros to Kp, Vp.
 struct ChunkBlocks {
   int64_t Kp, Vp;
+  bool bf16;  // the products on bf16 operands (gdn_chunk_bf16.hpp)
   // Shared by the value heads of one key head:
   float* q;   // [C, Kp] queries
   float* k;   // [C, Kp] keys
@@ -67,7 +71,7 @@ struct ChunkBlocks {
     return round_up(scratch_sum(kOp, shared, per_head, scratch_size(kOp, heads, KV)), kPadding);
   }
 
-  ChunkBlocks(float* base, int64_t Kp_, int64_t Vp_) : Kp(Kp_), Vp(Vp_) {
+  ChunkBlocks(float* base, int64_t Kp_, int64_t Vp_, bool bf16_) : Kp(Kp_), Vp(Vp_), bf16(bf16_) {
     auto take = [&](int64_t count) { return std::exchange(base, base + count); };
     q = take(kChunk * Kp), k = take(kChunk * Kp), kt = take(Kp * kChunk);
     qk = take(kChunk * kChunk), kk = take(kChunk * kChunk);
@@ -199,28 +203,33 @@ HOPS_VECTOR_CLONES void forward_value_head(const GdnChunkFwd& op, int64_t row, i
   weight_scores(b, length, scale);
   invert_unit_lower(b.a, b.t, length);
   // [W | U0] = T rhs, then U = U0 + W S.
-  gemm({length, Kp + Vp, length, b.t, kChunk, b.rhs, ld, b.wu, ld, false, Shape::lower_a});
-  gemm({length, Vp, Kp, b.wu, ld, state, Vp, b.u(), ld, true, Shape::full});
+  gdn::multiply(b.bf16,
+                {length, Kp + Vp, length, b.t, kChunk, b.rhs, ld, b.wu, ld, false, Shape::lower_a});
+  gdn::multiply(b.bf16, {length, Vp, Kp, b.wu, ld, state, Vp, b.u(), ld, true, Shape::full});
   // out = scale e^G (q S) + P U.
-  gemm({length, Vp, Kp, b.q, Kp, state, Vp, b.out, Vp, false, Shape::full});
+  gdn::multiply(b.bf16, {length, Vp, Kp, b.q, Kp, state, Vp, b.out, Vp, false, Shape::full});
   float* query_decay = b.factors;
   for (int64_t i = 0; i < length; ++i) query_decay[i] = scale * exp_approx(b.log_decay[i]);
   scale_rows(b.out, length, Vp, Vp, query_decay);
-  gemm({length, Vp, length, b.p, kChunk, b.u(), ld, b.out, Vp, true, Shape::lower_a});
+  gdn::multiply(b.bf16,
+                {length, Vp, length, b.p, kChunk, b.u(), ld, b.out, Vp, true, Shape::lower_a});
   for (int64_t i = 0; i < length; ++i) {
     store_run(op.o, op.o.offset(row, begin + i, hv, 0), op.o.stride[3], op.V, b.out + i * Vp);
   }
   // S = e^G_last S + (e^(G_last - G) k)^T U.
   decay_to_chunk_end(b, length, state);
-  gemm({Kp, Vp, length, b.kt_decayed, kChunk, b.u(), ld, state, Vp, true, Shape::full});
+  gdn::multiply(b.bf16,
+                {Kp, Vp, length, b.kt_decayed, kChunk, b.u(), ld, state, Vp, true, Shape::full});
 }
 
 void forward_chunk(const GdnChunkFwd& op, int64_t row, int64_t begin, int64_t length,
                    const HeadGroup& heads, const ChunkBlocks& b) {
   const int64_t columns = round_up(length, kPadding);
   pack_keys(op, row, begin, length, heads.key, b);
-  gemm({length, columns, b.Kp, b.k, b.Kp, b.kt, kChunk, b.kk, kChunk, false, Shape::lower_out});
-  gemm({length, columns, b.Kp, b.q, b.Kp, b.kt, kChunk, b.qk, kChunk, false, Shape::lower_out});
+  gdn::multiply(b.bf16, {length, columns, b.Kp, b.k, b.Kp, b.kt, kChunk, b.kk, kChunk, false,
+                         Shape::lower_out});
+  gdn::multiply(b.bf16, {length, columns, b.Kp, b.q, b.Kp, b.kt, kChunk, b.qk, kChunk, false,
+                         Shape::lower_out});
   for (int64_t i = 0; i < heads.count; ++i) {
     forward_value_head(op, row, begin, length, heads.first + i, b, b.state(i));
   }
@@ -266,13 +275,14 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   const int64_t heads = heads_per_task(op, context.max_workers);
   const int64_t per_worker = ChunkBlocks::floats(Kp, Vp, heads);
   const int64_t groups = op.HV / heads;
+  const bool bf16 = gdn::bf16_products(op.q.dtype);
   const auto lease = context.scratch->acquire(
       scratch_bytes(op.kName, per_worker, sizeof(float), context.max_workers));
   context.threads->parallel_for(
       checked_product(op.kName, op.sequences.count, groups), context.max_workers,
       [&](int64_t task, int worker) {
         const FlushSubnormals flush;
-        const ChunkBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp);
+        const ChunkBlocks blocks(lease.as<float>() + worker * per_worker, Kp, Vp, bf16);
         const int64_t first = task % groups * heads;
         forward_sequence(op, task / groups, {gdn::key_head(op, first), first, heads}, blocks);
       });

@@ -1,0 +1,34 @@
+// The chunked GDN kernels' products for bf16 storage (gdn_chunk.cpp,
+// gdn_chunk_bwd.cpp): both operands rounded to bf16 (to nearest even) and
+// multiplied into fp32 sums on attention's bf16 products (attn_bf16.hpp: AMX
+// tiles, else AVX512-BF16's vdpbf16ps), as FLA does on GPUs. fp32 and f16
+// storage, CPUs with neither engine and HOPS_CPU_GEMM=tiles keep the fp32
+// products (small_gemm.hpp).
+#pragma once
+
+#include "attn_bf16.hpp"
+#include "small_gemm.hpp"
+
+namespace hops::cpu::gdn {
+
+// Whether a chunk kernel whose inputs are stored as `storage` runs its
+// products on bf16; decided per call, the engine once per process.
+inline bool bf16_products(DType storage) {
+  return storage == DType::bf16 && attn::bf16_engine() != attn::Bf16Engine::none;
+}
+
+// g's product with a and b rounded to bf16 and fp32 sums. The whole
+// rectangle is multiplied: a triangular shape's stored zeros add nothing,
+// and a lower_out product writes above its diagonal too. Each output is one
+// chain over the depth (attn::bf16_product), so the bytes depend on the
+// engine alone. Operands are packed per call into the calling thread's
+// buffers.
+void gemm_bf16(const Gemm& g);
+
+// gemm_bf16 where `bf16`, else gemm.
+inline void multiply(bool bf16, const Gemm& g) {
+  if (bf16) return gemm_bf16(g);
+  gemm(g);
+}
+
+}  // namespace hops::cpu::gdn
