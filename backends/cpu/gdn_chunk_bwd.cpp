@@ -28,6 +28,7 @@
 // chunk is dh0. With l2norm the gradients of the normalised q and k (summed
 // over the value heads) go through x^ = x / sqrt(|x|^2 + 1e-6) at the end.
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "checked_math.hpp"
@@ -243,11 +244,18 @@ HOPS_VECTOR_CLONES void weight_scores(const BackwardBlocks& b, int64_t length, f
     float* a = b.a + i * kChunk;
     const float beta = b.beta[i];
     const int64_t end = round_up(i + 1, kPadding);
-    for (int64_t j = 0; j < end; ++j) a[j] = j < i ? beta * d[j] * kk[j] : 0.0f;
+    // Loads outside the selects: GCC vectorises no conditional load.
+    for (int64_t j = 0; j < end; ++j) {
+      const float weight = beta * d[j] * kk[j];
+      a[j] = j < i ? weight : 0.0f;
+    }
     if (!with_scores) continue;
     const float* qk = b.qk + i * kChunk;
     float* p = b.p + i * kChunk;
-    for (int64_t j = 0; j < end; ++j) p[j] = j <= i ? scale * d[j] * qk[j] : 0.0f;
+    for (int64_t j = 0; j < end; ++j) {
+      const float score = scale * d[j] * qk[j];
+      p[j] = j <= i ? score : 0.0f;
+    }
     std::fill(p + end, p + padded, 0.0f);
   }
 }
@@ -333,6 +341,14 @@ HOPS_VECTOR_CLONES void forward_value_head(const GdnChunkBwd& op, int64_t row, i
 // diagonal up to the padded length. Rows run in whole vectors, the triangle
 // selected (fill_decay), their sums in kPadding lanes.
 HOPS_VECTOR_CLONES void score_gradients(const BackwardBlocks& b, int64_t length, float scale) {
+  // Vector types: GCC left this loop scalar as plain selects. (typedefs: GCC
+  // drops the attribute from a `using`.)
+  // NOLINTNEXTLINE(modernize-use-using)
+  typedef float Lanes __attribute__((vector_size(kPadding * sizeof(float))));
+  // NOLINTNEXTLINE(modernize-use-using)
+  typedef int32_t Index __attribute__((vector_size(kPadding * sizeof(int32_t))));
+  static_assert(kPadding == 16);
+  const Index lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const int64_t padded = round_up(length, kPadding);
   float* dG = b.d_log_decay;
   std::fill(dG + length, dG + padded, 0.0f);
@@ -346,21 +362,33 @@ HOPS_VECTOR_CLONES void score_gradients(const BackwardBlocks& b, int64_t length,
     float* m = b.a + i * kChunk;  // a's own values are spent once read
     const float beta = b.beta[i];
     const int64_t end = round_up(i + 1, kPadding);
-    float row[kPadding] = {}, d_beta[kPadding] = {};
+    Lanes row = {}, d_beta = {};
     for (int64_t j0 = 0; j0 < end; j0 += kPadding) {
-      for (int64_t l = 0; l < kPadding; ++l) {
-        const int64_t j = j0 + l;
-        const float score = j <= i ? dp[j] * p[j] : 0.0f;
-        const float weight = j < i ? da[j] * a[j] : 0.0f;
-        row[l] += score + weight;
-        dG[j] -= score + weight;
-        d_beta[l] += j < i ? da[j] * d[j] * kk[j] : 0.0f;
-        dp[j] = j <= i ? scale * d[j] * dp[j] : 0.0f;
-        m[j] = j < i ? beta * d[j] * da[j] : 0.0f;
-      }
+      const Index j = lane + static_cast<int32_t>(j0);
+      const auto on_or_below = j <= static_cast<int32_t>(i), below = j < static_cast<int32_t>(i);
+      // Rows of kChunk floats: every j0 + kPadding is in bounds.
+      Lanes dp_j, da_j, d_j, p_j, a_j, kk_j, dG_j;
+      std::memcpy(&dp_j, dp + j0, sizeof(Lanes));
+      std::memcpy(&da_j, da + j0, sizeof(Lanes));
+      std::memcpy(&d_j, d + j0, sizeof(Lanes));
+      std::memcpy(&p_j, p + j0, sizeof(Lanes));
+      std::memcpy(&a_j, a + j0, sizeof(Lanes));
+      std::memcpy(&kk_j, kk + j0, sizeof(Lanes));
+      std::memcpy(&dG_j, dG + j0, sizeof(Lanes));
+      // Selects as bit masks (vector casts reinterpret the bits).
+      const Lanes terms =
+          (Lanes)(on_or_below & (Index)(dp_j * p_j)) + (Lanes)(below & (Index)(da_j * a_j));
+      row += terms;
+      d_beta += (Lanes)(below & (Index)(da_j * d_j * kk_j));
+      const Lanes dG_out = dG_j - terms;
+      const auto dp_out = (Lanes)(on_or_below & (Index)(scale * d_j * dp_j));
+      const auto m_out = (Lanes)(below & (Index)(beta * d_j * da_j));
+      std::memcpy(dG + j0, &dG_out, sizeof(Lanes));
+      std::memcpy(dp + j0, &dp_out, sizeof(Lanes));
+      std::memcpy(m + j0, &m_out, sizeof(Lanes));
     }
     float row_sum = 0.0f, beta_sum = 0.0f;
-    for (int64_t l = 0; l < kPadding; ++l) row_sum += row[l], beta_sum += d_beta[l];
+    for (int l = 0; l < kPadding; ++l) row_sum += row[l], beta_sum += d_beta[l];
     dG[i] += row_sum;
     b.d_beta[i] = beta_sum;
     std::fill(dp + end, dp + padded, 0.0f);
@@ -379,7 +407,10 @@ HOPS_VECTOR_CLONES void weight_gradient(const BackwardBlocks& b, int64_t length)
   for (int64_t i = 0; i < length; ++i) {
     float* da = b.da + i * kChunk;
     const int64_t end = round_up(i + 1, kPadding);
-    for (int64_t j = 0; j < end; ++j) da[j] = j < i ? -da[j] : 0.0f;
+    for (int64_t j = 0; j < end; ++j) {
+      const float value = da[j];  // loaded outside the select, which then vectorises
+      da[j] = j < i ? -value : 0.0f;
+    }
   }
 }
 
