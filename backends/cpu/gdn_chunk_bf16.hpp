@@ -1,9 +1,10 @@
 // The chunked GDN kernels' products for bf16 storage (gdn_chunk.cpp,
 // gdn_chunk_bwd.cpp): both operands rounded to bf16 (to nearest even) and
-// multiplied into fp32 sums on attention's bf16 products (attn_bf16.hpp: AMX
-// tiles, else AVX512-BF16's vdpbf16ps), as FLA does on GPUs. fp32 and f16
-// storage, CPUs with neither engine and HOPS_CPU_GEMM=tiles keep the fp32
-// products (small_gemm.hpp).
+// multiplied into fp32 sums on attention's bf16 products (attn_bf16.hpp) where
+// they run on AMX tiles, as FLA does on GPUs. fp32 and f16 storage, CPUs
+// without AMX and HOPS_CPU_GEMM=tiles keep the fp32 products (small_gemm.hpp):
+// on the AMX Xeon, vdpbf16ps multiplied these shapes at 86 GFLOP/s against
+// libxsmm's 150 in fp32, and the forward took 538 ms against 200.
 #pragma once
 
 #include "attn_bf16.hpp"
@@ -14,7 +15,7 @@ namespace hops::cpu::gdn {
 // Whether a chunk kernel whose inputs are stored as `storage` runs its
 // products on bf16; decided per call, the engine once per process.
 inline bool bf16_products(DType storage) {
-  return storage == DType::bf16 && attn::bf16_engine() != attn::Bf16Engine::none;
+  return storage == DType::bf16 && attn::bf16_engine() == attn::Bf16Engine::amx;
 }
 
 // g's product with a and b rounded to bf16 and fp32 sums. The whole
