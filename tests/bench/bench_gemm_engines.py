@@ -137,7 +137,7 @@ def main():
             continue
         shares = {e: 100 * runs[e][0][i]["flop"] / runs[e][0][i]["best"] / 1e9 / core_peak for e in ENGINES}
         verdicts.append(f"- {r['op']} T={r['tokens']} {r['dtype']}: " + ", ".join(
-            f"{e} {shares[e]:.0f}% ({'met' if shares[e] >= TARGET else 'missed'})" for e in ENGINES) +
+            f"{e} {shares[e]:.1f}% ({'met' if shares[e] >= TARGET else 'missed'})" for e in ENGINES) +
             f" of one core's peak (target {TARGET}%)")
     others = ", ".join(f"{engine} {runs[engine][1]:.2f}" for engine in ENGINES)
     text = (f"Command: `.venv/bin/python {' '.join(sys.argv)}` ({time.perf_counter() - started:.0f} s)  \n"
