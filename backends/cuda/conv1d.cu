@@ -711,7 +711,7 @@ __global__ void __launch_bounds__(128, 6) conv_decode_vec_kernel(ConvUpdateParam
 // set takes the v3 kernels instead of the bulk and decode ones, so that one
 // bench call times both on the same card.
 bool v3_switch() {
-  static const bool v3 = std::getenv("HOPS_CONV_V3") != nullptr;
+  static const bool v3 = !kConvV4 || std::getenv("HOPS_CONV_V3") != nullptr;
   return v3;
 }
 

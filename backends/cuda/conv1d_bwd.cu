@@ -949,7 +949,7 @@ BulkInstance bulk_instance() {
 bool bulk_path(const ConvBwdParams& p, int dtype) {
   // TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_V3
   // set takes conv_bwd_vec_kernel, so that one bench call times both.
-  static const bool v3 = std::getenv("HOPS_CONV_V3") != nullptr;
+  static const bool v3 = !kConvV4 || std::getenv("HOPS_CONV_V3") != nullptr;
   if (v3 || dtype == kF32 || !vector_path(p, dtype) || !bulk_code()) return false;
   const BulkInstance bulk =
       dtype == kBF16 ? bulk_instance<__nv_bfloat16>() : bulk_instance<__half>();

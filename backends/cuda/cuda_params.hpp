@@ -56,6 +56,11 @@ struct NormParams {
   float eps;
 };
 
+// Issue 21's conv1d paths (conv1d.cu, conv1d_bwd.cu: the sm_90 bulk-copy
+// forward and backward, the decode-only conv1d_update). false: the v3 kernels
+// that a GPU has verified, everywhere.
+inline constexpr bool kConvV4 = true;
+
 struct ConvParams {
   Arg x, y, weight, bias, initial_state, final_state;  // x, y as [B,T,D]
   Index cu;
