@@ -707,14 +707,6 @@ __global__ void __launch_bounds__(128, 6) conv_decode_vec_kernel(ConvUpdateParam
   }
 }
 
-// TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_V3
-// set takes the v3 kernels instead of the bulk and decode ones, so that one
-// bench call times both on the same card.
-bool v3_switch() {
-  static const bool v3 = !kConvV4 || std::getenv("HOPS_CONV_V3") != nullptr;
-  return v3;
-}
-
 // Whether the module runs sm_90 code here: conv_fwd_bulk_kernel's PTX
 // version is 90 (a module built for sm_8x only, or run from compute_80 PTX on
 // a Hopper, has the empty kernel and no griddepcontrol).
@@ -736,7 +728,7 @@ bool sm90_code() {
 // takes conv_fwd_vec_kernel instead.
 template <class T, int kRows, int kStages>
 cudaError_t launch_conv_fwd_bulk(const ConvParams& p, cudaStream_t stream) {
-  if (v3_switch() || !sm90_code()) return cudaErrorNotSupported;
+  if (!conv_v4() || !sm90_code()) return cudaErrorNotSupported;
   constexpr auto kernel = conv_fwd_bulk_kernel<T, kRows, kStages>;
   constexpr size_t kSmem = kBulkSmem<kRows, kStages>;
   int device = 0, sms = 0;
@@ -788,6 +780,14 @@ cudaError_t launch_decode(void (*kernel)(ConvUpdateParams), const ConvUpdatePara
 
 }  // namespace
 
+bool conv_v4() {
+  static const bool v4 = [] {
+    const char* choice = std::getenv("HOPS_CONV_V4");
+    return choice ? std::string(choice) != "0" : kConvV4;
+  }();
+  return v4;
+}
+
 cudaError_t launch_conv1d_fwd(const ConvParams& p, int dtype, cudaStream_t stream) {
   cudaError_t status = cudaSuccess;
   by_dtype(dtype, [&]<class T>(T) {
@@ -829,7 +829,7 @@ cudaError_t launch_conv1d_update(const ConvUpdateParams& p, int dtype, cudaStrea
                         s.stride[2] == 1 && s.stride[1] == p.SL && s.stride[0] % kVec == 0 &&
                         aligned(s.data);
     const int grid = grid_for(p.N * (p.D / kVec), 128);
-    const bool decode = p.L == 1 && !v3_switch();
+    const bool decode = p.L == 1 && conv_v4();
     if (vector && decode && (p.SL == 3 || p.SL == 4))
       status = launch_decode(
           p.SL == 3 ? conv_decode_vec_kernel<T, 3> : conv_decode_vec_kernel<T, 4>, p, grid, stream);

@@ -947,10 +947,7 @@ BulkInstance bulk_instance() {
 // The Hopper path's conditions: vector_path with a 16-bit dtype, sm_90 code
 // and its shared memory granted (else the call takes conv_bwd_vec_kernel).
 bool bulk_path(const ConvBwdParams& p, int dtype) {
-  // TEMPORARY (issue 21's device run, removed with its results): HOPS_CONV_V3
-  // set takes conv_bwd_vec_kernel, so that one bench call times both.
-  static const bool v3 = !kConvV4 || std::getenv("HOPS_CONV_V3") != nullptr;
-  if (v3 || dtype == kF32 || !vector_path(p, dtype) || !bulk_code()) return false;
+  if (!conv_v4() || dtype == kF32 || !vector_path(p, dtype) || !bulk_code()) return false;
   const BulkInstance bulk =
       dtype == kBF16 ? bulk_instance<__nv_bfloat16>() : bulk_instance<__half>();
   const cudaError_t status = allow_smem(bulk.kernel, bulk.smem);

@@ -57,9 +57,12 @@ struct NormParams {
 };
 
 // Issue 21's conv1d paths (conv1d.cu, conv1d_bwd.cu: the sm_90 bulk-copy
-// forward and backward, the decode-only conv1d_update). false: the v3 kernels
-// that a GPU has verified, everywhere.
-inline constexpr bool kConvV4 = true;
+// forward and backward, the decode-only conv1d_update) by default: off until
+// a GPU has run them (false: the v3 kernels, verified, everywhere).
+// conv_v4() is the choice in force: kConvV4, or HOPS_CONV_V4=0|1 in the
+// environment (TEMPORARY, for the device run's same-build A/B).
+inline constexpr bool kConvV4 = false;
+bool conv_v4();
 
 struct ConvParams {
   Arg x, y, weight, bias, initial_state, final_state;  // x, y as [B,T,D]

@@ -4,7 +4,8 @@ conformance sweep does not reach (issue 21's bulk-copy and decode paths): whole
 segments (B * blocks large), T off every tile, W 1..4, initial / final states,
 skipped decode slots. Each against a float32 torch reference of the same
 (rounded) inputs, outputs poisoned with NaN first; conv1d_bwd twice, bitwise
-equal (deterministic). HOPS_CONV_V3=1 checks the v3 kernels the same way.
+equal (deterministic). HOPS_CONV_V4=1 | 0 picks the v4 or the v3 kernels
+(backends/cuda/cuda_params.hpp: kConvV4 is the default).
 
 Usage (repo root, HOPS_LIBRARY set): python3 tests/bench/cuda_conv_check.py"""
 

@@ -4,18 +4,19 @@
 #     memcheck --quick of the three conv ops, racecheck --quick of the two
 #     bulk-copy ones, tests/bench/cuda_conv_check.py;
 #   bench: the conv bench, each process with its own copy bandwidth, on the same
-#     card: v4, v3 (HOPS_CONV_V3=1), v4 again, then the temporary variants
+#     card: v4, v3 (HOPS_CONV_V4=0), v4 again, then the temporary variants
 #     (HOPS_CONV_FWD=4x3 / 4x5 tiles, HOPS_CONV_BWD=4x4, HOPS_CONV_PDL=0).
 #   quick: for a shared call after build-dev is built (builds it if absent),
 #     most needed first while DEADLINE seconds (150) last: the conformance
 #     sweeps of the three ops, cuda_conv_check.py, the conv bench for v4 and
-#     v3 (HOPS_CONV_V3=1), then the sweep's variants.
+#     v3 (HOPS_CONV_V4=0), then the sweep's variants.
 # Usage (repo root): tests/bench/cuda_conv_run.sh $OUT check|bench|quick
 OUT=${1:-/tmp/hops-out}
 mkdir -p "$OUT"
 B=build-dev
 export HOPS_LIBRARY=$PWD/$B/plugin/libhops.so PYTHONPATH=$PWD/shims/python PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$PWD/.deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export HOPS_CONV_V4=1  # the v4 paths (off by default, kConvV4, until a GPU has run them)
 T0=$(date +%s); DEADLINE=${DEADLINE:-150}
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 if [ "${2:-check}" = quick ]; then
@@ -27,7 +28,7 @@ if [ "${2:-check}" = quick ]; then
   done
   timeout 60 python3 tests/bench/cuda_conv_check.py > "$OUT/conv_check.log" 2>&1
   echo "cuda_conv_check rc=$?"; grep -E "FAIL|rror" "$OUT/conv_check.log" | head -20; tail -1 "$OUT/conv_check.log"
-  for v in "v4:" "v3:HOPS_CONV_V3=1:" "fwd 4x5:HOPS_CONV_FWD=4x5:conv" "bwd 4x4:HOPS_CONV_BWD=4x4:conv_bwd" \
+  for v in "v4:" "v3:HOPS_CONV_V4=0:" "fwd 4x5:HOPS_CONV_FWD=4x5:conv" "bwd 4x4:HOPS_CONV_BWD=4x4:conv_bwd" \
            "update no PDL:HOPS_CONV_PDL=0:conv_update,conv_update3" "fwd 4x3:HOPS_CONV_FWD=4x3:conv"; do
     IFS=: read -r label env cases <<< "$v"
     [ $(left) -gt 25 ] || { echo "skip bench $label (time)"; continue; }
@@ -55,7 +56,7 @@ bench() {  # label env cases
 }
 ALL=conv,conv_update,conv_update3,conv_bwd
 bench v4 "" $ALL
-bench v3 HOPS_CONV_V3=1 $ALL
+bench v3 HOPS_CONV_V4=0 $ALL
 bench v4 "" $ALL
 bench "fwd tiles 4x3" HOPS_CONV_FWD=4x3 conv
 bench "fwd tiles 4x5" HOPS_CONV_FWD=4x5 conv
