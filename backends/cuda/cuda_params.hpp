@@ -56,11 +56,12 @@ struct NormParams {
   float eps;
 };
 
-// Issue 21's conv1d paths (conv1d.cu, conv1d_bwd.cu: the sm_90 bulk-copy
-// forward and backward, the decode-only conv1d_update) by default: off until
-// a GPU has run them (false: the v3 kernels, verified, everywhere).
-// conv_v4() is the choice in force: kConvV4, or HOPS_CONV_V4=0|1 in the
-// environment (TEMPORARY, for the device run's same-build A/B).
+// Issue 21's conv1d v4 paths (conv1d.cu, conv1d_bwd.cu: the sm_90 bulk-copy
+// forward and backward, the decode-only conv1d_update): not yet run on a GPU:
+// opt in with HOPS_CONV_V4=1 in the environment; the next device session
+// checks them and flips the default here (false: the v3 kernels, which have
+// run on a GPU, everywhere). conv_v4() is the choice in force (HOPS_CONV_V4=0|1
+// over kConvV4).
 inline constexpr bool kConvV4 = false;
 bool conv_v4();
 
