@@ -66,13 +66,23 @@ std::string_view forced_forward() {
   return value ? value : "";
 }
 
+// The backward's kernels without HOPS_CUDA_ATTN_BWD: automatic takes the
+// sm_90a ones (attn_bwd_sm90.cu, attn_bwd_dq_sm90.cu) where they can run;
+// BwdPath::mma here keeps every call on the mma.sync kernels.
+constexpr BwdPath kDefaultBackward = BwdPath::automatic;
+
 // HOPS_CUDA_ATTN_BWD=mma runs the backward's mma.sync dQ and dK/dV kernels
-// where the sm_90a ones would run; =wgmma fails the calls they cannot take.
+// where the sm_90a ones would run; =wgmma fails the calls they cannot take;
+// =auto picks per call (the default's choice when kDefaultBackward is
+// automatic).
 BwdPath forced_backward() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_CUDA_ATTN_BWD");
   const std::string_view path = value ? value : "";
-  return path == "mma" ? BwdPath::mma : path == "wgmma" ? BwdPath::wgmma : BwdPath::automatic;
+  if (path == "mma") return BwdPath::mma;
+  if (path == "wgmma") return BwdPath::wgmma;
+  if (path == "auto") return BwdPath::automatic;
+  return kDefaultBackward;
 }
 
 bool tensor_core_dtype(DType t, int64_t D) {
