@@ -18,7 +18,9 @@ forward on the mma.sync kernel (HOPS_CUDA_ATTN_FWD=mma) beside the default
 choice (the sm_90a wgmma kernel where it applies), fwd and fwd+bwd, and the
 backward on its mma.sync dQ and dK/dV kernels (HOPS_CUDA_ATTN_BWD=mma), bwd
 and fwd+bwd with the default forward, in the same run, with the outputs'
-differences.
+differences. The backward's default is still mma.sync (the sm_90a kernels
+have not run on a GPU yet): HOPS_CUDA_ATTN_BWD=auto in the environment times
+them as "hops" (the --compare runs set =mma themselves and restore it).
 
 Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \
        python3 tests/bench/cuda_attn_bench.py [--write] [--quick] [--compare]"""
