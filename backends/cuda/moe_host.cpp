@@ -105,14 +105,20 @@ class IndexOutput {
   std::unique_ptr<Scratch> scratch_;
 };
 
+// The forward's tensor-core path where HOPS_CUDA_MOE_MLP is unset: `any`
+// runs the sm_90a kernels where they take the call, else mma.sync; `mma`
+// would keep them behind HOPS_CUDA_MOE_MLP=wgmma (the one line to change
+// while they are unverified on a device).
+constexpr MoeMlpPath kDefaultMlpPath = MoeMlpPath::any;
+
 // HOPS_CUDA_MOE_MLP=mma runs the forward's tensor-core GEMMs on mma.sync where
 // the sm_90a ones would run; =wgmma fails the calls the sm_90a kernels cannot
-// take (tests and benchmarks compare the two; the default picks per call).
+// take (tests and benchmarks compare the two).
 MoeMlpPath forced_mlp_path() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_CUDA_MOE_MLP");
   const std::string_view path = value ? value : "";
-  return path == "mma" ? MoeMlpPath::mma : path == "wgmma" ? MoeMlpPath::wgmma : MoeMlpPath::any;
+  return path == "mma" ? MoeMlpPath::mma : path == "wgmma" ? MoeMlpPath::wgmma : kDefaultMlpPath;
 }
 
 int multiprocessors(const DeviceGuard& guard, const char* op) {
