@@ -327,6 +327,13 @@ template <class E, bool kTransB>
 cudaError_t launch_row_gemm_tc(const RowGemm<E>& g, int64_t max_entries, int sms,
                                cudaStream_t stream);
 
+// moe_dispatch's bookkeeping v2 (moe_dispatch_v2.cu): its scratch, and its
+// kernels (counts, row_map, and each slot's row in scratch at `dest`, which
+// the copy kernel reads).
+size_t dispatch_v2_scratch_bytes(const MoeDispatchParams& p);
+cudaError_t launch_dispatch_v2_rows(const MoeDispatchParams& p, void* scratch, int32_t*& dest,
+                                    cudaStream_t stream);
+
 // The forward's two GEMMs on Hopper (moe_mlp_sm90.cu: wgmma, TMA, the plan's
 // 128-row tiles), h [R, I] in the storage dtype. cudaErrorNotSupported, with
 // nothing launched, where they cannot run: not a compute capability 9.0

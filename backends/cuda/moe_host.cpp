@@ -105,11 +105,11 @@ class IndexOutput {
   std::unique_ptr<Scratch> scratch_;
 };
 
-// The forward's tensor-core path where HOPS_CUDA_MOE_MLP is unset: `any`
-// runs the sm_90a kernels where they take the call, else mma.sync; `mma`
-// would keep them behind HOPS_CUDA_MOE_MLP=wgmma (the one line to change
-// while they are unverified on a device).
-constexpr MoeMlpPath kDefaultMlpPath = MoeMlpPath::any;
+// The forward's tensor-core path where HOPS_CUDA_MOE_MLP is unset: mma.sync,
+// the kernels that have run on a GPU. The sm_90a ones are not yet run on a
+// GPU: opt in with HOPS_CUDA_MOE_MLP=wgmma; the next device session checks
+// them and flips this default to `any` (sm_90a where they take the call).
+constexpr MoeMlpPath kDefaultMlpPath = MoeMlpPath::mma;
 
 // HOPS_CUDA_MOE_MLP=mma runs the forward's tensor-core GEMMs on mma.sync where
 // the sm_90a ones would run; =wgmma fails the calls the sm_90a kernels cannot
@@ -119,6 +119,15 @@ MoeMlpPath forced_mlp_path() {
   const char* value = std::getenv("HOPS_CUDA_MOE_MLP");
   const std::string_view path = value ? value : "";
   return path == "mma" ? MoeMlpPath::mma : path == "wgmma" ? MoeMlpPath::wgmma : kDefaultMlpPath;
+}
+
+// HOPS_CUDA_MOE_DISPATCH=v2 runs moe_dispatch's bookkeeping v2
+// (moe_dispatch_v2.cu), not yet run on a GPU; the default is v1's, which has.
+// The next device session checks v2 and flips this default.
+bool dispatch_v2() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
+  const char* value = std::getenv("HOPS_CUDA_MOE_DISPATCH");
+  return value && std::string_view(value) == "v2";
 }
 
 int multiprocessors(const DeviceGuard& guard, const char* op) {
@@ -188,7 +197,8 @@ void moe_dispatch(const ExecContext& context, const MoeDispatch& op) {
                             ids.get(),      counts.get(),
                             row_map.get(),  op.T,
                             op.k,           op.Hd,
-                            op.E,           vector16({&op.x, &op.rows})};
+                            op.E,           vector16({&op.x, &op.rows}),
+                            dispatch_v2()};
   // The per-chunk counts, the buckets and each slot's row: below T*k + 2E + 2^25 ints.
   scratch_size(op.kName, scratch_sum(op.kName, op.T * op.k, op.E, op.E, int64_t{1} << 25), 4);
   const Scratch scratch(moe_dispatch_scratch_bytes(p), guard, op.kName);

@@ -27,12 +27,14 @@ struct MoeRouteParams {
 };
 
 // moe_dispatch: x [T,Hd] -> rows [T*k,Hd], counts [E], row_map [T,k].
-// `vector`: x and rows unit-stride with 16-byte aligned rows.
+// `vector`: x and rows unit-stride with 16-byte aligned rows. `v2`: v2's
+// bookkeeping (HOPS_CUDA_MOE_DISPATCH=v2, moe_host.cpp; not yet run on a GPU).
 struct MoeDispatchParams {
   Arg x, rows;
   MoeIndex ids, counts, row_map;
   int64_t T, k, Hd, E;
   int vector;
+  int v2 = 0;
 };
 
 // moe_combine (weights present) and moe_dispatch_bwd (weights absent):

@@ -4,16 +4,15 @@
 // element through the strides.
 //
 // Dispatch's bookkeeping is deterministic without atomics: the T*k slots, in
-// (token, slot) order, are cut into at most 512 chunks of a CTA each, a warp
-// per equal span of the chunk; (1) each CTA counts its chunk's slots per
-// bucket (expert 0..E-1, and bucket E for the dropped slots), a warp's
-// counters in smem, into a bucket-major [E + 1][chunks] table; (2) a warp per
-// bucket scans its row of the table; (3) each CTA counts its warps again, adds
-// the buckets' first rows (experts in ascending order, then the dropped
-// slots, which own the zero rows past the kept ones) and places its slots in
-// order, ranking the lanes of a bucket by __match_any_sync. The copy kernel
-// then writes every row of `rows` exactly once: x[t] for a kept slot, zeros
-// for a dropped one.
+// (token, slot) order, are cut into chunks of a warp each; (1) each warp
+// counts its chunk's slots per bucket (expert 0..E-1, and bucket E for the
+// dropped slots); (2) one CTA turns the per-chunk counts into each chunk's
+// first row per bucket (experts in ascending order, then the dropped slots,
+// which own the zero rows past the kept ones); (3) each warp places its
+// chunk's slots in order, ranking the lanes of a bucket by __match_any_sync.
+// The copy kernel then writes every row of `rows` exactly once: x[t] for a
+// kept slot, zeros for a dropped one. HOPS_CUDA_MOE_DISPATCH=v2 runs v2's
+// bookkeeping instead (moe_dispatch_v2.cu; not yet run on a GPU).
 #include <algorithm>
 
 #include "moe_common.cuh"
@@ -35,32 +34,29 @@ __device__ __forceinline__ int64_t global_warp() {
 
 // ---- dispatch --------------------------------------------------------------------------
 
-constexpr int kChunkWarps = 8;     // warps of a chunk (CTA) where 8 x (E + 1) counters fit in smem
-constexpr int kMostChunks = 512;   // chunks (CTAs): enough to fill the GPU, few to scan
-constexpr int kSubChunk = 32 * 4;  // slots a warp holds in registers at once (4 per lane)
-constexpr int kScanWarps = 8;      // a warp per bucket
-constexpr int64_t kMaxHistogram = int64_t{1} << 24;  // entries of the [E + 1][chunks] table
-constexpr size_t kSmemLimit = 47 * 1024;  // counters; the place kernel's static smem beside them
+constexpr int kChunkWarps = 4;      // warps (chunks) per CTA of the count and place kernels
+constexpr int kSubChunk = 32 * 32;  // slots a warp holds in registers at once (32 per lane)
+constexpr int kScanThreads = 1024;
+constexpr int64_t kMaxHistogram = int64_t{1} << 24;  // entries of the per-chunk counts
+constexpr size_t kSmemLimit = 48 * 1024;
 
 struct DispatchScratch {
-  int32_t* hist;   // [E + 1][chunks]: counts, then each chunk's first row within its bucket
-  int32_t* total;  // [E + 1]: slots per bucket
+  int32_t* hist;   // [chunks][E + 1]: counts, then each chunk's first row per bucket
+  int32_t* total;  // [E + 1]: slots per bucket, then each bucket's first row
   int32_t* dest;   // [T*k]: the row of each slot; ~row (negative) for a dropped slot's zero row
-  int64_t chunk, chunks;  // slots per chunk (whole warp spans of 32-slot rounds), chunks
-  int warps;              // per chunk: kChunkWarps, or 1 where their counters do not fit
-  bool shared;            // counters in smem; else (one warp) hist's entries of the chunk
+  int64_t chunk, chunks;
+  bool shared;  // counters in smem (kChunkWarps x (E + 1) ints fit)
 };
 
-// The chunks (at most kMostChunks, and at most kMaxHistogram / (E + 1)) and
-// the byte offsets of hist, total and dest; returns the bytes.
+// The chunks (at most kMaxHistogram / (E + 1) of them, whole sub-chunks
+// each) and the byte offsets of hist, total and dest; returns the bytes.
 size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&offset)[3]) {
   const int64_t slots = p.T * p.k, buckets = p.E + 1;
-  s.warps = size_t(kChunkWarps) * size_t(buckets) * 4 <= kSmemLimit ? kChunkWarps : 1;
-  s.shared = size_t(s.warps) * size_t(buckets) * 4 <= kSmemLimit;
-  const int64_t most = std::clamp<int64_t>(kMaxHistogram / buckets, 1, kMostChunks);
-  const int64_t unit = 32 * int64_t{s.warps};
-  s.chunk = std::max<int64_t>(unit, moe::ceil_div(moe::ceil_div(slots, most), unit) * unit);
+  const int64_t most = std::max<int64_t>(1, kMaxHistogram / buckets);
+  s.chunk = std::max<int64_t>(kSubChunk,
+                              moe::ceil_div(moe::ceil_div(slots, most), kSubChunk) * kSubChunk);
   s.chunks = std::max<int64_t>(1, moe::ceil_div(slots, s.chunk));
+  s.shared = size_t(kChunkWarps) * size_t(buckets) * 4 <= kSmemLimit;
   offset[0] = 0;
   offset[1] = moe::align_up(size_t(s.chunks) * size_t(buckets) * 4);
   offset[2] = offset[1] + moe::align_up(size_t(buckets) * 4);
@@ -81,12 +77,12 @@ __device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s)
   return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
 }
 
-// Runs body(bucket, peers, rank, slot) for the slots [begin, end) in order, 32
-// at a time: peers are the lanes of the round with the same bucket, rank this
-// lane's place among them. Lanes past the end get bucket -1.
+// Runs body(bucket, peers, rank, slot) for the chunk's slots in order, 32 at a
+// time: peers are the lanes of the round with the same bucket, rank this
+// lane's place among them. Lanes past the end get bucket -1 and are skipped.
 template <class Body>
-__device__ __forceinline__ void warp_rounds(const MoeDispatchParams& p, int64_t begin, int64_t end,
-                                            Body body) {
+__device__ __forceinline__ void chunk_rounds(const MoeDispatchParams& p, int64_t begin, int64_t end,
+                                             Body body) {
   const int lane = threadIdx.x & 31;
   const unsigned below = (1u << lane) - 1;
   for (int64_t base = begin; base < end; base += kSubChunk) {
@@ -98,143 +94,94 @@ __device__ __forceinline__ void warp_rounds(const MoeDispatchParams& p, int64_t 
     }
 #pragma unroll
     for (int r = 0; r < kSubChunk / 32; ++r) {
-      if (base + 32 * r >= end) break;
       const unsigned peers = __match_any_sync(0xffffffffu, b[r]);
       body(b[r], peers, __popc(peers & below), base + 32 * r + lane);
     }
   }
 }
 
-// A warp's counters, one per bucket: in smem, or (one warp per chunk, the
-// counters too many for smem) the chunk's entries of hist.
-struct Counters {
-  int32_t* base;
-  int64_t step;
-  __device__ int32_t& operator[](int64_t b) const { return base[b * step]; }
-};
-
-__device__ __forceinline__ Counters warp_counters(const DispatchScratch& s, int64_t buckets,
-                                                  int32_t* smem) {
-  const int warp = threadIdx.x / 32;
-  return s.shared ? Counters{smem + warp * buckets, 1} : Counters{s.hist + blockIdx.x, s.chunks};
-}
-
-// The warp's slots of chunk blockIdx.x counted per bucket into ctr (zeroed
-// here): warp w owns the w-th of kWarps equal spans of the chunk.
-template <int kWarps>
-__device__ __forceinline__ void count_span(const MoeDispatchParams& p, const DispatchScratch& s,
-                                           const Counters& ctr) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  for (int64_t b = lane; b <= p.E; b += 32) ctr[b] = 0;
-  __syncwarp();
-  const int64_t span = s.chunk / kWarps, begin = blockIdx.x * s.chunk + warp * span;
-  warp_rounds(p, begin, std::min(p.T * p.k, begin + span),
-              [&](int32_t b, unsigned peers, int rank, int64_t) {
-                if (b >= 0 && rank == 0) ctr[b] += __popc(peers);  // one writer per bucket
-                __syncwarp();
-              });
-}
-
-// (1) hist[b][c] := chunk c's slots of bucket b.
-template <int kWarps>
-__global__ void __launch_bounds__(32 * kWarps)
+__global__ void __launch_bounds__(32 * kChunkWarps)
     dispatch_count_kernel(const MoeDispatchParams p, const DispatchScratch s) {
   extern __shared__ int32_t counters[];
-  const int64_t buckets = p.E + 1;
-  count_span<kWarps>(p, s, warp_counters(s, buckets, counters));
-  if (!s.shared) return;  // counted in hist directly
-  __syncthreads();
-  for (int64_t b = threadIdx.x; b < buckets; b += 32 * kWarps) {
-    int32_t n = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) n += counters[w * buckets + b];
-    s.hist[b * s.chunks + blockIdx.x] = n;
-  }
-}
-
-// (2) A warp per bucket b: hist[b][c] := the exclusive sum over the chunks
-// before c; total[b] and counts[b] := the bucket's slots.
-__global__ void __launch_bounds__(32 * kScanWarps)
-    dispatch_scan_kernel(const MoeDispatchParams p, const DispatchScratch s) {
-  const int64_t b = global_warp();
-  if (b > p.E) return;
+  const int64_t c = global_warp();
+  if (c >= s.chunks) return;
   const int lane = threadIdx.x & 31;
-  int32_t* row = s.hist + b * s.chunks;
-  int32_t v[kMostChunks / 32];
-#pragma unroll
-  for (int i = 0; i < kMostChunks / 32; ++i) {  // all loads first
-    const int64_t c = 32 * i + lane;
-    v[i] = c < s.chunks ? row[c] : 0;
-  }
-  int32_t carry = 0;
-#pragma unroll
-  for (int i = 0; i < kMostChunks / 32; ++i) {
-    if (32 * i >= s.chunks) break;
-    int32_t inclusive = v[i];
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int32_t y = __shfl_up_sync(0xffffffffu, inclusive, o);
-      if (lane >= o) inclusive += y;
-    }
-    if (32 * i + lane < s.chunks) row[32 * i + lane] = carry + inclusive - v[i];
-    carry += __shfl_sync(0xffffffffu, inclusive, 31);
-  }
-  if (lane == 0) {
-    s.total[b] = carry;
-    if (b < p.E) st_idx(p.counts, b, 0, carry);
-  }
+  const int64_t buckets = p.E + 1;
+  int32_t* hist = s.hist + c * (p.E + 1);
+  int32_t* ctr = s.shared ? counters + (threadIdx.x / 32) * (p.E + 1) : hist;
+  for (int64_t b = lane; b < buckets; b += 32) ctr[b] = 0;
+  __syncwarp();
+  const int64_t begin = c * s.chunk, end = std::min(p.T * p.k, begin + s.chunk);
+  chunk_rounds(p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t) {
+    if (b >= 0 && rank == 0) ctr[b] += __popc(peers);  // one writer per bucket
+    __syncwarp();
+  });
+  if (s.shared)
+    for (int64_t b = lane; b < buckets; b += 32) hist[b] = ctr[b];
 }
 
-// (3) Each warp's first row per bucket: the bucket's first row (the totals of
-// the buckets before it: experts in ascending order, then the dropped slots,
-// which own the zero rows past the kept ones) + the chunk's first row within
-// the bucket + the earlier warps' counts of the chunk (counted again here);
-// then the warp places its span's slots in order.
-template <int kWarps>
-__global__ void __launch_bounds__(32 * kWarps)
-    dispatch_place_kernel(const MoeDispatchParams p, const DispatchScratch s) {
-  extern __shared__ int32_t counters[];
-  __shared__ int64_t partial[kWarps];
-  const int64_t buckets = p.E + 1, c = blockIdx.x;
-  const Counters next = warp_counters(s, buckets, counters);
-  if (kWarps > 1) count_span<kWarps>(p, s, next);
-  __syncthreads();  // every warp's counts
-  const int64_t per = moe::ceil_div(buckets, 32 * kWarps);
-  const int64_t b0 = std::min<int64_t>(buckets, threadIdx.x * per);
-  const int64_t b1 = std::min(buckets, b0 + per);
+// hist[c][b] := the first row of chunk c's slots of bucket b; total[b] :=
+// bucket b's first row; counts[e] := the slots of expert e.
+__global__ void __launch_bounds__(kScanThreads)
+    dispatch_scan_kernel(const MoeDispatchParams p, const DispatchScratch s) {
+  __shared__ int64_t partial[kScanThreads / 32];
+  const int64_t buckets = p.E + 1;
+  for (int64_t b = threadIdx.x; b < buckets; b += kScanThreads) {
+    int32_t before = 0;
+#pragma unroll 8
+    for (int64_t c = 0; c < s.chunks; ++c) {
+      const int32_t n = s.hist[c * buckets + b];
+      s.hist[c * buckets + b] = before;
+      before += n;
+    }
+    s.total[b] = before;
+  }
+  __syncthreads();
+  const int64_t per = (buckets + kScanThreads - 1) / kScanThreads;
+  const int64_t b0 = std::min(buckets, threadIdx.x * per), b1 = std::min(buckets, b0 + per);
   int64_t sum = 0;
   for (int64_t b = b0; b < b1; ++b) sum += s.total[b];
   int64_t all;
-  int64_t first = moe::block_exclusive_scan<32 * kWarps>(sum, INT64_MAX / 2, partial, all);
+  int64_t first = moe::block_exclusive_scan<kScanThreads>(sum, INT64_MAX / 2, partial, all);
   for (int64_t b = b0; b < b1; ++b) {
-    int64_t row = first + s.hist[b * s.chunks + c];
-    first += s.total[b];
-    if (!s.shared) {  // one warp: the chunk's entry becomes its counter
-      s.hist[b * s.chunks + c] = static_cast<int32_t>(row);
-      continue;
-    }
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      int32_t& at = counters[w * buckets + b];
-      const int32_t n = w + 1 < kWarps ? at : 0;  // the last warp's own count is not needed
-      at = static_cast<int32_t>(row);
-      row += n;
-    }
+    const int32_t n = s.total[b];
+    if (b < p.E) st_idx(p.counts, b, 0, n);
+    s.total[b] = static_cast<int32_t>(first);
+    first += n;
   }
   __syncthreads();
-  const int warp = threadIdx.x / 32;
-  const int64_t span = s.chunk / kWarps, begin = c * s.chunk + warp * span;
-  warp_rounds(p, begin, std::min(p.T * p.k, begin + span),
-              [&](int32_t b, unsigned peers, int rank, int64_t slot) {
-                const int32_t row = b >= 0 ? next[b] + rank : 0;
-                __syncwarp();  // every lane has read next[b] before its leader moves it
-                if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
-                __syncwarp();
-                if (b < 0) return;
-                const bool kept = b < p.E;
-                st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
-                s.dest[slot] = kept ? row : ~row;
-              });
+  for (int64_t b = threadIdx.x; b < buckets; b += kScanThreads) {
+    const int32_t offset = s.total[b];
+#pragma unroll 8
+    for (int64_t c = 0; c < s.chunks; ++c) s.hist[c * buckets + b] += offset;
+  }
+}
+
+__global__ void __launch_bounds__(32 * kChunkWarps)
+    dispatch_place_kernel(const MoeDispatchParams p, const DispatchScratch s) {
+  extern __shared__ int32_t counters[];
+  const int64_t c = global_warp();
+  if (c >= s.chunks) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t buckets = p.E + 1;
+  int32_t* hist = s.hist + c * (p.E + 1);
+  int32_t* next = hist;  // the next row of each bucket
+  if (s.shared) {
+    next = counters + (threadIdx.x / 32) * (p.E + 1);
+    for (int64_t b = lane; b < buckets; b += 32) next[b] = hist[b];
+    __syncwarp();
+  }
+  const int64_t begin = c * s.chunk, end = std::min(p.T * p.k, begin + s.chunk);
+  chunk_rounds(p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t slot) {
+    const int32_t row = b >= 0 ? next[b] + rank : 0;
+    __syncwarp();  // every lane has read next[b] before its leader moves it
+    if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
+    __syncwarp();
+    if (b < 0) return;
+    const bool kept = b < p.E;
+    st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
+    s.dest[slot] = kept ? row : ~row;
+  });
 }
 
 // A warp per token: x[t] to the rows of its slots, zeros to its dropped
@@ -463,6 +410,7 @@ unsigned warp_grid(int64_t warps) {
 }  // namespace
 
 size_t moe_dispatch_scratch_bytes(const MoeDispatchParams& p) {
+  if (p.v2) return moe::dispatch_v2_scratch_bytes(p);
   DispatchScratch s;
   size_t offset[3];
   return dispatch_layout(p, s, offset);
@@ -470,25 +418,21 @@ size_t moe_dispatch_scratch_bytes(const MoeDispatchParams& p) {
 
 cudaError_t launch_moe_dispatch(const MoeDispatchParams& p, void* scratch, cudaStream_t stream) {
   DispatchScratch s;
-  size_t offset[3];
-  dispatch_layout(p, s, offset);
-  char* base = static_cast<char*>(scratch);
-  s.hist = reinterpret_cast<int32_t*>(base + offset[0]);
-  s.total = reinterpret_cast<int32_t*>(base + offset[1]);
-  s.dest = reinterpret_cast<int32_t*>(base + offset[2]);
-  const size_t smem = s.shared ? size_t(s.warps) * size_t(p.E + 1) * 4 : 0;
-  const auto chunks = static_cast<unsigned>(s.chunks);
-  if (s.warps == kChunkWarps) {
-    dispatch_count_kernel<kChunkWarps><<<chunks, 32 * kChunkWarps, smem, stream>>>(p, s);
+  if (p.v2) {
+    const cudaError_t status = moe::launch_dispatch_v2_rows(p, scratch, s.dest, stream);
+    if (status != cudaSuccess) return status;
   } else {
-    dispatch_count_kernel<1><<<chunks, 32, smem, stream>>>(p, s);
-  }
-  dispatch_scan_kernel<<<static_cast<unsigned>(moe::ceil_div(p.E + 1, kScanWarps)), 32 * kScanWarps,
-                         0, stream>>>(p, s);
-  if (s.warps == kChunkWarps) {
-    dispatch_place_kernel<kChunkWarps><<<chunks, 32 * kChunkWarps, smem, stream>>>(p, s);
-  } else {
-    dispatch_place_kernel<1><<<chunks, 32, smem, stream>>>(p, s);
+    size_t offset[3];
+    dispatch_layout(p, s, offset);
+    char* base = static_cast<char*>(scratch);
+    s.hist = reinterpret_cast<int32_t*>(base + offset[0]);
+    s.total = reinterpret_cast<int32_t*>(base + offset[1]);
+    s.dest = reinterpret_cast<int32_t*>(base + offset[2]);
+    const size_t smem = s.shared ? size_t(kChunkWarps) * size_t(p.E + 1) * 4 : 0;
+    const auto chunk_grid = static_cast<unsigned>((s.chunks + kChunkWarps - 1) / kChunkWarps);
+    dispatch_count_kernel<<<chunk_grid, 32 * kChunkWarps, smem, stream>>>(p, s);
+    dispatch_scan_kernel<<<1, kScanThreads, 0, stream>>>(p, s);
+    dispatch_place_kernel<<<chunk_grid, 32 * kChunkWarps, smem, stream>>>(p, s);
   }
   if (p.T * p.k > 0 && p.Hd > 0) {
     by_dtype(p.x.dtype, [&]<class T>(T) {

@@ -2,7 +2,9 @@
 run, at the issue's shape T=8192, Hd=2048, E=256, k=8, I=512, bf16 (uniform
 top-8 routing: ~256 rows per expert).
 
-- dispatch and combine (and their backwards) in GB/s, bytes = what the op
+- dispatch (v1's bookkeeping, the default, and v2's: HOPS_CUDA_MOE_DISPATCH=v2,
+  each with its kernel split from torch.profiler) and combine (and their
+  backwards) in GB/s, bytes = what the op
   must move at least: dispatch reads x and writes T*k rows; combine reads the
   T*k rows and writes y (indices and weights are < 1% and not counted);
   against a 1 GiB device copy (read + write) measured in the same run, and
@@ -137,22 +139,32 @@ def rows_ops(T, Hd, E, k, copy_gbs):
         return out, cnt, rmap
 
     nbytes = (T + R) * Hd * 2
-    ms = per_call_ms(dispatch)
     ref_ms = per_call_ms(torch_dispatch)
     t_rows, t_counts, t_map = torch_dispatch()
-    same = torch.equal(rows, t_rows) and torch.equal(counts, t_counts) and torch.equal(row_map.view(-1), t_map)
-    row("dispatch", nbytes / ms / 1e6, nbytes / ref_ms / 1e6, "GB/s", "argsort+index_select",
-        f"{100 * nbytes / ms / 1e6 / copy_gbs:.0f}% of copy; {'same rows, counts, map' if same else 'DIFFERS'}")
-    try:
-        book, copy_us, parts = dispatch_split(dispatch)
-        print(f"dispatch kernels (torch.profiler): bookkeeping {book:.1f} us (count {parts['count']:.1f}, "
-              f"scan {parts['scan']:.1f}, place {parts['place']:.1f}), copy {copy_us:.1f} us, "
-              f"call {1000 * ms:.1f} us", flush=True)
-        row("dispatch bookkeeping", book, 0.0, "us", "-",
-            f"count {parts['count']:.1f}, scan {parts['scan']:.1f}, place {parts['place']:.1f} us; "
-            f"copy kernel {copy_us:.1f} us ({nbytes / copy_us / 1e3 / copy_gbs * 100:.0f}% of copy)")
-    except Exception as e:  # noqa: BLE001  (the profiler is optional)
-        print(f"dispatch split: torch.profiler failed: {e}", flush=True)
+    # v1's bookkeeping (the default), then v2's (HOPS_CUDA_MOE_DISPATCH=v2, not yet the default)
+    for version in (None, "v2"):
+        name = "dispatch" if version is None else f"dispatch ({version})"
+        if version is not None:
+            os.environ["HOPS_CUDA_MOE_DISPATCH"] = version
+        try:
+            ms = per_call_ms(dispatch)
+            dispatch()
+            torch.cuda.synchronize()
+            same = torch.equal(rows, t_rows) and torch.equal(counts, t_counts) and torch.equal(row_map.view(-1), t_map)
+            row(name, nbytes / ms / 1e6, nbytes / ref_ms / 1e6, "GB/s", "argsort+index_select",
+                f"{100 * nbytes / ms / 1e6 / copy_gbs:.0f}% of copy; {'same rows, counts, map' if same else 'DIFFERS'}")
+            try:
+                book, copy_us, parts = dispatch_split(dispatch)
+                print(f"{name} kernels (torch.profiler): bookkeeping {book:.1f} us (count {parts['count']:.1f}, "
+                      f"scan {parts['scan']:.1f}, place {parts['place']:.1f}), copy {copy_us:.1f} us, "
+                      f"call {1000 * ms:.1f} us", flush=True)
+                row(f"{name} bookkeeping", book, 0.0, "us", "-",
+                    f"count {parts['count']:.1f}, scan {parts['scan']:.1f}, place {parts['place']:.1f} us; "
+                    f"copy kernel {copy_us:.1f} us ({nbytes / copy_us / 1e3 / copy_gbs * 100:.0f}% of copy)")
+            except Exception as e:  # noqa: BLE001  (the profiler is optional)
+                print(f"dispatch split: torch.profiler failed: {e}", flush=True)
+        finally:
+            os.environ.pop("HOPS_CUDA_MOE_DISPATCH", None)
 
     w = torch.rand(T, k, device=dev)
     w = w / w.sum(-1, keepdim=True)

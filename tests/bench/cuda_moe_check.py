@@ -2,7 +2,8 @@
 moe_dispatch, moe_expert_mlp, moe_combine and the backwards of dispatch, expert
 MLP and combine, through the generic C-ABI binding (hops.ops.library().op).
 
-Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
+moe_dispatch runs with v1's bookkeeping (the default) and v2's
+(HOPS_CUDA_MOE_DISPATCH=v2). Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
 of 8, unit-stride 16-byte aligned rows) forced onto the sm_90a wgmma kernels
 (HOPS_CUDA_MOE_MLP=wgmma, on a compute capability 9.0 device: a call they
 do not take fails) and onto mma.sync (=mma), and the general f32 kernel (f32,
@@ -170,12 +171,18 @@ def route_case(dtype, label, T, E, k, scoring="softmax", normalize=True, grid=Fa
 
 
 def dispatch_case(dtype, label, T, k, E, Hd, pattern="topk", drop_every=0, idx=torch.int64, host=False,
-                  bad=False, transposed=False, map_dtype=None):
+                  bad=False, transposed=False, map_dtype=None, version=None):
+    if version is not None:
+        label = f"{label} [{version}]"
     ids = make_ids(T, k, E, pattern, drop_every, bad)
     x = float_tensor((T, Hd), dtype, transposed=transposed)
     map_dtype = map_dtype or idx
     rows, counts, row_map = poison((T * k, Hd), dtype), poison_index((E,), map_dtype), poison_index((T, k), map_dtype)
-    op("moe_dispatch")(x=x, topk_ids=index_tensor(ids, idx, host), rows=rows, counts=counts, row_map=row_map)
+    restore = set_env("HOPS_CUDA_MOE_DISPATCH", version)
+    try:
+        op("moe_dispatch")(x=x, topk_ids=index_tensor(ids, idx, host), rows=rows, counts=counts, row_map=row_map)
+    finally:
+        restore()
     order, want_counts, want_map = ref_dispatch(ids, E)
     want_rows = torch.zeros(T * k, Hd, dtype=dtype, device=dev)
     if len(order):
@@ -292,20 +299,24 @@ def ref_mlp(rows, counts, gate_up, down, R):
     return out
 
 
-def mlp_forward_path(path):
-    """HOPS_CUDA_MOE_MLP=path (None: unset) until the returned restore() (the host reads it per call)."""
-    before = os.environ.get("HOPS_CUDA_MOE_MLP")
-    if path is None:
-        os.environ.pop("HOPS_CUDA_MOE_MLP", None)
+def set_env(name, value):
+    """name=value (None: unset) until the returned restore() (the host reads it per call)."""
+    before = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
     else:
-        os.environ["HOPS_CUDA_MOE_MLP"] = path
+        os.environ[name] = value
 
     def restore():
         if before is None:
-            os.environ.pop("HOPS_CUDA_MOE_MLP", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["HOPS_CUDA_MOE_MLP"] = before
+            os.environ[name] = before
     return restore
+
+
+def mlp_forward_path(path):
+    return set_env("HOPS_CUDA_MOE_MLP", path)
 
 
 def mlp_case(dtype, label, R, Hd, I, E, pattern="uniform", tail=0, idx=torch.int64, host=False, bad=False,
@@ -465,8 +476,9 @@ def main():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for case in route:
             guarded(route_case, dtype, **case)
-        for case in dispatch:
-            guarded(dispatch_case, dtype, **case)
+        for case in dispatch:  # v1's bookkeeping (the default) and v2's (HOPS_CUDA_MOE_DISPATCH=v2)
+            for version in ([None, "v2"] if ON_GPU else [None]):
+                guarded(dispatch_case, dtype, **{**case, "version": version})
         for case in combine:
             guarded(combine_case, dtype, **case)
             guarded(combine_case, dtype, **{**case, "bwd": True})

@@ -1,0 +1,260 @@
+// moe_dispatch's bookkeeping, v2 (HOPS_CUDA_MOE_DISPATCH=v2; moe_rows.cu runs
+// v1 by default and the copy kernel either way). Deterministic without
+// atomics: the T*k slots, in (token, slot) order, are cut into at most 512
+// chunks of a CTA each, a warp per equal span of the chunk; (1) each CTA
+// counts its chunk's slots per bucket (expert 0..E-1, and bucket E for the
+// dropped slots), a warp's counters in smem, into a bucket-major
+// [E + 1][chunks] table; (2) a warp per bucket scans its row of the table;
+// (3) each CTA counts its warps again, adds the buckets' first rows (experts
+// in ascending order, then the dropped slots, which own the zero rows past
+// the kept ones) and places its slots in order, ranking the lanes of a bucket
+// by __match_any_sync: row_map, and each slot's row for the copy kernel.
+#include <algorithm>
+
+#include "moe_common.cuh"
+
+namespace hops::cuda::moe {
+
+namespace {
+
+__device__ __forceinline__ int64_t global_warp() {
+  return int64_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32;
+}
+
+constexpr int kChunkWarps = 8;     // warps of a chunk (CTA) where 8 x (E + 1) counters fit in smem
+constexpr int kMostChunks = 512;   // chunks (CTAs): enough to fill the GPU, few to scan
+constexpr int kSubChunk = 32 * 4;  // slots a warp holds in registers at once (4 per lane)
+constexpr int kScanWarps = 8;      // a warp per bucket
+constexpr int64_t kMaxHistogram = int64_t{1} << 24;  // entries of the [E + 1][chunks] table
+constexpr size_t kSmemLimit = 47 * 1024;  // counters; the place kernel's static smem beside them
+
+struct DispatchScratch {
+  int32_t* hist;   // [E + 1][chunks]: counts, then each chunk's first row within its bucket
+  int32_t* total;  // [E + 1]: slots per bucket
+  int32_t* dest;   // [T*k]: the row of each slot; ~row (negative) for a dropped slot's zero row
+  int64_t chunk, chunks;  // slots per chunk (whole warp spans of 32-slot rounds), chunks
+  int warps;              // per chunk: kChunkWarps, or 1 where their counters do not fit
+  bool shared;            // counters in smem; else (one warp) hist's entries of the chunk
+};
+
+// The chunks (at most kMostChunks, and at most kMaxHistogram / (E + 1)) and
+// the byte offsets of hist, total and dest; returns the bytes.
+size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&offset)[3]) {
+  const int64_t slots = p.T * p.k, buckets = p.E + 1;
+  s.warps = size_t(kChunkWarps) * size_t(buckets) * 4 <= kSmemLimit ? kChunkWarps : 1;
+  s.shared = size_t(s.warps) * size_t(buckets) * 4 <= kSmemLimit;
+  const int64_t most = std::clamp<int64_t>(kMaxHistogram / buckets, 1, kMostChunks);
+  const int64_t unit = 32 * int64_t{s.warps};
+  s.chunk = std::max<int64_t>(unit, ceil_div(ceil_div(slots, most), unit) * unit);
+  s.chunks = std::max<int64_t>(1, ceil_div(slots, s.chunk));
+  offset[0] = 0;
+  offset[1] = align_up(size_t(s.chunks) * size_t(buckets) * 4);
+  offset[2] = offset[1] + align_up(size_t(buckets) * 4);
+  return offset[2] + size_t(slots) * 4;
+}
+
+// Slot s = t*k + j (T*k < 2^31: 32-bit division).
+__device__ __forceinline__ int64_t slot_token(int64_t s, int64_t k) {
+  return static_cast<uint32_t>(s) / static_cast<uint32_t>(k);
+}
+__device__ __forceinline__ int64_t slot_index(int64_t s, int64_t k) {
+  return static_cast<uint32_t>(s) % static_cast<uint32_t>(k);
+}
+
+// The bucket of slot s: its expert, or E when dropped or out of range.
+__device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s) {
+  const int64_t id = ld_idx(p.ids, slot_token(s, p.k), slot_index(s, p.k));
+  return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
+}
+
+// Runs body(bucket, peers, rank, slot) for the slots [begin, end) in order, 32
+// at a time: peers are the lanes of the round with the same bucket, rank this
+// lane's place among them. Lanes past the end get bucket -1.
+template <class Body>
+__device__ __forceinline__ void warp_rounds(const MoeDispatchParams& p, int64_t begin, int64_t end,
+                                            Body body) {
+  const int lane = threadIdx.x & 31;
+  const unsigned below = (1u << lane) - 1;
+  for (int64_t base = begin; base < end; base += kSubChunk) {
+    int32_t b[kSubChunk / 32];
+#pragma unroll
+    for (int r = 0; r < kSubChunk / 32; ++r) {  // all loads first: one latency per sub-chunk
+      const int64_t s = base + 32 * r + lane;
+      b[r] = s < end ? bucket(p, s) : -1;
+    }
+#pragma unroll
+    for (int r = 0; r < kSubChunk / 32; ++r) {
+      if (base + 32 * r >= end) break;
+      const unsigned peers = __match_any_sync(0xffffffffu, b[r]);
+      body(b[r], peers, __popc(peers & below), base + 32 * r + lane);
+    }
+  }
+}
+
+// A warp's counters, one per bucket: in smem, or (one warp per chunk, the
+// counters too many for smem) the chunk's entries of hist.
+struct Counters {
+  int32_t* base;
+  int64_t step;
+  __device__ int32_t& operator[](int64_t b) const { return base[b * step]; }
+};
+
+__device__ __forceinline__ Counters warp_counters(const DispatchScratch& s, int64_t buckets,
+                                                  int32_t* smem) {
+  const int warp = threadIdx.x / 32;
+  return s.shared ? Counters{smem + warp * buckets, 1} : Counters{s.hist + blockIdx.x, s.chunks};
+}
+
+// The warp's slots of chunk blockIdx.x counted per bucket into ctr (zeroed
+// here): warp w owns the w-th of kWarps equal spans of the chunk.
+template <int kWarps>
+__device__ __forceinline__ void count_span(const MoeDispatchParams& p, const DispatchScratch& s,
+                                           const Counters& ctr) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  for (int64_t b = lane; b <= p.E; b += 32) ctr[b] = 0;
+  __syncwarp();
+  const int64_t span = s.chunk / kWarps, begin = blockIdx.x * s.chunk + warp * span;
+  warp_rounds(p, begin, std::min(p.T * p.k, begin + span),
+              [&](int32_t b, unsigned peers, int rank, int64_t) {
+                if (b >= 0 && rank == 0) ctr[b] += __popc(peers);  // one writer per bucket
+                __syncwarp();
+              });
+}
+
+// (1) hist[b][c] := chunk c's slots of bucket b.
+template <int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
+    dispatch_count_kernel(const MoeDispatchParams p, const DispatchScratch s) {
+  extern __shared__ int32_t counters[];
+  const int64_t buckets = p.E + 1;
+  count_span<kWarps>(p, s, warp_counters(s, buckets, counters));
+  if (!s.shared) return;  // counted in hist directly
+  __syncthreads();
+  for (int64_t b = threadIdx.x; b < buckets; b += 32 * kWarps) {
+    int32_t n = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) n += counters[w * buckets + b];
+    s.hist[b * s.chunks + blockIdx.x] = n;
+  }
+}
+
+// (2) A warp per bucket b: hist[b][c] := the exclusive sum over the chunks
+// before c; total[b] and counts[b] := the bucket's slots.
+__global__ void __launch_bounds__(32 * kScanWarps)
+    dispatch_scan_kernel(const MoeDispatchParams p, const DispatchScratch s) {
+  const int64_t b = global_warp();
+  if (b > p.E) return;
+  const int lane = threadIdx.x & 31;
+  int32_t* row = s.hist + b * s.chunks;
+  int32_t v[kMostChunks / 32];
+#pragma unroll
+  for (int i = 0; i < kMostChunks / 32; ++i) {  // all loads first
+    const int64_t c = 32 * i + lane;
+    v[i] = c < s.chunks ? row[c] : 0;
+  }
+  int32_t carry = 0;
+#pragma unroll
+  for (int i = 0; i < kMostChunks / 32; ++i) {
+    if (32 * i >= s.chunks) break;
+    int32_t inclusive = v[i];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t y = __shfl_up_sync(0xffffffffu, inclusive, o);
+      if (lane >= o) inclusive += y;
+    }
+    if (32 * i + lane < s.chunks) row[32 * i + lane] = carry + inclusive - v[i];
+    carry += __shfl_sync(0xffffffffu, inclusive, 31);
+  }
+  if (lane == 0) {
+    s.total[b] = carry;
+    if (b < p.E) st_idx(p.counts, b, 0, carry);
+  }
+}
+
+// (3) Each warp's first row per bucket: the bucket's first row (the totals of
+// the buckets before it: experts in ascending order, then the dropped slots,
+// which own the zero rows past the kept ones) + the chunk's first row within
+// the bucket + the earlier warps' counts of the chunk (counted again here);
+// then the warp places its span's slots in order.
+template <int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
+    dispatch_place_kernel(const MoeDispatchParams p, const DispatchScratch s) {
+  extern __shared__ int32_t counters[];
+  __shared__ int64_t partial[kWarps];
+  const int64_t buckets = p.E + 1, c = blockIdx.x;
+  const Counters next = warp_counters(s, buckets, counters);
+  if (kWarps > 1) count_span<kWarps>(p, s, next);
+  __syncthreads();  // every warp's counts
+  const int64_t per = ceil_div(buckets, 32 * kWarps);
+  const int64_t b0 = std::min<int64_t>(buckets, threadIdx.x * per);
+  const int64_t b1 = std::min(buckets, b0 + per);
+  int64_t sum = 0;
+  for (int64_t b = b0; b < b1; ++b) sum += s.total[b];
+  int64_t all;
+  int64_t first = block_exclusive_scan<32 * kWarps>(sum, INT64_MAX / 2, partial, all);
+  for (int64_t b = b0; b < b1; ++b) {
+    int64_t row = first + s.hist[b * s.chunks + c];
+    first += s.total[b];
+    if (!s.shared) {  // one warp: the chunk's entry becomes its counter
+      s.hist[b * s.chunks + c] = static_cast<int32_t>(row);
+      continue;
+    }
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      int32_t& at = counters[w * buckets + b];
+      const int32_t n = w + 1 < kWarps ? at : 0;  // the last warp's own count is not needed
+      at = static_cast<int32_t>(row);
+      row += n;
+    }
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32;
+  const int64_t span = s.chunk / kWarps, begin = c * s.chunk + warp * span;
+  warp_rounds(p, begin, std::min(p.T * p.k, begin + span),
+              [&](int32_t b, unsigned peers, int rank, int64_t slot) {
+                const int32_t row = b >= 0 ? next[b] + rank : 0;
+                __syncwarp();  // every lane has read next[b] before its leader moves it
+                if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
+                __syncwarp();
+                if (b < 0) return;
+                const bool kept = b < p.E;
+                st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
+                s.dest[slot] = kept ? row : ~row;
+              });
+}
+
+}  // namespace
+
+size_t dispatch_v2_scratch_bytes(const MoeDispatchParams& p) {
+  DispatchScratch s;
+  size_t offset[3];
+  return dispatch_layout(p, s, offset);
+}
+
+cudaError_t launch_dispatch_v2_rows(const MoeDispatchParams& p, void* scratch, int32_t*& dest,
+                                    cudaStream_t stream) {
+  DispatchScratch s;
+  size_t offset[3];
+  dispatch_layout(p, s, offset);
+  char* base = static_cast<char*>(scratch);
+  s.hist = reinterpret_cast<int32_t*>(base + offset[0]);
+  s.total = reinterpret_cast<int32_t*>(base + offset[1]);
+  s.dest = dest = reinterpret_cast<int32_t*>(base + offset[2]);
+  const size_t smem = s.shared ? size_t(s.warps) * size_t(p.E + 1) * 4 : 0;
+  const auto chunks = static_cast<unsigned>(s.chunks);
+  if (s.warps == kChunkWarps) {
+    dispatch_count_kernel<kChunkWarps><<<chunks, 32 * kChunkWarps, smem, stream>>>(p, s);
+  } else {
+    dispatch_count_kernel<1><<<chunks, 32, smem, stream>>>(p, s);
+  }
+  dispatch_scan_kernel<<<static_cast<unsigned>(ceil_div(p.E + 1, kScanWarps)), 32 * kScanWarps, 0,
+                         stream>>>(p, s);
+  if (s.warps == kChunkWarps) {
+    dispatch_place_kernel<kChunkWarps><<<chunks, 32 * kChunkWarps, smem, stream>>>(p, s);
+  } else {
+    dispatch_place_kernel<1><<<chunks, 32, smem, stream>>>(p, s);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace hops::cuda::moe
