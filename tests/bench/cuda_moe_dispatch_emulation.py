@@ -1,4 +1,4 @@
-"""Off-GPU check of moe_dispatch's bookkeeping (backends/cuda/moe_rows.cu),
+"""Off-GPU check of moe_dispatch's bookkeeping v2 (backends/cuda/moe_dispatch_v2.cu),
 transcribed from its code: the chunk layout (dispatch_layout), the per-warp
 counts (count kernel), the warp-per-bucket scan over the [E + 1][chunks]
 table, and the placement (place kernel: bucket bases, the warps' prefixes,
