@@ -233,8 +233,8 @@ bool tensor_map(CUtensorMap& map, EncodeTiled encode, const void* data, int dtyp
 
 // Whether the module holds the kernels as sm_90a code (tma_host.cuh).
 bool sm90a_code() {
-  static const bool sm90a = has_sm90a_code(
-      reinterpret_cast<const void*>(grouped_gemm_sm90_kernel<__nv_bfloat16, true>));
+  static const bool sm90a =
+      has_sm90a_code(reinterpret_cast<const void*>(grouped_gemm_sm90_kernel<__nv_bfloat16, true>));
   return sm90a;
 }
 
