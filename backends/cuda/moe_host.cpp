@@ -107,17 +107,20 @@ class IndexOutput {
 
 // The forward's tensor-core path where HOPS_CUDA_MOE_MLP is unset: mma.sync,
 // the kernels that have run on a GPU. The sm_90a ones are not yet run on a
-// GPU: opt in with HOPS_CUDA_MOE_MLP=wgmma; the next device session checks
-// them and flips this default to `any` (sm_90a where they take the call).
+// GPU: opt in with HOPS_CUDA_MOE_MLP=any (or =wgmma); the next device
+// session checks them and flips this default to `any` (sm_90a where they take
+// the call).
 constexpr MoeMlpPath kDefaultMlpPath = MoeMlpPath::mma;
 
 // HOPS_CUDA_MOE_MLP=mma runs the forward's tensor-core GEMMs on mma.sync where
 // the sm_90a ones would run; =wgmma fails the calls the sm_90a kernels cannot
-// take (tests and benchmarks compare the two).
+// take (tests and benchmarks compare the two); =any takes the sm_90a kernels
+// where they take the call, mma.sync elsewhere.
 MoeMlpPath forced_mlp_path() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_CUDA_MOE_MLP");
   const std::string_view path = value ? value : "";
+  if (path == "any") return MoeMlpPath::any;
   return path == "mma" ? MoeMlpPath::mma : path == "wgmma" ? MoeMlpPath::wgmma : kDefaultMlpPath;
 }
 
