@@ -27,6 +27,20 @@ __device__ __forceinline__ int64_t ld_idx(const MoeIndex& x, int64_t i, int64_t 
   const int64_t at = i * x.stride0 + j * x.stride1;
   return x.is64 ? static_cast<const int64_t*>(x.data)[at] : static_cast<const int32_t*>(x.data)[at];
 }
+
+// Slot s = t*k + j (T*k < 2^31: 32-bit division).
+__device__ __forceinline__ int64_t slot_token(int64_t s, int64_t k) {
+  return static_cast<uint32_t>(s) / static_cast<uint32_t>(k);
+}
+__device__ __forceinline__ int64_t slot_index(int64_t s, int64_t k) {
+  return static_cast<uint32_t>(s) % static_cast<uint32_t>(k);
+}
+
+// The bucket of slot s: its expert, or E when dropped or out of range.
+__device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s) {
+  const int64_t id = ld_idx(p.ids, slot_token(s, p.k), slot_index(s, p.k));
+  return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
+}
 __device__ __forceinline__ void st_idx(const MoeIndex& x, int64_t i, int64_t j, int64_t v) {
   const int64_t at = i * x.stride0 + j * x.stride1;
   if (x.is64) {

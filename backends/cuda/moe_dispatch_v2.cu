@@ -53,20 +53,6 @@ size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&
   return offset[2] + size_t(slots) * 4;
 }
 
-// Slot s = t*k + j (T*k < 2^31: 32-bit division).
-__device__ __forceinline__ int64_t slot_token(int64_t s, int64_t k) {
-  return static_cast<uint32_t>(s) / static_cast<uint32_t>(k);
-}
-__device__ __forceinline__ int64_t slot_index(int64_t s, int64_t k) {
-  return static_cast<uint32_t>(s) % static_cast<uint32_t>(k);
-}
-
-// The bucket of slot s: its expert, or E when dropped or out of range.
-__device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s) {
-  const int64_t id = ld_idx(p.ids, slot_token(s, p.k), slot_index(s, p.k));
-  return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
-}
-
 // Runs body(bucket, peers, rank, slot) for the slots [begin, end) in order, 32
 // at a time: peers are the lanes of the round with the same bucket, rank this
 // lane's place among them. Lanes past the end get bucket -1.

@@ -21,7 +21,10 @@ namespace hops::cuda {
 
 namespace {
 
+using moe::bucket;
 using moe::ld_idx;
+using moe::slot_index;
+using moe::slot_token;
 using moe::st_idx;
 
 constexpr int kWarps = 8;  // warps per CTA of the row kernels
@@ -61,20 +64,6 @@ size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&
   offset[1] = moe::align_up(size_t(s.chunks) * size_t(buckets) * 4);
   offset[2] = offset[1] + moe::align_up(size_t(buckets) * 4);
   return offset[2] + size_t(slots) * 4;
-}
-
-// Slot s = t*k + j (T*k < 2^31: 32-bit division).
-__device__ __forceinline__ int64_t slot_token(int64_t s, int64_t k) {
-  return static_cast<uint32_t>(s) / static_cast<uint32_t>(k);
-}
-__device__ __forceinline__ int64_t slot_index(int64_t s, int64_t k) {
-  return static_cast<uint32_t>(s) % static_cast<uint32_t>(k);
-}
-
-// The bucket of slot s: its expert, or E when dropped or out of range.
-__device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s) {
-  const int64_t id = ld_idx(p.ids, slot_token(s, p.k), slot_index(s, p.k));
-  return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
 }
 
 // Runs body(bucket, peers, rank, slot) for the chunk's slots in order, 32 at a
