@@ -277,7 +277,7 @@ void gdn_chunk_fwd(const ExecContext& context, const GdnChunkFwd& op) {
   const int64_t heads = heads_per_task(op, context.max_workers);
   const int64_t per_worker = ChunkBlocks::floats(Kp, Vp, heads);
   const int64_t groups = op.HV / heads;
-  const bool bf16 = gdn::bf16_products(op.q.dtype);
+  const bool bf16 = gdn::bf16_products(op.q.dtype, op.K, op.V);
   const auto lease = context.scratch->acquire(
       scratch_bytes(op.kName, per_worker, sizeof(float), context.max_workers));
   context.threads->parallel_for(

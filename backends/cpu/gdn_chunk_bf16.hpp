@@ -12,10 +12,21 @@
 
 namespace hops::cpu::gdn {
 
-// Whether a chunk kernel whose inputs are stored as `storage` runs its
-// products on bf16; decided per call, the engine once per process.
-inline bool bf16_products(DType storage) {
-  return storage == DType::bf16 && attn::bf16_engine() == attn::Bf16Engine::amx;
+// Head dims below one tile depth (32 bf16) keep the fp32 products. The tiles
+// would multiply mostly padding there, and rounding costs the most: with
+// use_qk_l2norm the gradient of a normalised q or k keeps only its part
+// orthogonal to it, which at K = 2 cancels most of it, and a fuzzed
+// gdn_chunk_bwd (K = 2, V = 7) reached 1.8e-2 relative error in dq on bf16
+// products against 1.2e-3 on fp32 ones; over random inputs the worst
+// gradient fell from 9.3e-3 at K = 2 to 2.7e-3 at K = 32 (docs/DECISIONS.md).
+inline constexpr int64_t kMinBf16HeadDim = 32;
+
+// Whether a chunk kernel whose inputs are stored as `storage`, with key and
+// value head dims K and V, runs its products on bf16; decided per call, the
+// engine once per process.
+inline bool bf16_products(DType storage, int64_t K, int64_t V) {
+  return storage == DType::bf16 && K >= kMinBf16HeadDim && V >= kMinBf16HeadDim &&
+         attn::bf16_engine() == attn::Bf16Engine::amx;
 }
 
 // g's product with a and b rounded to bf16 and fp32 sums. The whole

@@ -635,7 +635,7 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
   // Checkpoints make a worker's blocks large: no more workers than tasks.
   const int64_t tasks = checked_product(op.kName, op.sequences.count, op.H);
   const auto workers = static_cast<int>(std::min<int64_t>(context.max_workers, tasks));
-  const bool bf16 = gdn::bf16_products(op.q.dtype);
+  const bool bf16 = gdn::bf16_products(op.q.dtype, op.K, op.V);
   const auto lease = context.scratch->acquire(
       scratch_bytes(op.kName, per_worker, sizeof(float), std::max(workers, 1)));
   context.threads->parallel_for(tasks, workers, [&](int64_t task, int worker) {
