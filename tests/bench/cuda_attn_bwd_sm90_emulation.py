@@ -42,7 +42,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cuda_attn_sm90_emulation import Bar, bf16, read_kmajor, read_mnmajor, swz, tma_store  # noqa: E402
+from sm90_emulation import (Bar, bf16, fetch, frag, interleave, read_kmajor, read_mnmajor, swz,  # noqa: E402
+                            tma_store, unfrag)
 
 LOG2E = 1.4426950408889634
 
@@ -227,36 +228,31 @@ def run(total, seed):
     bars = {"kv": Bar(1)}
     for st in range(2):
         bars[f"f{st}"] = Bar(1 + 64); bars[f"e{st}"] = Bar(8)
-    content, reading, inflight = {}, {}, []  # stage -> step; stage -> readers; TMA writes
+    content, reading, writing = {}, {}, {}  # stage -> step; stage -> readers; stage -> TMA writes in flight
     rows = {}  # stage -> step whose lse / Delta rows were written, per writer count
 
     def tma():
-        yield ("tma", "kv", "KV", 0)
+        yield (bars["kv"], "KV", 0)
         for it in range(total):
             st = it & 1
-            while not bars[f"e{st}"].done(((it >> 1) & 1) ^ 1):
-                yield None
-            yield ("tma", f"f{st}", f"S{st}", it)
+            yield from bars[f"e{st}"].wait(((it >> 1) & 1) ^ 1)
+            yield (bars[f"f{st}"], f"S{st}", it)
 
     def rowwriter(r):
         for it in range(total):
             st = it & 1
-            while not bars[f"e{st}"].done(((it >> 1) & 1) ^ 1):
-                yield None
+            yield from bars[f"e{st}"].wait(((it >> 1) & 1) ^ 1)
             assert not reading.get(f"S{st}"), ("row write into a stage being read", st)
             rows.setdefault(st, {})[r] = it
             yield None
             bars[f"f{st}"].arrive()
 
     def warp(w):
-        def wait(b, par):
-            while not bars[b].done(par):
-                yield None
-        yield from wait("kv", 0)
+        yield from bars["kv"].wait(0)
         assert content.get("KV") == 0
         for it in range(total):
             st = it & 1
-            yield from wait(f"f{st}", (it >> 1) & 1)
+            yield from bars[f"f{st}"].wait((it >> 1) & 1)
             assert content.get(f"S{st}") == it, ("stale tile", it, content.get(f"S{st}"))
             assert all(v == it for v in rows[st].values()) and len(rows[st]) == 64, ("stale rows", it)
             reading.setdefault(f"S{st}", set()).add(w)
@@ -268,30 +264,7 @@ def run(total, seed):
             assert content.get(f"S{st}") == it and all(v == it for v in rows[st].values()), "overwritten while read"
 
     procs = [tma()] + [rowwriter(r) for r in range(64)] + [warp(w) for w in range(8)]
-    alive = list(range(len(procs)))
-    steps = 0
-    while alive or inflight:
-        steps += 1
-        assert steps < 400000, "deadlock"
-        if inflight and (not alive or rnd.random() < 0.3):
-            stage, tag, b = inflight.pop(rnd.randrange(len(inflight)))
-            assert not reading.get(stage), ("TMA lands while read", stage)
-            content[stage] = tag
-            bars[b].complete_tx(1)
-            continue
-        if not alive:
-            continue
-        p = rnd.choice(alive)
-        try:
-            ev = next(procs[p])
-        except StopIteration:
-            alive.remove(p)
-            continue
-        if ev and ev[0] == "tma":
-            _, b, stage, tag = ev
-            assert not reading.get(stage), ("TMA issued into a stage being read", stage)
-            bars[b].expect_tx(1)
-            inflight.append((stage, tag, b))
+    interleave(rnd, procs, 400000, content, reading, writing)
 
 
 def run_dq(ntiles, vstages, seed):
@@ -303,22 +276,17 @@ def run_dq(ntiles, vstages, seed):
     for st in range(2):
         for x in "kv":
             bars[f"{x}f{st}"] = Bar(1); bars[f"{x}e{st}"] = Bar(8)
-    content, reading, inflight = {}, {}, []
+    content, reading, writing = {}, {}, {}
 
     def producer():
-        yield ("tma", "q", "Q", 0)
+        yield (bars["q"], "Q", 0)
         for t in range(ntiles):
             for x, n in (("k", kst), ("v", vstages)):
                 st, par = t % n, (t // n) & 1
-                while not bars[f"{x}e{st}"].done(par ^ 1):
-                    yield None
-                yield ("tma", f"{x}f{st}", f"{x.upper()}{st}", t)
+                yield from bars[f"{x}e{st}"].wait(par ^ 1)
+                yield (bars[f"{x}f{st}"], f"{x.upper()}{st}", t)
 
     def warp(w):
-        def wait(b, par):
-            while not bars[b].done(par):
-                yield None
-
         def read(stage, t):
             assert content.get(stage) == t, ("stale", stage, t, content.get(stage))
             reading.setdefault(stage, set()).add(w)
@@ -326,45 +294,21 @@ def run_dq(ntiles, vstages, seed):
         def end(stage, t):
             assert content.get(stage) == t, ("overwritten while read", stage, t)
             reading[stage].discard(w)
-        yield from wait("q", 0)
+        yield from bars["q"].wait(0)
         for t in range(ntiles):
             sk, sv = t % kst, t % vstages
-            yield from wait(f"kf{sk}", (t // kst) & 1)
+            yield from bars[f"kf{sk}"].wait((t // kst) & 1)
             read(f"K{sk}", t); yield None           # S issued
             if t > 0:                                # the previous dQ waited
                 end(f"K{(t - 1) % kst}", t - 1); bars[f"ke{(t - 1) % kst}"].arrive()
-            yield from wait(f"vf{sv}", (t // vstages) & 1)
+            yield from bars[f"vf{sv}"].wait((t // vstages) & 1)
             read(f"V{sv}", t); yield None           # dP issued, S waited
             end(f"V{sv}", t); bars[f"ve{sv}"].arrive(); yield None  # dP waited, dQ issued
         yield None
         if ntiles:
             end(f"K{(ntiles - 1) % kst}", ntiles - 1)
 
-    procs = [producer()] + [warp(w) for w in range(8)]
-    alive = list(range(len(procs)))
-    steps = 0
-    while alive or inflight:
-        steps += 1
-        assert steps < 200000, "deadlock"
-        if inflight and (not alive or rnd.random() < 0.3):
-            stage, tag, b = inflight.pop(rnd.randrange(len(inflight)))
-            assert not reading.get(stage), ("TMA lands while read", stage)
-            content[stage] = tag
-            bars[b].complete_tx(1)
-            continue
-        if not alive:
-            continue
-        p = rnd.choice(alive)
-        try:
-            ev = next(procs[p])
-        except StopIteration:
-            alive.remove(p)
-            continue
-        if ev and ev[0] == "tma":
-            _, b, stage, tag = ev
-            assert not reading.get(stage), ("TMA issued into a stage being read", stage)
-            bars[b].expect_tx(1)
-            inflight.append((stage, tag, b))
+    interleave(rnd, [producer()] + [warp(w) for w in range(8)], 200000, content, reading, writing)
 
 
 # ---- 3. math ----------------------------------------------------------------------------
@@ -413,29 +357,6 @@ def emulate(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=None, 
     c2 = scale * LOG2E
     warp = np.repeat(np.arange(4), 32); lane = np.tile(np.arange(32), 4)
     g, t = lane >> 2, lane & 3
-
-    def frag(S, n):  # [64, n] -> [128 threads, n/8, 4]
-        f = np.zeros((128, n // 8, 4))
-        for j in range(n // 8):
-            for e in range(4):
-                f[:, j, e] = S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)]
-        return f
-
-    def unfrag(f, n):
-        S = np.zeros((64, n))
-        for j in range(n // 8):
-            for e in range(4):
-                S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)] = f[:, j, e]
-        return S
-
-    def fetch(x, h, row0, rows, seq_end):  # a TMA box: zeros past the tensor, NaN for other sequences
-        out = np.zeros((rows, D))
-        for r in range(rows):
-            gr = row0 + r
-            if gr >= x.shape[0]: out[r] = 0.0
-            elif gr >= seq_end: out[r] = np.nan
-            else: out[r] = x[gr, h]
-        return out
 
     slots = Tk // T.keys + N + 1
     partial = np.full((2, splits) + k.shape, np.nan)  # [dk, dv][split][Tk][Hkv][D]
@@ -530,29 +451,6 @@ def emulate_dq(q, k, v, dy, lse, delta, cu_q, cu_k, scale, causal, D, mutate=Non
     c2 = scale * LOG2E
     warp = np.repeat(np.arange(4), 32); lane = np.tile(np.arange(32), 4)
     g, t = lane >> 2, lane & 3
-
-    def frag(S, n):
-        f = np.zeros((128, n // 8, 4))
-        for j in range(n // 8):
-            for e in range(4):
-                f[:, j, e] = S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)]
-        return f
-
-    def unfrag(f, n):
-        S = np.zeros((64, n))
-        for j in range(n // 8):
-            for e in range(4):
-                S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)] = f[:, j, e]
-        return S
-
-    def fetch(x, h, row0, rows, seq_end):  # TMA box: zeros past the tensor, NaN for other sequences
-        out = np.zeros((rows, D))
-        for r in range(rows):
-            gr = row0 + r
-            if gr >= x.shape[0]: out[r] = 0.0
-            elif gr >= seq_end: out[r] = np.nan
-            else: out[r] = x[gr, h]
-        return out
 
     slots = Tq // 128 + N + 1
     for bid in range(slots * Hq):

@@ -18,43 +18,18 @@ tests/bench/cuda_attn_check.py is the check on the GPU.
 Usage: python3 tests/bench/cuda_attn_sm90_emulation.py   (numpy; ~30 s)"""
 
 import math
+import os
 import random
+import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sm90_emulation import (Bar, bf16, fetch, frag, interleave, read_kmajor, read_mnmajor,  # noqa: E402
+                            tma_store, unfrag)
+
 
 # ---- 1. layouts -------------------------------------------------------------------------
-
-def swz(addr):
-    return addr ^ (((addr >> 7) & 7) << 4)
-
-
-def tma_store(smem, dst, tile):  # tile [rows, 64] of uint16, dst 1024-aligned
-    assert dst % 1024 == 0
-    R = tile.shape[0]
-    for r in range(R):
-        for c in range(64):
-            a = swz(dst + r * 128 + c * 2)
-            smem[a // 2] = tile[r, c]
-
-
-def read_kmajor(smem, start, rows, sbo):  # [rows, 16]
-    out = np.zeros((rows, 16), np.uint16)
-    for i in range(rows):
-        for k in range(16):
-            a = start + (i // 8) * sbo + (i % 8) * 128 + k * 2
-            out[i, k] = smem[swz(a) // 2]
-    return out
-
-
-def read_mnmajor(smem, start, n, lbo, sbo):  # [16, n]
-    out = np.zeros((16, n), np.uint16)
-    for k in range(16):
-        for j in range(n):
-            a = start + (k // 8) * sbo + (k % 8) * 128 + (j // 64) * lbo + (j % 64) * 2
-            out[k, j] = smem[swz(a) // 2]
-    return out
-
 
 def check(D, Bc, Br=128, stage=1):
     rng = np.random.default_rng(D)
@@ -91,17 +66,6 @@ def check(D, Bc, Br=128, stage=1):
 
 # ---- 2. pipeline ------------------------------------------------------------------------
 
-class Bar:
-    def __init__(s, count): s.count, s.pending, s.tx, s.phase = count, count, 0, 0
-    def done(s, parity): return (s.phase & 1) != parity
-    def _maybe(s):
-        if s.pending == 0 and s.tx == 0:
-            s.phase += 1; s.pending = s.count
-    def arrive(s): s.pending -= 1; assert s.pending >= 0; s._maybe()
-    def expect_tx(s, b): s.tx += b; s.pending -= 1; assert s.pending >= 0; s._maybe()
-    def complete_tx(s, b): s.tx -= b; s._maybe()
-
-
 def run(ntiles, seed):
     rnd = random.Random(seed)
     bars = {"q": Bar(1)}
@@ -111,10 +75,9 @@ def run(ntiles, seed):
     content = {}      # stage -> tag
     writing = {}      # stage -> count of writes in flight
     reading = {}      # stage -> set of readers
-    inflight = []     # pending TMA writes: (stage, tag, bar)
 
     def producer():
-        yield ("expect", "q", ("Q", 0))
+        yield (bars["q"], "Q", ("Q", 0))
         order = []
         for i in range(ntiles):
             order.append(("K", i))
@@ -123,14 +86,10 @@ def run(ntiles, seed):
         for t, i in order:
             st = i & 1
             e = f"{'k' if t == 'K' else 'v'}e{st}"
-            while not bars[e].done(((i >> 1) & 1) ^ 1):
-                yield None
-            yield ("expect", f"{'k' if t == 'K' else 'v'}f{st}", (t, i))
+            yield from bars[e].wait(((i >> 1) & 1) ^ 1)
+            yield (bars[f"{'k' if t == 'K' else 'v'}f{st}"], f"{t}{st}", (t, i))
 
     def warp(w):
-        def wait(b, par):
-            while not bars[b].done(par):
-                yield None
         def read(stage, tag, who):
             assert content.get(stage) == tag, (stage, content.get(stage), tag)
             assert not writing.get(stage), ("write in flight during read", stage)
@@ -139,62 +98,27 @@ def run(ntiles, seed):
             assert content.get(stage) == tag and not writing.get(stage), ("overwritten while read", stage)
             reading[stage].discard(who)
         groups = []
-        yield from wait("q", 0)
-        yield from wait("kf0", 0)
+        yield from bars["q"].wait(0)
+        yield from bars["kf0"].wait(0)
         read("Q", ("Q", 0), w); read("K0", ("K", 0), w); yield None
         end_read("K0", ("K", 0), w); bars["ke0"].arrive(); yield None
         for i in range(1, ntiles):
             st, prev = i & 1, (i - 1) & 1
-            yield from wait(f"kf{st}", (i >> 1) & 1)
+            yield from bars[f"kf{st}"].wait((i >> 1) & 1)
             read(f"K{st}", ("K", i), w); yield None
-            yield from wait(f"vf{prev}", ((i - 1) >> 1) & 1)
+            yield from bars[f"vf{prev}"].wait(((i - 1) >> 1) & 1)
             read(f"V{prev}", ("V", i - 1), w); yield None
             end_read(f"K{st}", ("K", i), w); bars[f"ke{st}"].arrive(); yield None
             end_read(f"V{prev}", ("V", i - 1), w); bars[f"ve{prev}"].arrive(); yield None
         last = (ntiles - 1) & 1
-        yield from wait(f"vf{last}", ((ntiles - 1) >> 1) & 1)
+        yield from bars[f"vf{last}"].wait(((ntiles - 1) >> 1) & 1)
         read(f"V{last}", ("V", ntiles - 1), w); yield None
         end_read(f"V{last}", ("V", ntiles - 1), w)
 
-    procs = [producer()] + [warp(w) for w in range(8)]
-    alive = list(range(len(procs)))
-    steps = 0
-    while alive or inflight:
-        steps += 1
-        assert steps < 100000, "deadlock"
-        if inflight and (not alive or rnd.random() < 0.3):
-            k = rnd.randrange(len(inflight))
-            stage, tag, b = inflight.pop(k)
-            assert not reading.get(stage), ("TMA lands while read", stage, reading.get(stage))
-            writing[stage] -= 1
-            content[stage] = tag
-            bars[b].complete_tx(1)
-            continue
-        if not alive:
-            continue
-        p = rnd.choice(alive)
-        try:
-            ev = next(procs[p])
-        except StopIteration:
-            alive.remove(p)
-            continue
-        if ev and ev[0] == "expect":
-            _, b, tag = ev
-            stage = "Q" if tag[0] == "Q" else f"{tag[0]}{tag[1] & 1}"
-            assert not reading.get(stage), ("TMA issued into a stage being read", stage)
-            bars[b].expect_tx(1)
-            writing[stage] = writing.get(stage, 0) + 1
-            inflight.append((stage, tag, b))
-    return steps
+    interleave(rnd, [producer()] + [warp(w) for w in range(8)], 100000, content, reading, writing)
 
 
 # ---- 3. math ----------------------------------------------------------------------------
-
-def bf16(x):
-    x = np.asarray(x, np.float32)
-    u = x.view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32).astype(np.float64)
 
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
 
@@ -218,7 +142,7 @@ def reference(q, k, v, spans, scale, causal):
 
 def emulate(q, k, v, spans, scale, causal, D):
     Br, Bc = 128, (80 if D == 256 else 128)
-    Tq, Hq, _ = q.shape; Tk, Hkv, _ = k.shape; G = Hq // Hkv
+    Tq, Hq, _ = q.shape; Hkv = k.shape[1]; G = Hq // Hkv
     o_out = np.full_like(q, np.nan); lse_out = np.full((Hq, Tq), np.nan)
     c2 = scale * LOG2E
     warp = np.repeat(np.arange(4), 32); lane = np.tile(np.arange(32), 4)
@@ -231,14 +155,6 @@ def emulate(q, k, v, spans, scale, causal, D):
             ntiles = (kend + Bc - 1) // Bc if kend > 0 else 0
             for head in range(Hq):
                 kvh = head // G
-                def fetch(x, tile, rows_valid_in_seq):  # TMA box of Bc rows at k0 + tile*Bc
-                    out = np.zeros((Bc, D))
-                    for r in range(Bc):
-                        gr = k0 + tile * Bc + r
-                        if gr >= Tk: out[r] = 0.0                 # past the tensor: zero fill
-                        elif tile * Bc + r >= Lk: out[r] = np.nan  # another sequence's row
-                        else: out[r] = x[gr, kvh]
-                    return out
                 Qt = np.zeros((Br, D))
                 for r in range(Br):
                     if q0 + m0 + r < Tq: Qt[r] = q[q0 + m0 + r, head]
@@ -251,18 +167,6 @@ def emulate(q, k, v, spans, scale, causal, D):
                         n_full = min(n_full, lim // Bc if lim > 0 else 0)
                     o = np.zeros((128, D // 8, 4)); m = np.full((128, 2), -np.inf); l = np.zeros((128, 2))
                     # fragment coordinates: sc[th, j, e] = S[row0 - m0 - wg*64 + 8*(e>>1), 8j + 2t + (e&1)]
-                    def frag(S, N):  # S [64, N] -> [128, N/8, 4]
-                        f = np.zeros((128, N // 8, 4))
-                        for j in range(N // 8):
-                            for e in range(4):
-                                f[:, j, e] = S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)]
-                        return f
-                    def unfrag(f, N):  # inverse of frag
-                        S = np.zeros((64, N))
-                        for j in range(N // 8):
-                            for e in range(4):
-                                S[warp * 16 + g + 8 * (e >> 1), 8 * j + 2 * t + (e & 1)] = f[:, j, e]
-                        return S
                     def qmax(x):  # over the quad's 4 lanes (lanes sharing g within a warp)
                         return x.reshape(4, 8, 4).max(axis=2).repeat(4, axis=1).reshape(128)
                     def qsum(x):
@@ -289,12 +193,12 @@ def emulate(q, k, v, spans, scale, causal, D):
                         return alpha
                     def qk(i):
                         tile = ntiles - 1 - i
-                        Kt = fetch(k, tile, None)
+                        Kt = fetch(k, kvh, k0 + tile * Bc, Bc, k1)
                         with np.errstate(invalid="ignore"):
                             return frag(Qt[wg * 64:wg * 64 + 64] @ Kt.T, Bc)
                     def pv(pa, i):
                         tile = ntiles - 1 - i
-                        Vt = fetch(v, tile, None)
+                        Vt = fetch(v, kvh, k0 + tile * Bc, Bc, k1)
                         if i == 0 and tail < Bc: Vt[tail:] = 0.0  # zero_v_tail
                         P = unfrag(pa, Bc)
                         return frag(P @ Vt, D)

@@ -24,9 +24,14 @@ bits 4-6 by 7-9, descriptor sbo), not the hardware: tests/bench/cuda_moe_check.p
 
 Usage: python3 tests/bench/cuda_moe_sm90_emulation.py   (numpy; ~1 min)"""
 
+import os
 import random
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sm90_emulation import Bar, bf16, interleave, read_kmajor, tma_store  # noqa: E402
 
 ROWS, COLS, DEPTH, RING = 128, 256, 64, 4
 A_BYTES, BOX_BYTES = ROWS * DEPTH * 2, 64 * DEPTH * 2
@@ -34,26 +39,6 @@ STAGE = A_BYTES + 4 * BOX_BYTES
 
 
 # ---- 1. layouts -------------------------------------------------------------------------
-
-def swz(addr):
-    return addr ^ (((addr >> 7) & 7) << 4)
-
-
-def tma_store(smem, dst, tile):  # tile [rows, 64] of uint16, dst 1024-aligned
-    assert dst % 1024 == 0
-    for r in range(tile.shape[0]):
-        for c in range(64):
-            smem[swz(dst + r * 128 + c * 2) // 2] = tile[r, c]
-
-
-def read_kmajor(smem, start, rows, sbo):  # [rows, 16] at a descriptor's start
-    out = np.zeros((rows, 16), np.uint16)
-    for i in range(rows):
-        for k in range(16):
-            a = start + (i // 8) * sbo + (i % 8) * 128 + k * 2
-            out[i, k] = smem[swz(a) // 2]
-    return out
-
 
 def check_layout():
     rng = np.random.default_rng(0)
@@ -85,32 +70,20 @@ def check_layout():
 
 # ---- 2. pipeline ------------------------------------------------------------------------
 
-class Bar:
-    def __init__(s, count): s.count, s.pending, s.tx, s.phase = count, count, 0, 0
-    def done(s, parity): return (s.phase & 1) != parity
-    def _maybe(s):
-        if s.pending == 0 and s.tx == 0:
-            s.phase += 1; s.pending = s.count
-    def arrive(s): s.pending -= 1; assert s.pending >= 0; s._maybe()
-    def expect_tx(s, b): s.tx += b; s.pending -= 1; assert s.pending >= 0; s._maybe()
-    def complete_tx(s, b): s.tx -= b; s._maybe()
-
-
 def pipeline(tile_steps, seed):
     """tile_steps: the k-steps of this CTA's tiles in order (the same list for
     producer and consumers, as both decode the same tiles)."""
     rnd = random.Random(seed)
     full = [Bar(1) for _ in range(RING)]
     empty = [Bar(8) for _ in range(RING)]
-    content, writing, reading, inflight = {}, {}, {}, []
+    content, writing, reading = {}, {}, {}
 
     def producer():
         stage, phase = 0, 0
         for ti, steps in enumerate(tile_steps):
             for ks in range(steps):
-                while not empty[stage].done(phase ^ 1):
-                    yield None
-                yield ("expect", stage, (ti, ks))
+                yield from empty[stage].wait(phase ^ 1)
+                yield (full[stage], stage, (ti, ks))
                 stage, phase = (stage + 1) % RING, phase ^ (stage + 1 == RING)
 
     def warp(w):
@@ -131,8 +104,7 @@ def pipeline(tile_steps, seed):
         for ti, steps in enumerate(tile_steps):
             prev = 0
             for ks in range(steps):
-                while not full[stage].done(phase):
-                    yield None
+                yield from full[stage].wait(phase)
                 read(stage, (ti, ks))
                 live.append((stage, (ti, ks)))
                 yield None
@@ -146,34 +118,7 @@ def pipeline(tile_steps, seed):
             empty[prev].arrive()
             yield None
 
-    procs = [producer()] + [warp(w) for w in range(8)]
-    alive = list(range(len(procs)))
-    steps = 0
-    while alive or inflight:
-        steps += 1
-        assert steps < 400000, "deadlock"
-        if inflight and (not alive or rnd.random() < 0.3):
-            stage, tag = inflight.pop(rnd.randrange(len(inflight)))
-            assert not reading.get(stage), ("TMA lands while read", stage)
-            writing[stage] -= 1
-            content[stage] = tag
-            full[stage].complete_tx(1)
-            continue
-        if not alive:
-            continue
-        p = rnd.choice(alive)
-        try:
-            ev = next(procs[p])
-        except StopIteration:
-            alive.remove(p)
-            continue
-        if ev:
-            _, stage, tag = ev
-            assert not reading.get(stage), ("TMA issued into a stage being read", stage)
-            full[stage].expect_tx(1)
-            writing[stage] = writing.get(stage, 0) + 1
-            inflight.append((stage, tag))
-    return steps
+    interleave(rnd, [producer()] + [warp(w) for w in range(8)], 400000, content, reading, writing)
 
 
 def check_pipeline():
@@ -186,13 +131,6 @@ def check_pipeline():
 
 
 # ---- 3. math ----------------------------------------------------------------------------
-
-def bf16(x):
-    x = np.asarray(x, np.float32)
-    u = x.view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32).astype(np.float64)
-
 
 def cdiv(a, b):
     return (a + b - 1) // b
