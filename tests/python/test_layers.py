@@ -13,7 +13,7 @@ PACKAGE = Path(hops.__file__).parent
 # Bottom to top; a name is a module or a package of hops (the package's modules share its layer).
 LAYERS = [
     {"errors", "_abi"},
-    {"_dlpack", "_library"},
+    {"_dlpack", "_library", "_host_memory"},
     {"_frameworks", "_torch_allocator", "opencl"},  # _frameworks: the leaf knowing numpy/torch/cupy
     {"_bindings"},  # generic: descriptors in, framework policy injected
     {"ops"},  # hops.ops and its families

@@ -18,6 +18,7 @@ has (sys.modules), and no hops module above _abi.
 
 import contextlib
 import ctypes
+import math
 import sys
 import threading
 from typing import NamedTuple
@@ -26,6 +27,7 @@ import numpy as np
 
 from . import _abi
 from ._dlpack import NO_SYNC
+from ._host_memory import huge_page_bytes
 
 
 class Placement(NamedTuple):
@@ -98,7 +100,7 @@ class Framework:
     def empty(self, like, shape, dtype):
         if hasattr(like, "empty"):
             return like.empty(shape, dtype)  # hops.opencl.DeviceArray
-        return np.empty(tuple(shape), dtype=dtype or like.dtype)
+        return numpy_empty(shape, dtype or like.dtype)
 
     def empty_like(self, x, dtype):
         if hasattr(x, "empty"):
@@ -139,10 +141,12 @@ class Numpy(Framework):
         return read_only
 
     def empty(self, like, shape, dtype):
-        return np.empty(tuple(shape), dtype=dtype or like.dtype)
+        return numpy_empty(shape, dtype or like.dtype)
 
     def empty_like(self, x, dtype):
-        return np.empty_like(x, dtype=dtype)
+        if x.flags.c_contiguous:
+            return numpy_empty(x.shape, dtype or x.dtype)
+        return np.empty_like(x, dtype=dtype)  # keeps x's memory order
 
 
 class Torch(Framework):
@@ -211,10 +215,24 @@ class Torch(Framework):
 
     def empty(self, like, shape, dtype):
         torch = self.torch
-        return torch.empty(tuple(shape), dtype=getattr(torch, dtype) if dtype else like.dtype, device=like.device)
+        dtype = getattr(torch, dtype) if dtype else like.dtype
+        out = self._on_huge_pages(like, shape, dtype)
+        return out if out is not None else torch.empty(tuple(shape), dtype=dtype, device=like.device)
 
     def empty_like(self, x, dtype):
+        if x.is_contiguous():
+            out = self._on_huge_pages(x, x.shape, getattr(self.torch, dtype) if dtype else x.dtype)
+            if out is not None:
+                return out
         return self._empty_like(x, dtype=getattr(self.torch, dtype)) if dtype else self._empty_like(x)
+
+    def _on_huge_pages(self, like, shape, dtype):
+        """A large CPU tensor on huge pages (hops._host_memory), None for any other: plain
+        tensors only, so fake and functional tensors of a trace keep torch's allocation."""
+        if type(like) is not self.torch.Tensor or like.device.type != "cpu":
+            return None
+        raw = huge_page_bytes(math.prod(shape) * dtype.itemsize)
+        return None if raw is None else self.torch.from_numpy(raw).view(dtype).view(tuple(shape))
 
 
 class Cupy(Framework):
@@ -365,6 +383,13 @@ def device_scope(placement: Placement | None):
 
 def is_torch(x) -> bool:
     return framework_of(x).name == "torch"
+
+
+def numpy_empty(shape, dtype):
+    """np.empty(shape, dtype), large arrays on huge pages (hops._host_memory)."""
+    dtype = np.dtype(dtype)
+    raw = huge_page_bytes(math.prod(shape) * dtype.itemsize)
+    return np.empty(tuple(shape), dtype=dtype) if raw is None else raw.view(dtype).reshape(tuple(shape))
 
 
 def empty(like, shape, dtype: str | None = None):
