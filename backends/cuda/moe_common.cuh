@@ -41,6 +41,32 @@ __device__ __forceinline__ int32_t bucket(const MoeDispatchParams& p, int64_t s)
   const int64_t id = ld_idx(p.ids, slot_token(s, p.k), slot_index(s, p.k));
   return static_cast<int32_t>(id >= 0 && id < p.E ? id : p.E);
 }
+
+// Runs body(bucket, peers, rank, slot) for the slots [begin, end) in order, 32
+// at a time, a warp holding kPerLane of them per lane in registers (all
+// loads first: one latency per 32 * kPerLane slots): peers are the lanes of
+// the round with the same bucket, rank this lane's place among them. Lanes
+// past the end get bucket -1; rounds wholly past it are not run.
+template <int kPerLane, class Body>
+__device__ __forceinline__ void slot_rounds(const MoeDispatchParams& p, int64_t begin, int64_t end,
+                                            Body body) {
+  const int lane = threadIdx.x & 31;
+  const unsigned below = (1u << lane) - 1;
+  for (int64_t base = begin; base < end; base += 32 * kPerLane) {
+    int32_t b[kPerLane];
+#pragma unroll
+    for (int r = 0; r < kPerLane; ++r) {
+      const int64_t s = base + 32 * r + lane;
+      b[r] = s < end ? bucket(p, s) : -1;
+    }
+#pragma unroll
+    for (int r = 0; r < kPerLane; ++r) {
+      if (base + 32 * r >= end) break;  // the same for every lane
+      const unsigned peers = __match_any_sync(0xffffffffu, b[r]);
+      body(b[r], peers, __popc(peers & below), base + 32 * r + lane);
+    }
+  }
+}
 __device__ __forceinline__ void st_idx(const MoeIndex& x, int64_t i, int64_t j, int64_t v) {
   const int64_t at = i * x.stride0 + j * x.stride1;
   if (x.is64) {

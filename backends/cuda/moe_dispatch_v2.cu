@@ -53,30 +53,6 @@ size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&
   return offset[2] + size_t(slots) * 4;
 }
 
-// Runs body(bucket, peers, rank, slot) for the slots [begin, end) in order, 32
-// at a time: peers are the lanes of the round with the same bucket, rank this
-// lane's place among them. Lanes past the end get bucket -1.
-template <class Body>
-__device__ __forceinline__ void warp_rounds(const MoeDispatchParams& p, int64_t begin, int64_t end,
-                                            Body body) {
-  const int lane = threadIdx.x & 31;
-  const unsigned below = (1u << lane) - 1;
-  for (int64_t base = begin; base < end; base += kSubChunk) {
-    int32_t b[kSubChunk / 32];
-#pragma unroll
-    for (int r = 0; r < kSubChunk / 32; ++r) {  // all loads first: one latency per sub-chunk
-      const int64_t s = base + 32 * r + lane;
-      b[r] = s < end ? bucket(p, s) : -1;
-    }
-#pragma unroll
-    for (int r = 0; r < kSubChunk / 32; ++r) {
-      if (base + 32 * r >= end) break;
-      const unsigned peers = __match_any_sync(0xffffffffu, b[r]);
-      body(b[r], peers, __popc(peers & below), base + 32 * r + lane);
-    }
-  }
-}
-
 // A warp's counters, one per bucket: in smem, or (one warp per chunk, the
 // counters too many for smem) the chunk's entries of hist.
 struct Counters {
@@ -100,11 +76,12 @@ __device__ __forceinline__ void count_span(const MoeDispatchParams& p, const Dis
   for (int64_t b = lane; b <= p.E; b += 32) ctr[b] = 0;
   __syncwarp();
   const int64_t span = s.chunk / kWarps, begin = blockIdx.x * s.chunk + warp * span;
-  warp_rounds(p, begin, std::min(p.T * p.k, begin + span),
-              [&](int32_t b, unsigned peers, int rank, int64_t) {
-                if (b >= 0 && rank == 0) ctr[b] += __popc(peers);  // one writer per bucket
-                __syncwarp();
-              });
+  slot_rounds<kSubChunk / 32>(p, begin, std::min(p.T * p.k, begin + span),
+                              [&](int32_t b, unsigned peers, int rank, int64_t) {
+                                if (b >= 0 && rank == 0)
+                                  ctr[b] += __popc(peers);  // one writer per bucket
+                                __syncwarp();
+                              });
 }
 
 // (1) hist[b][c] := chunk c's slots of bucket b.
@@ -196,17 +173,18 @@ __global__ void __launch_bounds__(32 * kWarps)
   __syncthreads();
   const int warp = threadIdx.x / 32;
   const int64_t span = s.chunk / kWarps, begin = c * s.chunk + warp * span;
-  warp_rounds(p, begin, std::min(p.T * p.k, begin + span),
-              [&](int32_t b, unsigned peers, int rank, int64_t slot) {
-                const int32_t row = b >= 0 ? next[b] + rank : 0;
-                __syncwarp();  // every lane has read next[b] before its leader moves it
-                if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
-                __syncwarp();
-                if (b < 0) return;
-                const bool kept = b < p.E;
-                st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
-                s.dest[slot] = kept ? row : ~row;
-              });
+  slot_rounds<kSubChunk / 32>(
+      p, begin, std::min(p.T * p.k, begin + span),
+      [&](int32_t b, unsigned peers, int rank, int64_t slot) {
+        const int32_t row = b >= 0 ? next[b] + rank : 0;
+        __syncwarp();  // every lane has read next[b] before its leader moves it
+        if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
+        __syncwarp();
+        if (b < 0) return;
+        const bool kept = b < p.E;
+        st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
+        s.dest[slot] = kept ? row : ~row;
+      });
 }
 
 }  // namespace

@@ -21,9 +21,9 @@ namespace hops::cuda {
 
 namespace {
 
-using moe::bucket;
 using moe::ld_idx;
 using moe::slot_index;
+using moe::slot_rounds;
 using moe::slot_token;
 using moe::st_idx;
 
@@ -66,29 +66,6 @@ size_t dispatch_layout(const MoeDispatchParams& p, DispatchScratch& s, size_t (&
   return offset[2] + size_t(slots) * 4;
 }
 
-// Runs body(bucket, peers, rank, slot) for the chunk's slots in order, 32 at a
-// time: peers are the lanes of the round with the same bucket, rank this
-// lane's place among them. Lanes past the end get bucket -1 and are skipped.
-template <class Body>
-__device__ __forceinline__ void chunk_rounds(const MoeDispatchParams& p, int64_t begin, int64_t end,
-                                             Body body) {
-  const int lane = threadIdx.x & 31;
-  const unsigned below = (1u << lane) - 1;
-  for (int64_t base = begin; base < end; base += kSubChunk) {
-    int32_t b[kSubChunk / 32];
-#pragma unroll
-    for (int r = 0; r < kSubChunk / 32; ++r) {  // all loads first: one latency per sub-chunk
-      const int64_t s = base + 32 * r + lane;
-      b[r] = s < end ? bucket(p, s) : -1;
-    }
-#pragma unroll
-    for (int r = 0; r < kSubChunk / 32; ++r) {
-      const unsigned peers = __match_any_sync(0xffffffffu, b[r]);
-      body(b[r], peers, __popc(peers & below), base + 32 * r + lane);
-    }
-  }
-}
-
 __global__ void __launch_bounds__(32 * kChunkWarps)
     dispatch_count_kernel(const MoeDispatchParams p, const DispatchScratch s) {
   extern __shared__ int32_t counters[];
@@ -101,7 +78,7 @@ __global__ void __launch_bounds__(32 * kChunkWarps)
   for (int64_t b = lane; b < buckets; b += 32) ctr[b] = 0;
   __syncwarp();
   const int64_t begin = c * s.chunk, end = std::min(p.T * p.k, begin + s.chunk);
-  chunk_rounds(p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t) {
+  slot_rounds<kSubChunk / 32>(p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t) {
     if (b >= 0 && rank == 0) ctr[b] += __popc(peers);  // one writer per bucket
     __syncwarp();
   });
@@ -161,16 +138,17 @@ __global__ void __launch_bounds__(32 * kChunkWarps)
     __syncwarp();
   }
   const int64_t begin = c * s.chunk, end = std::min(p.T * p.k, begin + s.chunk);
-  chunk_rounds(p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t slot) {
-    const int32_t row = b >= 0 ? next[b] + rank : 0;
-    __syncwarp();  // every lane has read next[b] before its leader moves it
-    if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
-    __syncwarp();
-    if (b < 0) return;
-    const bool kept = b < p.E;
-    st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
-    s.dest[slot] = kept ? row : ~row;
-  });
+  slot_rounds<kSubChunk / 32>(
+      p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t slot) {
+        const int32_t row = b >= 0 ? next[b] + rank : 0;
+        __syncwarp();  // every lane has read next[b] before its leader moves it
+        if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
+        __syncwarp();
+        if (b < 0) return;
+        const bool kept = b < p.E;
+        st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
+        s.dest[slot] = kept ? row : ~row;
+      });
 }
 
 // A warp per token: x[t] to the rows of its slots, zeros to its dropped
