@@ -66,11 +66,9 @@ std::string_view forced_forward() {
   return value ? value : "";
 }
 
-// The backward's kernels without HOPS_CUDA_ATTN_BWD: the mma.sync ones. The
-// sm_90a kernels (attn_bwd_sm90.cu, attn_bwd_dq_sm90.cu) have not yet run on
-// a GPU: opt in with HOPS_CUDA_ATTN_BWD=auto (or =wgmma); the next device
-// session checks them and flips this to BwdPath::automatic.
-constexpr BwdPath kDefaultBackward = BwdPath::mma;
+// The backward's kernels without HOPS_CUDA_ATTN_BWD: the sm_90a ones
+// (attn_bwd_sm90.cu, attn_bwd_dq_sm90.cu) where they can run, else mma.sync.
+constexpr BwdPath kDefaultBackward = BwdPath::automatic;
 
 // HOPS_CUDA_ATTN_BWD=mma runs the backward's mma.sync dQ and dK/dV kernels
 // where the sm_90a ones would run; =wgmma fails the calls they cannot take;

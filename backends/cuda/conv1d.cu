@@ -780,8 +780,6 @@ cudaError_t launch_decode(void (*kernel)(ConvUpdateParams), const ConvUpdatePara
 
 }  // namespace
 
-// Not yet run on a GPU: opt in with HOPS_CONV_V4=1; the next device session
-// checks the v4 paths and flips the default (kConvV4, cuda_params.hpp).
 bool conv_v4() {
   static const bool v4 = [] {
     const char* choice = std::getenv("HOPS_CONV_V4");

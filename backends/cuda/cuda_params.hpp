@@ -57,12 +57,10 @@ struct NormParams {
 };
 
 // Issue 21's conv1d v4 paths (conv1d.cu, conv1d_bwd.cu: the sm_90 bulk-copy
-// forward and backward, the decode-only conv1d_update): not yet run on a GPU:
-// opt in with HOPS_CONV_V4=1 in the environment; the next device session
-// checks them and flips the default here (false: the v3 kernels, which have
-// run on a GPU, everywhere). conv_v4() is the choice in force (HOPS_CONV_V4=0|1
-// over kConvV4).
-inline constexpr bool kConvV4 = false;
+// forward and backward, the decode-only conv1d_update) by default;
+// HOPS_CONV_V4=0 takes the v3 kernels they replace. conv_v4() is the choice in
+// force (HOPS_CONV_V4=0|1 over kConvV4).
+inline constexpr bool kConvV4 = true;
 bool conv_v4();
 
 struct ConvParams {

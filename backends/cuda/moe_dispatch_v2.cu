@@ -1,5 +1,5 @@
-// moe_dispatch's bookkeeping, v2 (HOPS_CUDA_MOE_DISPATCH=v2; moe_rows.cu runs
-// v1 by default and the copy kernel either way). Deterministic without
+// moe_dispatch's bookkeeping, v2 (the default; HOPS_CUDA_MOE_DISPATCH=v1 runs
+// moe_rows.cu's v1; the copy kernel is moe_rows.cu's either way). Deterministic without
 // atomics: the T*k slots, in (token, slot) order, are cut into at most 512
 // chunks of a CTA each, a warp per equal span of the chunk; (1) each CTA
 // counts its chunk's slots per bucket (expert 0..E-1, and bucket E for the

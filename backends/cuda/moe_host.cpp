@@ -105,12 +105,9 @@ class IndexOutput {
   std::unique_ptr<Scratch> scratch_;
 };
 
-// The forward's tensor-core path where HOPS_CUDA_MOE_MLP is unset: mma.sync,
-// the kernels that have run on a GPU. The sm_90a ones are not yet run on a
-// GPU: opt in with HOPS_CUDA_MOE_MLP=any (or =wgmma); the next device
-// session checks them and flips this default to `any` (sm_90a where they take
-// the call).
-constexpr MoeMlpPath kDefaultMlpPath = MoeMlpPath::mma;
+// The forward's tensor-core path where HOPS_CUDA_MOE_MLP is unset: the sm_90a
+// kernels where they take the call, mma.sync elsewhere.
+constexpr MoeMlpPath kDefaultMlpPath = MoeMlpPath::any;
 
 // HOPS_CUDA_MOE_MLP=mma runs the forward's tensor-core GEMMs on mma.sync where
 // the sm_90a ones would run; =wgmma fails the calls the sm_90a kernels cannot
@@ -124,13 +121,12 @@ MoeMlpPath forced_mlp_path() {
   return path == "mma" ? MoeMlpPath::mma : path == "wgmma" ? MoeMlpPath::wgmma : kDefaultMlpPath;
 }
 
-// HOPS_CUDA_MOE_DISPATCH=v2 runs moe_dispatch's bookkeeping v2
-// (moe_dispatch_v2.cu), not yet run on a GPU; the default is v1's, which has.
-// The next device session checks v2 and flips this default.
+// moe_dispatch's bookkeeping: v2 (moe_dispatch_v2.cu) unless
+// HOPS_CUDA_MOE_DISPATCH=v1 asks for the one it replaced (moe_rows.cu).
 bool dispatch_v2() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_CUDA_MOE_DISPATCH");
-  return value && std::string_view(value) == "v2";
+  return !value || std::string_view(value) != "v1";
 }
 
 int multiprocessors(const DeviceGuard& guard, const char* op) {

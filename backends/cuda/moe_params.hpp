@@ -28,7 +28,7 @@ struct MoeRouteParams {
 
 // moe_dispatch: x [T,Hd] -> rows [T*k,Hd], counts [E], row_map [T,k].
 // `vector`: x and rows unit-stride with 16-byte aligned rows. `v2`: v2's
-// bookkeeping (HOPS_CUDA_MOE_DISPATCH=v2, moe_host.cpp; not yet run on a GPU).
+// bookkeeping (the default; HOPS_CUDA_MOE_DISPATCH=v1 takes v1's, moe_host.cpp).
 struct MoeDispatchParams {
   Arg x, rows;
   MoeIndex ids, counts, row_map;

@@ -11,8 +11,8 @@
 // which own the zero rows past the kept ones); (3) each warp places its
 // chunk's slots in order, ranking the lanes of a bucket by __match_any_sync.
 // The copy kernel then writes every row of `rows` exactly once: x[t] for a
-// kept slot, zeros for a dropped one. HOPS_CUDA_MOE_DISPATCH=v2 runs v2's
-// bookkeeping instead (moe_dispatch_v2.cu; not yet run on a GPU).
+// kept slot, zeros for a dropped one. v2's bookkeeping (moe_dispatch_v2.cu) is
+// the default; HOPS_CUDA_MOE_DISPATCH=v1 runs this one.
 #include <algorithm>
 
 #include "moe_common.cuh"

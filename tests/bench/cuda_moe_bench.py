@@ -2,7 +2,7 @@
 run, at the issue's shape T=8192, Hd=2048, E=256, k=8, I=512, bf16 (uniform
 top-8 routing: ~256 rows per expert).
 
-- dispatch (v1's bookkeeping, the default, and v2's: HOPS_CUDA_MOE_DISPATCH=v2,
+- dispatch (v2's bookkeeping, the default, and v1's: HOPS_CUDA_MOE_DISPATCH=v1,
   each with its kernel split from torch.profiler) and combine (and their
   backwards) in GB/s, bytes = what the op
   must move at least: dispatch reads x and writes T*k rows; combine reads the
@@ -141,8 +141,8 @@ def rows_ops(T, Hd, E, k, copy_gbs):
     nbytes = (T + R) * Hd * 2
     ref_ms = per_call_ms(torch_dispatch)
     t_rows, t_counts, t_map = torch_dispatch()
-    # v1's bookkeeping (the default), then v2's (HOPS_CUDA_MOE_DISPATCH=v2, not yet the default)
-    for version in (None, "v2"):
+    # v2's bookkeeping (the default), then v1's (HOPS_CUDA_MOE_DISPATCH=v1, the one it replaced)
+    for version in (None, "v1"):
         name = "dispatch" if version is None else f"dispatch ({version})"
         if version is not None:
             os.environ["HOPS_CUDA_MOE_DISPATCH"] = version

@@ -2,8 +2,8 @@
 moe_dispatch, moe_expert_mlp, moe_combine and the backwards of dispatch, expert
 MLP and combine, through the generic C-ABI binding (hops.ops.library().op).
 
-moe_dispatch runs with v1's bookkeeping (the default) and v2's
-(HOPS_CUDA_MOE_DISPATCH=v2). Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
+moe_dispatch runs with v2's bookkeeping (the default) and v1's
+(HOPS_CUDA_MOE_DISPATCH=v1). Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
 of 8, unit-stride 16-byte aligned rows) forced onto the sm_90a wgmma kernels
 (HOPS_CUDA_MOE_MLP=wgmma, on a compute capability 9.0 device: a call they
 do not take fails) and onto mma.sync (=mma), and the general f32 kernel (f32,
@@ -476,8 +476,8 @@ def main():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for case in route:
             guarded(route_case, dtype, **case)
-        for case in dispatch:  # v1's bookkeeping (the default) and v2's (HOPS_CUDA_MOE_DISPATCH=v2)
-            for version in ([None, "v2"] if ON_GPU else [None]):
+        for case in dispatch:  # v2's bookkeeping (the default) and v1's (HOPS_CUDA_MOE_DISPATCH=v1)
+            for version in ([None, "v1"] if ON_GPU else [None]):
                 guarded(dispatch_case, dtype, **{**case, "version": version})
         for case in combine:
             guarded(combine_case, dtype, **case)
