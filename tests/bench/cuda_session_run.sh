@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One call on the lent GPU that checks and times the CUDA backend's defaults,
-# most needed first, each step only while time is left (DEADLINE seconds, 520
-# by default): one build (cuda_device_run.sh); cuda_moe_check (every MoE path,
-# both dispatch bookkeepings); the conformance runner over every CUDA op;
-# tests/python/test_cuda.py; compute-sanitizer memcheck and racecheck on the
-# sm_90a attention backward, the MoE expert MLP and conv1d; the GDN peers
+# most needed first, each step only while time is left (DEADLINE seconds, 540
+# by default): one build of the CUDA and OpenCL backends; cuda_moe_check
+# (every MoE path, both dispatch bookkeepings); the conformance runner over
+# every CUDA op; tests/python/test_cuda.py; compute-sanitizer memcheck and
+# racecheck on the sm_90a attention backward and MoE expert MLP, memcheck on
+# conv1d; the attention family on NVIDIA's OpenCL (conformance, then
+# hops-opencl-bench beside the CUDA backend: cuda_vs_opencl.py); the GDN peers
 # (FLA, and FlashQLA when .gpu-run/flashqla_site.tar.zst was carried; zstd
 # from .gpu-run/bin where the image lacks it); the conv1d tile variants.
 # Every log comes back in one archive, logs.tar, beside PERFORMANCE.md (a call
 # returns at most 8 files).
 # Usage (repo root, .deps, .whl and .gpu-run carried): tests/bench/cuda_session_run.sh $OUT
-OUT=$1; T0=$(date +%s); DEADLINE=${DEADLINE:-520}
+OUT=$1; T0=$(date +%s); DEADLINE=${DEADLINE:-540}
 LOGS=$OUT/logs; mkdir -p $LOGS
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }
 cap() { local l=$(left); echo $(( l < $1 ? l : $1 )); }
@@ -21,12 +23,23 @@ step() {  # name cap command...: runs while time is left, log in $LOGS/name.log
 }
 pack() { tar -C $OUT -cf $OUT/logs.tar logs && rm -rf $LOGS; cp docs/PERFORMANCE.md $OUT/; }
 trap pack EXIT
-STEPS="" tests/bench/cuda_device_run.sh $LOGS > $LOGS/build_out.log 2>&1; tail -2 $LOGS/build_out.log
+export PATH=/usr/local/cuda/bin:$PATH PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export LD_LIBRARY_PATH=$PWD/.deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export PKG_CONFIG_PATH=$PWD/.deps/lib/x86_64-linux-gnu/pkgconfig
+command -v pkg-config > /dev/null || export PATH=$PATH:$PWD/.deps/bin
+CL_ARGS=""  # OpenCL headers and loader: the system's if present, else the CUDA toolkit's
+[ -f /usr/include/CL/cl.h ] || CL_ARGS="-DOpenCL_INCLUDE_DIR=/usr/local/cuda/include -DOpenCL_LIBRARY=/usr/local/cuda/lib64/libOpenCL.so"
+t=$(date +%s)
+cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=$PWD/.deps -DHOPS_WITH_CUDA=ON \
+  -DHOPS_WITH_OPENCL=ON $CL_ARGS > $LOGS/configure.log 2>&1 &&
+  ninja -C build-dev hops hops_cuda hops_opencl hops-conformance hops-opencl-bench > $LOGS/build.log 2>&1
+echo "build rc=$? $(( $(date +%s) - t )) s"
 B=build-dev C=build-dev/tests/conformance/hops-conformance
 export HOPS_LIBRARY=$PWD/$B/plugin/libhops.so PYTHONPATH=$PWD/shims/python:/tmp/site PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=$PWD/.deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-} CUDA_HOME=/usr/local/cuda
-export PATH=/usr/local/cuda/bin:$PATH
-[ -f $HOPS_LIBRARY ] || { grep -E "error" -A3 $LOGS/build.log | head -40; exit 1; }
+[ -f $HOPS_LIBRARY ] || { grep -E "error" -A3 $LOGS/configure.log $LOGS/build.log | head -40; exit 1; }
 
 step moe_check 120 python3 tests/bench/cuda_moe_check.py
 grep -E "^FAIL|Error" $LOGS/moe_check.log | head -8 | cut -c1-200; tail -1 $LOGS/moe_check.log
@@ -34,16 +47,32 @@ step conformance 150 $C --provider $HOPS_LIBRARY --backend cuda
 grep -E "^FAIL" $LOGS/conformance.log | head -8 | cut -c1-200; tail -1 $LOGS/conformance.log
 step pytest_cuda 150 python3 -m pytest -q -rs -p no:cacheprovider tests/python/test_cuda.py
 grep -E "^(FAILED|ERROR)|passed|failed" $LOGS/pytest_cuda.log | head -10 | cut -c1-200
-san() {  # tool name kernel-filter command...
-  local tool=$1 name=$2 filter=$3; shift 3
-  step san_${tool}_$name 90 compute-sanitizer --tool $tool --error-exitcode 99 --kernel-name kns=$filter "$@"
+san() {  # tool name kernel-filter (- for every kernel) command...
+  local tool=$1 name=$2 filter=(--kernel-name kns=$3); shift 3
+  [ "${filter[1]}" = kns=- ] && filter=()
+  step san_${tool}_$name 90 compute-sanitizer --tool $tool --error-exitcode 99 "${filter[@]}" "$@"
   grep -E "ERROR SUMMARY|passed" $LOGS/san_${tool}_$name.log | tail -2 | tr '\n' ' '; echo
 }
 san memcheck attn sm90 python3 tests/bench/cuda_attn_check.py --quick
-san memcheck moe sm90 python3 tests/bench/cuda_moe_check.py --quick
+san memcheck moe - python3 tests/bench/cuda_moe_check.py --quick
 for op in conv1d_fwd conv1d_update conv1d_bwd; do san memcheck $op conv $C --provider $HOPS_LIBRARY --backend cuda --quick --op $op; done
 san racecheck attn sm90 python3 tests/bench/cuda_attn_check.py --quick
 san racecheck moe sm90 python3 tests/bench/cuda_moe_check.py --quick
+# The attention family on NVIDIA's OpenCL: the image registers PoCL alone, so an ICD folder names NVIDIA's too
+mkdir -p /tmp/icd && cp /etc/OpenCL/vendors/*.icd /tmp/icd/ 2>/dev/null; echo libnvidia-opencl.so.1 > /tmp/icd/nvidia.icd
+for op in attn_prefill attn_prefill_bwd attn_decode kv_cache_write; do
+  OCL_ICD_VENDORS=/tmp/icd HOPS_OPENCL_DEVICE=nvidia step ocl_conf_$op 60 $C --provider $HOPS_LIBRARY --backend opencl --op $op
+  echo "  $(grep -E "chosen|device" $LOGS/ocl_conf_$op.log | head -1 | cut -c1-120) $(tail -1 $LOGS/ocl_conf_$op.log)"
+  grep -E "^FAIL" $LOGS/ocl_conf_$op.log | head -4 | cut -c1-200
+done
+for dtype in f32 bf16; do
+  for op in attn_prefill attn_prefill_bwd attn_decode kv_cache_write; do
+    OCL_ICD_VENDORS=/tmp/icd HOPS_OPENCL_DEVICE=nvidia timeout $(cap 40) build-dev/backends/opencl/hops-opencl-bench \
+      --provider $HOPS_LIBRARY --tokens 4096 --repeat 3 --dtype $dtype --op $op
+  done > $LOGS/ocl_attn_$dtype.md 2>&1
+done
+step ocl_vs_cuda 60 python3 tests/bench/cuda_vs_opencl.py --tokens 4096 --repeat 9 $LOGS/ocl_attn_f32.md $LOGS/ocl_attn_bf16.md
+grep -E "^\|" $LOGS/ocl_vs_cuda.log; grep -E "rror" $LOGS/ocl_vs_cuda.log $LOGS/ocl_attn_*.md | head -5 | cut -c1-200
 if [ -f .gpu-run/flashqla_site.tar.zst ] && [ $(left) -gt 60 ]; then
   command -v zstd > /dev/null || export PATH=$PATH:$PWD/.gpu-run/bin LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$PWD/.gpu-run/lib
   mkdir -p /tmp/fqsite && zstd -dq --long=27 -c .gpu-run/flashqla_site.tar.zst | tar -C /tmp/fqsite -xf -

@@ -57,6 +57,25 @@ def inputs(op, T, dtype):
                 "beta": u((1, T, HV), 0, 1), "do": u((1, T, HV, V)), "d_final_state": u((1, HV, K, V), f32=True),
                 "dq": u((1, T, H, K)), "dk": u((1, T, H, K)), "dv": u((1, T, HV, V)), "dg": u((1, T, HV)),
                 "dbeta": u((1, T, HV)), "use_qk_l2norm": True}
+    # Attention as hops-opencl-bench times it: Qwen3.5's 16 query and 2 kv heads
+    # of 256, causal; decode: one sequence, 4096 cached tokens in 16-row blocks.
+    Hq, Hkv, Dh, context, block = 16, 2, 256, 4096, 16
+    if op == "attn_prefill":
+        return dict(q=u((1, T, Hq, Dh)), k=u((1, T, Hkv, Dh)), v=u((1, T, Hkv, Dh)), o=u((1, T, Hq, Dh)),
+                    lse=u((1, Hq, T), f32=True))
+    if op == "attn_prefill_bwd":
+        return {"q": u((1, T, Hq, Dh)), "k": u((1, T, Hkv, Dh)), "v": u((1, T, Hkv, Dh)), "o": u((1, T, Hq, Dh)),
+                "lse": u((1, Hq, T), 5, 9, f32=True), "do": u((1, T, Hq, Dh)), "dq": u((1, T, Hq, Dh)),
+                "dk": u((1, T, Hkv, Dh)), "dv": u((1, T, Hkv, Dh))}
+    if op == "attn_decode":
+        blocks = context // block
+        return dict(q=u((1, 1, Hq, Dh)), k_cache=u((blocks, block, Hkv, Dh)), v_cache=u((blocks, block, Hkv, Dh)),
+                    block_table=torch.arange(blocks, dtype=torch.int32, device=dev).view(1, blocks),
+                    seq_lens=torch.tensor([context], dtype=torch.int32, device=dev), o=u((1, 1, Hq, Dh)))
+    if op == "kv_cache_write":
+        blocks = (T + block - 1) // block
+        return dict(k=u((T, Hkv, Dh)), v=u((T, Hkv, Dh)), k_cache=u((blocks, block, Hkv, Dh)),
+                    v_cache=u((blocks, block, Hkv, Dh)), slot_mapping=torch.arange(T, dtype=torch.int32, device=dev))
     if op == "gdn_gating":
         return dict(A_log=u((HV,)), a=u((T, HV)), b=u((T, HV)), dt_bias=u((HV,)), g=u((T, HV)), beta=u((T, HV)))
     raise KeyError(op)
