@@ -122,6 +122,11 @@ size_t chunk_tc_scratch_bytes(const ChunkParams& p);
 cudaError_t launch_gdn_chunk_tc(const ChunkParams& p, int dtype, void* scratch,
                                 cudaStream_t stream);
 cudaError_t launch_gdn_chunk_general(const ChunkParams& p, int dtype, cudaStream_t stream);
+// The v4 backward's recompute (gdn_chunk_tc.cu): kernel 1's records into
+// `records` (chunk_tc_scratch_bytes) and kernel 2 without O, writing 16-bit
+// S^T [z][slot][HV][V][K] at every chunk start into `states`.
+cudaError_t launch_gdn_chunk_states(const ChunkParams& p, int dtype, void* records, void* states,
+                                    cudaStream_t stream);
 
 // gdn_chunk_bwd (gdn_chunk_bwd.cu): q, k, v, d_o, dq, dk, dv share q's dtype;
 // dg, dbeta have g's and beta's; the states are f32. Needs
@@ -136,6 +141,13 @@ struct ChunkBwdParams {
 };
 size_t chunk_bwd_scratch_bytes(const ChunkBwdParams& p);
 cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStream_t stream);
+// gdn_chunk_bwd v4 (gdn_bwd_v4*.cu), opt-in by HOPS_CUDA_GDN_BWD=v4 (read once:
+// gdn_bwd_v4()): recomputes the chunk states and fuses the per-chunk gradients;
+// f16/bf16, K = V = 128, unit-stride 16-byte-aligned head rows; else v3.
+bool gdn_bwd_v4();
+bool chunk_bwd_v4_supported(const ChunkBwdParams& p);
+size_t chunk_bwd_v4_scratch_bytes(const ChunkBwdParams& p);
+cudaError_t launch_gdn_chunk_bwd_v4(const ChunkBwdParams& p, void* scratch, cudaStream_t stream);
 
 // ---- conv1d_bwd and gated_rmsnorm_bwd (conv1d_bwd.cu, norm_bwd.cu) ----
 // Both sum their weight gradients over tokens/rows deterministically: per-

@@ -27,6 +27,7 @@
 
 #include "checked_math.hpp"
 #include "device_common.cuh"
+#include "gdn_chunk_record.cuh"
 #include "tensor_core.cuh"
 
 namespace hops::cuda {
@@ -60,61 +61,7 @@ __device__ __forceinline__ void block_mma_tf32(float (&out)[2][4], const float* 
   }
 }
 
-// ---- scratch ---------------------------------------------------------------------------
-
-// One record per (chunk slot, value head), contiguous so that kernel 2 loads
-// it without per-row address arithmetic: T and M (C x C, 16-bit; rows past
-// the chunk's end zero), the row factors (beta, beta Γ rk, scale Γ rq,
-// rk e^{gc_last - gc}; zero past the end) and Γ_last in a 16-byte slot.
-constexpr int kRecordT = 0, kRecordM = kC * kC * 2, kRecordF = 2 * kC * kC * 2;
-constexpr int kRecordD = kRecordF + kC * 16, kRecordBytes = kRecordD + 16;
-
-struct TcScratch {
-  char* records;  // [z][slot][HV] records, z = batch row (dense) or 0 (varlen)
-  int64_t slots;  // chunk slots per z
-};
-
-// Dense: slot c of batch row z is chunk c. Varlen (z = 0): sequence n's chunk
-// c takes slot floor(begin_n / C) + n + c; these are disjoint and increasing
-// in n, and fewer than T / C + N in all.
-int64_t chunk_slots(const ChunkParams& p) {
-  return p.cu.data ? p.T / kC + p.N : (p.T + kC - 1) / kC;
-}
-
-__device__ __forceinline__ char* record_of(const ChunkParams& p, const TcScratch& s, int64_t z,
-                                           int64_t slot, int64_t hv) {
-  return s.records + ((z * s.slots + slot) * p.HV + hv) * kRecordBytes;
-}
-
 // ---- kernel 1: per (chunk, value head) ------------------------------------------------
-
-struct ChunkRef {
-  int64_t row, t0;  // batch row (0 when varlen), first token
-  int L;            // tokens in the chunk; 0: this block has none
-};
-
-// The chunk of slot `slot` (see chunk_slots); a binary search finds the
-// sequence when varlen.
-__device__ ChunkRef chunk_of_slot(const ChunkParams& p, int64_t slot, int64_t z) {
-  if (!p.cu.data) {
-    const int64_t t0 = slot * kC;
-    return {z, t0, static_cast<int>(p.T - t0 < kC ? p.T - t0 : kC)};
-  }
-  int64_t lo = 0, hi = p.N - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (sequence_span(p.cu, mid, p.T).begin / kC + mid <= slot) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const Span s = sequence_span(p.cu, lo, p.T);
-  const int64_t c = slot - (s.begin / kC + lo);
-  const int64_t t0 = s.begin + c * kC;
-  if (c < 0 || t0 >= s.end) return {0, 0, 0};
-  return {0, t0, static_cast<int>(s.end - t0 < kC ? s.end - t0 : kC)};
-}
 
 // Shared memory of kernel 1: the q and k tiles, overlaid after the products by
 // A and T (f32), the partial products of the inversion and the M staging.
@@ -122,7 +69,7 @@ constexpr size_t kPrepTiles = 2 * kC * kRowK * 2;
 constexpr size_t kPrepOverlay = (2 * kC * kRowF + 4 * 16 * kRowP) * 4 + kC * kRowC * 2;
 constexpr size_t kPrepBase = kPrepTiles > kPrepOverlay ? kPrepTiles : kPrepOverlay;
 constexpr size_t kPrepSmem = kPrepBase + 4 * kC * 4;
-static_assert(kPrepBase % 16 == 0);
+static_assert(kPrepBase % 16 == 0 && kRecordChunk == kC);
 
 template <class E>
 __global__ void __launch_bounds__(kPrepThreads) chunk_prepare_kernel(ChunkParams p, TcScratch s) {
@@ -415,9 +362,12 @@ __device__ __forceinline__ void lower_times(const uint32_t (&a)[4][4], const E* 
 // runs the recurrence (X = S^T K^T, rhs, v_new^T = rhs^T T^T) while its output
 // warp (warp g + kWarps) computes S^T Q^T; after a barrier the output warp
 // takes v_new^T and finishes O; both apply the same state update. All
-// threads share the loads; two barriers per chunk.
-template <class E, int kWarps>
-__global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams p, TcScratch s) {
+// threads share the loads; two barriers per chunk. With Out = TcStates (the
+// v4 backward's state sweep): no O; the compute warps write S^T (16-bit, the
+// value the products use) at each chunk start, the output warps only load.
+template <class E, int kWarps, class Out>
+__global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams p, Out s) {
+  constexpr bool kStates = std::is_same_v<Out, TcStates>;
   using Smem = StateSmem<kWarps>;
   constexpr int kThreads = kWarps * 64, kBV = Smem::kBV;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -524,6 +474,18 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
 
     // v_new^T as the A operand over the chunk rows (k-step np: rows 16 np ..).
     uint32_t na[4][4];
+    if constexpr (kStates) {
+      if (!output) {
+        E* out = static_cast<E*>(s.states) +
+                 (record_index(p, s, z, first_slot + c, hv) * p.V + my_v) * kDk + 2 * t4;
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) {
+          *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(s_acc[nt][0], s_acc[nt][1]);
+          *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) =
+              pack2<E>(s_acc[nt][2], s_acc[nt][3]);
+        }
+      }
+    }
     if (!output) {
       // X^T = S^T K^T (columns: the chunk's rows).
       float x[8][4] = {};
@@ -561,7 +523,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
       for (int r = 0; r < 16; ++r) handoff[r * 32 + lane] = na[r / 4][r % 4];
     }
     float y[8][4];  // output warps: O^T = f2 (S^T Q^T) + v_new^T M^T
-    if (output) {
+    if (output && !kStates) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) y[nt][0] = y[nt][1] = y[nt][2] = y[nt][3] = 0.0f;
       state_times_tile<E>(s_acc, base + Smem::kQ, lane, y);
@@ -573,7 +535,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
       }
     }
     __syncthreads();  // v_new^T handed over
-    if (output) {
+    if (output && !kStates) {
 #pragma unroll
       for (int r = 0; r < 16; ++r) na[r / 4][r % 4] = handoff[r * 32 + lane];
       lower_times<E>(na, base + Smem::kM, lane, y);
@@ -598,6 +560,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
     }
     // Both warps: S^T = Γ_last S^T + (f3 v_new)^T K (n = key dims, k = chunk rows), from
     // the same 16-bit v_new, so that the two copies of S^T stay bit-identical.
+    if (kStates && output) continue;
     uint32_t ua[4][4];
 #pragma unroll
     for (int np = 0; np < 4; ++np) {
@@ -624,7 +587,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
     }
   }
 
-  if (p.ht.data && !output) {
+  if (!kStates && p.ht.data && !output) {
     float* ht = reinterpret_cast<float*>(p.ht.data) + n * p.ht.stride[0] + hv * p.ht.stride[1];
 #pragma unroll
     for (int nt = 0; nt < 16; ++nt) {
@@ -637,19 +600,21 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
   }
 }
 
-template <class E, int kWarps>
-cudaError_t launch_state(const ChunkParams& p, const TcScratch& s, cudaStream_t stream) {
+template <class E, int kWarps, class Out>
+cudaError_t launch_state(const ChunkParams& p, const Out& s, cudaStream_t stream) {
   constexpr size_t bytes = StateSmem<kWarps>::kBytes;
-  cudaError_t status = allow_smem(chunk_state_kernel<E, kWarps>, bytes);
+  cudaError_t status = allow_smem(chunk_state_kernel<E, kWarps, Out>, bytes);
   if (status != cudaSuccess) return status;
   const dim3 grid(static_cast<unsigned>(p.V / (16 * kWarps)), static_cast<unsigned>(p.HV),
                   static_cast<unsigned>(p.N));
-  chunk_state_kernel<E, kWarps><<<grid, kWarps * 64, bytes, stream>>>(p, s);
+  chunk_state_kernel<E, kWarps, Out><<<grid, kWarps * 64, bytes, stream>>>(p, s);
   return cudaGetLastError();
 }
 
+// states null: the forward (O, final state); else the v4 backward's state
+// sweep (S^T at every chunk start into `states`).
 template <class E>
-cudaError_t launch_tc(const ChunkParams& p, void* scratch, cudaStream_t stream) {
+cudaError_t launch_tc(const ChunkParams& p, void* scratch, void* states, cudaStream_t stream) {
   const TcScratch s{static_cast<char*>(scratch), chunk_slots(p)};
   if (p.T > 0) {
     cudaError_t status = allow_smem(chunk_prepare_kernel<E>, kPrepSmem);
@@ -668,6 +633,10 @@ cudaError_t launch_tc(const ChunkParams& p, void* scratch, cudaStream_t stream) 
   }
   if (status != cudaSuccess) return status;
   const bool wide = p.V % 64 == 0 && (p.V / 64) * p.HV * p.N >= sms;
+  if (states) {
+    const TcStates out{s, states};
+    return wide ? launch_state<E, 4>(p, out, stream) : launch_state<E, 2>(p, out, stream);
+  }
   return wide ? launch_state<E, 4>(p, s, stream) : launch_state<E, 2>(p, s, stream);
 }
 
@@ -692,8 +661,14 @@ size_t chunk_tc_scratch_bytes(const ChunkParams& p) {
 
 cudaError_t launch_gdn_chunk_tc(const ChunkParams& p, int dtype, void* scratch,
                                 cudaStream_t stream) {
-  return dtype == kF16 ? launch_tc<__half>(p, scratch, stream)
-                       : launch_tc<__nv_bfloat16>(p, scratch, stream);
+  return dtype == kF16 ? launch_tc<__half>(p, scratch, nullptr, stream)
+                       : launch_tc<__nv_bfloat16>(p, scratch, nullptr, stream);
+}
+
+cudaError_t launch_gdn_chunk_states(const ChunkParams& p, int dtype, void* records, void* states,
+                                    cudaStream_t stream) {
+  return dtype == kF16 ? launch_tc<__half>(p, records, states, stream)
+                       : launch_tc<__nv_bfloat16>(p, records, states, stream);
 }
 
 }  // namespace hops::cuda

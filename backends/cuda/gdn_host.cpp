@@ -170,6 +170,12 @@ void gdn_chunk_bwd(const ExecContext& context, const GdnChunkBwd& op) {
                          state_step(op.dh0, vf, false),
                          static_cast<float>(op.scale),
                          op.use_qk_l2norm};
+  if (gdn_bwd_v4() && chunk_bwd_v4_supported(p)) {
+    const Scratch scratch(chunk_bwd_v4_scratch_bytes(p), guard, op.kName);
+    check(launch_gdn_chunk_bwd_v4(p, scratch.data(), guard.stream()), op.kName,
+          "backward chunk kernels (v4) launch");
+    return;
+  }
   const Scratch scratch(chunk_bwd_scratch_bytes(p), guard, op.kName);
   check(launch_gdn_chunk_bwd(p, scratch.data(), guard.stream()), op.kName,
         "backward chunk kernels launch");

@@ -1,0 +1,296 @@
+// gdn_chunk_bwd v4, kernel 3: the reverse sweep. One CTA per (sequence,
+// value head, 16 kWarps value columns), a warp per 16 columns, chunks from
+// the last: the warp keeps dH^T (16 x 128, f32) as mma accumulators, the
+// A-operand layout of dH^T K^T, exactly as gdn_chunk_tc.cu's kernel 2 keeps
+// S^T. Per chunk, with the forward's record (T, P, the factors f1 = beta Γ rk,
+// f2 = scale Γ rq, f3 = rk e^{gc_last - gc}, Γ_last) and raw q, k, dO:
+//   dH^T out (16-bit, the gradient of the state at the chunk's end)
+//   dU^T = (dH^T K^T) diag(f3) + dO^T P
+//   Y^T  = dU^T T
+//   dH^T = Γ_last dH^T + (dO^T diag(f2)) Q - (Y^T diag(f1)) K
+// and after the first chunk dH^T is dh0. Tiles arrive by cp.async, three
+// chunks deep; one barrier per chunk.
+#include "checked_math.hpp"
+#include "device_common.cuh"
+#include "gdn_bwd_v4.cuh"
+
+namespace hops::cuda {
+
+namespace {
+
+constexpr int kC = kRecordChunk, kDk = kV4Dk, kRowK = kV4RowK, kRowC = kV4RowC;
+constexpr int kStages = 3;
+
+template <int kWarps>
+struct SweepSmem {
+  static constexpr int kBV = 16 * kWarps;
+  static constexpr int kRowV = kBV + 8;
+  // offsets in 16-bit elements within a stage
+  static constexpr int kK = 0;
+  static constexpr int kQ = kK + kC * kRowK;
+  static constexpr int kO = kQ + kC * kRowK;  // dO
+  static constexpr int kT = kO + kC * kRowV;
+  static constexpr int kM = kT + kC * kRowC;
+  static constexpr int kF = kM + kC * kRowC;  // float4 [C]
+  static constexpr int kD = kF + kC * 8;      // float Γ_last (16-byte slot)
+  static constexpr int kStage = kD + 8;
+  static constexpr size_t kBytes = static_cast<size_t>(kStages) * kStage * 2;
+  static_assert(kStage % 8 == 0 && kF % 8 == 0 && kRowV % 8 == 0);
+};
+
+// a (16 x 64 over the chunk rows, A operands of k-steps 0..3) times a lower
+// triangular C x C matrix L (row-major, 16-bit): out[nt] (columns 8 nt..) +=
+// sum_i a[., i] L[i][8 nt + .]; the 32-row k blocks above the tile's
+// columns are zero and skipped.
+template <class E>
+__device__ __forceinline__ void times_lower(const uint32_t (&a)[4][4], const E* lower, int lane,
+                                            float (&out)[8][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+    for (int kp = 0; kp < 2; ++kp) {
+      if (32 * kp + 31 < 8 * nt) continue;
+      uint32_t b[4];
+      ldsm_x4_trans(b, lower + (32 * kp + lane) * kRowC + 8 * nt);
+      mma<E>(out[nt], a[2 * kp], b[0], b[1]);
+      mma<E>(out[nt], a[2 * kp + 1], b[2], b[3]);
+    }
+  }
+}
+
+// C-layout accumulators (16 x 64: v = g (+8), chunk row 8 nt + 2 t4 (+1)) as
+// A operands over the chunk rows, each column scaled by factor[row].
+template <class E>
+__device__ __forceinline__ void rows_as_a(const float (&acc)[8][4], const float* factor, int t4,
+                                          uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int np = 0; np < 4; ++np) {
+#pragma unroll
+    for (int hs = 0; hs < 2; ++hs) {
+      const int nt = 2 * np + hs, i0 = nt * 8 + 2 * t4;
+      const float fa = factor ? factor[4 * i0] : 1.0f, fb = factor ? factor[4 * i0 + 4] : 1.0f;
+      a[np][2 * hs] = pack2<E>(fa * acc[nt][0], fb * acc[nt][1]);
+      a[np][2 * hs + 1] = pack2<E>(fa * acc[nt][2], fb * acc[nt][3]);
+    }
+  }
+}
+
+template <class E, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdParams p, V4Scratch s) {
+  using Smem = SweepSmem<kWarps>;
+  constexpr int kThreads = kWarps * 32, kBV = Smem::kBV;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  E* const smem = reinterpret_cast<E*>(smem_raw);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3, quad = lane >> 3;
+  const int64_t n = blockIdx.z, hv = blockIdx.y, c0 = int64_t(blockIdx.x) * kBV;
+  const int64_t h = hv / (p.HV / p.H);
+  const Span span = sequence_span(p.cu, n, p.T);
+  const int64_t z = record_z(p, n), first_slot = record_first_slot(p, n, span);
+  const E* kb = reinterpret_cast<const E*>(p.k.data) + span.row * p.k.stride[0] + h * p.k.stride[2];
+  const E* qb = reinterpret_cast<const E*>(p.q.data) + span.row * p.q.stride[0] + h * p.q.stride[2];
+  const E* ob = reinterpret_cast<const E*>(p.d_o.data) + span.row * p.d_o.stride[0] +
+                hv * p.d_o.stride[2] + c0;
+
+  auto load_chunk = [&](int64_t c, int stage) {
+    E* base = smem + stage * Smem::kStage;
+    const int64_t t0 = span.begin + c * kC, rows_left = span.end - t0;
+    const int L = static_cast<int>(rows_left < kC ? rows_left : kC);
+    for (int x = tid; x < kC * (kDk / 8); x += kThreads) {
+      const int i = x / (kDk / 8), piece = (x % (kDk / 8)) * 8;
+      const bool valid = i < L;
+      const int64_t t = t0 + (valid ? i : 0);
+      cp_async16(base + Smem::kK + i * kRowK + piece, kb + t * p.k.stride[1] + piece, valid);
+      cp_async16(base + Smem::kQ + i * kRowK + piece, qb + t * p.q.stride[1] + piece, valid);
+    }
+    for (int x = tid; x < kC * (kBV / 8); x += kThreads) {
+      const int i = x / (kBV / 8), piece = (x % (kBV / 8)) * 8;
+      const bool valid = i < L;
+      const int64_t t = t0 + (valid ? i : 0);
+      cp_async16(base + Smem::kO + i * Smem::kRowV + piece, ob + t * p.d_o.stride[1] + piece,
+                 valid);
+    }
+    // T then P (16-byte piece x is row (x / 8) % C of the two), the factors and Γ_last.
+    const char* record = record_of(p, s.rec, z, first_slot + c, hv);
+    for (int x = tid; x < 2 * kC * 8; x += kThreads) {
+      const int m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
+      cp_async16(base + Smem::kT + m * (Smem::kM - Smem::kT) + row * kRowC + col, record + x * 16,
+                 true);
+    }
+    for (int x = tid; x <= kC; x += kThreads)
+      cp_async16(base + Smem::kF + x * 8, record + kRecordF + x * 16, true);
+  };
+
+  // dH^T of the warp's 16 columns: dh[nt] holds dH^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
+  float dh[16][4];
+  const int64_t my_v = c0 + 16 * warp + g;
+  {
+    const float* dht = p.dht.data ? reinterpret_cast<const float*>(p.dht.data) +
+                                        n * p.dht.stride[0] + hv * p.dht.stride[1]
+                                  : nullptr;
+#pragma unroll
+    for (int nt = 0; nt < 16; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
+        dh[nt][e] = dht ? dht[kd * p.dht_k + v * p.dht_v] : 0.0f;
+      }
+    }
+  }
+
+  const int64_t chunks = (span.end - span.begin + kC - 1) / kC;
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < chunks) load_chunk(chunks - 1 - st, st);
+    cp_async_commit();
+  }
+  for (int64_t it = 0; it < chunks; ++it) {
+    const int64_t c = chunks - 1 - it;
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // chunk c landed for all; all are done with the stage reloaded next
+    if (it + kStages - 1 < chunks) load_chunk(c - (kStages - 1), int((it + kStages - 1) % kStages));
+    cp_async_commit();
+
+    const E* base = smem + static_cast<int>(it % kStages) * Smem::kStage;
+    const E* sk = base + Smem::kK;
+    const E* sq = base + Smem::kQ;
+    const float* sf = reinterpret_cast<const float*>(base + Smem::kF);  // [C][4]
+    const float decay_last = *reinterpret_cast<const float*>(base + Smem::kD);
+
+    {  // dH^T at the chunk's end, as the 16-bit value the products use
+      E* out = static_cast<E*>(s.dstates) +
+               (record_index(p, s.rec, z, first_slot + c, hv) * p.V + my_v) * kDk + 2 * t4;
+#pragma unroll
+      for (int nt = 0; nt < 16; ++nt) {
+        *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(dh[nt][0], dh[nt][1]);
+        *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) = pack2<E>(dh[nt][2], dh[nt][3]);
+      }
+    }
+    // dU^T = (dH^T K^T) diag(f3) + dO^T P
+    float du[8][4] = {};
+    {
+      uint32_t ha[4][4];  // dH^T as A operands, 32 key dims at a time
+#pragma unroll
+      for (int kp = 0; kp < 4; ++kp) {
+#pragma unroll
+        for (int hs = 0; hs < 2; ++hs) {
+          const int nt = 4 * kp + 2 * hs;
+          ha[hs][0] = pack2<E>(dh[nt][0], dh[nt][1]);
+          ha[hs][1] = pack2<E>(dh[nt][2], dh[nt][3]);
+          ha[hs][2] = pack2<E>(dh[nt + 1][0], dh[nt + 1][1]);
+          ha[hs][3] = pack2<E>(dh[nt + 1][2], dh[nt + 1][3]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+          uint32_t b[4];
+          ldsm_x4(b, sk + (nt * 8 + (lane & 7)) * kRowK + kp * 32 + quad * 8);
+          mma<E>(du[nt], ha[0], b[0], b[1]);
+          mma<E>(du[nt], ha[1], b[2], b[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int i0 = nt * 8 + 2 * t4;
+      const float fa = sf[4 * i0 + 3], fb = sf[4 * i0 + 7];
+      du[nt][0] *= fa, du[nt][1] *= fb, du[nt][2] *= fa, du[nt][3] *= fb;
+    }
+    // dO^T as A operands over the chunk rows (V^T's fragments in gdn_chunk_tc.cu).
+    uint32_t oa[4][4];
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+      uint32_t vv[4];
+      ldsm_x4_trans(vv, base + Smem::kO + ((2 * np + (quad >> 1)) * 8 + (lane & 7)) * Smem::kRowV +
+                            16 * warp + (quad & 1) * 8);
+      oa[np][0] = vv[0], oa[np][1] = vv[1], oa[np][2] = vv[2], oa[np][3] = vv[3];
+    }
+    times_lower<E>(oa, base + Smem::kM, lane, du);
+    // Y^T = dU^T T, then the A operands of the state update: dO^T diag(f2), -Y^T diag(f1).
+    uint32_t ua[4][4];
+    rows_as_a<E>(du, nullptr, t4, ua);
+    float yt[8][4] = {};
+    times_lower<E>(ua, base + Smem::kT, lane, yt);
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) yt[nt][e] = -yt[nt][e];
+    }
+    rows_as_a<E>(yt, sf + 1, t4, ua);
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {
+#pragma unroll
+      for (int hs = 0; hs < 2; ++hs) {
+        const int i0 = (2 * np + hs) * 8 + 2 * t4;
+        const float fa = sf[4 * i0 + 2], fb = sf[4 * i0 + 6];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float2 x = unpack2<E>(oa[np][2 * hs + r]);
+          oa[np][2 * hs + r] = pack2<E>(fa * x.x, fb * x.y);
+        }
+      }
+    }
+    // dH^T = Γ_last dH^T + (dO^T diag(f2)) Q - (Y^T diag(f1)) K (n = key dims, k = chunk rows)
+#pragma unroll
+    for (int nt = 0; nt < 16; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dh[nt][e] *= decay_last;
+#pragma unroll
+      for (int kp = 0; kp < 2; ++kp) {
+        uint32_t b[4];
+        ldsm_x4_trans(b, sq + (kp * 32 + lane) * kRowK + nt * 8);
+        mma<E>(dh[nt], oa[2 * kp], b[0], b[1]);
+        mma<E>(dh[nt], oa[2 * kp + 1], b[2], b[3]);
+        ldsm_x4_trans(b, sk + (kp * 32 + lane) * kRowK + nt * 8);
+        mma<E>(dh[nt], ua[2 * kp], b[0], b[1]);
+        mma<E>(dh[nt], ua[2 * kp + 1], b[2], b[3]);
+      }
+    }
+  }
+
+  if (p.dh0.data) {
+    float* dh0 = reinterpret_cast<float*>(p.dh0.data) + n * p.dh0.stride[0] + hv * p.dh0.stride[1];
+#pragma unroll
+    for (int nt = 0; nt < 16; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
+        dh0[kd * p.dh0_k + v * p.dh0_v] = dh[nt][e];
+      }
+    }
+  }
+}
+
+template <class E, int kWarps>
+cudaError_t launch_sweep(const ChunkBwdParams& p, const V4Scratch& s, cudaStream_t stream) {
+  constexpr size_t bytes = SweepSmem<kWarps>::kBytes;
+  cudaError_t status = allow_smem(reverse_dh_kernel<E, kWarps>, bytes);
+  if (status != cudaSuccess) return status;
+  const dim3 grid(static_cast<unsigned>(p.V / (16 * kWarps)), static_cast<unsigned>(p.HV),
+                  static_cast<unsigned>(p.N));
+  reverse_dh_kernel<E, kWarps><<<grid, kWarps * 32, bytes, stream>>>(p, s);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+// 64 columns per CTA when that still gives every SM a CTA, else 32 (the
+// forward's kernel 2 rule).
+template <class E>
+cudaError_t launch_reverse_dh(const ChunkBwdParams& p, const V4Scratch& s, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess) {
+    status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  }
+  if (status != cudaSuccess) return status;
+  const bool wide = p.V % 64 == 0 && (p.V / 64) * p.HV * p.N >= sms;
+  return wide ? launch_sweep<E, 4>(p, s, stream) : launch_sweep<E, 2>(p, s, stream);
+}
+
+template cudaError_t launch_reverse_dh<__half>(const ChunkBwdParams&, const V4Scratch&,
+                                               cudaStream_t);
+template cudaError_t launch_reverse_dh<__nv_bfloat16>(const ChunkBwdParams&, const V4Scratch&,
+                                                      cudaStream_t);
+
+}  // namespace hops::cuda

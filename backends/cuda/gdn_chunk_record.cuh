@@ -1,0 +1,94 @@
+// The per-(chunk, value head) record of gdn_chunk_tc.cu's kernel 1 and its
+// chunk slots, shared with the v4 backward (gdn_bwd_v4*.cu), which rebuilds
+// the records and reads them in its reverse sweep and gradient kernel.
+// Templates over the params struct: ChunkParams and ChunkBwdParams both
+// carry cu, N, T and HV.
+#pragma once
+
+#include <cstdint>
+
+#include "device_common.cuh"
+
+namespace hops::cuda {
+
+inline constexpr int kRecordChunk = 64;  // tokens per chunk (C)
+
+// One record per (chunk slot, value head), contiguous so that the sweeps load
+// it without per-row address arithmetic: T and M (C x C, 16-bit; rows past
+// the chunk's end zero), the row factors (beta, beta Γ rk, scale Γ rq,
+// rk e^{gc_last - gc}; zero past the end) and Γ_last in a 16-byte slot.
+inline constexpr int kRecordT = 0, kRecordM = kRecordChunk * kRecordChunk * 2;
+inline constexpr int kRecordF = 2 * kRecordChunk * kRecordChunk * 2;
+inline constexpr int kRecordD = kRecordF + kRecordChunk * 16, kRecordBytes = kRecordD + 16;
+
+struct TcScratch {
+  char* records;  // [z][slot][HV] records, z = batch row (dense) or 0 (varlen)
+  int64_t slots;  // chunk slots per z
+};
+// The v4 backward's state sweep also writes S^T (16-bit) at each chunk start.
+struct TcStates : TcScratch {
+  void* states;  // [z][slot][HV][V][K]
+};
+
+// Dense: slot c of batch row z is chunk c. Varlen (z = 0): sequence n's chunk
+// c takes slot floor(begin_n / C) + n + c; these are disjoint and increasing
+// in n, and fewer than T / C + N in all.
+template <class P>
+int64_t chunk_slots(const P& p) {
+  return p.cu.data ? p.T / kRecordChunk + p.N : (p.T + kRecordChunk - 1) / kRecordChunk;
+}
+
+// (z, first slot) of sequence n's chunks.
+template <class P>
+__device__ __forceinline__ int64_t record_z(const P& p, int64_t n) {
+  return p.cu.data ? 0 : n;
+}
+template <class P>
+__device__ __forceinline__ int64_t record_first_slot(const P& p, int64_t n, const Span& span) {
+  return p.cu.data ? span.begin / kRecordChunk + n : 0;
+}
+
+// Index of (z, slot, head) among the [z][slot][HV] records or states.
+template <class P>
+__device__ __forceinline__ int64_t record_index(const P& p, const TcScratch& s, int64_t z,
+                                                int64_t slot, int64_t hv) {
+  return (z * s.slots + slot) * p.HV + hv;
+}
+
+template <class P>
+__device__ __forceinline__ char* record_of(const P& p, const TcScratch& s, int64_t z, int64_t slot,
+                                           int64_t hv) {
+  return s.records + record_index(p, s, z, slot, hv) * kRecordBytes;
+}
+
+struct ChunkRef {
+  int64_t row, t0;  // batch row (0 when varlen), first token
+  int L;            // tokens in the chunk; 0: this block has none
+};
+
+// The chunk of slot `slot` (see chunk_slots); a binary search finds the
+// sequence when varlen.
+template <class P>
+__device__ ChunkRef chunk_of_slot(const P& p, int64_t slot, int64_t z) {
+  constexpr int kC = kRecordChunk;
+  if (!p.cu.data) {
+    const int64_t t0 = slot * kC;
+    return {z, t0, static_cast<int>(p.T - t0 < kC ? p.T - t0 : kC)};
+  }
+  int64_t lo = 0, hi = p.N - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (sequence_span(p.cu, mid, p.T).begin / kC + mid <= slot) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const Span s = sequence_span(p.cu, lo, p.T);
+  const int64_t c = slot - (s.begin / kC + lo);
+  const int64_t t0 = s.begin + c * kC;
+  if (c < 0 || t0 >= s.end) return {0, 0, 0};
+  return {0, t0, static_cast<int>(s.end - t0 < kC ? s.end - t0 : kC)};
+}
+
+}  // namespace hops::cuda
