@@ -347,6 +347,75 @@ def check_b_trans_mapping():
     return True
 
 
+def ldsm_x4(mem, addrs, trans):
+    """ldmatrix.x4 (.trans): addrs[l] = (row, col) of the 8-element row that lane l names
+    (lanes 8i..8i+7: matrix i). Lane l gets, of each matrix, the pair at (l / 4, 2 (l % 4) + {0, 1})
+    or, transposed, at (2 (l % 4) + {0, 1}, l / 4)."""
+    out = np.zeros((32, 4, 2))
+    for i in range(4):
+        rows = [mem[addrs[8 * i + r][0], addrs[8 * i + r][1]:addrs[8 * i + r][1] + 8] for r in range(8)]
+        for l in range(32):
+            if trans:
+                out[l, i] = [rows[2 * (l % 4)][l // 4], rows[2 * (l % 4) + 1][l // 4]]
+            else:
+                out[l, i] = rows[l // 4][2 * (l % 4):2 * (l % 4) + 2]
+    return out
+
+
+def mma_frag(d, a, b):
+    """m16n8k16: per lane (g, t) a = {A[g][2t..], A[g+8][2t..], A[g][2t+8..], A[g+8][2t+8..]},
+    b = {B[2t..][g], B[2t+8..][g]}; d = 16 x 8 += A B."""
+    A, B = np.zeros((16, 16)), np.zeros((16, 8))
+    for l in range(32):
+        g, t = l // 4, l % 4
+        A[g, 2 * t:2 * t + 2], A[g + 8, 2 * t:2 * t + 2] = a[l][0], a[l][1]
+        A[g, 2 * t + 8:2 * t + 10], A[g + 8, 2 * t + 8:2 * t + 10] = a[l][2], a[l][3]
+        B[2 * t:2 * t + 2, g], B[2 * t + 8:2 * t + 10, g] = b[l][0], b[l][1]
+    return d + A @ B
+
+
+def tile_mma(a_mem, a_trans, m0, b_mem, b_trans, n0, depth, NT):
+    """gdn_bwd_v4.cuh's tile_mma, lane by lane: out (16 x 8 NT) += A B."""
+    out = np.zeros((16, 8 * NT))
+    for k0 in range(0, depth, 32):
+        af = []
+        for hs in range(2):
+            kk = k0 + 16 * hs
+            if a_trans:
+                addrs = [(kk + l % 8 + 8 * ((l >> 3) >> 1), m0 + 8 * ((l >> 3) & 1)) for l in range(32)]
+            else:
+                addrs = [(m0 + l % 8 + 8 * ((l >> 3) & 1), kk + 8 * ((l >> 3) >> 1)) for l in range(32)]
+            af.append(ldsm_x4(a_mem, addrs, a_trans))
+        for nt in range(NT):
+            if b_trans:
+                addrs = [(k0 + l, n0 + 8 * nt) for l in range(32)]
+            else:
+                addrs = [(n0 + 8 * nt + l % 8, k0 + 8 * (l >> 3)) for l in range(32)]
+            bf = ldsm_x4(b_mem, addrs, b_trans)
+            d = out[:, 8 * nt:8 * nt + 8]
+            d = mma_frag(d, af[0], bf[:, 0:2])
+            d = mma_frag(d, af[1], bf[:, 2:4])
+            out[:, 8 * nt:8 * nt + 8] = d
+    return out
+
+
+def check_tile_mma():
+    """Every (A, B) storage form of tile_mma against the plain product, at a warp's offsets."""
+    rng = np.random.default_rng(5)
+    ok = True
+    for a_trans in (False, True):
+        for b_trans in (False, True):
+            for depth, NT, m0, n0 in ((64, 4, 32, 32), (128, 8, 48, 64)):
+                A = rng.standard_normal((64, depth))  # [m][k]
+                B = rng.standard_normal((depth, 128))  # [k][n]
+                a_mem = A.T.copy() if a_trans else A
+                b_mem = B if b_trans else B.T.copy()
+                got = tile_mma(a_mem, a_trans, m0, b_mem, b_trans, n0, depth, NT)
+                want = A[m0:m0 + 16] @ B[:, n0:n0 + 8 * NT]
+                ok &= np.abs(got - want).max() < 1e-9
+    return ok
+
+
 # ---- cases ----------------------------------------------------------------------------------
 
 def rel(a, b):
@@ -397,6 +466,8 @@ def main():
     ok = finite_difference_check()
     ok &= check_b_trans_mapping()
     print("B-operand ldmatrix.trans mapping:", "ok" if ok else "WRONG")
+    ok &= check_tile_mma()
+    print("tile_mma, all four operand forms:", "ok" if ok else "WRONG")
     cases = [
         dict(seed=1, B=1, T=130, H=1, HV=2, K=16, V=8, label="T % 64 = 2, GQA 2"),
         dict(seed=2, B=2, T=64, H=2, HV=2, K=8, V=12, label="T = 64 (boundary), B=2"),
