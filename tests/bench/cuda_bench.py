@@ -5,8 +5,15 @@ medians. Run by tests/bench/cuda_device_run.sh; prints a table last.
 hops calls are prepared once (DLPack views kept alive) and then issued through
 the generic api->call with a hops_exec naming the stream, so that they can be
 captured in a CUDA graph: graph replays time the kernels without the Python
-call overhead (decode at N=1 is a few microseconds of GPU time)."""
+call overhead (decode at N=1 is a few microseconds of GPU time).
 
+--gdn-bwd-v4 times the selected bwd_* cases again with the v4 backward
+(HOPS_CUDA_GDN_BWD=v4, which the library reads once per process: a child
+process), their rows tagged [bwd v4], beside the default's rows."""
+
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -221,7 +228,8 @@ def chunk_train_case(label, B, T, lengths=None, breakdown=False):
                          for name, ours, x in zip(("dq", "dk", "dv", "dg", "dbeta"), (dq, dk, dv, dg, dbeta), leaves))
         extra += (f" | FLA (bwd guard off) {fla_us:.0f} us, hops/FLA speed {fla_us / us:.2f}x"
                   f" | rel diff to FLA: {diffs}")
-    row(f"gdn_chunk fwd+bwd {label}", us, extra)
+    tag = " [bwd v4]" if os.environ.get("HOPS_CUDA_GDN_BWD") == "v4" else ""
+    row(f"gdn_chunk fwd+bwd {label}{tag}", us, extra)
 
 
 def decode_case(N, L=1):
@@ -319,6 +327,7 @@ for label, fn in [
     ("B=8 T=4096", lambda: chunk_case("B=8 T=4096", 8, 4096)),
     ("varlen", lambda: chunk_case("varlen 8 seqs, 32768 tokens", 1, 32768,
                                   [1000, 7000, 3000, 5000, 2500, 6000, 4268, 4000])),
+    ("bwd_T4096", lambda: chunk_train_case("B=1 T=4096", 1, 4096)),
     ("bwd_B1", lambda: chunk_train_case("B=1 T=32768", 1, 32768, breakdown=True)),
     ("bwd_B8", lambda: chunk_train_case("B=8 T=4096", 8, 4096)),
     ("bwd_varlen", lambda: chunk_train_case("varlen 8 seqs, 32768 tokens", 1, 32768,
@@ -335,6 +344,16 @@ for label, fn in [
     except Exception as e:  # noqa: BLE001
         print(f"{label}: FAILED {type(e).__name__}: {e}", flush=True)
     torch.cuda.empty_cache()
+
+if "--gdn-bwd-v4" in sys.argv and os.environ.get("HOPS_CUDA_GDN_BWD") != "v4":
+    cases = [c for c in ("bwd_T4096", "bwd_B1", "bwd_B8", "bwd_varlen") if only is None or c in only]
+    child = subprocess.run([sys.executable, __file__, "--only", ",".join(cases)],
+                           env=dict(os.environ, HOPS_CUDA_GDN_BWD="v4"), capture_output=True, text=True)
+    print(child.stdout + child.stderr, flush=True)
+    for line in child.stdout.splitlines():
+        found = re.match(r"(gdn_chunk fwd\+bwd .*\[bwd v4\])\s+([\d.]+) us  (.*)", line)
+        if found and not any(r[0] == found[1] for r in ROWS):
+            ROWS.append((found[1], float(found[2]), found[3]))
 
 print("\n==== summary (H=16 HV=32 K=V=128 bf16; copy bandwidth %.0f GB/s) ====" % COPY_BW)
 for what, us, extra in ROWS:

@@ -7,11 +7,16 @@ The conformance runner's only 16-bit K = 128 backward case is one 16-token
 chunk. Fresh random inputs per case; every gradient is poisoned with NaN
 first, so an unwritten element fails the check.
 
-Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \
+With HOPS_CUDA_GDN_BWD=v4 the cases v4 takes (f16/bf16, K = V = 128,
+unit-stride aligned rows: the "v4" labels, "dense G=2", the 11-chunk and the
+Qwen3.5-heads cases) run the v4 backward; the others run v3 as before.
+
+Usage: [HOPS_CUDA_GDN_BWD=v4] HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python \
        python3 tests/bench/cuda_bwd_check.py [--quick] [--no-reference]
 Prints one line per case and exits 1 if any relative L2 error exceeds 1e-2."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -89,17 +94,23 @@ def main():
         dict(B=1, T=130, H=2, HV=6, K=128, V=48, packed=True, l2norm=False, scale=0.3,
              label="packed G=3 V=48 no-l2norm"),
         dict(B=2, T=129, H=1, HV=2, K=36, V=20, h0=False, label="K=36 V=20 no h0"),
+        dict(B=1, T=400, H=2, HV=4, K=128, V=128, cu=[0, 0, 1, 64, 65, 129, 130, 400],
+             label="v4 varlen (0,1,63,1,64,1,270)"),
     ]
     if not args.quick:
         cases += [
             dict(B=1, T=700, H=2, HV=4, K=128, V=128, d_final=False, label="11 chunks, no d_final"),
             dict(B=1, T=256, H=16, HV=32, K=128, V=128, packed=True, label="Qwen3.5 heads, packed"),
+            dict(B=1, T=192, H=1, HV=3, K=128, V=128, l2norm=False, scale=0.3, h0=False, d_final=False,
+                 label="v4 G=3 no-l2norm no h0/d_final"),
+            dict(B=2, T=64, H=2, HV=2, K=128, V=128, v_first=True, label="v4 T=64 v_first"),
         ]
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
         for case in cases:
             ok &= run_case(dtype, reference_too=not args.no_reference, **case)
-    print("cuda_bwd_check:", "all passed" if ok else "FAILURES")
+    path = "v4 where it applies" if os.environ.get("HOPS_CUDA_GDN_BWD") == "v4" else "default (v3)"
+    print(f"cuda_bwd_check ({path}):", "all passed" if ok else "FAILURES")
     sys.exit(0 if ok else 1)
 
 

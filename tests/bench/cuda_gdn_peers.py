@@ -13,15 +13,22 @@ warm-up calls that also pay the peers' JIT compilation. The relative L2
 difference of o (and of dq, dk, dv for the backward) against FLA's is
 printed beside the times.
 
+--hops-bwd-v4 adds a "hops v4" column: hops again with the v4 backward
+(HOPS_CUDA_GDN_BWD=v4, read once per process by the library, so a child
+process per case runs it and hands back its times and its o, dq, dk, dv).
+
 Prints the table last; --write puts it into docs/PERFORMANCE.md (section
 "Gated DeltaNet on Hopper beside FLA and FlashQLA (issue 21)").
 Usage: HOPS_LIBRARY=build/plugin/libhops.so PYTHONPATH=shims/python[:flash-qla site] \
-       python3 tests/bench/cuda_gdn_peers.py [--write] [--only LABEL,...] [--reps N]"""
+       python3 tests/bench/cuda_gdn_peers.py [--write] [--only LABEL,...] [--reps N] [--hops-bwd-v4]"""
 
 import argparse
 import datetime
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,7 +108,7 @@ def rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
-def run_case(label, B, T, H, HV, lengths, fns, reps):
+def run_case(label, B, T, H, HV, lengths, fns, reps, v4=False, save=None):
     leaves, cu, d_o, d_ht = inputs(B, T, H, HV, lengths)
     kw = dict(scale=K ** -0.5, output_final_state=True, use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
     row = {"case": label}
@@ -126,18 +133,37 @@ def run_case(label, B, T, H, HV, lengths, fns, reps):
             print(f"  {label} {name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
         print(f"  {label} {name}: {time.time() - t0:.1f} s", flush=True)
         torch.cuda.empty_cache()
+    if v4:  # hops with the v4 backward, in a child process (the switch is read once)
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = os.path.join(tmp, "outs.pt")
+            child = subprocess.run([sys.executable, __file__, "--child-v4", label, "--reps", str(reps),
+                                    "--save", saved], env=dict(os.environ, HOPS_CUDA_GDN_BWD="v4"),
+                                   capture_output=True, text=True)
+            print(child.stdout + child.stderr, flush=True)
+            for line in child.stdout.splitlines():
+                if line.startswith("CHILD "):
+                    got = json.loads(line[6:])
+                    for what in ("fwd", "fwd+bwd"):
+                        if f"hops {what}" in got:
+                            row[f"hops v4 {what}"] = got[f"hops {what}"]
+            if os.path.exists(saved):
+                outs["hops v4"] = torch.load(saved)
     if "FLA" in outs:
         ref = outs["FLA"]
         row["diff"] = "; ".join(
             f"{name} " + " ".join(f"{w} {rel(a, b):.1e}" for w, a, b in zip(("o", "dq", "dk", "dv"), got, ref))
             for name, got in outs.items() if name != "FLA")
+    if save is not None and "hops" in outs:
+        torch.save(outs["hops"], save)
     print(row, flush=True)
     return row
 
 
 def table(rows, names):
-    head = ["case"] + [f"{n} fwd ms" for n in names] + [f"hops / {n} fwd" for n in names if n != "hops"]
-    head += [f"{n} fwd+bwd ms" for n in names] + [f"hops / {n} fwd+bwd" for n in names if n != "hops"]
+    ours = [n for n in names if n.startswith("hops")]
+    others = [n for n in names if n not in ours]
+    head = ["case"] + [f"{n} fwd ms" for n in names] + [f"{o} / {n} fwd" for o in ours for n in others]
+    head += [f"{n} fwd+bwd ms" for n in names] + [f"{o} / {n} fwd+bwd" for o in ours for n in others]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "--:|" * (len(head) - 1)]
 
     def cell(x):
@@ -148,11 +174,10 @@ def table(rows, names):
         for what in ("fwd", "fwd+bwd"):
             if what == "fwd+bwd":
                 cells += [cell(r.get(f"{n} fwd+bwd")) for n in names]
-            for n in names:
-                if n == "hops":
-                    continue
-                h, p = r.get(f"hops {what}"), r.get(f"{n} {what}")
-                cells.append(f"**{p / h:.2f}x**" if h and p else "-")
+            for o in ours:
+                for n in others:
+                    h, p = r.get(f"{o} {what}"), r.get(f"{n} {what}")
+                    cells.append(f"**{p / h:.2f}x**" if h and p else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,16 +187,26 @@ def main():
     parser.add_argument("--write", action="store_true")
     parser.add_argument("--only", default=None, help="comma-separated case labels")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--hops-bwd-v4", action="store_true", help="add hops with HOPS_CUDA_GDN_BWD=v4")
+    parser.add_argument("--child-v4", default=None, help=argparse.SUPPRESS)  # one case, hops only
+    parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_v4:
+        case = next(c for c in CASES if c[0] == args.child_v4)
+        row = run_case(*case, {"hops": hops.fla.chunk_gated_delta_rule}, args.reps, save=args.save)
+        print("CHILD " + json.dumps({k: v for k, v in row.items() if isinstance(v, float)}), flush=True)
+        return
     fns = peers()
     names = list(fns)
+    if args.hops_bwd_v4:
+        names.insert(1, "hops v4")
     rows = []
     for label, B, T, H, HV, lengths in CASES:
         if args.only and label not in args.only.split(","):
             continue
-        rows.append(run_case(label, B, T, H, HV, lengths, fns, args.reps))
+        rows.append(run_case(label, B, T, H, HV, lengths, fns, args.reps, v4=args.hops_bwd_v4))
     text = (f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
-            f"{datetime.date.today()}; peers: {', '.join(n for n in names if n != 'hops') or 'none'}.\n\n"
+            f"{datetime.date.today()}; peers: {', '.join(n for n in names if not n.startswith('hops')) or 'none'}.\n\n"
             "bf16, K = V = 128, l2norm in the kernel, final state out; medians of CUDA events around eager "
             "calls; \"hops / X\" is X's time over hops' (above 1: hops faster).\n\n" + table(rows, names))
     diffs = "; ".join(f"{r['case']}: {r['diff']}" for r in rows if r.get("diff"))
