@@ -48,12 +48,9 @@ struct Frag {
   int lane, g, t4, mr, nc;  // mr: the warp's 16-row strip, nc: its column half
 };
 
-// Row sums of a C x 8 NT accumulator tile (row = 16 mr + g (+8)) into sums[nc][row].
-template <int NT>
-__device__ __forceinline__ void row_sums(const float (&acc)[NT][4], const Frag& f, float* sums) {
-  float lo = 0.0f, hi = 0.0f;
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) lo += acc[nt][0] + acc[nt][1], hi += acc[nt][2] + acc[nt][3];
+// A lane's partial sums of its rows 16 mr + g (lo) and + 8 (hi), summed over
+// the quad, into sums[nc][row].
+__device__ __forceinline__ void row_sums(float lo, float hi, const Frag& f, float* sums) {
 #pragma unroll
   for (int o = 1; o < 4; o <<= 1) {
     lo += __shfl_xor_sync(0xffffffffu, lo, o);
@@ -62,13 +59,15 @@ __device__ __forceinline__ void row_sums(const float (&acc)[NT][4], const Frag& 
   if (f.t4 == 0) sums[f.nc * kC + 16 * f.mr + f.g] = lo, sums[f.nc * kC + 16 * f.mr + f.g + 8] = hi;
 }
 
-// Column sums of a C x 32 accumulator tile (columns 32 nc + 8 nt + 2 t4 (+1)) into sums[mr][col].
-__device__ __forceinline__ void column_sums(const float (&acc)[4][4], const Frag& f, float* sums) {
+// Column sums of value(nt, e) over a C x 32 tile (columns 32 nc + 8 nt + 2 t4 (+1)) into
+// sums[mr][col].
+template <class Value>
+__device__ __forceinline__ void column_sums(Value value, const Frag& f, float* sums) {
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      float x = acc[nt][e] + acc[nt][e + 2];
+      float x = value(nt, e) + value(nt, e + 2);
 #pragma unroll
       for (int o = 4; o < 32; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
       if (f.g == 0) sums[f.mr * kC + 32 * f.nc + 8 * nt + 2 * f.t4 + e] = x;
@@ -84,7 +83,7 @@ __device__ __forceinline__ int frag_col(const Frag& f, int n0, int nt, int e) {
   return n0 + 8 * nt + 2 * f.t4 + (e & 1);
 }
 
-// A C x 8 NT accumulator tile into a 16-bit smem tile (row pitch ld), times row_factor[row].
+// A C x 8 NT accumulator tile into a 16-bit smem tile (row pitch ld).
 template <class E, int NT>
 __device__ __forceinline__ void store_tile(const float (&acc)[NT][4], const Frag& f, int n0,
                                            E* tile, int ld) {
@@ -105,20 +104,20 @@ __device__ __forceinline__ float2 pair_at(const E* tile, int ld, int row, int co
   return unpack2<E>(*reinterpret_cast<const uint32_t*>(tile + row * ld + col));
 }
 
-// sum over the accumulator tile's row of acc * tile (the same positions).
+// Row sums of acc * tile (the same positions) into sums[nc][row].
 template <class E, int NT>
 __device__ __forceinline__ void dot_rows(const float (&acc)[NT][4], const Frag& f, int n0,
                                          const E* tile, int ld, float* sums) {
-  float prod[NT][4];
+  float part[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const float2 x = pair_at<E>(tile, ld, frag_row(f, 2 * hr), frag_col(f, n0, nt, 0));
-      prod[nt][2 * hr] = acc[nt][2 * hr] * x.x, prod[nt][2 * hr + 1] = acc[nt][2 * hr + 1] * x.y;
+      part[hr] += acc[nt][2 * hr] * x.x + acc[nt][2 * hr + 1] * x.y;
     }
   }
-  row_sums(prod, f, sums);
+  row_sums(part[0], part[1], f, sums);
 }
 
 template <class E>
@@ -285,12 +284,15 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     __syncthreads();
     // U = T rhs -> b2;  dW = dU S^T -> b1 (after all have read rhs)
     {
-      float u[8][4] = {}, w[8][4] = {};
-      tile_mma<E, false, true, 8>(u, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
-      tile_mma<E, false, true, 8>(w, b3, kRowK, m0, ss, kRowK, nk, kDk, lane);
-      store_tile<E>(u, f, nk, b2, kRowK);
+      float acc[8][4] = {};
+      tile_mma<E, false, true, 8>(acc, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
+      store_tile<E>(acc, f, nk, b2, kRowK);
+    }
+    {
+      float acc[8][4] = {};
+      tile_mma<E, false, true, 8>(acc, b3, kRowK, m0, ss, kRowK, nk, kDk, lane);
       __syncthreads();
-      store_tile<E>(w, f, nk, b1, kRowK);
+      store_tile<E>(acc, f, nk, b1, kRowK);
     }
     // dq̂ += diag(s Γ) dO S^T (its q̂-dot feeds dG)
     {
@@ -309,13 +311,11 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
       }
     }
     __syncthreads();  // dW in b1
-    // Y = T^T dU, X = T^T dW; dv = beta Y; dk̂ -= diag(beta Γ) X
-    float y[8][4] = {}, x[8][4] = {};
-    tile_mma<E, true, true, 8>(y, tt, kRowC, m0, b3, kRowK, nk, kC, lane);
-    tile_mma<E, true, true, 8>(x, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
-    dot_rows<E>(y, f, nk, sv, kRowK, row_sum(kVy));
-    dot_rows<E>(x, f, nk, sk, kRowK, row_sum(kKx));
+    // Y = T^T dU: dv = beta Y, then Y over dU in b3
     {
+      float y[8][4] = {};
+      tile_mma<E, true, true, 8>(y, tt, kRowC, m0, b3, kRowK, nk, kC, lane);
+      dot_rows<E>(y, f, nk, sv, kRowK, row_sum(kVy));
       E* dv = reinterpret_cast<E*>(p.dv.data) + c.row * p.dv.stride[0] + hv * p.dv.stride[2];
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -328,33 +328,47 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
                 pack2<E>(bt[i] * y[nt][2 * hr], bt[i] * y[nt][2 * hr + 1]);
           }
         }
+      }
+      __syncthreads();  // all have read dU
+      store_tile<E>(y, f, nk, b3, kRowK);
+    }
+    // X = T^T dW: dk̂ -= diag(beta Γ) X, then X over dW in b1
+    {
+      float x[8][4] = {};
+      tile_mma<E, true, true, 8>(x, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
+      dot_rows<E>(x, f, nk, sk, kRowK, row_sum(kKx));
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = frag_row(f, e);
           dk[nt][e] -= bt[i] * gam[i] * x[nt][e];
         }
       }
+      __syncthreads();  // all have read dW
+      store_tile<E>(x, f, nk, b1, kRowK);
     }
-    __syncthreads();  // all have read dU (b3) and dW (b1)
-    store_tile<E>(y, f, nk, b3, kRowK);
-    store_tile<E>(x, f, nk, b1, kRowK);
     // dP = dO U^T (j <= i), with the dG sums of dP o P and dA's A = beta D K̂K̂^T
     float dp[4][4] = {};
     tile_mma<E, false, false, 4>(dp, so, kRowK, m0, b2, kRowK, nc32, kDk, lane);
     {
-      float prod[4][4];
+      float part[2] = {0.0f, 0.0f};
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = frag_row(f, e), j = frag_col(f, nc32, nt, e);
           if (j > i) dp[nt][e] = 0.0f;
-          const E pe = sp[i * kRowC + j];
-          prod[nt][e] = dp[nt][e] * static_cast<float>(pe);
+          part[e >> 1] += dp[nt][e] * static_cast<float>(sp[i * kRowC + j]);
         }
       }
-      row_sums(prod, f, row_sum(kPpRow));
-      column_sums(prod, f, col_sum(kPpCol));
+      row_sums(part[0], part[1], f, row_sum(kPpRow));
+      column_sums(
+          [&](int nt, int e) {
+            const int i = frag_row(f, e), j = frag_col(f, nc32, nt, e);
+            return dp[nt][e] * static_cast<float>(sp[i * kRowC + j]);
+          },
+          f, col_sum(kPpCol));
     }
     __syncthreads();  // Y, X stored; all have read P
     {                 // dP o sD -> sp (P is dead);  Z = beta_j (Y V^T - Γ_j X K̂^T) -> sz
@@ -378,22 +392,31 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     {
       float da[4][4] = {};
       tile_mma<E, false, false, 4>(da, sz, kRowC, m0, tt, kRowC, nc32, kC, lane);
-      float aa[4][4], akk[4][4];
+      // dA o D (zero off the strict lower triangle); its products with K̂K̂^T (dbeta) and with
+      // A = beta_i D K̂K̂^T (dG); then B = beta_i (dA o D).
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = frag_row(f, e), j = frag_col(f, nc32, nt, e);
-          const float d = j < i ? decay(i, j) : 0.0f;
-          da[nt][e] = -da[nt][e];
-          akk[nt][e] = da[nt][e] * d * kk[nt][e];
-          aa[nt][e] = bt[i] * akk[nt][e];
-          da[nt][e] = bt[i] * d * da[nt][e];
+          da[nt][e] = j < i ? -decay(i, j) * da[nt][e] : 0.0f;
         }
       }
-      row_sums(akk, f, row_sum(kAkkRow));
-      row_sums(aa, f, row_sum(kAaRow));
-      column_sums(aa, f, col_sum(kAaCol));
+      float akk[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) akk[e >> 1] += da[nt][e] * kk[nt][e];
+      }
+      row_sums(akk[0], akk[1], f, row_sum(kAkkRow));
+      row_sums(bt[frag_row(f, 0)] * akk[0], bt[frag_row(f, 2)] * akk[1], f, row_sum(kAaRow));
+      column_sums([&](int nt, int e) { return bt[frag_row(f, e)] * da[nt][e] * kk[nt][e]; }, f,
+                  col_sum(kAaCol));
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) da[nt][e] *= bt[frag_row(f, e)];
+      }
       __syncthreads();  // all have read Z
       store_tile<E>(da, f, nc32, sz, kRowC);
     }

@@ -79,6 +79,7 @@ template <class E, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdParams p, V4Scratch s) {
   using Smem = SweepSmem<kWarps>;
   constexpr int kThreads = kWarps * 32, kBV = Smem::kBV;
+  static_assert(kC * (kDk / 8) % kThreads == 0 && kC * (kBV / 8) % kThreads == 0);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* const smem = reinterpret_cast<E*>(smem_raw);
 
@@ -93,33 +94,48 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
   const E* ob = reinterpret_cast<const E*>(p.d_o.data) + span.row * p.d_o.stride[0] +
                 hv * p.d_o.stride[2] + c0;
 
+  // Fixed trip counts (each count is a multiple of kThreads, which divides C * 16): a thread
+  // copies the same 16-byte piece of rows row0 + it * step of each tile.
   auto load_chunk = [&](int64_t c, int stage) {
     E* base = smem + stage * Smem::kStage;
     const int64_t t0 = span.begin + c * kC, rows_left = span.end - t0;
     const int L = static_cast<int>(rows_left < kC ? rows_left : kC);
-    for (int x = tid; x < kC * (kDk / 8); x += kThreads) {
-      const int i = x / (kDk / 8), piece = (x % (kDk / 8)) * 8;
-      const bool valid = i < L;
-      const int64_t t = t0 + (valid ? i : 0);
-      cp_async16(base + Smem::kK + i * kRowK + piece, kb + t * p.k.stride[1] + piece, valid);
-      cp_async16(base + Smem::kQ + i * kRowK + piece, qb + t * p.q.stride[1] + piece, valid);
+    {
+      constexpr int kPieces = kDk / 8, kStep = kThreads / kPieces;
+      const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
+#pragma unroll 4
+      for (int it = 0; it < kC / kStep; ++it) {
+        const int i = row0 + it * kStep;
+        const bool valid = i < L;
+        const int64_t t = t0 + (valid ? i : 0);
+        cp_async16(base + Smem::kK + i * kRowK + piece, kb + t * p.k.stride[1] + piece, valid);
+        cp_async16(base + Smem::kQ + i * kRowK + piece, qb + t * p.q.stride[1] + piece, valid);
+      }
     }
-    for (int x = tid; x < kC * (kBV / 8); x += kThreads) {
-      const int i = x / (kBV / 8), piece = (x % (kBV / 8)) * 8;
-      const bool valid = i < L;
-      const int64_t t = t0 + (valid ? i : 0);
-      cp_async16(base + Smem::kO + i * Smem::kRowV + piece, ob + t * p.d_o.stride[1] + piece,
-                 valid);
+    {
+      constexpr int kPieces = kBV / 8, kStep = kThreads / kPieces;
+      const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
+#pragma unroll
+      for (int it = 0; it < kC / kStep; ++it) {
+        const int i = row0 + it * kStep;
+        const bool valid = i < L;
+        const int64_t t = t0 + (valid ? i : 0);
+        cp_async16(base + Smem::kO + i * Smem::kRowV + piece, ob + t * p.d_o.stride[1] + piece,
+                   valid);
+      }
     }
     // T then P (16-byte piece x is row (x / 8) % C of the two), the factors and Γ_last.
     const char* record = record_of(p, s.rec, z, first_slot + c, hv);
-    for (int x = tid; x < 2 * kC * 8; x += kThreads) {
-      const int m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
+#pragma unroll 4
+    for (int it = 0; it < 2 * kC * 8 / kThreads; ++it) {
+      const int x = tid + it * kThreads, m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
       cp_async16(base + Smem::kT + m * (Smem::kM - Smem::kT) + row * kRowC + col, record + x * 16,
                  true);
     }
-    for (int x = tid; x <= kC; x += kThreads)
-      cp_async16(base + Smem::kF + x * 8, record + kRecordF + x * 16, true);
+    if (tid <= kC) cp_async16(base + Smem::kF + tid * 8, record + kRecordF + tid * 16, true);
+    if (kThreads <= kC && tid == 0) {
+      cp_async16(base + Smem::kF + kC * 8, record + kRecordF + kC * 16, true);
+    }
   };
 
   // dH^T of the warp's 16 columns: dh[nt] holds dH^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
