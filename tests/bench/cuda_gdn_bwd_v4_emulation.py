@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cuda_gdn_bwd_v4_grad_port as grad_port  # noqa: E402
 from sm90_emulation import bf16  # noqa: E402
 
 C = 64
@@ -192,7 +193,7 @@ def tile(x, row, t0, L, h):
     return out
 
 
-def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=None):
+def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=None, port=False):
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     G = HV // H
@@ -252,6 +253,16 @@ def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=No
     dv, dg, db = np.full(v.shape, np.nan), np.full(g.shape, np.nan), np.full(beta.shape, np.nan)
     lower = np.tril(np.ones((C, C)))
     strict = np.tril(np.ones((C, C)), -1)
+    if port:  # the kernel's port, CTA by CTA
+        x = dict(q=q, k=k, v=v, g=g, beta=beta, do=do)
+        out = dict(dq=dq, dk=dk, dv=dv, dg=dg, dbeta=db)
+        for n, (row, b, e) in enumerate(sp):
+            for (z, slot, t0, L) in chunks_of(n, row, b, e, T, cu):
+                for h in range(H):
+                    grad_port.grad_cta(x, lambda hv: rec[z, slot, hv], lambda hv: states[z, slot, hv],
+                                       lambda hv: dstates[z, slot, hv], (row, t0, L), h, G, scale, l2norm,
+                                       rnd, out)
+        return dict(dq=dq, dk=dk, dv=dv, dg=dg, dbeta=db, dh0=dh0)
     for n, (row, b, e) in enumerate(sp):
         for (z, slot, t0, L) in chunks_of(n, row, b, e, T, cu):
             for h in range(H):
@@ -423,7 +434,7 @@ def rel(a, b):
 
 
 def case(seed, B, T, H, HV, K, V, cu=None, h0=True, dht=True, l2norm=True, scale=None, mutate=None,
-         label=""):
+         label="", port=False):
     rng = np.random.default_rng(seed)
     N = B if cu is None else len(cu) - 1
     q, k = rng.uniform(-1, 1, (B, T, H, K)), rng.uniform(-1, 1, (B, T, H, K))
@@ -441,7 +452,7 @@ def case(seed, B, T, H, HV, K, V, cu=None, h0=True, dht=True, l2norm=True, scale
     for mode, rnd in (("exact", lambda x: x), ("bf16", bf16)):
         args = [rnd(x) for x in (q, k, v, g, beta)]
         ref = want if mode == "exact" else backward_tokens(*args, s0, ds, rnd(do), cu, sc, l2norm)
-        got = v4_backward(*args, s0, ds, rnd(do), cu, sc, l2norm, rnd, mutate)
+        got = v4_backward(*args, s0, ds, rnd(do), cu, sc, l2norm, rnd, mutate, port)
         if not h0:
             got.pop("dh0"), ref.pop("dh0")  # dh0 is only written when h0 is given
         errs = {name: rel(got[name], ref[name]) for name in got}
@@ -449,7 +460,8 @@ def case(seed, B, T, H, HV, K, V, cu=None, h0=True, dht=True, l2norm=True, scale
             errs = {name: float("inf") for name in got}
         worst[mode] = errs
     ok = max(worst["exact"].values()) < 1e-9 and max(worst["bf16"].values()) < 1e-2
-    print(f"{'PASS' if ok else 'FAIL'} B={B} T={T} H={H} HV={HV} K={K} V={V} {label:<28} "
+    label = ("[grad port] " if port else "") + label
+    print(f"{'PASS' if ok else 'FAIL'} B={B} T={T} H={H} HV={HV} K={K} V={V} {label:<40} "
           f"exact {max(worst['exact'].values()):.1e}  bf16 "
           + " ".join(f"{n} {e:.1e}" for n, e in worst["bf16"].items()), flush=True)
     return ok
@@ -478,6 +490,11 @@ def main():
         dict(seed=6, B=1, T=100, H=1, HV=2, K=8, V=8, h0=False, dht=False, label="no h0, no dht"),
         dict(seed=7, B=1, T=70, H=1, HV=2, K=8, V=8, l2norm=False, scale=0.3, label="no l2norm"),
         dict(seed=8, B=1, T=192, H=1, HV=2, K=128, V=128, label="K = V = 128"),
+        dict(seed=9, B=1, T=140, H=1, HV=2, K=128, V=128, cu=[0, 0, 1, 65, 140], port=True,
+             label="varlen 0 / 1 / 64 / 75, GQA 2"),
+        dict(seed=10, B=2, T=64, H=2, HV=6, K=128, V=128, port=True, label="T = 64, GQA 3"),
+        dict(seed=11, B=1, T=100, H=1, HV=1, K=128, V=128, l2norm=False, scale=0.3, h0=False, dht=False,
+             port=True, label="no l2norm, no h0 / dht"),
     ]
     for c in cases:
         ok &= case(**c)

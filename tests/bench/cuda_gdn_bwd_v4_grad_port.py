@@ -1,0 +1,251 @@
+"""A port of backends/cuda/gdn_bwd_v4_grad.cu's chunk_grad_kernel for the emulation
+(cuda_gdn_bwd_v4_emulation.py --port): one CTA at a time, its shared-memory
+tiles as arrays under the kernel's names (b1 holds rhs, then dW, then X, as in
+the kernel), each product as tile_mma computes it from the operand forms the
+kernel names (checked lane by lane by check_tile_mma), the 8 warps' tiles and
+the fragment-level helpers (frag_row/frag_col, store_tile, row_sums,
+column_sums, dot_rows, the warp-0 scan) lane by lane. Phases run in the
+kernel's barrier order, so a buffer read after it was overwritten shows."""
+
+import numpy as np
+
+C, DK = 64, 128
+WARPS = [(w & 3, w >> 2) for w in range(8)]  # (mr, nc)
+LANES = np.arange(32)
+G_, T4 = LANES >> 2, LANES & 3
+
+
+def product(a, a_t, m0, b, b_t, n0, depth, nt):
+    """tile_mma<kAT = a_t, kBT = b_t, NT = nt>: A is a[m][k] (a_t: a[k][m]), B is b[n][k]
+    (b_t: b[k][n]); the warp's 16 x 8 nt result."""
+    A = a[:depth, m0:m0 + 16].T if a_t else a[m0:m0 + 16, :depth]
+    B = b[:depth, n0:n0 + 8 * nt] if b_t else b[n0:n0 + 8 * nt, :depth].T
+    return A @ B
+
+
+def rows_of(mr, e):
+    return 16 * mr + G_ + 8 * (e >> 1)
+
+
+def cols_of(n0, nt, e):
+    return n0 + 8 * nt + 2 * T4 + (e & 1)
+
+
+def to_frag(D, mr, n0, nt_count):
+    """The C-layout fragments [lane][nt][e] of a warp's 16 x 8 nt result D (rows 16 mr..)."""
+    f = np.zeros((32, nt_count, 4))
+    for nt in range(nt_count):
+        for e in range(4):
+            f[:, nt, e] = D[rows_of(mr, e) - 16 * mr, cols_of(0, nt, e)]
+    return f
+
+
+def store_tile(acc, mr, n0, tile, rnd):
+    for nt in range(acc.shape[1]):
+        for e in range(4):
+            tile[rows_of(mr, e), cols_of(n0, nt, e)] = rnd(acc[:, nt, e])
+
+
+def row_sums(lo, hi, mr, nc, sums):
+    """Quad shuffles (xor 1, 2), then lanes with t4 = 0 write rows 16 mr + g (+8)."""
+    for o in (1, 2):
+        lo, hi = lo + lo[LANES ^ o], hi + hi[LANES ^ o]
+    for l in LANES[T4 == 0]:
+        sums[nc, 16 * mr + G_[l]], sums[nc, 16 * mr + G_[l] + 8] = lo[l], hi[l]
+
+
+def column_sums(value, mr, nc, sums):
+    for nt in range(4):
+        for e in range(2):
+            x = value(nt, e) + value(nt, e + 2)
+            for o in (4, 8, 16):
+                x = x + x[LANES ^ o]
+            for l in LANES[G_ == 0]:
+                sums[mr, 32 * nc + 8 * nt + 2 * T4[l] + e] = x[l]
+
+
+def dot_rows(acc, mr, n0, tile, sums, nc):
+    part = [np.zeros(32), np.zeros(32)]
+    for nt in range(acc.shape[1]):
+        for e in range(4):
+            part[e >> 1] = part[e >> 1] + acc[:, nt, e] * tile[rows_of(mr, e), cols_of(n0, nt, e)]
+    row_sums(part[0], part[1], mr, nc, sums)
+
+
+def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, out):
+    """One CTA: x holds the inputs (q, k, v, g, beta, do: [B, T, heads, ..]); rec_of(hv), state_of(hv),
+    dstate_of(hv) give the record and the 16-bit S^T, dH^T [V][K]; out the gradient arrays."""
+    row, t0, L = chunk
+    sq, sk = np.zeros((C, DK)), np.zeros((C, DK))
+    sq[:L], sk[:L] = rnd(x["q"][row, t0:t0 + L, h]), rnd(x["k"][row, t0:t0 + L, h])
+    ssq = lambda t: (t * t).sum(1)  # noqa: E731
+    rk = np.where(np.arange(C) < L, 1 / np.sqrt(ssq(sk) + 1e-6) if l2norm else 1.0, 0.0)
+    rq = np.where(np.arange(C) < L, 1 / np.sqrt(ssq(sq) + 1e-6) if l2norm else 1.0, 0.0)
+    if l2norm:
+        sk, sq = rnd(sk * rk[:, None]), rnd(sq * rq[:, None])
+    kk = {w: to_frag(product(sk, False, 16 * mr, sk, False, 32 * nc, DK, 4), mr, 32 * nc, 4)
+          for w, (mr, nc) in enumerate(WARPS)}
+    dq = {w: np.zeros((32, 8, 4)) for w in range(8)}
+    dk = {w: np.zeros((32, 8, 4)) for w in range(8)}
+    rows = {q: np.full((2, C), np.nan) for q in ("qdq", "kx", "vy", "kdk", "pp", "aa", "akk")}
+    cols = {q: np.full((4, C), np.nan) for q in ("pp", "aa")}
+    for hv in range(h * G, (h + 1) * G):
+        sv, so = np.zeros((C, DK)), np.zeros((C, DK))
+        sv[:L], so[:L] = rnd(x["v"][row, t0:t0 + L, hv]), rnd(x["do"][row, t0:t0 + L, hv])
+        ss, sdh = state_of(hv), dstate_of(hv)
+        r = rec_of(hv)
+        tt, sp = r["T"].copy(), r["M"].copy()
+        gl, bt = np.zeros(C), np.zeros(C)
+        gl[:L], bt[:L] = x["g"][row, t0:t0 + L, hv], x["beta"][row, t0:t0 + L, hv]
+        gc = np.cumsum(gl)
+        valid = np.arange(C) < L
+        gam, ee = np.where(valid, np.exp(gc), 0.0), np.where(valid, np.exp(gc[-1] - gc), 0.0)
+        gamma_last = np.exp(gc[C - 1])
+        b1, b2, b3, sz = (np.full((C, DK), np.nan), np.full((C, DK), np.nan), np.full((C, DK), np.nan),
+                          np.full((C, C), np.nan))
+        sh = {}
+        for w, (mr, nc) in enumerate(WARPS):  # rhs -> b1, dU -> b3
+            m0, nk = 16 * mr, 64 * nc
+            acc = to_frag(product(sk, False, m0, ss, False, nk, DK, 8), mr, nk, 8)
+            for nt in range(8):
+                for e in range(4):
+                    i, j = rows_of(mr, e), cols_of(nk, nt, e)
+                    acc[:, nt, e] = bt[i] * (sv[i, j] - gam[i] * acc[:, nt, e])
+            store_tile(acc, mr, nk, b1, rnd)
+            D = product(sk, False, m0, sdh, False, nk, DK, 8) * ee[m0:m0 + 16, None]
+            D = D + product(sp, True, m0, so, True, nk, C, 8)
+            store_tile(to_frag(D, mr, nk, 8), mr, nk, b3, rnd)
+        sh["state"] = (ss * sdh).sum()
+        ures = {w: product(tt, False, 16 * mr, b1, True, 64 * nc, C, 8) for w, (mr, nc) in enumerate(WARPS)}
+        for w, (mr, nc) in enumerate(WARPS):
+            store_tile(to_frag(ures[w], mr, 64 * nc, 8), mr, 64 * nc, b2, rnd)
+        wres = {w: product(b3, False, 16 * mr, ss, True, 64 * nc, DK, 8) for w, (mr, nc) in enumerate(WARPS)}
+        for w, (mr, nc) in enumerate(WARPS):  # after the barrier: dW over rhs
+            store_tile(to_frag(wres[w], mr, 64 * nc, 8), mr, 64 * nc, b1, rnd)
+        for w, (mr, nc) in enumerate(WARPS):  # dq1
+            m0, nk = 16 * mr, 64 * nc
+            acc = to_frag(product(so, False, m0, ss, True, nk, DK, 8), mr, nk, 8)
+            for e in range(4):
+                acc[:, :, e] *= (scale * gam[rows_of(mr, e)])[:, None]
+            dot_rows(acc, mr, nk, sq, rows["qdq"], nc)
+            dq[w] += acc
+        ys = {}
+        for w, (mr, nc) in enumerate(WARPS):  # Y
+            m0, nk = 16 * mr, 64 * nc
+            ys[w] = to_frag(product(tt, True, m0, b3, True, nk, C, 8), mr, nk, 8)
+            dot_rows(ys[w], mr, nk, sv, rows["vy"], nc)
+            for nt in range(8):
+                for e in range(4):
+                    i, j = rows_of(mr, e), cols_of(nk, nt, e)
+                    keep = i < L
+                    out["dv"][row, t0 + i[keep], hv, j[keep]] = bt[i[keep]] * ys[w][keep, nt, e]
+        for w, (mr, nc) in enumerate(WARPS):
+            store_tile(ys[w], mr, 64 * nc, b3, rnd)
+        xs = {}
+        for w, (mr, nc) in enumerate(WARPS):  # X
+            m0, nk = 16 * mr, 64 * nc
+            xs[w] = to_frag(product(tt, True, m0, b1, True, nk, C, 8), mr, nk, 8)
+            dot_rows(xs[w], mr, nk, sk, rows["kx"], nc)
+            for e in range(4):
+                i = rows_of(mr, e)
+                dk[w][:, :, e] -= (bt[i] * gam[i])[:, None] * xs[w][:, :, e]
+        for w, (mr, nc) in enumerate(WARPS):
+            store_tile(xs[w], mr, 64 * nc, b1, rnd)
+        dps = {}
+        for w, (mr, nc) in enumerate(WARPS):  # dP, its sums with P
+            m0, n0 = 16 * mr, 32 * nc
+            dp = to_frag(product(so, False, m0, b2, False, n0, DK, 4), mr, n0, 4)
+            part = [np.zeros(32), np.zeros(32)]
+            for nt in range(4):
+                for e in range(4):
+                    i, j = rows_of(mr, e), cols_of(n0, nt, e)
+                    dp[:, nt, e] = np.where(j > i, 0.0, dp[:, nt, e])
+                    part[e >> 1] = part[e >> 1] + dp[:, nt, e] * sp[i, j]
+            row_sums(part[0], part[1], mr, nc, rows["pp"])
+            column_sums(lambda nt, e: dp[:, nt, e] * sp[rows_of(mr, e), cols_of(n0, nt, e)], mr, nc,
+                        cols["pp"])
+            dps[w] = dp
+        zs = {}
+        for w, (mr, nc) in enumerate(WARPS):  # after the barrier: dPs, Z
+            m0, n0 = 16 * mr, 32 * nc
+            yv = to_frag(product(b3, False, m0, sv, False, n0, DK, 4), mr, n0, 4)
+            xk = to_frag(product(b1, False, m0, sk, False, n0, DK, 4), mr, n0, 4)
+            for nt in range(4):
+                for e in range(4):
+                    i, j = rows_of(mr, e), cols_of(n0, nt, e)
+                    dps[w][:, nt, e] *= np.where(j <= i, scale * np.exp(gc[i] - gc[j]), 0.0)
+                    yv[:, nt, e] = bt[j] * (yv[:, nt, e] - gam[j] * xk[:, nt, e])
+            zs[w] = yv
+        for w, (mr, nc) in enumerate(WARPS):
+            store_tile(dps[w], mr, 32 * nc, sp, rnd)
+            store_tile(zs[w], mr, 32 * nc, sz, rnd)
+        das = {}
+        for w, (mr, nc) in enumerate(WARPS):  # dA, its sums, B
+            m0, n0 = 16 * mr, 32 * nc
+            da = to_frag(product(sz, False, m0, tt, False, n0, C, 4), mr, n0, 4)
+            for nt in range(4):
+                for e in range(4):
+                    i, j = rows_of(mr, e), cols_of(n0, nt, e)
+                    da[:, nt, e] = np.where(j < i, -np.exp(np.where(j < i, gc[i] - gc[j], 0.0)) * da[:, nt, e],
+                                            0.0)
+            akk = [np.zeros(32), np.zeros(32)]
+            for nt in range(4):
+                for e in range(4):
+                    akk[e >> 1] = akk[e >> 1] + da[:, nt, e] * kk[w][:, nt, e]
+            row_sums(akk[0], akk[1], mr, nc, rows["akk"])
+            row_sums(bt[rows_of(mr, 0)] * akk[0], bt[rows_of(mr, 2)] * akk[1], mr, nc, rows["aa"])
+            column_sums(lambda nt, e: bt[rows_of(mr, e)] * da[:, nt, e] * kk[w][:, nt, e], mr, nc, cols["aa"])
+            for e in range(4):
+                da[:, :, e] *= bt[rows_of(mr, e)][:, None]
+            das[w] = da
+        for w, (mr, nc) in enumerate(WARPS):
+            store_tile(das[w], mr, 32 * nc, sz, rnd)
+        for w, (mr, nc) in enumerate(WARPS):  # dq, dk products; U dH^T
+            m0, nk = 16 * mr, 64 * nc
+            dq[w] += to_frag(product(sp, False, m0, sk, True, nk, C, 8), mr, nk, 8)
+            dk[w] += to_frag(product(sp, True, m0, sq, True, nk, C, 8) + product(sz, False, m0, sk, True, nk, C, 8)
+                             + product(sz, True, m0, sk, True, nk, C, 8), mr, nk, 8)
+            acc = to_frag(product(b2, False, m0, sdh, True, nk, DK, 8), mr, nk, 8)
+            dot_rows(acc, mr, nk, sk, rows["kdk"], nc)
+            for e in range(4):
+                dk[w][:, :, e] += ee[rows_of(mr, e)][:, None] * acc[:, :, e]
+        # warp 0: dbeta, dG, the suffix scan of lane pairs
+        rs = {q: v[0] + v[1] for q, v in rows.items()}
+        cs = {q: v.sum(0) for q, v in cols.items()}
+        i2 = np.stack([2 * LANES, 2 * LANES + 1], 1)
+        kx, e_kdk = rs["kx"][i2], ee[i2] * rs["kdk"][i2]
+        dG = (rs["qdq"][i2] + rs["pp"][i2] - cs["pp"][i2] + rs["aa"][i2] - cs["aa"][i2]
+              - bt[i2] * gam[i2] * kx - e_kdk)
+        for r in range(2):
+            for l in LANES:
+                if i2[l, r] < L:
+                    out["dbeta"][row, t0 + i2[l, r], hv] = rs["vy"][i2[l, r]] - gam[i2[l, r]] * kx[l, r] + \
+                        rs["akk"][i2[l, r]]
+        end = e_kdk.sum()
+        dG[i2 == L - 1] += end + gamma_last * sh["state"]
+        pair = np.where(i2[:, 0] < L, dG[:, 0], 0.0) + np.where(i2[:, 1] < L, dG[:, 1], 0.0)
+        run = pair.copy()
+        for o in (1, 2, 4, 8, 16):
+            run = run + np.where(LANES + o < 32, np.roll(run, -o), 0.0)
+        at = np.stack([run, run - np.where(i2[:, 0] < L, dG[:, 0], 0.0)], 1)
+        for r in range(2):
+            for l in LANES:
+                if i2[l, r] < L:
+                    out["dg"][row, t0 + i2[l, r], hv] = at[l, r]
+    # l2norm backward and the stores
+    for w, (mr, nc) in enumerate(WARPS):
+        if l2norm:
+            dot_rows(dq[w], mr, 64 * nc, sq, rows["qdq"], nc)
+            dot_rows(dk[w], mr, 64 * nc, sk, rows["kx"], nc)
+    for w, (mr, nc) in enumerate(WARPS):
+        for nt in range(8):
+            for e in range(4):
+                i, j = rows_of(mr, e), cols_of(64 * nc, nt, e)
+                keep = i < L
+                qv, kv = dq[w][:, nt, e], dk[w][:, nt, e]
+                if l2norm:
+                    qd, kd = rows["qdq"].sum(0)[i], rows["kx"].sum(0)[i]
+                    qv = rq[i] * (qv - sq[i, j] * qd)
+                    kv = rk[i] * (kv - sk[i, j] * kd)
+                out["dq"][row, t0 + i[keep], h, j[keep]] = qv[keep]
+                out["dk"][row, t0 + i[keep], h, j[keep]] = kv[keep]
