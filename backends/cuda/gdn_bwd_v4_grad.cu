@@ -154,10 +154,44 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
                  valid);
     }
   };
+  // A value head's tiles in three parts, each issued (for the next head) as soon as
+  // the current one is done with its tiles: S^T after dq's first term, v and dO after
+  // Z, dH^T and the record's T and P at the head's end.
+  auto load_state = [&](int64_t hv) {
+    const E* from =
+        static_cast<const E*>(s.rec.states) + record_index(p, s.rec, z, slot, hv) * p.V * kDk;
+    for (int x = tid; x < kDk * 16; x += kThreads) {
+      const int r = x >> 4, piece = (x & 15) * 8;
+      cp_async16(ss + r * kRowK + piece, from + r * kDk + piece, true);
+    }
+    cp_async_commit();
+  };
+  auto load_values = [&](int64_t hv) {
+    load_rows(sv, p.v, hv);
+    load_rows(so, p.d_o, hv);
+    cp_async_commit();
+  };
+  auto load_rest = [&](int64_t hv) {
+    const int64_t index = record_index(p, s.rec, z, slot, hv);
+    const E* from = static_cast<const E*>(s.dstates) + index * p.V * kDk;
+    for (int x = tid; x < kDk * 16; x += kThreads) {
+      const int r = x >> 4, piece = (x & 15) * 8;
+      cp_async16(sdh + r * kRowK + piece, from + r * kDk + piece, true);
+    }
+    const char* record = s.rec.records + index * kRecordBytes;
+    for (int x = tid; x < 2 * kC * 8; x += kThreads) {
+      const int m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
+      cp_async16((m ? sp : tt) + row * kRowC + col, record + x * 16, true);
+    }
+    cp_async_commit();
+  };
   load_rows(sq, p.q, h);
   load_rows(sk, p.k, h);
   cp_async_commit();
-  cp_async_wait<0>();
+  load_state(h * G);
+  load_values(h * G);
+  load_rest(h * G);
+  cp_async_wait<3>();  // q and k
   __syncthreads();
   {  // l2 norms (threads 0-63 the k rows, 64-127 the q rows), then q̂, k̂ in place
     if (tid < 2 * kC) {
@@ -188,25 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
 
   float dq[8][4] = {}, dk[8][4] = {};  // dq̂, dk̂ of the warp's C x 64 tile
   for (int64_t hv = h * G; hv < (h + 1) * G; ++hv) {
-    // Loads: v, dO rows, S^T, dH^T, the record's T and P; then the gates.
-    load_rows(sv, p.v, hv);
-    load_rows(so, p.d_o, hv);
-    const int64_t index = record_index(p, s.rec, z, slot, hv);
-    {
-      const E* sT = static_cast<const E*>(s.rec.states) + index * p.V * kDk;
-      const E* dT = static_cast<const E*>(s.dstates) + index * p.V * kDk;
-      for (int x = tid; x < kDk * 16; x += kThreads) {
-        const int r = x >> 4, piece = (x & 15) * 8;
-        cp_async16(ss + r * kRowK + piece, sT + r * kDk + piece, true);
-        cp_async16(sdh + r * kRowK + piece, dT + r * kDk + piece, true);
-      }
-      const char* record = s.rec.records + index * kRecordBytes;
-      for (int x = tid; x < 2 * kC * 8; x += kThreads) {
-        const int m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
-        cp_async16((m ? sp : tt) + row * kRowC + col, record + x * 16, true);
-      }
-    }
-    cp_async_commit();
+    const bool next = hv + 1 < (h + 1) * G;
     if (warp == 0) {  // gates: the in-chunk cumsum, two rows per lane
       float gl[2], bl[2];
 #pragma unroll
@@ -310,7 +326,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
         for (int e = 0; e < 4; ++e) dq[nt][e] += acc[nt][e];
       }
     }
-    __syncthreads();  // dW in b1
+    __syncthreads();  // dW in b1; S^T is dead
+    if (next) load_state(hv + 1);
     // Y = T^T dU: dv = beta Y, then Y over dU in b3
     {
       float y[8][4] = {};
@@ -387,7 +404,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
       store_tile<E>(dp, f, nc32, sp, kRowC);
       store_tile<E>(yv, f, nc32, sz, kRowC);
     }
-    __syncthreads();
+    __syncthreads();  // v and dO are dead
+    if (next) load_values(hv + 1);
     // dA = -Z T^T (j < i): dbeta's and dG's sums, then B = beta_i D_ij dA_ij -> sz
     {
       float da[4][4] = {};
@@ -483,7 +501,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
         }
       }
     }
-    __syncthreads();  // the next value head's loads overwrite the tiles and sums
+    __syncthreads();  // the next value head's loads overwrite the tiles, its sums these sums
+    if (next) load_rest(hv + 1);
   }
 
   // The l2norm backward r (d - x̂ (x̂.d)) of the summed dq̂, dk̂, then the stores.

@@ -89,12 +89,21 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
     dk = {w: np.zeros((32, 8, 4)) for w in range(8)}
     rows = {q: np.full((2, C), np.nan) for q in ("qdq", "kx", "vy", "kdk", "pp", "aa", "akk")}
     cols = {q: np.full((4, C), np.nan) for q in ("pp", "aa")}
-    for hv in range(h * G, (h + 1) * G):
+    def values(hv):
         sv, so = np.zeros((C, DK)), np.zeros((C, DK))
         sv[:L], so[:L] = rnd(x["v"][row, t0:t0 + L, hv]), rnd(x["do"][row, t0:t0 + L, hv])
-        ss, sdh = state_of(hv), dstate_of(hv)
-        r = rec_of(hv)
-        tt, sp = r["T"].copy(), r["M"].copy()
+        return sv, so
+
+    def rest(hv):
+        return dstate_of(hv), rec_of(hv)["T"].copy(), rec_of(hv)["M"].copy()
+
+    # the kernel's loads: all for the first head, then each part for the next head where
+    # the current one is done with its tiles
+    ss = state_of(h * G)
+    sv, so = values(h * G)
+    sdh, tt, sp = rest(h * G)
+    for hv in range(h * G, (h + 1) * G):
+        nxt = hv + 1 < (h + 1) * G
         gl, bt = np.zeros(C), np.zeros(C)
         gl[:L], bt[:L] = x["g"][row, t0:t0 + L, hv], x["beta"][row, t0:t0 + L, hv]
         gc = np.cumsum(gl)
@@ -129,6 +138,8 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
                 acc[:, :, e] *= (scale * gam[rows_of(mr, e)])[:, None]
             dot_rows(acc, mr, nk, sq, rows["qdq"], nc)
             dq[w] += acc
+        if nxt:
+            ss = state_of(hv + 1)
         ys = {}
         for w, (mr, nc) in enumerate(WARPS):  # Y
             m0, nk = 16 * mr, 64 * nc
@@ -179,6 +190,8 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         for w, (mr, nc) in enumerate(WARPS):
             store_tile(dps[w], mr, 32 * nc, sp, rnd)
             store_tile(zs[w], mr, 32 * nc, sz, rnd)
+        if nxt:
+            sv, so = values(hv + 1)
         das = {}
         for w, (mr, nc) in enumerate(WARPS):  # dA, its sums, B
             m0, n0 = 16 * mr, 32 * nc
@@ -232,6 +245,8 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
             for l in LANES:
                 if i2[l, r] < L:
                     out["dg"][row, t0 + i2[l, r], hv] = at[l, r]
+        if nxt:
+            sdh, tt, sp = rest(hv + 1)
     # l2norm backward and the stores
     for w, (mr, nc) in enumerate(WARPS):
         if l2norm:
