@@ -2,9 +2,13 @@
 "gdn_chunk_bwd v4"): the four kernels' chunk-level math in numpy, in the
 kernels' order, factorisation and 16-bit rounding points, against a float64
 reference that differentiates the token recurrence by hand (itself checked
-against central finite differences on a tiny case). Also emulates the one new
-fragment mapping of the kernels (a B operand read with ldmatrix.trans from a
-row-major k x n tile, 32 rows deep) against a plain product.
+against central finite differences on a tiny case). Also emulates the new
+fragment mappings (a B operand by ldmatrix.trans from a row-major k x n tile;
+tile_mma's four operand forms lane by lane) against plain products, and the
+"[ports]" cases run the two new kernels as ported line by line: reverse_dh
+lane by lane (cuda_gdn_bwd_v4_sweep_port.py) and chunk_grad CTA by CTA with
+its buffer reuse, prefetch points and fragment-level sums
+(cuda_gdn_bwd_v4_grad_port.py).
 
   python3 tests/bench/cuda_gdn_bwd_v4_emulation.py            all cases
   python3 tests/bench/cuda_gdn_bwd_v4_emulation.py --mutate   a wrong dbeta term: must FAIL
@@ -21,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cuda_gdn_bwd_v4_grad_port as grad_port  # noqa: E402
+import cuda_gdn_bwd_v4_sweep_port as sweep_port  # noqa: E402
 from sm90_emulation import bf16  # noqa: E402
 
 C = 64
@@ -233,7 +238,22 @@ def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=No
                 St = r["gamma_last"] * St + rnd(vnew * r["f"][:, 3][None, :]) @ kt
 
     # kernel 3: the reverse sweep (new): dH^T per chunk end, dh0
-    for n, (row, b, e) in enumerate(sp):
+    for n, (row, b, e) in enumerate(sp if port else []):  # the kernel's lane-level port
+        for hv in range(HV):
+            h = hv // G
+            order = list(reversed(chunks_of(n, row, b, e, T, cu)))
+            tiles = [dict(k=rnd(tile(k, row, t0, L, h)), q=rnd(tile(q, row, t0, L, h)), o=rnd(tile(do, row, t0, L, hv)),
+                          T=rec[z, slot, hv]["T"], M=rec[z, slot, hv]["M"], f=rec[z, slot, hv]["f"],
+                          gamma_last=rec[z, slot, hv]["gamma_last"]) for (z, slot, t0, L) in order]
+            for c0 in range(0, V, 32):  # CTAs of two warps (kWarps = 2)
+                cta = [dict(t, o=t["o"][:, c0:c0 + 32]) for t in tiles]
+                for warp in range(2):
+                    stored, d0 = sweep_port.reverse_warp(cta, warp, c0, dht[n, hv] if dht is not None else None, rnd)
+                    v0 = c0 + 16 * warp
+                    for (z, slot, _, _), rows in zip(order, stored):
+                        dstates[z, slot, hv][v0:v0 + 16] = rows
+                    dh0[n, hv][:, v0:v0 + 16] = d0.T
+    for n, (row, b, e) in enumerate([] if port else sp):
         for hv in range(HV):
             h = hv // G
             dHt = dht[n, hv].T.copy() if dht is not None else np.zeros((V, K))
@@ -460,7 +480,7 @@ def case(seed, B, T, H, HV, K, V, cu=None, h0=True, dht=True, l2norm=True, scale
             errs = {name: float("inf") for name in got}
         worst[mode] = errs
     ok = max(worst["exact"].values()) < 1e-9 and max(worst["bf16"].values()) < 1e-2
-    label = ("[grad port] " if port else "") + label
+    label = ("[ports] " if port else "") + label
     print(f"{'PASS' if ok else 'FAIL'} B={B} T={T} H={H} HV={HV} K={K} V={V} {label:<40} "
           f"exact {max(worst['exact'].values()):.1e}  bf16 "
           + " ".join(f"{n} {e:.1e}" for n, e in worst["bf16"].items()), flush=True)
@@ -492,6 +512,7 @@ def main():
         dict(seed=8, B=1, T=192, H=1, HV=2, K=128, V=128, label="K = V = 128"),
         dict(seed=9, B=1, T=140, H=1, HV=2, K=128, V=128, cu=[0, 0, 1, 65, 140], port=True,
              label="varlen 0 / 1 / 64 / 75, GQA 2"),
+        dict(seed=12, B=1, T=130, H=1, HV=1, K=128, V=128, cu=[0, 130], port=True, label="varlen 130"),
         dict(seed=10, B=2, T=64, H=2, HV=6, K=128, V=128, port=True, label="T = 64, GQA 3"),
         dict(seed=11, B=1, T=100, H=1, HV=1, K=128, V=128, l2norm=False, scale=0.3, h0=False, dht=False,
              port=True, label="no l2norm, no h0 / dht"),
