@@ -6,6 +6,7 @@
 # (STEPS=pytest: tests/python/test_cuda.py and the quick CPU-only ones); STEPS=bwdcheck:
 # gdn_chunk_bwd's tensor-core sweeps against float64 autograd (tests/bench/cuda_bwd_check.py);
 # STEPS=moe_ep: tests/bench/cuda_moe_ep_check.py (NCCL opened from the nvidia-nccl wheel beside torch).
+# STEPS=sanitize_v4: memcheck and racecheck on gdn_chunk_bwd v4's kernels (HOPS_CUDA_GDN_BWD=v4).
 # Usage (repo root): [STEPS="check bench ..."] [CONFORMANCE_OP="op ..."] [MEMCHECK_OP="op ..."]
 #   [BENCH_ONLY=N=1,conv,...] tests/bench/cuda_device_run.sh [OUT_DIR]
 # Carry .whl (fla-core) for the FLA comparison; without it FLA is skipped.
@@ -85,6 +86,13 @@ for step in ${STEPS-check bench conformance memcheck racecheck ncu}; do
     racecheck_bwd)  # the backward's tensor-core sweeps (cp.async stages, shared state) at K = 128
       timeout 300 compute-sanitizer --tool racecheck --error-exitcode 99 --kernel-name kns=sweep_tc python3 tests/bench/cuda_bwd_check.py --quick --no-reference > "$OUT/san_racecheck_bwd.log" 2>&1
       echo "sanitizer racecheck sweep_tc kernels (cuda_bwd_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_bwd_check' "$OUT/san_racecheck_bwd.log" | tail -2 | tr '\n' ' ')" ;;
+    sanitize_v4)  # gdn_chunk_bwd v4's kernels (every *_kernel: the records, the state and reverse
+      # sweeps, the gradients) under memcheck and racecheck, on the check's quick cases
+      for tool in memcheck racecheck; do
+        HOPS_CUDA_GDN_BWD=v4 timeout 300 compute-sanitizer --tool $tool --error-exitcode 99 --kernel-name kns=_kernel \
+          python3 tests/bench/cuda_bwd_check.py --quick --no-reference > "$OUT/san_${tool}_v4.log" 2>&1
+        echo "sanitizer $tool v4 kernels (cuda_bwd_check --quick) rc=$?: $(grep -E 'ERROR SUMMARY|cuda_bwd_check' "$OUT/san_${tool}_v4.log" | tail -2 | tr '\n' ' ')"
+      done ;;
     pytest)  # the Python shim on CUDA tensors; then the quick CPU-only Python tests that hold on the
       # device's transformers 5.17 (test_dropins needs GQA in its torch functions, test_training is slow)
       python3 -c 'import hops; print(hops.info())' | grep -A3 backends
