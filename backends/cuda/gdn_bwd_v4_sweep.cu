@@ -1,15 +1,17 @@
 // gdn_chunk_bwd v4, kernel 3: the reverse sweep. One CTA per (sequence,
-// value head, 16 kWarps value columns), a warp per 16 columns, chunks from
-// the last: the warp keeps dH^T (16 x 128, f32) as mma accumulators, the
-// A-operand layout of dH^T K^T, exactly as gdn_chunk_tc.cu's kernel 2 keeps
-// S^T. Per chunk, with the forward's record (T, P, the factors f1 = beta Γ rk,
-// f2 = scale Γ rq, f3 = rk e^{gc_last - gc}, Γ_last) and raw q, k, dO:
-//   dH^T out (16-bit, the gradient of the state at the chunk's end)
-//   dU^T = (dH^T K^T) diag(f3) + dO^T P
-//   Y^T  = dU^T T
-//   dH^T = Γ_last dH^T + (dO^T diag(f2)) Q - (Y^T diag(f1)) K
-// and after the first chunk dH^T is dh0. Tiles arrive by cp.async, three
-// chunks deep; one barrier per chunk.
+// value head, 16 kGroups value columns), chunks from the last. Each group of
+// 16 columns has a chain warp that keeps dH^T (16 x 128, f32) as mma
+// accumulators, the A-operand layout of dH^T K^T, exactly as gdn_chunk_tc.cu's
+// kernel 2 keeps S^T, and a helper warp for the products that do not depend on
+// dH (as kernel 2's output warp). Per chunk, with the forward's record (T, P,
+// the factors f1 = beta Γ rk, f2 = scale Γ rq, f3 = rk e^{gc_last - gc},
+// Γ_last) and raw q, k, dO:
+//   helper: W1 = dO^T P, W2 = (dO^T diag(f2)) Q, handed over through shared memory
+//   chain:  dH^T out (16-bit, the gradient of the state at the chunk's end)
+//           dU^T = (dH^T K^T) diag(f3) + W1,  Y^T = dU^T T
+//           dH^T = Γ_last dH^T + W2 - (Y^T diag(f1)) K
+// and after the first chunk dH^T is dh0. Tiles arrive by cp.async, kStages
+// chunks deep; two barriers per chunk.
 #include "checked_math.hpp"
 #include "device_common.cuh"
 #include "gdn_bwd_v4.cuh"
@@ -19,11 +21,11 @@ namespace hops::cuda {
 namespace {
 
 constexpr int kC = kRecordChunk, kDk = kV4Dk, kRowK = kV4RowK, kRowC = kV4RowC;
-constexpr int kStages = 3;
-
-template <int kWarps>
+// Stages: three for 2 groups; two for 4, whose handoff would not fit beside three.
+template <int kGroups>
 struct SweepSmem {
-  static constexpr int kBV = 16 * kWarps;
+  static constexpr int kStages = kGroups == 2 ? 3 : 2;
+  static constexpr int kBV = 16 * kGroups;
   static constexpr int kRowV = kBV + 8;
   // offsets in 16-bit elements within a stage
   static constexpr int kK = 0;
@@ -34,7 +36,10 @@ struct SweepSmem {
   static constexpr int kF = kM + kC * kRowC;  // float4 [C]
   static constexpr int kD = kF + kC * 8;      // float Γ_last (16-byte slot)
   static constexpr int kStage = kD + 8;
-  static constexpr size_t kBytes = static_cast<size_t>(kStages) * kStage * 2;
+  // per group: W1 (32 floats per lane) then W2 (64), lane-minor
+  static constexpr int kHandoffFloats = 96 * 32;
+  static constexpr size_t kBytes =
+      static_cast<size_t>(kStages) * kStage * 2 + size_t{4} * kGroups * kHandoffFloats;
   static_assert(kStage % 8 == 0 && kF % 8 == 0 && kRowV % 8 == 0);
 };
 
@@ -75,15 +80,18 @@ __device__ __forceinline__ void rows_as_a(const float (&acc)[8][4], const float*
   }
 }
 
-template <class E, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdParams p, V4Scratch s) {
-  using Smem = SweepSmem<kWarps>;
-  constexpr int kThreads = kWarps * 32, kBV = Smem::kBV;
-  static_assert(kC * (kDk / 8) % kThreads == 0 && kC * (kBV / 8) % kThreads == 0);
+template <class E, int kGroups>
+__global__ void __launch_bounds__(kGroups * 64, 1)
+    reverse_dh_kernel(ChunkBwdParams p, V4Scratch s) {
+  using Smem = SweepSmem<kGroups>;
+  constexpr int kThreads = kGroups * 64, kBV = Smem::kBV, kStages = Smem::kStages;
+  static_assert(kC * (kDk / 8) % kThreads == 0 && kC * (kBV / 8) % kThreads == 0 && kThreads > kC);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   E* const smem = reinterpret_cast<E*>(smem_raw);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const bool helper = warp >= kGroups;
+  const int group = helper ? warp - kGroups : warp;  // the warp's 16 value columns
   const int g = lane >> 2, t4 = lane & 3, quad = lane >> 3;
   const int64_t n = blockIdx.z, hv = blockIdx.y, c0 = int64_t(blockIdx.x) * kBV;
   const int64_t h = hv / (p.HV / p.H);
@@ -93,9 +101,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
   const E* qb = reinterpret_cast<const E*>(p.q.data) + span.row * p.q.stride[0] + h * p.q.stride[2];
   const E* ob = reinterpret_cast<const E*>(p.d_o.data) + span.row * p.d_o.stride[0] +
                 hv * p.d_o.stride[2] + c0;
+  float* const handoff = reinterpret_cast<float*>(smem + kStages * Smem::kStage) +
+                         group * Smem::kHandoffFloats + lane;  // [96][32]: W1 then W2
 
-  // Fixed trip counts (each count is a multiple of kThreads, which divides C * 16): a thread
-  // copies the same 16-byte piece of rows row0 + it * step of each tile.
+  // Fixed trip counts (each count is a multiple of kThreads): a thread copies the same
+  // 16-byte piece of rows row0 + it * step of each tile.
   auto load_chunk = [&](int64_t c, int stage) {
     E* base = smem + stage * Smem::kStage;
     const int64_t t0 = span.begin + c * kC, rows_left = span.end - t0;
@@ -133,15 +143,12 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
                  true);
     }
     if (tid <= kC) cp_async16(base + Smem::kF + tid * 8, record + kRecordF + tid * 16, true);
-    if (kThreads <= kC && tid == 0) {
-      cp_async16(base + Smem::kF + kC * 8, record + kRecordF + kC * 16, true);
-    }
   };
 
-  // dH^T of the warp's 16 columns: dh[nt] holds dH^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
+  // Chain warps: dh[nt] holds dH^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
   float dh[16][4];
-  const int64_t my_v = c0 + 16 * warp + g;
-  {
+  const int64_t my_v = c0 + 16 * group + g;
+  if (!helper) {
     const float* dht = p.dht.data ? reinterpret_cast<const float*>(p.dht.data) +
                                         n * p.dht.stride[0] + hv * p.dht.stride[1]
                                   : nullptr;
@@ -164,31 +171,72 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
   for (int64_t it = 0; it < chunks; ++it) {
     const int64_t c = chunks - 1 - it;
     cp_async_wait<kStages - 2>();
-    __syncthreads();  // chunk c landed for all; all are done with the stage reloaded next
+    __syncthreads();  // chunk c landed; all are done with the stage reloaded next and the handoff
     if (it + kStages - 1 < chunks) load_chunk(c - (kStages - 1), int((it + kStages - 1) % kStages));
     cp_async_commit();
 
     const E* base = smem + static_cast<int>(it % kStages) * Smem::kStage;
     const E* sk = base + Smem::kK;
-    const E* sq = base + Smem::kQ;
     const float* sf = reinterpret_cast<const float*>(base + Smem::kF);  // [C][4]
-    const float decay_last = *reinterpret_cast<const float*>(base + Smem::kD);
 
-    {  // dH^T at the chunk's end, as the 16-bit value the products use
-      E* out = static_cast<E*>(s.dstates) +
-               (record_index(p, s.rec, z, first_slot + c, hv) * p.V + my_v) * kDk + 2 * t4;
+    float du[8][4] = {};
+    if (helper) {
+      // dO^T as A operands over the chunk rows (V^T's fragments in gdn_chunk_tc.cu).
+      uint32_t oa[4][4];
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        ldsm_x4_trans(oa[np], base + Smem::kO +
+                                  ((2 * np + (quad >> 1)) * 8 + (lane & 7)) * Smem::kRowV +
+                                  16 * group + (quad & 1) * 8);
+      }
+      float w1[8][4] = {};
+      times_lower<E>(oa, base + Smem::kM, lane, w1);
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) handoff[(4 * nt + e) * 32] = w1[nt][e];
+      }
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+#pragma unroll
+        for (int hs = 0; hs < 2; ++hs) {
+          const int i0 = (2 * np + hs) * 8 + 2 * t4;
+          const float fa = sf[4 * i0 + 2], fb = sf[4 * i0 + 6];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const float2 x = unpack2<E>(oa[np][2 * hs + r]);
+            oa[np][2 * hs + r] = pack2<E>(fa * x.x, fb * x.y);
+          }
+        }
+      }
+      const E* sq = base + Smem::kQ;
 #pragma unroll
       for (int nt = 0; nt < 16; ++nt) {
-        *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(dh[nt][0], dh[nt][1]);
-        *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) = pack2<E>(dh[nt][2], dh[nt][3]);
+        float w2[4] = {};
+#pragma unroll
+        for (int kp = 0; kp < 2; ++kp) {
+          uint32_t b[4];
+          ldsm_x4_trans(b, sq + (kp * 32 + lane) * kRowK + nt * 8);
+          mma<E>(w2, oa[2 * kp], b[0], b[1]);
+          mma<E>(w2, oa[2 * kp + 1], b[2], b[3]);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) handoff[(32 + 4 * nt + e) * 32] = w2[e];
       }
-    }
-    // dU^T = (dH^T K^T) diag(f3) + dO^T P
-    float du[8][4] = {};
-    {
-      uint32_t ha[4][4];  // dH^T as A operands, 32 key dims at a time
+    } else {
+      {  // dH^T at the chunk's end, as the 16-bit value the products use
+        E* out = static_cast<E*>(s.dstates) +
+                 (record_index(p, s.rec, z, first_slot + c, hv) * p.V + my_v) * kDk + 2 * t4;
+#pragma unroll
+        for (int nt = 0; nt < 16; ++nt) {
+          *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(dh[nt][0], dh[nt][1]);
+          *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) = pack2<E>(dh[nt][2], dh[nt][3]);
+        }
+      }
+      // dH^T K^T, 32 key dims of dH^T as A operands at a time
 #pragma unroll
       for (int kp = 0; kp < 4; ++kp) {
+        uint32_t ha[2][4];
 #pragma unroll
         for (int hs = 0; hs < 2; ++hs) {
           const int nt = 4 * kp + 2 * hs;
@@ -206,23 +254,18 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
         }
       }
     }
+    __syncthreads();  // W1, W2 handed over
+    if (helper) continue;
+      // dU^T = (dH^T K^T) diag(f3) + W1;  Y^T = dU^T T
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
       const int i0 = nt * 8 + 2 * t4;
       const float fa = sf[4 * i0 + 3], fb = sf[4 * i0 + 7];
-      du[nt][0] *= fa, du[nt][1] *= fb, du[nt][2] *= fa, du[nt][3] *= fb;
+      du[nt][0] = fa * du[nt][0] + handoff[(4 * nt) * 32];
+      du[nt][1] = fb * du[nt][1] + handoff[(4 * nt + 1) * 32];
+      du[nt][2] = fa * du[nt][2] + handoff[(4 * nt + 2) * 32];
+      du[nt][3] = fb * du[nt][3] + handoff[(4 * nt + 3) * 32];
     }
-    // dO^T as A operands over the chunk rows (V^T's fragments in gdn_chunk_tc.cu).
-    uint32_t oa[4][4];
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-      uint32_t vv[4];
-      ldsm_x4_trans(vv, base + Smem::kO + ((2 * np + (quad >> 1)) * 8 + (lane & 7)) * Smem::kRowV +
-                            16 * warp + (quad & 1) * 8);
-      oa[np][0] = vv[0], oa[np][1] = vv[1], oa[np][2] = vv[2], oa[np][3] = vv[3];
-    }
-    times_lower<E>(oa, base + Smem::kM, lane, du);
-    // Y^T = dU^T T, then the A operands of the state update: dO^T diag(f2), -Y^T diag(f1).
     uint32_t ua[4][4];
     rows_as_a<E>(du, nullptr, t4, ua);
     float yt[8][4] = {};
@@ -233,30 +276,16 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
       for (int e = 0; e < 4; ++e) yt[nt][e] = -yt[nt][e];
     }
     rows_as_a<E>(yt, sf + 1, t4, ua);
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {
-#pragma unroll
-      for (int hs = 0; hs < 2; ++hs) {
-        const int i0 = (2 * np + hs) * 8 + 2 * t4;
-        const float fa = sf[4 * i0 + 2], fb = sf[4 * i0 + 6];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const float2 x = unpack2<E>(oa[np][2 * hs + r]);
-          oa[np][2 * hs + r] = pack2<E>(fa * x.x, fb * x.y);
-        }
-      }
-    }
-    // dH^T = Γ_last dH^T + (dO^T diag(f2)) Q - (Y^T diag(f1)) K (n = key dims, k = chunk rows)
+    // dH^T = Γ_last dH^T + W2 - (Y^T diag(f1)) K (n = key dims, k = chunk rows)
+    const float decay_last = *reinterpret_cast<const float*>(base + Smem::kD);
 #pragma unroll
     for (int nt = 0; nt < 16; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dh[nt][e] *= decay_last;
+      for (int e = 0; e < 4; ++e)
+        dh[nt][e] = decay_last * dh[nt][e] + handoff[(32 + 4 * nt + e) * 32];
 #pragma unroll
       for (int kp = 0; kp < 2; ++kp) {
         uint32_t b[4];
-        ldsm_x4_trans(b, sq + (kp * 32 + lane) * kRowK + nt * 8);
-        mma<E>(dh[nt], oa[2 * kp], b[0], b[1]);
-        mma<E>(dh[nt], oa[2 * kp + 1], b[2], b[3]);
         ldsm_x4_trans(b, sk + (kp * 32 + lane) * kRowK + nt * 8);
         mma<E>(dh[nt], ua[2 * kp], b[0], b[1]);
         mma<E>(dh[nt], ua[2 * kp + 1], b[2], b[3]);
@@ -264,7 +293,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
     }
   }
 
-  if (p.dh0.data) {
+  if (p.dh0.data && !helper) {
     float* dh0 = reinterpret_cast<float*>(p.dh0.data) + n * p.dh0.stride[0] + hv * p.dh0.stride[1];
 #pragma unroll
     for (int nt = 0; nt < 16; ++nt) {
@@ -277,14 +306,14 @@ __global__ void __launch_bounds__(kWarps * 32, 1) reverse_dh_kernel(ChunkBwdPara
   }
 }
 
-template <class E, int kWarps>
+template <class E, int kGroups>
 cudaError_t launch_sweep(const ChunkBwdParams& p, const V4Scratch& s, cudaStream_t stream) {
-  constexpr size_t bytes = SweepSmem<kWarps>::kBytes;
-  cudaError_t status = allow_smem(reverse_dh_kernel<E, kWarps>, bytes);
+  constexpr size_t bytes = SweepSmem<kGroups>::kBytes;
+  cudaError_t status = allow_smem(reverse_dh_kernel<E, kGroups>, bytes);
   if (status != cudaSuccess) return status;
-  const dim3 grid(static_cast<unsigned>(p.V / (16 * kWarps)), static_cast<unsigned>(p.HV),
+  const dim3 grid(static_cast<unsigned>(p.V / (16 * kGroups)), static_cast<unsigned>(p.HV),
                   static_cast<unsigned>(p.N));
-  reverse_dh_kernel<E, kWarps><<<grid, kWarps * 32, bytes, stream>>>(p, s);
+  reverse_dh_kernel<E, kGroups><<<grid, kGroups * 64, bytes, stream>>>(p, s);
   return cudaGetLastError();
 }
 

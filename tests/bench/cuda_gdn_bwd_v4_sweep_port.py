@@ -72,10 +72,11 @@ def rows_as_a(rnd, acc, factor):
 
 
 def reverse_warp(chunks, warp, c0, dht, rnd):
-    """One warp's columns c0 + 16 warp ..+15 of reverse_dh_kernel. chunks: the sequence's
-    chunks from the last, each a dict of the stage's tiles: k, q [C, 128], o (dO columns c0..,
-    [C, kBV]), T, M [C, C], f [C, 4], gamma_last. dht: [K, V] or None. Returns the dH^T rows
-    it stores per chunk (v = c0 + 16 warp + 0..15) and its dh0 rows."""
+    """Column group `warp` (columns c0 + 16 warp ..+15) of reverse_dh_kernel: its helper warp
+    (W1, W2 into the handoff) and its chain warp (dH^T). chunks: the sequence's chunks from the
+    last, each a dict of the stage's tiles: k, q [C, 128], o (dO columns c0.., [C, kBV]), T, M
+    [C, C], f [C, 4], gamma_last. dht: [K, V] or None. Returns the dH^T rows the chain warp
+    stores per chunk (v = c0 + 16 warp + 0..15) and its dh0 rows."""
     my_v = c0 + 16 * warp + G_
     dh = np.zeros((32, 16, 4))
     for nt in range(16):
@@ -85,6 +86,24 @@ def reverse_warp(chunks, warp, c0, dht, rnd):
     stored = []
     for ch in chunks:
         sk, sq, so, sf = ch["k"], ch["q"], ch["o"], ch["f"]
+        # helper warp: W1 = dO^T P, W2 = (dO^T diag(f2)) Q, as [lane][reg] (the handoff)
+        oa = [ldsm(so, (2 * np_ + (QUAD >> 1)) * 8 + R8, 16 * warp + (QUAD & 1) * 8, True) for np_ in range(4)]
+        w1 = np.zeros((32, 8, 4))
+        times_lower(rnd, oa, ch["M"], w1)
+        for np_ in range(4):
+            for hs in range(2):
+                i0 = (2 * np_ + hs) * 8 + 2 * T4
+                fa, fb = sf[i0, 2], sf[i0 + 1, 2]
+                for r in range(2):
+                    x = oa[np_][:, 2 * hs + r].copy()
+                    oa[np_][:, 2 * hs + r] = pack(rnd, fa * x[:, 0], fb * x[:, 1])
+        w2 = np.zeros((32, 16, 4))
+        for nt in range(16):
+            for kp in range(2):
+                b = ldsm(sq, kp * 32 + L32, np.full(32, nt * 8), True)
+                w2[:, nt] = mma(w2[:, nt], oa[2 * kp], b[:, 0], b[:, 1])
+                w2[:, nt] = mma(w2[:, nt], oa[2 * kp + 1], b[:, 2], b[:, 3])
+        # chain warp
         out = np.full((16, DK), np.nan)  # rows v - (c0 + 16 warp)
         for nt in range(16):
             for e in range(4):
@@ -105,29 +124,17 @@ def reverse_warp(chunks, warp, c0, dht, rnd):
         for nt in range(8):
             i0 = nt * 8 + 2 * T4
             fa, fb = sf[i0, 3], sf[i0 + 1, 3]
-            du[:, nt, 0] *= fa
-            du[:, nt, 1] *= fb
-            du[:, nt, 2] *= fa
-            du[:, nt, 3] *= fb
-        oa = [ldsm(so, (2 * np_ + (QUAD >> 1)) * 8 + R8, 16 * warp + (QUAD & 1) * 8, True) for np_ in range(4)]
-        times_lower(rnd, oa, ch["M"], du)
+            du[:, nt, 0] = fa * du[:, nt, 0] + w1[:, nt, 0]
+            du[:, nt, 1] = fb * du[:, nt, 1] + w1[:, nt, 1]
+            du[:, nt, 2] = fa * du[:, nt, 2] + w1[:, nt, 2]
+            du[:, nt, 3] = fb * du[:, nt, 3] + w1[:, nt, 3]
         ua = rows_as_a(rnd, du, None)
         yt = np.zeros((32, 8, 4))
         times_lower(rnd, ua, ch["T"], yt)
         ua = rows_as_a(rnd, -yt, sf[:, 1])
-        for np_ in range(4):
-            for hs in range(2):
-                i0 = (2 * np_ + hs) * 8 + 2 * T4
-                fa, fb = sf[i0, 2], sf[i0 + 1, 2]
-                for r in range(2):
-                    x = oa[np_][:, 2 * hs + r].copy()
-                    oa[np_][:, 2 * hs + r] = pack(rnd, fa * x[:, 0], fb * x[:, 1])
         for nt in range(16):
-            dh[:, nt] *= ch["gamma_last"]
+            dh[:, nt] = ch["gamma_last"] * dh[:, nt] + w2[:, nt]
             for kp in range(2):
-                b = ldsm(sq, kp * 32 + L32, np.full(32, nt * 8), True)
-                dh[:, nt] = mma(dh[:, nt], oa[2 * kp], b[:, 0], b[:, 1])
-                dh[:, nt] = mma(dh[:, nt], oa[2 * kp + 1], b[:, 2], b[:, 3])
                 b = ldsm(sk, kp * 32 + L32, np.full(32, nt * 8), True)
                 dh[:, nt] = mma(dh[:, nt], ua[2 * kp], b[:, 0], b[:, 1])
                 dh[:, nt] = mma(dh[:, nt], ua[2 * kp + 1], b[:, 2], b[:, 3])
