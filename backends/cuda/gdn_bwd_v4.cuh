@@ -19,15 +19,24 @@ struct V4Scratch {
   void* dstates;  // dH^T at each chunk end, same layout
 };
 
+// What tile_mma may skip, from the operands' triangles (m, n: the output's row and
+// column, k: the depth): A zero for k > m (kALower), A zero for k < m (kAUpper),
+// or only the output's n <= m wanted (kOutLower); whole 32-deep k blocks or 8-wide
+// n tiles of the warp's 16 rows.
+enum TileSkip { kDense, kALower, kAUpper, kOutLower };
+
 // out[nt] (16 rows m0.. x 8 NT columns n0..) += A B over `depth` (a multiple
 // of 32), 16-bit operands in smem. A is [m][k] in memory (kAT: [k][m]), B is
 // [n][k] (kBT: [k][n]); lda, ldb in elements. ldmatrix (.trans for the
 // transposed forms) gives the m16n8k16 fragments of tensor_core.cuh's mma.
-template <class E, bool kAT, bool kBT, int NT>
+template <class E, bool kAT, bool kBT, int NT, TileSkip kSkip = kDense>
 __device__ __forceinline__ void tile_mma(float (&out)[NT][4], const E* a, int lda, int m0,
                                          const E* b, int ldb, int n0, int depth, int lane) {
   const int quad = lane >> 3, r8 = lane & 7;
+  if (kSkip == kOutLower && n0 > m0 + 15) return;
   for (int k0 = 0; k0 < depth; k0 += 32) {
+    if (kSkip == kALower && k0 > m0 + 15) break;
+    if (kSkip == kAUpper && k0 + 31 < m0) continue;
     uint32_t af[2][4];
 #pragma unroll
     for (int hs = 0; hs < 2; ++hs) {
@@ -40,6 +49,7 @@ __device__ __forceinline__ void tile_mma(float (&out)[NT][4], const E* a, int ld
     }
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
+      if (kSkip == kOutLower && n0 + 8 * nt > m0 + 15) continue;
       uint32_t bf[4];
       if constexpr (kBT) {
         ldsm_x4_trans(bf, b + (k0 + lane) * ldb + n0 + 8 * nt);

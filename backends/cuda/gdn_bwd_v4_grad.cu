@@ -134,7 +134,9 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
   auto col_sum = [&](int q) { return cols + q * 4 * kC; };
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const Frag f{lane, lane >> 2, lane & 3, warp & 3, warp >> 2};
+  // Row strips of the two column halves in opposite orders: the warps a scheduler shares
+  // (w, w + 4) then split the triangular products' work evenly.
+  const Frag f{lane, lane >> 2, lane & 3, warp < 4 ? warp : 7 - warp, warp >> 2};
   const int64_t h = blockIdx.x % p.H, slot = blockIdx.x / p.H, z = blockIdx.z;
   const ChunkRef c = chunk_of_slot(p, slot, z);
   if (c.L == 0) return;
@@ -218,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
   }
   // K̂ K̂^T in registers, in the C x C tiling; shared by the value heads.
   float kk[4][4] = {};
-  tile_mma<E, false, false, 4>(kk, sk, kRowK, m0, sk, kRowK, nc32, kDk, lane);
+  tile_mma<E, false, false, 4, kOutLower>(kk, sk, kRowK, m0, sk, kRowK, nc32, kDk, lane);
 
   float dq[8][4] = {}, dk[8][4] = {};  // dq̂, dk̂ of the warp's C x 64 tile
   for (int64_t hv = h * G; hv < (h + 1) * G; ++hv) {
@@ -283,7 +285,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[nt][e] *= ee[frag_row(f, e)];
       }
-      tile_mma<E, true, true, 8>(acc, sp, kRowC, m0, so, kRowK, nk, kC, lane);
+      tile_mma<E, true, true, 8, kAUpper>(acc, sp, kRowC, m0, so, kRowK, nk, kC, lane);
       store_tile<E>(acc, f, nk, b3, kRowK);
     }
     // sum(dH o S) for dg, all threads, fixed order.
@@ -301,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     // U = T rhs -> b2;  dW = dU S^T -> b1 (after all have read rhs)
     {
       float acc[8][4] = {};
-      tile_mma<E, false, true, 8>(acc, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
+      tile_mma<E, false, true, 8, kALower>(acc, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
       store_tile<E>(acc, f, nk, b2, kRowK);
     }
     {
@@ -331,7 +333,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     // Y = T^T dU: dv = beta Y, then Y over dU in b3
     {
       float y[8][4] = {};
-      tile_mma<E, true, true, 8>(y, tt, kRowC, m0, b3, kRowK, nk, kC, lane);
+      tile_mma<E, true, true, 8, kAUpper>(y, tt, kRowC, m0, b3, kRowK, nk, kC, lane);
       dot_rows<E>(y, f, nk, sv, kRowK, row_sum(kVy));
       E* dv = reinterpret_cast<E*>(p.dv.data) + c.row * p.dv.stride[0] + hv * p.dv.stride[2];
 #pragma unroll
@@ -352,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     // X = T^T dW: dk̂ -= diag(beta Γ) X, then X over dW in b1
     {
       float x[8][4] = {};
-      tile_mma<E, true, true, 8>(x, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
+      tile_mma<E, true, true, 8, kAUpper>(x, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
       dot_rows<E>(x, f, nk, sk, kRowK, row_sum(kKx));
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -367,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     }
     // dP = dO U^T (j <= i), with the dG sums of dP o P and dA's A = beta D K̂K̂^T
     float dp[4][4] = {};
-    tile_mma<E, false, false, 4>(dp, so, kRowK, m0, b2, kRowK, nc32, kDk, lane);
+    tile_mma<E, false, false, 4, kOutLower>(dp, so, kRowK, m0, b2, kRowK, nc32, kDk, lane);
     {
       float part[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -390,8 +392,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     __syncthreads();  // Y, X stored; all have read P
     {                 // dP o sD -> sp (P is dead);  Z = beta_j (Y V^T - Γ_j X K̂^T) -> sz
       float yv[4][4] = {}, xk[4][4] = {};
-      tile_mma<E, false, false, 4>(yv, b3, kRowK, m0, sv, kRowK, nc32, kDk, lane);
-      tile_mma<E, false, false, 4>(xk, b1, kRowK, m0, sk, kRowK, nc32, kDk, lane);
+      tile_mma<E, false, false, 4, kOutLower>(yv, b3, kRowK, m0, sv, kRowK, nc32, kDk, lane);
+      tile_mma<E, false, false, 4, kOutLower>(xk, b1, kRowK, m0, sk, kRowK, nc32, kDk, lane);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
@@ -409,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     // dA = -Z T^T (j < i): dbeta's and dG's sums, then B = beta_i D_ij dA_ij -> sz
     {
       float da[4][4] = {};
-      tile_mma<E, false, false, 4>(da, sz, kRowC, m0, tt, kRowC, nc32, kC, lane);
+      tile_mma<E, false, false, 4, kOutLower>(da, sz, kRowC, m0, tt, kRowC, nc32, kC, lane);
       // dA o D (zero off the strict lower triangle); its products with K̂K̂^T (dbeta) and with
       // A = beta_i D K̂K̂^T (dG); then B = beta_i (dA o D).
 #pragma unroll
@@ -440,10 +442,10 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     }
     __syncthreads();
     // dq̂ += (dP o sD) K̂;  dk̂ += (dP o sD)^T Q̂ + B K̂ + B^T K̂ + diag(e) U dH^T
-    tile_mma<E, false, true, 8>(dq, sp, kRowC, m0, sk, kRowK, nk, kC, lane);
-    tile_mma<E, true, true, 8>(dk, sp, kRowC, m0, sq, kRowK, nk, kC, lane);
-    tile_mma<E, false, true, 8>(dk, sz, kRowC, m0, sk, kRowK, nk, kC, lane);
-    tile_mma<E, true, true, 8>(dk, sz, kRowC, m0, sk, kRowK, nk, kC, lane);
+    tile_mma<E, false, true, 8, kALower>(dq, sp, kRowC, m0, sk, kRowK, nk, kC, lane);
+    tile_mma<E, true, true, 8, kAUpper>(dk, sp, kRowC, m0, sq, kRowK, nk, kC, lane);
+    tile_mma<E, false, true, 8, kALower>(dk, sz, kRowC, m0, sk, kRowK, nk, kC, lane);
+    tile_mma<E, true, true, 8, kAUpper>(dk, sz, kRowC, m0, sk, kRowK, nk, kC, lane);
     {
       float acc[8][4] = {};
       tile_mma<E, false, true, 8>(acc, b2, kRowK, m0, sdh, kRowK, nk, kDk, lane);

@@ -10,17 +10,26 @@ kernel's barrier order, so a buffer read after it was overwritten shows."""
 import numpy as np
 
 C, DK = 64, 128
-WARPS = [(w & 3, w >> 2) for w in range(8)]  # (mr, nc)
+WARPS = [(w if w < 4 else 7 - w, w >> 2) for w in range(8)]  # (mr, nc), as the kernel's Frag
 LANES = np.arange(32)
 G_, T4 = LANES >> 2, LANES & 3
 
 
-def product(a, a_t, m0, b, b_t, n0, depth, nt):
-    """tile_mma<kAT = a_t, kBT = b_t, NT = nt>: A is a[m][k] (a_t: a[k][m]), B is b[n][k]
-    (b_t: b[k][n]); the warp's 16 x 8 nt result."""
-    A = a[:depth, m0:m0 + 16].T if a_t else a[m0:m0 + 16, :depth]
+def product(a, a_t, m0, b, b_t, n0, depth, nt, skip=None):
+    """tile_mma<kAT = a_t, kBT = b_t, NT = nt, kSkip = skip>: A is a[m][k] (a_t: a[k][m]), B is
+    b[n][k] (b_t: b[k][n]); the warp's 16 x 8 nt result, without the k blocks and n tiles the
+    skip rule leaves out."""
+    A = (a[:depth, m0:m0 + 16].T if a_t else a[m0:m0 + 16, :depth]).copy()
     B = b[:depth, n0:n0 + 8 * nt] if b_t else b[n0:n0 + 8 * nt, :depth].T
-    return A @ B
+    for k0 in range(0, depth, 32):
+        if (skip == "ALower" and k0 > m0 + 15) or (skip == "AUpper" and k0 + 31 < m0):
+            A[:, k0:k0 + 32] = 0.0
+    D = A @ B
+    if skip == "OutLower":
+        for t in range(nt):
+            if n0 > m0 + 15 or n0 + 8 * t > m0 + 15:
+                D[:, 8 * t:8 * t + 8] = 0.0
+    return D
 
 
 def rows_of(mr, e):
@@ -83,7 +92,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
     rq = np.where(np.arange(C) < L, 1 / np.sqrt(ssq(sq) + 1e-6) if l2norm else 1.0, 0.0)
     if l2norm:
         sk, sq = rnd(sk * rk[:, None]), rnd(sq * rq[:, None])
-    kk = {w: to_frag(product(sk, False, 16 * mr, sk, False, 32 * nc, DK, 4), mr, 32 * nc, 4)
+    kk = {w: to_frag(product(sk, False, 16 * mr, sk, False, 32 * nc, DK, 4, "OutLower"), mr, 32 * nc, 4)
           for w, (mr, nc) in enumerate(WARPS)}
     dq = {w: np.zeros((32, 8, 4)) for w in range(8)}
     dk = {w: np.zeros((32, 8, 4)) for w in range(8)}
@@ -122,10 +131,10 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
                     acc[:, nt, e] = bt[i] * (sv[i, j] - gam[i] * acc[:, nt, e])
             store_tile(acc, mr, nk, b1, rnd)
             D = product(sk, False, m0, sdh, False, nk, DK, 8) * ee[m0:m0 + 16, None]
-            D = D + product(sp, True, m0, so, True, nk, C, 8)
+            D = D + product(sp, True, m0, so, True, nk, C, 8, "AUpper")
             store_tile(to_frag(D, mr, nk, 8), mr, nk, b3, rnd)
         sh["state"] = (ss * sdh).sum()
-        ures = {w: product(tt, False, 16 * mr, b1, True, 64 * nc, C, 8) for w, (mr, nc) in enumerate(WARPS)}
+        ures = {w: product(tt, False, 16 * mr, b1, True, 64 * nc, C, 8, "ALower") for w, (mr, nc) in enumerate(WARPS)}
         for w, (mr, nc) in enumerate(WARPS):
             store_tile(to_frag(ures[w], mr, 64 * nc, 8), mr, 64 * nc, b2, rnd)
         wres = {w: product(b3, False, 16 * mr, ss, True, 64 * nc, DK, 8) for w, (mr, nc) in enumerate(WARPS)}
@@ -143,7 +152,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         ys = {}
         for w, (mr, nc) in enumerate(WARPS):  # Y
             m0, nk = 16 * mr, 64 * nc
-            ys[w] = to_frag(product(tt, True, m0, b3, True, nk, C, 8), mr, nk, 8)
+            ys[w] = to_frag(product(tt, True, m0, b3, True, nk, C, 8, "AUpper"), mr, nk, 8)
             dot_rows(ys[w], mr, nk, sv, rows["vy"], nc)
             for nt in range(8):
                 for e in range(4):
@@ -155,7 +164,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         xs = {}
         for w, (mr, nc) in enumerate(WARPS):  # X
             m0, nk = 16 * mr, 64 * nc
-            xs[w] = to_frag(product(tt, True, m0, b1, True, nk, C, 8), mr, nk, 8)
+            xs[w] = to_frag(product(tt, True, m0, b1, True, nk, C, 8, "AUpper"), mr, nk, 8)
             dot_rows(xs[w], mr, nk, sk, rows["kx"], nc)
             for e in range(4):
                 i = rows_of(mr, e)
@@ -165,7 +174,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         dps = {}
         for w, (mr, nc) in enumerate(WARPS):  # dP, its sums with P
             m0, n0 = 16 * mr, 32 * nc
-            dp = to_frag(product(so, False, m0, b2, False, n0, DK, 4), mr, n0, 4)
+            dp = to_frag(product(so, False, m0, b2, False, n0, DK, 4, "OutLower"), mr, n0, 4)
             part = [np.zeros(32), np.zeros(32)]
             for nt in range(4):
                 for e in range(4):
@@ -179,8 +188,8 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         zs = {}
         for w, (mr, nc) in enumerate(WARPS):  # after the barrier: dPs, Z
             m0, n0 = 16 * mr, 32 * nc
-            yv = to_frag(product(b3, False, m0, sv, False, n0, DK, 4), mr, n0, 4)
-            xk = to_frag(product(b1, False, m0, sk, False, n0, DK, 4), mr, n0, 4)
+            yv = to_frag(product(b3, False, m0, sv, False, n0, DK, 4, "OutLower"), mr, n0, 4)
+            xk = to_frag(product(b1, False, m0, sk, False, n0, DK, 4, "OutLower"), mr, n0, 4)
             for nt in range(4):
                 for e in range(4):
                     i, j = rows_of(mr, e), cols_of(n0, nt, e)
@@ -195,7 +204,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         das = {}
         for w, (mr, nc) in enumerate(WARPS):  # dA, its sums, B
             m0, n0 = 16 * mr, 32 * nc
-            da = to_frag(product(sz, False, m0, tt, False, n0, C, 4), mr, n0, 4)
+            da = to_frag(product(sz, False, m0, tt, False, n0, C, 4, "OutLower"), mr, n0, 4)
             for nt in range(4):
                 for e in range(4):
                     i, j = rows_of(mr, e), cols_of(n0, nt, e)
@@ -215,9 +224,9 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
             store_tile(das[w], mr, 32 * nc, sz, rnd)
         for w, (mr, nc) in enumerate(WARPS):  # dq, dk products; U dH^T
             m0, nk = 16 * mr, 64 * nc
-            dq[w] += to_frag(product(sp, False, m0, sk, True, nk, C, 8), mr, nk, 8)
-            dk[w] += to_frag(product(sp, True, m0, sq, True, nk, C, 8) + product(sz, False, m0, sk, True, nk, C, 8)
-                             + product(sz, True, m0, sk, True, nk, C, 8), mr, nk, 8)
+            dq[w] += to_frag(product(sp, False, m0, sk, True, nk, C, 8, "ALower"), mr, nk, 8)
+            dk[w] += to_frag(product(sp, True, m0, sq, True, nk, C, 8, "AUpper") + product(sz, False, m0, sk, True, nk, C, 8, "ALower")
+                             + product(sz, True, m0, sk, True, nk, C, 8, "AUpper"), mr, nk, 8)
             acc = to_frag(product(b2, False, m0, sdh, True, nk, DK, 8), mr, nk, 8)
             dot_rows(acc, mr, nk, sk, rows["kdk"], nc)
             for e in range(4):
