@@ -143,7 +143,8 @@ size_t chunk_bwd_scratch_bytes(const ChunkBwdParams& p);
 cudaError_t launch_gdn_chunk_bwd(const ChunkBwdParams& p, void* scratch, cudaStream_t stream);
 // gdn_chunk_bwd v4 (gdn_bwd_v4*.cu), opt-in by HOPS_CUDA_GDN_BWD=v4 (read once:
 // gdn_bwd_v4()): recomputes the chunk states and fuses the per-chunk gradients;
-// f16/bf16, K = V = 128, unit-stride 16-byte-aligned head rows; else v3.
+// f16/bf16, K = V = 128, unit-stride 16-byte-aligned head rows, a device with
+// 226 KB of shared memory per block (Hopper); else v3.
 bool gdn_bwd_v4();
 bool chunk_bwd_v4_supported(const ChunkBwdParams& p);
 size_t chunk_bwd_v4_scratch_bytes(const ChunkBwdParams& p);

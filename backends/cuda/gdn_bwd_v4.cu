@@ -67,7 +67,12 @@ bool chunk_bwd_v4_supported(const ChunkBwdParams& p) {
   for (const Arg* a : {&p.q, &p.k, &p.v, &p.d_o, &p.dq, &p.dk, &p.dv}) {
     if (!unit_rows(*a)) return false;
   }
-  return p.K == kV4Dk && p.V == kV4Dk && p.H > 0 && p.HV % p.H == 0;
+  if (p.K != kV4Dk || p.V != kV4Dk || p.H == 0 || p.HV % p.H != 0) return false;
+  int device = 0, limit = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) ==
+             cudaSuccess &&
+         static_cast<size_t>(limit) >= chunk_grad_smem_bytes();
 }
 
 size_t chunk_bwd_v4_scratch_bytes(const ChunkBwdParams& p) { return layout(p).total; }

@@ -67,5 +67,8 @@ template <class E>
 cudaError_t launch_reverse_dh(const ChunkBwdParams& p, const V4Scratch& s, cudaStream_t stream);
 template <class E>
 cudaError_t launch_chunk_grad(const ChunkBwdParams& p, const V4Scratch& s, cudaStream_t stream);
+// The gradient kernel's shared memory, the most any v4 kernel takes (226 KB: Hopper's
+// per-block limit allows it, sm_80's 163 KB does not; there v4 is not taken).
+size_t chunk_grad_smem_bytes();
 
 }  // namespace hops::cuda

@@ -538,6 +538,8 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
 
 }  // namespace
 
+size_t chunk_grad_smem_bytes() { return kSmemBytes; }
+
 template <class E>
 cudaError_t launch_chunk_grad(const ChunkBwdParams& p, const V4Scratch& s, cudaStream_t stream) {
   if (s.rec.slots == 0 || p.H == 0) return cudaSuccess;
