@@ -15,6 +15,56 @@ LANES = np.arange(32)
 G_, T4 = LANES >> 2, LANES & 3
 
 
+class Track:
+    """Shared-memory accesses of the current barrier interval, and the loads in flight."""
+
+    def __init__(self):
+        self.epoch, self.warp, self.log, self.flight, self.hazards = 0, "all", {}, {}, []
+
+    def access(self, buf, idx, kind):
+        mask = np.zeros(buf.a.shape, bool)
+        mask[idx] = True
+        for m in self.flight.get(buf.name, []):
+            if (m & mask).any():
+                self.hazards.append(f"{buf.name}: {kind} by warp {self.warp} while a load is in flight "
+                                    f"(interval {self.epoch})")
+        for w, k, m in self.log.setdefault(buf.name, []):
+            if w != self.warp and "w" in (k, kind) and (m & mask).any():
+                self.hazards.append(f"{buf.name}: {k} by warp {w} and {kind} by warp {self.warp} in "
+                                    f"interval {self.epoch}")
+        self.log[buf.name].append((self.warp, kind, mask))
+
+    def barrier(self):
+        self.epoch += 1
+        self.log = {}
+
+    def load(self, buf, value):
+        """A cp.async of the whole buffer: in flight until wait()."""
+        buf.a[...] = value
+        mask = np.ones(buf.a.shape, bool)
+        for w, k, m in self.log.get(buf.name, []):
+            self.hazards.append(f"{buf.name}: load issued in interval {self.epoch} after a {k} by warp {w}")
+        self.flight.setdefault(buf.name, []).append(mask)
+
+    def wait(self):
+        self.flight = {}
+
+
+class Buf:
+    """A shared-memory array whose element accesses go through the tracker."""
+
+    def __init__(self, track, name, shape):
+        self.t, self.name, self.a = track, name, np.full(shape, np.nan)
+
+    def __getitem__(self, idx):
+        self.t.access(self, idx, "r")
+        return self.a[idx]
+
+    def __setitem__(self, idx, value):
+        self.t.access(self, idx, "w")
+        self.a[idx] = value
+
+
 def product(a, a_t, m0, b, b_t, n0, depth, nt, skip=None):
     """tile_mma<kAT = a_t, kBT = b_t, NT = nt, kSkip = skip>: A is a[m][k] (a_t: a[k][m]), B is
     b[n][k] (b_t: b[k][n]); the warp's 16 x 8 nt result, without the k blocks and n tiles the
@@ -81,48 +131,78 @@ def dot_rows(acc, mr, n0, tile, sums, nc):
     row_sums(part[0], part[1], mr, nc, sums)
 
 
-def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, out):
+def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, out, hazards):
     """One CTA: x holds the inputs (q, k, v, g, beta, do: [B, T, heads, ..]); rec_of(hv), state_of(hv),
-    dstate_of(hv) give the record and the 16-bit S^T, dH^T [V][K]; out the gradient arrays."""
+    dstate_of(hv) give the record and the 16-bit S^T, dH^T [V][K]; out the gradient arrays. Hazards
+    found are appended to `hazards`."""
     row, t0, L = chunk
-    sq, sk = np.zeros((C, DK)), np.zeros((C, DK))
-    sq[:L], sk[:L] = rnd(x["q"][row, t0:t0 + L, h]), rnd(x["k"][row, t0:t0 + L, h])
-    ssq = lambda t: (t * t).sum(1)  # noqa: E731
-    rk = np.where(np.arange(C) < L, 1 / np.sqrt(ssq(sk) + 1e-6) if l2norm else 1.0, 0.0)
-    rq = np.where(np.arange(C) < L, 1 / np.sqrt(ssq(sq) + 1e-6) if l2norm else 1.0, 0.0)
+    tr = Track()
+    B = lambda name, shape: Buf(tr, name, shape)  # noqa: E731
+    sq, sk, sv, so = B("q", (C, DK)), B("k", (C, DK)), B("v", (C, DK)), B("do", (C, DK))
+    ss, sdh, b1, b2, b3 = B("S", (DK, DK)), B("dH", (DK, DK)), B("b1", (C, DK)), B("b2", (C, DK)), B("b3", (C, DK))
+    tt, sp, sz = B("T", (C, C)), B("P", (C, C)), B("Z", (C, C))
+    vec = {n: B(n, (C,)) for n in ("gc", "bt", "gam", "ee", "rq", "rk")}
+    rows = {q: B("rows_" + q, (2, C)) for q in ("qdq", "kx", "vy", "kdk", "pp", "aa", "akk")}
+    cols = {q: B("cols_" + q, (4, C)) for q in ("pp", "aa")}
+    block = B("block", (8,))
+    valid = np.arange(C) < L
+
+    def rows_in(t, name, head):
+        v = np.zeros((C, DK))
+        v[:L] = rnd(x[name][row, t0:t0 + L, head])
+        return v
+
+    def load_state(hv):
+        tr.load(ss, state_of(hv))
+
+    def load_values(hv):
+        tr.load(sv, rows_in(sv, "v", hv))
+        tr.load(so, rows_in(so, "do", hv))
+
+    def load_rest(hv):
+        tr.load(sdh, dstate_of(hv))
+        tr.load(tt, rec_of(hv)["T"])
+        tr.load(sp, rec_of(hv)["M"])
+
+    tr.load(sq, rows_in(sq, "q", h))
+    tr.load(sk, rows_in(sk, "k", h))
+    qk_flight = dict(tr.flight)
+    load_state(h * G)
+    load_values(h * G)
+    load_rest(h * G)
+    tr.flight = {n: m for n, m in tr.flight.items() if n not in qk_flight}  # wait<3>: q, k landed
+    tr.barrier()
+    tr.warp = "all"  # norms: threads 0-127 a row each
+    for name, r in (("k", "rk"), ("q", "rq")):
+        t = sk if name == "k" else sq
+        ss2 = (t[:, :] ** 2).sum(1)
+        vec[r][:] = np.where(valid, 1 / np.sqrt(ss2 + 1e-6) if l2norm else 1.0, 0.0)
+    tr.barrier()
     if l2norm:
-        sk, sq = rnd(sk * rk[:, None]), rnd(sq * rq[:, None])
-    kk = {w: to_frag(product(sk, False, 16 * mr, sk, False, 32 * nc, DK, 4, "OutLower"), mr, 32 * nc, 4)
-          for w, (mr, nc) in enumerate(WARPS)}
+        sk[:, :] = rnd(sk[:, :] * vec["rk"][:][:, None])
+        sq[:, :] = rnd(sq[:, :] * vec["rq"][:][:, None])
+    tr.barrier()
+    kk = {}
+    for w, (mr, nc) in enumerate(WARPS):
+        tr.warp = w
+        kk[w] = to_frag(product(sk, False, 16 * mr, sk, False, 32 * nc, DK, 4, "OutLower"), mr, 32 * nc, 4)
     dq = {w: np.zeros((32, 8, 4)) for w in range(8)}
     dk = {w: np.zeros((32, 8, 4)) for w in range(8)}
-    rows = {q: np.full((2, C), np.nan) for q in ("qdq", "kx", "vy", "kdk", "pp", "aa", "akk")}
-    cols = {q: np.full((4, C), np.nan) for q in ("pp", "aa")}
-    def values(hv):
-        sv, so = np.zeros((C, DK)), np.zeros((C, DK))
-        sv[:L], so[:L] = rnd(x["v"][row, t0:t0 + L, hv]), rnd(x["do"][row, t0:t0 + L, hv])
-        return sv, so
-
-    def rest(hv):
-        return dstate_of(hv), rec_of(hv)["T"].copy(), rec_of(hv)["M"].copy()
-
-    # the kernel's loads: all for the first head, then each part for the next head where
-    # the current one is done with its tiles
-    ss = state_of(h * G)
-    sv, so = values(h * G)
-    sdh, tt, sp = rest(h * G)
     for hv in range(h * G, (h + 1) * G):
         nxt = hv + 1 < (h + 1) * G
-        gl, bt = np.zeros(C), np.zeros(C)
-        gl[:L], bt[:L] = x["g"][row, t0:t0 + L, hv], x["beta"][row, t0:t0 + L, hv]
-        gc = np.cumsum(gl)
-        valid = np.arange(C) < L
-        gam, ee = np.where(valid, np.exp(gc), 0.0), np.where(valid, np.exp(gc[-1] - gc), 0.0)
+        tr.warp = 0  # gates
+        gl, btv = np.zeros(C), np.zeros(C)
+        gl[:L], btv[:L] = x["g"][row, t0:t0 + L, hv], x["beta"][row, t0:t0 + L, hv]
+        gcv = np.cumsum(gl)
+        vec["gc"][:], vec["bt"][:] = gcv, btv
+        vec["gam"][:] = np.where(valid, np.exp(gcv), 0.0)
+        vec["ee"][:] = np.where(valid, np.exp(gcv[-1] - gcv), 0.0)
+        tr.wait()
+        tr.barrier()
+        gc, bt, gam, ee = (lambda n: vec[n])("gc"), vec["bt"], vec["gam"], vec["ee"]
         gamma_last = np.exp(gc[C - 1])
-        b1, b2, b3, sz = (np.full((C, DK), np.nan), np.full((C, DK), np.nan), np.full((C, DK), np.nan),
-                          np.full((C, C), np.nan))
-        sh = {}
         for w, (mr, nc) in enumerate(WARPS):  # rhs -> b1, dU -> b3
+            tr.warp = w
             m0, nk = 16 * mr, 64 * nc
             acc = to_frag(product(sk, False, m0, ss, False, nk, DK, 8), mr, nk, 8)
             for nt in range(8):
@@ -130,27 +210,35 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
                     i, j = rows_of(mr, e), cols_of(nk, nt, e)
                     acc[:, nt, e] = bt[i] * (sv[i, j] - gam[i] * acc[:, nt, e])
             store_tile(acc, mr, nk, b1, rnd)
-            D = product(sk, False, m0, sdh, False, nk, DK, 8) * ee[m0:m0 + 16, None]
+            D = product(sk, False, m0, sdh, False, nk, DK, 8) * ee[m0:m0 + 16][:, None]
             D = D + product(sp, True, m0, so, True, nk, C, 8, "AUpper")
             store_tile(to_frag(D, mr, nk, 8), mr, nk, b3, rnd)
-        sh["state"] = (ss * sdh).sum()
-        ures = {w: product(tt, False, 16 * mr, b1, True, 64 * nc, C, 8, "ALower") for w, (mr, nc) in enumerate(WARPS)}
+        for w in range(8):  # sum(dH o S): thread-strided, a warp's partial into block[w]
+            tr.warp = w
+            block[w] = (ss[w * 16:(w + 1) * 16, :] * sdh[w * 16:(w + 1) * 16, :]).sum()
+        tr.barrier()
+        wres = {}
+        for w, (mr, nc) in enumerate(WARPS):  # U -> b2; dW (stored after the barrier)
+            tr.warp = w
+            store_tile(to_frag(product(tt, False, 16 * mr, b1, True, 64 * nc, C, 8, "ALower"), mr, 64 * nc, 8),
+                       mr, 64 * nc, b2, rnd)
+            wres[w] = product(b3, False, 16 * mr, ss, True, 64 * nc, DK, 8)
+        tr.barrier()
         for w, (mr, nc) in enumerate(WARPS):
-            store_tile(to_frag(ures[w], mr, 64 * nc, 8), mr, 64 * nc, b2, rnd)
-        wres = {w: product(b3, False, 16 * mr, ss, True, 64 * nc, DK, 8) for w, (mr, nc) in enumerate(WARPS)}
-        for w, (mr, nc) in enumerate(WARPS):  # after the barrier: dW over rhs
+            tr.warp = w
             store_tile(to_frag(wres[w], mr, 64 * nc, 8), mr, 64 * nc, b1, rnd)
-        for w, (mr, nc) in enumerate(WARPS):  # dq1
-            m0, nk = 16 * mr, 64 * nc
+            m0, nk = 16 * mr, 64 * nc  # dq1
             acc = to_frag(product(so, False, m0, ss, True, nk, DK, 8), mr, nk, 8)
             for e in range(4):
                 acc[:, :, e] *= (scale * gam[rows_of(mr, e)])[:, None]
             dot_rows(acc, mr, nk, sq, rows["qdq"], nc)
             dq[w] += acc
+        tr.barrier()
         if nxt:
-            ss = state_of(hv + 1)
+            load_state(hv + 1)
         ys = {}
         for w, (mr, nc) in enumerate(WARPS):  # Y
+            tr.warp = w
             m0, nk = 16 * mr, 64 * nc
             ys[w] = to_frag(product(tt, True, m0, b3, True, nk, C, 8, "AUpper"), mr, nk, 8)
             dot_rows(ys[w], mr, nk, sv, rows["vy"], nc)
@@ -159,20 +247,22 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
                     i, j = rows_of(mr, e), cols_of(nk, nt, e)
                     keep = i < L
                     out["dv"][row, t0 + i[keep], hv, j[keep]] = bt[i[keep]] * ys[w][keep, nt, e]
-        for w, (mr, nc) in enumerate(WARPS):
-            store_tile(ys[w], mr, 64 * nc, b3, rnd)
+        tr.barrier()
         xs = {}
-        for w, (mr, nc) in enumerate(WARPS):  # X
+        for w, (mr, nc) in enumerate(WARPS):  # Y over dU; X
+            tr.warp = w
+            store_tile(ys[w], mr, 64 * nc, b3, rnd)
             m0, nk = 16 * mr, 64 * nc
             xs[w] = to_frag(product(tt, True, m0, b1, True, nk, C, 8, "AUpper"), mr, nk, 8)
             dot_rows(xs[w], mr, nk, sk, rows["kx"], nc)
             for e in range(4):
                 i = rows_of(mr, e)
                 dk[w][:, :, e] -= (bt[i] * gam[i])[:, None] * xs[w][:, :, e]
-        for w, (mr, nc) in enumerate(WARPS):
-            store_tile(xs[w], mr, 64 * nc, b1, rnd)
+        tr.barrier()
         dps = {}
-        for w, (mr, nc) in enumerate(WARPS):  # dP, its sums with P
+        for w, (mr, nc) in enumerate(WARPS):  # X over dW; dP, its sums with P
+            tr.warp = w
+            store_tile(xs[w], mr, 64 * nc, b1, rnd)
             m0, n0 = 16 * mr, 32 * nc
             dp = to_frag(product(so, False, m0, b2, False, n0, DK, 4, "OutLower"), mr, n0, 4)
             part = [np.zeros(32), np.zeros(32)]
@@ -185,8 +275,9 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
             column_sums(lambda nt, e: dp[:, nt, e] * sp[rows_of(mr, e), cols_of(n0, nt, e)], mr, nc,
                         cols["pp"])
             dps[w] = dp
-        zs = {}
-        for w, (mr, nc) in enumerate(WARPS):  # after the barrier: dPs, Z
+        tr.barrier()
+        for w, (mr, nc) in enumerate(WARPS):  # dPs -> P, Z -> Z
+            tr.warp = w
             m0, n0 = 16 * mr, 32 * nc
             yv = to_frag(product(b3, False, m0, sv, False, n0, DK, 4, "OutLower"), mr, n0, 4)
             xk = to_frag(product(b1, False, m0, sk, False, n0, DK, 4, "OutLower"), mr, n0, 4)
@@ -195,14 +286,14 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
                     i, j = rows_of(mr, e), cols_of(n0, nt, e)
                     dps[w][:, nt, e] *= np.where(j <= i, scale * np.exp(gc[i] - gc[j]), 0.0)
                     yv[:, nt, e] = bt[j] * (yv[:, nt, e] - gam[j] * xk[:, nt, e])
-            zs[w] = yv
-        for w, (mr, nc) in enumerate(WARPS):
-            store_tile(dps[w], mr, 32 * nc, sp, rnd)
-            store_tile(zs[w], mr, 32 * nc, sz, rnd)
+            store_tile(dps[w], mr, n0, sp, rnd)
+            store_tile(yv, mr, n0, sz, rnd)
+        tr.barrier()
         if nxt:
-            sv, so = values(hv + 1)
+            load_values(hv + 1)
         das = {}
         for w, (mr, nc) in enumerate(WARPS):  # dA, its sums, B
+            tr.warp = w
             m0, n0 = 16 * mr, 32 * nc
             da = to_frag(product(sz, False, m0, tt, False, n0, C, 4, "OutLower"), mr, n0, 4)
             for nt in range(4):
@@ -220,31 +311,38 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
             for e in range(4):
                 da[:, :, e] *= bt[rows_of(mr, e)][:, None]
             das[w] = da
+        tr.barrier()
         for w, (mr, nc) in enumerate(WARPS):
+            tr.warp = w
             store_tile(das[w], mr, 32 * nc, sz, rnd)
+        tr.barrier()
         for w, (mr, nc) in enumerate(WARPS):  # dq, dk products; U dH^T
+            tr.warp = w
             m0, nk = 16 * mr, 64 * nc
             dq[w] += to_frag(product(sp, False, m0, sk, True, nk, C, 8, "ALower"), mr, nk, 8)
-            dk[w] += to_frag(product(sp, True, m0, sq, True, nk, C, 8, "AUpper") + product(sz, False, m0, sk, True, nk, C, 8, "ALower")
+            dk[w] += to_frag(product(sp, True, m0, sq, True, nk, C, 8, "AUpper")
+                             + product(sz, False, m0, sk, True, nk, C, 8, "ALower")
                              + product(sz, True, m0, sk, True, nk, C, 8, "AUpper"), mr, nk, 8)
             acc = to_frag(product(b2, False, m0, sdh, True, nk, DK, 8), mr, nk, 8)
             dot_rows(acc, mr, nk, sk, rows["kdk"], nc)
             for e in range(4):
                 dk[w][:, :, e] += ee[rows_of(mr, e)][:, None] * acc[:, :, e]
-        # warp 0: dbeta, dG, the suffix scan of lane pairs
-        rs = {q: v[0] + v[1] for q, v in rows.items()}
-        cs = {q: v.sum(0) for q, v in cols.items()}
+        tr.barrier()
+        tr.warp = 0  # dbeta, dG, the suffix scan of lane pairs
+        rs = {q: v[0, :] + v[1, :] for q, v in rows.items()}
+        cs = {q: v[:, :].sum(0) for q, v in cols.items()}
+        btv, gamv, eev = bt[:], gam[:], ee[:]
         i2 = np.stack([2 * LANES, 2 * LANES + 1], 1)
-        kx, e_kdk = rs["kx"][i2], ee[i2] * rs["kdk"][i2]
+        kx, e_kdk = rs["kx"][i2], eev[i2] * rs["kdk"][i2]
         dG = (rs["qdq"][i2] + rs["pp"][i2] - cs["pp"][i2] + rs["aa"][i2] - cs["aa"][i2]
-              - bt[i2] * gam[i2] * kx - e_kdk)
+              - btv[i2] * gamv[i2] * kx - e_kdk)
         for r in range(2):
             for l in LANES:
                 if i2[l, r] < L:
-                    out["dbeta"][row, t0 + i2[l, r], hv] = rs["vy"][i2[l, r]] - gam[i2[l, r]] * kx[l, r] + \
+                    out["dbeta"][row, t0 + i2[l, r], hv] = rs["vy"][i2[l, r]] - gamv[i2[l, r]] * kx[l, r] + \
                         rs["akk"][i2[l, r]]
         end = e_kdk.sum()
-        dG[i2 == L - 1] += end + gamma_last * sh["state"]
+        dG[i2 == L - 1] += end + gamma_last * block[:].sum()
         pair = np.where(i2[:, 0] < L, dG[:, 0], 0.0) + np.where(i2[:, 1] < L, dG[:, 1], 0.0)
         run = pair.copy()
         for o in (1, 2, 4, 8, 16):
@@ -254,22 +352,27 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
             for l in LANES:
                 if i2[l, r] < L:
                     out["dg"][row, t0 + i2[l, r], hv] = at[l, r]
+        tr.barrier()
         if nxt:
-            sdh, tt, sp = rest(hv + 1)
+            load_rest(hv + 1)
     # l2norm backward and the stores
-    for w, (mr, nc) in enumerate(WARPS):
-        if l2norm:
+    if l2norm:
+        for w, (mr, nc) in enumerate(WARPS):
+            tr.warp = w
             dot_rows(dq[w], mr, 64 * nc, sq, rows["qdq"], nc)
             dot_rows(dk[w], mr, 64 * nc, sk, rows["kx"], nc)
+        tr.barrier()
     for w, (mr, nc) in enumerate(WARPS):
+        tr.warp = w
         for nt in range(8):
             for e in range(4):
                 i, j = rows_of(mr, e), cols_of(64 * nc, nt, e)
                 keep = i < L
                 qv, kv = dq[w][:, nt, e], dk[w][:, nt, e]
                 if l2norm:
-                    qd, kd = rows["qdq"].sum(0)[i], rows["kx"].sum(0)[i]
-                    qv = rq[i] * (qv - sq[i, j] * qd)
-                    kv = rk[i] * (kv - sk[i, j] * kd)
+                    qd, kd = rows["qdq"][0, i] + rows["qdq"][1, i], rows["kx"][0, i] + rows["kx"][1, i]
+                    qv = vec["rq"][i] * (qv - sq[i, j] * qd)
+                    kv = vec["rk"][i] * (kv - sk[i, j] * kd)
                 out["dq"][row, t0 + i[keep], h, j[keep]] = qv[keep]
                 out["dk"][row, t0 + i[keep], h, j[keep]] = kv[keep]
+    hazards += tr.hazards
