@@ -34,8 +34,9 @@ bool unit_rows(const Arg& a) {  // unit last stride, 16-byte aligned head rows
   return true;
 }
 
+// Records at 0, then S^T and dH^T (256-byte aligned).
 struct Layout {
-  size_t records, states, total;  // byte offsets of the state arrays, and the end
+  size_t states, dstates, total;  // byte offsets, and the end
 };
 
 Layout layout(const ChunkBwdParams& p) {
@@ -81,7 +82,7 @@ cudaError_t launch_gdn_chunk_bwd_v4(const ChunkBwdParams& p, void* scratch, cuda
   const ChunkParams f = forward_params(p);
   const Layout at = layout(p);
   char* base = static_cast<char*>(scratch);
-  const V4Scratch s{{{base, chunk_slots(f)}, base + at.records}, base + at.states};
+  const V4Scratch s{{{base, chunk_slots(f)}, base + at.states}, base + at.dstates};
   const int dtype = p.q.dtype;
   cudaError_t status = launch_gdn_chunk_states(f, dtype, s.rec.records, s.rec.states, stream);
   if (status != cudaSuccess) return status;
