@@ -96,6 +96,8 @@ def main():
         dict(B=2, T=129, H=1, HV=2, K=36, V=20, h0=False, label="K=36 V=20 no h0"),
         dict(B=1, T=400, H=2, HV=4, K=128, V=128, cu=[0, 0, 1, 64, 65, 129, 130, 400],
              label="v4 varlen (0,1,63,1,64,1,270)"),
+        # (V / 64) HV N >= the SM count: the sweeps' 64-column CTAs (v4: 2-stage reverse sweep)
+        dict(B=2, T=70, H=8, HV=48, K=128, V=128, label="64-column sweeps"),
     ]
     if not args.quick:
         cases += [
