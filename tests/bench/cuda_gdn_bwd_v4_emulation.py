@@ -198,7 +198,7 @@ def tile(x, row, t0, L, h):
     return out
 
 
-def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=None, port=False):
+def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=None, port=False, groups=2):
     B, T, H, K = q.shape
     HV, V = v.shape[2], v.shape[3]
     G = HV // H
@@ -245,9 +245,9 @@ def v4_backward(q, k, v, g, beta, h0, dht, do, cu, scale, l2norm, rnd, mutate=No
             tiles = [dict(k=rnd(tile(k, row, t0, L, h)), q=rnd(tile(q, row, t0, L, h)), o=rnd(tile(do, row, t0, L, hv)),
                           T=rec[z, slot, hv]["T"], M=rec[z, slot, hv]["M"], f=rec[z, slot, hv]["f"],
                           gamma_last=rec[z, slot, hv]["gamma_last"]) for (z, slot, t0, L) in order]
-            for c0 in range(0, V, 32):  # CTAs of two warps (kWarps = 2)
-                cta = [dict(t, o=t["o"][:, c0:c0 + 32]) for t in tiles]
-                for warp in range(2):
+            for c0 in range(0, V, 16 * groups):  # CTAs of `groups` column groups (kGroups)
+                cta = [dict(t, o=t["o"][:, c0:c0 + 16 * groups]) for t in tiles]
+                for warp in range(groups):
                     stored, d0 = sweep_port.reverse_warp(cta, warp, c0, dht[n, hv] if dht is not None else None, rnd)
                     v0 = c0 + 16 * warp
                     for (z, slot, _, _), rows in zip(order, stored):
@@ -457,7 +457,7 @@ def rel(a, b):
 
 
 def case(seed, B, T, H, HV, K, V, cu=None, h0=True, dht=True, l2norm=True, scale=None, mutate=None,
-         label="", port=False):
+         label="", port=False, groups=2):
     rng = np.random.default_rng(seed)
     N = B if cu is None else len(cu) - 1
     q, k = rng.uniform(-1, 1, (B, T, H, K)), rng.uniform(-1, 1, (B, T, H, K))
@@ -475,7 +475,7 @@ def case(seed, B, T, H, HV, K, V, cu=None, h0=True, dht=True, l2norm=True, scale
     for mode, rnd in (("exact", lambda x: x), ("bf16", bf16)):
         args = [rnd(x) for x in (q, k, v, g, beta)]
         ref = want if mode == "exact" else backward_tokens(*args, s0, ds, rnd(do), cu, sc, l2norm)
-        got = v4_backward(*args, s0, ds, rnd(do), cu, sc, l2norm, rnd, mutate, port)
+        got = v4_backward(*args, s0, ds, rnd(do), cu, sc, l2norm, rnd, mutate, port, groups)
         hazard_count = got.pop("hazards", 0)
         if not h0:
             got.pop("dh0"), ref.pop("dh0")  # dh0 is only written when h0 is given
@@ -516,7 +516,8 @@ def main():
         dict(seed=8, B=1, T=192, H=1, HV=2, K=128, V=128, label="K = V = 128"),
         dict(seed=9, B=1, T=140, H=1, HV=2, K=128, V=128, cu=[0, 0, 1, 65, 140], port=True,
              label="varlen 0 / 1 / 64 / 75, GQA 2"),
-        dict(seed=12, B=1, T=130, H=1, HV=1, K=128, V=128, cu=[0, 130], port=True, label="varlen 130"),
+        dict(seed=12, B=1, T=130, H=1, HV=1, K=128, V=128, cu=[0, 130], port=True, groups=4,
+             label="varlen 130, 64-column sweep"),
         dict(seed=10, B=2, T=64, H=2, HV=6, K=128, V=128, port=True, label="T = 64, GQA 3"),
         dict(seed=11, B=1, T=100, H=1, HV=1, K=128, V=128, l2norm=False, scale=0.3, h0=False, dht=False,
              port=True, label="no l2norm, no h0 / dht"),
