@@ -147,7 +147,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
     block = B("block", (8,))
     valid = np.arange(C) < L
 
-    def rows_in(t, name, head):
+    def rows_in(name, head):
         v = np.zeros((C, DK))
         v[:L] = rnd(x[name][row, t0:t0 + L, head])
         return v
@@ -156,16 +156,16 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         tr.load(ss, state_of(hv))
 
     def load_values(hv):
-        tr.load(sv, rows_in(sv, "v", hv))
-        tr.load(so, rows_in(so, "do", hv))
+        tr.load(sv, rows_in("v", hv))
+        tr.load(so, rows_in("do", hv))
 
     def load_rest(hv):
         tr.load(sdh, dstate_of(hv))
         tr.load(tt, rec_of(hv)["T"])
         tr.load(sp, rec_of(hv)["M"])
 
-    tr.load(sq, rows_in(sq, "q", h))
-    tr.load(sk, rows_in(sk, "k", h))
+    tr.load(sq, rows_in("q", h))
+    tr.load(sk, rows_in("k", h))
     qk_flight = dict(tr.flight)
     load_state(h * G)
     load_values(h * G)
@@ -199,7 +199,7 @@ def grad_cta(x, rec_of, state_of, dstate_of, chunk, h, G, scale, l2norm, rnd, ou
         vec["ee"][:] = np.where(valid, np.exp(gcv[-1] - gcv), 0.0)
         tr.wait()
         tr.barrier()
-        gc, bt, gam, ee = (lambda n: vec[n])("gc"), vec["bt"], vec["gam"], vec["ee"]
+        gc, bt, gam, ee = vec["gc"], vec["bt"], vec["gam"], vec["ee"]
         gamma_last = np.exp(gc[C - 1])
         for w, (mr, nc) in enumerate(WARPS):  # rhs -> b1, dU -> b3
             tr.warp = w
