@@ -2,7 +2,7 @@
 # One call on the lent GPU that checks and times the CUDA backend's defaults,
 # most needed first, each step only while time is left (DEADLINE seconds, 540
 # by default): one build of the CUDA and OpenCL backends; cuda_moe_check
-# (every MoE path, both dispatch bookkeepings); the conformance runner over
+# (every MoE path, every dispatch version) and cuda_moe_bench; the conformance runner over
 # every CUDA op; tests/python/test_cuda.py; compute-sanitizer memcheck and
 # racecheck on the sm_90a attention backward and MoE expert MLP, memcheck on
 # conv1d; the attention family on NVIDIA's OpenCL (conformance, then
@@ -43,6 +43,8 @@ export LD_LIBRARY_PATH=$PWD/.deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-} CUDA
 
 step moe_check 120 python3 tests/bench/cuda_moe_check.py
 grep -E "^FAIL|Error" $LOGS/moe_check.log | head -8 | cut -c1-200; tail -1 $LOGS/moe_check.log
+step moe_bench 70 python3 tests/bench/cuda_moe_bench.py --write
+grep -E "^\| (dispatch|combine|expert)" $LOGS/moe_bench.log | head -16 | cut -c1-250
 step conformance 150 $C --provider $HOPS_LIBRARY --backend cuda
 grep -E "^FAIL" $LOGS/conformance.log | head -8 | cut -c1-200; tail -1 $LOGS/conformance.log
 step pytest_cuda 150 python3 -m pytest -q -rs -p no:cacheprovider tests/python/test_cuda.py
