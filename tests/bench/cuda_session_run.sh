@@ -6,7 +6,8 @@
 # every CUDA op; tests/python/test_cuda.py; compute-sanitizer memcheck and
 # racecheck on the sm_90a attention backward and MoE expert MLP, memcheck on
 # conv1d; the attention family on NVIDIA's OpenCL (conformance, then
-# hops-opencl-bench beside the CUDA backend: cuda_vs_opencl.py); the GDN peers
+# hops-opencl-bench beside the CUDA backend: cuda_vs_opencl.py); gdn_recurrent v2
+# (HOPS_CUDA_RECURRENT=v2: conformance, racecheck, bench beside v1); the GDN peers
 # (FLA, and FlashQLA when .gpu-run/flashqla_site.tar.zst was carried; zstd
 # from .gpu-run/bin where the image lacks it); the conv1d tile variants.
 # Every log comes back in one archive, logs.tar, beside PERFORMANCE.md (a call
@@ -75,6 +76,12 @@ for dtype in f32 bf16; do
 done
 step ocl_vs_cuda 60 python3 tests/bench/cuda_vs_opencl.py --tokens 4096 --repeat 9 $LOGS/ocl_attn_f32.md $LOGS/ocl_attn_bf16.md
 grep -E "^\|" $LOGS/ocl_vs_cuda.log; grep -E "rror" $LOGS/ocl_vs_cuda.log $LOGS/ocl_attn_*.md | head -5 | cut -c1-200
+# gdn_recurrent v2 (opt-in HOPS_CUDA_RECURRENT=v2): conformance, racecheck, then v1 and v2 timed in one process
+HOPS_CUDA_RECURRENT=v2 step rec_v2_conf 40 $C --provider $HOPS_LIBRARY --backend cuda --op gdn_recurrent
+grep -E "^FAIL" $LOGS/rec_v2_conf.log | head -4 | cut -c1-200; tail -1 $LOGS/rec_v2_conf.log
+HOPS_CUDA_RECURRENT=v2 san racecheck rec_v2 chunk $C --provider $HOPS_LIBRARY --backend cuda --quick --op gdn_recurrent
+HOPS_CUDA_RECURRENT=v2 step rec_v2_bench 70 python3 tests/bench/cuda_bench.py --only "N=64,N=256,N=64 L=2,N=64 L=3,N=64 L=4,N=256 L=2,N=256 L=3,N=256 L=4"
+grep -E "v2 against|MISMATCH" $LOGS/rec_v2_bench.log | head -8 | cut -c1-200; sed -n '/==== summary/,$p' $LOGS/rec_v2_bench.log | grep -v "^====" | cut -c1-120
 if [ -f .gpu-run/flashqla_site.tar.zst ] && [ $(left) -gt 60 ]; then
   command -v zstd > /dev/null || export PATH=$PATH:$PWD/.gpu-run/bin LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$PWD/.gpu-run/lib
   mkdir -p /tmp/fqsite && zstd -dq --long=27 -c .gpu-run/flashqla_site.tar.zst | tar -C /tmp/fqsite -xf -
