@@ -370,8 +370,13 @@ cudaError_t launch_row_gemm_tc(const RowGemm<E>& g, int64_t max_entries, int sms
 // moe_dispatch's bookkeeping v2 (moe_dispatch_v2.cu): its scratch, and its
 // kernels (counts, row_map, and each slot's row in scratch at `dest`, which
 // the copy kernel reads).
+// With v3, the kernels after the first are programmatic dependents of the
+// one before (sm_90 code), and launch_dispatch_v3_copy runs the copy for
+// vector rows (the elementwise copy stays moe_rows.cu's, launched as usual).
 size_t dispatch_v2_scratch_bytes(const MoeDispatchParams& p);
 cudaError_t launch_dispatch_v2_rows(const MoeDispatchParams& p, void* scratch, int32_t*& dest,
+                                    cudaStream_t stream);
+cudaError_t launch_dispatch_v3_copy(const MoeDispatchParams& p, const int32_t* dest,
                                     cudaStream_t stream);
 
 // The forward's two GEMMs on Hopper (moe_mlp_sm90.cu: wgmma, TMA, the plan's

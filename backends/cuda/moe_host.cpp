@@ -122,11 +122,17 @@ MoeMlpPath forced_mlp_path() {
 }
 
 // moe_dispatch's bookkeeping: v2 (moe_dispatch_v2.cu) unless
-// HOPS_CUDA_MOE_DISPATCH=v1 asks for the one it replaced (moe_rows.cu).
-bool dispatch_v2() {
+// HOPS_CUDA_MOE_DISPATCH=v1 asks for the one it replaced (moe_rows.cu), =v3
+// for v2's kernels chained by programmatic dependent launch with v3's copy
+// kernel, =v3-chain for that chain with v2's copy kernel (v3 opt-in until a
+// device run has checked and timed it; v3-chain tells the two changes apart).
+MoeDispatchVersion dispatch_version() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_CUDA_MOE_DISPATCH");
-  return !value || std::string_view(value) != "v1";
+  const std::string_view version = value ? value : "";
+  if (version == "v1") return MoeDispatchVersion::v1;
+  if (version == "v3-chain") return MoeDispatchVersion::v3_chain;
+  return version == "v3" ? MoeDispatchVersion::v3 : MoeDispatchVersion::v2;
 }
 
 int multiprocessors(const DeviceGuard& guard, const char* op) {
@@ -192,12 +198,17 @@ void moe_dispatch(const ExecContext& context, const MoeDispatch& op) {
   const DeviceGuard guard(context, op.kName);
   const IndexInput ids(op.topk_ids, guard, op.kName);
   const IndexOutput counts(op.counts, guard, op.kName), row_map(op.row_map, guard, op.kName);
-  const MoeDispatchParams p{make_arg(op.x), make_arg(op.rows),
-                            ids.get(),      counts.get(),
-                            row_map.get(),  op.T,
-                            op.k,           op.Hd,
-                            op.E,           vector16({&op.x, &op.rows}),
-                            dispatch_v2()};
+  const MoeDispatchParams p{make_arg(op.x),
+                            make_arg(op.rows),
+                            ids.get(),
+                            counts.get(),
+                            row_map.get(),
+                            op.T,
+                            op.k,
+                            op.Hd,
+                            op.E,
+                            vector16({&op.x, &op.rows}),
+                            dispatch_version()};
   // The per-chunk counts, the buckets and each slot's row: below T*k + 2E + 2^25 ints.
   scratch_size(op.kName, scratch_sum(op.kName, op.T * op.k, op.E, op.E, int64_t{1} << 25), 4);
   const Scratch scratch(moe_dispatch_scratch_bytes(p), guard, op.kName);

@@ -27,14 +27,17 @@ struct MoeRouteParams {
 };
 
 // moe_dispatch: x [T,Hd] -> rows [T*k,Hd], counts [E], row_map [T,k].
-// `vector`: x and rows unit-stride with 16-byte aligned rows. `v2`: v2's
-// bookkeeping (the default; HOPS_CUDA_MOE_DISPATCH=v1 takes v1's, moe_host.cpp).
+// `vector`: x and rows unit-stride with 16-byte aligned rows. `version`: v2's
+// bookkeeping (the default), v1's, or v3: v2's kernels as a programmatic
+// dependent launch chain with its own copy kernel; v3_chain: that chain with
+// v2's copy kernel (HOPS_CUDA_MOE_DISPATCH, moe_host.cpp).
+enum class MoeDispatchVersion { v1, v2, v3, v3_chain };
 struct MoeDispatchParams {
   Arg x, rows;
   MoeIndex ids, counts, row_map;
   int64_t T, k, Hd, E;
   int vector;
-  int v2 = 0;
+  MoeDispatchVersion version = MoeDispatchVersion::v1;
 };
 
 // moe_combine (weights present) and moe_dispatch_bwd (weights absent):

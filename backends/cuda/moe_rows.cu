@@ -12,7 +12,8 @@
 // chunk's slots in order, ranking the lanes of a bucket by __match_any_sync.
 // The copy kernel then writes every row of `rows` exactly once: x[t] for a
 // kept slot, zeros for a dropped one. v2's bookkeeping (moe_dispatch_v2.cu) is
-// the default; HOPS_CUDA_MOE_DISPATCH=v1 runs this one.
+// the default; HOPS_CUDA_MOE_DISPATCH=v1 runs this one, =v3 v2's with
+// moe_dispatch_v2.cu's copy kernel where the rows are vectors.
 #include <algorithm>
 
 #include "moe_common.cuh"
@@ -377,7 +378,7 @@ unsigned warp_grid(int64_t warps) {
 }  // namespace
 
 size_t moe_dispatch_scratch_bytes(const MoeDispatchParams& p) {
-  if (p.v2) return moe::dispatch_v2_scratch_bytes(p);
+  if (p.version != MoeDispatchVersion::v1) return moe::dispatch_v2_scratch_bytes(p);
   DispatchScratch s;
   size_t offset[3];
   return dispatch_layout(p, s, offset);
@@ -385,9 +386,11 @@ size_t moe_dispatch_scratch_bytes(const MoeDispatchParams& p) {
 
 cudaError_t launch_moe_dispatch(const MoeDispatchParams& p, void* scratch, cudaStream_t stream) {
   DispatchScratch s;
-  if (p.v2) {
+  if (p.version != MoeDispatchVersion::v1) {
     const cudaError_t status = moe::launch_dispatch_v2_rows(p, scratch, s.dest, stream);
     if (status != cudaSuccess) return status;
+    if (p.version == MoeDispatchVersion::v3 && p.vector && p.T * p.k > 0 && p.Hd > 0)
+      return moe::launch_dispatch_v3_copy(p, s.dest, stream);
   } else {
     size_t offset[3];
     dispatch_layout(p, s, offset);

@@ -22,6 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prepared_call import Prepared  # noqa: E402
 
+# HOPS_CUDA_RECURRENT=v2 (gdn_recurrent's multi-token kernel, issue 21) in the environment: the
+# decode rows time the default kernel (v1) and v2, one after the other, and compare their results.
+RECURRENT_PATHS = ["v1", os.environ["HOPS_CUDA_RECURRENT"]] if os.environ.get("HOPS_CUDA_RECURRENT") else [None]
 dev = torch.device("cuda")
 torch.manual_seed(0)
 ROWS = []
@@ -252,10 +255,27 @@ def decode_case(N, L=1):
     o = torch.empty_like(v)
     call = Prepared("gdn_recurrent", q=q, k=k, v=v, g=g, beta=beta, state=pool, state_indices=idx, o=o,
                     scale=K ** -0.5, use_qk_l2norm=True, **extra)
-    us, how = time_graph(call, calls=50, replays=10)
     nbytes = 2 * N * HV * K * V * 4 + (2 * rows * H * K + 2 * rows * HV * V) * 2
-    bw = nbytes / (us * 1e-6) / 1e9
-    row(f"gdn_recurrent decode N={N} L={L} fp32 pool", us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+    start, results = pool.clone(), {}
+    for path in RECURRENT_PATHS:
+        if path is not None:
+            # read per call (a capture keeps its kernel); the last path is the environment's own
+            os.environ["HOPS_CUDA_RECURRENT"] = path
+        pool.copy_(start)  # one call from the same state: the paths' o and new states are compared
+        call()
+        torch.cuda.synchronize()
+        results[path] = (o.float().clone(), pool.clone())
+        us, how = time_graph(call, calls=50, replays=10)
+        bw = nbytes / (us * 1e-6) / 1e9
+        label = f"gdn_recurrent decode N={N} L={L} fp32 pool" + (f" {path}" if path else "")
+        row(label, us, f"{bw:.0f} GB/s = {100 * bw / COPY_BW:.0f}% of copy ({how})")
+    if len(results) == 2:
+        (o1, s1), (o2, s2) = results.values()
+        diff_o = ((o2 - o1).abs().max() / o1.abs().max()).item()
+        diff_s = ((s2 - s1).abs().max() / s1.abs().max()).item()
+        verdict = "ok" if diff_o < 1e-2 and diff_s < 1e-4 else "MISMATCH"
+        print(f"    {RECURRENT_PATHS[1]} against v1: max |diff| / max |v1| o {diff_o:.1e} state {diff_s:.1e}"
+              f" ({verdict}: o below 1e-2 (bf16), state below 1e-4)", flush=True)
 
 
 def conv_case():

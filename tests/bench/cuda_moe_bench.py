@@ -2,8 +2,11 @@
 run, at the issue's shape T=8192, Hd=2048, E=256, k=8, I=512, bf16 (uniform
 top-8 routing: ~256 rows per expert).
 
-- dispatch (v2's bookkeeping, the default, and v1's: HOPS_CUDA_MOE_DISPATCH=v1,
-  each with its kernel split from torch.profiler) and combine (and their
+- dispatch (v2's bookkeeping, the default, v1's: HOPS_CUDA_MOE_DISPATCH=v1,
+  and v3: =v3, v2's kernels chained by programmatic dependent launch with its
+  own copy kernel; =v3-chain, that chain with v2's copy kernel; each with its
+  kernel split from torch.profiler: with v3 the kernels overlap, so their
+  times add up to more than the call) and combine (and their
   backwards) in GB/s, bytes = what the op
   must move at least: dispatch reads x and writes T*k rows; combine reads the
   T*k rows and writes y (indices and weights are < 1% and not counted);
@@ -141,8 +144,9 @@ def rows_ops(T, Hd, E, k, copy_gbs):
     nbytes = (T + R) * Hd * 2
     ref_ms = per_call_ms(torch_dispatch)
     t_rows, t_counts, t_map = torch_dispatch()
-    # v2's bookkeeping (the default), then v1's (HOPS_CUDA_MOE_DISPATCH=v1, the one it replaced)
-    for version in (None, "v1"):
+    # v2's bookkeeping (the default), v1's (HOPS_CUDA_MOE_DISPATCH=v1, the one it replaced) and v3
+    # (v2's kernels as a programmatic dependent launch chain, its own copy kernel), v3-chain (v2's copy)
+    for version in (None, "v1", "v3", "v3-chain"):
         name = "dispatch" if version is None else f"dispatch ({version})"
         if version is not None:
             os.environ["HOPS_CUDA_MOE_DISPATCH"] = version

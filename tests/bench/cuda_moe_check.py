@@ -2,8 +2,10 @@
 moe_dispatch, moe_expert_mlp, moe_combine and the backwards of dispatch, expert
 MLP and combine, through the generic C-ABI binding (hops.ops.library().op).
 
-moe_dispatch runs with v2's bookkeeping (the default) and v1's
-(HOPS_CUDA_MOE_DISPATCH=v1). Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
+moe_dispatch runs with v2's bookkeeping (the default), v1's
+(HOPS_CUDA_MOE_DISPATCH=v1) and v3 (=v3: v2's kernels chained by programmatic
+dependent launch, its own copy kernel; =v3-chain, bf16 only: that chain with
+v2's copy kernel). Every expert-MLP path is covered: tensor cores (f16/bf16, Hd and I multiples
 of 8, unit-stride 16-byte aligned rows) forced onto the sm_90a wgmma kernels
 (HOPS_CUDA_MOE_MLP=wgmma, on a compute capability 9.0 device: a call they
 do not take fails) and onto mma.sync (=mma), and the general f32 kernel (f32,
@@ -412,6 +414,10 @@ def main():
              pattern="repeats"),
         dict(label="T=2049 k=7 E=257 Hd=16 drops, i32 (T*k off the chunk)", T=2049, k=7, E=257, Hd=16,
              drop_every=11, idx=torch.int32),
+        dict(label="T=20 k=40 E=50 Hd=64 drops (k > 32: v3's copy shuffles rows twice)", T=20, k=40, E=50,
+             Hd=64, drop_every=9),
+        dict(label="T=9 k=3 E=5 Hd=2312 (v3's copy: row in several batches, the last partial)", T=9, k=3,
+             E=5, Hd=2312, drop_every=4),
     ]
     if gpu:
         dispatch.append(dict(label="T=64 k=8 E=16 Hd=64 device ids out of range (dropped)", T=64, k=8, E=16,
@@ -476,8 +482,11 @@ def main():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         for case in route:
             guarded(route_case, dtype, **case)
-        for case in dispatch:  # v2's bookkeeping (the default) and v1's (HOPS_CUDA_MOE_DISPATCH=v1)
-            for version in ([None, "v1"] if ON_GPU else [None]):
+        # v2's bookkeeping (the default), v1's and v3 (HOPS_CUDA_MOE_DISPATCH); v3-chain (v3's
+        # bookkeeping chain, v2's copy kernel) in one dtype
+        versions = [None, "v1", "v3"] + (["v3-chain"] if dtype == torch.bfloat16 else [])
+        for case in dispatch:
+            for version in (versions if ON_GPU else [None]):
                 guarded(dispatch_case, dtype, **{**case, "version": version})
         for case in combine:
             guarded(combine_case, dtype, **case)

@@ -5,7 +5,11 @@ table, and the placement (place kernel: bucket bases, the warps' prefixes,
 rounds of 32 slots ranked as __match_any_sync groups), for both counter modes
 (smem with 8 or 1 warps, and hist's entries with one warp). Compared with a
 stable sort by bucket: rows, counts and row maps equal, every row of [0, T*k)
-owned by exactly one slot.
+owned by exactly one slot. v3 (HOPS_CUDA_MOE_DISPATCH=v3) launches the same
+kernels as a programmatic dependent launch chain (no change to what they
+compute) with its own copy kernel, transcribed here too (copy_v3: batches of
+pieces, the slots' rows shuffled 32 at a time) and compared with the sorted
+rows, zeros past the kept ones.
 
 Usage: python3 tests/bench/cuda_moe_dispatch_emulation.py   (numpy; ~20 s)"""
 
@@ -138,6 +142,28 @@ def emulate(ids, E, smem_limit=K_SMEM, most_chunks=K_MOST_CHUNKS):
     return counts, row_map, dest
 
 
+def copy_v3(x, dest, k, pieces_per_lane=8):
+    """v3's copy kernel (moe_dispatch_v2.cu dispatch_copy_kernel), rows as 16-byte pieces: per
+    token a batch of 32 * pieces_per_lane pieces at a time (`live` of them), the slots' rows 32 at
+    a time (lane l loads dest[t*k + j0 + l], shuffled to every lane), zeros for ~row."""
+    T, pieces = x.shape
+    rows = np.full((T * k, pieces), -99, np.int64)  # poisoned: every row must be written
+    for t in range(T):
+        for p0 in range(0, pieces, 32 * pieces_per_lane):
+            live = min(pieces - p0, 32 * pieces_per_lane)
+            v = [[x[t, p0 + 32 * u + lane] if 32 * u + lane < live else None
+                  for u in range(pieces_per_lane)] for lane in range(32)]
+            for j0 in range(0, k, 32):
+                mine = [dest[t * k + j0 + lane] if j0 + lane < k else 0 for lane in range(32)]
+                for j in range(min(32, k - j0)):
+                    r = mine[j]
+                    for lane in range(32):
+                        for u in range(pieces_per_lane):
+                            if 32 * u + lane < live:
+                                rows[r if r >= 0 else ~r, p0 + 32 * u + lane] = v[lane][u] if r >= 0 else 0
+    return rows
+
+
 def reference(ids, E):
     T, k = ids.shape
     flat = ids.reshape(-1)
@@ -159,6 +185,21 @@ def run(ids, E, smem_limit=K_SMEM, name="", most_chunks=K_MOST_CHUNKS):
     assert (owned == rrow).all(), name
     assert sorted(owned.tolist()) == list(range(ids.size)), name
     return layout(ids.size, E, smem_limit, most_chunks)
+
+
+def run_copy(ids, E, pieces, name):
+    """v3's copy over the emulated bookkeeping's destinations against the stable sort's rows."""
+    T, k = ids.shape
+    _, _, dest = emulate(ids, E)
+    x = np.arange(1, T * pieces + 1, dtype=np.int64).reshape(T, pieces)
+    rc, _, _ = reference(ids, E)
+    flat = ids.reshape(-1)
+    bk = np.array([int(i) if 0 <= i < E else E for i in flat], np.int64)
+    order = np.argsort(bk, kind="stable")
+    want = np.zeros((T * k, pieces), np.int64)
+    kept = int(rc.sum())
+    want[:kept] = x[order[:kept] // k]
+    assert (copy_v3(x, dest, k) == want).all(), name
 
 
 def main():
@@ -197,6 +238,12 @@ def main():
             ids = np.where(rng.random((T, k)) < 0.8, min(E, 3) - 1, ids)
         run(ids, E, smem_limit=[K_SMEM, 100][i % 2] if i % 5 == 0 else K_SMEM, name=f"random {i}")
     print("ok  30 random routings")
+    # v3's copy: k > 32 (two rounds of dest loads), rows of several batches (the last partial)
+    for name, ids, E, pieces in [("copy k=40", rng.integers(-1, 50, (6, 40)), 50, 40),
+                                 ("copy 600 pieces", rng.integers(-1, 5, (4, 3)), 5, 600),
+                                 ("copy 256 pieces", rng.integers(-1, 9, (5, 8)), 9, 256)]:
+        run_copy(np.asarray(ids, np.int64), E, pieces, name)
+        print(f"ok  {name}")
     # the issue's shape: layout only
     print("issue shape (T=8192, k=8, E=256):", layout(8192 * 8, 256))
 

@@ -388,6 +388,10 @@ std::vector<GdnCase> recurrent_sweep() {
        .l2norm = true, .pool = 6, .slots = Slots{3, -1, 0, 5, -1}, .half = true},
       {.B = 1, .T = 9, .H = 1, .HV = 2, .K = 8, .V = 8, .cu_seqlens = {0, 0, 1, 4, 4, 9},
        .l2norm = true, .index_dtype = DType::i64, .pool = 5},
+      // Multi-token decoding at the head size: 2, 3, 4 and 6 tokens (two chunks of
+      // HOPS_CUDA_RECURRENT=v2), fused gates.
+      {.B = 1, .T = 15, .H = 2, .HV = 4, .K = 128, .V = 128, .cu_seqlens = {0, 2, 5, 9, 15},
+       .l2norm = true, .gating = true, .pool = 6, .slots = Slots{4, 1, 5, 0}, .half = true},
       // No state_indices: sequence n uses slot n, the slots past N stay as they are.
       {.B = 2, .T = 2, .H = 1, .HV = 2, .K = 8, .V = 8, .l2norm = true, .pool = 4},
       // No tokens at all: the states stay as they are.
