@@ -104,45 +104,9 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
   float* const handoff = reinterpret_cast<float*>(smem + kStages * Smem::kStage) +
                          group * Smem::kHandoffFloats + lane;  // [96][32]: W1 then W2
 
-  // Fixed trip counts (each count is a multiple of kThreads): a thread copies the same
-  // 16-byte piece of rows row0 + it * step of each tile.
   auto load_chunk = [&](int64_t c, int stage) {
-    E* base = smem + stage * Smem::kStage;
-    const int64_t t0 = span.begin + c * kC, rows_left = span.end - t0;
-    const int L = static_cast<int>(rows_left < kC ? rows_left : kC);
-    {
-      constexpr int kPieces = kDk / 8, kStep = kThreads / kPieces;
-      const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
-#pragma unroll 4
-      for (int it = 0; it < kC / kStep; ++it) {
-        const int i = row0 + it * kStep;
-        const bool valid = i < L;
-        const int64_t t = t0 + (valid ? i : 0);
-        cp_async16(base + Smem::kK + i * kRowK + piece, kb + t * p.k.stride[1] + piece, valid);
-        cp_async16(base + Smem::kQ + i * kRowK + piece, qb + t * p.q.stride[1] + piece, valid);
-      }
-    }
-    {
-      constexpr int kPieces = kBV / 8, kStep = kThreads / kPieces;
-      const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
-#pragma unroll
-      for (int it = 0; it < kC / kStep; ++it) {
-        const int i = row0 + it * kStep;
-        const bool valid = i < L;
-        const int64_t t = t0 + (valid ? i : 0);
-        cp_async16(base + Smem::kO + i * Smem::kRowV + piece, ob + t * p.d_o.stride[1] + piece,
-                   valid);
-      }
-    }
-    // T then P (16-byte piece x is row (x / 8) % C of the two), the factors and Γ_last.
-    const char* record = record_of(p, s.rec, z, first_slot + c, hv);
-#pragma unroll 4
-    for (int it = 0; it < 2 * kC * 8 / kThreads; ++it) {
-      const int x = tid + it * kThreads, m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
-      cp_async16(base + Smem::kT + m * (Smem::kM - Smem::kT) + row * kRowC + col, record + x * 16,
-                 true);
-    }
-    if (tid <= kC) cp_async16(base + Smem::kF + tid * 8, record + kRecordF + tid * 16, true);
+    load_sweep_chunk<kThreads, kDk, kRowK, kRowC, kBV, Smem, Smem::kO, 4>(
+        smem, stage, tid, p, span, c, kb, qb, ob, p.d_o, s.rec, z, first_slot + c, hv);
   };
 
   // Chain warps: dh[nt] holds dH^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].

@@ -61,6 +61,59 @@ __device__ __forceinline__ char* record_of(const P& p, const TcScratch& s, int64
   return s.records + record_index(p, s, z, slot, hv) * kRecordBytes;
 }
 
+// Chunk c of a sequence into a sweep stage by cp.async, for gdn_chunk_tc.cu's
+// state sweep and the v4 backward's reverse sweep: the k and q tiles (kDk
+// wide, rows of kRowK), a kBV-wide tile from vb (v or dO) at Smem offset kV,
+// and the record (T then M or P, rows of kRowC, then the factors and Γ_last).
+// Fixed trip counts (every count is a multiple of kThreads, which is > C): a
+// thread copies the same 16-byte piece of rows row0 + it * step of each tile;
+// rows past the sequence's end are zero-filled from an in-bounds source.
+template <int kThreads, int kDk, int kRowK, int kRowC, int kBV, class Smem, int kV,
+          int kRecordUnroll, class E, class P>
+__device__ __forceinline__ void load_sweep_chunk(E* smem, int stage, int tid, const P& p,
+                                                 const Span& span, int64_t c, const E* kb,
+                                                 const E* qb, const E* vb, const Arg& v,
+                                                 const TcScratch& s, int64_t z, int64_t slot,
+                                                 int64_t hv) {
+  constexpr int kC = kRecordChunk;
+  E* base = smem + stage * Smem::kStage;
+  const int64_t t0 = span.begin + c * kC, rows_left = span.end - t0;
+  const int L = static_cast<int>(rows_left < kC ? rows_left : kC);
+  {
+    constexpr int kPieces = kDk / 8, kStep = kThreads / kPieces;
+    const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
+#pragma unroll 4
+    for (int it = 0; it < kC / kStep; ++it) {
+      const int i = row0 + it * kStep;
+      const bool valid = i < L;
+      const int64_t t = t0 + (valid ? i : 0);
+      cp_async16(base + Smem::kK + i * kRowK + piece, kb + t * p.k.stride[1] + piece, valid);
+      cp_async16(base + Smem::kQ + i * kRowK + piece, qb + t * p.q.stride[1] + piece, valid);
+    }
+  }
+  {
+    constexpr int kPieces = kBV / 8, kStep = kThreads / kPieces;
+    const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
+#pragma unroll
+    for (int it = 0; it < kC / kStep; ++it) {
+      const int i = row0 + it * kStep;
+      const bool valid = i < L;
+      const int64_t t = t0 + (valid ? i : 0);
+      cp_async16(base + kV + i * Smem::kRowV + piece, vb + t * v.stride[1] + piece, valid);
+    }
+  }
+  // The record of the chunk in slot `slot`: 16-byte piece x of T and M is row (x / 8) % C of the
+  // two; the factors and Γ_last (C + 1 pieces) are contiguous in the stage too.
+  const char* record = record_of(p, s, z, slot, hv);
+#pragma unroll kRecordUnroll
+  for (int it = 0; it < 2 * kC * 8 / kThreads; ++it) {
+    const int x = tid + it * kThreads, m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
+    cp_async16(base + Smem::kT + m * (Smem::kM - Smem::kT) + row * kRowC + col, record + x * 16,
+               true);
+  }
+  if (tid <= kC) cp_async16(base + Smem::kF + tid * 8, record + kRecordF + tid * 16, true);
+}
+
 struct ChunkRef {
   int64_t row, t0;  // batch row (0 when varlen), first token
   int L;            // tokens in the chunk; 0: this block has none

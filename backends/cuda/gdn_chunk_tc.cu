@@ -391,46 +391,10 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
   E* const ostage = smem + Smem::kOut + group * kC * kOutRow;
   uint32_t* const handoff = reinterpret_cast<uint32_t*>(smem + Smem::kHandoff) + group * 16 * 32;
 
-  // Fixed trip counts (every count below is a multiple of kThreads, which is >= C):
-  // a thread copies the same 16-byte piece of rows row0 + it * step of each tile.
   auto load_chunk = [&](int64_t c, int stage) {
-    E* base = smem + stage * Smem::kStage;
-    const int64_t t0 = span.begin + c * kC, rows_left = span.end - t0;
-    const int L = static_cast<int>(rows_left < kC ? rows_left : kC);
-    {
-      constexpr int kPieces = kDk / 8, kStep = kThreads / kPieces;
-      const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
-#pragma unroll 4
-      for (int it = 0; it < kC / kStep; ++it) {
-        const int i = row0 + it * kStep;
-        const bool valid = i < L;
-        const int64_t t = t0 + (valid ? i : 0);
-        cp_async16(base + Smem::kK + i * kRowK + piece, kb + t * p.k.stride[1] + piece, valid);
-        cp_async16(base + Smem::kQ + i * kRowK + piece, qb + t * p.q.stride[1] + piece, valid);
-      }
-    }
-    {
-      constexpr int kPieces = kBV / 8, kStep = kThreads / kPieces;
-      const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
-#pragma unroll
-      for (int it = 0; it < kC / kStep; ++it) {
-        const int i = row0 + it * kStep;
-        const bool valid = i < L;
-        const int64_t t = t0 + (valid ? i : 0);
-        cp_async16(base + Smem::kV + i * Smem::kRowV + piece, vb + t * p.v.stride[1] + piece,
-                   valid);
-      }
-    }
-    // The record: T then M (16-byte piece x is row (x / 8) % C of the two), then the
-    // factors and Γ_last (C + 1 pieces, contiguous in the stage too).
-    const char* record = record_of(p, s, z, first_slot + c, hv);
-#pragma unroll
-    for (int it = 0; it < 2 * kC * 8 / kThreads; ++it) {
-      const int x = tid + it * kThreads, m = x / (kC * 8), row = (x / 8) % kC, col = (x % 8) * 8;
-      cp_async16(base + Smem::kT + m * (Smem::kM - Smem::kT) + row * kRowC + col, record + x * 16,
-                 true);
-    }
-    if (tid <= kC) cp_async16(base + Smem::kF + tid * 8, record + kRecordF + tid * 16, true);
+    constexpr int kAll = 2 * kC * 8 / kThreads;  // the record's loop fully unrolled
+    load_sweep_chunk<kThreads, kDk, kRowK, kRowC, kBV, Smem, Smem::kV, kAll>(
+        smem, stage, tid, p, span, c, kb, qb, vb, p.v, s, z, first_slot + c, hv);
   };
 
   // S^T of the group's 16 columns: s_acc[nt] holds S^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
