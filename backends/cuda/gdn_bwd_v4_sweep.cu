@@ -116,14 +116,7 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
     const float* dht = p.dht.data ? reinterpret_cast<const float*>(p.dht.data) +
                                         n * p.dht.stride[0] + hv * p.dht.stride[1]
                                   : nullptr;
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
-        dh[nt][e] = dht ? dht[kd * p.dht_k + v * p.dht_v] : 0.0f;
-      }
-    }
+    load_state_acc(dh, dht, p.dht_k, p.dht_v, my_v, t4);
   }
 
   const int64_t chunks = (span.end - span.begin + kC - 1) / kC;
@@ -191,11 +184,7 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
       {  // dH^T at the chunk's end, as the 16-bit value the products use
         E* out = static_cast<E*>(s.dstates) +
                  (record_index(p, s.rec, z, first_slot + c, hv) * p.V + my_v) * kDk + 2 * t4;
-#pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
-          *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(dh[nt][0], dh[nt][1]);
-          *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) = pack2<E>(dh[nt][2], dh[nt][3]);
-        }
+        store_state16<kDk>(out, dh);
       }
       // dH^T K^T, 32 key dims of dH^T as A operands at a time
 #pragma unroll

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "device_common.cuh"
+#include "tensor_core.cuh"
 
 namespace hops::cuda {
 
@@ -112,6 +113,34 @@ __device__ __forceinline__ void load_sweep_chunk(E* smem, int stage, int tid, co
                true);
   }
   if (tid <= kC) cp_async16(base + Smem::kF + tid * 8, record + kRecordF + tid * 16, true);
+}
+
+// A sweep warp's 16 x 128 f32 state as mma accumulators: acc[nt] holds
+// S^T[v = my_v + g (+8)][k = 8 nt + 2 t4 (+1)] (g = lane / 4, my_v the
+// lane's first column). Loaded from src[k * sk + v * sv], or zero without src;
+// the strides by reference so that the loads from the params stay per element,
+// as they were (and the forward's PTX the same).
+__device__ __forceinline__ void load_state_acc(float (&acc)[16][4], const float* src,
+                                               const int64_t& sk, const int64_t& sv, int64_t my_v,
+                                               int t4) {
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
+      acc[nt][e] = src ? src[kd * sk + v * sv] : 0.0f;
+    }
+  }
+}
+
+// The same accumulators as 16-bit rows [v][kDk], out at the lane's (v, k) = (g, 2 t4).
+template <int kDk, class E>
+__device__ __forceinline__ void store_state16(E* out, const float (&acc)[16][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt) {
+    *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) = pack2<E>(acc[nt][2], acc[nt][3]);
+  }
 }
 
 struct ChunkRef {

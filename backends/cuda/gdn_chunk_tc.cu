@@ -404,14 +404,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
     const float* h0 = p.h0.data ? reinterpret_cast<const float*>(p.h0.data) + n * p.h0.stride[0] +
                                       hv * p.h0.stride[1]
                                 : nullptr;
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
-        s_acc[nt][e] = h0 ? h0[kd * p.h0_k + v * p.h0_v] : 0.0f;
-      }
-    }
+    load_state_acc(s_acc, h0, p.h0_k, p.h0_v, my_v, t4);
   }
 
   const int64_t chunks = (span.end - span.begin + kC - 1) / kC;
@@ -442,12 +435,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
       if (!output) {
         E* out = static_cast<E*>(s.states) +
                  (record_index(p, s, z, first_slot + c, hv) * p.V + my_v) * kDk + 2 * t4;
-#pragma unroll
-        for (int nt = 0; nt < 16; ++nt) {
-          *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(s_acc[nt][0], s_acc[nt][1]);
-          *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) =
-              pack2<E>(s_acc[nt][2], s_acc[nt][3]);
-        }
+        store_state16<kDk>(out, s_acc);
       }
     }
     if (!output) {
