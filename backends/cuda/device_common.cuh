@@ -149,6 +149,16 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Inclusive prefix sum of v over the warp's lanes.
+__device__ __forceinline__ float warp_inclusive_scan(float v, int lane) {
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += y;
+  }
+  return v;
+}
+
 // Tensor cores, fp32 operands rounded to tf32 (round to nearest, ties away).
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;

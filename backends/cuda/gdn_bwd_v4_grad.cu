@@ -239,12 +239,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
                       : 0.0f;
       }
       const float pair = gl[0] + gl[1];
-      float run = pair;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const float y = __shfl_up_sync(0xffffffffu, run, o);
-        if (lane >= o) run += y;
-      }
+      const float run = warp_inclusive_scan(pair, lane);
       const float last = __shfl_sync(0xffffffffu, run, 31);  // gc past the end stays gc_{L-1}
       gc[2 * lane] = run - pair + gl[0], gc[2 * lane + 1] = run;
       bt[2 * lane] = bl[0], bt[2 * lane + 1] = bl[1];

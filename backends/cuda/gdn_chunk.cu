@@ -115,12 +115,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_kernel(ChunkParams p) {
       // inclusive scan of 64 values, two per lane
       float a0 = gc[2 * lane], a1 = gc[2 * lane + 1];
       a1 += a0;
-      float run = a1;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const float y = __shfl_up_sync(0xffffffffu, run, o);
-        if (lane >= o) run += y;
-      }
+      const float run = warp_inclusive_scan(a1, lane);
       const float before = run - a1;
       gc[2 * lane] = before + a0, gc[2 * lane + 1] = run;
       __syncwarp();

@@ -122,12 +122,7 @@ __global__ void __launch_bounds__(kPrepThreads) chunk_prepare_kernel(ChunkParams
       }
     }
     const float pair = gl[0] + gl[1];
-    float run = pair;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const float y = __shfl_up_sync(0xffffffffu, run, o);
-      if (lane >= o) run += y;
-    }
+    const float run = warp_inclusive_scan(pair, lane);
     gc[2 * lane] = run - pair + gl[0], gc[2 * lane + 1] = run;
     bt[2 * lane] = bl[0], bt[2 * lane + 1] = bl[1];
   }
