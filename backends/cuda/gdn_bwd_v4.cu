@@ -26,14 +26,6 @@ ChunkParams forward_params(const ChunkBwdParams& p) {
   return f;
 }
 
-bool unit_rows(const Arg& a) {  // unit last stride, 16-byte aligned head rows
-  if (a.stride[3] != 1 || reinterpret_cast<uintptr_t>(a.data) % 16 != 0) return false;
-  for (int d = 0; d < 3; ++d) {
-    if (a.shape[d] > 1 && a.stride[d] % 8 != 0) return false;
-  }
-  return true;
-}
-
 // Records at 0, then S^T and dH^T (256-byte aligned).
 struct Layout {
   size_t states, dstates, total;  // byte offsets, and the end
@@ -66,7 +58,7 @@ bool chunk_bwd_v4_supported(const ChunkBwdParams& p) {
     if (a->dtype != dtype) return false;
   }
   for (const Arg* a : {&p.q, &p.k, &p.v, &p.d_o, &p.dq, &p.dk, &p.dv}) {
-    if (!unit_rows(*a)) return false;
+    if (!head_rows_ok(*a)) return false;
   }
   if (p.K != kV4Dk || p.V != kV4Dk || p.H == 0 || p.HV % p.H != 0) return false;
   int device = 0, limit = 0;

@@ -31,6 +31,17 @@ struct TcStates : TcScratch {
   void* states;  // [z][slot][HV][V][K]
 };
 
+// Host: whether a [B, T, H, D] tensor's head rows suit the 16-byte cp.async
+// pieces of the tc path and the v4 backward (unit last stride, 16-byte
+// aligned rows).
+inline bool head_rows_ok(const Arg& a) {
+  if (a.stride[3] != 1 || reinterpret_cast<uintptr_t>(a.data) % 16 != 0) return false;
+  for (int d = 0; d < 3; ++d) {
+    if (a.shape[d] > 1 && a.stride[d] % 8 != 0) return false;
+  }
+  return true;
+}
+
 // Dense: slot c of batch row z is chunk c. Varlen (z = 0): sequence n's chunk
 // c takes slot floor(begin_n / C) + n + c; these are disjoint and increasing
 // in n, and fewer than T / C + N in all.

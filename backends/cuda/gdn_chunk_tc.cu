@@ -587,14 +587,6 @@ cudaError_t launch_tc(const ChunkParams& p, void* scratch, void* states, cudaStr
   return wide ? launch_state<E, 4>(p, s, stream) : launch_state<E, 2>(p, s, stream);
 }
 
-bool head_rows_ok(const Arg& a) {
-  if (a.stride[3] != 1 || reinterpret_cast<uintptr_t>(a.data) % 16 != 0) return false;
-  for (int d = 0; d < 3; ++d) {
-    if (a.shape[d] > 1 && a.stride[d] % 8 != 0) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 bool chunk_tc_supported(const ChunkParams& p, int dtype) {
