@@ -104,6 +104,16 @@ __device__ __forceinline__ float2 pair_at(const E* tile, int ld, int row, int co
   return unpack2<E>(*reinterpret_cast<const uint32_t*>(tile + row * ld + col));
 }
 
+// acc[nt][e] *= factor(its tile row), over a C x 8 NT accumulator tile.
+template <int NT, class Factor>
+__device__ __forceinline__ void scale_rows(float (&acc)[NT][4], const Frag& f, Factor factor) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] *= factor(frag_row(f, e));
+  }
+}
+
 // Row sums of acc * tile (the same positions) into sums[nc][row].
 template <class E, int NT>
 __device__ __forceinline__ void dot_rows(const float (&acc)[NT][4], const Frag& f, int n0,
@@ -275,11 +285,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     {
       float acc[8][4] = {};
       tile_mma<E, false, false, 8>(acc, sk, kRowK, m0, sdh, kRowK, nk, kDk, lane);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] *= ee[frag_row(f, e)];
-      }
+      scale_rows(acc, f, [&](int i) { return ee[i]; });
       tile_mma<E, true, true, 8, kAUpper>(acc, sp, kRowC, m0, so, kRowK, nk, kC, lane);
       store_tile<E>(acc, f, nk, b3, kRowK);
     }
@@ -311,11 +317,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
     {
       float acc[8][4] = {};
       tile_mma<E, false, true, 8>(acc, so, kRowK, m0, ss, kRowK, nk, kDk, lane);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] *= scale * gam[frag_row(f, e)];
-      }
+      scale_rows(acc, f, [&](int i) { return scale * gam[i]; });
       dot_rows<E>(acc, f, nk, sq, kRowK, row_sum(kQdq));
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
@@ -427,11 +429,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
       row_sums(bt[frag_row(f, 0)] * akk[0], bt[frag_row(f, 2)] * akk[1], f, row_sum(kAaRow));
       column_sums([&](int nt, int e) { return bt[frag_row(f, e)] * da[nt][e] * kk[nt][e]; }, f,
                   col_sum(kAaCol));
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) da[nt][e] *= bt[frag_row(f, e)];
-      }
+      scale_rows(da, f, [&](int i) { return bt[i]; });
       __syncthreads();  // all have read Z
       store_tile<E>(da, f, nc32, sz, kRowC);
     }
