@@ -187,25 +187,7 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
         store_state16<kDk>(out, dh);
       }
       // dH^T K^T, 32 key dims of dH^T as A operands at a time
-#pragma unroll
-      for (int kp = 0; kp < 4; ++kp) {
-        uint32_t ha[2][4];
-#pragma unroll
-        for (int hs = 0; hs < 2; ++hs) {
-          const int nt = 4 * kp + 2 * hs;
-          ha[hs][0] = pack2<E>(dh[nt][0], dh[nt][1]);
-          ha[hs][1] = pack2<E>(dh[nt][2], dh[nt][3]);
-          ha[hs][2] = pack2<E>(dh[nt + 1][0], dh[nt + 1][1]);
-          ha[hs][3] = pack2<E>(dh[nt + 1][2], dh[nt + 1][3]);
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          uint32_t b[4];
-          ldsm_x4(b, sk + (nt * 8 + (lane & 7)) * kRowK + kp * 32 + quad * 8);
-          mma<E>(du[nt], ha[0], b[0], b[1]);
-          mma<E>(du[nt], ha[1], b[2], b[3]);
-        }
-      }
+      state_times_tile<E, kRowK>(dh, sk, lane, du);
     }
     __syncthreads();  // W1, W2 handed over
     if (helper) continue;
@@ -248,14 +230,7 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
 
   if (p.dh0.data && !helper) {
     float* dh0 = reinterpret_cast<float*>(p.dh0.data) + n * p.dh0.stride[0] + hv * p.dh0.stride[1];
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
-        dh0[kd * p.dh0_k + v * p.dh0_v] = dh[nt][e];
-      }
-    }
+    store_state_f32(dh0, p.dh0_k, p.dh0_v, dh, my_v, t4);
   }
 }
 

@@ -144,6 +144,19 @@ __device__ __forceinline__ void load_state_acc(float (&acc)[16][4], const float*
   }
 }
 
+// The same accumulators into dst[k * sk + v * sv] (f32).
+__device__ __forceinline__ void store_state_f32(float* dst, const int64_t& sk, const int64_t& sv,
+                                                const float (&acc)[16][4], int64_t my_v, int t4) {
+#pragma unroll
+  for (int nt = 0; nt < 16; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
+      dst[kd * sk + v * sv] = acc[nt][e];
+    }
+  }
+}
+
 // The same accumulators as 16-bit rows [v][kDk], out at the lane's (v, k) = (g, 2 t4).
 template <int kDk, class E>
 __device__ __forceinline__ void store_state16(E* out, const float (&acc)[16][4]) {
@@ -151,6 +164,33 @@ __device__ __forceinline__ void store_state16(E* out, const float (&acc)[16][4])
   for (int nt = 0; nt < 16; ++nt) {
     *reinterpret_cast<uint32_t*>(out + nt * 8) = pack2<E>(acc[nt][0], acc[nt][1]);
     *reinterpret_cast<uint32_t*>(out + 8 * kDk + nt * 8) = pack2<E>(acc[nt][2], acc[nt][3]);
+  }
+}
+
+// out[nt] += S^T tile^T: S^T from the state accumulators (16 x 128, packed to
+// the A operand one 32-dim slice at a time), tile = 64 rows x 128 in smem
+// (rows of kRowK). The reverse sweep's dH^T K^T is the same product.
+template <class E, int kRowK>
+__device__ __forceinline__ void state_times_tile(const float (&s_acc)[16][4], const E* tile,
+                                                 int lane, float (&out)[8][4]) {
+#pragma unroll
+  for (int kp = 0; kp < 4; ++kp) {
+    uint32_t sa[2][4];
+#pragma unroll
+    for (int hs = 0; hs < 2; ++hs) {
+      const int nt = 4 * kp + 2 * hs;
+      sa[hs][0] = pack2<E>(s_acc[nt][0], s_acc[nt][1]);
+      sa[hs][1] = pack2<E>(s_acc[nt][2], s_acc[nt][3]);
+      sa[hs][2] = pack2<E>(s_acc[nt + 1][0], s_acc[nt + 1][1]);
+      sa[hs][3] = pack2<E>(s_acc[nt + 1][2], s_acc[nt + 1][3]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      uint32_t b[4];
+      ldsm_x4(b, tile + (nt * 8 + (lane & 7)) * kRowK + kp * 32 + (lane >> 3) * 8);
+      mma<E>(out[nt], sa[0], b[0], b[1]);
+      mma<E>(out[nt], sa[1], b[2], b[3]);
+    }
   }
 }
 

@@ -307,32 +307,6 @@ struct StateSmem {
   static_assert(kStage % 8 == 0 && kF % 8 == 0 && kRowV % 8 == 0);
 };
 
-// out[nt] += S^T tile^T: S^T from the state accumulators (16 x 128, packed to
-// the A operand one 32-dim slice at a time), tile = 64 rows x 128 in smem.
-template <class E>
-__device__ __forceinline__ void state_times_tile(const float (&s_acc)[16][4], const E* tile,
-                                                 int lane, float (&out)[8][4]) {
-#pragma unroll
-  for (int kp = 0; kp < 4; ++kp) {
-    uint32_t sa[2][4];
-#pragma unroll
-    for (int hs = 0; hs < 2; ++hs) {
-      const int nt = 4 * kp + 2 * hs;
-      sa[hs][0] = pack2<E>(s_acc[nt][0], s_acc[nt][1]);
-      sa[hs][1] = pack2<E>(s_acc[nt][2], s_acc[nt][3]);
-      sa[hs][2] = pack2<E>(s_acc[nt + 1][0], s_acc[nt + 1][1]);
-      sa[hs][3] = pack2<E>(s_acc[nt + 1][2], s_acc[nt + 1][3]);
-    }
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      uint32_t b[4];
-      ldsm_x4(b, tile + (nt * 8 + (lane & 7)) * kRowK + kp * 32 + (lane >> 3) * 8);
-      mma<E>(out[nt], sa[0], b[0], b[1]);
-      mma<E>(out[nt], sa[1], b[2], b[3]);
-    }
-  }
-}
-
 // out += a B^T with a (16 x 64, A operands over the chunk rows) and B a lower
 // triangular C x C matrix in smem: row tiles 2np, 2np+1 need k-steps <= np.
 template <class E>
@@ -436,7 +410,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
     if (!output) {
       // X^T = S^T K^T (columns: the chunk's rows).
       float x[8][4] = {};
-      state_times_tile<E>(s_acc, sk, lane, x);
+      state_times_tile<E, kRowK>(s_acc, sk, lane, x);
       // rhs^T = beta V^T - f1 X^T as the A operand.
       uint32_t ra[4][4];
 #pragma unroll
@@ -473,7 +447,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
     if (output && !kStates) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) y[nt][0] = y[nt][1] = y[nt][2] = y[nt][3] = 0.0f;
-      state_times_tile<E>(s_acc, base + Smem::kQ, lane, y);
+      state_times_tile<E, kRowK>(s_acc, base + Smem::kQ, lane, y);
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         const int i0 = nt * 8 + 2 * t4;
@@ -536,14 +510,7 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
 
   if (!kStates && p.ht.data && !output) {
     float* ht = reinterpret_cast<float*>(p.ht.data) + n * p.ht.stride[0] + hv * p.ht.stride[1];
-#pragma unroll
-    for (int nt = 0; nt < 16; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t kd = nt * 8 + 2 * t4 + (e & 1), v = my_v + 8 * (e >> 1);
-        ht[kd * p.ht_k + v * p.ht_v] = s_acc[nt][e];
-      }
-    }
+    store_state_f32(ht, p.ht_k, p.ht_v, s_acc, my_v, t4);
   }
 }
 
