@@ -23,24 +23,12 @@ namespace {
 constexpr int kC = kRecordChunk, kDk = kV4Dk, kRowK = kV4RowK, kRowC = kV4RowC;
 // Stages: three for 2 groups; two for 4, whose handoff would not fit beside three.
 template <int kGroups>
-struct SweepSmem {
+struct SweepSmem : SweepStage<16 * kGroups, kRowK, kRowC> {  // kV: dO
   static constexpr int kStages = kGroups == 2 ? 3 : 2;
-  static constexpr int kBV = 16 * kGroups;
-  static constexpr int kRowV = kBV + 8;
-  // offsets in 16-bit elements within a stage
-  static constexpr int kK = 0;
-  static constexpr int kQ = kK + kC * kRowK;
-  static constexpr int kO = kQ + kC * kRowK;  // dO
-  static constexpr int kT = kO + kC * kRowV;
-  static constexpr int kM = kT + kC * kRowC;
-  static constexpr int kF = kM + kC * kRowC;  // float4 [C]
-  static constexpr int kD = kF + kC * 8;      // float Γ_last (16-byte slot)
-  static constexpr int kStage = kD + 8;
   // per group: W1 (32 floats per lane) then W2 (64), lane-minor
   static constexpr int kHandoffFloats = 96 * 32;
   static constexpr size_t kBytes =
-      static_cast<size_t>(kStages) * kStage * 2 + size_t{4} * kGroups * kHandoffFloats;
-  static_assert(kStage % 8 == 0 && kF % 8 == 0 && kRowV % 8 == 0);
+      static_cast<size_t>(kStages) * SweepSmem::kStage * 2 + size_t{4} * kGroups * kHandoffFloats;
 };
 
 // a (16 x 64 over the chunk rows, A operands of k-steps 0..3) times a lower
@@ -105,8 +93,8 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
                          group * Smem::kHandoffFloats + lane;  // [96][32]: W1 then W2
 
   auto load_chunk = [&](int64_t c, int stage) {
-    load_sweep_chunk<kThreads, kDk, kRowK, kRowC, kBV, Smem, Smem::kO, 4>(
-        smem, stage, tid, p, span, c, kb, qb, ob, p.d_o, s.rec, z, first_slot + c, hv);
+    load_sweep_chunk<kThreads, kDk, kRowK, kRowC, Smem, 4>(smem, stage, tid, p, span, c, kb, qb, ob,
+                                                           p.d_o, s.rec, z, first_slot + c, hv);
   };
 
   // Chain warps: dh[nt] holds dH^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
@@ -142,7 +130,7 @@ __global__ void __launch_bounds__(kGroups * 64, 1)
       uint32_t oa[4][4];
 #pragma unroll
       for (int np = 0; np < 4; ++np) {
-        ldsm_x4_trans(oa[np], base + Smem::kO +
+        ldsm_x4_trans(oa[np], base + Smem::kV +
                                   ((2 * np + (quad >> 1)) * 8 + (lane & 7)) * Smem::kRowV +
                                   16 * group + (quad & 1) * 8);
       }

@@ -73,15 +73,34 @@ __device__ __forceinline__ char* record_of(const P& p, const TcScratch& s, int64
   return s.records + record_index(p, s, z, slot, hv) * kRecordBytes;
 }
 
-// Chunk c of a sequence into a sweep stage by cp.async, for gdn_chunk_tc.cu's
-// state sweep and the v4 backward's reverse sweep: the k and q tiles (kDk
-// wide, rows of kRowK), a kBV-wide tile from vb (v or dO) at Smem offset kV,
-// and the record (T then M or P, rows of kRowC, then the factors and Γ_last).
-// Fixed trip counts (every count is a multiple of kThreads, which is > C): a
-// thread copies the same 16-byte piece of rows row0 + it * step of each tile;
-// rows past the sequence's end are zero-filled from an in-bounds source.
-template <int kThreads, int kDk, int kRowK, int kRowC, int kBV, class Smem, int kV,
-          int kRecordUnroll, class E, class P>
+// One pipeline stage of the state sweep (gdn_chunk_tc.cu) and of the v4
+// reverse sweep, offsets in 16-bit elements: the k and q tiles (C x kDk, rows
+// of kRowK), the kBV value columns of v (the forward) or dO (the reverse
+// sweep), and the record's T, M or P (rows of kRowC), factors and Γ_last.
+template <int kBV_, int kRowK, int kRowC>
+struct SweepStage {
+  static constexpr int kBV = kBV_;
+  static constexpr int kRowV = kBV + 8;
+  static constexpr int kK = 0;
+  static constexpr int kQ = kK + kRecordChunk * kRowK;
+  static constexpr int kV = kQ + kRecordChunk * kRowK;
+  static constexpr int kT = kV + kRecordChunk * kRowV;
+  static constexpr int kM = kT + kRecordChunk * kRowC;
+  static constexpr int kF = kM + kRecordChunk * kRowC;  // float4 [C]
+  static constexpr int kD = kF + kRecordChunk * 8;      // float Γ_last (16-byte slot)
+  static constexpr int kStage = kD + 8;
+  static_assert(kStage % 8 == 0 && kF % 8 == 0 && kRowV % 8 == 0);
+};
+
+// Chunk c of a sequence into a sweep stage (Smem: a SweepStage) by cp.async,
+// for both sweeps: the k and q tiles (kDk wide, rows of kRowK), the kBV-wide
+// tile from vb (v or dO) and the record (T then M or P, rows of kRowC, then
+// the factors and Γ_last). Fixed trip counts (every count is a multiple of
+// kThreads, which is > C): a thread copies the same 16-byte piece of rows
+// row0 + it * step of each tile; rows past the sequence's end are
+// zero-filled from an in-bounds source.
+template <int kThreads, int kDk, int kRowK, int kRowC, class Smem, int kRecordUnroll, class E,
+          class P>
 __device__ __forceinline__ void load_sweep_chunk(E* smem, int stage, int tid, const P& p,
                                                  const Span& span, int64_t c, const E* kb,
                                                  const E* qb, const E* vb, const Arg& v,
@@ -104,14 +123,14 @@ __device__ __forceinline__ void load_sweep_chunk(E* smem, int stage, int tid, co
     }
   }
   {
-    constexpr int kPieces = kBV / 8, kStep = kThreads / kPieces;
+    constexpr int kPieces = Smem::kBV / 8, kStep = kThreads / kPieces;
     const int row0 = tid / kPieces, piece = (tid % kPieces) * 8;
 #pragma unroll
     for (int it = 0; it < kC / kStep; ++it) {
       const int i = row0 + it * kStep;
       const bool valid = i < L;
       const int64_t t = t0 + (valid ? i : 0);
-      cp_async16(base + kV + i * Smem::kRowV + piece, vb + t * v.stride[1] + piece, valid);
+      cp_async16(base + Smem::kV + i * Smem::kRowV + piece, vb + t * v.stride[1] + piece, valid);
     }
   }
   // The record of the chunk in slot `slot`: 16-byte piece x of T and M is row (x / 8) % C of the

@@ -289,22 +289,11 @@ constexpr int kStages = 3;
 constexpr int kOutRow = 24;  // per-warp O staging row: 16 values + pad (48 B, conflict-free)
 
 template <int kWarps>
-struct StateSmem {
-  static constexpr int kBV = 16 * kWarps;
-  static constexpr int kRowV = kBV + 8;
-  // offsets in 16-bit elements within a stage
-  static constexpr int kK = 0;
-  static constexpr int kQ = kK + kC * kRowK;
-  static constexpr int kV = kQ + kC * kRowK;
-  static constexpr int kT = kV + kC * kRowV;
-  static constexpr int kM = kT + kC * kRowC;
-  static constexpr int kF = kM + kC * kRowC;  // float4 [C]
-  static constexpr int kD = kF + kC * 8;      // float Γ_last (16-byte slot)
-  static constexpr int kStage = kD + 8;
-  static constexpr int kOut = kStages * kStage;  // per output warp: O staging [C][kOutRow]
+struct StateSmem : SweepStage<16 * kWarps, kRowK, kRowC> {
+  static constexpr int kOut =
+      kStages * StateSmem::kStage;  // per output warp: O staging [C][kOutRow]
   static constexpr int kHandoff = kOut + kWarps * kC * kOutRow;  // per column group: v_new^T
   static constexpr size_t kBytes = static_cast<size_t>(kHandoff) * 2 + kWarps * 16 * 32 * 4;
-  static_assert(kStage % 8 == 0 && kF % 8 == 0 && kRowV % 8 == 0);
 };
 
 // out += a B^T with a (16 x 64, A operands over the chunk rows) and B a lower
@@ -362,8 +351,8 @@ __global__ void __launch_bounds__(kWarps * 64, 1) chunk_state_kernel(ChunkParams
 
   auto load_chunk = [&](int64_t c, int stage) {
     constexpr int kAll = 2 * kC * 8 / kThreads;  // the record's loop fully unrolled
-    load_sweep_chunk<kThreads, kDk, kRowK, kRowC, kBV, Smem, Smem::kV, kAll>(
-        smem, stage, tid, p, span, c, kb, qb, vb, p.v, s, z, first_slot + c, hv);
+    load_sweep_chunk<kThreads, kDk, kRowK, kRowC, Smem, kAll>(smem, stage, tid, p, span, c, kb, qb,
+                                                              vb, p.v, s, z, first_slot + c, hv);
   };
 
   // S^T of the group's 16 columns: s_acc[nt] holds S^T[v = g (+8)][k = 8 nt + 2 t4 (+1)].
