@@ -114,6 +114,17 @@ __device__ __forceinline__ void scale_rows(float (&acc)[NT][4], const Frag& f, F
   }
 }
 
+// dst[nt][e] += factor(its tile row) * src[nt][e], over C x 8 NT accumulator tiles.
+template <int NT, class Factor>
+__device__ __forceinline__ void add_rows(float (&dst)[NT][4], const float (&src)[NT][4],
+                                         const Frag& f, Factor factor) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dst[nt][e] += factor(frag_row(f, e)) * src[nt][e];
+  }
+}
+
 // Row sums of acc * tile (the same positions) into sums[nc][row].
 template <class E, int NT>
 __device__ __forceinline__ void dot_rows(const float (&acc)[NT][4], const Frag& f, int n0,
@@ -319,11 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
       tile_mma<E, false, true, 8>(acc, so, kRowK, m0, ss, kRowK, nk, kDk, lane);
       scale_rows(acc, f, [&](int i) { return scale * gam[i]; });
       dot_rows<E>(acc, f, nk, sq, kRowK, row_sum(kQdq));
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dq[nt][e] += acc[nt][e];
-      }
+      add_rows(dq, acc, f, [](int) { return 1.0f; });
     }
     __syncthreads();  // dW in b1; S^T is dead
     if (next) load_state(hv + 1);
@@ -353,14 +360,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
       float x[8][4] = {};
       tile_mma<E, true, true, 8, kAUpper>(x, tt, kRowC, m0, b1, kRowK, nk, kC, lane);
       dot_rows<E>(x, f, nk, sk, kRowK, row_sum(kKx));
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = frag_row(f, e);
-          dk[nt][e] -= bt[i] * gam[i] * x[nt][e];
-        }
-      }
+      add_rows(dk, x, f, [&](int i) { return -(bt[i] * gam[i]); });
       __syncthreads();  // all have read dW
       store_tile<E>(x, f, nk, b1, kRowK);
     }
@@ -443,11 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1) chunk_grad_kernel(ChunkBwdParams 
       float acc[8][4] = {};
       tile_mma<E, false, true, 8>(acc, b2, kRowK, m0, sdh, kRowK, nk, kDk, lane);
       dot_rows<E>(acc, f, nk, sk, kRowK, row_sum(kKdk));
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dk[nt][e] += ee[frag_row(f, e)] * acc[nt][e];
-      }
+      add_rows(dk, acc, f, [&](int i) { return ee[i]; });
     }
     __syncthreads();  // every sum is in
     if (warp == 0) {  // dbeta, dG and its reverse cumsum: two rows per lane
