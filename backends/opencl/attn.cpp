@@ -113,6 +113,10 @@ void attn_prefill(const ExecContext& exec, const AttnPrefill& op) {
   if (!call.active()) return;
   const IndexArg cu_q = call.index(op.sequences.cu_seqlens_q);
   const IndexArg cu_k = call.index(op.sequences.cu_seqlens_k);
+  if (attn_prefill_nv(call, op, cu_q, cu_k)) {
+    call.complete();
+    return;
+  }
   if (rows_fit(call, op)) {
     prefill_rows(call, op, cu_q, cu_k);
     call.complete();

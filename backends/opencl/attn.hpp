@@ -14,6 +14,13 @@ void attn_prefill_bwd(const ExecContext& exec, const AttnPrefillBwd& op);
 void attn_decode(const ExecContext& exec, const AttnDecode& op);
 void kv_cache_write(const ExecContext& exec, const KvCacheWrite& op);
 
+// attn_prefill by attn_nv.cl's tensor-core kernel (attn_nv.cpp): false, with
+// nothing enqueued, where it cannot take the call (not NVIDIA's platform,
+// HOPS_OPENCL_ATTN=portable, the dtype, D or layout, or the program failed
+// to build).
+bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q,
+                     const IndexArg& cu_k);
+
 // The kernels take head counts and D as int, and the portable kernels keep
 // rows of D floats in local memory: HOPS_ERR_UNSUPPORTED beyond these.
 constexpr int64_t kMaxHeadDim = 1024;

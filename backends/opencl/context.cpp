@@ -1,5 +1,7 @@
 #include "context.hpp"
 
+#include <cctype>
+#include <cstdio>
 #include <cstdlib>
 
 #include "kernel_sources.hpp"
@@ -37,17 +39,35 @@ void describe_kernel(KernelSlot& slot, cl_device_id device) {
         "clGetKernelWorkGroupInfo");
 }
 
+bool is_nvidia(cl_device_id device) {
+  const auto platform = device_value<cl_platform_id>(device, CL_DEVICE_PLATFORM);
+  for (const std::string& text : {platform_string(platform, CL_PLATFORM_NAME),
+                                  platform_string(platform, CL_PLATFORM_VENDOR)}) {
+    std::string lower = text;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower.find("nvidia") != std::string::npos) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 Runtime::Runtime(ContextHandle context, cl_device_id device)
     : context_(std::move(context)),
       device_(device),
       cpu_device_((device_value<cl_device_type>(device, CL_DEVICE_TYPE) & CL_DEVICE_TYPE_CPU) != 0),
+      nvidia_platform_(is_nvidia(device)),
       pool_(context_.get()) {}
 
 Runtime::Program& Runtime::program(std::string_view file, DType dtype) {
+  return program(file, dtype, "", false);
+}
+
+Runtime::Program& Runtime::program(std::string_view file, DType dtype, const std::string& defines,
+                                   bool optional) {
   const std::scoped_lock lock(mutex_);
-  std::unique_ptr<Program>& entry = programs_[{std::string(file), dtype}];
+  const std::string key = defines.empty() ? std::string(file) : fmt::format("{} {}", file, defines);
+  std::unique_ptr<Program>& entry = programs_[{key, dtype}];
   if (entry) return *entry;
   const std::string_view source = embedded::source(file);
   if (source.empty()) fail(HOPS_ERR_INTERNAL, "opencl: no embedded program {}", file);
@@ -55,9 +75,21 @@ Runtime::Program& Runtime::program(std::string_view file, DType dtype) {
   const std::string text =
       fmt::format("{}\n#line 1 \"{}\"\n{}", embedded::source("common.cl"), file, source);
   // Accuracy matters more than the last percent: no -cl-fast-relaxed-math.
-  const std::string options = fmt::format("-cl-std=CL1.2 -DHOPS_X={}", dtype_code(dtype));
+  std::string options = fmt::format("-cl-std=CL1.2 -DHOPS_X={}", dtype_code(dtype));
+  if (!defines.empty()) options += " " + defines;
   auto built = std::make_unique<Program>();
-  built->program = build_program(context(), device_, file, text, options);
+  if (optional) {
+    try {
+      built->program = build_program(context(), device_, file, text, options);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "hops opencl: %s (%s) not built, the portable kernels run instead: %s\n",
+                   std::string(file).c_str(), options.c_str(), e.what());
+      entry = std::move(built);
+      return *entry;
+    }
+  } else {
+    built->program = build_program(context(), device_, file, text, options);
+  }
   cl_uint count = 0;
   check(clCreateKernelsInProgram(built->program.get(), 0, nullptr, &count),
         "clCreateKernelsInProgram");
@@ -78,6 +110,14 @@ KernelSlot& Runtime::kernel(std::string_view program_file, DType dtype, std::str
     if (slot->name == name) return *slot;
   }
   fail(HOPS_ERR_INTERNAL, "opencl: {} has no kernel {}", program_file, name);
+}
+
+KernelSlot* Runtime::optional_kernel(std::string_view program_file, DType dtype,
+                                     const std::string& defines, std::string_view name) {
+  for (const auto& slot : program(program_file, dtype, defines, true).kernels) {
+    if (slot->name == name) return slot.get();
+  }
+  return nullptr;
 }
 
 cl_command_queue Runtime::own_queue() {

@@ -45,6 +45,15 @@ class Runtime {
   // from the disk cache) on first use.
   KernelSlot& kernel(std::string_view program, DType dtype, std::string_view name);
 
+  // The kernel `name` of `program` built with extra `defines` (-D options),
+  // for vendor-specific programs (attn_nv.cl): null where the device's
+  // compiler rejects it, which is said once on stderr and not retried.
+  KernelSlot* optional_kernel(std::string_view program, DType dtype, const std::string& defines,
+                              std::string_view name);
+
+  // The device's platform is NVIDIA's (its name or vendor says so).
+  bool nvidia_platform() const { return nvidia_platform_; }
+
   // An in-order queue of the plugin's own, for calls with a NULL stream.
   cl_command_queue own_queue();
 
@@ -54,10 +63,14 @@ class Runtime {
     std::vector<std::unique_ptr<KernelSlot>> kernels;
   };
   Program& program(std::string_view file, DType dtype);
+  // Builds (or finds) `file` with `defines`; a failed optional build leaves
+  // a Program without kernels.
+  Program& program(std::string_view file, DType dtype, const std::string& defines, bool optional);
 
   ContextHandle context_;
   cl_device_id device_;
   bool cpu_device_;
+  bool nvidia_platform_;
   BufferPool pool_;
   std::mutex mutex_;  // guards programs_ and queue_
   std::map<std::pair<std::string, DType>, std::unique_ptr<Program>, std::less<>> programs_;
