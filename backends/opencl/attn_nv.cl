@@ -32,9 +32,6 @@
 #ifndef NV_PIPE
 #define NV_PIPE (NV_D < 256)
 #endif
-#ifndef NV_KK_UNROLL
-#define NV_KK_UNROLL 2
-#endif
 
 #if NV_D == 256
 #define NV_WARPS 4
@@ -271,7 +268,7 @@ kernel __attribute__((reqd_work_group_size(NV_THREADS, 1, 1))) void attn_fwd_nv(
     if (active) {
       #pragma unroll
       for (int j = 0; j < NV_BC / 8; ++j) sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-      #pragma unroll NV_KK_UNROLL
+      #pragma unroll 2
       for (int kk = 0; kk < NV_D / 16; ++kk) {
         uint a[4];
         nv_frag_a(a, sQ, warp * 16, kk, lane);

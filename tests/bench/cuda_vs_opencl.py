@@ -12,10 +12,16 @@ Where a table has both gdn_chunk_fwd and gdn_chunk_bwd of one dtype, a
 "gdn fwd+bwd" row adds them (a training step's GDN core: the backward
 recomputes the forward's states, nothing is saved between the calls).
 
-Run by tests/bench/opencl_device_run.sh and opencl_gdn_device_run.sh after
-hops-opencl-bench."""
+A table whose file name has "@LABEL" before its suffix (opencl_bench_bf16@portable.md,
+written with HOPS_OPENCL_ATTN=portable) shows its rows as "op [LABEL]". attn_prefill rows
+also get a "CUDA mma.sync" row (HOPS_CUDA_ATTN_FWD=mma, the sm_80 kernel beside the
+default sm_90a one) and TFLOP/s (4 D Hq causal pairs) after the table.
+
+Run by tests/bench/opencl_device_run.sh, opencl_gdn_device_run.sh and
+opencl_nv_attn_run.sh after hops-opencl-bench."""
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -103,7 +109,10 @@ def main():
     print(f"GPU: {torch.cuda.get_device_name()}\n")
     print("| op | shape | dtype | CPU ms | NVIDIA OpenCL ms | CUDA ms | OpenCL / CUDA |\n|---|---|---|--:|--:|--:|--:|")
     gdn = {}  # (dtype, shape) -> op -> (cpu, opencl, cuda) ms
+    rates = []  # attn_prefill: (row name, OpenCL ms, CUDA ms, CUDA mma.sync ms)
     for table in args.tables:
+        stem = Path(table).stem
+        label = f" [{stem.split('@', 1)[1]}]" if "@" in stem else ""
         for line in Path(table).read_text().splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if len(cells) != 6 or cells[0] in ("op",) or cells[0].startswith("-"):
@@ -111,12 +120,27 @@ def main():
             op, shape, dtype, cpu_ms, opencl_ms, _ = cells
             call = Prepared(op, **inputs(op, args.tokens, DTYPES[dtype]))
             cuda_ms = median_ms(call, args.repeat)
+            mma_ms = None
+            if op == "attn_prefill" and dtype != "f32":
+                os.environ["HOPS_CUDA_ATTN_FWD"] = "mma"  # read by the CUDA backend per call
+                mma_ms = median_ms(call, args.repeat)
+                del os.environ["HOPS_CUDA_ATTN_FWD"]
             del call
             torch.cuda.empty_cache()
-            print(f"| {op} | {shape} | {dtype} | {cpu_ms} | {opencl_ms} | {cuda_ms:.3f} | "
+            print(f"| {op}{label} | {shape} | {dtype} | {cpu_ms} | {opencl_ms} | {cuda_ms:.3f} | "
                   f"{float(opencl_ms) / cuda_ms:.1f}x |", flush=True)
+            if mma_ms is not None:
+                print(f"| {op}{label} vs CUDA mma.sync | {shape} | {dtype} | {cpu_ms} | {opencl_ms} | "
+                      f"{mma_ms:.3f} | {float(opencl_ms) / mma_ms:.1f}x |", flush=True)
+            if op == "attn_prefill":
+                rates.append((f"{op}{label} {dtype}", float(opencl_ms), cuda_ms, mma_ms))
             if op in ("gdn_chunk_fwd", "gdn_chunk_bwd"):
                 gdn.setdefault((dtype, shape), {})[op] = (float(cpu_ms), float(opencl_ms), cuda_ms)
+    T = args.tokens
+    flops = 4 * 256 * 16 * T * (T + 1) / 2  # the bench's D = 256, Hq = 16, causal
+    for name, opencl, cuda, mma in rates:
+        line = f"{name} T={T}: TFLOP/s OpenCL {flops / opencl / 1e9:.1f}, CUDA {flops / cuda / 1e9:.1f}"
+        print(line + (f", CUDA mma.sync {flops / mma / 1e9:.1f}" if mma else ""), flush=True)
     for (dtype, shape), ops in gdn.items():
         if len(ops) == 2:
             cpu, opencl, cuda = (sum(t[i] for t in ops.values()) for i in range(3))
