@@ -31,6 +31,15 @@ std::string_view forced() {
   return value ? value : "";
 }
 
+// HOPS_OPENCL_NV_DEFINES: more -D options for attn_nv.cl (tuning on the
+// device, e.g. "-DNV_PIPE=1" for D = 256; a define the kernel does not know
+// changes nothing).
+std::string extra_defines() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
+  const char* value = std::getenv("HOPS_OPENCL_NV_DEFINES");
+  return value && *value ? std::string(" ") + value : std::string();
+}
+
 // Head rows of unit channel step starting on 16-byte boundaries (the
 // kernel's uint4 loads): offset and batch, token and head strides multiples
 // of 8 elements.
@@ -60,7 +69,7 @@ bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q,
     return false;
   }
   const std::string defines =
-      fmt::format("-DNV_D={} -DNV_LDSM={}", op.D, forced() == "nv-plain" ? 0 : 1);
+      fmt::format("-DNV_D={} -DNV_LDSM={}", op.D, forced() == "nv-plain" ? 0 : 1) + extra_defines();
   KernelSlot* slot = runtime.optional_kernel(kProgram, op.q.dtype, defines, "attn_fwd_nv");
   // clang spells inline assembly __asm__ only; NVIDIA's compiler takes asm.
   if (!slot) {
