@@ -2,13 +2,14 @@
 # attn_prefill's tensor-core kernel for NVIDIA's OpenCL (backends/opencl/attn_nv.cl) on
 # the lent GPU, in one call (~5 min; reuses build-dev when cuda_session_run.sh built it):
 #  1. conformance --op attn_prefill on NVIDIA's platform: the default (attn_nv.cl with
-#     ldmatrix), HOPS_OPENCL_ATTN=nv-plain (plain local loads) and =portable (attn.cl),
+#     ldmatrix), HOPS_OPENCL_ATTN=nv-plain (plain local loads), nv-pipe
+#     (HOPS_OPENCL_NV_DEFINES=-DNV_PIPE=1) and HOPS_OPENCL_ATTN=portable (attn.cl),
 #     device-resident indices, then the default with --host-indices; a build that NVIDIA's
 #     compiler rejected shows as "not built" lines (the portable kernel ran instead);
 #  2. NVIDIA's compiler's own PTX of attn_nv.cl (the program binaries in the disk cache)
 #     through ptxas -v for sm_90: registers and spills;
-#  3. hops-opencl-bench attn_prefill bf16 (D 256, 16/2 heads, causal) for the three
-#     kernels, then cuda_vs_opencl.py: CUDA default (sm_90a) and mma.sync beside them,
+#  3. hops-opencl-bench attn_prefill bf16 (D 256, 16/2 heads, causal) for the four
+#     variants, then cuda_vs_opencl.py: CUDA default (sm_90a) and mma.sync beside them,
 #     ratios and TFLOP/s.
 # Usage (repo root, .deps and .whl carried): [TOKENS=4096] tests/bench/opencl_nv_attn_run.sh $OUT
 set -uo pipefail
@@ -33,9 +34,11 @@ cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release ${PREFIX_ARGS:-} -DHOPS_WIT
 ninja -C $B hops hops_cuda hops_opencl hops-conformance hops-opencl-bench > "$OUT/build.log" 2>&1 \
   || { grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; exit 1; }
 C=$B/tests/conformance/hops-conformance P=$B/plugin/libhops.so
-for variant in nv nv-plain portable; do
-  attn=$variant; [ $variant = nv ] && attn=""  # the default: attn_nv.cl with ldmatrix
-  HOPS_OPENCL_ATTN=$attn timeout 150 $C --provider $P --backend opencl --op attn_prefill > "$OUT/conf_$variant.log" 2>&1
+# nv: the default (attn_nv.cl with ldmatrix); nv-pipe: D = 256's next tile staged in registers
+attn() { case $1 in nv) echo "" ;; nv-pipe) echo "" ;; *) echo $1 ;; esac; }
+defs() { [ $1 = nv-pipe ] && echo "-DNV_PIPE=1"; }
+for variant in nv nv-plain nv-pipe portable; do
+  HOPS_OPENCL_ATTN=$(attn $variant) HOPS_OPENCL_NV_DEFINES=$(defs $variant) timeout 150 $C --provider $P --backend opencl --op attn_prefill > "$OUT/conf_$variant.log" 2>&1
   echo "conformance attn_prefill [$variant] rc=$?: $(tail -1 "$OUT/conf_$variant.log")"
   grep -E "^FAIL" "$OUT/conf_$variant.log" | head -6 | cut -c1-220
   grep -m2 "not built" "$OUT/conf_$variant.log" | cut -c1-400
@@ -54,13 +57,12 @@ open(sys.argv[2], "wb").write(data[start:].split(b"\0")[0])
 PY
   echo "$(grep -a -m1 -o "options: .*" "$bin"): $(ptxas -arch=sm_90 -v "$bin.ptx" -o /dev/null 2>&1 | grep -E "Used|spill|error" | tr -s ' \n' ' ' | cut -c1-300)"
 done
-for variant in nv nv-plain portable; do
-  attn=$variant; [ $variant = nv ] && attn=""
-  HOPS_OPENCL_ATTN=$attn timeout 200 $B/backends/opencl/hops-opencl-bench --provider $P --tokens $TOKENS --repeat 5 \
+for variant in nv nv-plain nv-pipe portable; do
+  HOPS_OPENCL_ATTN=$(attn $variant) HOPS_OPENCL_NV_DEFINES=$(defs $variant) timeout 200 $B/backends/opencl/hops-opencl-bench --provider $P --tokens $TOKENS --repeat 5 \
     --dtype bf16 --op attn_prefill > "$OUT/bench@$variant.md" 2>&1
   cat "$OUT/bench@$variant.md"
 done
 HOPS_LIBRARY=$PWD/$P PYTHONPATH=$PWD/shims/python:/tmp/site:${PYTHONPATH:-} timeout 200 \
-  python3 tests/bench/cuda_vs_opencl.py --tokens $TOKENS --repeat 9 "$OUT"/bench@{nv,nv-plain,portable}.md \
+  python3 tests/bench/cuda_vs_opencl.py --tokens $TOKENS --repeat 9 "$OUT"/bench@{nv,nv-plain,nv-pipe,portable}.md \
   | tee "$OUT/cuda_vs_opencl.md"
 rm -rf "$OUT/clcache"/*.bin  # keep the .ptx files only
