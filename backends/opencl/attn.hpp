@@ -18,8 +18,7 @@ void kv_cache_write(const ExecContext& exec, const KvCacheWrite& op);
 // nothing enqueued, where it cannot take the call (not NVIDIA's platform,
 // HOPS_OPENCL_ATTN=portable, the dtype, D or layout, or the program failed
 // to build).
-bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q,
-                     const IndexArg& cu_k);
+bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const IndexArg& cu_k);
 
 // The kernels take head counts and D as int, and the portable kernels keep
 // rows of D floats in local memory: HOPS_ERR_UNSUPPORTED beyond these.

@@ -61,11 +61,10 @@ bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q,
   const int threads = threads_for(op.D);
   const int64_t rows = threads / 2;  // 16 query rows per warp
   const bool varlen = static_cast<bool>(op.sequences.cu_seqlens_q);
-  const int64_t slots = varlen ? op.Tq / rows + op.sequences.count + 1
-                               : op.B * ((op.Tq + rows - 1) / rows);
+  const int64_t slots =
+      varlen ? op.Tq / rows + op.sequences.count + 1 : op.B * ((op.Tq + rows - 1) / rows);
   if (slots > INT32_MAX / op.Hq || slots * op.Hq > UINT32_MAX / threads) return false;
-  if (device_value<cl_ulong>(runtime.device(), CL_DEVICE_LOCAL_MEM_SIZE) <
-      local_bytes_for(op.D)) {
+  if (device_value<cl_ulong>(runtime.device(), CL_DEVICE_LOCAL_MEM_SIZE) < local_bytes_for(op.D)) {
     return false;
   }
   const std::string defines =
