@@ -1,9 +1,11 @@
-"""The sm_90 kernels' off-GPU checks, in CI: numpy transcriptions of their
+"""The GPU kernels' off-GPU checks, in CI: numpy transcriptions of their
 shared-memory layouts (TMA swizzle, wgmma descriptors), pipelines (mbarrier
 protocols) and per-thread math against float64, written with each kernel
-(tests/bench/cuda_*_emulation.py). They need no GPU and no build; each
-exits non-zero on a mismatch, and each was seen to fail on a mutated mask
-or offset. A change to a kernel's index logic must keep them passing."""
+(tests/bench/cuda_*_emulation.py for the CUDA backend,
+tests/bench/ocl_nv_*_emulation.py for the OpenCL kernels on NVIDIA's tensor
+cores). They need no GPU and no build; each exits non-zero on a mismatch,
+and each was seen to fail on a mutated mask or offset. A change to a
+kernel's index logic must keep them passing."""
 
 import subprocess
 import sys
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-SCRIPTS = sorted(p.name for p in BENCH.glob("cuda_*_emulation.py"))
+PATTERNS = ("cuda_*_emulation.py", "ocl_nv_*_emulation.py")
+SCRIPTS = sorted(p.name for pattern in PATTERNS for p in BENCH.glob(pattern))
 
 
 def test_every_emulation_is_collected():
