@@ -15,9 +15,9 @@ void attn_decode(const ExecContext& exec, const AttnDecode& op);
 void kv_cache_write(const ExecContext& exec, const KvCacheWrite& op);
 
 // attn_prefill by attn_nv.cl's tensor-core kernel (attn_nv.cpp): false, with
-// nothing enqueued, where it cannot take the call (not NVIDIA's platform,
-// HOPS_OPENCL_ATTN=portable, the dtype, D or layout, or the program failed
-// to build).
+// nothing enqueued, where it cannot take the call (not asked for: see
+// kNvidiaByDefault and HOPS_OPENCL_ATTN; the dtype, D or layout; or the
+// program failed to build).
 bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const IndexArg& cu_k);
 
 // The kernels take head counts and D as int, and the portable kernels keep

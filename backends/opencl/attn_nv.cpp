@@ -21,10 +21,14 @@ constexpr int64_t kMaxTokens = INT32_MAX - 65536;
 int threads_for(int64_t D) { return D == 256 ? 128 : 256; }
 size_t local_bytes_for(int64_t D) { return D == 256 ? 49152 : (D == 128 ? 49152 : 24576); }
 
-// HOPS_OPENCL_ATTN=portable keeps attn.cl's kernel everywhere; =nv-plain
-// builds attn_nv.cl with plain local loads instead of ldmatrix (tests,
-// benchmarks, a fallback should ldmatrix misbehave on a driver); =nv tries
-// attn_nv.cl on any platform (on PoCL its build fails: the fallback's test).
+// Whether NVIDIA's platform takes attn_nv.cl where HOPS_OPENCL_ATTN is unset:
+// not until a device run has checked it (docs/OPENCL.md); then this flips.
+constexpr bool kNvidiaByDefault = false;
+
+// HOPS_OPENCL_ATTN=portable keeps attn.cl's kernel everywhere; =nv tries
+// attn_nv.cl on any platform (on PoCL its build fails: the fallback's test);
+// =nv-plain the same with plain local loads instead of ldmatrix (should
+// ldmatrix misbehave on a driver).
 std::string_view forced() {
   // NOLINTNEXTLINE(concurrency-mt-unsafe): read-only use of the environment
   const char* value = std::getenv("HOPS_OPENCL_ATTN");
@@ -53,7 +57,9 @@ bool aligned_rows(const Tensor& t) {
 bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q,
                      const IndexArg& cu_k) {
   Runtime& runtime = call.runtime();
-  if (forced() == "portable" || (!runtime.nvidia_platform() && forced() != "nv")) return false;
+  const bool wanted = forced() == "nv" || forced() == "nv-plain" ||
+                      (kNvidiaByDefault && forced() != "portable" && runtime.nvidia_platform());
+  if (!wanted) return false;
   if (op.q.dtype != DType::f16 && op.q.dtype != DType::bf16) return false;
   if (op.D != 64 && op.D != 128 && op.D != 256) return false;
   if (!aligned_rows(op.q) || !aligned_rows(op.k) || !aligned_rows(op.v)) return false;

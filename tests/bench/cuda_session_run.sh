@@ -77,13 +77,16 @@ for dtype in f32 bf16; do
       --provider $HOPS_LIBRARY --tokens 4096 --repeat 3 --dtype $dtype --op $op
   done > $LOGS/ocl_attn_$dtype.md 2>&1
 done
-# attn_prefill bf16 runs attn_nv.cl (tensor cores, inline PTX) on NVIDIA's platform; the portable kernel beside it
-grep -m2 "not built" $LOGS/ocl_conf_attn_prefill.log | cut -c1-300
-[ $(left) -gt 30 ] && OCL_ICD_VENDORS=/tmp/icd HOPS_OPENCL_DEVICE=nvidia HOPS_OPENCL_ATTN=portable timeout $(cap 40) \
+# attn_prefill on attn_nv.cl (tensor cores through inline PTX; opt-in HOPS_OPENCL_ATTN=nv until it has passed here)
+OCL_ICD_VENDORS=/tmp/icd HOPS_OPENCL_DEVICE=nvidia HOPS_OPENCL_ATTN=nv step ocl_conf_nv 60 $C --provider $HOPS_LIBRARY \
+  --backend opencl --op attn_prefill
+tail -1 $LOGS/ocl_conf_nv.log; grep -E "^FAIL" $LOGS/ocl_conf_nv.log | head -4 | cut -c1-200
+grep -m2 "not built" $LOGS/ocl_conf_nv.log | cut -c1-300
+[ $(left) -gt 30 ] && OCL_ICD_VENDORS=/tmp/icd HOPS_OPENCL_DEVICE=nvidia HOPS_OPENCL_ATTN=nv timeout $(cap 40) \
   build-dev/backends/opencl/hops-opencl-bench --provider $HOPS_LIBRARY --tokens 4096 --repeat 3 --dtype bf16 \
-  --op attn_prefill > $LOGS/ocl_attn_bf16@portable.md 2>&1
+  --op attn_prefill > $LOGS/ocl_attn_bf16@nv.md 2>&1
 step ocl_vs_cuda 60 python3 tests/bench/cuda_vs_opencl.py --tokens 4096 --repeat 9 $LOGS/ocl_attn_f32.md $LOGS/ocl_attn_bf16.md \
-  $(ls $LOGS/ocl_attn_bf16@portable.md 2>/dev/null)
+  $(ls $LOGS/ocl_attn_bf16@nv.md 2>/dev/null)
 grep -E "^\||TFLOP" $LOGS/ocl_vs_cuda.log; grep -E "rror" $LOGS/ocl_vs_cuda.log $LOGS/ocl_attn_*.md | head -5 | cut -c1-200
 san memcheck moe - python3 tests/bench/cuda_moe_check.py --quick
 for op in conv1d_fwd conv1d_update conv1d_bwd; do san memcheck $op conv $C --provider $HOPS_LIBRARY --backend cuda --quick --op $op; done

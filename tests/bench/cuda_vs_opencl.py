@@ -12,8 +12,8 @@ Where a table has both gdn_chunk_fwd and gdn_chunk_bwd of one dtype, a
 "gdn fwd+bwd" row adds them (a training step's GDN core: the backward
 recomputes the forward's states, nothing is saved between the calls).
 
-A table whose file name has "@LABEL" before its suffix (opencl_bench_bf16@portable.md,
-written with HOPS_OPENCL_ATTN=portable) shows its rows as "op [LABEL]". attn_prefill rows
+A table whose file name has "@LABEL" before its suffix (opencl_bench_bf16@nv.md,
+written with HOPS_OPENCL_ATTN=nv) shows its rows as "op [LABEL]". attn_prefill rows
 also get a "CUDA mma.sync" row (HOPS_CUDA_ATTN_FWD=mma, the sm_80 kernel beside the
 default sm_90a one) and TFLOP/s (4 D Hq causal pairs) after the table.
 
