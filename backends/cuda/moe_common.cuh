@@ -76,6 +76,27 @@ __device__ __forceinline__ void st_idx(const MoeIndex& x, int64_t i, int64_t j, 
   }
 }
 
+// Places the slots [begin, end) of one warp in order (both dispatch
+// bookkeepings' last kernel): a slot of bucket b takes row next[b] plus its
+// rank among the round's lanes of b, and the round's leader of b moves
+// next[b] past them. Writes row_map (-1 for a dropped slot) and dest (the
+// row; ~row for a dropped slot's zero row). `next` is indexed by bucket: a
+// pointer, or v2's strided counters.
+template <int kPerLane, class Next>
+__device__ __forceinline__ void place_slots(const MoeDispatchParams& p, int64_t begin, int64_t end,
+                                            Next next, int32_t* dest) {
+  slot_rounds<kPerLane>(p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t slot) {
+    const int32_t row = b >= 0 ? next[b] + rank : 0;
+    __syncwarp();  // every lane has read next[b] before its leader moves it
+    if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
+    __syncwarp();
+    if (b < 0) return;
+    const bool kept = b < p.E;
+    st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
+    dest[slot] = kept ? row : ~row;
+  });
+}
+
 // ---- block-wide exclusive scan ------------------------------------------------------
 
 // Exclusive prefix sums of non-negative values over the block's threads, each

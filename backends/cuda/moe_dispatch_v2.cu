@@ -205,18 +205,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   __syncthreads();
   const int warp = threadIdx.x / 32;
   const int64_t span = s.chunk / kWarps, begin = c * s.chunk + warp * span;
-  slot_rounds<kSubChunk / 32>(
-      p, begin, std::min(p.T * p.k, begin + span),
-      [&](int32_t b, unsigned peers, int rank, int64_t slot) {
-        const int32_t row = b >= 0 ? next[b] + rank : 0;
-        __syncwarp();  // every lane has read next[b] before its leader moves it
-        if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
-        __syncwarp();
-        if (b < 0) return;
-        const bool kept = b < p.E;
-        st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
-        s.dest[slot] = kept ? row : ~row;
-      });
+  place_slots<kSubChunk / 32>(p, begin, std::min(p.T * p.k, begin + span), next, s.dest);
 }
 
 constexpr int kCopyWarps = 8;   // warps (tokens) per CTA of v3's copy kernel

@@ -23,6 +23,7 @@ namespace hops::cuda {
 namespace {
 
 using moe::ld_idx;
+using moe::place_slots;
 using moe::slot_index;
 using moe::slot_rounds;
 using moe::slot_token;
@@ -139,17 +140,7 @@ __global__ void __launch_bounds__(32 * kChunkWarps)
     __syncwarp();
   }
   const int64_t begin = c * s.chunk, end = std::min(p.T * p.k, begin + s.chunk);
-  slot_rounds<kSubChunk / 32>(
-      p, begin, end, [&](int32_t b, unsigned peers, int rank, int64_t slot) {
-        const int32_t row = b >= 0 ? next[b] + rank : 0;
-        __syncwarp();  // every lane has read next[b] before its leader moves it
-        if (b >= 0 && rank == 0) next[b] = row + __popc(peers);
-        __syncwarp();
-        if (b < 0) return;
-        const bool kept = b < p.E;
-        st_idx(p.row_map, slot_token(slot, p.k), slot_index(slot, p.k), kept ? row : -1);
-        s.dest[slot] = kept ? row : ~row;
-      });
+  place_slots<kSubChunk / 32>(p, begin, end, next, s.dest);
 }
 
 // A warp per token: x[t] to the rows of its slots, zeros to its dropped
