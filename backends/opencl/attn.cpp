@@ -86,6 +86,15 @@ void prefill_rows(Call& call, const AttnPrefill& op, const IndexArg& cu_q, const
 
 }  // namespace
 
+void prefill_tensors(Launch& launch, const AttnPrefill& op) {
+  launch.tensor(op.q).value(strides4(op.q));
+  launch.tensor(op.k).value(strides4(op.k));
+  launch.tensor(op.v).value(strides4(op.v));
+  launch.tensor(op.gate).value(strides4(op.gate));
+  launch.tensor(op.o).value(strides4(op.o));
+  launch.tensor(op.lse).value(strides4(op.lse));
+}
+
 void check_attn_sizes(const char* name, int64_t Hq, int64_t Hkv, int64_t D) {
   if (D > kMaxHeadDim || Hq > INT32_MAX || Hkv > INT32_MAX) {
     fail(HOPS_ERR_UNSUPPORTED,
@@ -128,12 +137,7 @@ void attn_prefill(const ExecContext& exec, const AttnPrefill& op) {
     return (2 * r + k) * (D + 1) + static_cast<size_t>(r * k + 3 * r);
   });
   Launch launch(call.kernel(kProgram, op.q.dtype, "attn_fwd"));
-  launch.tensor(op.q).value(strides4(op.q));
-  launch.tensor(op.k).value(strides4(op.k));
-  launch.tensor(op.v).value(strides4(op.v));
-  launch.tensor(op.gate).value(strides4(op.gate));
-  launch.tensor(op.o).value(strides4(op.o));
-  launch.tensor(op.lse).value(strides4(op.lse));
+  prefill_tensors(launch, op);
   launch.index(cu_q).index(cu_k).index({});  // no seq_lens
   table(launch, {});                         // no pages
   launch.value(cl_mem{nullptr});             // no splits, no partial results

@@ -14,6 +14,10 @@ void attn_prefill_bwd(const ExecContext& exec, const AttnPrefillBwd& op);
 void attn_decode(const ExecContext& exec, const AttnDecode& op);
 void kv_cache_write(const ExecContext& exec, const KvCacheWrite& op);
 
+// The prefill's tensors as attn.cl's attn_fwd and attn_nv.cl's attn_fwd_nv
+// take them: q, k, v, gate, o and lse, each followed by its four strides.
+void prefill_tensors(Launch& launch, const AttnPrefill& op);
+
 // attn_prefill by attn_nv.cl's tensor-core kernel (attn_nv.cpp): false, with
 // nothing enqueued, where it cannot take the call (not asked for: see
 // kNvidiaByDefault and HOPS_OPENCL_ATTN; the dtype, D or layout; or the

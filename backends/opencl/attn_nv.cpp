@@ -83,12 +83,7 @@ bool attn_prefill_nv(Call& call, const AttnPrefill& op, const IndexArg& cu_q,
   if (!slot || slot->max_work_group < static_cast<size_t>(threads)) return false;
   if (slots * op.Hq == 0) return true;
   Launch launch(*slot);
-  launch.tensor(op.q).value(strides4(op.q));
-  launch.tensor(op.k).value(strides4(op.k));
-  launch.tensor(op.v).value(strides4(op.v));
-  launch.tensor(op.gate).value(strides4(op.gate));
-  launch.tensor(op.o).value(strides4(op.o));
-  launch.tensor(op.lse).value(strides4(op.lse));
+  prefill_tensors(launch, op);
   launch.index(cu_q).index(cu_k);
   launch.value(cl_long{op.sequences.count}).value(cl_long{op.Tq}).value(cl_long{op.Tk});
   launch.value(cl_long{slots});
