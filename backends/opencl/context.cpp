@@ -78,17 +78,14 @@ Runtime::Program& Runtime::program(std::string_view file, DType dtype, const std
   std::string options = fmt::format("-cl-std=CL1.2 -DHOPS_X={}", dtype_code(dtype));
   if (!defines.empty()) options += " " + defines;
   auto built = std::make_unique<Program>();
-  if (optional) {
-    try {
-      built->program = build_program(context(), device_, file, text, options);
-    } catch (const Error& e) {
-      std::fprintf(stderr, "hops opencl: %s (%s) not built, the portable kernels run instead: %s\n",
-                   std::string(file).c_str(), options.c_str(), e.what());
-      entry = std::move(built);
-      return *entry;
-    }
-  } else {
+  try {
     built->program = build_program(context(), device_, file, text, options);
+  } catch (const Error& e) {
+    if (!optional) throw;
+    std::fprintf(stderr, "hops opencl: %s (%s) not built, the portable kernels run instead: %s\n",
+                 std::string(file).c_str(), options.c_str(), e.what());
+    entry = std::move(built);
+    return *entry;
   }
   cl_uint count = 0;
   check(clCreateKernelsInProgram(built->program.get(), 0, nullptr, &count),
